@@ -1,0 +1,59 @@
+// Pointwise activations, forward and backward side by side.
+// GELU is the exact erf form (PyTorch's default `gelu`), not the tanh approximation.
+
+struct Params {
+    n: u32,
+    _p0: u32,
+    _p1: u32,
+    _p2: u32,
+}
+
+@group(0) @binding(0) var<uniform> p: Params;
+@group(0) @binding(1) var<storage, read> x: array<f32>;
+@group(0) @binding(2) var<storage, read> dy: array<f32>;
+@group(0) @binding(3) var<storage, read_write> out: array<f32>;
+
+fn lin(gid: vec3<u32>, nwg: vec3<u32>) -> u32 {
+    return gid.x + gid.y * nwg.x * 256u;
+}
+
+// erf(z) with |error| < 1.2e-7 (Numerical Recipes' erfc Chebyshev fit); WGSL has no erf.
+fn erf(z: f32) -> f32 {
+    let t = 1.0 / (1.0 + 0.5 * abs(z));
+    let r = t * exp(-z * z - 1.26551223 + t * (1.00002368 + t * (0.37409196 + t * (0.09678418
+        + t * (-0.18628806 + t * (0.27886807 + t * (-1.13520398 + t * (1.48851587
+        + t * (-0.82215223 + t * 0.17087277)))))))));
+    return select(r - 1.0, 1.0 - r, z >= 0.0);
+}
+
+@compute @workgroup_size(256)
+fn gelu_fwd(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
+    let i = lin(gid, nwg);
+    if i >= p.n { return; }
+    let v = x[i];
+    out[i] = 0.5 * v * (1.0 + erf(v * 0.70710678118654752));
+}
+
+@compute @workgroup_size(256)
+fn gelu_bwd(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
+    let i = lin(gid, nwg);
+    if i >= p.n { return; }
+    let v = x[i];
+    let cdf = 0.5 * (1.0 + erf(v * 0.70710678118654752));
+    let pdf = 0.3989422804014327 * exp(-0.5 * v * v);
+    out[i] = dy[i] * (cdf + v * pdf);
+}
+
+@compute @workgroup_size(256)
+fn relu_fwd(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
+    let i = lin(gid, nwg);
+    if i >= p.n { return; }
+    out[i] = max(x[i], 0.0);
+}
+
+@compute @workgroup_size(256)
+fn relu_bwd(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
+    let i = lin(gid, nwg);
+    if i >= p.n { return; }
+    out[i] = select(0.0, dy[i], x[i] > 0.0);
+}

@@ -1,0 +1,77 @@
+// Elementwise arithmetic with NumPy broadcasting, and the helpers autograd needs around it.
+// Forward: `binary` (add/sub/mul/div/max), `scale` (y = alpha*x + beta), `fill`.
+// Backward of broadcasting lives in reduce.wgsl (`reduce_to`); of mul/div it is `binary` again.
+// Indices are linear: idx = gid.x + gid.y * num_workgroups.x * 256 (2-D grid beats the
+// 65535-workgroup limit). `base` is the chunk's first element when a tensor is split.
+
+struct Params {
+    n: u32,        // elements in this chunk
+    op: u32,       // 0 add, 1 sub, 2 mul, 3 div, 4 max
+    ndim: u32,
+    flags: u32,    // bit 0: a is laid out like out (chunked with it), bit 1: same for b
+    base: u32,
+    alpha: f32,
+    beta: f32,
+    _pad: u32,
+    shape: array<vec4<u32>, 2>,
+    sa: array<vec4<u32>, 2>,   // a's strides in out's index space (0 on broadcast dims)
+    sb: array<vec4<u32>, 2>,
+}
+
+@group(0) @binding(0) var<uniform> p: Params;
+@group(0) @binding(1) var<storage, read> a: array<f32>;
+@group(0) @binding(2) var<storage, read> b: array<f32>;
+@group(0) @binding(3) var<storage, read_write> out: array<f32>;
+
+fn lin(gid: vec3<u32>, nwg: vec3<u32>) -> u32 {
+    return gid.x + gid.y * nwg.x * 256u;
+}
+
+fn apply(op: u32, x: f32, y: f32) -> f32 {
+    switch op {
+        case 0u: { return x + y; }
+        case 1u: { return x - y; }
+        case 2u: { return x * y; }
+        case 3u: { return x / y; }
+        default: { return max(x, y); }
+    }
+}
+
+@compute @workgroup_size(256)
+fn binary(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
+    let i = lin(gid, nwg);
+    if i >= p.n { return; }
+    var ia = i;
+    var ib = i;
+    if (p.flags & 3u) != 3u {
+        // Walk the output coordinates of the global index and map them through the strides.
+        var rem = p.base + i;
+        var oa = 0u;
+        var ob = 0u;
+        for (var d = i32(p.ndim) - 1; d >= 0; d = d - 1) {
+            let u = u32(d);
+            let s = p.shape[u / 4u][u % 4u];
+            let c = rem % s;
+            rem = rem / s;
+            oa = oa + c * p.sa[u / 4u][u % 4u];
+            ob = ob + c * p.sb[u / 4u][u % 4u];
+        }
+        if (p.flags & 1u) == 0u { ia = oa; }
+        if (p.flags & 2u) == 0u { ib = ob; }
+    }
+    out[i] = apply(p.op, a[ia], b[ib]);
+}
+
+@compute @workgroup_size(256)
+fn scale(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
+    let i = lin(gid, nwg);
+    if i >= p.n { return; }
+    out[i] = p.alpha * a[i] + p.beta;
+}
+
+@compute @workgroup_size(256)
+fn fill(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
+    let i = lin(gid, nwg);
+    if i >= p.n { return; }
+    out[i] = p.alpha;
+}

@@ -1,0 +1,146 @@
+// Normalisation over the last dim of a [rows, cols] view, forward and backward.
+//   mode 0, LayerNorm: gamma/beta indexed by column (wav2vec2's LayerNorms).
+//   mode 1, GroupNorm with one group per channel (wav2vec2-base's first conv): rows are
+//     (batch, channel) pairs over time, gamma/beta indexed by channel = row % channels.
+// Statistics are kept per row as (mean, rstd) so backward need not recompute them.
+// One workgroup of 256 threads per row; two passes (mean, then centred variance) for accuracy.
+
+struct Params {
+    rows: u32,
+    cols: u32,
+    mode: u32,
+    channels: u32,
+    row_base: u32,    // global index of this chunk's first row (for the channel of a row)
+    affine: u32,
+    accum: u32,       // param grads: add into out instead of overwriting
+    _p0: u32,
+    eps: f32,
+    _p1: u32,
+    _p2: u32,
+    _p3: u32,
+}
+
+@group(0) @binding(0) var<uniform> p: Params;
+@group(0) @binding(1) var<storage, read> x: array<f32>;
+@group(0) @binding(2) var<storage, read> gamma: array<f32>;
+@group(0) @binding(3) var<storage, read> aux: array<f32>;     // beta (fwd) or dy (bwd)
+@group(0) @binding(4) var<storage, read> stats_in: array<f32>;
+@group(0) @binding(5) var<storage, read_write> out: array<f32>;
+@group(0) @binding(6) var<storage, read_write> out2: array<f32>;
+
+var<workgroup> red: array<f32, 256>;
+var<workgroup> red2: array<f32, 256>;
+
+fn reduce2(lid: u32, a: f32, b: f32) -> vec2<f32> {
+    red[lid] = a;
+    red2[lid] = b;
+    workgroupBarrier();
+    for (var s = 128u; s > 0u; s = s >> 1u) {
+        if lid < s {
+            red[lid] = red[lid] + red[lid + s];
+            red2[lid] = red2[lid] + red2[lid + s];
+        }
+        workgroupBarrier();
+    }
+    let r = vec2<f32>(red[0], red2[0]);
+    workgroupBarrier();
+    return r;
+}
+
+fn row_of(wid: vec3<u32>, nwg: vec3<u32>) -> u32 {
+    return wid.x + wid.y * nwg.x;
+}
+
+fn weight(row: u32, col: u32) -> u32 {
+    if p.mode == 0u { return col; }
+    return (p.row_base + row) % p.channels;
+}
+
+@compute @workgroup_size(256)
+fn norm_fwd(@builtin(local_invocation_id) lid3: vec3<u32>, @builtin(workgroup_id) wid: vec3<u32>,
+            @builtin(num_workgroups) nwg: vec3<u32>) {
+    let row = row_of(wid, nwg);
+    if row >= p.rows { return; }
+    let lid = lid3.x;
+    let base = row * p.cols;
+    var s = 0.0;
+    for (var c = lid; c < p.cols; c = c + 256u) { s = s + x[base + c]; }
+    let mean = reduce2(lid, s, 0.0).x / f32(p.cols);
+    var v = 0.0;
+    for (var c = lid; c < p.cols; c = c + 256u) { let d = x[base + c] - mean; v = v + d * d; }
+    let rstd = inverseSqrt(reduce2(lid, v, 0.0).x / f32(p.cols) + p.eps);
+    for (var c = lid; c < p.cols; c = c + 256u) {
+        var y = (x[base + c] - mean) * rstd;
+        if p.affine == 1u { let w = weight(row, c); y = y * gamma[w] + aux[w]; }
+        out[base + c] = y;
+    }
+    if lid == 0u { out2[2u * row] = mean; out2[2u * row + 1u] = rstd; }
+}
+
+// dx = rstd * (g - mean(g) - xhat * mean(g * xhat)), g = dy * gamma.
+@compute @workgroup_size(256)
+fn norm_bwd(@builtin(local_invocation_id) lid3: vec3<u32>, @builtin(workgroup_id) wid: vec3<u32>,
+            @builtin(num_workgroups) nwg: vec3<u32>) {
+    let row = row_of(wid, nwg);
+    if row >= p.rows { return; }
+    let lid = lid3.x;
+    let base = row * p.cols;
+    let mean = stats_in[2u * row];
+    let rstd = stats_in[2u * row + 1u];
+    var sg = 0.0;
+    var sgx = 0.0;
+    for (var c = lid; c < p.cols; c = c + 256u) {
+        var g = aux[base + c];
+        if p.affine == 1u { g = g * gamma[weight(row, c)]; }
+        let xh = (x[base + c] - mean) * rstd;
+        sg = sg + g;
+        sgx = sgx + g * xh;
+    }
+    let r = reduce2(lid, sg, sgx) / f32(p.cols);
+    for (var c = lid; c < p.cols; c = c + 256u) {
+        var g = aux[base + c];
+        if p.affine == 1u { g = g * gamma[weight(row, c)]; }
+        let xh = (x[base + c] - mean) * rstd;
+        out[base + c] = rstd * (g - r.x - xh * r.y);
+    }
+}
+
+// LayerNorm dgamma/dbeta: one thread per column, summing over rows.
+@compute @workgroup_size(256)
+fn norm_param_grad_cols(@builtin(global_invocation_id) gid: vec3<u32>) {
+    let c = gid.x;
+    if c >= p.cols { return; }
+    var dg = 0.0;
+    var db = 0.0;
+    for (var r = 0u; r < p.rows; r = r + 1u) {
+        let i = r * p.cols + c;
+        let xh = (x[i] - stats_in[2u * r]) * stats_in[2u * r + 1u];
+        dg = dg + aux[i] * xh;
+        db = db + aux[i];
+    }
+    if p.accum == 1u { dg = dg + out[c]; db = db + out2[c]; }
+    out[c] = dg;
+    out2[c] = db;
+}
+
+// GroupNorm dgamma/dbeta, first stage: per-row sums of dy*xhat and dy (then summed over the
+// batch by reduce.wgsl's sum_axis).
+@compute @workgroup_size(256)
+fn norm_param_grad_rows(@builtin(local_invocation_id) lid3: vec3<u32>, @builtin(workgroup_id) wid: vec3<u32>,
+                        @builtin(num_workgroups) nwg: vec3<u32>) {
+    let row = row_of(wid, nwg);
+    if row >= p.rows { return; }
+    let lid = lid3.x;
+    let base = row * p.cols;
+    let mean = stats_in[2u * row];
+    let rstd = stats_in[2u * row + 1u];
+    var dg = 0.0;
+    var db = 0.0;
+    for (var c = lid; c < p.cols; c = c + 256u) {
+        let xh = (x[base + c] - mean) * rstd;
+        dg = dg + aux[base + c] * xh;
+        db = db + aux[base + c];
+    }
+    let r = reduce2(lid, dg, db);
+    if lid == 0u { out[row] = r.x; out2[row] = r.y; }
+}

@@ -1,0 +1,126 @@
+// Reductions and their backward.
+//   sum_all / sum_all (square=1): whole-tensor sum or sum of squares, in two passes over
+//     per-workgroup partials; the global L2 norm for gradient clipping is built from these.
+//   l2_bwd: d||x|| / dx = dy * x / ||x||.
+//   sum_axis: sum (or mean, via alpha) over the middle axis of [outer, n, inner]; its
+//     backward is `expand`, which broadcasts dy back over that axis.
+//   reduce_to: sums a gradient over broadcast dims, the backward of every broadcasting op.
+
+struct Params {
+    n: u32,          // threads / output elements
+    square: u32,
+    out_index: u32,
+    len: u32,        // sum_all: elements to reduce; sum_axis: the reduced axis length
+    inner: u32,
+    alpha: f32,
+    ndim: u32,       // reduce_to: number of dims of the gradient
+    rn: u32,         // reduce_to: number of reduced (broadcast) dims
+    kshape: array<vec4<u32>, 2>,   // kept dims of the target shape (1 on reduced dims)
+    kstride: array<vec4<u32>, 2>,  // gradient strides
+    rshape: array<vec4<u32>, 2>,   // the reduced dims' extents
+    rstride: array<vec4<u32>, 2>,  // and their gradient strides
+}
+
+@group(0) @binding(0) var<uniform> p: Params;
+@group(0) @binding(1) var<storage, read> x: array<f32>;
+@group(0) @binding(2) var<storage, read> s1: array<f32>;
+@group(0) @binding(3) var<storage, read> s2: array<f32>;
+@group(0) @binding(4) var<storage, read_write> out: array<f32>;
+
+var<workgroup> red: array<f32, 256>;
+
+fn lin(gid: vec3<u32>, nwg: vec3<u32>) -> u32 {
+    return gid.x + gid.y * nwg.x * 256u;
+}
+
+fn at(v: array<vec4<u32>, 2>, d: u32) -> u32 {
+    return v[d / 4u][d % 4u];
+}
+
+// One workgroup per partial: grid-stride loop, then a tree reduction in shared memory.
+@compute @workgroup_size(256)
+fn sum_all(@builtin(local_invocation_id) lid: vec3<u32>, @builtin(workgroup_id) wid: vec3<u32>,
+           @builtin(num_workgroups) nwg: vec3<u32>) {
+    var acc = 0.0;
+    var i = wid.x * 256u + lid.x;
+    let stride = nwg.x * 256u;
+    while i < p.len {
+        let v = x[i];
+        acc = acc + select(v, v * v, p.square == 1u);
+        i = i + stride;
+    }
+    red[lid.x] = acc;
+    workgroupBarrier();
+    for (var s = 128u; s > 0u; s = s >> 1u) {
+        if lid.x < s { red[lid.x] = red[lid.x] + red[lid.x + s]; }
+        workgroupBarrier();
+    }
+    if lid.x == 0u { out[p.out_index + wid.x] = red[0] * p.alpha; }
+}
+
+@compute @workgroup_size(256)
+fn sqrt_at(@builtin(global_invocation_id) gid: vec3<u32>) {
+    if gid.x == 0u { out[p.out_index] = sqrt(x[0]); }
+}
+
+// s1[0] = ||x||, s2[0] = upstream gradient of the norm.
+@compute @workgroup_size(256)
+fn l2_bwd(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
+    let i = lin(gid, nwg);
+    if i >= p.n { return; }
+    let nrm = s1[0];
+    out[i] = select(0.0, s2[0] * x[i] / nrm, nrm > 0.0);
+}
+
+@compute @workgroup_size(256)
+fn sum_axis(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
+    let i = lin(gid, nwg);
+    if i >= p.n { return; }
+    let o = i / p.inner;
+    let r = i % p.inner;
+    var acc = 0.0;
+    var k = o * p.len * p.inner + r;
+    for (var j = 0u; j < p.len; j = j + 1u) {
+        acc = acc + x[k];
+        k = k + p.inner;
+    }
+    out[i] = acc * p.alpha;
+}
+
+@compute @workgroup_size(256)
+fn expand(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
+    let i = lin(gid, nwg);
+    if i >= p.n { return; }
+    let inner = i % p.inner;
+    let o = i / (p.inner * p.len);
+    out[i] = x[o * p.inner + inner] * p.alpha;
+}
+
+@compute @workgroup_size(256)
+fn reduce_to(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
+    let i = lin(gid, nwg);
+    if i >= p.n { return; }
+    var rem = i;
+    var start = 0u;
+    for (var d = i32(p.ndim) - 1; d >= 0; d = d - 1) {
+        let u = u32(d);
+        let s = at(p.kshape, u);
+        start = start + (rem % s) * at(p.kstride, u);
+        rem = rem / s;
+    }
+    var total = 1u;
+    for (var d = 0u; d < p.rn; d = d + 1u) { total = total * at(p.rshape, d); }
+    var acc = 0.0;
+    for (var r = 0u; r < total; r = r + 1u) {
+        var q = r;
+        var off = start;
+        for (var d = i32(p.rn) - 1; d >= 0; d = d - 1) {
+            let u = u32(d);
+            let s = at(p.rshape, u);
+            off = off + (q % s) * at(p.rstride, u);
+            q = q / s;
+        }
+        acc = acc + x[off];
+    }
+    out[i] = acc;
+}

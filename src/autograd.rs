@@ -1,0 +1,457 @@
+//! A tape-based autograd over GPU tensors.
+//!
+//! Every differentiable op on [`Var`]s runs its forward kernel at once and, when a tape is
+//! recording and some input needs a gradient, pushes a node holding a closure that runs the
+//! backward kernels. [`Tape::backward`] walks the nodes in reverse and adds each parameter's
+//! gradient into [`Param::grad`], so calling it over several micro-batches accumulates.
+
+use crate::error::{Error, Result};
+use crate::ops::{self, activation::Act, conv::Conv1d, elementwise::BinOp, norm::Norm};
+use crate::tensor::Tensor;
+use std::cell::{Cell, RefCell};
+use std::rc::Rc;
+
+type BackwardFn = Box<dyn FnOnce(&Tensor) -> Result<Vec<Option<Tensor>>>>;
+
+struct Node {
+    out: usize,
+    inputs: Vec<Option<usize>>,
+    backward: BackwardFn,
+}
+
+/// A trainable tensor with its accumulated gradient.
+pub struct Param {
+    /// Name (as in the checkpoint).
+    pub name: String,
+    value: RefCell<Tensor>,
+    grad: RefCell<Option<Tensor>>,
+    frozen: Cell<bool>,
+}
+
+impl Param {
+    /// Wraps a tensor as a trainable parameter.
+    pub fn new(name: impl Into<String>, value: Tensor) -> Rc<Param> {
+        Rc::new(Param {
+            name: name.into(),
+            value: RefCell::new(value),
+            grad: RefCell::new(None),
+            frozen: Cell::new(false),
+        })
+    }
+
+    /// Current value.
+    pub fn value(&self) -> Tensor {
+        self.value.borrow().clone()
+    }
+
+    /// Replaces the value (optimiser step, checkpoint load).
+    pub fn set_value(&self, t: Tensor) {
+        *self.value.borrow_mut() = t;
+    }
+
+    /// Accumulated gradient, if any backward pass reached this parameter.
+    pub fn grad(&self) -> Option<Tensor> {
+        self.grad.borrow().clone()
+    }
+
+    /// Clears the accumulated gradient.
+    pub fn zero_grad(&self) {
+        *self.grad.borrow_mut() = None;
+    }
+
+    /// Frozen parameters take part in the forward pass but get no gradient.
+    pub fn set_frozen(&self, frozen: bool) {
+        self.frozen.set(frozen);
+    }
+
+    /// Whether the parameter is frozen.
+    pub fn is_frozen(&self) -> bool {
+        self.frozen.get()
+    }
+
+    fn accumulate(&self, g: Tensor) -> Result<()> {
+        let mut slot = self.grad.borrow_mut();
+        *slot = Some(match slot.take() {
+            Some(prev) => ops::elementwise::add(&prev, &g)?,
+            None => g,
+        });
+        Ok(())
+    }
+}
+
+/// Records differentiable ops for one forward pass.
+pub struct Tape {
+    nodes: RefCell<Vec<Node>>,
+    params: RefCell<Vec<(usize, Rc<Param>)>>,
+    next_id: Cell<usize>,
+    enabled: Cell<bool>,
+}
+
+/// A tensor in a computation: constant, leaf, or the output of a recorded op.
+#[derive(Clone)]
+pub struct Var {
+    /// The forward value.
+    pub value: Tensor,
+    id: Option<usize>,
+    tape: Option<Rc<Tape>>,
+}
+
+impl Tape {
+    /// A new, recording tape.
+    pub fn new() -> Rc<Tape> {
+        Rc::new(Tape {
+            nodes: RefCell::new(Vec::new()),
+            params: RefCell::new(Vec::new()),
+            next_id: Cell::new(0),
+            enabled: Cell::new(true),
+        })
+    }
+
+    fn fresh(&self) -> usize {
+        let id = self.next_id.get();
+        self.next_id.set(id + 1);
+        id
+    }
+
+    /// Runs `f` without recording: ops inside produce constants (inference, evaluation).
+    pub fn no_grad<R>(&self, f: impl FnOnce() -> R) -> R {
+        let was = self.enabled.replace(false);
+        let r = f();
+        self.enabled.set(was);
+        r
+    }
+
+    /// A leaf for a parameter: tracked unless frozen or not recording.
+    pub fn param(self: &Rc<Self>, p: &Rc<Param>) -> Var {
+        if p.is_frozen() || !self.enabled.get() {
+            return Var::constant(p.value());
+        }
+        let id = self.fresh();
+        self.params.borrow_mut().push((id, p.clone()));
+        Var { value: p.value(), id: Some(id), tape: Some(self.clone()) }
+    }
+
+    /// A leaf for an input; with `requires_grad` its gradient is returned by [`Tape::backward`].
+    pub fn input(self: &Rc<Self>, t: Tensor, requires_grad: bool) -> Var {
+        if !requires_grad || !self.enabled.get() {
+            return Var::constant(t);
+        }
+        Var { value: t, id: Some(self.fresh()), tape: Some(self.clone()) }
+    }
+
+    /// Backpropagates from a scalar: adds parameter gradients into their `grad`, and returns
+    /// the gradients of the vars listed in `wrt` (inputs made with `requires_grad`).
+    pub fn backward(&self, loss: &Var, wrt: &[&Var]) -> Result<Vec<Option<Tensor>>> {
+        self.backward_with(loss, None, wrt)
+    }
+
+    /// Like [`Tape::backward`] from any var, seeded with `grad` (ones when `None`).
+    pub fn backward_with(&self, out: &Var, grad: Option<Tensor>, wrt: &[&Var]) -> Result<Vec<Option<Tensor>>> {
+        let Some(root) = out.id else {
+            return Err(Error::Autograd("backward from a value that does not require grad".into()));
+        };
+        let seed = match grad {
+            Some(g) if g.shape() == out.value.shape() => g,
+            Some(g) => return Err(Error::Autograd(format!("seed gradient {:?} for output {:?}", g.shape(), out.value.shape()))),
+            None if out.value.numel() == 1 => ops::elementwise::fill(out.value.gpu(), out.value.shape(), 1.0)?,
+            None => return Err(Error::Autograd(format!("backward from non-scalar {:?} needs a seed gradient", out.value.shape()))),
+        };
+        let mut grads: Vec<Option<Tensor>> = vec![None; self.next_id.get()];
+        grads[root] = Some(seed);
+        let nodes = std::mem::take(&mut *self.nodes.borrow_mut());
+        for node in nodes.into_iter().rev() {
+            // Dropping the output's gradient here frees it as soon as it is consumed.
+            let Some(g) = grads[node.out].take() else { continue };
+            let results = (node.backward)(&g)?;
+            for (inp, r) in node.inputs.iter().zip(results) {
+                if let (Some(i), Some(r)) = (inp, r) {
+                    grads[*i] = Some(match grads[*i].take() {
+                        Some(prev) => ops::elementwise::add(&prev, &r)?,
+                        None => r,
+                    });
+                }
+            }
+        }
+        for (id, p) in self.params.borrow_mut().drain(..) {
+            if let Some(g) = grads[id].take() {
+                p.accumulate(g)?;
+            }
+        }
+        Ok(wrt.iter().map(|v| v.id.and_then(|i| grads[i].take())).collect())
+    }
+}
+
+impl Var {
+    /// A value that needs no gradient.
+    pub fn constant(t: Tensor) -> Var {
+        Var { value: t, id: None, tape: None }
+    }
+
+    /// Whether gradients flow into this var.
+    pub fn requires_grad(&self) -> bool {
+        self.id.is_some()
+    }
+
+    /// Shape of the value.
+    pub fn shape(&self) -> &[usize] {
+        self.value.shape()
+    }
+
+    /// Records `value = f(inputs)` with its backward, if any input is tracked.
+    fn record(inputs: &[&Var], value: Tensor, backward: impl FnOnce(&Tensor) -> Result<Vec<Option<Tensor>>> + 'static) -> Var {
+        let tape = inputs.iter().find_map(|v| v.id.and(v.tape.clone()));
+        match tape {
+            Some(tape) if tape.enabled.get() => {
+                let id = tape.fresh();
+                tape.nodes.borrow_mut().push(Node {
+                    out: id,
+                    inputs: inputs.iter().map(|v| v.id).collect(),
+                    backward: Box::new(backward),
+                });
+                Var { value, id: Some(id), tape: Some(tape) }
+            }
+            _ => Var::constant(value),
+        }
+    }
+
+    fn binary(&self, other: &Var, op: BinOp) -> Result<Var> {
+        let y = ops::elementwise::binary(op, &self.value, &other.value)?;
+        let (a, b) = (self.value.clone(), other.value.clone());
+        Ok(Var::record(&[self, other], y, move |g| {
+            let (da, db) = match op {
+                BinOp::Add => (g.clone(), g.clone()),
+                BinOp::Sub => (g.clone(), ops::elementwise::scale(g, -1.0, 0.0)?),
+                BinOp::Mul => (ops::elementwise::mul(g, &b)?, ops::elementwise::mul(g, &a)?),
+                BinOp::Div => {
+                    let da = ops::elementwise::binary(BinOp::Div, g, &b)?;
+                    // d(a/b)/db = -a/b^2 = -(g*a/b)/b
+                    let t = ops::elementwise::binary(BinOp::Div, &ops::elementwise::mul(&da, &a)?, &b)?;
+                    (da, ops::elementwise::scale(&t, -1.0, 0.0)?)
+                }
+                BinOp::Max => return Err(Error::Autograd("max has no gradient".into())),
+            };
+            Ok(vec![Some(ops::elementwise::reduce_to(&da, a.shape())?), Some(ops::elementwise::reduce_to(&db, b.shape())?)])
+        }))
+    }
+
+    /// self + other (broadcasting).
+    pub fn add(&self, other: &Var) -> Result<Var> {
+        self.binary(other, BinOp::Add)
+    }
+
+    /// self - other (broadcasting).
+    pub fn sub(&self, other: &Var) -> Result<Var> {
+        self.binary(other, BinOp::Sub)
+    }
+
+    /// self * other (broadcasting).
+    pub fn mul(&self, other: &Var) -> Result<Var> {
+        self.binary(other, BinOp::Mul)
+    }
+
+    /// self / other (broadcasting).
+    pub fn div(&self, other: &Var) -> Result<Var> {
+        self.binary(other, BinOp::Div)
+    }
+
+    /// alpha * self + beta.
+    pub fn scale(&self, alpha: f32, beta: f32) -> Result<Var> {
+        let y = ops::elementwise::scale(&self.value, alpha, beta)?;
+        Ok(Var::record(&[self], y, move |g| Ok(vec![Some(ops::elementwise::scale(g, alpha, 0.0)?)])))
+    }
+
+    /// op(self) @ op(w) (+ bias); see [`ops::matmul::matmul`].
+    pub fn matmul(&self, w: &Var, ta: bool, tb: bool, bias: Option<&Var>) -> Result<Var> {
+        let y = ops::matmul::matmul(&self.value, &w.value, ta, tb, bias.map(|b| &b.value))?;
+        let (a, b) = (self.value.clone(), w.value.clone());
+        let has_bias = bias.is_some();
+        let mut inputs = vec![self, w];
+        inputs.extend(bias);
+        Ok(Var::record(&inputs, y, move |g| {
+            let (da, db, dbias) = ops::matmul::matmul_backward(&a, &b, ta, tb, has_bias, g)?;
+            let mut v = vec![Some(da), Some(db)];
+            if has_bias {
+                v.push(dbias);
+            }
+            Ok(v)
+        }))
+    }
+
+    /// Pointwise activation.
+    pub fn act(&self, act: Act) -> Result<Var> {
+        let y = ops::activation::forward(act, &self.value)?;
+        let x = self.value.clone();
+        Ok(Var::record(&[self], y, move |g| Ok(vec![Some(ops::activation::backward(act, &x, g)?)])))
+    }
+
+    /// GELU (exact).
+    pub fn gelu(&self) -> Result<Var> {
+        self.act(Act::Gelu)
+    }
+
+    /// ReLU.
+    pub fn relu(&self) -> Result<Var> {
+        self.act(Act::Relu)
+    }
+
+    /// Inverted dropout with probability `p`, mask from `seed`.
+    pub fn dropout(&self, p: f32, seed: u64) -> Result<Var> {
+        if p == 0.0 {
+            return Ok(self.clone());
+        }
+        let y = ops::dropout::dropout(&self.value, p, seed)?;
+        Ok(Var::record(&[self], y, move |g| Ok(vec![Some(ops::dropout::dropout(g, p, seed)?)])))
+    }
+
+    fn norm(&self, norm: Norm, gamma: Option<&Var>, beta: Option<&Var>, eps: f32) -> Result<Var> {
+        let (y, stats) = ops::norm::forward(norm, &self.value, gamma.map(|v| &v.value), beta.map(|v| &v.value), eps)?;
+        let x = self.value.clone();
+        let gv = gamma.map(|v| v.value.clone());
+        let mut inputs = vec![self];
+        inputs.extend(gamma);
+        inputs.extend(beta);
+        let has_beta = beta.is_some();
+        Ok(Var::record(&inputs, y, move |g| {
+            let (dx, dg, db) = ops::norm::backward(norm, &x, gv.as_ref(), &stats, g)?;
+            let mut v = vec![Some(dx)];
+            if gv.is_some() {
+                v.push(dg);
+            }
+            if has_beta {
+                v.push(db);
+            }
+            Ok(v)
+        }))
+    }
+
+    /// LayerNorm over the last dim.
+    pub fn layer_norm(&self, gamma: Option<&Var>, beta: Option<&Var>, eps: f32) -> Result<Var> {
+        if gamma.is_some() != beta.is_some() {
+            return Err(Error::Autograd("layer_norm takes both weight and bias or neither".into()));
+        }
+        self.norm(Norm::Layer, gamma, beta, eps)
+    }
+
+    /// GroupNorm with one group per channel over [B, C, T].
+    pub fn group_norm(&self, gamma: Option<&Var>, beta: Option<&Var>, eps: f32) -> Result<Var> {
+        if gamma.is_some() != beta.is_some() {
+            return Err(Error::Autograd("group_norm takes both weight and bias or neither".into()));
+        }
+        self.norm(Norm::Group, gamma, beta, eps)
+    }
+
+    /// Conv1d of self [B, Cin, L] with w [Cout, Cin/groups, K].
+    pub fn conv1d(&self, w: &Var, bias: Option<&Var>, geo: Conv1d) -> Result<Var> {
+        let y = ops::conv::forward(&geo, &self.value, &w.value, bias.map(|b| &b.value))?;
+        let (x, wv) = (self.value.clone(), w.value.clone());
+        let has_bias = bias.is_some();
+        let need_input = self.requires_grad();
+        let mut inputs = vec![self, w];
+        inputs.extend(bias);
+        Ok(Var::record(&inputs, y, move |g| {
+            let (dx, dw, db) = ops::conv::backward(&geo, &x, &wv, has_bias, g, need_input)?;
+            let mut v = vec![dx, Some(dw)];
+            if has_bias {
+                v.push(db);
+            }
+            Ok(v)
+        }))
+    }
+
+    fn softmax_impl(&self, mask: Option<&Tensor>, log: bool) -> Result<Var> {
+        let y = ops::softmax::forward(&self.value, mask, log)?;
+        let yc = y.clone();
+        Ok(Var::record(&[self], y, move |g| Ok(vec![Some(ops::softmax::backward(&yc, g, log)?)])))
+    }
+
+    /// softmax(self + mask) over the last dim.
+    pub fn softmax(&self, mask: Option<&Tensor>) -> Result<Var> {
+        self.softmax_impl(mask, false)
+    }
+
+    /// log_softmax(self + mask) over the last dim.
+    pub fn log_softmax(&self, mask: Option<&Tensor>) -> Result<Var> {
+        self.softmax_impl(mask, true)
+    }
+
+    /// Sum of all elements.
+    pub fn sum(&self) -> Result<Var> {
+        let y = ops::reduce::sum_all(&self.value)?;
+        let shape = self.shape().to_vec();
+        Ok(Var::record(&[self], y, move |g| {
+            let gv = g.reshape(&[1])?;
+            Ok(vec![Some(ops::elementwise::binary(BinOp::Mul, &ops::elementwise::fill(g.gpu(), &shape, 1.0)?, &gv)?)])
+        }))
+    }
+
+    /// Mean of all elements.
+    pub fn mean(&self) -> Result<Var> {
+        let n = self.value.numel().max(1) as f32;
+        self.sum()?.scale(1.0 / n, 0.0)
+    }
+
+    /// alpha * sum over `axis` (removing it).
+    pub fn sum_axis(&self, axis: usize, alpha: f32) -> Result<Var> {
+        let y = ops::reduce::sum_axis(&self.value, axis, alpha)?;
+        let len = self.shape().get(axis).copied().unwrap_or(0);
+        Ok(Var::record(&[self], y, move |g| Ok(vec![Some(ops::reduce::expand(g, axis, len, alpha)?)])))
+    }
+
+    /// L2 norm of all elements.
+    pub fn l2_norm(&self) -> Result<Var> {
+        let y = ops::reduce::l2_norm(&self.value)?;
+        let (x, n) = (self.value.clone(), y.clone());
+        Ok(Var::record(&[self], y, move |g| Ok(vec![Some(ops::reduce::l2_norm_backward(&x, &n, g)?)])))
+    }
+
+    /// A view with another shape.
+    pub fn reshape(&self, shape: &[usize]) -> Result<Var> {
+        let y = self.value.reshape(shape)?;
+        let orig = self.shape().to_vec();
+        Ok(Var::record(&[self], y, move |g| Ok(vec![Some(g.reshape(&orig)?)])))
+    }
+
+    /// Reorders dims (a copy).
+    pub fn permute(&self, perm: &[usize]) -> Result<Var> {
+        let y = ops::copy::permute(&self.value, perm)?;
+        let mut inv = vec![0; perm.len()];
+        for (i, &p) in perm.iter().enumerate() {
+            inv[p] = i;
+        }
+        Ok(Var::record(&[self], y, move |g| Ok(vec![Some(ops::copy::permute(g, &inv)?)])))
+    }
+
+    /// Swaps two dims (a copy).
+    pub fn transpose(&self, d0: usize, d1: usize) -> Result<Var> {
+        let mut perm: Vec<usize> = (0..self.shape().len()).collect();
+        if d0 >= perm.len() || d1 >= perm.len() {
+            return crate::error::shape_err("transpose", format!("dims {d0}, {d1} out of range for {:?}", self.shape()));
+        }
+        perm.swap(d0, d1);
+        self.permute(&perm)
+    }
+
+    /// `len` entries from `start` along `dim` (a copy).
+    pub fn slice(&self, dim: usize, start: usize, len: usize) -> Result<Var> {
+        let y = ops::copy::slice(&self.value, dim, start, len)?;
+        let full = self.shape().to_vec();
+        Ok(Var::record(&[self], y, move |g| Ok(vec![Some(ops::copy::pad_into(g, &full, dim, start)?)])))
+    }
+
+    /// Joins vars along `dim`.
+    pub fn concat(xs: &[&Var], dim: usize) -> Result<Var> {
+        let vals: Vec<&Tensor> = xs.iter().map(|v| &v.value).collect();
+        let y = ops::copy::concat(&vals, dim)?;
+        let lens: Vec<usize> = xs.iter().map(|v| v.shape()[dim]).collect();
+        Ok(Var::record(xs, y, move |g| {
+            let mut at = 0;
+            lens.iter()
+                .map(|&l| {
+                    let s = ops::copy::slice(g, dim, at, l);
+                    at += l;
+                    s.map(Some)
+                })
+                .collect()
+        }))
+    }
+}

@@ -1,0 +1,722 @@
+//! The GPU: adapter choice, device, cached pipelines, pooled buffers, batched dispatch, timing.
+//!
+//! Every kernel launch goes through [`Gpu::dispatch`], which records into one long-lived command
+//! encoder. Nothing is submitted until someone needs a value back ([`Gpu::read`]), the uniform
+//! arena fills, or [`Gpu::flush`] is called, so a training step is a handful of submissions.
+
+use crate::error::{Error, Result};
+use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+/// WGSL sources, one file per kernel family, compiled once per device on first use.
+const SHADERS: &[(&str, &str)] = &[
+    ("matmul", include_str!("../shaders/matmul.wgsl")),
+    ("elementwise", include_str!("../shaders/elementwise.wgsl")),
+    ("activation", include_str!("../shaders/activation.wgsl")),
+    ("dropout", include_str!("../shaders/dropout.wgsl")),
+    ("norm", include_str!("../shaders/norm.wgsl")),
+    ("conv1d", include_str!("../shaders/conv1d.wgsl")),
+    ("softmax", include_str!("../shaders/softmax.wgsl")),
+    ("reduce", include_str!("../shaders/reduce.wgsl")),
+    ("copy", include_str!("../shaders/copy.wgsl")),
+];
+
+/// Bytes reserved per dispatch in the uniform arena (also the offset alignment we use).
+const UNIFORM_SLOT: u64 = 256;
+/// Dispatches recorded before the encoder is submitted and the arena reused.
+const ARENA_SLOTS: u64 = 2048;
+/// Timestamp pairs per profiler flush.
+const PROFILE_PAIRS: u32 = 1024;
+
+/// A compute kernel: an entry point in a WGSL file whose bindings are
+/// `@binding(0)` uniform params, then `reads` read-only and `writes` read-write storage buffers.
+#[derive(Clone, Copy, Debug)]
+pub struct Kernel {
+    /// Shader file name without extension (see `shaders/`).
+    pub file: &'static str,
+    /// Entry point name.
+    pub entry: &'static str,
+    /// Number of read-only storage bindings (bindings 1..=reads).
+    pub reads: u32,
+    /// Number of read-write storage bindings (after the read-only ones).
+    pub writes: u32,
+}
+
+/// A byte range of a buffer bound to one kernel binding.
+#[derive(Clone, Copy)]
+pub struct BufRef<'a> {
+    /// The buffer.
+    pub buffer: &'a wgpu::Buffer,
+    /// Start in bytes (a multiple of the device's storage offset alignment).
+    pub offset: u64,
+    /// Length in bytes.
+    pub size: u64,
+}
+
+struct Pipeline {
+    pipeline: wgpu::ComputePipeline,
+    layout: Arc<wgpu::BindGroupLayout>,
+}
+
+/// Buffers kept for reuse, keyed by size class.
+#[derive(Default)]
+struct Pool {
+    free: HashMap<u64, Vec<wgpu::Buffer>>,
+    live_bytes: u64,
+    pooled_bytes: u64,
+    peak_bytes: u64,
+}
+
+struct Batch {
+    encoder: Option<wgpu::CommandEncoder>,
+    arena: wgpu::Buffer,
+    uniforms: Vec<u8>,
+    slots: u64,
+}
+
+struct Profiler {
+    queries: wgpu::QuerySet,
+    resolve: wgpu::Buffer,
+    readback: wgpu::Buffer,
+    labels: Vec<&'static str>,
+    totals: BTreeMap<&'static str, (f64, u64)>,
+}
+
+/// Shared handle to one GPU device; cheap to clone.
+#[derive(Clone)]
+pub struct Gpu(Arc<GpuInner>);
+
+/// The state behind a [`Gpu`] handle.
+pub struct GpuInner {
+    /// The wgpu device.
+    pub device: wgpu::Device,
+    /// Its queue.
+    pub queue: wgpu::Queue,
+    /// What adapter it runs on.
+    pub info: wgpu::AdapterInfo,
+    /// The limits requested (the adapter's own).
+    pub limits: wgpu::Limits,
+    /// Enabled optional features.
+    pub features: wgpu::Features,
+    modules: Mutex<HashMap<&'static str, Arc<wgpu::ShaderModule>>>,
+    layouts: Mutex<HashMap<(u32, u32), (Arc<wgpu::BindGroupLayout>, Arc<wgpu::PipelineLayout>)>>,
+    pipelines: Mutex<HashMap<(&'static str, &'static str), Arc<Pipeline>>>,
+    pool: Mutex<Pool>,
+    batch: Mutex<Batch>,
+    profiler: Mutex<Option<Profiler>>,
+    max_binding: AtomicU64,
+    errors: Arc<Mutex<Vec<String>>>,
+}
+
+impl std::ops::Deref for Gpu {
+    type Target = GpuInner;
+    fn deref(&self) -> &GpuInner {
+        &self.0
+    }
+}
+
+/// One adapter as `xlsr devices` lists it.
+pub struct AdapterSummary {
+    /// Adapter info (name, backend, type, driver).
+    pub info: wgpu::AdapterInfo,
+    /// The adapter's limits.
+    pub limits: wgpu::Limits,
+    /// The adapter's features.
+    pub features: wgpu::Features,
+}
+
+fn instance() -> wgpu::Instance {
+    let mut desc = wgpu::InstanceDescriptor::new_without_display_handle();
+    desc.backends = wgpu::Backends::VULKAN | wgpu::Backends::METAL | wgpu::Backends::DX12;
+    wgpu::Instance::new(desc)
+}
+
+fn rank(info: &wgpu::AdapterInfo) -> u32 {
+    match info.device_type {
+        wgpu::DeviceType::DiscreteGpu => 0,
+        wgpu::DeviceType::IntegratedGpu => 1,
+        wgpu::DeviceType::VirtualGpu => 2,
+        wgpu::DeviceType::Cpu => 3,
+        wgpu::DeviceType::Other => 4,
+    }
+}
+
+/// Lists every adapter wgpu can see, best first.
+pub fn adapters() -> Vec<AdapterSummary> {
+    let mut list: Vec<AdapterSummary> =
+        pollster::block_on(instance().enumerate_adapters(wgpu::Backends::all()))
+            .into_iter()
+            .map(|a| AdapterSummary {
+                info: a.get_info(),
+                limits: a.limits(),
+                features: a.features(),
+            })
+            .collect();
+    list.sort_by_key(|a| rank(&a.info));
+    list
+}
+
+/// Rounds a byte count up to its pool size class: powers of two split in quarters,
+/// so pooled buffers waste at most 25%.
+fn size_class(bytes: u64) -> u64 {
+    let b = bytes.max(256);
+    let log = 63 - b.leading_zeros() as u64;
+    let step = 1u64 << (log - 2);
+    b.div_ceil(step) * step
+}
+
+impl Gpu {
+    /// Opens the best adapter (discrete > integrated > CPU) or the one whose name contains
+    /// `XLSR_ADAPTER` (case-insensitive).
+    pub fn new() -> Result<Gpu> {
+        let wanted = std::env::var("XLSR_ADAPTER").ok().filter(|s| !s.is_empty());
+        let mut all = pollster::block_on(instance().enumerate_adapters(wgpu::Backends::all()));
+        all.sort_by_key(|a| rank(&a.get_info()));
+        let adapter = match &wanted {
+            Some(w) => {
+                let w = w.to_lowercase();
+                all.into_iter()
+                    .find(|a| a.get_info().name.to_lowercase().contains(&w))
+                    .ok_or_else(|| Error::NoAdapter(format!(" matching XLSR_ADAPTER={w:?}")))?
+            }
+            None => all
+                .into_iter()
+                .next()
+                .ok_or_else(|| Error::NoAdapter(String::new()))?,
+        };
+        let info = adapter.get_info();
+        let limits = adapter.limits();
+        let optional = wgpu::Features::TIMESTAMP_QUERY | wgpu::Features::SHADER_F16;
+        let features = adapter.features() & optional;
+        let (device, queue) = pollster::block_on(adapter.request_device(&wgpu::DeviceDescriptor {
+            label: Some("xlsr"),
+            required_features: features,
+            required_limits: limits.clone(),
+            ..Default::default()
+        }))
+        .map_err(|e| Error::Device {
+            adapter: info.name.clone(),
+            reason: e.to_string(),
+        })?;
+        let errors = Arc::new(Mutex::new(Vec::new()));
+        let sink = errors.clone();
+        device.on_uncaptured_error(Arc::new(move |e: wgpu::Error| {
+            sink.lock().unwrap().push(e.to_string());
+        }));
+        let arena = device.create_buffer(&wgpu::BufferDescriptor {
+            label: Some("uniform arena"),
+            size: UNIFORM_SLOT * ARENA_SLOTS,
+            usage: wgpu::BufferUsages::UNIFORM | wgpu::BufferUsages::COPY_DST,
+            mapped_at_creation: false,
+        });
+        let max_binding = limits.max_storage_buffer_binding_size.min(limits.max_buffer_size);
+        Ok(Gpu(Arc::new(GpuInner {
+            device,
+            queue,
+            info,
+            limits,
+            features,
+            modules: Mutex::default(),
+            layouts: Mutex::default(),
+            pipelines: Mutex::default(),
+            pool: Mutex::default(),
+            batch: Mutex::new(Batch {
+                encoder: None,
+                arena,
+                uniforms: Vec::with_capacity((UNIFORM_SLOT * ARENA_SLOTS) as usize),
+                slots: 0,
+            }),
+            profiler: Mutex::new(None),
+            max_binding: AtomicU64::new(max_binding),
+            errors,
+        })))
+    }
+
+    /// Largest byte range one kernel binding may cover; tensors above it are processed in chunks.
+    pub fn max_binding(&self) -> u64 {
+        self.max_binding.load(Ordering::Relaxed)
+    }
+
+    /// Lowers the chunking threshold (tests use it to exercise chunked dispatch on small data).
+    pub fn set_max_binding(&self, bytes: u64) {
+        let cap = self
+            .limits
+            .max_storage_buffer_binding_size
+            .min(self.limits.max_buffer_size);
+        self.max_binding.store(bytes.clamp(1024, cap), Ordering::Relaxed);
+    }
+
+    /// Storage offset alignment in bytes: chunk boundaries are multiples of it.
+    pub fn offset_align(&self) -> u64 {
+        self.limits.min_storage_buffer_offset_alignment.max(4) as u64
+    }
+
+    /// Whether the adapter can write GPU timestamps (used by benchmarks).
+    pub fn has_timestamps(&self) -> bool {
+        self.features.contains(wgpu::Features::TIMESTAMP_QUERY)
+    }
+
+    /// Device bytes held by live tensors.
+    pub fn live_bytes(&self) -> u64 {
+        self.pool.lock().unwrap().live_bytes
+    }
+
+    /// Highest device bytes ever held (live + pooled).
+    pub fn peak_bytes(&self) -> u64 {
+        self.pool.lock().unwrap().peak_bytes
+    }
+
+    /// Takes a buffer of at least `bytes` from the pool, or allocates one.
+    pub(crate) fn alloc(&self, bytes: u64) -> Result<(wgpu::Buffer, u64)> {
+        let class = size_class(bytes);
+        if class > self.limits.max_buffer_size {
+            return Err(Error::Limit {
+                op: "alloc",
+                msg: format!(
+                    "buffer of {bytes} bytes exceeds the device's max_buffer_size {}",
+                    self.limits.max_buffer_size
+                ),
+            });
+        }
+        let mut pool = self.pool.lock().unwrap();
+        pool.live_bytes += class;
+        if let Some(buf) = pool.free.get_mut(&class).and_then(|v| v.pop()) {
+            pool.pooled_bytes -= class;
+            return Ok((buf, class));
+        }
+        pool.peak_bytes = pool.peak_bytes.max(pool.live_bytes + pool.pooled_bytes);
+        drop(pool);
+        let buf = self.device.create_buffer(&wgpu::BufferDescriptor {
+            label: None,
+            size: class,
+            usage: wgpu::BufferUsages::STORAGE
+                | wgpu::BufferUsages::COPY_SRC
+                | wgpu::BufferUsages::COPY_DST,
+            mapped_at_creation: false,
+        });
+        Ok((buf, class))
+    }
+
+    /// Returns a buffer to the pool. Commands already recorded that use it still run first,
+    /// because the GPU executes the encoder in order.
+    pub(crate) fn release(&self, buf: wgpu::Buffer, class: u64) {
+        let mut pool = self.pool.lock().unwrap();
+        pool.live_bytes -= class;
+        pool.pooled_bytes += class;
+        pool.free.entry(class).or_default().push(buf);
+    }
+
+    /// Frees every pooled (unused) buffer.
+    pub fn trim_pool(&self) {
+        let mut pool = self.pool.lock().unwrap();
+        pool.free.clear();
+        pool.pooled_bytes = 0;
+    }
+
+    fn module(&self, file: &'static str) -> Result<Arc<wgpu::ShaderModule>> {
+        let mut modules = self.modules.lock().unwrap();
+        if let Some(m) = modules.get(file) {
+            return Ok(m.clone());
+        }
+        let src = SHADERS
+            .iter()
+            .find(|(n, _)| *n == file)
+            .map(|(_, s)| *s)
+            .ok_or_else(|| Error::Gpu(format!("unknown shader file {file}")))?;
+        let desc = wgpu::ShaderModuleDescriptor {
+            label: Some(file),
+            source: wgpu::ShaderSource::Wgsl(src.into()),
+        };
+        // Our kernels guard every index themselves; skipping wgpu's injected bounds checks
+        // is one of the levers that makes the tiled matmul fast.
+        let module = Arc::new(unsafe {
+            self.device
+                .create_shader_module_trusted(desc, wgpu::ShaderRuntimeChecks::unchecked())
+        });
+        modules.insert(file, module.clone());
+        Ok(module)
+    }
+
+    fn layout(&self, reads: u32, writes: u32) -> (Arc<wgpu::BindGroupLayout>, Arc<wgpu::PipelineLayout>) {
+        let mut layouts = self.layouts.lock().unwrap();
+        layouts
+            .entry((reads, writes))
+            .or_insert_with(|| {
+                let mut entries = vec![wgpu::BindGroupLayoutEntry {
+                    binding: 0,
+                    visibility: wgpu::ShaderStages::COMPUTE,
+                    ty: wgpu::BindingType::Buffer {
+                        ty: wgpu::BufferBindingType::Uniform,
+                        has_dynamic_offset: false,
+                        min_binding_size: None,
+                    },
+                    count: None,
+                }];
+                for i in 0..reads + writes {
+                    entries.push(wgpu::BindGroupLayoutEntry {
+                        binding: 1 + i,
+                        visibility: wgpu::ShaderStages::COMPUTE,
+                        ty: wgpu::BindingType::Buffer {
+                            ty: wgpu::BufferBindingType::Storage {
+                                read_only: i < reads,
+                            },
+                            has_dynamic_offset: false,
+                            min_binding_size: None,
+                        },
+                        count: None,
+                    });
+                }
+                let bgl = self
+                    .device
+                    .create_bind_group_layout(&wgpu::BindGroupLayoutDescriptor {
+                        label: None,
+                        entries: &entries,
+                    });
+                let pl = self
+                    .device
+                    .create_pipeline_layout(&wgpu::PipelineLayoutDescriptor {
+                        label: None,
+                        bind_group_layouts: &[Some(&bgl)],
+                        immediate_size: 0,
+                    });
+                (Arc::new(bgl), Arc::new(pl))
+            })
+            .clone()
+    }
+
+    fn pipeline(&self, k: &Kernel) -> Result<Arc<Pipeline>> {
+        if let Some(p) = self.pipelines.lock().unwrap().get(&(k.file, k.entry)) {
+            return Ok(p.clone());
+        }
+        let module = self.module(k.file)?;
+        let (bgl, pl) = self.layout(k.reads, k.writes);
+        let scope = self.device.push_error_scope(wgpu::ErrorFilter::Validation);
+        let pipeline = self
+            .device
+            .create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
+                label: Some(k.entry),
+                layout: Some(&pl),
+                module: &module,
+                entry_point: Some(k.entry),
+                compilation_options: Default::default(),
+                cache: None,
+            });
+        if let Some(e) = pollster::block_on(scope.pop()) {
+            return Err(Error::Gpu(format!(
+                "kernel {}::{} failed to compile: {e}",
+                k.file, k.entry
+            )));
+        }
+        let p = Arc::new(Pipeline {
+            pipeline,
+            layout: bgl,
+        });
+        self.pipelines
+            .lock()
+            .unwrap()
+            .insert((k.file, k.entry), p.clone());
+        Ok(p)
+    }
+
+    /// Number of compiled pipelines (tests check that repeated ops compile nothing new).
+    pub fn pipeline_count(&self) -> usize {
+        self.pipelines.lock().unwrap().len()
+    }
+
+    /// Records one kernel launch. `params` fill the kernel's uniform struct (u32 words; f32 via
+    /// `to_bits`). Nothing runs until the batch is submitted.
+    pub fn dispatch(
+        &self,
+        k: &Kernel,
+        params: &[u32],
+        bufs: &[BufRef<'_>],
+        groups: [u32; 3],
+    ) -> Result<()> {
+        if groups.contains(&0) {
+            return Ok(());
+        }
+        if bufs.len() != (k.reads + k.writes) as usize {
+            return Err(Error::Gpu(format!(
+                "{}: {} buffers bound, kernel expects {}",
+                k.entry,
+                bufs.len(),
+                k.reads + k.writes
+            )));
+        }
+        let max_groups = self.limits.max_compute_workgroups_per_dimension;
+        if groups.iter().any(|&g| g > max_groups) {
+            return Err(Error::Limit {
+                op: k.entry,
+                msg: format!("dispatch of {groups:?} workgroups exceeds the device limit {max_groups} per dimension"),
+            });
+        }
+        for b in bufs {
+            if b.size > self.max_binding() && b.size > self.limits.max_storage_buffer_binding_size {
+                return Err(Error::Limit {
+                    op: k.entry,
+                    msg: format!(
+                        "binding of {} bytes exceeds max_storage_buffer_binding_size {}",
+                        b.size, self.limits.max_storage_buffer_binding_size
+                    ),
+                });
+            }
+        }
+        if params.len() * 4 > UNIFORM_SLOT as usize {
+            return Err(Error::Gpu(format!("{}: too many params", k.entry)));
+        }
+        let pipeline = self.pipeline(k)?;
+        let mut batch = self.batch.lock().unwrap();
+        if batch.slots == ARENA_SLOTS {
+            self.submit(&mut batch)?;
+        }
+        let slot = batch.slots;
+        batch.slots += 1;
+        batch.uniforms.extend_from_slice(bytemuck::cast_slice(params));
+        batch.uniforms.resize(((slot + 1) * UNIFORM_SLOT) as usize, 0);
+
+        let mut entries = vec![wgpu::BindGroupEntry {
+            binding: 0,
+            resource: wgpu::BindingResource::Buffer(wgpu::BufferBinding {
+                buffer: &batch.arena,
+                offset: slot * UNIFORM_SLOT,
+                size: wgpu::BufferSize::new(UNIFORM_SLOT),
+            }),
+        }];
+        for (i, b) in bufs.iter().enumerate() {
+            entries.push(wgpu::BindGroupEntry {
+                binding: 1 + i as u32,
+                resource: wgpu::BindingResource::Buffer(wgpu::BufferBinding {
+                    buffer: b.buffer,
+                    offset: b.offset,
+                    size: wgpu::BufferSize::new(b.size.max(4)),
+                }),
+            });
+        }
+        let bind_group = self.device.create_bind_group(&wgpu::BindGroupDescriptor {
+            label: None,
+            layout: &pipeline.layout,
+            entries: &entries,
+        });
+
+        let mut profiler = self.profiler.lock().unwrap();
+        let timestamp_writes = profiler.as_mut().map(|p| {
+            let i = p.labels.len() as u32;
+            p.labels.push(k.entry);
+            wgpu::ComputePassTimestampWrites {
+                query_set: &p.queries,
+                beginning_of_pass_write_index: Some(2 * i),
+                end_of_pass_write_index: Some(2 * i + 1),
+            }
+        });
+        let encoder = batch.encoder.get_or_insert_with(|| {
+            self.device
+                .create_command_encoder(&wgpu::CommandEncoderDescriptor { label: None })
+        });
+        {
+            let mut pass = encoder.begin_compute_pass(&wgpu::ComputePassDescriptor {
+                label: None,
+                timestamp_writes,
+            });
+            pass.set_pipeline(&pipeline.pipeline);
+            pass.set_bind_group(0, &bind_group, &[]);
+            pass.dispatch_workgroups(groups[0], groups[1], groups[2]);
+        }
+        let full = profiler
+            .as_ref()
+            .is_some_and(|p| p.labels.len() as u32 == PROFILE_PAIRS);
+        drop(profiler);
+        if full {
+            self.submit(&mut batch)?;
+        }
+        Ok(())
+    }
+
+    /// Runs `f` with the pending command encoder (for copies and clears).
+    pub(crate) fn with_encoder<R>(&self, f: impl FnOnce(&mut wgpu::CommandEncoder) -> R) -> R {
+        let mut batch = self.batch.lock().unwrap();
+        let encoder = batch.encoder.get_or_insert_with(|| {
+            self.device
+                .create_command_encoder(&wgpu::CommandEncoderDescriptor { label: None })
+        });
+        f(encoder)
+    }
+
+    /// Submits everything recorded so far (without waiting for it).
+    pub fn flush(&self) -> Result<()> {
+        let mut batch = self.batch.lock().unwrap();
+        self.submit(&mut batch)
+    }
+
+    fn submit(&self, batch: &mut Batch) -> Result<()> {
+        let Some(mut encoder) = batch.encoder.take() else {
+            return self.check_errors();
+        };
+        if batch.slots > 0 {
+            self.queue.write_buffer(&batch.arena, 0, &batch.uniforms);
+        }
+        batch.uniforms.clear();
+        batch.slots = 0;
+        let mut profiler = self.profiler.lock().unwrap();
+        let pairs = profiler.as_ref().map_or(0, |p| p.labels.len() as u32);
+        if let Some(p) = profiler.as_mut().filter(|_| pairs > 0) {
+            encoder.resolve_query_set(&p.queries, 0..2 * pairs, &p.resolve, 0);
+            encoder.copy_buffer_to_buffer(&p.resolve, 0, &p.readback, 0, 16 * pairs as u64);
+        }
+        self.queue.submit([encoder.finish()]);
+        if let Some(p) = profiler.as_mut().filter(|_| pairs > 0) {
+            let ticks: Vec<u64> = self.map_read(&p.readback, 16 * pairs as u64)?;
+            let period = self.queue.get_timestamp_period() as f64;
+            for (i, label) in p.labels.drain(..).enumerate() {
+                let dt = ticks[2 * i + 1].saturating_sub(ticks[2 * i]) as f64 * period;
+                let e = p.totals.entry(label).or_insert((0.0, 0));
+                e.0 += dt;
+                e.1 += 1;
+            }
+        }
+        self.check_errors()
+    }
+
+    fn check_errors(&self) -> Result<()> {
+        let mut errors = self.errors.lock().unwrap();
+        if errors.is_empty() {
+            Ok(())
+        } else {
+            Err(Error::Gpu(std::mem::take(&mut *errors).join("; ")))
+        }
+    }
+
+    /// Waits for every submitted command to finish.
+    pub fn sync(&self) -> Result<()> {
+        self.flush()?;
+        self.device
+            .poll(wgpu::PollType::wait_indefinitely())
+            .map_err(|e| Error::Gpu(e.to_string()))?;
+        self.check_errors()
+    }
+
+    fn map_read<T: bytemuck::Pod>(&self, buf: &wgpu::Buffer, bytes: u64) -> Result<Vec<T>> {
+        let (tx, rx) = std::sync::mpsc::channel();
+        buf.map_async(wgpu::MapMode::Read, 0..bytes, move |r| {
+            let _ = tx.send(r);
+        });
+        self.device
+            .poll(wgpu::PollType::wait_indefinitely())
+            .map_err(|e| Error::Gpu(e.to_string()))?;
+        rx.recv()
+            .map_err(|e| Error::Gpu(e.to_string()))?
+            .map_err(|e| Error::Gpu(e.to_string()))?;
+        let out = {
+            let view = buf
+                .get_mapped_range(0..bytes)
+                .map_err(|e| Error::Gpu(format!("{e:?}")))?;
+            bytemuck::cast_slice::<u8, T>(&view).to_vec()
+        };
+        buf.unmap();
+        Ok(out)
+    }
+
+    /// Copies `bytes` from the start of `buf` to the host, submitting pending work first.
+    pub fn read(&self, buf: &wgpu::Buffer, bytes: u64) -> Result<Vec<u8>> {
+        let padded = bytes.div_ceil(4) * 4;
+        if padded == 0 {
+            return Ok(Vec::new());
+        }
+        let staging = self.device.create_buffer(&wgpu::BufferDescriptor {
+            label: Some("readback"),
+            size: padded,
+            usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
+            mapped_at_creation: false,
+        });
+        self.with_encoder(|e| e.copy_buffer_to_buffer(buf, 0, &staging, 0, padded));
+        self.flush()?;
+        let mut out: Vec<u8> = self.map_read(&staging, padded)?;
+        out.truncate(bytes as usize);
+        Ok(out)
+    }
+
+    /// Writes host bytes into the start of `buf`, ordered after everything already recorded.
+    pub fn write(&self, buf: &wgpu::Buffer, data: &[u8]) {
+        let padded = data.len().div_ceil(4) * 4;
+        if padded == 0 {
+            return;
+        }
+        // A staging copy inside the encoder (not queue.write_buffer, which would run before
+        // already-recorded commands that may still read a recycled buffer).
+        let staging = self.device.create_buffer(&wgpu::BufferDescriptor {
+            label: Some("upload"),
+            size: padded as u64,
+            usage: wgpu::BufferUsages::COPY_SRC,
+            mapped_at_creation: true,
+        });
+        {
+            let mut view = staging.get_mapped_range_mut(..).expect("fresh mapping");
+            view.slice(..data.len()).copy_from_slice(data);
+        }
+        staging.unmap();
+        self.with_encoder(|e| e.copy_buffer_to_buffer(&staging, 0, buf, 0, padded as u64));
+    }
+
+    /// Starts collecting per-kernel GPU time from timestamp queries (if the adapter has them).
+    pub fn profile_start(&self) -> Result<bool> {
+        if !self.has_timestamps() {
+            return Ok(false);
+        }
+        self.flush()?;
+        let queries = self.device.create_query_set(&wgpu::QuerySetDescriptor {
+            label: Some("profiler"),
+            ty: wgpu::QueryType::Timestamp,
+            count: 2 * PROFILE_PAIRS,
+        });
+        let mk = |usage| {
+            self.device.create_buffer(&wgpu::BufferDescriptor {
+                label: Some("profiler"),
+                size: 16 * PROFILE_PAIRS as u64,
+                usage,
+                mapped_at_creation: false,
+            })
+        };
+        *self.profiler.lock().unwrap() = Some(Profiler {
+            queries,
+            resolve: mk(wgpu::BufferUsages::QUERY_RESOLVE | wgpu::BufferUsages::COPY_SRC),
+            readback: mk(wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST),
+            labels: Vec::new(),
+            totals: BTreeMap::new(),
+        });
+        Ok(true)
+    }
+
+    /// Stops profiling; returns (kernel entry, total ns, launches), sorted by name.
+    pub fn profile_stop(&self) -> Result<Vec<(&'static str, f64, u64)>> {
+        self.sync()?;
+        let p = self.profiler.lock().unwrap().take();
+        Ok(p.map(|p| p.totals.into_iter().map(|(k, (t, n))| (k, t, n)).collect())
+            .unwrap_or_default())
+    }
+}
+
+/// Splits `n` threads of workgroup size `wg` into a grid within the 65535-per-dimension limit.
+/// Shaders rebuild the linear index as `gid.x + gid.y * num_workgroups.x * wg`.
+pub fn grid(n: u64, wg: u64) -> [u32; 3] {
+    let groups = n.div_ceil(wg);
+    if groups == 0 {
+        return [0, 1, 1];
+    }
+    let x = groups.min(65535);
+    [x as u32, groups.div_ceil(x) as u32, 1]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn size_classes_waste_at_most_a_quarter() {
+        for b in [1u64, 255, 256, 257, 1000, 4096, 5000, 1 << 20, (1 << 20) + 1, 123_456_789] {
+            let c = size_class(b);
+            assert!(c >= b);
+            assert!(c as f64 <= (b.max(256) as f64) * 1.25 + 1.0, "{b} -> {c}");
+        }
+        assert_eq!(size_class(1000), size_class(1024));
+    }
+}

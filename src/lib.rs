@@ -1,0 +1,18 @@
+//! `xlsr`: fine-tune wav2vec2 / XLSR speech models with CTC on any GPU through wgpu.
+//!
+//! Layers, bottom up: [`gpu`] (device, pooled buffers, cached pipelines, batched dispatch),
+//! [`tensor`], [`ops`] (kernel launchers, forward and backward), [`autograd`] (the tape),
+//! and [`bench`] (kernel benchmarks shared by `cargo bench` and `xlsr bench`).
+
+pub mod autograd;
+pub mod bench;
+pub mod demo;
+pub mod error;
+pub mod gpu;
+pub mod ops;
+pub mod tensor;
+
+pub use autograd::{Param, Tape, Var};
+pub use error::{Error, Result};
+pub use gpu::Gpu;
+pub use tensor::{DType, Tensor};

@@ -1,0 +1,53 @@
+//! GELU (exact erf form) and ReLU, forward and backward.
+
+use super::{check_f32, dummy, row_chunks};
+use crate::error::{shape_err, Result};
+use crate::gpu::{grid, Kernel};
+use crate::tensor::{DType, Tensor};
+
+const fn k(entry: &'static str) -> Kernel {
+    Kernel { file: "activation", entry, reads: 2, writes: 1 }
+}
+
+/// Which pointwise activation.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Act {
+    /// GELU, exact (erf) form.
+    Gelu,
+    /// max(x, 0).
+    Relu,
+}
+
+fn run(kernel: Kernel, x: &Tensor, dy: Option<&Tensor>) -> Result<Tensor> {
+    check_f32(kernel.entry, &[x])?;
+    if let Some(dy) = dy {
+        check_f32(kernel.entry, &[dy])?;
+        if dy.shape() != x.shape() {
+            return shape_err(kernel.entry, format!("x {:?} but dy {:?}", x.shape(), dy.shape()));
+        }
+    }
+    let gpu = x.gpu();
+    let out = Tensor::uninit(gpu, x.shape(), DType::F32)?;
+    let d = dummy(gpu)?;
+    for (s, len) in row_chunks(gpu, kernel.entry, x.numel(), 1)? {
+        let dyr = dy.map_or(d.bind(), |t| t.bind_range(s, len));
+        gpu.dispatch(&kernel, &[len as u32, 0, 0, 0], &[x.bind_range(s, len), dyr, out.bind_range(s, len)], grid(len as u64, 256))?;
+    }
+    Ok(out)
+}
+
+/// y = act(x).
+pub fn forward(act: Act, x: &Tensor) -> Result<Tensor> {
+    match act {
+        Act::Gelu => run(k("gelu_fwd"), x, None),
+        Act::Relu => run(k("relu_fwd"), x, None),
+    }
+}
+
+/// dx = dy * act'(x).
+pub fn backward(act: Act, x: &Tensor, dy: &Tensor) -> Result<Tensor> {
+    match act {
+        Act::Gelu => run(k("gelu_bwd"), x, Some(dy)),
+        Act::Relu => run(k("relu_bwd"), x, Some(dy)),
+    }
+}

@@ -1,0 +1,95 @@
+//! Kernel launchers: forward and backward of every op, on plain tensors.
+//!
+//! Each function validates shapes (returning an error that names the op and the shapes),
+//! allocates its output from the pool, splits work that exceeds the device's binding limit into
+//! chunks, and records dispatches. None of them reads anything back.
+
+pub mod activation;
+pub mod conv;
+pub mod copy;
+pub mod dropout;
+pub mod elementwise;
+pub mod matmul;
+pub mod norm;
+pub mod reduce;
+pub mod softmax;
+
+use crate::error::{Error, Result};
+use crate::gpu::Gpu;
+use crate::tensor::Tensor;
+
+/// Most dims a broadcasting or strided kernel handles.
+pub const MAX_DIMS: usize = 8;
+
+/// Splits `rows` rows of `row_elems` f32 each into chunks that fit one binding and start at
+/// aligned offsets. Returns (first row, row count) pairs.
+pub(crate) fn row_chunks(
+    gpu: &Gpu,
+    op: &'static str,
+    rows: usize,
+    row_elems: usize,
+) -> Result<Vec<(usize, usize)>> {
+    let limit = (gpu.max_binding() / 4) as usize;
+    let align = (gpu.offset_align() / 4) as usize;
+    if rows * row_elems <= limit || row_elems == 0 {
+        return Ok(vec![(0, rows)]);
+    }
+    // Rows per chunk must keep chunk starts aligned: a multiple of align / gcd(row, align).
+    let step = align / gcd(row_elems, align);
+    let per = (limit / row_elems) / step * step;
+    if per == 0 {
+        return Err(Error::Limit {
+            op,
+            msg: format!(
+                "one row of {row_elems} elements (x{step} for alignment) exceeds the binding limit of {limit} elements"
+            ),
+        });
+    }
+    Ok((0..rows)
+        .step_by(per)
+        .map(|s| (s, per.min(rows - s)))
+        .collect())
+}
+
+fn gcd(a: usize, b: usize) -> usize {
+    if b == 0 {
+        a
+    } else {
+        gcd(b, a % b)
+    }
+}
+
+/// A placeholder for bindings a kernel entry does not use.
+pub(crate) fn dummy(gpu: &Gpu) -> Result<Tensor> {
+    Tensor::uninit(gpu, &[64], crate::tensor::DType::F32)
+}
+
+/// Packs dims into the shaders' `array<vec4<u32>, 2>` layout.
+pub(crate) fn dims8(v: &[usize]) -> [u32; MAX_DIMS] {
+    let mut out = [0u32; MAX_DIMS];
+    for (o, &x) in out.iter_mut().zip(v) {
+        *o = x as u32;
+    }
+    out
+}
+
+/// Row-major strides of a shape.
+pub fn strides(shape: &[usize]) -> Vec<usize> {
+    let mut s = vec![1; shape.len()];
+    for d in (0..shape.len().saturating_sub(1)).rev() {
+        s[d] = s[d + 1] * shape[d + 1];
+    }
+    s
+}
+
+/// Checks that tensors share a device and are f32.
+pub(crate) fn check_f32(op: &'static str, ts: &[&Tensor]) -> Result<()> {
+    for t in ts {
+        t.expect_f32(op)?;
+    }
+    Ok(())
+}
+
+pub(crate) fn f(x: f32) -> u32 {
+    x.to_bits()
+}

@@ -1,0 +1,139 @@
+//! Sums, means, the global L2 norm, and their backward.
+
+use super::{check_f32, dummy, f, row_chunks};
+use crate::error::{shape_err, Result};
+use crate::gpu::{grid, Gpu, Kernel};
+use crate::tensor::{DType, Tensor};
+
+const fn k(entry: &'static str) -> Kernel {
+    Kernel { file: "reduce", entry, reads: 3, writes: 1 }
+}
+const SUM_ALL: Kernel = k("sum_all");
+const SQRT_AT: Kernel = k("sqrt_at");
+const L2_BWD: Kernel = k("l2_bwd");
+const SUM_AXIS: Kernel = k("sum_axis");
+const EXPAND: Kernel = k("expand");
+pub(crate) const REDUCE_TO: Kernel = k("reduce_to");
+
+/// Partials per first pass: enough workgroups to fill a GPU, few enough for one second pass.
+const PARTIALS: usize = 256;
+
+fn p(n: usize, square: bool, out_index: usize, len: usize, inner: usize, alpha: f32) -> Vec<u32> {
+    let mut v = vec![n as u32, square as u32, out_index as u32, len as u32, inner as u32, f(alpha), 0, 0];
+    v.resize(8 + 32, 0);
+    v
+}
+
+/// Writes alpha * sum(x) (or of x^2) into `out[index]`, in two passes, chunking x if needed.
+fn sum_into(x: &Tensor, square: bool, alpha: f32, out: &Tensor, index: usize) -> Result<()> {
+    let gpu = x.gpu();
+    let d = dummy(gpu)?;
+    let chunks = row_chunks(gpu, "sum", x.numel(), 1)?;
+    let partials = Tensor::uninit(gpu, &[PARTIALS * chunks.len()], DType::F32)?;
+    for (i, &(s, len)) in chunks.iter().enumerate() {
+        let groups = len.div_ceil(256 * 4).clamp(1, PARTIALS);
+        if len == 0 {
+            gpu.with_encoder(|e| e.clear_buffer(partials.buffer(), 0, None));
+            continue;
+        }
+        gpu.dispatch(&SUM_ALL, &p(0, square, i * PARTIALS, len, 0, 1.0), &[x.bind_range(s, len), d.bind(), d.bind(), partials.bind()], [groups as u32, 1, 1])?;
+        // Unused partial slots must read as zero in the second pass.
+        if groups < PARTIALS {
+            gpu.with_encoder(|e| {
+                e.clear_buffer(partials.buffer(), ((i * PARTIALS + groups) * 4) as u64, Some(((PARTIALS - groups) * 4) as u64))
+            });
+        }
+    }
+    gpu.dispatch(&SUM_ALL, &p(0, false, index, partials.numel(), 0, alpha), &[partials.bind(), d.bind(), d.bind(), out.bind()], [1, 1, 1])
+}
+
+/// Sum of all elements, as a scalar tensor.
+pub fn sum_all(x: &Tensor) -> Result<Tensor> {
+    check_f32("sum", &[x])?;
+    let out = Tensor::uninit(x.gpu(), &[], DType::F32)?;
+    sum_into(x, false, 1.0, &out, 0)?;
+    Ok(out)
+}
+
+/// Mean of all elements, as a scalar tensor.
+pub fn mean_all(x: &Tensor) -> Result<Tensor> {
+    check_f32("mean", &[x])?;
+    let out = Tensor::uninit(x.gpu(), &[], DType::F32)?;
+    sum_into(x, false, 1.0 / x.numel().max(1) as f32, &out, 0)?;
+    Ok(out)
+}
+
+/// The L2 norm of all elements of all tensors together (for gradient clipping), on the GPU.
+pub fn global_norm(gpu: &Gpu, xs: &[&Tensor]) -> Result<Tensor> {
+    let sq = Tensor::zeros(gpu, &[xs.len().max(1)])?;
+    for (i, x) in xs.iter().enumerate() {
+        check_f32("global_norm", &[x])?;
+        sum_into(x, true, 1.0, &sq, i)?;
+    }
+    let total = Tensor::uninit(gpu, &[], DType::F32)?;
+    sum_into(&sq, false, 1.0, &total, 0)?;
+    let out = Tensor::uninit(gpu, &[], DType::F32)?;
+    let d = dummy(gpu)?;
+    gpu.dispatch(&SQRT_AT, &p(1, false, 0, 1, 0, 1.0), &[total.bind(), d.bind(), d.bind(), out.bind()], [1, 1, 1])?;
+    Ok(out)
+}
+
+/// ||x||_2 of one tensor.
+pub fn l2_norm(x: &Tensor) -> Result<Tensor> {
+    global_norm(x.gpu(), &[x])
+}
+
+/// Gradient of ||x|| given the norm and its upstream gradient (both scalars).
+pub fn l2_norm_backward(x: &Tensor, norm: &Tensor, dnorm: &Tensor) -> Result<Tensor> {
+    check_f32("l2_norm_backward", &[x, norm, dnorm])?;
+    let gpu = x.gpu();
+    let out = Tensor::uninit(gpu, x.shape(), DType::F32)?;
+    for (s, len) in row_chunks(gpu, "l2_norm_backward", x.numel(), 1)? {
+        gpu.dispatch(&L2_BWD, &p(len, false, 0, 0, 0, 1.0), &[x.bind_range(s, len), norm.bind(), dnorm.bind(), out.bind_range(s, len)], grid(len as u64, 256))?;
+    }
+    Ok(out)
+}
+
+/// alpha * sum over `axis` (the axis is removed). `alpha = 1/len` gives the mean.
+pub fn sum_axis(x: &Tensor, axis: usize, alpha: f32) -> Result<Tensor> {
+    check_f32("sum_axis", &[x])?;
+    let s = x.shape();
+    if axis >= s.len() {
+        return shape_err("sum_axis", format!("axis {axis} out of range for {s:?}"));
+    }
+    let outer: usize = s[..axis].iter().product();
+    let inner: usize = s[axis + 1..].iter().product();
+    let mut shape = s.to_vec();
+    shape.remove(axis);
+    let gpu = x.gpu();
+    let out = Tensor::uninit(gpu, &shape, DType::F32)?;
+    let n = outer * inner;
+    let d = dummy(gpu)?;
+    for (o0, no) in row_chunks(gpu, "sum_axis", outer, s[axis] * inner)? {
+        let params = p(no * inner, false, 0, s[axis], inner.max(1), alpha);
+        gpu.dispatch(&SUM_AXIS, &params, &[x.bind_range(o0 * s[axis] * inner, no * s[axis] * inner), d.bind(), d.bind(), out.bind_range(o0 * inner, no * inner)], grid((no * inner) as u64, 256))?;
+    }
+    let _ = n;
+    Ok(out)
+}
+
+/// Backward of [`sum_axis`]: broadcasts `dy` back over a new axis of length `len`, times alpha.
+pub fn expand(dy: &Tensor, axis: usize, len: usize, alpha: f32) -> Result<Tensor> {
+    check_f32("expand", &[dy])?;
+    let s = dy.shape();
+    if axis > s.len() {
+        return shape_err("expand", format!("axis {axis} out of range for {s:?}"));
+    }
+    let inner: usize = s[axis..].iter().product();
+    let outer: usize = s[..axis].iter().product();
+    let mut shape = s.to_vec();
+    shape.insert(axis, len);
+    let gpu = dy.gpu();
+    let out = Tensor::uninit(gpu, &shape, DType::F32)?;
+    let d = dummy(gpu)?;
+    for (o0, no) in row_chunks(gpu, "expand", outer, len * inner)? {
+        let params = p(no * len * inner, false, 0, len, inner.max(1), alpha);
+        gpu.dispatch(&EXPAND, &params, &[dy.bind_range(o0 * inner, no * inner), d.bind(), d.bind(), out.bind_range(o0 * len * inner, no * len * inner)], grid((no * len * inner) as u64, 256))?;
+    }
+    Ok(out)
+}

@@ -1,0 +1,59 @@
+//! Softmax and log-softmax over the last dim with an optional additive mask.
+
+use super::{check_f32, dummy, row_chunks};
+use crate::error::{shape_err, Result};
+use crate::gpu::{grid, Kernel};
+use crate::tensor::{DType, Tensor};
+
+const FWD: Kernel = Kernel { file: "softmax", entry: "softmax_fwd", reads: 2, writes: 1 };
+const BWD: Kernel = Kernel { file: "softmax", entry: "softmax_bwd", reads: 2, writes: 1 };
+
+/// softmax(x + mask) (or its log) over the last dim. `mask` is [R, cols] where the rows of
+/// `x` come in R consecutive groups of equal size sharing one mask row (e.g. attention scores
+/// [B, H, Tq, Tk] with a [B, Tk] key-padding mask).
+pub fn forward(x: &Tensor, mask: Option<&Tensor>, log: bool) -> Result<Tensor> {
+    let op = if log { "log_softmax" } else { "softmax" };
+    check_f32(op, &[x])?;
+    if x.shape().is_empty() {
+        return shape_err(op, "input must have at least one dim");
+    }
+    let cols = x.dim(-1);
+    let rows = x.numel() / cols.max(1);
+    let mut group = 1;
+    if let Some(m) = mask {
+        check_f32(op, &[m])?;
+        let mrows = m.numel() / cols.max(1);
+        if m.dim(-1) != cols || mrows == 0 || rows % mrows != 0 {
+            return shape_err(op, format!("mask {:?} does not fit scores {:?}", m.shape(), x.shape()));
+        }
+        group = rows / mrows;
+    }
+    let gpu = x.gpu();
+    let y = Tensor::uninit(gpu, x.shape(), DType::F32)?;
+    let d = dummy(gpu)?;
+    for (r0, nr) in row_chunks(gpu, op, rows, cols)? {
+        let params = [nr as u32, cols as u32, mask.is_some() as u32, group as u32, r0 as u32, log as u32, 0, 0];
+        let mr = mask.map_or(d.bind(), |m| m.bind());
+        gpu.dispatch(&FWD, &params, &[x.bind_range(r0 * cols, nr * cols), mr, y.bind_range(r0 * cols, nr * cols)], grid(nr as u64, 1))?;
+    }
+    Ok(y)
+}
+
+/// dx from the forward output `y` and upstream `dy`.
+pub fn backward(y: &Tensor, dy: &Tensor, log: bool) -> Result<Tensor> {
+    let op = if log { "log_softmax_backward" } else { "softmax_backward" };
+    check_f32(op, &[y, dy])?;
+    if y.shape() != dy.shape() {
+        return shape_err(op, format!("y {:?} but dy {:?}", y.shape(), dy.shape()));
+    }
+    let cols = y.dim(-1);
+    let rows = y.numel() / cols.max(1);
+    let gpu = y.gpu();
+    let dx = Tensor::uninit(gpu, y.shape(), DType::F32)?;
+    for (r0, nr) in row_chunks(gpu, op, rows, cols)? {
+        let params = [nr as u32, cols as u32, 0, 1, r0 as u32, log as u32, 0, 0];
+        let (yr, dyr) = (y.bind_range(r0 * cols, nr * cols), dy.bind_range(r0 * cols, nr * cols));
+        gpu.dispatch(&BWD, &params, &[yr, dyr, dx.bind_range(r0 * cols, nr * cols)], grid(nr as u64, 1))?;
+    }
+    Ok(dx)
+}

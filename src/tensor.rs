@@ -1,0 +1,199 @@
+//! Tensors: a shape and a dtype over a pooled GPU buffer.
+//!
+//! A tensor is always contiguous and row-major from the start of its buffer. `reshape` is a
+//! view (shares the buffer); transpose, slice and concat make copies (see `ops::copy`).
+
+use crate::error::{shape_err, Error, Result};
+use crate::gpu::{BufRef, Gpu};
+use std::sync::Arc;
+
+/// Element type of a tensor. Kernels are f32 today; f16 storage slots in without changing
+/// the tensor API.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DType {
+    /// 32-bit float.
+    F32,
+    /// 16-bit float.
+    F16,
+}
+
+impl DType {
+    /// Bytes per element.
+    pub fn size(self) -> usize {
+        match self {
+            DType::F32 => 4,
+            DType::F16 => 2,
+        }
+    }
+}
+
+/// A pooled device buffer; goes back to the pool when the last tensor using it is dropped.
+pub struct Storage {
+    buffer: Option<wgpu::Buffer>,
+    class: u64,
+    gpu: Gpu,
+}
+
+impl Drop for Storage {
+    fn drop(&mut self) {
+        if let Some(b) = self.buffer.take() {
+            self.gpu.release(b, self.class);
+        }
+    }
+}
+
+/// An n-dimensional array on the GPU.
+#[derive(Clone)]
+pub struct Tensor {
+    storage: Arc<Storage>,
+    shape: Vec<usize>,
+    dtype: DType,
+}
+
+impl std::fmt::Debug for Tensor {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Tensor({:?}, {:?})", self.shape, self.dtype)
+    }
+}
+
+impl Tensor {
+    /// An uninitialised tensor (contents are whatever the pooled buffer held).
+    pub fn uninit(gpu: &Gpu, shape: &[usize], dtype: DType) -> Result<Tensor> {
+        let n: usize = shape.iter().product();
+        let (buffer, class) = gpu.alloc((n * dtype.size()) as u64)?;
+        Ok(Tensor {
+            storage: Arc::new(Storage {
+                buffer: Some(buffer),
+                class,
+                gpu: gpu.clone(),
+            }),
+            shape: shape.to_vec(),
+            dtype,
+        })
+    }
+
+    /// A tensor of zeros.
+    pub fn zeros(gpu: &Gpu, shape: &[usize]) -> Result<Tensor> {
+        let t = Tensor::uninit(gpu, shape, DType::F32)?;
+        gpu.with_encoder(|e| e.clear_buffer(t.buffer(), 0, None));
+        Ok(t)
+    }
+
+    /// Uploads host data.
+    pub fn from_slice(gpu: &Gpu, data: &[f32], shape: &[usize]) -> Result<Tensor> {
+        let n: usize = shape.iter().product();
+        if n != data.len() {
+            return shape_err(
+                "from_slice",
+                format!("{} values for shape {shape:?} ({n} elements)", data.len()),
+            );
+        }
+        let t = Tensor::uninit(gpu, shape, DType::F32)?;
+        gpu.write(t.buffer(), bytemuck::cast_slice(data));
+        Ok(t)
+    }
+
+    /// A one-element tensor of shape `[]`.
+    pub fn scalar(gpu: &Gpu, v: f32) -> Result<Tensor> {
+        Tensor::from_slice(gpu, &[v], &[])
+    }
+
+    /// Downloads the values (submits pending work and waits for it).
+    pub fn to_vec(&self) -> Result<Vec<f32>> {
+        self.expect_f32("to_vec")?;
+        let bytes = self.gpu().read(self.buffer(), self.bytes())?;
+        Ok(bytemuck::pod_collect_to_vec(&bytes))
+    }
+
+    /// The single value of a one-element tensor.
+    pub fn item(&self) -> Result<f32> {
+        if self.numel() != 1 {
+            return shape_err("item", format!("tensor of shape {:?} is not a scalar", self.shape));
+        }
+        Ok(self.to_vec()?[0])
+    }
+
+    /// The device this tensor lives on.
+    pub fn gpu(&self) -> &Gpu {
+        &self.storage.gpu
+    }
+
+    /// Its shape.
+    pub fn shape(&self) -> &[usize] {
+        &self.shape
+    }
+
+    /// Its element type.
+    pub fn dtype(&self) -> DType {
+        self.dtype
+    }
+
+    /// Number of elements.
+    pub fn numel(&self) -> usize {
+        self.shape.iter().product()
+    }
+
+    /// Size of its data in bytes.
+    pub fn bytes(&self) -> u64 {
+        (self.numel() * self.dtype.size()) as u64
+    }
+
+    /// Size of dim `d` (negative counts from the end).
+    pub fn dim(&self, d: isize) -> usize {
+        let r = self.shape.len() as isize;
+        self.shape[if d < 0 { r + d } else { d } as usize]
+    }
+
+    /// The underlying buffer.
+    pub fn buffer(&self) -> &wgpu::Buffer {
+        self.storage.buffer.as_ref().expect("live storage")
+    }
+
+    /// Whether two tensors share one buffer.
+    pub fn same_storage(&self, other: &Tensor) -> bool {
+        Arc::ptr_eq(&self.storage, &other.storage)
+    }
+
+    /// The whole tensor as a kernel binding.
+    pub fn bind(&self) -> BufRef<'_> {
+        self.bind_range(0, self.numel())
+    }
+
+    /// Elements `start..start+len` as a kernel binding (start must be offset-aligned).
+    pub fn bind_range(&self, start: usize, len: usize) -> BufRef<'_> {
+        let es = self.dtype.size() as u64;
+        BufRef {
+            buffer: self.buffer(),
+            offset: start as u64 * es,
+            size: (len as u64 * es).max(4),
+        }
+    }
+
+    /// A view with another shape of the same element count.
+    pub fn reshape(&self, shape: &[usize]) -> Result<Tensor> {
+        let n: usize = shape.iter().product();
+        if n != self.numel() {
+            return shape_err(
+                "reshape",
+                format!("cannot view {:?} as {shape:?}", self.shape),
+            );
+        }
+        Ok(Tensor {
+            storage: self.storage.clone(),
+            shape: shape.to_vec(),
+            dtype: self.dtype,
+        })
+    }
+
+    /// Fails with a dtype error unless the tensor is f32.
+    pub fn expect_f32(&self, op: &'static str) -> Result<()> {
+        if self.dtype != DType::F32 {
+            return Err(Error::DType {
+                op,
+                found: self.dtype,
+                expected: DType::F32,
+            });
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,121 @@
+//! Test helpers: a shared GPU, a seeded RNG, and a gradient checker that compares the GPU's
+//! forward with a CPU f64 reference and the GPU's backward with central finite differences of
+//! that reference.
+#![allow(dead_code)]
+
+use std::sync::OnceLock;
+use xlsr::{Gpu, Tape, Tensor, Var};
+
+/// One device per test binary (tests run on threads).
+pub fn gpu() -> Gpu {
+    static GPU: OnceLock<Gpu> = OnceLock::new();
+    GPU.get_or_init(|| Gpu::new().expect("a GPU adapter (lavapipe in CI)")).clone()
+}
+
+/// xorshift64*: reproducible inputs without a dependency.
+pub struct Rng(u64);
+
+impl Rng {
+    pub fn new(seed: u64) -> Rng {
+        Rng(seed.wrapping_mul(0x9E3779B97F4A7C15) | 1)
+    }
+    pub fn next_f64(&mut self) -> f64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        ((self.0.wrapping_mul(0x2545F4914F6CDD1D) >> 11) as f64) / (1u64 << 53) as f64
+    }
+    /// Uniform in [-1, 1).
+    pub fn vec(&mut self, n: usize) -> Vec<f64> {
+        (0..n).map(|_| 2.0 * self.next_f64() - 1.0).collect()
+    }
+}
+
+pub fn to_f32(v: &[f64]) -> Vec<f32> {
+    v.iter().map(|&x| x as f32).collect()
+}
+
+pub fn upload(v: &[f64], shape: &[usize]) -> Tensor {
+    Tensor::from_slice(&gpu(), &to_f32(v), shape).unwrap()
+}
+
+/// Asserts |got - want| <= atol + rtol * |want| elementwise.
+pub fn assert_close(what: &str, got: &[f32], want: &[f64], atol: f64, rtol: f64) {
+    assert_eq!(got.len(), want.len(), "{what}: length");
+    let mut worst = (0.0, 0usize);
+    for (i, (&g, &w)) in got.iter().zip(want).enumerate() {
+        let err = (g as f64 - w).abs();
+        let excess = err - (atol + rtol * w.abs());
+        if excess > worst.0 || !g.is_finite() {
+            worst = (excess.max(f64::MIN_POSITIVE), i);
+        }
+    }
+    if worst.0 > 0.0 {
+        let i = worst.1;
+        panic!("{what}: element {i}: got {} want {} (atol {atol}, rtol {rtol})", got[i], want[i]);
+    }
+}
+
+/// A gradient check of one op.
+pub struct Check<'a> {
+    pub name: &'a str,
+    pub inputs: Vec<(Vec<f64>, Vec<usize>)>,
+    /// Which inputs are differentiated (others are constants, e.g. masks).
+    pub diff: Vec<bool>,
+    pub fwd_tol: (f64, f64),
+    pub grad_tol: (f64, f64),
+    pub h: f64,
+}
+
+impl<'a> Check<'a> {
+    pub fn new(name: &'a str, inputs: Vec<(Vec<f64>, Vec<usize>)>) -> Self {
+        let n = inputs.len();
+        Check { name, inputs, diff: vec![true; n], fwd_tol: (1e-5, 1e-4), grad_tol: (2e-4, 2e-3), h: 1e-6 }
+    }
+
+    /// Runs the check: `gpu_op` builds the op on vars, `cpu_op` is the f64 reference.
+    pub fn run(self, gpu_op: impl Fn(&[Var]) -> Var, cpu_op: impl Fn(&[Vec<f64>]) -> Vec<f64>) {
+        let tape = Tape::new();
+        let vars: Vec<Var> = self
+            .inputs
+            .iter()
+            .zip(&self.diff)
+            .map(|((v, s), &d)| tape.input(upload(v, s), d))
+            .collect();
+        let out = gpu_op(&vars);
+        let vals: Vec<Vec<f64>> = self.inputs.iter().map(|(v, _)| v.clone()).collect();
+        let want = cpu_op(&vals);
+        let got = out.value.to_vec().unwrap();
+        assert_close(&format!("{} forward", self.name), &got, &want, self.fwd_tol.0, self.fwd_tol.1);
+        if !out.requires_grad() {
+            return;
+        }
+        let mut rng = Rng::new(99);
+        let r = rng.vec(want.len());
+        let seed = upload(&r, out.shape());
+        let refs: Vec<&Var> = vars.iter().collect();
+        let grads = tape.backward_with(&out, Some(seed), &refs).unwrap();
+        let loss = |vals: &[Vec<f64>]| -> f64 { cpu_op(vals).iter().zip(&r).map(|(a, b)| a * b).sum() };
+        for (i, g) in grads.iter().enumerate() {
+            if !self.diff[i] {
+                continue;
+            }
+            let mut num = vec![0.0; vals[i].len()];
+            let mut v = vals.clone();
+            for j in 0..num.len() {
+                let x0 = v[i][j];
+                v[i][j] = x0 + self.h;
+                let lp = loss(&v);
+                v[i][j] = x0 - self.h;
+                let lm = loss(&v);
+                v[i][j] = x0;
+                num[j] = (lp - lm) / (2.0 * self.h);
+            }
+            let got = match g {
+                Some(t) => t.to_vec().unwrap(),
+                None => vec![0.0; num.len()],
+            };
+            assert_close(&format!("{} grad of input {i}", self.name), &got, &num, self.grad_tol.0, self.grad_tol.1);
+        }
+    }
+}

@@ -1,0 +1,400 @@
+//! Every kernel, forward and backward, against a CPU f64 reference and central finite
+//! differences of it, on shapes that are not multiples of the tile sizes, plus empty and
+//! 1-sized dims. Tolerances: forward |err| <= 1e-5 + 1e-4 |ref|; gradients
+//! |err| <= 2e-4 + 2e-3 |ref| unless a test states otherwise.
+
+mod common;
+use common::*;
+use xlsr::ops::conv::Conv1d;
+use xlsr::{Tensor, Var};
+
+fn bcast_index(shape: &[usize], out: &[usize], mut i: usize) -> usize {
+    let off = out.len() - shape.len();
+    let mut idx = 0;
+    let mut stride = 1;
+    let mut coords = vec![0; out.len()];
+    for d in (0..out.len()).rev() {
+        coords[d] = i % out[d];
+        i /= out[d];
+    }
+    for d in (0..shape.len()).rev() {
+        let c = if shape[d] == 1 { 0 } else { coords[d + off] };
+        idx += c * stride;
+        stride *= shape[d];
+    }
+    idx
+}
+
+fn check_binary(a: &[usize], b: &[usize], out: &[usize], seed: u64) {
+    let mut rng = Rng::new(seed);
+    let na: usize = a.iter().product();
+    let nb: usize = b.iter().product();
+    let n: usize = out.iter().product();
+    let av = rng.vec(na);
+    // Keep divisors away from zero.
+    let bv: Vec<f64> = rng.vec(nb).iter().map(|x| x.signum() * (0.5 + x.abs())).collect();
+    for (name, f) in [
+        ("add", (|x: f64, y: f64| x + y) as fn(f64, f64) -> f64),
+        ("sub", |x, y| x - y),
+        ("mul", |x, y| x * y),
+        ("div", |x, y| x / y),
+    ] {
+        let (a2, b2, o2) = (a.to_vec(), b.to_vec(), out.to_vec());
+        Check::new(name, vec![(av.clone(), a.to_vec()), (bv.clone(), b.to_vec())]).run(
+            |v| match name {
+                "add" => v[0].add(&v[1]).unwrap(),
+                "sub" => v[0].sub(&v[1]).unwrap(),
+                "mul" => v[0].mul(&v[1]).unwrap(),
+                _ => v[0].div(&v[1]).unwrap(),
+            },
+            move |v| (0..n).map(|i| f(v[0][bcast_index(&a2, &o2, i)], v[1][bcast_index(&b2, &o2, i)])).collect(),
+        );
+    }
+}
+
+#[test]
+fn binary_ops_broadcast() {
+    check_binary(&[7, 13], &[7, 13], &[7, 13], 1);
+    check_binary(&[3, 1, 5], &[4, 1], &[3, 4, 5], 2);
+    check_binary(&[2, 3, 4], &[4], &[2, 3, 4], 3);
+    check_binary(&[1], &[5, 1], &[5, 1], 4);
+    check_binary(&[0, 3], &[3], &[0, 3], 5);
+}
+
+#[test]
+fn scale_and_fill() {
+    let mut rng = Rng::new(6);
+    let x = rng.vec(300);
+    Check::new("scale", vec![(x, vec![300])]).run(|v| v[0].scale(-2.5, 0.75).unwrap(), |v| v[0].iter().map(|x| -2.5 * x + 0.75).collect());
+    let t = xlsr::ops::elementwise::fill(&gpu(), &[3, 70], 1.5).unwrap();
+    assert!(t.to_vec().unwrap().iter().all(|&x| x == 1.5));
+}
+
+fn cpu_matmul(a: &[f64], b: &[f64], batch: usize, m: usize, k: usize, n: usize, ta: bool, tb: bool, b_shared: bool, bias: Option<&[f64]>) -> Vec<f64> {
+    let mut c = vec![0.0; batch * m * n];
+    for bi in 0..batch {
+        let ab = &a[bi * m * k..];
+        let bb = if b_shared { b } else { &b[bi * k * n..] };
+        for i in 0..m {
+            for j in 0..n {
+                let mut s = bias.map_or(0.0, |bs| bs[j]);
+                for kk in 0..k {
+                    let av = if ta { ab[kk * m + i] } else { ab[i * k + kk] };
+                    let bv = if tb { bb[j * k + kk] } else { bb[kk * n + j] };
+                    s += av * bv;
+                }
+                c[bi * m * n + i * n + j] = s;
+            }
+        }
+    }
+    c
+}
+
+fn check_matmul(batch: usize, m: usize, k: usize, n: usize, ta: bool, tb: bool, shared: bool, with_bias: bool, seed: u64) {
+    let mut rng = Rng::new(seed);
+    let ashape = if ta { vec![batch, k, m] } else { vec![batch, m, k] };
+    let bdims = if tb { vec![n, k] } else { vec![k, n] };
+    let bshape = if shared { bdims } else { [vec![batch], bdims].concat() };
+    let mut inputs = vec![(rng.vec(batch * m * k), ashape), (rng.vec(bshape.iter().product()), bshape)];
+    if with_bias {
+        inputs.push((rng.vec(n), vec![n]));
+    }
+    let name = format!("matmul b{batch} m{m} k{k} n{n} ta{ta} tb{tb} shared{shared} bias{with_bias}");
+    Check::new(&name, inputs).run(
+        |v| v[0].matmul(&v[1], ta, tb, v.get(2)).unwrap(),
+        |v| cpu_matmul(&v[0], &v[1], batch, m, k, n, ta, tb, shared, v.get(2).map(|b| b.as_slice())),
+    );
+}
+
+#[test]
+fn matmul_all_layouts() {
+    let mut seed = 10;
+    for &(ta, tb) in &[(false, false), (false, true), (true, false), (true, true)] {
+        for &shared in &[true, false] {
+            seed += 1;
+            check_matmul(2, 37, 29, 23, ta, tb, shared, seed % 2 == 0, seed);
+        }
+    }
+    check_matmul(1, 65, 17, 67, false, false, true, true, 30);
+    check_matmul(3, 1, 1, 1, false, true, false, true, 31);
+    check_matmul(1, 5, 0, 4, false, false, true, true, 32);
+    check_matmul(1, 0, 3, 4, false, false, true, false, 33);
+}
+
+#[test]
+fn naive_and_tiled_matmul_agree() {
+    let mut rng = Rng::new(40);
+    let (m, k, n) = (130, 70, 90);
+    let a = upload(&rng.vec(m * k), &[m, k]);
+    let b = upload(&rng.vec(k * n), &[k, n]);
+    use xlsr::ops::matmul::{matmul_with, Algo};
+    let t = matmul_with(Algo::Tiled, &a, &b, false, false, None).unwrap().to_vec().unwrap();
+    let nv = matmul_with(Algo::Naive, &a, &b, false, false, None).unwrap().to_vec().unwrap();
+    assert_close("naive vs tiled", &t, &nv.iter().map(|&x| x as f64).collect::<Vec<_>>(), 1e-5, 1e-4);
+}
+
+fn cpu_gelu(x: f64) -> f64 {
+    // erf via its Taylor/continued-fraction-free series is overkill; libm-quality erf from
+    // the complementary error function's Chebyshev fit is 1.2e-7 accurate, so use an
+    // independent high-precision series instead.
+    0.5 * x * (1.0 + erf64(x / std::f64::consts::SQRT_2))
+}
+
+/// erf by its Maclaurin series (exact to f64 rounding for |x| < 3).
+fn erf64(x: f64) -> f64 {
+    let mut term = x;
+    let mut sum = x;
+    for n in 1..200 {
+        term *= -x * x / n as f64;
+        let add = term / (2 * n + 1) as f64;
+        sum += add;
+        if add.abs() < 1e-17 {
+            break;
+        }
+    }
+    sum * 2.0 / std::f64::consts::PI.sqrt()
+}
+
+#[test]
+fn activations() {
+    let mut rng = Rng::new(50);
+    let x: Vec<f64> = rng.vec(1000).iter().map(|v| v * 4.0).collect();
+    Check::new("gelu", vec![(x.clone(), vec![10, 100])]).run(|v| v[0].gelu().unwrap(), |v| v[0].iter().map(|&x| cpu_gelu(x)).collect());
+    Check::new("relu", vec![(x, vec![1000])]).run(|v| v[0].relu().unwrap(), |v| v[0].iter().map(|&x| x.max(0.0)).collect());
+    Check::new("gelu empty", vec![(vec![], vec![0, 4])]).run(|v| v[0].gelu().unwrap(), |_| vec![]);
+}
+
+#[test]
+fn dropout_is_reproducible_and_unbiased() {
+    let g = gpu();
+    let n = 100_000;
+    let x = Tensor::from_slice(&g, &vec![1.0; n], &[n]).unwrap();
+    let p = 0.1;
+    let y1 = xlsr::ops::dropout::dropout(&x, p, 1234).unwrap().to_vec().unwrap();
+    let y2 = xlsr::ops::dropout::dropout(&x, p, 1234).unwrap().to_vec().unwrap();
+    let y3 = xlsr::ops::dropout::dropout(&x, p, 1235).unwrap().to_vec().unwrap();
+    assert_eq!(y1, y2, "same seed, same mask");
+    assert_ne!(y1, y3, "another seed, another mask");
+    let dropped = y1.iter().filter(|&&v| v == 0.0).count() as f64 / n as f64;
+    assert!((dropped - p as f64).abs() < 0.005, "dropped fraction {dropped}");
+    let kept = y1.iter().find(|&&v| v != 0.0).unwrap();
+    assert!((kept - 1.0 / 0.9).abs() < 1e-6);
+    // Backward applies the same mask: compare with the mask read off the forward output.
+    let mut rng = Rng::new(51);
+    let xv = rng.vec(5000);
+    let mask: Vec<f64> = {
+        let ones = Tensor::from_slice(&g, &vec![1.0; 5000], &[5000]).unwrap();
+        xlsr::ops::dropout::dropout(&ones, 0.3, 77).unwrap().to_vec().unwrap().iter().map(|&m| m as f64).collect()
+    };
+    Check::new("dropout", vec![(xv, vec![5000])]).run(|v| v[0].dropout(0.3, 77).unwrap(), move |v| v[0].iter().zip(&mask).map(|(x, m)| x * m).collect());
+}
+
+fn cpu_norm(x: &[f64], rows: usize, cols: usize, gamma: Option<&[f64]>, beta: Option<&[f64]>, chan: impl Fn(usize, usize) -> usize, eps: f64) -> Vec<f64> {
+    let mut y = vec![0.0; x.len()];
+    for r in 0..rows {
+        let row = &x[r * cols..(r + 1) * cols];
+        let mean = row.iter().sum::<f64>() / cols as f64;
+        let var = row.iter().map(|v| (v - mean).powi(2)).sum::<f64>() / cols as f64;
+        for c in 0..cols {
+            let mut v = (row[c] - mean) / (var + eps).sqrt();
+            if let (Some(g), Some(b)) = (gamma, beta) {
+                v = v * g[chan(r, c)] + b[chan(r, c)];
+            }
+            y[r * cols + c] = v;
+        }
+    }
+    y
+}
+
+#[test]
+fn layer_norm() {
+    let mut rng = Rng::new(60);
+    for &(rows, cols) in &[(5, 37), (3, 300), (4, 1), (0, 8)] {
+        let x = rng.vec(rows * cols);
+        let (g, b) = (rng.vec(cols), rng.vec(cols));
+        let mut c = Check::new("layer_norm", vec![(x.clone(), vec![rows, cols]), (g, vec![cols]), (b, vec![cols])]);
+        c.h = 1e-5;
+        c.run(
+            |v| v[0].layer_norm(Some(&v[1]), Some(&v[2]), 1e-5).unwrap(),
+            move |v| cpu_norm(&v[0], rows, cols, Some(&v[1]), Some(&v[2]), |_, c| c, 1e-5),
+        );
+        Check::new("layer_norm no affine", vec![(x, vec![rows, cols])]).run(
+            |v| v[0].layer_norm(None, None, 1e-5).unwrap(),
+            move |v| cpu_norm(&v[0], rows, cols, None, None, |_, c| c, 1e-5),
+        );
+    }
+}
+
+#[test]
+fn group_norm_per_channel() {
+    let mut rng = Rng::new(61);
+    let (b, ch, t) = (2, 5, 17);
+    let x = rng.vec(b * ch * t);
+    let (g, be) = (rng.vec(ch), rng.vec(ch));
+    Check::new("group_norm", vec![(x, vec![b, ch, t]), (g, vec![ch]), (be, vec![ch])]).run(
+        |v| v[0].group_norm(Some(&v[1]), Some(&v[2]), 1e-5).unwrap(),
+        move |v| cpu_norm(&v[0], b * ch, t, Some(&v[1]), Some(&v[2]), |r, _| r % ch, 1e-5),
+    );
+}
+
+fn cpu_conv(x: &[f64], w: &[f64], bias: Option<&[f64]>, b: usize, cin: usize, lin: usize, cout: usize, k: usize, c: Conv1d) -> Vec<f64> {
+    let lout = c.out_len(lin, k);
+    let cig = cin / c.groups;
+    let cog = cout / c.groups;
+    let mut y = vec![0.0; b * cout * lout];
+    for bi in 0..b {
+        for o in 0..cout {
+            let g = o / cog;
+            for t in 0..lout {
+                let mut s = bias.map_or(0.0, |bs| bs[o]);
+                for i in 0..cig {
+                    for kk in 0..k {
+                        let pos = (t * c.stride + kk) as isize - c.padding as isize;
+                        if pos >= 0 && (pos as usize) < lin {
+                            s += w[(o * cig + i) * k + kk] * x[(bi * cin + g * cig + i) * lin + pos as usize];
+                        }
+                    }
+                }
+                y[(bi * cout + o) * lout + t] = s;
+            }
+        }
+    }
+    y
+}
+
+#[test]
+fn conv1d_configs() {
+    let mut rng = Rng::new(70);
+    // (batch, cin, lin, cout, k, stride, pad, groups, bias): plain, grouped + padded, the
+    // feature encoder's first layer, and the positional conv's shape (even kernel, groups).
+    let cases = [
+        (2, 3, 19, 4, 5, 2, 1, 1, true),
+        (2, 4, 11, 6, 3, 1, 2, 2, false),
+        (2, 1, 53, 8, 10, 5, 0, 1, true),
+        (1, 8, 13, 8, 6, 1, 3, 4, true),
+        (3, 2, 3, 1, 3, 1, 0, 1, true),
+    ];
+    for (b, cin, lin, cout, k, stride, pad, groups, bias) in cases {
+        let geo = Conv1d { stride, padding: pad, groups };
+        let mut inputs = vec![(rng.vec(b * cin * lin), vec![b, cin, lin]), (rng.vec(cout * cin / groups * k), vec![cout, cin / groups, k])];
+        if bias {
+            inputs.push((rng.vec(cout), vec![cout]));
+        }
+        Check::new(&format!("conv1d {b}x{cin}x{lin} -> {cout} k{k} s{stride} p{pad} g{groups}"), inputs).run(
+            |v| v[0].conv1d(&v[1], v.get(2), geo).unwrap(),
+            move |v| cpu_conv(&v[0], &v[1], v.get(2).map(|x| x.as_slice()), b, cin, lin, cout, k, geo),
+        );
+    }
+}
+
+fn cpu_softmax(x: &[f64], mask: Option<&[f64]>, rows: usize, cols: usize, group: usize, log: bool) -> Vec<f64> {
+    let mut y = vec![0.0; x.len()];
+    for r in 0..rows {
+        let l: Vec<f64> = (0..cols).map(|c| x[r * cols + c] + mask.map_or(0.0, |m| m[(r / group) * cols + c])).collect();
+        let mx = l.iter().cloned().fold(f64::MIN, f64::max);
+        let lse = mx + l.iter().map(|v| (v - mx).exp()).sum::<f64>().ln();
+        for c in 0..cols {
+            y[r * cols + c] = if log { l[c] - lse } else { (l[c] - lse).exp() };
+        }
+    }
+    y
+}
+
+#[test]
+fn softmax_with_mask() {
+    let mut rng = Rng::new(80);
+    let (b, h, tq, tk) = (2, 3, 4, 7);
+    let rows = b * h * tq;
+    let x: Vec<f64> = rng.vec(rows * tk).iter().map(|v| 3.0 * v).collect();
+    // Second utterance is padded after 5 keys, with a large negative mask value.
+    let mask: Vec<f64> = (0..b * tk).map(|i| if i / tk == 1 && i % tk >= 5 { -1e4 } else { 0.0 }).collect();
+    for log in [false, true] {
+        let mut c = Check::new("softmax masked", vec![(x.clone(), vec![b, h, tq, tk]), (mask.clone(), vec![b, tk])]);
+        c.diff = vec![true, false];
+        c.run(
+            |v| if log { v[0].log_softmax(Some(&v[1].value)).unwrap() } else { v[0].softmax(Some(&v[1].value)).unwrap() },
+            move |v| cpu_softmax(&v[0], Some(&v[1]), rows, tk, h * tq, log),
+        );
+    }
+    for log in [false, true] {
+        let x = rng.vec(3 * 300);
+        Check::new("softmax wide", vec![(x, vec![3, 300])]).run(
+            |v| if log { v[0].log_softmax(None).unwrap() } else { v[0].softmax(None).unwrap() },
+            move |v| cpu_softmax(&v[0], None, 3, 300, 1, log),
+        );
+    }
+}
+
+#[test]
+fn reductions() {
+    let mut rng = Rng::new(90);
+    let x = rng.vec(3 * 5 * 7);
+    Check::new("sum", vec![(x.clone(), vec![3, 5, 7])]).run(|v| v[0].sum().unwrap(), |v| vec![v[0].iter().sum()]);
+    Check::new("mean", vec![(x.clone(), vec![3, 5, 7])]).run(|v| v[0].mean().unwrap(), |v| vec![v[0].iter().sum::<f64>() / 105.0]);
+    Check::new("sum_axis", vec![(x.clone(), vec![3, 5, 7])]).run(
+        |v| v[0].sum_axis(1, 0.5).unwrap(),
+        |v| (0..21).map(|i| 0.5 * (0..5).map(|j| v[0][(i / 7) * 35 + j * 7 + i % 7]).sum::<f64>()).collect(),
+    );
+    Check::new("l2_norm", vec![(x, vec![105])]).run(|v| v[0].l2_norm().unwrap(), |v| vec![v[0].iter().map(|a| a * a).sum::<f64>().sqrt()]);
+    let big = rng.vec(300_001);
+    let t = upload(&big, &[300_001]);
+    let s = xlsr::ops::reduce::sum_all(&t).unwrap().item().unwrap() as f64;
+    let want: f64 = big.iter().map(|&v| v as f32 as f64).sum();
+    assert!((s - want).abs() < 1e-2, "sum of 300001: {s} vs {want}");
+    let e = Tensor::zeros(&gpu(), &[0, 5]).unwrap();
+    assert_eq!(xlsr::ops::reduce::sum_all(&e).unwrap().item().unwrap(), 0.0);
+}
+
+#[test]
+fn global_norm_over_tensors() {
+    let mut rng = Rng::new(91);
+    let parts: Vec<Vec<f64>> = [17, 1, 1000, 3].iter().map(|&n| rng.vec(n)).collect();
+    let ts: Vec<Tensor> = parts.iter().map(|p| upload(p, &[p.len()])).collect();
+    let refs: Vec<&Tensor> = ts.iter().collect();
+    let got = xlsr::ops::reduce::global_norm(&gpu(), &refs).unwrap().item().unwrap() as f64;
+    let want = parts.iter().flatten().map(|x| x * x).sum::<f64>().sqrt();
+    assert!((got - want).abs() < 1e-5 * want, "{got} vs {want}");
+}
+
+#[test]
+fn copies() {
+    let mut rng = Rng::new(100);
+    let x = rng.vec(2 * 3 * 4);
+    Check::new("permute", vec![(x.clone(), vec![2, 3, 4])]).run(
+        |v| v[0].permute(&[2, 0, 1]).unwrap(),
+        |v| {
+            let mut o = vec![];
+            for k in 0..4 { for i in 0..2 { for j in 0..3 { o.push(v[0][i * 12 + j * 4 + k]); } } }
+            o
+        },
+    );
+    Check::new("transpose", vec![(x.clone(), vec![2, 3, 4])]).run(
+        |v| v[0].transpose(1, 2).unwrap(),
+        |v| {
+            let mut o = vec![];
+            for i in 0..2 { for k in 0..4 { for j in 0..3 { o.push(v[0][i * 12 + j * 4 + k]); } } }
+            o
+        },
+    );
+    Check::new("slice", vec![(x.clone(), vec![2, 3, 4])]).run(
+        |v| v[0].slice(2, 1, 2).unwrap(),
+        |v| {
+            let mut o = vec![];
+            for i in 0..2 { for j in 0..3 { for k in 1..3 { o.push(v[0][i * 12 + j * 4 + k]); } } }
+            o
+        },
+    );
+    let y = rng.vec(2 * 2 * 4);
+    Check::new("concat", vec![(x, vec![2, 3, 4]), (y, vec![2, 2, 4])]).run(
+        |v| Var::concat(&[&v[0], &v[1]], 1).unwrap(),
+        |v| {
+            let mut o = vec![];
+            for i in 0..2 {
+                o.extend_from_slice(&v[0][i * 12..(i + 1) * 12]);
+                o.extend_from_slice(&v[1][i * 8..(i + 1) * 8]);
+            }
+            o
+        },
+    );
+    Check::new("reshape", vec![(rng.vec(6), vec![2, 3])]).run(|v| v[0].reshape(&[3, 2]).unwrap().scale(2.0, 0.0).unwrap(), |v| v[0].iter().map(|x| 2.0 * x).collect());
+}
