@@ -16,7 +16,11 @@ struct Params {
     groups: u32,
     has_bias: u32,
     accum: u32,
+    off_x: u32,      // element offsets of this batch chunk within its (aligned-down) binding
+    off_aux: u32,
+    off_out: u32,
     _p0: u32,
+    _p1: u32,
 }
 
 @group(0) @binding(0) var<uniform> p: Params;
@@ -42,14 +46,14 @@ fn conv1d_fwd(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgr
     if p.has_bias == 1u { acc = aux[o]; }
     let start = i32(t * p.stride) - i32(p.pad);
     for (var i = 0u; i < cig; i = i + 1u) {
-        let xrow = (b * p.cin + g * cig + i) * p.lin;
+        let xrow = p.off_x + (b * p.cin + g * cig + i) * p.lin;
         let wrow = (o * cig + i) * p.k;
         for (var k = 0u; k < p.k; k = k + 1u) {
             let s = start + i32(k);
             if s >= 0 && u32(s) < p.lin { acc = acc + w[wrow + k] * x[xrow + u32(s)]; }
         }
     }
-    out[idx] = acc;
+    out[p.off_out + idx] = acc;
 }
 
 // dx[b, i, s] = sum over outputs o of i's group and taps k with t*stride - pad + k = s.
@@ -72,10 +76,10 @@ fn conv1d_bwd_input(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_
         if t >= p.lout { continue; }
         for (var ol = 0u; ol < cog; ol = ol + 1u) {
             let o = g * cog + ol;
-            acc = acc + w[(o * cig + il) * p.k + k] * aux[(b * p.cout + o) * p.lout + t];
+            acc = acc + w[(o * cig + il) * p.k + k] * aux[p.off_aux + (b * p.cout + o) * p.lout + t];
         }
     }
-    out[idx] = acc;
+    out[p.off_out + idx] = acc;
 }
 
 // dw[o, i, k] = sum_{b, t} dy[b, o, t] * x[b, g*cig + i, t*stride - pad + k].
@@ -90,8 +94,8 @@ fn conv1d_bwd_weight(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num
     let g = o / (p.cout / p.groups);
     var acc = 0.0;
     for (var b = 0u; b < p.batch; b = b + 1u) {
-        let xrow = (b * p.cin + g * cig + il) * p.lin;
-        let dyrow = (b * p.cout + o) * p.lout;
+        let xrow = p.off_x + (b * p.cin + g * cig + il) * p.lin;
+        let dyrow = p.off_aux + (b * p.cout + o) * p.lout;
         for (var t = 0u; t < p.lout; t = t + 1u) {
             let s = i32(t * p.stride + k) - i32(p.pad);
             if s >= 0 && u32(s) < p.lin { acc = acc + aux[dyrow + t] * x[xrow + u32(s)]; }
@@ -107,7 +111,7 @@ fn conv1d_bwd_bias(@builtin(global_invocation_id) gid: vec3<u32>) {
     if o >= p.cout { return; }
     var acc = 0.0;
     for (var b = 0u; b < p.batch; b = b + 1u) {
-        let row = (b * p.cout + o) * p.lout;
+        let row = p.off_aux + (b * p.cout + o) * p.lout;
         for (var t = 0u; t < p.lout; t = t + 1u) { acc = acc + aux[row + t]; }
     }
     if p.accum == 1u { acc = acc + out[o]; }

@@ -1,7 +1,7 @@
 // Batched matrix multiply C[b] = op(A[b]) * op(B[b]) (+ bias), op = optional transpose.
 // A is [M,K] (or [K,M] when trans_a), B is [K,N] (or [N,K] when trans_b), all row-major.
 // The backward pass is this same kernel with other transpose flags (dA = dC op(B)^T,
-// dB = op(A)^T dC) plus `bias_grad`, the column sums of dC.
+// dB = op(A)^T dC) plus reduce.wgsl's `sum_axis` for the bias (the column sums of dC).
 //
 // `matmul_tiled`: a 64x64 output tile per workgroup of 16x16 threads, 4x4 outputs per thread
 // held in registers, K walked in steps of 16 through workgroup memory stored as vec4 so the
@@ -18,9 +18,9 @@ struct Params {
     stride_a: u32,   // batch strides in elements (0 = shared across the batch)
     stride_b: u32,
     stride_c: u32,
-    _p0: u32,
-    _p1: u32,
-    _p2: u32,
+    off_a: u32,      // element offsets of this chunk within its (aligned-down) binding
+    off_b: u32,
+    off_c: u32,
 }
 
 @group(0) @binding(0) var<uniform> p: Params;
@@ -31,14 +31,14 @@ struct Params {
 
 fn load_a(batch: u32, row: u32, col: u32) -> f32 {
     if row >= p.m || col >= p.k { return 0.0; }
-    let base = batch * p.stride_a;
+    let base = p.off_a + batch * p.stride_a;
     if p.trans_a == 1u { return a[base + col * p.m + row]; }
     return a[base + row * p.k + col];
 }
 
 fn load_b(batch: u32, row: u32, col: u32) -> f32 {
     if row >= p.k || col >= p.n { return 0.0; }
-    let base = batch * p.stride_b;
+    let base = p.off_b + batch * p.stride_b;
     if p.trans_b == 1u { return b[base + col * p.k + row]; }
     return b[base + row * p.n + col];
 }
@@ -80,7 +80,7 @@ fn matmul_tiled(@builtin(local_invocation_id) lid: vec3<u32>, @builtin(workgroup
         workgroupBarrier();
     }
 
-    let cbase = batch * p.stride_c;
+    let cbase = p.off_c + batch * p.stride_c;
     for (var i = 0u; i < 4u; i = i + 1u) {
         let row = row0 + lid.y * 4u + i;
         if row >= p.m { continue; }
@@ -105,5 +105,5 @@ fn matmul_naive(@builtin(global_invocation_id) gid: vec3<u32>) {
         acc = acc + load_a(batch, row, k) * load_b(batch, k, col);
     }
     if p.has_bias == 1u { acc = acc + bias[col]; }
-    c[batch * p.stride_c + row * p.n + col] = acc;
+    c[p.off_c + batch * p.stride_c + row * p.n + col] = acc;
 }

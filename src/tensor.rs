@@ -169,6 +169,14 @@ impl Tensor {
         }
     }
 
+    /// Elements `start..start+len` bound from the aligned offset at or below `start`; returns
+    /// the binding and the element shift the kernel must add to its indices.
+    pub fn bind_shifted(&self, start: usize, len: usize) -> (BufRef<'_>, u32) {
+        let align = (self.gpu().offset_align() as usize / self.dtype.size()).max(1);
+        let shift = start % align;
+        (self.bind_range(start - shift, len + shift), shift as u32)
+    }
+
     /// A view with another shape of the same element count.
     pub fn reshape(&self, shape: &[usize]) -> Result<Tensor> {
         let n: usize = shape.iter().product();

@@ -1,6 +1,6 @@
 //! 1-D convolution (stride, padding, groups, bias) and its backward.
 
-use super::{check_f32, dummy, row_chunks};
+use super::{check_f32, dummy, shifted_chunks};
 use crate::error::{shape_err, Result};
 use crate::gpu::{grid, Kernel};
 use crate::tensor::{DType, Tensor};
@@ -55,8 +55,11 @@ fn geometry(c: &Conv1d, x: &Tensor, w: &Tensor) -> Result<Geo> {
     Ok(Geo { batch: xs[0], cin: xs[1], lin: xs[2], cout: ws[0], lout, k: ws[2] })
 }
 
-fn params(c: &Conv1d, g: &Geo, batch: usize, has_bias: bool, accum: bool) -> Vec<u32> {
-    vec![batch as u32, g.cin as u32, g.lin as u32, g.cout as u32, g.lout as u32, g.k as u32, c.stride as u32, c.padding as u32, c.groups as u32, has_bias as u32, accum as u32, 0]
+fn params(c: &Conv1d, g: &Geo, batch: usize, has_bias: bool, accum: bool, offs: [u32; 3]) -> Vec<u32> {
+    let mut v = vec![batch as u32, g.cin as u32, g.lin as u32, g.cout as u32, g.lout as u32, g.k as u32, c.stride as u32, c.padding as u32, c.groups as u32, has_bias as u32, accum as u32];
+    v.extend(offs);
+    v.extend([0, 0]);
+    v
 }
 
 /// y = conv1d(x, w) + bias; x [B, Cin, L], w [Cout, Cin/groups, K] -> y [B, Cout, Lout].
@@ -72,9 +75,11 @@ pub fn forward(c: &Conv1d, x: &Tensor, w: &Tensor, bias: Option<&Tensor>) -> Res
     let y = Tensor::uninit(gpu, &[g.batch, g.cout, g.lout], DType::F32)?;
     let d = dummy(gpu)?;
     let (xi, yo) = (g.cin * g.lin, g.cout * g.lout);
-    for (b0, nb) in row_chunks(gpu, "conv1d", g.batch, xi.max(yo))? {
+    for (b0, nb) in shifted_chunks(gpu, "conv1d", g.batch, &[xi, yo])? {
         let br = bias.map_or(d.bind(), |t| t.bind());
-        gpu.dispatch(&FWD, &params(c, &g, nb, bias.is_some(), false), &[x.bind_range(b0 * xi, nb * xi), w.bind(), br, y.bind_range(b0 * yo, nb * yo)], grid((nb * yo) as u64, 256))?;
+        let (xr, ox) = x.bind_shifted(b0 * xi, nb * xi);
+        let (yr, oy) = y.bind_shifted(b0 * yo, nb * yo);
+        gpu.dispatch(&FWD, &params(c, &g, nb, bias.is_some(), false, [ox, 0, oy]), &[xr, w.bind(), br, yr], grid((nb * yo) as u64, 256))?;
     }
     Ok(y)
 }
@@ -89,16 +94,19 @@ pub fn backward(c: &Conv1d, x: &Tensor, w: &Tensor, has_bias: bool, dy: &Tensor,
     let gpu = x.gpu();
     let d = dummy(gpu)?;
     let (xi, yo) = (g.cin * g.lin, g.cout * g.lout);
-    let chunks = row_chunks(gpu, "conv1d_backward", g.batch, xi.max(yo))?;
+    let chunks = shifted_chunks(gpu, "conv1d_backward", g.batch, &[xi, yo])?;
     let dx = if need_input { Some(Tensor::uninit(gpu, x.shape(), DType::F32)?) } else { None };
     let dw = Tensor::uninit(gpu, w.shape(), DType::F32)?;
     let db = if has_bias { Some(Tensor::uninit(gpu, &[g.cout], DType::F32)?) } else { None };
     for (i, &(b0, nb)) in chunks.iter().enumerate() {
-        let (xr, dyr) = (x.bind_range(b0 * xi, nb * xi), dy.bind_range(b0 * yo, nb * yo));
-        let pr = params(c, &g, nb, has_bias, i > 0);
+        let (xr, ox) = x.bind_shifted(b0 * xi, nb * xi);
+        let (dyr, ody) = dy.bind_shifted(b0 * yo, nb * yo);
         if let Some(dx) = &dx {
-            gpu.dispatch(&BWD_INPUT, &pr, &[d.bind(), w.bind(), dyr, dx.bind_range(b0 * xi, nb * xi)], grid((nb * xi) as u64, 256))?;
+            let (dxr, odx) = dx.bind_shifted(b0 * xi, nb * xi);
+            let pr = params(c, &g, nb, has_bias, false, [0, ody, odx]);
+            gpu.dispatch(&BWD_INPUT, &pr, &[d.bind(), w.bind(), dyr, dxr], grid((nb * xi) as u64, 256))?;
         }
+        let pr = params(c, &g, nb, has_bias, i > 0, [ox, ody, 0]);
         gpu.dispatch(&BWD_WEIGHT, &pr, &[xr, d.bind(), dyr, dw.bind()], grid(w.numel() as u64, 256))?;
         if let Some(db) = &db {
             gpu.dispatch(&BWD_BIAS, &pr, &[d.bind(), d.bind(), dyr, db.bind()], grid(g.cout as u64, 256))?;

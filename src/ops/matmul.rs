@@ -1,6 +1,6 @@
 //! Batched matmul with transpose flags and a fused bias, and its backward.
 
-use super::{check_f32, dummy, reduce, row_chunks};
+use super::{check_f32, dummy, reduce, shifted_chunks};
 use crate::error::{shape_err, Result};
 use crate::gpu::Kernel;
 use crate::tensor::{DType, Tensor};
@@ -76,32 +76,24 @@ pub fn matmul_with(algo: Algo, a: &Tensor, b: &Tensor, ta: bool, tb: bool, bias:
             [d.n.div_ceil(16) as u32, m.div_ceil(16) as u32, batch as u32]
         }
     };
-    let params = |m: usize, sa: usize, sb: usize, sc: usize| -> Vec<u32> {
-        vec![m as u32, d.n as u32, d.k as u32, ta as u32, tb as u32, bias.is_some() as u32, sa as u32, sb as u32, sc as u32, 0, 0, 0]
+    let params = |m: usize, sa: usize, sb: usize, sc: usize, offs: [u32; 3]| -> Vec<u32> {
+        vec![m as u32, d.n as u32, d.k as u32, ta as u32, tb as u32, bias.is_some() as u32, sa as u32, sb as u32, sc as u32, offs[0], offs[1], offs[2]]
     };
     if d.b_shared && !ta {
         // Weights shared by the batch: fold the batch into M and split rows to fit bindings.
         let rows = d.batch * d.m;
-        let row_elems = d.k.max(d.n);
-        for (r0, nr) in row_chunks(gpu, "matmul", rows, row_elems)? {
-            gpu.dispatch(
-                &kernel,
-                &params(nr, 0, 0, 0),
-                &[a.bind_range(r0 * d.k, nr * d.k), b.bind(), biasr, c.bind_range(r0 * d.n, nr * d.n)],
-                groups(nr, 1),
-            )?;
+        for (r0, nr) in shifted_chunks(gpu, "matmul", rows, &[d.k, d.n])? {
+            let (ar, oa) = a.bind_shifted(r0 * d.k, nr * d.k);
+            let (cr, oc) = c.bind_shifted(r0 * d.n, nr * d.n);
+            gpu.dispatch(&kernel, &params(nr, 0, 0, 0, [oa, 0, oc]), &[ar, b.bind(), biasr, cr], groups(nr, 1))?;
         }
     } else {
         let (sa, sb, sc) = (d.m * d.k, if d.b_shared { 0 } else { d.k * d.n }, d.m * d.n);
-        let per = sa.max(sc).max(sb);
-        for (b0, nb) in row_chunks(gpu, "matmul", d.batch, per)? {
-            let br = if d.b_shared { b.bind() } else { b.bind_range(b0 * sb, nb * sb) };
-            gpu.dispatch(
-                &kernel,
-                &params(d.m, sa, sb, sc),
-                &[a.bind_range(b0 * sa, nb * sa), br, biasr, c.bind_range(b0 * sc, nb * sc)],
-                groups(d.m, nb),
-            )?;
+        for (b0, nb) in shifted_chunks(gpu, "matmul", d.batch, &[sa, sb, sc])? {
+            let (br, ob) = if d.b_shared { (b.bind(), 0) } else { b.bind_shifted(b0 * sb, nb * sb) };
+            let (ar, oa) = a.bind_shifted(b0 * sa, nb * sa);
+            let (cr, oc) = c.bind_shifted(b0 * sc, nb * sc);
+            gpu.dispatch(&kernel, &params(d.m, sa, sb, sc, [oa, ob, oc]), &[ar, br, biasr, cr], groups(d.m, nb))?;
         }
     }
     Ok(c)

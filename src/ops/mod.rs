@@ -51,6 +51,27 @@ pub(crate) fn row_chunks(
         .collect())
 }
 
+/// Splits `rows` rows into chunks where each operand's part (`row_sizes[i]` elements per row)
+/// fits one binding even when bound from the aligned offset at or below its start (see
+/// [`Tensor::bind_shifted`]). For kernels that take element offsets, so no row alignment is
+/// needed: wav2vec2's first conv output, batch 16 x 512 x 16000, splits anywhere.
+pub(crate) fn shifted_chunks(gpu: &Gpu, op: &'static str, rows: usize, row_sizes: &[usize]) -> Result<Vec<(usize, usize)>> {
+    let limit = (gpu.max_binding() / 4) as usize;
+    let align = (gpu.offset_align() / 4) as usize;
+    let widest = row_sizes.iter().copied().max().unwrap_or(0);
+    if rows * widest <= limit || widest == 0 {
+        return Ok(vec![(0, rows)]);
+    }
+    let per = limit.saturating_sub(align) / widest;
+    if per == 0 {
+        return Err(Error::Limit {
+            op,
+            msg: format!("one item of {widest} elements exceeds the binding limit of {limit} elements"),
+        });
+    }
+    Ok((0..rows).step_by(per).map(|s| (s, per.min(rows - s))).collect())
+}
+
 fn gcd(a: usize, b: usize) -> usize {
     if b == 0 {
         a

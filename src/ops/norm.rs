@@ -23,6 +23,7 @@ pub enum Norm {
 }
 
 /// Saved forward state for the backward pass: (mean, rstd) per row.
+#[derive(Debug)]
 pub struct NormStats(pub Tensor);
 
 fn layout(norm: Norm, x: &Tensor, gamma: Option<&Tensor>) -> Result<(usize, usize, usize)> {

@@ -1,0 +1,147 @@
+//! The engine's promises: chunked dispatch past the binding limit, pipeline caching, buffer
+//! pooling, clear errors, and the autograd's bookkeeping.
+
+mod common;
+use common::*;
+use xlsr::ops::{self, conv::Conv1d, norm::Norm};
+use xlsr::{DType, Error, Gpu, Param, Tape, Tensor, Var};
+
+fn on(g: &Gpu, v: &[f64], shape: &[usize]) -> Tensor {
+    Tensor::from_slice(g, &to_f32(v), shape).unwrap()
+}
+
+fn same(what: &str, a: &Tensor, b: &Tensor, tol: f64) {
+    let want: Vec<f64> = b.to_vec().unwrap().iter().map(|&x| x as f64).collect();
+    assert_close(what, &a.to_vec().unwrap(), &want, tol, tol);
+}
+
+/// Every chunk-capable op gives the same result with a 64 KiB binding limit as without.
+#[test]
+fn chunked_dispatch_matches_unchunked() {
+    let big = gpu();
+    let small = Gpu::new().unwrap();
+    small.set_max_binding(64 * 1024);
+    assert_eq!(small.max_binding(), 64 * 1024);
+    let mut rng = Rng::new(5);
+    let (rows, cols) = (300, 129); // 38700 floats = 151 KiB: three chunks, unaligned rows
+    let x = rng.vec(rows * cols);
+    let y = rng.vec(rows * cols);
+    let w = rng.vec(cols * 70);
+    let cw = rng.vec(4 * 3 * 5);
+    let bias = rng.vec(70);
+    let gam = rng.vec(cols);
+    let run = |g: &Gpu| -> Vec<Tensor> {
+        let (x, y) = (on(g, &x, &[3, rows / 3, cols]), on(g, &y, &[3, rows / 3, cols]));
+        let (w, b, gam) = (on(g, &w, &[cols, 70]), on(g, &bias, &[70]), on(g, &gam, &[cols]));
+        let (ln, stats) = ops::norm::forward(Norm::Layer, &x, Some(&gam), Some(&gam), 1e-5).unwrap();
+        let (dx, dg, _) = ops::norm::backward(Norm::Layer, &x, Some(&gam), &stats, &y).unwrap();
+        let sm = ops::softmax::forward(&x, None, true).unwrap();
+        let conv_w = on(g, &cw, &[4, 3, 5]);
+        let cx = x.reshape(&[100, 3, cols]).unwrap();
+        let cy = ops::conv::forward(&Conv1d { stride: 2, padding: 1, groups: 1 }, &cx, &conv_w, None).unwrap();
+        let (cdx, cdw, _) = ops::conv::backward(&Conv1d { stride: 2, padding: 1, groups: 1 }, &cx, &conv_w, false, &cy, true).unwrap();
+        let yt = y.reshape(&[3, cols, rows / 3]).unwrap();
+        vec![
+            ops::elementwise::add(&x, &y).unwrap(),
+            ops::elementwise::mul(&x, &gam).unwrap(),
+            ops::activation::forward(ops::activation::Act::Gelu, &x).unwrap(),
+            ops::dropout::dropout(&x, 0.2, 9).unwrap(),
+            ops::matmul::matmul(&x, &w, false, false, Some(&b)).unwrap(),
+            ops::matmul::matmul(&x, &yt, false, false, None).unwrap(),
+            ln, dx, dg.unwrap(), sm, cy, cdx.unwrap(), cdw,
+            ops::reduce::sum_all(&x).unwrap(),
+            ops::reduce::sum_axis(&x, 2, 1.0).unwrap(),
+        ]
+    };
+    let (a, b) = (run(&small), run(&big));
+    for (i, (a, b)) in a.iter().zip(&b).enumerate() {
+        same(&format!("output {i}"), a, b, 1e-4);
+    }
+}
+
+/// A tensor larger than lavapipe's 128 MiB binding limit works end to end.
+#[test]
+fn tensors_beyond_the_binding_limit() {
+    let g = gpu();
+    let n = (g.max_binding() / 4) as usize + 5_000_000;
+    assert!(n * 4 > 128 << 20 || g.max_binding() > 128 << 20);
+    let data: Vec<f32> = (0..n).map(|i| (i % 1000) as f32 * 1e-3 - 0.5).collect();
+    let x = Tensor::from_slice(&g, &data, &[n]).unwrap();
+    let y = ops::activation::forward(ops::activation::Act::Relu, &ops::elementwise::add(&x, &x).unwrap()).unwrap();
+    let s = ops::reduce::sum_all(&y).unwrap().item().unwrap() as f64;
+    let want: f64 = data.iter().map(|&v| (2.0 * v as f64).max(0.0)).sum();
+    assert!((s - want).abs() < 1e-4 * want, "{s} vs {want}");
+    let v = y.to_vec().unwrap();
+    for i in [0, n / 2, n - 1] {
+        assert_eq!(v[i], (2.0 * data[i]).max(0.0));
+    }
+}
+
+#[test]
+fn pipelines_are_compiled_once_and_buffers_reused() {
+    let g = Gpu::new().unwrap();
+    let x = Tensor::from_slice(&g, &[1.0; 1000], &[1000]).unwrap();
+    let _ = ops::elementwise::add(&x, &x).unwrap();
+    g.sync().unwrap();
+    let compiled = g.pipeline_count();
+    let live = g.live_bytes();
+    for _ in 0..50 {
+        let y = ops::elementwise::add(&x, &x).unwrap();
+        drop(y);
+    }
+    g.sync().unwrap();
+    assert_eq!(g.pipeline_count(), compiled, "no new pipelines for repeated ops");
+    assert_eq!(g.live_bytes(), live, "dropped tensors return their buffers");
+    let peak = g.peak_bytes();
+    assert!(peak <= live + 8192 + 4096, "pool reuses buffers: peak {peak} live {live}");
+}
+
+#[test]
+fn bad_input_gives_errors_naming_op_and_shapes() {
+    let g = gpu();
+    let a = Tensor::zeros(&g, &[3, 4]).unwrap();
+    let b = Tensor::zeros(&g, &[5, 6]).unwrap();
+    let e = ops::matmul::matmul(&a, &b, false, false, None).unwrap_err().to_string();
+    assert!(e.contains("matmul") && e.contains("[3, 4]") && e.contains("[5, 6]"), "{e}");
+    let e = ops::elementwise::add(&a, &b).unwrap_err().to_string();
+    assert!(e.contains("add") && e.contains("[3, 4]") && e.contains("[5, 6]"), "{e}");
+    let h = Tensor::uninit(&g, &[3, 4], DType::F16).unwrap();
+    assert!(matches!(ops::elementwise::add(&a, &h), Err(Error::DType { op: "add", .. })));
+    let w = Tensor::zeros(&g, &[2, 3, 9]).unwrap();
+    let x = Tensor::zeros(&g, &[1, 3, 5]).unwrap();
+    let e = ops::conv::forward(&Conv1d { stride: 1, padding: 0, groups: 1 }, &x, &w, None).unwrap_err().to_string();
+    assert!(e.contains("conv1d") && e.contains("shorter than kernel"), "{e}");
+    assert!(matches!(Tensor::uninit(&g, &[1 << 40], DType::F32), Err(Error::Limit { .. })));
+    let small = Gpu::new().unwrap();
+    small.set_max_binding(1024);
+    let wide = Tensor::zeros(&small, &[2, 4096]).unwrap();
+    let e = ops::norm::forward(Norm::Layer, &wide, None, None, 1e-5).unwrap_err();
+    assert!(matches!(e, Error::Limit { op: "layer_norm", .. }), "{e}");
+    assert!(matches!(Tensor::from_slice(&g, &[1.0; 5], &[2, 3]), Err(Error::Shape { .. })));
+}
+
+#[test]
+fn autograd_accumulates_freezes_and_no_grad() {
+    let g = gpu();
+    let w = Param::new("w", Tensor::from_slice(&g, &[1.0, 2.0, 3.0], &[3]).unwrap());
+    let frozen = Param::new("f", Tensor::from_slice(&g, &[1.0, 1.0, 1.0], &[3]).unwrap());
+    frozen.set_frozen(true);
+    let x = Tensor::from_slice(&g, &[0.5, -1.0, 2.0], &[3]).unwrap();
+    for _ in 0..2 {
+        let tape = Tape::new();
+        let (wv, fv) = (tape.param(&w), tape.param(&frozen));
+        let loss = Var::constant(x.clone()).mul(&wv).unwrap().mul(&fv).unwrap().sum().unwrap();
+        tape.backward(&loss, &[]).unwrap();
+    }
+    // d/dw sum(x * w * f) = x * f, accumulated over two passes.
+    assert_eq!(w.grad().unwrap().to_vec().unwrap(), vec![1.0, -2.0, 4.0]);
+    assert!(frozen.grad().is_none());
+    w.zero_grad();
+    assert!(w.grad().is_none());
+    let tape = Tape::new();
+    let out = tape.no_grad(|| tape.param(&w).mul(&Var::constant(x.clone())).unwrap());
+    assert!(!out.requires_grad());
+    let tape = Tape::new();
+    let v = tape.param(&w).scale(2.0, 0.0).unwrap();
+    assert!(matches!(tape.backward(&v, &[]), Err(Error::Autograd(_))));
+}
