@@ -60,6 +60,7 @@ fn main() -> Result<()> {
         }
         Cmd::Bench { quick, filter } => {
             let gpu = xlsr::Gpu::new()?;
+            let quick = quick || (gpu.info.device_type == wgpu::DeviceType::Cpu && std::env::var("XLSR_BENCH_FULL").is_err());
             xlsr::bench::run(&gpu, quick, filter.as_deref())?;
         }
         Cmd::Demo { steps } => {
