@@ -128,7 +128,11 @@ impl Tape {
         }
         let id = self.fresh();
         self.params.borrow_mut().push((id, p.clone()));
-        Var { value: p.value(), id: Some(id), tape: Some(self.clone()) }
+        Var {
+            value: p.value(),
+            id: Some(id),
+            tape: Some(self.clone()),
+        }
     }
 
     /// A leaf for an input; with `requires_grad` its gradient is returned by [`Tape::backward`].
@@ -136,7 +140,11 @@ impl Tape {
         if !requires_grad || !self.enabled.get() {
             return Var::constant(t);
         }
-        Var { value: t, id: Some(self.fresh()), tape: Some(self.clone()) }
+        Var {
+            value: t,
+            id: Some(self.fresh()),
+            tape: Some(self.clone()),
+        }
     }
 
     /// Backpropagates from a scalar: adds parameter gradients into their `grad`, and returns
@@ -146,22 +154,44 @@ impl Tape {
     }
 
     /// Like [`Tape::backward`] from any var, seeded with `grad` (ones when `None`).
-    pub fn backward_with(&self, out: &Var, grad: Option<Tensor>, wrt: &[&Var]) -> Result<Vec<Option<Tensor>>> {
+    pub fn backward_with(
+        &self,
+        out: &Var,
+        grad: Option<Tensor>,
+        wrt: &[&Var],
+    ) -> Result<Vec<Option<Tensor>>> {
         let Some(root) = out.id else {
-            return Err(Error::Autograd("backward from a value that does not require grad".into()));
+            return Err(Error::Autograd(
+                "backward from a value that does not require grad".into(),
+            ));
         };
         let seed = match grad {
             Some(g) if g.shape() == out.value.shape() => g,
-            Some(g) => return Err(Error::Autograd(format!("seed gradient {:?} for output {:?}", g.shape(), out.value.shape()))),
-            None if out.value.numel() == 1 => ops::elementwise::fill(out.value.gpu(), out.value.shape(), 1.0)?,
-            None => return Err(Error::Autograd(format!("backward from non-scalar {:?} needs a seed gradient", out.value.shape()))),
+            Some(g) => {
+                return Err(Error::Autograd(format!(
+                    "seed gradient {:?} for output {:?}",
+                    g.shape(),
+                    out.value.shape()
+                )))
+            }
+            None if out.value.numel() == 1 => {
+                ops::elementwise::fill(out.value.gpu(), out.value.shape(), 1.0)?
+            }
+            None => {
+                return Err(Error::Autograd(format!(
+                    "backward from non-scalar {:?} needs a seed gradient",
+                    out.value.shape()
+                )))
+            }
         };
         let mut grads: Vec<Option<Tensor>> = vec![None; self.next_id.get()];
         grads[root] = Some(seed);
         let nodes = std::mem::take(&mut *self.nodes.borrow_mut());
         for node in nodes.into_iter().rev() {
             // Dropping the output's gradient here frees it as soon as it is consumed.
-            let Some(g) = grads[node.out].take() else { continue };
+            let Some(g) = grads[node.out].take() else {
+                continue;
+            };
             let results = (node.backward)(&g)?;
             for (inp, r) in node.inputs.iter().zip(results) {
                 if let (Some(i), Some(r)) = (inp, r) {
@@ -177,14 +207,21 @@ impl Tape {
                 p.accumulate(g)?;
             }
         }
-        Ok(wrt.iter().map(|v| v.id.and_then(|i| grads[i].take())).collect())
+        Ok(wrt
+            .iter()
+            .map(|v| v.id.and_then(|i| grads[i].take()))
+            .collect())
     }
 }
 
 impl Var {
     /// A value that needs no gradient.
     pub fn constant(t: Tensor) -> Var {
-        Var { value: t, id: None, tape: None }
+        Var {
+            value: t,
+            id: None,
+            tape: None,
+        }
     }
 
     /// Whether gradients flow into this var.
@@ -198,7 +235,11 @@ impl Var {
     }
 
     /// Records `value = f(inputs)` with its backward, if any input is tracked.
-    fn record(inputs: &[&Var], value: Tensor, backward: impl FnOnce(&Tensor) -> Result<Vec<Option<Tensor>>> + 'static) -> Var {
+    fn record(
+        inputs: &[&Var],
+        value: Tensor,
+        backward: impl FnOnce(&Tensor) -> Result<Vec<Option<Tensor>>> + 'static,
+    ) -> Var {
         let tape = inputs.iter().find_map(|v| v.id.and(v.tape.clone()));
         match tape {
             Some(tape) if tape.enabled.get() => {
@@ -208,7 +249,11 @@ impl Var {
                     inputs: inputs.iter().map(|v| v.id).collect(),
                     backward: Box::new(backward),
                 });
-                Var { value, id: Some(id), tape: Some(tape) }
+                Var {
+                    value,
+                    id: Some(id),
+                    tape: Some(tape),
+                }
             }
             _ => Var::constant(value),
         }
@@ -225,12 +270,16 @@ impl Var {
                 BinOp::Div => {
                     let da = ops::elementwise::binary(BinOp::Div, g, &b)?;
                     // d(a/b)/db = -a/b^2 = -(g*a/b)/b
-                    let t = ops::elementwise::binary(BinOp::Div, &ops::elementwise::mul(&da, &a)?, &b)?;
+                    let t =
+                        ops::elementwise::binary(BinOp::Div, &ops::elementwise::mul(&da, &a)?, &b)?;
                     (da, ops::elementwise::scale(&t, -1.0, 0.0)?)
                 }
                 BinOp::Max => return Err(Error::Autograd("max has no gradient".into())),
             };
-            Ok(vec![Some(ops::elementwise::reduce_to(&da, a.shape())?), Some(ops::elementwise::reduce_to(&db, b.shape())?)])
+            Ok(vec![
+                Some(ops::elementwise::reduce_to(&da, a.shape())?),
+                Some(ops::elementwise::reduce_to(&db, b.shape())?),
+            ])
         }))
     }
 
@@ -257,7 +306,9 @@ impl Var {
     /// alpha * self + beta.
     pub fn scale(&self, alpha: f32, beta: f32) -> Result<Var> {
         let y = ops::elementwise::scale(&self.value, alpha, beta)?;
-        Ok(Var::record(&[self], y, move |g| Ok(vec![Some(ops::elementwise::scale(g, alpha, 0.0)?)])))
+        Ok(Var::record(&[self], y, move |g| {
+            Ok(vec![Some(ops::elementwise::scale(g, alpha, 0.0)?)])
+        }))
     }
 
     /// op(self) @ op(w) (+ bias); see [`ops::matmul::matmul`].
@@ -281,7 +332,9 @@ impl Var {
     pub fn act(&self, act: Act) -> Result<Var> {
         let y = ops::activation::forward(act, &self.value)?;
         let x = self.value.clone();
-        Ok(Var::record(&[self], y, move |g| Ok(vec![Some(ops::activation::backward(act, &x, g)?)])))
+        Ok(Var::record(&[self], y, move |g| {
+            Ok(vec![Some(ops::activation::backward(act, &x, g)?)])
+        }))
     }
 
     /// GELU (exact).
@@ -300,11 +353,19 @@ impl Var {
             return Ok(self.clone());
         }
         let y = ops::dropout::dropout(&self.value, p, seed)?;
-        Ok(Var::record(&[self], y, move |g| Ok(vec![Some(ops::dropout::dropout(g, p, seed)?)])))
+        Ok(Var::record(&[self], y, move |g| {
+            Ok(vec![Some(ops::dropout::dropout(g, p, seed)?)])
+        }))
     }
 
     fn norm(&self, norm: Norm, gamma: Option<&Var>, beta: Option<&Var>, eps: f32) -> Result<Var> {
-        let (y, stats) = ops::norm::forward(norm, &self.value, gamma.map(|v| &v.value), beta.map(|v| &v.value), eps)?;
+        let (y, stats) = ops::norm::forward(
+            norm,
+            &self.value,
+            gamma.map(|v| &v.value),
+            beta.map(|v| &v.value),
+            eps,
+        )?;
         let x = self.value.clone();
         let gv = gamma.map(|v| v.value.clone());
         let mut inputs = vec![self];
@@ -327,7 +388,9 @@ impl Var {
     /// LayerNorm over the last dim.
     pub fn layer_norm(&self, gamma: Option<&Var>, beta: Option<&Var>, eps: f32) -> Result<Var> {
         if gamma.is_some() != beta.is_some() {
-            return Err(Error::Autograd("layer_norm takes both weight and bias or neither".into()));
+            return Err(Error::Autograd(
+                "layer_norm takes both weight and bias or neither".into(),
+            ));
         }
         self.norm(Norm::Layer, gamma, beta, eps)
     }
@@ -335,7 +398,9 @@ impl Var {
     /// GroupNorm with one group per channel over [B, C, T].
     pub fn group_norm(&self, gamma: Option<&Var>, beta: Option<&Var>, eps: f32) -> Result<Var> {
         if gamma.is_some() != beta.is_some() {
-            return Err(Error::Autograd("group_norm takes both weight and bias or neither".into()));
+            return Err(Error::Autograd(
+                "group_norm takes both weight and bias or neither".into(),
+            ));
         }
         self.norm(Norm::Group, gamma, beta, eps)
     }
@@ -361,7 +426,9 @@ impl Var {
     fn softmax_impl(&self, mask: Option<&Tensor>, log: bool) -> Result<Var> {
         let y = ops::softmax::forward(&self.value, mask, log)?;
         let yc = y.clone();
-        Ok(Var::record(&[self], y, move |g| Ok(vec![Some(ops::softmax::backward(&yc, g, log)?)])))
+        Ok(Var::record(&[self], y, move |g| {
+            Ok(vec![Some(ops::softmax::backward(&yc, g, log)?)])
+        }))
     }
 
     /// softmax(self + mask) over the last dim.
@@ -380,7 +447,11 @@ impl Var {
         let shape = self.shape().to_vec();
         Ok(Var::record(&[self], y, move |g| {
             let gv = g.reshape(&[1])?;
-            Ok(vec![Some(ops::elementwise::binary(BinOp::Mul, &ops::elementwise::fill(g.gpu(), &shape, 1.0)?, &gv)?)])
+            Ok(vec![Some(ops::elementwise::binary(
+                BinOp::Mul,
+                &ops::elementwise::fill(g.gpu(), &shape, 1.0)?,
+                &gv,
+            )?)])
         }))
     }
 
@@ -394,21 +465,27 @@ impl Var {
     pub fn sum_axis(&self, axis: usize, alpha: f32) -> Result<Var> {
         let y = ops::reduce::sum_axis(&self.value, axis, alpha)?;
         let len = self.shape().get(axis).copied().unwrap_or(0);
-        Ok(Var::record(&[self], y, move |g| Ok(vec![Some(ops::reduce::expand(g, axis, len, alpha)?)])))
+        Ok(Var::record(&[self], y, move |g| {
+            Ok(vec![Some(ops::reduce::expand(g, axis, len, alpha)?)])
+        }))
     }
 
     /// L2 norm of all elements.
     pub fn l2_norm(&self) -> Result<Var> {
         let y = ops::reduce::l2_norm(&self.value)?;
         let (x, n) = (self.value.clone(), y.clone());
-        Ok(Var::record(&[self], y, move |g| Ok(vec![Some(ops::reduce::l2_norm_backward(&x, &n, g)?)])))
+        Ok(Var::record(&[self], y, move |g| {
+            Ok(vec![Some(ops::reduce::l2_norm_backward(&x, &n, g)?)])
+        }))
     }
 
     /// A view with another shape.
     pub fn reshape(&self, shape: &[usize]) -> Result<Var> {
         let y = self.value.reshape(shape)?;
         let orig = self.shape().to_vec();
-        Ok(Var::record(&[self], y, move |g| Ok(vec![Some(g.reshape(&orig)?)])))
+        Ok(Var::record(&[self], y, move |g| {
+            Ok(vec![Some(g.reshape(&orig)?)])
+        }))
     }
 
     /// Reorders dims (a copy).
@@ -418,14 +495,19 @@ impl Var {
         for (i, &p) in perm.iter().enumerate() {
             inv[p] = i;
         }
-        Ok(Var::record(&[self], y, move |g| Ok(vec![Some(ops::copy::permute(g, &inv)?)])))
+        Ok(Var::record(&[self], y, move |g| {
+            Ok(vec![Some(ops::copy::permute(g, &inv)?)])
+        }))
     }
 
     /// Swaps two dims (a copy).
     pub fn transpose(&self, d0: usize, d1: usize) -> Result<Var> {
         let mut perm: Vec<usize> = (0..self.shape().len()).collect();
         if d0 >= perm.len() || d1 >= perm.len() {
-            return crate::error::shape_err("transpose", format!("dims {d0}, {d1} out of range for {:?}", self.shape()));
+            return crate::error::shape_err(
+                "transpose",
+                format!("dims {d0}, {d1} out of range for {:?}", self.shape()),
+            );
         }
         perm.swap(d0, d1);
         self.permute(&perm)
@@ -435,7 +517,9 @@ impl Var {
     pub fn slice(&self, dim: usize, start: usize, len: usize) -> Result<Var> {
         let y = ops::copy::slice(&self.value, dim, start, len)?;
         let full = self.shape().to_vec();
-        Ok(Var::record(&[self], y, move |g| Ok(vec![Some(ops::copy::pad_into(g, &full, dim, start)?)])))
+        Ok(Var::record(&[self], y, move |g| {
+            Ok(vec![Some(ops::copy::pad_into(g, &full, dim, start)?)])
+        }))
     }
 
     /// Joins vars along `dim`.

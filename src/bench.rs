@@ -44,7 +44,14 @@ fn rand(gpu: &Gpu, shape: &[usize], seed: u32) -> Result<Tensor> {
 }
 
 /// Times `f` (which records kernels): one warm-up run, then `iters` runs.
-pub fn measure(gpu: &Gpu, name: &str, iters: usize, work: f64, is_flops: bool, mut f: impl FnMut() -> Result<()>) -> Result<Measurement> {
+pub fn measure(
+    gpu: &Gpu,
+    name: &str,
+    iters: usize,
+    work: f64,
+    is_flops: bool,
+    mut f: impl FnMut() -> Result<()>,
+) -> Result<Measurement> {
     f()?;
     gpu.sync()?;
     let timed = gpu.profile_start()?;
@@ -55,24 +62,54 @@ pub fn measure(gpu: &Gpu, name: &str, iters: usize, work: f64, is_flops: bool, m
     gpu.sync()?;
     let wall = t0.elapsed().as_secs_f64() * 1e3 / iters as f64;
     let kernels = gpu.profile_stop()?;
-    let ms = if timed { kernels.iter().map(|k| k.1).sum::<f64>() / 1e6 / iters as f64 } else { wall };
-    Ok(Measurement { name: name.to_string(), ms, work, is_flops, gpu_timed: timed })
+    let ms = if timed {
+        kernels.iter().map(|k| k.1).sum::<f64>() / 1e6 / iters as f64
+    } else {
+        wall
+    };
+    Ok(Measurement {
+        name: name.to_string(),
+        ms,
+        work,
+        is_flops,
+        gpu_timed: timed,
+    })
 }
 
 /// Runs the benchmark suite and prints one line per case. `quick` shrinks the shapes for CPU
 /// adapters; `filter` keeps cases whose name contains it.
 pub fn run(gpu: &Gpu, quick: bool, filter: Option<&str>) -> Result<Vec<Measurement>> {
-    println!("adapter: {} ({:?}, {:?}), timing: {}", gpu.info.name, gpu.info.backend, gpu.info.device_type, if gpu.has_timestamps() { "GPU timestamps" } else { "wall clock" });
+    println!(
+        "adapter: {} ({:?}, {:?}), timing: {}",
+        gpu.info.name,
+        gpu.info.backend,
+        gpu.info.device_type,
+        if gpu.has_timestamps() {
+            "GPU timestamps"
+        } else {
+            "wall clock"
+        }
+    );
     let keep = |n: &str| filter.is_none_or(|f| n.contains(f));
     let mut out = Vec::new();
     let mut report = |m: Measurement| {
-        println!("{:<48} {:>10.3} ms {:>10.1} {}", m.name, m.ms, m.rate(), if m.is_flops { "GFLOP/s" } else { "GB/s" });
+        println!(
+            "{:<48} {:>10.3} ms {:>10.1} {}",
+            m.name,
+            m.ms,
+            m.rate(),
+            if m.is_flops { "GFLOP/s" } else { "GB/s" }
+        );
         out.push(m);
     };
     let it = if quick { 3 } else { 10 };
 
     // Feed-forward matmul of wav2vec2-large: 4000 frames (16 clips x 250) x 1024 -> 4096.
-    let (m, k, n) = if quick { (1000, 1024, 1024) } else { (4000, 1024, 4096) };
+    let (m, k, n) = if quick {
+        (1000, 1024, 1024)
+    } else {
+        (4000, 1024, 4096)
+    };
     let a = rand(gpu, &[m, k], 1)?;
     let w = rand(gpu, &[k, n], 2)?;
     let bias = rand(gpu, &[n], 3)?;
@@ -80,15 +117,22 @@ pub fn run(gpu: &Gpu, quick: bool, filter: Option<&str>) -> Result<Vec<Measureme
     for (algo, label) in [(Algo::Tiled, "tiled"), (Algo::Naive, "naive")] {
         let name = format!("matmul {label} {m}x{k}x{n} +bias");
         if keep(&name) {
-            report(measure(gpu, &name, if algo == Algo::Naive { 1 } else { it }, flops, true, || {
-                ops::matmul::matmul_with(algo, &a, &w, false, false, Some(&bias)).map(|_| ())
-            })?);
+            report(measure(
+                gpu,
+                &name,
+                if algo == Algo::Naive { 1 } else { it },
+                flops,
+                true,
+                || ops::matmul::matmul_with(algo, &a, &w, false, false, Some(&bias)).map(|_| ()),
+            )?);
         }
     }
     let name = format!("matmul backward {m}x{k}x{n} (dA, dW, dbias)");
     if keep(&name) {
         let dc = rand(gpu, &[m, n], 4)?;
-        report(measure(gpu, &name, it, 2.0 * flops, true, || ops::matmul::matmul_backward(&a, &w, false, false, true, &dc).map(|_| ()))?);
+        report(measure(gpu, &name, it, 2.0 * flops, true, || {
+            ops::matmul::matmul_backward(&a, &w, false, false, true, &dc).map(|_| ())
+        })?);
     }
 
     // Self-attention of one clip: 16 heads x 250 frames, head dim 64.
@@ -97,18 +141,29 @@ pub fn run(gpu: &Gpu, quick: bool, filter: Option<&str>) -> Result<Vec<Measureme
     let kk = rand(gpu, &[h, t, dh], 6)?;
     let name = format!("attention scores QK^T {h}x{t}x{t} (d {dh})");
     if keep(&name) {
-        report(measure(gpu, &name, it, 2.0 * (h * t * t * dh) as f64, true, || ops::matmul::matmul(&q, &kk, false, true, None).map(|_| ()))?);
+        report(measure(
+            gpu,
+            &name,
+            it,
+            2.0 * (h * t * t * dh) as f64,
+            true,
+            || ops::matmul::matmul(&q, &kk, false, true, None).map(|_| ()),
+        )?);
     }
     let scores = rand(gpu, &[h, t, t], 7)?;
     let mask = Tensor::zeros(gpu, &[1, t])?;
     let bytes = (h * t * t * 4) as f64;
     let name = format!("softmax fwd {h}x{t}x{t} masked");
     if keep(&name) {
-        report(measure(gpu, &name, it, 2.0 * bytes, false, || ops::softmax::forward(&scores, Some(&mask), false).map(|_| ()))?);
+        report(measure(gpu, &name, it, 2.0 * bytes, false, || {
+            ops::softmax::forward(&scores, Some(&mask), false).map(|_| ())
+        })?);
     }
     let name = format!("softmax bwd {h}x{t}x{t}");
     if keep(&name) {
-        report(measure(gpu, &name, it, 3.0 * bytes, false, || ops::softmax::backward(&scores, &scores, false).map(|_| ()))?);
+        report(measure(gpu, &name, it, 3.0 * bytes, false, || {
+            ops::softmax::backward(&scores, &scores, false).map(|_| ())
+        })?);
     }
 
     // Pointwise and normalisation at the encoder's activation size.
@@ -118,74 +173,123 @@ pub fn run(gpu: &Gpu, quick: bool, filter: Option<&str>) -> Result<Vec<Measureme
     let xb = (rows * 1024 * 4) as f64;
     let name = format!("layer_norm fwd {rows}x1024");
     if keep(&name) {
-        report(measure(gpu, &name, it, 2.0 * xb, false, || ops::norm::forward(Norm::Layer, &x, Some(&g), Some(&g), 1e-5).map(|_| ()))?);
+        report(measure(gpu, &name, it, 2.0 * xb, false, || {
+            ops::norm::forward(Norm::Layer, &x, Some(&g), Some(&g), 1e-5).map(|_| ())
+        })?);
     }
     let name = format!("layer_norm bwd {rows}x1024");
     if keep(&name) {
         let (_, stats) = ops::norm::forward(Norm::Layer, &x, Some(&g), Some(&g), 1e-5)?;
-        report(measure(gpu, &name, it, 5.0 * xb, false, || ops::norm::backward(Norm::Layer, &x, Some(&g), &stats, &x).map(|_| ()))?);
+        report(measure(gpu, &name, it, 5.0 * xb, false, || {
+            ops::norm::backward(Norm::Layer, &x, Some(&g), &stats, &x).map(|_| ())
+        })?);
     }
     let ff = rand(gpu, &[rows, 4096], 10)?;
     let fb = (rows * 4096 * 4) as f64;
     let name = format!("gelu fwd {rows}x4096");
     if keep(&name) {
-        report(measure(gpu, &name, it, 2.0 * fb, false, || ops::activation::forward(Act::Gelu, &ff).map(|_| ()))?);
+        report(measure(gpu, &name, it, 2.0 * fb, false, || {
+            ops::activation::forward(Act::Gelu, &ff).map(|_| ())
+        })?);
     }
     let name = format!("gelu bwd {rows}x4096");
     if keep(&name) {
-        report(measure(gpu, &name, it, 3.0 * fb, false, || ops::activation::backward(Act::Gelu, &ff, &ff).map(|_| ()))?);
+        report(measure(gpu, &name, it, 3.0 * fb, false, || {
+            ops::activation::backward(Act::Gelu, &ff, &ff).map(|_| ())
+        })?);
     }
     let name = format!("dropout {rows}x4096");
     if keep(&name) {
-        report(measure(gpu, &name, it, 2.0 * fb, false, || ops::dropout::dropout(&ff, 0.1, 1).map(|_| ()))?);
+        report(measure(gpu, &name, it, 2.0 * fb, false, || {
+            ops::dropout::dropout(&ff, 0.1, 1).map(|_| ())
+        })?);
     }
     let name = format!("add {rows}x4096");
     if keep(&name) {
-        report(measure(gpu, &name, it, 3.0 * fb, false, || ops::elementwise::add(&ff, &ff).map(|_| ()))?);
+        report(measure(gpu, &name, it, 3.0 * fb, false, || {
+            ops::elementwise::add(&ff, &ff).map(|_| ())
+        })?);
     }
     let name = format!("global L2 norm {} M floats", rows * 4096 / 1_000_000);
     if keep(&name) {
-        report(measure(gpu, &name, it, fb, false, || ops::reduce::global_norm(gpu, &[&ff, &x]).map(|_| ()))?);
+        report(measure(gpu, &name, it, fb, false, || {
+            ops::reduce::global_norm(gpu, &[&ff, &x]).map(|_| ())
+        })?);
     }
 
     // The feature encoder's convolutions on one clip (5 s, or 1 s when quick).
     let samples = if quick { 16_000 } else { 80_000 };
     let wav = rand(gpu, &[1, 1, samples], 11)?;
     let w0 = rand(gpu, &[512, 1, 10], 12)?;
-    let c0 = Conv1d { stride: 5, padding: 0, groups: 1 };
+    let c0 = Conv1d {
+        stride: 5,
+        padding: 0,
+        groups: 1,
+    };
     let l0 = c0.out_len(samples, 10);
     let name = format!("conv1d fwd 1->512 k10 s5 over {samples} samples");
     if keep(&name) {
-        report(measure(gpu, &name, it, 2.0 * (512 * 10 * l0) as f64, true, || ops::conv::forward(&c0, &wav, &w0, None).map(|_| ()))?);
+        report(measure(
+            gpu,
+            &name,
+            it,
+            2.0 * (512 * 10 * l0) as f64,
+            true,
+            || ops::conv::forward(&c0, &wav, &w0, None).map(|_| ()),
+        )?);
     }
     let h0 = rand(gpu, &[1, 512, l0], 13)?;
     let w1 = rand(gpu, &[512, 512, 3], 14)?;
-    let c1 = Conv1d { stride: 2, padding: 0, groups: 1 };
+    let c1 = Conv1d {
+        stride: 2,
+        padding: 0,
+        groups: 1,
+    };
     let l1 = c1.out_len(l0, 3);
     let f1 = 2.0 * (512 * 512 * 3 * l1) as f64;
     let name = format!("conv1d fwd 512->512 k3 s2 over {l0} frames");
     if keep(&name) {
-        report(measure(gpu, &name, 1, f1, true, || ops::conv::forward(&c1, &h0, &w1, None).map(|_| ()))?);
+        report(measure(gpu, &name, 1, f1, true, || {
+            ops::conv::forward(&c1, &h0, &w1, None).map(|_| ())
+        })?);
     }
     let name = format!("conv1d bwd 512->512 k3 s2 over {l0} frames");
     if keep(&name) {
         let dy = rand(gpu, &[1, 512, l1], 15)?;
-        report(measure(gpu, &name, 1, 2.0 * f1, true, || ops::conv::backward(&c1, &h0, &w1, false, &dy, true).map(|_| ()))?);
+        report(measure(gpu, &name, 1, 2.0 * f1, true, || {
+            ops::conv::backward(&c1, &h0, &w1, false, &dy, true).map(|_| ())
+        })?);
     }
     let frames = if quick { 50 } else { 250 };
     let hp = rand(gpu, &[1, 1024, frames], 16)?;
     let wp = rand(gpu, &[1024, 64, 128], 17)?;
-    let cp = Conv1d { stride: 1, padding: 64, groups: 16 };
+    let cp = Conv1d {
+        stride: 1,
+        padding: 64,
+        groups: 16,
+    };
     let lp = cp.out_len(frames, 128);
     let name = format!("conv1d fwd positional 1024 k128 g16 over {frames} frames");
     if keep(&name) {
-        report(measure(gpu, &name, 1, 2.0 * (1024 * 64 * 128 * lp) as f64, true, || ops::conv::forward(&cp, &hp, &wp, None).map(|_| ()))?);
+        report(measure(
+            gpu,
+            &name,
+            1,
+            2.0 * (1024 * 64 * 128 * lp) as f64,
+            true,
+            || ops::conv::forward(&cp, &hp, &wp, None).map(|_| ()),
+        )?);
     }
 
     let tiled = out.iter().find(|m| m.name.starts_with("matmul tiled"));
     let naive = out.iter().find(|m| m.name.starts_with("matmul naive"));
     if let (Some(t), Some(n)) = (tiled, naive) {
-        println!("tiled matmul is {:.1}x faster than naive ({:.1} vs {:.1} GFLOP/s)", n.ms / t.ms, t.rate(), n.rate());
+        println!(
+            "tiled matmul is {:.1}x faster than naive ({:.1} vs {:.1} GFLOP/s)",
+            n.ms / t.ms,
+            t.rate(),
+            n.rate()
+        );
     }
     Ok(out)
 }

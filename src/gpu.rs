@@ -210,7 +210,9 @@ impl Gpu {
             usage: wgpu::BufferUsages::UNIFORM | wgpu::BufferUsages::COPY_DST,
             mapped_at_creation: false,
         });
-        let max_binding = limits.max_storage_buffer_binding_size.min(limits.max_buffer_size);
+        let max_binding = limits
+            .max_storage_buffer_binding_size
+            .min(limits.max_buffer_size);
         Ok(Gpu(Arc::new(GpuInner {
             device,
             queue,
@@ -244,7 +246,8 @@ impl Gpu {
             .limits
             .max_storage_buffer_binding_size
             .min(self.limits.max_buffer_size);
-        self.max_binding.store(bytes.clamp(1024, cap), Ordering::Relaxed);
+        self.max_binding
+            .store(bytes.clamp(1024, cap), Ordering::Relaxed);
     }
 
     /// Storage offset alignment in bytes: chunk boundaries are multiples of it.
@@ -338,7 +341,11 @@ impl Gpu {
         Ok(module)
     }
 
-    fn layout(&self, reads: u32, writes: u32) -> (Arc<wgpu::BindGroupLayout>, Arc<wgpu::PipelineLayout>) {
+    fn layout(
+        &self,
+        reads: u32,
+        writes: u32,
+    ) -> (Arc<wgpu::BindGroupLayout>, Arc<wgpu::PipelineLayout>) {
         let mut layouts = self.layouts.lock().unwrap();
         layouts
             .entry((reads, writes))
@@ -472,8 +479,12 @@ impl Gpu {
         }
         let slot = batch.slots;
         batch.slots += 1;
-        batch.uniforms.extend_from_slice(bytemuck::cast_slice(params));
-        batch.uniforms.resize(((slot + 1) * UNIFORM_SLOT) as usize, 0);
+        batch
+            .uniforms
+            .extend_from_slice(bytemuck::cast_slice(params));
+        batch
+            .uniforms
+            .resize(((slot + 1) * UNIFORM_SLOT) as usize, 0);
 
         let mut entries = vec![wgpu::BindGroupEntry {
             binding: 0,
@@ -690,8 +701,10 @@ impl Gpu {
     pub fn profile_stop(&self) -> Result<Vec<(&'static str, f64, u64)>> {
         self.sync()?;
         let p = self.profiler.lock().unwrap().take();
-        Ok(p.map(|p| p.totals.into_iter().map(|(k, (t, n))| (k, t, n)).collect())
-            .unwrap_or_default())
+        Ok(
+            p.map(|p| p.totals.into_iter().map(|(k, (t, n))| (k, t, n)).collect())
+                .unwrap_or_default(),
+        )
     }
 }
 
@@ -712,7 +725,18 @@ mod tests {
 
     #[test]
     fn size_classes_waste_at_most_a_quarter() {
-        for b in [1u64, 255, 256, 257, 1000, 4096, 5000, 1 << 20, (1 << 20) + 1, 123_456_789] {
+        for b in [
+            1u64,
+            255,
+            256,
+            257,
+            1000,
+            4096,
+            5000,
+            1 << 20,
+            (1 << 20) + 1,
+            123_456_789,
+        ] {
             let c = size_class(b);
             assert!(c >= b);
             assert!(c as f64 <= (b.max(256) as f64) * 1.25 + 1.0, "{b} -> {c}");

@@ -4,7 +4,11 @@ use anyhow::Result;
 use clap::{Parser, Subcommand};
 
 #[derive(Parser)]
-#[command(name = "xlsr", version, about = "Fine-tune wav2vec2/XLSR speech models with CTC on any GPU")]
+#[command(
+    name = "xlsr",
+    version,
+    about = "Fine-tune wav2vec2/XLSR speech models with CTC on any GPU"
+)]
 struct Cli {
     #[command(subcommand)]
     cmd: Cmd,
@@ -26,7 +30,7 @@ enum Cmd {
     /// Train a tiny network on built-in synthetic data and show the loss falling
     Demo {
         /// Training steps
-        #[arg(long, default_value_t = 300)]
+        #[arg(long, default_value_t = 200)]
         steps: usize,
     },
 }
@@ -43,7 +47,11 @@ fn main() -> Result<()> {
                 let l = &a.limits;
                 println!(
                     "{i}: {} [{:?}, {:?}] driver {} {}",
-                    a.info.name, a.info.backend, a.info.device_type, a.info.driver, a.info.driver_info
+                    a.info.name,
+                    a.info.backend,
+                    a.info.device_type,
+                    a.info.driver,
+                    a.info.driver_info
                 );
                 println!(
                     "   max buffer {} MiB, max storage binding {} MiB, workgroup memory {} KiB, invocations/workgroup {}, timestamps {}, f16 {}",
@@ -60,12 +68,14 @@ fn main() -> Result<()> {
         }
         Cmd::Bench { quick, filter } => {
             let gpu = xlsr::Gpu::new()?;
-            let quick = quick || (gpu.info.device_type == wgpu::DeviceType::Cpu && std::env::var("XLSR_BENCH_FULL").is_err());
+            let quick = quick
+                || (gpu.info.device_type == wgpu::DeviceType::Cpu
+                    && std::env::var("XLSR_BENCH_FULL").is_err());
             xlsr::bench::run(&gpu, quick, filter.as_deref())?;
         }
         Cmd::Demo { steps } => {
             let gpu = xlsr::Gpu::new()?;
-            xlsr::demo::run(&gpu, steps)?;
+            xlsr::demo::run(&gpu, steps.max(1))?;
         }
     }
     Ok(())

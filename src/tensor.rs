@@ -108,7 +108,10 @@ impl Tensor {
     /// The single value of a one-element tensor.
     pub fn item(&self) -> Result<f32> {
         if self.numel() != 1 {
-            return shape_err("item", format!("tensor of shape {:?} is not a scalar", self.shape));
+            return shape_err(
+                "item",
+                format!("tensor of shape {:?} is not a scalar", self.shape),
+            );
         }
         Ok(self.to_vec()?[0])
     }

@@ -31,15 +31,45 @@ fn chunked_dispatch_matches_unchunked() {
     let bias = rng.vec(70);
     let gam = rng.vec(cols);
     let run = |g: &Gpu| -> Vec<Tensor> {
-        let (x, y) = (on(g, &x, &[3, rows / 3, cols]), on(g, &y, &[3, rows / 3, cols]));
-        let (w, b, gam) = (on(g, &w, &[cols, 70]), on(g, &bias, &[70]), on(g, &gam, &[cols]));
-        let (ln, stats) = ops::norm::forward(Norm::Layer, &x, Some(&gam), Some(&gam), 1e-5).unwrap();
+        let (x, y) = (
+            on(g, &x, &[3, rows / 3, cols]),
+            on(g, &y, &[3, rows / 3, cols]),
+        );
+        let (w, b, gam) = (
+            on(g, &w, &[cols, 70]),
+            on(g, &bias, &[70]),
+            on(g, &gam, &[cols]),
+        );
+        let (ln, stats) =
+            ops::norm::forward(Norm::Layer, &x, Some(&gam), Some(&gam), 1e-5).unwrap();
         let (dx, dg, _) = ops::norm::backward(Norm::Layer, &x, Some(&gam), &stats, &y).unwrap();
         let sm = ops::softmax::forward(&x, None, true).unwrap();
         let conv_w = on(g, &cw, &[4, 3, 5]);
         let cx = x.reshape(&[100, 3, cols]).unwrap();
-        let cy = ops::conv::forward(&Conv1d { stride: 2, padding: 1, groups: 1 }, &cx, &conv_w, None).unwrap();
-        let (cdx, cdw, _) = ops::conv::backward(&Conv1d { stride: 2, padding: 1, groups: 1 }, &cx, &conv_w, false, &cy, true).unwrap();
+        let cy = ops::conv::forward(
+            &Conv1d {
+                stride: 2,
+                padding: 1,
+                groups: 1,
+            },
+            &cx,
+            &conv_w,
+            None,
+        )
+        .unwrap();
+        let (cdx, cdw, _) = ops::conv::backward(
+            &Conv1d {
+                stride: 2,
+                padding: 1,
+                groups: 1,
+            },
+            &cx,
+            &conv_w,
+            false,
+            &cy,
+            true,
+        )
+        .unwrap();
         let yt = y.reshape(&[3, cols, rows / 3]).unwrap();
         vec![
             ops::elementwise::add(&x, &y).unwrap(),
@@ -48,7 +78,13 @@ fn chunked_dispatch_matches_unchunked() {
             ops::dropout::dropout(&x, 0.2, 9).unwrap(),
             ops::matmul::matmul(&x, &w, false, false, Some(&b)).unwrap(),
             ops::matmul::matmul(&x, &yt, false, false, None).unwrap(),
-            ln, dx, dg.unwrap(), sm, cy, cdx.unwrap(), cdw,
+            ln,
+            dx,
+            dg.unwrap(),
+            sm,
+            cy,
+            cdx.unwrap(),
+            cdw,
             ops::reduce::sum_all(&x).unwrap(),
             ops::reduce::sum_axis(&x, 2, 1.0).unwrap(),
         ]
@@ -67,7 +103,11 @@ fn tensors_beyond_the_binding_limit() {
     assert!(n * 4 > 128 << 20 || g.max_binding() > 128 << 20);
     let data: Vec<f32> = (0..n).map(|i| (i % 1000) as f32 * 1e-3 - 0.5).collect();
     let x = Tensor::from_slice(&g, &data, &[n]).unwrap();
-    let y = ops::activation::forward(ops::activation::Act::Relu, &ops::elementwise::add(&x, &x).unwrap()).unwrap();
+    let y = ops::activation::forward(
+        ops::activation::Act::Relu,
+        &ops::elementwise::add(&x, &x).unwrap(),
+    )
+    .unwrap();
     let s = ops::reduce::sum_all(&y).unwrap().item().unwrap() as f64;
     let want: f64 = data.iter().map(|&v| (2.0 * v as f64).max(0.0)).sum();
     assert!((s - want).abs() < 1e-4 * want, "{s} vs {want}");
@@ -90,10 +130,17 @@ fn pipelines_are_compiled_once_and_buffers_reused() {
         drop(y);
     }
     g.sync().unwrap();
-    assert_eq!(g.pipeline_count(), compiled, "no new pipelines for repeated ops");
+    assert_eq!(
+        g.pipeline_count(),
+        compiled,
+        "no new pipelines for repeated ops"
+    );
     assert_eq!(g.live_bytes(), live, "dropped tensors return their buffers");
     let peak = g.peak_bytes();
-    assert!(peak <= live + 8192 + 4096, "pool reuses buffers: peak {peak} live {live}");
+    assert!(
+        peak <= live + 8192 + 4096,
+        "pool reuses buffers: peak {peak} live {live}"
+    );
 }
 
 #[test]
@@ -101,23 +148,63 @@ fn bad_input_gives_errors_naming_op_and_shapes() {
     let g = gpu();
     let a = Tensor::zeros(&g, &[3, 4]).unwrap();
     let b = Tensor::zeros(&g, &[5, 6]).unwrap();
-    let e = ops::matmul::matmul(&a, &b, false, false, None).unwrap_err().to_string();
-    assert!(e.contains("matmul") && e.contains("[3, 4]") && e.contains("[5, 6]"), "{e}");
+    let e = ops::matmul::matmul(&a, &b, false, false, None)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("matmul") && e.contains("[3, 4]") && e.contains("[5, 6]"),
+        "{e}"
+    );
     let e = ops::elementwise::add(&a, &b).unwrap_err().to_string();
-    assert!(e.contains("add") && e.contains("[3, 4]") && e.contains("[5, 6]"), "{e}");
+    assert!(
+        e.contains("add") && e.contains("[3, 4]") && e.contains("[5, 6]"),
+        "{e}"
+    );
     let h = Tensor::uninit(&g, &[3, 4], DType::F16).unwrap();
-    assert!(matches!(ops::elementwise::add(&a, &h), Err(Error::DType { op: "add", .. })));
+    assert!(matches!(
+        ops::elementwise::add(&a, &h),
+        Err(Error::DType { op: "add", .. })
+    ));
     let w = Tensor::zeros(&g, &[2, 3, 9]).unwrap();
     let x = Tensor::zeros(&g, &[1, 3, 5]).unwrap();
-    let e = ops::conv::forward(&Conv1d { stride: 1, padding: 0, groups: 1 }, &x, &w, None).unwrap_err().to_string();
-    assert!(e.contains("conv1d") && e.contains("shorter than kernel"), "{e}");
-    assert!(matches!(Tensor::uninit(&g, &[1 << 40], DType::F32), Err(Error::Limit { .. })));
+    let e = ops::conv::forward(
+        &Conv1d {
+            stride: 1,
+            padding: 0,
+            groups: 1,
+        },
+        &x,
+        &w,
+        None,
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(
+        e.contains("conv1d") && e.contains("shorter than kernel"),
+        "{e}"
+    );
+    assert!(matches!(
+        Tensor::uninit(&g, &[1 << 40], DType::F32),
+        Err(Error::Limit { .. })
+    ));
     let small = Gpu::new().unwrap();
     small.set_max_binding(1024);
     let wide = Tensor::zeros(&small, &[2, 4096]).unwrap();
     let e = ops::norm::forward(Norm::Layer, &wide, None, None, 1e-5).unwrap_err();
-    assert!(matches!(e, Error::Limit { op: "layer_norm", .. }), "{e}");
-    assert!(matches!(Tensor::from_slice(&g, &[1.0; 5], &[2, 3]), Err(Error::Shape { .. })));
+    assert!(
+        matches!(
+            e,
+            Error::Limit {
+                op: "layer_norm",
+                ..
+            }
+        ),
+        "{e}"
+    );
+    assert!(matches!(
+        Tensor::from_slice(&g, &[1.0; 5], &[2, 3]),
+        Err(Error::Shape { .. })
+    ));
 }
 
 #[test]
@@ -130,7 +217,13 @@ fn autograd_accumulates_freezes_and_no_grad() {
     for _ in 0..2 {
         let tape = Tape::new();
         let (wv, fv) = (tape.param(&w), tape.param(&frozen));
-        let loss = Var::constant(x.clone()).mul(&wv).unwrap().mul(&fv).unwrap().sum().unwrap();
+        let loss = Var::constant(x.clone())
+            .mul(&wv)
+            .unwrap()
+            .mul(&fv)
+            .unwrap()
+            .sum()
+            .unwrap();
         tape.backward(&loss, &[]).unwrap();
     }
     // d/dw sum(x * w * f) = x * f, accumulated over two passes.

@@ -32,7 +32,11 @@ fn check_binary(a: &[usize], b: &[usize], out: &[usize], seed: u64) {
     let n: usize = out.iter().product();
     let av = rng.vec(na);
     // Keep divisors away from zero.
-    let bv: Vec<f64> = rng.vec(nb).iter().map(|x| x.signum() * (0.5 + x.abs())).collect();
+    let bv: Vec<f64> = rng
+        .vec(nb)
+        .iter()
+        .map(|x| x.signum() * (0.5 + x.abs()))
+        .collect();
     for (name, f) in [
         ("add", (|x: f64, y: f64| x + y) as fn(f64, f64) -> f64),
         ("sub", |x, y| x - y),
@@ -40,14 +44,27 @@ fn check_binary(a: &[usize], b: &[usize], out: &[usize], seed: u64) {
         ("div", |x, y| x / y),
     ] {
         let (a2, b2, o2) = (a.to_vec(), b.to_vec(), out.to_vec());
-        Check::new(name, vec![(av.clone(), a.to_vec()), (bv.clone(), b.to_vec())]).run(
+        Check::new(
+            name,
+            vec![(av.clone(), a.to_vec()), (bv.clone(), b.to_vec())],
+        )
+        .run(
             |v| match name {
                 "add" => v[0].add(&v[1]).unwrap(),
                 "sub" => v[0].sub(&v[1]).unwrap(),
                 "mul" => v[0].mul(&v[1]).unwrap(),
                 _ => v[0].div(&v[1]).unwrap(),
             },
-            move |v| (0..n).map(|i| f(v[0][bcast_index(&a2, &o2, i)], v[1][bcast_index(&b2, &o2, i)])).collect(),
+            move |v| {
+                (0..n)
+                    .map(|i| {
+                        f(
+                            v[0][bcast_index(&a2, &o2, i)],
+                            v[1][bcast_index(&b2, &o2, i)],
+                        )
+                    })
+                    .collect()
+            },
         );
     }
 }
@@ -65,12 +82,26 @@ fn binary_ops_broadcast() {
 fn scale_and_fill() {
     let mut rng = Rng::new(6);
     let x = rng.vec(300);
-    Check::new("scale", vec![(x, vec![300])]).run(|v| v[0].scale(-2.5, 0.75).unwrap(), |v| v[0].iter().map(|x| -2.5 * x + 0.75).collect());
+    Check::new("scale", vec![(x, vec![300])]).run(
+        |v| v[0].scale(-2.5, 0.75).unwrap(),
+        |v| v[0].iter().map(|x| -2.5 * x + 0.75).collect(),
+    );
     let t = xlsr::ops::elementwise::fill(&gpu(), &[3, 70], 1.5).unwrap();
     assert!(t.to_vec().unwrap().iter().all(|&x| x == 1.5));
 }
 
-fn cpu_matmul(a: &[f64], b: &[f64], batch: usize, m: usize, k: usize, n: usize, ta: bool, tb: bool, b_shared: bool, bias: Option<&[f64]>) -> Vec<f64> {
+fn cpu_matmul(
+    a: &[f64],
+    b: &[f64],
+    batch: usize,
+    m: usize,
+    k: usize,
+    n: usize,
+    ta: bool,
+    tb: bool,
+    b_shared: bool,
+    bias: Option<&[f64]>,
+) -> Vec<f64> {
     let mut c = vec![0.0; batch * m * n];
     for bi in 0..batch {
         let ab = &a[bi * m * k..];
@@ -90,19 +121,54 @@ fn cpu_matmul(a: &[f64], b: &[f64], batch: usize, m: usize, k: usize, n: usize, 
     c
 }
 
-fn check_matmul(batch: usize, m: usize, k: usize, n: usize, ta: bool, tb: bool, shared: bool, with_bias: bool, seed: u64) {
+fn check_matmul(
+    batch: usize,
+    m: usize,
+    k: usize,
+    n: usize,
+    ta: bool,
+    tb: bool,
+    shared: bool,
+    with_bias: bool,
+    seed: u64,
+) {
     let mut rng = Rng::new(seed);
-    let ashape = if ta { vec![batch, k, m] } else { vec![batch, m, k] };
+    let ashape = if ta {
+        vec![batch, k, m]
+    } else {
+        vec![batch, m, k]
+    };
     let bdims = if tb { vec![n, k] } else { vec![k, n] };
-    let bshape = if shared { bdims } else { [vec![batch], bdims].concat() };
-    let mut inputs = vec![(rng.vec(batch * m * k), ashape), (rng.vec(bshape.iter().product()), bshape)];
+    let bshape = if shared {
+        bdims
+    } else {
+        [vec![batch], bdims].concat()
+    };
+    let mut inputs = vec![
+        (rng.vec(batch * m * k), ashape),
+        (rng.vec(bshape.iter().product()), bshape),
+    ];
     if with_bias {
         inputs.push((rng.vec(n), vec![n]));
     }
-    let name = format!("matmul b{batch} m{m} k{k} n{n} ta{ta} tb{tb} shared{shared} bias{with_bias}");
+    let name =
+        format!("matmul b{batch} m{m} k{k} n{n} ta{ta} tb{tb} shared{shared} bias{with_bias}");
     Check::new(&name, inputs).run(
         |v| v[0].matmul(&v[1], ta, tb, v.get(2)).unwrap(),
-        |v| cpu_matmul(&v[0], &v[1], batch, m, k, n, ta, tb, shared, v.get(2).map(|b| b.as_slice())),
+        |v| {
+            cpu_matmul(
+                &v[0],
+                &v[1],
+                batch,
+                m,
+                k,
+                n,
+                ta,
+                tb,
+                shared,
+                v.get(2).map(|b| b.as_slice()),
+            )
+        },
     );
 }
 
@@ -128,9 +194,21 @@ fn naive_and_tiled_matmul_agree() {
     let a = upload(&rng.vec(m * k), &[m, k]);
     let b = upload(&rng.vec(k * n), &[k, n]);
     use xlsr::ops::matmul::{matmul_with, Algo};
-    let t = matmul_with(Algo::Tiled, &a, &b, false, false, None).unwrap().to_vec().unwrap();
-    let nv = matmul_with(Algo::Naive, &a, &b, false, false, None).unwrap().to_vec().unwrap();
-    assert_close("naive vs tiled", &t, &nv.iter().map(|&x| x as f64).collect::<Vec<_>>(), 1e-5, 1e-4);
+    let t = matmul_with(Algo::Tiled, &a, &b, false, false, None)
+        .unwrap()
+        .to_vec()
+        .unwrap();
+    let nv = matmul_with(Algo::Naive, &a, &b, false, false, None)
+        .unwrap()
+        .to_vec()
+        .unwrap();
+    assert_close(
+        "naive vs tiled",
+        &t,
+        &nv.iter().map(|&x| x as f64).collect::<Vec<_>>(),
+        1e-5,
+        1e-4,
+    );
 }
 
 fn cpu_gelu(x: f64) -> f64 {
@@ -159,8 +237,14 @@ fn erf64(x: f64) -> f64 {
 fn activations() {
     let mut rng = Rng::new(50);
     let x: Vec<f64> = rng.vec(1000).iter().map(|v| v * 4.0).collect();
-    Check::new("gelu", vec![(x.clone(), vec![10, 100])]).run(|v| v[0].gelu().unwrap(), |v| v[0].iter().map(|&x| cpu_gelu(x)).collect());
-    Check::new("relu", vec![(x, vec![1000])]).run(|v| v[0].relu().unwrap(), |v| v[0].iter().map(|&x| x.max(0.0)).collect());
+    Check::new("gelu", vec![(x.clone(), vec![10, 100])]).run(
+        |v| v[0].gelu().unwrap(),
+        |v| v[0].iter().map(|&x| cpu_gelu(x)).collect(),
+    );
+    Check::new("relu", vec![(x, vec![1000])]).run(
+        |v| v[0].relu().unwrap(),
+        |v| v[0].iter().map(|&x| x.max(0.0)).collect(),
+    );
     Check::new("gelu empty", vec![(vec![], vec![0, 4])]).run(|v| v[0].gelu().unwrap(), |_| vec![]);
 }
 
@@ -170,13 +254,25 @@ fn dropout_is_reproducible_and_unbiased() {
     let n = 100_000;
     let x = Tensor::from_slice(&g, &vec![1.0; n], &[n]).unwrap();
     let p = 0.1;
-    let y1 = xlsr::ops::dropout::dropout(&x, p, 1234).unwrap().to_vec().unwrap();
-    let y2 = xlsr::ops::dropout::dropout(&x, p, 1234).unwrap().to_vec().unwrap();
-    let y3 = xlsr::ops::dropout::dropout(&x, p, 1235).unwrap().to_vec().unwrap();
+    let y1 = xlsr::ops::dropout::dropout(&x, p, 1234)
+        .unwrap()
+        .to_vec()
+        .unwrap();
+    let y2 = xlsr::ops::dropout::dropout(&x, p, 1234)
+        .unwrap()
+        .to_vec()
+        .unwrap();
+    let y3 = xlsr::ops::dropout::dropout(&x, p, 1235)
+        .unwrap()
+        .to_vec()
+        .unwrap();
     assert_eq!(y1, y2, "same seed, same mask");
     assert_ne!(y1, y3, "another seed, another mask");
     let dropped = y1.iter().filter(|&&v| v == 0.0).count() as f64 / n as f64;
-    assert!((dropped - p as f64).abs() < 0.005, "dropped fraction {dropped}");
+    assert!(
+        (dropped - p as f64).abs() < 0.005,
+        "dropped fraction {dropped}"
+    );
     let kept = y1.iter().find(|&&v| v != 0.0).unwrap();
     assert!((kept - 1.0 / 0.9).abs() < 1e-6);
     // Backward applies the same mask: compare with the mask read off the forward output.
@@ -184,12 +280,29 @@ fn dropout_is_reproducible_and_unbiased() {
     let xv = rng.vec(5000);
     let mask: Vec<f64> = {
         let ones = Tensor::from_slice(&g, &vec![1.0; 5000], &[5000]).unwrap();
-        xlsr::ops::dropout::dropout(&ones, 0.3, 77).unwrap().to_vec().unwrap().iter().map(|&m| m as f64).collect()
+        xlsr::ops::dropout::dropout(&ones, 0.3, 77)
+            .unwrap()
+            .to_vec()
+            .unwrap()
+            .iter()
+            .map(|&m| m as f64)
+            .collect()
     };
-    Check::new("dropout", vec![(xv, vec![5000])]).run(|v| v[0].dropout(0.3, 77).unwrap(), move |v| v[0].iter().zip(&mask).map(|(x, m)| x * m).collect());
+    Check::new("dropout", vec![(xv, vec![5000])]).run(
+        |v| v[0].dropout(0.3, 77).unwrap(),
+        move |v| v[0].iter().zip(&mask).map(|(x, m)| x * m).collect(),
+    );
 }
 
-fn cpu_norm(x: &[f64], rows: usize, cols: usize, gamma: Option<&[f64]>, beta: Option<&[f64]>, chan: impl Fn(usize, usize) -> usize, eps: f64) -> Vec<f64> {
+fn cpu_norm(
+    x: &[f64],
+    rows: usize,
+    cols: usize,
+    gamma: Option<&[f64]>,
+    beta: Option<&[f64]>,
+    chan: impl Fn(usize, usize) -> usize,
+    eps: f64,
+) -> Vec<f64> {
     let mut y = vec![0.0; x.len()];
     for r in 0..rows {
         let row = &x[r * cols..(r + 1) * cols];
@@ -212,7 +325,14 @@ fn layer_norm() {
     for &(rows, cols) in &[(5, 37), (3, 300), (4, 1), (0, 8)] {
         let x = rng.vec(rows * cols);
         let (g, b) = (rng.vec(cols), rng.vec(cols));
-        let mut c = Check::new("layer_norm", vec![(x.clone(), vec![rows, cols]), (g, vec![cols]), (b, vec![cols])]);
+        let mut c = Check::new(
+            "layer_norm",
+            vec![
+                (x.clone(), vec![rows, cols]),
+                (g, vec![cols]),
+                (b, vec![cols]),
+            ],
+        );
         c.h = 1e-5;
         c.run(
             |v| v[0].layer_norm(Some(&v[1]), Some(&v[2]), 1e-5).unwrap(),
@@ -231,13 +351,37 @@ fn group_norm_per_channel() {
     let (b, ch, t) = (2, 5, 17);
     let x = rng.vec(b * ch * t);
     let (g, be) = (rng.vec(ch), rng.vec(ch));
-    Check::new("group_norm", vec![(x, vec![b, ch, t]), (g, vec![ch]), (be, vec![ch])]).run(
+    Check::new(
+        "group_norm",
+        vec![(x, vec![b, ch, t]), (g, vec![ch]), (be, vec![ch])],
+    )
+    .run(
         |v| v[0].group_norm(Some(&v[1]), Some(&v[2]), 1e-5).unwrap(),
-        move |v| cpu_norm(&v[0], b * ch, t, Some(&v[1]), Some(&v[2]), |r, _| r % ch, 1e-5),
+        move |v| {
+            cpu_norm(
+                &v[0],
+                b * ch,
+                t,
+                Some(&v[1]),
+                Some(&v[2]),
+                |r, _| r % ch,
+                1e-5,
+            )
+        },
     );
 }
 
-fn cpu_conv(x: &[f64], w: &[f64], bias: Option<&[f64]>, b: usize, cin: usize, lin: usize, cout: usize, k: usize, c: Conv1d) -> Vec<f64> {
+fn cpu_conv(
+    x: &[f64],
+    w: &[f64],
+    bias: Option<&[f64]>,
+    b: usize,
+    cin: usize,
+    lin: usize,
+    cout: usize,
+    k: usize,
+    c: Conv1d,
+) -> Vec<f64> {
     let lout = c.out_len(lin, k);
     let cig = cin / c.groups;
     let cog = cout / c.groups;
@@ -251,7 +395,8 @@ fn cpu_conv(x: &[f64], w: &[f64], bias: Option<&[f64]>, b: usize, cin: usize, li
                     for kk in 0..k {
                         let pos = (t * c.stride + kk) as isize - c.padding as isize;
                         if pos >= 0 && (pos as usize) < lin {
-                            s += w[(o * cig + i) * k + kk] * x[(bi * cin + g * cig + i) * lin + pos as usize];
+                            s += w[(o * cig + i) * k + kk]
+                                * x[(bi * cin + g * cig + i) * lin + pos as usize];
                         }
                     }
                 }
@@ -275,22 +420,57 @@ fn conv1d_configs() {
         (3, 2, 3, 1, 3, 1, 0, 1, true),
     ];
     for (b, cin, lin, cout, k, stride, pad, groups, bias) in cases {
-        let geo = Conv1d { stride, padding: pad, groups };
-        let mut inputs = vec![(rng.vec(b * cin * lin), vec![b, cin, lin]), (rng.vec(cout * cin / groups * k), vec![cout, cin / groups, k])];
+        let geo = Conv1d {
+            stride,
+            padding: pad,
+            groups,
+        };
+        let mut inputs = vec![
+            (rng.vec(b * cin * lin), vec![b, cin, lin]),
+            (
+                rng.vec(cout * cin / groups * k),
+                vec![cout, cin / groups, k],
+            ),
+        ];
         if bias {
             inputs.push((rng.vec(cout), vec![cout]));
         }
-        Check::new(&format!("conv1d {b}x{cin}x{lin} -> {cout} k{k} s{stride} p{pad} g{groups}"), inputs).run(
+        Check::new(
+            &format!("conv1d {b}x{cin}x{lin} -> {cout} k{k} s{stride} p{pad} g{groups}"),
+            inputs,
+        )
+        .run(
             |v| v[0].conv1d(&v[1], v.get(2), geo).unwrap(),
-            move |v| cpu_conv(&v[0], &v[1], v.get(2).map(|x| x.as_slice()), b, cin, lin, cout, k, geo),
+            move |v| {
+                cpu_conv(
+                    &v[0],
+                    &v[1],
+                    v.get(2).map(|x| x.as_slice()),
+                    b,
+                    cin,
+                    lin,
+                    cout,
+                    k,
+                    geo,
+                )
+            },
         );
     }
 }
 
-fn cpu_softmax(x: &[f64], mask: Option<&[f64]>, rows: usize, cols: usize, group: usize, log: bool) -> Vec<f64> {
+fn cpu_softmax(
+    x: &[f64],
+    mask: Option<&[f64]>,
+    rows: usize,
+    cols: usize,
+    group: usize,
+    log: bool,
+) -> Vec<f64> {
     let mut y = vec![0.0; x.len()];
     for r in 0..rows {
-        let l: Vec<f64> = (0..cols).map(|c| x[r * cols + c] + mask.map_or(0.0, |m| m[(r / group) * cols + c])).collect();
+        let l: Vec<f64> = (0..cols)
+            .map(|c| x[r * cols + c] + mask.map_or(0.0, |m| m[(r / group) * cols + c]))
+            .collect();
         let mx = l.iter().cloned().fold(f64::MIN, f64::max);
         let lse = mx + l.iter().map(|v| (v - mx).exp()).sum::<f64>().ln();
         for c in 0..cols {
@@ -307,19 +487,42 @@ fn softmax_with_mask() {
     let rows = b * h * tq;
     let x: Vec<f64> = rng.vec(rows * tk).iter().map(|v| 3.0 * v).collect();
     // Second utterance is padded after 5 keys, with a large negative mask value.
-    let mask: Vec<f64> = (0..b * tk).map(|i| if i / tk == 1 && i % tk >= 5 { -1e4 } else { 0.0 }).collect();
+    let mask: Vec<f64> = (0..b * tk)
+        .map(|i| {
+            if i / tk == 1 && i % tk >= 5 {
+                -1e4
+            } else {
+                0.0
+            }
+        })
+        .collect();
     for log in [false, true] {
-        let mut c = Check::new("softmax masked", vec![(x.clone(), vec![b, h, tq, tk]), (mask.clone(), vec![b, tk])]);
+        let mut c = Check::new(
+            "softmax masked",
+            vec![(x.clone(), vec![b, h, tq, tk]), (mask.clone(), vec![b, tk])],
+        );
         c.diff = vec![true, false];
         c.run(
-            |v| if log { v[0].log_softmax(Some(&v[1].value)).unwrap() } else { v[0].softmax(Some(&v[1].value)).unwrap() },
+            |v| {
+                if log {
+                    v[0].log_softmax(Some(&v[1].value)).unwrap()
+                } else {
+                    v[0].softmax(Some(&v[1].value)).unwrap()
+                }
+            },
             move |v| cpu_softmax(&v[0], Some(&v[1]), rows, tk, h * tq, log),
         );
     }
     for log in [false, true] {
         let x = rng.vec(3 * 300);
         Check::new("softmax wide", vec![(x, vec![3, 300])]).run(
-            |v| if log { v[0].log_softmax(None).unwrap() } else { v[0].softmax(None).unwrap() },
+            |v| {
+                if log {
+                    v[0].log_softmax(None).unwrap()
+                } else {
+                    v[0].softmax(None).unwrap()
+                }
+            },
             move |v| cpu_softmax(&v[0], None, 3, 300, 1, log),
         );
     }
@@ -329,13 +532,28 @@ fn softmax_with_mask() {
 fn reductions() {
     let mut rng = Rng::new(90);
     let x = rng.vec(3 * 5 * 7);
-    Check::new("sum", vec![(x.clone(), vec![3, 5, 7])]).run(|v| v[0].sum().unwrap(), |v| vec![v[0].iter().sum()]);
-    Check::new("mean", vec![(x.clone(), vec![3, 5, 7])]).run(|v| v[0].mean().unwrap(), |v| vec![v[0].iter().sum::<f64>() / 105.0]);
+    Check::new("sum", vec![(x.clone(), vec![3, 5, 7])])
+        .run(|v| v[0].sum().unwrap(), |v| vec![v[0].iter().sum()]);
+    Check::new("mean", vec![(x.clone(), vec![3, 5, 7])]).run(
+        |v| v[0].mean().unwrap(),
+        |v| vec![v[0].iter().sum::<f64>() / 105.0],
+    );
     Check::new("sum_axis", vec![(x.clone(), vec![3, 5, 7])]).run(
         |v| v[0].sum_axis(1, 0.5).unwrap(),
-        |v| (0..21).map(|i| 0.5 * (0..5).map(|j| v[0][(i / 7) * 35 + j * 7 + i % 7]).sum::<f64>()).collect(),
+        |v| {
+            (0..21)
+                .map(|i| {
+                    0.5 * (0..5)
+                        .map(|j| v[0][(i / 7) * 35 + j * 7 + i % 7])
+                        .sum::<f64>()
+                })
+                .collect()
+        },
     );
-    Check::new("l2_norm", vec![(x, vec![105])]).run(|v| v[0].l2_norm().unwrap(), |v| vec![v[0].iter().map(|a| a * a).sum::<f64>().sqrt()]);
+    Check::new("l2_norm", vec![(x, vec![105])]).run(
+        |v| v[0].l2_norm().unwrap(),
+        |v| vec![v[0].iter().map(|a| a * a).sum::<f64>().sqrt()],
+    );
     let big = rng.vec(300_001);
     let t = upload(&big, &[300_001]);
     let s = xlsr::ops::reduce::sum_all(&t).unwrap().item().unwrap() as f64;
@@ -351,7 +569,10 @@ fn global_norm_over_tensors() {
     let parts: Vec<Vec<f64>> = [17, 1, 1000, 3].iter().map(|&n| rng.vec(n)).collect();
     let ts: Vec<Tensor> = parts.iter().map(|p| upload(p, &[p.len()])).collect();
     let refs: Vec<&Tensor> = ts.iter().collect();
-    let got = xlsr::ops::reduce::global_norm(&gpu(), &refs).unwrap().item().unwrap() as f64;
+    let got = xlsr::ops::reduce::global_norm(&gpu(), &refs)
+        .unwrap()
+        .item()
+        .unwrap() as f64;
     let want = parts.iter().flatten().map(|x| x * x).sum::<f64>().sqrt();
     assert!((got - want).abs() < 1e-5 * want, "{got} vs {want}");
 }
@@ -364,7 +585,13 @@ fn copies() {
         |v| v[0].permute(&[2, 0, 1]).unwrap(),
         |v| {
             let mut o = vec![];
-            for k in 0..4 { for i in 0..2 { for j in 0..3 { o.push(v[0][i * 12 + j * 4 + k]); } } }
+            for k in 0..4 {
+                for i in 0..2 {
+                    for j in 0..3 {
+                        o.push(v[0][i * 12 + j * 4 + k]);
+                    }
+                }
+            }
             o
         },
     );
@@ -372,7 +599,13 @@ fn copies() {
         |v| v[0].transpose(1, 2).unwrap(),
         |v| {
             let mut o = vec![];
-            for i in 0..2 { for k in 0..4 { for j in 0..3 { o.push(v[0][i * 12 + j * 4 + k]); } } }
+            for i in 0..2 {
+                for k in 0..4 {
+                    for j in 0..3 {
+                        o.push(v[0][i * 12 + j * 4 + k]);
+                    }
+                }
+            }
             o
         },
     );
@@ -380,7 +613,13 @@ fn copies() {
         |v| v[0].slice(2, 1, 2).unwrap(),
         |v| {
             let mut o = vec![];
-            for i in 0..2 { for j in 0..3 { for k in 1..3 { o.push(v[0][i * 12 + j * 4 + k]); } } }
+            for i in 0..2 {
+                for j in 0..3 {
+                    for k in 1..3 {
+                        o.push(v[0][i * 12 + j * 4 + k]);
+                    }
+                }
+            }
             o
         },
     );
@@ -396,5 +635,8 @@ fn copies() {
             o
         },
     );
-    Check::new("reshape", vec![(rng.vec(6), vec![2, 3])]).run(|v| v[0].reshape(&[3, 2]).unwrap().scale(2.0, 0.0).unwrap(), |v| v[0].iter().map(|x| 2.0 * x).collect());
+    Check::new("reshape", vec![(rng.vec(6), vec![2, 3])]).run(
+        |v| v[0].reshape(&[3, 2]).unwrap().scale(2.0, 0.0).unwrap(),
+        |v| v[0].iter().map(|x| 2.0 * x).collect(),
+    );
 }

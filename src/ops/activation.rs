@@ -6,7 +6,12 @@ use crate::gpu::{grid, Kernel};
 use crate::tensor::{DType, Tensor};
 
 const fn k(entry: &'static str) -> Kernel {
-    Kernel { file: "activation", entry, reads: 2, writes: 1 }
+    Kernel {
+        file: "activation",
+        entry,
+        reads: 2,
+        writes: 1,
+    }
 }
 
 /// Which pointwise activation.
@@ -23,7 +28,10 @@ fn run(kernel: Kernel, x: &Tensor, dy: Option<&Tensor>) -> Result<Tensor> {
     if let Some(dy) = dy {
         check_f32(kernel.entry, &[dy])?;
         if dy.shape() != x.shape() {
-            return shape_err(kernel.entry, format!("x {:?} but dy {:?}", x.shape(), dy.shape()));
+            return shape_err(
+                kernel.entry,
+                format!("x {:?} but dy {:?}", x.shape(), dy.shape()),
+            );
         }
     }
     let gpu = x.gpu();
@@ -31,7 +39,12 @@ fn run(kernel: Kernel, x: &Tensor, dy: Option<&Tensor>) -> Result<Tensor> {
     let d = dummy(gpu)?;
     for (s, len) in row_chunks(gpu, kernel.entry, x.numel(), 1)? {
         let dyr = dy.map_or(d.bind(), |t| t.bind_range(s, len));
-        gpu.dispatch(&kernel, &[len as u32, 0, 0, 0], &[x.bind_range(s, len), dyr, out.bind_range(s, len)], grid(len as u64, 256))?;
+        gpu.dispatch(
+            &kernel,
+            &[len as u32, 0, 0, 0],
+            &[x.bind_range(s, len), dyr, out.bind_range(s, len)],
+            grid(len as u64, 256),
+        )?;
     }
     Ok(out)
 }

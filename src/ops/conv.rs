@@ -6,7 +6,12 @@ use crate::gpu::{grid, Kernel};
 use crate::tensor::{DType, Tensor};
 
 const fn k(entry: &'static str) -> Kernel {
-    Kernel { file: "conv1d", entry, reads: 3, writes: 1 }
+    Kernel {
+        file: "conv1d",
+        entry,
+        reads: 3,
+        writes: 1,
+    }
 }
 const FWD: Kernel = k("conv1d_fwd");
 const BWD_INPUT: Kernel = k("conv1d_bwd_input");
@@ -27,7 +32,9 @@ pub struct Conv1d {
 impl Conv1d {
     /// Output length for an input of `len` samples and kernel width `k`.
     pub fn out_len(&self, len: usize, k: usize) -> usize {
-        (len + 2 * self.padding).checked_sub(k).map_or(0, |v| v / self.stride + 1)
+        (len + 2 * self.padding)
+            .checked_sub(k)
+            .map_or(0, |v| v / self.stride + 1)
     }
 }
 
@@ -45,18 +52,61 @@ fn geometry(c: &Conv1d, x: &Tensor, w: &Tensor) -> Result<Geo> {
     if xs.len() != 3 || ws.len() != 3 {
         return shape_err("conv1d", format!("expects x [batch, channels, time] and w [out, in/groups, kernel], got {xs:?} and {ws:?}"));
     }
-    if c.stride == 0 || c.groups == 0 || xs[1] % c.groups != 0 || ws[0] % c.groups != 0 || ws[1] * c.groups != xs[1] {
-        return shape_err("conv1d", format!("x {xs:?} and w {ws:?} do not fit stride {} groups {}", c.stride, c.groups));
+    if c.stride == 0
+        || c.groups == 0
+        || xs[1] % c.groups != 0
+        || ws[0] % c.groups != 0
+        || ws[1] * c.groups != xs[1]
+    {
+        return shape_err(
+            "conv1d",
+            format!(
+                "x {xs:?} and w {ws:?} do not fit stride {} groups {}",
+                c.stride, c.groups
+            ),
+        );
     }
     let lout = c.out_len(xs[2], ws[2]);
     if lout == 0 {
-        return shape_err("conv1d", format!("input length {} is shorter than kernel {} (padding {})", xs[2], ws[2], c.padding));
+        return shape_err(
+            "conv1d",
+            format!(
+                "input length {} is shorter than kernel {} (padding {})",
+                xs[2], ws[2], c.padding
+            ),
+        );
     }
-    Ok(Geo { batch: xs[0], cin: xs[1], lin: xs[2], cout: ws[0], lout, k: ws[2] })
+    Ok(Geo {
+        batch: xs[0],
+        cin: xs[1],
+        lin: xs[2],
+        cout: ws[0],
+        lout,
+        k: ws[2],
+    })
 }
 
-fn params(c: &Conv1d, g: &Geo, batch: usize, has_bias: bool, accum: bool, offs: [u32; 3]) -> Vec<u32> {
-    let mut v = vec![batch as u32, g.cin as u32, g.lin as u32, g.cout as u32, g.lout as u32, g.k as u32, c.stride as u32, c.padding as u32, c.groups as u32, has_bias as u32, accum as u32];
+fn params(
+    c: &Conv1d,
+    g: &Geo,
+    batch: usize,
+    has_bias: bool,
+    accum: bool,
+    offs: [u32; 3],
+) -> Vec<u32> {
+    let mut v = vec![
+        batch as u32,
+        g.cin as u32,
+        g.lin as u32,
+        g.cout as u32,
+        g.lout as u32,
+        g.k as u32,
+        c.stride as u32,
+        c.padding as u32,
+        c.groups as u32,
+        has_bias as u32,
+        accum as u32,
+    ];
     v.extend(offs);
     v.extend([0, 0]);
     v
@@ -68,7 +118,14 @@ pub fn forward(c: &Conv1d, x: &Tensor, w: &Tensor, bias: Option<&Tensor>) -> Res
     let g = geometry(c, x, w)?;
     if let Some(b) = bias {
         if b.numel() != g.cout {
-            return shape_err("conv1d", format!("bias {:?} does not match {} output channels", b.shape(), g.cout));
+            return shape_err(
+                "conv1d",
+                format!(
+                    "bias {:?} does not match {} output channels",
+                    b.shape(),
+                    g.cout
+                ),
+            );
         }
     }
     let gpu = x.gpu();
@@ -79,37 +136,79 @@ pub fn forward(c: &Conv1d, x: &Tensor, w: &Tensor, bias: Option<&Tensor>) -> Res
         let br = bias.map_or(d.bind(), |t| t.bind());
         let (xr, ox) = x.bind_shifted(b0 * xi, nb * xi);
         let (yr, oy) = y.bind_shifted(b0 * yo, nb * yo);
-        gpu.dispatch(&FWD, &params(c, &g, nb, bias.is_some(), false, [ox, 0, oy]), &[xr, w.bind(), br, yr], grid((nb * yo) as u64, 256))?;
+        gpu.dispatch(
+            &FWD,
+            &params(c, &g, nb, bias.is_some(), false, [ox, 0, oy]),
+            &[xr, w.bind(), br, yr],
+            grid((nb * yo) as u64, 256),
+        )?;
     }
     Ok(y)
 }
 
 /// Gradients (dx, dw, dbias) of [`forward`]; `need_input` false skips dx (frozen first layer).
-pub fn backward(c: &Conv1d, x: &Tensor, w: &Tensor, has_bias: bool, dy: &Tensor, need_input: bool) -> Result<(Option<Tensor>, Tensor, Option<Tensor>)> {
+pub fn backward(
+    c: &Conv1d,
+    x: &Tensor,
+    w: &Tensor,
+    has_bias: bool,
+    dy: &Tensor,
+    need_input: bool,
+) -> Result<(Option<Tensor>, Tensor, Option<Tensor>)> {
     check_f32("conv1d_backward", &[x, w, dy])?;
     let g = geometry(c, x, w)?;
     if dy.shape() != [g.batch, g.cout, g.lout] {
-        return shape_err("conv1d_backward", format!("dy {:?}, expected {:?}", dy.shape(), [g.batch, g.cout, g.lout]));
+        return shape_err(
+            "conv1d_backward",
+            format!(
+                "dy {:?}, expected {:?}",
+                dy.shape(),
+                [g.batch, g.cout, g.lout]
+            ),
+        );
     }
     let gpu = x.gpu();
     let d = dummy(gpu)?;
     let (xi, yo) = (g.cin * g.lin, g.cout * g.lout);
     let chunks = shifted_chunks(gpu, "conv1d_backward", g.batch, &[xi, yo])?;
-    let dx = if need_input { Some(Tensor::uninit(gpu, x.shape(), DType::F32)?) } else { None };
+    let dx = if need_input {
+        Some(Tensor::uninit(gpu, x.shape(), DType::F32)?)
+    } else {
+        None
+    };
     let dw = Tensor::uninit(gpu, w.shape(), DType::F32)?;
-    let db = if has_bias { Some(Tensor::uninit(gpu, &[g.cout], DType::F32)?) } else { None };
+    let db = if has_bias {
+        Some(Tensor::uninit(gpu, &[g.cout], DType::F32)?)
+    } else {
+        None
+    };
     for (i, &(b0, nb)) in chunks.iter().enumerate() {
         let (xr, ox) = x.bind_shifted(b0 * xi, nb * xi);
         let (dyr, ody) = dy.bind_shifted(b0 * yo, nb * yo);
         if let Some(dx) = &dx {
             let (dxr, odx) = dx.bind_shifted(b0 * xi, nb * xi);
             let pr = params(c, &g, nb, has_bias, false, [0, ody, odx]);
-            gpu.dispatch(&BWD_INPUT, &pr, &[d.bind(), w.bind(), dyr, dxr], grid((nb * xi) as u64, 256))?;
+            gpu.dispatch(
+                &BWD_INPUT,
+                &pr,
+                &[d.bind(), w.bind(), dyr, dxr],
+                grid((nb * xi) as u64, 256),
+            )?;
         }
         let pr = params(c, &g, nb, has_bias, i > 0, [ox, ody, 0]);
-        gpu.dispatch(&BWD_WEIGHT, &pr, &[xr, d.bind(), dyr, dw.bind()], grid(w.numel() as u64, 256))?;
+        gpu.dispatch(
+            &BWD_WEIGHT,
+            &pr,
+            &[xr, d.bind(), dyr, dw.bind()],
+            grid(w.numel() as u64, 256),
+        )?;
         if let Some(db) = &db {
-            gpu.dispatch(&BWD_BIAS, &pr, &[d.bind(), d.bind(), dyr, db.bind()], grid(g.cout as u64, 256))?;
+            gpu.dispatch(
+                &BWD_BIAS,
+                &pr,
+                &[d.bind(), d.bind(), dyr, db.bind()],
+                grid(g.cout as u64, 256),
+            )?;
         }
     }
     Ok((dx, dw, db))

@@ -5,7 +5,12 @@ use crate::error::{shape_err, Result};
 use crate::gpu::{grid, Kernel};
 use crate::tensor::{DType, Tensor};
 
-const DROPOUT: Kernel = Kernel { file: "dropout", entry: "dropout", reads: 1, writes: 1 };
+const DROPOUT: Kernel = Kernel {
+    file: "dropout",
+    entry: "dropout",
+    reads: 1,
+    writes: 1,
+};
 
 /// Zeroes each element with probability `p` and scales the rest by 1/(1-p). Calling it again
 /// with the same seed on the upstream gradient is its backward.
@@ -20,8 +25,22 @@ pub fn dropout(x: &Tensor, p: f32, seed: u64) -> Result<Tensor> {
     let gpu = x.gpu();
     let out = Tensor::uninit(gpu, x.shape(), DType::F32)?;
     for (s, len) in row_chunks(gpu, "dropout", x.numel(), 1)? {
-        let params = [len as u32, s as u32, seed as u32, (seed >> 32) as u32, f(p), 0, 0, 0];
-        gpu.dispatch(&DROPOUT, &params, &[x.bind_range(s, len), out.bind_range(s, len)], grid(len as u64, 256))?;
+        let params = [
+            len as u32,
+            s as u32,
+            seed as u32,
+            (seed >> 32) as u32,
+            f(p),
+            0,
+            0,
+            0,
+        ];
+        gpu.dispatch(
+            &DROPOUT,
+            &params,
+            &[x.bind_range(s, len), out.bind_range(s, len)],
+            grid(len as u64, 256),
+        )?;
     }
     Ok(out)
 }

@@ -5,9 +5,24 @@ use crate::error::{shape_err, Result};
 use crate::gpu::{grid, Kernel};
 use crate::tensor::{DType, Tensor};
 
-const BINARY: Kernel = Kernel { file: "elementwise", entry: "binary", reads: 2, writes: 1 };
-const SCALE: Kernel = Kernel { file: "elementwise", entry: "scale", reads: 2, writes: 1 };
-const FILL: Kernel = Kernel { file: "elementwise", entry: "fill", reads: 2, writes: 1 };
+const BINARY: Kernel = Kernel {
+    file: "elementwise",
+    entry: "binary",
+    reads: 2,
+    writes: 1,
+};
+const SCALE: Kernel = Kernel {
+    file: "elementwise",
+    entry: "scale",
+    reads: 2,
+    writes: 1,
+};
+const FILL: Kernel = Kernel {
+    file: "elementwise",
+    entry: "fill",
+    reads: 2,
+    writes: 1,
+};
 
 /// A binary elementwise operation.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -29,8 +44,16 @@ pub fn broadcast_shape(op: &'static str, a: &[usize], b: &[usize]) -> Result<Vec
     let n = a.len().max(b.len());
     let mut out = vec![0; n];
     for i in 0..n {
-        let da = if i + a.len() >= n { a[i + a.len() - n] } else { 1 };
-        let db = if i + b.len() >= n { b[i + b.len() - n] } else { 1 };
+        let da = if i + a.len() >= n {
+            a[i + a.len() - n]
+        } else {
+            1
+        };
+        let db = if i + b.len() >= n {
+            b[i + b.len() - n]
+        } else {
+            1
+        };
         out[i] = match (da, db) {
             (x, y) if x == y => x,
             (1, y) => y,
@@ -79,13 +102,35 @@ pub fn binary(op: BinOp, a: &Tensor, b: &Tensor) -> Result<Tensor> {
     let sa = dims8(&broadcast_strides(a.shape(), &shape));
     let sb = dims8(&broadcast_strides(b.shape(), &shape));
     for (start, len) in row_chunks(gpu, name, n, 1)? {
-        let mut params = vec![len as u32, op as u32, shape.len() as u32, flags, start as u32, 0, 0, 0];
+        let mut params = vec![
+            len as u32,
+            op as u32,
+            shape.len() as u32,
+            flags,
+            start as u32,
+            0,
+            0,
+            0,
+        ];
         params.extend(dims8(&shape));
         params.extend(sa);
         params.extend(sb);
-        let ba = if a_full { a.bind_range(start, len) } else { a.bind() };
-        let bb = if b_full { b.bind_range(start, len) } else { b.bind() };
-        gpu.dispatch(&BINARY, &params, &[ba, bb, out.bind_range(start, len)], grid(len as u64, 256))?;
+        let ba = if a_full {
+            a.bind_range(start, len)
+        } else {
+            a.bind()
+        };
+        let bb = if b_full {
+            b.bind_range(start, len)
+        } else {
+            b.bind()
+        };
+        gpu.dispatch(
+            &BINARY,
+            &params,
+            &[ba, bb, out.bind_range(start, len)],
+            grid(len as u64, 256),
+        )?;
     }
     Ok(out)
 }
@@ -113,7 +158,12 @@ pub fn scale(x: &Tensor, alpha: f32, beta: f32) -> Result<Tensor> {
     for (s, len) in row_chunks(gpu, "scale", x.numel(), 1)? {
         let params = [len as u32, 0, 0, 0, 0, f(alpha), f(beta), 0];
         let xr = x.bind_range(s, len);
-        gpu.dispatch(&SCALE, &params, &[xr, xr, out.bind_range(s, len)], grid(len as u64, 256))?;
+        gpu.dispatch(
+            &SCALE,
+            &params,
+            &[xr, xr, out.bind_range(s, len)],
+            grid(len as u64, 256),
+        )?;
     }
     Ok(out)
 }
@@ -124,7 +174,12 @@ pub fn fill(gpu: &crate::gpu::Gpu, shape: &[usize], value: f32) -> Result<Tensor
     let d = dummy(gpu)?;
     for (s, len) in row_chunks(gpu, "fill", out.numel(), 1)? {
         let params = [len as u32, 0, 0, 0, 0, f(value), 0, 0];
-        gpu.dispatch(&FILL, &params, &[d.bind(), d.bind(), out.bind_range(s, len)], grid(len as u64, 256))?;
+        gpu.dispatch(
+            &FILL,
+            &params,
+            &[d.bind(), d.bind(), out.bind_range(s, len)],
+            grid(len as u64, 256),
+        )?;
     }
     Ok(out)
 }
@@ -137,10 +192,15 @@ pub fn reduce_to(grad: &Tensor, shape: &[usize]) -> Result<Tensor> {
     }
     let gs = grad.shape().to_vec();
     if broadcast_shape("reduce_to", shape, &gs)? != gs {
-        return shape_err("reduce_to", format!("{gs:?} is not a broadcast of {shape:?}"));
+        return shape_err(
+            "reduce_to",
+            format!("{gs:?} is not a broadcast of {shape:?}"),
+        );
     }
     let off = gs.len() - shape.len();
-    let full: Vec<usize> = (0..gs.len()).map(|d| if d < off { 1 } else { shape[d - off] }).collect();
+    let full: Vec<usize> = (0..gs.len())
+        .map(|d| if d < off { 1 } else { shape[d - off] })
+        .collect();
     let gst = strides(&gs);
     let (mut rshape, mut rstride) = (vec![], vec![]);
     for d in 0..gs.len() {
@@ -149,16 +209,32 @@ pub fn reduce_to(grad: &Tensor, shape: &[usize]) -> Result<Tensor> {
             rstride.push(gst[d]);
         }
     }
-    let kstride: Vec<usize> = (0..gs.len()).map(|d| if full[d] == 1 { 0 } else { gst[d] }).collect();
+    let kstride: Vec<usize> = (0..gs.len())
+        .map(|d| if full[d] == 1 { 0 } else { gst[d] })
+        .collect();
     let gpu = grad.gpu();
     let out = Tensor::uninit(gpu, shape, DType::F32)?;
     let n = out.numel();
-    let mut params = vec![n as u32, 0, 0, 0, 0, 0, gs.len() as u32, rshape.len() as u32];
+    let mut params = vec![
+        n as u32,
+        0,
+        0,
+        0,
+        0,
+        0,
+        gs.len() as u32,
+        rshape.len() as u32,
+    ];
     params.extend(dims8(&full));
     params.extend(dims8(&kstride));
     params.extend(dims8(&rshape));
     params.extend(dims8(&rstride));
     let d = dummy(gpu)?;
-    gpu.dispatch(&super::reduce::REDUCE_TO, &params, &[grad.bind(), d.bind(), d.bind(), out.bind()], grid(n as u64, 256))?;
+    gpu.dispatch(
+        &super::reduce::REDUCE_TO,
+        &params,
+        &[grad.bind(), d.bind(), d.bind(), out.bind()],
+        grid(n as u64, 256),
+    )?;
     Ok(out)
 }

@@ -5,8 +5,18 @@ use crate::error::{shape_err, Result};
 use crate::gpu::Kernel;
 use crate::tensor::{DType, Tensor};
 
-const TILED: Kernel = Kernel { file: "matmul", entry: "matmul_tiled", reads: 3, writes: 1 };
-const NAIVE: Kernel = Kernel { file: "matmul", entry: "matmul_naive", reads: 3, writes: 1 };
+const TILED: Kernel = Kernel {
+    file: "matmul",
+    entry: "matmul_tiled",
+    reads: 3,
+    writes: 1,
+};
+const NAIVE: Kernel = Kernel {
+    file: "matmul",
+    entry: "matmul_naive",
+    reads: 3,
+    writes: 1,
+};
 
 /// Which matmul kernel to run (the naive one exists as the benchmark's baseline).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -29,21 +39,48 @@ struct Dims {
 fn dims(a: &Tensor, b: &Tensor, ta: bool, tb: bool) -> Result<Dims> {
     let (ar, br) = (a.shape().len(), b.shape().len());
     if ar < 2 || br < 2 {
-        return shape_err("matmul", format!("operands must be at least 2-D, got {:?} and {:?}", a.shape(), b.shape()));
+        return shape_err(
+            "matmul",
+            format!(
+                "operands must be at least 2-D, got {:?} and {:?}",
+                a.shape(),
+                b.shape()
+            ),
+        );
     }
-    let (m, ka) = if ta { (a.dim(-1), a.dim(-2)) } else { (a.dim(-2), a.dim(-1)) };
-    let (kb, n) = if tb { (b.dim(-1), b.dim(-2)) } else { (b.dim(-2), b.dim(-1)) };
+    let (m, ka) = if ta {
+        (a.dim(-1), a.dim(-2))
+    } else {
+        (a.dim(-2), a.dim(-1))
+    };
+    let (kb, n) = if tb {
+        (b.dim(-1), b.dim(-2))
+    } else {
+        (b.dim(-2), b.dim(-1))
+    };
     let batch: usize = a.shape()[..ar - 2].iter().product();
     let bbatch: usize = b.shape()[..br - 2].iter().product();
     let b_shared = br == 2;
     if ka != kb || (!b_shared && (a.shape()[..ar - 2] != b.shape()[..br - 2])) {
         return shape_err(
             "matmul",
-            format!("cannot multiply {:?}{} by {:?}{}", a.shape(), if ta { "^T" } else { "" }, b.shape(), if tb { "^T" } else { "" }),
+            format!(
+                "cannot multiply {:?}{} by {:?}{}",
+                a.shape(),
+                if ta { "^T" } else { "" },
+                b.shape(),
+                if tb { "^T" } else { "" }
+            ),
         );
     }
     let _ = bbatch;
-    Ok(Dims { batch, m, n, k: ka, b_shared })
+    Ok(Dims {
+        batch,
+        m,
+        n,
+        k: ka,
+        b_shared,
+    })
 }
 
 /// C = op(A) op(B) (+ bias over the last dim). A is [..., M, K] (or [..., K, M] with `ta`),
@@ -53,13 +90,23 @@ pub fn matmul(a: &Tensor, b: &Tensor, ta: bool, tb: bool, bias: Option<&Tensor>)
 }
 
 /// [`matmul`] with a chosen kernel.
-pub fn matmul_with(algo: Algo, a: &Tensor, b: &Tensor, ta: bool, tb: bool, bias: Option<&Tensor>) -> Result<Tensor> {
+pub fn matmul_with(
+    algo: Algo,
+    a: &Tensor,
+    b: &Tensor,
+    ta: bool,
+    tb: bool,
+    bias: Option<&Tensor>,
+) -> Result<Tensor> {
     check_f32("matmul", &[a, b])?;
     let d = dims(a, b, ta, tb)?;
     if let Some(bias) = bias {
         check_f32("matmul", &[bias])?;
         if bias.numel() != d.n {
-            return shape_err("matmul", format!("bias {:?} does not match N = {}", bias.shape(), d.n));
+            return shape_err(
+                "matmul",
+                format!("bias {:?} does not match N = {}", bias.shape(), d.n),
+            );
         }
     }
     let gpu = a.gpu();
@@ -77,7 +124,20 @@ pub fn matmul_with(algo: Algo, a: &Tensor, b: &Tensor, ta: bool, tb: bool, bias:
         }
     };
     let params = |m: usize, sa: usize, sb: usize, sc: usize, offs: [u32; 3]| -> Vec<u32> {
-        vec![m as u32, d.n as u32, d.k as u32, ta as u32, tb as u32, bias.is_some() as u32, sa as u32, sb as u32, sc as u32, offs[0], offs[1], offs[2]]
+        vec![
+            m as u32,
+            d.n as u32,
+            d.k as u32,
+            ta as u32,
+            tb as u32,
+            bias.is_some() as u32,
+            sa as u32,
+            sb as u32,
+            sc as u32,
+            offs[0],
+            offs[1],
+            offs[2],
+        ]
     };
     if d.b_shared && !ta {
         // Weights shared by the batch: fold the batch into M and split rows to fit bindings.
@@ -85,22 +145,43 @@ pub fn matmul_with(algo: Algo, a: &Tensor, b: &Tensor, ta: bool, tb: bool, bias:
         for (r0, nr) in shifted_chunks(gpu, "matmul", rows, &[d.k, d.n])? {
             let (ar, oa) = a.bind_shifted(r0 * d.k, nr * d.k);
             let (cr, oc) = c.bind_shifted(r0 * d.n, nr * d.n);
-            gpu.dispatch(&kernel, &params(nr, 0, 0, 0, [oa, 0, oc]), &[ar, b.bind(), biasr, cr], groups(nr, 1))?;
+            gpu.dispatch(
+                &kernel,
+                &params(nr, 0, 0, 0, [oa, 0, oc]),
+                &[ar, b.bind(), biasr, cr],
+                groups(nr, 1),
+            )?;
         }
     } else {
         let (sa, sb, sc) = (d.m * d.k, if d.b_shared { 0 } else { d.k * d.n }, d.m * d.n);
         for (b0, nb) in shifted_chunks(gpu, "matmul", d.batch, &[sa, sb, sc])? {
-            let (br, ob) = if d.b_shared { (b.bind(), 0) } else { b.bind_shifted(b0 * sb, nb * sb) };
+            let (br, ob) = if d.b_shared {
+                (b.bind(), 0)
+            } else {
+                b.bind_shifted(b0 * sb, nb * sb)
+            };
             let (ar, oa) = a.bind_shifted(b0 * sa, nb * sa);
             let (cr, oc) = c.bind_shifted(b0 * sc, nb * sc);
-            gpu.dispatch(&kernel, &params(d.m, sa, sb, sc, [oa, ob, oc]), &[ar, br, biasr, cr], groups(d.m, nb))?;
+            gpu.dispatch(
+                &kernel,
+                &params(d.m, sa, sb, sc, [oa, ob, oc]),
+                &[ar, br, biasr, cr],
+                groups(d.m, nb),
+            )?;
         }
     }
     Ok(c)
 }
 
 /// Gradients of C = op(A) op(B) + bias given dC: (dA, dB, dbias).
-pub fn matmul_backward(a: &Tensor, b: &Tensor, ta: bool, tb: bool, has_bias: bool, dc: &Tensor) -> Result<(Tensor, Tensor, Option<Tensor>)> {
+pub fn matmul_backward(
+    a: &Tensor,
+    b: &Tensor,
+    ta: bool,
+    tb: bool,
+    has_bias: bool,
+    dc: &Tensor,
+) -> Result<(Tensor, Tensor, Option<Tensor>)> {
     let d = dims(a, b, ta, tb)?;
     let da = if !ta {
         matmul(dc, b, false, !tb, None)?
@@ -117,13 +198,25 @@ pub fn matmul_backward(a: &Tensor, b: &Tensor, ta: bool, tb: bool, has_bias: boo
         let dc2 = dc.reshape(&[rows, d.n])?;
         if ta {
             // A is [..., K, M]: its batch cannot be folded; sum per-batch products.
-            let per = if tb { matmul(dc, a, true, true, None)? } else { matmul(a, dc, false, false, None)? };
+            let per = if tb {
+                matmul(dc, a, true, true, None)?
+            } else {
+                matmul(a, dc, false, false, None)?
+            };
             let s = per.shape().to_vec();
-            reduce::sum_axis(&per.reshape(&[1, d.batch, s[s.len() - 2] * s[s.len() - 1]])?, 1, 1.0)?
-                .reshape(b.shape())?
+            reduce::sum_axis(
+                &per.reshape(&[1, d.batch, s[s.len() - 2] * s[s.len() - 1]])?,
+                1,
+                1.0,
+            )?
+            .reshape(b.shape())?
         } else {
             let a2 = a.reshape(&[rows, d.k])?;
-            if tb { matmul(&dc2, &a2, true, false, None)? } else { matmul(&a2, &dc2, true, false, None)? }
+            if tb {
+                matmul(&dc2, &a2, true, false, None)?
+            } else {
+                matmul(&a2, &dc2, true, false, None)?
+            }
         }
     } else if tb {
         matmul(dc, a, true, ta, None)?

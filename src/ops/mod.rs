@@ -55,7 +55,12 @@ pub(crate) fn row_chunks(
 /// fits one binding even when bound from the aligned offset at or below its start (see
 /// [`Tensor::bind_shifted`]). For kernels that take element offsets, so no row alignment is
 /// needed: wav2vec2's first conv output, batch 16 x 512 x 16000, splits anywhere.
-pub(crate) fn shifted_chunks(gpu: &Gpu, op: &'static str, rows: usize, row_sizes: &[usize]) -> Result<Vec<(usize, usize)>> {
+pub(crate) fn shifted_chunks(
+    gpu: &Gpu,
+    op: &'static str,
+    rows: usize,
+    row_sizes: &[usize],
+) -> Result<Vec<(usize, usize)>> {
     let limit = (gpu.max_binding() / 4) as usize;
     let align = (gpu.offset_align() / 4) as usize;
     let widest = row_sizes.iter().copied().max().unwrap_or(0);
@@ -66,10 +71,15 @@ pub(crate) fn shifted_chunks(gpu: &Gpu, op: &'static str, rows: usize, row_sizes
     if per == 0 {
         return Err(Error::Limit {
             op,
-            msg: format!("one item of {widest} elements exceeds the binding limit of {limit} elements"),
+            msg: format!(
+                "one item of {widest} elements exceeds the binding limit of {limit} elements"
+            ),
         });
     }
-    Ok((0..rows).step_by(per).map(|s| (s, per.min(rows - s))).collect())
+    Ok((0..rows)
+        .step_by(per)
+        .map(|s| (s, per.min(rows - s)))
+        .collect())
 }
 
 fn gcd(a: usize, b: usize) -> usize {

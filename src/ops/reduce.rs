@@ -6,7 +6,12 @@ use crate::gpu::{grid, Gpu, Kernel};
 use crate::tensor::{DType, Tensor};
 
 const fn k(entry: &'static str) -> Kernel {
-    Kernel { file: "reduce", entry, reads: 3, writes: 1 }
+    Kernel {
+        file: "reduce",
+        entry,
+        reads: 3,
+        writes: 1,
+    }
 }
 const SUM_ALL: Kernel = k("sum_all");
 const SQRT_AT: Kernel = k("sqrt_at");
@@ -19,7 +24,16 @@ pub(crate) const REDUCE_TO: Kernel = k("reduce_to");
 const PARTIALS: usize = 256;
 
 fn p(n: usize, square: bool, out_index: usize, len: usize, inner: usize, alpha: f32) -> Vec<u32> {
-    let mut v = vec![n as u32, square as u32, out_index as u32, len as u32, inner as u32, f(alpha), 0, 0];
+    let mut v = vec![
+        n as u32,
+        square as u32,
+        out_index as u32,
+        len as u32,
+        inner as u32,
+        f(alpha),
+        0,
+        0,
+    ];
     v.resize(8 + 32, 0);
     v
 }
@@ -36,15 +50,29 @@ fn sum_into(x: &Tensor, square: bool, alpha: f32, out: &Tensor, index: usize) ->
             gpu.with_encoder(|e| e.clear_buffer(partials.buffer(), 0, None));
             continue;
         }
-        gpu.dispatch(&SUM_ALL, &p(0, square, i * PARTIALS, len, 0, 1.0), &[x.bind_range(s, len), d.bind(), d.bind(), partials.bind()], [groups as u32, 1, 1])?;
+        gpu.dispatch(
+            &SUM_ALL,
+            &p(0, square, i * PARTIALS, len, 0, 1.0),
+            &[x.bind_range(s, len), d.bind(), d.bind(), partials.bind()],
+            [groups as u32, 1, 1],
+        )?;
         // Unused partial slots must read as zero in the second pass.
         if groups < PARTIALS {
             gpu.with_encoder(|e| {
-                e.clear_buffer(partials.buffer(), ((i * PARTIALS + groups) * 4) as u64, Some(((PARTIALS - groups) * 4) as u64))
+                e.clear_buffer(
+                    partials.buffer(),
+                    ((i * PARTIALS + groups) * 4) as u64,
+                    Some(((PARTIALS - groups) * 4) as u64),
+                )
             });
         }
     }
-    gpu.dispatch(&SUM_ALL, &p(0, false, index, partials.numel(), 0, alpha), &[partials.bind(), d.bind(), d.bind(), out.bind()], [1, 1, 1])
+    gpu.dispatch(
+        &SUM_ALL,
+        &p(0, false, index, partials.numel(), 0, alpha),
+        &[partials.bind(), d.bind(), d.bind(), out.bind()],
+        [1, 1, 1],
+    )
 }
 
 /// Sum of all elements, as a scalar tensor.
@@ -74,7 +102,12 @@ pub fn global_norm(gpu: &Gpu, xs: &[&Tensor]) -> Result<Tensor> {
     sum_into(&sq, false, 1.0, &total, 0)?;
     let out = Tensor::uninit(gpu, &[], DType::F32)?;
     let d = dummy(gpu)?;
-    gpu.dispatch(&SQRT_AT, &p(1, false, 0, 1, 0, 1.0), &[total.bind(), d.bind(), d.bind(), out.bind()], [1, 1, 1])?;
+    gpu.dispatch(
+        &SQRT_AT,
+        &p(1, false, 0, 1, 0, 1.0),
+        &[total.bind(), d.bind(), d.bind(), out.bind()],
+        [1, 1, 1],
+    )?;
     Ok(out)
 }
 
@@ -89,7 +122,17 @@ pub fn l2_norm_backward(x: &Tensor, norm: &Tensor, dnorm: &Tensor) -> Result<Ten
     let gpu = x.gpu();
     let out = Tensor::uninit(gpu, x.shape(), DType::F32)?;
     for (s, len) in row_chunks(gpu, "l2_norm_backward", x.numel(), 1)? {
-        gpu.dispatch(&L2_BWD, &p(len, false, 0, 0, 0, 1.0), &[x.bind_range(s, len), norm.bind(), dnorm.bind(), out.bind_range(s, len)], grid(len as u64, 256))?;
+        gpu.dispatch(
+            &L2_BWD,
+            &p(len, false, 0, 0, 0, 1.0),
+            &[
+                x.bind_range(s, len),
+                norm.bind(),
+                dnorm.bind(),
+                out.bind_range(s, len),
+            ],
+            grid(len as u64, 256),
+        )?;
     }
     Ok(out)
 }
@@ -111,7 +154,17 @@ pub fn sum_axis(x: &Tensor, axis: usize, alpha: f32) -> Result<Tensor> {
     let d = dummy(gpu)?;
     for (o0, no) in row_chunks(gpu, "sum_axis", outer, s[axis] * inner)? {
         let params = p(no * inner, false, 0, s[axis], inner.max(1), alpha);
-        gpu.dispatch(&SUM_AXIS, &params, &[x.bind_range(o0 * s[axis] * inner, no * s[axis] * inner), d.bind(), d.bind(), out.bind_range(o0 * inner, no * inner)], grid((no * inner) as u64, 256))?;
+        gpu.dispatch(
+            &SUM_AXIS,
+            &params,
+            &[
+                x.bind_range(o0 * s[axis] * inner, no * s[axis] * inner),
+                d.bind(),
+                d.bind(),
+                out.bind_range(o0 * inner, no * inner),
+            ],
+            grid((no * inner) as u64, 256),
+        )?;
     }
     let _ = n;
     Ok(out)
@@ -133,7 +186,17 @@ pub fn expand(dy: &Tensor, axis: usize, len: usize, alpha: f32) -> Result<Tensor
     let d = dummy(gpu)?;
     for (o0, no) in row_chunks(gpu, "expand", outer, len * inner)? {
         let params = p(no * len * inner, false, 0, len, inner.max(1), alpha);
-        gpu.dispatch(&EXPAND, &params, &[dy.bind_range(o0 * inner, no * inner), d.bind(), d.bind(), out.bind_range(o0 * len * inner, no * len * inner)], grid((no * len * inner) as u64, 256))?;
+        gpu.dispatch(
+            &EXPAND,
+            &params,
+            &[
+                dy.bind_range(o0 * inner, no * inner),
+                d.bind(),
+                d.bind(),
+                out.bind_range(o0 * len * inner, no * len * inner),
+            ],
+            grid((no * len * inner) as u64, 256),
+        )?;
     }
     Ok(out)
 }

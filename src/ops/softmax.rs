@@ -5,8 +5,18 @@ use crate::error::{shape_err, Result};
 use crate::gpu::{grid, Kernel};
 use crate::tensor::{DType, Tensor};
 
-const FWD: Kernel = Kernel { file: "softmax", entry: "softmax_fwd", reads: 2, writes: 1 };
-const BWD: Kernel = Kernel { file: "softmax", entry: "softmax_bwd", reads: 2, writes: 1 };
+const FWD: Kernel = Kernel {
+    file: "softmax",
+    entry: "softmax_fwd",
+    reads: 2,
+    writes: 1,
+};
+const BWD: Kernel = Kernel {
+    file: "softmax",
+    entry: "softmax_bwd",
+    reads: 2,
+    writes: 1,
+};
 
 /// softmax(x + mask) (or its log) over the last dim. `mask` is [R, cols] where the rows of
 /// `x` come in R consecutive groups of equal size sharing one mask row (e.g. attention scores
@@ -24,7 +34,10 @@ pub fn forward(x: &Tensor, mask: Option<&Tensor>, log: bool) -> Result<Tensor> {
         check_f32(op, &[m])?;
         let mrows = m.numel() / cols.max(1);
         if m.dim(-1) != cols || mrows == 0 || rows % mrows != 0 {
-            return shape_err(op, format!("mask {:?} does not fit scores {:?}", m.shape(), x.shape()));
+            return shape_err(
+                op,
+                format!("mask {:?} does not fit scores {:?}", m.shape(), x.shape()),
+            );
         }
         group = rows / mrows;
     }
@@ -32,16 +45,38 @@ pub fn forward(x: &Tensor, mask: Option<&Tensor>, log: bool) -> Result<Tensor> {
     let y = Tensor::uninit(gpu, x.shape(), DType::F32)?;
     let d = dummy(gpu)?;
     for (r0, nr) in row_chunks(gpu, op, rows, cols)? {
-        let params = [nr as u32, cols as u32, mask.is_some() as u32, group as u32, r0 as u32, log as u32, 0, 0];
+        let params = [
+            nr as u32,
+            cols as u32,
+            mask.is_some() as u32,
+            group as u32,
+            r0 as u32,
+            log as u32,
+            0,
+            0,
+        ];
         let mr = mask.map_or(d.bind(), |m| m.bind());
-        gpu.dispatch(&FWD, &params, &[x.bind_range(r0 * cols, nr * cols), mr, y.bind_range(r0 * cols, nr * cols)], grid(nr as u64, 1))?;
+        gpu.dispatch(
+            &FWD,
+            &params,
+            &[
+                x.bind_range(r0 * cols, nr * cols),
+                mr,
+                y.bind_range(r0 * cols, nr * cols),
+            ],
+            grid(nr as u64, 1),
+        )?;
     }
     Ok(y)
 }
 
 /// dx from the forward output `y` and upstream `dy`.
 pub fn backward(y: &Tensor, dy: &Tensor, log: bool) -> Result<Tensor> {
-    let op = if log { "log_softmax_backward" } else { "softmax_backward" };
+    let op = if log {
+        "log_softmax_backward"
+    } else {
+        "softmax_backward"
+    };
     check_f32(op, &[y, dy])?;
     if y.shape() != dy.shape() {
         return shape_err(op, format!("y {:?} but dy {:?}", y.shape(), dy.shape()));
@@ -52,8 +87,16 @@ pub fn backward(y: &Tensor, dy: &Tensor, log: bool) -> Result<Tensor> {
     let dx = Tensor::uninit(gpu, y.shape(), DType::F32)?;
     for (r0, nr) in row_chunks(gpu, op, rows, cols)? {
         let params = [nr as u32, cols as u32, 0, 1, r0 as u32, log as u32, 0, 0];
-        let (yr, dyr) = (y.bind_range(r0 * cols, nr * cols), dy.bind_range(r0 * cols, nr * cols));
-        gpu.dispatch(&BWD, &params, &[yr, dyr, dx.bind_range(r0 * cols, nr * cols)], grid(nr as u64, 1))?;
+        let (yr, dyr) = (
+            y.bind_range(r0 * cols, nr * cols),
+            dy.bind_range(r0 * cols, nr * cols),
+        );
+        gpu.dispatch(
+            &BWD,
+            &params,
+            &[yr, dyr, dx.bind_range(r0 * cols, nr * cols)],
+            grid(nr as u64, 1),
+        )?;
     }
     Ok(dx)
 }

@@ -9,7 +9,8 @@ use xlsr::{Gpu, Tape, Tensor, Var};
 /// One device per test binary (tests run on threads).
 pub fn gpu() -> Gpu {
     static GPU: OnceLock<Gpu> = OnceLock::new();
-    GPU.get_or_init(|| Gpu::new().expect("a GPU adapter (lavapipe in CI)")).clone()
+    GPU.get_or_init(|| Gpu::new().expect("a GPU adapter (lavapipe in CI)"))
+        .clone()
 }
 
 /// xorshift64*: reproducible inputs without a dependency.
@@ -52,7 +53,10 @@ pub fn assert_close(what: &str, got: &[f32], want: &[f64], atol: f64, rtol: f64)
     }
     if worst.0 > 0.0 {
         let i = worst.1;
-        panic!("{what}: element {i}: got {} want {} (atol {atol}, rtol {rtol})", got[i], want[i]);
+        panic!(
+            "{what}: element {i}: got {} want {} (atol {atol}, rtol {rtol})",
+            got[i], want[i]
+        );
     }
 }
 
@@ -70,7 +74,14 @@ pub struct Check<'a> {
 impl<'a> Check<'a> {
     pub fn new(name: &'a str, inputs: Vec<(Vec<f64>, Vec<usize>)>) -> Self {
         let n = inputs.len();
-        Check { name, inputs, diff: vec![true; n], fwd_tol: (1e-5, 1e-4), grad_tol: (2e-4, 2e-3), h: 1e-6 }
+        Check {
+            name,
+            inputs,
+            diff: vec![true; n],
+            fwd_tol: (1e-5, 1e-4),
+            grad_tol: (2e-4, 2e-3),
+            h: 1e-6,
+        }
     }
 
     /// Runs the check: `gpu_op` builds the op on vars, `cpu_op` is the f64 reference.
@@ -86,7 +97,13 @@ impl<'a> Check<'a> {
         let vals: Vec<Vec<f64>> = self.inputs.iter().map(|(v, _)| v.clone()).collect();
         let want = cpu_op(&vals);
         let got = out.value.to_vec().unwrap();
-        assert_close(&format!("{} forward", self.name), &got, &want, self.fwd_tol.0, self.fwd_tol.1);
+        assert_close(
+            &format!("{} forward", self.name),
+            &got,
+            &want,
+            self.fwd_tol.0,
+            self.fwd_tol.1,
+        );
         if !out.requires_grad() {
             return;
         }
@@ -95,7 +112,8 @@ impl<'a> Check<'a> {
         let seed = upload(&r, out.shape());
         let refs: Vec<&Var> = vars.iter().collect();
         let grads = tape.backward_with(&out, Some(seed), &refs).unwrap();
-        let loss = |vals: &[Vec<f64>]| -> f64 { cpu_op(vals).iter().zip(&r).map(|(a, b)| a * b).sum() };
+        let loss =
+            |vals: &[Vec<f64>]| -> f64 { cpu_op(vals).iter().zip(&r).map(|(a, b)| a * b).sum() };
         for (i, g) in grads.iter().enumerate() {
             if !self.diff[i] {
                 continue;
@@ -115,7 +133,13 @@ impl<'a> Check<'a> {
                 Some(t) => t.to_vec().unwrap(),
                 None => vec![0.0; num.len()],
             };
-            assert_close(&format!("{} grad of input {i}", self.name), &got, &num, self.grad_tol.0, self.grad_tol.1);
+            assert_close(
+                &format!("{} grad of input {i}", self.name),
+                &got,
+                &num,
+                self.grad_tol.0,
+                self.grad_tol.1,
+            );
         }
     }
 }
