@@ -54,6 +54,9 @@ pub struct BufRef<'a> {
     pub size: u64,
 }
 
+/// A bind-group layout and the pipeline layout wrapping it, per binding signature.
+type Layouts = (Arc<wgpu::BindGroupLayout>, Arc<wgpu::PipelineLayout>);
+
 struct Pipeline {
     pipeline: wgpu::ComputePipeline,
     layout: Arc<wgpu::BindGroupLayout>,
@@ -100,7 +103,7 @@ pub struct GpuInner {
     /// Enabled optional features.
     pub features: wgpu::Features,
     modules: Mutex<HashMap<&'static str, Arc<wgpu::ShaderModule>>>,
-    layouts: Mutex<HashMap<(u32, u32), (Arc<wgpu::BindGroupLayout>, Arc<wgpu::PipelineLayout>)>>,
+    layouts: Mutex<HashMap<(u32, u32), Layouts>>,
     pipelines: Mutex<HashMap<(&'static str, &'static str), Arc<Pipeline>>>,
     pool: Mutex<Pool>,
     batch: Mutex<Batch>,
@@ -341,11 +344,7 @@ impl Gpu {
         Ok(module)
     }
 
-    fn layout(
-        &self,
-        reads: u32,
-        writes: u32,
-    ) -> (Arc<wgpu::BindGroupLayout>, Arc<wgpu::PipelineLayout>) {
+    fn layout(&self, reads: u32, writes: u32) -> Layouts {
         let mut layouts = self.layouts.lock().unwrap();
         layouts
             .entry((reads, writes))

@@ -238,3 +238,24 @@ fn autograd_accumulates_freezes_and_no_grad() {
     let v = tape.param(&w).scale(2.0, 0.0).unwrap();
     assert!(matches!(tape.backward(&v, &[]), Err(Error::Autograd(_))));
 }
+
+/// wav2vec2's first conv on five 5-second clips: its 164 MB output exceeds lavapipe's 128 MiB
+/// binding limit, so the batch is split at unaligned offsets; sampled outputs match the CPU.
+#[test]
+fn feature_encoder_conv_beyond_the_binding_limit() {
+    let g = gpu();
+    let (b, len, ch, k, stride) = (5, 80_000, 512, 10, 5);
+    let mut rng = Rng::new(8);
+    let x = rng.vec(b * len);
+    let w = rng.vec(ch * k);
+    let geo = Conv1d { stride, padding: 0, groups: 1 };
+    let lout = geo.out_len(len, k);
+    let y = ops::conv::forward(&geo, &on(&g, &x, &[b, 1, len]), &on(&g, &w, &[ch, 1, k]), None).unwrap();
+    assert!(y.bytes() > 128 << 20);
+    let v = y.to_vec().unwrap();
+    for idx in (0..v.len()).step_by(7919) {
+        let (bi, o, t) = (idx / (ch * lout), (idx / lout) % ch, idx % lout);
+        let want: f64 = (0..k).map(|j| w[o * k + j] as f32 as f64 * x[bi * len + t * stride + j] as f32 as f64).sum();
+        assert!((v[idx] as f64 - want).abs() < 1e-5, "y[{bi},{o},{t}] = {} vs {want}", v[idx]);
+    }
+}

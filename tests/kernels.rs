@@ -3,6 +3,8 @@
 //! 1-sized dims. Tolerances: forward |err| <= 1e-5 + 1e-4 |ref|; gradients
 //! |err| <= 2e-4 + 2e-3 |ref| unless a test states otherwise.
 
+#![allow(clippy::too_many_arguments)]
+
 mod common;
 use common::*;
 use xlsr::ops::conv::Conv1d;

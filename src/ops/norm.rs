@@ -65,6 +65,7 @@ fn layout(norm: Norm, x: &Tensor, gamma: Option<&Tensor>) -> Result<(usize, usiz
     Ok((rows, cols, channels))
 }
 
+#[allow(clippy::too_many_arguments)] // one argument per uniform field
 fn params(
     norm: Norm,
     rows: usize,

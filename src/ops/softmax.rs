@@ -33,7 +33,7 @@ pub fn forward(x: &Tensor, mask: Option<&Tensor>, log: bool) -> Result<Tensor> {
     if let Some(m) = mask {
         check_f32(op, &[m])?;
         let mrows = m.numel() / cols.max(1);
-        if m.dim(-1) != cols || mrows == 0 || rows % mrows != 0 {
+        if m.dim(-1) != cols || mrows == 0 || !rows.is_multiple_of(mrows) {
             return shape_err(
                 op,
                 format!("mask {:?} does not fit scores {:?}", m.shape(), x.shape()),
