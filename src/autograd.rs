@@ -522,6 +522,37 @@ impl Var {
         }))
     }
 
+    /// CTC loss of logits [B, T, V] (see [`ops::ctc::ctc_loss`]); also returns the utterances
+    /// that have no valid alignment.
+    #[allow(clippy::too_many_arguments)]
+    pub fn ctc_loss(
+        &self,
+        targets: &[i64],
+        target_lengths: &[i64],
+        input_lengths: &[i64],
+        blank: usize,
+        reduction: ops::ctc::Reduction,
+        zero_infinity: bool,
+    ) -> Result<(Var, Vec<usize>)> {
+        let ctc = ops::ctc::ctc_loss(
+            &self.value,
+            targets,
+            target_lengths,
+            input_lengths,
+            blank,
+            reduction,
+            zero_infinity,
+        )?;
+        let infeasible = ctc.infeasible.clone();
+        let loss = ctc.loss.clone();
+        Ok((
+            Var::record(&[self], loss, move |g| {
+                Ok(vec![Some(ops::ctc::ctc_backward(&ctc, g)?)])
+            }),
+            infeasible,
+        ))
+    }
+
     /// Joins vars along `dim`.
     pub fn concat(xs: &[&Var], dim: usize) -> Result<Var> {
         let vals: Vec<&Tensor> = xs.iter().map(|v| &v.value).collect();

@@ -20,6 +20,7 @@ const SHADERS: &[(&str, &str)] = &[
     ("softmax", include_str!("../shaders/softmax.wgsl")),
     ("reduce", include_str!("../shaders/reduce.wgsl")),
     ("copy", include_str!("../shaders/copy.wgsl")),
+    ("ctc", include_str!("../shaders/ctc.wgsl")),
 ];
 
 /// Bytes reserved per dispatch in the uniform arena (also the offset alignment we use).

@@ -15,6 +15,8 @@ pub enum DType {
     F32,
     /// 16-bit float.
     F16,
+    /// 32-bit unsigned integer (labels, lengths).
+    U32,
 }
 
 impl DType {
@@ -23,6 +25,7 @@ impl DType {
         match self {
             DType::F32 => 4,
             DType::F16 => 2,
+            DType::U32 => 4,
         }
     }
 }
@@ -89,6 +92,20 @@ impl Tensor {
             );
         }
         let t = Tensor::uninit(gpu, shape, DType::F32)?;
+        gpu.write(t.buffer(), bytemuck::cast_slice(data));
+        Ok(t)
+    }
+
+    /// Uploads integers (labels, lengths).
+    pub fn from_u32(gpu: &Gpu, data: &[u32], shape: &[usize]) -> Result<Tensor> {
+        let n: usize = shape.iter().product();
+        if n != data.len() {
+            return shape_err(
+                "from_u32",
+                format!("{} values for shape {shape:?} ({n} elements)", data.len()),
+            );
+        }
+        let t = Tensor::uninit(gpu, shape, DType::U32)?;
         gpu.write(t.buffer(), bytemuck::cast_slice(data));
         Ok(t)
     }

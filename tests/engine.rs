@@ -248,14 +248,30 @@ fn feature_encoder_conv_beyond_the_binding_limit() {
     let mut rng = Rng::new(8);
     let x = rng.vec(b * len);
     let w = rng.vec(ch * k);
-    let geo = Conv1d { stride, padding: 0, groups: 1 };
+    let geo = Conv1d {
+        stride,
+        padding: 0,
+        groups: 1,
+    };
     let lout = geo.out_len(len, k);
-    let y = ops::conv::forward(&geo, &on(&g, &x, &[b, 1, len]), &on(&g, &w, &[ch, 1, k]), None).unwrap();
+    let y = ops::conv::forward(
+        &geo,
+        &on(&g, &x, &[b, 1, len]),
+        &on(&g, &w, &[ch, 1, k]),
+        None,
+    )
+    .unwrap();
     assert!(y.bytes() > 128 << 20);
     let v = y.to_vec().unwrap();
     for idx in (0..v.len()).step_by(7919) {
         let (bi, o, t) = (idx / (ch * lout), (idx / lout) % ch, idx % lout);
-        let want: f64 = (0..k).map(|j| w[o * k + j] as f32 as f64 * x[bi * len + t * stride + j] as f32 as f64).sum();
-        assert!((v[idx] as f64 - want).abs() < 1e-5, "y[{bi},{o},{t}] = {} vs {want}", v[idx]);
+        let want: f64 = (0..k)
+            .map(|j| w[o * k + j] as f32 as f64 * x[bi * len + t * stride + j] as f32 as f64)
+            .sum();
+        assert!(
+            (v[idx] as f64 - want).abs() < 1e-5,
+            "y[{bi},{o},{t}] = {} vs {want}",
+            v[idx]
+        );
     }
 }

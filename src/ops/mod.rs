@@ -7,6 +7,7 @@
 pub mod activation;
 pub mod conv;
 pub mod copy;
+pub mod ctc;
 pub mod dropout;
 pub mod elementwise;
 pub mod matmul;

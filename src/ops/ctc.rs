@@ -1,0 +1,270 @@
+//! CTC loss on the GPU: log-softmax, alpha/beta recursions and the gradient w.r.t. the logits.
+//! Semantics follow `torch.nn.functional.ctc_loss` (reductions `sum`, `mean`, `none`;
+//! `zero_infinity`), with inputs batch-first: logits [B, T, V].
+
+use super::{check_f32, elementwise, reduce, softmax};
+use crate::error::{shape_err, Error, Result};
+use crate::gpu::{grid, Kernel};
+use crate::tensor::{DType, Tensor};
+
+const fn k(entry: &'static str) -> Kernel {
+    Kernel {
+        file: "ctc",
+        entry,
+        reads: 5,
+        writes: 3,
+    }
+}
+const ALPHA_BETA: Kernel = k("ctc_alpha_beta");
+const GRAD: Kernel = k("ctc_grad");
+/// Longest extended label sequence a workgroup holds (2 * 1023 + 1).
+const MAX_S: usize = 2047;
+
+/// How per-utterance losses are combined.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Reduction {
+    /// Sum over the batch.
+    Sum,
+    /// Each loss divided by its target length (at least 1), then averaged over the batch.
+    Mean,
+    /// Per-utterance losses, shape [B].
+    None,
+}
+
+/// Forward result, holding what the backward pass needs.
+pub struct Ctc {
+    /// The reduced loss (scalar, or [B] for `Reduction::None`).
+    pub loss: Tensor,
+    /// Per-utterance negative log-likelihoods [B] (inf, or 0 with zero_infinity, if impossible).
+    pub nll: Tensor,
+    /// Utterances whose target cannot be aligned to their frames.
+    pub infeasible: Vec<usize>,
+    lp: Tensor,
+    alpha: Tensor,
+    beta: Tensor,
+    targets: Tensor,
+    lens: Tensor,
+    weights: Tensor,
+    params: Vec<u32>,
+    reduction: Reduction,
+}
+
+/// Computes the CTC loss of `logits` [B, T, V] (log-softmax applied inside) against padded
+/// `targets` [B, L] (row-major, `target_lengths[b]` valid ids per row). Bad ids or lengths are
+/// reported before any kernel runs.
+#[allow(clippy::too_many_arguments)]
+pub fn ctc_loss(
+    logits: &Tensor,
+    targets: &[i64],
+    target_lengths: &[i64],
+    input_lengths: &[i64],
+    blank: usize,
+    reduction: Reduction,
+    zero_infinity: bool,
+) -> Result<Ctc> {
+    const OP: &str = "ctc_loss";
+    check_f32(OP, &[logits])?;
+    let [b, t, v] = logits.shape() else {
+        return shape_err(
+            OP,
+            format!(
+                "logits must be [batch, frames, vocab], got {:?}",
+                logits.shape()
+            ),
+        );
+    };
+    let (b, t, v) = (*b, *t, *v);
+    if target_lengths.len() != b || input_lengths.len() != b {
+        return shape_err(
+            OP,
+            format!(
+                "batch {b} but {} target lengths and {} input lengths",
+                target_lengths.len(),
+                input_lengths.len()
+            ),
+        );
+    }
+    if b > 0 && targets.len() % b != 0 {
+        return shape_err(
+            OP,
+            format!("{} target ids do not form {b} padded rows", targets.len()),
+        );
+    }
+    let l_max = if b == 0 { 0 } else { targets.len() / b };
+    if blank >= v {
+        return shape_err(
+            OP,
+            format!("blank id {blank} outside the vocabulary of {v}"),
+        );
+    }
+    if 2 * l_max + 1 > MAX_S {
+        return shape_err(
+            OP,
+            format!(
+                "targets padded to {l_max} labels; at most {} supported",
+                (MAX_S - 1) / 2
+            ),
+        );
+    }
+    let mut lens = Vec::with_capacity(2 * b);
+    let mut infeasible = Vec::new();
+    for i in 0..b {
+        let (il, tl) = (input_lengths[i], target_lengths[i]);
+        if il < 0 || tl < 0 {
+            return shape_err(
+                OP,
+                format!("utterance {i}: negative length (input {il}, target {tl})"),
+            );
+        }
+        if il as usize > t {
+            return shape_err(
+                OP,
+                format!("utterance {i}: input length {il} exceeds the {t} frames of logits"),
+            );
+        }
+        if tl as usize > l_max {
+            return shape_err(
+                OP,
+                format!("utterance {i}: target length {tl} exceeds the padded length {l_max}"),
+            );
+        }
+        let row = &targets[i * l_max..i * l_max + tl as usize];
+        for &id in row {
+            if id < 0 || id as usize >= v {
+                return shape_err(
+                    OP,
+                    format!("utterance {i}: target id {id} outside the vocabulary of {v}"),
+                );
+            }
+            if id as usize == blank {
+                return shape_err(
+                    OP,
+                    format!("utterance {i}: target contains the blank id {blank}"),
+                );
+            }
+        }
+        // A path needs one frame per label plus a blank between each repeated pair.
+        let repeats = row.windows(2).filter(|w| w[0] == w[1]).count();
+        if (il as usize) < tl as usize + repeats {
+            infeasible.push(i);
+        }
+        lens.extend([il as u32, tl as u32]);
+    }
+    let gpu = logits.gpu();
+    let ids: Vec<u32> = (0..b * l_max)
+        .map(|j| {
+            let (i, pos) = (j / l_max.max(1), j % l_max.max(1));
+            if (pos as i64) < target_lengths[i] {
+                targets[j] as u32
+            } else {
+                0
+            }
+        })
+        .collect();
+    let targets_t = Tensor::from_u32(gpu, &ids, &[b, l_max])?;
+    let lens_t = Tensor::from_u32(gpu, &lens, &[b, 2])?;
+    let s_max = 2 * l_max + 1;
+    let lp = softmax::forward(logits, None, true)?;
+    let alpha = Tensor::uninit(gpu, &[b, t, s_max], DType::F32)?;
+    let beta = Tensor::uninit(gpu, &[b, t, s_max], DType::F32)?;
+    let nll = Tensor::uninit(gpu, &[b], DType::F32)?;
+    let params = vec![
+        b as u32,
+        t as u32,
+        v as u32,
+        s_max as u32,
+        l_max as u32,
+        blank as u32,
+        zero_infinity as u32,
+        0,
+    ];
+    let unused = Tensor::uninit(gpu, &[1], DType::F32)?;
+    gpu.dispatch(
+        &ALPHA_BETA,
+        &params,
+        &[
+            lp.bind(),
+            targets_t.bind(),
+            lens_t.bind(),
+            unused.bind(),
+            unused.bind(),
+            alpha.bind(),
+            beta.bind(),
+            nll.bind(),
+        ],
+        [b as u32, 1, 1],
+    )?;
+    let w_loss: Vec<f32> = (0..b)
+        .map(|i| match reduction {
+            Reduction::Mean => 1.0 / (target_lengths[i].max(1) as f32 * b as f32),
+            _ => 1.0,
+        })
+        .collect();
+    // Impossible utterances get no gradient: their loss is inf, or 0 with zero_infinity.
+    let mut weights = w_loss.clone();
+    for &i in &infeasible {
+        weights[i] = 0.0;
+    }
+    let loss = match reduction {
+        Reduction::None => nll.clone(),
+        _ => reduce::sum_all(&elementwise::mul(
+            &nll,
+            &Tensor::from_slice(gpu, &w_loss, &[b])?,
+        )?)?,
+    };
+    Ok(Ctc {
+        loss,
+        nll,
+        infeasible,
+        lp,
+        alpha,
+        beta,
+        targets: targets_t,
+        lens: lens_t,
+        weights: Tensor::from_slice(gpu, &weights, &[b])?,
+        params,
+        reduction,
+    })
+}
+
+/// Gradient of the loss w.r.t. the logits, given the upstream gradient of `Ctc::loss`.
+pub fn ctc_backward(ctc: &Ctc, dloss: &Tensor) -> Result<Tensor> {
+    let want: &[usize] = if ctc.reduction == Reduction::None {
+        ctc.nll.shape()
+    } else {
+        &[]
+    };
+    if dloss.shape() != want && dloss.numel() != want.iter().product::<usize>() {
+        return Err(Error::Shape {
+            op: "ctc_backward",
+            msg: format!("upstream gradient {:?}, loss is {want:?}", dloss.shape()),
+        });
+    }
+    let gpu = ctc.lp.gpu();
+    let w = elementwise::mul(
+        &ctc.weights,
+        &dloss.reshape(if ctc.reduction == Reduction::None {
+            ctc.nll.shape()
+        } else {
+            &[]
+        })?,
+    )?;
+    let grad = Tensor::uninit(gpu, ctc.lp.shape(), DType::F32)?;
+    let n = grad.numel();
+    gpu.dispatch(
+        &GRAD,
+        &ctc.params,
+        &[
+            ctc.lp.bind(),
+            ctc.targets.bind(),
+            ctc.lens.bind(),
+            ctc.nll.bind(),
+            w.bind(),
+            ctc.alpha.bind(),
+            ctc.beta.bind(),
+            grad.bind(),
+        ],
+        grid(n as u64, 256),
+    )?;
+    Ok(grad)
+}

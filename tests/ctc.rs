@@ -1,0 +1,267 @@
+//! CTC loss and gradient against a CPU f64 reference (probability-space recursions on the
+//! log-softmax) and central finite differences of it: repeats, empty targets, barely feasible
+//! and impossible targets, both reductions, with and without zero_infinity, and bad input.
+//! Tolerances: loss |err| <= 1e-4 + 1e-4 |ref|, gradient |err| <= 2e-4 + 2e-3 |ref|.
+
+mod common;
+use common::*;
+use xlsr::ops::ctc::Reduction;
+
+/// -log p(target | logits) for one utterance, in f64.
+fn cpu_nll(logits: &[f64], t_len: usize, v: usize, target: &[usize], blank: usize) -> f64 {
+    let lp: Vec<Vec<f64>> = (0..t_len)
+        .map(|t| {
+            let row = &logits[t * v..(t + 1) * v];
+            let m = row.iter().cloned().fold(f64::MIN, f64::max);
+            let lse = m + row.iter().map(|x| (x - m).exp()).sum::<f64>().ln();
+            row.iter().map(|x| x - lse).collect()
+        })
+        .collect();
+    let ext: Vec<usize> = std::iter::once(blank)
+        .chain(target.iter().flat_map(|&c| [c, blank]))
+        .collect();
+    let s_len = ext.len();
+    if t_len == 0 {
+        return f64::INFINITY;
+    }
+    // Scaled probabilities avoid underflow: keep log of the running scale.
+    let mut a = vec![0.0; s_len];
+    a[0] = lp[0][ext[0]].exp();
+    if s_len > 1 {
+        a[1] = lp[0][ext[1]].exp();
+    }
+    let mut log_scale = 0.0;
+    for row in lp.iter().skip(1) {
+        let mut n = vec![0.0; s_len];
+        for s in 0..s_len {
+            let mut x = a[s];
+            if s >= 1 {
+                x += a[s - 1];
+            }
+            if s >= 2 && ext[s] != blank && ext[s] != ext[s - 2] {
+                x += a[s - 2];
+            }
+            n[s] = x * row[ext[s]].exp();
+        }
+        let z: f64 = n.iter().sum();
+        if z == 0.0 {
+            return f64::INFINITY;
+        }
+        a = n.iter().map(|x| x / z).collect();
+        log_scale += z.ln();
+    }
+    let p = a[s_len - 1] + if s_len > 1 { a[s_len - 2] } else { 0.0 };
+    if p == 0.0 {
+        f64::INFINITY
+    } else {
+        -(p.ln() + log_scale)
+    }
+}
+
+struct Case {
+    name: &'static str,
+    t: usize,
+    v: usize,
+    targets: Vec<Vec<usize>>,
+    input_lengths: Vec<usize>,
+    blank: usize,
+}
+
+fn run(case: &Case, reduction: Reduction, zero_inf: bool, seed: u64) {
+    let b = case.targets.len();
+    let l_max = case.targets.iter().map(|t| t.len()).max().unwrap_or(0);
+    let mut padded = vec![0i64; b * l_max];
+    for (i, tg) in case.targets.iter().enumerate() {
+        for (j, &c) in tg.iter().enumerate() {
+            padded[i * l_max + j] = c as i64;
+        }
+    }
+    let tl: Vec<i64> = case.targets.iter().map(|t| t.len() as i64).collect();
+    let il: Vec<i64> = case.input_lengths.iter().map(|&x| x as i64).collect();
+    let (t, v, blank) = (case.t, case.v, case.blank);
+    let targets = case.targets.clone();
+    let lens = case.input_lengths.clone();
+    let cpu = move |x: &[Vec<f64>]| -> Vec<f64> {
+        let nll: Vec<f64> = (0..b)
+            .map(|i| {
+                let n = cpu_nll(&x[0][i * t * v..], lens[i], v, &targets[i], blank);
+                if zero_inf && n.is_infinite() {
+                    0.0
+                } else {
+                    n
+                }
+            })
+            .collect();
+        match reduction {
+            Reduction::None => nll,
+            Reduction::Sum => vec![nll.iter().sum()],
+            Reduction::Mean => vec![
+                nll.iter()
+                    .zip(&targets)
+                    .map(|(n, tg)| n / tg.len().max(1) as f64)
+                    .sum::<f64>()
+                    / b as f64,
+            ],
+        }
+    };
+    let mut rng = Rng::new(seed);
+    let logits: Vec<f64> = rng.vec(b * t * v).iter().map(|x| 3.0 * x).collect();
+    let want = cpu(&[logits.clone()]);
+    let mut check = Check::new(case.name, vec![(logits, vec![b, t, v])]);
+    check.fwd_tol = (1e-4, 1e-4);
+    check.h = 1e-5;
+    if want.iter().any(|x| x.is_infinite()) {
+        // No gradient check through an infinite loss: the forward must be inf, and no NaN.
+        let tape = xlsr::Tape::new();
+        let x = tape.input(upload(&check.inputs[0].0, &check.inputs[0].1), true);
+        let (loss, bad) = x
+            .ctc_loss(&padded, &tl, &il, blank, reduction, zero_inf)
+            .unwrap();
+        assert!(!bad.is_empty());
+        let got = loss.value.to_vec().unwrap();
+        for (g, w) in got.iter().zip(&want) {
+            assert!(
+                g.is_infinite() == w.is_infinite(),
+                "{}: got {g} want {w}",
+                case.name
+            );
+        }
+        return;
+    }
+    check.run(
+        move |v| {
+            v[0].ctc_loss(&padded, &tl, &il, blank, reduction, zero_inf)
+                .unwrap()
+                .0
+        },
+        cpu,
+    );
+}
+
+fn cases() -> Vec<Case> {
+    vec![
+        Case {
+            name: "repeats and padding",
+            t: 12,
+            v: 6,
+            targets: vec![vec![1, 1, 2], vec![3, 4], vec![2, 2, 2, 5]],
+            input_lengths: vec![12, 9, 10],
+            blank: 0,
+        },
+        Case {
+            name: "empty target",
+            t: 7,
+            v: 5,
+            targets: vec![vec![], vec![1, 2]],
+            input_lengths: vec![7, 7],
+            blank: 0,
+        },
+        Case {
+            name: "barely feasible",
+            t: 6,
+            v: 4,
+            targets: vec![vec![1, 1, 2, 2]],
+            input_lengths: vec![6],
+            blank: 3,
+        },
+        Case {
+            name: "blank last, vocab 30",
+            t: 20,
+            v: 30,
+            targets: vec![vec![5, 17, 17, 28, 3], vec![0, 1, 2]],
+            input_lengths: vec![20, 15],
+            blank: 29,
+        },
+    ]
+}
+
+#[test]
+fn ctc_matches_reference() {
+    for (i, case) in cases().iter().enumerate() {
+        for reduction in [Reduction::Mean, Reduction::Sum, Reduction::None] {
+            run(case, reduction, true, 100 + i as u64);
+        }
+        run(case, Reduction::Mean, false, 200 + i as u64);
+    }
+}
+
+#[test]
+fn impossible_targets() {
+    // Utterance 1 needs 3 labels + 1 blank between the repeat = 4 frames but has 3.
+    let case = Case {
+        name: "impossible",
+        t: 6,
+        v: 5,
+        targets: vec![vec![1, 2], vec![3, 3, 1]],
+        input_lengths: vec![6, 3],
+        blank: 0,
+    };
+    run(&case, Reduction::Mean, true, 7); // zero_infinity: loss and gradient of utt 1 are 0
+    run(&case, Reduction::None, false, 8); // without: utt 1's loss is inf
+}
+
+#[test]
+fn long_inputs_stay_finite() {
+    // 30 s of audio (1500 frames), 100-label targets, vocab 40, large logits.
+    let g = gpu();
+    let (b, t, v, l) = (2, 1500, 40, 100);
+    let mut rng = Rng::new(3);
+    let logits: Vec<f32> = rng
+        .vec(b * t * v)
+        .iter()
+        .map(|x| (x * 1e4) as f32)
+        .collect();
+    let targets: Vec<i64> = (0..b * l).map(|i| 1 + (i % 39) as i64).collect();
+    let x = xlsr::Tensor::from_slice(&g, &logits, &[b, t, v]).unwrap();
+    let ctc = xlsr::ops::ctc::ctc_loss(
+        &x,
+        &targets,
+        &[100, 60],
+        &[1500, 1200],
+        0,
+        Reduction::Mean,
+        true,
+    )
+    .unwrap();
+    let one = xlsr::Tensor::scalar(&g, 1.0).unwrap();
+    let grad = xlsr::ops::ctc::ctc_backward(&ctc, &one)
+        .unwrap()
+        .to_vec()
+        .unwrap();
+    assert!(ctc.loss.item().unwrap().is_finite());
+    assert!(grad.iter().all(|x| x.is_finite()));
+    // Smooth logits: compare against the reference at T = 1500.
+    let soft: Vec<f64> = rng.vec(t * v).iter().map(|x| 0.5 * x).collect();
+    let x = upload(&soft, &[1, t, v]);
+    let tg: Vec<usize> = (0..l).map(|i| 1 + i % 39).collect();
+    let ctc = xlsr::ops::ctc::ctc_loss(
+        &x,
+        &tg.iter().map(|&c| c as i64).collect::<Vec<_>>(),
+        &[l as i64],
+        &[t as i64],
+        0,
+        Reduction::Sum,
+        false,
+    )
+    .unwrap();
+    let want = cpu_nll(&soft, t, v, &tg, 0);
+    let got = ctc.loss.item().unwrap() as f64;
+    assert!((got - want).abs() < 1e-4 * want, "T=1500: {got} vs {want}");
+}
+
+#[test]
+fn bad_input_is_rejected_before_any_kernel() {
+    let g = gpu();
+    let x = xlsr::Tensor::zeros(&g, &[2, 10, 5]).unwrap();
+    let err = |t: &[i64], tl: &[i64], il: &[i64]| {
+        xlsr::ops::ctc::ctc_loss(&x, t, tl, il, 0, Reduction::Mean, true)
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default()
+    };
+    assert!(err(&[1, 7, 1, 2], &[2, 2], &[10, 10]).contains("target id 7 outside the vocabulary"));
+    assert!(err(&[1, 0, 1, 2], &[2, 2], &[10, 10]).contains("blank"));
+    assert!(err(&[1, 2, 1, 2], &[3, 2], &[10, 10]).contains("exceeds the padded length"));
+    assert!(err(&[1, 2, 1, 2], &[2, 2], &[11, 10]).contains("exceeds the 10 frames"));
+    assert!(err(&[1, 2, 1, 2], &[-1, 2], &[10, 10]).contains("negative length"));
+}
