@@ -33,8 +33,8 @@ struct Params {
 
 const NEG: f32 = -1e30;
 const MAX_S: u32 = 2048u;
-var<workgroup> row_a: array<f32, MAX_S>;
-var<workgroup> row_b: array<f32, MAX_S>;
+// Two rows, ping-ponged by time parity so each step needs a single barrier.
+var<workgroup> rows: array<f32, 4096>;
 
 fn lse2(a: f32, b: f32) -> f32 {
     let m = max(a, b);
@@ -69,26 +69,27 @@ fn ctc_alpha_beta(@builtin(local_invocation_id) lid3: vec3<u32>, @builtin(workgr
     for (var s = lid; s < s_len; s = s + 256u) {
         var v = NEG;
         if s < 2u { v = lp[lp0 + label(b, s)]; }
-        row_a[s] = v;
+        rows[s] = v;
         alpha[ab0 + s] = v;
     }
     workgroupBarrier();
     for (var t = 1u; t < t_len; t = t + 1u) {
+        let prev = ((t + 1u) % 2u) * MAX_S;
+        let cur = (t % 2u) * MAX_S;
         for (var s = lid; s < s_len; s = s + 256u) {
             let c = label(b, s);
-            var v = row_a[s];
-            if s >= 1u { v = lse2(v, row_a[s - 1u]); }
-            if s >= 2u && c != p.blank && c != label(b, s - 2u) { v = lse2(v, row_a[s - 2u]); }
+            var v = rows[prev + s];
+            if s >= 1u { v = lse2(v, rows[prev + s - 1u]); }
+            if s >= 2u && c != p.blank && c != label(b, s - 2u) { v = lse2(v, rows[prev + s - 2u]); }
             if v > NEG { v = v + lp[lp0 + t * p.vocab + c]; }
-            row_b[s] = v;
+            rows[cur + s] = v;
             alpha[ab0 + t * p.s_max + s] = v;
         }
         workgroupBarrier();
-        for (var s = lid; s < s_len; s = s + 256u) { row_a[s] = row_b[s]; }
-        workgroupBarrier();
     }
-    var ll = row_a[s_len - 1u];
-    if s_len >= 2u { ll = lse2(ll, row_a[s_len - 2u]); }
+    let last = ((t_len + 1u) % 2u) * MAX_S;
+    var ll = rows[last + s_len - 1u];
+    if s_len >= 2u { ll = lse2(ll, rows[last + s_len - 2u]); }
     workgroupBarrier();
 
     // beta_{T-1}: paths end in the last blank or the last label.
@@ -96,23 +97,23 @@ fn ctc_alpha_beta(@builtin(local_invocation_id) lid3: vec3<u32>, @builtin(workgr
     for (var s = lid; s < s_len; s = s + 256u) {
         var v = NEG;
         if s + 2u >= s_len { v = lp[lp0 + tl * p.vocab + label(b, s)]; }
-        row_a[s] = v;
+        rows[s] = v;
         beta[ab0 + tl * p.s_max + s] = v;
     }
     workgroupBarrier();
     for (var tt = 1u; tt < t_len; tt = tt + 1u) {
         let t = tl - tt;
+        let prev = ((tt + 1u) % 2u) * MAX_S;
+        let cur = (tt % 2u) * MAX_S;
         for (var s = lid; s < s_len; s = s + 256u) {
             let c = label(b, s);
-            var v = row_a[s];
-            if s + 1u < s_len { v = lse2(v, row_a[s + 1u]); }
-            if s + 2u < s_len && c != p.blank && c != label(b, s + 2u) { v = lse2(v, row_a[s + 2u]); }
+            var v = rows[prev + s];
+            if s + 1u < s_len { v = lse2(v, rows[prev + s + 1u]); }
+            if s + 2u < s_len && c != p.blank && c != label(b, s + 2u) { v = lse2(v, rows[prev + s + 2u]); }
             if v > NEG { v = v + lp[lp0 + t * p.vocab + c]; }
-            row_b[s] = v;
+            rows[cur + s] = v;
             beta[ab0 + t * p.s_max + s] = v;
         }
-        workgroupBarrier();
-        for (var s = lid; s < s_len; s = s + 256u) { row_a[s] = row_b[s]; }
         workgroupBarrier();
     }
     if lid == 0u {
@@ -134,12 +135,19 @@ fn ctc_grad(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgrou
         out[idx] = 0.0;
         return;
     }
-    let s_len = 2u * lens[2u * b + 1u] + 1u;
     let ab0 = (b * p.t_max + t) * p.s_max;
     let l = lp[idx];
+    // Only positions carrying class c contribute: every blank, or the labels equal to c.
     var lcab = NEG;
-    for (var s = 0u; s < s_len; s = s + 1u) {
-        if label(b, s) == c { lcab = lse2(lcab, alpha[ab0 + s] + beta[ab0 + s]); }
+    let l_len = lens[2u * b + 1u];
+    if c == p.blank {
+        for (var j = 0u; j <= l_len; j = j + 1u) { lcab = lse2(lcab, alpha[ab0 + 2u * j] + beta[ab0 + 2u * j]); }
+    } else {
+        for (var j = 0u; j < l_len; j = j + 1u) {
+            if targets[b * p.l_max + j] == c {
+                lcab = lse2(lcab, alpha[ab0 + 2u * j + 1u] + beta[ab0 + 2u * j + 1u]);
+            }
+        }
     }
     var g = exp(l);
     if lcab > NEG { g = g - exp(lcab + nll_in[b] - l); }

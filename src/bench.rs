@@ -281,6 +281,50 @@ pub fn run(gpu: &Gpu, quick: bool, filter: Option<&str>) -> Result<Vec<Measureme
         )?);
     }
 
+    // CTC loss + gradient: batch 16, 500 frames, 100-label targets, vocab 40.
+    let name = "ctc loss+grad B16 T500 L100 V40".to_string();
+    if keep(&name) {
+        let (b, t, v, l) = (16, 500, 40, 100);
+        let logits = rand(gpu, &[b, t, v], 18)?;
+        let host = logits.to_vec()?;
+        let targets: Vec<i64> = (0..b * l).map(|i| 1 + (i * 7 % (v - 1)) as i64).collect();
+        let (tl, il) = (vec![l as i64; b], vec![t as i64; b]);
+        let one = Tensor::scalar(gpu, 1.0)?;
+        let bytes = (2 * b * t * v * 4) as f64;
+        let m = measure(gpu, &name, it, bytes, false, || {
+            let ctc = ops::ctc::ctc_loss(
+                &logits,
+                &targets,
+                &tl,
+                &il,
+                0,
+                ops::ctc::Reduction::Mean,
+                true,
+            )?;
+            ops::ctc::ctc_backward(&ctc, &one).map(|_| ())
+        })?;
+        let t0 = Instant::now();
+        let reps = if quick { 1 } else { 3 };
+        for _ in 0..reps {
+            for i in 0..b {
+                std::hint::black_box(cpu_ctc(
+                    &host[i * t * v..(i + 1) * t * v],
+                    t,
+                    v,
+                    &targets[i * l..(i + 1) * l],
+                    0,
+                ));
+            }
+        }
+        let cpu_ms = t0.elapsed().as_secs_f64() * 1e3 / reps as f64;
+        let ratio = cpu_ms / m.ms;
+        report(m);
+        println!(
+            "{:<48} {:>10.3} ms   (GPU is {ratio:.1}x the single-thread CPU)",
+            "ctc loss+grad, straightforward CPU", cpu_ms
+        );
+    }
+
     let tiled = out.iter().find(|m| m.name.starts_with("matmul tiled"));
     let naive = out.iter().find(|m| m.name.starts_with("matmul naive"));
     if let (Some(t), Some(n)) = (tiled, naive) {
@@ -292,4 +336,89 @@ pub fn run(gpu: &Gpu, quick: bool, filter: Option<&str>) -> Result<Vec<Measureme
         );
     }
     Ok(out)
+}
+
+/// A straightforward single-threaded CTC loss and logits gradient (log space), the CTC
+/// benchmark's baseline.
+pub fn cpu_ctc(
+    logits: &[f32],
+    t: usize,
+    v: usize,
+    target: &[i64],
+    blank: usize,
+) -> (f32, Vec<f32>) {
+    let lse = |a: f32, b: f32| {
+        let m = a.max(b);
+        if m == f32::NEG_INFINITY {
+            m
+        } else {
+            m + ((a - m).exp() + (b - m).exp()).ln()
+        }
+    };
+    let lp: Vec<f32> = logits
+        .chunks(v)
+        .flat_map(|row| {
+            let m = row.iter().cloned().fold(f32::MIN, f32::max);
+            let z = m + row.iter().map(|x| (x - m).exp()).sum::<f32>().ln();
+            row.iter().map(move |x| x - z)
+        })
+        .collect();
+    let ext: Vec<usize> = std::iter::once(blank)
+        .chain(target.iter().flat_map(|&c| [c as usize, blank]))
+        .collect();
+    let s_len = ext.len();
+    let ninf = f32::NEG_INFINITY;
+    let mut alpha = vec![ninf; t * s_len];
+    let mut beta = vec![ninf; t * s_len];
+    alpha[0] = lp[ext[0]];
+    if s_len > 1 {
+        alpha[1] = lp[ext[1]];
+    }
+    for ti in 1..t {
+        for s in 0..s_len {
+            let mut a = alpha[(ti - 1) * s_len + s];
+            if s >= 1 {
+                a = lse(a, alpha[(ti - 1) * s_len + s - 1]);
+            }
+            if s >= 2 && ext[s] != blank && ext[s] != ext[s - 2] {
+                a = lse(a, alpha[(ti - 1) * s_len + s - 2]);
+            }
+            alpha[ti * s_len + s] = a + lp[ti * v + ext[s]];
+        }
+    }
+    for s in s_len.saturating_sub(2)..s_len {
+        beta[(t - 1) * s_len + s] = lp[(t - 1) * v + ext[s]];
+    }
+    for ti in (0..t - 1).rev() {
+        for s in 0..s_len {
+            let mut b = beta[(ti + 1) * s_len + s];
+            if s + 1 < s_len {
+                b = lse(b, beta[(ti + 1) * s_len + s + 1]);
+            }
+            if s + 2 < s_len && ext[s] != blank && ext[s] != ext[s + 2] {
+                b = lse(b, beta[(ti + 1) * s_len + s + 2]);
+            }
+            beta[ti * s_len + s] = b + lp[ti * v + ext[s]];
+        }
+    }
+    let ll = lse(
+        alpha[(t - 1) * s_len + s_len - 1],
+        if s_len > 1 {
+            alpha[(t - 1) * s_len + s_len - 2]
+        } else {
+            ninf
+        },
+    );
+    let mut grad = vec![0.0; t * v];
+    for ti in 0..t {
+        let mut lcab = vec![ninf; v];
+        for s in 0..s_len {
+            lcab[ext[s]] = lse(lcab[ext[s]], alpha[ti * s_len + s] + beta[ti * s_len + s]);
+        }
+        for c in 0..v {
+            let l = lp[ti * v + c];
+            grad[ti * v + c] = l.exp() - (lcab[c] - ll - l).exp();
+        }
+    }
+    (-ll, grad)
 }
