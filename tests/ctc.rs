@@ -106,7 +106,7 @@ fn run(case: &Case, reduction: Reduction, zero_inf: bool, seed: u64) {
     };
     let mut rng = Rng::new(seed);
     let logits: Vec<f64> = rng.vec(b * t * v).iter().map(|x| 3.0 * x).collect();
-    let want = cpu(&[logits.clone()]);
+    let want = cpu(std::slice::from_ref(&logits));
     let mut check = Check::new(case.name, vec![(logits, vec![b, t, v])]);
     check.fwd_tol = (1e-4, 1e-4);
     check.h = 1e-5;

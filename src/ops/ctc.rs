@@ -84,13 +84,13 @@ pub fn ctc_loss(
             ),
         );
     }
-    if b > 0 && targets.len() % b != 0 {
+    if b > 0 && !targets.len().is_multiple_of(b) {
         return shape_err(
             OP,
             format!("{} target ids do not form {b} padded rows", targets.len()),
         );
     }
-    let l_max = if b == 0 { 0 } else { targets.len() / b };
+    let l_max = targets.len().checked_div(b).unwrap_or(0);
     if blank >= v {
         return shape_err(
             OP,
