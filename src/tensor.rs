@@ -82,32 +82,33 @@ impl Tensor {
         Ok(t)
     }
 
-    /// Uploads host data.
-    pub fn from_slice(gpu: &Gpu, data: &[f32], shape: &[usize]) -> Result<Tensor> {
+    fn upload<T: bytemuck::Pod>(
+        op: &'static str,
+        gpu: &Gpu,
+        data: &[T],
+        shape: &[usize],
+        dtype: DType,
+    ) -> Result<Tensor> {
         let n: usize = shape.iter().product();
         if n != data.len() {
             return shape_err(
-                "from_slice",
+                op,
                 format!("{} values for shape {shape:?} ({n} elements)", data.len()),
             );
         }
-        let t = Tensor::uninit(gpu, shape, DType::F32)?;
+        let t = Tensor::uninit(gpu, shape, dtype)?;
         gpu.write(t.buffer(), bytemuck::cast_slice(data));
         Ok(t)
     }
 
+    /// Uploads host data.
+    pub fn from_slice(gpu: &Gpu, data: &[f32], shape: &[usize]) -> Result<Tensor> {
+        Tensor::upload("from_slice", gpu, data, shape, DType::F32)
+    }
+
     /// Uploads integers (labels, lengths).
     pub fn from_u32(gpu: &Gpu, data: &[u32], shape: &[usize]) -> Result<Tensor> {
-        let n: usize = shape.iter().product();
-        if n != data.len() {
-            return shape_err(
-                "from_u32",
-                format!("{} values for shape {shape:?} ({n} elements)", data.len()),
-            );
-        }
-        let t = Tensor::uninit(gpu, shape, DType::U32)?;
-        gpu.write(t.buffer(), bytemuck::cast_slice(data));
-        Ok(t)
+        Tensor::upload("from_u32", gpu, data, shape, DType::U32)
     }
 
     /// A one-element tensor of shape `[]`.
