@@ -46,30 +46,13 @@ fn chunked_dispatch_matches_unchunked() {
         let sm = ops::softmax::forward(&x, None, true).unwrap();
         let conv_w = on(g, &cw, &[4, 3, 5]);
         let cx = x.reshape(&[100, 3, cols]).unwrap();
-        let cy = ops::conv::forward(
-            &Conv1d {
-                stride: 2,
-                padding: 1,
-                groups: 1,
-            },
-            &cx,
-            &conv_w,
-            None,
-        )
-        .unwrap();
-        let (cdx, cdw, _) = ops::conv::backward(
-            &Conv1d {
-                stride: 2,
-                padding: 1,
-                groups: 1,
-            },
-            &cx,
-            &conv_w,
-            false,
-            &cy,
-            true,
-        )
-        .unwrap();
+        let geo = Conv1d {
+            stride: 2,
+            padding: 1,
+            groups: 1,
+        };
+        let cy = ops::conv::forward(&geo, &cx, &conv_w, None).unwrap();
+        let (cdx, cdw, _) = ops::conv::backward(&geo, &cx, &conv_w, false, &cy, true).unwrap();
         let yt = y.reshape(&[3, cols, rows / 3]).unwrap();
         vec![
             ops::elementwise::add(&x, &y).unwrap(),

@@ -59,7 +59,6 @@ fn dims(a: &Tensor, b: &Tensor, ta: bool, tb: bool) -> Result<Dims> {
         (b.dim(-2), b.dim(-1))
     };
     let batch: usize = a.shape()[..ar - 2].iter().product();
-    let bbatch: usize = b.shape()[..br - 2].iter().product();
     let b_shared = br == 2;
     if ka != kb || (!b_shared && (a.shape()[..ar - 2] != b.shape()[..br - 2])) {
         return shape_err(
@@ -73,7 +72,6 @@ fn dims(a: &Tensor, b: &Tensor, ta: bool, tb: bool) -> Result<Dims> {
             ),
         );
     }
-    let _ = bbatch;
     Ok(Dims {
         batch,
         m,

@@ -150,7 +150,6 @@ pub fn sum_axis(x: &Tensor, axis: usize, alpha: f32) -> Result<Tensor> {
     shape.remove(axis);
     let gpu = x.gpu();
     let out = Tensor::uninit(gpu, &shape, DType::F32)?;
-    let n = outer * inner;
     let d = dummy(gpu)?;
     for (o0, no) in row_chunks(gpu, "sum_axis", outer, s[axis] * inner)? {
         let params = p(no * inner, false, 0, s[axis], inner.max(1), alpha);
@@ -166,7 +165,6 @@ pub fn sum_axis(x: &Tensor, axis: usize, alpha: f32) -> Result<Tensor> {
             grid((no * inner) as u64, 256),
         )?;
     }
-    let _ = n;
     Ok(out)
 }
 
