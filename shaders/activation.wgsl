@@ -57,3 +57,49 @@ fn relu_bwd(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgrou
     if i >= p.n { return; }
     out[i] = select(0.0, dy[i], x[i] > 0.0);
 }
+
+// GELU, tanh approximation (HF's `gelu_new`). tanh's argument is clamped: beyond 10 it is
+// +-1 in f32 anyway, and some drivers return NaN for huge arguments.
+fn gelu_tanh_inner(v: f32) -> f32 {
+    return clamp(0.7978845608028654 * (v + 0.044715 * v * v * v), -10.0, 10.0);
+}
+
+@compute @workgroup_size(256)
+fn gelu_tanh_fwd(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
+    let i = lin(gid, nwg);
+    if i >= p.n { return; }
+    let v = x[i];
+    out[i] = 0.5 * v * (1.0 + tanh(gelu_tanh_inner(v)));
+}
+
+@compute @workgroup_size(256)
+fn gelu_tanh_bwd(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
+    let i = lin(gid, nwg);
+    if i >= p.n { return; }
+    let v = x[i];
+    let t = tanh(gelu_tanh_inner(v));
+    let du = 0.7978845608028654 * (1.0 + 3.0 * 0.044715 * v * v);
+    out[i] = dy[i] * (0.5 * (1.0 + t) + 0.5 * v * (1.0 - t * t) * du);
+}
+
+// SiLU / swish: x * sigmoid(x).
+fn sigmoid(v: f32) -> f32 {
+    return 1.0 / (1.0 + exp(-v));
+}
+
+@compute @workgroup_size(256)
+fn silu_fwd(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
+    let i = lin(gid, nwg);
+    if i >= p.n { return; }
+    let v = x[i];
+    out[i] = v * sigmoid(v);
+}
+
+@compute @workgroup_size(256)
+fn silu_bwd(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
+    let i = lin(gid, nwg);
+    if i >= p.n { return; }
+    let v = x[i];
+    let s = sigmoid(v);
+    out[i] = dy[i] * s * (1.0 + v * (1.0 - s));
+}

@@ -431,6 +431,17 @@ impl Var {
         }))
     }
 
+    /// Weight normalisation `g * self / ||self||`, the norm over all dims but the last
+    /// (torch's `weight_norm(dim=2)` on a conv weight [O, I, K]; `g` has K elements).
+    pub fn weight_norm(&self, g: &Var) -> Result<Var> {
+        let (w, norms) = ops::weight_norm::forward(&g.value, &self.value)?;
+        let (gv, v) = (g.value.clone(), self.value.clone());
+        Ok(Var::record(&[self, g], w, move |dw| {
+            let (dg, dv) = ops::weight_norm::backward(&gv, &v, &norms, dw)?;
+            Ok(vec![Some(dv), Some(dg)])
+        }))
+    }
+
     /// softmax(self + mask) over the last dim.
     pub fn softmax(&self, mask: Option<&Tensor>) -> Result<Var> {
         self.softmax_impl(mask, false)

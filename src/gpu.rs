@@ -21,6 +21,7 @@ const SHADERS: &[(&str, &str)] = &[
     ("reduce", include_str!("../shaders/reduce.wgsl")),
     ("copy", include_str!("../shaders/copy.wgsl")),
     ("ctc", include_str!("../shaders/ctc.wgsl")),
+    ("weight_norm", include_str!("../shaders/weight_norm.wgsl")),
 ];
 
 /// Bytes reserved per dispatch in the uniform arena (also the offset alignment we use).

@@ -7,6 +7,7 @@
 
 mod common;
 use common::*;
+use xlsr::ops::activation::Act;
 use xlsr::ops::conv::Conv1d;
 use xlsr::{Tensor, Var};
 
@@ -243,11 +244,42 @@ fn activations() {
         |v| v[0].gelu().unwrap(),
         |v| v[0].iter().map(|&x| cpu_gelu(x)).collect(),
     );
-    Check::new("relu", vec![(x, vec![1000])]).run(
+    Check::new("relu", vec![(x.clone(), vec![1000])]).run(
         |v| v[0].relu().unwrap(),
         |v| v[0].iter().map(|&x| x.max(0.0)).collect(),
     );
     Check::new("gelu empty", vec![(vec![], vec![0, 4])]).run(|v| v[0].gelu().unwrap(), |_| vec![]);
+    let c = (2.0 / std::f64::consts::PI).sqrt();
+    Check::new("gelu_tanh", vec![(x.clone(), vec![1000])]).run(
+        |v| v[0].act(Act::GeluTanh).unwrap(),
+        |v| {
+            v[0].iter()
+                .map(|&x| 0.5 * x * (1.0 + (c * (x + 0.044715 * x * x * x)).tanh()))
+                .collect()
+        },
+    );
+    Check::new("silu", vec![(x, vec![1000])]).run(
+        |v| v[0].act(Act::Silu).unwrap(),
+        |v| v[0].iter().map(|&x| x / (1.0 + (-x).exp())).collect(),
+    );
+}
+
+#[test]
+fn weight_norm_over_all_dims_but_last() {
+    let mut rng = Rng::new(51);
+    let (o, i, k) = (9, 5, 7);
+    let v = rng.vec(o * i * k);
+    let g: Vec<f64> = rng.vec(k).iter().map(|x| x + 1.5).collect();
+    Check::new("weight_norm", vec![(v, vec![o, i, k]), (g, vec![1, 1, k])]).run(
+        |x| x[0].weight_norm(&x[1]).unwrap(),
+        |x| {
+            let (v, g) = (&x[0], &x[1]);
+            let norm: Vec<f64> = (0..k)
+                .map(|kk| (0..o * i).map(|r| v[r * k + kk].powi(2)).sum::<f64>().sqrt())
+                .collect();
+            (0..o * i * k).map(|j| g[j % k] * v[j] / norm[j % k]).collect()
+        },
+    );
 }
 
 #[test]

@@ -1,4 +1,4 @@
-//! GELU (exact erf form) and ReLU, forward and backward.
+//! Pointwise activations (GELU exact and tanh, ReLU, SiLU), forward and backward.
 
 use super::{check_f32, dummy, row_chunks};
 use crate::error::{shape_err, Result};
@@ -21,6 +21,23 @@ pub enum Act {
     Gelu,
     /// max(x, 0).
     Relu,
+    /// GELU, tanh approximation (HF `gelu_new`, `gelu_pytorch_tanh`).
+    GeluTanh,
+    /// x * sigmoid(x) (HF `swish`, `silu`).
+    Silu,
+}
+
+impl Act {
+    /// The activation a HF config names (`hidden_act`, `feat_extract_activation`).
+    pub fn from_hf(name: &str) -> Option<Act> {
+        match name {
+            "gelu" => Some(Act::Gelu),
+            "relu" => Some(Act::Relu),
+            "gelu_new" | "gelu_pytorch_tanh" | "gelu_fast" => Some(Act::GeluTanh),
+            "swish" | "silu" => Some(Act::Silu),
+            _ => None,
+        }
+    }
 }
 
 fn run(kernel: Kernel, x: &Tensor, dy: Option<&Tensor>) -> Result<Tensor> {
@@ -54,6 +71,8 @@ pub fn forward(act: Act, x: &Tensor) -> Result<Tensor> {
     match act {
         Act::Gelu => run(k("gelu_fwd"), x, None),
         Act::Relu => run(k("relu_fwd"), x, None),
+        Act::GeluTanh => run(k("gelu_tanh_fwd"), x, None),
+        Act::Silu => run(k("silu_fwd"), x, None),
     }
 }
 
@@ -62,5 +81,7 @@ pub fn backward(act: Act, x: &Tensor, dy: &Tensor) -> Result<Tensor> {
     match act {
         Act::Gelu => run(k("gelu_bwd"), x, Some(dy)),
         Act::Relu => run(k("relu_bwd"), x, Some(dy)),
+        Act::GeluTanh => run(k("gelu_tanh_bwd"), x, Some(dy)),
+        Act::Silu => run(k("silu_bwd"), x, Some(dy)),
     }
 }

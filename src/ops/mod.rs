@@ -14,6 +14,7 @@ pub mod matmul;
 pub mod norm;
 pub mod reduce;
 pub mod softmax;
+pub mod weight_norm;
 
 use crate::error::{Error, Result};
 use crate::gpu::Gpu;

@@ -1,0 +1,78 @@
+//! Weight normalisation over all dims but the last (wav2vec2's positional conv), forward and
+//! backward.
+
+use super::{check_f32, dummy};
+use crate::error::{shape_err, Error, Result};
+use crate::gpu::Kernel;
+use crate::tensor::{DType, Tensor};
+
+const fn k(entry: &'static str) -> Kernel {
+    Kernel {
+        file: "weight_norm",
+        entry,
+        reads: 4,
+        writes: 2,
+    }
+}
+const FWD: Kernel = k("weight_norm_fwd");
+const BWD: Kernel = k("weight_norm_bwd");
+
+fn check(g: &Tensor, v: &Tensor) -> Result<(usize, usize)> {
+    check_f32("weight_norm", &[g, v])?;
+    let kk = v.shape().last().copied().unwrap_or(0);
+    if v.shape().len() < 2 || g.numel() != kk || kk == 0 {
+        return shape_err(
+            "weight_norm",
+            format!(
+                "expects v [..., K] and g with K elements, got v {:?} and g {:?}",
+                v.shape(),
+                g.shape()
+            ),
+        );
+    }
+    let limit = (v.gpu().max_binding() / 4) as usize;
+    if v.numel() > limit {
+        return Err(Error::Limit {
+            op: "weight_norm",
+            msg: format!("v {:?} exceeds one storage binding", v.shape()),
+        });
+    }
+    Ok((v.numel() / kk, kk))
+}
+
+/// w = g * v / ||v||, the norm per last-dim index. Returns (w, norms [K]).
+pub fn forward(g: &Tensor, v: &Tensor) -> Result<(Tensor, Tensor)> {
+    let (rows, kk) = check(g, v)?;
+    let gpu = v.gpu();
+    let w = Tensor::uninit(gpu, v.shape(), DType::F32)?;
+    let norms = Tensor::uninit(gpu, &[kk], DType::F32)?;
+    let d = dummy(gpu)?;
+    gpu.dispatch(
+        &FWD,
+        &[rows as u32, kk as u32, 0, 0],
+        &[g.bind(), v.bind(), d.bind(), d.bind(), w.bind(), norms.bind()],
+        [kk as u32, 1, 1],
+    )?;
+    Ok((w, norms))
+}
+
+/// Gradients (dg shaped like g, dv shaped like v) from dw and the forward's norms.
+pub fn backward(g: &Tensor, v: &Tensor, norms: &Tensor, dw: &Tensor) -> Result<(Tensor, Tensor)> {
+    let (rows, kk) = check(g, v)?;
+    if dw.shape() != v.shape() {
+        return shape_err(
+            "weight_norm_backward",
+            format!("dw {:?} but v {:?}", dw.shape(), v.shape()),
+        );
+    }
+    let gpu = v.gpu();
+    let dv = Tensor::uninit(gpu, v.shape(), DType::F32)?;
+    let dg = Tensor::uninit(gpu, g.shape(), DType::F32)?;
+    gpu.dispatch(
+        &BWD,
+        &[rows as u32, kk as u32, 0, 0],
+        &[g.bind(), v.bind(), norms.bind(), dw.bind(), dv.bind(), dg.bind()],
+        [kk as u32, 1, 1],
+    )?;
+    Ok((dg, dv))
+}
