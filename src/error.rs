@@ -29,6 +29,9 @@ pub enum Error {
     /// The GPU ran out of memory or rejected a command.
     #[error("GPU error: {0}")]
     Gpu(String),
+    /// A file (config, checkpoint, audio) is missing, unreadable or not what it should be.
+    #[error("{path}: {msg}")]
+    File { path: String, msg: String },
     /// Autograd misuse (backward from a non-scalar, a value without a tape...).
     #[error("autograd: {0}")]
     Autograd(String),
@@ -41,6 +44,14 @@ pub type Result<T> = std::result::Result<T, Error>;
 pub(crate) fn shape_err<T>(op: &'static str, msg: impl Into<String>) -> Result<T> {
     Err(Error::Shape {
         op,
+        msg: msg.into(),
+    })
+}
+
+/// Shorthand for a file error.
+pub(crate) fn file_err<T>(path: impl AsRef<std::path::Path>, msg: impl Into<String>) -> Result<T> {
+    Err(Error::File {
+        path: path.as_ref().display().to_string(),
         msg: msg.into(),
     })
 }

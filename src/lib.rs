@@ -9,7 +9,9 @@ pub mod bench;
 pub mod demo;
 pub mod error;
 pub mod gpu;
+pub mod model;
 pub mod ops;
+pub mod rng;
 pub mod tensor;
 
 pub use autograd::{Param, Tape, Var};

@@ -275,9 +275,16 @@ fn weight_norm_over_all_dims_but_last() {
         |x| {
             let (v, g) = (&x[0], &x[1]);
             let norm: Vec<f64> = (0..k)
-                .map(|kk| (0..o * i).map(|r| v[r * k + kk].powi(2)).sum::<f64>().sqrt())
+                .map(|kk| {
+                    (0..o * i)
+                        .map(|r| v[r * k + kk].powi(2))
+                        .sum::<f64>()
+                        .sqrt()
+                })
                 .collect();
-            (0..o * i * k).map(|j| g[j % k] * v[j] / norm[j % k]).collect()
+            (0..o * i * k)
+                .map(|j| g[j % k] * v[j] / norm[j % k])
+                .collect()
         },
     );
 }

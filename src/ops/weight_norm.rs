@@ -50,7 +50,14 @@ pub fn forward(g: &Tensor, v: &Tensor) -> Result<(Tensor, Tensor)> {
     gpu.dispatch(
         &FWD,
         &[rows as u32, kk as u32, 0, 0],
-        &[g.bind(), v.bind(), d.bind(), d.bind(), w.bind(), norms.bind()],
+        &[
+            g.bind(),
+            v.bind(),
+            d.bind(),
+            d.bind(),
+            w.bind(),
+            norms.bind(),
+        ],
         [kk as u32, 1, 1],
     )?;
     Ok((w, norms))
@@ -71,7 +78,14 @@ pub fn backward(g: &Tensor, v: &Tensor, norms: &Tensor, dw: &Tensor) -> Result<(
     gpu.dispatch(
         &BWD,
         &[rows as u32, kk as u32, 0, 0],
-        &[g.bind(), v.bind(), norms.bind(), dw.bind(), dv.bind(), dg.bind()],
+        &[
+            g.bind(),
+            v.bind(),
+            norms.bind(),
+            dw.bind(),
+            dv.bind(),
+            dg.bind(),
+        ],
         [kk as u32, 1, 1],
     )?;
     Ok((dg, dv))

@@ -1,0 +1,236 @@
+//! Reading and writing Hugging Face checkpoint folders: `model.safetensors` or sharded
+//! (`model.safetensors.index.json`), f32 / f16 / bf16 tensors, old and new weight-norm names.
+
+use crate::error::{file_err, Result};
+use safetensors::tensor::{Dtype, SafeTensors, TensorView};
+use std::collections::{BTreeMap, HashMap};
+use std::path::{Path, PathBuf};
+
+/// One tensor's place in a loaded file.
+struct Entry {
+    file: usize,
+    dtype: Dtype,
+    shape: Vec<usize>,
+    range: (usize, usize),
+}
+
+/// The tensors of a checkpoint folder, by canonical name, converted to f32 on demand.
+pub struct Checkpoint {
+    files: Vec<(PathBuf, Vec<u8>)>,
+    entries: BTreeMap<String, Entry>,
+}
+
+/// Maps the names different writers use onto ours: `wav2vec2.` prefix (absent in a bare
+/// `Wav2Vec2Model`), weight norm as `weight_g`/`weight_v` (newer torch writes
+/// `parametrizations.weight.original0/1`), and fairseq-era `gamma`/`beta` LayerNorm names.
+pub fn canonical_name(name: &str) -> String {
+    let mut n = name
+        .replace("parametrizations.weight.original0", "weight_g")
+        .replace("parametrizations.weight.original1", "weight_v");
+    if n.contains("layer_norm.") {
+        if let Some(s) = n.strip_suffix(".gamma") {
+            n = format!("{s}.weight");
+        } else if let Some(s) = n.strip_suffix(".beta") {
+            n = format!("{s}.bias");
+        }
+    }
+    const TOP: [&str; 5] = [
+        "feature_extractor.",
+        "feature_projection.",
+        "encoder.",
+        "masked_spec_embed",
+        "adapter.",
+    ];
+    if TOP.iter().any(|t| n.starts_with(t)) {
+        n = format!("wav2vec2.{n}");
+    }
+    n
+}
+
+impl Checkpoint {
+    /// Opens the weights of a model folder (single file or sharded).
+    pub fn open(dir: &Path) -> Result<Checkpoint> {
+        let single = dir.join("model.safetensors");
+        let index = dir.join("model.safetensors.index.json");
+        let paths: Vec<PathBuf> = if single.is_file() {
+            vec![single]
+        } else if index.is_file() {
+            shard_files(&index)?
+        } else if dir.join("pytorch_model.bin").is_file() {
+            return file_err(
+                dir,
+                "has only pytorch_model.bin; xlsr reads safetensors. Convert it once with \
+                 `Wav2Vec2ForCTC.from_pretrained(dir).save_pretrained(dir)` (transformers writes \
+                 model.safetensors), or download the hub's safetensors revision",
+            );
+        } else if !dir.is_dir() {
+            return file_err(dir, "model folder does not exist");
+        } else {
+            return file_err(
+                dir,
+                "no model weights (model.safetensors or model.safetensors.index.json)",
+            );
+        };
+        let mut ck = Checkpoint {
+            files: Vec::new(),
+            entries: BTreeMap::new(),
+        };
+        for path in paths {
+            let bytes = match std::fs::read(&path) {
+                Ok(b) => b,
+                Err(e) => return file_err(&path, format!("cannot read: {e}")),
+            };
+            let (header, meta) = match SafeTensors::read_metadata(&bytes) {
+                Ok(m) => m,
+                Err(e) => return file_err(&path, format!("not a valid safetensors file: {e}")),
+            };
+            let base = 8 + header;
+            let file = ck.files.len();
+            for (name, info) in meta.tensors() {
+                let (a, b) = info.data_offsets;
+                if base + b > bytes.len() {
+                    return file_err(
+                        &path,
+                        format!("tensor {name} runs past the end of the file (truncated?)"),
+                    );
+                }
+                ck.entries.insert(
+                    canonical_name(&name),
+                    Entry {
+                        file,
+                        dtype: info.dtype,
+                        shape: info.shape.clone(),
+                        range: (base + a, base + b),
+                    },
+                );
+            }
+            ck.files.push((path, bytes));
+        }
+        Ok(ck)
+    }
+
+    /// Whether the checkpoint has `name` (canonical).
+    pub fn has(&self, name: &str) -> bool {
+        self.entries.contains_key(name)
+    }
+
+    /// Shape of `name`, if present.
+    pub fn shape(&self, name: &str) -> Option<&[usize]> {
+        self.entries.get(name).map(|e| e.shape.as_slice())
+    }
+
+    /// Removes `name` and returns its values as f32, checking the shape.
+    pub fn take(&mut self, name: &str, shape: &[usize]) -> Result<Option<Vec<f32>>> {
+        let Some(e) = self.entries.remove(name) else {
+            return Ok(None);
+        };
+        let path = &self.files[e.file].0;
+        if e.shape != shape {
+            return file_err(
+                path,
+                format!(
+                    "tensor {name} has shape {:?}, but the config needs {shape:?}",
+                    e.shape
+                ),
+            );
+        }
+        let raw = &self.files[e.file].1[e.range.0..e.range.1];
+        let n: usize = shape.iter().product();
+        let values: Vec<f32> = match e.dtype {
+            Dtype::F32 => bytemuck::pod_collect_to_vec(raw),
+            Dtype::F16 => raw
+                .chunks_exact(2)
+                .map(|b| half::f16::from_le_bytes([b[0], b[1]]).to_f32())
+                .collect(),
+            Dtype::BF16 => raw
+                .chunks_exact(2)
+                .map(|b| half::bf16::from_le_bytes([b[0], b[1]]).to_f32())
+                .collect(),
+            other => {
+                return file_err(
+                    path,
+                    format!("tensor {name} is {other:?}; only F32, F16 and BF16 weights are read"),
+                )
+            }
+        };
+        if values.len() != n {
+            return file_err(
+                path,
+                format!("tensor {name}: {} values for shape {shape:?}", values.len()),
+            );
+        }
+        Ok(Some(values))
+    }
+
+    /// Names not taken (ignored tensors, e.g. a pretraining checkpoint's quantizer).
+    pub fn leftover(&self) -> Vec<String> {
+        self.entries.keys().cloned().collect()
+    }
+}
+
+fn shard_files(index: &Path) -> Result<Vec<PathBuf>> {
+    let text = match std::fs::read_to_string(index) {
+        Ok(t) => t,
+        Err(e) => return file_err(index, format!("cannot read: {e}")),
+    };
+    let v: serde_json::Value = match serde_json::from_str(&text) {
+        Ok(v) => v,
+        Err(e) => return file_err(index, format!("not valid JSON: {e}")),
+    };
+    let Some(map) = v.get("weight_map").and_then(|m| m.as_object()) else {
+        return file_err(index, "has no weight_map");
+    };
+    let dir = index.parent().unwrap_or(Path::new("."));
+    let mut files: Vec<PathBuf> = map
+        .values()
+        .filter_map(|f| f.as_str())
+        .map(|f| dir.join(f))
+        .collect();
+    files.sort();
+    files.dedup();
+    for f in &files {
+        if !f.is_file() {
+            return file_err(f, "shard listed in model.safetensors.index.json is missing");
+        }
+    }
+    Ok(files)
+}
+
+/// Writes named f32 tensors as one safetensors file, through a temporary name and a rename so
+/// that a crash or a full disk never leaves a half-written file under `path`.
+pub fn save(path: &Path, tensors: &[(String, Vec<usize>, Vec<f32>)]) -> Result<()> {
+    let views: Vec<(String, TensorView<'_>)> = tensors
+        .iter()
+        .map(|(n, s, v)| {
+            TensorView::new(Dtype::F32, s.clone(), bytemuck::cast_slice(v))
+                .map(|t| (n.clone(), t))
+                .map_err(|e| crate::Error::File {
+                    path: path.display().to_string(),
+                    msg: format!("tensor {n}: {e}"),
+                })
+        })
+        .collect::<Result<_>>()?;
+    let meta = HashMap::from([("format".to_string(), "pt".to_string())]);
+    let bytes = match safetensors::serialize(views, Some(meta)) {
+        Ok(b) => b,
+        Err(e) => return file_err(path, format!("cannot serialise: {e}")),
+    };
+    write_atomic(path, &bytes)
+}
+
+/// Writes `bytes` to `path` via `path.tmp` + fsync + rename.
+pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
+    use std::io::Write;
+    let tmp = path.with_extension("tmp");
+    let res = (|| -> std::io::Result<()> {
+        let mut f = std::fs::File::create(&tmp)?;
+        f.write_all(bytes)?;
+        f.sync_all()?;
+        std::fs::rename(&tmp, path)
+    })();
+    if let Err(e) = res {
+        let _ = std::fs::remove_file(&tmp);
+        return file_err(path, format!("cannot write: {e}"));
+    }
+    Ok(())
+}

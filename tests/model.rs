@@ -1,0 +1,201 @@
+//! Wav2Vec2ForCTC against PyTorch + transformers (fixtures from tools/make_reference.py): two
+//! tiny random models, the base layout (GroupNorm conv, post-LN encoder, even positional kernel,
+//! `weight_g`/`weight_v` names) and the large/XLSR layout (LayerNorm convs, pre-LN encoder, odd
+//! kernel, tanh GELU, `parametrizations.weight.original0/1` names), on a padded batch of three.
+//!
+//! Tolerances: activations and logits max |err| <= 1e-4; loss relative 1e-5; each parameter's
+//! gradient max |err| <= 1e-3 * max |ref| of that tensor (floored at 1e-4 of the largest
+//! gradient, for gradients that are zero in exact arithmetic).
+
+mod common;
+use common::*;
+use safetensors::{Dtype, SafeTensors};
+use std::path::{Path, PathBuf};
+use xlsr::model::{Forward, Wav2Vec2ForCtc};
+use xlsr::{Tape, Tensor};
+
+fn fixture(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures")
+        .join(name)
+}
+
+struct Ref {
+    bytes: Vec<u8>,
+}
+
+impl Ref {
+    fn open(name: &str) -> Ref {
+        Ref {
+            bytes: std::fs::read(fixture(&format!("{name}.safetensors"))).unwrap(),
+        }
+    }
+    fn st(&self) -> SafeTensors<'_> {
+        SafeTensors::deserialize(&self.bytes).unwrap()
+    }
+    fn f32s(&self, name: &str) -> (Vec<f32>, Vec<usize>) {
+        let st = self.st();
+        let t = st.tensor(name).unwrap_or_else(|_| panic!("no {name}"));
+        assert_eq!(t.dtype(), Dtype::F32);
+        (bytemuck::pod_collect_to_vec(t.data()), t.shape().to_vec())
+    }
+    fn i64s(&self, name: &str) -> (Vec<i64>, Vec<usize>) {
+        let st = self.st();
+        let t = st.tensor(name).unwrap_or_else(|_| panic!("no {name}"));
+        (bytemuck::pod_collect_to_vec(t.data()), t.shape().to_vec())
+    }
+    fn names(&self) -> Vec<String> {
+        self.st().names().into_iter().map(String::from).collect()
+    }
+}
+
+fn max_abs_err(got: &[f32], want: &[f32]) -> f64 {
+    assert_eq!(got.len(), want.len());
+    got.iter()
+        .zip(want)
+        .map(|(a, b)| (*a as f64 - *b as f64).abs())
+        .fold(0.0, f64::max)
+}
+
+/// The fixture's padded batch: audio, lengths in samples, labels without padding.
+fn batch(r: &Ref) -> (Tensor, Vec<usize>, Vec<Vec<u32>>) {
+    let (audio, shape) = r.f32s("audio");
+    let (mask, _) = r.i64s("attention_mask");
+    let lengths: Vec<usize> = mask
+        .chunks(shape[1])
+        .map(|m| m.iter().filter(|&&v| v == 1).count())
+        .collect();
+    let (labels, lshape) = r.i64s("labels");
+    let labels = labels
+        .chunks(lshape[1])
+        .map(|l| l.iter().filter(|&&v| v >= 0).map(|&v| v as u32).collect())
+        .collect();
+    (
+        Tensor::from_slice(&gpu(), &audio, &shape).unwrap(),
+        lengths,
+        labels,
+    )
+}
+
+fn check_variant(name: &str) {
+    let g = gpu();
+    let r = Ref::open(name);
+    let (model, report) = Wav2Vec2ForCtc::load(&g, &fixture(name), None, 0).unwrap();
+    assert!(report.ignored.is_empty(), "{:?}", report.ignored);
+    assert!(report.initialised.is_empty(), "{:?}", report.initialised);
+    let (audio, lengths, labels) = batch(&r);
+
+    for frozen in [false, true] {
+        model.freeze_feature_encoder(frozen);
+        for p in &model.params {
+            p.zero_grad();
+        }
+        let tape = Tape::new();
+        let opts = Forward {
+            keep_hidden: true,
+            ..Forward::default()
+        };
+        let out = model.forward(&tape, &audio, Some(&lengths), &opts).unwrap();
+        for (key, t) in &out.hidden {
+            let (want, shape) = r.f32s(key);
+            assert_eq!(t.shape(), &shape[..], "{name} {key} shape");
+            let err = max_abs_err(&t.to_vec().unwrap(), &want);
+            assert!(err <= 1e-4, "{name} {key}: max |err| {err:.2e}");
+        }
+        let (want, _) = r.f32s("logits");
+        let err = max_abs_err(&out.logits.value.to_vec().unwrap(), &want);
+        assert!(err <= 1e-4, "{name} logits: max |err| {err:.2e}");
+        if !frozen {
+            println!("{name}: logits max |err| {err:.2e}");
+        }
+
+        let (loss, infeasible) = model.ctc_loss(&out.logits, &out.frames, &labels).unwrap();
+        assert!(infeasible.is_empty());
+        let got = loss.value.item().unwrap();
+        let want = r.f32s("loss").0[0];
+        assert!(
+            ((got - want) / want).abs() < 1e-5,
+            "{name} loss {got} vs {want}"
+        );
+        tape.backward(&loss, &[]).unwrap();
+
+        // Gradients that are zero in exact arithmetic (the key bias: softmax ignores a shift
+        // shared by a whole row) are rounding noise in both; measure them against a floor of
+        // 1e-4 of the largest gradient anywhere.
+        let global = r
+            .names()
+            .iter()
+            .filter(|n| n.starts_with("grad."))
+            .map(|n| r.f32s(n).0.iter().fold(0f64, |m, v| m.max(v.abs() as f64)))
+            .fold(0f64, f64::max);
+        let mut worst = (0f64, String::new());
+        for p in &model.params {
+            let key = format!("grad.{}", p.name);
+            let has_ref = r.names().contains(&key);
+            let conv = p.name.starts_with("wav2vec2.feature_extractor.");
+            match p.grad() {
+                None => assert!(
+                    !has_ref || (frozen && conv),
+                    "{name}: no gradient for {}",
+                    p.name
+                ),
+                Some(gt) => {
+                    assert!(
+                        !(frozen && conv),
+                        "{name}: frozen {} got a gradient",
+                        p.name
+                    );
+                    assert!(has_ref, "{name}: {} has a gradient, PyTorch none", p.name);
+                    let (want, shape) = r.f32s(&key);
+                    assert_eq!(gt.shape(), &shape[..], "{key}");
+                    let scale = want.iter().fold(0f64, |m, v| m.max(v.abs() as f64));
+                    let rel = max_abs_err(&gt.to_vec().unwrap(), &want) / scale.max(1e-4 * global);
+                    assert!(rel <= 1e-3, "{name} {key}: relative error {rel:.2e}");
+                    if rel > worst.0 {
+                        worst = (rel, key);
+                    }
+                }
+            }
+        }
+        println!(
+            "{name} (frozen encoder: {frozen}): worst gradient relative error {:.2e} ({})",
+            worst.0, worst.1
+        );
+    }
+    model.freeze_feature_encoder(false);
+
+    // One utterance as `xlsr transcribe` sees it: no attention mask.
+    let (clip, _) = r.f32s("clip_logits");
+    let spec = hound::WavReader::open(fixture(name).join("clip.wav")).unwrap();
+    let samples: Vec<f32> = spec
+        .into_samples::<i16>()
+        .map(|s| s.unwrap() as f32 / 32768.0)
+        .collect();
+    let x = normalise(&samples);
+    let t = Tensor::from_slice(&g, &x, &[1, x.len()]).unwrap();
+    let tape = Tape::new();
+    let out = tape
+        .no_grad(|| model.forward(&tape, &t, None, &Forward::default()))
+        .unwrap();
+    let err = max_abs_err(&out.logits.value.to_vec().unwrap(), &clip);
+    assert!(err <= 1e-4, "{name} clip logits: max |err| {err:.2e}");
+}
+
+fn normalise(x: &[f32]) -> Vec<f32> {
+    let n = x.len() as f64;
+    let mean = x.iter().map(|&v| v as f64).sum::<f64>() / n;
+    let var = x.iter().map(|&v| (v as f64 - mean).powi(2)).sum::<f64>() / n;
+    x.iter()
+        .map(|&v| ((v as f64 - mean) / (var + 1e-7).sqrt()) as f32)
+        .collect()
+}
+
+#[test]
+fn base_layout_matches_transformers() {
+    check_variant("w2v2_base");
+}
+
+#[test]
+fn large_layout_matches_transformers() {
+    check_variant("w2v2_large");
+}
