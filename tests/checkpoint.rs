@@ -1,0 +1,388 @@
+//! Checkpoint folders as people have them: f16 / bf16 weights, sharded files, pretraining
+//! checkpoints without a CTC head, bare `Wav2Vec2Model` names, a folded positional-conv weight,
+//! and the errors for missing or mis-shaped tensors and bad configs. Each case rewrites the
+//! tiny large-layout fixture into a temporary folder.
+
+mod common;
+use common::*;
+use safetensors::tensor::{Dtype, SafeTensors, TensorView};
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use xlsr::model::{Forward, Wav2Vec2ForCtc};
+use xlsr::Tape;
+
+type Tensors = BTreeMap<String, (Dtype, Vec<usize>, Vec<u8>)>;
+
+fn fixture_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/w2v2_large")
+}
+
+fn read_tensors(path: &Path) -> Tensors {
+    let bytes = std::fs::read(path).unwrap();
+    let st = SafeTensors::deserialize(&bytes).unwrap();
+    st.tensors()
+        .into_iter()
+        .map(|(n, t)| (n, (t.dtype(), t.shape().to_vec(), t.data().to_vec())))
+        .collect()
+}
+
+fn write_tensors(path: &Path, t: &Tensors) {
+    let views: Vec<(String, TensorView)> = t
+        .iter()
+        .map(|(n, (d, s, b))| (n.clone(), TensorView::new(*d, s.clone(), b).unwrap()))
+        .collect();
+    std::fs::write(path, safetensors::serialize(views, None).unwrap()).unwrap();
+}
+
+/// A temporary copy of the fixture model, with its tensors and config edited.
+fn variant(
+    name: &str,
+    edit: impl FnOnce(&mut Tensors),
+    edit_config: impl FnOnce(&mut serde_json::Value),
+) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("xlsr-ckpt-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let mut t = read_tensors(&fixture_dir().join("model.safetensors"));
+    edit(&mut t);
+    write_tensors(&dir.join("model.safetensors"), &t);
+    let mut cfg: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(fixture_dir().join("config.json")).unwrap())
+            .unwrap();
+    edit_config(&mut cfg);
+    std::fs::write(dir.join("config.json"), cfg.to_string()).unwrap();
+    dir
+}
+
+fn f32_of(t: &(Dtype, Vec<usize>, Vec<u8>)) -> Vec<f32> {
+    assert_eq!(t.0, Dtype::F32);
+    bytemuck::pod_collect_to_vec(&t.2)
+}
+
+fn reference() -> Wav2Vec2ForCtc {
+    Wav2Vec2ForCtc::load(&gpu(), &fixture_dir(), None, 0)
+        .unwrap()
+        .0
+}
+
+fn params(m: &Wav2Vec2ForCtc) -> BTreeMap<String, Vec<f32>> {
+    m.params
+        .iter()
+        .map(|p| (p.name.clone(), p.value().to_vec().unwrap()))
+        .collect()
+}
+
+fn logits(m: &Wav2Vec2ForCtc) -> Vec<f32> {
+    let mut rng = Rng::new(3);
+    let x = upload(&rng.vec(1200), &[1, 1200]);
+    let tape = Tape::new();
+    tape.no_grad(|| m.forward(&tape, &x, None, &Forward::default()))
+        .unwrap()
+        .logits
+        .value
+        .to_vec()
+        .unwrap()
+}
+
+fn err_of(dir: &Path, vocab: Option<(usize, usize)>) -> String {
+    match Wav2Vec2ForCtc::load(&gpu(), dir, vocab, 0) {
+        Ok(_) => panic!("{} loaded but should not", dir.display()),
+        Err(e) => e.to_string(),
+    }
+}
+
+#[test]
+fn half_precision_weights_load_as_their_f32_values() {
+    let want = params(&reference());
+    for (tag, dtype) in [("f16", Dtype::F16), ("bf16", Dtype::BF16)] {
+        let dir = variant(
+            tag,
+            |t| {
+                for v in t.values_mut() {
+                    let x = f32_of(v);
+                    let bytes: Vec<u8> = if dtype == Dtype::F16 {
+                        x.iter()
+                            .flat_map(|&f| half::f16::from_f32(f).to_le_bytes())
+                            .collect()
+                    } else {
+                        x.iter()
+                            .flat_map(|&f| half::bf16::from_f32(f).to_le_bytes())
+                            .collect()
+                    };
+                    *v = (dtype, v.1.clone(), bytes);
+                }
+            },
+            |_| {},
+        );
+        let got = params(&Wav2Vec2ForCtc::load(&gpu(), &dir, None, 0).unwrap().0);
+        for (name, w) in &want {
+            let rounded: Vec<f32> = w
+                .iter()
+                .map(|&f| {
+                    if dtype == Dtype::F16 {
+                        half::f16::from_f32(f).to_f32()
+                    } else {
+                        half::bf16::from_f32(f).to_f32()
+                    }
+                })
+                .collect();
+            assert_eq!(got[name], rounded, "{tag} {name}");
+        }
+    }
+}
+
+#[test]
+fn sharded_checkpoint_loads() {
+    let dir = variant("sharded", |_| {}, |_| {});
+    let t = read_tensors(&dir.join("model.safetensors"));
+    std::fs::remove_file(dir.join("model.safetensors")).unwrap();
+    let (mut a, mut b) = (Tensors::new(), Tensors::new());
+    let mut map = serde_json::Map::new();
+    for (i, (n, v)) in t.into_iter().enumerate() {
+        let file = if i % 2 == 0 {
+            "model-00001-of-00002.safetensors"
+        } else {
+            "model-00002-of-00002.safetensors"
+        };
+        map.insert(n.clone(), file.into());
+        if i % 2 == 0 {
+            a.insert(n, v)
+        } else {
+            b.insert(n, v)
+        };
+    }
+    write_tensors(&dir.join("model-00001-of-00002.safetensors"), &a);
+    write_tensors(&dir.join("model-00002-of-00002.safetensors"), &b);
+    let index = serde_json::json!({"metadata": {}, "weight_map": map});
+    std::fs::write(dir.join("model.safetensors.index.json"), index.to_string()).unwrap();
+    let got = params(&Wav2Vec2ForCtc::load(&gpu(), &dir, None, 0).unwrap().0);
+    assert_eq!(got, params(&reference()));
+
+    std::fs::remove_file(dir.join("model-00002-of-00002.safetensors")).unwrap();
+    let e = err_of(&dir, None);
+    assert!(
+        e.contains("model-00002-of-00002.safetensors") && e.contains("missing"),
+        "{e}"
+    );
+}
+
+#[test]
+fn pretraining_checkpoint_gets_a_new_head() {
+    let dir = variant(
+        "pretraining",
+        |t| {
+            t.remove("lm_head.weight");
+            t.remove("lm_head.bias");
+            // A Wav2Vec2ForPreTraining checkpoint also carries these; they are not used.
+            let f = |n: usize| (Dtype::F32, vec![n], vec![0u8; 4 * n]);
+            t.insert("quantizer.codevectors".into(), f(6));
+            t.insert("project_q.weight".into(), f(4));
+            t.insert("project_hid.weight".into(), f(4));
+        },
+        |c| c["architectures"] = serde_json::json!(["Wav2Vec2ForPreTraining"]),
+    );
+    let (m, report) = Wav2Vec2ForCtc::load(&gpu(), &dir, Some((20, 19)), 7).unwrap();
+    assert_eq!(report.initialised, ["lm_head.weight", "lm_head.bias"]);
+    assert_eq!(
+        report.ignored,
+        [
+            "project_hid.weight",
+            "project_q.weight",
+            "quantizer.codevectors"
+        ]
+    );
+    assert_eq!(m.config.vocab_size, 20);
+    assert_eq!(m.config.blank(), 19);
+    assert_eq!(m.lm_head.weight.value().shape(), &[20, 32]);
+    let w = m.lm_head.weight.value().to_vec().unwrap();
+    let std = (w.iter().map(|v| (v * v) as f64).sum::<f64>() / w.len() as f64).sqrt();
+    assert!((std - 0.02).abs() < 0.004, "head init std {std}");
+    assert!(m
+        .lm_head
+        .bias
+        .value()
+        .to_vec()
+        .unwrap()
+        .iter()
+        .all(|&v| v == 0.0));
+    // The rest is the checkpoint's.
+    let want = params(&reference());
+    for (n, v) in params(&m) {
+        if !n.starts_with("lm_head") {
+            assert_eq!(v, want[&n], "{n}");
+        }
+    }
+    // Without a vocabulary size a pretraining checkpoint still loads (config's vocab_size).
+    let (m, _) = Wav2Vec2ForCtc::load(&gpu(), &dir, None, 7).unwrap();
+    assert_eq!(m.lm_head.weight.value().shape(), &[12, 32]);
+}
+
+#[test]
+fn bare_model_names_and_folded_weight_norm_load() {
+    let dir = variant(
+        "bare",
+        |t| {
+            let old = std::mem::take(t);
+            for (n, v) in old {
+                let n = n.strip_prefix("wav2vec2.").unwrap_or(&n).to_string();
+                t.insert(n, v);
+            }
+            // Fold weight norm: weight = g * v / ||v|| (norm over dims 0, 1 per tap).
+            let g = f32_of(
+                &t.remove("encoder.pos_conv_embed.conv.parametrizations.weight.original0")
+                    .unwrap(),
+            );
+            let vt = t
+                .remove("encoder.pos_conv_embed.conv.parametrizations.weight.original1")
+                .unwrap();
+            let v = f32_of(&vt);
+            let k = g.len();
+            let norm: Vec<f64> = (0..k)
+                .map(|j| {
+                    v.iter()
+                        .skip(j)
+                        .step_by(k)
+                        .map(|x| (*x as f64).powi(2))
+                        .sum::<f64>()
+                        .sqrt()
+                })
+                .collect();
+            let w: Vec<f32> = v
+                .iter()
+                .enumerate()
+                .map(|(i, &x)| (g[i % k] as f64 * x as f64 / norm[i % k]) as f32)
+                .collect();
+            t.insert(
+                "encoder.pos_conv_embed.conv.weight".into(),
+                (Dtype::F32, vt.1, bytemuck::cast_slice(&w).to_vec()),
+            );
+        },
+        |_| {},
+    );
+    let (m, report) = Wav2Vec2ForCtc::load(&gpu(), &dir, None, 0).unwrap();
+    assert!(
+        report.ignored.is_empty() && report.initialised.is_empty(),
+        "{report:?}"
+    );
+    let (a, b) = (logits(&m), logits(&reference()));
+    let err = a
+        .iter()
+        .zip(&b)
+        .map(|(x, y)| (x - y).abs())
+        .fold(0f32, f32::max);
+    assert!(err < 1e-5, "folded weight norm changes logits by {err}");
+}
+
+#[test]
+fn save_then_load_round_trips() {
+    let m = reference();
+    let dir = std::env::temp_dir().join(format!("xlsr-ckpt-save-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    m.save(&dir).unwrap();
+    assert!(!dir.join("model.tmp").exists());
+    let (back, report) = Wav2Vec2ForCtc::load(&gpu(), &dir, None, 0).unwrap();
+    assert!(report.ignored.is_empty() && report.initialised.is_empty());
+    assert_eq!(params(&back), params(&m));
+    assert_eq!(back.config.hidden_act, "gelu_new");
+    assert!(back.config.do_stable_layer_norm);
+}
+
+#[test]
+fn bad_checkpoints_name_the_tensor_or_file() {
+    let q = "wav2vec2.encoder.layers.1.attention.q_proj.weight";
+    let dir = variant(
+        "missing",
+        |t| {
+            t.remove(q);
+        },
+        |_| {},
+    );
+    let e = err_of(&dir, None);
+    assert!(e.contains(q) && e.contains("[32, 32]"), "{e}");
+
+    let dir = variant(
+        "shape",
+        |t| {
+            t.insert(q.into(), (Dtype::F32, vec![32, 31], vec![0; 32 * 31 * 4]));
+        },
+        |_| {},
+    );
+    let e = err_of(&dir, None);
+    assert!(
+        e.contains(q) && e.contains("[32, 31]") && e.contains("[32, 32]"),
+        "{e}"
+    );
+
+    let dir = variant("bert", |_| {}, |c| c["model_type"] = "bert".into());
+    let e = err_of(&dir, None);
+    assert!(e.contains("config.json") && e.contains("bert"), "{e}");
+
+    let dir = variant("headsize", |_| {}, |_| {});
+    let e = err_of(&dir, Some((30, 29)));
+    assert!(e.contains("12") && e.contains("30"), "{e}");
+
+    std::fs::remove_file(dir.join("config.json")).unwrap();
+    let e = err_of(&dir, None);
+    assert!(
+        e.contains("config.json") && e.contains(&dir.display().to_string()),
+        "{e}"
+    );
+
+    let dir = variant("noweights", |_| {}, |_| {});
+    std::fs::remove_file(dir.join("model.safetensors")).unwrap();
+    let e = err_of(&dir, None);
+    assert!(e.contains("model.safetensors"), "{e}");
+
+    let dir = variant("truncated", |_| {}, |_| {});
+    let bytes = std::fs::read(dir.join("model.safetensors")).unwrap();
+    std::fs::write(dir.join("model.safetensors"), &bytes[..bytes.len() / 2]).unwrap();
+    let e = err_of(&dir, None);
+    assert!(e.contains("model.safetensors"), "{e}");
+
+    let e = err_of(Path::new("/nonexistent/model"), None);
+    assert!(
+        e.contains("/nonexistent/model") && e.contains("does not exist"),
+        "{e}"
+    );
+}
+
+#[test]
+fn padded_batch_equals_single_utterances() {
+    // The layer-norm layout (XLSR) normalises per frame, so padding changes nothing.
+    let m = reference();
+    let mut rng = Rng::new(11);
+    let lens = [1500usize, 1100, 640];
+    let clips: Vec<Vec<f64>> = lens.iter().map(|&n| rng.vec(n)).collect();
+    let mut padded = vec![0.0; 3 * 1500];
+    for (i, c) in clips.iter().enumerate() {
+        padded[i * 1500..i * 1500 + c.len()].copy_from_slice(c);
+    }
+    let tape = Tape::new();
+    let out = tape
+        .no_grad(|| {
+            m.forward(
+                &tape,
+                &upload(&padded, &[3, 1500]),
+                Some(&lens),
+                &Forward::default(),
+            )
+        })
+        .unwrap();
+    let all = out.logits.value.to_vec().unwrap();
+    let (t, v) = (out.logits.shape()[1], out.logits.shape()[2]);
+    for (i, c) in clips.iter().enumerate() {
+        let one = tape
+            .no_grad(|| m.forward(&tape, &upload(c, &[1, c.len()]), None, &Forward::default()))
+            .unwrap();
+        let f = out.frames[i];
+        assert_eq!(one.logits.shape()[1], f);
+        let single = one.logits.value.to_vec().unwrap();
+        let batch = &all[i * t * v..i * t * v + f * v];
+        let err = single
+            .iter()
+            .zip(batch)
+            .map(|(a, b)| (a - b).abs())
+            .fold(0f32, f32::max);
+        assert!(err < 1e-5, "utterance {i}: padded vs alone differ by {err}");
+    }
+}
