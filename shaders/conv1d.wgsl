@@ -33,27 +33,73 @@ fn lin(gid: vec3<u32>, nwg: vec3<u32>) -> u32 {
     return gid.x + gid.y * nwg.x * 256u;
 }
 
-@compute @workgroup_size(256)
-fn conv1d_fwd(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
-    let idx = lin(gid, nwg);
-    if idx >= p.batch * p.cout * p.lout { return; }
-    let t = idx % p.lout;
-    let o = (idx / p.lout) % p.cout;
-    let b = idx / (p.lout * p.cout);
+// The forward as an implicit GEMM, per (batch, group): Y[o, t] = W[o, (i, k)] * X[(i, k), t]
+// where X[(i, k), t] = x[i, t * stride - pad + k] is never materialised (im2col on the fly).
+// Same tiling as matmul.wgsl's `matmul_tiled`: a 64x64 output tile per workgroup, 4x4
+// outputs per thread, the reduction walked 16 at a time through workgroup memory.
+var<workgroup> Ws: array<vec4<f32>, 256>;
+var<workgroup> Xs: array<vec4<f32>, 256>;
+
+fn tile_w(o_base: u32, coutg: u32, red: u32, m: u32, kk: u32) -> f32 {
+    if m >= coutg || kk >= red { return 0.0; }
+    return w[(o_base + m) * red + kk];
+}
+
+fn tile_x(xbase: u32, kk: u32, red: u32, t: u32) -> f32 {
+    if kk >= red || t >= p.lout { return 0.0; }
+    let i = kk / p.k;
+    let s = i32(t * p.stride + kk % p.k) - i32(p.pad);
+    if s < 0 || u32(s) >= p.lin { return 0.0; }
+    return x[xbase + i * p.lin + u32(s)];
+}
+
+@compute @workgroup_size(16, 16)
+fn conv1d_fwd_tiled(@builtin(local_invocation_id) lid: vec3<u32>, @builtin(workgroup_id) wid: vec3<u32>) {
+    let b = wid.z / p.groups;
+    let g = wid.z % p.groups;
     let cig = p.cin / p.groups;
-    let g = o / (p.cout / p.groups);
-    var acc = 0.0;
-    if p.has_bias == 1u { acc = aux[o]; }
-    let start = i32(t * p.stride) - i32(p.pad);
-    for (var i = 0u; i < cig; i = i + 1u) {
-        let xrow = p.off_x + (b * p.cin + g * cig + i) * p.lin;
-        let wrow = (o * cig + i) * p.k;
-        for (var k = 0u; k < p.k; k = k + 1u) {
-            let s = start + i32(k);
-            if s >= 0 && u32(s) < p.lin { acc = acc + w[wrow + k] * x[xrow + u32(s)]; }
+    let coutg = p.cout / p.groups;
+    let red = cig * p.k;
+    let o_base = g * coutg;
+    let xbase = p.off_x + (b * p.cin + g * cig) * p.lin;
+    let row0 = wid.y * 64u;
+    let col0 = wid.x * 64u;
+    let tid = lid.y * 16u + lid.x;
+    var acc: array<vec4<f32>, 4>;
+    for (var i = 0u; i < 4u; i = i + 1u) { acc[i] = vec4<f32>(0.0); }
+    let lk = tid / 16u;
+    let l4 = (tid % 16u) * 4u;
+    for (var k0 = 0u; k0 < red; k0 = k0 + 16u) {
+        let kk = k0 + lk;
+        Ws[lk * 16u + tid % 16u] = vec4<f32>(
+            tile_w(o_base, coutg, red, row0 + l4, kk), tile_w(o_base, coutg, red, row0 + l4 + 1u, kk),
+            tile_w(o_base, coutg, red, row0 + l4 + 2u, kk), tile_w(o_base, coutg, red, row0 + l4 + 3u, kk));
+        Xs[lk * 16u + tid % 16u] = vec4<f32>(
+            tile_x(xbase, kk, red, col0 + l4), tile_x(xbase, kk, red, col0 + l4 + 1u),
+            tile_x(xbase, kk, red, col0 + l4 + 2u), tile_x(xbase, kk, red, col0 + l4 + 3u));
+        workgroupBarrier();
+        for (var k = 0u; k < 16u; k = k + 1u) {
+            let av = Ws[k * 16u + lid.y];
+            let bv = Xs[k * 16u + lid.x];
+            acc[0] = fma(vec4<f32>(av.x), bv, acc[0]);
+            acc[1] = fma(vec4<f32>(av.y), bv, acc[1]);
+            acc[2] = fma(vec4<f32>(av.z), bv, acc[2]);
+            acc[3] = fma(vec4<f32>(av.w), bv, acc[3]);
+        }
+        workgroupBarrier();
+    }
+    for (var i = 0u; i < 4u; i = i + 1u) {
+        let m = row0 + lid.y * 4u + i;
+        if m >= coutg { continue; }
+        let o = o_base + m;
+        for (var j = 0u; j < 4u; j = j + 1u) {
+            let t = col0 + lid.x * 4u + j;
+            if t >= p.lout { continue; }
+            var v = acc[i][j];
+            if p.has_bias == 1u { v = v + aux[o]; }
+            out[p.off_out + (b * p.cout + o) * p.lout + t] = v;
         }
     }
-    out[p.off_out + idx] = acc;
 }
 
 // dx[b, i, s] = sum over outputs o of i's group and taps k with t*stride - pad + k = s.

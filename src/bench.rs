@@ -325,6 +325,10 @@ pub fn run(gpu: &Gpu, quick: bool, filter: Option<&str>) -> Result<Vec<Measureme
         );
     }
 
+    if keep("model") {
+        model_step(gpu, quick)?;
+    }
+
     let tiled = out.iter().find(|m| m.name.starts_with("matmul tiled"));
     let naive = out.iter().find(|m| m.name.starts_with("matmul naive"));
     if let (Some(t), Some(n)) = (tiled, naive) {
@@ -336,6 +340,65 @@ pub fn run(gpu: &Gpu, quick: bool, filter: Option<&str>) -> Result<Vec<Measureme
         );
     }
     Ok(out)
+}
+
+/// One fine-tuning step's forward and backward of the XLSR-53 shape (feature encoder frozen)
+/// on one 4 s clip, with peak device memory and the kernels that took the most GPU time.
+/// `quick` keeps 2 of the 24 layers and 1 s of audio.
+pub fn model_step(gpu: &Gpu, quick: bool) -> Result<()> {
+    use crate::model::{Config, Forward, Wav2Vec2ForCtc};
+    let mut cfg = Config::xlsr53(40);
+    let secs = if quick { 1.0 } else { 4.0 };
+    if quick {
+        cfg.num_hidden_layers = 2;
+    }
+    let model = Wav2Vec2ForCtc::random(gpu, cfg, 0)?;
+    model.freeze_feature_encoder(true);
+    let samples = (secs * 16000.0) as usize;
+    let audio = rand(gpu, &[1, samples], 9)?;
+    let labels = vec![(0..(secs * 12.0) as u32)
+        .map(|i| 1 + i % 38)
+        .collect::<Vec<u32>>()];
+    let step = || -> Result<(f64, f64)> {
+        let tape = crate::Tape::new();
+        let t0 = Instant::now();
+        let out = model.forward(&tape, &audio, None, &Forward::default())?;
+        let (loss, _) = model.ctc_loss(&out.logits, &out.frames, &labels)?;
+        loss.value.item()?;
+        let fwd = t0.elapsed().as_secs_f64();
+        tape.backward(&loss, &[])?;
+        gpu.sync()?;
+        Ok((fwd, t0.elapsed().as_secs_f64() - fwd))
+    };
+    step()?; // warm-up: pipelines, pool
+    for p in &model.params {
+        p.zero_grad();
+    }
+    let timed = gpu.profile_start()?;
+    let (fwd, bwd) = step()?;
+    let kernels = gpu.profile_stop()?;
+    println!(
+        "{:<48} forward {:.3} s, backward {:.3} s (wall), {} layers, {secs} s audio, peak {:.2} GB",
+        "wav2vec2 XLSR-53 step (frozen encoder)",
+        fwd,
+        bwd,
+        model.layers.len(),
+        gpu.peak_bytes() as f64 / 1e9
+    );
+    if timed {
+        let mut k = kernels;
+        k.sort_by(|a, b| b.1.total_cmp(&a.1));
+        let total: f64 = k.iter().map(|x| x.1).sum();
+        for (name, ns, n) in k.iter().take(8) {
+            println!(
+                "    {:<32} {:>9.1} ms {:>5.1}% ({n} launches)",
+                name,
+                ns / 1e6,
+                100.0 * ns / total
+            );
+        }
+    }
+    Ok(())
 }
 
 /// A straightforward single-threaded CTC loss and logits gradient (log space), the CTC

@@ -199,3 +199,46 @@ fn base_layout_matches_transformers() {
 fn large_layout_matches_transformers() {
     check_variant("w2v2_large");
 }
+
+/// The XLSR-53 shape from its config alone (random weights), one forward + backward on a 4 s
+/// clip with the feature encoder frozen, as in fine-tuning. Slow on lavapipe (minutes):
+/// `cargo test --release --test model -- --ignored --nocapture`.
+#[test]
+#[ignore]
+fn xlsr53_forward_backward_4s() {
+    let g = gpu();
+    let t0 = std::time::Instant::now();
+    let model = Wav2Vec2ForCtc::random(&g, xlsr::model::Config::xlsr53(40), 0).unwrap();
+    model.freeze_feature_encoder(true);
+    println!(
+        "XLSR-53: {:.1}M parameters, built in {:.1}s",
+        model.num_params() as f64 / 1e6,
+        t0.elapsed().as_secs_f64()
+    );
+    let mut rng = Rng::new(5);
+    let audio = upload(&rng.vec(64000), &[1, 64000]);
+    let labels = vec![(0..40).map(|i| 1 + i % 38).collect::<Vec<u32>>()];
+    g.sync().unwrap();
+    let base = g.peak_bytes();
+    let t1 = std::time::Instant::now();
+    let tape = Tape::new();
+    let out = model
+        .forward(&tape, &audio, None, &Forward::default())
+        .unwrap();
+    let (loss, _) = model.ctc_loss(&out.logits, &out.frames, &labels).unwrap();
+    let l = loss.value.item().unwrap();
+    let tf = t1.elapsed().as_secs_f64();
+    tape.backward(&loss, &[]).unwrap();
+    g.sync().unwrap();
+    let tb = t1.elapsed().as_secs_f64() - tf;
+    assert!(l.is_finite());
+    let gn = model.params.iter().filter(|p| p.grad().is_some()).count();
+    assert!(gn > 0);
+    println!(
+        "{} frames, loss {l:.3}; forward {tf:.1}s, backward {tb:.1}s on {}; peak {:.2} GB (weights {:.2} GB)",
+        out.frames[0],
+        g.info.name,
+        g.peak_bytes() as f64 / 1e9,
+        base as f64 / 1e9
+    );
+}

@@ -158,14 +158,18 @@ impl Config {
                 self.conv_kernel.len()
             ));
         }
-        if self.num_attention_heads == 0 || !self.hidden_size.is_multiple_of(self.num_attention_heads) {
+        if self.num_attention_heads == 0
+            || !self.hidden_size.is_multiple_of(self.num_attention_heads)
+        {
             return bad(format!(
                 "hidden_size {} is not divisible by num_attention_heads {}",
                 self.hidden_size, self.num_attention_heads
             ));
         }
         if self.num_conv_pos_embedding_groups == 0
-            || !self.hidden_size.is_multiple_of(self.num_conv_pos_embedding_groups)
+            || !self
+                .hidden_size
+                .is_multiple_of(self.num_conv_pos_embedding_groups)
         {
             return bad(format!(
                 "hidden_size {} is not divisible by num_conv_pos_embedding_groups {}",

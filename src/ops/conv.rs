@@ -13,7 +13,7 @@ const fn k(entry: &'static str) -> Kernel {
         writes: 1,
     }
 }
-const FWD: Kernel = k("conv1d_fwd");
+const FWD: Kernel = k("conv1d_fwd_tiled");
 const BWD_INPUT: Kernel = k("conv1d_bwd_input");
 const BWD_WEIGHT: Kernel = k("conv1d_bwd_weight");
 const BWD_BIAS: Kernel = k("conv1d_bwd_bias");
@@ -140,7 +140,11 @@ pub fn forward(c: &Conv1d, x: &Tensor, w: &Tensor, bias: Option<&Tensor>) -> Res
             &FWD,
             &params(c, &g, nb, bias.is_some(), false, [ox, 0, oy]),
             &[xr, w.bind(), br, yr],
-            grid((nb * yo) as u64, 256),
+            [
+                g.lout.div_ceil(64) as u32,
+                (g.cout / c.groups).div_ceil(64) as u32,
+                (nb * c.groups) as u32,
+            ],
         )?;
     }
     Ok(y)
