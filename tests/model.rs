@@ -164,6 +164,34 @@ fn check_variant(name: &str) {
     }
     model.freeze_feature_encoder(false);
 
+    // SpecAugment's substitution with a fixed mask: logits, loss and masked_spec_embed's grad.
+    for p in &model.params {
+        p.zero_grad();
+    }
+    let tape = Tape::new();
+    let opts = Forward {
+        mask_time: Some(r.f32s("mask_time").0),
+        ..Forward::default()
+    };
+    let out = model.forward(&tape, &audio, Some(&lengths), &opts).unwrap();
+    let err = max_abs_err(
+        &out.logits.value.to_vec().unwrap(),
+        &r.f32s("masked.logits").0,
+    );
+    assert!(err <= 1e-4, "{name} masked logits: max |err| {err:.2e}");
+    let (loss, _) = model.ctc_loss(&out.logits, &out.frames, &labels).unwrap();
+    let want = r.f32s("masked.loss").0[0];
+    assert!(((loss.value.item().unwrap() - want) / want).abs() < 1e-5);
+    tape.backward(&loss, &[]).unwrap();
+    let embed = model.masked_spec_embed.as_ref().unwrap().grad().unwrap();
+    let want = r.f32s("masked.grad.wav2vec2.masked_spec_embed").0;
+    let scale = want.iter().fold(0f64, |m, v| m.max(v.abs() as f64));
+    let rel = max_abs_err(&embed.to_vec().unwrap(), &want) / scale;
+    assert!(
+        rel <= 1e-3,
+        "{name} masked_spec_embed grad: relative error {rel:.2e}"
+    );
+
     // One utterance as `xlsr transcribe` sees it: no attention mask.
     let (clip, _) = r.f32s("clip_logits");
     let spec = hound::WavReader::open(fixture(name).join("clip.wav")).unwrap();

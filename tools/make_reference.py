@@ -154,6 +154,20 @@ def w2v2_case(name, seed):
         if p.grad is not None:
             t[f"grad.{canonical(n)}"] = p.grad.detach().clone()
 
+    # SpecAugment's substitution: a fixed time mask replaces frames by masked_spec_embed.
+    model.zero_grad()
+    t_frames = out.logits.shape[1]
+    mask_time = torch.zeros(b, t_frames, dtype=torch.bool)
+    mask_time[0, 3:13] = True
+    mask_time[1, 20:30] = True
+    mask_time[2, 0:4] = True
+    outm = model(audio, attention_mask=mask, labels=labels, mask_time_indices=mask_time)
+    outm.loss.backward()
+    t["mask_time"] = mask_time.float()
+    t["masked.logits"] = outm.logits.detach()
+    t["masked.loss"] = outm.loss.detach().reshape(1)
+    t["masked.grad.wav2vec2.masked_spec_embed"] = w.masked_spec_embed.grad.detach().clone()
+
     # One utterance alone, written as 16-bit WAV for `xlsr transcribe`; the logits are HF's on
     # the clip as Wav2Vec2FeatureExtractor normalises it.
     clip = (torch.sin(torch.arange(8000) * 0.05) * 0.3 + 0.05 * torch.randn(8000)).numpy()

@@ -8,6 +8,7 @@
 
 pub mod checkpoint;
 pub mod config;
+pub mod spec_augment;
 
 pub use checkpoint::Checkpoint;
 pub use config::{Config, ConvNorm};
