@@ -13,10 +13,13 @@ const fn k(entry: &'static str) -> Kernel {
         writes: 1,
     }
 }
-const FWD: Kernel = k("conv1d_fwd_tiled");
-const BWD_INPUT: Kernel = k("conv1d_bwd_input");
-const BWD_WEIGHT: Kernel = k("conv1d_bwd_weight");
+const GEMM: Kernel = k("conv1d_gemm");
 const BWD_BIAS: Kernel = k("conv1d_bwd_bias");
+
+/// `conv1d_gemm` formulations.
+const FORWARD: u32 = 0;
+const INPUT_GRAD: u32 = 1;
+const WEIGHT_GRAD: u32 = 2;
 
 /// Geometry of a Conv1d.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -86,6 +89,7 @@ fn geometry(c: &Conv1d, x: &Tensor, w: &Tensor) -> Result<Geo> {
     })
 }
 
+#[allow(clippy::too_many_arguments)] // one argument per uniform field
 fn params(
     c: &Conv1d,
     g: &Geo,
@@ -93,6 +97,7 @@ fn params(
     has_bias: bool,
     accum: bool,
     offs: [u32; 3],
+    mode: u32,
 ) -> Vec<u32> {
     let mut v = vec![
         batch as u32,
@@ -108,7 +113,7 @@ fn params(
         accum as u32,
     ];
     v.extend(offs);
-    v.extend([0, 0]);
+    v.extend([mode, 0]);
     v
 }
 
@@ -137,8 +142,8 @@ pub fn forward(c: &Conv1d, x: &Tensor, w: &Tensor, bias: Option<&Tensor>) -> Res
         let (xr, ox) = x.bind_shifted(b0 * xi, nb * xi);
         let (yr, oy) = y.bind_shifted(b0 * yo, nb * yo);
         gpu.dispatch(
-            &FWD,
-            &params(c, &g, nb, bias.is_some(), false, [ox, 0, oy]),
+            &GEMM,
+            &params(c, &g, nb, bias.is_some(), false, [ox, 0, oy], FORWARD),
             &[xr, w.bind(), br, yr],
             [
                 g.lout.div_ceil(64) as u32,
@@ -191,20 +196,28 @@ pub fn backward(
         let (dyr, ody) = dy.bind_shifted(b0 * yo, nb * yo);
         if let Some(dx) = &dx {
             let (dxr, odx) = dx.bind_shifted(b0 * xi, nb * xi);
-            let pr = params(c, &g, nb, has_bias, false, [0, ody, odx]);
+            let pr = params(c, &g, nb, has_bias, false, [0, ody, odx], INPUT_GRAD);
             gpu.dispatch(
-                &BWD_INPUT,
+                &GEMM,
                 &pr,
                 &[d.bind(), w.bind(), dyr, dxr],
-                grid((nb * xi) as u64, 256),
+                [
+                    g.lin.div_ceil(64) as u32,
+                    (g.cin / c.groups).div_ceil(64) as u32,
+                    (nb * c.groups) as u32,
+                ],
             )?;
         }
-        let pr = params(c, &g, nb, has_bias, i > 0, [ox, ody, 0]);
+        let pr = params(c, &g, nb, has_bias, i > 0, [ox, ody, 0], WEIGHT_GRAD);
         gpu.dispatch(
-            &BWD_WEIGHT,
+            &GEMM,
             &pr,
             &[xr, d.bind(), dyr, dw.bind()],
-            grid(w.numel() as u64, 256),
+            [
+                ((g.cin / c.groups) * g.k).div_ceil(64) as u32,
+                (g.cout / c.groups).div_ceil(64) as u32,
+                c.groups as u32,
+            ],
         )?;
         if let Some(db) = &db {
             gpu.dispatch(
