@@ -71,6 +71,9 @@ struct Slot {
     state: Option<State>,
 }
 
+/// One saved tensor: name, shape, row-major values.
+pub type NamedTensor = (String, Vec<usize>, Vec<f32>);
+
 /// What [`AdamW::clip_and_step`] did.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct StepOutcome {
@@ -281,7 +284,7 @@ impl AdamW {
     /// The optimiser state for a checkpoint: for each parameter updated at least once,
     /// `NAME.exp_avg`, `NAME.exp_avg_sq` (its shape) and `NAME.step` (shape `[]`), plus the
     /// optimiser's own `step`. Reads the moments back from the GPU.
-    pub fn state_tensors(&self) -> Result<Vec<(String, Vec<usize>, Vec<f32>)>> {
+    pub fn state_tensors(&self) -> Result<Vec<NamedTensor>> {
         let mut out = vec![("step".to_string(), vec![], vec![self.step as f32])];
         for slot in &self.slots {
             if let Some(s) = &slot.state {
@@ -304,7 +307,7 @@ impl AdamW {
 
     /// Restores what [`AdamW::state_tensors`] saved. Every entry must belong to a parameter of
     /// this optimiser with the saved shape; parameters with no saved state start fresh.
-    pub fn load_state(&mut self, tensors: &[(String, Vec<usize>, Vec<f32>)]) -> Result<()> {
+    pub fn load_state(&mut self, tensors: &[NamedTensor]) -> Result<()> {
         let find = |key: &str| tensors.iter().find(|(n, _, _)| n == key);
         let scalar = |key: &str| -> Result<Option<u64>> {
             match find(key) {

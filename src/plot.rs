@@ -46,13 +46,15 @@ fn finite(s: &[(u64, f64)]) -> Vec<(f64, f64)> {
         .collect()
 }
 
+/// A series: legend name, points, colour.
+type Line<'a> = (&'a str, &'a [(u64, f64)], RGBColor);
 type Panel<'a> = DrawingArea<SVGBackend<'a>, plotters::coord::Shift>;
 
 fn panel(
     area: &Panel<'_>,
     title: &str,
     y_label: &str,
-    lines: &[(&str, &[(u64, f64)], RGBColor)],
+    lines: &[Line<'_>],
 ) -> std::result::Result<(), Box<dyn std::error::Error>> {
     let all: Vec<&[(u64, f64)]> = lines.iter().map(|l| l.1).collect();
     let (xr, yr) = bounds(&all);
@@ -66,6 +68,8 @@ fn panel(
         .configure_mesh()
         .x_desc("step")
         .y_desc(y_label)
+        .label_style(("sans-serif", 14))
+        .axis_desc_style(("sans-serif", 16))
         .draw()?;
     for &(name, points, color) in lines {
         chart
@@ -77,6 +81,7 @@ fn panel(
         .configure_series_labels()
         .background_style(WHITE.mix(0.8))
         .border_style(BLACK)
+        .label_font(("sans-serif", 14))
         .draw()?;
     Ok(())
 }
