@@ -246,10 +246,11 @@ impl AdamW {
         Ok(())
     }
 
-    /// HF Trainer's optimiser step: the global gradient norm, clipping to `max_norm` (no
-    /// clipping when `max_norm <= 0`, as HF with `max_grad_norm = 0`), and the AdamW update, all recorded on the GPU; then one
-    /// read-back of the norm. A non-finite norm (some gradient is inf or NaN) leaves parameters
-    /// and moments untouched and the step uncounted: `skipped` is set for the caller to count.
+    /// HF Trainer's optimiser step: the global gradient norm, clipping to `max_norm` (none when
+    /// `max_norm <= 0`, as HF's `max_grad_norm = 0`) and the AdamW update, all recorded on the
+    /// GPU; then one read-back of the norm. A non-finite norm (some gradient is inf or NaN)
+    /// leaves parameters and moments untouched and the step uncounted: `skipped` is set for the
+    /// caller to count.
     pub fn clip_and_step(&mut self, lr: f32, max_norm: f32) -> Result<StepOutcome> {
         let Some(norm) = self.grad_norm()? else {
             return Ok(StepOutcome {

@@ -305,6 +305,30 @@ fn non_finite_gradients_skip_the_step() {
     }
 }
 
+#[test]
+fn max_norm_zero_turns_clipping_off() {
+    let fx = Fixture::load();
+    // Step 0's norm is 46.8, so clipping would change the update; lr 0.05 so there is one.
+    let run = |f: &dyn Fn(&mut AdamW)| -> Vec<Vec<f32>> {
+        let params = fx.params();
+        let mut opt = AdamW::new(&params, config());
+        fx.set_grads(&params, 0);
+        f(&mut opt);
+        assert_eq!(opt.step, 1);
+        params.iter().map(|p| p.value().to_vec().unwrap()).collect()
+    };
+    let unclipped = run(&|o| o.step(0.05, None, 0.0).unwrap());
+    let off = run(&|o| {
+        let out = o.clip_and_step(0.05, 0.0).unwrap();
+        assert!((out.grad_norm - fx.f32s("grad_norm")[0]).abs() < 1e-4);
+    });
+    let clipped = run(&|o| {
+        o.clip_and_step(0.05, 1.0).unwrap();
+    });
+    assert_eq!(off, unclipped);
+    assert_ne!(off, clipped);
+}
+
 fn train_json() -> serde_json::Value {
     let text = std::fs::read_to_string(concat!(
         env!("CARGO_MANIFEST_DIR"),
