@@ -32,6 +32,9 @@ pub enum Error {
     /// A file (config, checkpoint, audio) is missing, unreadable or not what it should be.
     #[error("{path}: {msg}")]
     File { path: String, msg: String },
+    /// Saved training state (optimiser, schedule) that does not fit the model or run.
+    #[error("training state: {0}")]
+    State(String),
     /// Autograd misuse (backward from a non-scalar, a value without a tape...).
     #[error("autograd: {0}")]
     Autograd(String),

@@ -22,6 +22,7 @@ const SHADERS: &[(&str, &str)] = &[
     ("copy", include_str!("../shaders/copy.wgsl")),
     ("ctc", include_str!("../shaders/ctc.wgsl")),
     ("weight_norm", include_str!("../shaders/weight_norm.wgsl")),
+    ("adamw", include_str!("../shaders/adamw.wgsl")),
 ];
 
 /// Bytes reserved per dispatch in the uniform arena (also the offset alignment we use).

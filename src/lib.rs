@@ -9,9 +9,13 @@ pub mod bench;
 pub mod demo;
 pub mod error;
 pub mod gpu;
+pub mod metrics;
 pub mod model;
 pub mod ops;
+pub mod optim;
+pub mod plot;
 pub mod rng;
+pub mod schedule;
 pub mod tensor;
 
 pub use autograd::{Param, Tape, Var};
