@@ -1,0 +1,77 @@
+//! Common Voice in, training batches out: audio decoding and resampling ([`audio`]), text
+//! normalisation ([`text`]), the CTC vocabulary and tokenizer ([`vocab`]), corpus readers
+//! ([`corpus`]), the decoded-audio cache written by `xlsr prepare` ([`prepare`]) and
+//! length-grouped batching with dynamic padding ([`batch`]).
+
+pub mod audio;
+pub mod batch;
+pub mod corpus;
+pub mod prepare;
+pub mod text;
+pub mod vocab;
+
+pub use batch::{collate, Batch, Batcher};
+pub use prepare::{Prepared, Utterance};
+pub use vocab::Vocab;
+
+use std::path::PathBuf;
+use thiserror::Error;
+
+/// Everything that can go wrong while reading a corpus, audio, a vocabulary or a prepared cache.
+/// Each variant names the file.
+#[derive(Debug, Error)]
+pub enum DataError {
+    /// A file or folder could not be read or written.
+    #[error("{}: {source}", path.display())]
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    /// An audio file could not be decoded (unknown format, corrupt, truncated, empty).
+    #[error("{}: {msg}", path.display())]
+    Audio { path: PathBuf, msg: String },
+    /// A corpus, manifest, vocabulary or cache file has the wrong shape or content.
+    #[error("{}: {msg}", path.display())]
+    Format { path: PathBuf, msg: String },
+}
+
+impl DataError {
+    pub(crate) fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
+        DataError::Io {
+            path: path.into(),
+            source,
+        }
+    }
+    pub(crate) fn audio(path: impl Into<PathBuf>, msg: impl Into<String>) -> Self {
+        DataError::Audio {
+            path: path.into(),
+            msg: msg.into(),
+        }
+    }
+    pub(crate) fn format(path: impl Into<PathBuf>, msg: impl Into<String>) -> Self {
+        DataError::Format {
+            path: path.into(),
+            msg: msg.into(),
+        }
+    }
+}
+
+/// Number of wav2vec2 output frames for `samples` input samples: the feature encoder's seven
+/// convolutions (kernels 10,3,3,3,3,2,2; strides 5,2,2,2,2,2,2), about one frame per 320 samples.
+pub fn wav2vec2_frames(samples: usize) -> usize {
+    const CONVS: [(usize, usize); 7] = [(10, 5), (3, 2), (3, 2), (3, 2), (3, 2), (2, 2), (2, 2)];
+    let mut len = samples;
+    for (k, s) in CONVS {
+        if len < k {
+            return 0;
+        }
+        len = (len - k) / s + 1;
+    }
+    len
+}
+
+/// Frames CTC needs to emit `labels`: one per label plus a blank between each pair of equal
+/// neighbours.
+pub fn ctc_min_frames(labels: &[u32]) -> usize {
+    labels.len() + labels.windows(2).filter(|w| w[0] == w[1]).count()
+}
