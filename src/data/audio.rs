@@ -163,12 +163,23 @@ pub fn resample(x: &[f32], from: u32, to: u32) -> Result<Vec<f32>, String> {
     }
     let want = (x.len() as f64 * to as f64 / from as f64).round() as usize;
     let input = InterleavedSlice::new(x, 1, x.len()).map_err(|e| e.to_string())?;
+    // rubato's FFT block is `k * from/gcd` input samples, its filter centred on sample
+    // `block / 2`. With an odd block that centre is half an input sample off the delay rubato
+    // trims (`block_out / 2`), shifting the output by a fraction of a sample (0.18 samples for
+    // 44.1 kHz). Pick k (about 1024 input samples per block) so both blocks are even.
+    let g = gcd(from, to);
+    let (min_in, min_out) = ((from / g) as usize, (to / g) as usize);
+    let mut k = 1024usize.div_ceil(min_in);
+    if (k * min_in) % 2 == 1 || (k * min_out) % 2 == 1 {
+        k += 1;
+    }
+    let chunk = k * min_in;
     let mut out = RESAMPLERS.with(|cell| -> Result<Vec<f32>, String> {
         let mut map = cell.borrow_mut();
         let rs = match map.entry((from, to)) {
             std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
             std::collections::hash_map::Entry::Vacant(e) => e.insert(
-                Fft::<f32>::new(from as usize, to as usize, 1024, 1, FixedSync::Both)
+                Fft::<f32>::new(from as usize, to as usize, chunk, 1, FixedSync::Both)
                     .map_err(|e| format!("resampler {from} -> {to} Hz: {e}"))?,
             ),
         };
@@ -180,6 +191,14 @@ pub fn resample(x: &[f32], from: u32, to: u32) -> Result<Vec<f32>, String> {
     // process_all returns ceil(len * ratio) samples; the last one past round() is dropped.
     out.resize(want, 0.0);
     Ok(out)
+}
+
+fn gcd(a: u32, b: u32) -> u32 {
+    if b == 0 {
+        a
+    } else {
+        gcd(b, a % b)
+    }
 }
 
 /// Normalises `x` in place to zero mean and unit variance as `Wav2Vec2FeatureExtractor` does:

@@ -216,13 +216,14 @@ impl Vocab {
     /// notebook turns reference labels back into text. Unknown ids decode as the unk token.
     pub fn decode(&self, ids: &[u32], group: bool) -> String {
         let mut text = String::new();
-        let mut prev: Option<u32> = None;
+        let mut prev: Option<&str> = None;
         for &id in ids {
-            if group && prev == Some(id) {
+            // Repeats are grouped on tokens, not ids: out-of-range ids and unk are one token.
+            let tok = self.token(id).unwrap_or(&self.unk_token);
+            if group && prev == Some(tok) {
                 continue;
             }
-            prev = Some(id);
-            let tok = self.token(id).unwrap_or(&self.unk_token);
+            prev = Some(tok);
             if tok == self.pad_token {
                 continue;
             }
@@ -232,7 +233,11 @@ impl Vocab {
                 text.push_str(tok);
             }
         }
-        let text = text.trim().to_string();
+        let mut text = text.trim().to_string();
+        if self.do_lower_case {
+            // HF uppercases on the way in and lowercases on the way out.
+            text = text.to_lowercase();
+        }
         if self.clean_up_spaces {
             clean_up_tokenization(&text)
         } else {
