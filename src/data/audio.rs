@@ -215,3 +215,68 @@ pub fn normalize(x: &mut [f32]) {
         *v = ((*v as f64 - mean) * inv) as f32;
     }
 }
+
+/// Decode throughput of [`bench_decode`].
+#[derive(Clone, Debug)]
+pub struct DecodeBench {
+    /// Clips decoded per round.
+    pub clips: usize,
+    /// Audio seconds decoded per round.
+    pub audio_seconds: f64,
+    /// Audio seconds per wall second on one thread, decoding only (no resampling).
+    pub decode_only: f64,
+    /// Audio seconds per wall second on one thread (decode + resample).
+    pub single_thread: f64,
+    /// Audio seconds per wall second on all of rayon's threads.
+    pub parallel: f64,
+    /// Threads used for `parallel`.
+    pub threads: usize,
+}
+
+impl std::fmt::Display for DecodeBench {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{} clips ({:.1} s of audio): decode only {:.0} audio s/s; decode+resample {:.0} audio s/s on 1 thread, {:.0} on {} threads",
+            self.clips, self.audio_seconds, self.decode_only, self.single_thread, self.parallel, self.threads
+        )
+    }
+}
+
+/// Measures [`load`] throughput over `files` (unreadable ones are left out), `rounds` times
+/// each on one thread and in parallel, as `xlsr prepare` runs it.
+pub fn bench_decode(files: &[std::path::PathBuf], rounds: usize) -> DecodeBench {
+    use rayon::prelude::*;
+    let good: Vec<&std::path::PathBuf> = files.iter().filter(|f| load(f).is_ok()).collect();
+    let samples: usize = good.iter().map(|f| load(f).map_or(0, |x| x.len())).sum();
+    let audio_seconds = samples as f64 / SAMPLE_RATE as f64;
+    let rounds = rounds.max(1);
+    let time = |f: &dyn Fn(&std::path::Path)| {
+        let t = std::time::Instant::now();
+        for _ in 0..rounds {
+            good.iter().for_each(|p| f(p));
+        }
+        t.elapsed().as_secs_f64()
+    };
+    let decode_only = time(&|p| {
+        let _ = std::hint::black_box(decode(p));
+    });
+    let single = time(&|p| {
+        let _ = std::hint::black_box(load(p));
+    });
+    let t = std::time::Instant::now();
+    for _ in 0..rounds {
+        good.par_iter().for_each(|f| {
+            let _ = std::hint::black_box(load(f));
+        });
+    }
+    let parallel = t.elapsed().as_secs_f64();
+    DecodeBench {
+        clips: good.len(),
+        audio_seconds,
+        decode_only: audio_seconds * rounds as f64 / decode_only,
+        single_thread: audio_seconds * rounds as f64 / single,
+        parallel: audio_seconds * rounds as f64 / parallel,
+        threads: rayon::current_num_threads(),
+    }
+}
