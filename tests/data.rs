@@ -207,7 +207,7 @@ fn decode_committed_mp3() {
         ("common_voice_es_100033.mp3", "No such file"),
         ("common_voice_es_100034.mp3", "truncated"),
         ("common_voice_es_100035.mp3", "format"),
-        ("common_voice_es_100036.mp3", "empty file"),
+        ("common_voice_es_100036.mp3", "0 bytes"),
     ] {
         let err = audio::load(&clip(name)).unwrap_err().to_string();
         assert!(err.contains(name) && err.contains(what), "{err}");
@@ -365,6 +365,26 @@ fn wav_stereo_and_formats() {
     std::fs::write(&path, b"RIFF garbage that is not a wave file at all").unwrap();
     assert!(matches!(audio::load(&path), Err(DataError::Audio { .. })));
     std::fs::remove_dir_all(dir).unwrap();
+}
+
+#[test]
+fn flac_and_ogg_vorbis() {
+    // tools/make_audio_fixtures.sh: 0.5 s tones at amplitude 0.5.
+    for (file, rate, freq, tol) in [
+        ("tone440-44k-stereo.flac", 44100, 440.0, 1e-3),
+        ("tone1k-48k.ogg", 48000, 1000.0, 2e-2),
+    ] {
+        let path = Path::new("tests/fixtures/audio").join(file);
+        let (native, r) = audio::decode(&path).unwrap();
+        assert_eq!((native.len(), r), (rate as usize / 2, rate), "{file}");
+        let x = audio::load(&path).unwrap();
+        assert_eq!(x.len(), 8000, "{file}");
+        let (amp, residual) = fit_tone(&x[400..7600], freq, 16000.0);
+        assert!(
+            (amp - 0.5).abs() < tol && residual < tol,
+            "{file}: amplitude {amp}, residual {residual}"
+        );
+    }
 }
 
 #[test]

@@ -30,7 +30,10 @@ pub fn load(path: &Path) -> Result<Vec<f32>, DataError> {
 pub fn decode(path: &Path) -> Result<(Vec<f32>, u32), DataError> {
     let meta = std::fs::metadata(path).map_err(|e| DataError::io(path, e))?;
     if meta.len() == 0 {
-        return Err(DataError::audio(path, "empty file (0 bytes)"));
+        return Err(DataError::EmptyAudio {
+            path: path.into(),
+            what: "0 bytes",
+        });
     }
     let is_wav = path
         .extension()
@@ -104,6 +107,7 @@ fn decode_symphonia(path: &Path) -> Result<(Vec<f32>, u32), DataError> {
     let mut mono = Vec::new();
     let mut rate = 0u32;
     let mut frame = Vec::new();
+    let (mut packets, mut bad_packets) = (0usize, 0usize);
     loop {
         let packet = match format.next_packet() {
             Ok(Some(p)) => p,
@@ -115,17 +119,32 @@ fn decode_symphonia(path: &Path) -> Result<(Vec<f32>, u32), DataError> {
         if packet.track_id != track_id {
             continue;
         }
-        let buf = decoder
-            .decode(&packet)
-            .map_err(|e| DataError::audio(path, format!("corrupt audio: {e}")))?;
+        packets += 1;
+        let buf = match decoder.decode(&packet) {
+            Ok(buf) => buf,
+            Err(SymError::DecodeError(_)) => {
+                bad_packets += 1;
+                continue;
+            }
+            Err(e) => return Err(DataError::audio(path, format!("corrupt audio: {e}"))),
+        };
         let spec = buf.spec();
         rate = spec.rate();
         let channels = spec.channels().count().max(1);
         buf.copy_to_vec_interleaved(&mut frame);
         mono.extend(downmix(&frame, channels));
     }
+    // Decoders resynchronise after a damaged frame; a few are tolerated (other decoders
+    // conceal them too), a file that is mostly damage is not.
+    if bad_packets * 50 > packets {
+        let msg = format!("corrupt: {bad_packets} of {packets} packets failed to decode");
+        return Err(DataError::audio(path, msg));
+    }
     if rate == 0 || mono.is_empty() {
-        return Err(DataError::audio(path, "no audio samples decoded"));
+        return Err(DataError::EmptyAudio {
+            path: path.into(),
+            what: "no samples decoded",
+        });
     }
     if let Some(n) = expected {
         if (mono.len() as u64) * 100 < n * 95 {

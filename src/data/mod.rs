@@ -27,7 +27,10 @@ pub enum DataError {
         path: PathBuf,
         source: std::io::Error,
     },
-    /// An audio file could not be decoded (unknown format, corrupt, truncated, empty).
+    /// An audio file holds no audio: 0 bytes, or no samples decoded.
+    #[error("{}: no audio ({what})", path.display())]
+    EmptyAudio { path: PathBuf, what: &'static str },
+    /// An audio file could not be decoded (unknown format, corrupt, truncated).
     #[error("{}: {msg}", path.display())]
     Audio { path: PathBuf, msg: String },
     /// A corpus, manifest, vocabulary or cache file has the wrong shape or content.

@@ -70,6 +70,9 @@ pub struct Options {
     /// Show a progress bar (on a terminal).
     #[serde(skip)]
     pub progress: bool,
+    /// Decode again even if `out` was prepared with the same settings.
+    #[serde(skip)]
+    pub force: bool,
 }
 
 impl Options {
@@ -83,6 +86,7 @@ impl Options {
             chars_to_remove: text.chars_to_remove,
             turkish_lowercase: text.turkish,
             progress: true,
+            force: false,
         }
     }
 
@@ -245,9 +249,10 @@ struct Index {
 /// Runs `xlsr prepare`: writes the vocabulary files, `audio.f32` and `index.json` into
 /// `opts.out`. Bad rows and clips are skipped with a warning on stderr and counted; only an
 /// unreadable corpus or an unwritable prep folder is an error. A prep folder already made with
-/// the same options is reused without decoding anything.
+/// the same settings is reused without decoding anything (unless `opts.force`; the corpus files
+/// themselves are not compared).
 pub fn run(opts: &Options) -> Result<Summary, DataError> {
-    if let Ok(p) = Prepared::open(&opts.out) {
+    if let (false, Ok(p)) = (opts.force, Prepared::open(&opts.out)) {
         if p.options.same_settings(opts) {
             let mut summary = p.summary;
             summary.reused = true;
@@ -314,7 +319,11 @@ pub fn run(opts: &Options) -> Result<Summary, DataError> {
             let decoded: Vec<Result<Vec<f32>, DataError>> = chunk
                 .par_iter()
                 .map(|(row, _)| {
-                    let r = audio::load(&row.path);
+                    // A decoder bug on a hostile file must cost one clip, not the run.
+                    let r =
+                        std::panic::catch_unwind(|| audio::load(&row.path)).unwrap_or_else(|_| {
+                            Err(DataError::audio(&row.path, "the decoder panicked"))
+                        });
                     bar.inc(1);
                     r
                 })
@@ -329,9 +338,7 @@ pub fn run(opts: &Options) -> Result<Summary, DataError> {
                             {
                                 Skip::MissingClip
                             }
-                            DataError::Audio { msg, .. } if msg.starts_with("empty file") => {
-                                Skip::EmptyClip
-                            }
+                            DataError::EmptyAudio { .. } => Skip::EmptyClip,
                             _ => Skip::BadAudio,
                         };
                         skip_quiet(
@@ -632,6 +639,9 @@ pub struct Args {
     /// Common Voice splits to evaluate on
     #[arg(long, value_delimiter = ',', default_value = "test")]
     pub test_splits: Vec<String>,
+    /// Decode again even if PREP_DIR was made with the same settings
+    #[arg(long)]
+    pub force: bool,
 }
 
 /// `xlsr prepare`: runs [`run`] and prints the summary.
@@ -651,6 +661,7 @@ pub fn run_cli(args: &Args) -> Result<(), DataError> {
     opts.max_seconds = args.max_seconds;
     opts.turkish_lowercase = args.turkish_lowercase;
     opts.chars_to_remove = args.chars_to_remove.clone();
+    opts.force = args.force;
     let summary = run(&opts)?;
     println!("{summary}");
     println!("wrote {}", args.out.display());
