@@ -664,6 +664,8 @@ fn batcher_epochs() {
         assert!(x.len() <= 8);
     }
     assert!(batches.len() > 26);
+    assert!(Batcher::new(vec![], 8, 0, None).epoch(0).is_empty());
+    assert_eq!(Batcher::new(vec![5], 8, 0, Some(0.0)).epoch(0), [vec![0]]);
 }
 
 #[test]

@@ -53,7 +53,7 @@ fn decode_wav(path: &Path) -> Result<(Vec<f32>, u32), DataError> {
     let interleaved: Vec<f32> = match spec.sample_format {
         hound::SampleFormat::Float => reader.samples::<f32>().collect::<Result<_, _>>(),
         hound::SampleFormat::Int => {
-            let scale = 1.0 / (1u64 << (spec.bits_per_sample - 1)) as f32;
+            let scale = 1.0 / (1u64 << (spec.bits_per_sample.clamp(1, 32) - 1)) as f32;
             reader
                 .samples::<i32>()
                 .map(|s| s.map(|s| s as f32 * scale))
@@ -179,6 +179,9 @@ thread_local! {
 pub fn resample(x: &[f32], from: u32, to: u32) -> Result<Vec<f32>, String> {
     if from == to || x.is_empty() {
         return Ok(x.to_vec());
+    }
+    if from == 0 || to == 0 {
+        return Err(format!("cannot resample {from} Hz -> {to} Hz"));
     }
     let want = (x.len() as f64 * to as f64 / from as f64).round() as usize;
     let input = InterleavedSlice::new(x, 1, x.len()).map_err(|e| e.to_string())?;
