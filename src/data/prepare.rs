@@ -290,6 +290,11 @@ pub fn run(opts: &Options) -> Result<Summary, DataError> {
     std::fs::create_dir_all(&opts.out).map_err(|e| DataError::io(&opts.out, e))?;
     vocab.save(&opts.out)?;
 
+    // The index is written last (through a rename), so an interrupted run never looks finished.
+    let index_path = opts.out.join("index.json");
+    if index_path.exists() {
+        std::fs::remove_file(&index_path).map_err(|e| DataError::io(&index_path, e))?;
+    }
     let audio_path = opts.out.join("audio.f32");
     let file = File::create(&audio_path).map_err(|e| DataError::io(&audio_path, e))?;
     let mut writer = BufWriter::new(file);
@@ -418,9 +423,10 @@ pub fn run(opts: &Options) -> Result<Summary, DataError> {
         train,
         test,
     };
-    let path = opts.out.join("index.json");
+    let tmp = opts.out.join("index.json.tmp");
     let text = serde_json::to_string(&index).expect("index serialises");
-    std::fs::write(&path, text).map_err(|e| DataError::io(&path, e))?;
+    std::fs::write(&tmp, text).map_err(|e| DataError::io(&tmp, e))?;
+    std::fs::rename(&tmp, &index_path).map_err(|e| DataError::io(&index_path, e))?;
     Ok(summary)
 }
 
