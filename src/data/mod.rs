@@ -2,6 +2,29 @@
 //! normalisation ([`text`]), the CTC vocabulary and tokenizer ([`vocab`]), corpus readers
 //! ([`corpus`]), the decoded-audio cache written by `xlsr prepare` ([`prepare`]) and
 //! length-grouped batching with dynamic padding ([`batch`]).
+//!
+//! A training loop reads a prep folder like this:
+//!
+//! ```no_run
+//! use xlsr::data::{collate, prepare::Split, Batcher, Prepared};
+//! # fn main() -> Result<(), xlsr::data::DataError> {
+//! let data = Prepared::open("prep".as_ref())?;
+//! let (vocab_size, blank) = (data.vocab.len(), data.vocab.pad);
+//! let batcher = Batcher::new(data.lengths(Split::Train), 16, 42, Some(200.0));
+//! for epoch in 0..30 {
+//!     for indices in batcher.epoch(epoch) {
+//!         let batch = collate(&data, Split::Train, &indices)?;
+//!         // batch.audio [B, max_samples], batch.attention_mask(), batch.frame_lengths(),
+//!         // batch.labels [B, max_labels] and batch.label_lengths go to the model and CTC.
+//!     }
+//! }
+//! // Evaluation: greedy ids per frame -> text, against the normalised reference.
+//! let hypothesis = data.vocab.decode_ctc(&[3, 3, blank, 4]);
+//! let reference = &data.test[0].text;
+//! # let _ = (vocab_size, hypothesis, reference);
+//! # Ok(())
+//! # }
+//! ```
 
 pub mod audio;
 pub mod batch;
