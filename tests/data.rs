@@ -636,6 +636,68 @@ fn length_grouping_as_hf() {
 }
 
 #[test]
+fn grouping_and_padding_match_hf_fixtures() {
+    let text = std::fs::read_to_string("tests/fixtures/batching.json").unwrap();
+    let fx: Value = serde_json::from_str(&text).unwrap();
+    let usizes = |v: &Value| -> Vec<usize> {
+        v.as_array()
+            .unwrap()
+            .iter()
+            .map(|x| x.as_u64().unwrap() as usize)
+            .collect()
+    };
+    // Same permutation as torch drew -> same order as transformers' get_length_grouped_indices.
+    for case in fx["grouping"].as_array().unwrap() {
+        let lengths = usizes(&case["lengths"]);
+        let bs = case["batch_size"].as_u64().unwrap() as usize;
+        let got = batch::group_by_length(&usizes(&case["permutation"]), &lengths, bs);
+        assert_eq!(got, usizes(&case["grouped"]), "n {} bs {bs}", lengths.len());
+    }
+    // Wav2Vec2FeatureExtractor: per-clip normalisation over valid samples, zero padding.
+    let pad = &fx["padding"];
+    let f32s = |v: &Value| -> Vec<f32> {
+        v.as_array()
+            .unwrap()
+            .iter()
+            .map(|x| x.as_f64().unwrap() as f32)
+            .collect()
+    };
+    let examples: Vec<Example> = pad["clips"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .enumerate()
+        .map(|(i, c)| Example {
+            id: i.to_string(),
+            audio: f32s(c),
+            labels: vec![],
+        })
+        .collect();
+    let b = batch::pad(examples);
+    let want: Vec<f32> = pad["input_values"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .flat_map(f32s)
+        .collect();
+    let mask: Vec<f32> = pad["attention_mask"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .flat_map(f32s)
+        .collect();
+    assert_eq!(b.audio.len(), want.len());
+    let err = b
+        .audio
+        .iter()
+        .zip(&want)
+        .map(|(a, w)| (a - w).abs())
+        .fold(0f32, f32::max);
+    assert!(err < 1e-5, "max error {err}");
+    assert_eq!(b.attention_mask(), mask);
+}
+
+#[test]
 fn batcher_epochs() {
     let lens = lengths(203, 2);
     let b = Batcher::new(lens.clone(), 8, 42, None);

@@ -71,9 +71,8 @@ pub fn megabatch_size(n: usize, batch_size: usize) -> usize {
     (n / (4 * batch_size.max(1))).clamp(1, 50) * batch_size.max(1)
 }
 
-/// HF's `get_length_grouped_indices`: a random permutation, cut into mega-batches, each sorted
-/// by length (longest first, stable), then the longest utterance of all moved to the front (by
-/// swapping the first elements of its mega-batch and the first) so an out-of-memory shows at once.
+/// HF's `get_length_grouped_indices`: a random permutation (drawn from `seed`), then
+/// [`group_by_length`].
 pub fn length_grouped_indices(lengths: &[usize], batch_size: usize, seed: u64) -> Vec<usize> {
     let mut rng = SplitMix64::new(seed);
     let mut order: Vec<usize> = (0..lengths.len()).collect();
@@ -82,6 +81,14 @@ pub fn length_grouped_indices(lengths: &[usize], batch_size: usize, seed: u64) -
         let j = (rng.next_u64() % (i as u64 + 1)) as usize;
         order.swap(i, j);
     }
+    group_by_length(&order, lengths, batch_size)
+}
+
+/// The deterministic part of HF's `get_length_grouped_indices`: cut the permutation `order`
+/// into mega-batches of [`megabatch_size`], sort each by length (longest first, stable), then
+/// swap the first element of the mega-batch holding the longest utterance (the first such)
+/// with the very first element, so an out-of-memory shows at once.
+pub fn group_by_length(order: &[usize], lengths: &[usize], batch_size: usize) -> Vec<usize> {
     let mb = megabatch_size(lengths.len(), batch_size);
     let mut megabatches: Vec<Vec<usize>> = order.chunks(mb).map(<[usize]>::to_vec).collect();
     for m in &mut megabatches {
