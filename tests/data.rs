@@ -1,7 +1,8 @@
 //! The data pipeline: text normalisation (with Turkish), vocabulary building, the tokenizer
 //! against Hugging Face fixtures (tools/make_tokenizer_reference.py), audio decoding of the
 //! committed corpus, resampling quality, corpus parsing, `prepare` on the committed corpus with
-//! its broken rows, length-grouped batching and padding. No GPU, Python or network needed.
+//! its broken rows, length-grouped batching and padding (against transformers fixtures from
+//! tools/make_batch_reference.py). No GPU, Python or network needed.
 
 use serde_json::Value;
 use std::collections::{BTreeMap, HashSet};
