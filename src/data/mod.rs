@@ -45,11 +45,10 @@ use thiserror::Error;
 #[derive(Debug, Error)]
 pub enum DataError {
     /// A file or folder could not be read or written.
-    #[error("{}: {source}", path.display())]
-    Io {
-        path: PathBuf,
-        source: std::io::Error,
-    },
+    // The io::Error is part of the message, not a `source`, so a CLI error chain does not
+    // repeat it.
+    #[error("{}: {err}", path.display())]
+    Io { path: PathBuf, err: std::io::Error },
     /// An audio file holds no audio: 0 bytes, or no samples decoded.
     #[error("{}: no audio ({what})", path.display())]
     EmptyAudio { path: PathBuf, what: &'static str },
@@ -62,10 +61,10 @@ pub enum DataError {
 }
 
 impl DataError {
-    pub(crate) fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
+    pub(crate) fn io(path: impl Into<PathBuf>, err: std::io::Error) -> Self {
         DataError::Io {
             path: path.into(),
-            source,
+            err,
         }
     }
     pub(crate) fn audio(path: impl Into<PathBuf>, msg: impl Into<String>) -> Self {

@@ -338,8 +338,8 @@ pub fn run(opts: &Options) -> Result<Summary, DataError> {
                     Ok(s) => s,
                     Err(e) => {
                         let reason = match &e {
-                            DataError::Io { source, .. }
-                                if source.kind() == std::io::ErrorKind::NotFound =>
+                            DataError::Io { err, .. }
+                                if err.kind() == std::io::ErrorKind::NotFound =>
                             {
                                 Skip::MissingClip
                             }
@@ -458,8 +458,13 @@ fn read_source(
             test_splits,
         } => {
             if !dir.is_dir() {
-                let e = std::io::Error::new(std::io::ErrorKind::NotFound, "not a folder");
-                return Err(DataError::io(dir, e));
+                let what = if dir.exists() {
+                    "not a folder"
+                } else {
+                    "no such folder"
+                };
+                let msg = format!("{what}: expected a Common Voice release (train.tsv, dev.tsv, test.tsv, clips/)");
+                return Err(DataError::format(dir, msg));
             }
             let names = |v: &[String]| v.iter().map(|s| (s.clone(), None)).collect();
             Ok((tables(names(train_splits))?, tables(names(test_splits))?))
