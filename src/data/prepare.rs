@@ -187,7 +187,7 @@ pub struct Summary {
     pub kept_seconds: BTreeMap<String, f64>,
     /// Every skipped utterance.
     pub skipped: Vec<Skipped>,
-    /// Decoded audio seconds (kept or not) and the wall time decoding took.
+    /// Seconds of audio decoded, kept or not.
     pub decoded_seconds: f64,
     /// Wall seconds spent decoding; 0 when the cache was reused.
     pub decode_wall_seconds: f64,
