@@ -2,10 +2,12 @@
 //!
 //! Layers, bottom up: [`gpu`] (device, pooled buffers, cached pipelines, batched dispatch),
 //! [`tensor`], [`ops`] (kernel launchers, forward and backward), [`autograd`] (the tape),
-//! and [`bench`] (kernel benchmarks shared by `cargo bench` and `xlsr bench`).
+//! and [`bench`] (kernel benchmarks shared by `cargo bench` and `xlsr bench`). [`data`] turns a
+//! Common Voice release into padded training batches.
 
 pub mod autograd;
 pub mod bench;
+pub mod data;
 pub mod demo;
 pub mod error;
 pub mod gpu;

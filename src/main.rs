@@ -27,6 +27,8 @@ enum Cmd {
         #[arg(long)]
         filter: Option<String>,
     },
+    /// Decode a Common Voice folder into a 16 kHz audio cache and build the vocabulary
+    Prepare(xlsr::data::prepare::Args),
     /// Train a tiny network on built-in synthetic data and show the loss falling
     Demo {
         /// Training steps
@@ -73,6 +75,7 @@ fn main() -> Result<()> {
                     && std::env::var("XLSR_BENCH_FULL").is_err());
             xlsr::bench::run(&gpu, quick, filter.as_deref())?;
         }
+        Cmd::Prepare(args) => xlsr::data::prepare::run_cli(&args)?,
         Cmd::Demo { steps } => {
             let gpu = xlsr::Gpu::new()?;
             xlsr::demo::run(&gpu, steps.max(1))?;

@@ -1,0 +1,237 @@
+//! Batches: length-grouped ordering as HF's `group_by_length` (`LengthGroupedSampler`), and
+//! dynamic padding as the notebook's `DataCollatorCTCWithPadding` with the feature extractor's
+//! per-clip normalisation.
+
+use super::audio::{normalize, SAMPLE_RATE};
+use super::prepare::{Prepared, Split};
+use super::{wav2vec2_frames, DataError};
+
+/// Label padding value: HF's ignore index, which the loss never reads (lengths say where
+/// each row ends).
+pub const LABEL_PAD: i64 = -100;
+
+/// Makes each epoch's batches of utterance indices.
+#[derive(Clone, Debug)]
+pub struct Batcher {
+    lengths: Vec<usize>,
+    batch_size: usize,
+    seed: u64,
+    max_batch_samples: Option<usize>,
+}
+
+impl Batcher {
+    /// `lengths`: samples per utterance (e.g. [`Prepared::lengths`]); at most `batch_size`
+    /// utterances per batch and, with `max_batch_seconds`, at most that much padded audio
+    /// (batch size × longest clip) per batch; an utterance longer than the cap gets a batch
+    /// of its own.
+    pub fn new(
+        lengths: Vec<usize>,
+        batch_size: usize,
+        seed: u64,
+        max_batch_seconds: Option<f32>,
+    ) -> Batcher {
+        Batcher {
+            lengths,
+            batch_size: batch_size.max(1),
+            seed,
+            max_batch_samples: max_batch_seconds.map(|s| (s * SAMPLE_RATE as f32) as usize),
+        }
+    }
+
+    /// The batches of epoch `epoch`: every index exactly once, in HF's length-grouped order
+    /// shuffled from `(seed, epoch)`, the longest batch first.
+    pub fn epoch(&self, epoch: u64) -> Vec<Vec<usize>> {
+        let seed = self.seed ^ SplitMix64::new(epoch).next_u64();
+        let order = length_grouped_indices(&self.lengths, self.batch_size, seed);
+        let mut batches = Vec::new();
+        let mut batch: Vec<usize> = Vec::new();
+        let mut longest = 0;
+        for i in order {
+            let len = self.lengths[i];
+            let full = batch.len() == self.batch_size
+                || self
+                    .max_batch_samples
+                    .is_some_and(|cap| (batch.len() + 1) * longest.max(len) > cap);
+            if !batch.is_empty() && full {
+                batches.push(std::mem::take(&mut batch));
+                longest = 0;
+            }
+            batch.push(i);
+            longest = longest.max(len);
+        }
+        if !batch.is_empty() {
+            batches.push(batch);
+        }
+        batches
+    }
+}
+
+/// Mega-batch size HF uses: `min(n / (4 * batch_size), 50)` batches (at least one).
+pub fn megabatch_size(n: usize, batch_size: usize) -> usize {
+    (n / (4 * batch_size.max(1))).clamp(1, 50) * batch_size.max(1)
+}
+
+/// HF's `get_length_grouped_indices`: a random permutation (drawn from `seed`), then
+/// [`group_by_length`].
+pub fn length_grouped_indices(lengths: &[usize], batch_size: usize, seed: u64) -> Vec<usize> {
+    let mut rng = SplitMix64::new(seed);
+    let mut order: Vec<usize> = (0..lengths.len()).collect();
+    // Fisher-Yates.
+    for i in (1..order.len()).rev() {
+        let j = (rng.next_u64() % (i as u64 + 1)) as usize;
+        order.swap(i, j);
+    }
+    group_by_length(&order, lengths, batch_size)
+}
+
+/// The deterministic part of HF's `get_length_grouped_indices`: cut the permutation `order`
+/// into mega-batches of [`megabatch_size`], sort each by length (longest first, stable), then
+/// swap the first element of the mega-batch holding the longest utterance (the first such)
+/// with the very first element, so an out-of-memory shows at once.
+pub fn group_by_length(order: &[usize], lengths: &[usize], batch_size: usize) -> Vec<usize> {
+    let mb = megabatch_size(lengths.len(), batch_size);
+    let mut megabatches: Vec<Vec<usize>> = order.chunks(mb).map(<[usize]>::to_vec).collect();
+    for m in &mut megabatches {
+        m.sort_by(|&a, &b| lengths[b].cmp(&lengths[a]));
+    }
+    // First maximum, as torch.argmax.
+    let mut max_idx = 0;
+    for (k, m) in megabatches.iter().enumerate() {
+        if lengths[m[0]] > lengths[megabatches[max_idx][0]] {
+            max_idx = k;
+        }
+    }
+    if max_idx != 0 {
+        let first = megabatches[0][0];
+        megabatches[0][0] = megabatches[max_idx][0];
+        megabatches[max_idx][0] = first;
+    }
+    megabatches.concat()
+}
+
+/// A small seeded generator (SplitMix64): reproducible shuffles without a dependency.
+#[derive(Clone, Debug)]
+pub struct SplitMix64(u64);
+
+impl SplitMix64 {
+    /// A generator from `seed`.
+    pub fn new(seed: u64) -> Self {
+        SplitMix64(seed)
+    }
+
+    /// The next 64 random bits.
+    pub fn next_u64(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
+}
+
+/// One utterance going into a batch.
+#[derive(Clone, Debug)]
+pub struct Example {
+    /// Clip id.
+    pub id: String,
+    /// Raw 16 kHz samples (normalised by [`pad`]).
+    pub audio: Vec<f32>,
+    /// Label ids.
+    pub labels: Vec<u32>,
+}
+
+/// A padded batch, row-major.
+#[derive(Clone, Debug)]
+pub struct Batch {
+    /// `[batch, max_samples]`: each clip normalised to zero mean and unit variance over its
+    /// own samples, then zero-padded (as `Wav2Vec2FeatureExtractor`).
+    pub audio: Vec<f32>,
+    /// Longest clip in samples (the padded width).
+    pub max_samples: usize,
+    /// Valid samples per row.
+    pub audio_lengths: Vec<usize>,
+    /// `[batch, max_labels]` label ids, padded with [`LABEL_PAD`].
+    pub labels: Vec<i64>,
+    /// Longest label sequence (the padded width).
+    pub max_labels: usize,
+    /// Valid labels per row.
+    pub label_lengths: Vec<usize>,
+    /// Clip ids.
+    pub ids: Vec<String>,
+}
+
+impl Batch {
+    /// Number of utterances.
+    pub fn len(&self) -> usize {
+        self.audio_lengths.len()
+    }
+
+    /// True for an empty batch.
+    pub fn is_empty(&self) -> bool {
+        self.audio_lengths.is_empty()
+    }
+
+    /// `[batch, max_samples]` attention mask: 1 over each clip's samples, 0 over padding.
+    pub fn attention_mask(&self) -> Vec<f32> {
+        let mut mask = vec![0.0; self.audio.len()];
+        for (row, &n) in self.audio_lengths.iter().enumerate() {
+            mask[row * self.max_samples..row * self.max_samples + n].fill(1.0);
+        }
+        mask
+    }
+
+    /// wav2vec2 output frames per row (CTC input lengths), from the unpadded lengths.
+    pub fn frame_lengths(&self) -> Vec<usize> {
+        self.audio_lengths
+            .iter()
+            .map(|&n| wav2vec2_frames(n))
+            .collect()
+    }
+}
+
+/// Normalises each clip over its own samples and pads clips and labels to the longest.
+pub fn pad(examples: Vec<Example>) -> Batch {
+    let max_samples = examples.iter().map(|e| e.audio.len()).max().unwrap_or(0);
+    let max_labels = examples.iter().map(|e| e.labels.len()).max().unwrap_or(0);
+    let b = examples.len();
+    let mut batch = Batch {
+        audio: vec![0.0; b * max_samples],
+        max_samples,
+        audio_lengths: Vec::with_capacity(b),
+        labels: vec![LABEL_PAD; b * max_labels],
+        max_labels,
+        label_lengths: Vec::with_capacity(b),
+        ids: Vec::with_capacity(b),
+    };
+    for (row, mut e) in examples.into_iter().enumerate() {
+        normalize(&mut e.audio);
+        batch.audio[row * max_samples..][..e.audio.len()].copy_from_slice(&e.audio);
+        for (dst, &id) in batch.labels[row * max_labels..].iter_mut().zip(&e.labels) {
+            *dst = id as i64;
+        }
+        batch.audio_lengths.push(e.audio.len());
+        batch.label_lengths.push(e.labels.len());
+        batch.ids.push(e.id);
+    }
+    batch
+}
+
+/// Reads the utterances `indices` of a prepared set from the cache and pads them.
+pub fn collate(prepared: &Prepared, split: Split, indices: &[usize]) -> Result<Batch, DataError> {
+    let utts = prepared.split(split);
+    let mut examples = Vec::with_capacity(indices.len());
+    for &i in indices {
+        let u = utts.get(i).ok_or_else(|| {
+            DataError::format(
+                prepared.dir.join("index.json"),
+                format!("utterance {i} out of range ({} in {split:?})", utts.len()),
+            )
+        })?;
+        examples.push(Example {
+            id: u.id.clone(),
+            audio: prepared.audio(u)?,
+            labels: u.labels.clone(),
+        });
+    }
+    Ok(pad(examples))
+}

@@ -1,0 +1,680 @@
+//! `xlsr prepare`: read a corpus, normalise its text, build the vocabulary, decode every clip
+//! once (in parallel) into a flat 16 kHz f32 cache, and [`Prepared`] to read it back.
+//!
+//! The prep folder holds `vocab.json`, `tokenizer_config.json`, `preprocessor_config.json`,
+//! `audio.f32` (every kept clip's raw 16 kHz samples back to back, little-endian f32, not
+//! normalised) and `index.json` (per split: id, sentence, normalised text, label ids, offset and
+//! length in `audio.f32`; plus what was skipped and why).
+
+use super::audio::{self, SAMPLE_RATE};
+use super::corpus::{self, Row};
+use super::text::TextNorm;
+use super::vocab::Vocab;
+use super::{ctc_min_frames, wav2vec2_frames, DataError};
+use indicatif::{ProgressBar, ProgressStyle};
+use rayon::prelude::*;
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::fs::File;
+use std::io::{BufWriter, Read, Seek, SeekFrom, Write};
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+use std::time::Instant;
+
+/// Version of the prep folder layout; `Prepared::open` refuses others.
+const VERSION: u32 = 1;
+
+/// Where the utterances come from.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub enum Source {
+    /// A Common Voice release folder: `<split>.tsv` files and `clips/`.
+    CommonVoice {
+        dir: PathBuf,
+        /// Splits concatenated into the training set (default `train`, `dev`).
+        train_splits: Vec<String>,
+        /// Splits concatenated into the evaluation set (default `test`).
+        test_splits: Vec<String>,
+    },
+    /// `path<TAB>sentence` manifests.
+    Manifests {
+        train: Vec<PathBuf>,
+        test: Vec<PathBuf>,
+    },
+}
+
+impl Source {
+    /// A Common Voice folder with the notebook's splits: train+dev to train on, test to evaluate.
+    pub fn common_voice(dir: impl Into<PathBuf>) -> Source {
+        Source::CommonVoice {
+            dir: dir.into(),
+            train_splits: vec!["train".into(), "dev".into()],
+            test_splits: vec!["test".into()],
+        }
+    }
+}
+
+/// Settings of `xlsr prepare`.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Options {
+    /// The corpus.
+    pub source: Source,
+    /// The prep folder to write.
+    #[serde(skip)]
+    pub out: PathBuf,
+    /// Clips longer than this many seconds are skipped.
+    pub max_seconds: f32,
+    /// Characters removed from sentences.
+    pub chars_to_remove: String,
+    /// Turkish-aware lowercasing.
+    pub turkish_lowercase: bool,
+    /// Show a progress bar (on a terminal).
+    #[serde(skip)]
+    pub progress: bool,
+    /// Decode again even if `out` was prepared with the same settings.
+    #[serde(skip)]
+    pub force: bool,
+}
+
+impl Options {
+    /// Defaults: 10 s clips at most, the notebook's character set, plain lowercasing.
+    pub fn new(source: Source, out: impl Into<PathBuf>) -> Options {
+        let text = TextNorm::default();
+        Options {
+            source,
+            out: out.into(),
+            max_seconds: 10.0,
+            chars_to_remove: text.chars_to_remove,
+            turkish_lowercase: text.turkish,
+            progress: true,
+            force: false,
+        }
+    }
+
+    /// Same corpus and settings (the output folder and progress bar aside).
+    fn same_settings(&self, other: &Options) -> bool {
+        self.source == other.source
+            && self.max_seconds == other.max_seconds
+            && self.chars_to_remove == other.chars_to_remove
+            && self.turkish_lowercase == other.turkish_lowercase
+    }
+
+    fn text_norm(&self) -> TextNorm {
+        TextNorm {
+            chars_to_remove: self.chars_to_remove.clone(),
+            turkish: self.turkish_lowercase,
+        }
+    }
+}
+
+/// Why an utterance was left out.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub enum Skip {
+    /// The TSV row had the wrong number of columns.
+    MalformedRow,
+    /// Nothing left of the sentence after normalisation.
+    EmptySentence,
+    /// The clip file does not exist.
+    MissingClip,
+    /// The clip file is empty or decodes to no samples.
+    EmptyClip,
+    /// The clip could not be decoded (corrupt, truncated, unknown format).
+    BadAudio,
+    /// Longer than `max_seconds`.
+    TooLong,
+    /// Too short for its transcript: wav2vec2 emits fewer frames than CTC needs.
+    LabelTooLong,
+}
+
+impl std::fmt::Display for Skip {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Skip::MalformedRow => "malformed row",
+            Skip::EmptySentence => "empty sentence after normalisation",
+            Skip::MissingClip => "missing clip",
+            Skip::EmptyClip => "empty clip",
+            Skip::BadAudio => "corrupt or undecodable audio",
+            Skip::TooLong => "longer than the maximum duration",
+            Skip::LabelTooLong => "transcript too long for the audio",
+        })
+    }
+}
+
+/// One skipped utterance.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Skipped {
+    /// The file named in the warning: the clip, or the TSV for a malformed row.
+    pub file: PathBuf,
+    /// Split or manifest.
+    pub split: String,
+    /// Why.
+    pub reason: Skip,
+    /// Details (decoder message, duration, line number...).
+    pub detail: String,
+}
+
+/// One kept utterance of a prepared split.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Utterance {
+    /// Clip name as the corpus lists it.
+    pub id: String,
+    /// Split or manifest it came from (`train`, `dev`...).
+    pub split: String,
+    /// The transcript as written.
+    pub sentence: String,
+    /// The normalised transcript the labels encode.
+    pub text: String,
+    /// Label ids.
+    pub labels: Vec<u32>,
+    /// First sample in `audio.f32`.
+    pub offset: u64,
+    /// Number of 16 kHz samples.
+    pub samples: usize,
+}
+
+impl Utterance {
+    /// Duration in seconds.
+    pub fn seconds(&self) -> f32 {
+        self.samples as f32 / SAMPLE_RATE as f32
+    }
+}
+
+/// What `prepare` did.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Summary {
+    /// Kept utterances per set (`train`, `test`).
+    pub kept: BTreeMap<String, usize>,
+    /// Kept audio in seconds per set.
+    pub kept_seconds: BTreeMap<String, f64>,
+    /// Every skipped utterance.
+    pub skipped: Vec<Skipped>,
+    /// Seconds of audio decoded, kept or not.
+    pub decoded_seconds: f64,
+    /// Wall seconds spent decoding; 0 when the cache was reused.
+    pub decode_wall_seconds: f64,
+    /// Vocabulary size.
+    pub vocab_size: usize,
+    /// True when an existing prep folder with the same settings was reused.
+    #[serde(default)]
+    pub reused: bool,
+}
+
+impl Summary {
+    /// Skipped counts by reason.
+    pub fn skipped_by_reason(&self) -> BTreeMap<Skip, usize> {
+        let mut m = BTreeMap::new();
+        for s in &self.skipped {
+            *m.entry(s.reason).or_insert(0) += 1;
+        }
+        m
+    }
+}
+
+impl std::fmt::Display for Summary {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        for (set, n) in &self.kept {
+            let secs = self.kept_seconds.get(set).copied().unwrap_or(0.0);
+            writeln!(f, "kept {set}: {n} clips, {:.1} min", secs / 60.0)?;
+        }
+        writeln!(f, "skipped: {}", self.skipped.len())?;
+        for (reason, n) in self.skipped_by_reason() {
+            writeln!(f, "  {reason}: {n}")?;
+        }
+        write!(f, "vocabulary: {} tokens", self.vocab_size)?;
+        if self.reused {
+            write!(f, "\nreused the existing cache: nothing decoded")?;
+        } else if self.decode_wall_seconds > 0.0 {
+            write!(
+                f,
+                "\ndecoded {:.1} s of audio in {:.2} s ({:.0} audio seconds per second)",
+                self.decoded_seconds,
+                self.decode_wall_seconds,
+                self.decoded_seconds / self.decode_wall_seconds
+            )?;
+        }
+        Ok(())
+    }
+}
+
+/// The on-disk index.
+#[derive(Serialize, Deserialize)]
+struct Index {
+    version: u32,
+    sample_rate: u32,
+    options: Options,
+    summary: Summary,
+    train: Vec<Utterance>,
+    test: Vec<Utterance>,
+}
+
+/// Runs `xlsr prepare`: writes the vocabulary files, `audio.f32` and `index.json` into
+/// `opts.out`. Bad rows and clips are skipped with a warning on stderr and counted; only an
+/// unreadable corpus or an unwritable prep folder is an error. A prep folder already made with
+/// the same settings is reused without decoding anything (unless `opts.force`; the corpus files
+/// themselves are not compared).
+pub fn run(opts: &Options) -> Result<Summary, DataError> {
+    if let (false, Ok(p)) = (opts.force, Prepared::open(&opts.out)) {
+        if p.options.same_settings(opts) {
+            let mut summary = p.summary;
+            summary.reused = true;
+            return Ok(summary);
+        }
+    }
+    let norm = opts.text_norm();
+    let mut skipped = Vec::new();
+    let (train_rows, test_rows) = read_source(&opts.source, &mut skipped)?;
+
+    // Normalise; the vocabulary covers train and test as in the notebook.
+    let mut sets: Vec<(&str, Vec<(Row, String)>)> = Vec::new();
+    for (set, rows) in [("train", train_rows), ("test", test_rows)] {
+        let mut kept = Vec::new();
+        for row in rows {
+            let text = norm.apply(&row.sentence);
+            if text.is_empty() {
+                skip(
+                    &mut skipped,
+                    &row.path,
+                    &row.split,
+                    Skip::EmptySentence,
+                    format!("{:?}", row.sentence),
+                );
+            } else {
+                kept.push((row, text));
+            }
+        }
+        sets.push((set, kept));
+    }
+    let vocab = Vocab::build(
+        sets.iter()
+            .flat_map(|(_, rows)| rows.iter().map(|(_, t)| t.as_str())),
+    );
+    std::fs::create_dir_all(&opts.out).map_err(|e| DataError::io(&opts.out, e))?;
+    vocab.save(&opts.out)?;
+
+    // The index is written last (through a rename), so an interrupted run never looks finished.
+    let index_path = opts.out.join("index.json");
+    if index_path.exists() {
+        std::fs::remove_file(&index_path).map_err(|e| DataError::io(&index_path, e))?;
+    }
+    let audio_path = opts.out.join("audio.f32");
+    let file = File::create(&audio_path).map_err(|e| DataError::io(&audio_path, e))?;
+    let mut writer = BufWriter::new(file);
+    let mut offset = 0u64;
+    let max_samples = (opts.max_seconds as f64 * SAMPLE_RATE as f64) as usize;
+    let total: usize = sets.iter().map(|(_, r)| r.len()).sum();
+    let bar = if opts.progress {
+        let bar = ProgressBar::new(total as u64);
+        bar.set_style(
+            ProgressStyle::with_template(
+                "decoding {bar:40} {pos}/{len} clips [{elapsed_precise}<{eta_precise}, {per_sec}]",
+            )
+            .expect("valid template"),
+        );
+        bar
+    } else {
+        ProgressBar::hidden()
+    };
+    let start = Instant::now();
+    let mut decoded_samples = 0usize;
+    let mut out_sets: BTreeMap<&str, Vec<Utterance>> = BTreeMap::new();
+    for (set, rows) in &sets {
+        let kept = out_sets.entry(set).or_default();
+        // Chunks bound memory to a few hundred clips; rayon decodes each chunk in parallel
+        // and the cache is written in corpus order.
+        for chunk in rows.chunks(256) {
+            let decoded: Vec<Result<Vec<f32>, DataError>> = chunk
+                .par_iter()
+                .map(|(row, _)| {
+                    // A decoder bug on a hostile file must cost one clip, not the run.
+                    let r =
+                        std::panic::catch_unwind(|| audio::load(&row.path)).unwrap_or_else(|_| {
+                            Err(DataError::audio(&row.path, "the decoder panicked"))
+                        });
+                    bar.inc(1);
+                    r
+                })
+                .collect();
+            for ((row, text), result) in chunk.iter().zip(decoded) {
+                let samples = match result {
+                    Ok(s) => s,
+                    Err(e) => {
+                        let reason = match &e {
+                            DataError::Io { err, .. }
+                                if err.kind() == std::io::ErrorKind::NotFound =>
+                            {
+                                Skip::MissingClip
+                            }
+                            DataError::EmptyAudio { .. } => Skip::EmptyClip,
+                            _ => Skip::BadAudio,
+                        };
+                        skip_quiet(
+                            &bar,
+                            &mut skipped,
+                            &row.path,
+                            &row.split,
+                            reason,
+                            e.to_string(),
+                        );
+                        continue;
+                    }
+                };
+                decoded_samples += samples.len();
+                let labels = vocab.encode(text);
+                let secs = samples.len() as f64 / SAMPLE_RATE as f64;
+                let problem = if samples.is_empty() {
+                    Some((Skip::EmptyClip, "no samples".to_string()))
+                } else if samples.len() > max_samples {
+                    Some((
+                        Skip::TooLong,
+                        format!("{secs:.2} s > {} s", opts.max_seconds),
+                    ))
+                } else if wav2vec2_frames(samples.len()) < ctc_min_frames(&labels) {
+                    let detail = format!(
+                        "{secs:.2} s gives {} frames, {} labels need {}",
+                        wav2vec2_frames(samples.len()),
+                        labels.len(),
+                        ctc_min_frames(&labels)
+                    );
+                    Some((Skip::LabelTooLong, detail))
+                } else {
+                    None
+                };
+                if let Some((reason, detail)) = problem {
+                    skip_quiet(&bar, &mut skipped, &row.path, &row.split, reason, detail);
+                    continue;
+                }
+                let bytes: Vec<u8> = samples.iter().flat_map(|s| s.to_le_bytes()).collect();
+                writer
+                    .write_all(&bytes)
+                    .map_err(|e| DataError::io(&audio_path, e))?;
+                kept.push(Utterance {
+                    id: row.id.clone(),
+                    split: row.split.clone(),
+                    sentence: row.sentence.clone(),
+                    text: text.clone(),
+                    labels,
+                    offset,
+                    samples: samples.len(),
+                });
+                offset += samples.len() as u64;
+            }
+        }
+    }
+    bar.finish_and_clear();
+    writer.flush().map_err(|e| DataError::io(&audio_path, e))?;
+    let wall = start.elapsed().as_secs_f64();
+
+    let train = out_sets.remove("train").unwrap_or_default();
+    let test = out_sets.remove("test").unwrap_or_default();
+    let secs = |u: &[Utterance]| u.iter().map(|u| u.seconds() as f64).sum::<f64>();
+    let summary = Summary {
+        kept: [("train".into(), train.len()), ("test".into(), test.len())].into(),
+        kept_seconds: [("train".into(), secs(&train)), ("test".into(), secs(&test))].into(),
+        skipped,
+        decoded_seconds: decoded_samples as f64 / SAMPLE_RATE as f64,
+        decode_wall_seconds: wall,
+        vocab_size: vocab.len(),
+        reused: false,
+    };
+    let index = Index {
+        version: VERSION,
+        sample_rate: SAMPLE_RATE,
+        options: opts.clone(),
+        summary: summary.clone(),
+        train,
+        test,
+    };
+    let tmp = opts.out.join("index.json.tmp");
+    let text = serde_json::to_string(&index).expect("index serialises");
+    std::fs::write(&tmp, text).map_err(|e| DataError::io(&tmp, e))?;
+    std::fs::rename(&tmp, &index_path).map_err(|e| DataError::io(&index_path, e))?;
+    Ok(summary)
+}
+
+/// Reads the corpus rows of the training and evaluation sets; malformed rows go to `skipped`.
+fn read_source(
+    source: &Source,
+    skipped: &mut Vec<Skipped>,
+) -> Result<(Vec<Row>, Vec<Row>), DataError> {
+    let mut tables = |names: Vec<(String, Option<&Path>)>| -> Result<Vec<Row>, DataError> {
+        let mut rows = Vec::new();
+        for (name, manifest) in names {
+            let table = match (source, manifest) {
+                (Source::CommonVoice { dir, .. }, None) => corpus::read_common_voice(dir, &name)?,
+                (_, Some(m)) => corpus::read_manifest(m)?,
+                _ => unreachable!("manifest sources always name their file"),
+            };
+            for m in table.malformed {
+                let detail = format!("line {}: {}", m.line, m.reason);
+                skip(skipped, &m.file, &name, Skip::MalformedRow, detail);
+            }
+            rows.extend(table.rows);
+        }
+        Ok(rows)
+    };
+    match source {
+        Source::CommonVoice {
+            dir,
+            train_splits,
+            test_splits,
+        } => {
+            if !dir.is_dir() {
+                let what = if dir.exists() {
+                    "not a folder"
+                } else {
+                    "no such folder"
+                };
+                let msg = format!("{what}: expected a Common Voice release (train.tsv, dev.tsv, test.tsv, clips/)");
+                return Err(DataError::format(dir, msg));
+            }
+            let names = |v: &[String]| v.iter().map(|s| (s.clone(), None)).collect();
+            Ok((tables(names(train_splits))?, tables(names(test_splits))?))
+        }
+        Source::Manifests { train, test } => {
+            fn names(v: &[PathBuf]) -> Vec<(String, Option<&Path>)> {
+                v.iter()
+                    .map(|p| (p.display().to_string(), Some(p.as_path())))
+                    .collect()
+            }
+            let (train, test) = (names(train), names(test));
+            Ok((tables(train)?, tables(test)?))
+        }
+    }
+}
+
+fn skip(skipped: &mut Vec<Skipped>, file: &Path, split: &str, reason: Skip, detail: String) {
+    eprintln!(
+        "warning: skipping {} ({split}): {reason}: {detail}",
+        file.display()
+    );
+    skipped.push(Skipped {
+        file: file.to_path_buf(),
+        split: split.to_string(),
+        reason,
+        detail,
+    });
+}
+
+/// `skip` without tearing the progress bar.
+fn skip_quiet(
+    bar: &ProgressBar,
+    skipped: &mut Vec<Skipped>,
+    file: &Path,
+    split: &str,
+    reason: Skip,
+    detail: String,
+) {
+    bar.suspend(|| skip(skipped, file, split, reason, detail));
+}
+
+/// Which prepared set.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Split {
+    /// The training set (train + dev by default).
+    Train,
+    /// The evaluation set (test).
+    Test,
+}
+
+/// A prep folder opened for training: the vocabulary, the utterances of each set, and the
+/// cached audio, read on demand.
+pub struct Prepared {
+    /// The prep folder.
+    pub dir: PathBuf,
+    /// The tokenizer.
+    pub vocab: Vocab,
+    /// Training utterances.
+    pub train: Vec<Utterance>,
+    /// Evaluation utterances.
+    pub test: Vec<Utterance>,
+    /// The options the folder was prepared with.
+    pub options: Options,
+    /// What `prepare` kept and skipped.
+    pub summary: Summary,
+    audio: Mutex<File>,
+    audio_samples: u64,
+}
+
+impl Prepared {
+    /// Opens a folder written by [`run`].
+    pub fn open(dir: &Path) -> Result<Prepared, DataError> {
+        let path = dir.join("index.json");
+        let text = std::fs::read_to_string(&path).map_err(|e| DataError::io(&path, e))?;
+        let mut index: Index = serde_json::from_str(&text)
+            .map_err(|e| DataError::format(&path, format!("invalid index: {e}")))?;
+        if index.version != VERSION || index.sample_rate != SAMPLE_RATE {
+            return Err(DataError::format(
+                &path,
+                format!(
+                    "prep folder version {} ({} Hz); run `xlsr prepare` again",
+                    index.version, index.sample_rate
+                ),
+            ));
+        }
+        index.options.out = dir.to_path_buf();
+        let vocab = Vocab::load(dir)?;
+        let audio_path = dir.join("audio.f32");
+        let file = File::open(&audio_path).map_err(|e| DataError::io(&audio_path, e))?;
+        let bytes = file
+            .metadata()
+            .map_err(|e| DataError::io(&audio_path, e))?
+            .len();
+        let audio_samples = bytes / 4;
+        let end = index
+            .train
+            .iter()
+            .chain(&index.test)
+            .map(|u| u.offset + u.samples as u64)
+            .max()
+            .unwrap_or(0);
+        if end > audio_samples {
+            return Err(DataError::format(
+                &audio_path,
+                format!("holds {audio_samples} samples but the index needs {end}; run `xlsr prepare` again"),
+            ));
+        }
+        Ok(Prepared {
+            dir: dir.to_path_buf(),
+            vocab,
+            train: index.train,
+            test: index.test,
+            options: index.options,
+            summary: index.summary,
+            audio: Mutex::new(file),
+            audio_samples,
+        })
+    }
+
+    /// The utterances of a set.
+    pub fn split(&self, split: Split) -> &[Utterance] {
+        match split {
+            Split::Train => &self.train,
+            Split::Test => &self.test,
+        }
+    }
+
+    /// Sample counts of a set, for [`super::Batcher::new`].
+    pub fn lengths(&self, split: Split) -> Vec<usize> {
+        self.split(split).iter().map(|u| u.samples).collect()
+    }
+
+    /// The cached 16 kHz samples of `utt` (raw, not normalised).
+    pub fn audio(&self, utt: &Utterance) -> Result<Vec<f32>, DataError> {
+        let path = self.dir.join("audio.f32");
+        if utt.offset + utt.samples as u64 > self.audio_samples {
+            return Err(DataError::format(
+                &path,
+                format!("{} lies past the end", utt.id),
+            ));
+        }
+        let mut bytes = vec![0u8; utt.samples * 4];
+        {
+            let mut f = self.audio.lock().unwrap_or_else(|p| p.into_inner());
+            f.seek(SeekFrom::Start(utt.offset * 4))
+                .and_then(|_| f.read_exact(&mut bytes))
+                .map_err(|e| DataError::io(&path, e))?;
+        }
+        Ok(bytes
+            .chunks_exact(4)
+            .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+            .collect())
+    }
+}
+
+/// Command-line arguments of `xlsr prepare`.
+#[derive(clap::Args, Debug)]
+pub struct Args {
+    /// Common Voice folder (train.tsv, dev.tsv, test.tsv, clips/)
+    #[arg(long, required_unless_present = "train_manifest")]
+    pub data: Option<PathBuf>,
+    /// Instead of --data: `path<TAB>sentence` manifest(s) to train on (repeatable)
+    #[arg(long, conflicts_with = "data")]
+    pub train_manifest: Vec<PathBuf>,
+    /// With --train-manifest: manifest(s) to evaluate on (repeatable)
+    #[arg(long, requires = "train_manifest")]
+    pub test_manifest: Vec<PathBuf>,
+    /// Prep folder to write (vocabulary files, audio cache, index)
+    #[arg(long)]
+    pub out: PathBuf,
+    /// Skip clips longer than this many seconds
+    #[arg(long, default_value_t = 10.0)]
+    pub max_seconds: f32,
+    /// Lowercase I as ı and İ as i (Turkish, Azerbaijani)
+    #[arg(long)]
+    pub turkish_lowercase: bool,
+    /// Characters to delete from sentences
+    #[arg(long, default_value = super::text::DEFAULT_CHARS_TO_REMOVE)]
+    pub chars_to_remove: String,
+    /// Common Voice splits to train on
+    #[arg(long, value_delimiter = ',', default_value = "train,dev")]
+    pub train_splits: Vec<String>,
+    /// Common Voice splits to evaluate on
+    #[arg(long, value_delimiter = ',', default_value = "test")]
+    pub test_splits: Vec<String>,
+    /// Decode again even if PREP_DIR was made with the same settings
+    #[arg(long)]
+    pub force: bool,
+}
+
+/// `xlsr prepare`: runs [`run`] and prints the summary.
+pub fn run_cli(args: &Args) -> Result<(), DataError> {
+    let source = match &args.data {
+        Some(dir) => Source::CommonVoice {
+            dir: dir.clone(),
+            train_splits: args.train_splits.clone(),
+            test_splits: args.test_splits.clone(),
+        },
+        None => Source::Manifests {
+            train: args.train_manifest.clone(),
+            test: args.test_manifest.clone(),
+        },
+    };
+    let mut opts = Options::new(source, &args.out);
+    opts.max_seconds = args.max_seconds;
+    opts.turkish_lowercase = args.turkish_lowercase;
+    opts.chars_to_remove = args.chars_to_remove.clone();
+    opts.force = args.force;
+    let summary = run(&opts)?;
+    println!("{summary}");
+    println!("wrote {}", args.out.display());
+    Ok(())
+}
