@@ -35,6 +35,9 @@ pub enum Error {
     /// Saved training state (optimiser, schedule) that does not fit the model or run.
     #[error("training state: {0}")]
     State(String),
+    /// Corpus, audio or vocabulary problem (names the file).
+    #[error(transparent)]
+    Data(#[from] crate::data::DataError),
     /// Autograd misuse (backward from a non-scalar, a value without a tape...).
     #[error("autograd: {0}")]
     Autograd(String),

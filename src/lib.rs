@@ -19,6 +19,7 @@ pub mod plot;
 pub mod rng;
 pub mod schedule;
 pub mod tensor;
+pub mod transcribe;
 
 pub use autograd::{Param, Tape, Var};
 pub use error::{Error, Result};

@@ -29,6 +29,18 @@ enum Cmd {
     },
     /// Decode a Common Voice folder into a 16 kHz audio cache and build the vocabulary
     Prepare(xlsr::data::prepare::Args),
+    /// Transcribe audio files with a model folder (greedy CTC decoding): prints FILE<TAB>TEXT
+    Transcribe {
+        /// Model folder: config.json, model.safetensors, vocab.json
+        #[arg(long)]
+        model: std::path::PathBuf,
+        /// Also write each file's raw logits [frames, vocab] to this safetensors file
+        #[arg(long)]
+        logits: Option<std::path::PathBuf>,
+        /// Audio files (WAV, MP3, FLAC, OGG Vorbis; any rate, mono or stereo)
+        #[arg(required = true)]
+        files: Vec<std::path::PathBuf>,
+    },
     /// Train a tiny network on built-in synthetic data and show the loss falling
     Demo {
         /// Training steps
@@ -37,7 +49,15 @@ enum Cmd {
     },
 }
 
-fn main() -> Result<()> {
+fn main() {
+    // One line per error, whatever RUST_BACKTRACE says.
+    if let Err(e) = run() {
+        eprintln!("xlsr: {e:#}");
+        std::process::exit(1);
+    }
+}
+
+fn run() -> Result<()> {
     let cli = Cli::parse();
     match cli.cmd {
         Cmd::Devices => {
@@ -76,10 +96,45 @@ fn main() -> Result<()> {
             xlsr::bench::run(&gpu, quick, filter.as_deref())?;
         }
         Cmd::Prepare(args) => xlsr::data::prepare::run_cli(&args)?,
+        Cmd::Transcribe {
+            model,
+            logits,
+            files,
+        } => transcribe(&model, logits.as_deref(), &files)?,
         Cmd::Demo { steps } => {
             let gpu = xlsr::Gpu::new()?;
             xlsr::demo::run(&gpu, steps.max(1))?;
         }
+    }
+    Ok(())
+}
+
+fn transcribe(
+    model: &std::path::Path,
+    logits: Option<&std::path::Path>,
+    files: &[std::path::PathBuf],
+) -> Result<()> {
+    let gpu = xlsr::Gpu::new()?;
+    let t = xlsr::transcribe::Transcriber::load(&gpu, model)?;
+    let mut done = Vec::new();
+    let mut failed = 0;
+    for f in files {
+        match t.transcribe(f) {
+            Ok(r) => {
+                println!("{}\t{}", f.display(), r.text);
+                done.push(r);
+            }
+            Err(e) => {
+                eprintln!("xlsr: {e}");
+                failed += 1;
+            }
+        }
+    }
+    if let Some(path) = logits {
+        xlsr::transcribe::save_logits(path, &done, t.model.config.vocab_size)?;
+    }
+    if failed > 0 {
+        anyhow::bail!("{failed} of {} files could not be transcribed", files.len());
     }
     Ok(())
 }

@@ -1,0 +1,88 @@
+//! `xlsr transcribe` on the tiny fixture model: the logits of a 16-bit WAV equal transformers'
+//! (Wav2Vec2FeatureExtractor normalisation, no attention mask) within 1e-4, the text is the
+//! greedy CTC decoding of those logits, `--logits` writes them, and bad files are reported
+//! by name without stopping the others.
+
+mod common;
+use common::*;
+use safetensors::SafeTensors;
+use std::path::Path;
+use std::process::Command;
+use xlsr::transcribe::Transcriber;
+
+fn fixture(p: &str) -> std::path::PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures")
+        .join(p)
+}
+
+fn reference_logits() -> Vec<f32> {
+    let bytes = std::fs::read(fixture("w2v2_large.safetensors")).unwrap();
+    let st = SafeTensors::deserialize(&bytes).unwrap();
+    bytemuck::pod_collect_to_vec(st.tensor("clip_logits").unwrap().data())
+}
+
+#[test]
+fn logits_and_text_match_transformers() {
+    let t = Transcriber::load(&gpu(), &fixture("w2v2_large")).unwrap();
+    let r = t.transcribe(&fixture("w2v2_large/clip.wav")).unwrap();
+    let want = reference_logits();
+    assert_eq!(r.logits.len(), want.len());
+    let err = r
+        .logits
+        .iter()
+        .zip(&want)
+        .map(|(a, b)| (a - b).abs())
+        .fold(0f32, f32::max);
+    assert!(err < 1e-4, "logits differ by {err}");
+    let ids = xlsr::metrics::greedy_decode(&want, r.frames, 12).unwrap();
+    assert_eq!(r.text, t.vocab.decode_ctc(&ids));
+    assert!(!r.text.is_empty());
+}
+
+#[test]
+fn cli_prints_text_writes_logits_and_names_bad_files() {
+    let out_file =
+        std::env::temp_dir().join(format!("xlsr-logits-{}.safetensors", std::process::id()));
+    let clip = fixture("w2v2_large/clip.wav");
+    let out = Command::new(env!("CARGO_BIN_EXE_xlsr"))
+        .env("XDG_RUNTIME_DIR", "/tmp")
+        .args(["transcribe", "--model"])
+        .arg(fixture("w2v2_large"))
+        .arg("--logits")
+        .arg(&out_file)
+        .arg(&clip)
+        .arg("/nonexistent/clip.mp3")
+        .output()
+        .unwrap();
+    assert!(!out.status.success(), "a missing file must fail the run");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stdout.starts_with(&format!("{}\t", clip.display())),
+        "{stdout}"
+    );
+    assert!(stderr.contains("/nonexistent/clip.mp3"), "{stderr}");
+    let bytes = std::fs::read(&out_file).unwrap();
+    let st = SafeTensors::deserialize(&bytes).unwrap();
+    let t = st.tensor("clip.wav").unwrap();
+    assert_eq!(t.shape(), &[399, 12]);
+    let got: Vec<f32> = bytemuck::pod_collect_to_vec(t.data());
+    let err = got
+        .iter()
+        .zip(reference_logits())
+        .map(|(a, b)| (a - b).abs())
+        .fold(0f32, f32::max);
+    assert!(err < 1e-4);
+
+    let out = Command::new(env!("CARGO_BIN_EXE_xlsr"))
+        .env("XDG_RUNTIME_DIR", "/tmp")
+        .args(["transcribe", "--model", "/nonexistent/model"])
+        .arg(&clip)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert_eq!(stderr.lines().count(), 1, "{stderr}");
+    assert!(stderr.contains("/nonexistent/model"), "{stderr}");
+}
