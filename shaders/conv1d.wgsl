@@ -20,7 +20,7 @@ struct Params {
     off_aux: u32,
     off_out: u32,
     mode: u32,       // conv1d_gemm: 0 forward, 1 input gradient, 2 weight gradient
-    _p1: u32,
+    splits: u32,     // mode 2: the reduction over (b, t) is split across this many workgroups
 }
 
 @group(0) @binding(0) var<uniform> p: Params;
@@ -45,9 +45,11 @@ var<workgroup> Bs: array<vec4<f32>, 256>;
 struct Gemm {
     m: u32,
     n: u32,
-    r: u32,
+    r: u32,   // end of this workgroup's reduction range
     b: u32,   // batch element (modes 0, 1)
     g: u32,   // group
+    r0: u32,  // start of the reduction range
+    s: u32,   // mode 2: which split (its partial sums go to their own slice of out)
 }
 
 fn cig() -> u32 { return p.cin / p.groups; }
@@ -95,7 +97,7 @@ fn store(q: Gemm, m: u32, n: u32, acc: f32) {
     } else if p.mode == 1u {
         out[p.off_out + (q.b * p.cin + q.g * cig() + m) * p.lin + n] = acc;
     } else {
-        let i = (q.g * cog() + m) * q.n + n;
+        let i = q.s * p.cout * q.n + (q.g * cog() + m) * q.n + n;
         var v = acc;
         if p.accum == 1u { v = v + out[i]; }
         out[i] = v;
@@ -106,11 +108,16 @@ fn store(q: Gemm, m: u32, n: u32, acc: f32) {
 fn conv1d_gemm(@builtin(local_invocation_id) lid: vec3<u32>, @builtin(workgroup_id) wid: vec3<u32>) {
     var q: Gemm;
     if p.mode == 0u {
-        q = Gemm(cog(), p.lout, cig() * p.k, wid.z / p.groups, wid.z % p.groups);
+        q = Gemm(cog(), p.lout, cig() * p.k, wid.z / p.groups, wid.z % p.groups, 0u, 0u);
     } else if p.mode == 1u {
-        q = Gemm(cig(), p.lin, cog() * p.k, wid.z / p.groups, wid.z % p.groups);
+        q = Gemm(cig(), p.lin, cog() * p.k, wid.z / p.groups, wid.z % p.groups, 0u, 0u);
     } else {
-        q = Gemm(cog(), cig() * p.k, p.batch * p.lout, 0u, wid.z);
+        // The reduction runs over every (b, t): split it so that small weights still get
+        // enough workgroups. Ranges are multiples of 16, the tile depth.
+        let total = p.batch * p.lout;
+        let s = wid.z % p.splits;
+        let per = ((total + p.splits - 1u) / p.splits + 15u) / 16u * 16u;
+        q = Gemm(cog(), cig() * p.k, min(total, (s + 1u) * per), 0u, wid.z / p.splits, s * per, s);
     }
     let row0 = wid.y * 64u;
     let col0 = wid.x * 64u;
@@ -119,7 +126,7 @@ fn conv1d_gemm(@builtin(local_invocation_id) lid: vec3<u32>, @builtin(workgroup_
     for (var i = 0u; i < 4u; i = i + 1u) { acc[i] = vec4<f32>(0.0); }
     let lk = tid / 16u;
     let l4 = (tid % 16u) * 4u;
-    for (var k0 = 0u; k0 < q.r; k0 = k0 + 16u) {
+    for (var k0 = q.r0; k0 < q.r; k0 = k0 + 16u) {
         let kk = k0 + lk;
         As[lk * 16u + tid % 16u] = vec4<f32>(
             load_a(q, row0 + l4, kk), load_a(q, row0 + l4 + 1u, kk),

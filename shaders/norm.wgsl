@@ -2,8 +2,13 @@
 //   mode 0, LayerNorm: gamma/beta indexed by column (wav2vec2's LayerNorms).
 //   mode 1, GroupNorm with one group per channel (wav2vec2-base's first conv): rows are
 //     (batch, channel) pairs over time, gamma/beta indexed by channel = row % channels.
+//   LayerNorm over the channels of [B, C, T] (wav2vec2's conv LayerNorms, without transposing):
+//     mode 0 with `inner` = T, so row (b, t) has its C elements T apart.
 // Statistics are kept per row as (mean, rstd) so backward need not recompute them.
-// One workgroup of 256 threads per row; two passes (mean, then centred variance) for accuracy.
+// Two passes (mean, then centred variance) for accuracy. `norm_fwd`/`norm_bwd`: one workgroup
+// of 256 threads per row, for long rows. `norm_fwd_rows`/`norm_bwd_rows`: one thread per row,
+// for short rows and the strided channel layout (where neighbouring threads read neighbouring
+// addresses).
 
 struct Params {
     rows: u32,
@@ -13,7 +18,7 @@ struct Params {
     row_base: u32,    // global index of this chunk's first row (for the channel of a row)
     affine: u32,
     accum: u32,       // param grads: add into out instead of overwriting
-    _p0: u32,
+    inner: u32,       // element stride within a row (1, or T for the channel layout)
     eps: f32,
     _p1: u32,
     _p2: u32,
@@ -49,6 +54,11 @@ fn reduce2(lid: u32, a: f32, b: f32) -> vec2<f32> {
 
 fn row_of(wid: vec3<u32>, nwg: vec3<u32>) -> u32 {
     return wid.x + wid.y * nwg.x;
+}
+
+// Rows of an [outer, cols, inner] view: row = o * inner + i, its element c at stride inner.
+fn at(row: u32, c: u32) -> u32 {
+    return (row / p.inner) * p.cols * p.inner + row % p.inner + c * p.inner;
 }
 
 fn weight(row: u32, col: u32) -> u32 {
@@ -105,6 +115,51 @@ fn norm_bwd(@builtin(local_invocation_id) lid3: vec3<u32>, @builtin(workgroup_id
     }
 }
 
+@compute @workgroup_size(64)
+fn norm_fwd_rows(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
+    let row = gid.x + gid.y * nwg.x * 64u;
+    if row >= p.rows { return; }
+    var s = 0.0;
+    for (var c = 0u; c < p.cols; c = c + 1u) { s = s + x[at(row, c)]; }
+    let mean = s / f32(p.cols);
+    var v = 0.0;
+    for (var c = 0u; c < p.cols; c = c + 1u) { let d = x[at(row, c)] - mean; v = v + d * d; }
+    let rstd = inverseSqrt(v / f32(p.cols) + p.eps);
+    for (var c = 0u; c < p.cols; c = c + 1u) {
+        let i = at(row, c);
+        var y = (x[i] - mean) * rstd;
+        if p.affine == 1u { let w = weight(row, c); y = y * gamma[w] + aux[w]; }
+        out[i] = y;
+    }
+    out2[2u * row] = mean;
+    out2[2u * row + 1u] = rstd;
+}
+
+@compute @workgroup_size(64)
+fn norm_bwd_rows(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
+    let row = gid.x + gid.y * nwg.x * 64u;
+    if row >= p.rows { return; }
+    let mean = stats_in[2u * row];
+    let rstd = stats_in[2u * row + 1u];
+    var sg = 0.0;
+    var sgx = 0.0;
+    for (var c = 0u; c < p.cols; c = c + 1u) {
+        let i = at(row, c);
+        var g = aux[i];
+        if p.affine == 1u { g = g * gamma[weight(row, c)]; }
+        sg = sg + g;
+        sgx = sgx + g * (x[i] - mean) * rstd;
+    }
+    let mg = sg / f32(p.cols);
+    let mgx = sgx / f32(p.cols);
+    for (var c = 0u; c < p.cols; c = c + 1u) {
+        let i = at(row, c);
+        var g = aux[i];
+        if p.affine == 1u { g = g * gamma[weight(row, c)]; }
+        out[i] = rstd * (g - mg - (x[i] - mean) * rstd * mgx);
+    }
+}
+
 // LayerNorm dgamma/dbeta: one thread per column, summing over rows.
 @compute @workgroup_size(256)
 fn norm_param_grad_cols(@builtin(global_invocation_id) gid: vec3<u32>) {
@@ -113,7 +168,7 @@ fn norm_param_grad_cols(@builtin(global_invocation_id) gid: vec3<u32>) {
     var dg = 0.0;
     var db = 0.0;
     for (var r = 0u; r < p.rows; r = r + 1u) {
-        let i = r * p.cols + c;
+        let i = at(r, c);
         let xh = (x[i] - stats_in[2u * r]) * stats_in[2u * r + 1u];
         dg = dg + aux[i] * xh;
         db = db + aux[i];

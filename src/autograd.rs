@@ -395,6 +395,16 @@ impl Var {
         self.norm(Norm::Layer, gamma, beta, eps)
     }
 
+    /// LayerNorm over the channels of [B, C, T] (as transpose, LayerNorm, transpose back).
+    pub fn channel_norm(&self, gamma: Option<&Var>, beta: Option<&Var>, eps: f32) -> Result<Var> {
+        if gamma.is_some() != beta.is_some() {
+            return Err(Error::Autograd(
+                "layer_norm takes both weight and bias or neither".into(),
+            ));
+        }
+        self.norm(Norm::Channel, gamma, beta, eps)
+    }
+
     /// GroupNorm with one group per channel over [B, C, T].
     pub fn group_norm(&self, gamma: Option<&Var>, beta: Option<&Var>, eps: f32) -> Result<Var> {
         if gamma.is_some() != beta.is_some() {

@@ -19,6 +19,7 @@ pub mod plot;
 pub mod rng;
 pub mod schedule;
 pub mod tensor;
+pub mod train;
 pub mod transcribe;
 
 pub use autograd::{Param, Tape, Var};

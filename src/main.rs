@@ -2,12 +2,14 @@
 
 use anyhow::Result;
 use clap::{Parser, Subcommand};
+use std::path::PathBuf;
 
 #[derive(Parser)]
 #[command(
     name = "xlsr",
     version,
-    about = "Fine-tune wav2vec2/XLSR speech models with CTC on any GPU"
+    about = "Fine-tune wav2vec2/XLSR speech models with CTC on any GPU",
+    args_override_self = true
 )]
 struct Cli {
     #[command(subcommand)]
@@ -41,12 +43,31 @@ enum Cmd {
         #[arg(required = true)]
         files: Vec<std::path::PathBuf>,
     },
-    /// Train a tiny network on built-in synthetic data and show the loss falling
-    Demo {
-        /// Training steps
-        #[arg(long, default_value_t = 200)]
-        steps: usize,
+    /// Fine-tune a model with CTC on a corpus (the seed notebook's defaults)
+    Train(Box<xlsr::train::TrainArgs>),
+    /// Evaluate a model folder on a corpus split: WER, CER, CTC loss
+    Eval {
+        /// Model folder: config.json, model.safetensors, vocab.json
+        #[arg(long)]
+        model: PathBuf,
+        /// Corpus: a prep folder (`xlsr prepare`) or a Common Voice folder
+        #[arg(long)]
+        data: PathBuf,
+        /// Which split: test (the evaluation set) or train
+        #[arg(long, default_value = "test")]
+        split: String,
+        /// Utterances per batch
+        #[arg(long, default_value_t = 16)]
+        batch_size: usize,
+        /// Evaluate at most this many utterances
+        #[arg(long)]
+        limit: Option<usize>,
+        /// Print one JSON object (wer, cer, ctc_loss, utterances, skipped)
+        #[arg(long)]
+        json: bool,
     },
+    /// Train a small model from scratch on the built-in Spanish corpus; shows loss and CER falling
+    Demo(xlsr::demo::DemoArgs),
 }
 
 fn main() {
@@ -58,7 +79,18 @@ fn main() {
 }
 
 fn run() -> Result<()> {
-    let cli = Cli::parse();
+    let mut cli = Cli::parse();
+    // `--config train.json`: its options go first, so the command line's own win.
+    if let Cmd::Train(args) = &cli.cmd {
+        if let Some(path) = &args.config {
+            let argv: Vec<String> = std::env::args().collect();
+            let at = argv.iter().position(|a| a == "train").unwrap_or(1);
+            let mut full = argv[..=at].to_vec();
+            full.extend(xlsr::train::args::config_args(path)?);
+            full.extend(argv[at + 1..].iter().cloned());
+            cli = Cli::parse_from(full);
+        }
+    }
     match cli.cmd {
         Cmd::Devices => {
             let list = xlsr::gpu::adapters();
@@ -101,10 +133,22 @@ fn run() -> Result<()> {
             logits,
             files,
         } => transcribe(&model, logits.as_deref(), &files)?,
-        Cmd::Demo { steps } => {
+        Cmd::Demo(args) => {
             let gpu = xlsr::Gpu::new()?;
-            xlsr::demo::run(&gpu, steps.max(1))?;
+            xlsr::demo::run(&gpu, &args)?;
         }
+        Cmd::Train(args) => {
+            let gpu = xlsr::Gpu::new()?;
+            xlsr::train::run(&gpu, &args)?;
+        }
+        Cmd::Eval {
+            model,
+            data,
+            split,
+            batch_size,
+            limit,
+            json,
+        } => eval(&model, &data, &split, batch_size, limit, json)?,
     }
     Ok(())
 }
@@ -135,6 +179,47 @@ fn transcribe(
     }
     if failed > 0 {
         anyhow::bail!("{failed} of {} files could not be transcribed", files.len());
+    }
+    Ok(())
+}
+
+fn eval(
+    model: &std::path::Path,
+    data: &std::path::Path,
+    split: &str,
+    batch_size: usize,
+    limit: Option<usize>,
+    json: bool,
+) -> Result<()> {
+    use xlsr::data::Split;
+    let split = match split {
+        "test" => Split::Test,
+        "train" => Split::Train,
+        other => anyhow::bail!("--split {other}: expected test or train"),
+    };
+    let gpu = xlsr::Gpu::new()?;
+    let t = xlsr::transcribe::Transcriber::load(&gpu, model)?;
+    // A Common Voice folder is prepared (once) into a cache under the temp dir.
+    let cache = std::env::temp_dir().join(format!(
+        "xlsr-prepared-{:016x}",
+        data.display()
+            .to_string()
+            .bytes()
+            .fold(0xcbf29ce484222325u64, |h, b| (h ^ b as u64)
+                .wrapping_mul(0x100000001b3))
+    ));
+    let prepared = xlsr::train::open_data(data, &cache)?;
+    let r = xlsr::train::evaluate(&t.model, &t.vocab, &prepared, split, batch_size, limit)?;
+    if json {
+        println!("{}", serde_json::to_string(&r)?);
+    } else {
+        for (reference, prediction) in r.pairs.iter().take(5) {
+            println!("ref:  {reference}\npred: {prediction}");
+        }
+        println!(
+            "WER {:.4}  CER {:.4}  CTC loss {:.4}  ({} utterances, {} clips skipped)",
+            r.wer, r.cer, r.ctc_loss, r.utterances, r.skipped
+        );
     }
     Ok(())
 }

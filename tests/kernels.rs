@@ -387,6 +387,70 @@ fn layer_norm() {
 }
 
 #[test]
+fn channel_layer_norm() {
+    // LayerNorm over C of [B, C, T]: the reference transposes to [B*T, C] rows.
+    let mut rng = Rng::new(62);
+    let (b, ch, t) = (3, 7, 13);
+    let x = rng.vec(b * ch * t);
+    let (g, be) = (rng.vec(ch), rng.vec(ch));
+    let to_rows = move |x: &[f64]| -> Vec<f64> {
+        let mut r = vec![0.0; x.len()];
+        for bi in 0..b {
+            for c in 0..ch {
+                for ti in 0..t {
+                    r[(bi * t + ti) * ch + c] = x[(bi * ch + c) * t + ti];
+                }
+            }
+        }
+        r
+    };
+    let from_rows = move |r: &[f64]| -> Vec<f64> {
+        let mut x = vec![0.0; r.len()];
+        for bi in 0..b {
+            for c in 0..ch {
+                for ti in 0..t {
+                    x[(bi * ch + c) * t + ti] = r[(bi * t + ti) * ch + c];
+                }
+            }
+        }
+        x
+    };
+    let mut c = Check::new(
+        "channel_norm",
+        vec![(x.clone(), vec![b, ch, t]), (g, vec![ch]), (be, vec![ch])],
+    );
+    c.h = 1e-5;
+    c.run(
+        |v| v[0].channel_norm(Some(&v[1]), Some(&v[2]), 1e-5).unwrap(),
+        move |v| {
+            let y = cpu_norm(
+                &to_rows(&v[0]),
+                b * t,
+                ch,
+                Some(&v[1]),
+                Some(&v[2]),
+                |_, c| c,
+                1e-5,
+            );
+            from_rows(&y)
+        },
+    );
+    // Split by batch element when over the binding limit: same result.
+    let (b, ch, t) = (5, 16, 40); // 2.5 KiB per batch element, 1 KiB binding limit
+    let x = to_f32(&Rng::new(63).vec(b * ch * t));
+    let norm = |g: &xlsr::Gpu| {
+        let xt = xlsr::Tensor::from_slice(g, &x, &[b, ch, t]).unwrap();
+        let (y, _) =
+            xlsr::ops::norm::forward(xlsr::ops::norm::Norm::Channel, &xt, None, None, 1e-5)
+                .unwrap();
+        y.to_vec().unwrap()
+    };
+    let small = xlsr::Gpu::new().unwrap();
+    small.set_max_binding(3 * 1024);
+    assert_eq!(norm(&small), norm(&gpu()));
+}
+
+#[test]
 fn group_norm_per_channel() {
     let mut rng = Rng::new(61);
     let (b, ch, t) = (2, 5, 17);

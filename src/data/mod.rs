@@ -34,7 +34,7 @@ pub mod text;
 pub mod vocab;
 
 pub use batch::{collate, Batch, Batcher};
-pub use prepare::{Prepared, Utterance};
+pub use prepare::{Prepared, Split, Utterance};
 pub use vocab::Vocab;
 
 use std::path::PathBuf;

@@ -209,6 +209,18 @@ impl Wav2Vec2ForCtc {
         vocab: Option<(usize, usize)>,
         seed: u64,
     ) -> Result<(Wav2Vec2ForCtc, LoadReport)> {
+        Self::load_with(gpu, dir, vocab, seed, |_| {})
+    }
+
+    /// [`Wav2Vec2ForCtc::load`] with config overrides applied before the model is built (the
+    /// notebook's `from_pretrained(..., mask_time_prob=0.05, layerdrop=0.1, ...)`).
+    pub fn load_with(
+        gpu: &Gpu,
+        dir: &Path,
+        vocab: Option<(usize, usize)>,
+        seed: u64,
+        edit: impl FnOnce(&mut Config),
+    ) -> Result<(Wav2Vec2ForCtc, LoadReport)> {
         let cfg_path = dir.join("config.json");
         if !cfg_path.is_file() {
             if !dir.is_dir() {
@@ -217,6 +229,7 @@ impl Wav2Vec2ForCtc {
             return file_err(dir, "no config.json: not a Hugging Face model folder");
         }
         let mut config = Config::load(&cfg_path)?;
+        edit(&mut config);
         let mut ck = Checkpoint::open(dir)?;
         let has_head = ck.has("lm_head.weight");
         if let Some((size, pad)) = vocab {
@@ -467,10 +480,7 @@ impl Wav2Vec2ForCtc {
                 let (w, b) = (tape.param(&n.weight), tape.param(&n.bias));
                 x = match c.conv_norm()? {
                     ConvNorm::Group => x.group_norm(Some(&w), Some(&b), n.eps)?,
-                    ConvNorm::Layer => x
-                        .transpose(1, 2)?
-                        .layer_norm(Some(&w), Some(&b), n.eps)?
-                        .transpose(1, 2)?,
+                    ConvNorm::Layer => x.channel_norm(Some(&w), Some(&b), n.eps)?,
                 };
             }
             x = x.act(c.conv_act())?;

@@ -1,6 +1,6 @@
 //! 1-D convolution (stride, padding, groups, bias) and its backward.
 
-use super::{check_f32, dummy, shifted_chunks};
+use super::{check_f32, dummy, elementwise, reduce, shifted_chunks};
 use crate::error::{shape_err, Result};
 use crate::gpu::{grid, Kernel};
 use crate::tensor::{DType, Tensor};
@@ -113,7 +113,7 @@ fn params(
         accum as u32,
     ];
     v.extend(offs);
-    v.extend([mode, 0]);
+    v.extend([mode, 1]);
     v
 }
 
@@ -185,7 +185,7 @@ pub fn backward(
     } else {
         None
     };
-    let dw = Tensor::uninit(gpu, w.shape(), DType::F32)?;
+    let mut dw = Tensor::uninit(gpu, w.shape(), DType::F32)?;
     let db = if has_bias {
         Some(Tensor::uninit(gpu, &[g.cout], DType::F32)?)
     } else {
@@ -208,17 +208,45 @@ pub fn backward(
                 ],
             )?;
         }
-        let pr = params(c, &g, nb, has_bias, i > 0, [ox, ody, 0], WEIGHT_GRAD);
+        // Split the (b, t) reduction until there are about 256 workgroups, keeping at least
+        // 512 reduction steps per split; the partial sums are added by `sum_axis`.
+        let tiles = ((g.cin / c.groups) * g.k).div_ceil(64) * (g.cout / c.groups).div_ceil(64);
+        let splits = (256 / (tiles * c.groups).max(1))
+            .min(nb * g.lout / 512)
+            .clamp(1, 64);
+        let mut pr = params(
+            c,
+            &g,
+            nb,
+            has_bias,
+            i > 0 && splits == 1,
+            [ox, ody, 0],
+            WEIGHT_GRAD,
+        );
+        pr[15] = splits as u32;
+        let target = if splits == 1 {
+            dw.clone()
+        } else {
+            Tensor::uninit(gpu, &[splits, w.numel()], DType::F32)?
+        };
         gpu.dispatch(
             &GEMM,
             &pr,
-            &[xr, d.bind(), dyr, dw.bind()],
+            &[xr, d.bind(), dyr.clone(), target.bind()],
             [
                 ((g.cin / c.groups) * g.k).div_ceil(64) as u32,
                 (g.cout / c.groups).div_ceil(64) as u32,
-                c.groups as u32,
+                (c.groups * splits) as u32,
             ],
         )?;
+        if splits > 1 {
+            let sum = reduce::sum_axis(&target.reshape(&[1, splits, w.numel()])?, 1, 1.0)?;
+            if i == 0 {
+                dw = sum.reshape(w.shape())?;
+            } else {
+                dw = elementwise::add(&dw, &sum.reshape(w.shape())?)?;
+            }
+        }
         if let Some(db) = &db {
             gpu.dispatch(
                 &BWD_BIAS,

@@ -1,4 +1,5 @@
-//! LayerNorm over the last dim and wav2vec2-base's GroupNorm (one group per channel).
+//! LayerNorm over the last dim or over the channels of [B, C, T], and wav2vec2-base's
+//! GroupNorm (one group per channel).
 
 use super::{check_f32, dummy, f, reduce, row_chunks};
 use crate::error::{shape_err, Result};
@@ -15,6 +16,10 @@ const fn k(entry: &'static str) -> Kernel {
 }
 const FWD: Kernel = k("norm_fwd");
 const BWD: Kernel = k("norm_bwd");
+const FWD_ROWS: Kernel = k("norm_fwd_rows");
+const BWD_ROWS: Kernel = k("norm_bwd_rows");
+/// Rows up to this long take the thread-per-row kernels.
+const SHORT_ROW: usize = 128;
 const PGRAD_COLS: Kernel = k("norm_param_grad_cols");
 const PGRAD_ROWS: Kernel = k("norm_param_grad_rows");
 
@@ -25,21 +30,58 @@ pub enum Norm {
     Layer,
     /// Input [B, C, T]: normalise each (b, c) row over T; gamma/beta per channel.
     Group,
+    /// Input [B, C, T]: LayerNorm over C at each (b, t); gamma/beta per channel. The same as
+    /// transposing to [B, T, C], `Layer`, and transposing back, without the copies.
+    Channel,
+}
+
+/// Where the rows of one dispatch live: elements [start, start + len), rows
+/// [row0, row0 + rows).
+struct Chunk {
+    start: usize,
+    len: usize,
+    row0: usize,
+    rows: usize,
 }
 
 /// Saved forward state for the backward pass: (mean, rstd) per row.
 #[derive(Debug)]
 pub struct NormStats(pub Tensor);
 
-fn layout(norm: Norm, x: &Tensor, gamma: Option<&Tensor>) -> Result<(usize, usize, usize)> {
+/// (rows, cols, channels, inner): rows of `cols` elements `inner` apart.
+fn layout(norm: Norm, x: &Tensor, gamma: Option<&Tensor>) -> Result<(usize, usize, usize, usize)> {
     let op = "layer_norm";
     if x.shape().is_empty() {
         return shape_err(op, "input must have at least one dim");
     }
+    if norm == Norm::Channel {
+        let [b, c, t] = *x.shape() else {
+            return shape_err(
+                op,
+                format!(
+                    "channel LayerNorm expects [batch, channels, time], got {:?}",
+                    x.shape()
+                ),
+            );
+        };
+        if let Some(g) = gamma {
+            if g.numel() != c {
+                return shape_err(
+                    op,
+                    format!(
+                        "weight {:?} does not match {c} channels of {:?}",
+                        g.shape(),
+                        x.shape()
+                    ),
+                );
+            }
+        }
+        return Ok((b * t, c, c, t));
+    }
     let cols = x.dim(-1);
     let rows = x.numel() / cols.max(1);
     let channels = match norm {
-        Norm::Layer => cols,
+        Norm::Layer | Norm::Channel => cols,
         Norm::Group => {
             if x.shape().len() != 3 {
                 return shape_err(
@@ -62,7 +104,40 @@ fn layout(norm: Norm, x: &Tensor, gamma: Option<&Tensor>) -> Result<(usize, usiz
             );
         }
     }
-    Ok((rows, cols, channels))
+    Ok((rows, cols, channels, 1))
+}
+
+/// Dispatch chunks within the binding limit: whole rows, or whole batch elements for the
+/// channel layout (whose rows interleave).
+fn chunks(
+    gpu: &crate::Gpu,
+    norm: Norm,
+    x: &Tensor,
+    rows: usize,
+    cols: usize,
+) -> Result<Vec<Chunk>> {
+    if norm == Norm::Channel {
+        let (b, per) = (x.dim(0), x.dim(1) * x.dim(2));
+        let t = x.dim(2);
+        return Ok(row_chunks(gpu, "layer_norm", b, per)?
+            .into_iter()
+            .map(|(b0, nb)| Chunk {
+                start: b0 * per,
+                len: nb * per,
+                row0: b0 * t,
+                rows: nb * t,
+            })
+            .collect());
+    }
+    Ok(row_chunks(gpu, "layer_norm", rows, cols)?
+        .into_iter()
+        .map(|(r0, nr)| Chunk {
+            start: r0 * cols,
+            len: nr * cols,
+            row0: r0,
+            rows: nr,
+        })
+        .collect())
 }
 
 #[allow(clippy::too_many_arguments)] // one argument per uniform field
@@ -75,6 +150,7 @@ fn params(
     affine: bool,
     accum: bool,
     eps: f32,
+    inner: usize,
 ) -> Vec<u32> {
     vec![
         rows as u32,
@@ -84,7 +160,7 @@ fn params(
         row_base as u32,
         affine as u32,
         accum as u32,
-        0,
+        inner as u32,
         f(eps),
         0,
         0,
@@ -101,7 +177,7 @@ pub fn forward(
     eps: f32,
 ) -> Result<(Tensor, NormStats)> {
     check_f32("layer_norm", &[x])?;
-    let (rows, cols, channels) = layout(norm, x, gamma)?;
+    let (rows, cols, channels, inner) = layout(norm, x, gamma)?;
     let gpu = x.gpu();
     let y = Tensor::uninit(gpu, x.shape(), DType::F32)?;
     let stats = Tensor::uninit(gpu, &[rows, 2], DType::F32)?;
@@ -110,19 +186,35 @@ pub fn forward(
         gamma.map_or(d.bind(), |t| t.bind()),
         beta.map_or(d.bind(), |t| t.bind()),
     );
-    for (r0, nr) in row_chunks(gpu, "layer_norm", rows, cols)? {
+    let per_thread = norm == Norm::Channel || (norm == Norm::Layer && cols <= SHORT_ROW);
+    for c in chunks(gpu, norm, x, rows, cols)? {
+        let (kernel, groups) = if per_thread {
+            (&FWD_ROWS, grid(c.rows as u64, 64))
+        } else {
+            (&FWD, grid(c.rows as u64, 1))
+        };
         gpu.dispatch(
-            &FWD,
-            &params(norm, nr, cols, channels, r0, gamma.is_some(), false, eps),
+            kernel,
+            &params(
+                norm,
+                c.rows,
+                cols,
+                channels,
+                c.row0,
+                gamma.is_some(),
+                false,
+                eps,
+                inner,
+            ),
             &[
-                x.bind_range(r0 * cols, nr * cols),
+                x.bind_range(c.start, c.len),
                 g,
                 b,
                 d.bind(),
-                y.bind_range(r0 * cols, nr * cols),
-                stats.bind_range(2 * r0, 2 * nr),
+                y.bind_range(c.start, c.len),
+                stats.bind_range(2 * c.row0, 2 * c.rows),
             ],
-            grid(nr as u64, 1),
+            groups,
         )?;
     }
     Ok((y, NormStats(stats)))
@@ -143,48 +235,70 @@ pub fn backward(
             format!("x {:?} but dy {:?}", x.shape(), dy.shape()),
         );
     }
-    let (rows, cols, channels) = layout(norm, x, gamma)?;
+    let (rows, cols, channels, inner) = layout(norm, x, gamma)?;
     let gpu = x.gpu();
     let d = dummy(gpu)?;
     let unused_out = dummy(gpu)?;
     let dx = Tensor::uninit(gpu, x.shape(), DType::F32)?;
-    let chunks = row_chunks(gpu, "layer_norm_backward", rows, cols)?;
+    let chunks = chunks(gpu, norm, x, rows, cols)?;
     let g = gamma.map_or(d.bind(), |t| t.bind());
-    for &(r0, nr) in &chunks {
-        let (xr, dyr) = (
-            x.bind_range(r0 * cols, nr * cols),
-            dy.bind_range(r0 * cols, nr * cols),
-        );
+    let per_thread = norm == Norm::Channel || (norm == Norm::Layer && cols <= SHORT_ROW);
+    for c in &chunks {
+        let (kernel, groups) = if per_thread {
+            (&BWD_ROWS, grid(c.rows as u64, 64))
+        } else {
+            (&BWD, grid(c.rows as u64, 1))
+        };
         gpu.dispatch(
-            &BWD,
-            &params(norm, nr, cols, channels, r0, gamma.is_some(), false, 0.0),
+            kernel,
+            &params(
+                norm,
+                c.rows,
+                cols,
+                channels,
+                c.row0,
+                gamma.is_some(),
+                false,
+                0.0,
+                inner,
+            ),
             &[
-                xr,
+                x.bind_range(c.start, c.len),
                 g,
-                dyr,
-                stats.0.bind_range(2 * r0, 2 * nr),
-                dx.bind_range(r0 * cols, nr * cols),
+                dy.bind_range(c.start, c.len),
+                stats.0.bind_range(2 * c.row0, 2 * c.rows),
+                dx.bind_range(c.start, c.len),
                 unused_out.bind(),
             ],
-            grid(nr as u64, 1),
+            groups,
         )?;
     }
     if gamma.is_none() {
         return Ok((dx, None, None));
     }
     let (dg, db) = match norm {
-        Norm::Layer => {
+        Norm::Layer | Norm::Channel => {
             let dg = Tensor::uninit(gpu, &[cols], DType::F32)?;
             let db = Tensor::uninit(gpu, &[cols], DType::F32)?;
-            for (i, &(r0, nr)) in chunks.iter().enumerate() {
+            for (i, c) in chunks.iter().enumerate() {
                 gpu.dispatch(
                     &PGRAD_COLS,
-                    &params(norm, nr, cols, channels, r0, true, i > 0, 0.0),
+                    &params(
+                        norm,
+                        c.rows,
+                        cols,
+                        channels,
+                        c.row0,
+                        true,
+                        i > 0,
+                        0.0,
+                        inner,
+                    ),
                     &[
-                        x.bind_range(r0 * cols, nr * cols),
+                        x.bind_range(c.start, c.len),
                         d.bind(),
-                        dy.bind_range(r0 * cols, nr * cols),
-                        stats.0.bind_range(2 * r0, 2 * nr),
+                        dy.bind_range(c.start, c.len),
+                        stats.0.bind_range(2 * c.row0, 2 * c.rows),
                         dg.bind(),
                         db.bind(),
                     ],
@@ -196,19 +310,21 @@ pub fn backward(
         Norm::Group => {
             let sg = Tensor::uninit(gpu, &[rows], DType::F32)?;
             let sb = Tensor::uninit(gpu, &[rows], DType::F32)?;
-            for &(r0, nr) in &chunks {
+            for c in &chunks {
                 gpu.dispatch(
                     &PGRAD_ROWS,
-                    &params(norm, nr, cols, channels, r0, true, false, 0.0),
+                    &params(
+                        norm, c.rows, cols, channels, c.row0, true, false, 0.0, inner,
+                    ),
                     &[
-                        x.bind_range(r0 * cols, nr * cols),
+                        x.bind_range(c.start, c.len),
                         d.bind(),
-                        dy.bind_range(r0 * cols, nr * cols),
-                        stats.0.bind_range(2 * r0, 2 * nr),
-                        sg.bind_range(r0, nr),
-                        sb.bind_range(r0, nr),
+                        dy.bind_range(c.start, c.len),
+                        stats.0.bind_range(2 * c.row0, 2 * c.rows),
+                        sg.bind_range(c.row0, c.rows),
+                        sb.bind_range(c.row0, c.rows),
                     ],
-                    grid(nr as u64, 1),
+                    grid(c.rows as u64, 1),
                 )?;
             }
             let batch = rows / channels;

@@ -1,0 +1,138 @@
+//! `xlsr train` options: HF `TrainingArguments` names in kebab case, with the seed notebook's
+//! values as defaults. A JSON config (`--config train.json`) uses the same names; options
+//! given on the command line win.
+
+use clap::Args;
+use serde::{Deserialize, Serialize};
+use std::path::PathBuf;
+
+/// Everything `xlsr train` takes.
+#[derive(Args, Clone, Debug, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub struct TrainArgs {
+    /// Model folder: a pretraining checkpoint (a new CTC head is made for the corpus's
+    /// vocabulary) or a fine-tuned one
+    #[arg(long)]
+    pub model: PathBuf,
+    /// Corpus: a folder written by `xlsr prepare`, or a Common Voice folder (prepared into
+    /// RUN_DIR/prepared first)
+    #[arg(long)]
+    pub data: PathBuf,
+    /// Run folder: checkpoints, final model, metrics.jsonl, training.svg
+    #[arg(long)]
+    pub out: PathBuf,
+    /// Utterances per batch
+    #[arg(long, default_value_t = 16)]
+    pub batch_size: usize,
+    /// Batches whose gradients are summed per optimiser step
+    #[arg(long, default_value_t = 2)]
+    pub grad_accum: usize,
+    /// Peak learning rate
+    #[arg(long, default_value_t = 3e-4)]
+    pub learning_rate: f32,
+    /// Linear warm-up steps, then linear decay to 0
+    #[arg(long, default_value_t = 500)]
+    pub warmup_steps: u64,
+    /// Passes over the training set
+    #[arg(long, default_value_t = 30.0)]
+    pub epochs: f64,
+    /// Total optimiser steps (overrides --epochs)
+    #[arg(long)]
+    pub max_steps: Option<u64>,
+    /// Evaluate every N steps (0: only at the end)
+    #[arg(long, default_value_t = 400)]
+    pub eval_steps: u64,
+    /// Save a checkpoint every N steps (0: only the final model)
+    #[arg(long, default_value_t = 400)]
+    pub save_steps: u64,
+    /// Checkpoints kept (older ones are deleted)
+    #[arg(long, default_value_t = 2)]
+    pub save_total_limit: usize,
+    /// Log the training loss every N steps
+    #[arg(long, default_value_t = 25)]
+    pub logging_steps: u64,
+    /// Seed of batching, dropout, SpecAugment, LayerDrop and new weights
+    #[arg(long, default_value_t = 42)]
+    pub seed: u64,
+    /// Mixed precision (f16 kernels are not implemented yet: trains in f32 and says so)
+    #[arg(long, num_args = 0..=1, default_missing_value = "true", default_value_t = false)]
+    pub fp16: bool,
+    /// AdamW weight decay (not on biases and norms)
+    #[arg(long, default_value_t = 0.0)]
+    pub weight_decay: f64,
+    /// Clip the global gradient norm to this (0: no clipping)
+    #[arg(long, default_value_t = 1.0)]
+    pub max_grad_norm: f32,
+    /// Model override: attention-probability dropout
+    #[arg(long, default_value_t = 0.1)]
+    pub attention_dropout: f32,
+    /// Model override: dropout on hidden states
+    #[arg(long, default_value_t = 0.1)]
+    pub hidden_dropout: f32,
+    /// Model override: dropout after the feature projection
+    #[arg(long, default_value_t = 0.0)]
+    pub feat_proj_dropout: f32,
+    /// Model override: SpecAugment time-mask probability
+    #[arg(long, default_value_t = 0.05)]
+    pub mask_time_prob: f32,
+    /// Model override: LayerDrop probability
+    #[arg(long, default_value_t = 0.1)]
+    pub layerdrop: f32,
+    /// Keep the conv feature encoder frozen
+    #[arg(long, num_args = 0..=1, default_missing_value = "true", default_value_t = true, action = clap::ArgAction::Set)]
+    pub freeze_feature_encoder: bool,
+    /// Cap on padded audio seconds per batch (batch size x longest clip)
+    #[arg(long)]
+    pub max_batch_seconds: Option<f32>,
+    /// Evaluate on at most this many test utterances (all by default)
+    #[arg(long)]
+    pub eval_limit: Option<usize>,
+    /// Split evaluated during training: test (held out) or train (to watch it fit)
+    #[arg(long, default_value = "test")]
+    pub eval_split: String,
+    /// Continue from the newest checkpoint in --out
+    #[arg(long)]
+    pub resume: bool,
+    /// Read options from this JSON file (same names; the command line wins)
+    #[arg(long)]
+    #[serde(skip)]
+    pub config: Option<PathBuf>,
+}
+
+/// Turns a JSON config object into `--name value` arguments, to be parsed before the command
+/// line's own so that those win.
+pub fn config_args(path: &std::path::Path) -> anyhow::Result<Vec<String>> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| anyhow::anyhow!("{}: cannot read: {e}", path.display()))?;
+    let v: serde_json::Value = serde_json::from_str(&text)
+        .map_err(|e| anyhow::anyhow!("{}: not valid JSON: {e}", path.display()))?;
+    let Some(obj) = v.as_object() else {
+        anyhow::bail!("{}: expected a JSON object of options", path.display());
+    };
+    let mut out = Vec::new();
+    for (k, v) in obj {
+        let name = k.replace('_', "-");
+        if name == "config" {
+            continue;
+        }
+        match v {
+            serde_json::Value::Null => {}
+            serde_json::Value::Bool(b) => {
+                if name == "resume" {
+                    if *b {
+                        out.push("--resume".into());
+                    }
+                } else {
+                    out.push(format!("--{name}={b}"));
+                }
+            }
+            serde_json::Value::String(s) => out.push(format!("--{name}={s}")),
+            serde_json::Value::Number(n) => out.push(format!("--{name}={n}")),
+            other => anyhow::bail!(
+                "{}: option {k} has unsupported value {other}",
+                path.display()
+            ),
+        }
+    }
+    Ok(out)
+}

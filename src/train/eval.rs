@@ -1,0 +1,129 @@
+//! Evaluation: greedy CTC transcripts of a prepared split, WER and CER (as jiwer computes
+//! them) and the mean CTC loss per utterance (each utterance's loss over its label length).
+
+use crate::data::{collate, Prepared, Split, Vocab};
+use crate::error::Result;
+use crate::metrics;
+use crate::model::{Forward, Wav2Vec2ForCtc};
+use crate::ops::ctc::{ctc_loss, Reduction};
+use crate::{Tape, Tensor};
+use serde::Serialize;
+
+/// What an evaluation found.
+#[derive(Clone, Debug, Serialize)]
+pub struct EvalResult {
+    /// Word error rate over the whole split.
+    pub wer: f64,
+    /// Character error rate over the whole split.
+    pub cer: f64,
+    /// Mean over utterances of CTC loss / label length.
+    pub ctc_loss: f64,
+    /// Utterances evaluated.
+    pub utterances: usize,
+    /// Clips of this split that `prepare` skipped.
+    pub skipped: usize,
+    /// (reference, prediction) for each utterance, in evaluation order.
+    #[serde(skip)]
+    pub pairs: Vec<(String, String)>,
+}
+
+/// Evaluates `model` on `split` (the first `limit` utterances, if given), `batch_size` at a
+/// time, shortest first so padding stays small. `vocab` is the model's tokenizer: it decodes
+/// the predictions and encodes the references for the loss.
+pub fn evaluate(
+    model: &Wav2Vec2ForCtc,
+    vocab: &Vocab,
+    data: &Prepared,
+    split: Split,
+    batch_size: usize,
+    limit: Option<usize>,
+) -> Result<EvalResult> {
+    let utts = data.split(split);
+    let n = limit.unwrap_or(utts.len()).min(utts.len());
+    let mut order: Vec<usize> = (0..n).collect();
+    order.sort_by_key(|&i| utts[i].samples);
+    let v = model.config.vocab_size;
+    let mut pairs = Vec::with_capacity(n);
+    let mut loss_sum = 0.0;
+    for idx in order.chunks(batch_size.max(1)) {
+        let batch = collate(data, split, idx)?;
+        let gpu = &model.gpu;
+        let audio = Tensor::from_slice(gpu, &batch.audio, &[batch.len(), batch.max_samples])?;
+        let tape = Tape::new();
+        let out = tape.no_grad(|| {
+            model.forward(
+                &tape,
+                &audio,
+                Some(&batch.audio_lengths),
+                &Forward::default(),
+            )
+        })?;
+        let encoded: Vec<Vec<u32>> = idx.iter().map(|&i| vocab.encode(&utts[i].text)).collect();
+        let width = encoded.iter().map(Vec::len).max().unwrap_or(0);
+        let mut labels = vec![0i64; encoded.len() * width];
+        for (b, e) in encoded.iter().enumerate() {
+            for (j, &id) in e.iter().enumerate() {
+                labels[b * width + j] = id as i64;
+            }
+        }
+        let tl: Vec<i64> = encoded.iter().map(|e| e.len() as i64).collect();
+        let il: Vec<i64> = out.frames.iter().map(|&f| f as i64).collect();
+        let ctc = ctc_loss(
+            &out.logits.value,
+            &labels,
+            &tl,
+            &il,
+            model.config.blank(),
+            Reduction::None,
+            true,
+        )?;
+        let losses = ctc.loss.to_vec()?;
+        let logits = out.logits.value.to_vec()?;
+        let t = out.logits.shape()[1];
+        for (b, &i) in idx.iter().enumerate() {
+            let ids =
+                metrics::greedy_decode(&logits[b * t * v..(b + 1) * t * v], out.frames[b], v)?;
+            pairs.push((utts[i].text.clone(), vocab.decode_ctc(&ids)));
+            loss_sum += losses[b] as f64 / tl[b].max(1) as f64;
+        }
+    }
+    let refs: Vec<&str> = pairs.iter().map(|p| p.0.as_str()).collect();
+    let hyps: Vec<&str> = pairs.iter().map(|p| p.1.as_str()).collect();
+    let skipped = skipped_in(data, split);
+    Ok(EvalResult {
+        wer: if n > 0 {
+            metrics::wer(&refs, &hyps)?
+        } else {
+            0.0
+        },
+        cer: if n > 0 {
+            metrics::cer(&refs, &hyps)?
+        } else {
+            0.0
+        },
+        ctc_loss: loss_sum / n.max(1) as f64,
+        utterances: n,
+        skipped,
+        pairs,
+    })
+}
+
+/// Clips `prepare` skipped from the corpus splits that make up `split`.
+pub fn skipped_in(data: &Prepared, split: Split) -> usize {
+    use crate::data::prepare::Source;
+    let names: Vec<String> = match (&data.options.source, split) {
+        (Source::CommonVoice { train_splits, .. }, Split::Train) => train_splits.clone(),
+        (Source::CommonVoice { test_splits, .. }, Split::Test) => test_splits.clone(),
+        (Source::Manifests { train, .. }, Split::Train) => {
+            train.iter().map(|p| p.display().to_string()).collect()
+        }
+        (Source::Manifests { test, .. }, Split::Test) => {
+            test.iter().map(|p| p.display().to_string()).collect()
+        }
+    };
+    data.summary
+        .skipped
+        .iter()
+        .filter(|s| names.contains(&s.split))
+        .count()
+}

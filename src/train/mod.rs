@@ -1,0 +1,450 @@
+//! Fine-tuning: the seed notebook's `Trainer` run, natively. Length-grouped batches, gradient
+//! accumulation, AdamW with linear warm-up and decay, global-norm clipping, SpecAugment,
+//! dropout and LayerDrop (all derived from `--seed` and the step, so a resumed run repeats an
+//! uninterrupted one exactly), periodic evaluation, checkpoints and the final HF model folder.
+
+pub mod args;
+pub mod eval;
+pub mod state;
+
+pub use args::TrainArgs;
+pub use eval::{evaluate, EvalResult};
+pub use state::TrainerState;
+
+use crate::data::prepare::{self, Options, Source};
+use crate::data::{collate, Batcher, Prepared, Split, Vocab};
+use crate::error::{file_err, Error, Result};
+use crate::metrics::MetricsLog;
+use crate::model::spec_augment::compute_mask_indices;
+use crate::model::{Forward, Wav2Vec2ForCtc};
+use crate::optim::{AdamW, AdamWConfig};
+use crate::rng::Rng;
+use crate::{Gpu, Tape, Tensor};
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+/// What a finished run reports.
+#[derive(Debug)]
+pub struct RunSummary {
+    /// The final model folder.
+    pub final_dir: PathBuf,
+    /// Optimiser steps taken in total.
+    pub steps: u64,
+    /// Steps skipped for non-finite gradients.
+    pub skipped_steps: u64,
+    /// Logged training losses (step, loss).
+    pub losses: Vec<(u64, f64)>,
+    /// The last evaluation, if the test split is not empty.
+    pub eval: Option<EvalResult>,
+}
+
+/// Opens `--data`: a prep folder, or a Common Voice folder prepared into `RUN_DIR/prepared`.
+pub fn open_data(data: &Path, run_dir: &Path) -> Result<Prepared> {
+    if data.join("index.json").is_file() {
+        return Ok(Prepared::open(data)?);
+    }
+    if data.join("train.tsv").is_file() {
+        let out = run_dir.join("prepared");
+        let opts = Options::new(Source::common_voice(data), &out);
+        let summary = prepare::run(&opts)?;
+        println!("{summary}");
+        return Ok(Prepared::open(&out)?);
+    }
+    file_err(
+        data,
+        "neither a prep folder (index.json, from `xlsr prepare`) nor a Common Voice folder (train.tsv)",
+    )
+}
+
+fn same_vocab(a: &Vocab, b: &Vocab) -> bool {
+    a.len() == b.len() && (0..a.len() as u32).all(|i| a.token(i) == b.token(i))
+}
+
+/// A seed for one (step, micro-batch) derived from the run's seed.
+fn derive(seed: u64, step: u64, micro: u64) -> u64 {
+    Rng::new(seed ^ step.wrapping_mul(0x9E37_79B9) ^ micro.wrapping_mul(0xC2B2_AE35)).next_u64()
+}
+
+/// Runs `xlsr train`.
+pub fn run(gpu: &Gpu, args: &TrainArgs) -> Result<RunSummary> {
+    if args.batch_size == 0 || args.grad_accum == 0 {
+        return Err(Error::Autograd(
+            "--batch-size and --grad-accum must be at least 1".into(),
+        ));
+    }
+    if args.fp16 {
+        eprintln!(
+            "note: --fp16 is accepted but f16 kernels are not implemented yet; training in f32"
+        );
+    }
+    std::fs::create_dir_all(&args.out).or_else(|e| file_err(&args.out, e.to_string()))?;
+    let data = open_data(&args.data, &args.out)?;
+    if data.train.is_empty() {
+        return file_err(
+            &args.data,
+            format!(
+                "no usable training clips ({} skipped; see the warnings above or `xlsr prepare`)",
+                eval::skipped_in(&data, Split::Train)
+            ),
+        );
+    }
+    let vocab = data.vocab.clone();
+    let eval_split = match args.eval_split.as_str() {
+        "test" => Split::Test,
+        "train" => Split::Train,
+        other => {
+            return Err(Error::Autograd(format!(
+                "--eval-split {other}: expected test or train"
+            )))
+        }
+    };
+
+    let resume_from = if args.resume {
+        let last = state::list(&args.out).pop();
+        if last.is_none() {
+            eprintln!(
+                "note: --resume but no checkpoint in {}; starting fresh",
+                args.out.display()
+            );
+        }
+        last.map(|(_, p)| p)
+    } else {
+        None
+    };
+    let model_dir = resume_from.clone().unwrap_or(args.model.clone());
+    let (model, report) = Wav2Vec2ForCtc::load_with(
+        gpu,
+        &model_dir,
+        Some((vocab.len(), vocab.pad as usize)),
+        args.seed,
+        |c| {
+            c.attention_dropout = args.attention_dropout;
+            c.hidden_dropout = args.hidden_dropout;
+            c.feat_proj_dropout = args.feat_proj_dropout;
+            c.mask_time_prob = args.mask_time_prob;
+            c.layerdrop = args.layerdrop;
+            c.ctc_loss_reduction = "mean".into();
+            c.ctc_zero_infinity = true;
+        },
+    )?;
+    let fresh_head = report.initialised.iter().any(|n| n.starts_with("lm_head"));
+    if !fresh_head && model_dir.join("vocab.json").is_file() {
+        let own = Vocab::load(&model_dir)?;
+        if !same_vocab(&own, &vocab) {
+            return file_err(
+                model_dir.join("vocab.json"),
+                format!(
+                    "the checkpoint's CTC head was trained with this vocabulary ({} tokens), which \
+                     differs from the corpus's ({} tokens); start from a pretraining checkpoint \
+                     or prepare the corpus with the model's vocabulary",
+                    own.len(),
+                    vocab.len()
+                ),
+            );
+        }
+    }
+    if !report.initialised.is_empty() {
+        println!(
+            "new parameters (not in the checkpoint): {}",
+            report.initialised.join(", ")
+        );
+    }
+    model.freeze_feature_encoder(args.freeze_feature_encoder);
+    let trainable: usize = model
+        .params
+        .iter()
+        .filter(|p| !p.is_frozen())
+        .map(|p| p.value().numel())
+        .sum();
+    println!(
+        "model: {:.1}M parameters ({:.1}M trainable), {} layers, vocabulary {}; device {}",
+        model.num_params() as f64 / 1e6,
+        trainable as f64 / 1e6,
+        model.layers.len(),
+        vocab.len(),
+        gpu.info.name
+    );
+
+    let mut opt = AdamW::new(
+        &model.params,
+        AdamWConfig {
+            weight_decay: args.weight_decay,
+            ..AdamWConfig::default()
+        },
+    );
+    let batcher = Batcher::new(
+        data.lengths(Split::Train),
+        args.batch_size,
+        args.seed,
+        args.max_batch_seconds,
+    );
+    let per_epoch = batcher.epoch(0).len().div_ceil(args.grad_accum).max(1) as u64;
+    let total = args
+        .max_steps
+        .unwrap_or((args.epochs * per_epoch as f64).ceil() as u64);
+    let mut st = match &resume_from {
+        Some(dir) => {
+            let s = state::load(dir, &mut opt)?;
+            println!("resumed from {} at step {}", dir.display(), s.global_step);
+            s
+        }
+        None => TrainerState {
+            seed: args.seed,
+            ..TrainerState::default()
+        },
+    };
+    st.max_steps = total;
+    println!(
+        "training: {} clips ({:.1} min), {} steps ({per_epoch} per epoch), batch {} x {} accumulated",
+        data.train.len(),
+        data.train.iter().map(|u| u.seconds() as f64).sum::<f64>() / 60.0,
+        total,
+        args.batch_size,
+        args.grad_accum
+    );
+
+    let mut log = MetricsLog::open(&args.out)?;
+    let bar = progress_bar(total, st.global_step);
+    let mut epoch_batches = batcher.epoch(st.epoch);
+    let mut loss_sum: Option<Tensor> = None;
+    let mut since_log = 0u64;
+    let mut last_loss = f64::NAN;
+    let mut eval_result = None;
+    let t0 = Instant::now();
+    let audio_at_start = st.audio_seconds;
+    let c = model.config.clone();
+
+    // XLSR_PROFILE=N: GPU time per kernel over steps 2..2+N, printed once.
+    let profile: Option<u64> = std::env::var("XLSR_PROFILE")
+        .ok()
+        .and_then(|v| v.parse().ok());
+    let profile_from = st.global_step + 1;
+    while st.global_step < total {
+        if profile.is_some() && st.global_step == profile_from {
+            gpu.profile_start()?;
+        }
+        if profile.is_some_and(|n| st.global_step == profile_from + n) {
+            print_profile(&gpu.profile_stop()?);
+        }
+        let mut micro = 0u64;
+        while micro < args.grad_accum as u64 {
+            if st.batch_in_epoch >= epoch_batches.len() {
+                if micro > 0 {
+                    break; // the epoch's last, partial accumulation still makes a step
+                }
+                st.epoch += 1;
+                st.batch_in_epoch = 0;
+                epoch_batches = batcher.epoch(st.epoch);
+                continue;
+            }
+            let idx = &epoch_batches[st.batch_in_epoch];
+            st.batch_in_epoch += 1;
+            let batch = collate(&data, Split::Train, idx)?;
+            let seed = derive(st.seed, st.global_step, micro);
+            let b = batch.len();
+            let frames = model.frames(&batch.audio_lengths);
+            let t_max = c.frames(batch.max_samples);
+            let mut rng = Rng::new(seed);
+            let mask_time = (c.apply_spec_augment && c.mask_time_prob > 0.0)
+                .then(|| {
+                    compute_mask_indices(
+                        &mut rng,
+                        t_max,
+                        &frames,
+                        c.mask_time_prob,
+                        c.mask_time_length,
+                        c.mask_time_min_masks,
+                    )
+                })
+                .flatten();
+            let mask_features = (c.apply_spec_augment && c.mask_feature_prob > 0.0)
+                .then(|| {
+                    compute_mask_indices(
+                        &mut rng,
+                        c.hidden_size,
+                        &vec![c.hidden_size; b],
+                        c.mask_feature_prob,
+                        c.mask_feature_length,
+                        c.mask_feature_min_masks,
+                    )
+                })
+                .flatten();
+            let labels: Vec<Vec<u32>> = (0..b)
+                .map(|i| {
+                    batch.labels[i * batch.max_labels..][..batch.label_lengths[i]]
+                        .iter()
+                        .map(|&l| l as u32)
+                        .collect()
+                })
+                .collect();
+            let step = || -> Result<Tensor> {
+                let audio = Tensor::from_slice(gpu, &batch.audio, &[b, batch.max_samples])?;
+                let tape = Tape::new();
+                let opts = Forward {
+                    train: true,
+                    seed,
+                    mask_time: mask_time.clone(),
+                    mask_features: mask_features.clone(),
+                    keep_hidden: false,
+                };
+                let out = model.forward(&tape, &audio, Some(&batch.audio_lengths), &opts)?;
+                let (loss, _) = model.ctc_loss(&out.logits, &out.frames, &labels)?;
+                let loss = loss.scale(1.0 / args.grad_accum as f32, 0.0)?;
+                tape.backward(&loss, &[])?;
+                Ok(loss.value)
+            };
+            let loss = step().map_err(|e| match e {
+                Error::Gpu(msg) => Error::Gpu(format!(
+                    "{msg}\n(batch of {b} clips, longest {:.1} s: lower --batch-size, set \
+                     --max-batch-seconds, or prepare with a smaller --max-seconds)",
+                    batch.max_samples as f64 / 16000.0
+                )),
+                e => e,
+            })?;
+            loss_sum = Some(match loss_sum.take() {
+                Some(s) => crate::ops::elementwise::add(&s, &loss)?,
+                None => loss,
+            });
+            st.audio_seconds += batch.audio_lengths.iter().sum::<usize>() as f64 / 16000.0;
+            micro += 1;
+        }
+
+        let lr = crate::schedule::linear_warmup(
+            st.global_step,
+            args.warmup_steps,
+            total,
+            args.learning_rate,
+        );
+        let outcome = opt.clip_and_step(lr, args.max_grad_norm)?;
+        opt.zero_grad();
+        st.global_step += 1;
+        since_log += 1;
+        if outcome.skipped {
+            st.skipped_steps += 1;
+            say(
+                &bar,
+                format!(
+                    "step {}: gradient norm {} is not finite; step skipped ({} so far)",
+                    st.global_step, outcome.grad_norm, st.skipped_steps
+                ),
+            );
+        }
+        let epoch = st.epoch as f64 + st.batch_in_epoch as f64 / epoch_batches.len().max(1) as f64;
+        let done = st.global_step == total;
+        if st.global_step % args.logging_steps.max(1) == 0 || done {
+            if let Some(s) = loss_sum.take() {
+                last_loss = s.item()? as f64 / since_log as f64;
+            }
+            since_log = 0;
+            log.train(
+                st.global_step,
+                epoch,
+                last_loss,
+                lr as f64,
+                outcome.grad_norm as f64,
+            )?;
+        }
+        let rate = (st.audio_seconds - audio_at_start) / t0.elapsed().as_secs_f64().max(1e-9);
+        bar.set_position(st.global_step);
+        bar.set_message(format!(
+            "loss {last_loss:.3}  lr {lr:.2e}  {rate:.1} audio-s/s  epoch {epoch:.2}"
+        ));
+
+        let eval_now = (args.eval_steps > 0 && st.global_step % args.eval_steps == 0) || done;
+        if eval_now && !data.split(eval_split).is_empty() {
+            let r = evaluate(
+                &model,
+                &vocab,
+                &data,
+                eval_split,
+                args.batch_size,
+                args.eval_limit,
+            )?;
+            log.eval(st.global_step, epoch, r.ctc_loss, r.wer, r.cer)?;
+            say(
+                &bar,
+                format!(
+                    "step {}: eval loss {:.3}, WER {:.3}, CER {:.3} on {} utterances",
+                    st.global_step, r.ctc_loss, r.wer, r.cer, r.utterances
+                ),
+            );
+            for (reference, prediction) in r.pairs.iter().take(3) {
+                say(
+                    &bar,
+                    format!("    ref:  {reference}\n    pred: {prediction}"),
+                );
+            }
+            let rows = MetricsLog::read(log.path())?;
+            crate::plot::training_plot(
+                &args.out.join("training.svg"),
+                &MetricsLog::series(&rows, "loss"),
+                &MetricsLog::series(&rows, "eval_wer"),
+                &MetricsLog::series(&rows, "eval_cer"),
+            )?;
+            eval_result = Some(r);
+        }
+        if args.save_steps > 0 && st.global_step % args.save_steps == 0 && !done {
+            let dir = state::save(&args.out, &model, &vocab, &opt, &st, args.save_total_limit)?;
+            say(&bar, format!("saved {}", dir.display()));
+        }
+    }
+    bar.finish();
+
+    let final_dir = args.out.join("final");
+    let tmp = args.out.join(".final.tmp");
+    let _ = std::fs::remove_dir_all(&tmp);
+    state::save_model(&tmp, &model, &vocab)?;
+    let _ = std::fs::remove_dir_all(&final_dir);
+    std::fs::rename(&tmp, &final_dir).or_else(|e| file_err(&final_dir, e.to_string()))?;
+    println!(
+        "done: {} steps ({} skipped) in {:.1} min, peak device memory {:.2} GB; model in {}",
+        st.global_step,
+        st.skipped_steps,
+        t0.elapsed().as_secs_f64() / 60.0,
+        gpu.peak_bytes() as f64 / 1e9,
+        final_dir.display()
+    );
+    let rows = MetricsLog::read(log.path())?;
+    Ok(RunSummary {
+        final_dir,
+        steps: st.global_step,
+        skipped_steps: st.skipped_steps,
+        losses: MetricsLog::series(&rows, "loss"),
+        eval: eval_result,
+    })
+}
+
+fn print_profile(kernels: &[(&'static str, f64, u64)]) {
+    let total: f64 = kernels.iter().map(|k| k.1).sum();
+    let mut k = kernels.to_vec();
+    k.sort_by(|a, b| b.1.total_cmp(&a.1));
+    println!("GPU time by kernel ({:.1} ms in all):", total / 1e6);
+    for (name, ns, n) in k.iter().take(12) {
+        println!(
+            "    {name:<28} {:>9.1} ms {:>5.1}% ({n} launches)",
+            ns / 1e6,
+            100.0 * ns / total.max(1.0)
+        );
+    }
+}
+
+/// Prints above the progress bar, or plainly when there is no terminal to draw it on.
+fn say(bar: &indicatif::ProgressBar, msg: String) {
+    if bar.is_hidden() {
+        println!("{msg}");
+    } else {
+        say(&bar, msg);
+    }
+}
+
+fn progress_bar(total: u64, at: u64) -> indicatif::ProgressBar {
+    let bar = indicatif::ProgressBar::new(total);
+    bar.set_style(
+        indicatif::ProgressStyle::with_template(
+            "{bar:30} {pos}/{len} [{elapsed_precise}<{eta_precise}] {msg}",
+        )
+        .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+    );
+    bar.set_position(at);
+    bar
+}

@@ -1,0 +1,122 @@
+//! Run checkpoints: `RUN_DIR/checkpoint-STEP/` holds the model in HF layout (config.json,
+//! model.safetensors, vocabulary files) plus `optimizer.safetensors` and `trainer_state.json`
+//! (step, data position, seed). Written under a temporary name and renamed, so a crash or a
+//! full disk never leaves a broken checkpoint; older ones are deleted only after a new one is
+//! complete.
+
+use crate::data::Vocab;
+use crate::error::{file_err, Error, Result};
+use crate::model::{checkpoint, Wav2Vec2ForCtc};
+use crate::optim::AdamW;
+use serde::{Deserialize, Serialize};
+use std::path::{Path, PathBuf};
+
+/// Where the run stands: enough to continue it exactly.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct TrainerState {
+    /// Optimiser steps taken (skipped ones included: they consumed their batches).
+    pub global_step: u64,
+    /// Epoch of the next batch.
+    pub epoch: u64,
+    /// Index of the next batch within that epoch's batch list.
+    pub batch_in_epoch: usize,
+    /// Steps skipped because the gradients were not finite.
+    pub skipped_steps: u64,
+    /// Total steps the run plans.
+    pub max_steps: u64,
+    /// The run's seed (batching, dropout, masking are derived from it and the step).
+    pub seed: u64,
+    /// Audio seconds trained on so far.
+    pub audio_seconds: f64,
+}
+
+/// Writes `RUN_DIR/checkpoint-STEP` and keeps the newest `keep` checkpoints.
+pub fn save(
+    run_dir: &Path,
+    model: &Wav2Vec2ForCtc,
+    vocab: &Vocab,
+    opt: &AdamW,
+    state: &TrainerState,
+    keep: usize,
+) -> Result<PathBuf> {
+    let name = format!("checkpoint-{}", state.global_step);
+    let dir = run_dir.join(&name);
+    let tmp = run_dir.join(format!(".{name}.tmp"));
+    let res = (|| -> Result<()> {
+        if tmp.exists() {
+            std::fs::remove_dir_all(&tmp).or_else(|e| file_err(&tmp, e.to_string()))?;
+        }
+        save_model(&tmp, model, vocab)?;
+        checkpoint::save(&tmp.join("optimizer.safetensors"), &opt.state_tensors()?)?;
+        let json = serde_json::to_string_pretty(state).unwrap_or_default();
+        checkpoint::write_atomic(&tmp.join("trainer_state.json"), json.as_bytes())?;
+        if dir.exists() {
+            std::fs::remove_dir_all(&dir).or_else(|e| file_err(&dir, e.to_string()))?;
+        }
+        std::fs::rename(&tmp, &dir).or_else(|e| file_err(&dir, format!("cannot rename: {e}")))
+    })();
+    if let Err(e) = res {
+        let _ = std::fs::remove_dir_all(&tmp);
+        return Err(Error::File {
+            path: dir.display().to_string(),
+            msg: format!("checkpoint not saved (earlier checkpoints are intact): {e}"),
+        });
+    }
+    let mut all = list(run_dir);
+    while all.len() > keep.max(1) {
+        let (_, old) = all.remove(0);
+        let _ = std::fs::remove_dir_all(old);
+    }
+    Ok(dir)
+}
+
+/// Writes the model and tokenizer files (a folder `transformers` loads).
+pub fn save_model(dir: &Path, model: &Wav2Vec2ForCtc, vocab: &Vocab) -> Result<()> {
+    model.save(dir)?;
+    vocab.save(dir)?;
+    Ok(())
+}
+
+/// Completed checkpoints in `run_dir`, oldest first.
+pub fn list(run_dir: &Path) -> Vec<(u64, PathBuf)> {
+    let mut v: Vec<(u64, PathBuf)> = std::fs::read_dir(run_dir)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|e| {
+            let name = e.file_name().to_string_lossy().into_owned();
+            let step = name.strip_prefix("checkpoint-")?.parse().ok()?;
+            e.path()
+                .join("trainer_state.json")
+                .is_file()
+                .then(|| (step, e.path()))
+        })
+        .collect();
+    v.sort();
+    v
+}
+
+/// Reads a checkpoint's trainer state and optimiser moments.
+pub fn load(dir: &Path, opt: &mut AdamW) -> Result<TrainerState> {
+    let path = dir.join("trainer_state.json");
+    let text = std::fs::read_to_string(&path).or_else(|e| file_err(&path, e.to_string()))?;
+    let state: TrainerState = serde_json::from_str(&text)
+        .or_else(|e| file_err(&path, format!("not a trainer state: {e}")))?;
+    let path = dir.join("optimizer.safetensors");
+    let bytes = std::fs::read(&path).or_else(|e| file_err(&path, e.to_string()))?;
+    let st = safetensors::SafeTensors::deserialize(&bytes)
+        .or_else(|e| file_err(&path, format!("not a safetensors file: {e}")))?;
+    let tensors: Vec<(String, Vec<usize>, Vec<f32>)> = st
+        .tensors()
+        .into_iter()
+        .map(|(n, t)| {
+            (
+                n,
+                t.shape().to_vec(),
+                bytemuck::pod_collect_to_vec(t.data()),
+            )
+        })
+        .collect();
+    opt.load_state(&tensors)?;
+    Ok(state)
+}
