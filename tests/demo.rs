@@ -8,6 +8,7 @@ fn demo_loss_falls() {
     let out = std::env::temp_dir().join(format!("xlsr-demo-{}", std::process::id()));
     let args = xlsr::demo::DemoArgs {
         steps: 30,
+        clips: 8,
         out: out.clone(),
         data: None,
         eval_steps: 30,

@@ -232,7 +232,7 @@ pub fn backward(
         gpu.dispatch(
             &GEMM,
             &pr,
-            &[xr, d.bind(), dyr.clone(), target.bind()],
+            &[xr, d.bind(), dyr, target.bind()],
             [
                 ((g.cin / c.groups) * g.k).div_ceil(64) as u32,
                 (g.cout / c.groups).div_ceil(64) as u32,

@@ -84,9 +84,12 @@ pub struct TrainArgs {
     /// Cap on padded audio seconds per batch (batch size x longest clip)
     #[arg(long)]
     pub max_batch_seconds: Option<f32>,
-    /// Evaluate on at most this many test utterances (all by default)
+    /// Train on the first N training utterances only (all by default)
     #[arg(long)]
-    pub eval_limit: Option<usize>,
+    pub max_train_samples: Option<usize>,
+    /// Evaluate on the first N utterances of the evaluation split only (all by default)
+    #[arg(long)]
+    pub max_eval_samples: Option<usize>,
     /// Split evaluated during training: test (held out) or train (to watch it fit)
     #[arg(long, default_value = "test")]
     pub eval_split: String,

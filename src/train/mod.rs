@@ -172,8 +172,10 @@ pub fn run(gpu: &Gpu, args: &TrainArgs) -> Result<RunSummary> {
             ..AdamWConfig::default()
         },
     );
+    let mut lengths = data.lengths(Split::Train);
+    lengths.truncate(args.max_train_samples.unwrap_or(usize::MAX).max(1));
     let batcher = Batcher::new(
-        data.lengths(Split::Train),
+        lengths.clone(),
         args.batch_size,
         args.seed,
         args.max_batch_seconds,
@@ -196,8 +198,8 @@ pub fn run(gpu: &Gpu, args: &TrainArgs) -> Result<RunSummary> {
     st.max_steps = total;
     println!(
         "training: {} clips ({:.1} min), {} steps ({per_epoch} per epoch), batch {} x {} accumulated",
-        data.train.len(),
-        data.train.iter().map(|u| u.seconds() as f64).sum::<f64>() / 60.0,
+        lengths.len(),
+        lengths.iter().sum::<usize>() as f64 / 16000.0 / 60.0,
         total,
         args.batch_size,
         args.grad_accum
@@ -358,7 +360,7 @@ pub fn run(gpu: &Gpu, args: &TrainArgs) -> Result<RunSummary> {
                 &data,
                 eval_split,
                 args.batch_size,
-                args.eval_limit,
+                args.max_eval_samples,
             )?;
             log.eval(st.global_step, epoch, r.ctc_loss, r.wer, r.cer)?;
             say(
@@ -433,7 +435,7 @@ fn say(bar: &indicatif::ProgressBar, msg: String) {
     if bar.is_hidden() {
         println!("{msg}");
     } else {
-        say(&bar, msg);
+        bar.println(msg);
     }
 }
 

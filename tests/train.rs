@@ -1,0 +1,294 @@
+//! `xlsr train` end to end on the committed Spanish corpus with tiny models: a resumed run
+//! repeats an uninterrupted one exactly, options come from a JSON config with the command line
+//! winning, `xlsr eval --json` prints the metrics, and bad input fails cleanly without
+//! touching earlier checkpoints. (The overfitting proof is in tests/overfit.rs.)
+
+mod common;
+use clap::Parser;
+use std::path::{Path, PathBuf};
+use xlsr::data::prepare::{self, Options, Source};
+use xlsr::data::Prepared;
+use xlsr::model::Wav2Vec2ForCtc;
+use xlsr::train::{self, TrainArgs};
+
+fn tmp(name: &str) -> PathBuf {
+    let d = std::env::temp_dir().join(format!("xlsr-train-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&d);
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
+
+/// A prep folder of the demo corpus's `n` first training clips (and the test split).
+fn prepared(dir: &Path, n: usize) -> PathBuf {
+    let corpus = xlsr::demo::corpus_dir();
+    let tsv = std::fs::read_to_string(corpus.join("train.tsv")).unwrap();
+    let mut manifest = String::new();
+    for line in tsv.lines().skip(1).take(n) {
+        let cols: Vec<&str> = line.split('\t').collect();
+        manifest += &format!(
+            "{}\t{}\n",
+            corpus.join("clips").join(cols[1]).display(),
+            cols[2]
+        );
+    }
+    let m = dir.join("train_manifest.tsv");
+    std::fs::write(&m, manifest).unwrap();
+    let prep = dir.join("prep");
+    let mut opts = Options::new(
+        Source::Manifests {
+            train: vec![m.clone()],
+            test: vec![m],
+        },
+        &prep,
+    );
+    opts.progress = false;
+    prepare::run(&opts).unwrap();
+    prep
+}
+
+/// A tiny random model for the prepared vocabulary.
+fn tiny_model(dir: &Path, prep: &Path) -> PathBuf {
+    let data = Prepared::open(prep).unwrap();
+    let mut cfg = xlsr::demo::small_config(data.vocab.len(), data.vocab.pad as usize);
+    cfg.hidden_size = 32;
+    cfg.intermediate_size = 48;
+    cfg.conv_dim = vec![16; 7];
+    cfg.num_hidden_layers = 2;
+    cfg.mask_time_prob = 0.05; // so the checkpoint has masked_spec_embed
+    let m = Wav2Vec2ForCtc::random(&common::gpu(), cfg, 1).unwrap();
+    let out = dir.join("init");
+    train::state::save_model(&out, &m, &data.vocab).unwrap();
+    out
+}
+
+#[derive(Parser)]
+#[command(args_override_self = true)]
+struct Cli {
+    #[command(flatten)]
+    args: TrainArgs,
+}
+
+fn args(model: &Path, prep: &Path, out: &Path, extra: &[&str]) -> TrainArgs {
+    let mut v: Vec<String> = vec!["train".into()];
+    for (k, p) in [("--model", model), ("--data", prep), ("--out", out)] {
+        v.push(k.into());
+        v.push(p.display().to_string());
+    }
+    v.extend(extra.iter().map(|s| s.to_string()));
+    Cli::parse_from(v).args
+}
+
+fn losses(run: &Path) -> Vec<(u64, f64)> {
+    let rows = xlsr::metrics::MetricsLog::read(&run.join("metrics.jsonl")).unwrap();
+    xlsr::metrics::MetricsLog::series(&rows, "loss")
+}
+
+#[test]
+fn resumed_run_equals_uninterrupted_run() {
+    let dir = tmp("resume");
+    let prep = prepared(&dir, 6);
+    let model = tiny_model(&dir, &prep);
+    // Dropout, LayerDrop and SpecAugment on, so their seeding is part of what must repeat.
+    let common = [
+        "--batch-size",
+        "2",
+        "--grad-accum",
+        "2",
+        "--max-steps",
+        "6",
+        "--warmup-steps",
+        "2",
+        "--logging-steps",
+        "1",
+        "--eval-steps",
+        "0",
+        "--save-steps",
+        "3",
+        "--save-total-limit",
+        "1",
+        "--learning-rate",
+        "1e-3",
+        "--layerdrop",
+        "0.3",
+        "--mask-time-prob",
+        "0.2",
+        "--freeze-feature-encoder",
+        "false",
+    ];
+    let full = dir.join("full");
+    let a = train::run(&common::gpu(), &args(&model, &prep, &full, &common)).unwrap();
+    assert_eq!(a.steps, 6);
+    // "Killed" after step 3: a run folder holding only checkpoint-3 and the log up to it.
+    let cut = dir.join("cut");
+    std::fs::create_dir_all(&cut).unwrap();
+    copy_dir(&full.join("checkpoint-3"), &cut.join("checkpoint-3"));
+    let log: Vec<String> = std::fs::read_to_string(full.join("metrics.jsonl"))
+        .unwrap()
+        .lines()
+        .take(3)
+        .map(|l| format!("{l}\n"))
+        .collect();
+    std::fs::write(cut.join("metrics.jsonl"), log.concat()).unwrap();
+    let mut resumed = common.to_vec();
+    resumed.push("--resume");
+    let b = train::run(&common::gpu(), &args(&model, &prep, &cut, &resumed)).unwrap();
+    assert_eq!(b.steps, 6);
+    let (la, lb) = (losses(&full), losses(&cut));
+    assert_eq!(la.len(), 6);
+    assert_eq!(la, lb, "resumed losses differ");
+    // Same final weights, bit for bit.
+    let wa = std::fs::read(full.join("final/model.safetensors")).unwrap();
+    let wb = std::fs::read(cut.join("final/model.safetensors")).unwrap();
+    assert!(wa == wb, "final weights differ");
+    // save_total_limit 1: only the newest checkpoint is kept.
+    assert!(full.join("checkpoint-3").is_dir());
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for e in std::fs::read_dir(from).unwrap() {
+        let e = e.unwrap();
+        std::fs::copy(e.path(), to.join(e.file_name())).unwrap();
+    }
+}
+
+#[test]
+fn json_config_with_command_line_overrides() {
+    let dir = tmp("config");
+    let cfg = dir.join("train.json");
+    std::fs::write(
+        &cfg,
+        r#"{"batch-size": 4, "learning_rate": 1e-4, "fp16": true, "max-steps": 9, "freeze-feature-encoder": false}"#,
+    )
+    .unwrap();
+    let mut v = vec!["train".to_string()];
+    v.extend(xlsr::train::args::config_args(&cfg).unwrap());
+    v.extend(
+        [
+            "--model",
+            "m",
+            "--data",
+            "d",
+            "--out",
+            "o",
+            "--batch-size",
+            "8",
+        ]
+        .map(String::from),
+    );
+    let a = Cli::parse_from(v).args;
+    assert_eq!(a.batch_size, 8, "command line wins");
+    assert_eq!(a.learning_rate, 1e-4);
+    assert!(a.fp16);
+    assert_eq!(a.max_steps, Some(9));
+    assert!(!a.freeze_feature_encoder);
+    assert_eq!(a.grad_accum, 2, "notebook default");
+    assert_eq!(a.warmup_steps, 500);
+    std::fs::write(&cfg, r#"{"batch-size": [1, 2]}"#).unwrap();
+    assert!(xlsr::train::args::config_args(&cfg).is_err());
+}
+
+#[test]
+fn bad_input_fails_cleanly() {
+    let dir = tmp("bad");
+    let prep = prepared(&dir, 2);
+    let model = tiny_model(&dir, &prep);
+    let g = common::gpu();
+
+    // A checkpoint whose head has another vocabulary.
+    let other = dir.join("other");
+    let m = Wav2Vec2ForCtc::random(&g, xlsr::demo::small_config(50, 49), 0).unwrap();
+    m.save(&other).unwrap();
+    let e = train::run(
+        &g,
+        &args(&other, &prep, &dir.join("r1"), &["--max-steps", "1"]),
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(e.contains("vocabulary"), "{e}");
+
+    // A corpus with no usable clips.
+    let empty = dir.join("empty_manifest.tsv");
+    std::fs::write(&empty, "missing.mp3\thola\n").unwrap();
+    let mut opts = Options::new(
+        Source::Manifests {
+            train: vec![empty.clone()],
+            test: vec![],
+        },
+        dir.join("emptyprep"),
+    );
+    opts.progress = false;
+    prepare::run(&opts).unwrap();
+    let e = train::run(
+        &g,
+        &args(&model, &dir.join("emptyprep"), &dir.join("r2"), &[]),
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(e.contains("no usable training clips"), "{e}");
+
+    // A checkpoint that cannot be written leaves the earlier one intact.
+    let run = dir.join("r3");
+    let base = [
+        "--max-steps",
+        "2",
+        "--save-steps",
+        "1",
+        "--eval-steps",
+        "0",
+        "--batch-size",
+        "2",
+    ];
+    std::fs::create_dir_all(&run).unwrap();
+    std::fs::write(
+        run.join(".checkpoint-2.tmp"),
+        "a file where the temporary folder goes",
+    )
+    .unwrap();
+    let e = train::run(
+        &g,
+        &args(
+            &model,
+            &prep,
+            &run,
+            &[&base[..], &["--max-steps", "3"]].concat(),
+        ),
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(e.contains("checkpoint-2") && e.contains("intact"), "{e}");
+    let ck1 = run.join("checkpoint-1");
+    assert!(ck1.join("model.safetensors").is_file() && ck1.join("trainer_state.json").is_file());
+    assert!(!run.join("checkpoint-2").exists());
+    Wav2Vec2ForCtc::load(&g, &ck1, None, 0).unwrap();
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+#[test]
+fn eval_cli_prints_json() {
+    let dir = tmp("evalcli");
+    let prep = prepared(&dir, 3);
+    let model = tiny_model(&dir, &prep);
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_xlsr"))
+        .env("XDG_RUNTIME_DIR", "/tmp")
+        .args(["eval", "--json", "--model"])
+        .arg(&model)
+        .arg("--data")
+        .arg(&prep)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    for k in ["wer", "cer", "ctc_loss", "utterances", "skipped"] {
+        assert!(v.get(k).is_some(), "missing {k} in {v}");
+    }
+    assert_eq!(v["utterances"], 3);
+    // An untrained model gets nearly everything wrong.
+    assert!(v["cer"].as_f64().unwrap() > 0.5);
+    let _ = std::fs::remove_dir_all(dir);
+}
