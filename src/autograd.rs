@@ -121,6 +121,48 @@ impl Tape {
         r
     }
 
+    /// Whether ops are being recorded (false inside [`Tape::no_grad`]).
+    pub fn is_recording(&self) -> bool {
+        self.enabled.get()
+    }
+
+    /// Gradient checkpointing: runs `f(tape, x)` without recording anything inside, and
+    /// records one node whose backward recomputes `f` on a fresh tape and backpropagates
+    /// through it (parameter gradients accumulate as usual). Only `x` is held between the
+    /// passes. `f` must give the same result twice (fixed dropout seeds).
+    pub fn checkpoint(
+        self: &Rc<Self>,
+        x: &Var,
+        f: impl Fn(&Rc<Tape>, &Var) -> Result<Var> + 'static,
+    ) -> Result<Var> {
+        let y = self.no_grad(|| f(self, x))?;
+        if !self.enabled.get() {
+            return Ok(Var::constant(y.value));
+        }
+        let id = self.fresh();
+        let xv = x.value.clone();
+        let track_x = x.id.is_some();
+        self.nodes.borrow_mut().push(Node {
+            out: id,
+            inputs: vec![x.id],
+            backward: Box::new(move |g| {
+                let sub = Tape::new();
+                let xi = sub.input(xv, track_x);
+                let yi = f(&sub, &xi)?;
+                if !yi.requires_grad() {
+                    return Ok(vec![None]);
+                }
+                let grads = sub.backward_with(&yi, Some(g.clone()), &[&xi])?;
+                Ok(grads)
+            }),
+        });
+        Ok(Var {
+            value: y.value,
+            id: Some(id),
+            tape: Some(self.clone()),
+        })
+    }
+
     /// A leaf for a parameter: tracked unless frozen or not recording.
     pub fn param(self: &Rc<Self>, p: &Rc<Param>) -> Var {
         if p.is_frozen() || !self.enabled.get() {

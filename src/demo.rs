@@ -102,6 +102,7 @@ pub fn run(gpu: &Gpu, args: &DemoArgs) -> Result<RunSummary> {
         mask_time_prob: 0.0,
         layerdrop: 0.0,
         freeze_feature_encoder: false,
+        gradient_checkpointing: None,
         max_batch_seconds: None,
         max_train_samples: Some(args.clips),
         max_eval_samples: Some(args.clips),

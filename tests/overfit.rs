@@ -69,6 +69,7 @@ fn overfits_four_clips() {
         mask_time_prob: 0.0,
         layerdrop: 0.0,
         freeze_feature_encoder: false,
+        gradient_checkpointing: None,
         max_batch_seconds: None,
         max_train_samples: None,
         max_eval_samples: None,

@@ -24,6 +24,7 @@ use std::path::Path;
 use std::rc::Rc;
 
 /// A linear layer `y = x W^T + b` with W [out, in], as `nn.Linear` stores it.
+#[derive(Clone)]
 pub struct Linear {
     pub weight: Rc<Param>,
     pub bias: Rc<Param>,
@@ -41,6 +42,7 @@ impl Linear {
 }
 
 /// LayerNorm (or GroupNorm) affine parameters.
+#[derive(Clone)]
 pub struct Norm {
     pub weight: Rc<Param>,
     pub bias: Rc<Param>,
@@ -66,6 +68,7 @@ pub struct ConvLayer {
 }
 
 /// One transformer encoder layer.
+#[derive(Clone)]
 pub struct EncoderLayer {
     pub q: Linear,
     pub k: Linear,
@@ -186,6 +189,9 @@ pub struct Forward {
     pub mask_features: Option<Vec<f32>>,
     /// Keep the intermediate activations in [`Output::hidden`].
     pub keep_hidden: bool,
+    /// Gradient checkpointing: keep only each encoder layer's input for the backward pass and
+    /// recompute the layer there (less memory, about one more forward pass of compute).
+    pub checkpoint: bool,
 }
 
 /// Result of a forward pass.
@@ -555,6 +561,7 @@ impl Wav2Vec2ForCtc {
         x = drop(&x, c.hidden_dropout)?;
 
         let mut layer_rng = Rng::new(opts.seed ^ 0x1a7e_d20f);
+        let shared = Rc::new(c.clone());
         for (i, layer) in self.layers.iter().enumerate() {
             // LayerDrop draws one number per layer whether or not it is used, so a run's
             // skips depend only on the seed.
@@ -563,7 +570,20 @@ impl Wav2Vec2ForCtc {
                 keep(&format!("layer{i}"), &x);
                 continue;
             }
-            x = self.layer(tape, layer, &x, attn_mask.as_ref(), &mut drop)?;
+            // Each layer draws its dropout masks from its own seed, so recomputing it inside
+            // the backward pass (checkpointing) repeats them exactly.
+            let step = LayerStep {
+                config: shared.clone(),
+                layer: layer.clone(),
+                mask: attn_mask.clone(),
+                train: opts.train,
+                seed: layer_rng.next_u64(),
+            };
+            x = if opts.checkpoint && tape_records(tape, &x) {
+                tape.checkpoint(&x, move |t, x| step.forward(t, x))?
+            } else {
+                step.forward(tape, &x)?
+            };
             keep(&format!("layer{i}"), &x);
         }
         if c.do_stable_layer_norm {
@@ -576,72 +596,6 @@ impl Wav2Vec2ForCtc {
             frames,
             hidden,
         })
-    }
-
-    fn layer(
-        &self,
-        tape: &Rc<Tape>,
-        l: &EncoderLayer,
-        x: &Var,
-        mask: Option<&Tensor>,
-        drop: &mut dyn FnMut(&Var, f32) -> Result<Var>,
-    ) -> Result<Var> {
-        let c = &self.config;
-        if c.do_stable_layer_norm {
-            let a = self.attention(tape, l, &l.attn_norm.layer(tape, x)?, mask, drop)?;
-            let x = x.add(&drop(&a, c.hidden_dropout)?)?;
-            let f = self.feed_forward(tape, l, &l.ff_norm.layer(tape, &x)?, drop)?;
-            x.add(&f)
-        } else {
-            let a = self.attention(tape, l, x, mask, drop)?;
-            let x = l
-                .attn_norm
-                .layer(tape, &x.add(&drop(&a, c.hidden_dropout)?)?)?;
-            let f = self.feed_forward(tape, l, &x, drop)?;
-            l.ff_norm.layer(tape, &x.add(&f)?)
-        }
-    }
-
-    fn attention(
-        &self,
-        tape: &Rc<Tape>,
-        l: &EncoderLayer,
-        x: &Var,
-        mask: Option<&Tensor>,
-        drop: &mut dyn FnMut(&Var, f32) -> Result<Var>,
-    ) -> Result<Var> {
-        let c = &self.config;
-        let (b, t, h) = (x.shape()[0], x.shape()[1], c.hidden_size);
-        let nh = c.num_attention_heads;
-        let hd = h / nh;
-        let heads = |y: Var| -> Result<Var> { y.reshape(&[b, t, nh, hd])?.permute(&[0, 2, 1, 3]) };
-        let q = heads(l.q.forward(tape, x)?)?;
-        let k = heads(l.k.forward(tape, x)?)?;
-        let v = heads(l.v.forward(tape, x)?)?;
-        let scores = q
-            .matmul(&k, false, true, None)?
-            .scale((hd as f32).powf(-0.5), 0.0)?;
-        let p = scores.softmax(mask)?;
-        let p = drop(&p, c.attention_dropout)?;
-        let o = p
-            .matmul(&v, false, false, None)?
-            .permute(&[0, 2, 1, 3])?
-            .reshape(&[b, t, h])?;
-        l.out.forward(tape, &o)
-    }
-
-    fn feed_forward(
-        &self,
-        tape: &Rc<Tape>,
-        l: &EncoderLayer,
-        x: &Var,
-        drop: &mut dyn FnMut(&Var, f32) -> Result<Var>,
-    ) -> Result<Var> {
-        let c = &self.config;
-        let y = l.ff_in.forward(tape, x)?.act(c.hidden_act())?;
-        let y = drop(&y, c.activation_dropout)?;
-        let y = l.ff_out.forward(tape, &y)?;
-        drop(&y, c.hidden_dropout)
     }
 
     /// CTC loss of `logits` against `labels` (token ids, no padding) with the config's
@@ -749,4 +703,86 @@ fn pos_conv_params(b: &mut Builder, c: &Config) -> Result<(Rc<Param>, Rc<Param>)
     b.params.push(gp.clone());
     b.params.push(vp.clone());
     Ok((gp, vp))
+}
+
+/// Whether ops on `x` are being recorded for a backward pass.
+fn tape_records(tape: &Rc<Tape>, x: &Var) -> bool {
+    tape.is_recording() && x.requires_grad()
+}
+
+/// One encoder layer's forward with everything it needs owned, so gradient checkpointing can
+/// run it again inside the backward pass.
+struct LayerStep {
+    config: Rc<Config>,
+    layer: EncoderLayer,
+    mask: Option<Tensor>,
+    train: bool,
+    seed: u64,
+}
+
+impl LayerStep {
+    fn forward(&self, tape: &Rc<Tape>, x: &Var) -> Result<Var> {
+        let (c, l) = (&*self.config, &self.layer);
+        let mut seeds = Rng::new(self.seed);
+        let mut drop = |x: &Var, p: f32| -> Result<Var> {
+            let s = seeds.next_u64();
+            if self.train && p > 0.0 {
+                x.dropout(p, s)
+            } else {
+                Ok(x.clone())
+            }
+        };
+        if c.do_stable_layer_norm {
+            let a = self.attention(tape, &l.attn_norm.layer(tape, x)?, &mut drop)?;
+            let x = x.add(&drop(&a, c.hidden_dropout)?)?;
+            let f = self.feed_forward(tape, &l.ff_norm.layer(tape, &x)?, &mut drop)?;
+            x.add(&f)
+        } else {
+            let a = self.attention(tape, x, &mut drop)?;
+            let x = l
+                .attn_norm
+                .layer(tape, &x.add(&drop(&a, c.hidden_dropout)?)?)?;
+            let f = self.feed_forward(tape, &x, &mut drop)?;
+            l.ff_norm.layer(tape, &x.add(&f)?)
+        }
+    }
+
+    fn attention(
+        &self,
+        tape: &Rc<Tape>,
+        x: &Var,
+        drop: &mut dyn FnMut(&Var, f32) -> Result<Var>,
+    ) -> Result<Var> {
+        let (c, l) = (&*self.config, &self.layer);
+        let (b, t, h) = (x.shape()[0], x.shape()[1], c.hidden_size);
+        let nh = c.num_attention_heads;
+        let hd = h / nh;
+        let heads = |y: Var| -> Result<Var> { y.reshape(&[b, t, nh, hd])?.permute(&[0, 2, 1, 3]) };
+        let q = heads(l.q.forward(tape, x)?)?;
+        let k = heads(l.k.forward(tape, x)?)?;
+        let v = heads(l.v.forward(tape, x)?)?;
+        let scores = q
+            .matmul(&k, false, true, None)?
+            .scale((hd as f32).powf(-0.5), 0.0)?;
+        let p = scores.softmax(self.mask.as_ref())?;
+        let p = drop(&p, c.attention_dropout)?;
+        let o = p
+            .matmul(&v, false, false, None)?
+            .permute(&[0, 2, 1, 3])?
+            .reshape(&[b, t, h])?;
+        l.out.forward(tape, &o)
+    }
+
+    fn feed_forward(
+        &self,
+        tape: &Rc<Tape>,
+        x: &Var,
+        drop: &mut dyn FnMut(&Var, f32) -> Result<Var>,
+    ) -> Result<Var> {
+        let (c, l) = (&*self.config, &self.layer);
+        let y = l.ff_in.forward(tape, x)?.act(c.hidden_act())?;
+        let y = drop(&y, c.activation_dropout)?;
+        let y = l.ff_out.forward(tape, &y)?;
+        drop(&y, c.hidden_dropout)
+    }
 }

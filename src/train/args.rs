@@ -81,6 +81,10 @@ pub struct TrainArgs {
     /// Keep the conv feature encoder frozen
     #[arg(long, num_args = 0..=1, default_missing_value = "true", default_value_t = true, action = clap::ArgAction::Set)]
     pub freeze_feature_encoder: bool,
+    /// Recompute each encoder layer in the backward pass instead of keeping its activations
+    /// (default: on for models of 12 or more layers, as the notebook does for XLSR-53)
+    #[arg(long, num_args = 0..=1, default_missing_value = "true")]
+    pub gradient_checkpointing: Option<bool>,
     /// Cap on padded audio seconds per batch (batch size x longest clip)
     #[arg(long)]
     pub max_batch_seconds: Option<f32>,

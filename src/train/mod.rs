@@ -197,14 +197,22 @@ pub fn run(gpu: &Gpu, args: &TrainArgs) -> Result<RunSummary> {
     };
     st.max_steps = total;
     println!(
-        "training: {} clips ({:.1} min), {} steps ({per_epoch} per epoch), batch {} x {} accumulated",
+        "training: {} clips ({:.1} min), {} steps ({per_epoch} per epoch), batch {} x {} accumulated{}",
         lengths.len(),
         lengths.iter().sum::<usize>() as f64 / 16000.0 / 60.0,
         total,
         args.batch_size,
-        args.grad_accum
+        args.grad_accum,
+        if args.gradient_checkpointing.unwrap_or(model.layers.len() >= 12) {
+            ", gradient checkpointing"
+        } else {
+            ""
+        }
     );
 
+    let checkpoint = args
+        .gradient_checkpointing
+        .unwrap_or(model.layers.len() >= 12);
     let mut log = MetricsLog::open(&args.out)?;
     let bar = progress_bar(total, st.global_step);
     let mut epoch_batches = batcher.epoch(st.epoch);
@@ -288,6 +296,7 @@ pub fn run(gpu: &Gpu, args: &TrainArgs) -> Result<RunSummary> {
                     mask_time: mask_time.clone(),
                     mask_features: mask_features.clone(),
                     keep_hidden: false,
+                    checkpoint,
                 };
                 let out = model.forward(&tape, &audio, Some(&batch.audio_lengths), &opts)?;
                 let (loss, _) = model.ctc_loss(&out.logits, &out.frames, &labels)?;
