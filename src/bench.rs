@@ -326,7 +326,16 @@ pub fn run(gpu: &Gpu, quick: bool, filter: Option<&str>) -> Result<Vec<Measureme
     }
 
     if keep("model") {
-        model_step(gpu, quick)?;
+        let m = if quick {
+            ModelStep {
+                layers: Some(2),
+                seconds: 1.0,
+                ..ModelStep::default()
+            }
+        } else {
+            ModelStep::default()
+        };
+        model_step(gpu, &m)?;
     }
 
     let tiled = out.iter().find(|m| m.name.starts_with("matmul tiled"));
@@ -342,48 +351,81 @@ pub fn run(gpu: &Gpu, quick: bool, filter: Option<&str>) -> Result<Vec<Measureme
     Ok(out)
 }
 
-/// One fine-tuning step's forward and backward of the XLSR-53 shape (feature encoder frozen)
-/// on one 4 s clip, with peak device memory and the kernels that took the most GPU time.
-/// `quick` keeps 2 of the 24 layers and 1 s of audio.
-pub fn model_step(gpu: &Gpu, quick: bool) -> Result<()> {
+/// Shape of the training-step benchmark.
+#[derive(Clone, Debug)]
+pub struct ModelStep {
+    /// Clips per batch.
+    pub batch: usize,
+    /// Seconds per clip.
+    pub seconds: f64,
+    /// Encoder layers (XLSR-53 has 24).
+    pub layers: Option<usize>,
+    /// Gradient checkpointing.
+    pub checkpoint: bool,
+}
+
+impl Default for ModelStep {
+    fn default() -> Self {
+        ModelStep {
+            batch: 1,
+            seconds: 4.0,
+            layers: None,
+            checkpoint: false,
+        }
+    }
+}
+
+/// One fine-tuning step (forward, backward, AdamW) of the XLSR-53 shape (feature encoder
+/// frozen, dropout on), with the peak device memory by the engine's accounting (weights, gradients,
+/// activations and pooled buffers) and the kernels that took the most GPU time.
+pub fn model_step(gpu: &Gpu, m: &ModelStep) -> Result<()> {
     use crate::model::{Config, Forward, Wav2Vec2ForCtc};
     let mut cfg = Config::xlsr53(40);
-    let secs = if quick { 1.0 } else { 4.0 };
-    if quick {
-        cfg.num_hidden_layers = 2;
+    if let Some(l) = m.layers {
+        cfg.num_hidden_layers = l;
     }
+    let secs = m.seconds;
     let model = Wav2Vec2ForCtc::random(gpu, cfg, 0)?;
     model.freeze_feature_encoder(true);
     let samples = (secs * 16000.0) as usize;
-    let audio = rand(gpu, &[1, samples], 9)?;
-    let labels = vec![(0..(secs * 12.0) as u32)
-        .map(|i| 1 + i % 38)
-        .collect::<Vec<u32>>()];
-    let step = || -> Result<(f64, f64)> {
+    let audio = rand(gpu, &[m.batch, samples], 9)?;
+    let label: Vec<u32> = (0..(secs * 12.0) as u32).map(|i| 1 + i % 38).collect();
+    let labels = vec![label; m.batch];
+    gpu.sync()?;
+    let weights = gpu.live_bytes();
+    let mut opt = crate::optim::AdamW::new(&model.params, Default::default());
+    let mut step = || -> Result<(f64, f64)> {
         let tape = crate::Tape::new();
         let t0 = Instant::now();
-        let out = model.forward(&tape, &audio, None, &Forward::default())?;
+        let opts = Forward {
+            train: true,
+            checkpoint: m.checkpoint,
+            ..Forward::default()
+        };
+        let out = model.forward(&tape, &audio, None, &opts)?;
         let (loss, _) = model.ctc_loss(&out.logits, &out.frames, &labels)?;
         loss.value.item()?;
         let fwd = t0.elapsed().as_secs_f64();
         tape.backward(&loss, &[])?;
+        opt.clip_and_step(1e-5, 1.0)?;
+        opt.zero_grad();
         gpu.sync()?;
         Ok((fwd, t0.elapsed().as_secs_f64() - fwd))
     };
-    step()?; // warm-up: pipelines, pool
-    for p in &model.params {
-        p.zero_grad();
-    }
+    step()?; // warm-up: pipelines, pool, optimiser moments
     let timed = gpu.profile_start()?;
     let (fwd, bwd) = step()?;
     let kernels = gpu.profile_stop()?;
     println!(
-        "{:<48} forward {:.3} s, backward {:.3} s (wall), {} layers, {secs} s audio, peak {:.2} GB",
+        "{:<48} forward {:.3} s, backward + AdamW {:.3} s (wall), {} layers, batch {} x {secs} s, checkpointing {}: peak {:.2} GB (weights {:.2} GB)",
         "wav2vec2 XLSR-53 step (frozen encoder)",
         fwd,
         bwd,
         model.layers.len(),
-        gpu.peak_bytes() as f64 / 1e9
+        m.batch,
+        m.checkpoint,
+        gpu.peak_bytes() as f64 / 1e9,
+        weights as f64 / 1e9
     );
     if timed {
         let mut k = kernels;

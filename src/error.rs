@@ -26,6 +26,13 @@ pub enum Error {
     /// A dispatch or buffer exceeds what the device allows.
     #[error("{op}: {msg}")]
     Limit { op: &'static str, msg: String },
+    /// The device could not allocate a buffer.
+    #[error(
+        "out of GPU memory: asked for {asked} bytes with {in_use} bytes in use; lower the batch \
+         size or the longest clip (--batch-size, --max-batch-seconds, prepare --max-seconds), or \
+         turn on --gradient-checkpointing"
+    )]
+    OutOfMemory { asked: u64, in_use: u64 },
     /// The GPU ran out of memory or rejected a command.
     #[error("GPU error: {0}")]
     Gpu(String),

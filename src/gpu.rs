@@ -112,6 +112,8 @@ pub struct GpuInner {
     batch: Mutex<Batch>,
     profiler: Mutex<Option<Profiler>>,
     max_binding: AtomicU64,
+    /// Budget for pooled + live buffers (`XLSR_MEMORY_LIMIT_GB`, or set by tests).
+    memory_limit: AtomicU64,
     errors: Arc<Mutex<Vec<String>>>,
 }
 
@@ -237,6 +239,12 @@ impl Gpu {
             }),
             profiler: Mutex::new(None),
             max_binding: AtomicU64::new(max_binding),
+            memory_limit: AtomicU64::new(
+                std::env::var("XLSR_MEMORY_LIMIT_GB")
+                    .ok()
+                    .and_then(|v| v.parse::<f64>().ok())
+                    .map_or(u64::MAX, |gb| (gb * 1e9) as u64),
+            ),
             errors,
         })))
     }
@@ -244,6 +252,12 @@ impl Gpu {
     /// Largest byte range one kernel binding may cover; tensors above it are processed in chunks.
     pub fn max_binding(&self) -> u64 {
         self.max_binding.load(Ordering::Relaxed)
+    }
+
+    /// Caps the device memory the engine may hold (live + pooled buffers): an allocation past
+    /// it fails with [`Error::OutOfMemory`] as a full device would. Simulates a smaller card.
+    pub fn set_memory_limit(&self, bytes: u64) {
+        self.memory_limit.store(bytes, Ordering::Relaxed);
     }
 
     /// Lowers the chunking threshold (tests use it to exercise chunked dispatch on small data).
@@ -294,17 +308,47 @@ impl Gpu {
             pool.pooled_bytes -= class;
             return Ok((buf, class));
         }
+        let limit = self.memory_limit.load(Ordering::Relaxed);
+        if pool.live_bytes + pool.pooled_bytes > limit {
+            // Pooled buffers of other sizes go first; then the budget is really exhausted.
+            pool.free.clear();
+            pool.pooled_bytes = 0;
+            if pool.live_bytes > limit {
+                pool.live_bytes -= class;
+                return Err(Error::OutOfMemory {
+                    asked: class,
+                    in_use: pool.live_bytes,
+                });
+            }
+        }
         pool.peak_bytes = pool.peak_bytes.max(pool.live_bytes + pool.pooled_bytes);
         drop(pool);
-        let buf = self.device.create_buffer(&wgpu::BufferDescriptor {
-            label: None,
-            size: class,
-            usage: wgpu::BufferUsages::STORAGE
-                | wgpu::BufferUsages::COPY_SRC
-                | wgpu::BufferUsages::COPY_DST,
-            mapped_at_creation: false,
-        });
-        Ok((buf, class))
+        // New buffers are rare once the pool is warm, so checking each for out-of-memory
+        // synchronously costs little and turns a later driver error into a clear one here.
+        for attempt in 0..2 {
+            let scope = self.device.push_error_scope(wgpu::ErrorFilter::OutOfMemory);
+            let buf = self.device.create_buffer(&wgpu::BufferDescriptor {
+                label: None,
+                size: class,
+                usage: wgpu::BufferUsages::STORAGE
+                    | wgpu::BufferUsages::COPY_SRC
+                    | wgpu::BufferUsages::COPY_DST,
+                mapped_at_creation: false,
+            });
+            if pollster::block_on(scope.pop()).is_none() {
+                return Ok((buf, class));
+            }
+            if attempt == 0 {
+                // Pooled buffers of other sizes may be what fills the device: free and retry.
+                self.trim_pool();
+            }
+        }
+        let mut pool = self.pool.lock().unwrap();
+        pool.live_bytes -= class;
+        Err(Error::OutOfMemory {
+            asked: class,
+            in_use: pool.live_bytes,
+        })
     }
 
     /// Returns a buffer to the pool. Commands already recorded that use it still run first,

@@ -28,6 +28,18 @@ enum Cmd {
         /// Only run benchmarks whose name contains this
         #[arg(long)]
         filter: Option<String>,
+        /// Training-step benchmark only (XLSR-53 shape): clips per batch
+        #[arg(long)]
+        batch: Option<usize>,
+        /// Training-step benchmark: seconds per clip
+        #[arg(long, default_value_t = 4.0)]
+        seconds: f64,
+        /// Training-step benchmark: encoder layers (24 in XLSR-53)
+        #[arg(long)]
+        layers: Option<usize>,
+        /// Training-step benchmark: gradient checkpointing
+        #[arg(long)]
+        checkpointing: bool,
     },
     /// Decode a Common Voice folder into a 16 kHz audio cache and build the vocabulary
     Prepare(xlsr::data::prepare::Args),
@@ -120,7 +132,23 @@ fn run() -> Result<()> {
             let gpu = xlsr::Gpu::new()?;
             println!("selected: {} ({:?})", gpu.info.name, gpu.info.backend);
         }
-        Cmd::Bench { quick, filter } => {
+        Cmd::Bench {
+            batch: Some(batch),
+            seconds,
+            layers,
+            checkpointing,
+            ..
+        } => {
+            let gpu = xlsr::Gpu::new()?;
+            let m = xlsr::bench::ModelStep {
+                batch,
+                seconds,
+                layers,
+                checkpoint: checkpointing,
+            };
+            xlsr::bench::model_step(&gpu, &m)?;
+        }
+        Cmd::Bench { quick, filter, .. } => {
             let gpu = xlsr::Gpu::new()?;
             let quick = quick
                 || (gpu.info.device_type == wgpu::DeviceType::Cpu

@@ -258,3 +258,23 @@ fn feature_encoder_conv_beyond_the_binding_limit() {
         );
     }
 }
+
+/// Past the memory budget an allocation fails with the bytes asked and in use and what to
+/// lower, instead of a driver crash; pooled buffers are given back first.
+#[test]
+fn out_of_memory_is_a_clear_error() {
+    let g = Gpu::new().unwrap();
+    let a = Tensor::zeros(&g, &[1 << 20]).unwrap(); // 4 MiB
+    drop(a); // pooled
+    g.set_memory_limit(6 << 20);
+    // The pooled 4 MiB buffer is freed to make room for a different size.
+    let b = Tensor::zeros(&g, &[(1 << 20) + 5000]).unwrap();
+    let e = Tensor::zeros(&g, &[1 << 20]).unwrap_err().to_string();
+    assert!(
+        e.contains("out of GPU memory") && e.contains("batch"),
+        "{e}"
+    );
+    assert!(e.contains(&format!("{}", 4u64 << 20)), "{e}");
+    drop(b);
+    Tensor::zeros(&g, &[1 << 20]).unwrap();
+}
