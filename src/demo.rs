@@ -79,36 +79,24 @@ pub fn run(gpu: &Gpu, args: &DemoArgs) -> Result<RunSummary> {
     train::state::save_model(&init, &model, &data.vocab)?;
     drop(model);
     let targs = TrainArgs {
-        model: init,
-        data: prep,
-        out: args.out.clone(),
         batch_size: 4,
         grad_accum: 1,
         learning_rate: 3e-3,
         warmup_steps: args.steps / 10,
-        epochs: 1.0,
         max_steps: Some(args.steps),
         eval_steps: args.eval_steps,
         save_steps: 0,
-        save_total_limit: 1,
         logging_steps: 10,
         seed: 0,
-        fp16: false,
-        weight_decay: 0.0,
-        max_grad_norm: 1.0,
         attention_dropout: 0.0,
         hidden_dropout: 0.0,
-        feat_proj_dropout: 0.0,
         mask_time_prob: 0.0,
         layerdrop: 0.0,
         freeze_feature_encoder: false,
-        gradient_checkpointing: None,
-        max_batch_seconds: None,
         max_train_samples: Some(args.clips),
         max_eval_samples: Some(args.clips),
         eval_split: "train".into(),
-        resume: false,
-        config: None,
+        ..TrainArgs::new(&init, &prep, &args.out)
     };
     let summary = train::run(gpu, &targs)?;
     // The held-out clips: a few minutes on a dozen clips memorises them, it does not generalise.

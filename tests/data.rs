@@ -603,7 +603,7 @@ fn prepare_from_manifest() {
 // Batching and padding
 
 fn lengths(n: usize, seed: u64) -> Vec<usize> {
-    let mut rng = batch::SplitMix64::new(seed);
+    let mut rng = xlsr::rng::Rng::new(seed);
     (0..n)
         .map(|_| 16000 + (rng.next_u64() % 144000) as usize)
         .collect()

@@ -2,7 +2,6 @@
 //! clips of the committed Spanish corpus reaches a character error rate under 0.05 on them.
 
 mod common;
-use xlsr::data::prepare::{self, Options, Source};
 use xlsr::data::Prepared;
 use xlsr::model::Wav2Vec2ForCtc;
 use xlsr::train::{self, TrainArgs};
@@ -12,29 +11,7 @@ fn overfits_four_clips() {
     let dir = std::env::temp_dir().join(format!("xlsr-overfit-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).unwrap();
-    let corpus = xlsr::demo::corpus_dir();
-    let tsv = std::fs::read_to_string(corpus.join("train.tsv")).unwrap();
-    let manifest: String = tsv
-        .lines()
-        .skip(1)
-        .take(4)
-        .map(|l| {
-            let c: Vec<&str> = l.split('\t').collect();
-            format!("{}\t{}\n", corpus.join("clips").join(c[1]).display(), c[2])
-        })
-        .collect();
-    let m = dir.join("m.tsv");
-    std::fs::write(&m, manifest).unwrap();
-    let prep = dir.join("prep");
-    let mut opts = Options::new(
-        Source::Manifests {
-            train: vec![m.clone()],
-            test: vec![m],
-        },
-        &prep,
-    );
-    opts.progress = false;
-    prepare::run(&opts).unwrap();
+    let prep = common::demo_subset(&dir, 4);
     let data = Prepared::open(&prep).unwrap();
     let g = common::gpu();
     let cfg = xlsr::demo::small_config(data.vocab.len(), data.vocab.pad as usize);
@@ -46,36 +23,22 @@ fn overfits_four_clips() {
         .and_then(|s| s.parse().ok())
         .unwrap_or(200);
     let args = TrainArgs {
-        model: init,
-        data: prep,
-        out: dir.join("run"),
         batch_size: 4,
         grad_accum: 1,
         learning_rate: 3e-3,
         warmup_steps: 20,
-        epochs: 1.0,
         max_steps: Some(steps),
         eval_steps: 50,
         save_steps: 0,
-        save_total_limit: 1,
         logging_steps: 10,
         seed: 0,
-        fp16: false,
-        weight_decay: 0.0,
-        max_grad_norm: 1.0,
         attention_dropout: 0.0,
         hidden_dropout: 0.0,
-        feat_proj_dropout: 0.0,
         mask_time_prob: 0.0,
         layerdrop: 0.0,
         freeze_feature_encoder: false,
-        gradient_checkpointing: None,
-        max_batch_seconds: None,
-        max_train_samples: None,
-        max_eval_samples: None,
         eval_split: "train".into(),
-        resume: false,
-        config: None,
+        ..TrainArgs::new(&init, &prep, &dir.join("run"))
     };
     let s = train::run(&g, &args).unwrap();
     let e = s.eval.unwrap();

@@ -18,34 +18,6 @@ fn tmp(name: &str) -> PathBuf {
     d
 }
 
-/// A prep folder of the demo corpus's `n` first training clips (and the test split).
-fn prepared(dir: &Path, n: usize) -> PathBuf {
-    let corpus = xlsr::demo::corpus_dir();
-    let tsv = std::fs::read_to_string(corpus.join("train.tsv")).unwrap();
-    let mut manifest = String::new();
-    for line in tsv.lines().skip(1).take(n) {
-        let cols: Vec<&str> = line.split('\t').collect();
-        manifest += &format!(
-            "{}\t{}\n",
-            corpus.join("clips").join(cols[1]).display(),
-            cols[2]
-        );
-    }
-    let m = dir.join("train_manifest.tsv");
-    std::fs::write(&m, manifest).unwrap();
-    let prep = dir.join("prep");
-    let mut opts = Options::new(
-        Source::Manifests {
-            train: vec![m.clone()],
-            test: vec![m],
-        },
-        &prep,
-    );
-    opts.progress = false;
-    prepare::run(&opts).unwrap();
-    prep
-}
-
 /// A tiny random model for the prepared vocabulary.
 fn tiny_model(dir: &Path, prep: &Path) -> PathBuf {
     let data = Prepared::open(prep).unwrap();
@@ -86,7 +58,7 @@ fn losses(run: &Path) -> Vec<(u64, f64)> {
 #[test]
 fn resumed_run_equals_uninterrupted_run() {
     let dir = tmp("resume");
-    let prep = prepared(&dir, 6);
+    let prep = common::demo_subset(&dir, 6);
     let model = tiny_model(&dir, &prep);
     // Dropout, LayerDrop and SpecAugment on, so their seeding is part of what must repeat.
     let common = [
@@ -192,7 +164,7 @@ fn json_config_with_command_line_overrides() {
 #[test]
 fn bad_input_fails_cleanly() {
     let dir = tmp("bad");
-    let prep = prepared(&dir, 2);
+    let prep = common::demo_subset(&dir, 2);
     let model = tiny_model(&dir, &prep);
     let g = common::gpu();
 
@@ -268,7 +240,7 @@ fn bad_input_fails_cleanly() {
 #[test]
 fn eval_cli_prints_json() {
     let dir = tmp("evalcli");
-    let prep = prepared(&dir, 3);
+    let prep = common::demo_subset(&dir, 3);
     let model = tiny_model(&dir, &prep);
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_xlsr"))
         .env("XDG_RUNTIME_DIR", "/tmp")

@@ -5,6 +5,7 @@
 use super::audio::{normalize, SAMPLE_RATE};
 use super::prepare::{Prepared, Split};
 use super::{wav2vec2_frames, DataError};
+use crate::rng::Rng;
 
 /// Label padding value: HF's ignore index, which the loss never reads (lengths say where
 /// each row ends).
@@ -41,7 +42,7 @@ impl Batcher {
     /// The batches of epoch `epoch`: every index exactly once, in HF's length-grouped order
     /// shuffled from `(seed, epoch)`, the longest batch first.
     pub fn epoch(&self, epoch: u64) -> Vec<Vec<usize>> {
-        let seed = self.seed ^ SplitMix64::new(epoch).next_u64();
+        let seed = self.seed ^ Rng::new(epoch).next_u64();
         let order = length_grouped_indices(&self.lengths, self.batch_size, seed);
         let mut batches = Vec::new();
         let mut batch: Vec<usize> = Vec::new();
@@ -74,7 +75,7 @@ pub fn megabatch_size(n: usize, batch_size: usize) -> usize {
 /// HF's `get_length_grouped_indices`: a random permutation (drawn from `seed`), then
 /// [`group_by_length`].
 pub fn length_grouped_indices(lengths: &[usize], batch_size: usize, seed: u64) -> Vec<usize> {
-    let mut rng = SplitMix64::new(seed);
+    let mut rng = Rng::new(seed);
     let mut order: Vec<usize> = (0..lengths.len()).collect();
     // Fisher-Yates.
     for i in (1..order.len()).rev() {
@@ -107,26 +108,6 @@ pub fn group_by_length(order: &[usize], lengths: &[usize], batch_size: usize) ->
         megabatches[max_idx][0] = first;
     }
     megabatches.concat()
-}
-
-/// A small seeded generator (SplitMix64): reproducible shuffles without a dependency.
-#[derive(Clone, Debug)]
-pub struct SplitMix64(u64);
-
-impl SplitMix64 {
-    /// A generator from `seed`.
-    pub fn new(seed: u64) -> Self {
-        SplitMix64(seed)
-    }
-
-    /// The next 64 random bits.
-    pub fn next_u64(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
 }
 
 /// One utterance going into a batch.

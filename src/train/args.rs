@@ -106,6 +106,32 @@ pub struct TrainArgs {
     pub config: Option<PathBuf>,
 }
 
+impl TrainArgs {
+    /// `xlsr train --model MODEL --data DATA --out OUT` with every other option at its default
+    /// (the notebook's values).
+    pub fn new(
+        model: &std::path::Path,
+        data: &std::path::Path,
+        out: &std::path::Path,
+    ) -> TrainArgs {
+        #[derive(clap::Parser)]
+        struct Cli {
+            #[command(flatten)]
+            args: TrainArgs,
+        }
+        let argv = [
+            "train".as_ref(),
+            "--model".as_ref(),
+            model.as_os_str(),
+            "--data".as_ref(),
+            data.as_os_str(),
+            "--out".as_ref(),
+            out.as_os_str(),
+        ];
+        <Cli as clap::Parser>::parse_from(argv).args
+    }
+}
+
 /// Turns a JSON config object into `--name value` arguments, to be parsed before the command
 /// line's own so that those win.
 pub fn config_args(path: &std::path::Path) -> anyhow::Result<Vec<String>> {

@@ -143,3 +143,33 @@ impl<'a> Check<'a> {
         }
     }
 }
+
+/// A prep folder (in `dir`) of the built-in corpus's first `n` training clips, which serve as
+/// the test split too.
+pub fn demo_subset(dir: &std::path::Path, n: usize) -> std::path::PathBuf {
+    use xlsr::data::prepare::{self, Options, Source};
+    let corpus = xlsr::demo::corpus_dir();
+    let tsv = std::fs::read_to_string(corpus.join("train.tsv")).unwrap();
+    let mut manifest = String::new();
+    for line in tsv.lines().skip(1).take(n) {
+        let cols: Vec<&str> = line.split('\t').collect();
+        manifest += &format!(
+            "{}\t{}\n",
+            corpus.join("clips").join(cols[1]).display(),
+            cols[2]
+        );
+    }
+    let m = dir.join("train_manifest.tsv");
+    std::fs::write(&m, manifest).unwrap();
+    let prep = dir.join("prep");
+    let mut opts = Options::new(
+        Source::Manifests {
+            train: vec![m.clone()],
+            test: vec![m],
+        },
+        &prep,
+    );
+    opts.progress = false;
+    prepare::run(&opts).unwrap();
+    prep
+}
