@@ -456,15 +456,8 @@ impl Wav2Vec2ForCtc {
             Some(l) => self.frames(l),
             None => vec![t_all; batch],
         };
-        let mut seeds = Rng::new(opts.seed ^ 0x5eed_d20f_0000_0000);
-        let mut drop = |x: &Var, p: f32| -> Result<Var> {
-            let s = seeds.next_u64();
-            if opts.train && p > 0.0 {
-                x.dropout(p, s)
-            } else {
-                Ok(x.clone())
-            }
-        };
+        let mut dropout = Dropout::new(opts.seed ^ 0x5eed_d20f_0000_0000, opts.train);
+        let mut drop = |x: &Var, p: f32| dropout.apply(x, p);
         let mut hidden = Vec::new();
         let mut keep = |name: &str, v: &Var| {
             if opts.keep_hidden {
@@ -705,6 +698,31 @@ fn pos_conv_params(b: &mut Builder, c: &Config) -> Result<(Rc<Param>, Rc<Param>)
     Ok((gp, vp))
 }
 
+/// Dropout sites of one pass: each call takes the next seed, whether or not it drops, so the
+/// masks depend only on the pass's seed and the site's position.
+struct Dropout {
+    seeds: Rng,
+    train: bool,
+}
+
+impl Dropout {
+    fn new(seed: u64, train: bool) -> Dropout {
+        Dropout {
+            seeds: Rng::new(seed),
+            train,
+        }
+    }
+
+    fn apply(&mut self, x: &Var, p: f32) -> Result<Var> {
+        let s = self.seeds.next_u64();
+        if self.train && p > 0.0 {
+            x.dropout(p, s)
+        } else {
+            Ok(x.clone())
+        }
+    }
+}
+
 /// Whether ops on `x` are being recorded for a backward pass.
 fn tape_records(tape: &Rc<Tape>, x: &Var) -> bool {
     tape.is_recording() && x.requires_grad()
@@ -723,15 +741,8 @@ struct LayerStep {
 impl LayerStep {
     fn forward(&self, tape: &Rc<Tape>, x: &Var) -> Result<Var> {
         let (c, l) = (&*self.config, &self.layer);
-        let mut seeds = Rng::new(self.seed);
-        let mut drop = |x: &Var, p: f32| -> Result<Var> {
-            let s = seeds.next_u64();
-            if self.train && p > 0.0 {
-                x.dropout(p, s)
-            } else {
-                Ok(x.clone())
-            }
-        };
+        let mut dropout = Dropout::new(self.seed, self.train);
+        let mut drop = |x: &Var, p: f32| dropout.apply(x, p);
         if c.do_stable_layer_norm {
             let a = self.attention(tape, &l.attn_norm.layer(tape, x)?, &mut drop)?;
             let x = x.add(&drop(&a, c.hidden_dropout)?)?;
