@@ -9,7 +9,7 @@ use crate::error::Result;
 use crate::model::{Config, Wav2Vec2ForCtc};
 use crate::train::{self, RunSummary, TrainArgs};
 use crate::Gpu;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 /// Options of `xlsr demo`.
 #[derive(clap::Args, Clone, Debug)]
@@ -64,6 +64,29 @@ pub fn small_config(vocab: usize, pad: usize) -> Config {
     }
 }
 
+/// Training options for a small model learning from scratch and watched on its training clips:
+/// batch 4, peak lr 3e-3 after a 10% warm-up, no dropout, LayerDrop or masking, the feature
+/// encoder trained too, no checkpoints.
+pub fn from_scratch_args(init: &Path, prep: &Path, out: &Path, steps: u64) -> TrainArgs {
+    TrainArgs {
+        batch_size: 4,
+        grad_accum: 1,
+        learning_rate: 3e-3,
+        warmup_steps: steps / 10,
+        max_steps: Some(steps),
+        save_steps: 0,
+        logging_steps: 10,
+        seed: 0,
+        attention_dropout: 0.0,
+        hidden_dropout: 0.0,
+        mask_time_prob: 0.0,
+        layerdrop: 0.0,
+        freeze_feature_encoder: false,
+        eval_split: "train".into(),
+        ..TrainArgs::new(init, prep, out)
+    }
+}
+
 /// Runs the demo; returns the training run's summary.
 pub fn run(gpu: &Gpu, args: &DemoArgs) -> Result<RunSummary> {
     let corpus = args.data.clone().unwrap_or_else(corpus_dir);
@@ -79,24 +102,10 @@ pub fn run(gpu: &Gpu, args: &DemoArgs) -> Result<RunSummary> {
     train::state::save_model(&init, &model, &data.vocab)?;
     drop(model);
     let targs = TrainArgs {
-        batch_size: 4,
-        grad_accum: 1,
-        learning_rate: 3e-3,
-        warmup_steps: args.steps / 10,
-        max_steps: Some(args.steps),
         eval_steps: args.eval_steps,
-        save_steps: 0,
-        logging_steps: 10,
-        seed: 0,
-        attention_dropout: 0.0,
-        hidden_dropout: 0.0,
-        mask_time_prob: 0.0,
-        layerdrop: 0.0,
-        freeze_feature_encoder: false,
         max_train_samples: Some(args.clips),
         max_eval_samples: Some(args.clips),
-        eval_split: "train".into(),
-        ..TrainArgs::new(&init, &prep, &args.out)
+        ..from_scratch_args(&init, &prep, &args.out, args.steps)
     };
     let summary = train::run(gpu, &targs)?;
     // The held-out clips: a few minutes on a dozen clips memorises them, it does not generalise.

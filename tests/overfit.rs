@@ -23,22 +23,8 @@ fn overfits_four_clips() {
         .and_then(|s| s.parse().ok())
         .unwrap_or(200);
     let args = TrainArgs {
-        batch_size: 4,
-        grad_accum: 1,
-        learning_rate: 3e-3,
-        warmup_steps: 20,
-        max_steps: Some(steps),
         eval_steps: 50,
-        save_steps: 0,
-        logging_steps: 10,
-        seed: 0,
-        attention_dropout: 0.0,
-        hidden_dropout: 0.0,
-        mask_time_prob: 0.0,
-        layerdrop: 0.0,
-        freeze_feature_encoder: false,
-        eval_split: "train".into(),
-        ..TrainArgs::new(&init, &prep, &dir.join("run"))
+        ..xlsr::demo::from_scratch_args(&init, &prep, &dir.join("run"), steps)
     };
     let s = train::run(&g, &args).unwrap();
     let e = s.eval.unwrap();

@@ -107,6 +107,20 @@ fn layout(norm: Norm, x: &Tensor, gamma: Option<&Tensor>) -> Result<(usize, usiz
     Ok((rows, cols, channels, 1))
 }
 
+/// The thread-per-row kernel (64 rows per workgroup) or the workgroup-per-row one, and its grid.
+fn pick(
+    per_thread: bool,
+    rows_kernel: &'static Kernel,
+    row_kernel: &'static Kernel,
+    rows: usize,
+) -> (&'static Kernel, [u32; 3]) {
+    if per_thread {
+        (rows_kernel, grid(rows as u64, 64))
+    } else {
+        (row_kernel, grid(rows as u64, 1))
+    }
+}
+
 /// Dispatch chunks within the binding limit: whole rows, or whole batch elements for the
 /// channel layout (whose rows interleave).
 fn chunks(
@@ -188,11 +202,7 @@ pub fn forward(
     );
     let per_thread = norm == Norm::Channel || (norm == Norm::Layer && cols <= SHORT_ROW);
     for c in chunks(gpu, norm, x, rows, cols)? {
-        let (kernel, groups) = if per_thread {
-            (&FWD_ROWS, grid(c.rows as u64, 64))
-        } else {
-            (&FWD, grid(c.rows as u64, 1))
-        };
+        let (kernel, groups) = pick(per_thread, &FWD_ROWS, &FWD, c.rows);
         gpu.dispatch(
             kernel,
             &params(
@@ -244,11 +254,7 @@ pub fn backward(
     let g = gamma.map_or(d.bind(), |t| t.bind());
     let per_thread = norm == Norm::Channel || (norm == Norm::Layer && cols <= SHORT_ROW);
     for c in &chunks {
-        let (kernel, groups) = if per_thread {
-            (&BWD_ROWS, grid(c.rows as u64, 64))
-        } else {
-            (&BWD, grid(c.rows as u64, 1))
-        };
+        let (kernel, groups) = pick(per_thread, &BWD_ROWS, &BWD, c.rows);
         gpu.dispatch(
             kernel,
             &params(
