@@ -18,7 +18,7 @@ struct Params {
     step_size: f32,     // lr / (1 - beta1^t)
     bc2_sqrt: f32,      // sqrt(1 - beta2^t)
     eps: f32,
-    _p0: u32,
+    inv_scale: f32,     // undoes loss scaling (1 without it); `norm` is already unscaled
     _p1: u32,
 }
 
@@ -42,7 +42,7 @@ fn finite(x: f32) -> bool {
 fn adamw(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
     let i = lin(gid, nwg);
     if i >= p.n { return; }
-    var g = grad[i];
+    var g = grad[i] * p.inv_scale;
     if p.has_norm == 1u {
         let total = norm[0];
         // A non-finite norm means some gradient is inf or NaN: leave everything untouched

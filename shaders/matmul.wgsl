@@ -7,6 +7,12 @@
 // held in registers, K walked in steps of 16 through workgroup memory stored as vec4 so the
 // inner loop is two vec4 loads and sixteen FMAs. `matmul_naive`: one thread per output, the
 // baseline the benchmark compares against.
+//
+// Mixed precision: the `matmul_f16` build of this file (gpu.rs) reads A and B as f16 and
+// converts as it loads, so the tiles, the FMAs and C stay f32 (f16 inputs, f32 accumulation,
+// as tensor-core GEMMs do). Bias and C are f32 in both builds.
+
+alias In = f32;
 
 struct Params {
     m: u32,
@@ -24,23 +30,23 @@ struct Params {
 }
 
 @group(0) @binding(0) var<uniform> p: Params;
-@group(0) @binding(1) var<storage, read> a: array<f32>;
-@group(0) @binding(2) var<storage, read> b: array<f32>;
+@group(0) @binding(1) var<storage, read> a: array<In>;
+@group(0) @binding(2) var<storage, read> b: array<In>;
 @group(0) @binding(3) var<storage, read> bias: array<f32>;
 @group(0) @binding(4) var<storage, read_write> c: array<f32>;
 
 fn load_a(batch: u32, row: u32, col: u32) -> f32 {
     if row >= p.m || col >= p.k { return 0.0; }
     let base = p.off_a + batch * p.stride_a;
-    if p.trans_a == 1u { return a[base + col * p.m + row]; }
-    return a[base + row * p.k + col];
+    if p.trans_a == 1u { return f32(a[base + col * p.m + row]); }
+    return f32(a[base + row * p.k + col]);
 }
 
 fn load_b(batch: u32, row: u32, col: u32) -> f32 {
     if row >= p.k || col >= p.n { return 0.0; }
     let base = p.off_b + batch * p.stride_b;
-    if p.trans_b == 1u { return b[base + col * p.k + row]; }
-    return b[base + row * p.n + col];
+    if p.trans_b == 1u { return f32(b[base + col * p.k + row]); }
+    return f32(b[base + row * p.n + col]);
 }
 
 const BK: u32 = 16u;

@@ -60,7 +60,7 @@ fn sum_all(@builtin(local_invocation_id) lid: vec3<u32>, @builtin(workgroup_id) 
 
 @compute @workgroup_size(256)
 fn sqrt_at(@builtin(global_invocation_id) gid: vec3<u32>) {
-    if gid.x == 0u { out[p.out_index] = sqrt(x[0]); }
+    if gid.x == 0u { out[p.out_index] = p.alpha * sqrt(x[0]); }
 }
 
 // s1[0] = ||x||, s2[0] = upstream gradient of the norm.

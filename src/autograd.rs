@@ -355,8 +355,30 @@ impl Var {
 
     /// op(self) @ op(w) (+ bias); see [`ops::matmul::matmul`].
     pub fn matmul(&self, w: &Var, ta: bool, tb: bool, bias: Option<&Var>) -> Result<Var> {
-        let y = ops::matmul::matmul(&self.value, &w.value, ta, tb, bias.map(|b| &b.value))?;
-        let (a, b) = (self.value.clone(), w.value.clone());
+        self.matmul_impl(w, ta, tb, bias, false)
+    }
+
+    /// [`Var::matmul`] in mixed precision: A and B are cast to f16 and multiplied with f32
+    /// accumulation; the f16 copies are what backward keeps (half the bytes). The output and
+    /// all gradients are f32.
+    pub fn matmul_f16(&self, w: &Var, ta: bool, tb: bool, bias: Option<&Var>) -> Result<Var> {
+        self.matmul_impl(w, ta, tb, bias, true)
+    }
+
+    fn matmul_impl(
+        &self,
+        w: &Var,
+        ta: bool,
+        tb: bool,
+        bias: Option<&Var>,
+        half: bool,
+    ) -> Result<Var> {
+        let (a, b) = if half {
+            (ops::cast::to_f16(&self.value)?, ops::cast::to_f16(&w.value)?)
+        } else {
+            (self.value.clone(), w.value.clone())
+        };
+        let y = ops::matmul::matmul(&a, &b, ta, tb, bias.map(|b| &b.value))?;
         let has_bias = bias.is_some();
         let mut inputs = vec![self, w];
         inputs.extend(bias);

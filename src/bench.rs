@@ -362,6 +362,8 @@ pub struct ModelStep {
     pub layers: Option<usize>,
     /// Gradient checkpointing.
     pub checkpoint: bool,
+    /// fp16 mixed precision (f16 matmul inputs, loss scaling).
+    pub fp16: bool,
 }
 
 impl Default for ModelStep {
@@ -371,6 +373,7 @@ impl Default for ModelStep {
             seconds: 4.0,
             layers: None,
             checkpoint: false,
+            fp16: false,
         }
     }
 }
@@ -400,6 +403,7 @@ pub fn model_step(gpu: &Gpu, m: &ModelStep) -> Result<()> {
         let opts = Forward {
             train: true,
             checkpoint: m.checkpoint,
+            fp16: m.fp16,
             ..Forward::default()
         };
         let out = model.forward(&tape, &audio, None, &opts)?;
@@ -417,13 +421,14 @@ pub fn model_step(gpu: &Gpu, m: &ModelStep) -> Result<()> {
     let (fwd, bwd) = step()?;
     let kernels = gpu.profile_stop()?;
     println!(
-        "{:<48} forward {:.3} s, backward + AdamW {:.3} s (wall), {} layers, batch {} x {secs} s, checkpointing {}: peak {:.2} GB (weights {:.2} GB)",
+        "{:<48} forward {:.3} s, backward + AdamW {:.3} s (wall), {} layers, batch {} x {secs} s, checkpointing {}, fp16 {}: peak {:.2} GB (weights {:.2} GB)",
         "wav2vec2 XLSR-53 step (frozen encoder)",
         fwd,
         bwd,
         model.layers.len(),
         m.batch,
         m.checkpoint,
+        m.fp16,
         gpu.peak_bytes() as f64 / 1e9,
         weights as f64 / 1e9
     );

@@ -23,7 +23,33 @@ const SHADERS: &[(&str, &str)] = &[
     ("ctc", include_str!("../shaders/ctc.wgsl")),
     ("weight_norm", include_str!("../shaders/weight_norm.wgsl")),
     ("adamw", include_str!("../shaders/adamw.wgsl")),
+    ("cast", include_str!("../shaders/cast.wgsl")),
 ];
+
+/// A kernel file named `NAME_f16` is `NAME.wgsl` with f16 inputs: its `alias In = f32;` line
+/// (the storage type of the tensors it reads) becomes f16. One source serves both precisions,
+/// and arithmetic stays f32 in both (loads convert).
+pub const F16_SUFFIX: &str = "_f16";
+const IN_F32: &str = "alias In = f32;";
+
+/// The WGSL source of a kernel file, f16 variants derived as [`F16_SUFFIX`] says.
+fn shader_source(file: &str) -> Result<String> {
+    let base = file.strip_suffix(F16_SUFFIX).unwrap_or(file);
+    let src = SHADERS
+        .iter()
+        .find(|(n, _)| *n == base)
+        .map(|(_, s)| *s)
+        .ok_or_else(|| Error::Gpu(format!("unknown shader file {file}")))?;
+    if base == file {
+        return Ok(src.to_string());
+    }
+    if !src.contains(IN_F32) {
+        return Err(Error::Gpu(format!(
+            "{base}.wgsl has no `{IN_F32}` line, so it has no f16 variant"
+        )));
+    }
+    Ok(format!("enable f16;\n{}", src.replace(IN_F32, "alias In = f16;")))
+}
 
 /// Bytes reserved per dispatch in the uniform arena (also the offset alignment we use).
 const UNIFORM_SLOT: u64 = 256;
@@ -195,7 +221,11 @@ impl Gpu {
         };
         let info = adapter.get_info();
         let limits = adapter.limits();
-        let optional = wgpu::Features::TIMESTAMP_QUERY | wgpu::Features::SHADER_F16;
+        let mut optional = wgpu::Features::TIMESTAMP_QUERY | wgpu::Features::SHADER_F16;
+        // XLSR_NO_F16=1 runs as if the adapter had no f16 (to test or rule out the f16 path).
+        if std::env::var("XLSR_NO_F16").is_ok_and(|v| v == "1") {
+            optional.remove(wgpu::Features::SHADER_F16);
+        }
         let features = adapter.features() & optional;
         let (device, queue) = pollster::block_on(adapter.request_device(&wgpu::DeviceDescriptor {
             label: Some("xlsr"),
@@ -278,6 +308,11 @@ impl Gpu {
     /// Whether the adapter can write GPU timestamps (used by benchmarks).
     pub fn has_timestamps(&self) -> bool {
         self.features.contains(wgpu::Features::TIMESTAMP_QUERY)
+    }
+
+    /// Whether f16 kernels can run (the adapter has SHADER_F16 and it was enabled).
+    pub fn has_f16(&self) -> bool {
+        self.features.contains(wgpu::Features::SHADER_F16)
     }
 
     /// Device bytes held by live tensors.
@@ -372,11 +407,12 @@ impl Gpu {
         if let Some(m) = modules.get(file) {
             return Ok(m.clone());
         }
-        let src = SHADERS
-            .iter()
-            .find(|(n, _)| *n == file)
-            .map(|(_, s)| *s)
-            .ok_or_else(|| Error::Gpu(format!("unknown shader file {file}")))?;
+        let src = shader_source(file)?;
+        if file.ends_with(F16_SUFFIX) && !self.has_f16() {
+            return Err(Error::Gpu(format!(
+                "{file} needs an adapter with SHADER_F16 (f16 in shaders)"
+            )));
+        }
         let desc = wgpu::ShaderModuleDescriptor {
             label: Some(file),
             source: wgpu::ShaderSource::Wgsl(src.into()),

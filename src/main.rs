@@ -40,6 +40,9 @@ enum Cmd {
         /// Training-step benchmark: gradient checkpointing
         #[arg(long)]
         checkpointing: bool,
+        /// Training-step benchmark: fp16 mixed precision with loss scaling
+        #[arg(long)]
+        fp16: bool,
     },
     /// Decode a Common Voice folder into a 16 kHz audio cache and build the vocabulary
     Prepare(xlsr::data::prepare::Args),
@@ -137,6 +140,7 @@ fn run() -> Result<()> {
             seconds,
             layers,
             checkpointing,
+            fp16,
             ..
         } => {
             let gpu = xlsr::Gpu::new()?;
@@ -145,6 +149,7 @@ fn run() -> Result<()> {
                 seconds,
                 layers,
                 checkpoint: checkpointing,
+                fp16,
             };
             xlsr::bench::model_step(&gpu, &m)?;
         }

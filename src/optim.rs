@@ -10,7 +10,7 @@
 use crate::autograd::Param;
 use crate::error::{shape_err, Error, Result};
 use crate::gpu::{grid, Kernel};
-use crate::ops::{dummy, f, reduce::global_norm, row_chunks};
+use crate::ops::{dummy, f, reduce::global_norm_scaled, row_chunks};
 use crate::tensor::Tensor;
 use std::rc::Rc;
 
@@ -132,12 +132,17 @@ impl AdamW {
     /// The global L2 norm of all gradients the next step would use, on the GPU (`None` when
     /// there are none).
     pub fn grad_norm(&self) -> Result<Option<Tensor>> {
+        self.grad_norm_scaled(1.0)
+    }
+
+    /// `alpha` times [`AdamW::grad_norm`].
+    fn grad_norm_scaled(&self, alpha: f32) -> Result<Option<Tensor>> {
         let grads = self.grads();
         let Some((_, g0)) = grads.first() else {
             return Ok(None);
         };
         let refs: Vec<&Tensor> = grads.iter().map(|(_, g)| g).collect();
-        global_norm(g0.gpu(), &refs).map(Some)
+        global_norm_scaled(g0.gpu(), &refs, alpha).map(Some)
     }
 
     /// Records one update of every trainable parameter with a gradient, and returns the
@@ -147,6 +152,7 @@ impl AdamW {
         lr: f32,
         grad_norm: Option<&Tensor>,
         max_norm: f32,
+        inv_scale: f32,
     ) -> Result<Vec<(usize, State)>> {
         if let Some(n) = grad_norm {
             n.expect_f32("adamw")?;
@@ -204,7 +210,7 @@ impl AdamW {
                     f((lr64 / bc1) as f32),
                     f(bc2.sqrt() as f32),
                     f(self.eps as f32),
-                    0,
+                    f(inv_scale),
                     0,
                 ];
                 gpu.dispatch(
@@ -241,7 +247,7 @@ impl AdamW {
     /// was but the step is still counted. Use [`AdamW::clip_and_step`] to detect and skip such
     /// steps.
     pub fn step(&mut self, lr: f32, grad_norm: Option<&Tensor>, max_norm: f32) -> Result<()> {
-        let updated = self.record(lr, grad_norm, max_norm)?;
+        let updated = self.record(lr, grad_norm, max_norm, 1.0)?;
         self.commit(lr, updated);
         Ok(())
     }
@@ -252,7 +258,19 @@ impl AdamW {
     /// leaves parameters and moments untouched and the step uncounted: `skipped` is set for the
     /// caller to count.
     pub fn clip_and_step(&mut self, lr: f32, max_norm: f32) -> Result<StepOutcome> {
-        let Some(norm) = self.grad_norm()? else {
+        self.clip_and_step_scaled(lr, max_norm, 1.0)
+    }
+
+    /// [`AdamW::clip_and_step`] on gradients of a loss multiplied by `1 / inv_scale` (loss
+    /// scaling): the norm, the clipping and the update all see the gradients times
+    /// `inv_scale`, as after GradScaler's `unscale_`, without a separate pass over them.
+    pub fn clip_and_step_scaled(
+        &mut self,
+        lr: f32,
+        max_norm: f32,
+        inv_scale: f32,
+    ) -> Result<StepOutcome> {
+        let Some(norm) = self.grad_norm_scaled(inv_scale)? else {
             return Ok(StepOutcome {
                 grad_norm: 0.0,
                 skipped: false,
@@ -260,7 +278,7 @@ impl AdamW {
         };
         // The kernels check the norm themselves, so they can be recorded before the read-back
         // and run in the same submission.
-        let updated = self.record(lr, Some(&norm), max_norm)?;
+        let updated = self.record(lr, Some(&norm), max_norm, inv_scale)?;
         let value = norm.item()?;
         if !value.is_finite() {
             return Ok(StepOutcome {
@@ -377,5 +395,62 @@ impl AdamW {
         }
         self.step = step;
         Ok(())
+    }
+}
+
+/// Dynamic loss scaling for fp16 training, as `torch.amp.GradScaler` does it: the loss is
+/// multiplied by `scale` before backward so small gradients survive f16; a step whose
+/// gradients overflowed is skipped and the scale halved; after `growth_interval` good steps
+/// in a row the scale doubles.
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct GradScaler {
+    /// The current loss scale.
+    pub scale: f32,
+    /// Factor applied after `growth_interval` finite steps.
+    pub growth_factor: f32,
+    /// Factor applied after a step with inf/NaN gradients.
+    pub backoff_factor: f32,
+    /// Finite steps in a row before the scale grows.
+    pub growth_interval: u64,
+    /// Finite steps since the last growth or backoff.
+    pub growth_tracker: u64,
+}
+
+impl Default for GradScaler {
+    fn default() -> Self {
+        GradScaler {
+            scale: 65536.0,
+            growth_factor: 2.0,
+            backoff_factor: 0.5,
+            growth_interval: 2000,
+            growth_tracker: 0,
+        }
+    }
+}
+
+impl GradScaler {
+    /// Runs one optimiser step on the scaled gradients (skipped if they are not finite) and
+    /// updates the scale.
+    pub fn step(&mut self, opt: &mut AdamW, lr: f32, max_norm: f32) -> Result<StepOutcome> {
+        let outcome = opt.clip_and_step_scaled(lr, max_norm, 1.0 / self.scale)?;
+        self.update(outcome.skipped);
+        Ok(outcome)
+    }
+
+    /// torch's `_amp_update_scale_`: back off on overflow, grow after a run of good steps.
+    pub fn update(&mut self, found_inf: bool) {
+        if found_inf {
+            self.scale *= self.backoff_factor;
+            self.growth_tracker = 0;
+            return;
+        }
+        self.growth_tracker += 1;
+        if self.growth_tracker == self.growth_interval {
+            let grown = self.scale * self.growth_factor;
+            if grown.is_finite() {
+                self.scale = grown;
+            }
+            self.growth_tracker = 0;
+        }
     }
 }

@@ -183,10 +183,12 @@ impl Tensor {
     /// Elements `start..start+len` as a kernel binding (start must be offset-aligned).
     pub fn bind_range(&self, start: usize, len: usize) -> BufRef<'_> {
         let es = self.dtype.size() as u64;
+        // Whole 4-byte words: an f16 range of odd length still binds its last element's word
+        // (pooled buffers are at least that long).
         BufRef {
             buffer: self.buffer(),
             offset: start as u64 * es,
-            size: (len as u64 * es).max(4),
+            size: (len as u64 * es).next_multiple_of(4).max(4),
         }
     }
 

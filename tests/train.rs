@@ -57,7 +57,28 @@ fn losses(run: &Path) -> Vec<(u64, f64)> {
 
 #[test]
 fn resumed_run_equals_uninterrupted_run() {
-    let dir = tmp("resume");
+    let _ = std::fs::remove_dir_all(resume_case("resume", &[]));
+}
+
+/// The same under fp16: the loss scaler's state is part of the checkpoint.
+#[test]
+fn resumed_fp16_run_equals_uninterrupted_run() {
+    if !common::gpu().has_f16() {
+        eprintln!("adapter has no SHADER_F16: fp16 resume not tested");
+        return;
+    }
+    let dir = resume_case("resume16", &["--fp16"]);
+    let state = std::fs::read_to_string(dir.join("cut/checkpoint-3/trainer_state.json")).unwrap();
+    let v: serde_json::Value = serde_json::from_str(&state).unwrap();
+    assert!(
+        v["grad_scaler"]["scale"].as_f64().unwrap() > 0.0,
+        "no loss scale in {state}"
+    );
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+fn resume_case(name: &str, extra: &[&str]) -> PathBuf {
+    let dir = tmp(name);
     let prep = common::demo_subset(&dir, 6);
     let model = tiny_model(&dir, &prep);
     // Dropout, LayerDrop and SpecAugment on, so their seeding is part of what must repeat.
@@ -87,6 +108,7 @@ fn resumed_run_equals_uninterrupted_run() {
         "--freeze-feature-encoder",
         "false",
     ];
+    let common = [&common[..], extra].concat();
     let full = dir.join("full");
     let a = train::run(&common::gpu(), &args(&model, &prep, &full, &common)).unwrap();
     assert_eq!(a.steps, 6);
@@ -114,7 +136,7 @@ fn resumed_run_equals_uninterrupted_run() {
     assert!(wa == wb, "final weights differ");
     // save_total_limit 1: only the newest checkpoint is kept.
     assert!(full.join("checkpoint-3").is_dir());
-    let _ = std::fs::remove_dir_all(dir);
+    dir
 }
 
 fn copy_dir(from: &Path, to: &Path) {
@@ -262,5 +284,32 @@ fn eval_cli_prints_json() {
     assert_eq!(v["utterances"], 3);
     // An untrained model gets nearly everything wrong.
     assert!(v["cer"].as_f64().unwrap() > 0.5);
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+/// `--fp16` on an adapter without f16 (simulated with XLSR_NO_F16=1): a note, then f32.
+#[test]
+fn fp16_without_shader_f16_trains_in_f32_with_a_note() {
+    let dir = tmp("nof16");
+    let prep = common::demo_subset(&dir, 2);
+    let model = tiny_model(&dir, &prep);
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_xlsr"))
+        .env("XDG_RUNTIME_DIR", "/tmp")
+        .env("XLSR_NO_F16", "1")
+        .args(["train", "--fp16", "--max-steps", "2", "--save-steps", "1"])
+        .args(["--eval-steps", "0", "--batch-size", "2", "--model"])
+        .arg(&model)
+        .arg("--data")
+        .arg(&prep)
+        .arg("--out")
+        .arg(dir.join("run"))
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(stderr.contains("SHADER_F16"), "no note in: {stderr}");
+    let state =
+        std::fs::read_to_string(dir.join("run/checkpoint-1/trainer_state.json")).unwrap();
+    assert!(!state.contains("grad_scaler"), "{state}");
     let _ = std::fs::remove_dir_all(dir);
 }

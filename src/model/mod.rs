@@ -31,13 +31,14 @@ pub struct Linear {
 }
 
 impl Linear {
-    fn forward(&self, tape: &Rc<Tape>, x: &Var) -> Result<Var> {
-        x.matmul(
-            &tape.param(&self.weight),
-            false,
-            true,
-            Some(&tape.param(&self.bias)),
-        )
+    /// x Wᵀ + b, in f16 with f32 accumulation when `half`.
+    fn forward(&self, tape: &Rc<Tape>, x: &Var, half: bool) -> Result<Var> {
+        let (w, b) = (tape.param(&self.weight), tape.param(&self.bias));
+        if half {
+            x.matmul_f16(&w, false, true, Some(&b))
+        } else {
+            x.matmul(&w, false, true, Some(&b))
+        }
     }
 }
 
@@ -192,6 +193,10 @@ pub struct Forward {
     /// Gradient checkpointing: keep only each encoder layer's input for the backward pass and
     /// recompute the layer there (less memory, about one more forward pass of compute).
     pub checkpoint: bool,
+    /// Mixed precision: the matmuls of the feature projection, the encoder layers and the LM
+    /// head run on f16 copies of their inputs (f32 accumulation); everything else stays f32.
+    /// Needs an adapter with f16 ([`crate::gpu::Gpu::has_f16`]).
+    pub fp16: bool,
 }
 
 /// Result of a forward pass.
@@ -489,7 +494,7 @@ impl Wav2Vec2ForCtc {
 
         // Feature projection: [B, T, C] -> [B, T, H].
         let x = self.proj_norm.layer(tape, &x.transpose(1, 2)?)?;
-        let x = self.proj.forward(tape, &x)?;
+        let x = self.proj.forward(tape, &x, opts.fp16)?;
         let mut x = drop(&x, c.feat_proj_dropout)?;
         keep("projected", &x);
 
@@ -571,6 +576,7 @@ impl Wav2Vec2ForCtc {
                 mask: attn_mask.clone(),
                 train: opts.train,
                 seed: layer_rng.next_u64(),
+                half: opts.fp16,
             };
             x = if opts.checkpoint && tape_records(tape, &x) {
                 tape.checkpoint(&x, move |t, x| step.forward(t, x))?
@@ -583,7 +589,7 @@ impl Wav2Vec2ForCtc {
             x = self.enc_norm.layer(tape, &x)?;
         }
         let x = drop(&x, c.final_dropout)?;
-        let logits = self.lm_head.forward(tape, &x)?;
+        let logits = self.lm_head.forward(tape, &x, opts.fp16)?;
         Ok(Output {
             logits,
             frames,
@@ -736,6 +742,7 @@ struct LayerStep {
     mask: Option<Tensor>,
     train: bool,
     seed: u64,
+    half: bool,
 }
 
 impl LayerStep {
@@ -769,19 +776,24 @@ impl LayerStep {
         let nh = c.num_attention_heads;
         let hd = h / nh;
         let heads = |y: Var| -> Result<Var> { y.reshape(&[b, t, nh, hd])?.permute(&[0, 2, 1, 3]) };
-        let q = heads(l.q.forward(tape, x)?)?;
-        let k = heads(l.k.forward(tape, x)?)?;
-        let v = heads(l.v.forward(tape, x)?)?;
-        let scores = q
-            .matmul(&k, false, true, None)?
-            .scale((hd as f32).powf(-0.5), 0.0)?;
+        let half = self.half;
+        let mm = |a: &Var, b: &Var, tb: bool| {
+            if half {
+                a.matmul_f16(b, false, tb, None)
+            } else {
+                a.matmul(b, false, tb, None)
+            }
+        };
+        let q = heads(l.q.forward(tape, x, half)?)?;
+        let k = heads(l.k.forward(tape, x, half)?)?;
+        let v = heads(l.v.forward(tape, x, half)?)?;
+        let scores = mm(&q, &k, true)?.scale((hd as f32).powf(-0.5), 0.0)?;
         let p = scores.softmax(self.mask.as_ref())?;
         let p = drop(&p, c.attention_dropout)?;
-        let o = p
-            .matmul(&v, false, false, None)?
+        let o = mm(&p, &v, false)?
             .permute(&[0, 2, 1, 3])?
             .reshape(&[b, t, h])?;
-        l.out.forward(tape, &o)
+        l.out.forward(tape, &o, half)
     }
 
     fn feed_forward(
@@ -791,9 +803,9 @@ impl LayerStep {
         drop: &mut dyn FnMut(&Var, f32) -> Result<Var>,
     ) -> Result<Var> {
         let (c, l) = (&*self.config, &self.layer);
-        let y = l.ff_in.forward(tape, x)?.act(c.hidden_act())?;
+        let y = l.ff_in.forward(tape, x, self.half)?.act(c.hidden_act())?;
         let y = drop(&y, c.activation_dropout)?;
-        let y = l.ff_out.forward(tape, &y)?;
+        let y = l.ff_out.forward(tape, &y, self.half)?;
         drop(&y, c.hidden_dropout)
     }
 }

@@ -1,6 +1,6 @@
 //! Batched matmul with transpose flags and a fused bias, and its backward.
 
-use super::{check_f32, dummy, reduce, shifted_chunks};
+use super::{check_dtype, check_f32, dummy, reduce, shifted_chunks};
 use crate::error::{shape_err, Result};
 use crate::gpu::Kernel;
 use crate::tensor::{DType, Tensor};
@@ -16,6 +16,16 @@ const NAIVE: Kernel = Kernel {
     entry: "matmul_naive",
     reads: 3,
     writes: 1,
+};
+
+/// The same kernels reading f16 A and B (see `matmul.wgsl` and [`crate::gpu::F16_SUFFIX`]).
+const TILED_F16: Kernel = Kernel {
+    file: "matmul_f16",
+    ..TILED
+};
+const NAIVE_F16: Kernel = Kernel {
+    file: "matmul_f16",
+    ..NAIVE
 };
 
 /// Which matmul kernel to run (the naive one exists as the benchmark's baseline).
@@ -83,6 +93,7 @@ fn dims(a: &Tensor, b: &Tensor, ta: bool, tb: bool) -> Result<Dims> {
 
 /// C = op(A) op(B) (+ bias over the last dim). A is [..., M, K] (or [..., K, M] with `ta`),
 /// B is [K, N] shared by the batch or [..., K, N] batched like A (or transposed with `tb`).
+/// A and B are both f32 or both f16 (mixed precision: f32 accumulation); bias and C are f32.
 pub fn matmul(a: &Tensor, b: &Tensor, ta: bool, tb: bool, bias: Option<&Tensor>) -> Result<Tensor> {
     matmul_with(Algo::Tiled, a, b, ta, tb, bias)
 }
@@ -96,7 +107,12 @@ pub fn matmul_with(
     tb: bool,
     bias: Option<&Tensor>,
 ) -> Result<Tensor> {
-    check_f32("matmul", &[a, b])?;
+    let half = a.dtype() == DType::F16;
+    if half {
+        check_dtype("matmul", &[a, b], DType::F16)?;
+    } else {
+        check_f32("matmul", &[a, b])?;
+    }
     let d = dims(a, b, ta, tb)?;
     if let Some(bias) = bias {
         check_f32("matmul", &[bias])?;
@@ -113,7 +129,12 @@ pub fn matmul_with(
     let c = Tensor::uninit(gpu, &shape, DType::F32)?;
     let dm = dummy(gpu)?;
     let biasr = bias.map_or(dm.bind(), |t| t.bind());
-    let kernel = if algo == Algo::Tiled { TILED } else { NAIVE };
+    let kernel = match (algo, half) {
+        (Algo::Tiled, false) => TILED,
+        (Algo::Naive, false) => NAIVE,
+        (Algo::Tiled, true) => TILED_F16,
+        (Algo::Naive, true) => NAIVE_F16,
+    };
     let groups = |m: usize, batch: usize| -> [u32; 3] {
         if algo == Algo::Tiled {
             [d.n.div_ceil(64) as u32, m.div_ceil(64) as u32, batch as u32]
@@ -171,7 +192,9 @@ pub fn matmul_with(
     Ok(c)
 }
 
-/// Gradients of C = op(A) op(B) + bias given dC: (dA, dB, dbias).
+/// Gradients of C = op(A) op(B) + bias given dC: (dA, dB, dbias). With f16 A and B, dC is
+/// cast to f16 for the two products (that is where loss scaling keeps small gradients
+/// representable) and dbias is summed from the f32 dC; dA and dB come out f32.
 pub fn matmul_backward(
     a: &Tensor,
     b: &Tensor,
@@ -181,6 +204,14 @@ pub fn matmul_backward(
     dc: &Tensor,
 ) -> Result<(Tensor, Tensor, Option<Tensor>)> {
     let d = dims(a, b, ta, tb)?;
+    let dc32 = dc;
+    let dc16;
+    let dc = if a.dtype() == DType::F16 {
+        dc16 = super::cast::to_f16(dc)?;
+        &dc16
+    } else {
+        dc
+    };
     let da = if !ta {
         matmul(dc, b, false, !tb, None)?
     } else if d.b_shared && a.shape().len() > 2 {
@@ -222,7 +253,7 @@ pub fn matmul_backward(
         matmul(a, dc, !ta, false, None)?
     };
     let dbias = if has_bias {
-        Some(reduce::sum_axis(&dc.reshape(&[1, d.batch * d.m, d.n])?, 1, 1.0)?.reshape(&[d.n])?)
+        Some(reduce::sum_axis(&dc32.reshape(&[1, d.batch * d.m, d.n])?, 1, 1.0)?.reshape(&[d.n])?)
     } else {
         None
     };

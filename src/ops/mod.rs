@@ -5,6 +5,7 @@
 //! chunks, and records dispatches. None of them reads anything back.
 
 pub mod activation;
+pub mod cast;
 pub mod conv;
 pub mod copy;
 pub mod ctc;
@@ -18,7 +19,7 @@ pub mod weight_norm;
 
 use crate::error::{Error, Result};
 use crate::gpu::Gpu;
-use crate::tensor::Tensor;
+use crate::tensor::{DType, Tensor};
 
 /// Most dims a broadcasting or strided kernel handles.
 pub const MAX_DIMS: usize = 8;
@@ -119,6 +120,20 @@ pub fn strides(shape: &[usize]) -> Vec<usize> {
 pub(crate) fn check_f32(op: &'static str, ts: &[&Tensor]) -> Result<()> {
     for t in ts {
         t.expect_f32(op)?;
+    }
+    Ok(())
+}
+
+/// Checks that tensors have the dtype `want`.
+pub(crate) fn check_dtype(op: &'static str, ts: &[&Tensor], want: DType) -> Result<()> {
+    for t in ts {
+        if t.dtype() != want {
+            return Err(Error::DType {
+                op,
+                found: t.dtype(),
+                expected: want,
+            });
+        }
     }
     Ok(())
 }

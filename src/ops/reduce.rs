@@ -93,6 +93,11 @@ pub fn mean_all(x: &Tensor) -> Result<Tensor> {
 
 /// The L2 norm of all elements of all tensors together (for gradient clipping), on the GPU.
 pub fn global_norm(gpu: &Gpu, xs: &[&Tensor]) -> Result<Tensor> {
+    global_norm_scaled(gpu, xs, 1.0)
+}
+
+/// `alpha` times [`global_norm`] (the norm of loss-scaled gradients, unscaled).
+pub fn global_norm_scaled(gpu: &Gpu, xs: &[&Tensor], alpha: f32) -> Result<Tensor> {
     let sq = Tensor::zeros(gpu, &[xs.len().max(1)])?;
     for (i, x) in xs.iter().enumerate() {
         check_f32("global_norm", &[x])?;
@@ -104,7 +109,7 @@ pub fn global_norm(gpu: &Gpu, xs: &[&Tensor]) -> Result<Tensor> {
     let d = dummy(gpu)?;
     gpu.dispatch(
         &SQRT_AT,
-        &p(1, false, 0, 1, 0, 1.0),
+        &p(1, false, 0, 1, 0, alpha),
         &[total.bind(), d.bind(), d.bind(), out.bind()],
         [1, 1, 1],
     )?;

@@ -54,7 +54,8 @@ pub struct TrainArgs {
     /// Seed of batching, dropout, SpecAugment, LayerDrop and new weights
     #[arg(long, default_value_t = 42)]
     pub seed: u64,
-    /// Mixed precision (f16 kernels are not implemented yet: trains in f32 and says so)
+    /// fp16 mixed precision: f16 matmul inputs with f32 accumulation and master weights,
+    /// dynamic loss scaling (needs SHADER_F16; otherwise f32 with a note)
     #[arg(long, num_args = 0..=1, default_missing_value = "true", default_value_t = false)]
     pub fp16: bool,
     /// AdamW weight decay (not on biases and norms)

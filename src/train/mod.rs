@@ -17,7 +17,7 @@ use crate::error::{file_err, Error, Result};
 use crate::metrics::MetricsLog;
 use crate::model::spec_augment::compute_mask_indices;
 use crate::model::{Forward, Wav2Vec2ForCtc};
-use crate::optim::{AdamW, AdamWConfig};
+use crate::optim::{AdamW, AdamWConfig, GradScaler};
 use crate::rng::Rng;
 use crate::{Gpu, Tape, Tensor};
 use std::path::{Path, PathBuf};
@@ -72,9 +72,11 @@ pub fn run(gpu: &Gpu, args: &TrainArgs) -> Result<RunSummary> {
             "--batch-size and --grad-accum must be at least 1".into(),
         ));
     }
-    if args.fp16 {
+    let fp16 = args.fp16 && gpu.has_f16();
+    if args.fp16 && !fp16 {
         eprintln!(
-            "note: --fp16 is accepted but f16 kernels are not implemented yet; training in f32"
+            "note: --fp16 needs f16 shader support (SHADER_F16), which {} lacks; training in f32",
+            gpu.info.name
         );
     }
     std::fs::create_dir_all(&args.out).or_else(|e| file_err(&args.out, e.to_string()))?;
@@ -196,6 +198,11 @@ pub fn run(gpu: &Gpu, args: &TrainArgs) -> Result<RunSummary> {
         },
     };
     st.max_steps = total;
+    if !fp16 {
+        st.grad_scaler = None;
+    } else if st.grad_scaler.is_none() {
+        st.grad_scaler = Some(GradScaler::default());
+    }
     println!(
         "training: {} clips ({:.1} min), {} steps ({per_epoch} per epoch), batch {} x {} accumulated{}",
         lengths.len(),
@@ -203,10 +210,14 @@ pub fn run(gpu: &Gpu, args: &TrainArgs) -> Result<RunSummary> {
         total,
         args.batch_size,
         args.grad_accum,
-        if args.gradient_checkpointing.unwrap_or(model.layers.len() >= 12) {
-            ", gradient checkpointing"
-        } else {
-            ""
+        match (
+            args.gradient_checkpointing.unwrap_or(model.layers.len() >= 12),
+            fp16
+        ) {
+            (true, true) => ", gradient checkpointing, fp16",
+            (true, false) => ", gradient checkpointing",
+            (false, true) => ", fp16",
+            (false, false) => "",
         }
     );
 
@@ -297,11 +308,14 @@ pub fn run(gpu: &Gpu, args: &TrainArgs) -> Result<RunSummary> {
                     mask_features: mask_features.clone(),
                     keep_hidden: false,
                     checkpoint,
+                    fp16,
                 };
                 let out = model.forward(&tape, &audio, Some(&batch.audio_lengths), &opts)?;
                 let (loss, _) = model.ctc_loss(&out.logits, &out.frames, &labels)?;
                 let loss = loss.scale(1.0 / args.grad_accum as f32, 0.0)?;
-                tape.backward(&loss, &[])?;
+                // Loss scaling: backward runs on loss * scale; the optimiser unscales.
+                let scale = st.grad_scaler.as_ref().map_or(1.0, |g| g.scale);
+                tape.backward(&loss.scale(scale, 0.0)?, &[])?;
                 Ok(loss.value)
             };
             let loss = step().map_err(|e| match e {
@@ -326,16 +340,24 @@ pub fn run(gpu: &Gpu, args: &TrainArgs) -> Result<RunSummary> {
             total,
             args.learning_rate,
         );
-        let outcome = opt.clip_and_step(lr, args.max_grad_norm)?;
+        let outcome = match st.grad_scaler.as_mut() {
+            Some(scaler) => scaler.step(&mut opt, lr, args.max_grad_norm)?,
+            None => opt.clip_and_step(lr, args.max_grad_norm)?,
+        };
         opt.zero_grad();
         st.global_step += 1;
         since_log += 1;
         if outcome.skipped {
             st.skipped_steps += 1;
+            let why = match &st.grad_scaler {
+                // Expected now and then under fp16: GradScaler's way of finding the scale.
+                Some(g) => format!("overflowed in fp16; loss scale lowered to {}", g.scale),
+                None => "is not finite".to_string(),
+            };
             say(
                 &bar,
                 format!(
-                    "step {}: gradient norm {} is not finite; step skipped ({} so far)",
+                    "step {}: gradient norm {} {why}; step skipped ({} so far)",
                     st.global_step, outcome.grad_norm, st.skipped_steps
                 ),
             );

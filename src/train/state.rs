@@ -28,6 +28,9 @@ pub struct TrainerState {
     pub seed: u64,
     /// Audio seconds trained on so far.
     pub audio_seconds: f64,
+    /// The fp16 loss scaler's state (absent in f32 runs).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub grad_scaler: Option<crate::optim::GradScaler>,
 }
 
 /// Writes `RUN_DIR/checkpoint-STEP` and keeps the newest `keep` checkpoints.

@@ -1,0 +1,62 @@
+//! f32 <-> f16 conversion for mixed precision; each direction is the other's backward.
+
+use crate::error::{Error, Result};
+use crate::gpu::{grid, Kernel};
+use crate::tensor::{DType, Tensor};
+
+const TO_F16: Kernel = Kernel {
+    file: "cast",
+    entry: "to_f16",
+    reads: 1,
+    writes: 1,
+};
+const TO_F32: Kernel = Kernel {
+    file: "cast",
+    entry: "to_f32",
+    reads: 1,
+    writes: 1,
+};
+
+/// Elements per chunk granule: 128 f16 are 256 bytes, so chunk starts stay offset-aligned on
+/// both the f32 and the f16 side.
+const GRANULE: usize = 128;
+
+fn cast(x: &Tensor, from: DType, to: DType, k: &Kernel) -> Result<Tensor> {
+    if x.dtype() != from {
+        return Err(Error::DType {
+            op: k.entry,
+            found: x.dtype(),
+            expected: from,
+        });
+    }
+    let gpu = x.gpu();
+    let out = Tensor::uninit(gpu, x.shape(), to)?;
+    let n = x.numel();
+    for (r0, nr) in super::row_chunks(gpu, k.entry, n.div_ceil(GRANULE), GRANULE)? {
+        let s = r0 * GRANULE;
+        let len = (nr * GRANULE).min(n - s);
+        gpu.dispatch(
+            k,
+            &[len as u32, 0, 0, 0],
+            &[x.bind_range(s, len), out.bind_range(s, len)],
+            grid(len.div_ceil(2) as u64, 256),
+        )?;
+    }
+    Ok(out)
+}
+
+/// An f16 copy of an f32 tensor (round to nearest even; out of range or NaN becomes +-inf).
+pub fn to_f16(x: &Tensor) -> Result<Tensor> {
+    if x.dtype() == DType::F16 {
+        return Ok(x.clone());
+    }
+    cast(x, DType::F32, DType::F16, &TO_F16)
+}
+
+/// An f32 copy of an f16 tensor (exact).
+pub fn to_f32(x: &Tensor) -> Result<Tensor> {
+    if x.dtype() == DType::F32 {
+        return Ok(x.clone());
+    }
+    cast(x, DType::F16, DType::F32, &TO_F32)
+}

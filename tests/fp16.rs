@@ -1,0 +1,333 @@
+//! fp16 mixed precision: the f32 <-> f16 casts, the f16-input matmul, the whole model in fp16
+//! against f32, and GradScaler's dynamic loss scaling.
+//!
+//! Tolerances: casts are bit-exact against the `half` crate; the f16 matmul (f32 accumulation)
+//! is within 1e-5 + 1e-5 |ref| of an f64 product of the f16-rounded inputs; the fp16 model's
+//! logits, loss and per-tensor gradients are within 1e-2 of the f32 model's, relative to the
+//! tensor's largest magnitude (gradients floored as in tests/model.rs).
+//!
+//! Every test here needs an adapter with SHADER_F16 (lavapipe has it); on one without, they
+//! say so and pass, and `fp16_falls_back_without_shader_f16` checks the fallback message.
+
+mod common;
+use common::*;
+use half::f16;
+use std::path::{Path, PathBuf};
+use xlsr::model::{Forward, Wav2Vec2ForCtc};
+use xlsr::ops::cast::{to_f16, to_f32};
+use xlsr::optim::{AdamW, AdamWConfig, GradScaler};
+use xlsr::{Tape, Tensor, Var};
+
+fn has_f16() -> bool {
+    let ok = gpu().has_f16();
+    if !ok {
+        eprintln!("adapter has no SHADER_F16: fp16 test not run");
+    }
+    ok
+}
+
+fn round16(v: &[f64]) -> Vec<f64> {
+    v.iter().map(|&x| f16::from_f64(x).to_f64()).collect()
+}
+
+#[test]
+fn casts_round_like_ieee_and_overflow_to_inf() {
+    if !has_f16() {
+        return;
+    }
+    let g = gpu();
+    let mut rng = Rng::new(3);
+    // Odd length (a half-filled last word), every magnitude class: normal, subnormal,
+    // underflow to zero, the rounding edge of the largest finite value, overflow, inf, NaN.
+    let mut xs: Vec<f32> = rng.vec(1001).iter().map(|&v| (v * 8.0) as f32).collect();
+    xs.extend([
+        1e-5, -3e-7, 1e-9, 65504.0, 65519.0, 65520.0, -70000.0, 1e30, -0.0,
+    ]);
+    xs.extend([f32::INFINITY, f32::NEG_INFINITY, f32::NAN]);
+    let t = Tensor::from_slice(&g, &xs, &[xs.len()]).unwrap();
+    let h = to_f16(&t).unwrap();
+    assert_eq!(h.dtype(), xlsr::tensor::DType::F16);
+    let back = to_f32(&h).unwrap().to_vec().unwrap();
+    for (i, (&x, &y)) in xs.iter().zip(&back).enumerate() {
+        let want = if x.is_nan() {
+            f32::INFINITY // NaN is reported as inf: non-finite either way
+        } else {
+            f16::from_f32(x).to_f32()
+        };
+        assert_eq!(y.to_bits(), want.to_bits(), "element {i}: {x} -> {y}, want {want}");
+    }
+}
+
+/// C = op(A) op(B) + bias in f64 for [batch, m, k] x [k, n] (or batched B).
+fn reference_matmul(
+    a: &[f64],
+    b: &[f64],
+    bias: Option<&[f64]>,
+    (batch, m, n, k): (usize, usize, usize, usize),
+    (ta, tb, b_shared): (bool, bool, bool),
+) -> Vec<f64> {
+    let mut c = vec![0.0; batch * m * n];
+    for z in 0..batch {
+        let (ao, bo) = (z * m * k, if b_shared { 0 } else { z * k * n });
+        for i in 0..m {
+            for j in 0..n {
+                let mut s = bias.map_or(0.0, |v| v[j]);
+                for p in 0..k {
+                    let av = if ta { a[ao + p * m + i] } else { a[ao + i * k + p] };
+                    let bv = if tb { b[bo + j * k + p] } else { b[bo + p * n + j] };
+                    s += av * bv;
+                }
+                c[z * m * n + i * n + j] = s;
+            }
+        }
+    }
+    c
+}
+
+/// The f16 matmul and its backward equal exact products of the f16-rounded operands (dC
+/// rounded too, as backward casts it), so the only error left is f32 accumulation.
+#[test]
+fn f16_matmul_and_backward_match_rounded_f64() {
+    if !has_f16() {
+        return;
+    }
+    let cases = [
+        // batch, m, n, k, ta, tb, B shared
+        (1, 70, 33, 129, false, true, true), // a linear layer, sizes off the 64 tile
+        (3, 17, 65, 40, false, true, false), // attention scores q kᵀ
+        (2, 50, 16, 50, false, false, false), // probabilities @ v
+        (2, 9, 12, 7, true, false, false),
+    ];
+    let mut rng = Rng::new(11);
+    for (ci, &(batch, m, n, k, ta, tb, shared)) in cases.iter().enumerate() {
+        let a = rng.vec(batch * m * k);
+        let b = rng.vec(if shared { k * n } else { batch * k * n });
+        let bias = rng.vec(n);
+        let r = rng.vec(batch * m * n);
+        let ashape = if ta { vec![batch, k, m] } else { vec![batch, m, k] };
+        let bdims = if tb { vec![n, k] } else { vec![k, n] };
+        let bshape = if shared {
+            bdims
+        } else {
+            [vec![batch], bdims].concat()
+        };
+        let tape = Tape::new();
+        let av = tape.input(upload(&a, &ashape), true);
+        let bv = tape.input(upload(&b, &bshape), true);
+        let biasv = tape.input(upload(&bias, &[n]), true);
+        let c = av.matmul_f16(&bv, ta, tb, Some(&biasv)).unwrap();
+        let loss = c
+            .mul(&Var::constant(upload(&r, &[batch, m, n])))
+            .unwrap()
+            .sum()
+            .unwrap();
+        let grads = tape.backward(&loss, &[&av, &bv, &biasv]).unwrap();
+
+        let dims = (batch, m, n, k);
+        let (a16, b16, r16) = (round16(&a), round16(&b), round16(&r));
+        let want = reference_matmul(&a16, &b16, Some(&bias), dims, (ta, tb, shared));
+        let what = format!("case {ci}");
+        assert_close(&what, &c.value.to_vec().unwrap(), &want, 1e-5, 1e-5);
+
+        // dA[i,p] = sum_j dC[i,j] op(B)[p,j]; dB[p,j] = sum_i op(A)[i,p] dC[i,j].
+        let mut da = vec![0.0; a.len()];
+        let mut db = vec![0.0; b.len()];
+        let mut dbias = vec![0.0; n];
+        for z in 0..batch {
+            let (ao, bo) = (z * m * k, if shared { 0 } else { z * k * n });
+            for i in 0..m {
+                for j in 0..n {
+                    let g = r16[z * m * n + i * n + j];
+                    dbias[j] += r[z * m * n + i * n + j];
+                    for p in 0..k {
+                        let ai = if ta { ao + p * m + i } else { ao + i * k + p };
+                        let bi = if tb { bo + j * k + p } else { bo + p * n + j };
+                        da[ai] += g * b16[bi];
+                        db[bi] += a16[ai] * g;
+                    }
+                }
+            }
+        }
+        let got = |i: usize| grads[i].as_ref().unwrap().to_vec().unwrap();
+        assert_close(&format!("{what} dA"), &got(0), &da, 1e-5, 1e-5);
+        assert_close(&format!("{what} dB"), &got(1), &db, 1e-5, 1e-5);
+        assert_close(&format!("{what} dbias"), &got(2), &dbias, 1e-5, 1e-5);
+    }
+}
+
+fn fixture(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures")
+        .join(name)
+}
+
+/// A padded batch of three clips and labels, made up (any audio will do for a comparison).
+fn batch(g: &xlsr::Gpu) -> (Tensor, Vec<usize>, Vec<Vec<u32>>) {
+    let lengths = vec![1600, 1213, 877];
+    let mut rng = Rng::new(5);
+    let mut audio = vec![0f32; 3 * 1600];
+    for (b, &n) in lengths.iter().enumerate() {
+        for (i, v) in rng.vec(n).into_iter().enumerate() {
+            audio[b * 1600 + i] = v as f32;
+        }
+    }
+    let audio = Tensor::from_slice(g, &audio, &[3, 1600]).unwrap();
+    let labels = vec![vec![3, 4, 5, 6], vec![7, 8, 9], vec![1, 2]];
+    (audio, lengths, labels)
+}
+
+/// Logits, loss and gradients of one forward/backward, in f32 or fp16 with a loss scale.
+fn run_model(model: &Wav2Vec2ForCtc, fp16: bool, scale: f32) -> (Vec<f32>, f32, Vec<Vec<f32>>) {
+    let g = gpu();
+    let (audio, lengths, labels) = batch(&g);
+    for p in &model.params {
+        p.zero_grad();
+    }
+    let tape = Tape::new();
+    let opts = Forward {
+        fp16,
+        ..Forward::default()
+    };
+    let out = model.forward(&tape, &audio, Some(&lengths), &opts).unwrap();
+    let (loss, _) = model.ctc_loss(&out.logits, &out.frames, &labels).unwrap();
+    tape.backward(&loss.scale(scale, 0.0).unwrap(), &[]).unwrap();
+    let grads = model
+        .params
+        .iter()
+        .map(|p| {
+            p.grad()
+                .map(|t| t.to_vec().unwrap().iter().map(|v| v / scale).collect())
+                .unwrap_or_default()
+        })
+        .collect();
+    (
+        out.logits.value.to_vec().unwrap(),
+        loss.value.item().unwrap(),
+        grads,
+    )
+}
+
+fn max_abs(v: &[f32]) -> f64 {
+    v.iter().fold(0.0, |m, x| m.max(x.abs() as f64))
+}
+
+fn rel_err(got: &[f32], want: &[f32], floor: f64) -> f64 {
+    let err = got
+        .iter()
+        .zip(want)
+        .fold(0.0, |m: f64, (a, b)| m.max((*a as f64 - *b as f64).abs()));
+    err / max_abs(want).max(floor)
+}
+
+/// The fp16 model against the f32 one on both fixture layouts (base: GroupNorm, post-LN;
+/// large: LayerNorm convs, pre-LN), with the feature encoder trainable so every kind of
+/// parameter gets a gradient, under the default loss scale 2^16.
+#[test]
+fn fp16_model_stays_within_1e_2_of_f32() {
+    if !has_f16() {
+        return;
+    }
+    let g = gpu();
+    for name in ["w2v2_base", "w2v2_large"] {
+        let (model, _) = Wav2Vec2ForCtc::load(&g, &fixture(name), None, 0).unwrap();
+        let (l32, loss32, g32) = run_model(&model, false, 1.0);
+        let (l16, loss16, g16) = run_model(&model, true, GradScaler::default().scale);
+        let logits_err = rel_err(&l16, &l32, 0.0);
+        let loss_err = ((loss16 - loss32) / loss32).abs() as f64;
+        let floor = 1e-4 * g32.iter().map(|v| max_abs(v)).fold(0.0, f64::max);
+        let mut worst = (0.0, String::new());
+        let mut reached = 0;
+        for (p, (a, b)) in model.params.iter().zip(g16.iter().zip(&g32)) {
+            assert_eq!(a.len(), b.len(), "{name} {}: gradient presence", p.name);
+            if b.is_empty() {
+                continue;
+            }
+            reached += 1;
+            let e = rel_err(a, b, floor);
+            if e > worst.0 {
+                worst = (e, p.name.clone());
+            }
+        }
+        println!(
+            "{name}: fp16 vs f32 logits {logits_err:.2e}, loss {loss_err:.2e}, worst gradient {:.2e} ({}), {reached} tensors",
+            worst.0, worst.1
+        );
+        assert!(reached > 20, "{name}: only {reached} gradients");
+        assert!(logits_err <= 1e-2, "{name}: logits {logits_err:.2e}");
+        assert!(loss_err <= 1e-2, "{name}: loss {loss_err:.2e}");
+        assert!(worst.0 <= 1e-2, "{name}: gradient {} {:.2e}", worst.1, worst.0);
+        // And fp16 really ran: f16 rounding leaves a trace in the logits.
+        assert!(logits_err > 0.0, "{name}: fp16 logits identical to f32");
+    }
+}
+
+/// A forced overflow on one step: that step is skipped (parameters, moments and the step
+/// count untouched), the scale halves, and the steps around it train normally.
+#[test]
+fn grad_scaler_skips_exactly_the_overflowing_step_and_halves_the_scale() {
+    if !has_f16() {
+        return;
+    }
+    let g = gpu();
+    let (model, _) = Wav2Vec2ForCtc::load(&g, &fixture("w2v2_large"), None, 0).unwrap();
+    let (audio, lengths, labels) = batch(&g);
+    let mut opt = AdamW::new(&model.params, AdamWConfig::default());
+    let mut scaler = GradScaler {
+        growth_interval: 3,
+        ..GradScaler::default()
+    };
+    let s0 = scaler.scale;
+    let snapshot = |m: &Wav2Vec2ForCtc| -> Vec<Vec<f32>> {
+        m.params.iter().map(|p| p.value().to_vec().unwrap()).collect()
+    };
+    let mut scales = vec![];
+    let mut skipped = vec![];
+    for step in 0..6 {
+        let before = snapshot(&model);
+        let tape = Tape::new();
+        let opts = Forward {
+            fp16: true,
+            ..Forward::default()
+        };
+        let out = model.forward(&tape, &audio, Some(&lengths), &opts).unwrap();
+        let (loss, _) = model.ctc_loss(&out.logits, &out.frames, &labels).unwrap();
+        // Step 2 multiplies the loss far past f16's range: its f16 gradients overflow.
+        let force = if step == 2 { 1e30 } else { 1.0 };
+        tape.backward(&loss.scale(scaler.scale * force, 0.0).unwrap(), &[])
+            .unwrap();
+        let outcome = scaler.step(&mut opt, 1e-3, 1.0).unwrap();
+        opt.zero_grad();
+        let after = snapshot(&model);
+        if outcome.skipped {
+            assert_eq!(before, after, "step {step}: a skipped step changed parameters");
+        } else {
+            assert_ne!(before, after, "step {step}: parameters did not move");
+        }
+        scales.push(scaler.scale);
+        skipped.push(outcome.skipped);
+    }
+    assert_eq!(skipped, [false, false, true, false, false, false]);
+    assert_eq!(opt.step, 5, "skipped steps are not optimiser steps");
+    // Halved by the overflow, then doubled after growth_interval (3) good steps.
+    assert_eq!(scales, [s0, s0, s0 / 2.0, s0 / 2.0, s0 / 2.0, s0]);
+}
+
+#[test]
+fn grad_scaler_update_follows_torch() {
+    let mut s = GradScaler::default();
+    assert_eq!((s.scale, s.growth_interval), (65536.0, 2000));
+    for _ in 0..1999 {
+        s.update(false);
+    }
+    assert_eq!((s.scale, s.growth_tracker), (65536.0, 1999));
+    s.update(false);
+    assert_eq!((s.scale, s.growth_tracker), (131072.0, 0));
+    s.update(false);
+    s.update(true);
+    assert_eq!((s.scale, s.growth_tracker), (65536.0, 0));
+    // The scale never grows to infinity.
+    s.scale = f32::MAX;
+    s.growth_interval = 1;
+    s.update(false);
+    assert_eq!(s.scale, f32::MAX);
+}
