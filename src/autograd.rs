@@ -301,6 +301,16 @@ impl Var {
         }
     }
 
+    /// Whether this var's tensor is held outside the graph anyway (a constant or a parameter),
+    /// so a backward closure can keep it at no memory cost.
+    fn held_elsewhere(&self) -> bool {
+        match (self.id, &self.tape) {
+            (None, _) => true,
+            (Some(id), Some(t)) => t.params.borrow().iter().any(|(p, _)| *p == id),
+            (Some(_), None) => false,
+        }
+    }
+
     fn binary(&self, other: &Var, op: BinOp) -> Result<Var> {
         let y = ops::elementwise::binary(op, &self.value, &other.value)?;
         let (a, b) = (self.value.clone(), other.value.clone());
@@ -379,10 +389,15 @@ impl Var {
             (self.value.clone(), w.value.clone())
         };
         let y = ops::matmul::matmul(&a, &b, ta, tb, bias.map(|b| &b.value))?;
+        // An f16 copy of a weight would sit beside the f32 weight until backward: keep the
+        // f32 one (alive anyway) and cast it again there.
+        let recast = half && w.held_elsewhere();
+        let b = if recast { w.value.clone() } else { b };
         let has_bias = bias.is_some();
         let mut inputs = vec![self, w];
         inputs.extend(bias);
         Ok(Var::record(&inputs, y, move |g| {
+            let b = if recast { ops::cast::to_f16(&b)? } else { b };
             let (da, db, dbias) = ops::matmul::matmul_backward(&a, &b, ta, tb, has_bias, g)?;
             let mut v = vec![Some(da), Some(db)];
             if has_bias {

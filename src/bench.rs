@@ -397,6 +397,13 @@ pub fn model_step(gpu: &Gpu, m: &ModelStep) -> Result<()> {
     gpu.sync()?;
     let weights = gpu.live_bytes();
     let mut opt = crate::optim::AdamW::new(&model.params, Default::default());
+    if m.fp16 && !gpu.has_f16() {
+        return Err(crate::Error::Gpu(format!(
+            "--fp16: {} has no f16 shader support (SHADER_F16)",
+            gpu.info.name
+        )));
+    }
+    let mut scaler = m.fp16.then(crate::optim::GradScaler::default);
     let mut step = || -> Result<(f64, f64)> {
         let tape = crate::Tape::new();
         let t0 = Instant::now();
@@ -410,8 +417,16 @@ pub fn model_step(gpu: &Gpu, m: &ModelStep) -> Result<()> {
         let (loss, _) = model.ctc_loss(&out.logits, &out.frames, &labels)?;
         loss.value.item()?;
         let fwd = t0.elapsed().as_secs_f64();
-        tape.backward(&loss, &[])?;
-        opt.clip_and_step(1e-5, 1.0)?;
+        match scaler.as_mut() {
+            Some(s) => {
+                tape.backward(&loss.scale(s.scale, 0.0)?, &[])?;
+                s.step(&mut opt, 1e-5, 1.0)?;
+            }
+            None => {
+                tape.backward(&loss, &[])?;
+                opt.clip_and_step(1e-5, 1.0)?;
+            }
+        }
         opt.zero_grad();
         gpu.sync()?;
         Ok((fwd, t0.elapsed().as_secs_f64() - fwd))
