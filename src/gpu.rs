@@ -23,6 +23,7 @@ const SHADERS: &[(&str, &str)] = &[
     ("ctc", include_str!("../shaders/ctc.wgsl")),
     ("weight_norm", include_str!("../shaders/weight_norm.wgsl")),
     ("adamw", include_str!("../shaders/adamw.wgsl")),
+    ("attention", include_str!("../shaders/attention.wgsl")),
 ];
 
 /// Bytes reserved per dispatch in the uniform arena (also the offset alignment we use).
