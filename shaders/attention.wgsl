@@ -57,14 +57,15 @@ struct Params {
 @group(0) @binding(8) var<storage, read_write> out1: array<f32>;  // L or dV
 
 const MAX_D: u32 = 64u;
+const MAX_D4: u32 = 16u;   // MAX_D in vec4s: rows are held and staged as vec4, zero-padded
 const ROWS: u32 = 64u;     // rows (threads) per workgroup
 const TILE: u32 = 32u;     // rows of the other operand staged per step
 const LOWEST: f32 = -3.40282347e38;
 
-var<workgroup> ta: array<f32, TILE * MAX_D>;   // k (fwd, bwd_q) or q (bwd_kv), row stride MAX_D
-var<workgroup> tb: array<f32, TILE * MAX_D>;   // v (fwd, bwd_q) or dO (bwd_kv)
-var<workgroup> tc: array<f32, TILE>;           // key mask, or L of the staged queries
-var<workgroup> td: array<f32, TILE>;           // Drow of the staged queries
+var<workgroup> ta: array<vec4<f32>, TILE * MAX_D4>;   // k (fwd, bwd_q) or q (bwd_kv)
+var<workgroup> tb: array<vec4<f32>, TILE * MAX_D4>;   // v (fwd, bwd_q) or dO (bwd_kv)
+var<workgroup> tc: array<f32, TILE>;                  // key mask, or L of the staged queries
+var<workgroup> td: array<f32, TILE>;                  // Drow of the staged queries
 
 // PCG-style hash, exactly dropout.wgsl's keep().
 fn pcg(x: u32) -> u32 {
@@ -91,17 +92,69 @@ fn bh_of(wid: vec3<u32>, nwg: vec3<u32>) -> u32 {
     return wid.y + wid.z * nwg.y;
 }
 
+fn d4() -> u32 {
+    return (p.d + 3u) / 4u;
+}
+
+// Elements c*4..c*4+4 of the row starting at `base`, zero past D (never read past the row).
+fn ld_q(base: u32, c: u32) -> vec4<f32> {
+    let e = c * 4u;
+    if e + 4u <= p.d {
+        return vec4<f32>(f32(q[base + e]), f32(q[base + e + 1u]), f32(q[base + e + 2u]), f32(q[base + e + 3u]));
+    }
+    var r = vec4<f32>(0.0);
+    for (var x = 0u; e + x < p.d; x = x + 1u) { r[x] = f32(q[base + e + x]); }
+    return r;
+}
+
+fn ld_k(base: u32, c: u32) -> vec4<f32> {
+    let e = c * 4u;
+    if e + 4u <= p.d {
+        return vec4<f32>(f32(k[base + e]), f32(k[base + e + 1u]), f32(k[base + e + 2u]), f32(k[base + e + 3u]));
+    }
+    var r = vec4<f32>(0.0);
+    for (var x = 0u; e + x < p.d; x = x + 1u) { r[x] = f32(k[base + e + x]); }
+    return r;
+}
+
+fn ld_v(base: u32, c: u32) -> vec4<f32> {
+    let e = c * 4u;
+    if e + 4u <= p.d {
+        return vec4<f32>(f32(v[base + e]), f32(v[base + e + 1u]), f32(v[base + e + 2u]), f32(v[base + e + 3u]));
+    }
+    var r = vec4<f32>(0.0);
+    for (var x = 0u; e + x < p.d; x = x + 1u) { r[x] = f32(v[base + e + x]); }
+    return r;
+}
+
+fn ld_fa(base: u32, c: u32) -> vec4<f32> {
+    let e = c * 4u;
+    if e + 4u <= p.d {
+        return vec4<f32>(fa[base + e], fa[base + e + 1u], fa[base + e + 2u], fa[base + e + 3u]);
+    }
+    var r = vec4<f32>(0.0);
+    for (var x = 0u; e + x < p.d; x = x + 1u) { r[x] = fa[base + e + x]; }
+    return r;
+}
+
+fn st_out0(base: u32, c: u32, val: vec4<f32>) {
+    for (var x = 0u; x < 4u && c * 4u + x < p.d; x = x + 1u) { out0[base + c * 4u + x] = val[x]; }
+}
+
+fn st_out1(base: u32, c: u32, val: vec4<f32>) {
+    for (var x = 0u; x < 4u && c * 4u + x < p.d; x = x + 1u) { out1[base + c * 4u + x] = val[x]; }
+}
+
 // Stages keys j0..j0+TILE of (bh) into ta (k), tb (v) and tc (mask); returns how many exist.
 fn stage_keys(bh: u32, j0: u32, lid: u32) -> u32 {
     let n = min(TILE, p.t - j0);
-    for (var e = lid; e < TILE * p.d; e = e + ROWS) {
-        let jj = e / p.d;
-        let dd = e % p.d;
-        if jj < n {
-            let g = (bh * p.t + j0 + jj) * p.d + dd;
-            ta[jj * MAX_D + dd] = f32(k[g]);
-            tb[jj * MAX_D + dd] = f32(v[g]);
-        }
+    let n4 = d4();
+    for (var e = lid; e < n * n4; e = e + ROWS) {
+        let jj = e / n4;
+        let c = e % n4;
+        let g = (bh * p.t + j0 + jj) * p.d;
+        ta[jj * MAX_D4 + c] = ld_k(g, c);
+        tb[jj * MAX_D4 + c] = ld_v(g, c);
     }
     if lid < n { tc[lid] = key_mask(bh, j0 + lid); }
     return n;
@@ -116,11 +169,12 @@ fn attn_fwd(@builtin(local_invocation_id) lid3: vec3<u32>, @builtin(workgroup_id
     let i = wid.x * ROWS + lid;
     let live = i < p.t;
     let row = bh * p.t + min(i, p.t - 1u);
-    var qr: array<f32, MAX_D>;
-    var acc: array<f32, MAX_D>;
-    for (var dd = 0u; dd < p.d; dd = dd + 1u) {
-        qr[dd] = f32(q[row * p.d + dd]);
-        acc[dd] = 0.0;
+    let n4 = d4();
+    var qr: array<vec4<f32>, MAX_D4>;
+    var acc: array<vec4<f32>, MAX_D4>;
+    for (var c = 0u; c < n4; c = c + 1u) {
+        qr[c] = ld_q(row * p.d, c);
+        acc[c] = vec4<f32>(0.0);
     }
     var m = LOWEST;
     var l = 0.0;
@@ -132,11 +186,9 @@ fn attn_fwd(@builtin(local_invocation_id) lid3: vec3<u32>, @builtin(workgroup_id
         if live {
             var mt = LOWEST;
             for (var jj = 0u; jj < n; jj = jj + 1u) {
-                var dot = 0.0;
-                for (var dd = 0u; dd < p.d; dd = dd + 1u) {
-                    dot = fma(qr[dd], ta[jj * MAX_D + dd], dot);
-                }
-                s[jj] = dot * p.scale + tc[jj];
+                var dp = vec4<f32>(0.0);
+                for (var c = 0u; c < n4; c = c + 1u) { dp = fma(qr[c], ta[jj * MAX_D4 + c], dp); }
+                s[jj] = (dp.x + dp.y + dp.z + dp.w) * p.scale + tc[jj];
                 mt = max(mt, s[jj]);
             }
             // Rescale what was summed under the old max.
@@ -144,22 +196,20 @@ fn attn_fwd(@builtin(local_invocation_id) lid3: vec3<u32>, @builtin(workgroup_id
             let alpha = exp(m - mn);
             m = mn;
             l = l * alpha;
-            for (var dd = 0u; dd < p.d; dd = dd + 1u) { acc[dd] = acc[dd] * alpha; }
+            for (var c = 0u; c < n4; c = c + 1u) { acc[c] = acc[c] * alpha; }
             for (var jj = 0u; jj < n; jj = jj + 1u) {
                 let e = exp(s[jj] - m);
                 l = l + e;
                 let w = e * keep_scale(bh, i, j0 + jj);
                 if w != 0.0 {
-                    for (var dd = 0u; dd < p.d; dd = dd + 1u) {
-                        acc[dd] = fma(w, tb[jj * MAX_D + dd], acc[dd]);
-                    }
+                    for (var c = 0u; c < n4; c = c + 1u) { acc[c] = fma(vec4<f32>(w), tb[jj * MAX_D4 + c], acc[c]); }
                 }
             }
         }
     }
     if live {
         let inv = 1.0 / l;
-        for (var dd = 0u; dd < p.d; dd = dd + 1u) { out0[row * p.d + dd] = acc[dd] * inv; }
+        for (var c = 0u; c < n4; c = c + 1u) { st_out0(row * p.d, c, acc[c] * inv); }
         out1[row] = m + log(l);
     }
 }
@@ -187,28 +237,27 @@ fn attn_bwd_kv(@builtin(local_invocation_id) lid3: vec3<u32>, @builtin(workgroup
     let j = wid.x * ROWS + lid;
     let live = j < p.t;
     let row = bh * p.t + min(j, p.t - 1u);
-    var kr: array<f32, MAX_D>;
-    var vr: array<f32, MAX_D>;
-    var dk: array<f32, MAX_D>;
-    var dv: array<f32, MAX_D>;
-    for (var dd = 0u; dd < p.d; dd = dd + 1u) {
-        kr[dd] = f32(k[row * p.d + dd]);
-        vr[dd] = f32(v[row * p.d + dd]);
-        dk[dd] = 0.0;
-        dv[dd] = 0.0;
+    let n4 = d4();
+    var kr: array<vec4<f32>, MAX_D4>;
+    var vr: array<vec4<f32>, MAX_D4>;
+    var dk: array<vec4<f32>, MAX_D4>;
+    var dv: array<vec4<f32>, MAX_D4>;
+    for (var c = 0u; c < n4; c = c + 1u) {
+        kr[c] = ld_k(row * p.d, c);
+        vr[c] = ld_v(row * p.d, c);
+        dk[c] = vec4<f32>(0.0);
+        dv[c] = vec4<f32>(0.0);
     }
     let mj = key_mask(bh, min(j, p.t - 1u));
     for (var i0 = 0u; i0 < p.t; i0 = i0 + TILE) {
         workgroupBarrier();
         let n = min(TILE, p.t - i0);
-        for (var e = lid; e < TILE * p.d; e = e + ROWS) {
-            let ii = e / p.d;
-            let dd = e % p.d;
-            if ii < n {
-                let g = (bh * p.t + i0 + ii) * p.d + dd;
-                ta[ii * MAX_D + dd] = f32(q[g]);
-                tb[ii * MAX_D + dd] = fa[g];
-            }
+        for (var e = lid; e < n * n4; e = e + ROWS) {
+            let ii = e / n4;
+            let c = e % n4;
+            let g = (bh * p.t + i0 + ii) * p.d;
+            ta[ii * MAX_D4 + c] = ld_q(g, c);
+            tb[ii * MAX_D4 + c] = ld_fa(g, c);
         }
         if lid < n {
             let r = bh * p.t + i0 + lid;
@@ -218,27 +267,27 @@ fn attn_bwd_kv(@builtin(local_invocation_id) lid3: vec3<u32>, @builtin(workgroup
         workgroupBarrier();
         if live {
             for (var ii = 0u; ii < n; ii = ii + 1u) {
-                var qk = 0.0;
-                var dpt = 0.0;
-                for (var dd = 0u; dd < p.d; dd = dd + 1u) {
-                    qk = fma(ta[ii * MAX_D + dd], kr[dd], qk);
-                    dpt = fma(tb[ii * MAX_D + dd], vr[dd], dpt);
+                var qk = vec4<f32>(0.0);
+                var dpt = vec4<f32>(0.0);
+                for (var c = 0u; c < n4; c = c + 1u) {
+                    qk = fma(ta[ii * MAX_D4 + c], kr[c], qk);
+                    dpt = fma(tb[ii * MAX_D4 + c], vr[c], dpt);
                 }
-                let pr = exp(qk * p.scale + mj - tc[ii]);
+                let pr = exp((qk.x + qk.y + qk.z + qk.w) * p.scale + mj - tc[ii]);
                 let ks = keep_scale(bh, i0 + ii, j);
-                let pd = pr * ks;
-                let ds = pr * (dpt * ks - td[ii]);
-                for (var dd = 0u; dd < p.d; dd = dd + 1u) {
-                    dv[dd] = fma(pd, tb[ii * MAX_D + dd], dv[dd]);
-                    dk[dd] = fma(ds, ta[ii * MAX_D + dd], dk[dd]);
+                let pd = vec4<f32>(pr * ks);
+                let ds = vec4<f32>(pr * ((dpt.x + dpt.y + dpt.z + dpt.w) * ks - td[ii]));
+                for (var c = 0u; c < n4; c = c + 1u) {
+                    dv[c] = fma(pd, tb[ii * MAX_D4 + c], dv[c]);
+                    dk[c] = fma(ds, ta[ii * MAX_D4 + c], dk[c]);
                 }
             }
         }
     }
     if live {
-        for (var dd = 0u; dd < p.d; dd = dd + 1u) {
-            out0[row * p.d + dd] = dk[dd] * p.scale;
-            out1[row * p.d + dd] = dv[dd];
+        for (var c = 0u; c < n4; c = c + 1u) {
+            st_out0(row * p.d, c, dk[c] * p.scale);
+            st_out1(row * p.d, c, dv[c]);
         }
     }
 }
@@ -253,13 +302,14 @@ fn attn_bwd_q(@builtin(local_invocation_id) lid3: vec3<u32>, @builtin(workgroup_
     let i = wid.x * ROWS + lid;
     let live = i < p.t;
     let row = bh * p.t + min(i, p.t - 1u);
-    var qr: array<f32, MAX_D>;
-    var dor: array<f32, MAX_D>;
-    var dq: array<f32, MAX_D>;
-    for (var dd = 0u; dd < p.d; dd = dd + 1u) {
-        qr[dd] = f32(q[row * p.d + dd]);
-        dor[dd] = fa[row * p.d + dd];
-        dq[dd] = 0.0;
+    let n4 = d4();
+    var qr: array<vec4<f32>, MAX_D4>;
+    var dor: array<vec4<f32>, MAX_D4>;
+    var dq: array<vec4<f32>, MAX_D4>;
+    for (var c = 0u; c < n4; c = c + 1u) {
+        qr[c] = ld_q(row * p.d, c);
+        dor[c] = ld_fa(row * p.d, c);
+        dq[c] = vec4<f32>(0.0);
     }
     let lse = fb[2u * row];
     let drow = fb[2u * row + 1u];
@@ -269,21 +319,19 @@ fn attn_bwd_q(@builtin(local_invocation_id) lid3: vec3<u32>, @builtin(workgroup_
         workgroupBarrier();
         if live {
             for (var jj = 0u; jj < n; jj = jj + 1u) {
-                var qk = 0.0;
-                var dpt = 0.0;
-                for (var dd = 0u; dd < p.d; dd = dd + 1u) {
-                    qk = fma(qr[dd], ta[jj * MAX_D + dd], qk);
-                    dpt = fma(dor[dd], tb[jj * MAX_D + dd], dpt);
+                var qk = vec4<f32>(0.0);
+                var dpt = vec4<f32>(0.0);
+                for (var c = 0u; c < n4; c = c + 1u) {
+                    qk = fma(qr[c], ta[jj * MAX_D4 + c], qk);
+                    dpt = fma(dor[c], tb[jj * MAX_D4 + c], dpt);
                 }
-                let pr = exp(qk * p.scale + tc[jj] - lse);
-                let ds = pr * (dpt * keep_scale(bh, i, j0 + jj) - drow);
-                for (var dd = 0u; dd < p.d; dd = dd + 1u) {
-                    dq[dd] = fma(ds, ta[jj * MAX_D + dd], dq[dd]);
-                }
+                let pr = exp((qk.x + qk.y + qk.z + qk.w) * p.scale + tc[jj] - lse);
+                let ds = pr * ((dpt.x + dpt.y + dpt.z + dpt.w) * keep_scale(bh, i, j0 + jj) - drow);
+                for (var c = 0u; c < n4; c = c + 1u) { dq[c] = fma(vec4<f32>(ds), ta[jj * MAX_D4 + c], dq[c]); }
             }
         }
     }
     if live {
-        for (var dd = 0u; dd < p.d; dd = dd + 1u) { out0[row * p.d + dd] = dq[dd] * p.scale; }
+        for (var c = 0u; c < n4; c = c + 1u) { st_out0(row * p.d, c, dq[c] * p.scale); }
     }
 }

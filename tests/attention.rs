@@ -318,6 +318,12 @@ fn time_fused_vs_plain() {
     for fused in [false, true] {
         step(fused); // compile and warm the pool
     }
+    if gpu().profile_start().unwrap() {
+        step(true);
+        for (name, ns, n) in gpu().profile_stop().unwrap() {
+            println!("  {name}: {:.1} ms over {n} launches", ns / 1e6);
+        }
+    }
     for fused in [false, true, false, true] {
         let runs: Vec<(f64, f64)> = (0..3).map(|_| step(fused)).collect();
         let best = |f: fn(&(f64, f64)) -> f64| runs.iter().map(f).fold(f64::MAX, f64::min);
