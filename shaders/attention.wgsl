@@ -146,9 +146,8 @@ fn st_out1(base: u32, c: u32, val: vec4<f32>) {
 }
 
 // Stages keys j0..j0+TILE of (bh) into ta (k), tb (v) and tc (mask); returns how many exist.
-fn stage_keys(bh: u32, j0: u32, lid: u32) -> u32 {
+fn stage_keys(bh: u32, j0: u32, lid: u32, n4: u32) -> u32 {
     let n = min(TILE, p.t - j0);
-    let n4 = d4();
     for (var e = lid; e < n * n4; e = e + ROWS) {
         let jj = e / n4;
         let c = e % n4;
@@ -160,16 +159,10 @@ fn stage_keys(bh: u32, j0: u32, lid: u32) -> u32 {
     return n;
 }
 
-@compute @workgroup_size(64)
-fn attn_fwd(@builtin(local_invocation_id) lid3: vec3<u32>, @builtin(workgroup_id) wid: vec3<u32>,
-            @builtin(num_workgroups) nwg: vec3<u32>) {
-    let bh = bh_of(wid, nwg);
-    if bh >= p.bh { return; }
-    let lid = lid3.x;
-    let i = wid.x * ROWS + lid;
+fn attn_fwd_rows(lid: u32, wx: u32, bh: u32, n4: u32) {
+    let i = wx * ROWS + lid;
     let live = i < p.t;
     let row = bh * p.t + min(i, p.t - 1u);
-    let n4 = d4();
     var qr: array<vec4<f32>, MAX_D4>;
     var acc: array<vec4<f32>, MAX_D4>;
     for (var c = 0u; c < n4; c = c + 1u) {
@@ -181,7 +174,7 @@ fn attn_fwd(@builtin(local_invocation_id) lid3: vec3<u32>, @builtin(workgroup_id
     var s: array<f32, TILE>;
     for (var j0 = 0u; j0 < p.t; j0 = j0 + TILE) {
         workgroupBarrier();
-        let n = stage_keys(bh, j0, lid);
+        let n = stage_keys(bh, j0, lid, n4);
         workgroupBarrier();
         if live {
             var mt = LOWEST;
@@ -214,6 +207,15 @@ fn attn_fwd(@builtin(local_invocation_id) lid3: vec3<u32>, @builtin(workgroup_id
     }
 }
 
+@compute @workgroup_size(64)
+fn attn_fwd(@builtin(local_invocation_id) lid: vec3<u32>, @builtin(workgroup_id) wid: vec3<u32>,
+          @builtin(num_workgroups) nwg: vec3<u32>) {
+    let bh = bh_of(wid, nwg);
+    if bh >= p.bh { return; }
+    // A constant trip count lets the compiler unroll the D loops and keep rows in registers.
+    if d4() == MAX_D4 { attn_fwd_rows(lid.x, wid.x, bh, MAX_D4); } else { attn_fwd_rows(lid.x, wid.x, bh, d4()); }
+}
+
 // stats[2 r] = L_r, stats[2 r + 1] = Drow_r = dO_r . O_r. Thread per row of [BH * T].
 @compute @workgroup_size(64)
 fn attn_bwd_stats(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
@@ -228,16 +230,10 @@ fn attn_bwd_stats(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_wo
 }
 
 // dK, dV: thread per key row j, walking query tiles.
-@compute @workgroup_size(64)
-fn attn_bwd_kv(@builtin(local_invocation_id) lid3: vec3<u32>, @builtin(workgroup_id) wid: vec3<u32>,
-               @builtin(num_workgroups) nwg: vec3<u32>) {
-    let bh = bh_of(wid, nwg);
-    if bh >= p.bh { return; }
-    let lid = lid3.x;
-    let j = wid.x * ROWS + lid;
+fn attn_bwd_kv_rows(lid: u32, wx: u32, bh: u32, n4: u32) {
+    let j = wx * ROWS + lid;
     let live = j < p.t;
     let row = bh * p.t + min(j, p.t - 1u);
-    let n4 = d4();
     var kr: array<vec4<f32>, MAX_D4>;
     var vr: array<vec4<f32>, MAX_D4>;
     var dk: array<vec4<f32>, MAX_D4>;
@@ -292,17 +288,20 @@ fn attn_bwd_kv(@builtin(local_invocation_id) lid3: vec3<u32>, @builtin(workgroup
     }
 }
 
-// dQ: thread per query row i, walking key tiles.
 @compute @workgroup_size(64)
-fn attn_bwd_q(@builtin(local_invocation_id) lid3: vec3<u32>, @builtin(workgroup_id) wid: vec3<u32>,
-              @builtin(num_workgroups) nwg: vec3<u32>) {
+fn attn_bwd_kv(@builtin(local_invocation_id) lid: vec3<u32>, @builtin(workgroup_id) wid: vec3<u32>,
+          @builtin(num_workgroups) nwg: vec3<u32>) {
     let bh = bh_of(wid, nwg);
     if bh >= p.bh { return; }
-    let lid = lid3.x;
-    let i = wid.x * ROWS + lid;
+    // A constant trip count lets the compiler unroll the D loops and keep rows in registers.
+    if d4() == MAX_D4 { attn_bwd_kv_rows(lid.x, wid.x, bh, MAX_D4); } else { attn_bwd_kv_rows(lid.x, wid.x, bh, d4()); }
+}
+
+// dQ: thread per query row i, walking key tiles.
+fn attn_bwd_q_rows(lid: u32, wx: u32, bh: u32, n4: u32) {
+    let i = wx * ROWS + lid;
     let live = i < p.t;
     let row = bh * p.t + min(i, p.t - 1u);
-    let n4 = d4();
     var qr: array<vec4<f32>, MAX_D4>;
     var dor: array<vec4<f32>, MAX_D4>;
     var dq: array<vec4<f32>, MAX_D4>;
@@ -315,7 +314,7 @@ fn attn_bwd_q(@builtin(local_invocation_id) lid3: vec3<u32>, @builtin(workgroup_
     let drow = fb[2u * row + 1u];
     for (var j0 = 0u; j0 < p.t; j0 = j0 + TILE) {
         workgroupBarrier();
-        let n = stage_keys(bh, j0, lid);
+        let n = stage_keys(bh, j0, lid, n4);
         workgroupBarrier();
         if live {
             for (var jj = 0u; jj < n; jj = jj + 1u) {
@@ -334,4 +333,13 @@ fn attn_bwd_q(@builtin(local_invocation_id) lid3: vec3<u32>, @builtin(workgroup_
     if live {
         for (var c = 0u; c < n4; c = c + 1u) { st_out0(row * p.d, c, dq[c] * p.scale); }
     }
+}
+
+@compute @workgroup_size(64)
+fn attn_bwd_q(@builtin(local_invocation_id) lid: vec3<u32>, @builtin(workgroup_id) wid: vec3<u32>,
+          @builtin(num_workgroups) nwg: vec3<u32>) {
+    let bh = bh_of(wid, nwg);
+    if bh >= p.bh { return; }
+    // A constant trip count lets the compiler unroll the D loops and keep rows in registers.
+    if d4() == MAX_D4 { attn_bwd_q_rows(lid.x, wid.x, bh, MAX_D4); } else { attn_bwd_q_rows(lid.x, wid.x, bh, d4()); }
 }
