@@ -531,6 +531,40 @@ impl Var {
         }))
     }
 
+    /// Fused attention dropout(softmax(self kᵀ·scale + mask)) @ v; see [`ops::attention::forward`].
+    #[allow(clippy::too_many_arguments)]
+    pub fn attention(
+        &self,
+        k: &Var,
+        v: &Var,
+        mask: Option<&Tensor>,
+        heads: usize,
+        scale: f32,
+        dropout: f32,
+        seed: u64,
+    ) -> Result<Var> {
+        let (q, kv, vv) = (&self.value, &k.value, &v.value);
+        let (o, lse) = ops::attention::forward(q, kv, vv, mask, heads, scale, dropout, seed)?;
+        let (q, kv, vv, oc) = (q.clone(), kv.clone(), vv.clone(), o.clone());
+        let mask = mask.cloned();
+        Ok(Var::record(&[self, k, v], o, move |g| {
+            let (dq, dk, dv) = ops::attention::backward(
+                &q,
+                &kv,
+                &vv,
+                mask.as_ref(),
+                heads,
+                scale,
+                dropout,
+                seed,
+                &oc,
+                &lse,
+                g,
+            )?;
+            Ok(vec![Some(dq), Some(dk), Some(dv)])
+        }))
+    }
+
     /// softmax(self + mask) over the last dim.
     pub fn softmax(&self, mask: Option<&Tensor>) -> Result<Var> {
         self.softmax_impl(mask, false)

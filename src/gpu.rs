@@ -24,6 +24,7 @@ const SHADERS: &[(&str, &str)] = &[
     ("weight_norm", include_str!("../shaders/weight_norm.wgsl")),
     ("adamw", include_str!("../shaders/adamw.wgsl")),
     ("cast", include_str!("../shaders/cast.wgsl")),
+    ("attention", include_str!("../shaders/attention.wgsl")),
 ];
 
 /// A kernel file named `NAME_f16` is `NAME.wgsl` with f16 inputs: its `alias In = f32;` line

@@ -5,6 +5,7 @@
 //! chunks, and records dispatches. None of them reads anything back.
 
 pub mod activation;
+pub mod attention;
 pub mod cast;
 pub mod conv;
 pub mod copy;

@@ -1,0 +1,348 @@
+// Fused multi-head attention, softmax(q k^T * scale + key_mask) with dropout, times v, forward
+// and backward side by side (FlashAttention-2). The point is memory: the unfused path stores
+// the [B, H, T, T] probabilities for backward, which at long clips dwarfs everything else a
+// layer keeps. Here nothing T x T is ever written. Forward keeps, per query row, a running max
+// and running sum of exponentials (online softmax) while it walks the keys in tiles, rescaling
+// its output accumulator whenever the max grows, so one pass gives the exact softmax; it saves
+// only the row's logsumexp L. Backward recomputes each probability as exp(s - L) from q and k.
+//
+// Dropout uses dropout.wgsl's counter-based hash on the index the probability would have had
+// in the full [B, H, T, T] tensor, ((bh * T) + i) * T + j, so the fused result equals
+// softmax -> dropout -> matmul mask for mask, and backward regenerates the mask for free.
+//
+// Backward, with P = softmax, M the keep mask, P~ = P * M / (1 - p) and dO the upstream grad:
+//   dV_j = sum_i P~_ij dO_i
+//   dS_ij = P_ij (dP~_ij M_ij / (1 - p) - Drow_i),  dP~_ij = dO_i . v_j,  Drow_i = dO_i . O_i
+//   dQ_i = scale sum_j dS_ij k_j,  dK_j = scale sum_i dS_ij q_i
+// (Drow_i = sum_j P~_ij dP~_ij, the softmax backward's row sum, is the cheap dot dO_i . O_i.)
+// WGSL has no float atomics, so instead of one kernel scattering into dQ we run three, each
+// owning what it writes: `attn_bwd_stats` (thread per query row: L and Drow side by side),
+// `attn_bwd_kv` (thread per key row, walking query tiles: dK, dV) and `attn_bwd_q` (thread per
+// query row, walking key tiles: dQ). The score recomputation is done twice; that is the price.
+//
+// Layout: q, k, v, O, dO, dQ, dK, dV are [BH, T, D] contiguous, D <= MAX_D; one thread holds
+// its row's vectors in private arrays of MAX_D / 4 vec4s (zero past D). Workgroups are
+// (row tile, bh). Each kernel body takes the vec4 count as an argument and the entry point
+// calls it with the constant MAX_D4 when D = 64: after inlining, the D loops have a constant
+// trip count, unroll, and the private rows live in registers (1.5x on lavapipe's backward). The key mask is
+// [B, T] additive (0 or f32::MIN), batch = bh / heads. Scores stay finite: the running max
+// starts at the lowest finite f32, and score + f32::MIN is finite (it rounds to f32::MIN), so a
+// row whose every key is masked comes out uniform, as softmax.wgsl makes it.
+//
+// q, k, v are `array<In>`: every load goes through f32(), so an f16 variant of this file is
+// the alias line swapped. All arithmetic is f32.
+
+alias In = f32;
+
+struct Params {
+    bh: u32,         // batch * heads
+    t: u32,          // sequence length (queries = keys)
+    d: u32,          // head dim, <= MAX_D
+    heads: u32,
+    has_mask: u32,
+    scale: f32,
+    p: f32,          // dropout probability
+    seed_lo: u32,
+    seed_hi: u32,
+    _p0: u32,
+    _p1: u32,
+    _p2: u32,
+}
+
+@group(0) @binding(0) var<uniform> p: Params;
+@group(0) @binding(1) var<storage, read> q: array<In>;
+@group(0) @binding(2) var<storage, read> k: array<In>;
+@group(0) @binding(3) var<storage, read> v: array<In>;
+@group(0) @binding(4) var<storage, read> mask: array<f32>;   // key mask [B, T]; L for attn_bwd_stats
+@group(0) @binding(5) var<storage, read> fa: array<f32>;     // O (stats) or dO (kv, q)
+@group(0) @binding(6) var<storage, read> fb: array<f32>;     // dO (stats) or stats (kv, q)
+@group(0) @binding(7) var<storage, read_write> out0: array<f32>;  // O, stats, dK or dQ
+@group(0) @binding(8) var<storage, read_write> out1: array<f32>;  // L or dV
+
+const MAX_D: u32 = 64u;
+const MAX_D4: u32 = 16u;   // MAX_D in vec4s: rows are held and staged as vec4, zero-padded
+const ROWS: u32 = 64u;     // rows (threads) per workgroup
+const TILE: u32 = 32u;     // rows of the other operand staged per step
+const LOWEST: f32 = -3.40282347e38;
+
+var<workgroup> ta: array<vec4<f32>, TILE * MAX_D4>;   // k (fwd, bwd_q) or q (bwd_kv)
+var<workgroup> tb: array<vec4<f32>, TILE * MAX_D4>;   // v (fwd, bwd_q) or dO (bwd_kv)
+var<workgroup> tc: array<f32, TILE>;                  // key mask, or L of the staged queries
+var<workgroup> td: array<f32, TILE>;                  // Drow of the staged queries
+
+// PCG-style hash, exactly dropout.wgsl's keep().
+fn pcg(x: u32) -> u32 {
+    let state = x * 747796405u + 2891336453u;
+    let word = ((state >> ((state >> 28u) + 4u)) ^ state) * 277803737u;
+    return (word >> 22u) ^ word;
+}
+
+// Mask / (1 - p) for probability (bh, i, j): 0 for a dropped element.
+fn keep_scale(bh: u32, i: u32, j: u32) -> f32 {
+    if p.p <= 0.0 { return 1.0; }
+    let idx = (bh * p.t + i) * p.t + j;
+    let h = pcg(pcg(idx ^ p.seed_lo) + p.seed_hi);
+    let u = f32(h >> 8u) * (1.0 / 16777216.0);
+    return select(0.0, 1.0 / (1.0 - p.p), u >= p.p);
+}
+
+fn key_mask(bh: u32, j: u32) -> f32 {
+    if p.has_mask == 0u { return 0.0; }
+    return mask[(bh / p.heads) * p.t + j];
+}
+
+fn bh_of(wid: vec3<u32>, nwg: vec3<u32>) -> u32 {
+    return wid.y + wid.z * nwg.y;
+}
+
+fn d4() -> u32 {
+    return (p.d + 3u) / 4u;
+}
+
+// Elements c*4..c*4+4 of the row starting at `base`, zero past D (never read past the row).
+fn ld_q(base: u32, c: u32) -> vec4<f32> {
+    let e = c * 4u;
+    if e + 4u <= p.d {
+        return vec4<f32>(f32(q[base + e]), f32(q[base + e + 1u]), f32(q[base + e + 2u]), f32(q[base + e + 3u]));
+    }
+    var r = vec4<f32>(0.0);
+    for (var x = 0u; e + x < p.d; x = x + 1u) { r[x] = f32(q[base + e + x]); }
+    return r;
+}
+
+fn ld_k(base: u32, c: u32) -> vec4<f32> {
+    let e = c * 4u;
+    if e + 4u <= p.d {
+        return vec4<f32>(f32(k[base + e]), f32(k[base + e + 1u]), f32(k[base + e + 2u]), f32(k[base + e + 3u]));
+    }
+    var r = vec4<f32>(0.0);
+    for (var x = 0u; e + x < p.d; x = x + 1u) { r[x] = f32(k[base + e + x]); }
+    return r;
+}
+
+fn ld_v(base: u32, c: u32) -> vec4<f32> {
+    let e = c * 4u;
+    if e + 4u <= p.d {
+        return vec4<f32>(f32(v[base + e]), f32(v[base + e + 1u]), f32(v[base + e + 2u]), f32(v[base + e + 3u]));
+    }
+    var r = vec4<f32>(0.0);
+    for (var x = 0u; e + x < p.d; x = x + 1u) { r[x] = f32(v[base + e + x]); }
+    return r;
+}
+
+fn ld_fa(base: u32, c: u32) -> vec4<f32> {
+    let e = c * 4u;
+    if e + 4u <= p.d {
+        return vec4<f32>(fa[base + e], fa[base + e + 1u], fa[base + e + 2u], fa[base + e + 3u]);
+    }
+    var r = vec4<f32>(0.0);
+    for (var x = 0u; e + x < p.d; x = x + 1u) { r[x] = fa[base + e + x]; }
+    return r;
+}
+
+fn st_out0(base: u32, c: u32, val: vec4<f32>) {
+    for (var x = 0u; x < 4u && c * 4u + x < p.d; x = x + 1u) { out0[base + c * 4u + x] = val[x]; }
+}
+
+fn st_out1(base: u32, c: u32, val: vec4<f32>) {
+    for (var x = 0u; x < 4u && c * 4u + x < p.d; x = x + 1u) { out1[base + c * 4u + x] = val[x]; }
+}
+
+// Stages keys j0..j0+TILE of (bh) into ta (k), tb (v) and tc (mask); returns how many exist.
+fn stage_keys(bh: u32, j0: u32, lid: u32, n4: u32) -> u32 {
+    let n = min(TILE, p.t - j0);
+    for (var e = lid; e < n * n4; e = e + ROWS) {
+        let jj = e / n4;
+        let c = e % n4;
+        let g = (bh * p.t + j0 + jj) * p.d;
+        ta[jj * MAX_D4 + c] = ld_k(g, c);
+        tb[jj * MAX_D4 + c] = ld_v(g, c);
+    }
+    if lid < n { tc[lid] = key_mask(bh, j0 + lid); }
+    return n;
+}
+
+fn attn_fwd_rows(lid: u32, wx: u32, bh: u32, n4: u32) {
+    let i = wx * ROWS + lid;
+    let live = i < p.t;
+    let row = bh * p.t + min(i, p.t - 1u);
+    var qr: array<vec4<f32>, MAX_D4>;
+    var acc: array<vec4<f32>, MAX_D4>;
+    for (var c = 0u; c < n4; c = c + 1u) {
+        qr[c] = ld_q(row * p.d, c);
+        acc[c] = vec4<f32>(0.0);
+    }
+    var m = LOWEST;
+    var l = 0.0;
+    var s: array<f32, TILE>;
+    for (var j0 = 0u; j0 < p.t; j0 = j0 + TILE) {
+        workgroupBarrier();
+        let n = stage_keys(bh, j0, lid, n4);
+        workgroupBarrier();
+        if live {
+            var mt = LOWEST;
+            for (var jj = 0u; jj < n; jj = jj + 1u) {
+                var dp = vec4<f32>(0.0);
+                for (var c = 0u; c < n4; c = c + 1u) { dp = fma(qr[c], ta[jj * MAX_D4 + c], dp); }
+                s[jj] = (dp.x + dp.y + dp.z + dp.w) * p.scale + tc[jj];
+                mt = max(mt, s[jj]);
+            }
+            // Rescale what was summed under the old max.
+            let mn = max(m, mt);
+            let alpha = exp(m - mn);
+            m = mn;
+            l = l * alpha;
+            for (var c = 0u; c < n4; c = c + 1u) { acc[c] = acc[c] * alpha; }
+            for (var jj = 0u; jj < n; jj = jj + 1u) {
+                let e = exp(s[jj] - m);
+                l = l + e;
+                let w = e * keep_scale(bh, i, j0 + jj);
+                if w != 0.0 {
+                    for (var c = 0u; c < n4; c = c + 1u) { acc[c] = fma(vec4<f32>(w), tb[jj * MAX_D4 + c], acc[c]); }
+                }
+            }
+        }
+    }
+    if live {
+        let inv = 1.0 / l;
+        for (var c = 0u; c < n4; c = c + 1u) { st_out0(row * p.d, c, acc[c] * inv); }
+        out1[row] = m + log(l);
+    }
+}
+
+@compute @workgroup_size(64)
+fn attn_fwd(@builtin(local_invocation_id) lid: vec3<u32>, @builtin(workgroup_id) wid: vec3<u32>,
+          @builtin(num_workgroups) nwg: vec3<u32>) {
+    let bh = bh_of(wid, nwg);
+    if bh >= p.bh { return; }
+    // A constant trip count lets the compiler unroll the D loops and keep rows in registers.
+    if d4() == MAX_D4 { attn_fwd_rows(lid.x, wid.x, bh, MAX_D4); } else { attn_fwd_rows(lid.x, wid.x, bh, d4()); }
+}
+
+// stats[2 r] = L_r, stats[2 r + 1] = Drow_r = dO_r . O_r. Thread per row of [BH * T].
+@compute @workgroup_size(64)
+fn attn_bwd_stats(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
+    let r = gid.x + gid.y * nwg.x * 64u;
+    if r >= p.bh * p.t { return; }
+    var acc = 0.0;
+    for (var dd = 0u; dd < p.d; dd = dd + 1u) {
+        acc = fma(fb[r * p.d + dd], fa[r * p.d + dd], acc);
+    }
+    out0[2u * r] = mask[r];
+    out0[2u * r + 1u] = acc;
+}
+
+// dK, dV: thread per key row j, walking query tiles.
+fn attn_bwd_kv_rows(lid: u32, wx: u32, bh: u32, n4: u32) {
+    let j = wx * ROWS + lid;
+    let live = j < p.t;
+    let row = bh * p.t + min(j, p.t - 1u);
+    var kr: array<vec4<f32>, MAX_D4>;
+    var vr: array<vec4<f32>, MAX_D4>;
+    var dk: array<vec4<f32>, MAX_D4>;
+    var dv: array<vec4<f32>, MAX_D4>;
+    for (var c = 0u; c < n4; c = c + 1u) {
+        kr[c] = ld_k(row * p.d, c);
+        vr[c] = ld_v(row * p.d, c);
+        dk[c] = vec4<f32>(0.0);
+        dv[c] = vec4<f32>(0.0);
+    }
+    let mj = key_mask(bh, min(j, p.t - 1u));
+    for (var i0 = 0u; i0 < p.t; i0 = i0 + TILE) {
+        workgroupBarrier();
+        let n = min(TILE, p.t - i0);
+        for (var e = lid; e < n * n4; e = e + ROWS) {
+            let ii = e / n4;
+            let c = e % n4;
+            let g = (bh * p.t + i0 + ii) * p.d;
+            ta[ii * MAX_D4 + c] = ld_q(g, c);
+            tb[ii * MAX_D4 + c] = ld_fa(g, c);
+        }
+        if lid < n {
+            let r = bh * p.t + i0 + lid;
+            tc[lid] = fb[2u * r];
+            td[lid] = fb[2u * r + 1u];
+        }
+        workgroupBarrier();
+        if live {
+            for (var ii = 0u; ii < n; ii = ii + 1u) {
+                var qk = vec4<f32>(0.0);
+                var dpt = vec4<f32>(0.0);
+                for (var c = 0u; c < n4; c = c + 1u) {
+                    qk = fma(ta[ii * MAX_D4 + c], kr[c], qk);
+                    dpt = fma(tb[ii * MAX_D4 + c], vr[c], dpt);
+                }
+                let pr = exp((qk.x + qk.y + qk.z + qk.w) * p.scale + mj - tc[ii]);
+                let ks = keep_scale(bh, i0 + ii, j);
+                let pd = vec4<f32>(pr * ks);
+                let ds = vec4<f32>(pr * ((dpt.x + dpt.y + dpt.z + dpt.w) * ks - td[ii]));
+                for (var c = 0u; c < n4; c = c + 1u) {
+                    dv[c] = fma(pd, tb[ii * MAX_D4 + c], dv[c]);
+                    dk[c] = fma(ds, ta[ii * MAX_D4 + c], dk[c]);
+                }
+            }
+        }
+    }
+    if live {
+        for (var c = 0u; c < n4; c = c + 1u) {
+            st_out0(row * p.d, c, dk[c] * p.scale);
+            st_out1(row * p.d, c, dv[c]);
+        }
+    }
+}
+
+@compute @workgroup_size(64)
+fn attn_bwd_kv(@builtin(local_invocation_id) lid: vec3<u32>, @builtin(workgroup_id) wid: vec3<u32>,
+          @builtin(num_workgroups) nwg: vec3<u32>) {
+    let bh = bh_of(wid, nwg);
+    if bh >= p.bh { return; }
+    // A constant trip count lets the compiler unroll the D loops and keep rows in registers.
+    if d4() == MAX_D4 { attn_bwd_kv_rows(lid.x, wid.x, bh, MAX_D4); } else { attn_bwd_kv_rows(lid.x, wid.x, bh, d4()); }
+}
+
+// dQ: thread per query row i, walking key tiles.
+fn attn_bwd_q_rows(lid: u32, wx: u32, bh: u32, n4: u32) {
+    let i = wx * ROWS + lid;
+    let live = i < p.t;
+    let row = bh * p.t + min(i, p.t - 1u);
+    var qr: array<vec4<f32>, MAX_D4>;
+    var dor: array<vec4<f32>, MAX_D4>;
+    var dq: array<vec4<f32>, MAX_D4>;
+    for (var c = 0u; c < n4; c = c + 1u) {
+        qr[c] = ld_q(row * p.d, c);
+        dor[c] = ld_fa(row * p.d, c);
+        dq[c] = vec4<f32>(0.0);
+    }
+    let lse = fb[2u * row];
+    let drow = fb[2u * row + 1u];
+    for (var j0 = 0u; j0 < p.t; j0 = j0 + TILE) {
+        workgroupBarrier();
+        let n = stage_keys(bh, j0, lid, n4);
+        workgroupBarrier();
+        if live {
+            for (var jj = 0u; jj < n; jj = jj + 1u) {
+                var qk = vec4<f32>(0.0);
+                var dpt = vec4<f32>(0.0);
+                for (var c = 0u; c < n4; c = c + 1u) {
+                    qk = fma(qr[c], ta[jj * MAX_D4 + c], qk);
+                    dpt = fma(dor[c], tb[jj * MAX_D4 + c], dpt);
+                }
+                let pr = exp((qk.x + qk.y + qk.z + qk.w) * p.scale + tc[jj] - lse);
+                let ds = pr * ((dpt.x + dpt.y + dpt.z + dpt.w) * keep_scale(bh, i, j0 + jj) - drow);
+                for (var c = 0u; c < n4; c = c + 1u) { dq[c] = fma(vec4<f32>(ds), ta[jj * MAX_D4 + c], dq[c]); }
+            }
+        }
+    }
+    if live {
+        for (var c = 0u; c < n4; c = c + 1u) { st_out0(row * p.d, c, dq[c] * p.scale); }
+    }
+}
+
+@compute @workgroup_size(64)
+fn attn_bwd_q(@builtin(local_invocation_id) lid: vec3<u32>, @builtin(workgroup_id) wid: vec3<u32>,
+          @builtin(num_workgroups) nwg: vec3<u32>) {
+    let bh = bh_of(wid, nwg);
+    if bh >= p.bh { return; }
+    // A constant trip count lets the compiler unroll the D loops and keep rows in registers.
+    if d4() == MAX_D4 { attn_bwd_q_rows(lid.x, wid.x, bh, MAX_D4); } else { attn_bwd_q_rows(lid.x, wid.x, bh, d4()); }
+}

@@ -1,0 +1,272 @@
+//! Fused multi-head attention (flash-attention style): softmax(q kᵀ·scale + mask), dropout, @ v.
+
+use super::{check_f32, dummy, f};
+use crate::error::{shape_err, Error, Result};
+use crate::gpu::{grid, Kernel};
+use crate::tensor::{DType, Tensor};
+
+/// Largest head dim the fused kernels take; callers fall back to the unfused path above it.
+pub const MAX_HEAD_DIM: usize = 64;
+
+/// Rows (threads) per workgroup in the row-tiled kernels, as `ROWS` in attention.wgsl.
+const ROWS: usize = 64;
+
+const FWD: Kernel = Kernel {
+    file: "attention",
+    entry: "attn_fwd",
+    reads: 6,
+    writes: 2,
+};
+const BWD_STATS: Kernel = Kernel {
+    file: "attention",
+    entry: "attn_bwd_stats",
+    reads: 6,
+    writes: 2,
+};
+const BWD_KV: Kernel = Kernel {
+    file: "attention",
+    entry: "attn_bwd_kv",
+    reads: 6,
+    writes: 2,
+};
+const BWD_Q: Kernel = Kernel {
+    file: "attention",
+    entry: "attn_bwd_q",
+    reads: 6,
+    writes: 2,
+};
+
+/// Problem size: (batch * heads, sequence length, head dim).
+struct Dims {
+    bh: usize,
+    t: usize,
+    d: usize,
+}
+
+#[allow(clippy::too_many_arguments)]
+fn check(
+    op: &'static str,
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    mask: Option<&Tensor>,
+    heads: usize,
+    dropout: f32,
+) -> Result<Dims> {
+    check_f32(op, &[q, k, v])?;
+    let shape = q.shape();
+    if shape.len() < 2 || k.shape() != shape || v.shape() != shape {
+        return shape_err(
+            op,
+            format!(
+                "q {:?}, k {:?}, v {:?} must be one shape [.., T, D]",
+                shape,
+                k.shape(),
+                v.shape()
+            ),
+        );
+    }
+    let (t, d) = (q.dim(-2), q.dim(-1));
+    let bh: usize = shape[..shape.len() - 2].iter().product();
+    if d > MAX_HEAD_DIM {
+        return Err(Error::Limit {
+            op,
+            msg: format!(
+                "head dim {d} exceeds the fused kernel's maximum {MAX_HEAD_DIM}; use the unfused path"
+            ),
+        });
+    }
+    if heads == 0 || !bh.is_multiple_of(heads) {
+        return shape_err(
+            op,
+            format!("{bh} (batch x heads) rows of {shape:?} not divisible by {heads} heads"),
+        );
+    }
+    if let Some(m) = mask {
+        check_f32(op, &[m])?;
+        if m.shape() != [bh / heads, t] {
+            return shape_err(
+                op,
+                format!(
+                    "mask {:?} does not fit q {shape:?} with {heads} heads (want [{}, {t}])",
+                    m.shape(),
+                    bh / heads
+                ),
+            );
+        }
+    }
+    if !(0.0..1.0).contains(&dropout) {
+        return shape_err(op, format!("dropout probability {dropout} not in [0, 1)"));
+    }
+    let cap = (q.gpu().max_binding() / 4) as usize;
+    if bh * t * d > cap || 2 * bh * t > cap {
+        return Err(Error::Limit {
+            op,
+            msg: format!("q {shape:?} exceeds one binding ({cap} elements)"),
+        });
+    }
+    Ok(Dims { bh, t, d })
+}
+
+fn params(
+    g: &Dims,
+    heads: usize,
+    has_mask: bool,
+    scale: f32,
+    dropout: f32,
+    seed: u64,
+) -> [u32; 12] {
+    [
+        g.bh as u32,
+        g.t as u32,
+        g.d as u32,
+        heads as u32,
+        has_mask as u32,
+        f(scale),
+        f(dropout),
+        seed as u32,
+        (seed >> 32) as u32,
+        0,
+        0,
+        0,
+    ]
+}
+
+/// Workgroups for a kernel with one thread per row of T, over (row tiles, bh).
+fn row_groups(g: &Dims) -> [u32; 3] {
+    let y = g.bh.min(65535);
+    [
+        g.t.div_ceil(ROWS) as u32,
+        y as u32,
+        g.bh.div_ceil(y.max(1)) as u32,
+    ]
+}
+
+/// Forward of attention over q, k, v of shape [.., T, D] (e.g. [B, H, T, D]; leading dims
+/// flatten to B·H with H = `heads`) with an optional additive key mask [B, T], softmax scale
+/// `scale` and dropout `dropout` on the probabilities (mask from `seed`, as
+/// [`super::dropout::dropout`] draws it over [B, H, T, T]). Returns O (q's shape) and the
+/// per-row logsumexp L (q's shape without D) that [`backward`] needs.
+#[allow(clippy::too_many_arguments)]
+pub fn forward(
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    mask: Option<&Tensor>,
+    heads: usize,
+    scale: f32,
+    dropout: f32,
+    seed: u64,
+) -> Result<(Tensor, Tensor)> {
+    let g = check("attention", q, k, v, mask, heads, dropout)?;
+    let gpu = q.gpu();
+    let o = Tensor::uninit(gpu, q.shape(), DType::F32)?;
+    let lse = Tensor::uninit(gpu, &q.shape()[..q.shape().len() - 1], DType::F32)?;
+    let dm = dummy(gpu)?;
+    gpu.dispatch(
+        &FWD,
+        &params(&g, heads, mask.is_some(), scale, dropout, seed),
+        &[
+            q.bind(),
+            k.bind(),
+            v.bind(),
+            mask.unwrap_or(&dm).bind(),
+            dm.bind(),
+            dm.bind(),
+            o.bind(),
+            lse.bind(),
+        ],
+        row_groups(&g),
+    )?;
+    Ok((o, lse))
+}
+
+/// Gradients (dq, dk, dv) of [`forward`] from its inputs, its outputs O and L, and the
+/// upstream gradient `d_o` (O's shape).
+#[allow(clippy::too_many_arguments)]
+pub fn backward(
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    mask: Option<&Tensor>,
+    heads: usize,
+    scale: f32,
+    dropout: f32,
+    seed: u64,
+    o: &Tensor,
+    lse: &Tensor,
+    d_o: &Tensor,
+) -> Result<(Tensor, Tensor, Tensor)> {
+    let op = "attention_backward";
+    let g = check(op, q, k, v, mask, heads, dropout)?;
+    check_f32(op, &[o, lse, d_o])?;
+    if o.shape() != q.shape() || d_o.shape() != q.shape() || lse.numel() != g.bh * g.t {
+        return shape_err(
+            op,
+            format!(
+                "o {:?}, d_o {:?}, lse {:?} do not fit q {:?}",
+                o.shape(),
+                d_o.shape(),
+                lse.shape(),
+                q.shape()
+            ),
+        );
+    }
+    let gpu = q.gpu();
+    let prm = params(&g, heads, mask.is_some(), scale, dropout, seed);
+    // Separate placeholders for read and write slots: one buffer may not be both at once.
+    let dm = dummy(gpu)?;
+    let dw = dummy(gpu)?;
+    // (L, Drow) per query row.
+    let stats = Tensor::uninit(gpu, &[g.bh * g.t, 2], DType::F32)?;
+    gpu.dispatch(
+        &BWD_STATS,
+        &prm,
+        &[
+            dm.bind(),
+            dm.bind(),
+            dm.bind(),
+            lse.bind(),
+            o.bind(),
+            d_o.bind(),
+            stats.bind(),
+            dw.bind(),
+        ],
+        grid((g.bh * g.t) as u64, ROWS as u64),
+    )?;
+    let dq = Tensor::uninit(gpu, q.shape(), DType::F32)?;
+    let dk = Tensor::uninit(gpu, q.shape(), DType::F32)?;
+    let dv = Tensor::uninit(gpu, q.shape(), DType::F32)?;
+    let m = mask.unwrap_or(&dm);
+    gpu.dispatch(
+        &BWD_KV,
+        &prm,
+        &[
+            q.bind(),
+            k.bind(),
+            v.bind(),
+            m.bind(),
+            d_o.bind(),
+            stats.bind(),
+            dk.bind(),
+            dv.bind(),
+        ],
+        row_groups(&g),
+    )?;
+    gpu.dispatch(
+        &BWD_Q,
+        &prm,
+        &[
+            q.bind(),
+            k.bind(),
+            v.bind(),
+            m.bind(),
+            d_o.bind(),
+            stats.bind(),
+            dq.bind(),
+            dw.bind(),
+        ],
+        row_groups(&g),
+    )?;
+    Ok((dq, dk, dv))
+}

@@ -1,0 +1,337 @@
+//! The fused attention kernels (`ops::attention`, `Var::attention`) against the plain autograd
+//! path q kᵀ → scale → softmax(mask) → dropout → @ v, forward and backward, on sequence lengths
+//! that are not multiples of the tiles (1, 7, 50, 133), head dims 8, 16 and 64, B = 2, H = 3,
+//! with and without a key padding mask (batch 1 keeps only a few keys) and dropout 0 and 0.1.
+//! Tolerances: output |err| <= 1e-5 + 1e-4 |ref|; each gradient |err| <= 1e-4 max|ref grad|
+//! (that max floored at 1e-2 of the largest of dq, dk, dv: dq and dk are zero in exact arithmetic at
+//! T = 1 and both paths round differently around zero).
+//! Dropout must draw the same mask as `ops::dropout` over [B, H, T, T], so with p = 0.1 the two
+//! paths agree only if every kept/dropped element matches.
+//! `cargo test --release --test attention -- --nocapture` prints the worst errors seen;
+//! `-- --ignored --nocapture` times fused against plain at B = 1, H = 16, T = 250, D = 64.
+
+mod common;
+use common::*;
+use std::sync::Mutex;
+use std::time::Instant;
+use xlsr::{Tape, Tensor, Var};
+
+const B: usize = 2;
+const H: usize = 3;
+const TS: [usize; 4] = [1, 7, 50, 133];
+const DS: [usize; 3] = [8, 16, 64];
+
+/// Worst (output error / tol scale, gradient error / max|grad|) seen over all cases.
+static WORST: Mutex<(f64, f64)> = Mutex::new((0.0, 0.0));
+
+struct Case {
+    t: usize,
+    d: usize,
+    masked: bool,
+    p: f32,
+    seed: u64,
+    /// Multiplies q, to make the softmax sharp (exercises the online max rescaling).
+    q_gain: f64,
+}
+
+/// [B, T] additive mask: batch 0 sees every key, batch 1 only its first min(3, T).
+fn padding_mask(t: usize) -> Tensor {
+    let mut m = vec![0f32; B * t];
+    for x in &mut m[t + t.min(3)..] {
+        *x = f32::MIN;
+    }
+    Tensor::from_slice(&gpu(), &m, &[B, t]).unwrap()
+}
+
+/// Output and (dq, dk, dv) of one path, from upstream gradient `r`.
+fn run(
+    c: &Case,
+    qkv: &[Vec<f64>; 3],
+    r: &[f64],
+    mask: Option<&Tensor>,
+    fused: bool,
+) -> (Vec<f32>, Vec<Vec<f32>>) {
+    let shape = [B, H, c.t, c.d];
+    let tape = Tape::new();
+    let vars: Vec<Var> = qkv
+        .iter()
+        .map(|x| tape.input(upload(x, &shape), true))
+        .collect();
+    let (q, k, v) = (&vars[0], &vars[1], &vars[2]);
+    let scale = (c.d as f32).powf(-0.5);
+    let out = if fused {
+        q.attention(k, v, mask, H, scale, c.p, c.seed).unwrap()
+    } else {
+        q.matmul(k, false, true, None)
+            .unwrap()
+            .scale(scale, 0.0)
+            .unwrap()
+            .softmax(mask)
+            .unwrap()
+            .dropout(c.p, c.seed)
+            .unwrap()
+            .matmul(v, false, false, None)
+            .unwrap()
+    };
+    assert_eq!(out.shape(), shape);
+    let loss = out
+        .mul(&Var::constant(upload(r, &shape)))
+        .unwrap()
+        .sum()
+        .unwrap();
+    let grads = tape.backward(&loss, &[q, k, v]).unwrap();
+    (
+        out.value.to_vec().unwrap(),
+        grads
+            .into_iter()
+            .map(|g| g.unwrap().to_vec().unwrap())
+            .collect(),
+    )
+}
+
+fn inputs(c: &Case) -> ([Vec<f64>; 3], Vec<f64>) {
+    let n = B * H * c.t * c.d;
+    let mut rng = Rng::new(c.seed ^ (c.t * 1000 + c.d) as u64);
+    let q: Vec<f64> = rng.vec(n).iter().map(|x| x * c.q_gain).collect();
+    ([q, rng.vec(n), rng.vec(n)], rng.vec(n))
+}
+
+/// Compares fused with plain; returns the fused output.
+fn compare(c: &Case) -> Vec<f32> {
+    let (qkv, r) = inputs(c);
+    let mask = c.masked.then(|| padding_mask(c.t));
+    let (o, g) = run(c, &qkv, &r, mask.as_ref(), true);
+    let (o_ref, g_ref) = run(c, &qkv, &r, mask.as_ref(), false);
+    let what = format!(
+        "T={} D={} mask={} p={} gain={}",
+        c.t, c.d, c.masked, c.p, c.q_gain
+    );
+    let want: Vec<f64> = o_ref.iter().map(|&x| x as f64).collect();
+    assert_close(&format!("{what}: output"), &o, &want, 1e-5, 1e-4);
+    let out_err = o
+        .iter()
+        .zip(&want)
+        .map(|(&a, &b)| (a as f64 - b).abs() / (1e-5 + 1e-4 * b.abs()))
+        .fold(0.0, f64::max);
+    let max_abs = |v: &[f32]| v.iter().fold(0f32, |m, x| m.max(x.abs())) as f64;
+    // A gradient that is zero in exact arithmetic (dq, dk at T = 1) is measured against the others.
+    let floor = 1e-2 * g_ref.iter().map(|v| max_abs(v)).fold(0.0, f64::max);
+    let mut grad_err: f64 = 0.0;
+    for (name, (got, want)) in ["dq", "dk", "dv"].iter().zip(g.iter().zip(&g_ref)) {
+        let scale = max_abs(want).max(floor);
+        let want: Vec<f64> = want.iter().map(|&x| x as f64).collect();
+        assert_close(&format!("{what}: {name}"), got, &want, 1e-4 * scale, 0.0);
+        let e = got
+            .iter()
+            .zip(&want)
+            .map(|(&a, &b)| (a as f64 - b).abs())
+            .fold(0.0, f64::max);
+        grad_err = grad_err.max(e / scale);
+    }
+    let mut w = WORST.lock().unwrap();
+    w.0 = w.0.max(out_err);
+    w.1 = w.1.max(grad_err);
+    eprintln!(
+        "{what}: output err {out_err:.3} x tol, grad err {grad_err:.2e} x max|grad| \
+         (worst so far {:.3}, {:.2e})",
+        w.0, w.1
+    );
+    o
+}
+
+fn sweep(masked: bool, p: f32) {
+    for t in TS {
+        for d in DS {
+            compare(&Case {
+                t,
+                d,
+                masked,
+                p,
+                seed: 0x5eed_0000_0000_0007 + t as u64,
+                q_gain: 2.0,
+            });
+        }
+    }
+}
+
+#[test]
+fn fused_matches_plain() {
+    sweep(false, 0.0);
+}
+
+#[test]
+fn fused_matches_plain_with_padding_mask() {
+    sweep(true, 0.0);
+}
+
+#[test]
+fn fused_matches_plain_with_dropout() {
+    sweep(false, 0.1);
+}
+
+#[test]
+fn fused_matches_plain_with_mask_and_dropout() {
+    sweep(true, 0.1);
+}
+
+#[test]
+fn fused_matches_plain_with_sharp_scores() {
+    // Scores of several tens: the running max jumps between key tiles, so a wrong rescale of
+    // the accumulator would show.
+    for (t, d) in [(50, 16), (133, 64)] {
+        compare(&Case {
+            t,
+            d,
+            masked: true,
+            p: 0.1,
+            seed: 3,
+            q_gain: 30.0,
+        });
+    }
+}
+
+#[test]
+fn dropout_changes_the_output_and_seed_matters() {
+    let c = |p: f32, seed: u64| Case {
+        t: 50,
+        d: 16,
+        masked: false,
+        p,
+        seed,
+        q_gain: 2.0,
+    };
+    let (qkv, _) = inputs(&c(0.0, 1));
+    let shape = [B, H, 50, 16];
+    let out = |p: f32, seed: u64| {
+        let [q, k, v] = qkv.each_ref().map(|x| upload(x, &shape));
+        let (o, _) = xlsr::ops::attention::forward(&q, &k, &v, None, H, 0.25, p, seed).unwrap();
+        o.to_vec().unwrap()
+    };
+    let diff = |a: &[f32], b: &[f32]| {
+        a.iter()
+            .zip(b)
+            .map(|(x, y)| (x - y).abs())
+            .fold(0f32, f32::max)
+    };
+    let plain = out(0.0, 1);
+    let a = out(0.1, 1);
+    let b = out(0.1, 2);
+    assert!(diff(&plain, &a) > 1e-2, "dropout had no effect");
+    assert!(diff(&a, &b) > 1e-2, "the seed had no effect");
+    assert_eq!(diff(&a, &out(0.1, 1)), 0.0, "same seed, different result");
+}
+
+#[test]
+fn three_dim_input_is_batch_times_heads() {
+    // [B*H, T, D] gives the same as [B, H, T, D], the mask still indexed by bh / H.
+    let (t, d) = (7, 8);
+    let c = Case {
+        t,
+        d,
+        masked: true,
+        p: 0.1,
+        seed: 9,
+        q_gain: 2.0,
+    };
+    let (qkv, _) = inputs(&c);
+    let mask = padding_mask(t);
+    let go = |shape: &[usize]| {
+        let [q, k, v] = qkv.each_ref().map(|x| upload(x, shape));
+        let (o, l) =
+            xlsr::ops::attention::forward(&q, &k, &v, Some(&mask), H, 0.3, 0.1, 9).unwrap();
+        assert_eq!(o.shape(), shape);
+        assert_eq!(l.shape(), &shape[..shape.len() - 1]);
+        o.to_vec().unwrap()
+    };
+    assert_eq!(go(&[B, H, t, d]), go(&[B * H, t, d]));
+}
+
+#[test]
+fn head_dim_over_64_is_an_error() {
+    let x = Tensor::zeros(&gpu(), &[1, 2, 5, 65]).unwrap();
+    let e = xlsr::ops::attention::forward(&x, &x, &x, None, 2, 1.0, 0.0, 0).unwrap_err();
+    assert!(matches!(e, xlsr::Error::Limit { .. }), "{e}");
+    assert!(e.to_string().contains("head dim 65"), "{e}");
+    let y = Tensor::zeros(&gpu(), &[1, 2, 5, 64]).unwrap();
+    assert!(xlsr::ops::attention::forward(&y, &y, &y, None, 2, 1.0, 0.0, 0).is_ok());
+}
+
+#[test]
+fn bad_shapes_are_errors() {
+    let g = gpu();
+    let x = Tensor::zeros(&g, &[2, 3, 5, 8]).unwrap();
+    let y = Tensor::zeros(&g, &[2, 3, 6, 8]).unwrap();
+    let f = |q: &Tensor, k: &Tensor, m: Option<&Tensor>, heads: usize, p: f32| {
+        xlsr::ops::attention::forward(q, k, k, m, heads, 1.0, p, 0).is_err()
+    };
+    assert!(f(&x, &y, None, 3, 0.0), "k of another length");
+    assert!(f(&x, &x, None, 4, 0.0), "heads not dividing B*H");
+    assert!(f(&x, &x, None, 3, 1.0), "dropout 1");
+    let m = Tensor::zeros(&g, &[3, 5]).unwrap();
+    assert!(f(&x, &x, Some(&m), 3, 0.0), "mask of the wrong batch");
+    let m = Tensor::zeros(&g, &[2, 5]).unwrap();
+    assert!(!f(&x, &x, Some(&m), 3, 0.0));
+}
+
+/// Timing: fused forward+backward against the plain path at one long clip's size.
+#[test]
+#[ignore]
+fn time_fused_vs_plain() {
+    let (b, h, t, d) = (1, 16, 250, 64);
+    let n = b * h * t * d;
+    let mut rng = Rng::new(1);
+    let shape = [b, h, t, d];
+    let host: Vec<Vec<f64>> = (0..4).map(|_| rng.vec(n)).collect();
+    let scale = (d as f32).powf(-0.5);
+    let step = |fused: bool| {
+        let tape = Tape::new();
+        let vars: Vec<Var> = host[..3]
+            .iter()
+            .map(|x| tape.input(upload(x, &shape), true))
+            .collect();
+        let r = upload(&host[3], &shape);
+        r.to_vec().unwrap();
+        let start = Instant::now();
+        let (q, k, v) = (&vars[0], &vars[1], &vars[2]);
+        let out = if fused {
+            q.attention(k, v, None, h, scale, 0.1, 7).unwrap()
+        } else {
+            q.matmul(k, false, true, None)
+                .unwrap()
+                .scale(scale, 0.0)
+                .unwrap()
+                .softmax(None)
+                .unwrap()
+                .dropout(0.1, 7)
+                .unwrap()
+                .matmul(v, false, false, None)
+                .unwrap()
+        };
+        out.value.to_vec().unwrap();
+        let fwd = start.elapsed().as_secs_f64();
+        let grads = tape.backward_with(&out, Some(r), &[q, k, v]).unwrap();
+        for g in grads {
+            g.unwrap().to_vec().unwrap();
+        }
+        (fwd, start.elapsed().as_secs_f64())
+    };
+    for fused in [false, true] {
+        step(fused); // compile and warm the pool
+    }
+    if gpu().profile_start().unwrap() {
+        step(true);
+        for (name, ns, n) in gpu().profile_stop().unwrap() {
+            println!("  {name}: {:.1} ms over {n} launches", ns / 1e6);
+        }
+    }
+    for fused in [false, true, false, true] {
+        let runs: Vec<(f64, f64)> = (0..3).map(|_| step(fused)).collect();
+        let best = |f: fn(&(f64, f64)) -> f64| runs.iter().map(f).fold(f64::MAX, f64::min);
+        println!(
+            "{}: forward {:.1} ms, forward+backward {:.1} ms (best of 3)",
+            if fused { "fused" } else { "plain" },
+            1e3 * best(|r| r.0),
+            1e3 * best(|r| r.1)
+        );
+    }
+}
