@@ -384,7 +384,10 @@ impl Var {
         half: bool,
     ) -> Result<Var> {
         let (a, b) = if half {
-            (ops::cast::to_f16(&self.value)?, ops::cast::to_f16(&w.value)?)
+            (
+                ops::cast::to_f16(&self.value)?,
+                ops::cast::to_f16(&w.value)?,
+            )
         } else {
             (self.value.clone(), w.value.clone())
         };
@@ -543,9 +546,43 @@ impl Var {
         dropout: f32,
         seed: u64,
     ) -> Result<Var> {
-        let (q, kv, vv) = (&self.value, &k.value, &v.value);
-        let (o, lse) = ops::attention::forward(q, kv, vv, mask, heads, scale, dropout, seed)?;
-        let (q, kv, vv, oc) = (q.clone(), kv.clone(), vv.clone(), o.clone());
+        self.attention_impl(k, v, mask, (heads, scale, dropout, seed), false)
+    }
+
+    /// [`Var::attention`] on f16 copies of q, k, v (what backward keeps); f32 arithmetic,
+    /// output and gradients.
+    #[allow(clippy::too_many_arguments)]
+    pub fn attention_f16(
+        &self,
+        k: &Var,
+        v: &Var,
+        mask: Option<&Tensor>,
+        heads: usize,
+        scale: f32,
+        dropout: f32,
+        seed: u64,
+    ) -> Result<Var> {
+        self.attention_impl(k, v, mask, (heads, scale, dropout, seed), true)
+    }
+
+    fn attention_impl(
+        &self,
+        k: &Var,
+        v: &Var,
+        mask: Option<&Tensor>,
+        (heads, scale, dropout, seed): (usize, f32, f32, u64),
+        half: bool,
+    ) -> Result<Var> {
+        let cast = |t: &Tensor| {
+            if half {
+                ops::cast::to_f16(t)
+            } else {
+                Ok(t.clone())
+            }
+        };
+        let (q, kv, vv) = (cast(&self.value)?, cast(&k.value)?, cast(&v.value)?);
+        let (o, lse) = ops::attention::forward(&q, &kv, &vv, mask, heads, scale, dropout, seed)?;
+        let oc = o.clone();
         let mask = mask.cloned();
         Ok(Var::record(&[self, k, v], o, move |g| {
             let (dq, dk, dv) = ops::attention::backward(

@@ -49,7 +49,10 @@ fn shader_source(file: &str) -> Result<String> {
             "{base}.wgsl has no `{IN_F32}` line, so it has no f16 variant"
         )));
     }
-    Ok(format!("enable f16;\n{}", src.replace(IN_F32, "alias In = f16;")))
+    Ok(format!(
+        "enable f16;\n{}",
+        src.replace(IN_F32, "alias In = f16;")
+    ))
 }
 
 /// Bytes reserved per dispatch in the uniform arena (also the offset alignment we use).

@@ -54,7 +54,11 @@ fn casts_round_like_ieee_and_overflow_to_inf() {
         } else {
             f16::from_f32(x).to_f32()
         };
-        assert_eq!(y.to_bits(), want.to_bits(), "element {i}: {x} -> {y}, want {want}");
+        assert_eq!(
+            y.to_bits(),
+            want.to_bits(),
+            "element {i}: {x} -> {y}, want {want}"
+        );
     }
 }
 
@@ -73,8 +77,16 @@ fn reference_matmul(
             for j in 0..n {
                 let mut s = bias.map_or(0.0, |v| v[j]);
                 for p in 0..k {
-                    let av = if ta { a[ao + p * m + i] } else { a[ao + i * k + p] };
-                    let bv = if tb { b[bo + j * k + p] } else { b[bo + p * n + j] };
+                    let av = if ta {
+                        a[ao + p * m + i]
+                    } else {
+                        a[ao + i * k + p]
+                    };
+                    let bv = if tb {
+                        b[bo + j * k + p]
+                    } else {
+                        b[bo + p * n + j]
+                    };
                     s += av * bv;
                 }
                 c[z * m * n + i * n + j] = s;
@@ -104,7 +116,11 @@ fn f16_matmul_and_backward_match_rounded_f64() {
         let b = rng.vec(if shared { k * n } else { batch * k * n });
         let bias = rng.vec(n);
         let r = rng.vec(batch * m * n);
-        let ashape = if ta { vec![batch, k, m] } else { vec![batch, m, k] };
+        let ashape = if ta {
+            vec![batch, k, m]
+        } else {
+            vec![batch, m, k]
+        };
         let bdims = if tb { vec![n, k] } else { vec![k, n] };
         let bshape = if shared {
             bdims
@@ -190,7 +206,8 @@ fn run_model(model: &Wav2Vec2ForCtc, fp16: bool, scale: f32) -> (Vec<f32>, f32, 
     };
     let out = model.forward(&tape, &audio, Some(&lengths), &opts).unwrap();
     let (loss, _) = model.ctc_loss(&out.logits, &out.frames, &labels).unwrap();
-    tape.backward(&loss.scale(scale, 0.0).unwrap(), &[]).unwrap();
+    tape.backward(&loss.scale(scale, 0.0).unwrap(), &[])
+        .unwrap();
     let grads = model
         .params
         .iter()
@@ -255,7 +272,12 @@ fn fp16_model_stays_within_1e_2_of_f32() {
         assert!(reached > 20, "{name}: only {reached} gradients");
         assert!(logits_err <= 1e-2, "{name}: logits {logits_err:.2e}");
         assert!(loss_err <= 1e-2, "{name}: loss {loss_err:.2e}");
-        assert!(worst.0 <= 1e-2, "{name}: gradient {} {:.2e}", worst.1, worst.0);
+        assert!(
+            worst.0 <= 1e-2,
+            "{name}: gradient {} {:.2e}",
+            worst.1,
+            worst.0
+        );
         // And fp16 really ran: f16 rounding leaves a trace in the logits.
         assert!(logits_err > 0.0, "{name}: fp16 logits identical to f32");
     }
@@ -278,7 +300,10 @@ fn grad_scaler_skips_exactly_the_overflowing_step_and_halves_the_scale() {
     };
     let s0 = scaler.scale;
     let snapshot = |m: &Wav2Vec2ForCtc| -> Vec<Vec<f32>> {
-        m.params.iter().map(|p| p.value().to_vec().unwrap()).collect()
+        m.params
+            .iter()
+            .map(|p| p.value().to_vec().unwrap())
+            .collect()
     };
     let mut scales = vec![];
     let mut skipped = vec![];
@@ -299,7 +324,10 @@ fn grad_scaler_skips_exactly_the_overflowing_step_and_halves_the_scale() {
         opt.zero_grad();
         let after = snapshot(&model);
         if outcome.skipped {
-            assert_eq!(before, after, "step {step}: a skipped step changed parameters");
+            assert_eq!(
+                before, after,
+                "step {step}: a skipped step changed parameters"
+            );
         } else {
             assert_ne!(before, after, "step {step}: parameters did not move");
         }
@@ -330,4 +358,55 @@ fn grad_scaler_update_follows_torch() {
     s.growth_interval = 1;
     s.update(false);
     assert_eq!(s.scale, f32::MAX);
+}
+
+/// The f16 build of the fused attention kernels equals the f32 build run on the same values
+/// rounded to f16 (both compute in f32), forward and backward, with mask and dropout.
+#[test]
+fn f16_attention_equals_f32_attention_on_rounded_inputs() {
+    if !has_f16() {
+        return;
+    }
+    let g = gpu();
+    let (b, h, t, d) = (2, 3, 37, 64);
+    let mut rng = Rng::new(21);
+    let n = b * h * t * d;
+    let (q, k, v, r) = (rng.vec(n), rng.vec(n), rng.vec(n), rng.vec(n));
+    let mut mask = vec![0f32; b * t];
+    mask[t + 20..].fill(f32::MIN);
+    let mask = Tensor::from_slice(&g, &mask, &[b, t]).unwrap();
+    let shape = [b, h, t, d];
+    let run = |q: &[f64], k: &[f64], v: &[f64], half: bool| {
+        let tape = Tape::new();
+        let vars: Vec<Var> = [q, k, v]
+            .iter()
+            .map(|x| tape.input(upload(x, &shape), true))
+            .collect();
+        let f = if half {
+            Var::attention_f16
+        } else {
+            Var::attention
+        };
+        let o = f(&vars[0], &vars[1], &vars[2], Some(&mask), h, 0.125, 0.1, 9).unwrap();
+        let loss = o
+            .mul(&Var::constant(upload(&r, &shape)))
+            .unwrap()
+            .sum()
+            .unwrap();
+        let grads = tape
+            .backward(&loss, &[&vars[0], &vars[1], &vars[2]])
+            .unwrap();
+        let mut out = vec![o.value.to_vec().unwrap()];
+        out.extend(grads.iter().map(|g| g.as_ref().unwrap().to_vec().unwrap()));
+        out
+    };
+    let got = run(&q, &k, &v, true);
+    let want = run(&round16(&q), &round16(&k), &round16(&v), false);
+    for (i, name) in ["out", "dq", "dk", "dv"].iter().enumerate() {
+        let w: Vec<f64> = want[i].iter().map(|&x| x as f64).collect();
+        assert_close(name, &got[i], &w, 1e-6, 1e-5);
+    }
+    // And the rounding mattered: unrounded f32 inputs give a different output.
+    let exact = run(&q, &k, &v, false);
+    assert_ne!(exact[0], got[0]);
 }

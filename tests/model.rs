@@ -326,3 +326,66 @@ fn gradient_checkpointing_gives_identical_gradients() {
         "checkpointing did not lower the peak ({peak1} vs {peak0})"
     );
 }
+
+/// The fused attention kernel inside the model equals the unfused path (matmul, softmax,
+/// dropout, matmul) with dropout on, logits and gradients, and keeps less memory.
+#[test]
+fn fused_attention_matches_unfused_in_the_model() {
+    let run = |unfused: bool| {
+        let g = xlsr::Gpu::new().unwrap();
+        let (mut model, _) = Wav2Vec2ForCtc::load(&g, &fixture("w2v2_large"), None, 0).unwrap();
+        model.config.attention_dropout = 0.2;
+        model.config.hidden_dropout = 0.1;
+        let r = Ref::open("w2v2_large");
+        let (audio, lengths, labels) = batch(&r);
+        // Four times the fixture's audio, so the [B, H, T, T] scores weigh in the peak.
+        let (a, shape) = r.f32s("audio");
+        let long: Vec<f32> = a.chunks(shape[1]).flat_map(|row| row.repeat(4)).collect();
+        let audio4 = Tensor::from_slice(&g, &long, &[shape[0], shape[1] * 4]).unwrap();
+        let lengths4: Vec<usize> = lengths.iter().map(|n| n * 4).collect();
+        drop(audio);
+        g.sync().unwrap();
+        let before = g.peak_bytes();
+        let tape = Tape::new();
+        let opts = Forward {
+            train: true,
+            seed: 3,
+            unfused_attention: unfused,
+            ..Forward::default()
+        };
+        let out = model
+            .forward(&tape, &audio4, Some(&lengths4), &opts)
+            .unwrap();
+        let (loss, _) = model.ctc_loss(&out.logits, &out.frames, &labels).unwrap();
+        tape.backward(&loss, &[]).unwrap();
+        g.sync().unwrap();
+        let grads: Vec<Vec<f32>> = model
+            .params
+            .iter()
+            .map(|p| p.grad().map(|t| t.to_vec().unwrap()).unwrap_or_default())
+            .collect();
+        (
+            out.logits.value.to_vec().unwrap(),
+            grads,
+            g.peak_bytes() - before,
+        )
+    };
+    let (l0, g0, peak0) = run(true);
+    let (l1, g1, peak1) = run(false);
+    let scale = l0.iter().fold(0f64, |m, v| m.max(v.abs() as f64));
+    let err = max_abs_err(&l1, &l0);
+    assert!(err <= 1e-5 * scale.max(1.0), "logits differ by {err:.2e}");
+    let gmax = g0.iter().flatten().fold(0f64, |m, v| m.max(v.abs() as f64));
+    for (i, (a, b)) in g1.iter().zip(&g0).enumerate() {
+        assert_eq!(a.len(), b.len(), "gradient {i} presence");
+        if !a.is_empty() {
+            let e = max_abs_err(a, b);
+            assert!(
+                e <= 1e-4 * gmax,
+                "gradient {i} differs by {e:.2e} (max {gmax:.2e})"
+            );
+        }
+    }
+    println!("peak memory of the pass: {peak0} bytes unfused, {peak1} fused");
+    assert!(peak1 < peak0, "fused attention did not lower the peak");
+}

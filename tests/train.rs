@@ -308,8 +308,7 @@ fn fp16_without_shader_f16_trains_in_f32_with_a_note() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "{stderr}");
     assert!(stderr.contains("SHADER_F16"), "no note in: {stderr}");
-    let state =
-        std::fs::read_to_string(dir.join("run/checkpoint-1/trainer_state.json")).unwrap();
+    let state = std::fs::read_to_string(dir.join("run/checkpoint-1/trainer_state.json")).unwrap();
     assert!(!state.contains("grad_scaler"), "{state}");
     let _ = std::fs::remove_dir_all(dir);
 }

@@ -16,6 +16,7 @@ pub use config::{Config, ConvNorm};
 use crate::autograd::{Param, Tape, Var};
 use crate::error::{file_err, Error, Result};
 use crate::gpu::Gpu;
+use crate::ops::attention::MAX_HEAD_DIM;
 use crate::ops::conv::Conv1d;
 use crate::ops::ctc::Reduction;
 use crate::rng::Rng;
@@ -197,6 +198,10 @@ pub struct Forward {
     /// head run on f16 copies of their inputs (f32 accumulation); everything else stays f32.
     /// Needs an adapter with f16 ([`crate::gpu::Gpu::has_f16`]).
     pub fp16: bool,
+    /// Attention as separate matmul, softmax and dropout kernels that keep the [B, H, T, T]
+    /// probabilities for backward, instead of the fused kernel that recomputes them (the
+    /// fused one needs head dim <= 64; larger heads always take this path).
+    pub unfused_attention: bool,
 }
 
 /// Result of a forward pass.
@@ -577,6 +582,7 @@ impl Wav2Vec2ForCtc {
                 train: opts.train,
                 seed: layer_rng.next_u64(),
                 half: opts.fp16,
+                fused: !opts.unfused_attention,
             };
             x = if opts.checkpoint && tape_records(tape, &x) {
                 tape.checkpoint(&x, move |t, x| step.forward(t, x))?
@@ -720,12 +726,19 @@ impl Dropout {
     }
 
     fn apply(&mut self, x: &Var, p: f32) -> Result<Var> {
-        let s = self.seeds.next_u64();
-        if self.train && p > 0.0 {
+        let (p, s) = self.next(p);
+        if p > 0.0 {
             x.dropout(p, s)
         } else {
             Ok(x.clone())
         }
+    }
+
+    /// The next site's probability (0 outside training) and seed, for a kernel that applies
+    /// dropout itself (fused attention).
+    fn next(&mut self, p: f32) -> (f32, u64) {
+        let s = self.seeds.next_u64();
+        (if self.train { p } else { 0.0 }, s)
     }
 }
 
@@ -743,34 +756,29 @@ struct LayerStep {
     train: bool,
     seed: u64,
     half: bool,
+    fused: bool,
 }
 
 impl LayerStep {
     fn forward(&self, tape: &Rc<Tape>, x: &Var) -> Result<Var> {
         let (c, l) = (&*self.config, &self.layer);
-        let mut dropout = Dropout::new(self.seed, self.train);
-        let mut drop = |x: &Var, p: f32| dropout.apply(x, p);
+        let mut drop = Dropout::new(self.seed, self.train);
         if c.do_stable_layer_norm {
             let a = self.attention(tape, &l.attn_norm.layer(tape, x)?, &mut drop)?;
-            let x = x.add(&drop(&a, c.hidden_dropout)?)?;
+            let x = x.add(&drop.apply(&a, c.hidden_dropout)?)?;
             let f = self.feed_forward(tape, &l.ff_norm.layer(tape, &x)?, &mut drop)?;
             x.add(&f)
         } else {
             let a = self.attention(tape, x, &mut drop)?;
             let x = l
                 .attn_norm
-                .layer(tape, &x.add(&drop(&a, c.hidden_dropout)?)?)?;
+                .layer(tape, &x.add(&drop.apply(&a, c.hidden_dropout)?)?)?;
             let f = self.feed_forward(tape, &x, &mut drop)?;
             l.ff_norm.layer(tape, &x.add(&f)?)
         }
     }
 
-    fn attention(
-        &self,
-        tape: &Rc<Tape>,
-        x: &Var,
-        drop: &mut dyn FnMut(&Var, f32) -> Result<Var>,
-    ) -> Result<Var> {
+    fn attention(&self, tape: &Rc<Tape>, x: &Var, drop: &mut Dropout) -> Result<Var> {
         let (c, l) = (&*self.config, &self.layer);
         let (b, t, h) = (x.shape()[0], x.shape()[1], c.hidden_size);
         let nh = c.num_attention_heads;
@@ -787,25 +795,31 @@ impl LayerStep {
         let q = heads(l.q.forward(tape, x, half)?)?;
         let k = heads(l.k.forward(tape, x, half)?)?;
         let v = heads(l.v.forward(tape, x, half)?)?;
-        let scores = mm(&q, &k, true)?.scale((hd as f32).powf(-0.5), 0.0)?;
-        let p = scores.softmax(self.mask.as_ref())?;
-        let p = drop(&p, c.attention_dropout)?;
-        let o = mm(&p, &v, false)?
-            .permute(&[0, 2, 1, 3])?
-            .reshape(&[b, t, h])?;
+        let scale = (hd as f32).powf(-0.5);
+        let o = if self.fused && hd <= MAX_HEAD_DIM {
+            // Never materialises the [B, H, T, T] scores; the same dropout mask as below.
+            let (p, seed) = drop.next(c.attention_dropout);
+            let mask = self.mask.as_ref();
+            if half {
+                q.attention_f16(&k, &v, mask, nh, scale, p, seed)?
+            } else {
+                q.attention(&k, &v, mask, nh, scale, p, seed)?
+            }
+        } else {
+            let scores = mm(&q, &k, true)?.scale(scale, 0.0)?;
+            let p = scores.softmax(self.mask.as_ref())?;
+            let p = drop.apply(&p, c.attention_dropout)?;
+            mm(&p, &v, false)?
+        };
+        let o = o.permute(&[0, 2, 1, 3])?.reshape(&[b, t, h])?;
         l.out.forward(tape, &o, half)
     }
 
-    fn feed_forward(
-        &self,
-        tape: &Rc<Tape>,
-        x: &Var,
-        drop: &mut dyn FnMut(&Var, f32) -> Result<Var>,
-    ) -> Result<Var> {
+    fn feed_forward(&self, tape: &Rc<Tape>, x: &Var, drop: &mut Dropout) -> Result<Var> {
         let (c, l) = (&*self.config, &self.layer);
         let y = l.ff_in.forward(tape, x, self.half)?.act(c.hidden_act())?;
-        let y = drop(&y, c.activation_dropout)?;
+        let y = drop.apply(&y, c.activation_dropout)?;
         let y = l.ff_out.forward(tape, &y, self.half)?;
-        drop(&y, c.hidden_dropout)
+        drop.apply(&y, c.hidden_dropout)
     }
 }

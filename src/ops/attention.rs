@@ -1,6 +1,6 @@
 //! Fused multi-head attention (flash-attention style): softmax(q kᵀ·scale + mask), dropout, @ v.
 
-use super::{check_f32, dummy, f};
+use super::{check_dtype, check_f32, dummy, f};
 use crate::error::{shape_err, Error, Result};
 use crate::gpu::{grid, Kernel};
 use crate::tensor::{DType, Tensor};
@@ -36,6 +36,23 @@ const BWD_Q: Kernel = Kernel {
     writes: 2,
 };
 
+/// `kernel` reading f16 q, k, v (the `attention_f16` build of the file, see gpu.rs).
+const fn f16_variant(kernel: Kernel) -> Kernel {
+    Kernel {
+        file: "attention_f16",
+        ..kernel
+    }
+}
+
+/// The kernel for q, k, v of q's dtype.
+fn pick(kernel: Kernel, q: &Tensor) -> Kernel {
+    if q.dtype() == DType::F16 {
+        f16_variant(kernel)
+    } else {
+        kernel
+    }
+}
+
 /// Problem size: (batch * heads, sequence length, head dim).
 struct Dims {
     bh: usize,
@@ -53,7 +70,11 @@ fn check(
     heads: usize,
     dropout: f32,
 ) -> Result<Dims> {
-    check_f32(op, &[q, k, v])?;
+    if q.dtype() == DType::F16 {
+        check_dtype(op, &[q, k, v], DType::F16)?;
+    } else {
+        check_f32(op, &[q, k, v])?;
+    }
     let shape = q.shape();
     if shape.len() < 2 || k.shape() != shape || v.shape() != shape {
         return shape_err(
@@ -142,7 +163,7 @@ fn row_groups(g: &Dims) -> [u32; 3] {
     ]
 }
 
-/// Forward of attention over q, k, v of shape [.., T, D] (e.g. [B, H, T, D]; leading dims
+/// Forward of attention over q, k, v (all f32, or all f16 for mixed precision) of shape [.., T, D] (e.g. [B, H, T, D]; leading dims
 /// flatten to B·H with H = `heads`) with an optional additive key mask [B, T], softmax scale
 /// `scale` and dropout `dropout` on the probabilities (mask from `seed`, as
 /// [`super::dropout::dropout`] draws it over [B, H, T, T]). Returns O (q's shape) and the
@@ -164,7 +185,7 @@ pub fn forward(
     let lse = Tensor::uninit(gpu, &q.shape()[..q.shape().len() - 1], DType::F32)?;
     let dm = dummy(gpu)?;
     gpu.dispatch(
-        &FWD,
+        &pick(FWD, q),
         &params(&g, heads, mask.is_some(), scale, dropout, seed),
         &[
             q.bind(),
@@ -239,7 +260,7 @@ pub fn backward(
     let dv = Tensor::uninit(gpu, q.shape(), DType::F32)?;
     let m = mask.unwrap_or(&dm);
     gpu.dispatch(
-        &BWD_KV,
+        &pick(BWD_KV, q),
         &prm,
         &[
             q.bind(),
@@ -254,7 +275,7 @@ pub fn backward(
         row_groups(&g),
     )?;
     gpu.dispatch(
-        &BWD_Q,
+        &pick(BWD_Q, q),
         &prm,
         &[
             q.bind(),

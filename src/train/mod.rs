@@ -309,6 +309,7 @@ pub fn run(gpu: &Gpu, args: &TrainArgs) -> Result<RunSummary> {
                     keep_hidden: false,
                     checkpoint,
                     fp16,
+                    ..Forward::default()
                 };
                 let out = model.forward(&tape, &audio, Some(&batch.audio_lengths), &opts)?;
                 let (loss, _) = model.ctc_loss(&out.logits, &out.frames, &labels)?;
