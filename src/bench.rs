@@ -127,6 +127,22 @@ pub fn run(gpu: &Gpu, quick: bool, filter: Option<&str>) -> Result<Vec<Measureme
             )?);
         }
     }
+    if gpu.has_f16() {
+        let (a16, w16) = (ops::cast::to_f16(&a)?, ops::cast::to_f16(&w)?);
+        let name = format!("matmul tiled f16 inputs {m}x{k}x{n} +bias");
+        if keep(&name) {
+            report(measure(gpu, &name, it, flops, true, || {
+                ops::matmul::matmul(&a16, &w16, false, false, Some(&bias)).map(|_| ())
+            })?);
+        }
+        let name = format!("cast to f16 {m}x{k}");
+        if keep(&name) {
+            let bytes = (m * k * 6) as f64;
+            report(measure(gpu, &name, it, bytes, false, || {
+                ops::cast::to_f16(&a).map(|_| ())
+            })?);
+        }
+    }
     let name = format!("matmul backward {m}x{k}x{n} (dA, dW, dbias)");
     if keep(&name) {
         let dc = rand(gpu, &[m, n], 4)?;
@@ -149,6 +165,36 @@ pub fn run(gpu: &Gpu, quick: bool, filter: Option<&str>) -> Result<Vec<Measureme
             true,
             || ops::matmul::matmul(&q, &kk, false, true, None).map(|_| ()),
         )?);
+    }
+    // The fused kernels: scores never leave the workgroup (4 QK^T-sized products backward).
+    let v = rand(gpu, &[h, t, dh], 19)?;
+    let kmask = Tensor::zeros(gpu, &[1, t])?;
+    let qk = 2.0 * (h * t * t * dh) as f64;
+    let name = format!("attention fused fwd {h}x{t} (d {dh}, dropout 0.1)");
+    if keep(&name) {
+        report(measure(gpu, &name, it, 2.0 * qk, true, || {
+            ops::attention::forward(&q, &kk, &v, Some(&kmask), h, 0.125, 0.1, 1).map(|_| ())
+        })?);
+    }
+    let name = format!("attention fused bwd {h}x{t} (d {dh}, dropout 0.1)");
+    if keep(&name) {
+        let (o, lse) = ops::attention::forward(&q, &kk, &v, Some(&kmask), h, 0.125, 0.1, 1)?;
+        report(measure(gpu, &name, it, 6.0 * qk, true, || {
+            ops::attention::backward(
+                &q,
+                &kk,
+                &v,
+                Some(&kmask),
+                h,
+                0.125,
+                0.1,
+                1,
+                &o,
+                &lse,
+                &o,
+            )
+            .map(|_| ())
+        })?);
     }
     let scores = rand(gpu, &[h, t, t], 7)?;
     let mask = Tensor::zeros(gpu, &[1, t])?;
