@@ -410,6 +410,9 @@ pub struct ModelStep {
     pub checkpoint: bool,
     /// fp16 mixed precision (f16 matmul inputs, loss scaling).
     pub fp16: bool,
+    /// Count memory without computing ([`Gpu::set_accounting_only`]): the peak at shapes too
+    /// big or too slow to run here.
+    pub memory_only: bool,
 }
 
 impl Default for ModelStep {
@@ -420,6 +423,7 @@ impl Default for ModelStep {
             layers: None,
             checkpoint: false,
             fp16: false,
+            memory_only: false,
         }
     }
 }
@@ -434,6 +438,9 @@ pub fn model_step(gpu: &Gpu, m: &ModelStep) -> Result<()> {
         cfg.num_hidden_layers = l;
     }
     let secs = m.seconds;
+    if m.memory_only {
+        gpu.set_accounting_only(true);
+    }
     let model = Wav2Vec2ForCtc::random(gpu, cfg, 0)?;
     model.freeze_feature_encoder(true);
     let samples = (secs * 16000.0) as usize;
@@ -481,11 +488,14 @@ pub fn model_step(gpu: &Gpu, m: &ModelStep) -> Result<()> {
     let timed = gpu.profile_start()?;
     let (fwd, bwd) = step()?;
     let kernels = gpu.profile_stop()?;
+    let times = if m.memory_only {
+        "memory only (no kernels run)".to_string()
+    } else {
+        format!("forward {fwd:.3} s, backward + AdamW {bwd:.3} s (wall)")
+    };
     println!(
-        "{:<48} forward {:.3} s, backward + AdamW {:.3} s (wall), {} layers, batch {} x {secs} s, checkpointing {}, fp16 {}: peak {:.2} GB (weights {:.2} GB)",
+        "{:<48} {times}, {} layers, batch {} x {secs} s, checkpointing {}, fp16 {}: peak {:.2} GB (weights {:.2} GB)",
         "wav2vec2 XLSR-53 step (frozen encoder)",
-        fwd,
-        bwd,
         model.layers.len(),
         m.batch,
         m.checkpoint,

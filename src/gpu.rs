@@ -6,7 +6,7 @@
 
 use crate::error::{Error, Result};
 use std::collections::{BTreeMap, HashMap};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 /// WGSL sources, one file per kernel family, compiled once per device on first use.
@@ -144,6 +144,8 @@ pub struct GpuInner {
     max_binding: AtomicU64,
     /// Budget for pooled + live buffers (`XLSR_MEMORY_LIMIT_GB`, or set by tests).
     memory_limit: AtomicU64,
+    /// Accounting only: see [`Gpu::set_accounting_only`].
+    accounting_only: AtomicBool,
     errors: Arc<Mutex<Vec<String>>>,
 }
 
@@ -279,6 +281,7 @@ impl Gpu {
                     .and_then(|v| v.parse::<f64>().ok())
                     .map_or(u64::MAX, |gb| (gb * 1e9) as u64),
             ),
+            accounting_only: AtomicBool::new(false),
             errors,
         })))
     }
@@ -292,6 +295,21 @@ impl Gpu {
     /// it fails with [`Error::OutOfMemory`] as a full device would. Simulates a smaller card.
     pub fn set_memory_limit(&self, bytes: u64) {
         self.memory_limit.store(bytes, Ordering::Relaxed);
+    }
+
+    /// Accounting only (a dry run): buffers are allocated and accounted at their full size
+    /// class, but backed by 4-byte stand-ins, and kernels, copies and uploads are skipped;
+    /// reads return zeros. A pass then makes exactly the allocations a real one would (they
+    /// depend on shapes, not values), so its peak is the real peak, at no compute cost. Values
+    /// are meaningless: for memory planning only, on a device used for nothing else.
+    pub fn set_accounting_only(&self, on: bool) {
+        // Pooled buffers of one mode must not be handed out in the other.
+        self.trim_pool();
+        self.accounting_only.store(on, Ordering::Relaxed);
+    }
+
+    fn is_accounting_only(&self) -> bool {
+        self.accounting_only.load(Ordering::Relaxed)
     }
 
     /// Lowers the chunking threshold (tests use it to exercise chunked dispatch on small data).
@@ -368,7 +386,7 @@ impl Gpu {
             let scope = self.device.push_error_scope(wgpu::ErrorFilter::OutOfMemory);
             let buf = self.device.create_buffer(&wgpu::BufferDescriptor {
                 label: None,
-                size: class,
+                size: if self.is_accounting_only() { 4 } else { class },
                 usage: wgpu::BufferUsages::STORAGE
                     | wgpu::BufferUsages::COPY_SRC
                     | wgpu::BufferUsages::COPY_DST,
@@ -526,7 +544,7 @@ impl Gpu {
         bufs: &[BufRef<'_>],
         groups: [u32; 3],
     ) -> Result<()> {
-        if groups.contains(&0) {
+        if groups.contains(&0) || self.is_accounting_only() {
             return Ok(());
         }
         if bufs.len() != (k.reads + k.writes) as usize {
@@ -630,7 +648,10 @@ impl Gpu {
     }
 
     /// Runs `f` with the pending command encoder (for copies and clears).
-    pub(crate) fn with_encoder<R>(&self, f: impl FnOnce(&mut wgpu::CommandEncoder) -> R) -> R {
+    pub(crate) fn with_encoder(&self, f: impl FnOnce(&mut wgpu::CommandEncoder)) {
+        if self.is_accounting_only() {
+            return;
+        }
         let mut batch = self.batch.lock().unwrap();
         let encoder = batch.encoder.get_or_insert_with(|| {
             self.device
@@ -719,6 +740,9 @@ impl Gpu {
         if padded == 0 {
             return Ok(Vec::new());
         }
+        if self.is_accounting_only() {
+            return Ok(vec![0; bytes as usize]);
+        }
         let staging = self.device.create_buffer(&wgpu::BufferDescriptor {
             label: Some("readback"),
             size: padded,
@@ -735,7 +759,7 @@ impl Gpu {
     /// Writes host bytes into the start of `buf`, ordered after everything already recorded.
     pub fn write(&self, buf: &wgpu::Buffer, data: &[u8]) {
         let padded = data.len().div_ceil(4) * 4;
-        if padded == 0 {
+        if padded == 0 || self.is_accounting_only() {
             return;
         }
         // A staging copy inside the encoder (not queue.write_buffer, which would run before
@@ -756,7 +780,7 @@ impl Gpu {
 
     /// Starts collecting per-kernel GPU time from timestamp queries (if the adapter has them).
     pub fn profile_start(&self) -> Result<bool> {
-        if !self.has_timestamps() {
+        if !self.has_timestamps() || self.is_accounting_only() {
             return Ok(false);
         }
         self.flush()?;

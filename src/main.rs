@@ -43,6 +43,10 @@ enum Cmd {
         /// Training-step benchmark: fp16 mixed precision with loss scaling
         #[arg(long)]
         fp16: bool,
+        /// Training-step benchmark: count device memory without running kernels (the peak of
+        /// shapes too slow to run, e.g. batch 16 x 5 s on a CPU adapter)
+        #[arg(long)]
+        memory_only: bool,
     },
     /// Decode a Common Voice folder into a 16 kHz audio cache and build the vocabulary
     Prepare(xlsr::data::prepare::Args),
@@ -141,6 +145,7 @@ fn run() -> Result<()> {
             layers,
             checkpointing,
             fp16,
+            memory_only,
             ..
         } => {
             let gpu = xlsr::Gpu::new()?;
@@ -150,6 +155,7 @@ fn run() -> Result<()> {
                 layers,
                 checkpoint: checkpointing,
                 fp16,
+                memory_only,
             };
             xlsr::bench::model_step(&gpu, &m)?;
         }

@@ -389,3 +389,52 @@ fn fused_attention_matches_unfused_in_the_model() {
     println!("peak memory of the pass: {peak0} bytes unfused, {peak1} fused");
     assert!(peak1 < peak0, "fused attention did not lower the peak");
 }
+
+/// Accounting-only mode (`xlsr bench --memory-only`) makes the same allocations as a real
+/// training step, so its peak equals the real peak to the byte: f32 and fp16, with and
+/// without checkpointing, forward, backward and AdamW (each run on its own device).
+#[test]
+fn accounting_only_peak_equals_the_real_peak() {
+    let run = |accounting: bool, fp16: bool, checkpoint: bool| {
+        let g = xlsr::Gpu::new().unwrap();
+        if fp16 && !g.has_f16() {
+            return 0;
+        }
+        g.set_accounting_only(accounting);
+        let (model, _) = Wav2Vec2ForCtc::load(&g, &fixture("w2v2_large"), None, 0).unwrap();
+        let r = Ref::open("w2v2_large");
+        let (_, lengths, labels) = batch(&r);
+        let (a, shape) = r.f32s("audio");
+        let audio = Tensor::from_slice(&g, &a, &shape).unwrap();
+        let mut opt = xlsr::optim::AdamW::new(&model.params, Default::default());
+        let mut scaler = xlsr::optim::GradScaler::default();
+        for step in 0..2 {
+            let tape = Tape::new();
+            let opts = Forward {
+                train: true,
+                seed: step,
+                checkpoint,
+                fp16,
+                ..Forward::default()
+            };
+            let out = model.forward(&tape, &audio, Some(&lengths), &opts).unwrap();
+            let (loss, _) = model.ctc_loss(&out.logits, &out.frames, &labels).unwrap();
+            let s = if fp16 { scaler.scale } else { 1.0 };
+            tape.backward(&loss.scale(s, 0.0).unwrap(), &[]).unwrap();
+            if fp16 {
+                scaler.step(&mut opt, 1e-4, 1.0).unwrap();
+            } else {
+                opt.clip_and_step(1e-4, 1.0).unwrap();
+            }
+            opt.zero_grad();
+        }
+        g.sync().unwrap();
+        g.peak_bytes()
+    };
+    for (fp16, checkpoint) in [(false, false), (false, true), (true, false), (true, true)] {
+        let real = run(false, fp16, checkpoint);
+        let counted = run(true, fp16, checkpoint);
+        println!("fp16 {fp16}, checkpointing {checkpoint}: peak {real} bytes real, {counted} counted");
+        assert_eq!(real, counted, "fp16 {fp16}, checkpointing {checkpoint}");
+    }
+}

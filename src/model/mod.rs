@@ -476,24 +476,19 @@ impl Wav2Vec2ForCtc {
         };
 
         // Feature encoder: [B, 1, S] -> [B, C, T].
-        let mut x = tape.input(audio.reshape(&[batch, 1, samples])?, false);
-        for conv in &self.convs {
-            let geo = Conv1d {
-                stride: conv.stride,
-                padding: 0,
-                groups: 1,
-            };
-            let bias = conv.bias.as_ref().map(|b| tape.param(b));
-            x = x.conv1d(&tape.param(&conv.weight), bias.as_ref(), geo)?;
-            if let Some(n) = &conv.norm {
-                let (w, b) = (tape.param(&n.weight), tape.param(&n.bias));
-                x = match c.conv_norm()? {
-                    ConvNorm::Group => x.group_norm(Some(&w), Some(&b), n.eps)?,
-                    ConvNorm::Layer => x.channel_norm(Some(&w), Some(&b), n.eps)?,
-                };
-            }
-            x = x.act(c.conv_act())?;
-        }
+        let x = tape.input(audio.reshape(&[batch, 1, samples])?, false);
+        let frozen = self.convs.iter().all(|c| c.weight.is_frozen()) || !tape.is_recording();
+        let x = if frozen && batch > 1 {
+            // Nothing is kept for backward, so one clip at a time: the first conv's output
+            // ([B, 512, S/5], the largest tensor of a step) never exists for the whole batch.
+            // Every op is per clip, so the result is the same.
+            let clips = (0..batch)
+                .map(|b| self.feature_encoder(tape, &x.slice(0, b, 1)?))
+                .collect::<Result<Vec<Var>>>()?;
+            Var::concat(&clips.iter().collect::<Vec<_>>(), 0)?
+        } else {
+            self.feature_encoder(tape, &x)?
+        };
         keep("conv_features", &x);
         let t = x.shape()[2];
 
@@ -708,6 +703,32 @@ fn pos_conv_params(b: &mut Builder, c: &Config) -> Result<(Rc<Param>, Rc<Param>)
     b.params.push(gp.clone());
     b.params.push(vp.clone());
     Ok((gp, vp))
+}
+
+impl Wav2Vec2ForCtc {
+    /// The conv stack: audio [B, 1, S] -> features [B, C, T].
+    fn feature_encoder(&self, tape: &Rc<Tape>, audio: &Var) -> Result<Var> {
+        let c = &self.config;
+        let mut x = audio.clone();
+        for conv in &self.convs {
+            let geo = Conv1d {
+                stride: conv.stride,
+                padding: 0,
+                groups: 1,
+            };
+            let bias = conv.bias.as_ref().map(|b| tape.param(b));
+            x = x.conv1d(&tape.param(&conv.weight), bias.as_ref(), geo)?;
+            if let Some(n) = &conv.norm {
+                let (w, b) = (tape.param(&n.weight), tape.param(&n.bias));
+                x = match c.conv_norm()? {
+                    ConvNorm::Group => x.group_norm(Some(&w), Some(&b), n.eps)?,
+                    ConvNorm::Layer => x.channel_norm(Some(&w), Some(&b), n.eps)?,
+                };
+            }
+            x = x.act(c.conv_act())?;
+        }
+        Ok(x)
+    }
 }
 
 /// Dropout sites of one pass: each call takes the next seed, whether or not it drops, so the
