@@ -180,20 +180,8 @@ pub fn run(gpu: &Gpu, quick: bool, filter: Option<&str>) -> Result<Vec<Measureme
     if keep(&name) {
         let (o, lse) = ops::attention::forward(&q, &kk, &v, Some(&kmask), h, 0.125, 0.1, 1)?;
         report(measure(gpu, &name, it, 6.0 * qk, true, || {
-            ops::attention::backward(
-                &q,
-                &kk,
-                &v,
-                Some(&kmask),
-                h,
-                0.125,
-                0.1,
-                1,
-                &o,
-                &lse,
-                &o,
-            )
-            .map(|_| ())
+            ops::attention::backward(&q, &kk, &v, Some(&kmask), h, 0.125, 0.1, 1, &o, &lse, &o)
+                .map(|_| ())
         })?);
     }
     let scores = rand(gpu, &[h, t, t], 7)?;

@@ -276,6 +276,14 @@ fn xlsr53_forward_backward_4s() {
 /// peak device memory (each run on its own device, so the peaks are separate).
 #[test]
 fn gradient_checkpointing_gives_identical_gradients() {
+    for fp16 in [false, true] {
+        if !fp16 || gpu().has_f16() {
+            checkpointing_case(fp16);
+        }
+    }
+}
+
+fn checkpointing_case(fp16: bool) {
     let run = |checkpoint: bool| {
         let g = xlsr::Gpu::new().unwrap();
         let (mut model, _) = Wav2Vec2ForCtc::load(&g, &fixture("w2v2_large"), None, 0).unwrap();
@@ -302,6 +310,7 @@ fn gradient_checkpointing_gives_identical_gradients() {
             train: true,
             seed: 5,
             checkpoint,
+            fp16,
             ..Forward::default()
         };
         let out = model.forward(&tape, &x, Some(&lengths), &opts).unwrap();
@@ -319,8 +328,8 @@ fn gradient_checkpointing_gives_identical_gradients() {
     let (l0, g0, peak0) = run(false);
     let (l1, g1, peak1) = run(true);
     assert_eq!(l0, l1);
-    assert_eq!(g0, g1, "checkpointed gradients differ");
-    println!("peak activation memory: {peak0} bytes plain, {peak1} checkpointed");
+    assert_eq!(g0, g1, "checkpointed gradients differ (fp16 {fp16})");
+    println!("fp16 {fp16}: peak activation memory: {peak0} bytes plain, {peak1} checkpointed");
     assert!(
         peak1 < peak0,
         "checkpointing did not lower the peak ({peak1} vs {peak0})"
@@ -434,7 +443,9 @@ fn accounting_only_peak_equals_the_real_peak() {
     for (fp16, checkpoint) in [(false, false), (false, true), (true, false), (true, true)] {
         let real = run(false, fp16, checkpoint);
         let counted = run(true, fp16, checkpoint);
-        println!("fp16 {fp16}, checkpointing {checkpoint}: peak {real} bytes real, {counted} counted");
+        println!(
+            "fp16 {fp16}, checkpointing {checkpoint}: peak {real} bytes real, {counted} counted"
+        );
         assert_eq!(real, counted, "fp16 {fp16}, checkpointing {checkpoint}");
     }
 }
