@@ -29,6 +29,9 @@ pub struct DemoArgs {
     /// Evaluate (on the training clips, to watch them being learnt) every N steps
     #[arg(long, default_value_t = 50)]
     pub eval_steps: u64,
+    /// fp16 mixed precision with loss scaling (where the adapter has f16)
+    #[arg(long)]
+    pub fp16: bool,
 }
 
 /// The built-in corpus.
@@ -105,6 +108,7 @@ pub fn run(gpu: &Gpu, args: &DemoArgs) -> Result<RunSummary> {
         eval_steps: args.eval_steps,
         max_train_samples: Some(args.clips),
         max_eval_samples: Some(args.clips),
+        fp16: args.fp16,
         ..from_scratch_args(&init, &prep, &args.out, args.steps)
     };
     let summary = train::run(gpu, &targs)?;

@@ -5,18 +5,31 @@ mod common;
 
 #[test]
 fn demo_loss_falls() {
-    let out = std::env::temp_dir().join(format!("xlsr-demo-{}", std::process::id()));
+    demo_case(false);
+}
+
+/// The same in fp16 with dynamic loss scaling (where the adapter has f16).
+#[test]
+fn demo_loss_falls_in_fp16() {
+    if common::gpu().has_f16() {
+        demo_case(true);
+    }
+}
+
+fn demo_case(fp16: bool) {
+    let out = std::env::temp_dir().join(format!("xlsr-demo-{fp16}-{}", std::process::id()));
     let args = xlsr::demo::DemoArgs {
         steps: 30,
         clips: 8,
         out: out.clone(),
         data: None,
         eval_steps: 30,
+        fp16,
     };
     let s = xlsr::demo::run(&common::gpu(), &args).unwrap();
     let first = s.losses.first().unwrap().1;
     let last = s.losses.last().unwrap().1;
-    assert!(last < 0.8 * first, "loss {first} -> {last}");
+    assert!(last < 0.8 * first, "fp16 {fp16}: loss {first} -> {last}");
     assert!(s.final_dir.join("model.safetensors").is_file());
     let _ = std::fs::remove_dir_all(out);
 }
