@@ -20,7 +20,7 @@ struct Params {
     k: u32,
     trans_a: u32,
     trans_b: u32,
-    has_bias: u32,
+    has_bias: u32,   // bit 0: add bias; bit 1: add into C (split-K slices after the first)
     stride_a: u32,   // batch strides in elements (0 = shared across the batch)
     stride_b: u32,
     stride_c: u32,
@@ -94,7 +94,8 @@ fn matmul_tiled(@builtin(local_invocation_id) lid: vec3<u32>, @builtin(workgroup
             let col = col0 + lid.x * 4u + j;
             if col >= p.n { continue; }
             var v = acc[i][j];
-            if p.has_bias == 1u { v = v + bias[col]; }
+            if (p.has_bias & 1u) != 0u { v = v + bias[col]; }
+            if (p.has_bias & 2u) != 0u { v = v + c[cbase + row * p.n + col]; }
             c[cbase + row * p.n + col] = v;
         }
     }
@@ -110,6 +111,8 @@ fn matmul_naive(@builtin(global_invocation_id) gid: vec3<u32>) {
     for (var k = 0u; k < p.k; k = k + 1u) {
         acc = acc + load_a(batch, row, k) * load_b(batch, k, col);
     }
-    if p.has_bias == 1u { acc = acc + bias[col]; }
-    c[p.off_c + batch * p.stride_c + row * p.n + col] = acc;
+    if (p.has_bias & 1u) != 0u { acc = acc + bias[col]; }
+    let ci = p.off_c + batch * p.stride_c + row * p.n + col;
+    if (p.has_bias & 2u) != 0u { acc = acc + c[ci]; }
+    c[ci] = acc;
 }

@@ -745,3 +745,50 @@ fn copies() {
         |v| v[0].iter().map(|x| 2.0 * x).collect(),
     );
 }
+
+/// A weight gradient whose contraction (frames) exceeds one binding is split over K, each
+/// slice adding into C: same result as in one piece, f32 and f16 inputs, bias gradient too.
+#[test]
+fn matmul_weight_gradient_splits_k_past_the_binding_limit() {
+    let (rows, k, n) = (300, 24, 40);
+    let mut rng = Rng::new(71);
+    let (a, w, dc) = (
+        to_f32(&rng.vec(rows * k)),
+        to_f32(&rng.vec(n * k)),
+        to_f32(&rng.vec(rows * n)),
+    );
+    let grads = |g: &xlsr::Gpu, half: bool| {
+        let up = |v: &[f32], s: &[usize]| {
+            let t = xlsr::Tensor::from_slice(g, v, s).unwrap();
+            if half {
+                xlsr::ops::cast::to_f16(&t).unwrap()
+            } else {
+                t
+            }
+        };
+        let dct = xlsr::Tensor::from_slice(g, &dc, &[rows, n]).unwrap();
+        let (da, dw, db) = xlsr::ops::matmul::matmul_backward(
+            &up(&a, &[rows, k]),
+            &up(&w, &[n, k]),
+            false,
+            true,
+            true,
+            &dct,
+        )
+        .unwrap();
+        [da, dw, db.unwrap()].map(|t| t.to_vec().unwrap())
+    };
+    let small = xlsr::Gpu::new().unwrap();
+    // 4 KiB bindings: 1024 floats, so 300 frames x 40 splits into 25-row slices.
+    small.set_max_binding(4096);
+    for half in [false, true] {
+        if half && !small.has_f16() {
+            continue;
+        }
+        let (split, whole) = (grads(&small, half), grads(&gpu(), half));
+        for (i, (s, w)) in split.iter().zip(&whole).enumerate() {
+            let w64: Vec<f64> = w.iter().map(|&x| x as f64).collect();
+            assert_close(&format!("grad {i} (f16 {half})"), s, &w64, 1e-5, 1e-5);
+        }
+    }
+}

@@ -171,6 +171,30 @@ pub fn matmul_with(
                 groups(nr, 1),
             )?;
         }
+    } else if d.batch == 1 && ta && !tb && d.k * d.m.max(d.n) > (gpu.max_binding() / 4) as usize {
+        // A weight gradient Aᵀ·dC over more rows (frames) than one binding holds: split the
+        // contraction, each slice adding its partial product into C (split-K).
+        let (limit, align) = (
+            (gpu.max_binding() / 4) as usize,
+            (gpu.offset_align() / 4) as usize,
+        );
+        let per = limit.saturating_sub(align) / d.m.max(d.n);
+        if per == 0 || d.m * d.n > limit {
+            return shape_err(
+                "matmul",
+                format!("{} x {} output exceeds one binding", d.m, d.n),
+            );
+        }
+        for k0 in (0..d.k).step_by(per) {
+            let kc = per.min(d.k - k0);
+            let (ar, oa) = a.bind_shifted(k0 * d.m, kc * d.m);
+            let (br, ob) = b.bind_shifted(k0 * d.n, kc * d.n);
+            let mut prm = params(d.m, 0, 0, 0, [oa, ob, 0]);
+            prm[2] = kc as u32;
+            // Flags: bit 0 bias (first slice only), bit 1 accumulate into C.
+            prm[5] = if k0 == 0 { bias.is_some() as u32 } else { 2 };
+            gpu.dispatch(&kernel, &prm, &[ar, br, biasr, c.bind()], groups(d.m, 1))?;
+        }
     } else {
         let (sa, sb, sc) = (d.m * d.k, if d.b_shared { 0 } else { d.k * d.n }, d.m * d.n);
         for (b0, nb) in shifted_chunks(gpu, "matmul", d.batch, &[sa, sb, sc])? {
@@ -252,10 +276,15 @@ pub fn matmul_backward(
     } else {
         matmul(a, dc, !ta, false, None)?
     };
-    let dbias = if has_bias {
-        Some(reduce::sum_axis(&dc32.reshape(&[1, d.batch * d.m, d.n])?, 1, 1.0)?.reshape(&[d.n])?)
-    } else {
+    let rows = d.batch * d.m;
+    let dbias = if !has_bias {
         None
+    } else if rows * d.n <= (dc32.gpu().max_binding() / 4) as usize {
+        Some(reduce::sum_axis(&dc32.reshape(&[1, rows, d.n])?, 1, 1.0)?.reshape(&[d.n])?)
+    } else {
+        // Column sums past one binding: 1ᵀ·dC, which the matmul splits over the rows.
+        let ones = super::elementwise::fill(dc32.gpu(), &[rows, 1], 1.0)?;
+        Some(matmul(&ones, &dc32.reshape(&[rows, d.n])?, true, false, None)?.reshape(&[d.n])?)
     };
     Ok((da.reshape(a.shape())?, db.reshape(b.shape())?, dbias))
 }
