@@ -195,8 +195,8 @@ pub struct Forward {
     /// recompute the layer there (less memory, about one more forward pass of compute).
     pub checkpoint: bool,
     /// Mixed precision: the matmuls of the feature projection, the encoder layers and the LM
-    /// head run on f16 copies of their inputs (f32 accumulation); everything else stays f32.
-    /// Needs an adapter with f16 ([`crate::gpu::Gpu::has_f16`]).
+    /// head, and the fused attention, read f16 copies of their inputs (f32 arithmetic); the
+    /// rest stays f32. Needs an adapter with f16 ([`crate::gpu::Gpu::has_f16`]).
     pub fp16: bool,
     /// Attention as separate matmul, softmax and dropout kernels that keep the [B, H, T, T]
     /// probabilities for backward, instead of the fused kernel that recomputes them (the
