@@ -410,6 +410,15 @@ impl Var {
         }))
     }
 
+    /// An f16 copy, for several f16 matmuls of one input to share (their gradients come
+    /// back f32 and pass through unchanged).
+    pub fn to_f16(&self) -> Result<Var> {
+        let y = ops::cast::to_f16(&self.value)?;
+        Ok(Var::record(&[self], y, |g| {
+            Ok(vec![Some(ops::cast::to_f32(g)?)])
+        }))
+    }
+
     /// Pointwise activation.
     pub fn act(&self, act: Act) -> Result<Var> {
         let y = ops::activation::forward(act, &self.value)?;

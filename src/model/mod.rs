@@ -813,9 +813,11 @@ impl LayerStep {
                 a.matmul(b, false, tb, None)
             }
         };
-        let q = heads(l.q.forward(tape, x, half)?)?;
-        let k = heads(l.k.forward(tape, x, half)?)?;
-        let v = heads(l.v.forward(tape, x, half)?)?;
+        // One f16 copy of the input serves the three projections (and is what they keep).
+        let x = if half { x.to_f16()? } else { x.clone() };
+        let q = heads(l.q.forward(tape, &x, half)?)?;
+        let k = heads(l.k.forward(tape, &x, half)?)?;
+        let v = heads(l.v.forward(tape, &x, half)?)?;
         let scale = (hd as f32).powf(-0.5);
         let o = if self.fused && hd <= MAX_HEAD_DIM {
             // Never materialises the [B, H, T, T] scores; the same dropout mask as below.
