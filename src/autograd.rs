@@ -428,6 +428,17 @@ impl Var {
         }))
     }
 
+    /// [`Var::act`] keeping an f16 copy of its input for backward (half the bytes; the
+    /// derivative is taken at the f16-rounded input, as under PyTorch's autocast).
+    pub fn act_f16(&self, act: Act) -> Result<Var> {
+        let y = ops::activation::forward(act, &self.value)?;
+        let x16 = ops::cast::to_f16(&self.value)?;
+        Ok(Var::record(&[self], y, move |g| {
+            let x = ops::cast::to_f32(&x16)?;
+            Ok(vec![Some(ops::activation::backward(act, &x, g)?)])
+        }))
+    }
+
     /// GELU (exact).
     pub fn gelu(&self) -> Result<Var> {
         self.act(Act::Gelu)

@@ -410,3 +410,42 @@ fn f16_attention_equals_f32_attention_on_rounded_inputs() {
     let exact = run(&q, &k, &v, false);
     assert_ne!(exact[0], got[0]);
 }
+
+/// `act_f16`: the same forward as `act`, and the gradient of `act` taken at the f16-rounded
+/// input (what it keeps for backward).
+#[test]
+fn act_f16_keeps_a_rounded_input_for_backward() {
+    if !has_f16() {
+        return;
+    }
+    let mut rng = Rng::new(33);
+    let n = 1001;
+    let (x, r) = (
+        rng.vec(n).iter().map(|v| v * 4.0).collect::<Vec<_>>(),
+        rng.vec(n),
+    );
+    let run = |x: &[f64], half: bool| {
+        let tape = Tape::new();
+        let xv = tape.input(upload(x, &[n]), true);
+        let act = xlsr::ops::activation::Act::Gelu;
+        let y = if half { xv.act_f16(act) } else { xv.act(act) }.unwrap();
+        let loss = y
+            .mul(&Var::constant(upload(&r, &[n])))
+            .unwrap()
+            .sum()
+            .unwrap();
+        let g = tape.backward(&loss, &[&xv]).unwrap();
+        (
+            y.value.to_vec().unwrap(),
+            g[0].as_ref().unwrap().to_vec().unwrap(),
+        )
+    };
+    let (y16, g16) = run(&x, true);
+    let (y32, _) = run(&x, false);
+    let (_, g_rounded) = run(&round16(&x), false);
+    assert_eq!(y16, y32, "forward must be the f32 one");
+    assert_eq!(
+        g16, g_rounded,
+        "gradient must be taken at the rounded input"
+    );
+}

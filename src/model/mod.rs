@@ -840,7 +840,12 @@ impl LayerStep {
 
     fn feed_forward(&self, tape: &Rc<Tape>, x: &Var, drop: &mut Dropout) -> Result<Var> {
         let (c, l) = (&*self.config, &self.layer);
-        let y = l.ff_in.forward(tape, x, self.half)?.act(c.hidden_act())?;
+        let y = l.ff_in.forward(tape, x, self.half)?;
+        let y = if self.half {
+            y.act_f16(c.hidden_act())?
+        } else {
+            y.act(c.hidden_act())?
+        };
         let y = drop.apply(&y, c.activation_dropout)?;
         let y = l.ff_out.forward(tape, &y, self.half)?;
         drop.apply(&y, c.hidden_dropout)
