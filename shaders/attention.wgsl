@@ -100,6 +100,7 @@ fn d4() -> u32 {
 }
 
 // Elements c*4..c*4+4 of the row starting at `base`, zero past D (never read past the row).
+// One loader per buffer: WGSL cannot pass a storage array to a function.
 fn ld_q(base: u32, c: u32) -> vec4<f32> {
     let e = c * 4u;
     if e + 4u <= p.d {
