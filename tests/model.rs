@@ -77,6 +77,25 @@ fn batch(r: &Ref) -> (Tensor, Vec<usize>, Vec<Vec<u32>>) {
     )
 }
 
+/// The fixture's audio on device `g`, each clip repeated `reps` times end to end.
+fn repeated_audio(g: &xlsr::Gpu, r: &Ref, reps: usize) -> Tensor {
+    let (a, shape) = r.f32s("audio");
+    let long: Vec<f32> = a
+        .chunks(shape[1])
+        .flat_map(|row| row.repeat(reps))
+        .collect();
+    Tensor::from_slice(g, &long, &[shape[0], shape[1] * reps]).unwrap()
+}
+
+/// Every parameter's gradient (empty where none reached it).
+fn gradients(model: &Wav2Vec2ForCtc) -> Vec<Vec<f32>> {
+    model
+        .params
+        .iter()
+        .map(|p| p.grad().map(|t| t.to_vec().unwrap()).unwrap_or_default())
+        .collect()
+}
+
 fn check_variant(name: &str) {
     let g = gpu();
     let r = Ref::open(name);
@@ -291,17 +310,10 @@ fn checkpointing_case(fp16: bool) {
         model.config.attention_dropout = 0.1;
         model.config.activation_dropout = 0.1;
         let r = Ref::open("w2v2_large");
-        let (audio, shape) = r.f32s("audio");
         // A longer batch than the fixture's, so activations outweigh the tiny weights.
         let reps = 8;
-        let long: Vec<f32> = (0..shape[0])
-            .flat_map(|b| {
-                let row = audio[b * shape[1]..(b + 1) * shape[1]].to_vec();
-                std::iter::repeat_n(row, reps).flatten()
-            })
-            .collect();
-        let x = Tensor::from_slice(&g, &long, &[shape[0], shape[1] * reps]).unwrap();
-        let lengths = vec![shape[1] * reps; shape[0]];
+        let x = repeated_audio(&g, &r, reps);
+        let lengths = vec![x.shape()[1]; x.shape()[0]];
         let (_, _, labels) = batch(&r);
         g.sync().unwrap();
         let before = g.peak_bytes();
@@ -318,11 +330,7 @@ fn checkpointing_case(fp16: bool) {
         let l = loss.value.item().unwrap();
         tape.backward(&loss, &[]).unwrap();
         g.sync().unwrap();
-        let grads: Vec<Vec<f32>> = model
-            .params
-            .iter()
-            .map(|p| p.grad().map(|t| t.to_vec().unwrap()).unwrap_or_default())
-            .collect();
+        let grads = gradients(&model);
         (l, grads, g.peak_bytes() - before)
     };
     let (l0, g0, peak0) = run(false);
@@ -346,13 +354,10 @@ fn fused_attention_matches_unfused_in_the_model() {
         model.config.attention_dropout = 0.2;
         model.config.hidden_dropout = 0.1;
         let r = Ref::open("w2v2_large");
-        let (audio, lengths, labels) = batch(&r);
+        let (_, lengths, labels) = batch(&r);
         // Four times the fixture's audio, so the [B, H, T, T] scores weigh in the peak.
-        let (a, shape) = r.f32s("audio");
-        let long: Vec<f32> = a.chunks(shape[1]).flat_map(|row| row.repeat(4)).collect();
-        let audio4 = Tensor::from_slice(&g, &long, &[shape[0], shape[1] * 4]).unwrap();
+        let audio4 = repeated_audio(&g, &r, 4);
         let lengths4: Vec<usize> = lengths.iter().map(|n| n * 4).collect();
-        drop(audio);
         g.sync().unwrap();
         let before = g.peak_bytes();
         let tape = Tape::new();
@@ -368,11 +373,7 @@ fn fused_attention_matches_unfused_in_the_model() {
         let (loss, _) = model.ctc_loss(&out.logits, &out.frames, &labels).unwrap();
         tape.backward(&loss, &[]).unwrap();
         g.sync().unwrap();
-        let grads: Vec<Vec<f32>> = model
-            .params
-            .iter()
-            .map(|p| p.grad().map(|t| t.to_vec().unwrap()).unwrap_or_default())
-            .collect();
+        let grads = gradients(&model);
         (
             out.logits.value.to_vec().unwrap(),
             grads,
@@ -413,8 +414,7 @@ fn accounting_only_peak_equals_the_real_peak() {
         let (model, _) = Wav2Vec2ForCtc::load(&g, &fixture("w2v2_large"), None, 0).unwrap();
         let r = Ref::open("w2v2_large");
         let (_, lengths, labels) = batch(&r);
-        let (a, shape) = r.f32s("audio");
-        let audio = Tensor::from_slice(&g, &a, &shape).unwrap();
+        let audio = repeated_audio(&g, &r, 1);
         let mut opt = xlsr::optim::AdamW::new(&model.params, Default::default());
         let mut scaler = xlsr::optim::GradScaler::default();
         for step in 0..2 {

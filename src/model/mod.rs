@@ -649,6 +649,30 @@ impl Wav2Vec2ForCtc {
         checkpoint::save(&dir.join("model.safetensors"), &tensors)?;
         checkpoint::write_atomic(&dir.join("config.json"), self.config.to_json().as_bytes())
     }
+
+    /// The conv stack: audio [B, 1, S] -> features [B, C, T].
+    fn feature_encoder(&self, tape: &Rc<Tape>, audio: &Var) -> Result<Var> {
+        let c = &self.config;
+        let mut x = audio.clone();
+        for conv in &self.convs {
+            let geo = Conv1d {
+                stride: conv.stride,
+                padding: 0,
+                groups: 1,
+            };
+            let bias = conv.bias.as_ref().map(|b| tape.param(b));
+            x = x.conv1d(&tape.param(&conv.weight), bias.as_ref(), geo)?;
+            if let Some(n) = &conv.norm {
+                let (w, b) = (tape.param(&n.weight), tape.param(&n.bias));
+                x = match c.conv_norm()? {
+                    ConvNorm::Group => x.group_norm(Some(&w), Some(&b), n.eps)?,
+                    ConvNorm::Layer => x.channel_norm(Some(&w), Some(&b), n.eps)?,
+                };
+            }
+            x = x.act(c.conv_act())?;
+        }
+        Ok(x)
+    }
 }
 
 /// The positional conv's weight-norm pair (g [1, 1, K], v [H, H/groups, K]). A checkpoint
@@ -703,32 +727,6 @@ fn pos_conv_params(b: &mut Builder, c: &Config) -> Result<(Rc<Param>, Rc<Param>)
     b.params.push(gp.clone());
     b.params.push(vp.clone());
     Ok((gp, vp))
-}
-
-impl Wav2Vec2ForCtc {
-    /// The conv stack: audio [B, 1, S] -> features [B, C, T].
-    fn feature_encoder(&self, tape: &Rc<Tape>, audio: &Var) -> Result<Var> {
-        let c = &self.config;
-        let mut x = audio.clone();
-        for conv in &self.convs {
-            let geo = Conv1d {
-                stride: conv.stride,
-                padding: 0,
-                groups: 1,
-            };
-            let bias = conv.bias.as_ref().map(|b| tape.param(b));
-            x = x.conv1d(&tape.param(&conv.weight), bias.as_ref(), geo)?;
-            if let Some(n) = &conv.norm {
-                let (w, b) = (tape.param(&n.weight), tape.param(&n.bias));
-                x = match c.conv_norm()? {
-                    ConvNorm::Group => x.group_norm(Some(&w), Some(&b), n.eps)?,
-                    ConvNorm::Layer => x.channel_norm(Some(&w), Some(&b), n.eps)?,
-                };
-            }
-            x = x.act(c.conv_act())?;
-        }
-        Ok(x)
-    }
 }
 
 /// Dropout sites of one pass: each call takes the next seed, whether or not it drops, so the

@@ -163,8 +163,9 @@ fn row_groups(g: &Dims) -> [u32; 3] {
     ]
 }
 
-/// Forward of attention over q, k, v (all f32, or all f16 for mixed precision) of shape [.., T, D] (e.g. [B, H, T, D]; leading dims
-/// flatten to B·H with H = `heads`) with an optional additive key mask [B, T], softmax scale
+/// Forward of attention over q, k, v (all f32, or all f16 for mixed precision) of shape
+/// [.., T, D] (e.g. [B, H, T, D]; leading dims flatten to B·H with H = `heads`) with an
+/// optional additive key mask [B, T], softmax scale
 /// `scale` and dropout `dropout` on the probabilities (mask from `seed`, as
 /// [`super::dropout::dropout`] draws it over [B, H, T, T]). Returns O (q's shape) and the
 /// per-row logsumexp L (q's shape without D) that [`backward`] needs.

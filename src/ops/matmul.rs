@@ -28,6 +28,11 @@ const NAIVE_F16: Kernel = Kernel {
     ..NAIVE
 };
 
+/// f32 elements one storage binding holds.
+fn binding_elems(gpu: &crate::Gpu) -> usize {
+    (gpu.max_binding() / 4) as usize
+}
+
 /// Which matmul kernel to run (the naive one exists as the benchmark's baseline).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Algo {
@@ -171,13 +176,10 @@ pub fn matmul_with(
                 groups(nr, 1),
             )?;
         }
-    } else if d.batch == 1 && ta && !tb && d.k * d.m.max(d.n) > (gpu.max_binding() / 4) as usize {
+    } else if d.batch == 1 && ta && !tb && d.k * d.m.max(d.n) > binding_elems(gpu) {
         // A weight gradient Aᵀ·dC over more rows (frames) than one binding holds: split the
         // contraction, each slice adding its partial product into C (split-K).
-        let (limit, align) = (
-            (gpu.max_binding() / 4) as usize,
-            (gpu.offset_align() / 4) as usize,
-        );
+        let (limit, align) = (binding_elems(gpu), (gpu.offset_align() / 4) as usize);
         let per = limit.saturating_sub(align) / d.m.max(d.n);
         if per == 0 || d.m * d.n > limit {
             return shape_err(
@@ -279,7 +281,7 @@ pub fn matmul_backward(
     let rows = d.batch * d.m;
     let dbias = if !has_bias {
         None
-    } else if rows * d.n <= (dc32.gpu().max_binding() / 4) as usize {
+    } else if rows * d.n <= binding_elems(dc32.gpu()) {
         Some(reduce::sum_axis(&dc32.reshape(&[1, rows, d.n])?, 1, 1.0)?.reshape(&[d.n])?)
     } else {
         // Column sums past one binding: 1ᵀ·dC, which the matmul splits over the rows.

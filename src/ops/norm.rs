@@ -200,7 +200,7 @@ pub fn forward(
         gamma.map_or(d.bind(), |t| t.bind()),
         beta.map_or(d.bind(), |t| t.bind()),
     );
-    let per_thread = norm == Norm::Channel || (norm == Norm::Layer && cols <= SHORT_ROW);
+    let per_thread = per_thread(norm, cols);
     for c in chunks(gpu, norm, x, rows, cols)? {
         let (kernel, groups) = pick(per_thread, &FWD_ROWS, &FWD, c.rows);
         gpu.dispatch(
@@ -230,6 +230,12 @@ pub fn forward(
     Ok((y, NormStats(stats)))
 }
 
+/// Whether rows go one per thread (short rows, channel layout) rather than one per workgroup;
+/// forward and backward must agree.
+fn per_thread(norm: Norm, cols: usize) -> bool {
+    norm == Norm::Channel || (norm == Norm::Layer && cols <= SHORT_ROW)
+}
+
 /// Gradients (dx, dgamma, dbeta) of [`forward`].
 pub fn backward(
     norm: Norm,
@@ -252,7 +258,7 @@ pub fn backward(
     let dx = Tensor::uninit(gpu, x.shape(), DType::F32)?;
     let chunks = chunks(gpu, norm, x, rows, cols)?;
     let g = gamma.map_or(d.bind(), |t| t.bind());
-    let per_thread = norm == Norm::Channel || (norm == Norm::Layer && cols <= SHORT_ROW);
+    let per_thread = per_thread(norm, cols);
     for c in &chunks {
         let (kernel, groups) = pick(per_thread, &BWD_ROWS, &BWD, c.rows);
         gpu.dispatch(
