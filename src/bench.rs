@@ -9,6 +9,7 @@ use crate::{Gpu, Tensor};
 use std::time::Instant;
 
 /// One measured case.
+#[derive(Clone, Debug, serde::Serialize)]
 pub struct Measurement {
     /// Case name.
     pub name: String,
@@ -76,10 +77,18 @@ pub fn measure(
     })
 }
 
-/// Runs the benchmark suite and prints one line per case. `quick` shrinks the shapes for CPU
-/// adapters; `filter` keeps cases whose name contains it.
-pub fn run(gpu: &Gpu, quick: bool, filter: Option<&str>) -> Result<Vec<Measurement>> {
-    println!(
+/// Runs the benchmark suite and writes one line per case to `log`. `quick` shrinks the shapes
+/// for CPU adapters; `filter` keeps cases whose name contains it.
+pub fn run(
+    gpu: &Gpu,
+    quick: bool,
+    filter: Option<&str>,
+    log: &mut dyn std::io::Write,
+) -> Result<Report> {
+    macro_rules! say {
+        ($($t:tt)*) => { let _ = writeln!(log, $($t)*); };
+    }
+    say!(
         "adapter: {} ({:?}, {:?}), timing: {}",
         gpu.info.name,
         gpu.info.backend,
@@ -92,8 +101,9 @@ pub fn run(gpu: &Gpu, quick: bool, filter: Option<&str>) -> Result<Vec<Measureme
     );
     let keep = |n: &str| filter.is_none_or(|f| n.contains(f));
     let mut out = Vec::new();
-    let mut report = |m: Measurement| {
-        println!(
+    let mut report = |m: Measurement, log: &mut dyn std::io::Write| {
+        let _ = writeln!(
+            log,
             "{:<48} {:>10.3} ms {:>10.1} {}",
             m.name,
             m.ms,
@@ -117,38 +127,76 @@ pub fn run(gpu: &Gpu, quick: bool, filter: Option<&str>) -> Result<Vec<Measureme
     for (algo, label) in [(Algo::Tiled, "tiled"), (Algo::Naive, "naive")] {
         let name = format!("matmul {label} {m}x{k}x{n} +bias");
         if keep(&name) {
-            report(measure(
-                gpu,
-                &name,
-                if algo == Algo::Naive { 1 } else { it },
-                flops,
-                true,
-                || ops::matmul::matmul_with(algo, &a, &w, false, false, Some(&bias)).map(|_| ()),
-            )?);
+            report(
+                measure(
+                    gpu,
+                    &name,
+                    if algo == Algo::Naive { 1 } else { it },
+                    flops,
+                    true,
+                    || {
+                        ops::matmul::matmul_with(algo, &a, &w, false, false, Some(&bias))
+                            .map(|_| ())
+                    },
+                )?,
+                log,
+            );
         }
     }
     if gpu.has_f16() {
         let (a16, w16) = (ops::cast::to_f16(&a)?, ops::cast::to_f16(&w)?);
         let name = format!("matmul tiled f16 inputs {m}x{k}x{n} +bias");
         if keep(&name) {
-            report(measure(gpu, &name, it, flops, true, || {
-                ops::matmul::matmul(&a16, &w16, false, false, Some(&bias)).map(|_| ())
-            })?);
+            report(
+                measure(gpu, &name, it, flops, true, || {
+                    ops::matmul::matmul(&a16, &w16, false, false, Some(&bias)).map(|_| ())
+                })?,
+                log,
+            );
         }
         let name = format!("cast to f16 {m}x{k}");
         if keep(&name) {
             let bytes = (m * k * 6) as f64;
-            report(measure(gpu, &name, it, bytes, false, || {
-                ops::cast::to_f16(&a).map(|_| ())
-            })?);
+            report(
+                measure(gpu, &name, it, bytes, false, || {
+                    ops::cast::to_f16(&a).map(|_| ())
+                })?,
+                log,
+            );
         }
+    }
+    // The square GEMM that `tools/compare_torch.py` sets against cuBLAS.
+    let s = if quick { 256 } else { 4096 };
+    let sq_flops = 2.0 * (s * s * s) as f64;
+    let (sa, sb) = (rand(gpu, &[s, s], 20)?, rand(gpu, &[s, s], 21)?);
+    let name = format!("gemm f32 {s}x{s}x{s}");
+    if keep(&name) {
+        report(
+            measure(gpu, &name, it, sq_flops, true, || {
+                ops::matmul::matmul(&sa, &sb, false, false, None).map(|_| ())
+            })?,
+            log,
+        );
+    }
+    let name = format!("gemm f16 inputs {s}x{s}x{s}");
+    if gpu.has_f16() && keep(&name) {
+        let (a16, b16) = (ops::cast::to_f16(&sa)?, ops::cast::to_f16(&sb)?);
+        report(
+            measure(gpu, &name, it, sq_flops, true, || {
+                ops::matmul::matmul(&a16, &b16, false, false, None).map(|_| ())
+            })?,
+            log,
+        );
     }
     let name = format!("matmul backward {m}x{k}x{n} (dA, dW, dbias)");
     if keep(&name) {
         let dc = rand(gpu, &[m, n], 4)?;
-        report(measure(gpu, &name, it, 2.0 * flops, true, || {
-            ops::matmul::matmul_backward(&a, &w, false, false, true, &dc).map(|_| ())
-        })?);
+        report(
+            measure(gpu, &name, it, 2.0 * flops, true, || {
+                ops::matmul::matmul_backward(&a, &w, false, false, true, &dc).map(|_| ())
+            })?,
+            log,
+        );
     }
 
     // Self-attention of one clip: 16 heads x 250 frames, head dim 64.
@@ -157,14 +205,12 @@ pub fn run(gpu: &Gpu, quick: bool, filter: Option<&str>) -> Result<Vec<Measureme
     let kk = rand(gpu, &[h, t, dh], 6)?;
     let name = format!("attention scores QK^T {h}x{t}x{t} (d {dh})");
     if keep(&name) {
-        report(measure(
-            gpu,
-            &name,
-            it,
-            2.0 * (h * t * t * dh) as f64,
-            true,
-            || ops::matmul::matmul(&q, &kk, false, true, None).map(|_| ()),
-        )?);
+        report(
+            measure(gpu, &name, it, 2.0 * (h * t * t * dh) as f64, true, || {
+                ops::matmul::matmul(&q, &kk, false, true, None).map(|_| ())
+            })?,
+            log,
+        );
     }
     // The fused kernels: scores never leave the workgroup (4 QK^T-sized products backward).
     let v = rand(gpu, &[h, t, dh], 19)?;
@@ -172,32 +218,64 @@ pub fn run(gpu: &Gpu, quick: bool, filter: Option<&str>) -> Result<Vec<Measureme
     let qk = 2.0 * (h * t * t * dh) as f64;
     let name = format!("attention fused fwd {h}x{t} (d {dh}, dropout 0.1)");
     if keep(&name) {
-        report(measure(gpu, &name, it, 2.0 * qk, true, || {
-            ops::attention::forward(&q, &kk, &v, Some(&kmask), h, 0.125, 0.1, 1).map(|_| ())
-        })?);
+        report(
+            measure(gpu, &name, it, 2.0 * qk, true, || {
+                ops::attention::forward(&q, &kk, &v, Some(&kmask), h, 0.125, 0.1, 1).map(|_| ())
+            })?,
+            log,
+        );
     }
     let name = format!("attention fused bwd {h}x{t} (d {dh}, dropout 0.1)");
     if keep(&name) {
         let (o, lse) = ops::attention::forward(&q, &kk, &v, Some(&kmask), h, 0.125, 0.1, 1)?;
-        report(measure(gpu, &name, it, 6.0 * qk, true, || {
-            ops::attention::backward(&q, &kk, &v, Some(&kmask), h, 0.125, 0.1, 1, &o, &lse, &o)
-                .map(|_| ())
-        })?);
+        report(
+            measure(gpu, &name, it, 6.0 * qk, true, || {
+                ops::attention::backward(&q, &kk, &v, Some(&kmask), h, 0.125, 0.1, 1, &o, &lse, &o)
+                    .map(|_| ())
+            })?,
+            log,
+        );
+    }
+    // A batch of clips through the fused kernels, forward and backward together.
+    let (ab, at) = if quick { (2, 50) } else { (8, 250) };
+    let name = format!("attention fused fwd+bwd B{ab} H{h} T{at} D{dh} dropout 0.1");
+    if keep(&name) {
+        let (q, k, v) = (
+            rand(gpu, &[ab * h, at, dh], 22)?,
+            rand(gpu, &[ab * h, at, dh], 23)?,
+            rand(gpu, &[ab * h, at, dh], 24)?,
+        );
+        let mask = Tensor::zeros(gpu, &[ab, at])?;
+        let flops = 12.0 * (ab * h * at * at * dh) as f64;
+        report(
+            measure(gpu, &name, it, flops, true, || {
+                let (o, lse) = ops::attention::forward(&q, &k, &v, Some(&mask), h, 0.125, 0.1, 1)?;
+                ops::attention::backward(&q, &k, &v, Some(&mask), h, 0.125, 0.1, 1, &o, &lse, &o)
+                    .map(|_| ())
+            })?,
+            log,
+        );
     }
     let scores = rand(gpu, &[h, t, t], 7)?;
     let mask = Tensor::zeros(gpu, &[1, t])?;
     let bytes = (h * t * t * 4) as f64;
     let name = format!("softmax fwd {h}x{t}x{t} masked");
     if keep(&name) {
-        report(measure(gpu, &name, it, 2.0 * bytes, false, || {
-            ops::softmax::forward(&scores, Some(&mask), false).map(|_| ())
-        })?);
+        report(
+            measure(gpu, &name, it, 2.0 * bytes, false, || {
+                ops::softmax::forward(&scores, Some(&mask), false).map(|_| ())
+            })?,
+            log,
+        );
     }
     let name = format!("softmax bwd {h}x{t}x{t}");
     if keep(&name) {
-        report(measure(gpu, &name, it, 3.0 * bytes, false, || {
-            ops::softmax::backward(&scores, &scores, false).map(|_| ())
-        })?);
+        report(
+            measure(gpu, &name, it, 3.0 * bytes, false, || {
+                ops::softmax::backward(&scores, &scores, false).map(|_| ())
+            })?,
+            log,
+        );
     }
 
     // Pointwise and normalisation at the encoder's activation size.
@@ -207,48 +285,69 @@ pub fn run(gpu: &Gpu, quick: bool, filter: Option<&str>) -> Result<Vec<Measureme
     let xb = (rows * 1024 * 4) as f64;
     let name = format!("layer_norm fwd {rows}x1024");
     if keep(&name) {
-        report(measure(gpu, &name, it, 2.0 * xb, false, || {
-            ops::norm::forward(Norm::Layer, &x, Some(&g), Some(&g), 1e-5).map(|_| ())
-        })?);
+        report(
+            measure(gpu, &name, it, 2.0 * xb, false, || {
+                ops::norm::forward(Norm::Layer, &x, Some(&g), Some(&g), 1e-5).map(|_| ())
+            })?,
+            log,
+        );
     }
     let name = format!("layer_norm bwd {rows}x1024");
     if keep(&name) {
         let (_, stats) = ops::norm::forward(Norm::Layer, &x, Some(&g), Some(&g), 1e-5)?;
-        report(measure(gpu, &name, it, 5.0 * xb, false, || {
-            ops::norm::backward(Norm::Layer, &x, Some(&g), &stats, &x).map(|_| ())
-        })?);
+        report(
+            measure(gpu, &name, it, 5.0 * xb, false, || {
+                ops::norm::backward(Norm::Layer, &x, Some(&g), &stats, &x).map(|_| ())
+            })?,
+            log,
+        );
     }
     let ff = rand(gpu, &[rows, 4096], 10)?;
     let fb = (rows * 4096 * 4) as f64;
     let name = format!("gelu fwd {rows}x4096");
     if keep(&name) {
-        report(measure(gpu, &name, it, 2.0 * fb, false, || {
-            ops::activation::forward(Act::Gelu, &ff).map(|_| ())
-        })?);
+        report(
+            measure(gpu, &name, it, 2.0 * fb, false, || {
+                ops::activation::forward(Act::Gelu, &ff).map(|_| ())
+            })?,
+            log,
+        );
     }
     let name = format!("gelu bwd {rows}x4096");
     if keep(&name) {
-        report(measure(gpu, &name, it, 3.0 * fb, false, || {
-            ops::activation::backward(Act::Gelu, &ff, &ff).map(|_| ())
-        })?);
+        report(
+            measure(gpu, &name, it, 3.0 * fb, false, || {
+                ops::activation::backward(Act::Gelu, &ff, &ff).map(|_| ())
+            })?,
+            log,
+        );
     }
     let name = format!("dropout {rows}x4096");
     if keep(&name) {
-        report(measure(gpu, &name, it, 2.0 * fb, false, || {
-            ops::dropout::dropout(&ff, 0.1, 1).map(|_| ())
-        })?);
+        report(
+            measure(gpu, &name, it, 2.0 * fb, false, || {
+                ops::dropout::dropout(&ff, 0.1, 1).map(|_| ())
+            })?,
+            log,
+        );
     }
     let name = format!("add {rows}x4096");
     if keep(&name) {
-        report(measure(gpu, &name, it, 3.0 * fb, false, || {
-            ops::elementwise::add(&ff, &ff).map(|_| ())
-        })?);
+        report(
+            measure(gpu, &name, it, 3.0 * fb, false, || {
+                ops::elementwise::add(&ff, &ff).map(|_| ())
+            })?,
+            log,
+        );
     }
     let name = format!("global L2 norm {} M floats", rows * 4096 / 1_000_000);
     if keep(&name) {
-        report(measure(gpu, &name, it, fb, false, || {
-            ops::reduce::global_norm(gpu, &[&ff, &x]).map(|_| ())
-        })?);
+        report(
+            measure(gpu, &name, it, fb, false, || {
+                ops::reduce::global_norm(gpu, &[&ff, &x]).map(|_| ())
+            })?,
+            log,
+        );
     }
 
     // The feature encoder's convolutions on one clip (5 s, or 1 s when quick).
@@ -263,14 +362,12 @@ pub fn run(gpu: &Gpu, quick: bool, filter: Option<&str>) -> Result<Vec<Measureme
     let l0 = c0.out_len(samples, 10);
     let name = format!("conv1d fwd 1->512 k10 s5 over {samples} samples");
     if keep(&name) {
-        report(measure(
-            gpu,
-            &name,
-            it,
-            2.0 * (512 * 10 * l0) as f64,
-            true,
-            || ops::conv::forward(&c0, &wav, &w0, None).map(|_| ()),
-        )?);
+        report(
+            measure(gpu, &name, it, 2.0 * (512 * 10 * l0) as f64, true, || {
+                ops::conv::forward(&c0, &wav, &w0, None).map(|_| ())
+            })?,
+            log,
+        );
     }
     let h0 = rand(gpu, &[1, 512, l0], 13)?;
     let w1 = rand(gpu, &[512, 512, 3], 14)?;
@@ -283,16 +380,22 @@ pub fn run(gpu: &Gpu, quick: bool, filter: Option<&str>) -> Result<Vec<Measureme
     let f1 = 2.0 * (512 * 512 * 3 * l1) as f64;
     let name = format!("conv1d fwd 512->512 k3 s2 over {l0} frames");
     if keep(&name) {
-        report(measure(gpu, &name, 1, f1, true, || {
-            ops::conv::forward(&c1, &h0, &w1, None).map(|_| ())
-        })?);
+        report(
+            measure(gpu, &name, 1, f1, true, || {
+                ops::conv::forward(&c1, &h0, &w1, None).map(|_| ())
+            })?,
+            log,
+        );
     }
     let name = format!("conv1d bwd 512->512 k3 s2 over {l0} frames");
     if keep(&name) {
         let dy = rand(gpu, &[1, 512, l1], 15)?;
-        report(measure(gpu, &name, 1, 2.0 * f1, true, || {
-            ops::conv::backward(&c1, &h0, &w1, false, &dy, true).map(|_| ())
-        })?);
+        report(
+            measure(gpu, &name, 1, 2.0 * f1, true, || {
+                ops::conv::backward(&c1, &h0, &w1, false, &dy, true).map(|_| ())
+            })?,
+            log,
+        );
     }
     let frames = if quick { 50 } else { 250 };
     let hp = rand(gpu, &[1, 1024, frames], 16)?;
@@ -305,14 +408,17 @@ pub fn run(gpu: &Gpu, quick: bool, filter: Option<&str>) -> Result<Vec<Measureme
     let lp = cp.out_len(frames, 128);
     let name = format!("conv1d fwd positional 1024 k128 g16 over {frames} frames");
     if keep(&name) {
-        report(measure(
-            gpu,
-            &name,
-            1,
-            2.0 * (1024 * 64 * 128 * lp) as f64,
-            true,
-            || ops::conv::forward(&cp, &hp, &wp, None).map(|_| ()),
-        )?);
+        report(
+            measure(
+                gpu,
+                &name,
+                1,
+                2.0 * (1024 * 64 * 128 * lp) as f64,
+                true,
+                || ops::conv::forward(&cp, &hp, &wp, None).map(|_| ()),
+            )?,
+            log,
+        );
     }
 
     // CTC loss + gradient: batch 16, 500 frames, 100-label targets, vocab 40.
@@ -352,13 +458,15 @@ pub fn run(gpu: &Gpu, quick: bool, filter: Option<&str>) -> Result<Vec<Measureme
         }
         let cpu_ms = t0.elapsed().as_secs_f64() * 1e3 / reps as f64;
         let ratio = cpu_ms / m.ms;
-        report(m);
-        println!(
+        report(m, log);
+        say!(
             "{:<48} {:>10.3} ms   (GPU is {ratio:.1}x the single-thread CPU)",
-            "ctc loss+grad, straightforward CPU", cpu_ms
+            "ctc loss+grad, straightforward CPU",
+            cpu_ms
         );
     }
 
+    let mut step = None;
     if keep("model") {
         let m = if quick {
             ModelStep {
@@ -369,20 +477,68 @@ pub fn run(gpu: &Gpu, quick: bool, filter: Option<&str>) -> Result<Vec<Measureme
         } else {
             ModelStep::default()
         };
-        model_step(gpu, &m)?;
+        step = Some(model_step(gpu, &m, log)?);
     }
 
     let tiled = out.iter().find(|m| m.name.starts_with("matmul tiled"));
     let naive = out.iter().find(|m| m.name.starts_with("matmul naive"));
     if let (Some(t), Some(n)) = (tiled, naive) {
-        println!(
+        say!(
             "tiled matmul is {:.1}x faster than naive ({:.1} vs {:.1} GFLOP/s)",
             n.ms / t.ms,
             t.rate(),
             n.rate()
         );
     }
-    Ok(out)
+    Ok(Report {
+        adapter: gpu.info.name.clone(),
+        backend: format!("{:?}", gpu.info.backend),
+        driver: format!("{} {}", gpu.info.driver, gpu.info.driver_info),
+        results: out,
+        model_step: step,
+    })
+}
+
+/// Everything one `xlsr bench` run measured (`--json` prints it).
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct Report {
+    /// Adapter name.
+    pub adapter: String,
+    /// wgpu backend.
+    pub backend: String,
+    /// Driver name and version.
+    pub driver: String,
+    /// Kernel cases.
+    pub results: Vec<Measurement>,
+    /// The training-step case, when it ran.
+    pub model_step: Option<StepReport>,
+}
+
+/// What one training-step benchmark measured.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct StepReport {
+    /// Encoder layers.
+    pub layers: usize,
+    /// Clips per batch.
+    pub batch: usize,
+    /// Seconds per clip.
+    pub seconds: f64,
+    /// Gradient checkpointing on.
+    pub checkpointing: bool,
+    /// fp16 mixed precision on.
+    pub fp16: bool,
+    /// Timed steps (after one warm-up step).
+    pub steps: usize,
+    /// Median wall-clock seconds of a whole step (forward, backward, AdamW, synchronised).
+    pub step_s: f64,
+    /// Median wall-clock seconds up to the loss on the host.
+    pub forward_s: f64,
+    /// Peak device bytes by the engine's accounting.
+    pub peak_device_bytes: u64,
+    /// Device bytes of the weights alone.
+    pub weight_bytes: u64,
+    /// Per-kernel GPU time of one extra profiled step: (entry, ms, launches), largest first.
+    pub kernels: Vec<(String, f64, u64)>,
 }
 
 /// Shape of the training-step benchmark.
@@ -401,6 +557,8 @@ pub struct ModelStep {
     /// Count memory without computing ([`Gpu::set_accounting_only`]): the peak at shapes too
     /// big or too slow to run here.
     pub memory_only: bool,
+    /// Timed steps after the warm-up (the median is reported).
+    pub steps: usize,
 }
 
 impl Default for ModelStep {
@@ -412,16 +570,20 @@ impl Default for ModelStep {
             checkpoint: false,
             fp16: false,
             memory_only: false,
+            steps: 3,
         }
     }
 }
 
 /// One fine-tuning step (forward, backward, AdamW) of the XLSR-53 shape (feature encoder
-/// frozen, dropout on), with the peak device memory by the engine's accounting (weights, gradients,
-/// activations and pooled buffers) and the kernels that took the most GPU time.
-pub fn model_step(gpu: &Gpu, m: &ModelStep) -> Result<()> {
+/// frozen, dropout on, LayerDrop off so every step does the same work): the median wall time of
+/// `m.steps` steps after a warm-up, the peak device memory by the engine's accounting (weights,
+/// gradients, activations and pooled buffers) and, from one more profiled step, the kernels
+/// that took the most GPU time.
+pub fn model_step(gpu: &Gpu, m: &ModelStep, log: &mut dyn std::io::Write) -> Result<StepReport> {
     use crate::model::{Config, Forward, Wav2Vec2ForCtc};
     let mut cfg = Config::xlsr53(40);
+    cfg.layerdrop = 0.0;
     if let Some(l) = m.layers {
         cfg.num_hidden_layers = l;
     }
@@ -470,18 +632,24 @@ pub fn model_step(gpu: &Gpu, m: &ModelStep) -> Result<()> {
         }
         opt.zero_grad();
         gpu.sync()?;
-        Ok((fwd, t0.elapsed().as_secs_f64() - fwd))
+        Ok((fwd, t0.elapsed().as_secs_f64()))
     };
     step()?; // warm-up: pipelines, pool, optimiser moments
+    let steps = if m.memory_only { 1 } else { m.steps.max(1) };
+    let mut times: Vec<(f64, f64)> = (0..steps).map(|_| step()).collect::<Result<_>>()?;
+    times.sort_by(|a, b| a.1.total_cmp(&b.1));
+    let (fwd, total) = times[times.len() / 2];
     let timed = gpu.profile_start()?;
-    let (fwd, bwd) = step()?;
-    let kernels = gpu.profile_stop()?;
+    step()?;
+    let mut kernels = gpu.profile_stop()?;
+    kernels.sort_by(|a, b| b.1.total_cmp(&a.1));
     let times = if m.memory_only {
         "memory only (no kernels run)".to_string()
     } else {
-        format!("forward {fwd:.3} s, backward + AdamW {bwd:.3} s (wall)")
+        format!("step {total:.3} s (forward {fwd:.3} s), median of {steps} (wall)",)
     };
-    println!(
+    let _ = writeln!(
+        log,
         "{:<48} {times}, {} layers, batch {} x {secs} s, checkpointing {}, fp16 {}: peak {:.2} GB (weights {:.2} GB)",
         "wav2vec2 XLSR-53 step (frozen encoder)",
         model.layers.len(),
@@ -492,11 +660,16 @@ pub fn model_step(gpu: &Gpu, m: &ModelStep) -> Result<()> {
         weights as f64 / 1e9
     );
     if timed {
-        let mut k = kernels;
-        k.sort_by(|a, b| b.1.total_cmp(&a.1));
-        let total: f64 = k.iter().map(|x| x.1).sum();
-        for (name, ns, n) in k.iter().take(8) {
-            println!(
+        let total: f64 = kernels.iter().map(|x| x.1).sum();
+        let _ = writeln!(
+            log,
+            "    GPU time of the profiled step: {:.1} ms in {} launches",
+            total / 1e6,
+            kernels.iter().map(|k| k.2).sum::<u64>()
+        );
+        for (name, ns, n) in kernels.iter().take(8) {
+            let _ = writeln!(
+                log,
                 "    {:<32} {:>9.1} ms {:>5.1}% ({n} launches)",
                 name,
                 ns / 1e6,
@@ -504,7 +677,22 @@ pub fn model_step(gpu: &Gpu, m: &ModelStep) -> Result<()> {
             );
         }
     }
-    Ok(())
+    Ok(StepReport {
+        layers: model.layers.len(),
+        batch: m.batch,
+        seconds: secs,
+        checkpointing: m.checkpoint,
+        fp16: m.fp16,
+        steps,
+        step_s: total,
+        forward_s: fwd,
+        peak_device_bytes: gpu.peak_bytes(),
+        weight_bytes: weights,
+        kernels: kernels
+            .into_iter()
+            .map(|(k, ns, n)| (k.to_string(), ns / 1e6, n))
+            .collect(),
+    })
 }
 
 /// A straightforward single-threaded CTC loss and logits gradient (log space), the CTC

@@ -47,6 +47,12 @@ enum Cmd {
         /// shapes too slow to run, e.g. batch 16 x 5 s on a CPU adapter)
         #[arg(long)]
         memory_only: bool,
+        /// Training-step benchmark: timed steps after the warm-up (the median is reported)
+        #[arg(long, default_value_t = 3)]
+        steps: usize,
+        /// Print every result as one JSON object on stdout (the table goes to stderr)
+        #[arg(long)]
+        json: bool,
     },
     /// Decode a Common Voice folder into a 16 kHz audio cache and build the vocabulary
     Prepare(xlsr::data::prepare::Args),
@@ -146,6 +152,8 @@ fn run() -> Result<()> {
             checkpointing,
             fp16,
             memory_only,
+            steps,
+            json,
             ..
         } => {
             let gpu = xlsr::Gpu::new()?;
@@ -156,15 +164,34 @@ fn run() -> Result<()> {
                 checkpoint: checkpointing,
                 fp16,
                 memory_only,
+                steps,
             };
-            xlsr::bench::model_step(&gpu, &m)?;
+            let step = xlsr::bench::model_step(&gpu, &m, &mut bench_log(json))?;
+            if json {
+                let report = xlsr::bench::Report {
+                    adapter: gpu.info.name.clone(),
+                    backend: format!("{:?}", gpu.info.backend),
+                    driver: format!("{} {}", gpu.info.driver, gpu.info.driver_info),
+                    results: Vec::new(),
+                    model_step: Some(step),
+                };
+                println!("{}", serde_json::to_string(&report)?);
+            }
         }
-        Cmd::Bench { quick, filter, .. } => {
+        Cmd::Bench {
+            quick,
+            filter,
+            json,
+            ..
+        } => {
             let gpu = xlsr::Gpu::new()?;
             let quick = quick
                 || (gpu.info.device_type == wgpu::DeviceType::Cpu
                     && std::env::var("XLSR_BENCH_FULL").is_err());
-            xlsr::bench::run(&gpu, quick, filter.as_deref())?;
+            let report = xlsr::bench::run(&gpu, quick, filter.as_deref(), &mut bench_log(json))?;
+            if json {
+                println!("{}", serde_json::to_string(&report)?);
+            }
         }
         Cmd::Prepare(args) => xlsr::data::prepare::run_cli(&args)?,
         Cmd::Transcribe {
@@ -190,6 +217,15 @@ fn run() -> Result<()> {
         } => eval(&model, &data, &split, batch_size, limit, json)?,
     }
     Ok(())
+}
+
+/// Where `xlsr bench` writes its table: stdout, or stderr when stdout carries the JSON.
+fn bench_log(json: bool) -> Box<dyn std::io::Write> {
+    if json {
+        Box::new(std::io::stderr())
+    } else {
+        Box::new(std::io::stdout())
+    }
 }
 
 fn transcribe(

@@ -1,0 +1,37 @@
+#!/usr/bin/env bash
+# One run on a lent NVIDIA machine (no cargo, no network there): Vulkan loaders from .gl/,
+# `xlsr devices`, the kernel benchmarks, then tools/compare_torch.py. Logs and tables go to
+# $OUT (or ./gpu-out). Build here first: `cargo build --release`, and carry target/release/xlsr.
+#   XLSR=path/to/xlsr  ROWS=gemm,ctc,attention,step  STEPS=3  VARIANTS=f32,f32-ckpt,fp16-ckpt
+set -u
+cd "$(dirname "$0")/.."
+OUT=${OUT:-gpu-out}
+mkdir -p "$OUT"
+X=${XLSR:-target/release/xlsr}
+exec > >(tee "$OUT/log.txt") 2>&1
+
+if ! ldconfig -p | grep -q libvulkan.so.1; then
+  for f in .gl/*.deb; do dpkg -x "$f" /; done
+  ldconfig
+fi
+icd=/usr/local/nvidia/share/vulkan/icd.d/nvidia_icd.json
+if [ -f "$icd" ]; then
+  export VK_DRIVER_FILES=$icd
+  export __EGL_VENDOR_LIBRARY_FILENAMES=/usr/local/nvidia/share/glvnd/egl_vendor.d/10_nvidia.json
+fi
+nvidia-smi --query-gpu=name,driver_version,clocks.sm,clocks.max.sm,memory.total --format=csv
+date -u
+"$X" devices || { echo "xlsr sees no adapter"; exit 1; }
+
+if [ -n "${EXTRA:-}" ]; then
+  echo "== extra: $EXTRA"
+  eval "$EXTRA"
+fi
+
+echo "== kernel benchmarks"
+timeout 300 "$X" bench --json >"$OUT/bench.json"
+echo "== compare_torch"
+PYTHONUNBUFFERED=1 timeout "${COMPARE_TIMEOUT:-420}" python3 tools/compare_torch.py --xlsr "$X" \
+  --out "$OUT/compare.md" --rows "${ROWS:-gemm,ctc,attention,step}" --steps "${STEPS:-3}" \
+  --step-variants "${VARIANTS:-f32,f32-ckpt,fp16-ckpt}"
+echo "== done $(date -u)"
