@@ -2,6 +2,8 @@
 // (a slice's gradient is a copy into a zeroed region; a concat's is slices).
 // out[dst_off + sum c_d * dst_stride_d] = x[src_off + sum c_d * src_stride_d]
 // for every coordinate c of the copied region `shape`.
+// The uniform arrays are indexed in place: passing one to a helper by value copies it into
+// local memory for every element, which is slow on GPUs.
 
 struct Params {
     n: u32,
@@ -17,10 +19,6 @@ struct Params {
 @group(0) @binding(1) var<storage, read> x: array<f32>;
 @group(0) @binding(2) var<storage, read_write> out: array<f32>;
 
-fn at(v: array<vec4<u32>, 2>, d: u32) -> u32 {
-    return v[d / 4u][d % 4u];
-}
-
 @compute @workgroup_size(256)
 fn copy_strided(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
     let i = gid.x + gid.y * nwg.x * 256u;
@@ -30,11 +28,11 @@ fn copy_strided(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_work
     var d = p.dst_off;
     for (var k = i32(p.ndim) - 1; k >= 0; k = k - 1) {
         let u = u32(k);
-        let e = at(p.shape, u);
+        let e = p.shape[u / 4u][u % 4u];
         let c = rem % e;
         rem = rem / e;
-        s = s + c * at(p.src_stride, u);
-        d = d + c * at(p.dst_stride, u);
+        s = s + c * p.src_stride[u / 4u][u % 4u];
+        d = d + c * p.dst_stride[u / 4u][u % 4u];
     }
     out[d] = x[s];
 }

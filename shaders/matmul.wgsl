@@ -3,10 +3,10 @@
 // The backward pass is this same kernel with other transpose flags (dA = dC op(B)^T,
 // dB = op(A)^T dC) plus reduce.wgsl's `sum_axis` for the bias (the column sums of dC).
 //
-// `matmul_tiled`: a 64x64 output tile per workgroup of 16x16 threads, 4x4 outputs per thread
-// held in registers, K walked in steps of 16 through workgroup memory stored as vec4 so the
-// inner loop is two vec4 loads and sixteen FMAs. `matmul_naive`: one thread per output, the
-// baseline the benchmark compares against.
+// `matmul_nn/nt/tn/tt`: the tiled kernel below, one entry per transpose combination.
+// When the output has too few tiles to fill a large GPU, K is split into slices whose partial
+// products `splitk_sum` adds (split-K). `matmul_naive`: one thread per output, the baseline
+// the benchmark compares against.
 //
 // Mixed precision: the `matmul_f16` build of this file (gpu.rs) reads A and B as f16 and
 // converts as it loads, so the tiles, the FMAs and C stay f32 (f16 inputs, f32 accumulation,
@@ -27,6 +27,9 @@ struct Params {
     off_a: u32,      // element offsets of this chunk within its (aligned-down) binding
     off_b: u32,
     off_c: u32,
+    splits: u32,       // split-K: slices of K (1 = none); workgroup z is batch * splits + slice
+    k_slice: u32,      // K elements per slice (a multiple of BK)
+    slice_stride: u32, // elements between the slices' partial products in the workspace
 }
 
 @group(0) @binding(0) var<uniform> p: Params;
@@ -49,13 +52,228 @@ fn load_b(batch: u32, row: u32, col: u32) -> f32 {
     return f32(b[base + row * p.n + col]);
 }
 
-const BK: u32 = 16u;
-// As[k][m/4] and Bs[k][n/4]: 16 rows of 64 floats each, as vec4.
-var<workgroup> As: array<vec4<f32>, 256>;
-var<workgroup> Bs: array<vec4<f32>, 256>;
+// The tiled kernel: a 128x128 tile of C per workgroup of 256 threads, each thread 8x8 outputs
+// (rows ty*4..+4 and 64+ty*4..+4, the same for columns, so its workgroup-memory reads are
+// four vec4 per k and conflict-free), K walked 8 at a time through two workgroup buffers:
+// the next slab is fetched from global memory into registers while the current one is
+// multiplied, then stored into the other buffer, so there is one barrier per slab.
+const TILE: u32 = 128u;
+const BK: u32 = 8u;
+const SLAB: u32 = 256u;   // vec4 per buffer: BK rows of TILE/4
+// [buffer][k][m/4] and [buffer][k][n/4].
+var<workgroup> As: array<vec4<f32>, 512>;
+var<workgroup> Bs: array<vec4<f32>, 512>;
+
+// The A element (row, k) of this batch item, zero outside [m, kend). `ta` is a constant in
+// each entry point, so the branch folds away.
+fn ga(base: u32, row: u32, k: u32, kend: u32, ta: bool) -> f32 {
+    if row >= p.m || k >= kend { return 0.0; }
+    if ta { return f32(a[base + k * p.m + row]); }
+    return f32(a[base + row * p.k + k]);
+}
+
+fn gb(base: u32, k: u32, col: u32, kend: u32, tb: bool) -> f32 {
+    if col >= p.n || k >= kend { return 0.0; }
+    if tb { return f32(b[base + col * p.k + k]); }
+    return f32(b[base + k * p.n + col]);
+}
+
+// This thread's share of one slab: 4 values of A and 4 of B, read along memory's contiguous
+// direction (k for a row-major A, m for a transposed one; likewise for B).
+fn fetch_a(base: u32, row0: u32, k0: u32, kend: u32, tid: u32, ta: bool) -> vec4<f32> {
+    if ta {
+        let k = k0 + tid / 32u;
+        let r = row0 + (tid % 32u) * 4u;
+        return vec4<f32>(ga(base, r, k, kend, ta), ga(base, r + 1u, k, kend, ta),
+                         ga(base, r + 2u, k, kend, ta), ga(base, r + 3u, k, kend, ta));
+    }
+    let r = row0 + tid / 2u;
+    let k = k0 + (tid % 2u) * 4u;
+    return vec4<f32>(ga(base, r, k, kend, ta), ga(base, r, k + 1u, kend, ta),
+                     ga(base, r, k + 2u, kend, ta), ga(base, r, k + 3u, kend, ta));
+}
+
+fn fetch_b(base: u32, col0: u32, k0: u32, kend: u32, tid: u32, tb: bool) -> vec4<f32> {
+    if tb {
+        let c = col0 + tid / 2u;
+        let k = k0 + (tid % 2u) * 4u;
+        return vec4<f32>(gb(base, k, c, kend, tb), gb(base, k + 1u, c, kend, tb),
+                         gb(base, k + 2u, c, kend, tb), gb(base, k + 3u, c, kend, tb));
+    }
+    let k = k0 + tid / 32u;
+    let c = col0 + (tid % 32u) * 4u;
+    return vec4<f32>(gb(base, k, c, kend, tb), gb(base, k, c + 1u, kend, tb),
+                     gb(base, k, c + 2u, kend, tb), gb(base, k, c + 3u, kend, tb));
+}
+
+fn stash_a(buf: u32, v: vec4<f32>, tid: u32, ta: bool) {
+    if ta {
+        As[buf * SLAB + (tid / 32u) * 32u + tid % 32u] = v;
+        return;
+    }
+    let r = tid / 2u;
+    let k = (tid % 2u) * 4u;
+    let at = buf * SLAB + r / 4u;
+    As[at + k * 32u][r % 4u] = v.x;
+    As[at + (k + 1u) * 32u][r % 4u] = v.y;
+    As[at + (k + 2u) * 32u][r % 4u] = v.z;
+    As[at + (k + 3u) * 32u][r % 4u] = v.w;
+}
+
+fn stash_b(buf: u32, v: vec4<f32>, tid: u32, tb: bool) {
+    if !tb {
+        Bs[buf * SLAB + (tid / 32u) * 32u + tid % 32u] = v;
+        return;
+    }
+    let c = tid / 2u;
+    let k = (tid % 2u) * 4u;
+    let at = buf * SLAB + c / 4u;
+    Bs[at + k * 32u][c % 4u] = v.x;
+    Bs[at + (k + 1u) * 32u][c % 4u] = v.y;
+    Bs[at + (k + 2u) * 32u][c % 4u] = v.z;
+    Bs[at + (k + 3u) * 32u][c % 4u] = v.w;
+}
+
+fn gemm(lid: vec3<u32>, wid: vec3<u32>, ta: bool, tb: bool) {
+    let batch = wid.z / p.splits;
+    let slice = wid.z % p.splits;
+    let row0 = wid.y * TILE;
+    let col0 = wid.x * TILE;
+    let tid = lid.y * 16u + lid.x;
+    let kbeg = slice * p.k_slice;
+    let kend = min(p.k, kbeg + p.k_slice);
+    let abase = p.off_a + batch * p.stride_a;
+    let bbase = p.off_b + batch * p.stride_b;
+    // [row i][column half j] at 2i + j. Indexed by constants only: a dynamic index would make
+    // the driver place the whole array in (slow) local memory.
+    var acc = array<vec4<f32>, 16>();
+
+    stash_a(0u, fetch_a(abase, row0, kbeg, kend, tid, ta), tid, ta);
+    stash_b(0u, fetch_b(bbase, col0, kbeg, kend, tid, tb), tid, tb);
+    workgroupBarrier();
+    var buf = 0u;
+    for (var k0 = kbeg; k0 < kend; k0 = k0 + BK) {
+        let more = k0 + BK < kend;
+        var na = vec4<f32>(0.0);
+        var nb = vec4<f32>(0.0);
+        if more {
+            na = fetch_a(abase, row0, k0 + BK, kend, tid, ta);
+            nb = fetch_b(bbase, col0, k0 + BK, kend, tid, tb);
+        }
+        let s = buf * SLAB;
+        for (var k = 0u; k < BK; k = k + 1u) {
+            let a0 = As[s + k * 32u + lid.y];
+            let a1 = As[s + k * 32u + 16u + lid.y];
+            let b0 = Bs[s + k * 32u + lid.x];
+            let b1 = Bs[s + k * 32u + 16u + lid.x];
+            acc[0] = fma(vec4<f32>(a0.x), b0, acc[0]);
+            acc[1] = fma(vec4<f32>(a0.x), b1, acc[1]);
+            acc[2] = fma(vec4<f32>(a0.y), b0, acc[2]);
+            acc[3] = fma(vec4<f32>(a0.y), b1, acc[3]);
+            acc[4] = fma(vec4<f32>(a0.z), b0, acc[4]);
+            acc[5] = fma(vec4<f32>(a0.z), b1, acc[5]);
+            acc[6] = fma(vec4<f32>(a0.w), b0, acc[6]);
+            acc[7] = fma(vec4<f32>(a0.w), b1, acc[7]);
+            acc[8] = fma(vec4<f32>(a1.x), b0, acc[8]);
+            acc[9] = fma(vec4<f32>(a1.x), b1, acc[9]);
+            acc[10] = fma(vec4<f32>(a1.y), b0, acc[10]);
+            acc[11] = fma(vec4<f32>(a1.y), b1, acc[11]);
+            acc[12] = fma(vec4<f32>(a1.z), b0, acc[12]);
+            acc[13] = fma(vec4<f32>(a1.z), b1, acc[13]);
+            acc[14] = fma(vec4<f32>(a1.w), b0, acc[14]);
+            acc[15] = fma(vec4<f32>(a1.w), b1, acc[15]);
+        }
+        if more {
+            stash_a(1u - buf, na, tid, ta);
+            stash_b(1u - buf, nb, tid, tb);
+        }
+        workgroupBarrier();
+        buf = 1u - buf;
+    }
+
+    // Split-K slices write raw partial products to their own part of the workspace (bound
+    // as C); `splitk_sum` adds them up with the bias.
+    let cbase = p.off_c + batch * p.stride_c + slice * p.slice_stride;
+    let r = row0 + lid.y * 4u;
+    let col = col0 + lid.x * 4u;
+    put_row(cbase, r, col, acc[0], acc[1]);
+    put_row(cbase, r + 1u, col, acc[2], acc[3]);
+    put_row(cbase, r + 2u, col, acc[4], acc[5]);
+    put_row(cbase, r + 3u, col, acc[6], acc[7]);
+    put_row(cbase, r + 64u, col, acc[8], acc[9]);
+    put_row(cbase, r + 65u, col, acc[10], acc[11]);
+    put_row(cbase, r + 66u, col, acc[12], acc[13]);
+    put_row(cbase, r + 67u, col, acc[14], acc[15]);
+}
+
+// Writes one thread's 8 outputs of one row: columns col..col+4 and col+64..col+68.
+fn put_row(cbase: u32, row: u32, col: u32, lo: vec4<f32>, hi: vec4<f32>) {
+    if row >= p.m { return; }
+    put(cbase, row, col, lo.x);
+    put(cbase, row, col + 1u, lo.y);
+    put(cbase, row, col + 2u, lo.z);
+    put(cbase, row, col + 3u, lo.w);
+    put(cbase, row, col + 64u, hi.x);
+    put(cbase, row, col + 65u, hi.y);
+    put(cbase, row, col + 66u, hi.z);
+    put(cbase, row, col + 67u, hi.w);
+}
+
+fn put(cbase: u32, row: u32, col: u32, x: f32) {
+    if col >= p.n { return; }
+    var v = x;
+    if (p.has_bias & 1u) != 0u { v = v + bias[col]; }
+    let ci = cbase + row * p.n + col;
+    if (p.has_bias & 2u) != 0u { v = v + c[ci]; }
+    c[ci] = v;
+}
+
+// One entry point per transpose combination (nn: neither, tn: A transposed, ...), chosen on
+// the host, so no load carries a runtime transpose branch.
+@compute @workgroup_size(16, 16)
+fn matmul_nn(@builtin(local_invocation_id) lid: vec3<u32>, @builtin(workgroup_id) wid: vec3<u32>) {
+    gemm(lid, wid, false, false);
+}
 
 @compute @workgroup_size(16, 16)
-fn matmul_tiled(@builtin(local_invocation_id) lid: vec3<u32>, @builtin(workgroup_id) wid: vec3<u32>) {
+fn matmul_nt(@builtin(local_invocation_id) lid: vec3<u32>, @builtin(workgroup_id) wid: vec3<u32>) {
+    gemm(lid, wid, false, true);
+}
+
+@compute @workgroup_size(16, 16)
+fn matmul_tn(@builtin(local_invocation_id) lid: vec3<u32>, @builtin(workgroup_id) wid: vec3<u32>) {
+    gemm(lid, wid, true, false);
+}
+
+@compute @workgroup_size(16, 16)
+fn matmul_tt(@builtin(local_invocation_id) lid: vec3<u32>, @builtin(workgroup_id) wid: vec3<u32>) {
+    gemm(lid, wid, true, true);
+}
+
+// C = sum of the split-K partials (bound as A, f32 build only: [splits][batch * m * n]) + bias
+// (+ C when accumulating). One thread per output element.
+@compute @workgroup_size(256)
+fn splitk_sum(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
+    let i = gid.x + gid.y * nwg.x * 256u;
+    let total = p.slice_stride;
+    if i >= total { return; }
+    var v = 0.0;
+    for (var s = 0u; s < p.splits; s = s + 1u) { v = v + f32(a[s * total + i]); }
+    if (p.has_bias & 1u) != 0u { v = v + bias[i % p.n]; }
+    let ci = p.off_c + i;
+    if (p.has_bias & 2u) != 0u { v = v + c[ci]; }
+    c[ci] = v;
+}
+
+// The previous design, kept to compare against (`XLSR_GEMM=tiled64`): a 64x64 tile per
+// workgroup, 4x4 outputs per thread, runtime transpose flags, one workgroup buffer.
+const BK64: u32 = 16u;
+// As64[k][m/4] and Bs64[k][n/4]: 16 rows of 64 floats each, as vec4.
+var<workgroup> As64: array<vec4<f32>, 256>;
+var<workgroup> Bs64: array<vec4<f32>, 256>;
+
+@compute @workgroup_size(16, 16)
+fn matmul_tiled64(@builtin(local_invocation_id) lid: vec3<u32>, @builtin(workgroup_id) wid: vec3<u32>) {
     let batch = wid.z;
     let row0 = wid.y * 64u;
     let col0 = wid.x * 64u;
@@ -66,18 +284,18 @@ fn matmul_tiled(@builtin(local_invocation_id) lid: vec3<u32>, @builtin(workgroup
     // Each thread stages one vec4 of A (4 rows at one k) and one vec4 of B (4 cols at one k).
     let lk = tid / 16u;          // 0..15: k within the tile
     let l4 = (tid % 16u) * 4u;   // 0..60: first of 4 rows (A) / cols (B)
-    for (var k0 = 0u; k0 < p.k; k0 = k0 + BK) {
+    for (var k0 = 0u; k0 < p.k; k0 = k0 + BK64) {
         let kk = k0 + lk;
-        As[lk * 16u + tid % 16u] = vec4<f32>(
+        As64[lk * 16u + tid % 16u] = vec4<f32>(
             load_a(batch, row0 + l4, kk), load_a(batch, row0 + l4 + 1u, kk),
             load_a(batch, row0 + l4 + 2u, kk), load_a(batch, row0 + l4 + 3u, kk));
-        Bs[lk * 16u + tid % 16u] = vec4<f32>(
+        Bs64[lk * 16u + tid % 16u] = vec4<f32>(
             load_b(batch, kk, col0 + l4), load_b(batch, kk, col0 + l4 + 1u),
             load_b(batch, kk, col0 + l4 + 2u), load_b(batch, kk, col0 + l4 + 3u));
         workgroupBarrier();
-        for (var k = 0u; k < BK; k = k + 1u) {
-            let av = As[k * 16u + lid.y];
-            let bv = Bs[k * 16u + lid.x];
+        for (var k = 0u; k < BK64; k = k + 1u) {
+            let av = As64[k * 16u + lid.y];
+            let bv = Bs64[k * 16u + lid.x];
             acc[0] = fma(vec4<f32>(av.x), bv, acc[0]);
             acc[1] = fma(vec4<f32>(av.y), bv, acc[1]);
             acc[2] = fma(vec4<f32>(av.z), bv, acc[2]);

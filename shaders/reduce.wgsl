@@ -9,7 +9,7 @@
 struct Params {
     n: u32,          // threads / output elements
     square: u32,
-    out_index: u32,
+    out_index: u32,  // sum_all: the partial's slot; sum_axis: rows per part (0: all)
     len: u32,        // sum_all: elements to reduce; sum_axis: the reduced axis length
     inner: u32,
     alpha: f32,
@@ -33,9 +33,6 @@ fn lin(gid: vec3<u32>, nwg: vec3<u32>) -> u32 {
     return gid.x + gid.y * nwg.x * 256u;
 }
 
-fn at(v: array<vec4<u32>, 2>, d: u32) -> u32 {
-    return v[d / 4u][d % 4u];
-}
 
 // One workgroup per partial: grid-stride loop, then a tree reduction in shared memory.
 @compute @workgroup_size(256)
@@ -72,15 +69,24 @@ fn l2_bwd(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups
     out[i] = select(0.0, s2[0] * x[i] / nrm, nrm > 0.0);
 }
 
+// With `out_index` = c > 0, each thread sums only its part of c rows, writing
+// [outer, ceil(len / c), inner] partials that a second call (c = 0) adds up: a column sum over
+// thousands of rows then runs on many workgroups instead of one thread per column.
 @compute @workgroup_size(256)
 fn sum_axis(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
     let i = lin(gid, nwg);
     if i >= p.n { return; }
-    let o = i / p.inner;
+    let chunk = select(p.len, p.out_index, p.out_index > 0u);
+    let parts = (p.len + chunk - 1u) / chunk;
     let r = i % p.inner;
+    let q = i / p.inner;
+    let part = q % parts;
+    let o = q / parts;
+    let first = part * chunk;
+    let rows = min(chunk, p.len - first);
     var acc = 0.0;
-    var k = o * p.len * p.inner + r;
-    for (var j = 0u; j < p.len; j = j + 1u) {
+    var k = (o * p.len + first) * p.inner + r;
+    for (var j = 0u; j < rows; j = j + 1u) {
         acc = acc + x[k];
         k = k + p.inner;
     }
@@ -104,20 +110,20 @@ fn reduce_to(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgro
     var start = 0u;
     for (var d = i32(p.ndim) - 1; d >= 0; d = d - 1) {
         let u = u32(d);
-        let s = at(p.kshape, u);
-        start = start + (rem % s) * at(p.kstride, u);
+        let s = p.kshape[u / 4u][u % 4u];
+        start = start + (rem % s) * p.kstride[u / 4u][u % 4u];
         rem = rem / s;
     }
     var total = 1u;
-    for (var d = 0u; d < p.rn; d = d + 1u) { total = total * at(p.rshape, d); }
+    for (var d = 0u; d < p.rn; d = d + 1u) { total = total * p.rshape[d / 4u][d % 4u]; }
     var acc = 0.0;
     for (var r = 0u; r < total; r = r + 1u) {
         var q = r;
         var off = start;
         for (var d = i32(p.rn) - 1; d >= 0; d = d - 1) {
             let u = u32(d);
-            let s = at(p.rshape, u);
-            off = off + (q % s) * at(p.rstride, u);
+            let s = p.rshape[u / 4u][u % 4u];
+            off = off + (q % s) * p.rstride[u / 4u][u % 4u];
             q = q / s;
         }
         acc = acc + x[off];

@@ -124,7 +124,11 @@ pub fn run(
     let w = rand(gpu, &[k, n], 2)?;
     let bias = rand(gpu, &[n], 3)?;
     let flops = 2.0 * (m * k * n) as f64;
-    for (algo, label) in [(Algo::Tiled, "tiled"), (Algo::Naive, "naive")] {
+    for (algo, label) in [
+        (Algo::Tiled, "tiled"),
+        (Algo::Tiled64, "tiled64"),
+        (Algo::Naive, "naive"),
+    ] {
         let name = format!("matmul {label} {m}x{k}x{n} +bias");
         if keep(&name) {
             report(
@@ -174,6 +178,15 @@ pub fn run(
         report(
             measure(gpu, &name, it, sq_flops, true, || {
                 ops::matmul::matmul(&sa, &sb, false, false, None).map(|_| ())
+            })?,
+            log,
+        );
+    }
+    let name = format!("gemm f32 previous kernel (tiled64) {s}x{s}x{s}");
+    if keep(&name) {
+        report(
+            measure(gpu, &name, it, sq_flops, true, || {
+                ops::matmul::matmul_with(Algo::Tiled64, &sa, &sb, false, false, None).map(|_| ())
             })?,
             log,
         );
@@ -480,7 +493,7 @@ pub fn run(
         step = Some(model_step(gpu, &m, log)?);
     }
 
-    let tiled = out.iter().find(|m| m.name.starts_with("matmul tiled"));
+    let tiled = out.iter().find(|m| m.name.starts_with("matmul tiled "));
     let naive = out.iter().find(|m| m.name.starts_with("matmul naive"));
     if let (Some(t), Some(n)) = (tiled, naive) {
         say!(

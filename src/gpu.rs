@@ -25,6 +25,14 @@ const SHADERS: &[(&str, &str)] = &[
     ("adamw", include_str!("../shaders/adamw.wgsl")),
     ("cast", include_str!("../shaders/cast.wgsl")),
     ("attention", include_str!("../shaders/attention.wgsl")),
+    ("matmul_coop", include_str!("../shaders/matmul_coop.wgsl")),
+];
+
+/// The cooperative-matrix GEMM's builds, one per transpose combination (A, B): its
+/// `const TA` / `const TB` lines set (see `matmul_coop.wgsl`).
+pub const COOP_VARIANTS: [[&str; 2]; 2] = [
+    ["matmul_coop_nn", "matmul_coop_nt"],
+    ["matmul_coop_tn", "matmul_coop_tt"],
 ];
 
 /// A kernel file named `NAME_f16` is `NAME.wgsl` with f16 inputs: its `alias In = f32;` line
@@ -33,8 +41,22 @@ const SHADERS: &[(&str, &str)] = &[
 pub const F16_SUFFIX: &str = "_f16";
 const IN_F32: &str = "alias In = f32;";
 
-/// The WGSL source of a kernel file, f16 variants derived as [`F16_SUFFIX`] says.
+/// The WGSL source of a kernel file, f16 variants derived as [`F16_SUFFIX`] says and the
+/// cooperative-matrix GEMM's transpose variants as [`COOP_VARIANTS`] says.
 fn shader_source(file: &str) -> Result<String> {
+    if let Some(tt) = file.strip_prefix("matmul_coop_") {
+        let src = shader_source("matmul_coop")?;
+        let (ta, tb) = (tt.starts_with('t'), tt.ends_with('t'));
+        return Ok(src
+            .replace(
+                "const TA: bool = false;",
+                &format!("const TA: bool = {ta};"),
+            )
+            .replace(
+                "const TB: bool = false;",
+                &format!("const TB: bool = {tb};"),
+            ));
+    }
     let base = file.strip_suffix(F16_SUFFIX).unwrap_or(file);
     let src = SHADERS
         .iter()
@@ -164,6 +186,8 @@ pub struct AdapterSummary {
     pub limits: wgpu::Limits,
     /// The adapter's features.
     pub features: wgpu::Features,
+    /// The cooperative-matrix configurations it offers (tensor cores; empty on most).
+    pub coop: Vec<wgpu::CooperativeMatrixProperties>,
 }
 
 fn instance() -> wgpu::Instance {
@@ -182,6 +206,19 @@ fn rank(info: &wgpu::AdapterInfo) -> u32 {
     }
 }
 
+/// Whether the cooperative-matrix GEMM can run on an adapter: it offers 16x16x16 f16 x f16 ->
+/// f32 matrices, and its subgroups are always 32 lanes (the kernel's workgroup is one subgroup).
+pub fn coop_usable(info: &wgpu::AdapterInfo, props: &[wgpu::CooperativeMatrixProperties]) -> bool {
+    use wgpu::CooperativeScalarType as S;
+    info.subgroup_min_size == 32
+        && info.subgroup_max_size == 32
+        && props.iter().any(|p| {
+            (p.m_size, p.n_size, p.k_size) == (16, 16, 16)
+                && p.ab_type == S::F16
+                && p.cr_type == S::F32
+        })
+}
+
 /// Lists every adapter wgpu can see, best first.
 pub fn adapters() -> Vec<AdapterSummary> {
     let mut list: Vec<AdapterSummary> =
@@ -191,6 +228,7 @@ pub fn adapters() -> Vec<AdapterSummary> {
                 info: a.get_info(),
                 limits: a.limits(),
                 features: a.features(),
+                coop: a.cooperative_matrix_properties(),
             })
             .collect();
     list.sort_by_key(|a| rank(&a.info));
@@ -232,11 +270,24 @@ impl Gpu {
         if std::env::var("XLSR_NO_F16").is_ok_and(|v| v == "1") {
             optional.remove(wgpu::Features::SHADER_F16);
         }
+        if coop_usable(&info, &adapter.cooperative_matrix_properties())
+            && !std::env::var("XLSR_NO_COOP").is_ok_and(|v| v == "1")
+        {
+            optional |= wgpu::Features::EXPERIMENTAL_COOPERATIVE_MATRIX;
+        }
         let features = adapter.features() & optional;
+        let coop = features.contains(wgpu::Features::EXPERIMENTAL_COOPERATIVE_MATRIX);
         let (device, queue) = pollster::block_on(adapter.request_device(&wgpu::DeviceDescriptor {
             label: Some("xlsr"),
             required_features: features,
             required_limits: limits.clone(),
+            // SAFETY: cooperative matrices are wgpu's one experimental feature we use; only
+            // the 16x16x16 f16 -> f32 configuration that `coop_usable` found is ever run.
+            experimental_features: if coop {
+                unsafe { wgpu::ExperimentalFeatures::enabled() }
+            } else {
+                wgpu::ExperimentalFeatures::disabled()
+            },
             ..Default::default()
         }))
         .map_err(|e| Error::Device {
@@ -335,6 +386,13 @@ impl Gpu {
     /// Whether f16 kernels can run (the adapter has SHADER_F16 and it was enabled).
     pub fn has_f16(&self) -> bool {
         self.features.contains(wgpu::Features::SHADER_F16)
+    }
+
+    /// Whether f16 GEMMs run on cooperative matrices (tensor cores): see [`coop_usable`];
+    /// `XLSR_NO_COOP=1` turns them off.
+    pub fn has_coop(&self) -> bool {
+        self.features
+            .contains(wgpu::Features::EXPERIMENTAL_COOPERATIVE_MATRIX | wgpu::Features::SHADER_F16)
     }
 
     /// Device bytes held by live tensors.

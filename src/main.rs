@@ -141,9 +141,39 @@ fn run() -> Result<()> {
                     a.features.contains(wgpu::Features::TIMESTAMP_QUERY),
                     a.features.contains(wgpu::Features::SHADER_F16),
                 );
+                let coop: Vec<String> = a
+                    .coop
+                    .iter()
+                    .map(|c| {
+                        format!(
+                            "{}x{}x{} {:?}->{:?}",
+                            c.m_size, c.n_size, c.k_size, c.ab_type, c.cr_type
+                        )
+                    })
+                    .collect();
+                println!(
+                    "   subgroup size {}..{}, cooperative matrices: {}{}",
+                    a.info.subgroup_min_size,
+                    a.info.subgroup_max_size,
+                    if coop.is_empty() {
+                        "none".to_string()
+                    } else {
+                        coop.join(", ")
+                    },
+                    if xlsr::gpu::coop_usable(&a.info, &a.coop) {
+                        " (f16 GEMMs use 16x16x16 F16->F32)"
+                    } else {
+                        ""
+                    }
+                );
             }
             let gpu = xlsr::Gpu::new()?;
-            println!("selected: {} ({:?})", gpu.info.name, gpu.info.backend);
+            println!(
+                "selected: {} ({:?}), tensor-core GEMM {}",
+                gpu.info.name,
+                gpu.info.backend,
+                if gpu.has_coop() { "on" } else { "off" }
+            );
         }
         Cmd::Bench {
             batch: Some(batch),

@@ -96,6 +96,172 @@ fn reference_matmul(
     c
 }
 
+/// The tensor-core GEMM (`matmul_coop.wgsl`) equals an f64 product of the f16-rounded
+/// operands: every transpose, tiles shifted inward at M and N edges, K tails below 16, batched
+/// and shared B, with bias; the profiler confirms that the cooperative kernel ran. Only where
+/// the adapter offers 16x16x16 f16 cooperative matrices (lavapipe does not).
+#[test]
+fn coop_matmul_matches_rounded_f64() {
+    let g = gpu();
+    if !g.has_coop() {
+        eprintln!(
+            "{} offers no 16x16x16 f16 -> f32 cooperative matrices at subgroup size 32: tensor-core GEMM test not run",
+            g.info.name
+        );
+        return;
+    }
+    use xlsr::ops::matmul::{coop_fits, matmul};
+    let cases = [
+        // batch, m, n, k, ta, tb, B shared
+        (1, 130, 72, 1000, false, false, true), // edge tiles overlap in M, K tail 8
+        (1, 64, 64, 16, false, true, true),
+        (2, 96, 136, 40, true, false, false),
+        (1, 200, 256, 1993, true, false, true), // a weight gradient: odd K, tail 9
+        (3, 72, 80, 48, true, true, false),
+        (2, 100, 64, 24, false, false, false),
+    ];
+    let mut rng = Rng::new(12);
+    for &(batch, m, n, k, ta, tb, shared) in &cases {
+        let sb = if shared { 0 } else { k * n };
+        assert!(
+            coop_fits([m, n, k], ta, tb, [0; 3], [m * k, sb, m * n], false),
+            "case {m}x{n}x{k} should fit the cooperative kernel"
+        );
+        let a = round16(&rng.vec(batch * m * k));
+        let b = round16(&rng.vec(if shared { k * n } else { batch * k * n }));
+        let bias = rng.vec(n);
+        let ashape = if ta { [batch, k, m] } else { [batch, m, k] };
+        let bdims = if tb { vec![n, k] } else { vec![k, n] };
+        let bshape = if shared {
+            bdims
+        } else {
+            [vec![batch], bdims].concat()
+        };
+        let (a16, b16) = (
+            to_f16(&upload(&a, &ashape)).unwrap(),
+            to_f16(&upload(&b, &bshape)).unwrap(),
+        );
+        let profiled = g.profile_start().unwrap();
+        let c = matmul(&a16, &b16, ta, tb, Some(&upload(&bias, &[n]))).unwrap();
+        let got = c.to_vec().unwrap();
+        let kernels = g.profile_stop().unwrap();
+        if profiled {
+            assert!(
+                kernels.iter().any(|k| k.0 == "matmul_coop"),
+                "the cooperative kernel did not run: {kernels:?}"
+            );
+        }
+        let want = reference_matmul(&a, &b, Some(&bias), (batch, m, n, k), (ta, tb, shared));
+        let name = format!("coop b{batch} m{m} n{n} k{k} ta{ta} tb{tb}");
+        assert_close(&name, &got, &want, 1e-4, 1e-4);
+    }
+}
+
+/// Which GEMMs the cooperative kernel takes, on any adapter.
+#[test]
+fn coop_selection_rules() {
+    use xlsr::ops::matmul::coop_fits;
+    // The model's GEMMs: x W (rows arbitrary), dY Wᵀ, Xᵀ dY (K = rows arbitrary).
+    assert!(coop_fits(
+        [1993, 1024, 1024],
+        false,
+        false,
+        [0; 3],
+        [0; 3],
+        false
+    ));
+    assert!(coop_fits(
+        [1993, 1024, 4096],
+        false,
+        true,
+        [0; 3],
+        [0; 3],
+        false
+    ));
+    assert!(coop_fits(
+        [1024, 4096, 1993],
+        true,
+        false,
+        [0; 3],
+        [0; 3],
+        false
+    ));
+    // Too small for one 64x64 tile, or accumulating into C (split over bindings).
+    assert!(!coop_fits(
+        [63, 1024, 1024],
+        false,
+        false,
+        [0; 3],
+        [0; 3],
+        false
+    ));
+    assert!(!coop_fits(
+        [1024, 40, 1024],
+        false,
+        false,
+        [0; 3],
+        [0; 3],
+        false
+    ));
+    assert!(!coop_fits(
+        [1024, 1024, 1024],
+        false,
+        false,
+        [0; 3],
+        [0; 3],
+        true
+    ));
+    // Unaligned fragment rows: leading dimension, offset or batch stride not a multiple of 8.
+    assert!(!coop_fits(
+        [128, 128, 1020],
+        false,
+        false,
+        [0; 3],
+        [0; 3],
+        false
+    ));
+    assert!(!coop_fits(
+        [1020, 128, 128],
+        true,
+        false,
+        [0; 3],
+        [0; 3],
+        false
+    ));
+    assert!(!coop_fits(
+        [128, 128, 1020],
+        false,
+        true,
+        [0; 3],
+        [0; 3],
+        false
+    ));
+    assert!(!coop_fits(
+        [128, 132, 128],
+        false,
+        false,
+        [0; 3],
+        [0; 3],
+        false
+    ));
+    assert!(!coop_fits(
+        [128, 128, 128],
+        false,
+        false,
+        [4, 0, 0],
+        [0; 3],
+        false
+    ));
+    assert!(!coop_fits(
+        [128, 128, 128],
+        false,
+        false,
+        [0; 3],
+        [0, 12, 0],
+        false
+    ));
+}
+
 /// The f16 matmul and its backward equal exact products of the f16-rounded operands (dC
 /// rounded too, as backward casts it), so the only error left is f32 accumulation.
 #[test]

@@ -190,6 +190,56 @@ fn matmul_all_layouts() {
     check_matmul(1, 0, 3, 4, false, false, true, false, 33);
 }
 
+/// The tiled kernel across its tile edges (128), K slabs (8) and every transpose, batched and
+/// shared B, with and without bias, unsplit and with K forced into 3 and 7 slices (the split
+/// path's workspace and `splitk_sum`), each against an f64 product.
+#[test]
+fn matmul_tile_edges_and_split_k() {
+    use xlsr::ops::matmul::{matmul_split, Algo};
+    let mut rng = Rng::new(50);
+    let mut cases = 0;
+    for &(batch, m, k, n, shared) in &[
+        (1, 130, 300, 257, true),
+        (2, 129, 61, 140, false),
+        (3, 7, 203, 9, false),
+    ] {
+        for &(ta, tb) in &[(false, false), (false, true), (true, false), (true, true)] {
+            let av = rng.vec(batch * m * k);
+            let bn = if shared { k * n } else { batch * k * n };
+            let bv = rng.vec(bn);
+            let biasv = rng.vec(n);
+            let ashape = if ta { [batch, k, m] } else { [batch, m, k] };
+            let bdims = if tb { vec![n, k] } else { vec![k, n] };
+            let bshape = if shared {
+                bdims
+            } else {
+                [vec![batch], bdims].concat()
+            };
+            let (a, b, bias) = (
+                upload(&av, &ashape),
+                upload(&bv, &bshape),
+                upload(&biasv, &[n]),
+            );
+            let want = cpu_matmul(&av, &bv, batch, m, k, n, ta, tb, shared, Some(&biasv));
+            for splits in [1, 3, 7] {
+                let got = matmul_split(Algo::Tiled, &a, &b, ta, tb, Some(&bias), Some(splits))
+                    .unwrap()
+                    .to_vec()
+                    .unwrap();
+                let name = format!("b{batch} m{m} k{k} n{n} ta{ta} tb{tb} splits {splits}");
+                assert_close(&name, &got, &want, 1e-5, 1e-4);
+                cases += 1;
+            }
+        }
+    }
+    assert_eq!(cases, 36);
+    // The heuristic: big outputs are never split, small ones with long K are.
+    use xlsr::ops::matmul::split_k;
+    assert_eq!(split_k(512, 4096), 1);
+    assert!(split_k(64, 2000) > 1);
+    assert_eq!(split_k(8, 200), 1);
+}
+
 #[test]
 fn naive_and_tiled_matmul_agree() {
     let mut rng = Rng::new(40);
@@ -650,6 +700,24 @@ fn reductions() {
                 .map(|i| {
                     0.5 * (0..5)
                         .map(|j| v[0][(i / 7) * 35 + j * 7 + i % 7])
+                        .sum::<f64>()
+                })
+                .collect()
+        },
+    );
+    // A bias gradient's shape: few columns over many rows takes the two-pass path (partial
+    // sums over parts of the axis, the last part short), with its gradient (expand).
+    let (outer, len, inner) = (2, 1999, 24);
+    assert!(xlsr::ops::reduce::axis_parts(outer * inner, len) > 1);
+    let long = rng.vec(outer * len * inner);
+    Check::new("sum_axis two-pass", vec![(long, vec![outer, len, inner])]).run(
+        |v| v[0].sum_axis(1, 0.25).unwrap(),
+        move |v| {
+            (0..outer * inner)
+                .map(|i| {
+                    let (o, r) = (i / inner, i % inner);
+                    0.25 * (0..len)
+                        .map(|j| v[0][(o * len + j) * inner + r])
                         .sum::<f64>()
                 })
                 .collect()

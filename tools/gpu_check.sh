@@ -3,6 +3,7 @@
 # `xlsr devices`, the kernel benchmarks, then tools/compare_torch.py. Logs and tables go to
 # $OUT (or ./gpu-out). Build here first: `cargo build --release`, and carry target/release/xlsr.
 #   XLSR=path/to/xlsr  ROWS=gemm,ctc,attention,step  STEPS=3  VARIANTS=f32,f32-ckpt,fp16-ckpt
+#   TESTS=folder of test binaries to run first  EXTRA='shell commands' to run before the bench
 set -u
 cd "$(dirname "$0")/.."
 OUT=${OUT:-gpu-out}
@@ -22,6 +23,15 @@ fi
 nvidia-smi --query-gpu=name,driver_version,clocks.sm,clocks.max.sm,memory.total --format=csv
 date -u
 "$X" devices || { echo "xlsr sees no adapter"; exit 1; }
+
+# Test binaries find their fixtures through the checkout path compiled into them.
+[ -e /work/main ] || { mkdir -p /work && ln -s "$PWD" /work/main; }
+# Test binaries built here (`cargo test --release --no-run`) and copied to $TESTS run on the GPU.
+for t in ${TESTS:-}/*; do
+  [ -x "$t" ] || continue
+  echo "== test $(basename "$t")"
+  timeout 300 "$t" --test-threads 1 2>&1 | tail -n 25
+done
 
 if [ -n "${EXTRA:-}" ]; then
   echo "== extra: $EXTRA"

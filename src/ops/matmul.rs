@@ -5,41 +5,115 @@ use crate::error::{shape_err, Result};
 use crate::gpu::Kernel;
 use crate::tensor::{DType, Tensor};
 
-const TILED: Kernel = Kernel {
-    file: "matmul",
-    entry: "matmul_tiled",
-    reads: 3,
-    writes: 1,
-};
-const NAIVE: Kernel = Kernel {
-    file: "matmul",
-    entry: "matmul_naive",
-    reads: 3,
-    writes: 1,
-};
+/// The tiled kernel's entry points by transpose combination (A, B), as `matmul.wgsl` names them.
+const TILED: [[&str; 2]; 2] = [["matmul_nn", "matmul_nt"], ["matmul_tn", "matmul_tt"]];
+/// Output tile of the tiled kernel (rows and columns).
+const TILE: usize = 128;
+/// K step of the tiled kernel; split-K slices are multiples of it.
+const BK: usize = 8;
 
-/// The same kernels reading f16 A and B (see `matmul.wgsl` and [`crate::gpu::F16_SUFFIX`]).
-const TILED_F16: Kernel = Kernel {
-    file: "matmul_f16",
-    ..TILED
-};
-const NAIVE_F16: Kernel = Kernel {
-    file: "matmul_f16",
-    ..NAIVE
-};
+fn kernel(file: &'static str, entry: &'static str) -> Kernel {
+    Kernel {
+        file,
+        entry,
+        reads: 3,
+        writes: 1,
+    }
+}
+
+/// `matmul.wgsl`'s `Params`, field for field.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, bytemuck::Pod, bytemuck::Zeroable)]
+struct Params {
+    m: u32,
+    n: u32,
+    k: u32,
+    trans_a: u32,
+    trans_b: u32,
+    /// Bit 0: add the bias; bit 1: add into C.
+    flags: u32,
+    stride_a: u32,
+    stride_b: u32,
+    stride_c: u32,
+    off_a: u32,
+    off_b: u32,
+    off_c: u32,
+    splits: u32,
+    k_slice: u32,
+    slice_stride: u32,
+}
+
+impl Params {
+    fn words(&self) -> &[u32] {
+        bytemuck::cast_slice(std::slice::from_ref(self))
+    }
+}
+
+/// Whether the cooperative-matrix kernel (`matmul_coop.wgsl`) serves C = op(A) op(B) of this
+/// shape: M and N at least one 64x64 tile, every fragment row 16-byte aligned (the leading
+/// dimension of each operand, its element offsets `offs` and batch strides `strides`, for A,
+/// B and C, multiples of 8 f16 or 4 f32 elements), and no accumulating into C.
+pub fn coop_fits(
+    [m, n, k]: [usize; 3],
+    ta: bool,
+    tb: bool,
+    offs: [usize; 3],
+    strides: [usize; 3],
+    accumulate: bool,
+) -> bool {
+    let lda = if ta { m } else { k };
+    let ldb = if tb { k } else { n };
+    // A and B in f16 (8 per 16 bytes), C in f32 (4 per 16 bytes).
+    let f16_aligned = [lda, ldb, offs[0], offs[1], strides[0], strides[1]];
+    let f32_aligned = [n, offs[2], strides[2]];
+    m >= 64
+        && n >= 64
+        && !accumulate
+        && f16_aligned.iter().all(|x| x.is_multiple_of(8))
+        && f32_aligned.iter().all(|x| x.is_multiple_of(4))
+}
+
+/// Workgroups that keep a large GPU busy (two per multiprocessor on a 132-SM card). Outputs
+/// with fewer tiles than half of this split K to get there.
+const FILL: usize = 256;
+
+/// How many K slices an output of `tiles` tiles with contraction `k` gets: enough to reach
+/// [`FILL`] workgroups, each slice at least 256 long.
+pub fn split_k(tiles: usize, k: usize) -> usize {
+    if tiles * 2 > FILL {
+        return 1;
+    }
+    (FILL / tiles.max(1)).min(k / 256).clamp(1, 16)
+}
 
 /// f32 elements one storage binding holds.
 fn binding_elems(gpu: &crate::Gpu) -> usize {
     (gpu.max_binding() / 4) as usize
 }
 
-/// Which matmul kernel to run (the naive one exists as the benchmark's baseline).
+/// Which matmul kernel to run (the others exist as the benchmark's baselines).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Algo {
-    /// Register-blocked, workgroup-tiled.
+    /// Register-blocked, workgroup-tiled: 128x128 tiles, 8x8 per thread, split-K (and the
+    /// cooperative-matrix kernel for f16 inputs where the GPU has it).
     Tiled,
+    /// The previous tiled kernel: 64x64 tiles, 4x4 per thread, runtime transpose flags.
+    Tiled64,
     /// One thread per output.
     Naive,
+}
+
+impl Algo {
+    /// The kernel [`matmul`] uses: [`Algo::Tiled`], or the one `XLSR_GEMM` names
+    /// (`tiled64`, `naive`) to compare them inside a whole training step.
+    pub fn default_for_run() -> Algo {
+        static PICK: std::sync::OnceLock<Algo> = std::sync::OnceLock::new();
+        *PICK.get_or_init(|| match std::env::var("XLSR_GEMM").as_deref() {
+            Ok("tiled64") => Algo::Tiled64,
+            Ok("naive") => Algo::Naive,
+            _ => Algo::Tiled,
+        })
+    }
 }
 
 /// Shape bookkeeping for C = op(A) op(B).
@@ -100,7 +174,7 @@ fn dims(a: &Tensor, b: &Tensor, ta: bool, tb: bool) -> Result<Dims> {
 /// B is [K, N] shared by the batch or [..., K, N] batched like A (or transposed with `tb`).
 /// A and B are both f32 or both f16 (mixed precision: f32 accumulation); bias and C are f32.
 pub fn matmul(a: &Tensor, b: &Tensor, ta: bool, tb: bool, bias: Option<&Tensor>) -> Result<Tensor> {
-    matmul_with(Algo::Tiled, a, b, ta, tb, bias)
+    matmul_with(Algo::default_for_run(), a, b, ta, tb, bias)
 }
 
 /// [`matmul`] with a chosen kernel.
@@ -111,6 +185,20 @@ pub fn matmul_with(
     ta: bool,
     tb: bool,
     bias: Option<&Tensor>,
+) -> Result<Tensor> {
+    matmul_split(algo, a, b, ta, tb, bias, None)
+}
+
+/// [`matmul_with`] with the number of split-K slices forced (`None`: chosen by [`split_k`]);
+/// tests use it to cover both paths at small shapes.
+pub fn matmul_split(
+    algo: Algo,
+    a: &Tensor,
+    b: &Tensor,
+    ta: bool,
+    tb: bool,
+    bias: Option<&Tensor>,
+    splits: Option<usize>,
 ) -> Result<Tensor> {
     let half = a.dtype() == DType::F16;
     if half {
@@ -134,34 +222,40 @@ pub fn matmul_with(
     let c = Tensor::uninit(gpu, &shape, DType::F32)?;
     let dm = dummy(gpu)?;
     let biasr = bias.map_or(dm.bind(), |t| t.bind());
-    let kernel = match (algo, half) {
-        (Algo::Tiled, false) => TILED,
-        (Algo::Naive, false) => NAIVE,
-        (Algo::Tiled, true) => TILED_F16,
-        (Algo::Naive, true) => NAIVE_F16,
+    let file = if half { "matmul_f16" } else { "matmul" };
+    let kernel = match algo {
+        Algo::Tiled => kernel(file, TILED[ta as usize][tb as usize]),
+        Algo::Tiled64 => kernel(file, "matmul_tiled64"),
+        Algo::Naive => kernel(file, "matmul_naive"),
     };
     let groups = |m: usize, batch: usize| -> [u32; 3] {
-        if algo == Algo::Tiled {
-            [d.n.div_ceil(64) as u32, m.div_ceil(64) as u32, batch as u32]
-        } else {
-            [d.n.div_ceil(16) as u32, m.div_ceil(16) as u32, batch as u32]
-        }
-    };
-    let params = |m: usize, sa: usize, sb: usize, sc: usize, offs: [u32; 3]| -> Vec<u32> {
-        vec![
-            m as u32,
-            d.n as u32,
-            d.k as u32,
-            ta as u32,
-            tb as u32,
-            bias.is_some() as u32,
-            sa as u32,
-            sb as u32,
-            sc as u32,
-            offs[0],
-            offs[1],
-            offs[2],
+        let tile = match algo {
+            Algo::Tiled => TILE,
+            Algo::Tiled64 => 64,
+            Algo::Naive => 16,
+        };
+        [
+            d.n.div_ceil(tile) as u32,
+            m.div_ceil(tile) as u32,
+            batch as u32,
         ]
+    };
+    let params = |m: usize, sa: usize, sb: usize, sc: usize, offs: [u32; 3]| Params {
+        m: m as u32,
+        n: d.n as u32,
+        k: d.k as u32,
+        trans_a: ta as u32,
+        trans_b: tb as u32,
+        flags: bias.is_some() as u32,
+        stride_a: sa as u32,
+        stride_b: sb as u32,
+        stride_c: sc as u32,
+        off_a: offs[0],
+        off_b: offs[1],
+        off_c: offs[2],
+        splits: 1,
+        k_slice: d.k as u32,
+        slice_stride: 0,
     };
     if d.b_shared && !ta {
         // Weights shared by the batch: fold the batch into M and split rows to fit bindings.
@@ -169,12 +263,23 @@ pub fn matmul_with(
         for (r0, nr) in shifted_chunks(gpu, "matmul", rows, &[d.k, d.n])? {
             let (ar, oa) = a.bind_shifted(r0 * d.k, nr * d.k);
             let (cr, oc) = c.bind_shifted(r0 * d.n, nr * d.n);
-            gpu.dispatch(
-                &kernel,
-                &params(nr, 0, 0, 0, [oa, 0, oc]),
-                &[ar, b.bind(), biasr, cr],
-                groups(nr, 1),
-            )?;
+            let prm = params(nr, 0, 0, 0, [oa, 0, oc]);
+            let tiles = d.n.div_ceil(TILE) * nr.div_ceil(TILE);
+            let splits = splits.unwrap_or_else(|| split_k(tiles, d.k));
+            let bufs = [ar, b.bind(), biasr, cr];
+            if algo == Algo::Tiled && half && try_coop(gpu, &prm, 1, bufs)? {
+                continue;
+            }
+            if algo == Algo::Tiled && splits > 1 && nr == rows {
+                split_dispatch(gpu, &kernel, prm, splits, 1, [ar, b.bind(), biasr, cr])?;
+            } else {
+                gpu.dispatch(
+                    &kernel,
+                    prm.words(),
+                    &[ar, b.bind(), biasr, cr],
+                    groups(nr, 1),
+                )?;
+            }
         }
     } else if d.batch == 1 && ta && !tb && d.k * d.m.max(d.n) > binding_elems(gpu) {
         // A weight gradient Aᵀ·dC over more rows (frames) than one binding holds: split the
@@ -192,10 +297,16 @@ pub fn matmul_with(
             let (ar, oa) = a.bind_shifted(k0 * d.m, kc * d.m);
             let (br, ob) = b.bind_shifted(k0 * d.n, kc * d.n);
             let mut prm = params(d.m, 0, 0, 0, [oa, ob, 0]);
-            prm[2] = kc as u32;
-            // Flags: bit 0 bias (first slice only), bit 1 accumulate into C.
-            prm[5] = if k0 == 0 { bias.is_some() as u32 } else { 2 };
-            gpu.dispatch(&kernel, &prm, &[ar, br, biasr, c.bind()], groups(d.m, 1))?;
+            prm.k = kc as u32;
+            prm.k_slice = kc as u32;
+            // Bias with the first slice only; the others add into C.
+            prm.flags = if k0 == 0 { bias.is_some() as u32 } else { 2 };
+            gpu.dispatch(
+                &kernel,
+                prm.words(),
+                &[ar, br, biasr, c.bind()],
+                groups(d.m, 1),
+            )?;
         }
     } else {
         let (sa, sb, sc) = (d.m * d.k, if d.b_shared { 0 } else { d.k * d.n }, d.m * d.n);
@@ -207,15 +318,102 @@ pub fn matmul_with(
             };
             let (ar, oa) = a.bind_shifted(b0 * sa, nb * sa);
             let (cr, oc) = c.bind_shifted(b0 * sc, nb * sc);
-            gpu.dispatch(
-                &kernel,
-                &params(d.m, sa, sb, sc, [oa, ob, oc]),
-                &[ar, br, biasr, cr],
-                groups(d.m, nb),
-            )?;
+            let prm = params(d.m, sa, sb, sc, [oa, ob, oc]);
+            let tiles = d.n.div_ceil(TILE) * d.m.div_ceil(TILE) * nb;
+            let splits = splits.unwrap_or_else(|| split_k(tiles, d.k));
+            if algo == Algo::Tiled && half && try_coop(gpu, &prm, nb, [ar, br, biasr, cr])? {
+                continue;
+            }
+            if algo == Algo::Tiled && splits > 1 && nb == d.batch {
+                split_dispatch(gpu, &kernel, prm, splits, nb, [ar, br, biasr, cr])?;
+            } else {
+                gpu.dispatch(&kernel, prm.words(), &[ar, br, biasr, cr], groups(d.m, nb))?;
+            }
         }
     }
     Ok(c)
+}
+
+/// Dispatches the cooperative-matrix kernel when the GPU has it and the shape fits; returns
+/// whether it did.
+fn try_coop(
+    gpu: &crate::Gpu,
+    prm: &Params,
+    batch: usize,
+    bufs: [crate::gpu::BufRef<'_>; 4],
+) -> Result<bool> {
+    let (ta, tb) = (prm.trans_a == 1, prm.trans_b == 1);
+    let u = |x: u32| x as usize;
+    if !gpu.has_coop()
+        || std::env::var("XLSR_NO_COOP").is_ok_and(|v| v == "1")
+        || !coop_fits(
+            [u(prm.m), u(prm.n), u(prm.k)],
+            ta,
+            tb,
+            [u(prm.off_a), u(prm.off_b), u(prm.off_c)],
+            [u(prm.stride_a), u(prm.stride_b), u(prm.stride_c)],
+            prm.flags & 2 != 0,
+        )
+    {
+        return Ok(false);
+    }
+    let file = crate::gpu::COOP_VARIANTS[ta as usize][tb as usize];
+    gpu.dispatch(
+        &kernel(file, "matmul_coop"),
+        prm.words(),
+        &bufs,
+        [prm.n.div_ceil(64), prm.m.div_ceil(64), batch as u32],
+    )?;
+    Ok(true)
+}
+
+/// Runs the tiled kernel with K in `splits` slices, each writing its partial product into a
+/// workspace, then `splitk_sum` adds them with the bias (and C, when accumulating) into C.
+fn split_dispatch(
+    gpu: &crate::Gpu,
+    kernel: &Kernel,
+    prm: Params,
+    splits: usize,
+    batch: usize,
+    [ar, br, biasr, cr]: [crate::gpu::BufRef<'_>; 4],
+) -> Result<()> {
+    let total = batch * (prm.m * prm.n) as usize;
+    let ws = Tensor::uninit(gpu, &[splits * total], DType::F32)?;
+    let k_slice = (prm.k as usize).div_ceil(splits).div_ceil(BK) * BK;
+    let gemm = Params {
+        flags: 0,
+        off_c: 0,
+        splits: splits as u32,
+        k_slice: k_slice as u32,
+        slice_stride: total as u32,
+        ..prm
+    };
+    gpu.dispatch(
+        kernel,
+        gemm.words(),
+        &[ar, br, biasr, ws.bind()],
+        [
+            (prm.n as usize).div_ceil(TILE) as u32,
+            (prm.m as usize).div_ceil(TILE) as u32,
+            (batch * splits) as u32,
+        ],
+    )?;
+    let sum = Params {
+        splits: splits as u32,
+        slice_stride: total as u32,
+        ..prm
+    };
+    let dm = dummy(gpu)?;
+    gpu.dispatch(
+        &kernel_f32_sum(),
+        sum.words(),
+        &[ws.bind(), dm.bind(), biasr, cr],
+        crate::gpu::grid(total as u64, 256),
+    )
+}
+
+fn kernel_f32_sum() -> Kernel {
+    kernel("matmul", "splitk_sum")
 }
 
 /// Gradients of C = op(A) op(B) + bias given dC: (dA, dB, dbias). With f16 A and B, dC is
