@@ -435,9 +435,13 @@ pub fn run(
     }
 
     // CTC loss + gradient: batch 16, 500 frames, 100-label targets, vocab 40.
-    let name = "ctc loss+grad B16 T500 L100 V40".to_string();
+    let (b, t, v, l) = if quick {
+        (4, 100, 40, 20)
+    } else {
+        (16, 500, 40, 100)
+    };
+    let name = format!("ctc loss+grad B{b} T{t} L{l} V{v}");
     if keep(&name) {
-        let (b, t, v, l) = (16, 500, 40, 100);
         let logits = rand(gpu, &[b, t, v], 18)?;
         let host = logits.to_vec()?;
         let targets: Vec<i64> = (0..b * l).map(|i| 1 + (i * 7 % (v - 1)) as i64).collect();

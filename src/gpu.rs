@@ -1,8 +1,9 @@
 //! The GPU: adapter choice, device, cached pipelines, pooled buffers, batched dispatch, timing.
 //!
-//! Every kernel launch goes through [`Gpu::dispatch`], which records into one long-lived command
-//! encoder. Nothing is submitted until someone needs a value back ([`Gpu::read`]), the uniform
-//! arena fills, or [`Gpu::flush`] is called, so a training step is a handful of submissions.
+//! Every kernel launch goes through [`Gpu::dispatch`], which records into one open compute pass
+//! of a long-lived command encoder (wgpu puts the barriers between dispatches). The encoder is
+//! submitted when someone needs a value back ([`Gpu::read`]), on [`Gpu::flush`], and every
+//! [`ARENA_SLOTS`] dispatches, so the GPU starts on a step while the CPU still records it.
 
 use crate::error::{Error, Result};
 use std::collections::{BTreeMap, HashMap};
@@ -26,13 +27,22 @@ const SHADERS: &[(&str, &str)] = &[
     ("cast", include_str!("../shaders/cast.wgsl")),
     ("attention", include_str!("../shaders/attention.wgsl")),
     ("matmul_coop", include_str!("../shaders/matmul_coop.wgsl")),
+    (
+        "matmul_coop128",
+        include_str!("../shaders/matmul_coop128.wgsl"),
+    ),
 ];
 
-/// The cooperative-matrix GEMM's builds, one per transpose combination (A, B): its
-/// `const TA` / `const TB` lines set (see `matmul_coop.wgsl`).
+/// The cooperative-matrix GEMMs' builds, one per transpose combination (A, B): a file named
+/// `BASE_XY` is `BASE.wgsl` with its `const TA` / `const TB` lines set (X, Y = n or t).
 pub const COOP_VARIANTS: [[&str; 2]; 2] = [
     ["matmul_coop_nn", "matmul_coop_nt"],
     ["matmul_coop_tn", "matmul_coop_tt"],
+];
+/// The same for the workgroup-staged kernel (`matmul_coop128.wgsl`).
+pub const COOP128_VARIANTS: [[&str; 2]; 2] = [
+    ["matmul_coop128_nn", "matmul_coop128_nt"],
+    ["matmul_coop128_tn", "matmul_coop128_tt"],
 ];
 
 /// A kernel file named `NAME_f16` is `NAME.wgsl` with f16 inputs: its `alias In = f32;` line
@@ -44,8 +54,8 @@ const IN_F32: &str = "alias In = f32;";
 /// The WGSL source of a kernel file, f16 variants derived as [`F16_SUFFIX`] says and the
 /// cooperative-matrix GEMM's transpose variants as [`COOP_VARIANTS`] says.
 fn shader_source(file: &str) -> Result<String> {
-    if let Some(tt) = file.strip_prefix("matmul_coop_") {
-        let src = shader_source("matmul_coop")?;
+    if let Some((base, tt @ ("nn" | "nt" | "tn" | "tt"))) = file.rsplit_once('_') {
+        let src = shader_source(base)?;
         let (ta, tb) = (tt.starts_with('t'), tt.ends_with('t'));
         return Ok(src
             .replace(
@@ -79,8 +89,10 @@ fn shader_source(file: &str) -> Result<String> {
 
 /// Bytes reserved per dispatch in the uniform arena (also the offset alignment we use).
 const UNIFORM_SLOT: u64 = 256;
-/// Dispatches recorded before the encoder is submitted and the arena reused.
-const ARENA_SLOTS: u64 = 2048;
+/// Dispatches recorded before the encoder is submitted and the uniform arena reused: few
+/// enough that the GPU is never idle long while the CPU records, many enough that submits
+/// stay cheap.
+pub const ARENA_SLOTS: u64 = 256;
 /// Timestamp pairs per profiler flush.
 const PROFILE_PAIRS: u32 = 1024;
 
@@ -127,6 +139,9 @@ struct Pool {
 }
 
 struct Batch {
+    /// The compute pass open on `encoder` (dropping it ends the pass; the encoder is locked
+    /// while it is open). Declared first so that it is dropped first.
+    pass: Option<wgpu::ComputePass<'static>>,
     encoder: Option<wgpu::CommandEncoder>,
     arena: wgpu::Buffer,
     uniforms: Vec<u8>,
@@ -319,6 +334,7 @@ impl Gpu {
             pipelines: Mutex::default(),
             pool: Mutex::default(),
             batch: Mutex::new(Batch {
+                pass: None,
                 encoder: None,
                 arena,
                 uniforms: Vec::with_capacity((UNIFORM_SLOT * ARENA_SLOTS) as usize),
@@ -682,18 +698,28 @@ impl Gpu {
                 end_of_pass_write_index: Some(2 * i + 1),
             }
         });
-        let encoder = batch.encoder.get_or_insert_with(|| {
-            self.device
-                .create_command_encoder(&wgpu::CommandEncoderDescriptor { label: None })
+        if timestamp_writes.is_some() {
+            // Profiling times each dispatch in a pass of its own.
+            batch.pass = None;
+        }
+        let Batch { encoder, pass, .. } = &mut *batch;
+        let pass = pass.get_or_insert_with(|| {
+            encoder
+                .get_or_insert_with(|| {
+                    self.device
+                        .create_command_encoder(&wgpu::CommandEncoderDescriptor { label: None })
+                })
+                .begin_compute_pass(&wgpu::ComputePassDescriptor {
+                    label: None,
+                    timestamp_writes,
+                })
+                .forget_lifetime()
         });
-        {
-            let mut pass = encoder.begin_compute_pass(&wgpu::ComputePassDescriptor {
-                label: None,
-                timestamp_writes,
-            });
-            pass.set_pipeline(&pipeline.pipeline);
-            pass.set_bind_group(0, &bind_group, &[]);
-            pass.dispatch_workgroups(groups[0], groups[1], groups[2]);
+        pass.set_pipeline(&pipeline.pipeline);
+        pass.set_bind_group(0, &bind_group, &[]);
+        pass.dispatch_workgroups(groups[0], groups[1], groups[2]);
+        if profiler.is_some() {
+            batch.pass = None;
         }
         let full = profiler
             .as_ref()
@@ -711,6 +737,7 @@ impl Gpu {
             return;
         }
         let mut batch = self.batch.lock().unwrap();
+        batch.pass = None;
         let encoder = batch.encoder.get_or_insert_with(|| {
             self.device
                 .create_command_encoder(&wgpu::CommandEncoderDescriptor { label: None })
@@ -725,6 +752,7 @@ impl Gpu {
     }
 
     fn submit(&self, batch: &mut Batch) -> Result<()> {
+        batch.pass = None;
         let Some(mut encoder) = batch.encoder.take() else {
             return self.check_errors();
         };

@@ -7,6 +7,7 @@ and writes it to --out.
 
     python3 tools/compare_torch.py --xlsr target/release/xlsr --out compare.md
     python3 tools/compare_torch.py --quick      # tiny shapes: lavapipe + CPU PyTorch, a smoke test
+                                                # (tests/compare_torch.rs runs it where torch is)
 
 Every row runs in the same process order: xlsr first (its own process, one per row), then
 torch. Kernel rows: xlsr's time is the sum of its GPU timestamps per iteration, torch's comes
@@ -88,10 +89,10 @@ def torch_gemm(torch, dev, s, dtype, iters):
     return torch_time(torch, dev, lambda: torch.mm(a, b), iters)
 
 
-def torch_ctc(torch, dev, iters):
+def torch_ctc(torch, dev, iters, quick):
     import torch.nn.functional as F
 
-    b, t, v, l = 16, 500, 40, 100
+    b, t, v, l = (4, 100, 40, 20) if quick else (16, 500, 40, 100)
     g = torch.Generator(device="cpu").manual_seed(0)
     logits = (torch.rand(t, b, v, generator=g) - 0.5).to(dev).requires_grad_()
     targets = torch.tensor([1 + (i * 7 % (v - 1)) for i in range(b * l)], device=dev).view(b, l)
@@ -254,9 +255,9 @@ def main():
             lambda: torch_gemm(torch, dev, s, torch.float16 if dev == "cuda" else torch.bfloat16, it),
             fl, peaks and peaks[1])
     if "ctc" in rows:
-        row("CTC loss + gradient B16 T500 L100 V40",
-            lambda: xlsr_case(args.xlsr, quick, "ctc loss+grad"),
-            lambda: torch_ctc(torch, dev, it))
+        row("CTC loss + gradient " + ("B4 T100 L20 V40" if quick else "B16 T500 L100 V40"),
+            lambda: xlsr_case(args.xlsr, quick, "ctc loss+grad B"),
+            lambda: torch_ctc(torch, dev, it, quick))
     if "attention" in rows:
         b, t = (2, 50) if quick else (8, 250)
         fl = 12.0 * b * 16 * t * t * 64
@@ -271,12 +272,16 @@ def main():
                 fl, peaks and peaks[1])
     step_rows = []
     if "step" in rows:
-        layers, batch, secs = (2, 1, 1.0) if quick else (24, 8, 5.0)
-        for variant in args.step_variants.split(","):
+        layers, batch, secs = (1, 1, 0.5) if quick else (24, 8, 5.0)
+        variants = args.step_variants.split(",")
+        if quick:
+            variants = variants[:1]
+        for variant in variants:
             fp16 = variant.startswith("fp16")
             ckpt = variant.endswith("ckpt")
+            steps = 1 if quick else args.steps
             flags = ["--batch", str(batch), "--seconds", str(secs), "--layers", str(layers),
-                     "--steps", str(args.steps)]
+                     "--steps", str(steps)]
             flags += ["--fp16"] if fp16 else []
             flags += ["--checkpointing"] if ckpt else []
             xs = ts = xp = tp = None
@@ -290,7 +295,7 @@ def main():
                 errs.append(f"xlsr: {e}")
             try:
                 amp = fp16 and dev == "cuda"
-                ts, tp = torch_step(torch, dev, layers, batch, secs, amp, ckpt, args.steps)
+                ts, tp = torch_step(torch, dev, layers, batch, secs, amp, ckpt, steps)
             except Exception as e:
                 errs.append(f"torch: {e}")
             name = (f"XLSR-53 step {batch}x{secs:g} s, {layers} layers, "

@@ -334,6 +334,12 @@ pub fn matmul_split(
     Ok(c)
 }
 
+/// Whether `XLSR_COOP=staged` picks the workgroup-staged cooperative kernel.
+fn coop_staged() -> bool {
+    static PICK: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *PICK.get_or_init(|| std::env::var("XLSR_COOP").is_ok_and(|v| v == "staged"))
+}
+
 /// Dispatches the cooperative-matrix kernel when the GPU has it and the shape fits; returns
 /// whether it did.
 fn try_coop(
@@ -345,7 +351,6 @@ fn try_coop(
     let (ta, tb) = (prm.trans_a == 1, prm.trans_b == 1);
     let u = |x: u32| x as usize;
     if !gpu.has_coop()
-        || std::env::var("XLSR_NO_COOP").is_ok_and(|v| v == "1")
         || !coop_fits(
             [u(prm.m), u(prm.n), u(prm.k)],
             ta,
@@ -357,12 +362,18 @@ fn try_coop(
     {
         return Ok(false);
     }
-    let file = crate::gpu::COOP_VARIANTS[ta as usize][tb as usize];
+    // Two designs: fragments straight from storage (64x64 per workgroup of one subgroup), or
+    // staged through workgroup memory (128x128 per workgroup of four); `XLSR_COOP=staged`.
+    let (variants, tile) = if coop_staged() {
+        (crate::gpu::COOP128_VARIANTS, 128)
+    } else {
+        (crate::gpu::COOP_VARIANTS, 64)
+    };
     gpu.dispatch(
-        &kernel(file, "matmul_coop"),
+        &kernel(variants[ta as usize][tb as usize], "matmul_coop"),
         prm.words(),
         &bufs,
-        [prm.n.div_ceil(64), prm.m.div_ceil(64), batch as u32],
+        [prm.n.div_ceil(tile), prm.m.div_ceil(tile), batch as u32],
     )?;
     Ok(true)
 }

@@ -1,0 +1,248 @@
+// The tensor-core GEMM staged through workgroup memory (see matmul_coop.wgsl for the matrix
+// types and the transpose variants): a workgroup of 4 subgroups computes a 128x128 tile of C,
+// each subgroup 64x64 as 4x4 16x16 accumulators. K advances 32 at a time: the workgroup copies
+// the 128x32 slab of A and the 32x128 slab of B into workgroup memory with 16-byte loads (A
+// and B are bound as vec4<u32>, 8 f16 each; zeros past M, N and K), and every subgroup reads
+// its fragments from there, so each element leaves device memory once per workgroup. Results
+// go out through a per-subgroup 16x16 scratch, where bias, accumulation and the M/N edges are
+// handled element by element. Needs 16-byte aligned rows (`coop_fits`, M and N of any size).
+enable f16;
+enable wgpu_cooperative_matrix;
+
+const TA: bool = false;
+const TB: bool = false;
+
+struct Params {
+    m: u32,
+    n: u32,
+    k: u32,
+    trans_a: u32,
+    trans_b: u32,
+    has_bias: u32,   // bit 0: add bias; bit 1: add into C
+    stride_a: u32,
+    stride_b: u32,
+    stride_c: u32,
+    off_a: u32,
+    off_b: u32,
+    off_c: u32,
+    splits: u32,
+    k_slice: u32,
+    slice_stride: u32,
+}
+
+@group(0) @binding(0) var<uniform> p: Params;
+@group(0) @binding(1) var<storage, read> a: array<vec4<u32>>;
+@group(0) @binding(2) var<storage, read> b: array<vec4<u32>>;
+@group(0) @binding(3) var<storage, read> bias: array<f32>;
+@group(0) @binding(4) var<storage, read_write> c: array<f32>;
+
+// A slab: [128 m][32 k] (row-major A) or [32 k][128 m] (transposed A); B likewise.
+var<workgroup> sa: array<f16, 4096>;
+var<workgroup> sb: array<f16, 4096>;
+var<workgroup> scratch: array<f32, 1024>;   // one 16x16 tile per subgroup
+
+// Eight f16 starting at element `e` (a multiple of 8), or zeros.
+fn chunk_a(e: u32, inside: bool) -> vec4<u32> {
+    if inside { return a[e / 8u]; }
+    return vec4<u32>(0u);
+}
+
+fn chunk_b(e: u32, inside: bool) -> vec4<u32> {
+    if inside { return b[e / 8u]; }
+    return vec4<u32>(0u);
+}
+
+fn put8(dst: u32, v: vec4<u32>, is_a: bool) {
+    let h0 = vec2<f16>(unpack2x16float(v.x));
+    let h1 = vec2<f16>(unpack2x16float(v.y));
+    let h2 = vec2<f16>(unpack2x16float(v.z));
+    let h3 = vec2<f16>(unpack2x16float(v.w));
+    if is_a {
+        sa[dst] = h0.x; sa[dst + 1u] = h0.y; sa[dst + 2u] = h1.x; sa[dst + 3u] = h1.y;
+        sa[dst + 4u] = h2.x; sa[dst + 5u] = h2.y; sa[dst + 6u] = h3.x; sa[dst + 7u] = h3.y;
+    } else {
+        sb[dst] = h0.x; sb[dst + 1u] = h0.y; sb[dst + 2u] = h1.x; sb[dst + 3u] = h1.y;
+        sb[dst + 4u] = h2.x; sb[dst + 5u] = h2.y; sb[dst + 6u] = h3.x; sb[dst + 7u] = h3.y;
+    }
+}
+
+// The workgroup's 128 lanes copy the slabs at k0: 512 chunks of 8 f16 each for A and for B.
+fn stage(lane: u32, abase: u32, bbase: u32, row0: u32, col0: u32, k0: u32) {
+    for (var q = lane; q < 512u; q = q + 128u) {
+        if TA {
+            let k = k0 + q / 16u;
+            let m = row0 + (q % 16u) * 8u;
+            put8(q * 8u, chunk_a(abase + k * p.m + m, k < p.k && m < p.m), true);
+        } else {
+            let m = row0 + q / 4u;
+            let k = k0 + (q % 4u) * 8u;
+            put8(q * 8u, chunk_a(abase + m * p.k + k, m < p.m && k < p.k), true);
+        }
+        if TB {
+            let n = col0 + q / 4u;
+            let k = k0 + (q % 4u) * 8u;
+            put8(q * 8u, chunk_b(bbase + n * p.k + k, n < p.n && k < p.k), false);
+        } else {
+            let k = k0 + q / 16u;
+            let n = col0 + (q % 16u) * 8u;
+            put8(q * 8u, chunk_b(bbase + k * p.n + n, k < p.k && n < p.n), false);
+        }
+    }
+}
+
+// Fragment (i, kk) of A for the subgroup's rows r0: 16 rows x 16 k from the slab.
+fn frag_a(r: u32, kk: u32) -> coop_mat16x16<f16, A> {
+    if TA { return coopLoad<coop_mat16x16<f16, A>>(&sa[kk * 128u + r], 128u); }
+    return coopLoadT<coop_mat16x16<f16, A>>(&sa[r * 32u + kk], 32u);
+}
+
+fn frag_b(col: u32, kk: u32) -> coop_mat16x16<f16, B> {
+    if TB { return coopLoad<coop_mat16x16<f16, B>>(&sb[col * 32u + kk], 32u); }
+    return coopLoadT<coop_mat16x16<f16, B>>(&sb[kk * 128u + col], 128u);
+}
+
+// Writes one accumulator through the subgroup's scratch tile: bias, accumulate, edges.
+fn emit(sg: u32, sl: u32, row: u32, col: u32, cbase: u32) {
+    for (var e = sl; e < 256u; e = e + 32u) {
+        let r = row + e / 16u;
+        let cc = col + e % 16u;
+        if r < p.m && cc < p.n {
+            var v = scratch[sg * 256u + e];
+            if (p.has_bias & 1u) != 0u { v = v + bias[cc]; }
+            let ci = cbase + r * p.n + cc;
+            if (p.has_bias & 2u) != 0u { v = v + c[ci]; }
+            c[ci] = v;
+        }
+    }
+}
+
+@compute @workgroup_size(128)
+fn matmul_coop(@builtin(local_invocation_index) lane: u32, @builtin(workgroup_id) wid: vec3<u32>) {
+    let batch = wid.z;
+    let row0 = wid.y * 128u;
+    let col0 = wid.x * 128u;
+    // Subgroups are 32 consecutive invocations (the host requires a subgroup size of 32).
+    let sg = lane / 32u;
+    let sl = lane % 32u;
+    let r0 = (sg / 2u) * 64u;
+    let c0 = (sg % 2u) * 64u;
+    let abase = (p.off_a + batch * p.stride_a);
+    let bbase = (p.off_b + batch * p.stride_b);
+
+    var c00 = coop_mat16x16<f32, C>();
+    var c01 = coop_mat16x16<f32, C>();
+    var c02 = coop_mat16x16<f32, C>();
+    var c03 = coop_mat16x16<f32, C>();
+    var c10 = coop_mat16x16<f32, C>();
+    var c11 = coop_mat16x16<f32, C>();
+    var c12 = coop_mat16x16<f32, C>();
+    var c13 = coop_mat16x16<f32, C>();
+    var c20 = coop_mat16x16<f32, C>();
+    var c21 = coop_mat16x16<f32, C>();
+    var c22 = coop_mat16x16<f32, C>();
+    var c23 = coop_mat16x16<f32, C>();
+    var c30 = coop_mat16x16<f32, C>();
+    var c31 = coop_mat16x16<f32, C>();
+    var c32 = coop_mat16x16<f32, C>();
+    var c33 = coop_mat16x16<f32, C>();
+    for (var k0 = 0u; k0 < p.k; k0 = k0 + 32u) {
+        stage(lane, abase, bbase, row0, col0, k0);
+        workgroupBarrier();
+        for (var kk = 0u; kk < 32u; kk = kk + 16u) {
+            let a0 = frag_a(r0 + 0u, kk);
+            let a1 = frag_a(r0 + 16u, kk);
+            let a2 = frag_a(r0 + 32u, kk);
+            let a3 = frag_a(r0 + 48u, kk);
+            let b0 = frag_b(c0 + 0u, kk);
+            let b1 = frag_b(c0 + 16u, kk);
+            let b2 = frag_b(c0 + 32u, kk);
+            let b3 = frag_b(c0 + 48u, kk);
+            c00 = coopMultiplyAdd(a0, b0, c00);
+            c01 = coopMultiplyAdd(a0, b1, c01);
+            c02 = coopMultiplyAdd(a0, b2, c02);
+            c03 = coopMultiplyAdd(a0, b3, c03);
+            c10 = coopMultiplyAdd(a1, b0, c10);
+            c11 = coopMultiplyAdd(a1, b1, c11);
+            c12 = coopMultiplyAdd(a1, b2, c12);
+            c13 = coopMultiplyAdd(a1, b3, c13);
+            c20 = coopMultiplyAdd(a2, b0, c20);
+            c21 = coopMultiplyAdd(a2, b1, c21);
+            c22 = coopMultiplyAdd(a2, b2, c22);
+            c23 = coopMultiplyAdd(a2, b3, c23);
+            c30 = coopMultiplyAdd(a3, b0, c30);
+            c31 = coopMultiplyAdd(a3, b1, c31);
+            c32 = coopMultiplyAdd(a3, b2, c32);
+            c33 = coopMultiplyAdd(a3, b3, c33);
+        }
+        workgroupBarrier();
+    }
+
+    // naga 30 needs the index and stride of coopStore as named values.
+    let cbase = p.off_c + batch * p.stride_c;
+    let at = sg * 256u;
+    let ld = 16u;
+    coopStoreT(c00, &scratch[at], ld);
+    workgroupBarrier();
+    emit(sg, sl, row0 + r0 + 0u, col0 + c0 + 0u, cbase);
+    workgroupBarrier();
+    coopStoreT(c01, &scratch[at], ld);
+    workgroupBarrier();
+    emit(sg, sl, row0 + r0 + 0u, col0 + c0 + 16u, cbase);
+    workgroupBarrier();
+    coopStoreT(c02, &scratch[at], ld);
+    workgroupBarrier();
+    emit(sg, sl, row0 + r0 + 0u, col0 + c0 + 32u, cbase);
+    workgroupBarrier();
+    coopStoreT(c03, &scratch[at], ld);
+    workgroupBarrier();
+    emit(sg, sl, row0 + r0 + 0u, col0 + c0 + 48u, cbase);
+    workgroupBarrier();
+    coopStoreT(c10, &scratch[at], ld);
+    workgroupBarrier();
+    emit(sg, sl, row0 + r0 + 16u, col0 + c0 + 0u, cbase);
+    workgroupBarrier();
+    coopStoreT(c11, &scratch[at], ld);
+    workgroupBarrier();
+    emit(sg, sl, row0 + r0 + 16u, col0 + c0 + 16u, cbase);
+    workgroupBarrier();
+    coopStoreT(c12, &scratch[at], ld);
+    workgroupBarrier();
+    emit(sg, sl, row0 + r0 + 16u, col0 + c0 + 32u, cbase);
+    workgroupBarrier();
+    coopStoreT(c13, &scratch[at], ld);
+    workgroupBarrier();
+    emit(sg, sl, row0 + r0 + 16u, col0 + c0 + 48u, cbase);
+    workgroupBarrier();
+    coopStoreT(c20, &scratch[at], ld);
+    workgroupBarrier();
+    emit(sg, sl, row0 + r0 + 32u, col0 + c0 + 0u, cbase);
+    workgroupBarrier();
+    coopStoreT(c21, &scratch[at], ld);
+    workgroupBarrier();
+    emit(sg, sl, row0 + r0 + 32u, col0 + c0 + 16u, cbase);
+    workgroupBarrier();
+    coopStoreT(c22, &scratch[at], ld);
+    workgroupBarrier();
+    emit(sg, sl, row0 + r0 + 32u, col0 + c0 + 32u, cbase);
+    workgroupBarrier();
+    coopStoreT(c23, &scratch[at], ld);
+    workgroupBarrier();
+    emit(sg, sl, row0 + r0 + 32u, col0 + c0 + 48u, cbase);
+    workgroupBarrier();
+    coopStoreT(c30, &scratch[at], ld);
+    workgroupBarrier();
+    emit(sg, sl, row0 + r0 + 48u, col0 + c0 + 0u, cbase);
+    workgroupBarrier();
+    coopStoreT(c31, &scratch[at], ld);
+    workgroupBarrier();
+    emit(sg, sl, row0 + r0 + 48u, col0 + c0 + 16u, cbase);
+    workgroupBarrier();
+    coopStoreT(c32, &scratch[at], ld);
+    workgroupBarrier();
+    emit(sg, sl, row0 + r0 + 48u, col0 + c0 + 32u, cbase);
+    workgroupBarrier();
+    coopStoreT(c33, &scratch[at], ld);
+    workgroupBarrier();
+    emit(sg, sl, row0 + r0 + 48u, col0 + c0 + 48u, cbase);
+    workgroupBarrier();
+}
