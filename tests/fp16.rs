@@ -130,13 +130,7 @@ fn coop_matmul_matches_rounded_f64() {
         let a = round16(&rng.vec(batch * m * k));
         let b = round16(&rng.vec(if shared { k * n } else { batch * k * n }));
         let bias = rng.vec(n);
-        let ashape = if ta { [batch, k, m] } else { [batch, m, k] };
-        let bdims = if tb { vec![n, k] } else { vec![k, n] };
-        let bshape = if shared {
-            bdims
-        } else {
-            [vec![batch], bdims].concat()
-        };
+        let (ashape, bshape) = matmul_shapes((batch, m, n, k), (ta, tb, shared));
         let (a16, b16) = (
             to_f16(&upload(&a, &ashape)).unwrap(),
             to_f16(&upload(&b, &bshape)).unwrap(),
@@ -282,17 +276,7 @@ fn f16_matmul_and_backward_match_rounded_f64() {
         let b = rng.vec(if shared { k * n } else { batch * k * n });
         let bias = rng.vec(n);
         let r = rng.vec(batch * m * n);
-        let ashape = if ta {
-            vec![batch, k, m]
-        } else {
-            vec![batch, m, k]
-        };
-        let bdims = if tb { vec![n, k] } else { vec![k, n] };
-        let bshape = if shared {
-            bdims
-        } else {
-            [vec![batch], bdims].concat()
-        };
+        let (ashape, bshape) = matmul_shapes((batch, m, n, k), (ta, tb, shared));
         let tape = Tape::new();
         let av = tape.input(upload(&a, &ashape), true);
         let bv = tape.input(upload(&b, &bshape), true);

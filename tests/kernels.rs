@@ -136,17 +136,7 @@ fn check_matmul(
     seed: u64,
 ) {
     let mut rng = Rng::new(seed);
-    let ashape = if ta {
-        vec![batch, k, m]
-    } else {
-        vec![batch, m, k]
-    };
-    let bdims = if tb { vec![n, k] } else { vec![k, n] };
-    let bshape = if shared {
-        bdims
-    } else {
-        [vec![batch], bdims].concat()
-    };
+    let (ashape, bshape) = matmul_shapes((batch, m, n, k), (ta, tb, shared));
     let mut inputs = vec![
         (rng.vec(batch * m * k), ashape),
         (rng.vec(bshape.iter().product()), bshape),
@@ -208,13 +198,7 @@ fn matmul_tile_edges_and_split_k() {
             let bn = if shared { k * n } else { batch * k * n };
             let bv = rng.vec(bn);
             let biasv = rng.vec(n);
-            let ashape = if ta { [batch, k, m] } else { [batch, m, k] };
-            let bdims = if tb { vec![n, k] } else { vec![k, n] };
-            let bshape = if shared {
-                bdims
-            } else {
-                [vec![batch], bdims].concat()
-            };
+            let (ashape, bshape) = matmul_shapes((batch, m, n, k), (ta, tb, shared));
             let (a, b, bias) = (
                 upload(&av, &ashape),
                 upload(&bv, &bshape),

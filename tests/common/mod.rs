@@ -173,3 +173,23 @@ pub fn demo_subset(dir: &std::path::Path, n: usize) -> std::path::PathBuf {
     prepare::run(&opts).unwrap();
     prep
 }
+
+/// Shapes of matmul operands: A is [batch, m, k] ([batch, k, m] transposed), B is [k, n]
+/// ([n, k] transposed), with a leading batch dim unless `shared`.
+pub fn matmul_shapes(
+    (batch, m, n, k): (usize, usize, usize, usize),
+    (ta, tb, shared): (bool, bool, bool),
+) -> (Vec<usize>, Vec<usize>) {
+    let ashape = if ta {
+        vec![batch, k, m]
+    } else {
+        vec![batch, m, k]
+    };
+    let bdims = if tb { vec![n, k] } else { vec![k, n] };
+    let bshape = if shared {
+        bdims
+    } else {
+        [vec![batch], bdims].concat()
+    };
+    (ashape, bshape)
+}
