@@ -240,13 +240,14 @@ fn bad_input_fails_cleanly() {
         "a file where the temporary folder goes",
     )
     .unwrap();
+    // (--resume: the folder is not empty; with no checkpoint in it the run starts fresh.)
     let e = train::run(
         &g,
         &args(
             &model,
             &prep,
             &run,
-            &[&base[..], &["--max-steps", "3"]].concat(),
+            &[&base[..], &["--max-steps", "3", "--resume"]].concat(),
         ),
     )
     .unwrap_err()
@@ -310,5 +311,117 @@ fn fp16_without_shader_f16_trains_in_f32_with_a_note() {
     assert!(stderr.contains("SHADER_F16"), "no note in: {stderr}");
     let state = std::fs::read_to_string(dir.join("run/checkpoint-1/trainer_state.json")).unwrap();
     assert!(!state.contains("grad_scaler"), "{state}");
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+fn names_in(dir: &Path) -> Vec<String> {
+    let mut v: Vec<String> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    v.sort();
+    v
+}
+
+/// Re-running into a used `--out` is refused unless `--resume` or `--overwrite`; rotation
+/// (`--save-total-limit`) runs over several saves and keeps the current run's newest
+/// checkpoints; `--overwrite` replaces the earlier run's files.
+#[test]
+fn used_run_folder_is_refused_and_rotation_keeps_the_newest() {
+    let dir = tmp("reuse");
+    let prep = common::demo_subset(&dir, 2);
+    let model = tiny_model(&dir, &prep);
+    let g = common::gpu();
+    let run = dir.join("run");
+    let opts = |steps: &str, limit: &str| -> Vec<String> {
+        [
+            "--max-steps",
+            steps,
+            "--save-steps",
+            "1",
+            "--save-total-limit",
+            limit,
+            "--eval-steps",
+            "0",
+            "--logging-steps",
+            "1",
+            "--batch-size",
+            "1",
+            "--grad-accum",
+            "1",
+        ]
+        .map(String::from)
+        .to_vec()
+    };
+    let run_with = |extra: &[String]| {
+        let refs: Vec<&str> = extra.iter().map(String::as_str).collect();
+        train::run(&g, &args(&model, &prep, &run, &refs))
+    };
+
+    // 6 steps, a save after each of steps 1..5 (the last step writes final/), keep 2.
+    let first = run_with(&opts("6", "2")).unwrap();
+    assert_eq!(first.steps, 6);
+    assert_eq!(
+        names_in(&run),
+        [
+            "checkpoint-4",
+            "checkpoint-5",
+            "final",
+            "metrics.jsonl",
+            "training.svg"
+        ],
+        "rotation keeps the two newest checkpoints"
+    );
+    let id = |ck: &str| train::state::run_id_of(&run.join(ck)).unwrap();
+    assert!(!id("checkpoint-4").is_empty());
+    assert_eq!(id("checkpoint-4"), id("checkpoint-5"));
+    let final_before = std::fs::read(run.join("final/model.safetensors")).unwrap();
+    let log_before = std::fs::read(run.join("metrics.jsonl")).unwrap();
+
+    // Again without --resume or --overwrite: refused, nothing touched.
+    let e = run_with(&opts("3", "2")).unwrap_err().to_string();
+    assert!(
+        e.contains("not empty") && e.contains("--resume") && e.contains("--overwrite"),
+        "{e}"
+    );
+    assert_eq!(
+        names_in(&run),
+        [
+            "checkpoint-4",
+            "checkpoint-5",
+            "final",
+            "metrics.jsonl",
+            "training.svg"
+        ]
+    );
+    assert!(std::fs::read(run.join("final/model.safetensors")).unwrap() == final_before);
+    assert!(std::fs::read(run.join("metrics.jsonl")).unwrap() == log_before);
+
+    // --overwrite: the earlier run's files go, the new run's checkpoints stay (rotation once
+    // deleted the new checkpoints because the old run's had higher steps).
+    let mut o = opts("3", "3");
+    o.push("--overwrite".into());
+    let second = run_with(&o).unwrap();
+    assert_eq!(second.steps, 3);
+    assert_eq!(
+        names_in(&run),
+        [
+            "checkpoint-1",
+            "checkpoint-2",
+            "final",
+            "metrics.jsonl",
+            "training.svg"
+        ]
+    );
+    assert_ne!(id("checkpoint-1"), "");
+    let steps: Vec<u64> = losses(&run).iter().map(|l| l.0).collect();
+    assert_eq!(steps, [1, 2, 3], "metrics.jsonl holds only the new run");
+    // --resume and --overwrite together make no sense.
+    let mut both = opts("3", "2");
+    both.extend(["--resume".into(), "--overwrite".into()]);
+    let mut v: Vec<String> = vec!["train".into(), "--model".into(), "m".into()];
+    v.extend(["--data", "d", "--out", "o"].map(String::from));
+    v.extend(both);
+    assert!(Cli::try_parse_from(v).is_err());
     let _ = std::fs::remove_dir_all(dir);
 }

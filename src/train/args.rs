@@ -101,6 +101,11 @@ pub struct TrainArgs {
     /// Continue from the newest checkpoint in --out
     #[arg(long)]
     pub resume: bool,
+    /// Replace the earlier run in --out (its checkpoints, final model, metrics.jsonl and
+    /// training.svg); without it (or --resume) a used run folder is refused
+    #[arg(long, conflicts_with = "resume")]
+    #[serde(default)]
+    pub overwrite: bool,
     /// Read options from this JSON file (same names; the command line wins)
     #[arg(long)]
     #[serde(skip)]
@@ -152,9 +157,9 @@ pub fn config_args(path: &std::path::Path) -> anyhow::Result<Vec<String>> {
         match v {
             serde_json::Value::Null => {}
             serde_json::Value::Bool(b) => {
-                if name == "resume" {
+                if name == "resume" || name == "overwrite" {
                     if *b {
-                        out.push("--resume".into());
+                        out.push(format!("--{name}"));
                     }
                 } else {
                     out.push(format!("--{name}={b}"));

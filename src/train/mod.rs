@@ -79,6 +79,7 @@ pub fn run(gpu: &Gpu, args: &TrainArgs) -> Result<RunSummary> {
             gpu.info.name
         );
     }
+    state::claim_run_dir(&args.out, args.resume, args.overwrite)?;
     std::fs::create_dir_all(&args.out).or_else(|e| file_err(&args.out, e.to_string()))?;
     let data = open_data(&args.data, &args.out)?;
     if data.train.is_empty() {
@@ -194,9 +195,12 @@ pub fn run(gpu: &Gpu, args: &TrainArgs) -> Result<RunSummary> {
         }
         None => TrainerState {
             seed: args.seed,
+            run_id: state::new_run_id(args.seed),
             ..TrainerState::default()
         },
     };
+    // A killed run may have logged past its last checkpoint: those rows are logged again.
+    MetricsLog::truncate_after(&args.out, st.global_step)?;
     st.max_steps = total;
     if !fp16 {
         st.grad_scaler = None;
