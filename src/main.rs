@@ -197,6 +197,9 @@ fn transcribe(
     logits: Option<&std::path::Path>,
     files: &[std::path::PathBuf],
 ) -> Result<()> {
+    if let Some(path) = logits {
+        xlsr::transcribe::check_logits_path(path, files)?;
+    }
     let gpu = xlsr::Gpu::new()?;
     let t = xlsr::transcribe::Transcriber::load(&gpu, model)?;
     let mut done = Vec::new();

@@ -77,6 +77,56 @@ impl Transcriber {
     }
 }
 
+/// Checks the `--logits` output path before anything runs: it must not be one of the inputs
+/// (`transcribe --logits a.wav b.wav`, a forgotten output argument, once overwrote `a.wav`),
+/// nor any existing audio file, nor a folder.
+pub fn check_logits_path(out: &Path, inputs: &[PathBuf]) -> Result<()> {
+    let same = |a: &Path, b: &Path| match (std::fs::canonicalize(a), std::fs::canonicalize(b)) {
+        (Ok(a), Ok(b)) => a == b,
+        _ => a == b,
+    };
+    if inputs.iter().any(|i| same(i, out)) {
+        return file_err(
+            out,
+            "--logits names one of the input files; give the output file first \
+             (`--logits out.safetensors a.wav ...`)",
+        );
+    }
+    if out.is_dir() {
+        return file_err(out, "--logits must be a file, not a folder");
+    }
+    if out.is_file() && is_audio(out) {
+        return file_err(
+            out,
+            "--logits would overwrite an existing audio file; name a .safetensors file",
+        );
+    }
+    Ok(())
+}
+
+/// Whether `path` looks like audio: its extension, or its first bytes (RIFF/WAVE, ID3 or an
+/// MPEG frame sync, fLaC, OggS).
+fn is_audio(path: &Path) -> bool {
+    const EXT: [&str; 9] = [
+        "wav", "wave", "mp3", "flac", "ogg", "oga", "opus", "m4a", "aac",
+    ];
+    let ext = path
+        .extension()
+        .map(|e| e.to_string_lossy().to_lowercase())
+        .unwrap_or_default();
+    if EXT.contains(&ext.as_str()) {
+        return true;
+    }
+    let mut head = [0u8; 4];
+    let n = std::fs::File::open(path)
+        .and_then(|mut f| std::io::Read::read(&mut f, &mut head))
+        .unwrap_or(0);
+    n == 4
+        && (matches!(&head, b"RIFF" | b"fLaC" | b"OggS")
+            || &head[..3] == b"ID3"
+            || (head[0] == 0xFF && head[1] & 0xE0 == 0xE0))
+}
+
 /// Writes each transcript's logits as one f32 tensor [frames, vocab] named by the input's file
 /// name (the path as given when two inputs share a name).
 pub fn save_logits(path: &Path, transcripts: &[Transcript], vocab: usize) -> Result<()> {

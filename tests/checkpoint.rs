@@ -279,7 +279,7 @@ fn save_then_load_round_trips() {
     let dir = std::env::temp_dir().join(format!("xlsr-ckpt-save-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     m.save(&dir).unwrap();
-    assert!(!dir.join("model.tmp").exists());
+    assert!(!dir.join("model.safetensors.tmp").exists());
     let (back, report) = Wav2Vec2ForCtc::load(&gpu(), &dir, None, 0).unwrap();
     assert!(report.ignored.is_empty() && report.initialised.is_empty());
     assert_eq!(params(&back), params(&m));

@@ -86,3 +86,52 @@ fn cli_prints_text_writes_logits_and_names_bad_files() {
     assert_eq!(stderr.lines().count(), 1, "{stderr}");
     assert!(stderr.contains("/nonexistent/model"), "{stderr}");
 }
+
+/// `transcribe --logits a.wav b.wav` (a forgotten output argument) once overwrote `a.wav` with
+/// safetensors data: an output that is an input, or any existing audio file, is refused
+/// before anything is written.
+#[test]
+fn logits_output_never_overwrites_audio() {
+    let dir = std::env::temp_dir().join(format!("xlsr-logits-guard-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let a = dir.join("a.wav");
+    std::fs::copy(fixture("w2v2_large/clip.wav"), &a).unwrap();
+    let before = std::fs::read(&a).unwrap();
+    // An audio file without an audio extension is recognised by its first bytes.
+    let b = dir.join("b.out");
+    std::fs::copy(fixture("w2v2_large/clip.wav"), &b).unwrap();
+    let run = |logits: &Path, files: &[&Path]| {
+        let out = Command::new(env!("CARGO_BIN_EXE_xlsr"))
+            .env("XDG_RUNTIME_DIR", "/tmp")
+            .args(["transcribe", "--model"])
+            .arg(fixture("w2v2_large"))
+            .arg("--logits")
+            .arg(logits)
+            .args(files)
+            .output()
+            .unwrap();
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let (ok, err) = run(&a, &[&fixture("w2v2_large/clip.wav"), &a]);
+    assert!(!ok && err.contains("one of the input files"), "{err}");
+    // The same file through another spelling of its path.
+    let (ok, err) = run(&dir.join(".").join("a.wav"), &[&a]);
+    assert!(!ok && err.contains("one of the input files"), "{err}");
+    let (ok, err) = run(&a, &[&fixture("w2v2_large/clip.wav")]);
+    assert!(!ok && err.contains("audio file"), "{err}");
+    let (ok, err) = run(&b, &[&fixture("w2v2_large/clip.wav")]);
+    assert!(!ok && err.contains("audio file"), "{err}");
+    assert!(std::fs::read(&a).unwrap() == before, "a.wav was modified");
+    assert!(std::fs::read(&b).unwrap() == before, "b.out was modified");
+    // A fresh output file is written (through a temporary name that does not stay behind).
+    let out = dir.join("l.safetensors");
+    let (ok, err) = run(&out, &[&a]);
+    assert!(ok, "{err}");
+    assert!(SafeTensors::deserialize(&std::fs::read(&out).unwrap()).is_ok());
+    assert!(!dir.join("l.safetensors.tmp").exists());
+    let _ = std::fs::remove_dir_all(dir);
+}

@@ -218,10 +218,13 @@ pub fn save(path: &Path, tensors: &[(String, Vec<usize>, Vec<f32>)]) -> Result<(
     write_atomic(path, &bytes)
 }
 
-/// Writes `bytes` to `path` via `path.tmp` + fsync + rename.
+/// Writes `bytes` to `path` via `path` + `.tmp` + fsync + rename (the whole name gets the
+/// suffix, so `a.wav` never stands in for another file's temporary `a.tmp`).
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
     use std::io::Write;
-    let tmp = path.with_extension("tmp");
+    let mut tmp = path.as_os_str().to_owned();
+    tmp.push(".tmp");
+    let tmp = PathBuf::from(tmp);
     let res = (|| -> std::io::Result<()> {
         let mut f = std::fs::File::create(&tmp)?;
         f.write_all(bytes)?;
