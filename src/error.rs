@@ -45,6 +45,9 @@ pub enum Error {
     /// Corpus, audio or vocabulary problem (names the file).
     #[error(transparent)]
     Data(#[from] crate::data::DataError),
+    /// A command-line option out of range (names the flag).
+    #[error("{0}")]
+    Usage(String),
     /// Autograd misuse (backward from a non-scalar, a value without a tape...).
     #[error("autograd: {0}")]
     Autograd(String),

@@ -386,3 +386,26 @@ fn padded_batch_equals_single_utterances() {
         assert!(err < 1e-5, "utterance {i}: padded vs alone differ by {err}");
     }
 }
+
+/// A weight that is NaN or inf (a diverged run's checkpoint) is refused at load, naming the
+/// tensor; `xlsr eval` once reported `ctc_loss 0.0` for such a model.
+#[test]
+fn non_finite_weights_are_refused_by_name() {
+    let name = "wav2vec2.encoder.layers.0.feed_forward.output_dense.weight";
+    for (tag, bad) in [("nan", f32::NAN), ("inf", f32::INFINITY)] {
+        let dir = variant(
+            &format!("nonfinite-{tag}"),
+            |t| {
+                let e = t.get_mut(name).unwrap();
+                e.2[4..8].copy_from_slice(&bad.to_le_bytes());
+            },
+            |_| {},
+        );
+        let e = err_of(&dir, None);
+        assert!(
+            e.contains(name) && e.contains("non-finite") && e.contains("model.safetensors"),
+            "{e}"
+        );
+        let _ = std::fs::remove_dir_all(dir);
+    }
+}

@@ -425,3 +425,127 @@ fn used_run_folder_is_refused_and_rotation_keeps_the_newest() {
     assert!(Cli::try_parse_from(v).is_err());
     let _ = std::fs::remove_dir_all(dir);
 }
+
+/// Every numeric option is checked before anything runs; the error names the flag.
+#[test]
+fn bad_numbers_are_refused_naming_the_flag() {
+    let cases: [(&str, &str); 22] = [
+        ("learning-rate", "nan"),
+        ("learning-rate", "inf"),
+        ("learning-rate", "-1e-4"),
+        ("weight-decay", "nan"),
+        ("weight-decay", "-0.1"),
+        ("max-grad-norm", "nan"),
+        ("epochs", "0"),
+        ("epochs", "inf"),
+        ("max-steps", "0"),
+        ("max-train-samples", "0"),
+        ("max-eval-samples", "0"),
+        ("save-total-limit", "0"),
+        ("logging-steps", "0"),
+        ("batch-size", "0"),
+        ("grad-accum", "0"),
+        ("max-batch-seconds", "0"),
+        ("max-batch-seconds", "nan"),
+        ("attention-dropout", "1"),
+        ("hidden-dropout", "-0.1"),
+        ("feat-proj-dropout", "nan"),
+        ("mask-time-prob", "1.5"),
+        ("layerdrop", "1"),
+    ];
+    let dir = tmp("flags");
+    let out = dir.join("never");
+    for (flag, value) in cases {
+        let a = args(
+            Path::new("m"),
+            Path::new("d"),
+            &out,
+            &[&format!("--{flag}={value}")],
+        );
+        let e = a.validate().unwrap_err().to_string();
+        assert!(e.starts_with(&format!("--{flag} ")), "{flag} {value}: {e}");
+        // train::run checks before it touches anything.
+        let e = train::run(&common::gpu(), &a).unwrap_err().to_string();
+        assert!(e.contains(&format!("--{flag}")), "{flag} {value}: {e}");
+        assert!(!out.exists());
+    }
+    assert!(args(Path::new("m"), Path::new("d"), &out, &[])
+        .validate()
+        .is_ok());
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+/// A diverging run stops with a clear error instead of skipping every step to the end and
+/// exiting 0: a learning rate that makes every loss non-finite stops after
+/// MAX_SKIPPED_IN_A_ROW skipped steps (the losses are logged as NaN, JSON null, not 0.0); one
+/// that overflows the weights stops at once, naming a tensor. Neither saves a model.
+#[test]
+fn diverging_run_stops_with_a_clear_error() {
+    let dir = tmp("diverge");
+    let prep = common::demo_subset(&dir, 2);
+    let model = tiny_model(&dir, &prep);
+    let g = common::gpu();
+    let base = [
+        "--max-steps",
+        "60",
+        "--save-steps",
+        "0",
+        "--eval-steps",
+        "0",
+        "--logging-steps",
+        "1",
+        "--batch-size",
+        "2",
+        "--grad-accum",
+        "1",
+        "--warmup-steps",
+        "0",
+        "--freeze-feature-encoder",
+        "false",
+    ];
+    let run = dir.join("huge");
+    let e = train::run(
+        &g,
+        &args(
+            &model,
+            &prep,
+            &run,
+            &[&base[..], &["--learning-rate", "1e30"]].concat(),
+        ),
+    )
+    .unwrap_err()
+    .to_string();
+    let n = train::MAX_SKIPPED_IN_A_ROW;
+    assert!(e.contains(&format!("{n} optimiser steps in a row")), "{e}");
+    assert!(e.contains("--learning-rate"), "{e}");
+    assert!(!run.join("final").exists());
+    let log = std::fs::read_to_string(run.join("metrics.jsonl")).unwrap();
+    let rows: Vec<serde_json::Value> = log
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert!(rows.len() as u64 >= n && (rows.len() as u64) < 60, "{log}");
+    // Every logged loss after the first (diverged) update is NaN, none is a fake 0.
+    for r in &rows[1..] {
+        assert!(r["loss"].is_null(), "{r}");
+    }
+
+    let run = dir.join("overflow");
+    let e = train::run(
+        &g,
+        &args(
+            &model,
+            &prep,
+            &run,
+            &[&base[..], &["--learning-rate", "1e38"]].concat(),
+        ),
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(
+        e.contains("step 1:") && e.contains("non-finite") && e.contains(".weight"),
+        "{e}"
+    );
+    assert!(!run.join("final").exists());
+    let _ = std::fs::remove_dir_all(dir);
+}

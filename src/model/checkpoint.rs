@@ -159,6 +159,16 @@ impl Checkpoint {
                 format!("tensor {name}: {} values for shape {shape:?}", values.len()),
             );
         }
+        if let Some(i) = values.iter().position(|x| !x.is_finite()) {
+            return file_err(
+                path,
+                format!(
+                    "tensor {name} holds a non-finite value ({} at index {i}): the weights are \
+                     corrupt (a diverged run?)",
+                    values[i]
+                ),
+            );
+        }
         Ok(Some(values))
     }
 

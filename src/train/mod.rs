@@ -67,11 +67,7 @@ fn derive(seed: u64, step: u64, micro: u64) -> u64 {
 
 /// Runs `xlsr train`.
 pub fn run(gpu: &Gpu, args: &TrainArgs) -> Result<RunSummary> {
-    if args.batch_size == 0 || args.grad_accum == 0 {
-        return Err(Error::Autograd(
-            "--batch-size and --grad-accum must be at least 1".into(),
-        ));
-    }
+    args.validate()?;
     let fp16 = args.fp16 && gpu.has_f16();
     if args.fp16 && !fp16 {
         eprintln!(
@@ -96,7 +92,7 @@ pub fn run(gpu: &Gpu, args: &TrainArgs) -> Result<RunSummary> {
         "test" => Split::Test,
         "train" => Split::Train,
         other => {
-            return Err(Error::Autograd(format!(
+            return Err(Error::Usage(format!(
                 "--eval-split {other}: expected test or train"
             )))
         }
@@ -244,6 +240,7 @@ pub fn run(gpu: &Gpu, args: &TrainArgs) -> Result<RunSummary> {
         .ok()
         .and_then(|v| v.parse().ok());
     let profile_from = st.global_step + 1;
+    let mut skipped_in_a_row = 0u64;
     while st.global_step < total {
         if profile.is_some() && st.global_step == profile_from {
             gpu.profile_start()?;
@@ -252,6 +249,7 @@ pub fn run(gpu: &Gpu, args: &TrainArgs) -> Result<RunSummary> {
             print_profile(&gpu.profile_stop()?);
         }
         let mut micro = 0u64;
+        let mut step_loss: Option<Tensor> = None;
         while micro < args.grad_accum as u64 {
             if st.batch_in_epoch >= epoch_batches.len() {
                 if micro > 0 {
@@ -321,7 +319,10 @@ pub fn run(gpu: &Gpu, args: &TrainArgs) -> Result<RunSummary> {
                 // Loss scaling: backward runs on loss * scale; the optimiser unscales.
                 let scale = st.grad_scaler.as_ref().map_or(1.0, |g| g.scale);
                 tape.backward(&loss.scale(scale, 0.0)?, &[])?;
-                Ok(loss.value)
+                // CTC with zero_infinity turns non-finite logits into a loss of 0: add
+                // 0 * |logits| (0, or NaN when a logit is not finite) so the loss says NaN.
+                let bad = crate::ops::reduce::global_norm_scaled(gpu, &[&out.logits.value], 0.0)?;
+                crate::ops::elementwise::add(&loss.value, &bad)
             };
             let loss = step().map_err(|e| match e {
                 Error::Gpu(msg) => Error::Gpu(format!(
@@ -331,7 +332,7 @@ pub fn run(gpu: &Gpu, args: &TrainArgs) -> Result<RunSummary> {
                 )),
                 e => e,
             })?;
-            loss_sum = Some(match loss_sum.take() {
+            step_loss = Some(match step_loss.take() {
                 Some(s) => crate::ops::elementwise::add(&s, &loss)?,
                 None => loss,
             });
@@ -345,15 +346,27 @@ pub fn run(gpu: &Gpu, args: &TrainArgs) -> Result<RunSummary> {
             total,
             args.learning_rate,
         );
+        // A non-finite loss skips the step as a non-finite gradient does (0 * loss joins the
+        // gradient norm the update kernels check).
+        if let Some(l) = &step_loss {
+            opt.set_guard(Some(crate::ops::elementwise::scale(l, 0.0, 0.0)?));
+        }
         let outcome = match st.grad_scaler.as_mut() {
             Some(scaler) => scaler.step(&mut opt, lr, args.max_grad_norm)?,
             None => opt.clip_and_step(lr, args.max_grad_norm)?,
         };
         opt.zero_grad();
+        if let Some(l) = step_loss.take() {
+            loss_sum = Some(match loss_sum.take() {
+                Some(s) => crate::ops::elementwise::add(&s, &l)?,
+                None => l,
+            });
+        }
         st.global_step += 1;
         since_log += 1;
         if outcome.skipped {
             st.skipped_steps += 1;
+            skipped_in_a_row += 1;
             let why = match &st.grad_scaler {
                 // Expected now and then under fp16: GradScaler's way of finding the scale.
                 Some(g) => format!("overflowed in fp16; loss scale lowered to {}", g.scale),
@@ -362,10 +375,35 @@ pub fn run(gpu: &Gpu, args: &TrainArgs) -> Result<RunSummary> {
             say(
                 &bar,
                 format!(
-                    "step {}: gradient norm {} {why}; step skipped ({} so far)",
+                    "step {}: loss or gradient norm ({}) {why}; step skipped ({} so far)",
                     st.global_step, outcome.grad_norm, st.skipped_steps
                 ),
             );
+            if skipped_in_a_row >= MAX_SKIPPED_IN_A_ROW {
+                bar.abandon();
+                return Err(Error::Usage(format!(
+                    "steps {}..{}: {MAX_SKIPPED_IN_A_ROW} optimiser steps in a row were skipped \
+                     (loss or gradient norm not finite); stopping. Lower --learning-rate (now \
+                     {:e}) or --max-grad-norm, or check the data and the model for NaN{}",
+                    st.global_step + 1 - skipped_in_a_row,
+                    st.global_step,
+                    args.learning_rate,
+                    last_saved(&args.out)
+                )));
+            }
+        } else {
+            skipped_in_a_row = 0;
+            // An update that overflows the weights cannot be undone: stop before it is saved.
+            if let Some(name) = first_non_finite(&model)? {
+                bar.abandon();
+                return Err(Error::Usage(format!(
+                    "step {}: the update made {name} non-finite (NaN or inf); stopping before \
+                     it is saved. Lower --learning-rate (now {:e}){}",
+                    st.global_step,
+                    args.learning_rate,
+                    last_saved(&args.out)
+                )));
+            }
         }
         let epoch = st.epoch as f64 + st.batch_in_epoch as f64 / epoch_batches.len().max(1) as f64;
         let done = st.global_step == total;
@@ -450,6 +488,40 @@ pub fn run(gpu: &Gpu, args: &TrainArgs) -> Result<RunSummary> {
         losses: MetricsLog::series(&rows, "loss"),
         eval: eval_result,
     })
+}
+
+/// Training stops after this many optimiser steps in a row were skipped for a non-finite loss
+/// or gradient norm (fp16's loss scale would have fallen by 2^25 by then).
+pub const MAX_SKIPPED_IN_A_ROW: u64 = 25;
+
+/// The first trainable parameter holding a non-finite value, if any: one reduction on the
+/// device (0 * the global norm, NaN when any value is not finite), and a search only then.
+fn first_non_finite(model: &Wav2Vec2ForCtc) -> Result<Option<String>> {
+    let trainable: Vec<_> = model.params.iter().filter(|p| !p.is_frozen()).collect();
+    let values: Vec<Tensor> = trainable.iter().map(|p| p.value()).collect();
+    let refs: Vec<&Tensor> = values.iter().collect();
+    if refs.is_empty()
+        || crate::ops::reduce::global_norm_scaled(&model.gpu, &refs, 0.0)?
+            .item()?
+            .is_finite()
+    {
+        return Ok(None);
+    }
+    // The sum of squares also overflows for huge but finite weights (|x| > 1e19): look.
+    for (p, v) in trainable.iter().zip(&values) {
+        if v.to_vec()?.iter().any(|x| !x.is_finite()) {
+            return Ok(Some(p.name.clone()));
+        }
+    }
+    Ok(None)
+}
+
+/// "; the last checkpoint, NAME, is intact" (or nothing when there is none).
+fn last_saved(run_dir: &Path) -> String {
+    match state::list(run_dir).pop() {
+        Some((_, p)) => format!("; the last checkpoint, {}, is intact", p.display()),
+        None => String::new(),
+    }
 }
 
 fn print_profile(kernels: &[(&'static str, f64, u64)]) {
