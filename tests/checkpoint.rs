@@ -387,6 +387,52 @@ fn padded_batch_equals_single_utterances() {
     }
 }
 
+/// Every config.json field the model uses is checked at load: an error naming config.json and
+/// the field, never a panic (a conv stride of 0 once divided by zero).
+#[test]
+fn bad_config_values_name_the_field() {
+    type Edit = fn(&mut serde_json::Value);
+    let cases: [(&str, &str, Edit); 12] = [
+        ("stride0", "conv_stride", |c| c["conv_stride"][1] = 0.into()),
+        ("kernel0", "conv_kernel", |c| c["conv_kernel"][0] = 0.into()),
+        ("dim0", "conv_dim", |c| c["conv_dim"][2] = 0.into()),
+        ("eps0", "layer_norm_eps", |c| {
+            c["layer_norm_eps"] = 0.0.into()
+        }),
+        ("epsneg", "layer_norm_eps", |c| {
+            c["layer_norm_eps"] = (-1e-5).into()
+        }),
+        ("lengths", "conv_stride", |c| {
+            c["conv_stride"] = serde_json::json!([5, 2])
+        }),
+        ("heads", "num_attention_heads", |c| {
+            c["num_attention_heads"] = 5.into()
+        }),
+        ("groups", "num_conv_pos_embedding_groups", |c| {
+            c["num_conv_pos_embedding_groups"] = 0.into()
+        }),
+        ("drop", "hidden_dropout", |c| {
+            c["hidden_dropout"] = 1.5.into()
+        }),
+        ("layerdrop", "layerdrop", |c| c["layerdrop"] = 1.0.into()),
+        ("masklen", "mask_time_length", |c| {
+            c["mask_time_length"] = 0.into()
+        }),
+        ("reduction", "ctc_loss_reduction", |c| {
+            c["ctc_loss_reduction"] = "max".into()
+        }),
+    ];
+    for (name, field, edit) in cases {
+        let dir = variant(&format!("cfg-{name}"), |_| {}, edit);
+        let e = err_of(&dir, None);
+        assert!(
+            e.contains("config.json") && e.contains(field),
+            "{name}: {e}"
+        );
+        let _ = std::fs::remove_dir_all(dir);
+    }
+}
+
 /// A weight that is NaN or inf (a diverged run's checkpoint) is refused at load, naming the
 /// tensor; `xlsr eval` once reported `ctc_loss 0.0` for such a model.
 #[test]
