@@ -29,8 +29,18 @@ pub struct Transcriber {
 impl Transcriber {
     /// Loads `dir`: a model folder with `config.json`, weights and `vocab.json`.
     pub fn load(gpu: &Gpu, dir: &Path) -> Result<Transcriber> {
-        let (model, _) = Wav2Vec2ForCtc::load(gpu, dir, None, 0)?;
+        let (model, report) = Wav2Vec2ForCtc::load(gpu, dir, None, 0)?;
+        if report.initialised.iter().any(|n| n.starts_with("lm_head")) {
+            // load() makes a random head for a pretraining checkpoint; decoding with it is
+            // noise. Only `xlsr train` may create a head.
+            return file_err(
+                dir,
+                "has no CTC head (lm_head.weight): a pretraining checkpoint, not a fine-tuned \
+                 model. Fine-tune it first with `xlsr train` (which creates the head)",
+            );
+        }
         let vocab = Vocab::load(dir)?;
+        vocab.check_head(&dir.join("vocab.json"), model.config.vocab_size)?;
         // The tokenizer may count special tokens (<s>, </s>) the head never predicts; the
         // blank must be one of the head's outputs.
         if vocab.pad as usize >= model.config.vocab_size {

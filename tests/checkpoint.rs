@@ -455,3 +455,62 @@ fn non_finite_weights_are_refused_by_name() {
         let _ = std::fs::remove_dir_all(dir);
     }
 }
+
+/// transcribe/eval need a fine-tuned model: no `lm_head.weight` (a pretraining checkpoint) is
+/// refused rather than decoded with a random head, and vocab.json must fit the head (size,
+/// duplicate ids).
+#[test]
+fn transcriber_needs_a_ctc_head_and_its_vocabulary() {
+    use xlsr::transcribe::Transcriber;
+    let vocab = std::fs::read_to_string(fixture_dir().join("vocab.json")).unwrap();
+    let with_vocab = |dir: &Path, text: &str| std::fs::write(dir.join("vocab.json"), text).unwrap();
+    let load_err = |dir: &Path| match Transcriber::load(&gpu(), dir) {
+        Ok(_) => panic!("{} loaded but should not", dir.display()),
+        Err(e) => e.to_string(),
+    };
+
+    let dir = variant(
+        "nohead",
+        |t| {
+            t.remove("lm_head.weight");
+            t.remove("lm_head.bias");
+        },
+        |_| {},
+    );
+    with_vocab(&dir, &vocab);
+    let e = load_err(&dir);
+    assert!(
+        e.contains("lm_head.weight") && e.contains("xlsr train"),
+        "{e}"
+    );
+    // `train` may still start from it (it creates the head, and says so).
+    let (_, report) = Wav2Vec2ForCtc::load(&gpu(), &dir, Some((12, 11)), 0).unwrap();
+    assert!(report.initialised.contains(&"lm_head.weight".to_string()));
+    let _ = std::fs::remove_dir_all(dir);
+
+    let dir = variant("vocab", |_| {}, |_| {});
+    with_vocab(&dir, &vocab);
+    assert!(Transcriber::load(&gpu(), &dir).is_ok());
+    let tokens: Vec<String> = (0..30).map(|i| format!("\"t{i}\": {i}")).collect();
+    for (what, text, want) in [
+        ("too many", format!("{{{}}}", tokens.join(",")), "29"),
+        (
+            "too few",
+            format!(
+                "{{{}, \"|\": 6, \"[UNK]\": 7, \"[PAD]\": 8}}",
+                tokens[..6].join(",")
+            ),
+            "no token for id 11",
+        ),
+        (
+            "duplicate",
+            vocab.replace("\"b\": 1", "\"b\": 0"),
+            "share id 0",
+        ),
+    ] {
+        with_vocab(&dir, &text);
+        let e = load_err(&dir);
+        assert!(e.contains("vocab.json") && e.contains(want), "{what}: {e}");
+    }
+    let _ = std::fs::remove_dir_all(dir);
+}
