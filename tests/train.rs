@@ -549,3 +549,49 @@ fn diverging_run_stops_with_a_clear_error() {
     assert!(!run.join("final").exists());
     let _ = std::fs::remove_dir_all(dir);
 }
+
+/// Zero utterances is no score: `xlsr eval` of an empty split (or `--limit 0`) fails instead
+/// of printing a perfect WER of 0.
+#[test]
+fn eval_of_an_empty_split_is_an_error() {
+    let dir = tmp("evalempty");
+    let prep = common::demo_subset(&dir, 2);
+    let model = tiny_model(&dir, &prep);
+    // A prep folder whose test split is empty.
+    let m = dir.join("train_manifest.tsv");
+    let mut opts = Options::new(
+        Source::Manifests {
+            train: vec![m],
+            test: vec![],
+        },
+        dir.join("notest"),
+    );
+    opts.progress = false;
+    prepare::run(&opts).unwrap();
+    let eval = |data: &Path, extra: &[&str]| {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_xlsr"))
+            .env("XDG_RUNTIME_DIR", "/tmp")
+            .args(["eval", "--json", "--model"])
+            .arg(&model)
+            .arg("--data")
+            .arg(data)
+            .args(extra)
+            .output()
+            .unwrap();
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let (ok, stdout, stderr) = eval(&dir.join("notest"), &[]);
+    assert!(!ok, "{stdout}");
+    assert!(
+        stderr.contains("no utterances") && stderr.contains("test"),
+        "{stderr}"
+    );
+    let (ok, stdout, stderr) = eval(&prep, &["--limit", "0"]);
+    assert!(!ok, "{stdout}");
+    assert!(stderr.contains("no utterances"), "{stderr}");
+    let _ = std::fs::remove_dir_all(dir);
+}
