@@ -109,7 +109,7 @@ impl Options {
 /// Why an utterance was left out.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 pub enum Skip {
-    /// The TSV row had the wrong number of columns.
+    /// The TSV row had the wrong number of fields, or a clip path that leaves `clips/`.
     MalformedRow,
     /// Nothing left of the sentence after normalisation.
     EmptySentence,
