@@ -514,3 +514,28 @@ fn transcriber_needs_a_ctc_head_and_its_vocabulary() {
     }
     let _ = std::fs::remove_dir_all(dir);
 }
+
+/// A sharded checkpoint's index may only name files inside the model folder.
+#[test]
+fn shard_index_stays_in_the_model_folder() {
+    let dir = variant("escape", |_| {}, |_| {});
+    let outside = dir.with_extension("outside.safetensors");
+    std::fs::rename(dir.join("model.safetensors"), &outside).unwrap();
+    let t = read_tensors(&outside);
+    let name = outside.file_name().unwrap().to_string_lossy().into_owned();
+    for target in [format!("../{name}"), outside.display().to_string()] {
+        let map: serde_json::Map<String, serde_json::Value> = t
+            .keys()
+            .map(|k| (k.clone(), target.clone().into()))
+            .collect();
+        let index = serde_json::json!({"metadata": {}, "weight_map": map});
+        std::fs::write(dir.join("model.safetensors.index.json"), index.to_string()).unwrap();
+        let e = err_of(&dir, None);
+        assert!(
+            e.contains("model.safetensors.index.json") && e.contains("outside the model folder"),
+            "{target}: {e}"
+        );
+    }
+    let _ = std::fs::remove_file(outside);
+    let _ = std::fs::remove_dir_all(dir);
+}

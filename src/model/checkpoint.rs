@@ -191,11 +191,20 @@ fn shard_files(index: &Path) -> Result<Vec<PathBuf>> {
         return file_err(index, "has no weight_map");
     };
     let dir = index.parent().unwrap_or(Path::new("."));
-    let mut files: Vec<PathBuf> = map
-        .values()
-        .filter_map(|f| f.as_str())
-        .map(|f| dir.join(f))
-        .collect();
+    let mut files = Vec::new();
+    for f in map.values() {
+        let Some(f) = f.as_str() else {
+            return file_err(index, format!("weight_map value {f} is not a file name"));
+        };
+        // Shards live in the model folder: no `..`, no absolute path.
+        if !crate::data::corpus::inside(Path::new(f)) {
+            return file_err(
+                index,
+                format!("shard {f:?} is outside the model folder (absolute, or with ..)"),
+            );
+        }
+        files.push(dir.join(f));
+    }
     files.sort();
     files.dedup();
     for f in &files {
