@@ -239,6 +239,9 @@ fn eval(
         "train" => Split::Train,
         other => anyhow::bail!("--split {other}: expected test or train"),
     };
+    if batch_size == 0 {
+        anyhow::bail!("--batch-size 0: must be at least 1");
+    }
     let gpu = xlsr::Gpu::new()?;
     let t = xlsr::transcribe::Transcriber::load(&gpu, model)?;
     // A Common Voice folder is prepared (once) into a cache under the temp dir.

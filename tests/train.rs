@@ -112,14 +112,15 @@ fn resume_case(name: &str, extra: &[&str]) -> PathBuf {
     let full = dir.join("full");
     let a = train::run(&common::gpu(), &args(&model, &prep, &full, &common)).unwrap();
     assert_eq!(a.steps, 6);
-    // "Killed" after step 3: a run folder holding only checkpoint-3 and the log up to it.
+    // "Killed" during step 5: a run folder holding checkpoint-3 and the log up to step 4 (the
+    // resumed run logs step 4 again, and must drop the killed run's row for it).
     let cut = dir.join("cut");
     std::fs::create_dir_all(&cut).unwrap();
     copy_dir(&full.join("checkpoint-3"), &cut.join("checkpoint-3"));
     let log: Vec<String> = std::fs::read_to_string(full.join("metrics.jsonl"))
         .unwrap()
         .lines()
-        .take(3)
+        .take(4)
         .map(|l| format!("{l}\n"))
         .collect();
     std::fs::write(cut.join("metrics.jsonl"), log.concat()).unwrap();
@@ -593,5 +594,61 @@ fn eval_of_an_empty_split_is_an_error() {
     let (ok, stdout, stderr) = eval(&prep, &["--limit", "0"]);
     assert!(!ok, "{stdout}");
     assert!(stderr.contains("no utterances"), "{stderr}");
+    let (ok, stdout, stderr) = eval(&prep, &["--batch-size", "0"]);
+    assert!(!ok, "{stdout}");
+    assert!(stderr.contains("--batch-size 0"), "{stderr}");
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+/// Resuming names what is wrong: a corrupt newest checkpoint points to the previous one, and
+/// a trainer_state.json whose step disagrees with its folder name is refused.
+#[test]
+fn resume_problems_are_named() {
+    let dir = tmp("resumebad");
+    let prep = common::demo_subset(&dir, 2);
+    let model = tiny_model(&dir, &prep);
+    let g = common::gpu();
+    let run = dir.join("run");
+    let opts = [
+        "--max-steps",
+        "3",
+        "--save-steps",
+        "1",
+        "--eval-steps",
+        "0",
+        "--batch-size",
+        "2",
+    ];
+    train::run(&g, &args(&model, &prep, &run, &opts)).unwrap();
+    let mut resume = opts.to_vec();
+    resume.push("--resume");
+    // A truncated model in the newest checkpoint.
+    let weights = run.join("checkpoint-2/model.safetensors");
+    let bytes = std::fs::read(&weights).unwrap();
+    std::fs::write(&weights, &bytes[..bytes.len() / 2]).unwrap();
+    let e = train::run(&g, &args(&model, &prep, &run, &resume))
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("checkpoint-2") && e.contains("checkpoint-1") && e.contains("may be intact"),
+        "{e}"
+    );
+    // Moved aside as the error says; then a state whose step is not its folder's.
+    std::fs::rename(run.join("checkpoint-2"), dir.join("broken")).unwrap();
+    let state = run.join("checkpoint-1/trainer_state.json");
+    let text = std::fs::read_to_string(&state).unwrap();
+    let mut v: serde_json::Value = serde_json::from_str(&text).unwrap();
+    v["global_step"] = 7.into();
+    std::fs::write(&state, v.to_string()).unwrap();
+    let e = train::run(&g, &args(&model, &prep, &run, &resume))
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("global_step 7") && e.contains("checkpoint-1"),
+        "{e}"
+    );
+    std::fs::write(&state, text).unwrap();
+    let done = train::run(&g, &args(&model, &prep, &run, &resume)).unwrap();
+    assert_eq!(done.steps, 3);
     let _ = std::fs::remove_dir_all(dir);
 }

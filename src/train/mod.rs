@@ -110,6 +110,30 @@ pub fn run(gpu: &Gpu, args: &TrainArgs) -> Result<RunSummary> {
     } else {
         None
     };
+    // A checkpoint that cannot be read (a corrupt newest one) names the previous one.
+    let resume_hint = |e: Error| -> Error {
+        let Some(dir) = &resume_from else { return e };
+        let prev = state::list(&args.out)
+            .into_iter()
+            .map(|(_, p)| p)
+            .take_while(|p| p != dir)
+            .last();
+        Error::File {
+            path: dir.display().to_string(),
+            msg: format!(
+                "cannot resume from this checkpoint: {e}{}",
+                match prev {
+                    Some(p) => format!(
+                        "; the previous one, {}, may be intact: move {} out of the run folder \
+                         and --resume again",
+                        p.display(),
+                        dir.display()
+                    ),
+                    None => String::new(),
+                }
+            ),
+        }
+    };
     let model_dir = resume_from.clone().unwrap_or(args.model.clone());
     let (model, report) = Wav2Vec2ForCtc::load_with(
         gpu,
@@ -125,7 +149,8 @@ pub fn run(gpu: &Gpu, args: &TrainArgs) -> Result<RunSummary> {
             c.ctc_loss_reduction = "mean".into();
             c.ctc_zero_infinity = true;
         },
-    )?;
+    )
+    .map_err(resume_hint)?;
     let fresh_head = report.initialised.iter().any(|n| n.starts_with("lm_head"));
     if !fresh_head && model_dir.join("vocab.json").is_file() {
         let own = Vocab::load(&model_dir)?;
@@ -185,7 +210,7 @@ pub fn run(gpu: &Gpu, args: &TrainArgs) -> Result<RunSummary> {
         .unwrap_or((args.epochs * per_epoch as f64).ceil() as u64);
     let mut st = match &resume_from {
         Some(dir) => {
-            let s = state::load(dir, &mut opt)?;
+            let s = state::load(dir, &mut opt).map_err(resume_hint)?;
             println!("resumed from {} at step {}", dir.display(), s.global_step);
             s
         }

@@ -193,6 +193,19 @@ pub fn load(dir: &Path, opt: &mut AdamW) -> Result<TrainerState> {
     let text = std::fs::read_to_string(&path).or_else(|e| file_err(&path, e.to_string()))?;
     let state: TrainerState = serde_json::from_str(&text)
         .or_else(|e| file_err(&path, format!("not a trainer state: {e}")))?;
+    let named = dir
+        .file_name()
+        .and_then(|n| n.to_str()?.strip_prefix("checkpoint-")?.parse::<u64>().ok());
+    if named.is_some_and(|n| n != state.global_step) {
+        return file_err(
+            &path,
+            format!(
+                "global_step {} disagrees with the folder name {}: not this checkpoint's state",
+                state.global_step,
+                dir.file_name().unwrap_or_default().to_string_lossy()
+            ),
+        );
+    }
     let path = dir.join("optimizer.safetensors");
     let bytes = std::fs::read(&path).or_else(|e| file_err(&path, e.to_string()))?;
     let st = safetensors::SafeTensors::deserialize(&bytes)
