@@ -99,6 +99,11 @@ fn main() {
 
 fn run() -> Result<()> {
     let mut cli = Cli::parse();
+    if let Ok(v) = std::env::var("XLSR_MEMORY_LIMIT_GB") {
+        if !v.parse::<f64>().is_ok_and(|gb| gb.is_finite() && gb > 0.0) {
+            anyhow::bail!("XLSR_MEMORY_LIMIT_GB={v}: expected a number of gigabytes > 0 (e.g. 12)");
+        }
+    }
     // `--config train.json`: its options go first, so the command line's own win.
     if let Cmd::Train(args) = &cli.cmd {
         if let Some(path) = &args.config {

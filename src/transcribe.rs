@@ -66,7 +66,7 @@ impl Transcriber {
                 format!(
                     "{} samples at 16 kHz is too short for the model (needs at least {})",
                     x.len(),
-                    self.model.config.conv_kernel[0]
+                    self.model.config.min_samples()
                 ),
             );
         }

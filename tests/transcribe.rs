@@ -135,3 +135,56 @@ fn logits_output_never_overwrites_audio() {
     assert!(!dir.join("l.safetensors.tmp").exists());
     let _ = std::fs::remove_dir_all(dir);
 }
+
+/// Messages that once misled: a clip too short names the real minimum (the encoder's
+/// receptive field, not the first kernel), a folder is "a folder" (not "unsupported feature"),
+/// a bad XLSR_MEMORY_LIMIT_GB is refused, and running out of memory under it says so.
+#[test]
+fn cli_messages_name_the_real_cause() {
+    let t = Transcriber::load(&gpu(), &fixture("w2v2_large")).unwrap();
+    let c = &t.model.config;
+    let min = c.min_samples();
+    assert_eq!((c.frames(min), c.frames(min - 1)), (1, 0));
+    let dir = std::env::temp_dir().join(format!("xlsr-msg-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let short = dir.join("short.wav");
+    let spec = hound::WavSpec {
+        channels: 1,
+        sample_rate: 16000,
+        bits_per_sample: 16,
+        sample_format: hound::SampleFormat::Int,
+    };
+    let mut w = hound::WavWriter::create(&short, spec).unwrap();
+    for i in 0..(min - 1) {
+        w.write_sample((i as i16).wrapping_mul(97)).unwrap();
+    }
+    w.finalize().unwrap();
+    let e = t.transcribe(&short).err().unwrap().to_string();
+    assert!(e.contains(&format!("needs at least {min}")), "{e}");
+    let e = t.transcribe(&dir).err().unwrap().to_string();
+    assert!(e.contains("is a folder"), "{e}");
+
+    let cli = |limit: &str| {
+        let out = Command::new(env!("CARGO_BIN_EXE_xlsr"))
+            .env("XDG_RUNTIME_DIR", "/tmp")
+            .env("XLSR_MEMORY_LIMIT_GB", limit)
+            .args(["transcribe", "--model"])
+            .arg(fixture("w2v2_large"))
+            .arg(fixture("w2v2_large/clip.wav"))
+            .output()
+            .unwrap();
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let (ok, err) = cli("abc");
+    assert!(!ok && err.contains("XLSR_MEMORY_LIMIT_GB=abc"), "{err}");
+    let (ok, err) = cli("0.000001");
+    assert!(
+        !ok && err.contains("out of GPU memory") && err.contains("XLSR_MEMORY_LIMIT_GB=0.000001"),
+        "{err}"
+    );
+    let _ = std::fs::remove_dir_all(dir);
+}

@@ -29,6 +29,9 @@ pub fn load(path: &Path) -> Result<Vec<f32>, DataError> {
 /// Channels are averaged.
 pub fn decode(path: &Path) -> Result<(Vec<f32>, u32), DataError> {
     let meta = std::fs::metadata(path).map_err(|e| DataError::io(path, e))?;
+    if meta.is_dir() {
+        return Err(DataError::audio(path, "is a folder, not an audio file"));
+    }
     if meta.len() == 0 {
         return Err(DataError::EmptyAudio {
             path: path.into(),

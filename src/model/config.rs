@@ -289,6 +289,17 @@ impl Config {
         self.pad_token_id.unwrap_or(0)
     }
 
+    /// The fewest audio samples that make one frame (400 for wav2vec2's encoder).
+    pub fn min_samples(&self) -> usize {
+        self.conv_kernel
+            .iter()
+            .zip(&self.conv_stride)
+            .rev()
+            .fold(1usize, |n, (&k, &s)| {
+                (n - 1).saturating_mul(s).saturating_add(k)
+            })
+    }
+
     /// Frames the feature encoder makes from `samples` audio samples.
     pub fn frames(&self, samples: usize) -> usize {
         self.conv_kernel
