@@ -623,6 +623,15 @@ fn prepare_errors() {
     let err = prepare::run(&opts).unwrap_err().to_string();
     assert!(err.contains("train.tsv"), "{err}");
     assert!(Prepared::open(&out.join("prep")).is_err());
+    // --max-seconds must be a positive number.
+    for bad in [0.0, -1.0, f32::NAN, f32::INFINITY] {
+        let mut opts = Options::new(Source::common_voice(CORPUS), out.join("prep"));
+        opts.progress = false;
+        opts.max_seconds = bad;
+        let err = prepare::run(&opts).unwrap_err().to_string();
+        assert!(err.contains("--max-seconds"), "{bad}: {err}");
+    }
+    assert!(!out.join("prep").exists());
     std::fs::remove_dir_all(out).unwrap();
 }
 

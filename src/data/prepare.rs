@@ -252,6 +252,15 @@ struct Index {
 /// the same settings is reused without decoding anything (unless `opts.force`; the corpus files
 /// themselves are not compared).
 pub fn run(opts: &Options) -> Result<Summary, DataError> {
+    if !(opts.max_seconds.is_finite() && opts.max_seconds > 0.0) {
+        return Err(DataError::format(
+            &opts.out,
+            format!(
+                "--max-seconds {}: must be a finite number of seconds > 0",
+                opts.max_seconds
+            ),
+        ));
+    }
     if let (false, Ok(p)) = (opts.force, Prepared::open(&opts.out)) {
         if p.options.same_settings(opts) {
             let mut summary = p.summary;
