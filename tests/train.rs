@@ -124,9 +124,17 @@ fn resume_case(name: &str, extra: &[&str]) -> PathBuf {
         .map(|l| format!("{l}\n"))
         .collect();
     std::fs::write(cut.join("metrics.jsonl"), log.concat()).unwrap();
+    // Options changed on the resuming command line (learning rate, --model) are listed and
+    // not used: the run continues as the checkpoint was set up.
     let mut resumed = common.to_vec();
     resumed.push("--resume");
-    let b = train::run(&common::gpu(), &args(&model, &prep, &cut, &resumed)).unwrap();
+    let other = dir.join("elsewhere");
+    let mut changed = resumed.clone();
+    changed.extend(["--learning-rate", "5e-2"]);
+    let cut2 = dir.join("cut2");
+    copy_dir(&full.join("checkpoint-3"), &cut2.join("checkpoint-3"));
+    std::fs::copy(cut.join("metrics.jsonl"), cut2.join("metrics.jsonl")).unwrap();
+    let b = train::run(&common::gpu(), &args(&other, &prep, &cut, &changed)).unwrap();
     assert_eq!(b.steps, 6);
     let (la, lb) = (losses(&full), losses(&cut));
     assert_eq!(la.len(), 6);
@@ -135,6 +143,11 @@ fn resume_case(name: &str, extra: &[&str]) -> PathBuf {
     let wa = std::fs::read(full.join("final/model.safetensors")).unwrap();
     let wb = std::fs::read(cut.join("final/model.safetensors")).unwrap();
     assert!(wa == wb, "final weights differ");
+    // With --override the command line's learning rate is used: another run.
+    changed.push("--override");
+    train::run(&common::gpu(), &args(&model, &prep, &cut2, &changed)).unwrap();
+    assert_eq!(losses(&cut2)[..3], la[..3]);
+    assert_ne!(losses(&cut2)[4..], la[4..], "--override had no effect");
     // save_total_limit 1: only the newest checkpoint is kept.
     assert!(full.join("checkpoint-3").is_dir());
     dir

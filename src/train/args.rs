@@ -106,6 +106,11 @@ pub struct TrainArgs {
     #[arg(long, conflicts_with = "resume")]
     #[serde(default)]
     pub overwrite: bool,
+    /// With --resume: use the command line's options where they differ from the checkpoint's
+    /// (by default the checkpoint's are kept, and the differences are listed)
+    #[arg(long = "override", requires = "resume")]
+    #[serde(default)]
+    pub r#override: bool,
     /// Read options from this JSON file (same names; the command line wins)
     #[arg(long)]
     #[serde(skip)]
@@ -244,7 +249,7 @@ pub fn config_args(path: &std::path::Path) -> anyhow::Result<Vec<String>> {
         match v {
             serde_json::Value::Null => {}
             serde_json::Value::Bool(b) => {
-                if name == "resume" || name == "overwrite" {
+                if matches!(name.as_str(), "resume" | "overwrite" | "override") {
                     if *b {
                         out.push(format!("--{name}"));
                     }

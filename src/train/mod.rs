@@ -76,6 +76,16 @@ pub fn run(gpu: &Gpu, args: &TrainArgs) -> Result<RunSummary> {
         );
     }
     state::claim_run_dir(&args.out, args.resume, args.overwrite)?;
+    // --resume continues the run as it was set up: the checkpoint's options, unless --override.
+    let resumed;
+    let args = match state::list(&args.out).pop().filter(|_| args.resume) {
+        Some((_, dir)) => {
+            resumed = resumed_args(args, &dir);
+            resumed.validate()?;
+            &resumed
+        }
+        None => args,
+    };
     std::fs::create_dir_all(&args.out).or_else(|e| file_err(&args.out, e.to_string()))?;
     let data = open_data(&args.data, &args.out)?;
     if data.train.is_empty() {
@@ -220,6 +230,7 @@ pub fn run(gpu: &Gpu, args: &TrainArgs) -> Result<RunSummary> {
             ..TrainerState::default()
         },
     };
+    st.args = serde_json::to_value(args).ok();
     // A killed run may have logged past its last checkpoint: those rows are logged again.
     MetricsLog::truncate_after(&args.out, st.global_step)?;
     st.max_steps = total;
@@ -513,6 +524,63 @@ pub fn run(gpu: &Gpu, args: &TrainArgs) -> Result<RunSummary> {
         losses: MetricsLog::series(&rows, "loss"),
         eval: eval_result,
     })
+}
+
+/// The options a resumed run uses: the checkpoint's (saved in its trainer_state.json), with
+/// the differences on the command line listed, or with `--override` the command line's. The
+/// weights always come from the checkpoint, whatever `--model` says.
+fn resumed_args(args: &TrainArgs, checkpoint: &Path) -> TrainArgs {
+    use serde_json::Value;
+    const OWN: [&str; 4] = ["out", "resume", "overwrite", "override"];
+    let saved = std::fs::read_to_string(checkpoint.join("trainer_state.json"))
+        .ok()
+        .and_then(|t| serde_json::from_str::<Value>(&t).ok())
+        .and_then(|v| v.get("args")?.as_object().cloned());
+    let now = serde_json::to_value(args).ok();
+    let (Some(saved), Some(Value::Object(now))) = (saved, now) else {
+        return args.clone(); // a checkpoint from before options were saved
+    };
+    let differ: Vec<String> = now
+        .iter()
+        .filter(|(k, _)| !OWN.contains(&k.as_str()))
+        .filter_map(|(k, v)| {
+            let old = saved.get(k).unwrap_or(&Value::Null);
+            // f32 options print as f32 (3e-4, not 0.0003000000142492354).
+            let show = |v: &Value| match v.as_f64() {
+                Some(x) if v.is_f64() && (x as f32) as f64 == x => format!("{}", x as f32),
+                _ => v.to_string(),
+            };
+            (old != v).then(|| format!("--{k} {} (checkpoint: {})", show(v), show(old)))
+        })
+        .collect();
+    if differ.is_empty() {
+        return args.clone();
+    }
+    if args.r#override {
+        eprintln!(
+            "note: --override: resuming with the command line's options where they differ from \
+             the checkpoint's (the weights still come from the checkpoint): {}",
+            differ.join(", ")
+        );
+        return args.clone();
+    }
+    let mut merged = saved;
+    for k in OWN {
+        if let Some(v) = now.get(k) {
+            merged.insert(k.into(), v.clone());
+        }
+    }
+    match serde_json::from_value::<TrainArgs>(Value::Object(merged)) {
+        Ok(a) => {
+            eprintln!(
+                "note: resuming with the checkpoint's options; these differ on the command \
+                 line and are not used (pass --override to use them): {}",
+                differ.join(", ")
+            );
+            a
+        }
+        Err(_) => args.clone(),
+    }
 }
 
 /// Training stops after this many optimiser steps in a row were skipped for a non-finite loss
