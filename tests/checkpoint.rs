@@ -1,7 +1,9 @@
 //! Checkpoint folders as people have them: f16 / bf16 weights, sharded files, pretraining
 //! checkpoints without a CTC head, bare `Wav2Vec2Model` names, a folded positional-conv weight,
-//! and the errors for missing or mis-shaped tensors and bad configs. Each case rewrites the
-//! tiny large-layout fixture into a temporary folder.
+//! and the errors for missing, mis-shaped or non-finite tensors, bad config values, shard
+//! indexes that leave the folder, and a model transcribe cannot use (no CTC head, a vocab.json
+//! that does not fit it). Each case rewrites the tiny large-layout fixture into a temporary
+//! folder.
 
 mod common;
 use common::*;

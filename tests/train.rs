@@ -1,7 +1,10 @@
 //! `xlsr train` end to end on the committed Spanish corpus with tiny models: a resumed run
-//! repeats an uninterrupted one exactly, options come from a JSON config with the command line
-//! winning, `xlsr eval --json` prints the metrics, and bad input fails cleanly without
-//! touching earlier checkpoints. (The overfitting proof is in tests/overfit.rs.)
+//! repeats an uninterrupted one exactly (with the checkpoint's options, unless --override),
+//! options come from a JSON config with the command line winning, `xlsr eval --json` prints the
+//! metrics, a used run folder is refused and checkpoint rotation keeps the current run's newest,
+//! bad options and diverging runs stop with errors naming the flag, an empty eval split is an
+//! error, and bad input fails cleanly without touching earlier checkpoints. (The overfitting
+//! proof is in tests/overfit.rs.)
 
 mod common;
 use clap::Parser;

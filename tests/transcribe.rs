@@ -1,7 +1,9 @@
 //! `xlsr transcribe` on the tiny fixture model: the logits of a 16-bit WAV equal transformers'
-//! (Wav2Vec2FeatureExtractor normalisation, no attention mask) within 1e-4, the text is the
-//! greedy CTC decoding of those logits, `--logits` writes them, and bad files are reported
-//! by name without stopping the others.
+//! (Wav2Vec2FeatureExtractor normalisation, no attention mask) within 1e-4, the text is our
+//! greedy CTC decoding of transformers' logits (the same decoder: it is compared with HF's
+//! `processor.decode` in tests/data.rs `tokenizer_matches_hf_fixtures`, but no transcript from
+//! transformers is stored for this clip yet), `--logits` writes them, and bad files are
+//! reported by name without stopping the others; `--logits` never overwrites audio.
 
 mod common;
 use common::*;
