@@ -109,6 +109,8 @@ pub fn run(gpu: &Gpu, args: &DemoArgs) -> Result<RunSummary> {
         max_train_samples: Some(args.clips),
         max_eval_samples: Some(args.clips),
         fp16: args.fp16,
+        // The demo owns its folder (prepared/ and init/ stay): a rerun replaces its last run.
+        overwrite: true,
         ..from_scratch_args(&init, &prep, &args.out, args.steps)
     };
     let summary = train::run(gpu, &targs)?;

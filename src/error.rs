@@ -30,7 +30,8 @@ pub enum Error {
     #[error(
         "out of GPU memory: asked for {asked} bytes with {in_use} bytes in use; lower the batch \
          size or the longest clip (--batch-size, --max-batch-seconds, prepare --max-seconds), or \
-         turn on --gradient-checkpointing"
+         turn on --gradient-checkpointing{}",
+        memory_limit_hint()
     )]
     OutOfMemory { asked: u64, in_use: u64 },
     /// The GPU ran out of memory or rejected a command.
@@ -45,9 +46,20 @@ pub enum Error {
     /// Corpus, audio or vocabulary problem (names the file).
     #[error(transparent)]
     Data(#[from] crate::data::DataError),
+    /// A command-line option out of range (names the flag).
+    #[error("{0}")]
+    Usage(String),
     /// Autograd misuse (backward from a non-scalar, a value without a tape...).
     #[error("autograd: {0}")]
     Autograd(String),
+}
+
+/// The out-of-memory advice's last part when `XLSR_MEMORY_LIMIT_GB` set the limit.
+fn memory_limit_hint() -> String {
+    match std::env::var("XLSR_MEMORY_LIMIT_GB") {
+        Ok(v) => format!("; or raise XLSR_MEMORY_LIMIT_GB={v}, the limit this process was given"),
+        Err(_) => String::new(),
+    }
 }
 
 /// Engine result type.

@@ -105,6 +105,11 @@ fn main() {
 
 fn run() -> Result<()> {
     let mut cli = Cli::parse();
+    if let Ok(v) = std::env::var("XLSR_MEMORY_LIMIT_GB") {
+        if !v.parse::<f64>().is_ok_and(|gb| gb.is_finite() && gb > 0.0) {
+            anyhow::bail!("XLSR_MEMORY_LIMIT_GB={v}: expected a number of gigabytes > 0 (e.g. 12)");
+        }
+    }
     // `--config train.json`: its options go first, so the command line's own win.
     if let Cmd::Train(args) = &cli.cmd {
         if let Some(path) = &args.config {
@@ -263,6 +268,9 @@ fn transcribe(
     logits: Option<&std::path::Path>,
     files: &[std::path::PathBuf],
 ) -> Result<()> {
+    if let Some(path) = logits {
+        xlsr::transcribe::check_logits_path(path, files)?;
+    }
     let gpu = xlsr::Gpu::new()?;
     let t = xlsr::transcribe::Transcriber::load(&gpu, model)?;
     let mut done = Vec::new();
@@ -302,6 +310,9 @@ fn eval(
         "train" => Split::Train,
         other => anyhow::bail!("--split {other}: expected test or train"),
     };
+    if batch_size == 0 {
+        anyhow::bail!("--batch-size 0: must be at least 1");
+    }
     let gpu = xlsr::Gpu::new()?;
     let t = xlsr::transcribe::Transcriber::load(&gpu, model)?;
     // A Common Voice folder is prepared (once) into a cache under the temp dir.

@@ -215,6 +215,30 @@ impl MetricsLog {
         Ok(MetricsLog { path, file })
     }
 
+    /// Drops the rows logged after `step` (what a killed run logged past the checkpoint a
+    /// resumed run restarts from), so that no step appears twice. A missing log is fine.
+    pub fn truncate_after(run_dir: &Path, step: u64) -> Result<()> {
+        let path = run_dir.join("metrics.jsonl");
+        if !path.is_file() {
+            return Ok(());
+        }
+        let rows = Self::read(&path)?;
+        let kept: Vec<&LogRow> = rows
+            .iter()
+            .filter(|r| {
+                r.get("step")
+                    .and_then(|s| s.as_u64())
+                    .is_none_or(|s| s <= step)
+            })
+            .collect();
+        let mut text = String::new();
+        for r in kept {
+            text += &serde_json::to_string(r).unwrap_or_default();
+            text.push('\n');
+        }
+        crate::model::checkpoint::write_atomic(&path, text.as_bytes())
+    }
+
     /// Where the log is.
     pub fn path(&self) -> &Path {
         &self.path

@@ -96,6 +96,10 @@ pub struct AdamW {
     /// Optimiser steps taken (skipped steps not counted).
     pub step: u64,
     slots: Vec<Slot>,
+    /// A one-element tensor that is 0 when the step may be taken and NaN otherwise (e.g.
+    /// `0 * loss`): it joins the gradient norm, so a non-finite loss skips the step exactly as
+    /// a non-finite gradient does, without a read-back. Cleared by [`AdamW::zero_grad`].
+    guard: std::cell::RefCell<Option<Tensor>>,
 }
 
 impl AdamW {
@@ -116,7 +120,13 @@ impl AdamW {
                     state: None,
                 })
                 .collect(),
+            guard: Default::default(),
         }
+    }
+
+    /// Sets the guard of the next step (see the field's doc).
+    pub fn set_guard(&self, guard: Option<Tensor>) {
+        *self.guard.borrow_mut() = guard;
     }
 
     /// The gradients the next step would use: trainable parameters that have one.
@@ -141,7 +151,9 @@ impl AdamW {
         let Some((_, g0)) = grads.first() else {
             return Ok(None);
         };
-        let refs: Vec<&Tensor> = grads.iter().map(|(_, g)| g).collect();
+        let guard = self.guard.borrow();
+        let mut refs: Vec<&Tensor> = grads.iter().map(|(_, g)| g).collect();
+        refs.extend(guard.as_ref());
         global_norm_scaled(g0.gpu(), &refs, alpha).map(Some)
     }
 
@@ -295,6 +307,7 @@ impl AdamW {
 
     /// Clears the gradients of all parameters (HF calls `model.zero_grad()` after each step).
     pub fn zero_grad(&self) {
+        self.set_guard(None);
         for s in &self.slots {
             s.param.zero_grad();
         }

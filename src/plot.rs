@@ -128,7 +128,10 @@ pub fn training_plot(
     let mut tmp = path.as_os_str().to_owned();
     tmp.push(".tmp");
     let tmp = std::path::PathBuf::from(tmp);
-    std::fs::write(&tmp, svg).map_err(|e| err(format!("cannot write {}: {e}", tmp.display())))?;
+    std::fs::write(&tmp, svg).map_err(|e| {
+        let _ = std::fs::remove_file(&tmp); // a full disk leaves no empty .tmp behind
+        err(format!("cannot write {}: {e}", tmp.display()))
+    })?;
     std::fs::rename(&tmp, path).map_err(|e| {
         let _ = std::fs::remove_file(&tmp);
         err(format!("cannot rename {} into place: {e}", tmp.display()))

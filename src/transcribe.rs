@@ -29,8 +29,18 @@ pub struct Transcriber {
 impl Transcriber {
     /// Loads `dir`: a model folder with `config.json`, weights and `vocab.json`.
     pub fn load(gpu: &Gpu, dir: &Path) -> Result<Transcriber> {
-        let (model, _) = Wav2Vec2ForCtc::load(gpu, dir, None, 0)?;
+        let (model, report) = Wav2Vec2ForCtc::load(gpu, dir, None, 0)?;
+        if report.initialised.iter().any(|n| n.starts_with("lm_head")) {
+            // load() makes a random head for a pretraining checkpoint; decoding with it is
+            // noise. Only `xlsr train` may create a head.
+            return file_err(
+                dir,
+                "has no CTC head (lm_head.weight): a pretraining checkpoint, not a fine-tuned \
+                 model. Fine-tune it first with `xlsr train` (which creates the head)",
+            );
+        }
         let vocab = Vocab::load(dir)?;
+        vocab.check_head(&dir.join("vocab.json"), model.config.vocab_size)?;
         // The tokenizer may count special tokens (<s>, </s>) the head never predicts; the
         // blank must be one of the head's outputs.
         if vocab.pad as usize >= model.config.vocab_size {
@@ -56,7 +66,7 @@ impl Transcriber {
                 format!(
                     "{} samples at 16 kHz is too short for the model (needs at least {})",
                     x.len(),
-                    self.model.config.conv_kernel[0]
+                    self.model.config.min_samples()
                 ),
             );
         }
@@ -75,6 +85,56 @@ impl Transcriber {
             frames,
         })
     }
+}
+
+/// Checks the `--logits` output path before anything runs: it must not be one of the inputs
+/// (`transcribe --logits a.wav b.wav`, a forgotten output argument, once overwrote `a.wav`),
+/// nor any existing audio file, nor a folder.
+pub fn check_logits_path(out: &Path, inputs: &[PathBuf]) -> Result<()> {
+    let same = |a: &Path, b: &Path| match (std::fs::canonicalize(a), std::fs::canonicalize(b)) {
+        (Ok(a), Ok(b)) => a == b,
+        _ => a == b,
+    };
+    if inputs.iter().any(|i| same(i, out)) {
+        return file_err(
+            out,
+            "--logits names one of the input files; give the output file first \
+             (`--logits out.safetensors a.wav ...`)",
+        );
+    }
+    if out.is_dir() {
+        return file_err(out, "--logits must be a file, not a folder");
+    }
+    if out.is_file() && is_audio(out) {
+        return file_err(
+            out,
+            "--logits would overwrite an existing audio file; name a .safetensors file",
+        );
+    }
+    Ok(())
+}
+
+/// Whether `path` looks like audio: its extension, or its first bytes (RIFF/WAVE, ID3 or an
+/// MPEG frame sync, fLaC, OggS).
+fn is_audio(path: &Path) -> bool {
+    const EXT: [&str; 9] = [
+        "wav", "wave", "mp3", "flac", "ogg", "oga", "opus", "m4a", "aac",
+    ];
+    let ext = path
+        .extension()
+        .map(|e| e.to_string_lossy().to_lowercase())
+        .unwrap_or_default();
+    if EXT.contains(&ext.as_str()) {
+        return true;
+    }
+    let mut head = [0u8; 4];
+    let n = std::fs::File::open(path)
+        .and_then(|mut f| std::io::Read::read(&mut f, &mut head))
+        .unwrap_or(0);
+    n == 4
+        && (matches!(&head, b"RIFF" | b"fLaC" | b"OggS")
+            || &head[..3] == b"ID3"
+            || (head[0] == 0xFF && head[1] & 0xE0 == 0xE0))
 }
 
 /// Writes each transcript's logits as one f32 tensor [frames, vocab] named by the input's file

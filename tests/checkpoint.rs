@@ -1,7 +1,9 @@
 //! Checkpoint folders as people have them: f16 / bf16 weights, sharded files, pretraining
 //! checkpoints without a CTC head, bare `Wav2Vec2Model` names, a folded positional-conv weight,
-//! and the errors for missing or mis-shaped tensors and bad configs. Each case rewrites the
-//! tiny large-layout fixture into a temporary folder.
+//! and the errors for missing, mis-shaped or non-finite tensors, bad config values, shard
+//! indexes that leave the folder, and a model transcribe cannot use (no CTC head, a vocab.json
+//! that does not fit it). Each case rewrites the tiny large-layout fixture into a temporary
+//! folder.
 
 mod common;
 use common::*;
@@ -279,7 +281,7 @@ fn save_then_load_round_trips() {
     let dir = std::env::temp_dir().join(format!("xlsr-ckpt-save-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     m.save(&dir).unwrap();
-    assert!(!dir.join("model.tmp").exists());
+    assert!(!dir.join("model.safetensors.tmp").exists());
     let (back, report) = Wav2Vec2ForCtc::load(&gpu(), &dir, None, 0).unwrap();
     assert!(report.ignored.is_empty() && report.initialised.is_empty());
     assert_eq!(params(&back), params(&m));
@@ -319,7 +321,10 @@ fn bad_checkpoints_name_the_tensor_or_file() {
 
     let dir = variant("headsize", |_| {}, |_| {});
     let e = err_of(&dir, Some((30, 29)));
-    assert!(e.contains("12") && e.contains("30"), "{e}");
+    assert!(
+        e.contains("has 12 outputs") && e.contains("30") && !e.contains("Some("),
+        "{e}"
+    );
 
     std::fs::remove_file(dir.join("config.json")).unwrap();
     let e = err_of(&dir, None);
@@ -385,4 +390,157 @@ fn padded_batch_equals_single_utterances() {
             .fold(0f32, f32::max);
         assert!(err < 1e-5, "utterance {i}: padded vs alone differ by {err}");
     }
+}
+
+/// Every config.json field the model uses is checked at load: an error naming config.json and
+/// the field, never a panic (a conv stride of 0 once divided by zero).
+#[test]
+fn bad_config_values_name_the_field() {
+    type Edit = fn(&mut serde_json::Value);
+    let cases: [(&str, &str, Edit); 12] = [
+        ("stride0", "conv_stride", |c| c["conv_stride"][1] = 0.into()),
+        ("kernel0", "conv_kernel", |c| c["conv_kernel"][0] = 0.into()),
+        ("dim0", "conv_dim", |c| c["conv_dim"][2] = 0.into()),
+        ("eps0", "layer_norm_eps", |c| {
+            c["layer_norm_eps"] = 0.0.into()
+        }),
+        ("epsneg", "layer_norm_eps", |c| {
+            c["layer_norm_eps"] = (-1e-5).into()
+        }),
+        ("lengths", "conv_stride", |c| {
+            c["conv_stride"] = serde_json::json!([5, 2])
+        }),
+        ("heads", "num_attention_heads", |c| {
+            c["num_attention_heads"] = 5.into()
+        }),
+        ("groups", "num_conv_pos_embedding_groups", |c| {
+            c["num_conv_pos_embedding_groups"] = 0.into()
+        }),
+        ("drop", "hidden_dropout", |c| {
+            c["hidden_dropout"] = 1.5.into()
+        }),
+        ("layerdrop", "layerdrop", |c| c["layerdrop"] = 1.0.into()),
+        ("masklen", "mask_time_length", |c| {
+            c["mask_time_length"] = 0.into()
+        }),
+        ("reduction", "ctc_loss_reduction", |c| {
+            c["ctc_loss_reduction"] = "max".into()
+        }),
+    ];
+    for (name, field, edit) in cases {
+        let dir = variant(&format!("cfg-{name}"), |_| {}, edit);
+        let e = err_of(&dir, None);
+        assert!(
+            e.contains("config.json") && e.contains(field),
+            "{name}: {e}"
+        );
+        let _ = std::fs::remove_dir_all(dir);
+    }
+}
+
+/// A weight that is NaN or inf (a diverged run's checkpoint) is refused at load, naming the
+/// tensor; `xlsr eval` once reported `ctc_loss 0.0` for such a model.
+#[test]
+fn non_finite_weights_are_refused_by_name() {
+    let name = "wav2vec2.encoder.layers.0.feed_forward.output_dense.weight";
+    for (tag, bad) in [("nan", f32::NAN), ("inf", f32::INFINITY)] {
+        let dir = variant(
+            &format!("nonfinite-{tag}"),
+            |t| {
+                let e = t.get_mut(name).unwrap();
+                e.2[4..8].copy_from_slice(&bad.to_le_bytes());
+            },
+            |_| {},
+        );
+        let e = err_of(&dir, None);
+        assert!(
+            e.contains(name) && e.contains("non-finite") && e.contains("model.safetensors"),
+            "{e}"
+        );
+        let _ = std::fs::remove_dir_all(dir);
+    }
+}
+
+/// transcribe/eval need a fine-tuned model: no `lm_head.weight` (a pretraining checkpoint) is
+/// refused rather than decoded with a random head, and vocab.json must fit the head (size,
+/// duplicate ids).
+#[test]
+fn transcriber_needs_a_ctc_head_and_its_vocabulary() {
+    use xlsr::transcribe::Transcriber;
+    let vocab = std::fs::read_to_string(fixture_dir().join("vocab.json")).unwrap();
+    let with_vocab = |dir: &Path, text: &str| std::fs::write(dir.join("vocab.json"), text).unwrap();
+    let load_err = |dir: &Path| match Transcriber::load(&gpu(), dir) {
+        Ok(_) => panic!("{} loaded but should not", dir.display()),
+        Err(e) => e.to_string(),
+    };
+
+    let dir = variant(
+        "nohead",
+        |t| {
+            t.remove("lm_head.weight");
+            t.remove("lm_head.bias");
+        },
+        |_| {},
+    );
+    with_vocab(&dir, &vocab);
+    let e = load_err(&dir);
+    assert!(
+        e.contains("lm_head.weight") && e.contains("xlsr train"),
+        "{e}"
+    );
+    // `train` may still start from it (it creates the head, and says so).
+    let (_, report) = Wav2Vec2ForCtc::load(&gpu(), &dir, Some((12, 11)), 0).unwrap();
+    assert!(report.initialised.contains(&"lm_head.weight".to_string()));
+    let _ = std::fs::remove_dir_all(dir);
+
+    let dir = variant("vocab", |_| {}, |_| {});
+    with_vocab(&dir, &vocab);
+    assert!(Transcriber::load(&gpu(), &dir).is_ok());
+    let tokens: Vec<String> = (0..30).map(|i| format!("\"t{i}\": {i}")).collect();
+    for (what, text, want) in [
+        ("too many", format!("{{{}}}", tokens.join(",")), "29"),
+        (
+            "too few",
+            format!(
+                "{{{}, \"|\": 6, \"[UNK]\": 7, \"[PAD]\": 8}}",
+                tokens[..6].join(",")
+            ),
+            "no token for id 11",
+        ),
+        (
+            "duplicate",
+            vocab.replace("\"b\": 1", "\"b\": 0"),
+            "share id 0",
+        ),
+    ] {
+        with_vocab(&dir, &text);
+        let e = load_err(&dir);
+        assert!(e.contains("vocab.json") && e.contains(want), "{what}: {e}");
+    }
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+/// A sharded checkpoint's index may only name files inside the model folder.
+#[test]
+fn shard_index_stays_in_the_model_folder() {
+    let dir = variant("escape", |_| {}, |_| {});
+    let outside = dir.with_extension("outside.safetensors");
+    std::fs::rename(dir.join("model.safetensors"), &outside).unwrap();
+    let t = read_tensors(&outside);
+    let name = outside.file_name().unwrap().to_string_lossy().into_owned();
+    for target in [format!("../{name}"), outside.display().to_string()] {
+        let map: serde_json::Map<String, serde_json::Value> = t
+            .keys()
+            .map(|k| (k.clone(), target.clone().into()))
+            .collect();
+        let index = serde_json::json!({"metadata": {}, "weight_map": map});
+        std::fs::write(dir.join("model.safetensors.index.json"), index.to_string()).unwrap();
+        let e = err_of(&dir, None);
+        assert!(
+            e.contains("model.safetensors.index.json") && e.contains("outside the model folder"),
+            "{target}: {e}"
+        );
+    }
+    let _ = std::fs::remove_file(outside);
+    let _ = std::fs::remove_dir_all(dir);
 }

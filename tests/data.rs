@@ -203,6 +203,26 @@ fn decode_committed_mp3() {
     let peak = x.iter().fold(0f32, |m, v| m.max(v.abs()));
     assert!(rms > 0.01 && peak <= 1.01, "rms {rms} peak {peak}");
 
+    // Against an independent decoder: lame's 16-bit decode of the same file
+    // (tools/make_audio_fixtures.sh). Both skip the encoder delay and padding (gapless), so
+    // the lengths match and every sample agrees to within 16-bit rounding.
+    let lame: Vec<f32> = hound::WavReader::open(
+        Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("tests/fixtures/audio/common_voice_es_100000.lame.wav"),
+    )
+    .unwrap()
+    .into_samples::<i16>()
+    .map(|s| s.unwrap() as f32 / 32768.0)
+    .collect();
+    assert_eq!(native.len(), lame.len());
+    let err = lame
+        .iter()
+        .zip(&native)
+        .map(|(a, b)| (a - b).abs())
+        .fold(0f32, f32::max);
+    assert!(err < 1e-4, "symphonia vs lame: max |err| {err}");
+    assert!(native.iter().fold(0f32, |m, v| m.max(v.abs())) > 0.1);
+
     // The broken clips fail with an error naming the file, never a panic.
     for (name, what) in [
         ("common_voice_es_100033.mp3", "No such file"),
@@ -409,8 +429,11 @@ fn normalize_as_feature_extractor() {
 #[test]
 fn common_voice_tsv_parsing() {
     let dir = temp_dir("cv-parse");
-    // An older CV column order, quotes inside sentences, a CSV-quoted row holding a tab and a
-    // doubled quote, a quoted row spanning two lines, CRLF endings, and malformed rows.
+    // Read with quoting off (as Common Voice writes its TSVs): an older CV column order,
+    // quotes inside sentences, CRLF endings, and malformed rows: a quoted field holding a tab,
+    // extra and missing fields, a "quoted" sentence over two lines, and an opening quote with a
+    // stray tab, which a quoting reader once joined with the next row up to that row's quote
+    // (silently dropping it and polluting the vocabulary).
     let tsv = "client_id\tpath\tsentence\tup_votes\tdown_votes\tage\tgender\taccent\r\n\
                c1\ta.mp3\tElla dijo \"hola\".\t2\t0\t\t\t\r\n\
                c2\tb.mp3\t\"Vamos\", gritó.\t2\t0\t\t\t\r\n\
@@ -418,7 +441,9 @@ fn common_voice_tsv_parsing() {
                c4\td.mp3\tdos\tcolumnas de más\t2\t0\t\t\t\r\n\
                c5\te.mp3\tcorta\r\n\
                \r\n\
-               c6\tf.mp3\t\"dos\nlíneas\"\t2\t0\t\t\t\r\n";
+               c6\tf.mp3\t\"dos\nlíneas\"\t2\t0\t\t\t\r\n\
+               c7\tg.mp3\t\"Hola\tmundo\t2\t0\t\t\t\n\
+               c8\th.mp3\tdijo \"sí\" y\t2\t0\t\t\t\n";
     std::fs::write(dir.join("train.tsv"), tsv).unwrap();
     let t = corpus::read_common_voice(&dir, "train").unwrap();
     let got: Vec<(&str, &str)> = t
@@ -431,14 +456,22 @@ fn common_voice_tsv_parsing() {
         [
             ("a.mp3", "Ella dijo \"hola\"."),
             ("b.mp3", "\"Vamos\", gritó."),
-            ("c.mp3", "con\ttab y \"comillas\""),
-            ("f.mp3", "dos\nlíneas"),
+            ("h.mp3", "dijo \"sí\" y"),
         ]
     );
     assert_eq!(t.rows[0].path, dir.join("clips").join("a.mp3"));
     assert_eq!(t.rows[0].split, "train");
-    let bad: Vec<usize> = t.malformed.iter().map(|m| m.line).collect();
-    assert_eq!(bad, [5, 6]);
+    let bad: Vec<(usize, String)> = t
+        .malformed
+        .iter()
+        .map(|m| (m.line, m.reason.clone()))
+        .collect();
+    assert_eq!(
+        bad.iter().map(|b| b.0).collect::<Vec<_>>(),
+        [4, 5, 6, 8, 9, 10],
+        "{bad:?}"
+    );
+    assert_eq!(bad[0].1, "9 fields, expected 8");
 
     // Missing split file, missing column: clear errors naming the file.
     let err = corpus::read_common_voice(&dir, "dev")
@@ -453,6 +486,48 @@ fn common_voice_tsv_parsing() {
         err.contains("test.tsv") && err.contains("sentence"),
         "{err}"
     );
+    std::fs::remove_dir_all(dir).unwrap();
+}
+
+/// A Common Voice `path` names a file in `clips/`: `..` and absolute paths are malformed rows
+/// (counted as skipped, with a warning naming the TSV and the line), never read.
+#[test]
+fn common_voice_paths_stay_in_clips() {
+    let dir = temp_dir("cv-escape");
+    std::fs::create_dir_all(dir.join("clips/sub")).unwrap();
+    let header = "client_id\tpath\tsentence\n";
+    let tsv = format!(
+        "{header}c1\t../secret.mp3\thola\n\
+         c2\t/etc/passwd\thola\n\
+         c3\tsub/../../secret.mp3\thola\n\
+         c4\tsub/ok.mp3\thola\n\
+         c5\t\thola\n"
+    );
+    std::fs::write(dir.join("train.tsv"), tsv).unwrap();
+    std::fs::write(dir.join("dev.tsv"), header).unwrap();
+    std::fs::write(dir.join("test.tsv"), header).unwrap();
+    let t = corpus::read_common_voice(&dir, "train").unwrap();
+    let ids: Vec<&str> = t.rows.iter().map(|r| r.id.as_str()).collect();
+    assert_eq!(ids, ["sub/ok.mp3"]);
+    let lines: Vec<usize> = t.malformed.iter().map(|m| m.line).collect();
+    assert_eq!(lines, [2, 3, 4, 6]);
+    assert!(
+        t.malformed[0].reason.contains("leaves clips/"),
+        "{:?}",
+        t.malformed
+    );
+
+    let mut opts = Options::new(Source::common_voice(&dir), dir.join("prep"));
+    opts.progress = false;
+    let s = prepare::run(&opts).unwrap();
+    assert_eq!(s.skipped_by_reason()[&Skip::MalformedRow], 4);
+    let first = s
+        .skipped
+        .iter()
+        .find(|k| k.reason == Skip::MalformedRow)
+        .unwrap();
+    assert!(first.file.ends_with("train.tsv"), "{first:?}");
+    assert!(first.detail.starts_with("line 2:"), "{first:?}");
     std::fs::remove_dir_all(dir).unwrap();
 }
 
@@ -568,6 +643,15 @@ fn prepare_errors() {
     let err = prepare::run(&opts).unwrap_err().to_string();
     assert!(err.contains("train.tsv"), "{err}");
     assert!(Prepared::open(&out.join("prep")).is_err());
+    // --max-seconds must be a positive number.
+    for bad in [0.0, -1.0, f32::NAN, f32::INFINITY] {
+        let mut opts = Options::new(Source::common_voice(CORPUS), out.join("prep"));
+        opts.progress = false;
+        opts.max_seconds = bad;
+        let err = prepare::run(&opts).unwrap_err().to_string();
+        assert!(err.contains("--max-seconds"), "{bad}: {err}");
+    }
+    assert!(!out.join("prep").exists());
     std::fs::remove_dir_all(out).unwrap();
 }
 

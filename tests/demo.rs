@@ -13,6 +13,8 @@ fn demo_loss_falls() {
 fn demo_loss_falls_in_fp16() {
     if common::gpu().has_f16() {
         demo_case(true);
+    } else {
+        eprintln!("adapter has no SHADER_F16: fp16 demo not run");
     }
 }
 

@@ -78,25 +78,45 @@ fn chunked_dispatch_matches_unchunked() {
     }
 }
 
-/// A tensor larger than lavapipe's 128 MiB binding limit works end to end.
+/// A tensor larger than lavapipe's 128 MiB binding limit works end to end: every element of
+/// the result is checked (the data does not repeat, so a chunk read at a wrong offset shows),
+/// and where the adapter has timestamps, the kernels are seen to run in several chunks.
 #[test]
 fn tensors_beyond_the_binding_limit() {
-    let g = gpu();
+    let g = Gpu::new().unwrap();
     let n = (g.max_binding() / 4) as usize + 5_000_000;
-    assert!(n * 4 > 128 << 20 || g.max_binding() > 128 << 20);
-    let data: Vec<f32> = (0..n).map(|i| (i % 1000) as f32 * 1e-3 - 0.5).collect();
+    assert!(n * 4 > g.max_binding() as usize);
+    // A multiplicative hash of the index: no period shorter than the tensor.
+    let data: Vec<f32> = (0..n as u64)
+        .map(|i| ((i * 2_654_435_761) % 1_000_003) as f32 * 1e-6 - 0.5)
+        .collect();
     let x = Tensor::from_slice(&g, &data, &[n]).unwrap();
+    let profiling = g.profile_start().unwrap();
     let y = ops::activation::forward(
         ops::activation::Act::Relu,
         &ops::elementwise::add(&x, &x).unwrap(),
     )
     .unwrap();
     let s = ops::reduce::sum_all(&y).unwrap().item().unwrap() as f64;
+    let launches = g.profile_stop().unwrap();
     let want: f64 = data.iter().map(|&v| (2.0 * v as f64).max(0.0)).sum();
     assert!((s - want).abs() < 1e-4 * want, "{s} vs {want}");
     let v = y.to_vec().unwrap();
-    for i in [0, n / 2, n - 1] {
-        assert_eq!(v[i], (2.0 * data[i]).max(0.0));
+    assert_eq!(v.len(), n);
+    for (i, (&got, &d)) in v.iter().zip(&data).enumerate() {
+        assert_eq!(got, (2.0 * d).max(0.0), "element {i}");
+    }
+    if profiling {
+        // add and relu, one call each, each ran in more than one dispatch.
+        for kernel in ["binary", "relu_fwd"] {
+            let n = launches.iter().find(|k| k.0 == kernel).map_or(0, |k| k.2);
+            assert!(
+                n >= 2,
+                "{kernel}: {n} dispatches, not chunked: {launches:?}"
+            );
+        }
+    } else {
+        eprintln!("adapter has no timestamps: the chunked dispatches were not counted");
     }
 }
 

@@ -7,7 +7,8 @@
 //! tensor's largest magnitude (gradients floored as in tests/model.rs).
 //!
 //! Every test here needs an adapter with SHADER_F16 (lavapipe has it); on one without, they
-//! say so and pass, and `fp16_falls_back_without_shader_f16` checks the fallback message.
+//! say so and pass; tests/train.rs `fp16_without_shader_f16_trains_in_f32_with_a_note` checks
+//! the fallback message.
 
 mod common;
 use common::*;

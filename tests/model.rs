@@ -298,6 +298,8 @@ fn gradient_checkpointing_gives_identical_gradients() {
     for fp16 in [false, true] {
         if !fp16 || gpu().has_f16() {
             checkpointing_case(fp16);
+        } else {
+            eprintln!("adapter has no SHADER_F16: fp16 checkpointing case not run");
         }
     }
 }
@@ -385,14 +387,17 @@ fn fused_attention_matches_unfused_in_the_model() {
     let scale = l0.iter().fold(0f64, |m, v| m.max(v.abs() as f64));
     let err = max_abs_err(&l1, &l0);
     assert!(err <= 1e-5 * scale.max(1.0), "logits differ by {err:.2e}");
+    // Each tensor against its own largest gradient (the q/k gradients are far smaller than
+    // the largest gradient anywhere), floored at 1e-6 of that for tensors with almost none.
     let gmax = g0.iter().flatten().fold(0f64, |m, v| m.max(v.abs() as f64));
     for (i, (a, b)) in g1.iter().zip(&g0).enumerate() {
         assert_eq!(a.len(), b.len(), "gradient {i} presence");
         if !a.is_empty() {
+            let own = b.iter().fold(0f64, |m, v| m.max(v.abs() as f64));
             let e = max_abs_err(a, b);
             assert!(
-                e <= 1e-4 * gmax,
-                "gradient {i} differs by {e:.2e} (max {gmax:.2e})"
+                e <= 1e-4 * own.max(1e-6 * gmax),
+                "gradient {i} differs by {e:.2e} (its max {own:.2e}, overall {gmax:.2e})"
             );
         }
     }
@@ -408,6 +413,7 @@ fn accounting_only_peak_equals_the_real_peak() {
     let run = |accounting: bool, fp16: bool, checkpoint: bool| {
         let g = xlsr::Gpu::new().unwrap();
         if fp16 && !g.has_f16() {
+            eprintln!("adapter has no SHADER_F16: fp16 accounting case not run");
             return 0;
         }
         g.set_accounting_only(accounting);

@@ -1,7 +1,10 @@
 //! `xlsr train` end to end on the committed Spanish corpus with tiny models: a resumed run
-//! repeats an uninterrupted one exactly, options come from a JSON config with the command line
-//! winning, `xlsr eval --json` prints the metrics, and bad input fails cleanly without
-//! touching earlier checkpoints. (The overfitting proof is in tests/overfit.rs.)
+//! repeats an uninterrupted one exactly (with the checkpoint's options, unless --override),
+//! options come from a JSON config with the command line winning, `xlsr eval --json` prints the
+//! metrics, a used run folder is refused and checkpoint rotation keeps the current run's newest,
+//! bad options and diverging runs stop with errors naming the flag, an empty eval split is an
+//! error, and bad input fails cleanly without touching earlier checkpoints. (The overfitting
+//! proof is in tests/overfit.rs.)
 
 mod common;
 use clap::Parser;
@@ -112,20 +115,29 @@ fn resume_case(name: &str, extra: &[&str]) -> PathBuf {
     let full = dir.join("full");
     let a = train::run(&common::gpu(), &args(&model, &prep, &full, &common)).unwrap();
     assert_eq!(a.steps, 6);
-    // "Killed" after step 3: a run folder holding only checkpoint-3 and the log up to it.
+    // "Killed" during step 5: a run folder holding checkpoint-3 and the log up to step 4 (the
+    // resumed run logs step 4 again, and must drop the killed run's row for it).
     let cut = dir.join("cut");
     std::fs::create_dir_all(&cut).unwrap();
     copy_dir(&full.join("checkpoint-3"), &cut.join("checkpoint-3"));
     let log: Vec<String> = std::fs::read_to_string(full.join("metrics.jsonl"))
         .unwrap()
         .lines()
-        .take(3)
+        .take(4)
         .map(|l| format!("{l}\n"))
         .collect();
     std::fs::write(cut.join("metrics.jsonl"), log.concat()).unwrap();
+    // Options changed on the resuming command line (learning rate, --model) are listed and
+    // not used: the run continues as the checkpoint was set up.
     let mut resumed = common.to_vec();
     resumed.push("--resume");
-    let b = train::run(&common::gpu(), &args(&model, &prep, &cut, &resumed)).unwrap();
+    let other = dir.join("elsewhere");
+    let mut changed = resumed.clone();
+    changed.extend(["--learning-rate", "5e-2"]);
+    let cut2 = dir.join("cut2");
+    copy_dir(&full.join("checkpoint-3"), &cut2.join("checkpoint-3"));
+    std::fs::copy(cut.join("metrics.jsonl"), cut2.join("metrics.jsonl")).unwrap();
+    let b = train::run(&common::gpu(), &args(&other, &prep, &cut, &changed)).unwrap();
     assert_eq!(b.steps, 6);
     let (la, lb) = (losses(&full), losses(&cut));
     assert_eq!(la.len(), 6);
@@ -134,6 +146,11 @@ fn resume_case(name: &str, extra: &[&str]) -> PathBuf {
     let wa = std::fs::read(full.join("final/model.safetensors")).unwrap();
     let wb = std::fs::read(cut.join("final/model.safetensors")).unwrap();
     assert!(wa == wb, "final weights differ");
+    // With --override the command line's learning rate is used: another run.
+    changed.push("--override");
+    train::run(&common::gpu(), &args(&model, &prep, &cut2, &changed)).unwrap();
+    assert_eq!(losses(&cut2)[..3], la[..3]);
+    assert_ne!(losses(&cut2)[4..], la[4..], "--override had no effect");
     // save_total_limit 1: only the newest checkpoint is kept.
     assert!(full.join("checkpoint-3").is_dir());
     dir
@@ -240,13 +257,14 @@ fn bad_input_fails_cleanly() {
         "a file where the temporary folder goes",
     )
     .unwrap();
+    // (--resume: the folder is not empty; with no checkpoint in it the run starts fresh.)
     let e = train::run(
         &g,
         &args(
             &model,
             &prep,
             &run,
-            &[&base[..], &["--max-steps", "3"]].concat(),
+            &[&base[..], &["--max-steps", "3", "--resume"]].concat(),
         ),
     )
     .unwrap_err()
@@ -310,5 +328,343 @@ fn fp16_without_shader_f16_trains_in_f32_with_a_note() {
     assert!(stderr.contains("SHADER_F16"), "no note in: {stderr}");
     let state = std::fs::read_to_string(dir.join("run/checkpoint-1/trainer_state.json")).unwrap();
     assert!(!state.contains("grad_scaler"), "{state}");
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+fn names_in(dir: &Path) -> Vec<String> {
+    let mut v: Vec<String> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    v.sort();
+    v
+}
+
+/// Re-running into a used `--out` is refused unless `--resume` or `--overwrite`; rotation
+/// (`--save-total-limit`) runs over several saves and keeps the current run's newest
+/// checkpoints; `--overwrite` replaces the earlier run's files.
+#[test]
+fn used_run_folder_is_refused_and_rotation_keeps_the_newest() {
+    let dir = tmp("reuse");
+    let prep = common::demo_subset(&dir, 2);
+    let model = tiny_model(&dir, &prep);
+    let g = common::gpu();
+    let run = dir.join("run");
+    let opts = |steps: &str, limit: &str| -> Vec<String> {
+        [
+            "--max-steps",
+            steps,
+            "--save-steps",
+            "1",
+            "--save-total-limit",
+            limit,
+            "--eval-steps",
+            "0",
+            "--logging-steps",
+            "1",
+            "--batch-size",
+            "1",
+            "--grad-accum",
+            "1",
+        ]
+        .map(String::from)
+        .to_vec()
+    };
+    let run_with = |extra: &[String]| {
+        let refs: Vec<&str> = extra.iter().map(String::as_str).collect();
+        train::run(&g, &args(&model, &prep, &run, &refs))
+    };
+
+    // 6 steps, a save after each of steps 1..5 (the last step writes final/), keep 2.
+    let first = run_with(&opts("6", "2")).unwrap();
+    assert_eq!(first.steps, 6);
+    assert_eq!(
+        names_in(&run),
+        [
+            "checkpoint-4",
+            "checkpoint-5",
+            "final",
+            "metrics.jsonl",
+            "training.svg"
+        ],
+        "rotation keeps the two newest checkpoints"
+    );
+    let id = |ck: &str| train::state::run_id_of(&run.join(ck)).unwrap();
+    assert!(!id("checkpoint-4").is_empty());
+    assert_eq!(id("checkpoint-4"), id("checkpoint-5"));
+    let final_before = std::fs::read(run.join("final/model.safetensors")).unwrap();
+    let log_before = std::fs::read(run.join("metrics.jsonl")).unwrap();
+
+    // Again without --resume or --overwrite: refused, nothing touched.
+    let e = run_with(&opts("3", "2")).unwrap_err().to_string();
+    assert!(
+        e.contains("not empty") && e.contains("--resume") && e.contains("--overwrite"),
+        "{e}"
+    );
+    assert_eq!(
+        names_in(&run),
+        [
+            "checkpoint-4",
+            "checkpoint-5",
+            "final",
+            "metrics.jsonl",
+            "training.svg"
+        ]
+    );
+    assert!(std::fs::read(run.join("final/model.safetensors")).unwrap() == final_before);
+    assert!(std::fs::read(run.join("metrics.jsonl")).unwrap() == log_before);
+
+    // --overwrite: the earlier run's files go, the new run's checkpoints stay (rotation once
+    // deleted the new checkpoints because the old run's had higher steps).
+    let mut o = opts("3", "3");
+    o.push("--overwrite".into());
+    let second = run_with(&o).unwrap();
+    assert_eq!(second.steps, 3);
+    assert_eq!(
+        names_in(&run),
+        [
+            "checkpoint-1",
+            "checkpoint-2",
+            "final",
+            "metrics.jsonl",
+            "training.svg"
+        ]
+    );
+    assert_ne!(id("checkpoint-1"), "");
+    let steps: Vec<u64> = losses(&run).iter().map(|l| l.0).collect();
+    assert_eq!(steps, [1, 2, 3], "metrics.jsonl holds only the new run");
+    // --resume and --overwrite together make no sense.
+    let mut both = opts("3", "2");
+    both.extend(["--resume".into(), "--overwrite".into()]);
+    let mut v: Vec<String> = vec!["train".into(), "--model".into(), "m".into()];
+    v.extend(["--data", "d", "--out", "o"].map(String::from));
+    v.extend(both);
+    assert!(Cli::try_parse_from(v).is_err());
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+/// Every numeric option is checked before anything runs; the error names the flag.
+#[test]
+fn bad_numbers_are_refused_naming_the_flag() {
+    let cases: [(&str, &str); 22] = [
+        ("learning-rate", "nan"),
+        ("learning-rate", "inf"),
+        ("learning-rate", "-1e-4"),
+        ("weight-decay", "nan"),
+        ("weight-decay", "-0.1"),
+        ("max-grad-norm", "nan"),
+        ("epochs", "0"),
+        ("epochs", "inf"),
+        ("max-steps", "0"),
+        ("max-train-samples", "0"),
+        ("max-eval-samples", "0"),
+        ("save-total-limit", "0"),
+        ("logging-steps", "0"),
+        ("batch-size", "0"),
+        ("grad-accum", "0"),
+        ("max-batch-seconds", "0"),
+        ("max-batch-seconds", "nan"),
+        ("attention-dropout", "1"),
+        ("hidden-dropout", "-0.1"),
+        ("feat-proj-dropout", "nan"),
+        ("mask-time-prob", "1.5"),
+        ("layerdrop", "1"),
+    ];
+    let dir = tmp("flags");
+    let out = dir.join("never");
+    for (flag, value) in cases {
+        let a = args(
+            Path::new("m"),
+            Path::new("d"),
+            &out,
+            &[&format!("--{flag}={value}")],
+        );
+        let e = a.validate().unwrap_err().to_string();
+        assert!(e.starts_with(&format!("--{flag} ")), "{flag} {value}: {e}");
+        // train::run checks before it touches anything.
+        let e = train::run(&common::gpu(), &a).unwrap_err().to_string();
+        assert!(e.contains(&format!("--{flag}")), "{flag} {value}: {e}");
+        assert!(!out.exists());
+    }
+    assert!(args(Path::new("m"), Path::new("d"), &out, &[])
+        .validate()
+        .is_ok());
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+/// A diverging run stops with a clear error instead of skipping every step to the end and
+/// exiting 0: a learning rate that makes every loss non-finite stops after
+/// MAX_SKIPPED_IN_A_ROW skipped steps (the losses are logged as NaN, JSON null, not 0.0); one
+/// that overflows the weights stops at once, naming a tensor. Neither saves a model.
+#[test]
+fn diverging_run_stops_with_a_clear_error() {
+    let dir = tmp("diverge");
+    let prep = common::demo_subset(&dir, 2);
+    let model = tiny_model(&dir, &prep);
+    let g = common::gpu();
+    let base = [
+        "--max-steps",
+        "60",
+        "--save-steps",
+        "0",
+        "--eval-steps",
+        "0",
+        "--logging-steps",
+        "1",
+        "--batch-size",
+        "2",
+        "--grad-accum",
+        "1",
+        "--warmup-steps",
+        "0",
+        "--freeze-feature-encoder",
+        "false",
+    ];
+    let run = dir.join("huge");
+    let e = train::run(
+        &g,
+        &args(
+            &model,
+            &prep,
+            &run,
+            &[&base[..], &["--learning-rate", "1e30"]].concat(),
+        ),
+    )
+    .unwrap_err()
+    .to_string();
+    let n = train::MAX_SKIPPED_IN_A_ROW;
+    assert!(e.contains(&format!("{n} optimiser steps in a row")), "{e}");
+    assert!(e.contains("--learning-rate"), "{e}");
+    assert!(!run.join("final").exists());
+    let log = std::fs::read_to_string(run.join("metrics.jsonl")).unwrap();
+    let rows: Vec<serde_json::Value> = log
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert!(rows.len() as u64 >= n && (rows.len() as u64) < 60, "{log}");
+    // Every logged loss after the first (diverged) update is NaN, none is a fake 0.
+    for r in &rows[1..] {
+        assert!(r["loss"].is_null(), "{r}");
+    }
+
+    let run = dir.join("overflow");
+    let e = train::run(
+        &g,
+        &args(
+            &model,
+            &prep,
+            &run,
+            &[&base[..], &["--learning-rate", "1e38"]].concat(),
+        ),
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(
+        e.contains("step 1:") && e.contains("non-finite") && e.contains(".weight"),
+        "{e}"
+    );
+    assert!(!run.join("final").exists());
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+/// Zero utterances is no score: `xlsr eval` of an empty split (or `--limit 0`) fails instead
+/// of printing a perfect WER of 0.
+#[test]
+fn eval_of_an_empty_split_is_an_error() {
+    let dir = tmp("evalempty");
+    let prep = common::demo_subset(&dir, 2);
+    let model = tiny_model(&dir, &prep);
+    // A prep folder whose test split is empty.
+    let m = dir.join("train_manifest.tsv");
+    let mut opts = Options::new(
+        Source::Manifests {
+            train: vec![m],
+            test: vec![],
+        },
+        dir.join("notest"),
+    );
+    opts.progress = false;
+    prepare::run(&opts).unwrap();
+    let eval = |data: &Path, extra: &[&str]| {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_xlsr"))
+            .env("XDG_RUNTIME_DIR", "/tmp")
+            .args(["eval", "--json", "--model"])
+            .arg(&model)
+            .arg("--data")
+            .arg(data)
+            .args(extra)
+            .output()
+            .unwrap();
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let (ok, stdout, stderr) = eval(&dir.join("notest"), &[]);
+    assert!(!ok, "{stdout}");
+    assert!(
+        stderr.contains("no utterances") && stderr.contains("test"),
+        "{stderr}"
+    );
+    let (ok, stdout, stderr) = eval(&prep, &["--limit", "0"]);
+    assert!(!ok, "{stdout}");
+    assert!(stderr.contains("no utterances"), "{stderr}");
+    let (ok, stdout, stderr) = eval(&prep, &["--batch-size", "0"]);
+    assert!(!ok, "{stdout}");
+    assert!(stderr.contains("--batch-size 0"), "{stderr}");
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+/// Resuming names what is wrong: a corrupt newest checkpoint points to the previous one, and
+/// a trainer_state.json whose step disagrees with its folder name is refused.
+#[test]
+fn resume_problems_are_named() {
+    let dir = tmp("resumebad");
+    let prep = common::demo_subset(&dir, 2);
+    let model = tiny_model(&dir, &prep);
+    let g = common::gpu();
+    let run = dir.join("run");
+    let opts = [
+        "--max-steps",
+        "3",
+        "--save-steps",
+        "1",
+        "--eval-steps",
+        "0",
+        "--batch-size",
+        "2",
+    ];
+    train::run(&g, &args(&model, &prep, &run, &opts)).unwrap();
+    let mut resume = opts.to_vec();
+    resume.push("--resume");
+    // A truncated model in the newest checkpoint.
+    let weights = run.join("checkpoint-2/model.safetensors");
+    let bytes = std::fs::read(&weights).unwrap();
+    std::fs::write(&weights, &bytes[..bytes.len() / 2]).unwrap();
+    let e = train::run(&g, &args(&model, &prep, &run, &resume))
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("checkpoint-2") && e.contains("checkpoint-1") && e.contains("may be intact"),
+        "{e}"
+    );
+    // Moved aside as the error says; then a state whose step is not its folder's.
+    std::fs::rename(run.join("checkpoint-2"), dir.join("broken")).unwrap();
+    let state = run.join("checkpoint-1/trainer_state.json");
+    let text = std::fs::read_to_string(&state).unwrap();
+    let mut v: serde_json::Value = serde_json::from_str(&text).unwrap();
+    v["global_step"] = 7.into();
+    std::fs::write(&state, v.to_string()).unwrap();
+    let e = train::run(&g, &args(&model, &prep, &run, &resume))
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("global_step 7") && e.contains("checkpoint-1"),
+        "{e}"
+    );
+    std::fs::write(&state, text).unwrap();
+    let done = train::run(&g, &args(&model, &prep, &run, &resume)).unwrap();
+    assert_eq!(done.steps, 3);
     let _ = std::fs::remove_dir_all(dir);
 }

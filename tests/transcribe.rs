@@ -1,7 +1,9 @@
 //! `xlsr transcribe` on the tiny fixture model: the logits of a 16-bit WAV equal transformers'
-//! (Wav2Vec2FeatureExtractor normalisation, no attention mask) within 1e-4, the text is the
-//! greedy CTC decoding of those logits, `--logits` writes them, and bad files are reported
-//! by name without stopping the others.
+//! (Wav2Vec2FeatureExtractor normalisation, no attention mask) within 1e-4, the text is our
+//! greedy CTC decoding of transformers' logits (the same decoder: it is compared with HF's
+//! `processor.decode` in tests/data.rs `tokenizer_matches_hf_fixtures`, but no transcript from
+//! transformers is stored for this clip yet), `--logits` writes them, and bad files are
+//! reported by name without stopping the others; `--logits` never overwrites audio.
 
 mod common;
 use common::*;
@@ -85,4 +87,106 @@ fn cli_prints_text_writes_logits_and_names_bad_files() {
     assert!(!out.status.success());
     assert_eq!(stderr.lines().count(), 1, "{stderr}");
     assert!(stderr.contains("/nonexistent/model"), "{stderr}");
+}
+
+/// `transcribe --logits a.wav b.wav` (a forgotten output argument) once overwrote `a.wav` with
+/// safetensors data: an output that is an input, or any existing audio file, is refused
+/// before anything is written.
+#[test]
+fn logits_output_never_overwrites_audio() {
+    let dir = std::env::temp_dir().join(format!("xlsr-logits-guard-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let a = dir.join("a.wav");
+    std::fs::copy(fixture("w2v2_large/clip.wav"), &a).unwrap();
+    let before = std::fs::read(&a).unwrap();
+    // An audio file without an audio extension is recognised by its first bytes.
+    let b = dir.join("b.out");
+    std::fs::copy(fixture("w2v2_large/clip.wav"), &b).unwrap();
+    let run = |logits: &Path, files: &[&Path]| {
+        let out = Command::new(env!("CARGO_BIN_EXE_xlsr"))
+            .env("XDG_RUNTIME_DIR", "/tmp")
+            .args(["transcribe", "--model"])
+            .arg(fixture("w2v2_large"))
+            .arg("--logits")
+            .arg(logits)
+            .args(files)
+            .output()
+            .unwrap();
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let (ok, err) = run(&a, &[&fixture("w2v2_large/clip.wav"), &a]);
+    assert!(!ok && err.contains("one of the input files"), "{err}");
+    // The same file through another spelling of its path.
+    let (ok, err) = run(&dir.join(".").join("a.wav"), &[&a]);
+    assert!(!ok && err.contains("one of the input files"), "{err}");
+    let (ok, err) = run(&a, &[&fixture("w2v2_large/clip.wav")]);
+    assert!(!ok && err.contains("audio file"), "{err}");
+    let (ok, err) = run(&b, &[&fixture("w2v2_large/clip.wav")]);
+    assert!(!ok && err.contains("audio file"), "{err}");
+    assert!(std::fs::read(&a).unwrap() == before, "a.wav was modified");
+    assert!(std::fs::read(&b).unwrap() == before, "b.out was modified");
+    // A fresh output file is written (through a temporary name that does not stay behind).
+    let out = dir.join("l.safetensors");
+    let (ok, err) = run(&out, &[&a]);
+    assert!(ok, "{err}");
+    assert!(SafeTensors::deserialize(&std::fs::read(&out).unwrap()).is_ok());
+    assert!(!dir.join("l.safetensors.tmp").exists());
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+/// Messages that once misled: a clip too short names the real minimum (the encoder's
+/// receptive field, not the first kernel), a folder is "a folder" (not "unsupported feature"),
+/// a bad XLSR_MEMORY_LIMIT_GB is refused, and running out of memory under it says so.
+#[test]
+fn cli_messages_name_the_real_cause() {
+    let t = Transcriber::load(&gpu(), &fixture("w2v2_large")).unwrap();
+    let c = &t.model.config;
+    let min = c.min_samples();
+    assert_eq!((c.frames(min), c.frames(min - 1)), (1, 0));
+    let dir = std::env::temp_dir().join(format!("xlsr-msg-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let short = dir.join("short.wav");
+    let spec = hound::WavSpec {
+        channels: 1,
+        sample_rate: 16000,
+        bits_per_sample: 16,
+        sample_format: hound::SampleFormat::Int,
+    };
+    let mut w = hound::WavWriter::create(&short, spec).unwrap();
+    for i in 0..(min - 1) {
+        w.write_sample((i as i16).wrapping_mul(97)).unwrap();
+    }
+    w.finalize().unwrap();
+    let e = t.transcribe(&short).err().unwrap().to_string();
+    assert!(e.contains(&format!("needs at least {min}")), "{e}");
+    let e = t.transcribe(&dir).err().unwrap().to_string();
+    assert!(e.contains("is a folder"), "{e}");
+
+    let cli = |limit: &str| {
+        let out = Command::new(env!("CARGO_BIN_EXE_xlsr"))
+            .env("XDG_RUNTIME_DIR", "/tmp")
+            .env("XLSR_MEMORY_LIMIT_GB", limit)
+            .args(["transcribe", "--model"])
+            .arg(fixture("w2v2_large"))
+            .arg(fixture("w2v2_large/clip.wav"))
+            .output()
+            .unwrap();
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let (ok, err) = cli("abc");
+    assert!(!ok && err.contains("XLSR_MEMORY_LIMIT_GB=abc"), "{err}");
+    let (ok, err) = cli("0.000001");
+    assert!(
+        !ok && err.contains("out of GPU memory") && err.contains("XLSR_MEMORY_LIMIT_GB=0.000001"),
+        "{err}"
+    );
+    let _ = std::fs::remove_dir_all(dir);
 }

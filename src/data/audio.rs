@@ -21,6 +21,13 @@ pub const SAMPLE_RATE: u32 = 16_000;
 /// Decodes `path` and returns it as 16 kHz mono f32 (not normalised).
 pub fn load(path: &Path) -> Result<Vec<f32>, DataError> {
     let (mono, rate) = decode(path)?;
+    // A corrupt header's rate of a few Hz would resample to gigabytes.
+    if !(1_000..=768_000).contains(&rate) {
+        return Err(DataError::audio(
+            path,
+            format!("sample rate {rate} Hz is outside 1 kHz to 768 kHz (a corrupt header?)"),
+        ));
+    }
     resample(&mono, rate, SAMPLE_RATE).map_err(|msg| DataError::audio(path, msg))
 }
 
@@ -29,6 +36,9 @@ pub fn load(path: &Path) -> Result<Vec<f32>, DataError> {
 /// Channels are averaged.
 pub fn decode(path: &Path) -> Result<(Vec<f32>, u32), DataError> {
     let meta = std::fs::metadata(path).map_err(|e| DataError::io(path, e))?;
+    if meta.is_dir() {
+        return Err(DataError::audio(path, "is a folder, not an audio file"));
+    }
     if meta.len() == 0 {
         return Err(DataError::EmptyAudio {
             path: path.into(),

@@ -1,10 +1,9 @@
 //! Corpus readers: Common Voice release folders and plain `path<TAB>sentence` manifests.
 //!
-//! Common Voice TSVs are read as HF `datasets` reads them (`csv.QUOTE_NONE`): split on tabs,
-//! quotes are ordinary characters. A row whose column count is wrong but that parses as a
-//! CSV-quoted row (`"..."` fields, `""` for a quote, possibly spanning lines) is read that way,
-//! which covers sentences with tabs written by a quoting writer. Anything else is malformed:
-//! reported and skipped.
+//! Both are read as Common Voice writes them and HF `datasets` reads them (`csv.QUOTE_NONE`):
+//! one row per line, split on tabs, quotes are ordinary characters. A row whose field count is
+//! wrong is malformed: reported (file and line) and skipped, never joined with the next line.
+//! A Common Voice `path` must name a file inside `clips/` (no `..`, no absolute path).
 
 use super::DataError;
 use std::path::{Path, PathBuf};
@@ -59,12 +58,30 @@ pub fn read_common_voice(dir: &Path, split: &str) -> Result<Table, DataError> {
     };
     let (path_col, sentence_col) = (col("path")?, col("sentence")?);
     let clips = dir.join("clips");
-    Ok(parse_rows(&file, &text, header.len(), 1, |fields| Row {
-        id: fields[path_col].clone(),
-        path: clips.join(&fields[path_col]),
-        sentence: fields[sentence_col].clone(),
-        split: split.to_string(),
+    Ok(parse_rows(&file, &text, header.len(), 1, |fields| {
+        let name = &fields[path_col];
+        if !inside(Path::new(name)) {
+            return Err(format!(
+                "path {name:?} leaves clips/ (absolute, or with ..)"
+            ));
+        }
+        Ok(Row {
+            id: name.clone(),
+            path: clips.join(name),
+            sentence: fields[sentence_col].clone(),
+            split: split.to_string(),
+        })
     }))
+}
+
+/// Whether a relative path stays inside the folder it is joined to: only plain names (and
+/// `.`), no `..`, root or drive prefix. Also used for the shards a checkpoint index names.
+pub fn inside(path: &Path) -> bool {
+    use std::path::Component;
+    !path.as_os_str().is_empty()
+        && path
+            .components()
+            .all(|c| matches!(c, Component::Normal(_) | Component::CurDir))
 }
 
 /// Reads a manifest: one `path<TAB>sentence` per line, an optional `path<TAB>sentence` header,
@@ -77,11 +94,13 @@ pub fn read_manifest(file: &Path) -> Result<Table, DataError> {
     let split = file
         .file_stem()
         .map_or_else(|| "manifest".into(), |s| s.to_string_lossy().into_owned());
-    Ok(parse_rows(file, &text, 2, skip, |fields| Row {
-        id: fields[0].clone(),
-        path: base.join(&fields[0]),
-        sentence: fields[1].clone(),
-        split: split.clone(),
+    Ok(parse_rows(file, &text, 2, skip, |fields| {
+        Ok(Row {
+            id: fields[0].clone(),
+            path: base.join(&fields[0]),
+            sentence: fields[1].clone(),
+            split: split.clone(),
+        })
     }))
 }
 
@@ -93,99 +112,33 @@ fn read_text(file: &Path) -> Result<String, DataError> {
     Ok(text.strip_prefix('\u{feff}').unwrap_or(&text).to_string())
 }
 
-/// Parses the lines after the first `skip` into rows of `ncols` fields.
+/// Parses the lines after the first `skip` into rows of `ncols` fields, one row per line.
 fn parse_rows(
     file: &Path,
     text: &str,
     ncols: usize,
     skip: usize,
-    make: impl Fn(&[String]) -> Row,
+    make: impl Fn(&[String]) -> Result<Row, String>,
 ) -> Table {
-    let lines: Vec<&str> = text.lines().collect();
     let mut table = Table::default();
-    let mut i = skip;
-    while i < lines.len() {
-        let line = lines[i];
+    for (i, line) in text.lines().enumerate().skip(skip) {
         if line.trim().is_empty() {
-            i += 1;
             continue;
         }
-        let literal: Vec<String> = line.split('\t').map(String::from).collect();
-        if literal.len() == ncols {
-            table.rows.push(make(&literal));
-            i += 1;
-            continue;
+        let fields: Vec<String> = line.split('\t').map(String::from).collect();
+        let row = if fields.len() == ncols {
+            make(&fields)
+        } else {
+            Err(format!("{} fields, expected {ncols}", fields.len()))
+        };
+        match row {
+            Ok(r) => table.rows.push(r),
+            Err(reason) => table.malformed.push(Malformed {
+                file: file.to_path_buf(),
+                line: i + 1,
+                reason,
+            }),
         }
-        if let Some((fields, used)) = parse_quoted(&lines[i..], ncols) {
-            table.rows.push(make(&fields));
-            i += used;
-            continue;
-        }
-        table.malformed.push(Malformed {
-            file: file.to_path_buf(),
-            line: i + 1,
-            reason: format!("{} columns, expected {ncols}", literal.len()),
-        });
-        i += 1;
     }
     table
-}
-
-/// Reads one CSV-quoted record (tab-delimited, `"` quotes, `""` escapes) starting at
-/// `lines[0]`, continuing onto following lines while a quoted field is open (at most 8).
-/// Returns the fields and the number of lines used, if it has exactly `ncols` fields.
-fn parse_quoted(lines: &[&str], ncols: usize) -> Option<(Vec<String>, usize)> {
-    if !lines[0].contains('"') {
-        return None;
-    }
-    let mut fields = Vec::new();
-    let mut field = String::new();
-    let mut used = 1;
-    let mut chars: Vec<char> = lines[0].chars().collect();
-    let mut k = 0;
-    let mut at_start = true;
-    loop {
-        if k == chars.len() {
-            fields.push(std::mem::take(&mut field));
-            break;
-        }
-        let c = chars[k];
-        if at_start && c == '"' {
-            // Quoted field: up to the closing quote, which may be lines further down.
-            k += 1;
-            loop {
-                if k == chars.len() {
-                    if used == lines.len() || used >= 8 {
-                        return None;
-                    }
-                    field.push('\n');
-                    chars.extend(lines[used].chars());
-                    used += 1;
-                    continue;
-                }
-                if chars[k] == '"' {
-                    if chars.get(k + 1) == Some(&'"') {
-                        field.push('"');
-                        k += 2;
-                        continue;
-                    }
-                    k += 1;
-                    break;
-                }
-                field.push(chars[k]);
-                k += 1;
-            }
-            at_start = false;
-            continue;
-        }
-        if c == '\t' {
-            fields.push(std::mem::take(&mut field));
-            at_start = true;
-        } else {
-            field.push(c);
-            at_start = false;
-        }
-        k += 1;
-    }
-    (fields.len() == ncols).then_some((fields, used))
 }

@@ -109,7 +109,7 @@ impl Options {
 /// Why an utterance was left out.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 pub enum Skip {
-    /// The TSV row had the wrong number of columns.
+    /// The TSV row had the wrong number of fields, or a clip path that leaves `clips/`.
     MalformedRow,
     /// Nothing left of the sentence after normalisation.
     EmptySentence,
@@ -252,6 +252,15 @@ struct Index {
 /// the same settings is reused without decoding anything (unless `opts.force`; the corpus files
 /// themselves are not compared).
 pub fn run(opts: &Options) -> Result<Summary, DataError> {
+    if !(opts.max_seconds.is_finite() && opts.max_seconds > 0.0) {
+        return Err(DataError::format(
+            &opts.out,
+            format!(
+                "--max-seconds {}: must be a finite number of seconds > 0",
+                opts.max_seconds
+            ),
+        ));
+    }
     if let (false, Ok(p)) = (opts.force, Prepared::open(&opts.out)) {
         if p.options.same_settings(opts) {
             let mut summary = p.summary;
@@ -298,6 +307,11 @@ pub fn run(opts: &Options) -> Result<Summary, DataError> {
     let audio_path = opts.out.join("audio.f32");
     let file = File::create(&audio_path).map_err(|e| DataError::io(&audio_path, e))?;
     let mut writer = BufWriter::new(file);
+    // A failed write (a full disk) leaves no partial cache behind.
+    let write_failed = |e: std::io::Error| {
+        let _ = std::fs::remove_file(&audio_path);
+        DataError::io(&audio_path, e)
+    };
     let mut offset = 0u64;
     let max_samples = (opts.max_seconds as f64 * SAMPLE_RATE as f64) as usize;
     let total: usize = sets.iter().map(|(_, r)| r.len()).sum();
@@ -383,9 +397,7 @@ pub fn run(opts: &Options) -> Result<Summary, DataError> {
                     continue;
                 }
                 let bytes: Vec<u8> = samples.iter().flat_map(|s| s.to_le_bytes()).collect();
-                writer
-                    .write_all(&bytes)
-                    .map_err(|e| DataError::io(&audio_path, e))?;
+                writer.write_all(&bytes).map_err(write_failed)?;
                 kept.push(Utterance {
                     id: row.id.clone(),
                     split: row.split.clone(),
@@ -400,7 +412,8 @@ pub fn run(opts: &Options) -> Result<Summary, DataError> {
         }
     }
     bar.finish_and_clear();
-    writer.flush().map_err(|e| DataError::io(&audio_path, e))?;
+    writer.flush().map_err(write_failed)?;
+    drop(writer);
     let wall = start.elapsed().as_secs_f64();
 
     let train = out_sets.remove("train").unwrap_or_default();

@@ -31,6 +31,9 @@ pub struct Vocab {
     added: Vec<(String, bool)>,
     do_lower_case: bool,
     clean_up_spaces: bool,
+    /// Ids vocab.json itself defines: one past its largest id (special tokens it lacks come
+    /// after).
+    file_ids: usize,
 }
 
 impl Vocab {
@@ -70,6 +73,7 @@ impl Vocab {
             .unwrap_or(0);
         let mut tokens = vec![None; size];
         let mut ids = HashMap::new();
+        let file_ids = size;
         for (tok, id) in map {
             tokens[id as usize] = Some(tok.clone());
             ids.insert(tok, id);
@@ -113,7 +117,36 @@ impl Vocab {
             added,
             do_lower_case: cfg.do_lower_case,
             clean_up_spaces: cfg.clean_up_spaces,
+            file_ids,
         }
+    }
+
+    /// Checks this vocabulary against a CTC head of `outputs` rows (`path` is the vocab.json
+    /// named in the error): every output needs a token, and every id vocab.json defines must
+    /// be an output. Special tokens vocab.json lacks (`<s>`, `</s>`) may lie past the head.
+    pub fn check_head(&self, path: &Path, outputs: usize) -> Result<(), DataError> {
+        if self.file_ids > outputs {
+            return Err(DataError::format(
+                path,
+                format!(
+                    "defines ids up to {} ({} tokens), but the model's CTC head has {outputs} \
+                     outputs: not this model's vocabulary",
+                    self.file_ids - 1,
+                    self.file_ids
+                ),
+            ));
+        }
+        if let Some(id) = (0..outputs).find(|&i| self.tokens.get(i).is_none_or(|t| t.is_none())) {
+            return Err(DataError::format(
+                path,
+                format!(
+                    "has no token for id {id}, but the model's CTC head has {outputs} outputs \
+                     (the vocabulary has {} ids): not this model's vocabulary",
+                    self.len()
+                ),
+            ));
+        }
+        Ok(())
     }
 
     /// Number of ids, HF's `len(tokenizer)` and the CTC head's output size: one past the
@@ -302,10 +335,17 @@ impl Vocab {
             .as_object()
             .ok_or_else(|| DataError::format(&path, "expected a JSON object {token: id}"))?;
         let mut map = Vec::with_capacity(obj.len());
+        let mut seen: HashMap<u32, &String> = HashMap::new();
         for (tok, id) in obj {
             let id = id.as_u64().filter(|&id| id < u32::MAX as u64).ok_or_else(|| {
                 DataError::format(&path, format!("token {tok:?}: id {id} is not an integer id (multilingual vocab.json files are not supported)"))
             })?;
+            if let Some(other) = seen.insert(id as u32, tok) {
+                return Err(DataError::format(
+                    &path,
+                    format!("tokens {other:?} and {tok:?} share id {id}: each id needs one token"),
+                ));
+            }
             map.push((tok.clone(), id as u32));
         }
         let mut cfg = TokenizerConfig::default();

@@ -159,6 +159,16 @@ impl Checkpoint {
                 format!("tensor {name}: {} values for shape {shape:?}", values.len()),
             );
         }
+        if let Some(i) = values.iter().position(|x| !x.is_finite()) {
+            return file_err(
+                path,
+                format!(
+                    "tensor {name} holds a non-finite value ({} at index {i}): the weights are \
+                     corrupt (a diverged run?)",
+                    values[i]
+                ),
+            );
+        }
         Ok(Some(values))
     }
 
@@ -181,11 +191,20 @@ fn shard_files(index: &Path) -> Result<Vec<PathBuf>> {
         return file_err(index, "has no weight_map");
     };
     let dir = index.parent().unwrap_or(Path::new("."));
-    let mut files: Vec<PathBuf> = map
-        .values()
-        .filter_map(|f| f.as_str())
-        .map(|f| dir.join(f))
-        .collect();
+    let mut files = Vec::new();
+    for f in map.values() {
+        let Some(f) = f.as_str() else {
+            return file_err(index, format!("weight_map value {f} is not a file name"));
+        };
+        // Shards live in the model folder: no `..`, no absolute path.
+        if !crate::data::corpus::inside(Path::new(f)) {
+            return file_err(
+                index,
+                format!("shard {f:?} is outside the model folder (absolute, or with ..)"),
+            );
+        }
+        files.push(dir.join(f));
+    }
     files.sort();
     files.dedup();
     for f in &files {
@@ -218,10 +237,13 @@ pub fn save(path: &Path, tensors: &[(String, Vec<usize>, Vec<f32>)]) -> Result<(
     write_atomic(path, &bytes)
 }
 
-/// Writes `bytes` to `path` via `path.tmp` + fsync + rename.
+/// Writes `bytes` to `path` via `path` + `.tmp` + fsync + rename (the whole name gets the
+/// suffix, so `a.wav` never stands in for another file's temporary `a.tmp`).
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
     use std::io::Write;
-    let tmp = path.with_extension("tmp");
+    let mut tmp = path.as_os_str().to_owned();
+    tmp.push(".tmp");
+    let tmp = PathBuf::from(tmp);
     let res = (|| -> std::io::Result<()> {
         let mut f = std::fs::File::create(&tmp)?;
         f.write_all(bytes)?;

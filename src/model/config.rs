@@ -158,6 +158,75 @@ impl Config {
                 self.conv_kernel.len()
             ));
         }
+        for (field, list) in [
+            ("conv_dim", &self.conv_dim),
+            ("conv_stride", &self.conv_stride),
+            ("conv_kernel", &self.conv_kernel),
+        ] {
+            if let Some(i) = list.iter().position(|&x| x == 0) {
+                return bad(format!("{field}[{i}] is 0; every entry must be at least 1"));
+            }
+        }
+        for (field, v) in [
+            ("vocab_size", self.vocab_size),
+            ("hidden_size", self.hidden_size),
+            ("intermediate_size", self.intermediate_size),
+            ("num_conv_pos_embeddings", self.num_conv_pos_embeddings),
+        ] {
+            if v == 0 {
+                return bad(format!("{field} is 0; it must be at least 1"));
+            }
+        }
+        if !(self.layer_norm_eps.is_finite() && self.layer_norm_eps > 0.0) {
+            return bad(format!(
+                "layer_norm_eps is {}; it must be a finite number > 0",
+                self.layer_norm_eps
+            ));
+        }
+        if !(self.initializer_range.is_finite() && self.initializer_range >= 0.0) {
+            return bad(format!(
+                "initializer_range is {}; it must be a finite number >= 0",
+                self.initializer_range
+            ));
+        }
+        for (field, p) in [
+            ("hidden_dropout", self.hidden_dropout),
+            ("activation_dropout", self.activation_dropout),
+            ("attention_dropout", self.attention_dropout),
+            ("feat_proj_dropout", self.feat_proj_dropout),
+            ("final_dropout", self.final_dropout),
+            ("layerdrop", self.layerdrop),
+            ("mask_time_prob", self.mask_time_prob),
+            ("mask_feature_prob", self.mask_feature_prob),
+        ] {
+            if !(0.0..1.0).contains(&p) {
+                return bad(format!(
+                    "{field} is {p}; it must be a probability in [0, 1)"
+                ));
+            }
+        }
+        for (field, prob, len) in [
+            (
+                "mask_time_length",
+                self.mask_time_prob,
+                self.mask_time_length,
+            ),
+            (
+                "mask_feature_length",
+                self.mask_feature_prob,
+                self.mask_feature_length,
+            ),
+        ] {
+            if prob > 0.0 && len == 0 {
+                return bad(format!("{field} is 0; masking needs spans of at least 1"));
+            }
+        }
+        if !matches!(self.ctc_loss_reduction.as_str(), "mean" | "sum" | "none") {
+            return bad(format!(
+                "ctc_loss_reduction is {:?}; expected \"mean\", \"sum\" or \"none\"",
+                self.ctc_loss_reduction
+            ));
+        }
         if self.num_attention_heads == 0
             || !self.hidden_size.is_multiple_of(self.num_attention_heads)
         {
@@ -218,6 +287,17 @@ impl Config {
     /// The CTC blank: the pad token.
     pub fn blank(&self) -> usize {
         self.pad_token_id.unwrap_or(0)
+    }
+
+    /// The fewest audio samples that make one frame (400 for wav2vec2's encoder).
+    pub fn min_samples(&self) -> usize {
+        self.conv_kernel
+            .iter()
+            .zip(&self.conv_stride)
+            .rev()
+            .fold(1usize, |n, (&k, &s)| {
+                (n - 1).saturating_mul(s).saturating_add(k)
+            })
     }
 
     /// Frames the feature encoder makes from `samples` audio samples.

@@ -253,9 +253,11 @@ impl Wav2Vec2ForCtc {
                 return file_err(
                     dir,
                     format!(
-                        "the checkpoint's CTC head has {:?} outputs but the vocabulary has {size} tokens; \
+                        "the checkpoint's CTC head has {} outputs but the vocabulary has {size} tokens; \
                          start from a pretraining checkpoint or the matching vocab.json",
-                        ck.shape("lm_head.weight").map(|s| s[0])
+                        ck.shape("lm_head.weight")
+                            .and_then(|s| s.first())
+                            .map_or("?".into(), |n| n.to_string())
                     ),
                 );
             }

@@ -101,6 +101,16 @@ pub struct TrainArgs {
     /// Continue from the newest checkpoint in --out
     #[arg(long)]
     pub resume: bool,
+    /// Replace the earlier run in --out (its checkpoints, final model, metrics.jsonl and
+    /// training.svg); without it (or --resume) a used run folder is refused
+    #[arg(long, conflicts_with = "resume")]
+    #[serde(default)]
+    pub overwrite: bool,
+    /// With --resume: use the command line's options where they differ from the checkpoint's
+    /// (by default the checkpoint's are kept, and the differences are listed)
+    #[arg(long = "override", requires = "resume")]
+    #[serde(default)]
+    pub r#override: bool,
     /// Read options from this JSON file (same names; the command line wins)
     #[arg(long)]
     #[serde(skip)]
@@ -133,6 +143,93 @@ impl TrainArgs {
     }
 }
 
+impl TrainArgs {
+    /// Checks every numeric option (finite, in range) before anything runs; the error names
+    /// the flag.
+    pub fn validate(&self) -> crate::error::Result<()> {
+        let bad = |flag: &str, v: String, want: &str| -> crate::error::Result<()> {
+            Err(crate::error::Error::Usage(format!("--{flag} {v}: {want}")))
+        };
+        let count = |flag: &str, v: u64| {
+            if v == 0 {
+                bad(flag, v.to_string(), "must be at least 1")
+            } else {
+                Ok(())
+            }
+        };
+        count("batch-size", self.batch_size as u64)?;
+        count("grad-accum", self.grad_accum as u64)?;
+        count("logging-steps", self.logging_steps)?;
+        if let Some(n) = self.max_steps {
+            if n == 0 {
+                return bad(
+                    "max-steps",
+                    "0".into(),
+                    "must be at least 1 (0 would save an untrained model)",
+                );
+            }
+        }
+        if let Some(n) = self.max_train_samples {
+            count("max-train-samples", n as u64)?;
+        }
+        if let Some(n) = self.max_eval_samples {
+            count("max-eval-samples", n as u64)?;
+        }
+        if self.save_total_limit == 0 {
+            return bad(
+                "save-total-limit",
+                "0".into(),
+                "must be at least 1 (use --save-steps 0 to save only the final model)",
+            );
+        }
+        let non_negative = |flag: &str, v: f64| {
+            if v.is_finite() && v >= 0.0 {
+                Ok(())
+            } else {
+                bad(flag, v.to_string(), "must be a finite number >= 0")
+            }
+        };
+        non_negative("learning-rate", self.learning_rate as f64)?;
+        non_negative("weight-decay", self.weight_decay)?;
+        non_negative("max-grad-norm", self.max_grad_norm as f64)?;
+        if !(self.epochs.is_finite() && self.epochs > 0.0) {
+            return bad(
+                "epochs",
+                self.epochs.to_string(),
+                "must be a finite number > 0",
+            );
+        }
+        if let Some(s) = self.max_batch_seconds {
+            if !(s.is_finite() && s > 0.0) {
+                return bad(
+                    "max-batch-seconds",
+                    s.to_string(),
+                    "must be a finite number > 0",
+                );
+            }
+        }
+        for (flag, p) in [
+            ("attention-dropout", self.attention_dropout),
+            ("hidden-dropout", self.hidden_dropout),
+            ("feat-proj-dropout", self.feat_proj_dropout),
+            ("mask-time-prob", self.mask_time_prob),
+            ("layerdrop", self.layerdrop),
+        ] {
+            if !(0.0..1.0).contains(&p) {
+                return bad(flag, p.to_string(), "must be a probability in [0, 1)");
+            }
+        }
+        if !matches!(self.eval_split.as_str(), "test" | "train") {
+            return bad(
+                "eval-split",
+                self.eval_split.clone(),
+                "expected test or train",
+            );
+        }
+        Ok(())
+    }
+}
+
 /// Turns a JSON config object into `--name value` arguments, to be parsed before the command
 /// line's own so that those win.
 pub fn config_args(path: &std::path::Path) -> anyhow::Result<Vec<String>> {
@@ -152,9 +249,9 @@ pub fn config_args(path: &std::path::Path) -> anyhow::Result<Vec<String>> {
         match v {
             serde_json::Value::Null => {}
             serde_json::Value::Bool(b) => {
-                if name == "resume" {
+                if matches!(name.as_str(), "resume" | "overwrite" | "override") {
                     if *b {
-                        out.push("--resume".into());
+                        out.push(format!("--{name}"));
                     }
                 } else {
                     out.push(format!("--{name}={b}"));

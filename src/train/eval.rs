@@ -2,7 +2,7 @@
 //! them) and the mean CTC loss per utterance (each utterance's loss over its label length).
 
 use crate::data::{collate, Prepared, Split, Vocab};
-use crate::error::Result;
+use crate::error::{file_err, Result};
 use crate::metrics;
 use crate::model::{Forward, Wav2Vec2ForCtc};
 use crate::ops::ctc::{ctc_loss, Reduction};
@@ -40,6 +40,21 @@ pub fn evaluate(
 ) -> Result<EvalResult> {
     let utts = data.split(split);
     let n = limit.unwrap_or(utts.len()).min(utts.len());
+    if n == 0 {
+        // A perfect score over nothing is no score.
+        let name = match split {
+            Split::Train => "train",
+            Split::Test => "test",
+        };
+        return file_err(
+            &data.dir,
+            format!(
+                "the {name} split has no utterances to evaluate ({} clips skipped by prepare{})",
+                skipped_in(data, split),
+                if limit == Some(0) { "; --limit 0" } else { "" }
+            ),
+        );
+    }
     let mut order: Vec<usize> = (0..n).collect();
     order.sort_by_key(|&i| utts[i].samples);
     let v = model.config.vocab_size;
@@ -84,24 +99,23 @@ pub fn evaluate(
             let ids =
                 metrics::greedy_decode(&logits[b * t * v..(b + 1) * t * v], out.frames[b], v)?;
             pairs.push((utts[i].text.clone(), vocab.decode_ctc(&ids)));
-            loss_sum += losses[b] as f64 / tl[b].max(1) as f64;
+            // CTC with zero_infinity reports 0 for non-finite logits: report NaN instead.
+            let rows = &logits[b * t * v..][..out.frames[b] * v];
+            let loss = if rows.iter().all(|x| x.is_finite()) {
+                losses[b] as f64
+            } else {
+                f64::NAN
+            };
+            loss_sum += loss / tl[b].max(1) as f64;
         }
     }
     let refs: Vec<&str> = pairs.iter().map(|p| p.0.as_str()).collect();
     let hyps: Vec<&str> = pairs.iter().map(|p| p.1.as_str()).collect();
     let skipped = skipped_in(data, split);
     Ok(EvalResult {
-        wer: if n > 0 {
-            metrics::wer(&refs, &hyps)?
-        } else {
-            0.0
-        },
-        cer: if n > 0 {
-            metrics::cer(&refs, &hyps)?
-        } else {
-            0.0
-        },
-        ctc_loss: loss_sum / n.max(1) as f64,
+        wer: metrics::wer(&refs, &hyps)?,
+        cer: metrics::cer(&refs, &hyps)?,
+        ctc_loss: loss_sum / n as f64,
         utterances: n,
         skipped,
         pairs,

@@ -67,11 +67,7 @@ fn derive(seed: u64, step: u64, micro: u64) -> u64 {
 
 /// Runs `xlsr train`.
 pub fn run(gpu: &Gpu, args: &TrainArgs) -> Result<RunSummary> {
-    if args.batch_size == 0 || args.grad_accum == 0 {
-        return Err(Error::Autograd(
-            "--batch-size and --grad-accum must be at least 1".into(),
-        ));
-    }
+    args.validate()?;
     let fp16 = args.fp16 && gpu.has_f16();
     if args.fp16 && !fp16 {
         eprintln!(
@@ -79,6 +75,17 @@ pub fn run(gpu: &Gpu, args: &TrainArgs) -> Result<RunSummary> {
             gpu.info.name
         );
     }
+    state::claim_run_dir(&args.out, args.resume, args.overwrite)?;
+    // --resume continues the run as it was set up: the checkpoint's options, unless --override.
+    let resumed;
+    let args = match state::list(&args.out).pop().filter(|_| args.resume) {
+        Some((_, dir)) => {
+            resumed = resumed_args(args, &dir);
+            resumed.validate()?;
+            &resumed
+        }
+        None => args,
+    };
     std::fs::create_dir_all(&args.out).or_else(|e| file_err(&args.out, e.to_string()))?;
     let data = open_data(&args.data, &args.out)?;
     if data.train.is_empty() {
@@ -95,7 +102,7 @@ pub fn run(gpu: &Gpu, args: &TrainArgs) -> Result<RunSummary> {
         "test" => Split::Test,
         "train" => Split::Train,
         other => {
-            return Err(Error::Autograd(format!(
+            return Err(Error::Usage(format!(
                 "--eval-split {other}: expected test or train"
             )))
         }
@@ -113,6 +120,30 @@ pub fn run(gpu: &Gpu, args: &TrainArgs) -> Result<RunSummary> {
     } else {
         None
     };
+    // A checkpoint that cannot be read (a corrupt newest one) names the previous one.
+    let resume_hint = |e: Error| -> Error {
+        let Some(dir) = &resume_from else { return e };
+        let prev = state::list(&args.out)
+            .into_iter()
+            .map(|(_, p)| p)
+            .take_while(|p| p != dir)
+            .last();
+        Error::File {
+            path: dir.display().to_string(),
+            msg: format!(
+                "cannot resume from this checkpoint: {e}{}",
+                match prev {
+                    Some(p) => format!(
+                        "; the previous one, {}, may be intact: move {} out of the run folder \
+                         and --resume again",
+                        p.display(),
+                        dir.display()
+                    ),
+                    None => String::new(),
+                }
+            ),
+        }
+    };
     let model_dir = resume_from.clone().unwrap_or(args.model.clone());
     let (model, report) = Wav2Vec2ForCtc::load_with(
         gpu,
@@ -128,7 +159,8 @@ pub fn run(gpu: &Gpu, args: &TrainArgs) -> Result<RunSummary> {
             c.ctc_loss_reduction = "mean".into();
             c.ctc_zero_infinity = true;
         },
-    )?;
+    )
+    .map_err(resume_hint)?;
     let fresh_head = report.initialised.iter().any(|n| n.starts_with("lm_head"));
     if !fresh_head && model_dir.join("vocab.json").is_file() {
         let own = Vocab::load(&model_dir)?;
@@ -188,15 +220,19 @@ pub fn run(gpu: &Gpu, args: &TrainArgs) -> Result<RunSummary> {
         .unwrap_or((args.epochs * per_epoch as f64).ceil() as u64);
     let mut st = match &resume_from {
         Some(dir) => {
-            let s = state::load(dir, &mut opt)?;
+            let s = state::load(dir, &mut opt).map_err(resume_hint)?;
             println!("resumed from {} at step {}", dir.display(), s.global_step);
             s
         }
         None => TrainerState {
             seed: args.seed,
+            run_id: state::new_run_id(args.seed),
             ..TrainerState::default()
         },
     };
+    st.args = serde_json::to_value(args).ok();
+    // A killed run may have logged past its last checkpoint: those rows are logged again.
+    MetricsLog::truncate_after(&args.out, st.global_step)?;
     st.max_steps = total;
     if !fp16 {
         st.grad_scaler = None;
@@ -240,6 +276,7 @@ pub fn run(gpu: &Gpu, args: &TrainArgs) -> Result<RunSummary> {
         .ok()
         .and_then(|v| v.parse().ok());
     let profile_from = st.global_step + 1;
+    let mut skipped_in_a_row = 0u64;
     while st.global_step < total {
         if profile.is_some() && st.global_step == profile_from {
             gpu.profile_start()?;
@@ -248,6 +285,7 @@ pub fn run(gpu: &Gpu, args: &TrainArgs) -> Result<RunSummary> {
             print_profile(&gpu.profile_stop()?);
         }
         let mut micro = 0u64;
+        let mut step_loss: Option<Tensor> = None;
         while micro < args.grad_accum as u64 {
             if st.batch_in_epoch >= epoch_batches.len() {
                 if micro > 0 {
@@ -317,7 +355,10 @@ pub fn run(gpu: &Gpu, args: &TrainArgs) -> Result<RunSummary> {
                 // Loss scaling: backward runs on loss * scale; the optimiser unscales.
                 let scale = st.grad_scaler.as_ref().map_or(1.0, |g| g.scale);
                 tape.backward(&loss.scale(scale, 0.0)?, &[])?;
-                Ok(loss.value)
+                // CTC with zero_infinity turns non-finite logits into a loss of 0: add
+                // 0 * |logits| (0, or NaN when a logit is not finite) so the loss says NaN.
+                let bad = crate::ops::reduce::global_norm_scaled(gpu, &[&out.logits.value], 0.0)?;
+                crate::ops::elementwise::add(&loss.value, &bad)
             };
             let loss = step().map_err(|e| match e {
                 Error::Gpu(msg) => Error::Gpu(format!(
@@ -327,7 +368,7 @@ pub fn run(gpu: &Gpu, args: &TrainArgs) -> Result<RunSummary> {
                 )),
                 e => e,
             })?;
-            loss_sum = Some(match loss_sum.take() {
+            step_loss = Some(match step_loss.take() {
                 Some(s) => crate::ops::elementwise::add(&s, &loss)?,
                 None => loss,
             });
@@ -341,15 +382,27 @@ pub fn run(gpu: &Gpu, args: &TrainArgs) -> Result<RunSummary> {
             total,
             args.learning_rate,
         );
+        // A non-finite loss skips the step as a non-finite gradient does (0 * loss joins the
+        // gradient norm the update kernels check).
+        if let Some(l) = &step_loss {
+            opt.set_guard(Some(crate::ops::elementwise::scale(l, 0.0, 0.0)?));
+        }
         let outcome = match st.grad_scaler.as_mut() {
             Some(scaler) => scaler.step(&mut opt, lr, args.max_grad_norm)?,
             None => opt.clip_and_step(lr, args.max_grad_norm)?,
         };
         opt.zero_grad();
+        if let Some(l) = step_loss.take() {
+            loss_sum = Some(match loss_sum.take() {
+                Some(s) => crate::ops::elementwise::add(&s, &l)?,
+                None => l,
+            });
+        }
         st.global_step += 1;
         since_log += 1;
         if outcome.skipped {
             st.skipped_steps += 1;
+            skipped_in_a_row += 1;
             let why = match &st.grad_scaler {
                 // Expected now and then under fp16: GradScaler's way of finding the scale.
                 Some(g) => format!("overflowed in fp16; loss scale lowered to {}", g.scale),
@@ -358,10 +411,35 @@ pub fn run(gpu: &Gpu, args: &TrainArgs) -> Result<RunSummary> {
             say(
                 &bar,
                 format!(
-                    "step {}: gradient norm {} {why}; step skipped ({} so far)",
+                    "step {}: loss or gradient norm ({}) {why}; step skipped ({} so far)",
                     st.global_step, outcome.grad_norm, st.skipped_steps
                 ),
             );
+            if skipped_in_a_row >= MAX_SKIPPED_IN_A_ROW {
+                bar.abandon();
+                return Err(Error::Usage(format!(
+                    "steps {}..{}: {MAX_SKIPPED_IN_A_ROW} optimiser steps in a row were skipped \
+                     (loss or gradient norm not finite); stopping. Lower --learning-rate (now \
+                     {:e}) or --max-grad-norm, or check the data and the model for NaN{}",
+                    st.global_step + 1 - skipped_in_a_row,
+                    st.global_step,
+                    args.learning_rate,
+                    last_saved(&args.out)
+                )));
+            }
+        } else {
+            skipped_in_a_row = 0;
+            // An update that overflows the weights cannot be undone: stop before it is saved.
+            if let Some(name) = first_non_finite(&model)? {
+                bar.abandon();
+                return Err(Error::Usage(format!(
+                    "step {}: the update made {name} non-finite (NaN or inf); stopping before \
+                     it is saved. Lower --learning-rate (now {:e}){}",
+                    st.global_step,
+                    args.learning_rate,
+                    last_saved(&args.out)
+                )));
+            }
         }
         let epoch = st.epoch as f64 + st.batch_in_epoch as f64 / epoch_batches.len().max(1) as f64;
         let done = st.global_step == total;
@@ -446,6 +524,97 @@ pub fn run(gpu: &Gpu, args: &TrainArgs) -> Result<RunSummary> {
         losses: MetricsLog::series(&rows, "loss"),
         eval: eval_result,
     })
+}
+
+/// The options a resumed run uses: the checkpoint's (saved in its trainer_state.json), with
+/// the differences on the command line listed, or with `--override` the command line's. The
+/// weights always come from the checkpoint, whatever `--model` says.
+fn resumed_args(args: &TrainArgs, checkpoint: &Path) -> TrainArgs {
+    use serde_json::Value;
+    const OWN: [&str; 4] = ["out", "resume", "overwrite", "override"];
+    let saved = std::fs::read_to_string(checkpoint.join("trainer_state.json"))
+        .ok()
+        .and_then(|t| serde_json::from_str::<Value>(&t).ok())
+        .and_then(|v| v.get("args")?.as_object().cloned());
+    let now = serde_json::to_value(args).ok();
+    let (Some(saved), Some(Value::Object(now))) = (saved, now) else {
+        return args.clone(); // a checkpoint from before options were saved
+    };
+    let differ: Vec<String> = now
+        .iter()
+        .filter(|(k, _)| !OWN.contains(&k.as_str()))
+        .filter_map(|(k, v)| {
+            let old = saved.get(k).unwrap_or(&Value::Null);
+            // f32 options print as f32 (3e-4, not 0.0003000000142492354).
+            let show = |v: &Value| match v.as_f64() {
+                Some(x) if v.is_f64() && (x as f32) as f64 == x => format!("{}", x as f32),
+                _ => v.to_string(),
+            };
+            (old != v).then(|| format!("--{k} {} (checkpoint: {})", show(v), show(old)))
+        })
+        .collect();
+    if differ.is_empty() {
+        return args.clone();
+    }
+    if args.r#override {
+        eprintln!(
+            "note: --override: resuming with the command line's options where they differ from \
+             the checkpoint's (the weights still come from the checkpoint): {}",
+            differ.join(", ")
+        );
+        return args.clone();
+    }
+    let mut merged = saved;
+    for k in OWN {
+        if let Some(v) = now.get(k) {
+            merged.insert(k.into(), v.clone());
+        }
+    }
+    match serde_json::from_value::<TrainArgs>(Value::Object(merged)) {
+        Ok(a) => {
+            eprintln!(
+                "note: resuming with the checkpoint's options; these differ on the command \
+                 line and are not used (pass --override to use them): {}",
+                differ.join(", ")
+            );
+            a
+        }
+        Err(_) => args.clone(),
+    }
+}
+
+/// Training stops after this many optimiser steps in a row were skipped for a non-finite loss
+/// or gradient norm (fp16's loss scale would have fallen by 2^25 by then).
+pub const MAX_SKIPPED_IN_A_ROW: u64 = 25;
+
+/// The first trainable parameter holding a non-finite value, if any: one reduction on the
+/// device (0 * the global norm, NaN when any value is not finite), and a search only then.
+fn first_non_finite(model: &Wav2Vec2ForCtc) -> Result<Option<String>> {
+    let trainable: Vec<_> = model.params.iter().filter(|p| !p.is_frozen()).collect();
+    let values: Vec<Tensor> = trainable.iter().map(|p| p.value()).collect();
+    let refs: Vec<&Tensor> = values.iter().collect();
+    if refs.is_empty()
+        || crate::ops::reduce::global_norm_scaled(&model.gpu, &refs, 0.0)?
+            .item()?
+            .is_finite()
+    {
+        return Ok(None);
+    }
+    // The sum of squares also overflows for huge but finite weights (|x| > 1e19): look.
+    for (p, v) in trainable.iter().zip(&values) {
+        if v.to_vec()?.iter().any(|x| !x.is_finite()) {
+            return Ok(Some(p.name.clone()));
+        }
+    }
+    Ok(None)
+}
+
+/// "; the last checkpoint, NAME, is intact" (or nothing when there is none).
+fn last_saved(run_dir: &Path) -> String {
+    match state::list(run_dir).pop() {
+        Some((_, p)) => format!("; the last checkpoint, {}, is intact", p.display()),
+        None => String::new(),
+    }
 }
 
 fn print_profile(kernels: &[(&'static str, f64, u64)]) {

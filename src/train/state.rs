@@ -28,6 +28,13 @@ pub struct TrainerState {
     pub seed: u64,
     /// Audio seconds trained on so far.
     pub audio_seconds: f64,
+    /// Which run wrote the checkpoint (kept across `--resume`): rotation only deletes the
+    /// current run's checkpoints. Empty in checkpoints written before it existed.
+    #[serde(default)]
+    pub run_id: String,
+    /// The run's options (`TrainArgs` as JSON), so that `--resume` can say which differ.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub args: Option<serde_json::Value>,
     /// The fp16 loss scaler's state (absent in f32 runs).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub grad_scaler: Option<crate::optim::GradScaler>,
@@ -65,12 +72,96 @@ pub fn save(
             msg: format!("checkpoint not saved (earlier checkpoints are intact): {e}"),
         });
     }
-    let mut all = list(run_dir);
-    while all.len() > keep.max(1) {
-        let (_, old) = all.remove(0);
+    // Rotation: the current run's checkpoints only, oldest (lowest step) first, never the one
+    // just written.
+    let mut ours: Vec<PathBuf> = list(run_dir)
+        .into_iter()
+        .filter(|(_, p)| *p != dir && run_id_of(p).as_deref() == Some(state.run_id.as_str()))
+        .map(|(_, p)| p)
+        .collect();
+    while ours.len() + 1 > keep.max(1) {
+        let old = ours.remove(0);
         let _ = std::fs::remove_dir_all(old);
     }
     Ok(dir)
+}
+
+/// The `run_id` of a checkpoint (empty for one written before run ids existed), or `None` when
+/// its `trainer_state.json` cannot be read.
+pub fn run_id_of(checkpoint: &Path) -> Option<String> {
+    let text = std::fs::read_to_string(checkpoint.join("trainer_state.json")).ok()?;
+    let v: serde_json::Value = serde_json::from_str(&text).ok()?;
+    Some(
+        v.get("run_id")
+            .and_then(|r| r.as_str())
+            .unwrap_or("")
+            .to_string(),
+    )
+}
+
+/// A fresh run's id: time, process and seed, so two runs into one folder never share one.
+pub fn new_run_id(seed: u64) -> String {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos() as u64);
+    let mut rng = crate::rng::Rng::new(nanos ^ (std::process::id() as u64).rotate_left(32) ^ seed);
+    format!("{:016x}", rng.next_u64())
+}
+
+/// What a run writes into its folder (besides `prepared/`, the corpus cache, which is reused).
+fn is_run_file(name: &str) -> bool {
+    name.starts_with("checkpoint-")
+        || (name.starts_with(".checkpoint-") && name.ends_with(".tmp"))
+        || matches!(
+            name,
+            "final"
+                | ".final.tmp"
+                | "metrics.jsonl"
+                | "metrics.jsonl.tmp"
+                | "training.svg"
+                | "training.svg.tmp"
+        )
+}
+
+/// Checks that `run_dir` may be written by a new run: it must not exist, or hold nothing but
+/// `prepared/`, unless `resume` (continue it) or `overwrite` (delete the earlier run's files
+/// first: checkpoints, final model, metrics.jsonl, training.svg).
+pub fn claim_run_dir(run_dir: &Path, resume: bool, overwrite: bool) -> Result<()> {
+    let mut used: Vec<String> = std::fs::read_dir(run_dir)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| n != "prepared")
+        .collect();
+    used.sort();
+    if used.is_empty() || resume {
+        return Ok(());
+    }
+    if !overwrite {
+        let shown = if used.len() > 4 {
+            format!("{}, ... ({} entries)", used[..4].join(", "), used.len())
+        } else {
+            used.join(", ")
+        };
+        return file_err(
+            run_dir,
+            format!(
+                "the run folder is not empty ({shown}); pass --resume to continue the run in it, \
+                 --overwrite to replace it, or choose another --out"
+            ),
+        );
+    }
+    for name in used.iter().filter(|n| is_run_file(n)) {
+        let path = run_dir.join(name);
+        let res = if path.is_dir() {
+            std::fs::remove_dir_all(&path)
+        } else {
+            std::fs::remove_file(&path)
+        };
+        res.or_else(|e| file_err(&path, format!("--overwrite: cannot delete: {e}")))?;
+    }
+    Ok(())
 }
 
 /// Writes the model and tokenizer files (a folder `transformers` loads).
@@ -105,6 +196,19 @@ pub fn load(dir: &Path, opt: &mut AdamW) -> Result<TrainerState> {
     let text = std::fs::read_to_string(&path).or_else(|e| file_err(&path, e.to_string()))?;
     let state: TrainerState = serde_json::from_str(&text)
         .or_else(|e| file_err(&path, format!("not a trainer state: {e}")))?;
+    let named = dir
+        .file_name()
+        .and_then(|n| n.to_str()?.strip_prefix("checkpoint-")?.parse::<u64>().ok());
+    if named.is_some_and(|n| n != state.global_step) {
+        return file_err(
+            &path,
+            format!(
+                "global_step {} disagrees with the folder name {}: not this checkpoint's state",
+                state.global_step,
+                dir.file_name().unwrap_or_default().to_string_lossy()
+            ),
+        );
+    }
     let path = dir.join("optimizer.safetensors");
     let bytes = std::fs::read(&path).or_else(|e| file_err(&path, e.to_string()))?;
     let st = safetensors::SafeTensors::deserialize(&bytes)
