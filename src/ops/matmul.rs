@@ -382,7 +382,7 @@ fn try_coop(
 /// workspace, then `splitk_sum` adds them with the bias (and C, when accumulating) into C.
 fn split_dispatch(
     gpu: &crate::Gpu,
-    kernel: &Kernel,
+    tiled: &Kernel,
     prm: Params,
     splits: usize,
     batch: usize,
@@ -400,7 +400,7 @@ fn split_dispatch(
         ..prm
     };
     gpu.dispatch(
-        kernel,
+        tiled,
         gemm.words(),
         &[ar, br, biasr, ws.bind()],
         [
@@ -416,15 +416,12 @@ fn split_dispatch(
     };
     let dm = dummy(gpu)?;
     gpu.dispatch(
-        &kernel_f32_sum(),
+        // The f32 build: the partials are f32 whatever the inputs were.
+        &kernel("matmul", "splitk_sum"),
         sum.words(),
         &[ws.bind(), dm.bind(), biasr, cr],
         crate::gpu::grid(total as u64, 256),
     )
-}
-
-fn kernel_f32_sum() -> Kernel {
-    kernel("matmul", "splitk_sum")
 }
 
 /// Gradients of C = op(A) op(B) + bias given dC: (dA, dB, dbias). With f16 A and B, dC is
