@@ -156,105 +156,32 @@ fn coop_matmul_matches_rounded_f64() {
 #[test]
 fn coop_selection_rules() {
     use xlsr::ops::matmul::coop_fits;
-    // The model's GEMMs: x W (rows arbitrary), dY Wᵀ, Xᵀ dY (K = rows arbitrary).
-    assert!(coop_fits(
-        [1993, 1024, 1024],
-        false,
-        false,
-        [0; 3],
-        [0; 3],
-        false
-    ));
-    assert!(coop_fits(
-        [1993, 1024, 4096],
-        false,
-        true,
-        [0; 3],
-        [0; 3],
-        false
-    ));
-    assert!(coop_fits(
-        [1024, 4096, 1993],
-        true,
-        false,
-        [0; 3],
-        [0; 3],
-        false
-    ));
-    // Too small for one 64x64 tile, or accumulating into C (split over bindings).
-    assert!(!coop_fits(
-        [63, 1024, 1024],
-        false,
-        false,
-        [0; 3],
-        [0; 3],
-        false
-    ));
-    assert!(!coop_fits(
-        [1024, 40, 1024],
-        false,
-        false,
-        [0; 3],
-        [0; 3],
-        false
-    ));
-    assert!(!coop_fits(
-        [1024, 1024, 1024],
-        false,
-        false,
-        [0; 3],
-        [0; 3],
-        true
-    ));
-    // Unaligned fragment rows: leading dimension, offset or batch stride not a multiple of 8.
-    assert!(!coop_fits(
-        [128, 128, 1020],
-        false,
-        false,
-        [0; 3],
-        [0; 3],
-        false
-    ));
-    assert!(!coop_fits(
-        [1020, 128, 128],
-        true,
-        false,
-        [0; 3],
-        [0; 3],
-        false
-    ));
-    assert!(!coop_fits(
-        [128, 128, 1020],
-        false,
-        true,
-        [0; 3],
-        [0; 3],
-        false
-    ));
-    assert!(!coop_fits(
-        [128, 132, 128],
-        false,
-        false,
-        [0; 3],
-        [0; 3],
-        false
-    ));
-    assert!(!coop_fits(
-        [128, 128, 128],
-        false,
-        false,
-        [4, 0, 0],
-        [0; 3],
-        false
-    ));
-    assert!(!coop_fits(
-        [128, 128, 128],
-        false,
-        false,
-        [0; 3],
-        [0, 12, 0],
-        false
-    ));
+    let z = [0usize; 3];
+    // (m, n, k), A transposed, B transposed, offsets, batch strides, accumulate: fits?
+    let cases = [
+        // The model's GEMMs: x W (rows arbitrary), dY Wᵀ, Xᵀ dY (K = rows arbitrary).
+        ([1993, 1024, 1024], false, false, z, z, false, true),
+        ([1993, 1024, 4096], false, true, z, z, false, true),
+        ([1024, 4096, 1993], true, false, z, z, false, true),
+        // Too small for one 64x64 tile, or accumulating into C (split over bindings).
+        ([63, 1024, 1024], false, false, z, z, false, false),
+        ([1024, 40, 1024], false, false, z, z, false, false),
+        ([1024, 1024, 1024], false, false, z, z, true, false),
+        // Unaligned fragment rows: leading dimension, offset or batch stride not a multiple of 8.
+        ([128, 128, 1020], false, false, z, z, false, false),
+        ([1020, 128, 128], true, false, z, z, false, false),
+        ([128, 128, 1020], false, true, z, z, false, false),
+        ([128, 132, 128], false, false, z, z, false, false),
+        ([128, 128, 128], false, false, [4, 0, 0], z, false, false),
+        ([128, 128, 128], false, false, z, [0, 12, 0], false, false),
+    ];
+    for (dims, ta, tb, offs, strides, acc, fits) in cases {
+        assert_eq!(
+            coop_fits(dims, ta, tb, offs, strides, acc),
+            fits,
+            "{dims:?} ta {ta} tb {tb} offsets {offs:?} strides {strides:?} accumulate {acc}"
+        );
+    }
 }
 
 /// The f16 matmul and its backward equal exact products of the f16-rounded operands (dC
