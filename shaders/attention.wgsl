@@ -44,9 +44,13 @@ struct Params {
     p: f32,          // dropout probability
     seed_lo: u32,
     seed_hi: u32,
+    bh0: u32,        // global index of this chunk's first (batch, head) row (dropout, key mask)
+    off_in: u32,     // element shifts of this chunk within its (aligned-down) bindings: q, k, v
+    off_f: u32,      // O, dO, dQ, dK, dV
+    off_l: u32,      // L
+    off_s: u32,      // backward stats
     _p0: u32,
     _p1: u32,
-    _p2: u32,
 }
 
 @group(0) @binding(0) var<uniform> p: Params;
@@ -80,7 +84,7 @@ fn pcg(x: u32) -> u32 {
 // Mask / (1 - p) for probability (bh, i, j): 0 for a dropped element.
 fn keep_scale(bh: u32, i: u32, j: u32) -> f32 {
     if p.p <= 0.0 { return 1.0; }
-    let idx = (bh * p.t + i) * p.t + j;
+    let idx = ((p.bh0 + bh) * p.t + i) * p.t + j;
     let h = pcg(pcg(idx ^ p.seed_lo) + p.seed_hi);
     let u = f32(h >> 8u) * (1.0 / 16777216.0);
     return select(0.0, 1.0 / (1.0 - p.p), u >= p.p);
@@ -88,7 +92,7 @@ fn keep_scale(bh: u32, i: u32, j: u32) -> f32 {
 
 fn key_mask(bh: u32, j: u32) -> f32 {
     if p.has_mask == 0u { return 0.0; }
-    return mask[(bh / p.heads) * p.t + j];
+    return mask[((p.bh0 + bh) / p.heads) * p.t + j];
 }
 
 fn bh_of(wid: vec3<u32>, nwg: vec3<u32>) -> u32 {
@@ -104,49 +108,49 @@ fn d4() -> u32 {
 fn ld_q(base: u32, c: u32) -> vec4<f32> {
     let e = c * 4u;
     if e + 4u <= p.d {
-        return vec4<f32>(f32(q[base + e]), f32(q[base + e + 1u]), f32(q[base + e + 2u]), f32(q[base + e + 3u]));
+        return vec4<f32>(f32(q[p.off_in + base + e]), f32(q[p.off_in + base + e + 1u]), f32(q[p.off_in + base + e + 2u]), f32(q[p.off_in + base + e + 3u]));
     }
     var r = vec4<f32>(0.0);
-    for (var x = 0u; e + x < p.d; x = x + 1u) { r[x] = f32(q[base + e + x]); }
+    for (var x = 0u; e + x < p.d; x = x + 1u) { r[x] = f32(q[p.off_in + base + e + x]); }
     return r;
 }
 
 fn ld_k(base: u32, c: u32) -> vec4<f32> {
     let e = c * 4u;
     if e + 4u <= p.d {
-        return vec4<f32>(f32(k[base + e]), f32(k[base + e + 1u]), f32(k[base + e + 2u]), f32(k[base + e + 3u]));
+        return vec4<f32>(f32(k[p.off_in + base + e]), f32(k[p.off_in + base + e + 1u]), f32(k[p.off_in + base + e + 2u]), f32(k[p.off_in + base + e + 3u]));
     }
     var r = vec4<f32>(0.0);
-    for (var x = 0u; e + x < p.d; x = x + 1u) { r[x] = f32(k[base + e + x]); }
+    for (var x = 0u; e + x < p.d; x = x + 1u) { r[x] = f32(k[p.off_in + base + e + x]); }
     return r;
 }
 
 fn ld_v(base: u32, c: u32) -> vec4<f32> {
     let e = c * 4u;
     if e + 4u <= p.d {
-        return vec4<f32>(f32(v[base + e]), f32(v[base + e + 1u]), f32(v[base + e + 2u]), f32(v[base + e + 3u]));
+        return vec4<f32>(f32(v[p.off_in + base + e]), f32(v[p.off_in + base + e + 1u]), f32(v[p.off_in + base + e + 2u]), f32(v[p.off_in + base + e + 3u]));
     }
     var r = vec4<f32>(0.0);
-    for (var x = 0u; e + x < p.d; x = x + 1u) { r[x] = f32(v[base + e + x]); }
+    for (var x = 0u; e + x < p.d; x = x + 1u) { r[x] = f32(v[p.off_in + base + e + x]); }
     return r;
 }
 
 fn ld_fa(base: u32, c: u32) -> vec4<f32> {
     let e = c * 4u;
     if e + 4u <= p.d {
-        return vec4<f32>(fa[base + e], fa[base + e + 1u], fa[base + e + 2u], fa[base + e + 3u]);
+        return vec4<f32>(fa[p.off_f + base + e], fa[p.off_f + base + e + 1u], fa[p.off_f + base + e + 2u], fa[p.off_f + base + e + 3u]);
     }
     var r = vec4<f32>(0.0);
-    for (var x = 0u; e + x < p.d; x = x + 1u) { r[x] = fa[base + e + x]; }
+    for (var x = 0u; e + x < p.d; x = x + 1u) { r[x] = fa[p.off_f + base + e + x]; }
     return r;
 }
 
 fn st_out0(base: u32, c: u32, val: vec4<f32>) {
-    for (var x = 0u; x < 4u && c * 4u + x < p.d; x = x + 1u) { out0[base + c * 4u + x] = val[x]; }
+    for (var x = 0u; x < 4u && c * 4u + x < p.d; x = x + 1u) { out0[p.off_f + base + c * 4u + x] = val[x]; }
 }
 
 fn st_out1(base: u32, c: u32, val: vec4<f32>) {
-    for (var x = 0u; x < 4u && c * 4u + x < p.d; x = x + 1u) { out1[base + c * 4u + x] = val[x]; }
+    for (var x = 0u; x < 4u && c * 4u + x < p.d; x = x + 1u) { out1[p.off_f + base + c * 4u + x] = val[x]; }
 }
 
 // Stages keys j0..j0+TILE of (bh) into ta (k), tb (v) and tc (mask); returns how many exist.
@@ -207,7 +211,7 @@ fn attn_fwd_rows(lid: u32, wx: u32, bh: u32, n4: u32) {
     if live {
         let inv = 1.0 / l;
         for (var c = 0u; c < n4; c = c + 1u) { st_out0(row * p.d, c, acc[c] * inv); }
-        out1[row] = m + log(l);
+        out1[p.off_l + row] = m + log(l);
     }
 }
 
@@ -227,10 +231,10 @@ fn attn_bwd_stats(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_wo
     if r >= p.bh * p.t { return; }
     var acc = 0.0;
     for (var dd = 0u; dd < p.d; dd = dd + 1u) {
-        acc = fma(fb[r * p.d + dd], fa[r * p.d + dd], acc);
+        acc = fma(fb[p.off_f + r * p.d + dd], fa[p.off_f + r * p.d + dd], acc);
     }
-    out0[2u * r] = mask[r];
-    out0[2u * r + 1u] = acc;
+    out0[p.off_s + 2u * r] = mask[p.off_l + r];
+    out0[p.off_s + 2u * r + 1u] = acc;
 }
 
 // dK, dV: thread per key row j, walking query tiles.
@@ -261,8 +265,8 @@ fn attn_bwd_kv_rows(lid: u32, wx: u32, bh: u32, n4: u32) {
         }
         if lid < n {
             let r = bh * p.t + i0 + lid;
-            tc[lid] = fb[2u * r];
-            td[lid] = fb[2u * r + 1u];
+            tc[lid] = fb[p.off_s + 2u * r];
+            td[lid] = fb[p.off_s + 2u * r + 1u];
         }
         workgroupBarrier();
         if live {
@@ -314,8 +318,8 @@ fn attn_bwd_q_rows(lid: u32, wx: u32, bh: u32, n4: u32) {
         dor[c] = ld_fa(row * p.d, c);
         dq[c] = vec4<f32>(0.0);
     }
-    let lse = fb[2u * row];
-    let drow = fb[2u * row + 1u];
+    let lse = fb[p.off_s + 2u * row];
+    let drow = fb[p.off_s + 2u * row + 1u];
     for (var j0 = 0u; j0 < p.t; j0 = j0 + TILE) {
         workgroupBarrier();
         let n = stage_keys(bh, j0, lid, n4);

@@ -20,9 +20,9 @@ struct Params {
     accum: u32,       // param grads: add into out instead of overwriting
     inner: u32,       // element stride within a row (1, or T for the channel layout)
     eps: f32,
-    _p1: u32,
-    _p2: u32,
-    _p3: u32,
+    off: u32,         // element shift of x, dy, y and dx within their (aligned-down) bindings
+    off_stats: u32,   // the same for the (mean, rstd) pairs
+    off_rows: u32,    // the same for per-row outputs (norm_param_grad_rows)
 }
 
 @group(0) @binding(0) var<uniform> p: Params;
@@ -58,7 +58,7 @@ fn row_of(wid: vec3<u32>, nwg: vec3<u32>) -> u32 {
 
 // Rows of an [outer, cols, inner] view: row = o * inner + i, its element c at stride inner.
 fn at(row: u32, c: u32) -> u32 {
-    return (row / p.inner) * p.cols * p.inner + row % p.inner + c * p.inner;
+    return p.off + (row / p.inner) * p.cols * p.inner + row % p.inner + c * p.inner;
 }
 
 fn weight(row: u32, col: u32) -> u32 {
@@ -72,7 +72,7 @@ fn norm_fwd(@builtin(local_invocation_id) lid3: vec3<u32>, @builtin(workgroup_id
     let row = row_of(wid, nwg);
     if row >= p.rows { return; }
     let lid = lid3.x;
-    let base = row * p.cols;
+    let base = p.off + row * p.cols;
     var s = 0.0;
     for (var c = lid; c < p.cols; c = c + 256u) { s = s + x[base + c]; }
     let mean = reduce2(lid, s, 0.0).x / f32(p.cols);
@@ -84,7 +84,7 @@ fn norm_fwd(@builtin(local_invocation_id) lid3: vec3<u32>, @builtin(workgroup_id
         if p.affine == 1u { let w = weight(row, c); y = y * gamma[w] + aux[w]; }
         out[base + c] = y;
     }
-    if lid == 0u { out2[2u * row] = mean; out2[2u * row + 1u] = rstd; }
+    if lid == 0u { out2[p.off_stats + 2u * row] = mean; out2[p.off_stats + 2u * row + 1u] = rstd; }
 }
 
 // dx = rstd * (g - mean(g) - xhat * mean(g * xhat)), g = dy * gamma.
@@ -94,9 +94,9 @@ fn norm_bwd(@builtin(local_invocation_id) lid3: vec3<u32>, @builtin(workgroup_id
     let row = row_of(wid, nwg);
     if row >= p.rows { return; }
     let lid = lid3.x;
-    let base = row * p.cols;
-    let mean = stats_in[2u * row];
-    let rstd = stats_in[2u * row + 1u];
+    let base = p.off + row * p.cols;
+    let mean = stats_in[p.off_stats + 2u * row];
+    let rstd = stats_in[p.off_stats + 2u * row + 1u];
     var sg = 0.0;
     var sgx = 0.0;
     for (var c = lid; c < p.cols; c = c + 256u) {
@@ -131,16 +131,16 @@ fn norm_fwd_rows(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_wor
         if p.affine == 1u { let w = weight(row, c); y = y * gamma[w] + aux[w]; }
         out[i] = y;
     }
-    out2[2u * row] = mean;
-    out2[2u * row + 1u] = rstd;
+    out2[p.off_stats + 2u * row] = mean;
+    out2[p.off_stats + 2u * row + 1u] = rstd;
 }
 
 @compute @workgroup_size(64)
 fn norm_bwd_rows(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
     let row = gid.x + gid.y * nwg.x * 64u;
     if row >= p.rows { return; }
-    let mean = stats_in[2u * row];
-    let rstd = stats_in[2u * row + 1u];
+    let mean = stats_in[p.off_stats + 2u * row];
+    let rstd = stats_in[p.off_stats + 2u * row + 1u];
     var sg = 0.0;
     var sgx = 0.0;
     for (var c = 0u; c < p.cols; c = c + 1u) {
@@ -169,7 +169,7 @@ fn norm_param_grad_cols(@builtin(global_invocation_id) gid: vec3<u32>) {
     var db = 0.0;
     for (var r = 0u; r < p.rows; r = r + 1u) {
         let i = at(r, c);
-        let xh = (x[i] - stats_in[2u * r]) * stats_in[2u * r + 1u];
+        let xh = (x[i] - stats_in[p.off_stats + 2u * r]) * stats_in[p.off_stats + 2u * r + 1u];
         dg = dg + aux[i] * xh;
         db = db + aux[i];
     }
@@ -186,9 +186,9 @@ fn norm_param_grad_rows(@builtin(local_invocation_id) lid3: vec3<u32>, @builtin(
     let row = row_of(wid, nwg);
     if row >= p.rows { return; }
     let lid = lid3.x;
-    let base = row * p.cols;
-    let mean = stats_in[2u * row];
-    let rstd = stats_in[2u * row + 1u];
+    let base = p.off + row * p.cols;
+    let mean = stats_in[p.off_stats + 2u * row];
+    let rstd = stats_in[p.off_stats + 2u * row + 1u];
     var dg = 0.0;
     var db = 0.0;
     for (var c = lid; c < p.cols; c = c + 256u) {
@@ -197,5 +197,5 @@ fn norm_param_grad_rows(@builtin(local_invocation_id) lid3: vec3<u32>, @builtin(
         db = db + aux[base + c];
     }
     let r = reduce2(lid, dg, db);
-    if lid == 0u { out[row] = r.x; out2[row] = r.y; }
+    if lid == 0u { out[p.off_rows + row] = r.x; out2[p.off_rows + row] = r.y; }
 }

@@ -246,6 +246,53 @@ fn three_dim_input_is_batch_times_heads() {
     assert_eq!(go(&[B, H, t, d]), go(&[B * H, t, d]));
 }
 
+/// (batch, head) rows that do not fit one binding together run in chunks, each bound from an
+/// unaligned offset (rows of 50 x 8 floats, a 2 KiB binding limit: one row per dispatch):
+/// output, logsumexp and gradients equal the unchunked run exactly, with a key mask and
+/// dropout (whose indices must stay global), for f32 and f16 inputs.
+#[test]
+fn rows_past_the_binding_limit_run_in_chunks() {
+    let (t, d) = (50, 8);
+    let c = Case {
+        t,
+        d,
+        masked: true,
+        p: 0.1,
+        seed: 4,
+        q_gain: 1.0,
+    };
+    let (qkv, r) = inputs(&c);
+    let shape = [B, H, t, d];
+    let go = |g: &xlsr::Gpu, half: bool| -> Vec<Vec<f32>> {
+        use xlsr::ops::{attention, cast};
+        let put = |x: &[f64]| Tensor::from_slice(g, &to_f32(x), &shape).unwrap();
+        let [q, k, v] = qkv.each_ref().map(|x| {
+            let x = put(x);
+            if half {
+                cast::to_f16(&x).unwrap()
+            } else {
+                x
+            }
+        });
+        let mut m = vec![0f32; B * t];
+        m[t + 3..].fill(f32::MIN);
+        let mask = Tensor::from_slice(g, &m, &[B, t]).unwrap();
+        let (o, l) = attention::forward(&q, &k, &v, Some(&mask), H, 0.3, 0.1, 4).unwrap();
+        let (dq, dk, dv) =
+            attention::backward(&q, &k, &v, Some(&mask), H, 0.3, 0.1, 4, &o, &l, &put(&r)).unwrap();
+        [o, l, dq, dk, dv].map(|x| x.to_vec().unwrap()).to_vec()
+    };
+    let small = xlsr::Gpu::new().unwrap();
+    small.set_max_binding(2048);
+    for half in [false, true] {
+        if half && !small.has_f16() {
+            eprintln!("adapter has no SHADER_F16: f16 chunked attention case not run");
+            continue;
+        }
+        assert_eq!(go(&small, half), go(&gpu(), half), "f16 {half}");
+    }
+}
+
 #[test]
 fn head_dim_over_64_is_an_error() {
     let x = Tensor::zeros(&gpu(), &[1, 2, 5, 65]).unwrap();

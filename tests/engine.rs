@@ -279,6 +279,77 @@ fn feature_encoder_conv_beyond_the_binding_limit() {
     }
 }
 
+/// One clip too long for a binding: conv1d (stride, padding, groups, bias; forward, input,
+/// weight and bias gradients) and the channel LayerNorm go by time windows, copies bind only
+/// the span they touch, and the results equal the unlimited device's. 4 KiB bindings; one
+/// clip of x is 6 x 700 floats (16 KiB).
+#[test]
+fn clips_past_the_binding_limit_go_by_time_windows() {
+    let small = Gpu::new().unwrap();
+    small.set_max_binding(4096);
+    let mut rng = Rng::new(12);
+    let (b, cin, len, cout, k) = (2, 6, 700, 4, 5);
+    let x = rng.vec(b * cin * len);
+    let w = rng.vec(cout * (cin / 2) * k);
+    let bias = rng.vec(cout);
+    let gam = rng.vec(cin);
+    let geo = Conv1d {
+        stride: 2,
+        padding: 3,
+        groups: 2,
+    };
+    let lout = geo.out_len(len, k);
+    let dy = rng.vec(b * cout * lout);
+    let dn = rng.vec(b * cin * len);
+    let run = |g: &Gpu| -> Vec<Vec<f32>> {
+        let xt = on(g, &x, &[b, cin, len]);
+        let wt = on(g, &w, &[cout, cin / 2, k]);
+        let y = ops::conv::forward(&geo, &xt, &wt, Some(&on(g, &bias, &[cout]))).unwrap();
+        let (dx, dw, db) =
+            ops::conv::backward(&geo, &xt, &wt, true, &on(g, &dy, &[b, cout, lout]), true).unwrap();
+        let gt = on(g, &gam, &[cin]);
+        let (n, stats) =
+            ops::norm::forward(Norm::Channel, &xt, Some(&gt), Some(&gt), 1e-5).unwrap();
+        let (ndx, ndg, ndb) = ops::norm::backward(
+            Norm::Channel,
+            &xt,
+            Some(&gt),
+            &stats,
+            &on(g, &dn, &[b, cin, len]),
+        )
+        .unwrap();
+        let t = ops::copy::transpose(&xt, 1, 2).unwrap();
+        [
+            y,
+            dx.unwrap(),
+            dw,
+            db.unwrap(),
+            n,
+            ndx,
+            ndg.unwrap(),
+            ndb.unwrap(),
+            t,
+        ]
+        .map(|t| t.to_vec().unwrap())
+        .to_vec()
+    };
+    let names = [
+        "y",
+        "dx",
+        "dw",
+        "db",
+        "norm",
+        "norm dx",
+        "dgamma",
+        "dbeta",
+        "transpose",
+    ];
+    for ((name, s), w) in names.iter().zip(run(&small)).zip(run(&gpu())) {
+        let w64: Vec<f64> = w.iter().map(|&v| v as f64).collect();
+        assert_close(name, &s, &w64, 1e-5, 1e-5);
+    }
+}
+
 /// Past the memory budget an allocation fails with the bytes asked and in use and what to
 /// lower, instead of a driver crash; pooled buffers are given back first.
 #[test]

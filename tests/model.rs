@@ -455,3 +455,51 @@ fn accounting_only_peak_equals_the_real_peak() {
         assert_eq!(real, counted, "fp16 {fp16}, checkpointing {checkpoint}");
     }
 }
+
+/// Audio whose single clip exceeds a binding (issue 12, item 7: a 10-minute file failed with
+/// "conv1d: one item ... exceeds the binding limit") runs by windows over time: with a 64 KiB
+/// binding limit, where the first conv's output for one clip is 120 KiB, logits and every
+/// gradient (feature encoder unfrozen, so the conv backward is windowed too) equal the
+/// unlimited run. Both layouts: GroupNorm convs (normalised over time) and LayerNorm convs.
+#[test]
+fn clips_longer_than_a_binding_run_in_windows() {
+    for name in ["w2v2_base", "w2v2_large"] {
+        let run = |limit: Option<u64>| {
+            let g = xlsr::Gpu::new().unwrap();
+            if let Some(l) = limit {
+                g.set_max_binding(l);
+            }
+            let (model, _) = Wav2Vec2ForCtc::load(&g, &fixture(name), None, 0).unwrap();
+            model.freeze_feature_encoder(false);
+            let r = Ref::open(name);
+            let x = repeated_audio(&g, &r, 6);
+            let lengths = vec![x.shape()[1], x.shape()[1] - 3000, x.shape()[1] - 5];
+            let (_, _, labels) = batch(&r);
+            let tape = Tape::new();
+            let out = model
+                .forward(&tape, &x, Some(&lengths), &Forward::default())
+                .unwrap();
+            let (loss, _) = model.ctc_loss(&out.logits, &out.frames, &labels).unwrap();
+            tape.backward(&loss, &[]).unwrap();
+            (out.logits.value.to_vec().unwrap(), gradients(&model))
+        };
+        let (l0, g0) = run(None);
+        let (l1, g1) = run(Some(64 * 1024));
+        let scale = l0.iter().fold(0f64, |m, v| m.max(v.abs() as f64));
+        let err = max_abs_err(&l1, &l0);
+        assert!(
+            err <= 1e-5 * scale.max(1.0),
+            "{name}: logits differ by {err:.2e}"
+        );
+        let gmax = g0.iter().flatten().fold(0f64, |m, v| m.max(v.abs() as f64));
+        for (i, (a, b)) in g1.iter().zip(&g0).enumerate() {
+            assert_eq!(a.len(), b.len(), "{name}: gradient {i} presence");
+            let own = b.iter().fold(0f64, |m, v| m.max(v.abs() as f64));
+            let e = max_abs_err(a, b);
+            assert!(
+                e <= 1e-4 * own.max(1e-6 * gmax),
+                "{name}: gradient {i} differs by {e:.2e} (its max {own:.2e})"
+            );
+        }
+    }
+}

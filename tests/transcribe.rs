@@ -1,8 +1,7 @@
 //! `xlsr transcribe` on the tiny fixture model: the logits of a 16-bit WAV equal transformers'
 //! (Wav2Vec2FeatureExtractor normalisation, no attention mask) within 1e-4, the text is our
-//! greedy CTC decoding of transformers' logits (the same decoder: it is compared with HF's
-//! `processor.decode` in tests/data.rs `tokenizer_matches_hf_fixtures`, but no transcript from
-//! transformers is stored for this clip yet), `--logits` writes them, and bad files are
+//! greedy CTC decoding of transformers' logits and equals transformers' own transcript
+//! (`processor.decode` of the greedy ids, `clip.hf.txt`), `--logits` writes them, and bad files are
 //! reported by name without stopping the others; `--logits` never overwrites audio.
 
 mod common;
@@ -40,6 +39,9 @@ fn logits_and_text_match_transformers() {
     let ids = xlsr::metrics::greedy_decode(&want, r.frames, 12).unwrap();
     assert_eq!(r.text, t.vocab.decode_ctc(&ids));
     assert!(!r.text.is_empty());
+    // transformers' transcript of its own logits (greedy ids through `processor.decode`).
+    let hf = std::fs::read_to_string(fixture("w2v2_large/clip.hf.txt")).unwrap();
+    assert_eq!(r.text, hf.trim_end_matches('\n'));
 }
 
 #[test]

@@ -93,7 +93,7 @@ def w2v2_case(name, seed):
     import os
     import numpy as np
     import soundfile
-    from transformers import Wav2Vec2Config, Wav2Vec2ForCTC
+    from transformers import Wav2Vec2Config, Wav2Vec2CTCTokenizer, Wav2Vec2ForCTC
 
     torch.manual_seed(seed)
     v = dict(W2V2_VARIANTS[name])
@@ -176,6 +176,11 @@ def w2v2_case(name, seed):
     x = torch.from_numpy(pcm.astype(np.float32) / 32768.0)
     with torch.no_grad():
         t["clip_logits"] = model(normalise(x)[None]).logits[0]
+    # transformers' own transcript of those logits (greedy ids, processor.decode), so the
+    # test checks our CTC decoding and vocabulary handling end to end, not only the logits.
+    tok = Wav2Vec2CTCTokenizer(f"{out_dir}/vocab.json", unk_token="[UNK]", pad_token="[PAD]", word_delimiter_token="|")
+    with open(f"{out_dir}/clip.hf.txt", "w") as f:
+        f.write(tok.decode(t["clip_logits"].argmax(-1).tolist()) + "\n")
     save_file({k: v.contiguous() for k, v in t.items()}, f"tests/fixtures/{name}.safetensors")
 
 

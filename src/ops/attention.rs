@@ -1,8 +1,8 @@
 //! Fused multi-head attention (flash-attention style): softmax(q kᵀ·scale + mask), dropout, @ v.
 
-use super::{check_dtype, check_f32, dummy, f};
+use super::{check_dtype, check_f32, dummy, f, shifted_chunks};
 use crate::error::{shape_err, Error, Result};
-use crate::gpu::{grid, Kernel};
+use crate::gpu::{grid, BufRef, Kernel};
 use crate::tensor::{DType, Tensor};
 
 /// Largest head dim the fused kernels take; callers fall back to the unfused path above it.
@@ -54,6 +54,7 @@ fn pick(kernel: Kernel, q: &Tensor) -> Kernel {
 }
 
 /// Problem size: (batch * heads, sequence length, head dim).
+#[derive(Clone, Copy)]
 struct Dims {
     bh: usize,
     t: usize,
@@ -119,16 +120,21 @@ fn check(
     if !(0.0..1.0).contains(&dropout) {
         return shape_err(op, format!("dropout probability {dropout} not in [0, 1)"));
     }
-    let cap = (q.gpu().max_binding() / 4) as usize;
-    if bh * t * d > cap || 2 * bh * t > cap {
-        return Err(Error::Limit {
-            op,
-            msg: format!("q {shape:?} exceeds one binding ({cap} elements)"),
-        });
-    }
     Ok(Dims { bh, t, d })
 }
 
+/// Runs of (batch, head) rows, (first, count), whose tensors each fit one binding.
+fn chunks(q: &Tensor, g: &Dims) -> Result<Vec<(usize, usize)>> {
+    shifted_chunks(q.gpu(), "attention", g.bh, &[g.t * g.d, 2 * g.t])
+}
+
+/// Bindings of one chunk of (batch, head) rows: `Tensor::bind_shifted` over the rows' [T, D]
+/// blocks (`per` = T * D), their L (T) or their backward stats (2T).
+fn rows(t: &Tensor, b0: usize, n: usize, per: usize) -> (BufRef<'_>, u32) {
+    t.bind_shifted(b0 * per, n * per)
+}
+
+/// Uniform fields; `chunk` is (first row, shifts of q/k/v, of O/dO/dQ/dK/dV, of L, of stats).
 fn params(
     g: &Dims,
     heads: usize,
@@ -136,7 +142,8 @@ fn params(
     scale: f32,
     dropout: f32,
     seed: u64,
-) -> [u32; 12] {
+    chunk: [u32; 5],
+) -> [u32; 16] {
     [
         g.bh as u32,
         g.t as u32,
@@ -147,7 +154,11 @@ fn params(
         f(dropout),
         seed as u32,
         (seed >> 32) as u32,
-        0,
+        chunk[0],
+        chunk[1],
+        chunk[2],
+        chunk[3],
+        chunk[4],
         0,
         0,
     ]
@@ -185,21 +196,28 @@ pub fn forward(
     let o = Tensor::uninit(gpu, q.shape(), DType::F32)?;
     let lse = Tensor::uninit(gpu, &q.shape()[..q.shape().len() - 1], DType::F32)?;
     let dm = dummy(gpu)?;
-    gpu.dispatch(
-        &pick(FWD, q),
-        &params(&g, heads, mask.is_some(), scale, dropout, seed),
-        &[
-            q.bind(),
-            k.bind(),
-            v.bind(),
-            mask.unwrap_or(&dm).bind(),
-            dm.bind(),
-            dm.bind(),
-            o.bind(),
-            lse.bind(),
-        ],
-        row_groups(&g),
-    )?;
+    let m = mask.unwrap_or(&dm);
+    let td = g.t * g.d;
+    for (b0, n) in chunks(q, &g)? {
+        let gc = Dims { bh: n, ..g };
+        let ((qr, off_in), (kr, _), (vr, _)) =
+            (rows(q, b0, n, td), rows(k, b0, n, td), rows(v, b0, n, td));
+        let ((or, off_f), (lr, off_l)) = (rows(&o, b0, n, td), rows(&lse, b0, n, g.t));
+        gpu.dispatch(
+            &pick(FWD, q),
+            &params(
+                &gc,
+                heads,
+                mask.is_some(),
+                scale,
+                dropout,
+                seed,
+                [b0 as u32, off_in, off_f, off_l, 0],
+            ),
+            &[qr, kr, vr, m.bind(), dm.bind(), dm.bind(), or, lr],
+            row_groups(&gc),
+        )?;
+    }
     Ok((o, lse))
 }
 
@@ -235,60 +253,77 @@ pub fn backward(
         );
     }
     let gpu = q.gpu();
-    let prm = params(&g, heads, mask.is_some(), scale, dropout, seed);
     // Separate placeholders for read and write slots: one buffer may not be both at once.
     let dm = dummy(gpu)?;
     let dw = dummy(gpu)?;
+    let m = mask.unwrap_or(&dm);
     // (L, Drow) per query row.
     let stats = Tensor::uninit(gpu, &[g.bh * g.t, 2], DType::F32)?;
-    gpu.dispatch(
-        &BWD_STATS,
-        &prm,
-        &[
-            dm.bind(),
-            dm.bind(),
-            dm.bind(),
-            lse.bind(),
-            o.bind(),
-            d_o.bind(),
-            stats.bind(),
-            dw.bind(),
-        ],
-        grid((g.bh * g.t) as u64, ROWS as u64),
-    )?;
     let dq = Tensor::uninit(gpu, q.shape(), DType::F32)?;
     let dk = Tensor::uninit(gpu, q.shape(), DType::F32)?;
     let dv = Tensor::uninit(gpu, q.shape(), DType::F32)?;
-    let m = mask.unwrap_or(&dm);
-    gpu.dispatch(
-        &pick(BWD_KV, q),
-        &prm,
-        &[
-            q.bind(),
-            k.bind(),
-            v.bind(),
-            m.bind(),
-            d_o.bind(),
-            stats.bind(),
-            dk.bind(),
-            dv.bind(),
-        ],
-        row_groups(&g),
-    )?;
-    gpu.dispatch(
-        &pick(BWD_Q, q),
-        &prm,
-        &[
-            q.bind(),
-            k.bind(),
-            v.bind(),
-            m.bind(),
-            d_o.bind(),
-            stats.bind(),
-            dq.bind(),
-            dw.bind(),
-        ],
-        row_groups(&g),
-    )?;
+    let td = g.t * g.d;
+    for (b0, n) in chunks(q, &g)? {
+        let gc = Dims { bh: n, ..g };
+        let ((qr, off_in), (kr, _), (vr, _)) =
+            (rows(q, b0, n, td), rows(k, b0, n, td), rows(v, b0, n, td));
+        let (dor, off_f) = rows(d_o, b0, n, td);
+        let (lr, off_l) = rows(lse, b0, n, g.t);
+        let (sr, off_s) = rows(&stats, b0, n, 2 * g.t);
+        let prm = params(
+            &gc,
+            heads,
+            mask.is_some(),
+            scale,
+            dropout,
+            seed,
+            [b0 as u32, off_in, off_f, off_l, off_s],
+        );
+        gpu.dispatch(
+            &BWD_STATS,
+            &prm,
+            &[
+                dm.bind(),
+                dm.bind(),
+                dm.bind(),
+                lr,
+                rows(o, b0, n, td).0,
+                dor,
+                sr,
+                dw.bind(),
+            ],
+            grid((n * g.t) as u64, ROWS as u64),
+        )?;
+        gpu.dispatch(
+            &pick(BWD_KV, q),
+            &prm,
+            &[
+                qr,
+                kr,
+                vr,
+                m.bind(),
+                dor,
+                sr,
+                rows(&dk, b0, n, td).0,
+                rows(&dv, b0, n, td).0,
+            ],
+            row_groups(&gc),
+        )?;
+        gpu.dispatch(
+            &pick(BWD_Q, q),
+            &prm,
+            &[
+                qr,
+                kr,
+                vr,
+                m.bind(),
+                dor,
+                sr,
+                rows(&dq, b0, n, td).0,
+                dw.bind(),
+            ],
+            row_groups(&gc),
+        )?;
+    }
     Ok((dq, dk, dv))
 }

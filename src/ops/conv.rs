@@ -1,6 +1,6 @@
 //! 1-D convolution (stride, padding, groups, bias) and its backward.
 
-use super::{check_f32, dummy, elementwise, reduce, shifted_chunks};
+use super::{check_f32, copy, dummy, elementwise, reduce, shifted_chunks};
 use crate::error::{shape_err, Result};
 use crate::gpu::{grid, Kernel};
 use crate::tensor::{DType, Tensor};
@@ -41,6 +41,7 @@ impl Conv1d {
     }
 }
 
+#[derive(Clone, Copy)]
 struct Geo {
     batch: usize,
     cin: usize,
@@ -135,6 +136,10 @@ pub fn forward(c: &Conv1d, x: &Tensor, w: &Tensor, bias: Option<&Tensor>) -> Res
     }
     let gpu = x.gpu();
     let y = Tensor::uninit(gpu, &[g.batch, g.cout, g.lout], DType::F32)?;
+    if let Some(win) = windows(gpu, c, &g)? {
+        forward_windows(c, &g, &win, x, w, bias, &y)?;
+        return Ok(y);
+    }
     let d = dummy(gpu)?;
     let (xi, yo) = (g.cin * g.lin, g.cout * g.lout);
     for (b0, nb) in shifted_chunks(gpu, "conv1d", g.batch, &[xi, yo])? {
@@ -179,7 +184,11 @@ pub fn backward(
     let gpu = x.gpu();
     let d = dummy(gpu)?;
     let (xi, yo) = (g.cin * g.lin, g.cout * g.lout);
-    let chunks = shifted_chunks(gpu, "conv1d_backward", g.batch, &[xi, yo])?;
+    let win = windows(gpu, c, &g)?;
+    let chunks = match win {
+        Some(_) => vec![],
+        None => shifted_chunks(gpu, "conv1d_backward", g.batch, &[xi, yo])?,
+    };
     let dx = if need_input {
         Some(Tensor::uninit(gpu, x.shape(), DType::F32)?)
     } else {
@@ -191,6 +200,10 @@ pub fn backward(
     } else {
         None
     };
+    if let Some(win) = win {
+        backward_windows(c, &g, &win, x, w, dy, dx.as_ref(), &dw, db.as_ref())?;
+        return Ok((dx, dw, db));
+    }
     for (i, &(b0, nb)) in chunks.iter().enumerate() {
         let (xr, ox) = x.bind_shifted(b0 * xi, nb * xi);
         let (dyr, ody) = dy.bind_shifted(b0 * yo, nb * yo);
@@ -257,4 +270,198 @@ pub fn backward(
         }
     }
     Ok((dx, dw, db))
+}
+
+/// Window sizes for clips too long for one binding (`None` when whole clips fit): output
+/// frames per window for the forward and weight gradient, input samples per window for the
+/// input gradient.
+struct Windows {
+    frames: usize,
+    samples: usize,
+}
+
+fn windows(gpu: &crate::Gpu, c: &Conv1d, g: &Geo) -> Result<Option<Windows>> {
+    let room = ((gpu.max_binding() - gpu.offset_align()) / 4) as usize;
+    if g.cin * g.lin <= room && g.cout * g.lout <= room {
+        return Ok(None);
+    }
+    // A window of n output frames reads at most (n - 1) * stride + k input samples; one of
+    // s input samples is reached from at most (s + k - 2) / stride + 2 output frames.
+    let frames = (room / g.cout).min(((room / g.cin).saturating_sub(g.k)) / c.stride + 1);
+    let samples =
+        (room / g.cin).min(((room / g.cout).saturating_sub(2) * c.stride + 2).saturating_sub(g.k));
+    if room / g.cin < g.k || frames == 0 || samples == 0 {
+        return Err(crate::error::Error::Limit {
+            op: "conv1d",
+            msg: format!(
+                "a window of {} channels x kernel {} (or {} output channels) exceeds the binding limit of {room} elements",
+                g.cin, g.k, g.cout
+            ),
+        });
+    }
+    Ok(Some(Windows { frames, samples }))
+}
+
+/// The input samples that output frames `t0..t0+n` read: (first sample, count, the padding
+/// that makes the window's local indices match the whole clip's).
+fn input_span(c: &Conv1d, g: &Geo, t0: usize, n: usize) -> Result<(usize, usize, usize)> {
+    let start = (t0 * c.stride) as isize - c.padding as isize;
+    let s0 = (start.max(0) as usize).min(g.lin - 1);
+    let end = ((t0 + n - 1) * c.stride + g.k)
+        .saturating_sub(c.padding)
+        .min(g.lin)
+        .max(s0 + 1);
+    let pad = s0 as isize - start;
+    if pad < 0 {
+        return shape_err(
+            "conv1d",
+            format!("frames {t0}.. lie wholly in the padding: split the clip instead"),
+        );
+    }
+    Ok((s0, end - s0, pad as usize))
+}
+
+/// [`forward`] one window at a time: each window's input is gathered into its own tensor
+/// and its output written back, so no binding spans more than a window.
+fn forward_windows(
+    c: &Conv1d,
+    g: &Geo,
+    win: &Windows,
+    x: &Tensor,
+    w: &Tensor,
+    bias: Option<&Tensor>,
+    y: &Tensor,
+) -> Result<()> {
+    let gpu = x.gpu();
+    let d = dummy(gpu)?;
+    for b in 0..g.batch {
+        for t0 in (0..g.lout).step_by(win.frames) {
+            let n = win.frames.min(g.lout - t0);
+            let (s0, ls, padding) = input_span(c, g, t0, n)?;
+            let xw = copy::time_window(x, b, s0, ls)?;
+            let yw = Tensor::uninit(gpu, &[1, g.cout, n], DType::F32)?;
+            let (cw, gw) = (
+                Conv1d { padding, ..*c },
+                Geo {
+                    batch: 1,
+                    lin: ls,
+                    lout: n,
+                    ..*g
+                },
+            );
+            gpu.dispatch(
+                &GEMM,
+                &params(&cw, &gw, 1, bias.is_some(), false, [0; 3], FORWARD),
+                &[
+                    xw.bind(),
+                    w.bind(),
+                    bias.map_or(d.bind(), |t| t.bind()),
+                    yw.bind(),
+                ],
+                [
+                    n.div_ceil(64) as u32,
+                    (g.cout / c.groups).div_ceil(64) as u32,
+                    c.groups as u32,
+                ],
+            )?;
+            copy::write_time_window(y, b, t0, &yw)?;
+        }
+    }
+    Ok(())
+}
+
+/// [`backward`] one window at a time: weight and bias gradients accumulate over windows of
+/// output frames; the input gradient is computed over windows of input samples (each from
+/// the output frames that reach it), so the windows never overlap.
+#[allow(clippy::too_many_arguments)]
+fn backward_windows(
+    c: &Conv1d,
+    g: &Geo,
+    win: &Windows,
+    x: &Tensor,
+    w: &Tensor,
+    dy: &Tensor,
+    dx: Option<&Tensor>,
+    dw: &Tensor,
+    db: Option<&Tensor>,
+) -> Result<()> {
+    let gpu = x.gpu();
+    let d = dummy(gpu)?;
+    for b in 0..g.batch {
+        for t0 in (0..g.lout).step_by(win.frames) {
+            let n = win.frames.min(g.lout - t0);
+            let (s0, ls, padding) = input_span(c, g, t0, n)?;
+            let xw = copy::time_window(x, b, s0, ls)?;
+            let dyw = copy::time_window(dy, b, t0, n)?;
+            let (cw, gw) = (
+                Conv1d { padding, ..*c },
+                Geo {
+                    batch: 1,
+                    lin: ls,
+                    lout: n,
+                    ..*g
+                },
+            );
+            let first = b == 0 && t0 == 0;
+            let pr = params(&cw, &gw, 1, db.is_some(), !first, [0; 3], WEIGHT_GRAD);
+            gpu.dispatch(
+                &GEMM,
+                &pr,
+                &[xw.bind(), d.bind(), dyw.bind(), dw.bind()],
+                [
+                    ((g.cin / c.groups) * g.k).div_ceil(64) as u32,
+                    (g.cout / c.groups).div_ceil(64) as u32,
+                    c.groups as u32,
+                ],
+            )?;
+            if let Some(db) = db {
+                gpu.dispatch(
+                    &BWD_BIAS,
+                    &pr,
+                    &[d.bind(), d.bind(), dyw.bind(), db.bind()],
+                    grid(g.cout as u64, 256),
+                )?;
+            }
+        }
+    }
+    let Some(dx) = dx else { return Ok(()) };
+    for b in 0..g.batch {
+        for s0 in (0..g.lin).step_by(win.samples) {
+            let ls = win.samples.min(g.lin - s0);
+            // Output frames t reach samples t * stride - pad + (0..k).
+            let ta = (s0 + c.padding).saturating_sub(g.k - 1) / c.stride;
+            let tb = ((s0 + ls - 1 + c.padding) / c.stride).min(g.lout - 1);
+            let dxw = if ta > tb {
+                Tensor::zeros(gpu, &[1, g.cin, ls])?
+            } else {
+                let dyw = copy::time_window(dy, b, ta, tb + 1 - ta)?;
+                let dxw = Tensor::uninit(gpu, &[1, g.cin, ls], DType::F32)?;
+                let (cw, gw) = (
+                    Conv1d {
+                        padding: s0 + c.padding - ta * c.stride,
+                        ..*c
+                    },
+                    Geo {
+                        batch: 1,
+                        lin: ls,
+                        lout: tb + 1 - ta,
+                        ..*g
+                    },
+                );
+                gpu.dispatch(
+                    &GEMM,
+                    &params(&cw, &gw, 1, false, false, [0; 3], INPUT_GRAD),
+                    &[d.bind(), w.bind(), dyw.bind(), dxw.bind()],
+                    [
+                        ls.div_ceil(64) as u32,
+                        (g.cin / c.groups).div_ceil(64) as u32,
+                        c.groups as u32,
+                    ],
+                )?;
+                dxw
+            };
+            copy::write_time_window(dx, b, s0, &dxw)?;
+        }
+    }
+    Ok(())
 }

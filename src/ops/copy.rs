@@ -12,6 +12,9 @@ const COPY: Kernel = Kernel {
     writes: 1,
 };
 
+/// Copies the region `shape` from `x` (at `src_off`, strides `src_st`) into `out`. Each side
+/// is bound only over the span the region touches; a region whose span exceeds one binding is
+/// split along its widest dim, so one clip past the binding limit still copies in pieces.
 fn copy_region(
     x: &Tensor,
     out: &Tensor,
@@ -22,12 +25,103 @@ fn copy_region(
     dst_st: &[usize],
 ) -> Result<()> {
     let n: usize = shape.iter().product();
-    let mut params = vec![n as u32, shape.len() as u32, src_off as u32, dst_off as u32];
+    if n == 0 {
+        return Ok(());
+    }
+    let span = |st: &[usize]| {
+        1 + shape
+            .iter()
+            .zip(st)
+            .map(|(&e, &s)| (e - 1) * s)
+            .sum::<usize>()
+    };
+    let (ss, ds) = (span(src_st), span(dst_st));
+    let gpu = x.gpu();
+    let room = ((gpu.max_binding() - gpu.offset_align()) / 4) as usize;
+    if ss.max(ds) > room {
+        // Halve the dim that spreads the region most; a single element always fits.
+        let d = (0..shape.len())
+            .filter(|&d| shape[d] > 1)
+            .max_by_key(|&d| (shape[d] - 1) * src_st[d].max(dst_st[d]))
+            .expect("a region of one element fits any binding");
+        let half = shape[d] / 2;
+        let mut part = shape.to_vec();
+        part[d] = half;
+        copy_region(x, out, &part, src_off, src_st, dst_off, dst_st)?;
+        part[d] = shape[d] - half;
+        return copy_region(
+            x,
+            out,
+            &part,
+            src_off + half * src_st[d],
+            src_st,
+            dst_off + half * dst_st[d],
+            dst_st,
+        );
+    }
+    let (xr, so) = x.bind_shifted(src_off, ss);
+    let (or, doff) = out.bind_shifted(dst_off, ds);
+    let mut params = vec![n as u32, shape.len() as u32, so, doff];
     params.extend(dims8(shape));
     params.extend(dims8(src_st));
     params.extend(dims8(dst_st));
-    x.gpu()
-        .dispatch(&COPY, &params, &[x.bind(), out.bind()], grid(n as u64, 256))
+    gpu.dispatch(&COPY, &params, &[xr, or], grid(n as u64, 256))
+}
+
+/// Frames `t0..t0+len` of clip `b` of `x` [B, C, T], as a new [1, C, len] tensor: a time
+/// window for kernels that work on clips too long for one binding.
+pub fn time_window(x: &Tensor, b: usize, t0: usize, len: usize) -> Result<Tensor> {
+    let [_, c, t] = *x.shape() else {
+        return shape_err(
+            "time_window",
+            format!("expects [batch, channels, time], got {:?}", x.shape()),
+        );
+    };
+    let out = Tensor::uninit(x.gpu(), &[1, c, len], DType::F32)?;
+    copy_region(x, &out, &[c, len], b * c * t + t0, &[t, 1], 0, &[len, 1])?;
+    Ok(out)
+}
+
+/// Writes `w` [1, C, len] into frames `t0..t0+len` of clip `b` of `out` [B, C, T]: the
+/// inverse of [`time_window`].
+pub fn write_time_window(out: &Tensor, b: usize, t0: usize, w: &Tensor) -> Result<()> {
+    let (&[_, c, t], &[1, wc, len]) = (out.shape(), w.shape()) else {
+        return shape_err(
+            "write_time_window",
+            format!("{:?} into {:?}", w.shape(), out.shape()),
+        );
+    };
+    if wc != c || t0 + len > t {
+        return shape_err(
+            "write_time_window",
+            format!("{:?} at frame {t0} into {:?}", w.shape(), out.shape()),
+        );
+    }
+    copy_region(w, out, &[c, len], 0, &[len, 1], b * c * t + t0, &[t, 1])
+}
+
+/// Elements `start..start+len` of `x` (flattened) as a new 1-D tensor.
+pub fn flat_range(x: &Tensor, start: usize, len: usize) -> Result<Tensor> {
+    if start + len > x.numel() {
+        return shape_err(
+            "flat_range",
+            format!("{start}..{} of {:?}", start + len, x.shape()),
+        );
+    }
+    let out = Tensor::uninit(x.gpu(), &[len], DType::F32)?;
+    copy_region(x, &out, &[len], start, &[1], 0, &[1])?;
+    Ok(out)
+}
+
+/// Writes `src` (flattened) into elements `start..` of `out`: the inverse of [`flat_range`].
+pub fn write_flat(out: &Tensor, start: usize, src: &Tensor) -> Result<()> {
+    if start + src.numel() > out.numel() {
+        return shape_err(
+            "write_flat",
+            format!("{:?} at {start} into {:?}", src.shape(), out.shape()),
+        );
+    }
+    copy_region(src, out, &[src.numel()], 0, &[1], start, &[1])
 }
 
 /// Reorders dims: out.shape[i] = x.shape[perm[i]].

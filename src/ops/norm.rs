@@ -1,7 +1,7 @@
 //! LayerNorm over the last dim or over the channels of [B, C, T], and wav2vec2-base's
 //! GroupNorm (one group per channel).
 
-use super::{check_f32, dummy, f, reduce, row_chunks};
+use super::{check_f32, copy, dummy, elementwise, f, reduce, shifted_chunks};
 use crate::error::{shape_err, Result};
 use crate::gpu::{grid, Kernel};
 use crate::tensor::{DType, Tensor};
@@ -122,36 +122,61 @@ fn pick(
 }
 
 /// Dispatch chunks within the binding limit: whole rows, or whole batch elements for the
-/// channel layout (whose rows interleave).
+/// channel layout (whose rows interleave). `None` when one batch element of the channel
+/// layout is too long for a binding (then [`forward`] and [`backward`] go by time windows).
 fn chunks(
     gpu: &crate::Gpu,
     norm: Norm,
     x: &Tensor,
     rows: usize,
     cols: usize,
-) -> Result<Vec<Chunk>> {
+) -> Result<Option<Vec<Chunk>>> {
     if norm == Norm::Channel {
         let (b, per) = (x.dim(0), x.dim(1) * x.dim(2));
         let t = x.dim(2);
-        return Ok(row_chunks(gpu, "layer_norm", b, per)?
-            .into_iter()
-            .map(|(b0, nb)| Chunk {
-                start: b0 * per,
-                len: nb * per,
-                row0: b0 * t,
-                rows: nb * t,
-            })
-            .collect());
+        let Ok(items) = shifted_chunks(gpu, "layer_norm", b, &[per, 2 * t]) else {
+            return Ok(None);
+        };
+        return Ok(Some(
+            items
+                .into_iter()
+                .map(|(b0, nb)| Chunk {
+                    start: b0 * per,
+                    len: nb * per,
+                    row0: b0 * t,
+                    rows: nb * t,
+                })
+                .collect(),
+        ));
     }
-    Ok(row_chunks(gpu, "layer_norm", rows, cols)?
-        .into_iter()
-        .map(|(r0, nr)| Chunk {
-            start: r0 * cols,
-            len: nr * cols,
-            row0: r0,
-            rows: nr,
-        })
-        .collect())
+    Ok(Some(
+        shifted_chunks(gpu, "layer_norm", rows, &[cols, 2])?
+            .into_iter()
+            .map(|(r0, nr)| Chunk {
+                start: r0 * cols,
+                len: nr * cols,
+                row0: r0,
+                rows: nr,
+            })
+            .collect(),
+    ))
+}
+
+/// Frames per time window of the channel layout when one batch element exceeds a binding.
+fn window_frames(gpu: &crate::Gpu, channels: usize) -> usize {
+    let room = ((gpu.max_binding() - gpu.offset_align()) / 4) as usize;
+    (room / channels.max(2)).max(1)
+}
+
+impl Chunk {
+    /// This chunk of a data tensor (x, y, dy or dx) as a binding and the kernel's shift.
+    fn data<'a>(&self, t: &'a Tensor) -> (crate::gpu::BufRef<'a>, u32) {
+        t.bind_shifted(self.start, self.len)
+    }
+    /// This chunk's (mean, rstd) pairs.
+    fn stats<'a>(&self, t: &'a Tensor) -> (crate::gpu::BufRef<'a>, u32) {
+        t.bind_shifted(2 * self.row0, 2 * self.rows)
+    }
 }
 
 #[allow(clippy::too_many_arguments)] // one argument per uniform field
@@ -165,6 +190,7 @@ fn params(
     accum: bool,
     eps: f32,
     inner: usize,
+    offs: [u32; 3],
 ) -> Vec<u32> {
     vec![
         rows as u32,
@@ -176,9 +202,9 @@ fn params(
         accum as u32,
         inner as u32,
         f(eps),
-        0,
-        0,
-        0,
+        offs[0],
+        offs[1],
+        offs[2],
     ]
 }
 
@@ -200,9 +226,13 @@ pub fn forward(
         gamma.map_or(d.bind(), |t| t.bind()),
         beta.map_or(d.bind(), |t| t.bind()),
     );
+    let Some(chunks) = chunks(gpu, norm, x, rows, cols)? else {
+        return forward_windows(x, gamma, beta, eps, y, stats);
+    };
     let per_thread = per_thread(norm, cols);
-    for c in chunks(gpu, norm, x, rows, cols)? {
+    for c in chunks {
         let (kernel, groups) = pick(per_thread, &FWD_ROWS, &FWD, c.rows);
+        let ((xr, off), (yr, _), (sr, off_stats)) = (c.data(x), c.data(&y), c.stats(&stats));
         gpu.dispatch(
             kernel,
             &params(
@@ -215,17 +245,36 @@ pub fn forward(
                 false,
                 eps,
                 inner,
+                [off, off_stats, 0],
             ),
-            &[
-                x.bind_range(c.start, c.len),
-                g,
-                b,
-                d.bind(),
-                y.bind_range(c.start, c.len),
-                stats.bind_range(2 * c.row0, 2 * c.rows),
-            ],
+            &[xr, g, b, d.bind(), yr, sr],
             groups,
         )?;
+    }
+    Ok((y, NormStats(stats)))
+}
+
+/// The channel layout one time window at a time, for batch elements too long for a binding:
+/// each window is gathered, normalised on its own (its rows are independent) and written back.
+fn forward_windows(
+    x: &Tensor,
+    gamma: Option<&Tensor>,
+    beta: Option<&Tensor>,
+    eps: f32,
+    y: Tensor,
+    stats: Tensor,
+) -> Result<(Tensor, NormStats)> {
+    let [batch, channels, t] = *x.shape() else {
+        unreachable!("only the channel layout is windowed")
+    };
+    let n = window_frames(x.gpu(), channels);
+    for b in 0..batch {
+        for t0 in (0..t).step_by(n) {
+            let xw = copy::time_window(x, b, t0, n.min(t - t0))?;
+            let (yw, sw) = forward(Norm::Channel, &xw, gamma, beta, eps)?;
+            copy::write_time_window(&y, b, t0, &yw)?;
+            copy::write_flat(&stats, 2 * (b * t + t0), &sw.0)?;
+        }
     }
     Ok((y, NormStats(stats)))
 }
@@ -256,11 +305,15 @@ pub fn backward(
     let d = dummy(gpu)?;
     let unused_out = dummy(gpu)?;
     let dx = Tensor::uninit(gpu, x.shape(), DType::F32)?;
-    let chunks = chunks(gpu, norm, x, rows, cols)?;
+    let Some(chunks) = chunks(gpu, norm, x, rows, cols)? else {
+        return backward_windows(x, gamma, stats, dy, dx);
+    };
     let g = gamma.map_or(d.bind(), |t| t.bind());
     let per_thread = per_thread(norm, cols);
     for c in &chunks {
         let (kernel, groups) = pick(per_thread, &BWD_ROWS, &BWD, c.rows);
+        let ((xr, off), (dyr, _), (dxr, _), (sr, off_stats)) =
+            (c.data(x), c.data(dy), c.data(&dx), c.stats(&stats.0));
         gpu.dispatch(
             kernel,
             &params(
@@ -273,15 +326,9 @@ pub fn backward(
                 false,
                 0.0,
                 inner,
+                [off, off_stats, 0],
             ),
-            &[
-                x.bind_range(c.start, c.len),
-                g,
-                dy.bind_range(c.start, c.len),
-                stats.0.bind_range(2 * c.row0, 2 * c.rows),
-                dx.bind_range(c.start, c.len),
-                unused_out.bind(),
-            ],
+            &[xr, g, dyr, sr, dxr, unused_out.bind()],
             groups,
         )?;
     }
@@ -293,6 +340,8 @@ pub fn backward(
             let dg = Tensor::uninit(gpu, &[cols], DType::F32)?;
             let db = Tensor::uninit(gpu, &[cols], DType::F32)?;
             for (i, c) in chunks.iter().enumerate() {
+                let ((xr, off), (dyr, _), (sr, off_stats)) =
+                    (c.data(x), c.data(dy), c.stats(&stats.0));
                 gpu.dispatch(
                     &PGRAD_COLS,
                     &params(
@@ -305,15 +354,9 @@ pub fn backward(
                         i > 0,
                         0.0,
                         inner,
+                        [off, off_stats, 0],
                     ),
-                    &[
-                        x.bind_range(c.start, c.len),
-                        d.bind(),
-                        dy.bind_range(c.start, c.len),
-                        stats.0.bind_range(2 * c.row0, 2 * c.rows),
-                        dg.bind(),
-                        db.bind(),
-                    ],
+                    &[xr, d.bind(), dyr, sr, dg.bind(), db.bind()],
                     grid(cols as u64, 256),
                 )?;
             }
@@ -323,19 +366,27 @@ pub fn backward(
             let sg = Tensor::uninit(gpu, &[rows], DType::F32)?;
             let sb = Tensor::uninit(gpu, &[rows], DType::F32)?;
             for c in &chunks {
+                let ((xr, off), (dyr, _), (sr, off_stats)) =
+                    (c.data(x), c.data(dy), c.stats(&stats.0));
+                let ((sgr, off_rows), (sbr, _)) = (
+                    sg.bind_shifted(c.row0, c.rows),
+                    sb.bind_shifted(c.row0, c.rows),
+                );
                 gpu.dispatch(
                     &PGRAD_ROWS,
                     &params(
-                        norm, c.rows, cols, channels, c.row0, true, false, 0.0, inner,
+                        norm,
+                        c.rows,
+                        cols,
+                        channels,
+                        c.row0,
+                        true,
+                        false,
+                        0.0,
+                        inner,
+                        [off, off_stats, off_rows],
                     ),
-                    &[
-                        x.bind_range(c.start, c.len),
-                        d.bind(),
-                        dy.bind_range(c.start, c.len),
-                        stats.0.bind_range(2 * c.row0, 2 * c.rows),
-                        sg.bind_range(c.row0, c.rows),
-                        sb.bind_range(c.row0, c.rows),
-                    ],
+                    &[xr, d.bind(), dyr, sr, sgr, sbr],
                     grid(c.rows as u64, 1),
                 )?;
             }
@@ -347,4 +398,40 @@ pub fn backward(
         }
     };
     Ok((dx, Some(dg), Some(db)))
+}
+
+/// [`backward`] of the channel layout by time windows (see [`forward_windows`]); the
+/// parameter gradients add up over windows.
+fn backward_windows(
+    x: &Tensor,
+    gamma: Option<&Tensor>,
+    stats: &NormStats,
+    dy: &Tensor,
+    dx: Tensor,
+) -> Result<(Tensor, Option<Tensor>, Option<Tensor>)> {
+    let [batch, channels, t] = *x.shape() else {
+        unreachable!("only the channel layout is windowed")
+    };
+    let n = window_frames(x.gpu(), channels);
+    let mut sums: Option<(Tensor, Tensor)> = None;
+    for b in 0..batch {
+        for t0 in (0..t).step_by(n) {
+            let len = n.min(t - t0);
+            let xw = copy::time_window(x, b, t0, len)?;
+            let dyw = copy::time_window(dy, b, t0, len)?;
+            let sw = copy::flat_range(&stats.0, 2 * (b * t + t0), 2 * len)?.reshape(&[len, 2])?;
+            let (dxw, dg, db) = backward(Norm::Channel, &xw, gamma, &NormStats(sw), &dyw)?;
+            copy::write_time_window(&dx, b, t0, &dxw)?;
+            if let (Some(dg), Some(db)) = (dg, db) {
+                sums = Some(match sums {
+                    None => (dg, db),
+                    Some((g, s)) => (elementwise::add(&g, &dg)?, elementwise::add(&s, &db)?),
+                });
+            }
+        }
+    }
+    Ok(match sums {
+        Some((dg, db)) => (dx, Some(dg), Some(db)),
+        None => (dx, None, None),
+    })
 }
