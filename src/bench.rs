@@ -556,6 +556,10 @@ pub struct StepReport {
     pub weight_bytes: u64,
     /// Per-kernel GPU time of one extra profiled step: (entry, ms, launches), largest first.
     pub kernels: Vec<(String, f64, u64)>,
+    /// What the engine did in the last timed step (dispatches, passes, bind groups, submits,
+    /// waits, bytes moved, CPU recording time).
+    #[serde(flatten)]
+    pub counters: crate::gpu::Counters,
 }
 
 /// Shape of the training-step benchmark.
@@ -571,9 +575,9 @@ pub struct ModelStep {
     pub checkpoint: bool,
     /// fp16 mixed precision (f16 matmul inputs, loss scaling).
     pub fp16: bool,
-    /// Count memory without computing ([`Gpu::set_accounting_only`]): the peak at shapes too
-    /// big or too slow to run here.
-    pub memory_only: bool,
+    /// Count without computing ([`Gpu::set_accounting_only`]): the peak memory and the
+    /// engine's counters at shapes too big or too slow to run here.
+    pub count_only: bool,
     /// Timed steps after the warm-up (the median is reported).
     pub steps: usize,
 }
@@ -586,7 +590,7 @@ impl Default for ModelStep {
             layers: None,
             checkpoint: false,
             fp16: false,
-            memory_only: false,
+            count_only: false,
             steps: 3,
         }
     }
@@ -605,7 +609,7 @@ pub fn model_step(gpu: &Gpu, m: &ModelStep, log: &mut dyn std::io::Write) -> Res
         cfg.num_hidden_layers = l;
     }
     let secs = m.seconds;
-    if m.memory_only {
+    if m.count_only {
         gpu.set_accounting_only(true);
     }
     let model = Wav2Vec2ForCtc::random(gpu, cfg, 0)?;
@@ -652,16 +656,23 @@ pub fn model_step(gpu: &Gpu, m: &ModelStep, log: &mut dyn std::io::Write) -> Res
         Ok((fwd, t0.elapsed().as_secs_f64()))
     };
     step()?; // warm-up: pipelines, pool, optimiser moments
-    let steps = if m.memory_only { 1 } else { m.steps.max(1) };
-    let mut times: Vec<(f64, f64)> = (0..steps).map(|_| step()).collect::<Result<_>>()?;
+    let steps = m.steps.max(1);
+    // The counters are the last timed step's: by then the pool hands out the same buffers
+    // every step, as in a long run.
+    let mut times = Vec::new();
+    for _ in 0..steps {
+        gpu.reset_counters();
+        times.push(step()?);
+    }
+    let counters = gpu.counters();
     times.sort_by(|a, b| a.1.total_cmp(&b.1));
     let (fwd, total) = times[times.len() / 2];
     let timed = gpu.profile_start()?;
     step()?;
     let mut kernels = gpu.profile_stop()?;
     kernels.sort_by(|a, b| b.1.total_cmp(&a.1));
-    let times = if m.memory_only {
-        "memory only (no kernels run)".to_string()
+    let times = if m.count_only {
+        "counted only (no kernels run)".to_string()
     } else {
         format!("step {total:.3} s (forward {fwd:.3} s), median of {steps} (wall)",)
     };
@@ -675,6 +686,21 @@ pub fn model_step(gpu: &Gpu, m: &ModelStep, log: &mut dyn std::io::Write) -> Res
         m.fp16,
         gpu.peak_bytes() as f64 / 1e9,
         weights as f64 / 1e9
+    );
+    let c = &counters;
+    let _ = writeln!(
+        log,
+        "    per step: {} dispatches, {} compute passes, {} bind groups created, {} pipelines created, {} buffers created, {} submits, {} blocking waits, {:.1} MB up, {:.1} KB back, {:.1} ms recording",
+        c.dispatches,
+        c.compute_passes,
+        c.bind_groups_created,
+        c.pipelines_created,
+        c.buffers_created,
+        c.submits,
+        c.blocking_waits,
+        c.upload_bytes as f64 / 1e6,
+        c.readback_bytes as f64 / 1e3,
+        c.record_ms
     );
     if timed {
         let total: f64 = kernels.iter().map(|x| x.1).sum();
@@ -709,6 +735,7 @@ pub fn model_step(gpu: &Gpu, m: &ModelStep, log: &mut dyn std::io::Write) -> Res
             .into_iter()
             .map(|(k, ns, n)| (k.to_string(), ns / 1e6, n))
             .collect(),
+        counters,
     })
 }
 

@@ -4,6 +4,9 @@
 //! of a long-lived command encoder (wgpu puts the barriers between dispatches). The encoder is
 //! submitted when someone needs a value back ([`Gpu::read`]), on [`Gpu::flush`], and every
 //! [`ARENA_SLOTS`] dispatches, so the GPU starts on a step while the CPU still records it.
+//! Bind groups are cached by the buffer ranges they bind (each dispatch's params reach the
+//! kernel through a dynamic offset into one uniform arena), so a steady-state training step,
+//! whose pooled buffers recur, creates almost none. [`Counters`] count what a step costs.
 
 use crate::error::{Error, Result};
 use std::collections::{BTreeMap, HashMap};
@@ -25,6 +28,7 @@ const SHADERS: &[(&str, &str)] = &[
     ("weight_norm", include_str!("../shaders/weight_norm.wgsl")),
     ("adamw", include_str!("../shaders/adamw.wgsl")),
     ("cast", include_str!("../shaders/cast.wgsl")),
+    ("words", include_str!("../shaders/words.wgsl")),
     ("attention", include_str!("../shaders/attention.wgsl")),
     ("matmul_coop", include_str!("../shaders/matmul_coop.wgsl")),
     (
@@ -93,6 +97,19 @@ const UNIFORM_SLOT: u64 = 256;
 /// enough that the GPU is never idle long while the CPU records, many enough that submits
 /// stay cheap.
 pub const ARENA_SLOTS: u64 = 256;
+/// Host uploads up to this many bytes go through the upload arena (inside the compute pass);
+/// larger ones through a staging buffer and a copy command.
+const UPLOAD_ARENA_MAX: u64 = 64 << 20;
+const FILL_WORDS: Kernel = Kernel {
+    file: "words",
+    entry: "fill_words",
+    reads: 1,
+    writes: 1,
+};
+const COPY_WORDS: Kernel = Kernel {
+    entry: "copy_words",
+    ..FILL_WORDS
+};
 /// Timestamp pairs per profiler flush.
 const PROFILE_PAIRS: u32 = 1024;
 
@@ -124,6 +141,49 @@ pub struct BufRef<'a> {
 /// A bind-group layout and the pipeline layout wrapping it, per binding signature.
 type Layouts = (Arc<wgpu::BindGroupLayout>, Arc<wgpu::PipelineLayout>);
 
+/// What the engine did since the last [`Gpu::reset_counters`]: the overhead of a training
+/// step, apart from the arithmetic. Accounting-only runs count the same (see
+/// [`Gpu::set_accounting_only`]) except `record_ms`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, serde::Serialize)]
+pub struct Counters {
+    /// Kernel launches.
+    pub dispatches: u64,
+    /// Compute passes begun.
+    pub compute_passes: u64,
+    /// Bind groups created (cache misses).
+    pub bind_groups_created: u64,
+    /// Pipelines compiled.
+    pub pipelines_created: u64,
+    /// Device buffers created (pool misses, upload and read-back staging).
+    pub buffers_created: u64,
+    /// Queue submissions.
+    pub submits: u64,
+    /// Times the host waited for the GPU.
+    pub blocking_waits: u64,
+    /// Bytes written from the host (tensor uploads and kernel params).
+    pub upload_bytes: u64,
+    /// Bytes read back to the host.
+    pub readback_bytes: u64,
+    /// CPU milliseconds spent recording dispatches.
+    pub record_ms: f64,
+}
+
+impl Counters {
+    /// These counts without the timing (what a counted run must reproduce exactly).
+    pub fn counts(&self) -> Counters {
+        Counters {
+            record_ms: 0.0,
+            ..*self
+        }
+    }
+}
+
+/// The buffer ranges of one dispatch's storage bindings, with its layout: a bind-group key.
+type BindKey = ((u32, u32), Vec<(wgpu::Buffer, u64, u64)>);
+
+/// Cached bind groups past this many are dropped (a long-lived key set is far smaller).
+const BIND_CACHE_MAX: usize = 8192;
+
 struct Pipeline {
     pipeline: wgpu::ComputePipeline,
     layout: Arc<wgpu::BindGroupLayout>,
@@ -132,7 +192,10 @@ struct Pipeline {
 /// Buffers kept for reuse, keyed by size class.
 #[derive(Default)]
 struct Pool {
-    free: HashMap<u64, Vec<wgpu::Buffer>>,
+    /// Ordered sets, and the lowest buffer is handed out first: the same sequence of
+    /// allocations and releases then gets the same buffers every step, so the bind groups
+    /// over them are cache hits.
+    free: HashMap<u64, std::collections::BTreeSet<wgpu::Buffer>>,
     live_bytes: u64,
     pooled_bytes: u64,
     peak_bytes: u64,
@@ -146,6 +209,15 @@ struct Batch {
     arena: wgpu::Buffer,
     uniforms: Vec<u8>,
     slots: u64,
+    /// Host data for this batch's uploads, written to `upload_arena` at submit (as the
+    /// params are to `arena`) and copied into tensors by `copy_words` dispatches.
+    uploads: Vec<u8>,
+    upload_arena: Option<wgpu::Buffer>,
+    upload_capacity: u64,
+    /// A compute pass is open (also tracked in accounting-only runs, which record nothing).
+    open_pass: bool,
+    /// Commands are recorded and not yet submitted (likewise).
+    pending: bool,
 }
 
 struct Profiler {
@@ -177,6 +249,11 @@ pub struct GpuInner {
     pipelines: Mutex<HashMap<(&'static str, &'static str), Arc<Pipeline>>>,
     pool: Mutex<Pool>,
     batch: Mutex<Batch>,
+    /// Bind groups by the ranges they bind; `None` in accounting-only runs.
+    bind_groups: Mutex<HashMap<BindKey, Option<wgpu::BindGroup>>>,
+    /// A 4-byte storage buffer for bindings a kernel entry does not read.
+    unused: wgpu::Buffer,
+    counters: Mutex<Counters>,
     profiler: Mutex<Option<Profiler>>,
     max_binding: AtomicU64,
     /// Budget for pooled + live buffers (`XLSR_MEMORY_LIMIT_GB`, or set by tests).
@@ -320,6 +397,12 @@ impl Gpu {
             usage: wgpu::BufferUsages::UNIFORM | wgpu::BufferUsages::COPY_DST,
             mapped_at_creation: false,
         });
+        let unused = device.create_buffer(&wgpu::BufferDescriptor {
+            label: Some("unused binding"),
+            size: 4,
+            usage: wgpu::BufferUsages::STORAGE,
+            mapped_at_creation: false,
+        });
         let max_binding = limits
             .max_storage_buffer_binding_size
             .min(limits.max_buffer_size);
@@ -339,7 +422,15 @@ impl Gpu {
                 arena,
                 uniforms: Vec::with_capacity((UNIFORM_SLOT * ARENA_SLOTS) as usize),
                 slots: 0,
+                uploads: Vec::new(),
+                upload_arena: None,
+                upload_capacity: 0,
+                open_pass: false,
+                pending: false,
             }),
+            bind_groups: Mutex::default(),
+            unused,
+            counters: Mutex::default(),
             profiler: Mutex::new(None),
             max_binding: AtomicU64::new(max_binding),
             memory_limit: AtomicU64::new(
@@ -358,6 +449,20 @@ impl Gpu {
         self.max_binding.load(Ordering::Relaxed)
     }
 
+    /// What the engine did since the last [`Gpu::reset_counters`].
+    pub fn counters(&self) -> Counters {
+        *self.counters.lock().unwrap()
+    }
+
+    /// Zeroes the [`Counters`].
+    pub fn reset_counters(&self) {
+        *self.counters.lock().unwrap() = Counters::default();
+    }
+
+    fn count(&self, f: impl FnOnce(&mut Counters)) {
+        f(&mut self.counters.lock().unwrap())
+    }
+
     /// Caps the device memory the engine may hold (live + pooled buffers): an allocation past
     /// it fails with [`Error::OutOfMemory`] as a full device would. Simulates a smaller card.
     pub fn set_memory_limit(&self, bytes: u64) {
@@ -367,10 +472,11 @@ impl Gpu {
     /// Accounting only (a dry run): buffers are allocated and accounted at their full size
     /// class, but backed by 4-byte stand-ins, and kernels, copies and uploads are skipped;
     /// reads return zeros. A pass then makes exactly the allocations a real one would (they
-    /// depend on shapes, not values), so its peak is the real peak, at no compute cost. Values
-    /// are meaningless: for memory planning only, on a device used for nothing else.
+    /// depend on shapes, not values), so its peak is the real peak, and the same dispatches,
+    /// passes, bind groups, submits and waits ([`Counters`]), at no compute cost. Values are
+    /// meaningless: for planning only, on a device used for nothing else.
     pub fn set_accounting_only(&self, on: bool) {
-        // Pooled buffers of one mode must not be handed out in the other.
+        // Pooled buffers (and bind groups over them) of one mode must not be used in the other.
         self.trim_pool();
         self.accounting_only.store(on, Ordering::Relaxed);
     }
@@ -435,7 +541,7 @@ impl Gpu {
         }
         let mut pool = self.pool.lock().unwrap();
         pool.live_bytes += class;
-        if let Some(buf) = pool.free.get_mut(&class).and_then(|v| v.pop()) {
+        if let Some(buf) = pool.free.get_mut(&class).and_then(|v| v.pop_first()) {
             pool.pooled_bytes -= class;
             return Ok((buf, class));
         }
@@ -444,6 +550,7 @@ impl Gpu {
             // Pooled buffers of other sizes go first; then the budget is really exhausted.
             pool.free.clear();
             pool.pooled_bytes = 0;
+            self.bind_groups.lock().unwrap().clear();
             if pool.live_bytes > limit {
                 pool.live_bytes -= class;
                 return Err(Error::OutOfMemory {
@@ -467,6 +574,7 @@ impl Gpu {
                 mapped_at_creation: false,
             });
             if pollster::block_on(scope.pop()).is_none() {
+                self.count(|c| c.buffers_created += 1);
                 return Ok((buf, class));
             }
             if attempt == 0 {
@@ -488,7 +596,7 @@ impl Gpu {
         let mut pool = self.pool.lock().unwrap();
         pool.live_bytes -= class;
         pool.pooled_bytes += class;
-        pool.free.entry(class).or_default().push(buf);
+        pool.free.entry(class).or_default().insert(buf);
     }
 
     /// Frees every pooled (unused) buffer.
@@ -496,6 +604,8 @@ impl Gpu {
         let mut pool = self.pool.lock().unwrap();
         pool.free.clear();
         pool.pooled_bytes = 0;
+        // Cached bind groups hold their buffers: drop them so the memory really goes.
+        self.bind_groups.lock().unwrap().clear();
     }
 
     fn module(&self, file: &'static str) -> Result<Arc<wgpu::ShaderModule>> {
@@ -533,7 +643,7 @@ impl Gpu {
                     visibility: wgpu::ShaderStages::COMPUTE,
                     ty: wgpu::BindingType::Buffer {
                         ty: wgpu::BufferBindingType::Uniform,
-                        has_dynamic_offset: false,
+                        has_dynamic_offset: true,
                         min_binding_size: None,
                     },
                     count: None,
@@ -593,6 +703,7 @@ impl Gpu {
                 k.file, k.entry
             )));
         }
+        self.count(|c| c.pipelines_created += 1);
         let p = Arc::new(Pipeline {
             pipeline,
             layout: bgl,
@@ -618,9 +729,10 @@ impl Gpu {
         bufs: &[BufRef<'_>],
         groups: [u32; 3],
     ) -> Result<()> {
-        if groups.contains(&0) || self.is_accounting_only() {
+        if groups.contains(&0) {
             return Ok(());
         }
+        let started = std::time::Instant::now();
         if bufs.len() != (k.reads + k.writes) as usize {
             return Err(Error::Gpu(format!(
                 "{}: {} buffers bound, kernel expects {}",
@@ -651,6 +763,7 @@ impl Gpu {
             return Err(Error::Gpu(format!("{}: too many params", k.entry)));
         }
         let pipeline = self.pipeline(k)?;
+        let accounting = self.is_accounting_only();
         let mut batch = self.batch.lock().unwrap();
         if batch.slots == ARENA_SLOTS {
             self.submit(&mut batch)?;
@@ -663,63 +776,49 @@ impl Gpu {
         batch
             .uniforms
             .resize(((slot + 1) * UNIFORM_SLOT) as usize, 0);
-
-        let mut entries = vec![wgpu::BindGroupEntry {
-            binding: 0,
-            resource: wgpu::BindingResource::Buffer(wgpu::BufferBinding {
-                buffer: &batch.arena,
-                offset: slot * UNIFORM_SLOT,
-                size: wgpu::BufferSize::new(UNIFORM_SLOT),
-            }),
-        }];
-        for (i, b) in bufs.iter().enumerate() {
-            entries.push(wgpu::BindGroupEntry {
-                binding: 1 + i as u32,
-                resource: wgpu::BindingResource::Buffer(wgpu::BufferBinding {
-                    buffer: b.buffer,
-                    offset: b.offset,
-                    size: wgpu::BufferSize::new(b.size.max(4)),
-                }),
-            });
-        }
-        let bind_group = self.device.create_bind_group(&wgpu::BindGroupDescriptor {
-            label: None,
-            layout: &pipeline.layout,
-            entries: &entries,
-        });
+        let bind_group = self.bind_group(k, &pipeline, &batch.arena, bufs, accounting);
 
         let mut profiler = self.profiler.lock().unwrap();
-        let timestamp_writes = profiler.as_mut().map(|p| {
-            let i = p.labels.len() as u32;
-            p.labels.push(k.entry);
-            wgpu::ComputePassTimestampWrites {
-                query_set: &p.queries,
-                beginning_of_pass_write_index: Some(2 * i),
-                end_of_pass_write_index: Some(2 * i + 1),
-            }
-        });
-        if timestamp_writes.is_some() {
-            // Profiling times each dispatch in a pass of its own.
-            batch.pass = None;
-        }
-        let Batch { encoder, pass, .. } = &mut *batch;
-        let pass = pass.get_or_insert_with(|| {
-            encoder
-                .get_or_insert_with(|| {
-                    self.device
-                        .create_command_encoder(&wgpu::CommandEncoderDescriptor { label: None })
-                })
-                .begin_compute_pass(&wgpu::ComputePassDescriptor {
-                    label: None,
-                    timestamp_writes,
-                })
-                .forget_lifetime()
-        });
-        pass.set_pipeline(&pipeline.pipeline);
-        pass.set_bind_group(0, &bind_group, &[]);
-        pass.dispatch_workgroups(groups[0], groups[1], groups[2]);
         if profiler.is_some() {
-            batch.pass = None;
+            // Profiling times each dispatch in a pass of its own.
+            end_pass(&mut batch);
+        }
+        let new_pass = !batch.open_pass;
+        batch.open_pass = true;
+        batch.pending = true;
+        self.count(|c| {
+            c.dispatches += 1;
+            c.compute_passes += new_pass as u64;
+        });
+        if let Some(bind_group) = bind_group {
+            let timestamp_writes = profiler.as_mut().map(|p| {
+                let i = p.labels.len() as u32;
+                p.labels.push(k.entry);
+                wgpu::ComputePassTimestampWrites {
+                    query_set: &p.queries,
+                    beginning_of_pass_write_index: Some(2 * i),
+                    end_of_pass_write_index: Some(2 * i + 1),
+                }
+            });
+            let Batch { encoder, pass, .. } = &mut *batch;
+            let pass = pass.get_or_insert_with(|| {
+                encoder
+                    .get_or_insert_with(|| {
+                        self.device
+                            .create_command_encoder(&wgpu::CommandEncoderDescriptor { label: None })
+                    })
+                    .begin_compute_pass(&wgpu::ComputePassDescriptor {
+                        label: None,
+                        timestamp_writes,
+                    })
+                    .forget_lifetime()
+            });
+            pass.set_pipeline(&pipeline.pipeline);
+            pass.set_bind_group(0, &bind_group, &[(slot * UNIFORM_SLOT) as u32]);
+            pass.dispatch_workgroups(groups[0], groups[1], groups[2]);
+        }
+        if profiler.is_some() {
+            end_pass(&mut batch);
         }
         let full = profiler
             .as_ref()
@@ -728,16 +827,72 @@ impl Gpu {
         if full {
             self.submit(&mut batch)?;
         }
+        let ms = started.elapsed().as_secs_f64() * 1e3;
+        self.count(|c| c.record_ms += ms);
         Ok(())
+    }
+
+    /// The cached bind group for these buffer ranges, created on first use (`None` in
+    /// accounting-only runs, which count the creation but make nothing).
+    fn bind_group(
+        &self,
+        k: &Kernel,
+        pipeline: &Pipeline,
+        arena: &wgpu::Buffer,
+        bufs: &[BufRef<'_>],
+        accounting: bool,
+    ) -> Option<wgpu::BindGroup> {
+        let key: BindKey = (
+            (k.reads, k.writes),
+            bufs.iter()
+                .map(|b| (b.buffer.clone(), b.offset, b.size.max(4)))
+                .collect(),
+        );
+        let mut cache = self.bind_groups.lock().unwrap();
+        if let Some(bg) = cache.get(&key) {
+            return bg.clone();
+        }
+        if cache.len() >= BIND_CACHE_MAX {
+            cache.clear();
+        }
+        self.count(|c| c.bind_groups_created += 1);
+        let bg = (!accounting).then(|| {
+            let mut entries = vec![wgpu::BindGroupEntry {
+                binding: 0,
+                resource: wgpu::BindingResource::Buffer(wgpu::BufferBinding {
+                    buffer: arena,
+                    offset: 0,
+                    size: wgpu::BufferSize::new(UNIFORM_SLOT),
+                }),
+            }];
+            for (i, (buffer, offset, size)) in key.1.iter().enumerate() {
+                entries.push(wgpu::BindGroupEntry {
+                    binding: 1 + i as u32,
+                    resource: wgpu::BindingResource::Buffer(wgpu::BufferBinding {
+                        buffer,
+                        offset: *offset,
+                        size: wgpu::BufferSize::new(*size),
+                    }),
+                });
+            }
+            self.device.create_bind_group(&wgpu::BindGroupDescriptor {
+                label: None,
+                layout: &pipeline.layout,
+                entries: &entries,
+            })
+        });
+        cache.insert(key, bg.clone());
+        bg
     }
 
     /// Runs `f` with the pending command encoder (for copies and clears).
     pub(crate) fn with_encoder(&self, f: impl FnOnce(&mut wgpu::CommandEncoder)) {
+        let mut batch = self.batch.lock().unwrap();
+        end_pass(&mut batch);
+        batch.pending = true;
         if self.is_accounting_only() {
             return;
         }
-        let mut batch = self.batch.lock().unwrap();
-        batch.pass = None;
         let encoder = batch.encoder.get_or_insert_with(|| {
             self.device
                 .create_command_encoder(&wgpu::CommandEncoderDescriptor { label: None })
@@ -752,15 +907,30 @@ impl Gpu {
     }
 
     fn submit(&self, batch: &mut Batch) -> Result<()> {
-        batch.pass = None;
-        let Some(mut encoder) = batch.encoder.take() else {
+        end_pass(batch);
+        if !std::mem::take(&mut batch.pending) {
             return self.check_errors();
-        };
-        if batch.slots > 0 {
+        }
+        let uniforms = batch.uniforms.len() as u64;
+        self.count(|c| {
+            c.submits += 1;
+            c.upload_bytes += uniforms;
+        });
+        let encoder = batch.encoder.take();
+        if batch.slots > 0 && encoder.is_some() {
             self.queue.write_buffer(&batch.arena, 0, &batch.uniforms);
         }
+        if let (Some(arena), Some(_)) = (&batch.upload_arena, &encoder) {
+            if !batch.uploads.is_empty() {
+                self.queue.write_buffer(arena, 0, &batch.uploads);
+            }
+        }
+        batch.uploads.clear();
         batch.uniforms.clear();
         batch.slots = 0;
+        let Some(mut encoder) = encoder else {
+            return self.check_errors();
+        };
         let mut profiler = self.profiler.lock().unwrap();
         let pairs = profiler.as_ref().map_or(0, |p| p.labels.len() as u32);
         if let Some(p) = profiler.as_mut().filter(|_| pairs > 0) {
@@ -793,6 +963,10 @@ impl Gpu {
     /// Waits for every submitted command to finish.
     pub fn sync(&self) -> Result<()> {
         self.flush()?;
+        self.count(|c| c.blocking_waits += 1);
+        if self.is_accounting_only() {
+            return Ok(());
+        }
         self.device
             .poll(wgpu::PollType::wait_indefinitely())
             .map_err(|e| Error::Gpu(e.to_string()))?;
@@ -800,6 +974,10 @@ impl Gpu {
     }
 
     fn map_read<T: bytemuck::Pod>(&self, buf: &wgpu::Buffer, bytes: u64) -> Result<Vec<T>> {
+        self.count(|c| {
+            c.blocking_waits += 1;
+            c.readback_bytes += bytes;
+        });
         let (tx, rx) = std::sync::mpsc::channel();
         buf.map_async(wgpu::MapMode::Read, 0..bytes, move |r| {
             let _ = tx.send(r);
@@ -826,7 +1004,15 @@ impl Gpu {
         if padded == 0 {
             return Ok(Vec::new());
         }
+        self.count(|c| c.buffers_created += 1);
         if self.is_accounting_only() {
+            // What a real read does to the batch and the counters, without the device.
+            self.with_encoder(|_| {});
+            self.flush()?;
+            self.count(|c| {
+                c.blocking_waits += 1;
+                c.readback_bytes += padded;
+            });
             return Ok(vec![0; bytes as usize]);
         }
         let staging = self.device.create_buffer(&wgpu::BufferDescriptor {
@@ -843,10 +1029,78 @@ impl Gpu {
     }
 
     /// Writes host bytes into the start of `buf`, ordered after everything already recorded.
-    pub fn write(&self, buf: &wgpu::Buffer, data: &[u8]) {
+    pub fn write(&self, buf: &wgpu::Buffer, data: &[u8]) -> Result<()> {
         let padded = data.len().div_ceil(4) * 4;
-        if padded == 0 || self.is_accounting_only() {
-            return;
+        if padded == 0 {
+            return Ok(());
+        }
+        self.count(|c| c.upload_bytes += padded as u64);
+        let align = self.offset_align();
+        if padded as u64 > UPLOAD_ARENA_MAX.min(self.max_binding() - align) {
+            return self.write_staged(buf, data);
+        }
+        // Into the upload arena (written to the device at submit, before this batch's
+        // commands run), then a copy_words dispatch in the pass: no pass ends, no new buffer.
+        let at = {
+            let mut batch = self.batch.lock().unwrap();
+            let at = (batch.uploads.len() as u64).next_multiple_of(align);
+            if at + padded as u64 > batch.upload_capacity || batch.slots == ARENA_SLOTS {
+                self.submit(&mut batch)?;
+            }
+            let at = (batch.uploads.len() as u64).next_multiple_of(align);
+            if at + padded as u64 > batch.upload_capacity {
+                // Only an empty batch gets here (it was just submitted), so nothing recorded
+                // binds the old arena.
+                let size = (at + padded as u64).next_power_of_two().max(1 << 20);
+                batch.upload_capacity = size;
+                self.count(|c| c.buffers_created += 1);
+                batch.upload_arena = Some(self.device.create_buffer(&wgpu::BufferDescriptor {
+                    label: Some("upload arena"),
+                    size: if self.is_accounting_only() { 4 } else { size },
+                    usage: wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_DST,
+                    mapped_at_creation: false,
+                }));
+            }
+            batch.uploads.resize(at as usize, 0);
+            batch.uploads.extend_from_slice(data);
+            batch.uploads.resize((at as usize) + padded, 0);
+            at
+        };
+        let arena = self
+            .batch
+            .lock()
+            .unwrap()
+            .upload_arena
+            .clone()
+            .expect("sized above");
+        let words = (padded / 4) as u32;
+        self.dispatch(
+            &COPY_WORDS,
+            &[words, 0, 0, 0],
+            &[
+                BufRef {
+                    buffer: &arena,
+                    offset: at,
+                    size: padded as u64,
+                },
+                BufRef {
+                    buffer: buf,
+                    offset: 0,
+                    size: padded as u64,
+                },
+            ],
+            grid(words as u64, 256),
+        )
+    }
+
+    /// [`Gpu::write`] through a staging buffer and a copy command (for uploads too big for the
+    /// arena).
+    fn write_staged(&self, buf: &wgpu::Buffer, data: &[u8]) -> Result<()> {
+        let padded = data.len().div_ceil(4) * 4;
+        self.count(|c| c.buffers_created += 1);
+        if self.is_accounting_only() {
+            self.with_encoder(|_| {});
+            return Ok(());
         }
         // A staging copy inside the encoder (not queue.write_buffer, which would run before
         // already-recorded commands that may still read a recycled buffer).
@@ -862,6 +1116,37 @@ impl Gpu {
         }
         staging.unmap();
         self.with_encoder(|e| e.copy_buffer_to_buffer(&staging, 0, buf, 0, padded as u64));
+        Ok(())
+    }
+
+    /// Sets the first `bytes` of `buf` to zero with `fill_words` dispatches (inside the compute
+    /// pass, unlike a clear command), in binding-sized pieces.
+    pub fn zero(&self, buf: &wgpu::Buffer, bytes: u64) -> Result<()> {
+        let bytes = bytes.div_ceil(4) * 4;
+        let piece = (self.max_binding() / self.offset_align()) * self.offset_align();
+        let mut at = 0;
+        while at < bytes {
+            let size = piece.min(bytes - at);
+            let words = size / 4;
+            let d = BufRef {
+                buffer: buf,
+                offset: at,
+                size,
+            };
+            let unused = BufRef {
+                buffer: &self.unused,
+                offset: 0,
+                size: 4,
+            };
+            self.dispatch(
+                &FILL_WORDS,
+                &[words as u32, 0, 0, 0],
+                &[unused, d],
+                grid(words, 256),
+            )?;
+            at += size;
+        }
+        Ok(())
     }
 
     /// Starts collecting per-kernel GPU time from timestamp queries (if the adapter has them).
@@ -902,6 +1187,12 @@ impl Gpu {
                 .unwrap_or_default(),
         )
     }
+}
+
+/// Ends the open compute pass, if any (dropping it ends it).
+fn end_pass(batch: &mut Batch) {
+    batch.pass = None;
+    batch.open_pass = false;
 }
 
 /// Splits `n` threads of workgroup size `wg` into a grid within the 65535-per-dimension limit.

@@ -43,10 +43,11 @@ enum Cmd {
         /// Training-step benchmark: fp16 mixed precision with loss scaling
         #[arg(long)]
         fp16: bool,
-        /// Training-step benchmark: count device memory without running kernels (the peak of
-        /// shapes too slow to run, e.g. batch 16 x 5 s on a CPU adapter)
-        #[arg(long)]
-        memory_only: bool,
+        /// Training-step benchmark: count device memory and the engine's work (dispatches,
+        /// bind groups, submits, waits) without running kernels, for shapes too slow to run,
+        /// e.g. batch 16 x 5 s on a CPU adapter
+        #[arg(long, alias = "memory-only")]
+        count_only: bool,
         /// Training-step benchmark: timed steps after the warm-up (the median is reported)
         #[arg(long, default_value_t = 3)]
         steps: usize,
@@ -186,7 +187,7 @@ fn run() -> Result<()> {
             layers,
             checkpointing,
             fp16,
-            memory_only,
+            count_only,
             steps,
             json,
             ..
@@ -198,7 +199,7 @@ fn run() -> Result<()> {
                 layers,
                 checkpoint: checkpointing,
                 fp16,
-                memory_only,
+                count_only,
                 steps,
             };
             let step = xlsr::bench::model_step(&gpu, &m, &mut bench_log(json))?;

@@ -78,7 +78,7 @@ impl Tensor {
     /// A tensor of zeros.
     pub fn zeros(gpu: &Gpu, shape: &[usize]) -> Result<Tensor> {
         let t = Tensor::uninit(gpu, shape, DType::F32)?;
-        gpu.with_encoder(|e| e.clear_buffer(t.buffer(), 0, None));
+        gpu.zero(t.buffer(), t.bytes())?;
         Ok(t)
     }
 
@@ -97,7 +97,7 @@ impl Tensor {
             );
         }
         let t = Tensor::uninit(gpu, shape, dtype)?;
-        gpu.write(t.buffer(), bytemuck::cast_slice(data));
+        gpu.write(t.buffer(), bytemuck::cast_slice(data))?;
         Ok(t)
     }
 

@@ -405,16 +405,18 @@ fn fused_attention_matches_unfused_in_the_model() {
     assert!(peak1 < peak0, "fused attention did not lower the peak");
 }
 
-/// Accounting-only mode (`xlsr bench --memory-only`) makes the same allocations as a real
-/// training step, so its peak equals the real peak to the byte: f32 and fp16, with and
-/// without checkpointing, forward, backward and AdamW (each run on its own device).
+/// Accounting-only mode (`xlsr bench --count-only`) makes the same allocations as a real
+/// training step, so its peak equals the real peak to the byte, and the same dispatches,
+/// passes, bind groups, pipelines, buffers, submits, waits and bytes moved in the second
+/// (steady-state) step: f32 and fp16, with and without checkpointing, forward, backward and
+/// AdamW (each run on its own device).
 #[test]
-fn accounting_only_peak_equals_the_real_peak() {
+fn accounting_only_counts_equal_the_real_ones() {
     let run = |accounting: bool, fp16: bool, checkpoint: bool| {
         let g = xlsr::Gpu::new().unwrap();
         if fp16 && !g.has_f16() {
             eprintln!("adapter has no SHADER_F16: fp16 accounting case not run");
-            return 0;
+            return (0, xlsr::gpu::Counters::default());
         }
         g.set_accounting_only(accounting);
         let (model, _) = Wav2Vec2ForCtc::load(&g, &fixture("w2v2_large"), None, 0).unwrap();
@@ -424,6 +426,7 @@ fn accounting_only_peak_equals_the_real_peak() {
         let mut opt = xlsr::optim::AdamW::new(&model.params, Default::default());
         let mut scaler = xlsr::optim::GradScaler::default();
         for step in 0..2 {
+            g.reset_counters();
             let tape = Tape::new();
             let opts = Forward {
                 train: true,
@@ -444,15 +447,21 @@ fn accounting_only_peak_equals_the_real_peak() {
             opt.zero_grad();
         }
         g.sync().unwrap();
-        g.peak_bytes()
+        (g.peak_bytes(), g.counters())
     };
     for (fp16, checkpoint) in [(false, false), (false, true), (true, false), (true, true)] {
-        let real = run(false, fp16, checkpoint);
-        let counted = run(true, fp16, checkpoint);
+        let (real, real_counts) = run(false, fp16, checkpoint);
+        let (counted, counted_counts) = run(true, fp16, checkpoint);
         println!(
-            "fp16 {fp16}, checkpointing {checkpoint}: peak {real} bytes real, {counted} counted"
+            "fp16 {fp16}, checkpointing {checkpoint}: peak {real} bytes real, {counted} counted; second step {real_counts:?}"
         );
         assert_eq!(real, counted, "fp16 {fp16}, checkpointing {checkpoint}");
+        assert_eq!(
+            real_counts.counts(),
+            counted_counts.counts(),
+            "fp16 {fp16}, checkpointing {checkpoint}"
+        );
+        assert!(real_counts.dispatches > 100, "{real_counts:?}");
     }
 }
 

@@ -38,38 +38,40 @@ fn p(n: usize, square: bool, out_index: usize, len: usize, inner: usize, alpha: 
     v
 }
 
-/// Writes alpha * sum(x) (or of x^2) into `out[index]`, in two passes, chunking x if needed.
+/// Writes alpha * sum(x) (or of x^2) into `out[index]`, chunking x if needed: one pass when
+/// one workgroup suffices, else per-workgroup partial sums (packed, every slot written, so
+/// nothing needs clearing) and a second pass over them.
 fn sum_into(x: &Tensor, square: bool, alpha: f32, out: &Tensor, index: usize) -> Result<()> {
     let gpu = x.gpu();
     let d = dummy(gpu)?;
     let chunks = row_chunks(gpu, "sum", x.numel(), 1)?;
-    let partials = Tensor::uninit(gpu, &[PARTIALS * chunks.len()], DType::F32)?;
-    for (i, &(s, len)) in chunks.iter().enumerate() {
-        let groups = len.div_ceil(256 * 4).clamp(1, PARTIALS);
-        if len == 0 {
-            gpu.with_encoder(|e| e.clear_buffer(partials.buffer(), 0, None));
-            continue;
-        }
+    let groups: Vec<usize> = chunks
+        .iter()
+        .map(|&(_, len)| len.div_ceil(256 * 4).clamp(1, PARTIALS))
+        .collect();
+    let total: usize = groups.iter().sum();
+    if total == 1 {
+        return gpu.dispatch(
+            &SUM_ALL,
+            &p(0, square, index, x.numel(), 0, alpha),
+            &[x.bind_range(0, x.numel()), d.bind(), d.bind(), out.bind()],
+            [1, 1, 1],
+        );
+    }
+    let partials = Tensor::uninit(gpu, &[total], DType::F32)?;
+    let mut at = 0;
+    for (&(s, len), &g) in chunks.iter().zip(&groups) {
         gpu.dispatch(
             &SUM_ALL,
-            &p(0, square, i * PARTIALS, len, 0, 1.0),
+            &p(0, square, at, len, 0, 1.0),
             &[x.bind_range(s, len), d.bind(), d.bind(), partials.bind()],
-            [groups as u32, 1, 1],
+            [g as u32, 1, 1],
         )?;
-        // Unused partial slots must read as zero in the second pass.
-        if groups < PARTIALS {
-            gpu.with_encoder(|e| {
-                e.clear_buffer(
-                    partials.buffer(),
-                    ((i * PARTIALS + groups) * 4) as u64,
-                    Some(((PARTIALS - groups) * 4) as u64),
-                )
-            });
-        }
+        at += g;
     }
     gpu.dispatch(
         &SUM_ALL,
-        &p(0, false, index, partials.numel(), 0, alpha),
+        &p(0, false, index, total, 0, alpha),
         &[partials.bind(), d.bind(), d.bind(), out.bind()],
         [1, 1, 1],
     )
