@@ -17,12 +17,16 @@ struct Params {
     channels: u32,
     row_base: u32,    // global index of this chunk's first row (for the channel of a row)
     affine: u32,
-    accum: u32,       // param grads: add into out instead of overwriting
+    _unused: u32,
     inner: u32,       // element stride within a row (1, or T for the channel layout)
     eps: f32,
     off: u32,         // element shift of x, dy, y and dx within their (aligned-down) bindings
     off_stats: u32,   // the same for the (mean, rstd) pairs
     off_rows: u32,    // the same for per-row outputs (norm_param_grad_rows)
+    parts: u32,       // norm_param_grad_cols: the rows are split into this many parts
+    part0: u32,       // and this chunk's parts are rows part0.. of the [parts, cols] output
+    _p0: u32,
+    _p1: u32,
 }
 
 @group(0) @binding(0) var<uniform> p: Params;
@@ -160,22 +164,27 @@ fn norm_bwd_rows(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_wor
     }
 }
 
-// LayerNorm dgamma/dbeta: one thread per column, summing over rows.
+// LayerNorm dgamma/dbeta, first stage: a thread per column sums one part of the rows (the
+// workgroup's y), so a 2000 x 1024 gradient fills 64 workgroups instead of 4; the parts are
+// then summed by reduce.wgsl's sum_axis.
 @compute @workgroup_size(256)
-fn norm_param_grad_cols(@builtin(global_invocation_id) gid: vec3<u32>) {
+fn norm_param_grad_cols(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(workgroup_id) wid: vec3<u32>) {
     let c = gid.x;
     if c >= p.cols { return; }
+    let per = (p.rows + p.parts - 1u) / p.parts;
+    let r0 = wid.y * per;
+    let r1 = min(p.rows, r0 + per);
     var dg = 0.0;
     var db = 0.0;
-    for (var r = 0u; r < p.rows; r = r + 1u) {
+    for (var r = r0; r < r1; r = r + 1u) {
         let i = at(r, c);
         let xh = (x[i] - stats_in[p.off_stats + 2u * r]) * stats_in[p.off_stats + 2u * r + 1u];
         dg = dg + aux[i] * xh;
         db = db + aux[i];
     }
-    if p.accum == 1u { dg = dg + out[c]; db = db + out2[c]; }
-    out[c] = dg;
-    out2[c] = db;
+    let o = (p.part0 + wid.y) * p.cols + c;
+    out[o] = dg;
+    out2[o] = db;
 }
 
 // GroupNorm dgamma/dbeta, first stage: per-row sums of dy*xhat and dy (then summed over the

@@ -687,21 +687,7 @@ pub fn model_step(gpu: &Gpu, m: &ModelStep, log: &mut dyn std::io::Write) -> Res
         gpu.peak_bytes() as f64 / 1e9,
         weights as f64 / 1e9
     );
-    let c = &counters;
-    let _ = writeln!(
-        log,
-        "    per step: {} dispatches, {} compute passes, {} bind groups created, {} pipelines created, {} buffers created, {} submits, {} blocking waits, {:.1} MB up, {:.1} KB back, {:.1} ms recording",
-        c.dispatches,
-        c.compute_passes,
-        c.bind_groups_created,
-        c.pipelines_created,
-        c.buffers_created,
-        c.submits,
-        c.blocking_waits,
-        c.upload_bytes as f64 / 1e6,
-        c.readback_bytes as f64 / 1e3,
-        c.record_ms
-    );
+    let _ = writeln!(log, "    per step: {counters}");
     if timed {
         let total: f64 = kernels.iter().map(|x| x.1).sum();
         let _ = writeln!(

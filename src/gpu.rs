@@ -178,6 +178,25 @@ impl Counters {
     }
 }
 
+impl std::fmt::Display for Counters {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{} dispatches, {} compute passes, {} bind groups created, {} pipelines created, {} buffers created, {} submits, {} blocking waits, {:.1} MB up, {:.1} KB back, {:.1} ms recording",
+            self.dispatches,
+            self.compute_passes,
+            self.bind_groups_created,
+            self.pipelines_created,
+            self.buffers_created,
+            self.submits,
+            self.blocking_waits,
+            self.upload_bytes as f64 / 1e6,
+            self.readback_bytes as f64 / 1e3,
+            self.record_ms
+        )
+    }
+}
+
 /// The buffer ranges of one dispatch's storage bindings, with its layout: a bind-group key.
 type BindKey = ((u32, u32), Vec<(wgpu::Buffer, u64, u64)>);
 
@@ -189,13 +208,23 @@ struct Pipeline {
     layout: Arc<wgpu::BindGroupLayout>,
 }
 
+/// A pooled buffer's size class and serial number.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Slot {
+    pub class: u64,
+    pub serial: u64,
+}
+
 /// Buffers kept for reuse, keyed by size class.
 #[derive(Default)]
 struct Pool {
-    /// Ordered sets, and the lowest buffer is handed out first: the same sequence of
+    /// By serial, and the lowest serial is handed out first: the same sequence of
     /// allocations and releases then gets the same buffers every step, so the bind groups
     /// over them are cache hits.
-    free: HashMap<u64, std::collections::BTreeSet<wgpu::Buffer>>,
+    free: HashMap<u64, BTreeMap<u64, wgpu::Buffer>>,
+    /// Serial numbers in creation order: the free buffers' order (wgpu's own ids are reused,
+    /// and differ between real and accounting-only runs).
+    next_serial: u64,
     live_bytes: u64,
     pooled_bytes: u64,
     peak_bytes: u64,
@@ -528,7 +557,7 @@ impl Gpu {
     }
 
     /// Takes a buffer of at least `bytes` from the pool, or allocates one.
-    pub(crate) fn alloc(&self, bytes: u64) -> Result<(wgpu::Buffer, u64)> {
+    pub(crate) fn alloc(&self, bytes: u64) -> Result<(wgpu::Buffer, Slot)> {
         let class = size_class(bytes);
         if class > self.limits.max_buffer_size {
             return Err(Error::Limit {
@@ -541,9 +570,9 @@ impl Gpu {
         }
         let mut pool = self.pool.lock().unwrap();
         pool.live_bytes += class;
-        if let Some(buf) = pool.free.get_mut(&class).and_then(|v| v.pop_first()) {
+        if let Some((serial, buf)) = pool.free.get_mut(&class).and_then(|v| v.pop_first()) {
             pool.pooled_bytes -= class;
-            return Ok((buf, class));
+            return Ok((buf, Slot { class, serial }));
         }
         let limit = self.memory_limit.load(Ordering::Relaxed);
         if pool.live_bytes + pool.pooled_bytes > limit {
@@ -560,6 +589,8 @@ impl Gpu {
             }
         }
         pool.peak_bytes = pool.peak_bytes.max(pool.live_bytes + pool.pooled_bytes);
+        let serial = pool.next_serial;
+        pool.next_serial += 1;
         drop(pool);
         // New buffers are rare once the pool is warm, so checking each for out-of-memory
         // synchronously costs little and turns a later driver error into a clear one here.
@@ -575,7 +606,7 @@ impl Gpu {
             });
             if pollster::block_on(scope.pop()).is_none() {
                 self.count(|c| c.buffers_created += 1);
-                return Ok((buf, class));
+                return Ok((buf, Slot { class, serial }));
             }
             if attempt == 0 {
                 // Pooled buffers of other sizes may be what fills the device: free and retry.
@@ -592,11 +623,14 @@ impl Gpu {
 
     /// Returns a buffer to the pool. Commands already recorded that use it still run first,
     /// because the GPU executes the encoder in order.
-    pub(crate) fn release(&self, buf: wgpu::Buffer, class: u64) {
+    pub(crate) fn release(&self, buf: wgpu::Buffer, slot: Slot) {
         let mut pool = self.pool.lock().unwrap();
-        pool.live_bytes -= class;
-        pool.pooled_bytes += class;
-        pool.free.entry(class).or_default().insert(buf);
+        pool.live_bytes -= slot.class;
+        pool.pooled_bytes += slot.class;
+        pool.free
+            .entry(slot.class)
+            .or_default()
+            .insert(slot.serial, buf);
     }
 
     /// Frees every pooled (unused) buffer.
@@ -729,6 +763,20 @@ impl Gpu {
         bufs: &[BufRef<'_>],
         groups: [u32; 3],
     ) -> Result<()> {
+        let mut batch = self.batch.lock().unwrap();
+        self.dispatch_locked(&mut batch, k, params, bufs, groups)
+    }
+
+    /// [`Gpu::dispatch`] with the batch already locked, so that a caller can stage data for
+    /// the kernel (an upload) and record it without another thread submitting in between.
+    fn dispatch_locked(
+        &self,
+        batch: &mut Batch,
+        k: &Kernel,
+        params: &[u32],
+        bufs: &[BufRef<'_>],
+        groups: [u32; 3],
+    ) -> Result<()> {
         if groups.contains(&0) {
             return Ok(());
         }
@@ -764,9 +812,8 @@ impl Gpu {
         }
         let pipeline = self.pipeline(k)?;
         let accounting = self.is_accounting_only();
-        let mut batch = self.batch.lock().unwrap();
         if batch.slots == ARENA_SLOTS {
-            self.submit(&mut batch)?;
+            self.submit(batch)?;
         }
         let slot = batch.slots;
         batch.slots += 1;
@@ -781,7 +828,7 @@ impl Gpu {
         let mut profiler = self.profiler.lock().unwrap();
         if profiler.is_some() {
             // Profiling times each dispatch in a pass of its own.
-            end_pass(&mut batch);
+            end_pass(batch);
         }
         let new_pass = !batch.open_pass;
         batch.open_pass = true;
@@ -800,7 +847,7 @@ impl Gpu {
                     end_of_pass_write_index: Some(2 * i + 1),
                 }
             });
-            let Batch { encoder, pass, .. } = &mut *batch;
+            let Batch { encoder, pass, .. } = batch;
             let pass = pass.get_or_insert_with(|| {
                 encoder
                     .get_or_insert_with(|| {
@@ -818,14 +865,14 @@ impl Gpu {
             pass.dispatch_workgroups(groups[0], groups[1], groups[2]);
         }
         if profiler.is_some() {
-            end_pass(&mut batch);
+            end_pass(batch);
         }
         let full = profiler
             .as_ref()
             .is_some_and(|p| p.labels.len() as u32 == PROFILE_PAIRS);
         drop(profiler);
         if full {
-            self.submit(&mut batch)?;
+            self.submit(batch)?;
         }
         let ms = started.elapsed().as_secs_f64() * 1e3;
         self.count(|c| c.record_ms += ms);
@@ -1041,40 +1088,33 @@ impl Gpu {
         }
         // Into the upload arena (written to the device at submit, before this batch's
         // commands run), then a copy_words dispatch in the pass: no pass ends, no new buffer.
-        let at = {
-            let mut batch = self.batch.lock().unwrap();
-            let at = (batch.uploads.len() as u64).next_multiple_of(align);
-            if at + padded as u64 > batch.upload_capacity || batch.slots == ARENA_SLOTS {
-                self.submit(&mut batch)?;
-            }
-            let at = (batch.uploads.len() as u64).next_multiple_of(align);
-            if at + padded as u64 > batch.upload_capacity {
-                // Only an empty batch gets here (it was just submitted), so nothing recorded
-                // binds the old arena.
-                let size = (at + padded as u64).next_power_of_two().max(1 << 20);
-                batch.upload_capacity = size;
-                self.count(|c| c.buffers_created += 1);
-                batch.upload_arena = Some(self.device.create_buffer(&wgpu::BufferDescriptor {
-                    label: Some("upload arena"),
-                    size: if self.is_accounting_only() { 4 } else { size },
-                    usage: wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_DST,
-                    mapped_at_creation: false,
-                }));
-            }
-            batch.uploads.resize(at as usize, 0);
-            batch.uploads.extend_from_slice(data);
-            batch.uploads.resize((at as usize) + padded, 0);
-            at
-        };
-        let arena = self
-            .batch
-            .lock()
-            .unwrap()
-            .upload_arena
-            .clone()
-            .expect("sized above");
+        // One lock over both, so no other thread submits the batch in between.
+        let mut batch = self.batch.lock().unwrap();
+        let at = (batch.uploads.len() as u64).next_multiple_of(align);
+        if at + padded as u64 > batch.upload_capacity || batch.slots == ARENA_SLOTS {
+            self.submit(&mut batch)?;
+        }
+        let at = (batch.uploads.len() as u64).next_multiple_of(align);
+        if at + padded as u64 > batch.upload_capacity {
+            // Only an empty batch gets here (it was just submitted), so nothing recorded binds
+            // the old arena.
+            let size = (at + padded as u64).next_power_of_two().max(1 << 20);
+            batch.upload_capacity = size;
+            self.count(|c| c.buffers_created += 1);
+            batch.upload_arena = Some(self.device.create_buffer(&wgpu::BufferDescriptor {
+                label: Some("upload arena"),
+                size: if self.is_accounting_only() { 4 } else { size },
+                usage: wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_DST,
+                mapped_at_creation: false,
+            }));
+        }
+        batch.uploads.resize(at as usize, 0);
+        batch.uploads.extend_from_slice(data);
+        batch.uploads.resize((at as usize) + padded, 0);
+        let arena = batch.upload_arena.clone().expect("sized above");
         let words = (padded / 4) as u32;
-        self.dispatch(
+        self.dispatch_locked(
+            &mut batch,
             &COPY_WORDS,
             &[words, 0, 0, 0],
             &[

@@ -33,14 +33,14 @@ impl DType {
 /// A pooled device buffer; goes back to the pool when the last tensor using it is dropped.
 pub struct Storage {
     buffer: Option<wgpu::Buffer>,
-    class: u64,
+    slot: crate::gpu::Slot,
     gpu: Gpu,
 }
 
 impl Drop for Storage {
     fn drop(&mut self) {
         if let Some(b) = self.buffer.take() {
-            self.gpu.release(b, self.class);
+            self.gpu.release(b, self.slot);
         }
     }
 }
@@ -63,11 +63,11 @@ impl Tensor {
     /// An uninitialised tensor (contents are whatever the pooled buffer held).
     pub fn uninit(gpu: &Gpu, shape: &[usize], dtype: DType) -> Result<Tensor> {
         let n: usize = shape.iter().product();
-        let (buffer, class) = gpu.alloc((n * dtype.size()) as u64)?;
+        let (buffer, slot) = gpu.alloc((n * dtype.size()) as u64)?;
         Ok(Tensor {
             storage: Arc::new(Storage {
                 buffer: Some(buffer),
-                class,
+                slot,
                 gpu: gpu.clone(),
             }),
             shape: shape.to_vec(),

@@ -187,7 +187,6 @@ fn params(
     channels: usize,
     row_base: usize,
     affine: bool,
-    accum: bool,
     eps: f32,
     inner: usize,
     offs: [u32; 3],
@@ -199,7 +198,7 @@ fn params(
         channels as u32,
         row_base as u32,
         affine as u32,
-        accum as u32,
+        0,
         inner as u32,
         f(eps),
         offs[0],
@@ -242,7 +241,6 @@ pub fn forward(
                 channels,
                 c.row0,
                 gamma.is_some(),
-                false,
                 eps,
                 inner,
                 [off, off_stats, 0],
@@ -323,7 +321,6 @@ pub fn backward(
                 channels,
                 c.row0,
                 gamma.is_some(),
-                false,
                 0.0,
                 inner,
                 [off, off_stats, 0],
@@ -337,30 +334,48 @@ pub fn backward(
     }
     let (dg, db) = match norm {
         Norm::Layer | Norm::Channel => {
-            let dg = Tensor::uninit(gpu, &[cols], DType::F32)?;
-            let db = Tensor::uninit(gpu, &[cols], DType::F32)?;
-            for (i, c) in chunks.iter().enumerate() {
+            // Rows split into parts so that a large GPU gets at least ~256 workgroups (at
+            // least 32 rows a part), then the parts summed.
+            let col_groups = cols.div_ceil(256);
+            let parts: Vec<usize> = chunks
+                .iter()
+                .map(|c| (256 / col_groups).clamp(1, (c.rows / 32).max(1)))
+                .collect();
+            let total: usize = parts.iter().sum();
+            let pg = Tensor::uninit(gpu, &[total, cols], DType::F32)?;
+            let pb = Tensor::uninit(gpu, &[total, cols], DType::F32)?;
+            let mut part0 = 0;
+            for (c, &n) in chunks.iter().zip(&parts) {
                 let ((xr, off), (dyr, _), (sr, off_stats)) =
                     (c.data(x), c.data(dy), c.stats(&stats.0));
+                let mut pr = params(
+                    norm,
+                    c.rows,
+                    cols,
+                    channels,
+                    c.row0,
+                    true,
+                    0.0,
+                    inner,
+                    [off, off_stats, 0],
+                );
+                pr.extend([n as u32, part0 as u32, 0, 0]);
                 gpu.dispatch(
                     &PGRAD_COLS,
-                    &params(
-                        norm,
-                        c.rows,
-                        cols,
-                        channels,
-                        c.row0,
-                        true,
-                        i > 0,
-                        0.0,
-                        inner,
-                        [off, off_stats, 0],
-                    ),
-                    &[xr, d.bind(), dyr, sr, dg.bind(), db.bind()],
-                    grid(cols as u64, 256),
+                    &pr,
+                    &[xr, d.bind(), dyr, sr, pg.bind(), pb.bind()],
+                    [col_groups as u32, n as u32, 1],
                 )?;
+                part0 += n;
             }
-            (dg, db)
+            if total == 1 {
+                (pg.reshape(&[cols])?, pb.reshape(&[cols])?)
+            } else {
+                let sum = |t: &Tensor| {
+                    reduce::sum_axis(&t.reshape(&[1, total, cols])?, 1, 1.0)?.reshape(&[cols])
+                };
+                (sum(&pg)?, sum(&pb)?)
+            }
         }
         Norm::Group => {
             let sg = Tensor::uninit(gpu, &[rows], DType::F32)?;
@@ -381,7 +396,6 @@ pub fn backward(
                         channels,
                         c.row0,
                         true,
-                        false,
                         0.0,
                         inner,
                         [off, off_stats, off_rows],

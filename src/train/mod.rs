@@ -271,7 +271,8 @@ pub fn run(gpu: &Gpu, args: &TrainArgs) -> Result<RunSummary> {
     let audio_at_start = st.audio_seconds;
     let c = model.config.clone();
 
-    // XLSR_PROFILE=N: GPU time per kernel over steps 2..2+N, printed once.
+    // XLSR_PROFILE=N: GPU time per kernel and the engine's counters over steps 2..2+N,
+    // printed once.
     let profile: Option<u64> = std::env::var("XLSR_PROFILE")
         .ok()
         .and_then(|v| v.parse().ok());
@@ -280,9 +281,12 @@ pub fn run(gpu: &Gpu, args: &TrainArgs) -> Result<RunSummary> {
     while st.global_step < total {
         if profile.is_some() && st.global_step == profile_from {
             gpu.profile_start()?;
+            gpu.reset_counters();
         }
-        if profile.is_some_and(|n| st.global_step == profile_from + n) {
+        if let Some(n) = profile.filter(|&n| st.global_step == profile_from + n) {
+            let counters = gpu.counters();
             print_profile(&gpu.profile_stop()?);
+            println!("engine work over those {n} steps (profiling puts each dispatch in a pass of its own): {counters}");
         }
         let mut micro = 0u64;
         let mut step_loss: Option<Tensor> = None;
