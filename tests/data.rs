@@ -4,6 +4,8 @@
 //! its broken rows, length-grouped batching and padding (against transformers fixtures from
 //! tools/make_batch_reference.py). No GPU, Python or network needed.
 
+mod common;
+use common::temp_dir;
 use serde_json::Value;
 use std::collections::{BTreeMap, HashSet};
 use std::path::{Path, PathBuf};
@@ -15,14 +17,6 @@ use xlsr::data::text::TextNorm;
 use xlsr::data::{ctc_min_frames, wav2vec2_frames, DataError, Vocab};
 
 const CORPUS: &str = "data/demo-es";
-
-/// A fresh empty folder under the system temp dir, unique per test.
-fn temp_dir(name: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("xlsr-test-{}-{name}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
-}
 
 fn fixture() -> Value {
     let text = std::fs::read_to_string("tests/fixtures/tokenizer.json").unwrap();

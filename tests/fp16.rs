@@ -13,7 +13,6 @@
 mod common;
 use common::*;
 use half::f16;
-use std::path::{Path, PathBuf};
 use xlsr::model::{Forward, Wav2Vec2ForCtc};
 use xlsr::ops::cast::{to_f16, to_f32};
 use xlsr::optim::{AdamW, AdamWConfig, GradScaler};
@@ -247,12 +246,6 @@ fn f16_matmul_and_backward_match_rounded_f64() {
         assert_close(&format!("{what} dB"), &got(1), &db, 1e-5, 1e-5);
         assert_close(&format!("{what} dbias"), &got(2), &dbias, 1e-5, 1e-5);
     }
-}
-
-fn fixture(name: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("tests/fixtures")
-        .join(name)
 }
 
 /// A padded batch of three clips and labels, made up (any audio will do for a comparison).

@@ -4,23 +4,10 @@
 //! directly, as `transcribe`, `eval`, `train` and `prepare` call them.)
 
 mod common;
-use common::Rng;
-use std::path::{Path, PathBuf};
+use common::{fixture, temp_dir, Rng};
+use std::path::Path;
 use xlsr::data::{audio, corpus, Vocab};
 use xlsr::model::{Checkpoint, Config};
-
-fn fixture(p: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("tests/fixtures")
-        .join(p)
-}
-
-fn tmp(name: &str) -> PathBuf {
-    let d = std::env::temp_dir().join(format!("xlsr-fuzz-{name}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&d);
-    std::fs::create_dir_all(&d).unwrap();
-    d
-}
 
 fn pick<'a, T>(rng: &mut Rng, v: &'a [T]) -> &'a T {
     &v[(rng.next_f64() * v.len() as f64) as usize % v.len()]
@@ -137,7 +124,7 @@ fn config_json_mutations() {
 fn safetensors_header_mutations() {
     let bytes = std::fs::read(fixture("w2v2_large/model.safetensors")).unwrap();
     let header = 8 + u64::from_le_bytes(bytes[..8].try_into().unwrap()) as usize;
-    let dir = tmp("st");
+    let dir = temp_dir("st");
     let path = dir.join("model.safetensors");
     let mut rng = Rng::new(7);
     const NOISE: &[u8] = b"0123456789-.,:[]{}\" eE\x00\xff";
@@ -178,7 +165,7 @@ fn safetensors_header_mutations() {
 
 #[test]
 fn vocab_json_mutations() {
-    let dir = tmp("vocab");
+    let dir = temp_dir("vocab");
     let mut rng = Rng::new(5);
     let tokens = [
         "a", "b", "|", "[UNK]", "[PAD]", "<s>", "</s>", "ñ", "", " ", "ab",
@@ -234,7 +221,7 @@ fn vocab_json_mutations() {
 
 #[test]
 fn tsv_row_mutations() {
-    let dir = tmp("tsv");
+    let dir = temp_dir("tsv");
     let mut rng = Rng::new(9);
     let pieces = [
         "\t",
@@ -291,7 +278,7 @@ fn tsv_row_mutations() {
 #[test]
 fn wav_header_mutations() {
     let bytes = std::fs::read(fixture("w2v2_large/clip.wav")).unwrap();
-    let dir = tmp("wav");
+    let dir = temp_dir("wav");
     let mut rng = Rng::new(3);
     // A header saying 1 Hz once resampled 8000 samples into half a gigabyte per file.
     let mut slow = bytes.clone();

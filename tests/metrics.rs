@@ -4,7 +4,8 @@
 //! and no-break space; per pair and corpus-level, to 1e-9. Also greedy argmax decoding,
 //! `metrics.jsonl` and the SVG plot. No GPU needed.
 
-use std::path::PathBuf;
+mod common;
+use common::temp_dir;
 use xlsr::metrics::{
     cer, cer_tokens, char_errors, greedy_decode, levenshtein, py_isspace, wer, wer_tokens,
     word_errors, MetricsLog,
@@ -138,13 +139,6 @@ fn greedy_decode_takes_the_first_maximum_of_valid_frames() {
     assert_eq!(greedy_decode(&logits, 0, 3).unwrap(), Vec::<u32>::new());
     assert!(greedy_decode(&logits, 7, 3).is_err());
     assert!(greedy_decode(&logits, 1, 0).is_err());
-}
-
-fn temp_dir(tag: &str) -> PathBuf {
-    let d = std::env::temp_dir().join(format!("xlsr-{tag}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&d);
-    std::fs::create_dir_all(&d).unwrap();
-    d
 }
 
 #[test]

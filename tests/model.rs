@@ -10,15 +10,8 @@
 mod common;
 use common::*;
 use safetensors::{Dtype, SafeTensors};
-use std::path::{Path, PathBuf};
 use xlsr::model::{Forward, Wav2Vec2ForCtc};
 use xlsr::{Tape, Tensor};
-
-fn fixture(name: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("tests/fixtures")
-        .join(name)
-}
 
 struct Ref {
     bytes: Vec<u8>,

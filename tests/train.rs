@@ -8,18 +8,12 @@
 
 mod common;
 use clap::Parser;
+use common::temp_dir;
 use std::path::{Path, PathBuf};
 use xlsr::data::prepare::{self, Options, Source};
 use xlsr::data::Prepared;
 use xlsr::model::Wav2Vec2ForCtc;
 use xlsr::train::{self, TrainArgs};
-
-fn tmp(name: &str) -> PathBuf {
-    let d = std::env::temp_dir().join(format!("xlsr-train-{name}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&d);
-    std::fs::create_dir_all(&d).unwrap();
-    d
-}
 
 /// A tiny random model for the prepared vocabulary.
 fn tiny_model(dir: &Path, prep: &Path) -> PathBuf {
@@ -81,7 +75,7 @@ fn resumed_fp16_run_equals_uninterrupted_run() {
 }
 
 fn resume_case(name: &str, extra: &[&str]) -> PathBuf {
-    let dir = tmp(name);
+    let dir = temp_dir(name);
     let prep = common::demo_subset(&dir, 6);
     let model = tiny_model(&dir, &prep);
     // Dropout, LayerDrop and SpecAugment on, so their seeding is part of what must repeat.
@@ -166,7 +160,7 @@ fn copy_dir(from: &Path, to: &Path) {
 
 #[test]
 fn json_config_with_command_line_overrides() {
-    let dir = tmp("config");
+    let dir = temp_dir("config");
     let cfg = dir.join("train.json");
     std::fs::write(
         &cfg,
@@ -202,7 +196,7 @@ fn json_config_with_command_line_overrides() {
 
 #[test]
 fn bad_input_fails_cleanly() {
-    let dir = tmp("bad");
+    let dir = temp_dir("bad");
     let prep = common::demo_subset(&dir, 2);
     let model = tiny_model(&dir, &prep);
     let g = common::gpu();
@@ -279,7 +273,7 @@ fn bad_input_fails_cleanly() {
 
 #[test]
 fn eval_cli_prints_json() {
-    let dir = tmp("evalcli");
+    let dir = temp_dir("evalcli");
     let prep = common::demo_subset(&dir, 3);
     let model = tiny_model(&dir, &prep);
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_xlsr"))
@@ -308,7 +302,7 @@ fn eval_cli_prints_json() {
 /// `--fp16` on an adapter without f16 (simulated with XLSR_NO_F16=1): a note, then f32.
 #[test]
 fn fp16_without_shader_f16_trains_in_f32_with_a_note() {
-    let dir = tmp("nof16");
+    let dir = temp_dir("nof16");
     let prep = common::demo_subset(&dir, 2);
     let model = tiny_model(&dir, &prep);
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_xlsr"))
@@ -345,7 +339,7 @@ fn names_in(dir: &Path) -> Vec<String> {
 /// checkpoints; `--overwrite` replaces the earlier run's files.
 #[test]
 fn used_run_folder_is_refused_and_rotation_keeps_the_newest() {
-    let dir = tmp("reuse");
+    let dir = temp_dir("reuse");
     let prep = common::demo_subset(&dir, 2);
     let model = tiny_model(&dir, &prep);
     let g = common::gpu();
@@ -470,7 +464,7 @@ fn bad_numbers_are_refused_naming_the_flag() {
         ("mask-time-prob", "1.5"),
         ("layerdrop", "1"),
     ];
-    let dir = tmp("flags");
+    let dir = temp_dir("flags");
     let out = dir.join("never");
     for (flag, value) in cases {
         let a = args(
@@ -498,7 +492,7 @@ fn bad_numbers_are_refused_naming_the_flag() {
 /// that overflows the weights stops at once, naming a tensor. Neither saves a model.
 #[test]
 fn diverging_run_stops_with_a_clear_error() {
-    let dir = tmp("diverge");
+    let dir = temp_dir("diverge");
     let prep = common::demo_subset(&dir, 2);
     let model = tiny_model(&dir, &prep);
     let g = common::gpu();
@@ -571,7 +565,7 @@ fn diverging_run_stops_with_a_clear_error() {
 /// of printing a perfect WER of 0.
 #[test]
 fn eval_of_an_empty_split_is_an_error() {
-    let dir = tmp("evalempty");
+    let dir = temp_dir("evalempty");
     let prep = common::demo_subset(&dir, 2);
     let model = tiny_model(&dir, &prep);
     // A prep folder whose test split is empty.
@@ -620,7 +614,7 @@ fn eval_of_an_empty_split_is_an_error() {
 /// a trainer_state.json whose step disagrees with its folder name is refused.
 #[test]
 fn resume_problems_are_named() {
-    let dir = tmp("resumebad");
+    let dir = temp_dir("resumebad");
     let prep = common::demo_subset(&dir, 2);
     let model = tiny_model(&dir, &prep);
     let g = common::gpu();

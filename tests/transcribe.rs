@@ -11,12 +11,6 @@ use std::path::Path;
 use std::process::Command;
 use xlsr::transcribe::Transcriber;
 
-fn fixture(p: &str) -> std::path::PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("tests/fixtures")
-        .join(p)
-}
-
 fn reference_logits() -> Vec<f32> {
     let bytes = std::fs::read(fixture("w2v2_large.safetensors")).unwrap();
     let st = SafeTensors::deserialize(&bytes).unwrap();

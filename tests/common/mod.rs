@@ -1,10 +1,25 @@
-//! Test helpers: a shared GPU, a seeded RNG, and a gradient checker that compares the GPU's
-//! forward with a CPU f64 reference and the GPU's backward with central finite differences of
-//! that reference.
+//! Test helpers: a shared GPU, a seeded RNG, fixture paths, fresh temp folders, and a gradient
+//! checker that compares the GPU's forward with a CPU f64 reference and the GPU's backward with
+//! central finite differences of that reference.
 #![allow(dead_code)]
 
 use std::sync::OnceLock;
 use xlsr::{Gpu, Tape, Tensor, Var};
+
+/// `tests/fixtures/<path>` (found through the crate root, from any working directory).
+pub fn fixture(path: &str) -> std::path::PathBuf {
+    std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures")
+        .join(path)
+}
+
+/// A fresh empty folder under the system temp dir, unique per test binary and `tag`.
+pub fn temp_dir(tag: &str) -> std::path::PathBuf {
+    let d = std::env::temp_dir().join(format!("xlsr-{tag}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&d);
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
 
 /// One device per test binary (tests run on threads).
 pub fn gpu() -> Gpu {
