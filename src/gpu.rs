@@ -29,6 +29,7 @@ const SHADERS: &[(&str, &str)] = &[
     ("adamw", include_str!("../shaders/adamw.wgsl")),
     ("cast", include_str!("../shaders/cast.wgsl")),
     ("words", include_str!("../shaders/words.wgsl")),
+    ("sum_squares", include_str!("../shaders/sum_squares.wgsl")),
     ("attention", include_str!("../shaders/attention.wgsl")),
     ("matmul_coop", include_str!("../shaders/matmul_coop.wgsl")),
     (

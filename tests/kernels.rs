@@ -734,18 +734,35 @@ fn reductions() {
     assert_eq!(xlsr::ops::reduce::sum_all(&e).unwrap().item().unwrap(), 0.0);
 }
 
+/// The global norm over many tensors (seven per `sum_squares` dispatch, so several
+/// dispatches, partial batches, one or many workgroups a tensor), also with a 16 KiB binding
+/// limit under which the 300,000-element tensor is summed on its own.
 #[test]
 fn global_norm_over_tensors() {
     let mut rng = Rng::new(91);
-    let parts: Vec<Vec<f64>> = [17, 1, 1000, 3].iter().map(|&n| rng.vec(n)).collect();
-    let ts: Vec<Tensor> = parts.iter().map(|p| upload(p, &[p.len()])).collect();
-    let refs: Vec<&Tensor> = ts.iter().collect();
-    let got = xlsr::ops::reduce::global_norm(&gpu(), &refs)
-        .unwrap()
-        .item()
-        .unwrap() as f64;
-    let want = parts.iter().flatten().map(|x| x * x).sum::<f64>().sqrt();
-    assert!((got - want).abs() < 1e-5 * want, "{got} vs {want}");
+    let mut sizes = vec![17, 1, 1000, 3, 300_000, 1025, 4096];
+    sizes.extend((0..13).map(|i| 1 + i * 97));
+    let parts: Vec<Vec<f64>> = sizes.iter().map(|&n| rng.vec(n)).collect();
+    let want = parts
+        .iter()
+        .flatten()
+        .map(|&x| (x as f32 as f64).powi(2))
+        .sum::<f64>()
+        .sqrt();
+    let small = xlsr::Gpu::new().unwrap();
+    small.set_max_binding(16 * 1024);
+    for g in [gpu(), small] {
+        let ts: Vec<Tensor> = parts
+            .iter()
+            .map(|p| Tensor::from_slice(&g, &to_f32(p), &[p.len()]).unwrap())
+            .collect();
+        let refs: Vec<&Tensor> = ts.iter().collect();
+        let got = xlsr::ops::reduce::global_norm(&g, &refs)
+            .unwrap()
+            .item()
+            .unwrap() as f64;
+        assert!((got - want).abs() < 1e-6 * want, "{got} vs {want}");
+    }
 }
 
 #[test]

@@ -1,8 +1,8 @@
 //! Sums, means, the global L2 norm, and their backward.
 
-use super::{check_f32, dummy, f, row_chunks};
+use super::{check_f32, dims8, dummy, f, row_chunks};
 use crate::error::{shape_err, Result};
-use crate::gpu::{grid, Gpu, Kernel};
+use crate::gpu::{grid, BufRef, Gpu, Kernel};
 use crate::tensor::{DType, Tensor};
 
 const fn k(entry: &'static str) -> Kernel {
@@ -19,6 +19,15 @@ const L2_BWD: Kernel = k("l2_bwd");
 const SUM_AXIS: Kernel = k("sum_axis");
 const EXPAND: Kernel = k("expand");
 pub(crate) const REDUCE_TO: Kernel = k("reduce_to");
+
+/// Tensors per `sum_squares` dispatch (with the output, eight storage bindings).
+const SUM_SQUARES_INPUTS: usize = 7;
+const SUM_SQUARES: Kernel = Kernel {
+    file: "sum_squares",
+    entry: "sum_squares",
+    reads: SUM_SQUARES_INPUTS as u32,
+    writes: 1,
+};
 
 /// Partials per first pass: enough workgroups to fill a GPU, few enough for one second pass.
 const PARTIALS: usize = 256;
@@ -98,17 +107,53 @@ pub fn global_norm(gpu: &Gpu, xs: &[&Tensor]) -> Result<Tensor> {
     global_norm_scaled(gpu, xs, 1.0)
 }
 
-/// `alpha` times [`global_norm`] (the norm of loss-scaled gradients, unscaled).
+/// `alpha` times [`global_norm`] (the norm of loss-scaled gradients, unscaled). The sums of
+/// squares of seven tensors go in one dispatch (`sum_squares.wgsl`), each tensor's partials
+/// in their own slots, then one sum over all partials; a tensor too big for one binding is
+/// summed on its own into its slot.
 pub fn global_norm_scaled(gpu: &Gpu, xs: &[&Tensor], alpha: f32) -> Result<Tensor> {
-    let sq = Tensor::zeros(gpu, &[xs.len().max(1)])?;
-    for (i, x) in xs.iter().enumerate() {
-        check_f32("global_norm", &[x])?;
-        sum_into(x, true, 1.0, &sq, i)?;
+    check_f32("global_norm", xs)?;
+    let room = ((gpu.max_binding() - gpu.offset_align()) / 4) as usize;
+    let groups = |x: &Tensor| x.numel().div_ceil(256 * 4).clamp(1, PARTIALS);
+    let (small, big): (Vec<&Tensor>, Vec<&Tensor>) =
+        xs.iter().copied().partition(|x| x.numel() <= room);
+    let total_slots: usize = small.iter().map(|x| groups(x)).sum::<usize>() + big.len();
+    let partials = Tensor::uninit(gpu, &[total_slots.max(1)], DType::F32)?;
+    if total_slots == 0 {
+        gpu.zero(partials.buffer(), 4)?;
+    }
+    let d = dummy(gpu)?;
+    let mut slot = 0;
+    for batch in small.chunks(SUM_SQUARES_INPUTS) {
+        let mut params = vec![batch.len() as u32, 0, 0, 0];
+        let (mut len, mut gr, mut at) = (vec![], vec![], vec![]);
+        for x in batch {
+            len.push(x.numel());
+            gr.push(groups(x));
+            at.push(slot);
+            slot += groups(x);
+        }
+        params.extend(dims8(&len));
+        params.extend(dims8(&gr));
+        params.extend(dims8(&at));
+        let mut bufs: Vec<BufRef<'_>> = batch.iter().map(|x| x.bind()).collect();
+        bufs.resize(SUM_SQUARES_INPUTS, d.bind());
+        bufs.push(partials.bind());
+        let widest = gr.iter().copied().max().unwrap_or(1);
+        gpu.dispatch(
+            &SUM_SQUARES,
+            &params,
+            &bufs,
+            [widest as u32, batch.len() as u32, 1],
+        )?;
+    }
+    for x in big {
+        sum_into(x, true, 1.0, &partials, slot)?;
+        slot += 1;
     }
     let total = Tensor::uninit(gpu, &[], DType::F32)?;
-    sum_into(&sq, false, 1.0, &total, 0)?;
+    sum_into(&partials, false, 1.0, &total, 0)?;
     let out = Tensor::uninit(gpu, &[], DType::F32)?;
-    let d = dummy(gpu)?;
     gpu.dispatch(
         &SQRT_AT,
         &p(1, false, 0, 1, 0, alpha),

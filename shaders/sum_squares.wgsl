@@ -1,0 +1,61 @@
+// Sums of squares of up to seven tensors in one dispatch: the global gradient norm over a
+// model's hundreds of parameter tensors in tens of dispatches instead of hundreds.
+// Workgroup (g, t) reduces part g of tensor t (a grid stride of groups[t] workgroups) and
+// writes the partial to out[slot[t] + g]; reduce.wgsl's sum_all then adds the partials.
+// Seven inputs and the output keep to eight storage bindings, as every adapter allows.
+
+struct Params {
+    count: u32,                    // tensors in this dispatch (<= 7)
+    _p0: u32,
+    _p1: u32,
+    _p2: u32,
+    len: array<vec4<u32>, 2>,      // elements of each tensor
+    groups: array<vec4<u32>, 2>,   // workgroups reducing each tensor
+    slot: array<vec4<u32>, 2>,     // where each tensor's partials start in out
+}
+
+@group(0) @binding(0) var<uniform> p: Params;
+@group(0) @binding(1) var<storage, read> x0: array<f32>;
+@group(0) @binding(2) var<storage, read> x1: array<f32>;
+@group(0) @binding(3) var<storage, read> x2: array<f32>;
+@group(0) @binding(4) var<storage, read> x3: array<f32>;
+@group(0) @binding(5) var<storage, read> x4: array<f32>;
+@group(0) @binding(6) var<storage, read> x5: array<f32>;
+@group(0) @binding(7) var<storage, read> x6: array<f32>;
+@group(0) @binding(8) var<storage, read_write> out: array<f32>;
+
+var<workgroup> red: array<f32, 256>;
+
+// WGSL cannot index bindings, so the tensor is chosen by a switch.
+fn load(t: u32, i: u32) -> f32 {
+    switch t {
+        case 0u: { return x0[i]; }
+        case 1u: { return x1[i]; }
+        case 2u: { return x2[i]; }
+        case 3u: { return x3[i]; }
+        case 4u: { return x4[i]; }
+        case 5u: { return x5[i]; }
+        default: { return x6[i]; }
+    }
+}
+
+@compute @workgroup_size(256)
+fn sum_squares(@builtin(local_invocation_id) lid: vec3<u32>, @builtin(workgroup_id) wid: vec3<u32>) {
+    let t = wid.y;
+    if t >= p.count { return; }
+    let ng = p.groups[t / 4u][t % 4u];
+    if wid.x >= ng { return; }
+    let n = p.len[t / 4u][t % 4u];
+    var acc = 0.0;
+    for (var i = wid.x * 256u + lid.x; i < n; i = i + ng * 256u) {
+        let v = load(t, i);
+        acc = acc + v * v;
+    }
+    red[lid.x] = acc;
+    workgroupBarrier();
+    for (var s = 128u; s > 0u; s = s >> 1u) {
+        if lid.x < s { red[lid.x] = red[lid.x] + red[lid.x + s]; }
+        workgroupBarrier();
+    }
+    if lid.x == 0u { out[p.slot[t / 4u][t % 4u] + wid.x] = red[0]; }
+}
