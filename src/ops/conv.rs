@@ -1,6 +1,6 @@
 //! 1-D convolution (stride, padding, groups, bias) and its backward.
 
-use super::{check_f32, copy, dummy, elementwise, reduce, shifted_chunks};
+use super::{binding_room, check_f32, copy, dummy, elementwise, reduce, shifted_chunks};
 use crate::error::{shape_err, Result};
 use crate::gpu::{grid, Kernel};
 use crate::tensor::{DType, Tensor};
@@ -281,7 +281,7 @@ struct Windows {
 }
 
 fn windows(gpu: &crate::Gpu, c: &Conv1d, g: &Geo) -> Result<Option<Windows>> {
-    let room = ((gpu.max_binding() - gpu.offset_align()) / 4) as usize;
+    let room = binding_room(gpu);
     if g.cin * g.lin <= room && g.cout * g.lout <= room {
         return Ok(None);
     }
@@ -302,23 +302,54 @@ fn windows(gpu: &crate::Gpu, c: &Conv1d, g: &Geo) -> Result<Option<Windows>> {
     Ok(Some(Windows { frames, samples }))
 }
 
-/// The input samples that output frames `t0..t0+n` read: (first sample, count, the padding
-/// that makes the window's local indices match the whole clip's).
-fn input_span(c: &Conv1d, g: &Geo, t0: usize, n: usize) -> Result<(usize, usize, usize)> {
-    let start = (t0 * c.stride) as isize - c.padding as isize;
-    let s0 = (start.max(0) as usize).min(g.lin - 1);
-    let end = ((t0 + n - 1) * c.stride + g.k)
-        .saturating_sub(c.padding)
-        .min(g.lin)
-        .max(s0 + 1);
-    let pad = s0 as isize - start;
-    if pad < 0 {
-        return shape_err(
-            "conv1d",
-            format!("frames {t0}.. lie wholly in the padding: split the clip instead"),
-        );
+/// One window of output frames of one clip: clip `b`, frames `t0..t0 + geo.lout`, reading
+/// input samples `s0..s0 + geo.lin`; `conv` has the padding that makes the window's local
+/// indices match the whole clip's.
+struct FrameWindow {
+    b: usize,
+    t0: usize,
+    s0: usize,
+    conv: Conv1d,
+    geo: Geo,
+}
+
+/// Every clip's output frames in windows of `win.frames`.
+fn frame_windows(c: &Conv1d, g: &Geo, win: &Windows) -> Result<Vec<FrameWindow>> {
+    let mut out = Vec::new();
+    for b in 0..g.batch {
+        for t0 in (0..g.lout).step_by(win.frames) {
+            let n = win.frames.min(g.lout - t0);
+            let start = (t0 * c.stride) as isize - c.padding as isize;
+            let s0 = (start.max(0) as usize).min(g.lin - 1);
+            let end = ((t0 + n - 1) * c.stride + g.k)
+                .saturating_sub(c.padding)
+                .min(g.lin)
+                .max(s0 + 1);
+            let pad = s0 as isize - start;
+            if pad < 0 {
+                return shape_err(
+                    "conv1d",
+                    format!("frames {t0}.. lie wholly in the padding: split the clip instead"),
+                );
+            }
+            out.push(FrameWindow {
+                b,
+                t0,
+                s0,
+                conv: Conv1d {
+                    padding: pad as usize,
+                    ..*c
+                },
+                geo: Geo {
+                    batch: 1,
+                    lin: end - s0,
+                    lout: n,
+                    ..*g
+                },
+            });
+        }
     }
-    Ok((s0, end - s0, pad as usize))
+    Ok(out)
 }
 
 /// [`forward`] one window at a time: each window's input is gathered into its own tensor
@@ -334,38 +365,26 @@ fn forward_windows(
 ) -> Result<()> {
     let gpu = x.gpu();
     let d = dummy(gpu)?;
-    for b in 0..g.batch {
-        for t0 in (0..g.lout).step_by(win.frames) {
-            let n = win.frames.min(g.lout - t0);
-            let (s0, ls, padding) = input_span(c, g, t0, n)?;
-            let xw = copy::time_window(x, b, s0, ls)?;
-            let yw = Tensor::uninit(gpu, &[1, g.cout, n], DType::F32)?;
-            let (cw, gw) = (
-                Conv1d { padding, ..*c },
-                Geo {
-                    batch: 1,
-                    lin: ls,
-                    lout: n,
-                    ..*g
-                },
-            );
-            gpu.dispatch(
-                &GEMM,
-                &params(&cw, &gw, 1, bias.is_some(), false, [0; 3], FORWARD),
-                &[
-                    xw.bind(),
-                    w.bind(),
-                    bias.map_or(d.bind(), |t| t.bind()),
-                    yw.bind(),
-                ],
-                [
-                    n.div_ceil(64) as u32,
-                    (g.cout / c.groups).div_ceil(64) as u32,
-                    c.groups as u32,
-                ],
-            )?;
-            copy::write_time_window(y, b, t0, &yw)?;
-        }
+    for fw in frame_windows(c, g, win)? {
+        let n = fw.geo.lout;
+        let xw = copy::time_window(x, fw.b, fw.s0, fw.geo.lin)?;
+        let yw = Tensor::uninit(gpu, &[1, g.cout, n], DType::F32)?;
+        gpu.dispatch(
+            &GEMM,
+            &params(&fw.conv, &fw.geo, 1, bias.is_some(), false, [0; 3], FORWARD),
+            &[
+                xw.bind(),
+                w.bind(),
+                bias.map_or(d.bind(), |t| t.bind()),
+                yw.bind(),
+            ],
+            [
+                n.div_ceil(64) as u32,
+                (g.cout / c.groups).div_ceil(64) as u32,
+                c.groups as u32,
+            ],
+        )?;
+        copy::write_time_window(y, fw.b, fw.t0, &yw)?;
     }
     Ok(())
 }
@@ -387,41 +406,35 @@ fn backward_windows(
 ) -> Result<()> {
     let gpu = x.gpu();
     let d = dummy(gpu)?;
-    for b in 0..g.batch {
-        for t0 in (0..g.lout).step_by(win.frames) {
-            let n = win.frames.min(g.lout - t0);
-            let (s0, ls, padding) = input_span(c, g, t0, n)?;
-            let xw = copy::time_window(x, b, s0, ls)?;
-            let dyw = copy::time_window(dy, b, t0, n)?;
-            let (cw, gw) = (
-                Conv1d { padding, ..*c },
-                Geo {
-                    batch: 1,
-                    lin: ls,
-                    lout: n,
-                    ..*g
-                },
-            );
-            let first = b == 0 && t0 == 0;
-            let pr = params(&cw, &gw, 1, db.is_some(), !first, [0; 3], WEIGHT_GRAD);
+    for (i, fw) in frame_windows(c, g, win)?.iter().enumerate() {
+        let xw = copy::time_window(x, fw.b, fw.s0, fw.geo.lin)?;
+        let dyw = copy::time_window(dy, fw.b, fw.t0, fw.geo.lout)?;
+        let pr = params(
+            &fw.conv,
+            &fw.geo,
+            1,
+            db.is_some(),
+            i > 0,
+            [0; 3],
+            WEIGHT_GRAD,
+        );
+        gpu.dispatch(
+            &GEMM,
+            &pr,
+            &[xw.bind(), d.bind(), dyw.bind(), dw.bind()],
+            [
+                ((g.cin / c.groups) * g.k).div_ceil(64) as u32,
+                (g.cout / c.groups).div_ceil(64) as u32,
+                c.groups as u32,
+            ],
+        )?;
+        if let Some(db) = db {
             gpu.dispatch(
-                &GEMM,
+                &BWD_BIAS,
                 &pr,
-                &[xw.bind(), d.bind(), dyw.bind(), dw.bind()],
-                [
-                    ((g.cin / c.groups) * g.k).div_ceil(64) as u32,
-                    (g.cout / c.groups).div_ceil(64) as u32,
-                    c.groups as u32,
-                ],
+                &[d.bind(), d.bind(), dyw.bind(), db.bind()],
+                grid(g.cout as u64, 256),
             )?;
-            if let Some(db) = db {
-                gpu.dispatch(
-                    &BWD_BIAS,
-                    &pr,
-                    &[d.bind(), d.bind(), dyw.bind(), db.bind()],
-                    grid(g.cout as u64, 256),
-                )?;
-            }
         }
     }
     let Some(dx) = dx else { return Ok(()) };

@@ -1,6 +1,6 @@
 //! Explicit copies: permute/transpose, slice, concat, and the pad that is a slice's backward.
 
-use super::{check_f32, dims8, strides, MAX_DIMS};
+use super::{binding_room, check_f32, dims8, strides, MAX_DIMS};
 use crate::error::{shape_err, Result};
 use crate::gpu::{grid, Kernel};
 use crate::tensor::{DType, Tensor};
@@ -37,7 +37,7 @@ fn copy_region(
     };
     let (ss, ds) = (span(src_st), span(dst_st));
     let gpu = x.gpu();
-    let room = ((gpu.max_binding() - gpu.offset_align()) / 4) as usize;
+    let room = binding_room(gpu);
     if ss.max(ds) > room {
         // Halve the dim that spreads the region most; a single element always fits.
         let d = (0..shape.len())

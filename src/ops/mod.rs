@@ -55,6 +55,12 @@ pub(crate) fn row_chunks(
         .collect())
 }
 
+/// f32 elements one binding holds from any start: the binding limit less the alignment a
+/// shifted binding ([`Tensor::bind_shifted`]) may add in front.
+pub(crate) fn binding_room(gpu: &Gpu) -> usize {
+    ((gpu.max_binding() - gpu.offset_align()) / 4) as usize
+}
+
 /// Splits `rows` rows into chunks where each operand's part (`row_sizes[i]` elements per row)
 /// fits one binding even when bound from the aligned offset at or below its start (see
 /// [`Tensor::bind_shifted`]). For kernels that take element offsets, so no row alignment is
@@ -66,12 +72,11 @@ pub(crate) fn shifted_chunks(
     row_sizes: &[usize],
 ) -> Result<Vec<(usize, usize)>> {
     let limit = (gpu.max_binding() / 4) as usize;
-    let align = (gpu.offset_align() / 4) as usize;
     let widest = row_sizes.iter().copied().max().unwrap_or(0);
     if rows * widest <= limit || widest == 0 {
         return Ok(vec![(0, rows)]);
     }
-    let per = limit.saturating_sub(align) / widest;
+    let per = binding_room(gpu) / widest;
     if per == 0 {
         return Err(Error::Limit {
             op,

@@ -1,7 +1,7 @@
 //! LayerNorm over the last dim or over the channels of [B, C, T], and wav2vec2-base's
 //! GroupNorm (one group per channel).
 
-use super::{check_f32, copy, dummy, elementwise, f, reduce, shifted_chunks};
+use super::{binding_room, check_f32, copy, dummy, elementwise, f, reduce, shifted_chunks};
 use crate::error::{shape_err, Result};
 use crate::gpu::{grid, Kernel};
 use crate::tensor::{DType, Tensor};
@@ -164,7 +164,7 @@ fn chunks(
 
 /// Frames per time window of the channel layout when one batch element exceeds a binding.
 fn window_frames(gpu: &crate::Gpu, channels: usize) -> usize {
-    let room = ((gpu.max_binding() - gpu.offset_align()) / 4) as usize;
+    let room = binding_room(gpu);
     (room / channels.max(2)).max(1)
 }
 
@@ -307,6 +307,21 @@ pub fn backward(
         return backward_windows(x, gamma, stats, dy, dx);
     };
     let g = gamma.map_or(d.bind(), |t| t.bind());
+    // Every dispatch's uniforms: the layout, this chunk, its shifts. Parameter gradients are
+    // only asked for with gamma, so `affine` is gamma's presence throughout.
+    let prm = |c: &Chunk, offs: [u32; 3]| {
+        params(
+            norm,
+            c.rows,
+            cols,
+            channels,
+            c.row0,
+            gamma.is_some(),
+            0.0,
+            inner,
+            offs,
+        )
+    };
     let per_thread = per_thread(norm, cols);
     for c in &chunks {
         let (kernel, groups) = pick(per_thread, &BWD_ROWS, &BWD, c.rows);
@@ -314,17 +329,7 @@ pub fn backward(
             (c.data(x), c.data(dy), c.data(&dx), c.stats(&stats.0));
         gpu.dispatch(
             kernel,
-            &params(
-                norm,
-                c.rows,
-                cols,
-                channels,
-                c.row0,
-                gamma.is_some(),
-                0.0,
-                inner,
-                [off, off_stats, 0],
-            ),
+            &prm(c, [off, off_stats, 0]),
             &[xr, g, dyr, sr, dxr, unused_out.bind()],
             groups,
         )?;
@@ -348,17 +353,7 @@ pub fn backward(
             for (c, &n) in chunks.iter().zip(&parts) {
                 let ((xr, off), (dyr, _), (sr, off_stats)) =
                     (c.data(x), c.data(dy), c.stats(&stats.0));
-                let mut pr = params(
-                    norm,
-                    c.rows,
-                    cols,
-                    channels,
-                    c.row0,
-                    true,
-                    0.0,
-                    inner,
-                    [off, off_stats, 0],
-                );
+                let mut pr = prm(c, [off, off_stats, 0]);
                 pr.extend([n as u32, part0 as u32, 0, 0]);
                 gpu.dispatch(
                     &PGRAD_COLS,
@@ -389,17 +384,7 @@ pub fn backward(
                 );
                 gpu.dispatch(
                     &PGRAD_ROWS,
-                    &params(
-                        norm,
-                        c.rows,
-                        cols,
-                        channels,
-                        c.row0,
-                        true,
-                        0.0,
-                        inner,
-                        [off, off_stats, off_rows],
-                    ),
+                    &prm(c, [off, off_stats, off_rows]),
                     &[xr, d.bind(), dyr, sr, sgr, sbr],
                     grid(c.rows as u64, 1),
                 )?;

@@ -1,6 +1,6 @@
 //! Sums, means, the global L2 norm, and their backward.
 
-use super::{check_f32, dims8, dummy, f, row_chunks};
+use super::{binding_room, check_f32, dims8, dummy, f, row_chunks};
 use crate::error::{shape_err, Result};
 use crate::gpu::{grid, BufRef, Gpu, Kernel};
 use crate::tensor::{DType, Tensor};
@@ -47,6 +47,12 @@ fn p(n: usize, square: bool, out_index: usize, len: usize, inner: usize, alpha: 
     v
 }
 
+/// Workgroups for a first pass over `len` elements: about four per thread, at most
+/// [`PARTIALS`].
+fn partial_groups(len: usize) -> usize {
+    len.div_ceil(256 * 4).clamp(1, PARTIALS)
+}
+
 /// Writes alpha * sum(x) (or of x^2) into `out[index]`, chunking x if needed: one pass when
 /// one workgroup suffices, else per-workgroup partial sums (packed, every slot written, so
 /// nothing needs clearing) and a second pass over them.
@@ -54,10 +60,7 @@ fn sum_into(x: &Tensor, square: bool, alpha: f32, out: &Tensor, index: usize) ->
     let gpu = x.gpu();
     let d = dummy(gpu)?;
     let chunks = row_chunks(gpu, "sum", x.numel(), 1)?;
-    let groups: Vec<usize> = chunks
-        .iter()
-        .map(|&(_, len)| len.div_ceil(256 * 4).clamp(1, PARTIALS))
-        .collect();
+    let groups: Vec<usize> = chunks.iter().map(|&(_, len)| partial_groups(len)).collect();
     let total: usize = groups.iter().sum();
     if total == 1 {
         return gpu.dispatch(
@@ -113,8 +116,8 @@ pub fn global_norm(gpu: &Gpu, xs: &[&Tensor]) -> Result<Tensor> {
 /// summed on its own into its slot.
 pub fn global_norm_scaled(gpu: &Gpu, xs: &[&Tensor], alpha: f32) -> Result<Tensor> {
     check_f32("global_norm", xs)?;
-    let room = ((gpu.max_binding() - gpu.offset_align()) / 4) as usize;
-    let groups = |x: &Tensor| x.numel().div_ceil(256 * 4).clamp(1, PARTIALS);
+    let room = binding_room(gpu);
+    let groups = |x: &Tensor| partial_groups(x.numel());
     let (small, big): (Vec<&Tensor>, Vec<&Tensor>) =
         xs.iter().copied().partition(|x| x.numel() <= room);
     let total_slots: usize = small.iter().map(|x| groups(x)).sum::<usize>() + big.len();
