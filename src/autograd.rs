@@ -5,9 +5,9 @@
 //! backward kernels. [`Tape::backward`] walks the nodes in reverse and adds each parameter's
 //! gradient into [`Param::grad`], so calling it over several micro-batches accumulates.
 
+use crate::engine::Tensor;
 use crate::error::{Error, Result};
 use crate::ops::{self, activation::Act, conv::Conv1d, elementwise::BinOp, norm::Norm};
-use crate::tensor::Tensor;
 use std::cell::{Cell, RefCell};
 use std::rc::Rc;
 
@@ -755,7 +755,7 @@ impl Var {
                 .map(|&l| {
                     let s = ops::copy::slice(g, dim, at, l);
                     at += l;
-                    s.map(Some)
+                    Ok(Some(s?))
                 })
                 .collect()
         }))

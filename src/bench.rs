@@ -30,7 +30,7 @@ impl Measurement {
     }
 }
 
-fn rand(gpu: &Gpu, shape: &[usize], seed: u32) -> Result<Tensor> {
+fn rand(gpu: &Gpu, shape: &[usize], seed: u32) -> crate::engine::Result<Tensor> {
     let n: usize = shape.iter().product();
     let mut s = seed.wrapping_mul(2654435761).max(1);
     let v: Vec<f32> = (0..n)
@@ -51,7 +51,7 @@ pub fn measure(
     iters: usize,
     work: f64,
     is_flops: bool,
-    mut f: impl FnMut() -> Result<()>,
+    mut f: impl FnMut() -> crate::engine::Result<()>,
 ) -> Result<Measurement> {
     f()?;
     gpu.sync()?;
@@ -90,9 +90,9 @@ pub fn run(
     }
     say!(
         "adapter: {} ({:?}, {:?}), timing: {}",
-        gpu.info.name,
-        gpu.info.backend,
-        gpu.info.device_type,
+        gpu.info().name,
+        gpu.info().backend,
+        gpu.info().device_type,
         if gpu.has_timestamps() {
             "GPU timestamps"
         } else {
@@ -508,9 +508,9 @@ pub fn run(
         );
     }
     Ok(Report {
-        adapter: gpu.info.name.clone(),
-        backend: format!("{:?}", gpu.info.backend),
-        driver: format!("{} {}", gpu.info.driver, gpu.info.driver_info),
+        adapter: gpu.info().name.clone(),
+        backend: format!("{:?}", gpu.info().backend),
+        driver: format!("{} {}", gpu.info().driver, gpu.info().driver_info),
         results: out,
         model_step: step,
     })
@@ -559,7 +559,7 @@ pub struct StepReport {
     /// What the engine did in the last timed step (dispatches, passes, bind groups, submits,
     /// waits, bytes moved, CPU recording time).
     #[serde(flatten)]
-    pub counters: crate::gpu::Counters,
+    pub counters: crate::engine::Counters,
 }
 
 /// Shape of the training-step benchmark.
@@ -622,9 +622,9 @@ pub fn model_step(gpu: &Gpu, m: &ModelStep, log: &mut dyn std::io::Write) -> Res
     let weights = gpu.live_bytes();
     let mut opt = crate::optim::AdamW::new(&model.params, Default::default());
     if m.fp16 && !gpu.has_f16() {
-        return Err(crate::Error::Gpu(format!(
+        return Err(crate::Error::Usage(format!(
             "--fp16: {} has no f16 shader support (SHADER_F16)",
-            gpu.info.name
+            gpu.info().name
         )));
     }
     let mut scaler = m.fp16.then(crate::optim::GradScaler::default);

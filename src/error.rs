@@ -1,42 +1,15 @@
-//! The engine's error type: every failure names the op and the shapes involved.
+//! The library's error type: engine failures, plus files, data, training state and usage.
 
+use crate::engine;
 use thiserror::Error;
 
-/// Everything that can go wrong inside the engine.
+/// Everything that can go wrong above the engine.
 #[derive(Debug, Error)]
 pub enum Error {
-    /// No GPU adapter (not even a CPU Vulkan driver) could be found.
-    #[error(
-        "no GPU adapter found{0}: install a Vulkan driver (Debian/Ubuntu: `apt-get install mesa-vulkan-drivers`) or set XLSR_ADAPTER to one listed by `xlsr devices`"
-    )]
-    NoAdapter(String),
-    /// The adapter refused to create a device.
-    #[error("could not open GPU device on {adapter}: {reason}")]
-    Device { adapter: String, reason: String },
-    /// Operand shapes do not fit the op.
-    #[error("{op}: {msg}")]
-    Shape { op: &'static str, msg: String },
-    /// Operand dtype is not supported by the op.
-    #[error("{op}: dtype {found:?} not supported (expected {expected:?})")]
-    DType {
-        op: &'static str,
-        found: crate::tensor::DType,
-        expected: crate::tensor::DType,
-    },
-    /// A dispatch or buffer exceeds what the device allows.
-    #[error("{op}: {msg}")]
-    Limit { op: &'static str, msg: String },
-    /// The device could not allocate a buffer.
-    #[error(
-        "out of GPU memory: asked for {asked} bytes with {in_use} bytes in use; lower the batch \
-         size or the longest clip (--batch-size, --max-batch-seconds, prepare --max-seconds), or \
-         turn on --gradient-checkpointing{}",
-        memory_limit_hint()
-    )]
-    OutOfMemory { asked: u64, in_use: u64 },
-    /// The GPU ran out of memory or rejected a command.
-    #[error("GPU error: {0}")]
-    Gpu(String),
+    /// A failure inside the engine (device, shapes, limits, memory); out-of-memory errors
+    /// carry advice on which options lower the footprint.
+    #[error("{0}{hint}", hint = engine_hint(.0))]
+    Engine(#[from] engine::Error),
     /// A file (config, checkpoint, audio) is missing, unreadable or not what it should be.
     #[error("{path}: {msg}")]
     File { path: String, msg: String },
@@ -54,24 +27,30 @@ pub enum Error {
     Autograd(String),
 }
 
-/// The out-of-memory advice's last part when `XLSR_MEMORY_LIMIT_GB` set the limit.
-fn memory_limit_hint() -> String {
-    match std::env::var("XLSR_MEMORY_LIMIT_GB") {
-        Ok(v) => format!("; or raise XLSR_MEMORY_LIMIT_GB={v}, the limit this process was given"),
-        Err(_) => String::new(),
+/// What to do about an engine error, where the library knows better than the engine.
+fn engine_hint(e: &engine::Error) -> String {
+    if !matches!(e, engine::Error::OutOfMemory { .. }) {
+        return String::new();
+    }
+    let mut hint = String::from(
+        "; lower the batch size or the longest clip (--batch-size, --max-batch-seconds, \
+         prepare --max-seconds), or turn on --gradient-checkpointing",
+    );
+    if let Ok(v) = std::env::var("XLSR_MEMORY_LIMIT_GB") {
+        hint += &format!("; or raise XLSR_MEMORY_LIMIT_GB={v}, the limit this process was given");
+    }
+    hint
+}
+
+impl Error {
+    /// Whether the device ran out of memory (the caller may retry with less).
+    pub fn is_out_of_memory(&self) -> bool {
+        matches!(self, Error::Engine(engine::Error::OutOfMemory { .. }))
     }
 }
 
-/// Engine result type.
+/// Library result type.
 pub type Result<T> = std::result::Result<T, Error>;
-
-/// Shorthand for a shape error.
-pub(crate) fn shape_err<T>(op: &'static str, msg: impl Into<String>) -> Result<T> {
-    Err(Error::Shape {
-        op,
-        msg: msg.into(),
-    })
-}
 
 /// Shorthand for a file error.
 pub(crate) fn file_err<T>(path: impl AsRef<std::path::Path>, msg: impl Into<String>) -> Result<T> {
@@ -79,4 +58,13 @@ pub(crate) fn file_err<T>(path: impl AsRef<std::path::Path>, msg: impl Into<Stri
         path: path.as_ref().display().to_string(),
         msg: msg.into(),
     })
+}
+
+/// Shorthand for a shape error raised above the engine (a model input, a metric's operands).
+pub(crate) fn shape_err<T>(op: &'static str, msg: impl Into<String>) -> Result<T> {
+    Err(engine::Error::Shape {
+        op,
+        msg: msg.into(),
+    }
+    .into())
 }

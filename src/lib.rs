@@ -1,7 +1,7 @@
 //! `xlsr`: fine-tune wav2vec2 / XLSR speech models with CTC on any GPU through wgpu.
 //!
-//! Layers, bottom up: [`gpu`] (device, pooled buffers, cached pipelines, batched dispatch),
-//! [`tensor`], [`ops`] (kernel launchers, forward and backward), [`autograd`] (the tape),
+//! Layers, bottom up: [`engine`] (device, pooled buffers, cached pipelines, batched dispatch,
+//! tensors), [`ops`] (kernel launchers, forward and backward), [`autograd`] (the tape),
 //! and [`bench`] (kernel benchmarks shared by `cargo bench` and `xlsr bench`). [`data`] turns a
 //! Common Voice release into padded training batches.
 
@@ -9,8 +9,8 @@ pub mod autograd;
 pub mod bench;
 pub mod data;
 pub mod demo;
+pub mod engine;
 pub mod error;
-pub mod gpu;
 pub mod metrics;
 pub mod model;
 pub mod ops;
@@ -18,11 +18,9 @@ pub mod optim;
 pub mod plot;
 pub mod rng;
 pub mod schedule;
-pub mod tensor;
 pub mod train;
 pub mod transcribe;
 
 pub use autograd::{Param, Tape, Var};
+pub use engine::{DType, Gpu, Tensor};
 pub use error::{Error, Result};
-pub use gpu::Gpu;
-pub use tensor::{DType, Tensor};

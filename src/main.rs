@@ -124,9 +124,9 @@ fn run() -> Result<()> {
     }
     match cli.cmd {
         Cmd::Devices => {
-            let list = xlsr::gpu::adapters();
+            let list = xlsr::engine::adapters();
             if list.is_empty() {
-                anyhow::bail!(xlsr::Error::NoAdapter(String::new()));
+                anyhow::bail!(xlsr::engine::Error::NoAdapter(String::new()));
             }
             for (i, a) in list.iter().enumerate() {
                 let l = &a.limits;
@@ -166,7 +166,7 @@ fn run() -> Result<()> {
                     } else {
                         coop.join(", ")
                     },
-                    if xlsr::gpu::coop_usable(&a.info, &a.coop) {
+                    if xlsr::engine::coop_usable(&a.info, &a.coop) {
                         " (f16 GEMMs use 16x16x16 F16->F32)"
                     } else {
                         ""
@@ -176,8 +176,8 @@ fn run() -> Result<()> {
             let gpu = xlsr::Gpu::new()?;
             println!(
                 "selected: {} ({:?}), tensor-core GEMM {}",
-                gpu.info.name,
-                gpu.info.backend,
+                gpu.info().name,
+                gpu.info().backend,
                 if gpu.has_coop() { "on" } else { "off" }
             );
         }
@@ -205,9 +205,9 @@ fn run() -> Result<()> {
             let step = xlsr::bench::model_step(&gpu, &m, &mut bench_log(json))?;
             if json {
                 let report = xlsr::bench::Report {
-                    adapter: gpu.info.name.clone(),
-                    backend: format!("{:?}", gpu.info.backend),
-                    driver: format!("{} {}", gpu.info.driver, gpu.info.driver_info),
+                    adapter: gpu.info().name.clone(),
+                    backend: format!("{:?}", gpu.info().backend),
+                    driver: format!("{} {}", gpu.info().driver, gpu.info().driver_info),
                     results: Vec::new(),
                     model_step: Some(step),
                 };
@@ -222,7 +222,7 @@ fn run() -> Result<()> {
         } => {
             let gpu = xlsr::Gpu::new()?;
             let quick = quick
-                || (gpu.info.device_type == wgpu::DeviceType::Cpu
+                || (gpu.info().device_type == wgpu::DeviceType::Cpu
                     && std::env::var("XLSR_BENCH_FULL").is_err());
             let report = xlsr::bench::run(&gpu, quick, filter.as_deref(), &mut bench_log(json))?;
             if json {

@@ -8,10 +8,10 @@
 //! skipped; it rides on the submission that runs the updates, so it costs no extra stall.
 
 use crate::autograd::Param;
+use crate::engine::Tensor;
+use crate::engine::{grid, Kernel};
 use crate::error::{shape_err, Error, Result};
-use crate::gpu::{grid, Kernel};
 use crate::ops::{dummy, f, reduce::global_norm_scaled, row_chunks};
-use crate::tensor::Tensor;
 use std::rc::Rc;
 
 const ADAMW: Kernel = Kernel {
@@ -154,7 +154,7 @@ impl AdamW {
         let guard = self.guard.borrow();
         let mut refs: Vec<&Tensor> = grads.iter().map(|(_, g)| g).collect();
         refs.extend(guard.as_ref());
-        global_norm_scaled(g0.gpu(), &refs, alpha).map(Some)
+        Ok(Some(global_norm_scaled(g0.gpu(), &refs, alpha)?))
     }
 
     /// Records one update of every trainable parameter with a gradient, and returns the

@@ -297,7 +297,7 @@ fn rows_past_the_binding_limit_run_in_chunks() {
 fn head_dim_over_64_is_an_error() {
     let x = Tensor::zeros(&gpu(), &[1, 2, 5, 65]).unwrap();
     let e = xlsr::ops::attention::forward(&x, &x, &x, None, 2, 1.0, 0.0, 0).unwrap_err();
-    assert!(matches!(e, xlsr::Error::Limit { .. }), "{e}");
+    assert!(matches!(e, xlsr::engine::Error::Limit { .. }), "{e}");
     assert!(e.to_string().contains("head dim 65"), "{e}");
     let y = Tensor::zeros(&gpu(), &[1, 2, 5, 64]).unwrap();
     assert!(xlsr::ops::attention::forward(&y, &y, &y, None, 2, 1.0, 0.0, 0).is_ok());

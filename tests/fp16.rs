@@ -46,7 +46,7 @@ fn casts_round_like_ieee_and_overflow_to_inf() {
     xs.extend([f32::INFINITY, f32::NEG_INFINITY, f32::NAN]);
     let t = Tensor::from_slice(&g, &xs, &[xs.len()]).unwrap();
     let h = to_f16(&t).unwrap();
-    assert_eq!(h.dtype(), xlsr::tensor::DType::F16);
+    assert_eq!(h.dtype(), xlsr::engine::DType::F16);
     let back = to_f32(&h).unwrap().to_vec().unwrap();
     for (i, (&x, &y)) in xs.iter().zip(&back).enumerate() {
         let want = if x.is_nan() {
@@ -106,7 +106,7 @@ fn coop_matmul_matches_rounded_f64() {
     if !g.has_coop() {
         eprintln!(
             "{} offers no 16x16x16 f16 -> f32 cooperative matrices at subgroup size 32: tensor-core GEMM test not run",
-            g.info.name
+            g.info().name
         );
         return;
     }

@@ -277,7 +277,7 @@ fn xlsr53_forward_backward_4s() {
     println!(
         "{} frames, loss {l:.3}; forward {tf:.1}s, backward {tb:.1}s on {}; peak {:.2} GB (weights {:.2} GB)",
         out.frames[0],
-        g.info.name,
+        g.info().name,
         g.peak_bytes() as f64 / 1e9,
         base as f64 / 1e9
     );
@@ -409,7 +409,7 @@ fn accounting_only_counts_equal_the_real_ones() {
         let g = xlsr::Gpu::new().unwrap();
         if fp16 && !g.has_f16() {
             eprintln!("adapter has no SHADER_F16: fp16 accounting case not run");
-            return (0, xlsr::gpu::Counters::default());
+            return (0, xlsr::engine::Counters::default());
         }
         g.set_accounting_only(accounting);
         let (model, _) = Wav2Vec2ForCtc::load(&g, &fixture("w2v2_large"), None, 0).unwrap();

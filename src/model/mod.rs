@@ -14,13 +14,13 @@ pub use checkpoint::Checkpoint;
 pub use config::{Config, ConvNorm};
 
 use crate::autograd::{Param, Tape, Var};
-use crate::error::{file_err, Error, Result};
-use crate::gpu::Gpu;
+use crate::engine::Gpu;
+use crate::engine::Tensor;
+use crate::error::{file_err, shape_err, Error, Result};
 use crate::ops::attention::MAX_HEAD_DIM;
 use crate::ops::conv::Conv1d;
 use crate::ops::ctc::Reduction;
 use crate::rng::Rng;
-use crate::tensor::Tensor;
 use std::path::Path;
 use std::rc::Rc;
 
@@ -196,7 +196,7 @@ pub struct Forward {
     pub checkpoint: bool,
     /// Mixed precision: the matmuls of the feature projection, the encoder layers and the LM
     /// head, and the fused attention, read f16 copies of their inputs (f32 arithmetic); the
-    /// rest stays f32. Needs an adapter with f16 ([`crate::gpu::Gpu::has_f16`]).
+    /// rest stays f32. Needs an adapter with f16 ([`crate::engine::Gpu::has_f16`]).
     pub fp16: bool,
     /// Attention as separate matmul, softmax and dropout kernels that keep the [B, H, T, T]
     /// probabilities for backward, instead of the fused kernel that recomputes them (the
@@ -442,27 +442,25 @@ impl Wav2Vec2ForCtc {
     ) -> Result<Output> {
         let c = &self.config;
         let [batch, samples] = *audio.shape() else {
-            return Err(Error::Shape {
-                op: "wav2vec2",
-                msg: format!("audio must be [batch, samples], got {:?}", audio.shape()),
-            });
+            return shape_err(
+                "wav2vec2",
+                format!("audio must be [batch, samples], got {:?}", audio.shape()),
+            );
         };
         if let Some(l) = lengths {
             if l.len() != batch || l.iter().any(|&n| n > samples) {
-                return Err(Error::Shape {
-                    op: "wav2vec2",
-                    msg: format!("lengths {l:?} do not fit audio {:?}", audio.shape()),
-                });
+                return shape_err(
+                    "wav2vec2",
+                    format!("lengths {l:?} do not fit audio {:?}", audio.shape()),
+                );
             }
         }
         let t_all = c.frames(samples);
         if t_all == 0 {
-            return Err(Error::Shape {
-                op: "wav2vec2",
-                msg: format!(
-                    "{samples} samples are shorter than the feature encoder's receptive field"
-                ),
-            });
+            return shape_err(
+                "wav2vec2",
+                format!("{samples} samples are shorter than the feature encoder's receptive field"),
+            );
         }
         let frames: Vec<usize> = match lengths {
             Some(l) => self.frames(l),

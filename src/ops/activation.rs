@@ -1,9 +1,9 @@
 //! Pointwise activations (GELU exact and tanh, ReLU, SiLU), forward and backward.
 
 use super::{check_f32, dummy, row_chunks};
-use crate::error::{shape_err, Result};
-use crate::gpu::{grid, Kernel};
-use crate::tensor::{DType, Tensor};
+use crate::engine::error::{shape_err, Result};
+use crate::engine::{grid, Kernel};
+use crate::engine::{DType, Tensor};
 
 const fn k(entry: &'static str) -> Kernel {
     Kernel {

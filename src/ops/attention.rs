@@ -1,9 +1,9 @@
 //! Fused multi-head attention (flash-attention style): softmax(q kᵀ·scale + mask), dropout, @ v.
 
 use super::{check_dtype, check_f32, dummy, f, shifted_chunks};
-use crate::error::{shape_err, Error, Result};
-use crate::gpu::{grid, BufRef, Kernel};
-use crate::tensor::{DType, Tensor};
+use crate::engine::error::{shape_err, Error, Result};
+use crate::engine::{grid, BufRef, Kernel};
+use crate::engine::{DType, Tensor};
 
 /// Largest head dim the fused kernels take; callers fall back to the unfused path above it.
 pub const MAX_HEAD_DIM: usize = 64;

@@ -1,8 +1,8 @@
 //! f32 <-> f16 conversion for mixed precision; each direction is the other's backward.
 
-use crate::error::{Error, Result};
-use crate::gpu::{grid, Kernel};
-use crate::tensor::{DType, Tensor};
+use crate::engine::error::{Error, Result};
+use crate::engine::{grid, Kernel};
+use crate::engine::{DType, Tensor};
 
 const TO_F16: Kernel = Kernel {
     file: "cast",

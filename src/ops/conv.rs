@@ -1,9 +1,9 @@
 //! 1-D convolution (stride, padding, groups, bias) and its backward.
 
 use super::{binding_room, check_f32, copy, dummy, elementwise, reduce, shifted_chunks};
-use crate::error::{shape_err, Result};
-use crate::gpu::{grid, Kernel};
-use crate::tensor::{DType, Tensor};
+use crate::engine::error::{shape_err, Result};
+use crate::engine::{grid, Kernel};
+use crate::engine::{DType, Tensor};
 
 const fn k(entry: &'static str) -> Kernel {
     Kernel {
@@ -291,7 +291,7 @@ fn windows(gpu: &crate::Gpu, c: &Conv1d, g: &Geo) -> Result<Option<Windows>> {
     let samples =
         (room / g.cin).min(((room / g.cout).saturating_sub(2) * c.stride + 2).saturating_sub(g.k));
     if room / g.cin < g.k || frames == 0 || samples == 0 {
-        return Err(crate::error::Error::Limit {
+        return Err(crate::engine::Error::Limit {
             op: "conv1d",
             msg: format!(
                 "a window of {} channels x kernel {} (or {} output channels) exceeds the binding limit of {room} elements",

@@ -1,9 +1,9 @@
 //! Explicit copies: permute/transpose, slice, concat, and the pad that is a slice's backward.
 
 use super::{binding_room, check_f32, dims8, strides, MAX_DIMS};
-use crate::error::{shape_err, Result};
-use crate::gpu::{grid, Kernel};
-use crate::tensor::{DType, Tensor};
+use crate::engine::error::{shape_err, Result};
+use crate::engine::{grid, Kernel};
+use crate::engine::{DType, Tensor};
 
 const COPY: Kernel = Kernel {
     file: "copy",
@@ -203,7 +203,7 @@ pub fn pad_into(dy: &Tensor, full: &[usize], dim: usize, start: usize) -> Result
 
 /// Joins tensors along `dim`; all other dims must agree.
 pub fn concat(xs: &[&Tensor], dim: usize) -> Result<Tensor> {
-    let first = xs.first().ok_or(crate::error::Error::Shape {
+    let first = xs.first().ok_or(crate::engine::Error::Shape {
         op: "concat",
         msg: "no inputs".into(),
     })?;

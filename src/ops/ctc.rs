@@ -3,9 +3,9 @@
 //! `zero_infinity`), with inputs batch-first: logits [B, T, V].
 
 use super::{check_f32, elementwise, reduce, softmax};
-use crate::error::{shape_err, Error, Result};
-use crate::gpu::{grid, Kernel};
-use crate::tensor::{DType, Tensor};
+use crate::engine::error::{shape_err, Error, Result};
+use crate::engine::{grid, Kernel};
+use crate::engine::{DType, Tensor};
 
 const fn k(entry: &'static str) -> Kernel {
     Kernel {

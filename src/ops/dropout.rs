@@ -1,9 +1,9 @@
 //! Inverted dropout whose mask is a hash of (seed, index): backward recomputes it.
 
 use super::{check_f32, f, row_chunks};
-use crate::error::{shape_err, Result};
-use crate::gpu::{grid, Kernel};
-use crate::tensor::{DType, Tensor};
+use crate::engine::error::{shape_err, Result};
+use crate::engine::{grid, Kernel};
+use crate::engine::{DType, Tensor};
 
 const DROPOUT: Kernel = Kernel {
     file: "dropout",

@@ -1,9 +1,9 @@
 //! Broadcasting add/sub/mul/div/max, scale, fill, and the sum-over-broadcast-dims backward.
 
 use super::{check_f32, dims8, dummy, f, row_chunks, strides, MAX_DIMS};
-use crate::error::{shape_err, Result};
-use crate::gpu::{grid, Kernel};
-use crate::tensor::{DType, Tensor};
+use crate::engine::error::{shape_err, Result};
+use crate::engine::{grid, Kernel};
+use crate::engine::{DType, Tensor};
 
 const BINARY: Kernel = Kernel {
     file: "elementwise",
@@ -169,7 +169,7 @@ pub fn scale(x: &Tensor, alpha: f32, beta: f32) -> Result<Tensor> {
 }
 
 /// A tensor filled with one value.
-pub fn fill(gpu: &crate::gpu::Gpu, shape: &[usize], value: f32) -> Result<Tensor> {
+pub fn fill(gpu: &crate::engine::Gpu, shape: &[usize], value: f32) -> Result<Tensor> {
     let out = Tensor::uninit(gpu, shape, DType::F32)?;
     let d = dummy(gpu)?;
     for (s, len) in row_chunks(gpu, "fill", out.numel(), 1)? {

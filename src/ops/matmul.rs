@@ -1,9 +1,9 @@
 //! Batched matmul with transpose flags and a fused bias, and its backward.
 
 use super::{check_dtype, check_f32, dummy, reduce, shifted_chunks};
-use crate::error::{shape_err, Result};
-use crate::gpu::Kernel;
-use crate::tensor::{DType, Tensor};
+use crate::engine::error::{shape_err, Result};
+use crate::engine::Kernel;
+use crate::engine::{DType, Tensor};
 
 /// The tiled kernel's entry points by transpose combination (A, B), as `matmul.wgsl` names them.
 const TILED: [[&str; 2]; 2] = [["matmul_nn", "matmul_nt"], ["matmul_tn", "matmul_tt"]];
@@ -346,7 +346,7 @@ fn try_coop(
     gpu: &crate::Gpu,
     prm: &Params,
     batch: usize,
-    bufs: [crate::gpu::BufRef<'_>; 4],
+    bufs: [crate::engine::BufRef<'_>; 4],
 ) -> Result<bool> {
     let (ta, tb) = (prm.trans_a == 1, prm.trans_b == 1);
     let u = |x: u32| x as usize;
@@ -365,9 +365,9 @@ fn try_coop(
     // Two designs: fragments straight from storage (64x64 per workgroup of one subgroup), or
     // staged through workgroup memory (128x128 per workgroup of four); `XLSR_COOP=staged`.
     let (variants, tile) = if coop_staged() {
-        (crate::gpu::COOP128_VARIANTS, 128)
+        (crate::engine::COOP128_VARIANTS, 128)
     } else {
-        (crate::gpu::COOP_VARIANTS, 64)
+        (crate::engine::COOP_VARIANTS, 64)
     };
     gpu.dispatch(
         &kernel(variants[ta as usize][tb as usize], "matmul_coop"),
@@ -386,7 +386,7 @@ fn split_dispatch(
     prm: Params,
     splits: usize,
     batch: usize,
-    [ar, br, biasr, cr]: [crate::gpu::BufRef<'_>; 4],
+    [ar, br, biasr, cr]: [crate::engine::BufRef<'_>; 4],
 ) -> Result<()> {
     let total = batch * (prm.m * prm.n) as usize;
     let ws = Tensor::uninit(gpu, &[splits * total], DType::F32)?;
@@ -420,7 +420,7 @@ fn split_dispatch(
         &kernel("matmul", "splitk_sum"),
         sum.words(),
         &[ws.bind(), dm.bind(), biasr, cr],
-        crate::gpu::grid(total as u64, 256),
+        crate::engine::grid(total as u64, 256),
     )
 }
 

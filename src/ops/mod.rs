@@ -18,9 +18,9 @@ pub mod reduce;
 pub mod softmax;
 pub mod weight_norm;
 
-use crate::error::{Error, Result};
-use crate::gpu::Gpu;
-use crate::tensor::{DType, Tensor};
+use crate::engine::error::{Error, Result};
+use crate::engine::Gpu;
+use crate::engine::{DType, Tensor};
 
 /// Most dims a broadcasting or strided kernel handles.
 pub const MAX_DIMS: usize = 8;
@@ -101,7 +101,7 @@ fn gcd(a: usize, b: usize) -> usize {
 
 /// A placeholder for bindings a kernel entry does not use.
 pub(crate) fn dummy(gpu: &Gpu) -> Result<Tensor> {
-    Tensor::uninit(gpu, &[64], crate::tensor::DType::F32)
+    Tensor::uninit(gpu, &[64], crate::engine::DType::F32)
 }
 
 /// Packs dims into the shaders' `array<vec4<u32>, 2>` layout.

@@ -2,9 +2,9 @@
 //! GroupNorm (one group per channel).
 
 use super::{binding_room, check_f32, copy, dummy, elementwise, f, reduce, shifted_chunks};
-use crate::error::{shape_err, Result};
-use crate::gpu::{grid, Kernel};
-use crate::tensor::{DType, Tensor};
+use crate::engine::error::{shape_err, Result};
+use crate::engine::{grid, Kernel};
+use crate::engine::{DType, Tensor};
 
 const fn k(entry: &'static str) -> Kernel {
     Kernel {
@@ -170,11 +170,11 @@ fn window_frames(gpu: &crate::Gpu, channels: usize) -> usize {
 
 impl Chunk {
     /// This chunk of a data tensor (x, y, dy or dx) as a binding and the kernel's shift.
-    fn data<'a>(&self, t: &'a Tensor) -> (crate::gpu::BufRef<'a>, u32) {
+    fn data<'a>(&self, t: &'a Tensor) -> (crate::engine::BufRef<'a>, u32) {
         t.bind_shifted(self.start, self.len)
     }
     /// This chunk's (mean, rstd) pairs.
-    fn stats<'a>(&self, t: &'a Tensor) -> (crate::gpu::BufRef<'a>, u32) {
+    fn stats<'a>(&self, t: &'a Tensor) -> (crate::engine::BufRef<'a>, u32) {
         t.bind_shifted(2 * self.row0, 2 * self.rows)
     }
 }

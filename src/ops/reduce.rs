@@ -1,9 +1,9 @@
 //! Sums, means, the global L2 norm, and their backward.
 
 use super::{binding_room, check_f32, dims8, dummy, f, row_chunks};
-use crate::error::{shape_err, Result};
-use crate::gpu::{grid, BufRef, Gpu, Kernel};
-use crate::tensor::{DType, Tensor};
+use crate::engine::error::{shape_err, Result};
+use crate::engine::{grid, BufRef, Gpu, Kernel};
+use crate::engine::{DType, Tensor};
 
 const fn k(entry: &'static str) -> Kernel {
     Kernel {

@@ -1,9 +1,9 @@
 //! Softmax and log-softmax over the last dim with an optional additive mask.
 
 use super::{check_f32, dummy, row_chunks};
-use crate::error::{shape_err, Result};
-use crate::gpu::{grid, Kernel};
-use crate::tensor::{DType, Tensor};
+use crate::engine::error::{shape_err, Result};
+use crate::engine::{grid, Kernel};
+use crate::engine::{DType, Tensor};
 
 const FWD: Kernel = Kernel {
     file: "softmax",

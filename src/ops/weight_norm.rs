@@ -2,9 +2,9 @@
 //! backward.
 
 use super::{check_f32, dummy};
-use crate::error::{shape_err, Error, Result};
-use crate::gpu::Kernel;
-use crate::tensor::{DType, Tensor};
+use crate::engine::error::{shape_err, Error, Result};
+use crate::engine::Kernel;
+use crate::engine::{DType, Tensor};
 
 const fn k(entry: &'static str) -> Kernel {
     Kernel {

@@ -72,7 +72,7 @@ pub fn run(gpu: &Gpu, args: &TrainArgs) -> Result<RunSummary> {
     if args.fp16 && !fp16 {
         eprintln!(
             "note: --fp16 needs f16 shader support (SHADER_F16), which {} lacks; training in f32",
-            gpu.info.name
+            gpu.info().name
         );
     }
     state::claim_run_dir(&args.out, args.resume, args.overwrite)?;
@@ -196,7 +196,7 @@ pub fn run(gpu: &Gpu, args: &TrainArgs) -> Result<RunSummary> {
         trainable as f64 / 1e6,
         model.layers.len(),
         vocab.len(),
-        gpu.info.name
+        gpu.info().name
     );
 
     let mut opt = AdamW::new(
@@ -362,14 +362,17 @@ pub fn run(gpu: &Gpu, args: &TrainArgs) -> Result<RunSummary> {
                 // CTC with zero_infinity turns non-finite logits into a loss of 0: add
                 // 0 * |logits| (0, or NaN when a logit is not finite) so the loss says NaN.
                 let bad = crate::ops::reduce::global_norm_scaled(gpu, &[&out.logits.value], 0.0)?;
-                crate::ops::elementwise::add(&loss.value, &bad)
+                Ok(crate::ops::elementwise::add(&loss.value, &bad)?)
             };
             let loss = step().map_err(|e| match e {
-                Error::Gpu(msg) => Error::Gpu(format!(
-                    "{msg}\n(batch of {b} clips, longest {:.1} s: lower --batch-size, set \
+                Error::Engine(crate::engine::Error::Gpu(msg)) => {
+                    crate::engine::Error::Gpu(format!(
+                        "{msg}\n(batch of {b} clips, longest {:.1} s: lower --batch-size, set \
                      --max-batch-seconds, or prepare with a smaller --max-seconds)",
-                    batch.max_samples as f64 / 16000.0
-                )),
+                        batch.max_samples as f64 / 16000.0
+                    ))
+                    .into()
+                }
                 e => e,
             })?;
             step_loss = Some(match step_loss.take() {

@@ -3,37 +3,15 @@
 //! A tensor is always contiguous and row-major from the start of its buffer. `reshape` is a
 //! view (shares the buffer); transpose, slice and concat make copies (see `ops::copy`).
 
-use crate::error::{shape_err, Error, Result};
-use crate::gpu::{BufRef, Gpu};
+use super::dtype::DType;
+use super::error::{shape_err, Error, Result};
+use super::{BufRef, Gpu};
 use std::sync::Arc;
-
-/// Element type of a tensor. Kernels are f32 today; f16 storage slots in without changing
-/// the tensor API.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum DType {
-    /// 32-bit float.
-    F32,
-    /// 16-bit float.
-    F16,
-    /// 32-bit unsigned integer (labels, lengths).
-    U32,
-}
-
-impl DType {
-    /// Bytes per element.
-    pub fn size(self) -> usize {
-        match self {
-            DType::F32 => 4,
-            DType::F16 => 2,
-            DType::U32 => 4,
-        }
-    }
-}
 
 /// A pooled device buffer; goes back to the pool when the last tensor using it is dropped.
 pub struct Storage {
     buffer: Option<wgpu::Buffer>,
-    slot: crate::gpu::Slot,
+    slot: super::pool::Slot,
     gpu: Gpu,
 }
 

@@ -1,0 +1,129 @@
+//! Adapter choice: list what wgpu sees, rank it, open the best (or the one asked for) with
+//! the optional features we use.
+
+use super::error::{Error, Result};
+
+/// One adapter as `xlsr devices` lists it.
+pub struct AdapterSummary {
+    /// Adapter info (name, backend, type, driver).
+    pub info: wgpu::AdapterInfo,
+    /// The adapter's limits.
+    pub limits: wgpu::Limits,
+    /// The adapter's features.
+    pub features: wgpu::Features,
+    /// The cooperative-matrix configurations it offers (tensor cores; empty on most).
+    pub coop: Vec<wgpu::CooperativeMatrixProperties>,
+}
+
+fn instance() -> wgpu::Instance {
+    let mut desc = wgpu::InstanceDescriptor::new_without_display_handle();
+    desc.backends = wgpu::Backends::VULKAN | wgpu::Backends::METAL | wgpu::Backends::DX12;
+    wgpu::Instance::new(desc)
+}
+
+fn rank(info: &wgpu::AdapterInfo) -> u32 {
+    match info.device_type {
+        wgpu::DeviceType::DiscreteGpu => 0,
+        wgpu::DeviceType::IntegratedGpu => 1,
+        wgpu::DeviceType::VirtualGpu => 2,
+        wgpu::DeviceType::Cpu => 3,
+        wgpu::DeviceType::Other => 4,
+    }
+}
+
+/// Whether the cooperative-matrix GEMM can run on an adapter: it offers 16x16x16 f16 x f16 ->
+/// f32 matrices, and its subgroups are always 32 lanes (the kernel's workgroup is one subgroup).
+pub fn coop_usable(info: &wgpu::AdapterInfo, props: &[wgpu::CooperativeMatrixProperties]) -> bool {
+    use wgpu::CooperativeScalarType as S;
+    info.subgroup_min_size == 32
+        && info.subgroup_max_size == 32
+        && props.iter().any(|p| {
+            (p.m_size, p.n_size, p.k_size) == (16, 16, 16)
+                && p.ab_type == S::F16
+                && p.cr_type == S::F32
+        })
+}
+
+/// Lists every adapter wgpu can see, best first.
+pub fn adapters() -> Vec<AdapterSummary> {
+    let mut list: Vec<AdapterSummary> =
+        pollster::block_on(instance().enumerate_adapters(wgpu::Backends::all()))
+            .into_iter()
+            .map(|a| AdapterSummary {
+                info: a.get_info(),
+                limits: a.limits(),
+                features: a.features(),
+                coop: a.cooperative_matrix_properties(),
+            })
+            .collect();
+    list.sort_by_key(|a| rank(&a.info));
+    list
+}
+
+/// A device opened on the chosen adapter, with what it was opened with.
+pub(super) struct Opened {
+    pub device: wgpu::Device,
+    pub queue: wgpu::Queue,
+    pub info: wgpu::AdapterInfo,
+    pub limits: wgpu::Limits,
+    pub features: wgpu::Features,
+}
+
+/// Opens the best adapter (discrete > integrated > CPU) or the one whose name contains
+/// `XLSR_ADAPTER` (case-insensitive), with timestamps, f16 and cooperative matrices where
+/// offered (`XLSR_NO_F16=1` / `XLSR_NO_COOP=1` leave them off).
+pub(super) fn open() -> Result<Opened> {
+    let wanted = std::env::var("XLSR_ADAPTER").ok().filter(|s| !s.is_empty());
+    let mut all = pollster::block_on(instance().enumerate_adapters(wgpu::Backends::all()));
+    all.sort_by_key(|a| rank(&a.get_info()));
+    let adapter = match &wanted {
+        Some(w) => {
+            let w = w.to_lowercase();
+            all.into_iter()
+                .find(|a| a.get_info().name.to_lowercase().contains(&w))
+                .ok_or_else(|| Error::NoAdapter(format!(" matching XLSR_ADAPTER={w:?}")))?
+        }
+        None => all
+            .into_iter()
+            .next()
+            .ok_or_else(|| Error::NoAdapter(String::new()))?,
+    };
+    let info = adapter.get_info();
+    let limits = adapter.limits();
+    let mut optional = wgpu::Features::TIMESTAMP_QUERY | wgpu::Features::SHADER_F16;
+    // XLSR_NO_F16=1 runs as if the adapter had no f16 (to test or rule out the f16 path).
+    if std::env::var("XLSR_NO_F16").is_ok_and(|v| v == "1") {
+        optional.remove(wgpu::Features::SHADER_F16);
+    }
+    if coop_usable(&info, &adapter.cooperative_matrix_properties())
+        && !std::env::var("XLSR_NO_COOP").is_ok_and(|v| v == "1")
+    {
+        optional |= wgpu::Features::EXPERIMENTAL_COOPERATIVE_MATRIX;
+    }
+    let features = adapter.features() & optional;
+    let coop = features.contains(wgpu::Features::EXPERIMENTAL_COOPERATIVE_MATRIX);
+    let (device, queue) = pollster::block_on(adapter.request_device(&wgpu::DeviceDescriptor {
+        label: Some("xlsr"),
+        required_features: features,
+        required_limits: limits.clone(),
+        // SAFETY: cooperative matrices are wgpu's one experimental feature we use; only
+        // the 16x16x16 f16 -> f32 configuration that `coop_usable` found is ever run.
+        experimental_features: if coop {
+            unsafe { wgpu::ExperimentalFeatures::enabled() }
+        } else {
+            wgpu::ExperimentalFeatures::disabled()
+        },
+        ..Default::default()
+    }))
+    .map_err(|e| Error::Device {
+        adapter: info.name.clone(),
+        reason: e.to_string(),
+    })?;
+    Ok(Opened {
+        device,
+        queue,
+        info,
+        limits,
+        features,
+    })
+}

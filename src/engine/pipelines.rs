@@ -1,0 +1,240 @@
+//! The shader registry (with its f16 and transpose variants), bind-group layouts and compute
+//! pipelines, each built once per device.
+
+use super::error::{Error, Result};
+use super::Gpu;
+use std::sync::Arc;
+
+/// WGSL sources, one file per kernel family, compiled once per device on first use.
+const SHADERS: &[(&str, &str)] = &[
+    ("matmul", include_str!("../../shaders/matmul.wgsl")),
+    (
+        "elementwise",
+        include_str!("../../shaders/elementwise.wgsl"),
+    ),
+    ("activation", include_str!("../../shaders/activation.wgsl")),
+    ("dropout", include_str!("../../shaders/dropout.wgsl")),
+    ("norm", include_str!("../../shaders/norm.wgsl")),
+    ("conv1d", include_str!("../../shaders/conv1d.wgsl")),
+    ("softmax", include_str!("../../shaders/softmax.wgsl")),
+    ("reduce", include_str!("../../shaders/reduce.wgsl")),
+    ("copy", include_str!("../../shaders/copy.wgsl")),
+    ("ctc", include_str!("../../shaders/ctc.wgsl")),
+    (
+        "weight_norm",
+        include_str!("../../shaders/weight_norm.wgsl"),
+    ),
+    ("adamw", include_str!("../../shaders/adamw.wgsl")),
+    ("cast", include_str!("../../shaders/cast.wgsl")),
+    ("words", include_str!("../../shaders/words.wgsl")),
+    (
+        "sum_squares",
+        include_str!("../../shaders/sum_squares.wgsl"),
+    ),
+    ("attention", include_str!("../../shaders/attention.wgsl")),
+    (
+        "matmul_coop",
+        include_str!("../../shaders/matmul_coop.wgsl"),
+    ),
+    (
+        "matmul_coop128",
+        include_str!("../../shaders/matmul_coop128.wgsl"),
+    ),
+];
+
+/// The cooperative-matrix GEMMs' builds, one per transpose combination (A, B): a file named
+/// `BASE_XY` is `BASE.wgsl` with its `const TA` / `const TB` lines set (X, Y = n or t).
+pub const COOP_VARIANTS: [[&str; 2]; 2] = [
+    ["matmul_coop_nn", "matmul_coop_nt"],
+    ["matmul_coop_tn", "matmul_coop_tt"],
+];
+/// The same for the workgroup-staged kernel (`matmul_coop128.wgsl`).
+pub const COOP128_VARIANTS: [[&str; 2]; 2] = [
+    ["matmul_coop128_nn", "matmul_coop128_nt"],
+    ["matmul_coop128_tn", "matmul_coop128_tt"],
+];
+
+/// A kernel file named `NAME_f16` is `NAME.wgsl` with f16 inputs: its `alias In = f32;` line
+/// (the storage type of the tensors it reads) becomes f16. One source serves both precisions,
+/// and arithmetic stays f32 in both (loads convert).
+pub const F16_SUFFIX: &str = "_f16";
+const IN_F32: &str = "alias In = f32;";
+
+/// The WGSL source of a kernel file, f16 variants derived as [`F16_SUFFIX`] says and the
+/// cooperative-matrix GEMM's transpose variants as [`COOP_VARIANTS`] says.
+fn shader_source(file: &str) -> Result<String> {
+    if let Some((base, tt @ ("nn" | "nt" | "tn" | "tt"))) = file.rsplit_once('_') {
+        let src = shader_source(base)?;
+        let (ta, tb) = (tt.starts_with('t'), tt.ends_with('t'));
+        return Ok(src
+            .replace(
+                "const TA: bool = false;",
+                &format!("const TA: bool = {ta};"),
+            )
+            .replace(
+                "const TB: bool = false;",
+                &format!("const TB: bool = {tb};"),
+            ));
+    }
+    let base = file.strip_suffix(F16_SUFFIX).unwrap_or(file);
+    let src = SHADERS
+        .iter()
+        .find(|(n, _)| *n == base)
+        .map(|(_, s)| *s)
+        .ok_or_else(|| Error::Gpu(format!("unknown shader file {file}")))?;
+    if base == file {
+        return Ok(src.to_string());
+    }
+    if !src.contains(IN_F32) {
+        return Err(Error::Gpu(format!(
+            "{base}.wgsl has no `{IN_F32}` line, so it has no f16 variant"
+        )));
+    }
+    Ok(format!(
+        "enable f16;\n{}",
+        src.replace(IN_F32, "alias In = f16;")
+    ))
+}
+
+/// `@binding(0)` uniform params, then `reads` read-only and `writes` read-write storage buffers.
+#[derive(Clone, Copy, Debug)]
+pub struct Kernel {
+    /// Shader file name without extension (see `shaders/`).
+    pub file: &'static str,
+    /// Entry point name.
+    pub entry: &'static str,
+    /// Number of read-only storage bindings (bindings 1..=reads).
+    pub reads: u32,
+    /// Number of read-write storage bindings (after the read-only ones).
+    pub writes: u32,
+}
+
+/// A bind-group layout and the pipeline layout wrapping it, per binding signature.
+pub(super) type Layouts = (Arc<wgpu::BindGroupLayout>, Arc<wgpu::PipelineLayout>);
+
+pub(super) struct Pipeline {
+    pub(super) pipeline: wgpu::ComputePipeline,
+    pub(super) layout: Arc<wgpu::BindGroupLayout>,
+}
+
+impl Gpu {
+    fn module(&self, file: &'static str) -> Result<Arc<wgpu::ShaderModule>> {
+        let mut modules = self.0.modules.lock().unwrap();
+        if let Some(m) = modules.get(file) {
+            return Ok(m.clone());
+        }
+        let src = shader_source(file)?;
+        if file.ends_with(F16_SUFFIX) && !self.has_f16() {
+            return Err(Error::Gpu(format!(
+                "{file} needs an adapter with SHADER_F16 (f16 in shaders)"
+            )));
+        }
+        let desc = wgpu::ShaderModuleDescriptor {
+            label: Some(file),
+            source: wgpu::ShaderSource::Wgsl(src.into()),
+        };
+        // Our kernels guard every index themselves; skipping wgpu's injected bounds checks
+        // is one of the levers that makes the tiled matmul fast.
+        let module = Arc::new(unsafe {
+            self.0
+                .device
+                .create_shader_module_trusted(desc, wgpu::ShaderRuntimeChecks::unchecked())
+        });
+        modules.insert(file, module.clone());
+        Ok(module)
+    }
+
+    fn layout(&self, reads: u32, writes: u32) -> Layouts {
+        let mut layouts = self.0.layouts.lock().unwrap();
+        layouts
+            .entry((reads, writes))
+            .or_insert_with(|| {
+                let mut entries = vec![wgpu::BindGroupLayoutEntry {
+                    binding: 0,
+                    visibility: wgpu::ShaderStages::COMPUTE,
+                    ty: wgpu::BindingType::Buffer {
+                        ty: wgpu::BufferBindingType::Uniform,
+                        has_dynamic_offset: true,
+                        min_binding_size: None,
+                    },
+                    count: None,
+                }];
+                for i in 0..reads + writes {
+                    entries.push(wgpu::BindGroupLayoutEntry {
+                        binding: 1 + i,
+                        visibility: wgpu::ShaderStages::COMPUTE,
+                        ty: wgpu::BindingType::Buffer {
+                            ty: wgpu::BufferBindingType::Storage {
+                                read_only: i < reads,
+                            },
+                            has_dynamic_offset: false,
+                            min_binding_size: None,
+                        },
+                        count: None,
+                    });
+                }
+                let bgl =
+                    self.0
+                        .device
+                        .create_bind_group_layout(&wgpu::BindGroupLayoutDescriptor {
+                            label: None,
+                            entries: &entries,
+                        });
+                let pl = self
+                    .0
+                    .device
+                    .create_pipeline_layout(&wgpu::PipelineLayoutDescriptor {
+                        label: None,
+                        bind_group_layouts: &[Some(&bgl)],
+                        immediate_size: 0,
+                    });
+                (Arc::new(bgl), Arc::new(pl))
+            })
+            .clone()
+    }
+
+    pub(super) fn pipeline(&self, k: &Kernel) -> Result<Arc<Pipeline>> {
+        if let Some(p) = self.0.pipelines.lock().unwrap().get(&(k.file, k.entry)) {
+            return Ok(p.clone());
+        }
+        let module = self.module(k.file)?;
+        let (bgl, pl) = self.layout(k.reads, k.writes);
+        let scope = self
+            .0
+            .device
+            .push_error_scope(wgpu::ErrorFilter::Validation);
+        let pipeline = self
+            .0
+            .device
+            .create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
+                label: Some(k.entry),
+                layout: Some(&pl),
+                module: &module,
+                entry_point: Some(k.entry),
+                compilation_options: Default::default(),
+                cache: None,
+            });
+        if let Some(e) = pollster::block_on(scope.pop()) {
+            return Err(Error::Gpu(format!(
+                "kernel {}::{} failed to compile: {e}",
+                k.file, k.entry
+            )));
+        }
+        self.count(|c| c.pipelines_created += 1);
+        let p = Arc::new(Pipeline {
+            pipeline,
+            layout: bgl,
+        });
+        self.0
+            .pipelines
+            .lock()
+            .unwrap()
+            .insert((k.file, k.entry), p.clone());
+        Ok(p)
+    }
+
+    /// Number of compiled pipelines (tests check that repeated ops compile nothing new).
+    pub fn pipeline_count(&self) -> usize {
+        self.0.pipelines.lock().unwrap().len()
+    }
+}
