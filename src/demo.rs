@@ -3,7 +3,7 @@
 //! convs, pre-LN encoder) with random weights, fine-tunes it with CTC from scratch, and shows
 //! the loss and the character error rate falling. A few minutes on a CPU Vulkan driver.
 
-use crate::data::prepare::{self, Options, Source};
+use crate::data::prepare::{self, Source};
 use crate::data::Prepared;
 use crate::error::Result;
 use crate::model::{Config, Wav2Vec2ForCtc};
@@ -11,27 +11,34 @@ use crate::train::{self, RunSummary, TrainArgs};
 use crate::Gpu;
 use std::path::{Path, PathBuf};
 
-/// Options of `xlsr demo`.
-#[derive(clap::Args, Clone, Debug)]
-pub struct DemoArgs {
-    /// Optimiser steps
-    #[arg(long, default_value_t = 250)]
+/// Options of the demo run.
+#[derive(Clone, Debug)]
+pub struct Options {
+    /// Optimiser steps.
     pub steps: u64,
-    /// Training clips used (the corpus's first N)
-    #[arg(long, default_value_t = 12)]
+    /// Training clips used (the corpus's first N).
     pub clips: usize,
-    /// Run folder (prepared corpus, checkpoints, metrics.jsonl, training.svg, final model)
-    #[arg(long, default_value = "demo-run")]
+    /// Run folder (prepared corpus, checkpoints, metrics.jsonl, training.svg, final model).
     pub out: PathBuf,
-    /// Corpus (default: the built-in Spanish corpus)
-    #[arg(long)]
+    /// Corpus (default: the built-in Spanish corpus).
     pub data: Option<PathBuf>,
-    /// Evaluate (on the training clips, to watch them being learnt) every N steps
-    #[arg(long, default_value_t = 50)]
+    /// Evaluate (on the training clips, to watch them being learnt) every N steps.
     pub eval_steps: u64,
-    /// fp16 mixed precision with loss scaling (where the adapter has f16)
-    #[arg(long)]
+    /// fp16 mixed precision with loss scaling (where the adapter has f16).
     pub fp16: bool,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Options {
+            steps: 250,
+            clips: 12,
+            out: PathBuf::from("demo-run"),
+            data: None,
+            eval_steps: 50,
+            fp16: false,
+        }
+    }
 }
 
 /// The built-in corpus.
@@ -91,12 +98,12 @@ pub fn from_scratch_args(init: &Path, prep: &Path, out: &Path, steps: u64) -> Tr
 }
 
 /// Runs the demo; returns the training run's summary.
-pub fn run(gpu: &Gpu, args: &DemoArgs) -> Result<RunSummary> {
-    let corpus = args.data.clone().unwrap_or_else(corpus_dir);
-    let prep = args.out.join("prepared");
-    prepare::run(&Options::new(Source::common_voice(&corpus), &prep))?;
+pub fn run(gpu: &Gpu, opts: &Options) -> Result<RunSummary> {
+    let corpus = opts.data.clone().unwrap_or_else(corpus_dir);
+    let prep = opts.out.join("prepared");
+    prepare::run(&prepare::Options::new(Source::common_voice(&corpus), &prep))?;
     let data = Prepared::open(&prep)?;
-    let init = args.out.join("init");
+    let init = opts.out.join("init");
     let model = Wav2Vec2ForCtc::random(
         gpu,
         small_config(data.vocab.len(), data.vocab.pad as usize),
@@ -105,13 +112,13 @@ pub fn run(gpu: &Gpu, args: &DemoArgs) -> Result<RunSummary> {
     train::state::save_model(&init, &model, &data.vocab)?;
     drop(model);
     let targs = TrainArgs {
-        eval_steps: args.eval_steps,
-        max_train_samples: Some(args.clips),
-        max_eval_samples: Some(args.clips),
-        fp16: args.fp16,
+        eval_steps: opts.eval_steps,
+        max_train_samples: Some(opts.clips),
+        max_eval_samples: Some(opts.clips),
+        fp16: opts.fp16,
         // The demo owns its folder (prepared/ and init/ stay): a rerun replaces its last run.
         overwrite: true,
-        ..from_scratch_args(&init, &prep, &args.out, args.steps)
+        ..from_scratch_args(&init, &prep, &opts.out, opts.steps)
     };
     let summary = train::run(gpu, &targs)?;
     // The held-out clips: a few minutes on a dozen clips memorises them, it does not generalise.
@@ -126,13 +133,13 @@ pub fn run(gpu: &Gpu, args: &DemoArgs) -> Result<RunSummary> {
     )?;
     println!(
         "held-out test clips: CER {:.3}, WER {:.3} on {} utterances (expected high: {} training clips)",
-        held_out.cer, held_out.wer, held_out.utterances, args.clips
+        held_out.cer, held_out.wer, held_out.utterances, opts.clips
     );
     println!(
         "training loss {:.3} -> {:.3}; see {} (metrics.jsonl, training.svg, final/)",
         summary.losses.first().map_or(f64::NAN, |l| l.1),
         summary.losses.last().map_or(f64::NAN, |l| l.1),
-        args.out.display()
+        opts.out.display()
     );
     Ok(summary)
 }

@@ -19,6 +19,9 @@ pub enum Error {
     /// Corpus, audio or vocabulary problem (names the file).
     #[error(transparent)]
     Data(#[from] crate::data::DataError),
+    /// A model configuration the code cannot run (names the setting).
+    #[error("model config: {0}")]
+    Config(String),
     /// A command-line option out of range (names the flag).
     #[error("{0}")]
     Usage(String),

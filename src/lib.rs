@@ -7,6 +7,7 @@
 
 pub mod autograd;
 pub mod bench;
+pub mod cli;
 pub mod data;
 pub mod demo;
 pub mod engine;

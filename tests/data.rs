@@ -12,9 +12,10 @@ use std::path::{Path, PathBuf};
 use xlsr::data::audio::{self, SAMPLE_RATE};
 use xlsr::data::batch::{self, length_grouped_indices, megabatch_size, Batcher, Example};
 use xlsr::data::corpus;
-use xlsr::data::prepare::{self, Options, Prepared, Skip, Source, Split};
+use xlsr::data::prepare::{self, Options, Skip, Source};
 use xlsr::data::text::TextNorm;
 use xlsr::data::{ctc_min_frames, wav2vec2_frames, DataError, Vocab};
+use xlsr::data::{Prepared, Split};
 
 const CORPUS: &str = "data/demo-es";
 
@@ -822,11 +823,12 @@ fn padding_and_masks() {
         ex("c", 10, &[]),
     ]);
     assert_eq!(b.len(), 3);
-    assert_eq!((b.max_samples, b.max_labels), (800, 3));
+    assert_eq!((b.max_samples, b.targets.width), (800, 3));
     assert_eq!(b.audio.len(), 3 * 800);
     assert_eq!(b.audio_lengths, [500, 800, 10]);
-    assert_eq!(b.label_lengths, [3, 1, 0]);
-    assert_eq!(b.labels, [1, 2, 3, 4, -100, -100, -100, -100, -100]);
+    assert_eq!(b.targets.lengths, [3, 1, 0]);
+    assert_eq!(b.targets.ids, [1, 2, 3, 4, 0, 0, 0, 0, 0]);
+    assert_eq!(b.targets.row(1), [4]);
     assert_eq!(b.ids, ["a", "b", "c"]);
     for (row, &n) in b.audio_lengths.iter().enumerate() {
         let r = &b.audio[row * 800..(row + 1) * 800];
@@ -846,7 +848,12 @@ fn padding_and_masks() {
     assert_eq!(mask.iter().filter(|&&m| m == 1.0).count(), 1310);
     assert_eq!(mask[799], 0.0);
     assert_eq!(mask[800 + 799], 1.0);
-    assert_eq!(b.frame_lengths(), [1, 2, 0]);
+    let frames: Vec<usize> = b
+        .audio_lengths
+        .iter()
+        .map(|&n| wav2vec2_frames(n))
+        .collect();
+    assert_eq!(frames, [1, 2, 0]);
 }
 
 #[test]
@@ -865,8 +872,7 @@ fn collate_from_prepared() {
         let u = &p.train[i];
         assert_eq!(b.ids[row], u.id);
         assert_eq!(b.audio_lengths[row], u.samples);
-        let labels = &b.labels[row * b.max_labels..row * b.max_labels + u.labels.len()];
-        assert!(labels.iter().zip(&u.labels).all(|(&a, &b)| a == b as i64));
+        assert_eq!(b.targets.row(row), u.labels);
     }
     assert!(batch::collate(&p, Split::Test, &[99]).is_err());
     std::fs::remove_dir_all(out).unwrap();

@@ -20,7 +20,7 @@ fn demo_loss_falls_in_fp16() {
 
 fn demo_case(fp16: bool) {
     let out = std::env::temp_dir().join(format!("xlsr-demo-{fp16}-{}", std::process::id()));
-    let args = xlsr::demo::DemoArgs {
+    let args = xlsr::demo::Options {
         steps: 30,
         clips: 8,
         out: out.clone(),

@@ -13,6 +13,8 @@
 mod common;
 use common::*;
 use half::f16;
+use xlsr::autograd::autocast;
+use xlsr::data::Targets;
 use xlsr::model::{Forward, Wav2Vec2ForCtc};
 use xlsr::ops::cast::{to_f16, to_f32};
 use xlsr::optim::{AdamW, AdamWConfig, GradScaler};
@@ -208,7 +210,7 @@ fn f16_matmul_and_backward_match_rounded_f64() {
         let av = tape.input(upload(&a, &ashape), true);
         let bv = tape.input(upload(&b, &bshape), true);
         let biasv = tape.input(upload(&bias, &[n]), true);
-        let c = av.matmul_f16(&bv, ta, tb, Some(&biasv)).unwrap();
+        let c = autocast(true, || av.matmul(&bv, ta, tb, Some(&biasv))).unwrap();
         let loss = c
             .mul(&Var::constant(upload(&r, &[batch, m, n])))
             .unwrap()
@@ -276,7 +278,9 @@ fn run_model(model: &Wav2Vec2ForCtc, fp16: bool, scale: f32) -> (Vec<f32>, f32, 
         ..Forward::default()
     };
     let out = model.forward(&tape, &audio, Some(&lengths), &opts).unwrap();
-    let (loss, _) = model.ctc_loss(&out.logits, &out.frames, &labels).unwrap();
+    let (loss, _) = model
+        .ctc_loss(&out.logits, &out.frames, &Targets::from_rows(&labels))
+        .unwrap();
     tape.backward(&loss.scale(scale, 0.0).unwrap(), &[])
         .unwrap();
     let grads = model
@@ -386,7 +390,9 @@ fn grad_scaler_skips_exactly_the_overflowing_step_and_halves_the_scale() {
             ..Forward::default()
         };
         let out = model.forward(&tape, &audio, Some(&lengths), &opts).unwrap();
-        let (loss, _) = model.ctc_loss(&out.logits, &out.frames, &labels).unwrap();
+        let (loss, _) = model
+            .ctc_loss(&out.logits, &out.frames, &Targets::from_rows(&labels))
+            .unwrap();
         // Step 2 multiplies the loss far past f16's range: its f16 gradients overflow.
         let force = if step == 2 { 1e30 } else { 1.0 };
         tape.backward(&loss.scale(scaler.scale * force, 0.0).unwrap(), &[])
@@ -453,12 +459,10 @@ fn f16_attention_equals_f32_attention_on_rounded_inputs() {
             .iter()
             .map(|x| tape.input(upload(x, &shape), true))
             .collect();
-        let f = if half {
-            Var::attention_f16
-        } else {
-            Var::attention
-        };
-        let o = f(&vars[0], &vars[1], &vars[2], Some(&mask), h, 0.125, 0.1, 9).unwrap();
+        let o = autocast(half, || {
+            vars[0].attention(&vars[1], &vars[2], Some(&mask), h, 0.125, 0.1, 9)
+        })
+        .unwrap();
         let loss = o
             .mul(&Var::constant(upload(&r, &shape)))
             .unwrap()
@@ -482,10 +486,10 @@ fn f16_attention_equals_f32_attention_on_rounded_inputs() {
     assert_ne!(exact[0], got[0]);
 }
 
-/// `act_f16`: the same forward as `act`, and the gradient of `act` taken at the f16-rounded
-/// input (what it keeps for backward).
+/// `act` under autocast: the same forward as in f32, and the gradient of `act` taken at the
+/// f16-rounded input (what it keeps for backward).
 #[test]
-fn act_f16_keeps_a_rounded_input_for_backward() {
+fn act_under_autocast_keeps_a_rounded_input_for_backward() {
     if !has_f16() {
         return;
     }
@@ -499,7 +503,7 @@ fn act_f16_keeps_a_rounded_input_for_backward() {
         let tape = Tape::new();
         let xv = tape.input(upload(x, &[n]), true);
         let act = xlsr::ops::activation::Act::Gelu;
-        let y = if half { xv.act_f16(act) } else { xv.act(act) }.unwrap();
+        let y = autocast(half, || xv.act(act)).unwrap();
         let loss = y
             .mul(&Var::constant(upload(&r, &[n])))
             .unwrap()

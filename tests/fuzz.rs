@@ -10,11 +10,7 @@ use xlsr::data::{audio, corpus, Vocab};
 use xlsr::model::{Checkpoint, Config};
 
 fn pick<'a, T>(rng: &mut Rng, v: &'a [T]) -> &'a T {
-    &v[(rng.next_f64() * v.len() as f64) as usize % v.len()]
-}
-
-fn below(rng: &mut Rng, n: usize) -> usize {
-    (rng.next_f64() * n as f64) as usize % n.max(1)
+    &v[rng.below(v.len())]
 }
 
 /// Truncates `s` to at most `n` bytes, at a character boundary.
@@ -78,15 +74,15 @@ fn config_json_mutations() {
     for case in 0..3000 {
         let mut v = base.clone();
         let obj = v.as_object_mut().unwrap();
-        for _ in 0..1 + below(&mut rng, 3) {
+        for _ in 0..1 + rng.below(3) {
             let k = pick(&mut rng, &keys).clone();
-            if rng.next_f64() < 0.1 {
+            if rng.uniform() < 0.1 {
                 obj.remove(&k);
-            } else if rng.next_f64() < 0.2 {
+            } else if rng.uniform() < 0.2 {
                 // One entry of a list.
                 if let Some(a) = obj.get_mut(&k).and_then(|x| x.as_array_mut()) {
                     if !a.is_empty() {
-                        let i = below(&mut rng, a.len());
+                        let i = rng.below(a.len());
                         a[i] = odd_value(&mut rng);
                     }
                 }
@@ -97,7 +93,7 @@ fn config_json_mutations() {
         let mut s = v.to_string();
         if case % 10 == 0 {
             // Truncated or garbled text.
-            let n = below(&mut rng, s.len());
+            let n = rng.below(s.len());
             cut(&mut s, n);
         }
         match no_panic(&format!("config case {case}: {s}"), || {
@@ -133,18 +129,18 @@ fn safetensors_header_mutations() {
         match case % 4 {
             // Digits and punctuation inside the JSON header (shapes, offsets, dtypes).
             0 | 1 => {
-                for _ in 0..1 + below(&mut rng, 3) {
-                    let i = 8 + below(&mut rng, header - 8);
+                for _ in 0..1 + rng.below(3) {
+                    let i = 8 + rng.below(header - 8);
                     b[i] = *pick(&mut rng, NOISE);
                 }
             }
             // The length prefix.
             2 => {
-                let i = below(&mut rng, 8);
-                b[i] = (rng.next_f64() * 256.0) as u8;
+                let i = rng.below(8);
+                b[i] = (rng.uniform() * 256.0) as u8;
             }
             // Truncated anywhere.
-            _ => b.truncate(below(&mut rng, b.len())),
+            _ => b.truncate(rng.below(b.len())),
         }
         std::fs::write(&path, &b).unwrap();
         let res = no_panic(&format!("safetensors case {case}"), || {
@@ -172,10 +168,10 @@ fn vocab_json_mutations() {
     ];
     for case in 0..2000 {
         let mut obj = serde_json::Map::new();
-        for _ in 0..below(&mut rng, 12) {
+        for _ in 0..rng.below(12) {
             let t = pick(&mut rng, &tokens).to_string();
-            let id = if rng.next_f64() < 0.7 {
-                serde_json::json!(below(&mut rng, 14))
+            let id = if rng.uniform() < 0.7 {
+                serde_json::json!(rng.below(14))
             } else {
                 odd_value(&mut rng)
             };
@@ -183,7 +179,7 @@ fn vocab_json_mutations() {
         }
         let mut text = serde_json::Value::Object(obj).to_string();
         if case % 7 == 0 {
-            let n = below(&mut rng, text.len());
+            let n = rng.below(text.len());
             cut(&mut text, n);
         }
         if case % 11 == 0 {
@@ -199,7 +195,7 @@ fn vocab_json_mutations() {
         let what = format!("vocab case {case}: {text}");
         match no_panic(&what, || Vocab::load(&dir)) {
             Ok(v) => no_panic(&what, || {
-                let head = below(&mut rng, 16);
+                let head = rng.below(16);
                 if let Err(e) = v.check_head(&dir.join("vocab.json"), head) {
                     assert!(e.to_string().contains("vocab.json"), "{what}: {e}");
                 }
@@ -246,10 +242,10 @@ fn tsv_row_mutations() {
     ];
     for case in 0..1000 {
         let mut tsv = String::from("client_id\tpath\tsentence\tup_votes\n");
-        let rows = below(&mut rng, 8);
+        let rows = rng.below(8);
         for _ in 0..rows {
             let mut line = String::new();
-            for _ in 0..below(&mut rng, 10) {
+            for _ in 0..rng.below(10) {
                 line += *pick(&mut rng, &pieces[..]);
             }
             tsv += &line;
@@ -296,12 +292,12 @@ fn wav_header_mutations() {
         match case % 3 {
             // Random bytes in the 44-byte header (format, channels, rate, sizes).
             0 | 1 => {
-                for _ in 0..1 + below(&mut rng, 3) {
-                    let i = below(&mut rng, 44);
-                    b[i] = (rng.next_f64() * 256.0) as u8;
+                for _ in 0..1 + rng.below(3) {
+                    let i = rng.below(44);
+                    b[i] = (rng.uniform() * 256.0) as u8;
                 }
             }
-            _ => b.truncate(below(&mut rng, 200)),
+            _ => b.truncate(rng.below(200)),
         }
         let path = dir.join(format!("c{}.wav", case % 8));
         std::fs::write(&path, &b).unwrap();

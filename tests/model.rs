@@ -10,6 +10,7 @@
 mod common;
 use common::*;
 use safetensors::{Dtype, SafeTensors};
+use xlsr::data::Targets;
 use xlsr::model::{Forward, Wav2Vec2ForCtc};
 use xlsr::{Tape, Tensor};
 
@@ -121,7 +122,9 @@ fn check_variant(name: &str) {
             println!("{name}: logits max |err| {err:.2e}");
         }
 
-        let (loss, infeasible) = model.ctc_loss(&out.logits, &out.frames, &labels).unwrap();
+        let (loss, infeasible) = model
+            .ctc_loss(&out.logits, &out.frames, &Targets::from_rows(&labels))
+            .unwrap();
         assert!(infeasible.is_empty());
         let got = loss.value.item().unwrap();
         let want = r.f32s("loss").0[0];
@@ -191,7 +194,9 @@ fn check_variant(name: &str) {
         &r.f32s("masked.logits").0,
     );
     assert!(err <= 1e-4, "{name} masked logits: max |err| {err:.2e}");
-    let (loss, _) = model.ctc_loss(&out.logits, &out.frames, &labels).unwrap();
+    let (loss, _) = model
+        .ctc_loss(&out.logits, &out.frames, &Targets::from_rows(&labels))
+        .unwrap();
     let want = r.f32s("masked.loss").0[0];
     assert!(((loss.value.item().unwrap() - want) / want).abs() < 1e-5);
     tape.backward(&loss, &[]).unwrap();
@@ -265,7 +270,9 @@ fn xlsr53_forward_backward_4s() {
     let out = model
         .forward(&tape, &audio, None, &Forward::default())
         .unwrap();
-    let (loss, _) = model.ctc_loss(&out.logits, &out.frames, &labels).unwrap();
+    let (loss, _) = model
+        .ctc_loss(&out.logits, &out.frames, &Targets::from_rows(&labels))
+        .unwrap();
     let l = loss.value.item().unwrap();
     let tf = t1.elapsed().as_secs_f64();
     tape.backward(&loss, &[]).unwrap();
@@ -321,7 +328,9 @@ fn checkpointing_case(fp16: bool) {
             ..Forward::default()
         };
         let out = model.forward(&tape, &x, Some(&lengths), &opts).unwrap();
-        let (loss, _) = model.ctc_loss(&out.logits, &out.frames, &labels).unwrap();
+        let (loss, _) = model
+            .ctc_loss(&out.logits, &out.frames, &Targets::from_rows(&labels))
+            .unwrap();
         let l = loss.value.item().unwrap();
         tape.backward(&loss, &[]).unwrap();
         g.sync().unwrap();
@@ -365,7 +374,9 @@ fn fused_attention_matches_unfused_in_the_model() {
         let out = model
             .forward(&tape, &audio4, Some(&lengths4), &opts)
             .unwrap();
-        let (loss, _) = model.ctc_loss(&out.logits, &out.frames, &labels).unwrap();
+        let (loss, _) = model
+            .ctc_loss(&out.logits, &out.frames, &Targets::from_rows(&labels))
+            .unwrap();
         tape.backward(&loss, &[]).unwrap();
         g.sync().unwrap();
         let grads = gradients(&model);
@@ -429,7 +440,9 @@ fn accounting_only_counts_equal_the_real_ones() {
                 ..Forward::default()
             };
             let out = model.forward(&tape, &audio, Some(&lengths), &opts).unwrap();
-            let (loss, _) = model.ctc_loss(&out.logits, &out.frames, &labels).unwrap();
+            let (loss, _) = model
+                .ctc_loss(&out.logits, &out.frames, &Targets::from_rows(&labels))
+                .unwrap();
             let s = if fp16 { scaler.scale } else { 1.0 };
             tape.backward(&loss.scale(s, 0.0).unwrap(), &[]).unwrap();
             if fp16 {
@@ -481,7 +494,9 @@ fn clips_longer_than_a_binding_run_in_windows() {
             let out = model
                 .forward(&tape, &x, Some(&lengths), &Forward::default())
                 .unwrap();
-            let (loss, _) = model.ctc_loss(&out.logits, &out.frames, &labels).unwrap();
+            let (loss, _) = model
+                .ctc_loss(&out.logits, &out.frames, &Targets::from_rows(&labels))
+                .unwrap();
             tape.backward(&loss, &[]).unwrap();
             (out.logits.value.to_vec().unwrap(), gradients(&model))
         };

@@ -3,13 +3,9 @@
 //! per-clip normalisation.
 
 use super::audio::{normalize, SAMPLE_RATE};
-use super::prepare::{Prepared, Split};
-use super::{wav2vec2_frames, DataError};
+use super::prepared::{Prepared, Split};
+use super::DataError;
 use crate::rng::Rng;
-
-/// Label padding value: HF's ignore index, which the loss never reads (lengths say where
-/// each row ends).
-pub const LABEL_PAD: i64 = -100;
 
 /// Makes each epoch's batches of utterance indices.
 #[derive(Clone, Debug)]
@@ -131,12 +127,8 @@ pub struct Batch {
     pub max_samples: usize,
     /// Valid samples per row.
     pub audio_lengths: Vec<usize>,
-    /// `[batch, max_labels]` label ids, padded with [`LABEL_PAD`].
-    pub labels: Vec<i64>,
-    /// Longest label sequence (the padded width).
-    pub max_labels: usize,
-    /// Valid labels per row.
-    pub label_lengths: Vec<usize>,
+    /// The label ids, ready for CTC.
+    pub targets: Targets,
     /// Clip ids.
     pub ids: Vec<String>,
 }
@@ -160,38 +152,67 @@ impl Batch {
         }
         mask
     }
+}
 
-    /// wav2vec2 output frames per row (CTC input lengths), from the unpadded lengths.
-    pub fn frame_lengths(&self) -> Vec<usize> {
-        self.audio_lengths
-            .iter()
-            .map(|&n| wav2vec2_frames(n))
-            .collect()
+/// CTC targets: each row's label ids, zero-padded to the longest row, with the lengths that
+/// say where each row ends (the loss never reads the padding).
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Targets {
+    /// `[rows, width]` label ids.
+    pub ids: Vec<u32>,
+    /// Longest row (the padded width).
+    pub width: usize,
+    /// Valid labels per row.
+    pub lengths: Vec<usize>,
+}
+
+impl Targets {
+    /// Pads label rows into one target block.
+    pub fn from_rows<R: AsRef<[u32]>>(rows: &[R]) -> Targets {
+        let width = rows.iter().map(|r| r.as_ref().len()).max().unwrap_or(0);
+        let mut ids = vec![0; rows.len() * width];
+        for (row, r) in rows.iter().enumerate() {
+            ids[row * width..][..r.as_ref().len()].copy_from_slice(r.as_ref());
+        }
+        Targets {
+            ids,
+            width,
+            lengths: rows.iter().map(|r| r.as_ref().len()).collect(),
+        }
+    }
+
+    /// Row `i`'s labels.
+    pub fn row(&self, i: usize) -> &[u32] {
+        &self.ids[i * self.width..][..self.lengths[i]]
+    }
+
+    /// Number of rows.
+    pub fn len(&self) -> usize {
+        self.lengths.len()
+    }
+
+    /// True when there are no rows.
+    pub fn is_empty(&self) -> bool {
+        self.lengths.is_empty()
     }
 }
 
 /// Normalises each clip over its own samples and pads clips and labels to the longest.
 pub fn pad(examples: Vec<Example>) -> Batch {
     let max_samples = examples.iter().map(|e| e.audio.len()).max().unwrap_or(0);
-    let max_labels = examples.iter().map(|e| e.labels.len()).max().unwrap_or(0);
     let b = examples.len();
+    let rows: Vec<&[u32]> = examples.iter().map(|e| e.labels.as_slice()).collect();
     let mut batch = Batch {
         audio: vec![0.0; b * max_samples],
         max_samples,
         audio_lengths: Vec::with_capacity(b),
-        labels: vec![LABEL_PAD; b * max_labels],
-        max_labels,
-        label_lengths: Vec::with_capacity(b),
+        targets: Targets::from_rows(&rows),
         ids: Vec::with_capacity(b),
     };
     for (row, mut e) in examples.into_iter().enumerate() {
         normalize(&mut e.audio);
         batch.audio[row * max_samples..][..e.audio.len()].copy_from_slice(&e.audio);
-        for (dst, &id) in batch.labels[row * max_labels..].iter_mut().zip(&e.labels) {
-            *dst = id as i64;
-        }
         batch.audio_lengths.push(e.audio.len());
-        batch.label_lengths.push(e.labels.len());
         batch.ids.push(e.id);
     }
     batch

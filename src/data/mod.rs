@@ -6,7 +6,7 @@
 //! A training loop reads a prep folder like this:
 //!
 //! ```no_run
-//! use xlsr::data::{collate, prepare::Split, Batcher, Prepared};
+//! use xlsr::data::{collate, Batcher, Prepared, Split};
 //! # fn main() -> Result<(), xlsr::data::DataError> {
 //! let data = Prepared::open("prep".as_ref())?;
 //! let (vocab_size, blank) = (data.vocab.len(), data.vocab.pad);
@@ -14,8 +14,8 @@
 //! for epoch in 0..30 {
 //!     for indices in batcher.epoch(epoch) {
 //!         let batch = collate(&data, Split::Train, &indices)?;
-//!         // batch.audio [B, max_samples], batch.attention_mask(), batch.frame_lengths(),
-//!         // batch.labels [B, max_labels] and batch.label_lengths go to the model and CTC.
+//!         // batch.audio [B, max_samples] and batch.audio_lengths go to the model,
+//!         // batch.targets (ids [B, width] and lengths) to CTC.
 //!     }
 //! }
 //! // Evaluation: greedy ids per frame -> text, against the normalised reference.
@@ -30,11 +30,13 @@ pub mod audio;
 pub mod batch;
 pub mod corpus;
 pub mod prepare;
+pub mod prepared;
 pub mod text;
 pub mod vocab;
 
-pub use batch::{collate, Batch, Batcher};
-pub use prepare::{Prepared, Split, Utterance};
+pub use batch::{collate, Batch, Batcher, Targets};
+pub use prepare::Utterance;
+pub use prepared::{Prepared, Split};
 pub use vocab::Vocab;
 
 use std::path::PathBuf;
@@ -81,18 +83,22 @@ impl DataError {
     }
 }
 
-/// Number of wav2vec2 output frames for `samples` input samples: the feature encoder's seven
-/// convolutions (kernels 10,3,3,3,3,2,2; strides 5,2,2,2,2,2,2), about one frame per 320 samples.
+/// The feature encoder of every released wav2vec2 / XLSR checkpoint: seven convolutions as
+/// (kernel, stride), about one frame per 320 samples (a model's `config.json` may differ).
+pub const WAV2VEC2_CONVS: [(usize, usize); 7] =
+    [(10, 5), (3, 2), (3, 2), (3, 2), (3, 2), (2, 2), (2, 2)];
+
+/// Output frames of unpadded convolutions (kernel, stride) over `samples`: the one formula
+/// behind every frame count (the model's `Config::frames` and [`wav2vec2_frames`]).
+pub fn conv_frames(samples: usize, convs: impl IntoIterator<Item = (usize, usize)>) -> usize {
+    convs.into_iter().fold(samples, |len, (k, s)| {
+        len.checked_sub(k).map_or(0, |v| v / s + 1)
+    })
+}
+
+/// Number of wav2vec2 output frames for `samples` input samples ([`WAV2VEC2_CONVS`]).
 pub fn wav2vec2_frames(samples: usize) -> usize {
-    const CONVS: [(usize, usize); 7] = [(10, 5), (3, 2), (3, 2), (3, 2), (3, 2), (2, 2), (2, 2)];
-    let mut len = samples;
-    for (k, s) in CONVS {
-        if len < k {
-            return 0;
-        }
-        len = (len - k) / s + 1;
-    }
-    len
+    conv_frames(samples, WAV2VEC2_CONVS)
 }
 
 /// Frames CTC needs to emit `labels`: one per label plus a blank between each pair of equal

@@ -8,6 +8,7 @@
 
 use super::audio::{self, SAMPLE_RATE};
 use super::corpus::{self, Row};
+use super::prepared::Prepared;
 use super::text::TextNorm;
 use super::vocab::Vocab;
 use super::{ctc_min_frames, wav2vec2_frames, DataError};
@@ -16,13 +17,12 @@ use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::fs::File;
-use std::io::{BufWriter, Read, Seek, SeekFrom, Write};
+use std::io::{BufWriter, Write};
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
 use std::time::Instant;
 
 /// Version of the prep folder layout; `Prepared::open` refuses others.
-const VERSION: u32 = 1;
+pub(super) const VERSION: u32 = 1;
 
 /// Where the utterances come from.
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
@@ -237,13 +237,13 @@ impl std::fmt::Display for Summary {
 
 /// The on-disk index.
 #[derive(Serialize, Deserialize)]
-struct Index {
-    version: u32,
-    sample_rate: u32,
-    options: Options,
-    summary: Summary,
-    train: Vec<Utterance>,
-    test: Vec<Utterance>,
+pub(super) struct Index {
+    pub(super) version: u32,
+    pub(super) sample_rate: u32,
+    pub(super) options: Options,
+    pub(super) summary: Summary,
+    pub(super) train: Vec<Utterance>,
+    pub(super) test: Vec<Utterance>,
 }
 
 /// Runs `xlsr prepare`: writes the vocabulary files, `audio.f32` and `index.json` into
@@ -517,177 +517,4 @@ fn skip_quiet(
     detail: String,
 ) {
     bar.suspend(|| skip(skipped, file, split, reason, detail));
-}
-
-/// Which prepared set.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Split {
-    /// The training set (train + dev by default).
-    Train,
-    /// The evaluation set (test).
-    Test,
-}
-
-/// A prep folder opened for training: the vocabulary, the utterances of each set, and the
-/// cached audio, read on demand.
-pub struct Prepared {
-    /// The prep folder.
-    pub dir: PathBuf,
-    /// The tokenizer.
-    pub vocab: Vocab,
-    /// Training utterances.
-    pub train: Vec<Utterance>,
-    /// Evaluation utterances.
-    pub test: Vec<Utterance>,
-    /// The options the folder was prepared with.
-    pub options: Options,
-    /// What `prepare` kept and skipped.
-    pub summary: Summary,
-    audio: Mutex<File>,
-    audio_samples: u64,
-}
-
-impl Prepared {
-    /// Opens a folder written by [`run`].
-    pub fn open(dir: &Path) -> Result<Prepared, DataError> {
-        let path = dir.join("index.json");
-        let text = std::fs::read_to_string(&path).map_err(|e| DataError::io(&path, e))?;
-        let mut index: Index = serde_json::from_str(&text)
-            .map_err(|e| DataError::format(&path, format!("invalid index: {e}")))?;
-        if index.version != VERSION || index.sample_rate != SAMPLE_RATE {
-            return Err(DataError::format(
-                &path,
-                format!(
-                    "prep folder version {} ({} Hz); run `xlsr prepare` again",
-                    index.version, index.sample_rate
-                ),
-            ));
-        }
-        index.options.out = dir.to_path_buf();
-        let vocab = Vocab::load(dir)?;
-        let audio_path = dir.join("audio.f32");
-        let file = File::open(&audio_path).map_err(|e| DataError::io(&audio_path, e))?;
-        let bytes = file
-            .metadata()
-            .map_err(|e| DataError::io(&audio_path, e))?
-            .len();
-        let audio_samples = bytes / 4;
-        let end = index
-            .train
-            .iter()
-            .chain(&index.test)
-            .map(|u| u.offset + u.samples as u64)
-            .max()
-            .unwrap_or(0);
-        if end > audio_samples {
-            return Err(DataError::format(
-                &audio_path,
-                format!("holds {audio_samples} samples but the index needs {end}; run `xlsr prepare` again"),
-            ));
-        }
-        Ok(Prepared {
-            dir: dir.to_path_buf(),
-            vocab,
-            train: index.train,
-            test: index.test,
-            options: index.options,
-            summary: index.summary,
-            audio: Mutex::new(file),
-            audio_samples,
-        })
-    }
-
-    /// The utterances of a set.
-    pub fn split(&self, split: Split) -> &[Utterance] {
-        match split {
-            Split::Train => &self.train,
-            Split::Test => &self.test,
-        }
-    }
-
-    /// Sample counts of a set, for [`super::Batcher::new`].
-    pub fn lengths(&self, split: Split) -> Vec<usize> {
-        self.split(split).iter().map(|u| u.samples).collect()
-    }
-
-    /// The cached 16 kHz samples of `utt` (raw, not normalised).
-    pub fn audio(&self, utt: &Utterance) -> Result<Vec<f32>, DataError> {
-        let path = self.dir.join("audio.f32");
-        if utt.offset + utt.samples as u64 > self.audio_samples {
-            return Err(DataError::format(
-                &path,
-                format!("{} lies past the end", utt.id),
-            ));
-        }
-        let mut bytes = vec![0u8; utt.samples * 4];
-        {
-            let mut f = self.audio.lock().unwrap_or_else(|p| p.into_inner());
-            f.seek(SeekFrom::Start(utt.offset * 4))
-                .and_then(|_| f.read_exact(&mut bytes))
-                .map_err(|e| DataError::io(&path, e))?;
-        }
-        Ok(bytes
-            .chunks_exact(4)
-            .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
-            .collect())
-    }
-}
-
-/// Command-line arguments of `xlsr prepare`.
-#[derive(clap::Args, Debug)]
-pub struct Args {
-    /// Common Voice folder (train.tsv, dev.tsv, test.tsv, clips/)
-    #[arg(long, required_unless_present = "train_manifest")]
-    pub data: Option<PathBuf>,
-    /// Instead of --data: `path<TAB>sentence` manifest(s) to train on (repeatable)
-    #[arg(long, conflicts_with = "data")]
-    pub train_manifest: Vec<PathBuf>,
-    /// With --train-manifest: manifest(s) to evaluate on (repeatable)
-    #[arg(long, requires = "train_manifest")]
-    pub test_manifest: Vec<PathBuf>,
-    /// Prep folder to write (vocabulary files, audio cache, index)
-    #[arg(long)]
-    pub out: PathBuf,
-    /// Skip clips longer than this many seconds
-    #[arg(long, default_value_t = 10.0)]
-    pub max_seconds: f32,
-    /// Lowercase I as ı and İ as i (Turkish, Azerbaijani)
-    #[arg(long)]
-    pub turkish_lowercase: bool,
-    /// Characters to delete from sentences
-    #[arg(long, default_value = super::text::DEFAULT_CHARS_TO_REMOVE)]
-    pub chars_to_remove: String,
-    /// Common Voice splits to train on
-    #[arg(long, value_delimiter = ',', default_value = "train,dev")]
-    pub train_splits: Vec<String>,
-    /// Common Voice splits to evaluate on
-    #[arg(long, value_delimiter = ',', default_value = "test")]
-    pub test_splits: Vec<String>,
-    /// Decode again even if PREP_DIR was made with the same settings
-    #[arg(long)]
-    pub force: bool,
-}
-
-/// `xlsr prepare`: runs [`run`] and prints the summary.
-pub fn run_cli(args: &Args) -> Result<(), DataError> {
-    let source = match &args.data {
-        Some(dir) => Source::CommonVoice {
-            dir: dir.clone(),
-            train_splits: args.train_splits.clone(),
-            test_splits: args.test_splits.clone(),
-        },
-        None => Source::Manifests {
-            train: args.train_manifest.clone(),
-            test: args.test_manifest.clone(),
-        },
-    };
-    let mut opts = Options::new(source, &args.out);
-    opts.max_seconds = args.max_seconds;
-    opts.turkish_lowercase = args.turkish_lowercase;
-    opts.chars_to_remove = args.chars_to_remove.clone();
-    opts.force = args.force;
-    let summary = run(&opts)?;
-    println!("{summary}");
-    println!("wrote {}", args.out.display());
-    Ok(())
 }

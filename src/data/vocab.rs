@@ -37,6 +37,11 @@ pub struct Vocab {
 }
 
 impl Vocab {
+    /// Whether both vocabularies map the same ids to the same tokens.
+    pub fn same_tokens(&self, other: &Vocab) -> bool {
+        self.len() == other.len() && (0..self.len() as u32).all(|i| self.token(i) == other.token(i))
+    }
+
     /// Builds the notebook's vocabulary from normalised sentences: every distinct character,
     /// sorted by code point, the space renamed `|` (keeping its id), then `[UNK]` and `[PAD]`.
     /// A corpus without spaces still gets `|` (before `[UNK]`), so words can be delimited.

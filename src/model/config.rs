@@ -302,12 +302,13 @@ impl Config {
 
     /// Frames the feature encoder makes from `samples` audio samples.
     pub fn frames(&self, samples: usize) -> usize {
-        self.conv_kernel
-            .iter()
-            .zip(&self.conv_stride)
-            .fold(samples, |len, (&k, &s)| {
-                len.checked_sub(k).map_or(0, |v| v / s + 1)
-            })
+        crate::data::conv_frames(
+            samples,
+            self.conv_kernel
+                .iter()
+                .copied()
+                .zip(self.conv_stride.iter().copied()),
+        )
     }
 
     /// The XLSR-53 shape (`facebook/wav2vec2-large-xlsr-53`) with a vocabulary of `vocab` tokens.

@@ -8,20 +8,22 @@
 
 pub mod checkpoint;
 pub mod config;
+pub mod load;
 pub mod spec_augment;
 
 pub use checkpoint::Checkpoint;
 pub use config::{Config, ConvNorm};
+pub use load::LoadReport;
 
-use crate::autograd::{Param, Tape, Var};
+use crate::autograd::{autocast, Param, Tape, Var};
+use crate::data::Targets;
 use crate::engine::Gpu;
 use crate::engine::Tensor;
-use crate::error::{file_err, shape_err, Error, Result};
+use crate::error::{shape_err, Error, Result};
 use crate::ops::attention::MAX_HEAD_DIM;
 use crate::ops::conv::Conv1d;
 use crate::ops::ctc::Reduction;
 use crate::rng::Rng;
-use std::path::Path;
 use std::rc::Rc;
 
 /// A linear layer `y = x W^T + b` with W [out, in], as `nn.Linear` stores it.
@@ -32,14 +34,14 @@ pub struct Linear {
 }
 
 impl Linear {
-    /// x Wᵀ + b, in f16 with f32 accumulation when `half`.
-    fn forward(&self, tape: &Rc<Tape>, x: &Var, half: bool) -> Result<Var> {
-        let (w, b) = (tape.param(&self.weight), tape.param(&self.bias));
-        if half {
-            x.matmul_f16(&w, false, true, Some(&b))
-        } else {
-            x.matmul(&w, false, true, Some(&b))
-        }
+    /// x Wᵀ + b (in f16 with f32 accumulation under [`autocast`]).
+    fn forward(&self, tape: &Rc<Tape>, x: &Var) -> Result<Var> {
+        x.matmul(
+            &tape.param(&self.weight),
+            false,
+            true,
+            Some(&tape.param(&self.bias)),
+        )
     }
 }
 
@@ -102,82 +104,6 @@ pub struct Wav2Vec2ForCtc {
     pub params: Vec<Rc<Param>>,
 }
 
-/// What loading a checkpoint did besides reading tensors.
-#[derive(Debug, Default)]
-pub struct LoadReport {
-    /// Checkpoint tensors the model does not use (quantizer, projection heads...).
-    pub ignored: Vec<String>,
-    /// Model tensors the checkpoint lacked and that were initialised as HF does (a new CTC
-    /// head on a pretraining checkpoint).
-    pub initialised: Vec<String>,
-}
-
-/// How a parameter missing from the checkpoint (or every one, for a fresh model) starts.
-enum Init {
-    Normal(f64),
-    Uniform(f64, f64),
-    Const(f32),
-}
-
-struct Builder<'a> {
-    gpu: &'a Gpu,
-    ckpt: Option<&'a mut Checkpoint>,
-    rng: Rng,
-    params: Vec<Rc<Param>>,
-    report: LoadReport,
-    /// Names that may be initialised when the checkpoint lacks them.
-    optional: &'a dyn Fn(&str) -> bool,
-}
-
-impl Builder<'_> {
-    fn init(&mut self, init: Init, n: usize) -> Vec<f32> {
-        match init {
-            Init::Normal(std) => self.rng.normal_vec(n, std),
-            Init::Uniform(lo, hi) => self.rng.uniform_vec(n, lo, hi),
-            Init::Const(c) => vec![c; n],
-        }
-    }
-
-    fn values(&mut self, name: &str, shape: &[usize], init: Init) -> Result<Vec<f32>> {
-        let n = shape.iter().product();
-        if let Some(ck) = self.ckpt.as_deref_mut() {
-            if let Some(v) = ck.take(name, shape)? {
-                return Ok(v);
-            }
-            if !(self.optional)(name) {
-                return Err(Error::File {
-                    path: "model.safetensors".into(),
-                    msg: format!("checkpoint has no tensor {name} (expected shape {shape:?})"),
-                });
-            }
-            self.report.initialised.push(name.to_string());
-        }
-        Ok(self.init(init, n))
-    }
-
-    fn param(&mut self, name: &str, shape: &[usize], init: Init) -> Result<Rc<Param>> {
-        let v = self.values(name, shape, init)?;
-        let p = Param::new(name, Tensor::from_slice(self.gpu, &v, shape)?);
-        self.params.push(p.clone());
-        Ok(p)
-    }
-
-    fn linear(&mut self, prefix: &str, cin: usize, cout: usize, std: f64) -> Result<Linear> {
-        Ok(Linear {
-            weight: self.param(&format!("{prefix}.weight"), &[cout, cin], Init::Normal(std))?,
-            bias: self.param(&format!("{prefix}.bias"), &[cout], Init::Const(0.0))?,
-        })
-    }
-
-    fn norm(&mut self, prefix: &str, n: usize, eps: f32) -> Result<Norm> {
-        Ok(Norm {
-            weight: self.param(&format!("{prefix}.weight"), &[n], Init::Const(1.0))?,
-            bias: self.param(&format!("{prefix}.bias"), &[n], Init::Const(0.0))?,
-            eps,
-        })
-    }
-}
-
 /// Options of one forward pass. The default is inference: no dropout, LayerDrop or masking.
 #[derive(Clone, Debug, Default)]
 pub struct Forward {
@@ -216,201 +142,6 @@ pub struct Output {
 }
 
 impl Wav2Vec2ForCtc {
-    /// Loads a Hugging Face model folder: `config.json` and `model.safetensors` (or shards).
-    /// A pretraining checkpoint (no `lm_head`) gets a new head for `vocab_size` tokens (or the
-    /// config's); `pad_token_id` then sets the blank, as the notebook's `from_pretrained` does.
-    pub fn load(
-        gpu: &Gpu,
-        dir: &Path,
-        vocab: Option<(usize, usize)>,
-        seed: u64,
-    ) -> Result<(Wav2Vec2ForCtc, LoadReport)> {
-        Self::load_with(gpu, dir, vocab, seed, |_| {})
-    }
-
-    /// [`Wav2Vec2ForCtc::load`] with config overrides applied before the model is built (the
-    /// notebook's `from_pretrained(..., mask_time_prob=0.05, layerdrop=0.1, ...)`).
-    pub fn load_with(
-        gpu: &Gpu,
-        dir: &Path,
-        vocab: Option<(usize, usize)>,
-        seed: u64,
-        edit: impl FnOnce(&mut Config),
-    ) -> Result<(Wav2Vec2ForCtc, LoadReport)> {
-        let cfg_path = dir.join("config.json");
-        if !cfg_path.is_file() {
-            if !dir.is_dir() {
-                return file_err(dir, "model folder does not exist");
-            }
-            return file_err(dir, "no config.json: not a Hugging Face model folder");
-        }
-        let mut config = Config::load(&cfg_path)?;
-        edit(&mut config);
-        let mut ck = Checkpoint::open(dir)?;
-        let has_head = ck.has("lm_head.weight");
-        if let Some((size, pad)) = vocab {
-            if has_head && ck.shape("lm_head.weight") != Some(&[size, config.hidden_size]) {
-                return file_err(
-                    dir,
-                    format!(
-                        "the checkpoint's CTC head has {} outputs but the vocabulary has {size} tokens; \
-                         start from a pretraining checkpoint or the matching vocab.json",
-                        ck.shape("lm_head.weight")
-                            .and_then(|s| s.first())
-                            .map_or("?".into(), |n| n.to_string())
-                    ),
-                );
-            }
-            config.vocab_size = size;
-            config.pad_token_id = Some(pad);
-        }
-        let optional = move |n: &str| {
-            n.starts_with("lm_head.") && !has_head || n == "wav2vec2.masked_spec_embed"
-        };
-        let (model, mut report) = Self::build(gpu, config, Some(&mut ck), seed, &optional)?;
-        report.ignored = ck.leftover();
-        Ok((model, report))
-    }
-
-    /// A model with fresh weights, initialised as HF's `_init_weights` does.
-    pub fn random(gpu: &Gpu, config: Config, seed: u64) -> Result<Wav2Vec2ForCtc> {
-        Ok(Self::build(gpu, config, None, seed, &|_| true)?.0)
-    }
-
-    fn build(
-        gpu: &Gpu,
-        config: Config,
-        ckpt: Option<&mut Checkpoint>,
-        seed: u64,
-        optional: &dyn Fn(&str) -> bool,
-    ) -> Result<(Wav2Vec2ForCtc, LoadReport)> {
-        let c = &config;
-        let mut b = Builder {
-            gpu,
-            ckpt,
-            rng: Rng::new(seed),
-            params: Vec::new(),
-            report: LoadReport::default(),
-            optional,
-        };
-        let norm_kind = c.conv_norm()?;
-        let mut convs = Vec::new();
-        for (i, ((&cout, &k), &stride)) in c
-            .conv_dim
-            .iter()
-            .zip(&c.conv_kernel)
-            .zip(&c.conv_stride)
-            .enumerate()
-        {
-            let cin = if i == 0 { 1 } else { c.conv_dim[i - 1] };
-            let prefix = format!("wav2vec2.feature_extractor.conv_layers.{i}");
-            let fan_in = (cin * k) as f64;
-            let weight = b.param(
-                &format!("{prefix}.conv.weight"),
-                &[cout, cin, k],
-                Init::Normal((2.0 / fan_in).sqrt()),
-            )?;
-            let bias = if c.conv_bias {
-                let bound = (1.0 / fan_in).sqrt();
-                Some(b.param(
-                    &format!("{prefix}.conv.bias"),
-                    &[cout],
-                    Init::Uniform(-bound, bound),
-                )?)
-            } else {
-                None
-            };
-            // nn.LayerNorm / nn.GroupNorm defaults: eps 1e-5, not the config's layer_norm_eps.
-            let norm = match norm_kind {
-                ConvNorm::Layer => Some(b.norm(&format!("{prefix}.layer_norm"), cout, 1e-5)?),
-                ConvNorm::Group if i == 0 => {
-                    Some(b.norm(&format!("{prefix}.layer_norm"), cout, 1e-5)?)
-                }
-                ConvNorm::Group => None,
-            };
-            convs.push(ConvLayer {
-                weight,
-                bias,
-                norm,
-                stride,
-            });
-        }
-        let h = c.hidden_size;
-        let feat = *c.conv_dim.last().unwrap_or(&0);
-        let proj_norm = b.norm(
-            "wav2vec2.feature_projection.layer_norm",
-            feat,
-            c.layer_norm_eps,
-        )?;
-        let bound = (1.0 / feat as f64).sqrt();
-        let proj = Linear {
-            weight: b.param(
-                "wav2vec2.feature_projection.projection.weight",
-                &[h, feat],
-                Init::Uniform(-bound, bound),
-            )?,
-            bias: b.param(
-                "wav2vec2.feature_projection.projection.bias",
-                &[h],
-                Init::Uniform(-bound, bound),
-            )?,
-        };
-        let masked_spec_embed = if c.mask_time_prob > 0.0 || c.mask_feature_prob > 0.0 {
-            Some(b.param("wav2vec2.masked_spec_embed", &[h], Init::Uniform(0.0, 1.0))?)
-        } else {
-            None
-        };
-        let (pos_g, pos_v) = pos_conv_params(&mut b, c)?;
-        let pos_bias = b.param(
-            "wav2vec2.encoder.pos_conv_embed.conv.bias",
-            &[h],
-            Init::Const(0.0),
-        )?;
-        let std = c.initializer_range as f64;
-        let enc_norm = b.norm("wav2vec2.encoder.layer_norm", h, c.layer_norm_eps)?;
-        let mut layers = Vec::new();
-        for i in 0..c.num_hidden_layers {
-            let p = format!("wav2vec2.encoder.layers.{i}");
-            layers.push(EncoderLayer {
-                q: b.linear(&format!("{p}.attention.q_proj"), h, h, std)?,
-                k: b.linear(&format!("{p}.attention.k_proj"), h, h, std)?,
-                v: b.linear(&format!("{p}.attention.v_proj"), h, h, std)?,
-                out: b.linear(&format!("{p}.attention.out_proj"), h, h, std)?,
-                attn_norm: b.norm(&format!("{p}.layer_norm"), h, c.layer_norm_eps)?,
-                ff_in: b.linear(
-                    &format!("{p}.feed_forward.intermediate_dense"),
-                    h,
-                    c.intermediate_size,
-                    std,
-                )?,
-                ff_out: b.linear(
-                    &format!("{p}.feed_forward.output_dense"),
-                    c.intermediate_size,
-                    h,
-                    std,
-                )?,
-                ff_norm: b.norm(&format!("{p}.final_layer_norm"), h, c.layer_norm_eps)?,
-            });
-        }
-        let lm_head = b.linear("lm_head", h, c.vocab_size, std)?;
-        let model = Wav2Vec2ForCtc {
-            config,
-            gpu: gpu.clone(),
-            convs,
-            proj_norm,
-            proj,
-            masked_spec_embed,
-            pos_g,
-            pos_v,
-            pos_bias,
-            enc_norm,
-            layers,
-            lm_head,
-            params: b.params,
-        };
-        Ok((model, b.report))
-    }
-
     /// Freezes (or unfreezes) the conv feature encoder, as `freeze_feature_encoder()` does.
     pub fn freeze_feature_encoder(&self, frozen: bool) {
         for p in &self.params {
@@ -494,14 +225,14 @@ impl Wav2Vec2ForCtc {
 
         // Feature projection: [B, T, C] -> [B, T, H].
         let x = self.proj_norm.layer(tape, &x.transpose(1, 2)?)?;
-        let x = self.proj.forward(tape, &x, opts.fp16)?;
+        let x = autocast(opts.fp16, || self.proj.forward(tape, &x))?;
         let mut x = drop(&x, c.feat_proj_dropout)?;
         keep("projected", &x);
 
         let h = c.hidden_size;
         if let Some(m) = &opts.mask_time {
             let embed = self.masked_spec_embed.as_ref().ok_or_else(|| {
-                Error::Autograd("time masking needs masked_spec_embed (mask_time_prob > 0)".into())
+                Error::Config("time masking needs masked_spec_embed (mask_time_prob > 0)".into())
             })?;
             let m = Tensor::from_slice(&self.gpu, m, &[batch, t, 1])?;
             let keep_t = crate::ops::elementwise::scale(&m, -1.0, 1.0)?;
@@ -590,7 +321,7 @@ impl Wav2Vec2ForCtc {
             x = self.enc_norm.layer(tape, &x)?;
         }
         let x = drop(&x, c.final_dropout)?;
-        let logits = self.lm_head.forward(tape, &x, opts.fp16)?;
+        let logits = autocast(opts.fp16, || self.lm_head.forward(tape, &x))?;
         Ok(Output {
             logits,
             frames,
@@ -598,56 +329,36 @@ impl Wav2Vec2ForCtc {
         })
     }
 
-    /// CTC loss of `logits` against `labels` (token ids, no padding) with the config's
+    /// CTC loss of `logits` against `targets` with the config's
     /// reduction and zero_infinity, blank = pad token, as `Wav2Vec2ForCTC` computes it.
     /// Returns the loss and the utterances without a valid alignment.
     pub fn ctc_loss(
         &self,
         logits: &Var,
         frames: &[usize],
-        labels: &[Vec<u32>],
+        targets: &Targets,
     ) -> Result<(Var, Vec<usize>)> {
         let reduction = match self.config.ctc_loss_reduction.as_str() {
             "mean" => Reduction::Mean,
             "sum" => Reduction::Sum,
             "none" => Reduction::None,
             other => {
-                return Err(Error::Autograd(format!(
+                return Err(Error::Config(format!(
                     "ctc_loss_reduction {other:?} is not one of mean, sum, none"
                 )))
             }
         };
-        let width = labels.iter().map(Vec::len).max().unwrap_or(0);
-        let mut targets = vec![0i64; labels.len() * width];
-        for (b, l) in labels.iter().enumerate() {
-            for (j, &id) in l.iter().enumerate() {
-                targets[b * width + j] = id as i64;
-            }
-        }
-        let tl: Vec<i64> = labels.iter().map(|l| l.len() as i64).collect();
+        let ids: Vec<i64> = targets.ids.iter().map(|&id| id as i64).collect();
+        let tl: Vec<i64> = targets.lengths.iter().map(|&l| l as i64).collect();
         let il: Vec<i64> = frames.iter().map(|&f| f as i64).collect();
         logits.ctc_loss(
-            &targets,
+            &ids,
             &tl,
             &il,
             self.config.blank(),
             reduction,
             self.config.ctc_zero_infinity,
         )
-    }
-
-    /// Writes `config.json` and `model.safetensors` (HF layout) into `dir`.
-    pub fn save(&self, dir: &Path) -> Result<()> {
-        if let Err(e) = std::fs::create_dir_all(dir) {
-            return file_err(dir, format!("cannot create: {e}"));
-        }
-        let mut tensors = Vec::new();
-        for p in &self.params {
-            let v = p.value();
-            tensors.push((p.name.clone(), v.shape().to_vec(), v.to_vec()?));
-        }
-        checkpoint::save(&dir.join("model.safetensors"), &tensors)?;
-        checkpoint::write_atomic(&dir.join("config.json"), self.config.to_json().as_bytes())
     }
 
     /// The conv stack: audio [B, 1, S] -> features [B, C, T].
@@ -673,60 +384,6 @@ impl Wav2Vec2ForCtc {
         }
         Ok(x)
     }
-}
-
-/// The positional conv's weight-norm pair (g [1, 1, K], v [H, H/groups, K]). A checkpoint
-/// may also hold a plain `weight` (weight norm folded in): then v = weight and g = ||weight||.
-fn pos_conv_params(b: &mut Builder, c: &Config) -> Result<(Rc<Param>, Rc<Param>)> {
-    let (h, k, groups) = (
-        c.hidden_size,
-        c.num_conv_pos_embeddings,
-        c.num_conv_pos_embedding_groups,
-    );
-    let vshape = [h, h / groups, k];
-    let pre = "wav2vec2.encoder.pos_conv_embed.conv";
-    let plain = format!("{pre}.weight");
-    let from_ckpt = b
-        .ckpt
-        .as_deref()
-        .map(|ck| !ck.has(&format!("{pre}.weight_v")) && ck.has(&plain))
-        .unwrap_or(false);
-    let v = if from_ckpt {
-        b.ckpt
-            .as_deref_mut()
-            .and_then(|ck| ck.take(&plain, &vshape).transpose())
-            .transpose()?
-            .unwrap_or_default()
-    } else {
-        let std = 2.0 * (1.0 / (k * h) as f64).sqrt();
-        b.values(&format!("{pre}.weight_v"), &vshape, Init::Normal(std))?
-    };
-    let norms: Vec<f32> = (0..k)
-        .map(|j| {
-            v.iter()
-                .skip(j)
-                .step_by(k)
-                .map(|x| (*x as f64).powi(2))
-                .sum::<f64>()
-                .sqrt() as f32
-        })
-        .collect();
-    let g = if from_ckpt || b.ckpt.is_none() {
-        norms
-    } else {
-        b.values(&format!("{pre}.weight_g"), &[1, 1, k], Init::Const(1.0))?
-    };
-    let gp = Param::new(
-        format!("{pre}.weight_g"),
-        Tensor::from_slice(b.gpu, &g, &[1, 1, k])?,
-    );
-    let vp = Param::new(
-        format!("{pre}.weight_v"),
-        Tensor::from_slice(b.gpu, &v, &vshape)?,
-    );
-    b.params.push(gp.clone());
-    b.params.push(vp.clone());
-    Ok((gp, vp))
 }
 
 /// Dropout sites of one pass: each call takes the next seed, whether or not it drops, so the
@@ -780,6 +437,10 @@ struct LayerStep {
 
 impl LayerStep {
     fn forward(&self, tape: &Rc<Tape>, x: &Var) -> Result<Var> {
+        autocast(self.half, || self.forward_in_precision(tape, x))
+    }
+
+    fn forward_in_precision(&self, tape: &Rc<Tape>, x: &Var) -> Result<Var> {
         let (c, l) = (&*self.config, &self.layer);
         let mut drop = Dropout::new(self.seed, self.train);
         if c.do_stable_layer_norm {
@@ -803,49 +464,32 @@ impl LayerStep {
         let nh = c.num_attention_heads;
         let hd = h / nh;
         let heads = |y: Var| -> Result<Var> { y.reshape(&[b, t, nh, hd])?.permute(&[0, 2, 1, 3]) };
-        let half = self.half;
-        let mm = |a: &Var, b: &Var, tb: bool| {
-            if half {
-                a.matmul_f16(b, false, tb, None)
-            } else {
-                a.matmul(b, false, tb, None)
-            }
-        };
         // One f16 copy of the input serves the three projections (and is what they keep).
-        let x = if half { x.to_f16()? } else { x.clone() };
-        let q = heads(l.q.forward(tape, &x, half)?)?;
-        let k = heads(l.k.forward(tape, &x, half)?)?;
-        let v = heads(l.v.forward(tape, &x, half)?)?;
+        let x = if self.half { x.to_f16()? } else { x.clone() };
+        let q = heads(l.q.forward(tape, &x)?)?;
+        let k = heads(l.k.forward(tape, &x)?)?;
+        let v = heads(l.v.forward(tape, &x)?)?;
         let scale = (hd as f32).powf(-0.5);
         let o = if self.fused && hd <= MAX_HEAD_DIM {
             // Never materialises the [B, H, T, T] scores; the same dropout mask as below.
             let (p, seed) = drop.next(c.attention_dropout);
             let mask = self.mask.as_ref();
-            if half {
-                q.attention_f16(&k, &v, mask, nh, scale, p, seed)?
-            } else {
-                q.attention(&k, &v, mask, nh, scale, p, seed)?
-            }
+            q.attention(&k, &v, mask, nh, scale, p, seed)?
         } else {
-            let scores = mm(&q, &k, true)?.scale(scale, 0.0)?;
+            let scores = q.matmul(&k, false, true, None)?.scale(scale, 0.0)?;
             let p = scores.softmax(self.mask.as_ref())?;
             let p = drop.apply(&p, c.attention_dropout)?;
-            mm(&p, &v, false)?
+            p.matmul(&v, false, false, None)?
         };
         let o = o.permute(&[0, 2, 1, 3])?.reshape(&[b, t, h])?;
-        l.out.forward(tape, &o, half)
+        l.out.forward(tape, &o)
     }
 
     fn feed_forward(&self, tape: &Rc<Tape>, x: &Var, drop: &mut Dropout) -> Result<Var> {
         let (c, l) = (&*self.config, &self.layer);
-        let y = l.ff_in.forward(tape, x, self.half)?;
-        let y = if self.half {
-            y.act_f16(c.hidden_act())?
-        } else {
-            y.act(c.hidden_act())?
-        };
+        let y = l.ff_in.forward(tape, x)?.act(c.hidden_act())?;
         let y = drop.apply(&y, c.activation_dropout)?;
-        let y = l.ff_out.forward(tape, &y, self.half)?;
+        let y = l.ff_out.forward(tape, &y)?;
         drop.apply(&y, c.hidden_dropout)
     }
 }

@@ -118,6 +118,12 @@ pub struct TrainArgs {
 }
 
 impl TrainArgs {
+    /// Whether gradient checkpointing is on for a model of `layers` encoder layers: as asked,
+    /// or by default for 12 layers and more (the notebook turns it on for XLSR-53).
+    pub fn checkpointing(&self, layers: usize) -> bool {
+        self.gradient_checkpointing.unwrap_or(layers >= 12)
+    }
+
     /// `xlsr train --model MODEL --data DATA --out OUT` with every other option at its default
     /// (the notebook's values).
     pub fn new(

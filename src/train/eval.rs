@@ -1,7 +1,7 @@
 //! Evaluation: greedy CTC transcripts of a prepared split, WER and CER (as jiwer computes
 //! them) and the mean CTC loss per utterance (each utterance's loss over its label length).
 
-use crate::data::{collate, Prepared, Split, Vocab};
+use crate::data::{collate, Prepared, Split, Targets, Vocab};
 use crate::error::{file_err, Result};
 use crate::metrics;
 use crate::model::{Forward, Wav2Vec2ForCtc};
@@ -29,7 +29,8 @@ pub struct EvalResult {
 
 /// Evaluates `model` on `split` (the first `limit` utterances, if given), `batch_size` at a
 /// time, shortest first so padding stays small. `vocab` is the model's tokenizer: it decodes
-/// the predictions and encodes the references for the loss.
+/// the predictions; the loss takes the batches' targets, re-encoded only when `vocab` is not
+/// the one the data was prepared with.
 pub fn evaluate(
     model: &Wav2Vec2ForCtc,
     vocab: &Vocab,
@@ -58,6 +59,7 @@ pub fn evaluate(
     let mut order: Vec<usize> = (0..n).collect();
     order.sort_by_key(|&i| utts[i].samples);
     let v = model.config.vocab_size;
+    let same_vocab = vocab.same_tokens(&data.vocab);
     let mut pairs = Vec::with_capacity(n);
     let mut loss_sum = 0.0;
     for idx in order.chunks(batch_size.max(1)) {
@@ -73,15 +75,14 @@ pub fn evaluate(
                 &Forward::default(),
             )
         })?;
-        let encoded: Vec<Vec<u32>> = idx.iter().map(|&i| vocab.encode(&utts[i].text)).collect();
-        let width = encoded.iter().map(Vec::len).max().unwrap_or(0);
-        let mut labels = vec![0i64; encoded.len() * width];
-        for (b, e) in encoded.iter().enumerate() {
-            for (j, &id) in e.iter().enumerate() {
-                labels[b * width + j] = id as i64;
-            }
-        }
-        let tl: Vec<i64> = encoded.iter().map(|e| e.len() as i64).collect();
+        let targets = if same_vocab {
+            batch.targets
+        } else {
+            let rows: Vec<Vec<u32>> = idx.iter().map(|&i| vocab.encode(&utts[i].text)).collect();
+            Targets::from_rows(&rows)
+        };
+        let labels: Vec<i64> = targets.ids.iter().map(|&id| id as i64).collect();
+        let tl: Vec<i64> = targets.lengths.iter().map(|&l| l as i64).collect();
         let il: Vec<i64> = out.frames.iter().map(|&f| f as i64).collect();
         let ctc = ctc_loss(
             &out.logits.value,

@@ -6,20 +6,22 @@
 pub mod args;
 pub mod eval;
 pub mod state;
+pub mod step;
 
 pub use args::TrainArgs;
 pub use eval::{evaluate, EvalResult};
 pub use state::TrainerState;
+pub use step::{MicroBatch, StepOptions, StepOutcome, TrainStep};
 
+use crate::data::audio::SAMPLE_RATE;
 use crate::data::prepare::{self, Options, Source};
 use crate::data::{collate, Batcher, Prepared, Split, Vocab};
 use crate::error::{file_err, Error, Result};
 use crate::metrics::MetricsLog;
-use crate::model::spec_augment::compute_mask_indices;
-use crate::model::{Forward, Wav2Vec2ForCtc};
-use crate::optim::{AdamW, AdamWConfig, GradScaler};
+use crate::model::Wav2Vec2ForCtc;
+use crate::optim::{AdamW, AdamWConfig};
 use crate::rng::Rng;
-use crate::{Gpu, Tape, Tensor};
+use crate::{Gpu, Tensor};
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
@@ -54,10 +56,6 @@ pub fn open_data(data: &Path, run_dir: &Path) -> Result<Prepared> {
         data,
         "neither a prep folder (index.json, from `xlsr prepare`) nor a Common Voice folder (train.tsv)",
     )
-}
-
-fn same_vocab(a: &Vocab, b: &Vocab) -> bool {
-    a.len() == b.len() && (0..a.len() as u32).all(|i| a.token(i) == b.token(i))
 }
 
 /// A seed for one (step, micro-batch) derived from the run's seed.
@@ -164,7 +162,7 @@ pub fn run(gpu: &Gpu, args: &TrainArgs) -> Result<RunSummary> {
     let fresh_head = report.initialised.iter().any(|n| n.starts_with("lm_head"));
     if !fresh_head && model_dir.join("vocab.json").is_file() {
         let own = Vocab::load(&model_dir)?;
-        if !same_vocab(&own, &vocab) {
+        if !own.same_tokens(&vocab) {
             return file_err(
                 model_dir.join("vocab.json"),
                 format!(
@@ -199,7 +197,7 @@ pub fn run(gpu: &Gpu, args: &TrainArgs) -> Result<RunSummary> {
         gpu.info().name
     );
 
-    let mut opt = AdamW::new(
+    let opt = AdamW::new(
         &model.params,
         AdamWConfig {
             weight_decay: args.weight_decay,
@@ -218,9 +216,21 @@ pub fn run(gpu: &Gpu, args: &TrainArgs) -> Result<RunSummary> {
     let total = args
         .max_steps
         .unwrap_or((args.epochs * per_epoch as f64).ceil() as u64);
+    let checkpoint = args.checkpointing(model.layers.len());
+    let mut step = TrainStep::new(
+        &model,
+        opt,
+        None,
+        StepOptions {
+            grad_accum: args.grad_accum,
+            max_grad_norm: args.max_grad_norm,
+            checkpoint,
+            fp16,
+        },
+    )?;
     let mut st = match &resume_from {
         Some(dir) => {
-            let s = state::load(dir, &mut opt).map_err(resume_hint)?;
+            let s = state::load(dir, &mut step.opt).map_err(resume_hint)?;
             println!("resumed from {} at step {}", dir.display(), s.global_step);
             s
         }
@@ -234,22 +244,18 @@ pub fn run(gpu: &Gpu, args: &TrainArgs) -> Result<RunSummary> {
     // A killed run may have logged past its last checkpoint: those rows are logged again.
     MetricsLog::truncate_after(&args.out, st.global_step)?;
     st.max_steps = total;
-    if !fp16 {
-        st.grad_scaler = None;
-    } else if st.grad_scaler.is_none() {
-        st.grad_scaler = Some(GradScaler::default());
+    if fp16 {
+        step.scaler = Some(st.grad_scaler.take().unwrap_or_default());
     }
+    st.grad_scaler = step.scaler.clone();
     println!(
         "training: {} clips ({:.1} min), {} steps ({per_epoch} per epoch), batch {} x {} accumulated{}",
         lengths.len(),
-        lengths.iter().sum::<usize>() as f64 / 16000.0 / 60.0,
+        lengths.iter().sum::<usize>() as f64 / SAMPLE_RATE as f64 / 60.0,
         total,
         args.batch_size,
         args.grad_accum,
-        match (
-            args.gradient_checkpointing.unwrap_or(model.layers.len() >= 12),
-            fp16
-        ) {
+        match (checkpoint, fp16) {
             (true, true) => ", gradient checkpointing, fp16",
             (true, false) => ", gradient checkpointing",
             (false, true) => ", fp16",
@@ -257,9 +263,6 @@ pub fn run(gpu: &Gpu, args: &TrainArgs) -> Result<RunSummary> {
         }
     );
 
-    let checkpoint = args
-        .gradient_checkpointing
-        .unwrap_or(model.layers.len() >= 12);
     let mut log = MetricsLog::open(&args.out)?;
     let bar = progress_bar(total, st.global_step);
     let mut epoch_batches = batcher.epoch(st.epoch);
@@ -269,7 +272,6 @@ pub fn run(gpu: &Gpu, args: &TrainArgs) -> Result<RunSummary> {
     let mut eval_result = None;
     let t0 = Instant::now();
     let audio_at_start = st.audio_seconds;
-    let c = model.config.clone();
 
     // XLSR_PROFILE=N: GPU time per kernel and the engine's counters over steps 2..2+N,
     // printed once.
@@ -288,12 +290,12 @@ pub fn run(gpu: &Gpu, args: &TrainArgs) -> Result<RunSummary> {
             print_profile(&gpu.profile_stop()?);
             println!("engine work over those {n} steps (profiling puts each dispatch in a pass of its own): {counters}");
         }
-        let mut micro = 0u64;
-        let mut step_loss: Option<Tensor> = None;
-        while micro < args.grad_accum as u64 {
+        // This step's micro-batches; the epoch's last, partial accumulation still makes a step.
+        let mut batches = Vec::with_capacity(args.grad_accum);
+        while batches.len() < args.grad_accum {
             if st.batch_in_epoch >= epoch_batches.len() {
-                if micro > 0 {
-                    break; // the epoch's last, partial accumulation still makes a step
+                if !batches.is_empty() {
+                    break;
                 }
                 st.epoch += 1;
                 st.batch_in_epoch = 0;
@@ -302,109 +304,26 @@ pub fn run(gpu: &Gpu, args: &TrainArgs) -> Result<RunSummary> {
             }
             let idx = &epoch_batches[st.batch_in_epoch];
             st.batch_in_epoch += 1;
-            let batch = collate(&data, Split::Train, idx)?;
-            let seed = derive(st.seed, st.global_step, micro);
-            let b = batch.len();
-            let frames = model.frames(&batch.audio_lengths);
-            let t_max = c.frames(batch.max_samples);
-            let mut rng = Rng::new(seed);
-            let mask_time = (c.apply_spec_augment && c.mask_time_prob > 0.0)
-                .then(|| {
-                    compute_mask_indices(
-                        &mut rng,
-                        t_max,
-                        &frames,
-                        c.mask_time_prob,
-                        c.mask_time_length,
-                        c.mask_time_min_masks,
-                    )
-                })
-                .flatten();
-            let mask_features = (c.apply_spec_augment && c.mask_feature_prob > 0.0)
-                .then(|| {
-                    compute_mask_indices(
-                        &mut rng,
-                        c.hidden_size,
-                        &vec![c.hidden_size; b],
-                        c.mask_feature_prob,
-                        c.mask_feature_length,
-                        c.mask_feature_min_masks,
-                    )
-                })
-                .flatten();
-            let labels: Vec<Vec<u32>> = (0..b)
-                .map(|i| {
-                    batch.labels[i * batch.max_labels..][..batch.label_lengths[i]]
-                        .iter()
-                        .map(|&l| l as u32)
-                        .collect()
-                })
-                .collect();
-            let step = || -> Result<Tensor> {
-                let audio = Tensor::from_slice(gpu, &batch.audio, &[b, batch.max_samples])?;
-                let tape = Tape::new();
-                let opts = Forward {
-                    train: true,
-                    seed,
-                    mask_time: mask_time.clone(),
-                    mask_features: mask_features.clone(),
-                    keep_hidden: false,
-                    checkpoint,
-                    fp16,
-                    ..Forward::default()
-                };
-                let out = model.forward(&tape, &audio, Some(&batch.audio_lengths), &opts)?;
-                let (loss, _) = model.ctc_loss(&out.logits, &out.frames, &labels)?;
-                let loss = loss.scale(1.0 / args.grad_accum as f32, 0.0)?;
-                // Loss scaling: backward runs on loss * scale; the optimiser unscales.
-                let scale = st.grad_scaler.as_ref().map_or(1.0, |g| g.scale);
-                tape.backward(&loss.scale(scale, 0.0)?, &[])?;
-                // CTC with zero_infinity turns non-finite logits into a loss of 0: add
-                // 0 * |logits| (0, or NaN when a logit is not finite) so the loss says NaN.
-                let bad = crate::ops::reduce::global_norm_scaled(gpu, &[&out.logits.value], 0.0)?;
-                Ok(crate::ops::elementwise::add(&loss.value, &bad)?)
-            };
-            let loss = step().map_err(|e| match e {
-                Error::Engine(crate::engine::Error::Gpu(msg)) => {
-                    crate::engine::Error::Gpu(format!(
-                        "{msg}\n(batch of {b} clips, longest {:.1} s: lower --batch-size, set \
-                     --max-batch-seconds, or prepare with a smaller --max-seconds)",
-                        batch.max_samples as f64 / 16000.0
-                    ))
-                    .into()
-                }
-                e => e,
-            })?;
-            step_loss = Some(match step_loss.take() {
-                Some(s) => crate::ops::elementwise::add(&s, &loss)?,
-                None => loss,
-            });
-            st.audio_seconds += batch.audio_lengths.iter().sum::<usize>() as f64 / 16000.0;
-            micro += 1;
+            let seed = derive(st.seed, st.global_step, batches.len() as u64);
+            batches.push((collate(&data, Split::Train, idx)?, seed));
         }
-
+        let micro: Vec<MicroBatch> = batches
+            .iter()
+            .map(|(batch, seed)| MicroBatch { batch, seed: *seed })
+            .collect();
         let lr = crate::schedule::linear_warmup(
             st.global_step,
             args.warmup_steps,
             total,
             args.learning_rate,
         );
-        // A non-finite loss skips the step as a non-finite gradient does (0 * loss joins the
-        // gradient norm the update kernels check).
-        if let Some(l) = &step_loss {
-            opt.set_guard(Some(crate::ops::elementwise::scale(l, 0.0, 0.0)?));
-        }
-        let outcome = match st.grad_scaler.as_mut() {
-            Some(scaler) => scaler.step(&mut opt, lr, args.max_grad_norm)?,
-            None => opt.clip_and_step(lr, args.max_grad_norm)?,
-        };
-        opt.zero_grad();
-        if let Some(l) = step_loss.take() {
-            loss_sum = Some(match loss_sum.take() {
-                Some(s) => crate::ops::elementwise::add(&s, &l)?,
-                None => l,
-            });
-        }
+        let outcome = step.run(&micro, lr)?;
+        st.grad_scaler = step.scaler.clone();
+        st.audio_seconds += outcome.audio_seconds;
+        loss_sum = Some(match loss_sum.take() {
+            Some(s) => crate::ops::elementwise::add(&s, &outcome.loss)?,
+            None => outcome.loss,
+        });
         st.global_step += 1;
         since_log += 1;
         if outcome.skipped {
@@ -503,7 +422,14 @@ pub fn run(gpu: &Gpu, args: &TrainArgs) -> Result<RunSummary> {
             eval_result = Some(r);
         }
         if args.save_steps > 0 && st.global_step % args.save_steps == 0 && !done {
-            let dir = state::save(&args.out, &model, &vocab, &opt, &st, args.save_total_limit)?;
+            let dir = state::save(
+                &args.out,
+                &model,
+                &vocab,
+                &step.opt,
+                &st,
+                args.save_total_limit,
+            )?;
             say(&bar, format!("saved {}", dir.display()));
         }
     }

@@ -1,4 +1,4 @@
-//! Test helpers: a shared GPU, a seeded RNG, fixture paths, fresh temp folders, and a gradient
+//! Test helpers: a shared GPU, the library's seeded RNG, the CPU CTC reference, fixture paths, fresh temp folders, and a gradient
 //! checker that compares the GPU's forward with a CPU f64 reference and the GPU's backward with
 //! central finite differences of that reference.
 #![allow(dead_code)]
@@ -28,22 +28,22 @@ pub fn gpu() -> Gpu {
         .clone()
 }
 
-/// xorshift64*: reproducible inputs without a dependency.
-pub struct Rng(u64);
+pub mod ctc;
+#[allow(unused_imports)]
+pub use ctc::ctc_reference;
 
-impl Rng {
-    pub fn new(seed: u64) -> Rng {
-        Rng(seed.wrapping_mul(0x9E3779B97F4A7C15) | 1)
-    }
-    pub fn next_f64(&mut self) -> f64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        ((self.0.wrapping_mul(0x2545F4914F6CDD1D) >> 11) as f64) / (1u64 << 53) as f64
-    }
-    /// Uniform in [-1, 1).
-    pub fn vec(&mut self, n: usize) -> Vec<f64> {
-        (0..n).map(|_| 2.0 * self.next_f64() - 1.0).collect()
+/// The library's seeded generator, the one RNG of the project.
+pub use xlsr::rng::Rng;
+
+/// Test inputs from the [`Rng`].
+pub trait RngExt {
+    /// `n` values uniform in [-1, 1).
+    fn vec(&mut self, n: usize) -> Vec<f64>;
+}
+
+impl RngExt for Rng {
+    fn vec(&mut self, n: usize) -> Vec<f64> {
+        (0..n).map(|_| 2.0 * self.uniform() - 1.0).collect()
     }
 }
 

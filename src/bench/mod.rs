@@ -8,6 +8,9 @@ use crate::ops::{self, activation::Act, conv::Conv1d, matmul::Algo, norm::Norm};
 use crate::{Gpu, Tensor};
 use std::time::Instant;
 
+mod step;
+pub use step::{model_step, ModelStep, StepReport};
+
 /// One measured case.
 #[derive(Clone, Debug, serde::Serialize)]
 pub struct Measurement {
@@ -30,18 +33,13 @@ impl Measurement {
     }
 }
 
+/// `n` values uniform in [-0.5, 0.5).
+pub(crate) fn host_rand(n: usize, seed: u32) -> Vec<f32> {
+    crate::rng::Rng::new(seed as u64).uniform_vec(n, -0.5, 0.5)
+}
+
 fn rand(gpu: &Gpu, shape: &[usize], seed: u32) -> crate::engine::Result<Tensor> {
-    let n: usize = shape.iter().product();
-    let mut s = seed.wrapping_mul(2654435761).max(1);
-    let v: Vec<f32> = (0..n)
-        .map(|_| {
-            s ^= s << 13;
-            s ^= s >> 17;
-            s ^= s << 5;
-            (s as f32 / u32::MAX as f32) - 0.5
-        })
-        .collect();
-    Tensor::from_slice(gpu, &v, shape)
+    Tensor::from_slice(gpu, &host_rand(shape.iter().product(), seed), shape)
 }
 
 /// Times `f` (which records kernels): one warm-up run, then `iters` runs.
@@ -443,7 +441,6 @@ pub fn run(
     let name = format!("ctc loss+grad B{b} T{t} L{l} V{v}");
     if keep(&name) {
         let logits = rand(gpu, &[b, t, v], 18)?;
-        let host = logits.to_vec()?;
         let targets: Vec<i64> = (0..b * l).map(|i| 1 + (i * 7 % (v - 1)) as i64).collect();
         let (tl, il) = (vec![l as i64; b], vec![t as i64; b]);
         let one = Tensor::scalar(gpu, 1.0)?;
@@ -460,27 +457,7 @@ pub fn run(
             )?;
             ops::ctc::ctc_backward(&ctc, &one).map(|_| ())
         })?;
-        let t0 = Instant::now();
-        let reps = if quick { 1 } else { 3 };
-        for _ in 0..reps {
-            for i in 0..b {
-                std::hint::black_box(cpu_ctc(
-                    &host[i * t * v..(i + 1) * t * v],
-                    t,
-                    v,
-                    &targets[i * l..(i + 1) * l],
-                    0,
-                ));
-            }
-        }
-        let cpu_ms = t0.elapsed().as_secs_f64() * 1e3 / reps as f64;
-        let ratio = cpu_ms / m.ms;
         report(m, log);
-        say!(
-            "{:<48} {:>10.3} ms   (GPU is {ratio:.1}x the single-thread CPU)",
-            "ctc loss+grad, straightforward CPU",
-            cpu_ms
-        );
     }
 
     let mut step = None;
@@ -529,283 +506,4 @@ pub struct Report {
     pub results: Vec<Measurement>,
     /// The training-step case, when it ran.
     pub model_step: Option<StepReport>,
-}
-
-/// What one training-step benchmark measured.
-#[derive(Clone, Debug, serde::Serialize)]
-pub struct StepReport {
-    /// Encoder layers.
-    pub layers: usize,
-    /// Clips per batch.
-    pub batch: usize,
-    /// Seconds per clip.
-    pub seconds: f64,
-    /// Gradient checkpointing on.
-    pub checkpointing: bool,
-    /// fp16 mixed precision on.
-    pub fp16: bool,
-    /// Timed steps (after one warm-up step).
-    pub steps: usize,
-    /// Median wall-clock seconds of a whole step (forward, backward, AdamW, synchronised).
-    pub step_s: f64,
-    /// Median wall-clock seconds up to the loss on the host.
-    pub forward_s: f64,
-    /// Peak device bytes by the engine's accounting.
-    pub peak_device_bytes: u64,
-    /// Device bytes of the weights alone.
-    pub weight_bytes: u64,
-    /// Per-kernel GPU time of one extra profiled step: (entry, ms, launches), largest first.
-    pub kernels: Vec<(String, f64, u64)>,
-    /// What the engine did in the last timed step (dispatches, passes, bind groups, submits,
-    /// waits, bytes moved, CPU recording time).
-    #[serde(flatten)]
-    pub counters: crate::engine::Counters,
-}
-
-/// Shape of the training-step benchmark.
-#[derive(Clone, Debug)]
-pub struct ModelStep {
-    /// Clips per batch.
-    pub batch: usize,
-    /// Seconds per clip.
-    pub seconds: f64,
-    /// Encoder layers (XLSR-53 has 24).
-    pub layers: Option<usize>,
-    /// Gradient checkpointing.
-    pub checkpoint: bool,
-    /// fp16 mixed precision (f16 matmul inputs, loss scaling).
-    pub fp16: bool,
-    /// Count without computing ([`Gpu::set_accounting_only`]): the peak memory and the
-    /// engine's counters at shapes too big or too slow to run here.
-    pub count_only: bool,
-    /// Timed steps after the warm-up (the median is reported).
-    pub steps: usize,
-}
-
-impl Default for ModelStep {
-    fn default() -> Self {
-        ModelStep {
-            batch: 1,
-            seconds: 4.0,
-            layers: None,
-            checkpoint: false,
-            fp16: false,
-            count_only: false,
-            steps: 3,
-        }
-    }
-}
-
-/// One fine-tuning step (forward, backward, AdamW) of the XLSR-53 shape (feature encoder
-/// frozen, dropout on, LayerDrop off so every step does the same work): the median wall time of
-/// `m.steps` steps after a warm-up, the peak device memory by the engine's accounting (weights,
-/// gradients, activations and pooled buffers) and, from one more profiled step, the kernels
-/// that took the most GPU time.
-pub fn model_step(gpu: &Gpu, m: &ModelStep, log: &mut dyn std::io::Write) -> Result<StepReport> {
-    use crate::model::{Config, Forward, Wav2Vec2ForCtc};
-    let mut cfg = Config::xlsr53(40);
-    cfg.layerdrop = 0.0;
-    if let Some(l) = m.layers {
-        cfg.num_hidden_layers = l;
-    }
-    let secs = m.seconds;
-    if m.count_only {
-        gpu.set_accounting_only(true);
-    }
-    let model = Wav2Vec2ForCtc::random(gpu, cfg, 0)?;
-    model.freeze_feature_encoder(true);
-    let samples = (secs * 16000.0) as usize;
-    let audio = rand(gpu, &[m.batch, samples], 9)?;
-    let label: Vec<u32> = (0..(secs * 12.0) as u32).map(|i| 1 + i % 38).collect();
-    let labels = vec![label; m.batch];
-    gpu.sync()?;
-    let weights = gpu.live_bytes();
-    let mut opt = crate::optim::AdamW::new(&model.params, Default::default());
-    if m.fp16 && !gpu.has_f16() {
-        return Err(crate::Error::Usage(format!(
-            "--fp16: {} has no f16 shader support (SHADER_F16)",
-            gpu.info().name
-        )));
-    }
-    let mut scaler = m.fp16.then(crate::optim::GradScaler::default);
-    let mut step = || -> Result<(f64, f64)> {
-        let tape = crate::Tape::new();
-        let t0 = Instant::now();
-        let opts = Forward {
-            train: true,
-            checkpoint: m.checkpoint,
-            fp16: m.fp16,
-            ..Forward::default()
-        };
-        let out = model.forward(&tape, &audio, None, &opts)?;
-        let (loss, _) = model.ctc_loss(&out.logits, &out.frames, &labels)?;
-        loss.value.item()?;
-        let fwd = t0.elapsed().as_secs_f64();
-        match scaler.as_mut() {
-            Some(s) => {
-                tape.backward(&loss.scale(s.scale, 0.0)?, &[])?;
-                s.step(&mut opt, 1e-5, 1.0)?;
-            }
-            None => {
-                tape.backward(&loss, &[])?;
-                opt.clip_and_step(1e-5, 1.0)?;
-            }
-        }
-        opt.zero_grad();
-        gpu.sync()?;
-        Ok((fwd, t0.elapsed().as_secs_f64()))
-    };
-    step()?; // warm-up: pipelines, pool, optimiser moments
-    let steps = m.steps.max(1);
-    // The counters are the last timed step's: by then the pool hands out the same buffers
-    // every step, as in a long run.
-    let mut times = Vec::new();
-    for _ in 0..steps {
-        gpu.reset_counters();
-        times.push(step()?);
-    }
-    let counters = gpu.counters();
-    times.sort_by(|a, b| a.1.total_cmp(&b.1));
-    let (fwd, total) = times[times.len() / 2];
-    let timed = gpu.profile_start()?;
-    step()?;
-    let mut kernels = gpu.profile_stop()?;
-    kernels.sort_by(|a, b| b.1.total_cmp(&a.1));
-    let times = if m.count_only {
-        "counted only (no kernels run)".to_string()
-    } else {
-        format!("step {total:.3} s (forward {fwd:.3} s), median of {steps} (wall)",)
-    };
-    let _ = writeln!(
-        log,
-        "{:<48} {times}, {} layers, batch {} x {secs} s, checkpointing {}, fp16 {}: peak {:.2} GB (weights {:.2} GB)",
-        "wav2vec2 XLSR-53 step (frozen encoder)",
-        model.layers.len(),
-        m.batch,
-        m.checkpoint,
-        m.fp16,
-        gpu.peak_bytes() as f64 / 1e9,
-        weights as f64 / 1e9
-    );
-    let _ = writeln!(log, "    per step: {counters}");
-    if timed {
-        let total: f64 = kernels.iter().map(|x| x.1).sum();
-        let _ = writeln!(
-            log,
-            "    GPU time of the profiled step: {:.1} ms in {} launches",
-            total / 1e6,
-            kernels.iter().map(|k| k.2).sum::<u64>()
-        );
-        for (name, ns, n) in kernels.iter().take(8) {
-            let _ = writeln!(
-                log,
-                "    {:<32} {:>9.1} ms {:>5.1}% ({n} launches)",
-                name,
-                ns / 1e6,
-                100.0 * ns / total
-            );
-        }
-    }
-    Ok(StepReport {
-        layers: model.layers.len(),
-        batch: m.batch,
-        seconds: secs,
-        checkpointing: m.checkpoint,
-        fp16: m.fp16,
-        steps,
-        step_s: total,
-        forward_s: fwd,
-        peak_device_bytes: gpu.peak_bytes(),
-        weight_bytes: weights,
-        kernels: kernels
-            .into_iter()
-            .map(|(k, ns, n)| (k.to_string(), ns / 1e6, n))
-            .collect(),
-        counters,
-    })
-}
-
-/// A straightforward single-threaded CTC loss and logits gradient (log space), the CTC
-/// benchmark's baseline.
-pub fn cpu_ctc(
-    logits: &[f32],
-    t: usize,
-    v: usize,
-    target: &[i64],
-    blank: usize,
-) -> (f32, Vec<f32>) {
-    let lse = |a: f32, b: f32| {
-        let m = a.max(b);
-        if m == f32::NEG_INFINITY {
-            m
-        } else {
-            m + ((a - m).exp() + (b - m).exp()).ln()
-        }
-    };
-    let lp: Vec<f32> = logits
-        .chunks(v)
-        .flat_map(|row| {
-            let m = row.iter().cloned().fold(f32::MIN, f32::max);
-            let z = m + row.iter().map(|x| (x - m).exp()).sum::<f32>().ln();
-            row.iter().map(move |x| x - z)
-        })
-        .collect();
-    let ext: Vec<usize> = std::iter::once(blank)
-        .chain(target.iter().flat_map(|&c| [c as usize, blank]))
-        .collect();
-    let s_len = ext.len();
-    let ninf = f32::NEG_INFINITY;
-    let mut alpha = vec![ninf; t * s_len];
-    let mut beta = vec![ninf; t * s_len];
-    alpha[0] = lp[ext[0]];
-    if s_len > 1 {
-        alpha[1] = lp[ext[1]];
-    }
-    for ti in 1..t {
-        for s in 0..s_len {
-            let mut a = alpha[(ti - 1) * s_len + s];
-            if s >= 1 {
-                a = lse(a, alpha[(ti - 1) * s_len + s - 1]);
-            }
-            if s >= 2 && ext[s] != blank && ext[s] != ext[s - 2] {
-                a = lse(a, alpha[(ti - 1) * s_len + s - 2]);
-            }
-            alpha[ti * s_len + s] = a + lp[ti * v + ext[s]];
-        }
-    }
-    for s in s_len.saturating_sub(2)..s_len {
-        beta[(t - 1) * s_len + s] = lp[(t - 1) * v + ext[s]];
-    }
-    for ti in (0..t - 1).rev() {
-        for s in 0..s_len {
-            let mut b = beta[(ti + 1) * s_len + s];
-            if s + 1 < s_len {
-                b = lse(b, beta[(ti + 1) * s_len + s + 1]);
-            }
-            if s + 2 < s_len && ext[s] != blank && ext[s] != ext[s + 2] {
-                b = lse(b, beta[(ti + 1) * s_len + s + 2]);
-            }
-            beta[ti * s_len + s] = b + lp[ti * v + ext[s]];
-        }
-    }
-    let ll = lse(
-        alpha[(t - 1) * s_len + s_len - 1],
-        if s_len > 1 {
-            alpha[(t - 1) * s_len + s_len - 2]
-        } else {
-            ninf
-        },
-    );
-    let mut grad = vec![0.0; t * v];
-    for ti in 0..t {
-        let mut lcab = vec![ninf; v];
-        for s in 0..s_len {
-            lcab[ext[s]] = lse(lcab[ext[s]], alpha[ti * s_len + s] + beta[ti * s_len + s]);
-        }
-        for c in 0..v {
-            let l = lp[ti * v + c];
-            grad[ti * v + c] = l.exp() - (lcab[c] - ll - l).exp();
-        }
-    }
-    (-ll, grad)
 }

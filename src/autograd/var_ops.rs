@@ -1,316 +1,12 @@
-//! A tape-based autograd over GPU tensors.
-//!
-//! Every differentiable op on [`Var`]s runs its forward kernel at once and, when a tape is
-//! recording and some input needs a gradient, pushes a node holding a closure that runs the
-//! backward kernels. [`Tape::backward`] walks the nodes in reverse and adds each parameter's
-//! gradient into [`Param::grad`], so calling it over several micro-batches accumulates.
+//! The differentiable ops on [`Var`]: each runs its forward kernel and records the backward
+//! kernels that give its inputs' gradients.
 
+use super::{is_autocast, Var};
 use crate::engine::Tensor;
 use crate::error::{Error, Result};
 use crate::ops::{self, activation::Act, conv::Conv1d, elementwise::BinOp, norm::Norm};
-use std::cell::{Cell, RefCell};
-use std::rc::Rc;
-
-type BackwardFn = Box<dyn FnOnce(&Tensor) -> Result<Vec<Option<Tensor>>>>;
-
-struct Node {
-    out: usize,
-    inputs: Vec<Option<usize>>,
-    backward: BackwardFn,
-}
-
-/// A trainable tensor with its accumulated gradient.
-pub struct Param {
-    /// Name (as in the checkpoint).
-    pub name: String,
-    value: RefCell<Tensor>,
-    grad: RefCell<Option<Tensor>>,
-    frozen: Cell<bool>,
-}
-
-impl Param {
-    /// Wraps a tensor as a trainable parameter.
-    pub fn new(name: impl Into<String>, value: Tensor) -> Rc<Param> {
-        Rc::new(Param {
-            name: name.into(),
-            value: RefCell::new(value),
-            grad: RefCell::new(None),
-            frozen: Cell::new(false),
-        })
-    }
-
-    /// Current value.
-    pub fn value(&self) -> Tensor {
-        self.value.borrow().clone()
-    }
-
-    /// Replaces the value (optimiser step, checkpoint load).
-    pub fn set_value(&self, t: Tensor) {
-        *self.value.borrow_mut() = t;
-    }
-
-    /// Accumulated gradient, if any backward pass reached this parameter.
-    pub fn grad(&self) -> Option<Tensor> {
-        self.grad.borrow().clone()
-    }
-
-    /// Clears the accumulated gradient.
-    pub fn zero_grad(&self) {
-        *self.grad.borrow_mut() = None;
-    }
-
-    /// Frozen parameters take part in the forward pass but get no gradient.
-    pub fn set_frozen(&self, frozen: bool) {
-        self.frozen.set(frozen);
-    }
-
-    /// Whether the parameter is frozen.
-    pub fn is_frozen(&self) -> bool {
-        self.frozen.get()
-    }
-
-    fn accumulate(&self, g: Tensor) -> Result<()> {
-        let mut slot = self.grad.borrow_mut();
-        *slot = Some(match slot.take() {
-            Some(prev) => ops::elementwise::add(&prev, &g)?,
-            None => g,
-        });
-        Ok(())
-    }
-}
-
-/// Records differentiable ops for one forward pass.
-pub struct Tape {
-    nodes: RefCell<Vec<Node>>,
-    params: RefCell<Vec<(usize, Rc<Param>)>>,
-    next_id: Cell<usize>,
-    enabled: Cell<bool>,
-}
-
-/// A tensor in a computation: constant, leaf, or the output of a recorded op.
-#[derive(Clone)]
-pub struct Var {
-    /// The forward value.
-    pub value: Tensor,
-    id: Option<usize>,
-    tape: Option<Rc<Tape>>,
-}
-
-impl Tape {
-    /// A new, recording tape.
-    pub fn new() -> Rc<Tape> {
-        Rc::new(Tape {
-            nodes: RefCell::new(Vec::new()),
-            params: RefCell::new(Vec::new()),
-            next_id: Cell::new(0),
-            enabled: Cell::new(true),
-        })
-    }
-
-    fn fresh(&self) -> usize {
-        let id = self.next_id.get();
-        self.next_id.set(id + 1);
-        id
-    }
-
-    /// Runs `f` without recording: ops inside produce constants (inference, evaluation).
-    pub fn no_grad<R>(&self, f: impl FnOnce() -> R) -> R {
-        let was = self.enabled.replace(false);
-        let r = f();
-        self.enabled.set(was);
-        r
-    }
-
-    /// Whether ops are being recorded (false inside [`Tape::no_grad`]).
-    pub fn is_recording(&self) -> bool {
-        self.enabled.get()
-    }
-
-    /// Gradient checkpointing: runs `f(tape, x)` without recording anything inside, and
-    /// records one node whose backward recomputes `f` on a fresh tape and backpropagates
-    /// through it (parameter gradients accumulate as usual). Only `x` is held between the
-    /// passes. `f` must give the same result twice (fixed dropout seeds).
-    pub fn checkpoint(
-        self: &Rc<Self>,
-        x: &Var,
-        f: impl Fn(&Rc<Tape>, &Var) -> Result<Var> + 'static,
-    ) -> Result<Var> {
-        let y = self.no_grad(|| f(self, x))?;
-        if !self.enabled.get() {
-            return Ok(Var::constant(y.value));
-        }
-        let id = self.fresh();
-        let xv = x.value.clone();
-        let track_x = x.id.is_some();
-        self.nodes.borrow_mut().push(Node {
-            out: id,
-            inputs: vec![x.id],
-            backward: Box::new(move |g| {
-                let sub = Tape::new();
-                let xi = sub.input(xv, track_x);
-                let yi = f(&sub, &xi)?;
-                if !yi.requires_grad() {
-                    return Ok(vec![None]);
-                }
-                let grads = sub.backward_with(&yi, Some(g.clone()), &[&xi])?;
-                Ok(grads)
-            }),
-        });
-        Ok(Var {
-            value: y.value,
-            id: Some(id),
-            tape: Some(self.clone()),
-        })
-    }
-
-    /// A leaf for a parameter: tracked unless frozen or not recording.
-    pub fn param(self: &Rc<Self>, p: &Rc<Param>) -> Var {
-        if p.is_frozen() || !self.enabled.get() {
-            return Var::constant(p.value());
-        }
-        let id = self.fresh();
-        self.params.borrow_mut().push((id, p.clone()));
-        Var {
-            value: p.value(),
-            id: Some(id),
-            tape: Some(self.clone()),
-        }
-    }
-
-    /// A leaf for an input; with `requires_grad` its gradient is returned by [`Tape::backward`].
-    pub fn input(self: &Rc<Self>, t: Tensor, requires_grad: bool) -> Var {
-        if !requires_grad || !self.enabled.get() {
-            return Var::constant(t);
-        }
-        Var {
-            value: t,
-            id: Some(self.fresh()),
-            tape: Some(self.clone()),
-        }
-    }
-
-    /// Backpropagates from a scalar: adds parameter gradients into their `grad`, and returns
-    /// the gradients of the vars listed in `wrt` (inputs made with `requires_grad`).
-    pub fn backward(&self, loss: &Var, wrt: &[&Var]) -> Result<Vec<Option<Tensor>>> {
-        self.backward_with(loss, None, wrt)
-    }
-
-    /// Like [`Tape::backward`] from any var, seeded with `grad` (ones when `None`).
-    pub fn backward_with(
-        &self,
-        out: &Var,
-        grad: Option<Tensor>,
-        wrt: &[&Var],
-    ) -> Result<Vec<Option<Tensor>>> {
-        let Some(root) = out.id else {
-            return Err(Error::Autograd(
-                "backward from a value that does not require grad".into(),
-            ));
-        };
-        let seed = match grad {
-            Some(g) if g.shape() == out.value.shape() => g,
-            Some(g) => {
-                return Err(Error::Autograd(format!(
-                    "seed gradient {:?} for output {:?}",
-                    g.shape(),
-                    out.value.shape()
-                )))
-            }
-            None if out.value.numel() == 1 => {
-                ops::elementwise::fill(out.value.gpu(), out.value.shape(), 1.0)?
-            }
-            None => {
-                return Err(Error::Autograd(format!(
-                    "backward from non-scalar {:?} needs a seed gradient",
-                    out.value.shape()
-                )))
-            }
-        };
-        let mut grads: Vec<Option<Tensor>> = vec![None; self.next_id.get()];
-        grads[root] = Some(seed);
-        let nodes = std::mem::take(&mut *self.nodes.borrow_mut());
-        for node in nodes.into_iter().rev() {
-            // Dropping the output's gradient here frees it as soon as it is consumed.
-            let Some(g) = grads[node.out].take() else {
-                continue;
-            };
-            let results = (node.backward)(&g)?;
-            for (inp, r) in node.inputs.iter().zip(results) {
-                if let (Some(i), Some(r)) = (inp, r) {
-                    grads[*i] = Some(match grads[*i].take() {
-                        Some(prev) => ops::elementwise::add(&prev, &r)?,
-                        None => r,
-                    });
-                }
-            }
-        }
-        for (id, p) in self.params.borrow_mut().drain(..) {
-            if let Some(g) = grads[id].take() {
-                p.accumulate(g)?;
-            }
-        }
-        Ok(wrt
-            .iter()
-            .map(|v| v.id.and_then(|i| grads[i].take()))
-            .collect())
-    }
-}
 
 impl Var {
-    /// A value that needs no gradient.
-    pub fn constant(t: Tensor) -> Var {
-        Var {
-            value: t,
-            id: None,
-            tape: None,
-        }
-    }
-
-    /// Whether gradients flow into this var.
-    pub fn requires_grad(&self) -> bool {
-        self.id.is_some()
-    }
-
-    /// Shape of the value.
-    pub fn shape(&self) -> &[usize] {
-        self.value.shape()
-    }
-
-    /// Records `value = f(inputs)` with its backward, if any input is tracked.
-    fn record(
-        inputs: &[&Var],
-        value: Tensor,
-        backward: impl FnOnce(&Tensor) -> Result<Vec<Option<Tensor>>> + 'static,
-    ) -> Var {
-        let tape = inputs.iter().find_map(|v| v.id.and(v.tape.clone()));
-        match tape {
-            Some(tape) if tape.enabled.get() => {
-                let id = tape.fresh();
-                tape.nodes.borrow_mut().push(Node {
-                    out: id,
-                    inputs: inputs.iter().map(|v| v.id).collect(),
-                    backward: Box::new(backward),
-                });
-                Var {
-                    value,
-                    id: Some(id),
-                    tape: Some(tape),
-                }
-            }
-            _ => Var::constant(value),
-        }
-    }
-
-    /// Whether this var's tensor is held outside the graph anyway (a constant or a parameter),
-    /// so a backward closure can keep it at no memory cost.
-    fn held_elsewhere(&self) -> bool {
-        match (self.id, &self.tape) {
-            (None, _) => true,
-            (Some(id), Some(t)) => t.params.borrow().iter().any(|(p, _)| *p == id),
-            (Some(_), None) => false,
-        }
-    }
-
     fn binary(&self, other: &Var, op: BinOp) -> Result<Var> {
         let y = ops::elementwise::binary(op, &self.value, &other.value)?;
         let (a, b) = (self.value.clone(), other.value.clone());
@@ -364,25 +60,11 @@ impl Var {
     }
 
     /// op(self) @ op(w) (+ bias); see [`ops::matmul::matmul`].
+    /// Under [`autocast`], A and B are cast to f16 and multiplied with f32 accumulation; the
+    /// f16 copies are what backward keeps (half the bytes). The output and all gradients are
+    /// f32.
     pub fn matmul(&self, w: &Var, ta: bool, tb: bool, bias: Option<&Var>) -> Result<Var> {
-        self.matmul_impl(w, ta, tb, bias, false)
-    }
-
-    /// [`Var::matmul`] in mixed precision: A and B are cast to f16 and multiplied with f32
-    /// accumulation; the f16 copies are what backward keeps (half the bytes). The output and
-    /// all gradients are f32.
-    pub fn matmul_f16(&self, w: &Var, ta: bool, tb: bool, bias: Option<&Var>) -> Result<Var> {
-        self.matmul_impl(w, ta, tb, bias, true)
-    }
-
-    fn matmul_impl(
-        &self,
-        w: &Var,
-        ta: bool,
-        tb: bool,
-        bias: Option<&Var>,
-        half: bool,
-    ) -> Result<Var> {
+        let half = is_autocast();
         let (a, b) = if half {
             (
                 ops::cast::to_f16(&self.value)?,
@@ -419,22 +101,19 @@ impl Var {
         }))
     }
 
-    /// Pointwise activation.
+    /// Pointwise activation. Under [`autocast`] backward keeps an f16 copy of the input (half
+    /// the bytes; the derivative is taken at the f16-rounded input, as under PyTorch's autocast,
+    /// where the input would be a matmul's f16 output).
     pub fn act(&self, act: Act) -> Result<Var> {
         let y = ops::activation::forward(act, &self.value)?;
-        let x = self.value.clone();
+        let half = is_autocast();
+        let x = if half {
+            ops::cast::to_f16(&self.value)?
+        } else {
+            self.value.clone()
+        };
         Ok(Var::record(&[self], y, move |g| {
-            Ok(vec![Some(ops::activation::backward(act, &x, g)?)])
-        }))
-    }
-
-    /// [`Var::act`] keeping an f16 copy of its input for backward (half the bytes; the
-    /// derivative is taken at the f16-rounded input, as under PyTorch's autocast).
-    pub fn act_f16(&self, act: Act) -> Result<Var> {
-        let y = ops::activation::forward(act, &self.value)?;
-        let x16 = ops::cast::to_f16(&self.value)?;
-        Ok(Var::record(&[self], y, move |g| {
-            let x = ops::cast::to_f32(&x16)?;
+            let x = if half { ops::cast::to_f32(&x)? } else { x };
             Ok(vec![Some(ops::activation::backward(act, &x, g)?)])
         }))
     }
@@ -555,6 +234,8 @@ impl Var {
     }
 
     /// Fused attention dropout(softmax(self kᵀ·scale + mask)) @ v; see [`ops::attention::forward`].
+    /// Under [`autocast`] it reads f16 copies of q, k, v (what backward keeps); arithmetic,
+    /// output and gradients stay f32.
     #[allow(clippy::too_many_arguments)]
     pub fn attention(
         &self,
@@ -566,33 +247,7 @@ impl Var {
         dropout: f32,
         seed: u64,
     ) -> Result<Var> {
-        self.attention_impl(k, v, mask, (heads, scale, dropout, seed), false)
-    }
-
-    /// [`Var::attention`] on f16 copies of q, k, v (what backward keeps); f32 arithmetic,
-    /// output and gradients.
-    #[allow(clippy::too_many_arguments)]
-    pub fn attention_f16(
-        &self,
-        k: &Var,
-        v: &Var,
-        mask: Option<&Tensor>,
-        heads: usize,
-        scale: f32,
-        dropout: f32,
-        seed: u64,
-    ) -> Result<Var> {
-        self.attention_impl(k, v, mask, (heads, scale, dropout, seed), true)
-    }
-
-    fn attention_impl(
-        &self,
-        k: &Var,
-        v: &Var,
-        mask: Option<&Tensor>,
-        (heads, scale, dropout, seed): (usize, f32, f32, u64),
-        half: bool,
-    ) -> Result<Var> {
+        let half = is_autocast();
         let cast = |t: &Tensor| {
             if half {
                 ops::cast::to_f16(t)

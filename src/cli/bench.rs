@@ -1,0 +1,86 @@
+//! `xlsr bench`: the kernel benchmarks, or the training-step benchmark alone.
+
+use anyhow::Result;
+
+/// Command-line arguments of `xlsr bench`.
+#[derive(clap::Args, Debug)]
+pub struct BenchArgs {
+    /// Shrink the shapes (for slow CPU adapters)
+    #[arg(long)]
+    pub quick: bool,
+    /// Only run benchmarks whose name contains this
+    #[arg(long)]
+    pub filter: Option<String>,
+    /// Training-step benchmark only (XLSR-53 shape): clips per batch
+    #[arg(long)]
+    pub batch: Option<usize>,
+    /// Training-step benchmark: seconds per clip
+    #[arg(long, default_value_t = 4.0)]
+    pub seconds: f64,
+    /// Training-step benchmark: encoder layers (24 in XLSR-53)
+    #[arg(long)]
+    pub layers: Option<usize>,
+    /// Training-step benchmark: gradient checkpointing
+    #[arg(long)]
+    pub checkpointing: bool,
+    /// Training-step benchmark: fp16 mixed precision with loss scaling
+    #[arg(long)]
+    pub fp16: bool,
+    /// Training-step benchmark: count device memory and the engine's work (dispatches,
+    /// bind groups, submits, waits) without running kernels, for shapes too slow to run,
+    /// e.g. batch 16 x 5 s on a CPU adapter
+    #[arg(long, alias = "memory-only")]
+    pub count_only: bool,
+    /// Training-step benchmark: timed steps after the warm-up (the median is reported)
+    #[arg(long, default_value_t = 3)]
+    pub steps: usize,
+    /// Print every result as one JSON object on stdout (the table goes to stderr)
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// Runs the benchmarks: with `--batch`, the training-step benchmark alone.
+pub fn run(args: &BenchArgs) -> Result<()> {
+    let gpu = crate::Gpu::new()?;
+    let mut log = bench_log(args.json);
+    let report = match args.batch {
+        Some(batch) => {
+            let m = crate::bench::ModelStep {
+                batch,
+                seconds: args.seconds,
+                layers: args.layers,
+                checkpoint: args.checkpointing,
+                fp16: args.fp16,
+                count_only: args.count_only,
+                steps: args.steps,
+            };
+            let step = crate::bench::model_step(&gpu, &m, &mut log)?;
+            crate::bench::Report {
+                adapter: gpu.info().name.clone(),
+                backend: format!("{:?}", gpu.info().backend),
+                driver: format!("{} {}", gpu.info().driver, gpu.info().driver_info),
+                results: Vec::new(),
+                model_step: Some(step),
+            }
+        }
+        None => {
+            let quick = args.quick
+                || (gpu.info().device_type == wgpu::DeviceType::Cpu
+                    && std::env::var("XLSR_BENCH_FULL").is_err());
+            crate::bench::run(&gpu, quick, args.filter.as_deref(), &mut log)?
+        }
+    };
+    if args.json {
+        println!("{}", serde_json::to_string(&report)?);
+    }
+    Ok(())
+}
+
+/// Where `xlsr bench` writes its table: stdout, or stderr when stdout carries the JSON.
+fn bench_log(json: bool) -> Box<dyn std::io::Write> {
+    if json {
+        Box::new(std::io::stderr())
+    } else {
+        Box::new(std::io::stdout())
+    }
+}

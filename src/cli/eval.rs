@@ -1,0 +1,111 @@
+//! `xlsr transcribe` and `xlsr eval`.
+
+use anyhow::Result;
+use std::path::PathBuf;
+
+/// Command-line arguments of `xlsr transcribe`.
+#[derive(clap::Args, Debug)]
+pub struct TranscribeArgs {
+    /// Model folder: config.json, model.safetensors, vocab.json
+    #[arg(long)]
+    pub model: std::path::PathBuf,
+    /// Also write each file's raw logits [frames, vocab] to this safetensors file
+    #[arg(long)]
+    pub logits: Option<std::path::PathBuf>,
+    /// Audio files (WAV, MP3, FLAC, OGG Vorbis; any rate, mono or stereo)
+    #[arg(required = true)]
+    pub files: Vec<std::path::PathBuf>,
+}
+
+/// Command-line arguments of `xlsr eval`.
+#[derive(clap::Args, Debug)]
+pub struct EvalArgs {
+    /// Model folder: config.json, model.safetensors, vocab.json
+    #[arg(long)]
+    pub model: PathBuf,
+    /// Corpus: a prep folder (`xlsr prepare`) or a Common Voice folder
+    #[arg(long)]
+    pub data: PathBuf,
+    /// Which split: test (the evaluation set) or train
+    #[arg(long, default_value = "test")]
+    pub split: String,
+    /// Utterances per batch
+    #[arg(long, default_value_t = 16)]
+    pub batch_size: usize,
+    /// Evaluate at most this many utterances
+    #[arg(long)]
+    pub limit: Option<usize>,
+    /// Print one JSON object (wer, cer, ctc_loss, utterances, skipped)
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// Transcribes each file, printing FILE<TAB>TEXT; a file that fails is reported and counted.
+pub fn transcribe(args: &TranscribeArgs) -> Result<()> {
+    let (model, logits, files) = (&args.model, args.logits.as_deref(), &args.files);
+    if let Some(path) = logits {
+        crate::transcribe::check_logits_path(path, files)?;
+    }
+    let gpu = crate::Gpu::new()?;
+    let t = crate::transcribe::Transcriber::load(&gpu, model)?;
+    let mut done = Vec::new();
+    let mut failed = 0;
+    for f in files {
+        match t.transcribe(f) {
+            Ok(r) => {
+                println!("{}\t{}", f.display(), r.text);
+                done.push(r);
+            }
+            Err(e) => {
+                eprintln!("xlsr: {e}");
+                failed += 1;
+            }
+        }
+    }
+    if let Some(path) = logits {
+        crate::transcribe::save_logits(path, &done, t.model.config.vocab_size)?;
+    }
+    if failed > 0 {
+        anyhow::bail!("{failed} of {} files could not be transcribed", files.len());
+    }
+    Ok(())
+}
+
+/// Evaluates a model folder on a corpus split and prints WER, CER and the CTC loss.
+pub fn eval(args: &EvalArgs) -> Result<()> {
+    use crate::data::Split;
+    let (model, data, batch_size, limit) = (&args.model, &args.data, args.batch_size, args.limit);
+    let split = match args.split.as_str() {
+        "test" => Split::Test,
+        "train" => Split::Train,
+        other => anyhow::bail!("--split {other}: expected test or train"),
+    };
+    if batch_size == 0 {
+        anyhow::bail!("--batch-size 0: must be at least 1");
+    }
+    let gpu = crate::Gpu::new()?;
+    let t = crate::transcribe::Transcriber::load(&gpu, model)?;
+    // A Common Voice folder is prepared (once) into a cache under the temp dir.
+    let cache = std::env::temp_dir().join(format!(
+        "xlsr-prepared-{:016x}",
+        data.display()
+            .to_string()
+            .bytes()
+            .fold(0xcbf29ce484222325u64, |h, b| (h ^ b as u64)
+                .wrapping_mul(0x100000001b3))
+    ));
+    let prepared = crate::train::open_data(data, &cache)?;
+    let r = crate::train::evaluate(&t.model, &t.vocab, &prepared, split, batch_size, limit)?;
+    if args.json {
+        println!("{}", serde_json::to_string(&r)?);
+    } else {
+        for (reference, prediction) in r.pairs.iter().take(5) {
+            println!("ref:  {reference}\npred: {prediction}");
+        }
+        println!(
+            "WER {:.4}  CER {:.4}  CTC loss {:.4}  ({} utterances, {} clips skipped)",
+            r.wer, r.cer, r.ctc_loss, r.utterances, r.skipped
+        );
+    }
+    Ok(())
+}

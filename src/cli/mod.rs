@@ -1,0 +1,86 @@
+//! The command line: every subcommand's arguments (clap) and what runs them. The library
+//! below takes plain option structs; this is the only place that knows about flags.
+
+mod bench;
+mod demo;
+mod devices;
+mod eval;
+mod prepare;
+
+pub use bench::BenchArgs;
+pub use demo::DemoArgs;
+pub use eval::{EvalArgs, TranscribeArgs};
+pub use prepare::PrepareArgs;
+
+use crate::train::TrainArgs;
+use anyhow::Result;
+use clap::{Parser, Subcommand};
+
+/// `xlsr`: one subcommand per job.
+#[derive(Parser)]
+#[command(
+    name = "xlsr",
+    version,
+    about = "Fine-tune wav2vec2/XLSR speech models with CTC on any GPU",
+    args_override_self = true
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub cmd: Cmd,
+}
+
+/// The subcommands.
+#[derive(Subcommand)]
+pub enum Cmd {
+    /// List GPU adapters (pick one with XLSR_ADAPTER=<name substring>)
+    Devices,
+    /// Benchmark the kernels at wav2vec2-large shapes
+    Bench(BenchArgs),
+    /// Decode a Common Voice folder into a 16 kHz audio cache and build the vocabulary
+    Prepare(PrepareArgs),
+    /// Transcribe audio files with a model folder (greedy CTC decoding): prints FILE<TAB>TEXT
+    Transcribe(TranscribeArgs),
+    /// Fine-tune a model with CTC on a corpus (the seed notebook's defaults)
+    Train(Box<TrainArgs>),
+    /// Evaluate a model folder on a corpus split: WER, CER, CTC loss
+    Eval(EvalArgs),
+    /// Train a small model from scratch on the built-in Spanish corpus; shows loss and CER falling
+    Demo(DemoArgs),
+}
+
+/// Parses the command line and runs the subcommand.
+pub fn run() -> Result<()> {
+    let mut cli = Cli::parse();
+    if let Ok(v) = std::env::var("XLSR_MEMORY_LIMIT_GB") {
+        if !v.parse::<f64>().is_ok_and(|gb| gb.is_finite() && gb > 0.0) {
+            anyhow::bail!("XLSR_MEMORY_LIMIT_GB={v}: expected a number of gigabytes > 0 (e.g. 12)");
+        }
+    }
+    // `--config train.json`: its options go first, so the command line's own win.
+    if let Cmd::Train(args) = &cli.cmd {
+        if let Some(path) = &args.config {
+            let argv: Vec<String> = std::env::args().collect();
+            let at = argv.iter().position(|a| a == "train").unwrap_or(1);
+            let mut full = argv[..=at].to_vec();
+            full.extend(crate::train::args::config_args(path)?);
+            full.extend(argv[at + 1..].iter().cloned());
+            cli = Cli::parse_from(full);
+        }
+    }
+    match cli.cmd {
+        Cmd::Devices => devices::run()?,
+        Cmd::Bench(args) => bench::run(&args)?,
+        Cmd::Prepare(args) => prepare::run(&args)?,
+        Cmd::Transcribe(args) => eval::transcribe(&args)?,
+        Cmd::Demo(args) => {
+            let gpu = crate::Gpu::new()?;
+            crate::demo::run(&gpu, &args.into())?;
+        }
+        Cmd::Train(args) => {
+            let gpu = crate::Gpu::new()?;
+            crate::train::run(&gpu, &args)?;
+        }
+        Cmd::Eval(args) => eval::eval(&args)?,
+    }
+    Ok(())
+}

@@ -1,0 +1,236 @@
+//! One optimiser step, as HF `Trainer.training_step` plus its optimiser step: forward and
+//! backward over each micro-batch (SpecAugment, dropout and LayerDrop drawn from the
+//! micro-batch's seed), loss scaling under fp16, then clipping and AdamW. `xlsr train`,
+//! `xlsr bench`, the demo and the tests all step through this one type.
+
+use crate::data::Batch;
+use crate::error::{Error, Result};
+use crate::model::spec_augment::compute_mask_indices;
+use crate::model::{Forward, Wav2Vec2ForCtc};
+use crate::ops::{elementwise, reduce};
+use crate::optim::{AdamW, GradScaler};
+use crate::rng::Rng;
+use crate::{Tape, Tensor, Var};
+use std::rc::Rc;
+
+/// How a step runs, apart from the data and the learning rate.
+#[derive(Clone, Debug)]
+pub struct StepOptions {
+    /// Micro-batches whose gradients make one step (each loss is divided by this).
+    pub grad_accum: usize,
+    /// Clip the global gradient norm to this (none when <= 0, as HF's `max_grad_norm = 0`).
+    pub max_grad_norm: f32,
+    /// Gradient checkpointing (recompute each encoder layer in backward).
+    pub checkpoint: bool,
+    /// Mixed precision: f16 matmul inputs, and loss scaling by a [`GradScaler`].
+    pub fp16: bool,
+}
+
+impl Default for StepOptions {
+    fn default() -> Self {
+        StepOptions {
+            grad_accum: 1,
+            max_grad_norm: 1.0,
+            checkpoint: false,
+            fp16: false,
+        }
+    }
+}
+
+/// One micro-batch and the seed of its random draws.
+pub struct MicroBatch<'a> {
+    /// The padded clips and their CTC targets.
+    pub batch: &'a Batch,
+    /// Seed of the SpecAugment masks, dropout and LayerDrop.
+    pub seed: u64,
+}
+
+/// What a step did.
+#[derive(Debug)]
+pub struct StepOutcome {
+    /// The step's loss on the device (summed over the micro-batches, each divided by
+    /// `grad_accum`; NaN when a loss or logit was not finite). Read it only when logging.
+    pub loss: Tensor,
+    /// Global gradient norm before clipping.
+    pub grad_norm: f32,
+    /// True when the loss or the gradient norm was not finite: nothing was updated.
+    pub skipped: bool,
+    /// Seconds of audio in the step's micro-batches.
+    pub audio_seconds: f64,
+}
+
+/// A forward pass waiting for its backward: the tape and the (unscaled) loss.
+pub struct Forwarded {
+    tape: Rc<Tape>,
+    /// The micro-batch's loss, divided by `grad_accum`.
+    pub loss: Var,
+    /// 0, or NaN when a logit is not finite (CTC with zero_infinity would hide it).
+    finite_check: Tensor,
+}
+
+/// The model, its optimiser and loss scaler, stepping together.
+pub struct TrainStep<'m> {
+    /// The model being trained.
+    pub model: &'m Wav2Vec2ForCtc,
+    /// Its optimiser.
+    pub opt: AdamW,
+    /// The fp16 loss scaler (`None` in f32).
+    pub scaler: Option<GradScaler>,
+    /// How steps run.
+    pub options: StepOptions,
+}
+
+impl<'m> TrainStep<'m> {
+    /// A step over `model` with `opt`; under fp16 a [`GradScaler`] is made unless `scaler`
+    /// brings one (a resumed run's).
+    pub fn new(
+        model: &'m Wav2Vec2ForCtc,
+        opt: AdamW,
+        scaler: Option<GradScaler>,
+        options: StepOptions,
+    ) -> Result<TrainStep<'m>> {
+        if options.fp16 && !model.gpu.has_f16() {
+            return Err(Error::Usage(format!(
+                "--fp16: {} has no f16 shader support (SHADER_F16)",
+                model.gpu.info().name
+            )));
+        }
+        let scaler = options.fp16.then(|| scaler.unwrap_or_default());
+        Ok(TrainStep {
+            model,
+            opt,
+            scaler,
+            options,
+        })
+    }
+
+    /// Forward and backward over the micro-batches, then clipping and the AdamW update at
+    /// learning rate `lr`. Gradients are zeroed afterwards.
+    pub fn run(&mut self, micro: &[MicroBatch], lr: f32) -> Result<StepOutcome> {
+        let mut loss: Option<Tensor> = None;
+        let mut audio_seconds = 0.0;
+        for mb in micro {
+            let l = self
+                .forward(mb)
+                .and_then(|f| self.backward(f))
+                .map_err(|e| explain_device_error(e, mb.batch))?;
+            loss = Some(match loss.take() {
+                Some(s) => elementwise::add(&s, &l)?,
+                None => l,
+            });
+            audio_seconds += mb.batch.audio_lengths.iter().sum::<usize>() as f64
+                / crate::data::audio::SAMPLE_RATE as f64;
+        }
+        let loss = match loss {
+            Some(l) => l,
+            None => Tensor::scalar(&self.model.gpu, 0.0)?,
+        };
+        let (grad_norm, skipped) = self.update(&loss, lr)?;
+        Ok(StepOutcome {
+            loss,
+            grad_norm,
+            skipped,
+            audio_seconds,
+        })
+    }
+
+    /// The forward pass of one micro-batch, recorded for backward.
+    pub fn forward(&self, mb: &MicroBatch) -> Result<Forwarded> {
+        let (model, b) = (self.model, mb.batch);
+        let gpu = &model.gpu;
+        let (mask_time, mask_features) = self.spec_augment(mb);
+        let audio = Tensor::from_slice(gpu, &b.audio, &[b.len(), b.max_samples])?;
+        let tape = Tape::new();
+        let opts = Forward {
+            train: true,
+            seed: mb.seed,
+            mask_time,
+            mask_features,
+            checkpoint: self.options.checkpoint,
+            fp16: self.options.fp16,
+            ..Forward::default()
+        };
+        let out = model.forward(&tape, &audio, Some(&b.audio_lengths), &opts)?;
+        let (loss, _) = model.ctc_loss(&out.logits, &out.frames, &b.targets)?;
+        let loss = loss.scale(1.0 / self.options.grad_accum.max(1) as f32, 0.0)?;
+        // CTC with zero_infinity turns non-finite logits into a loss of 0: 0 * |logits| (0, or
+        // NaN when a logit is not finite) added to the loss makes it say NaN.
+        let finite_check = reduce::global_norm_scaled(gpu, &[&out.logits.value], 0.0)?;
+        Ok(Forwarded {
+            tape,
+            loss,
+            finite_check,
+        })
+    }
+
+    /// Backward from a forward pass (on the loss times the loss scale under fp16; the update
+    /// unscales). Returns the micro-batch's loss, NaN when it or a logit was not finite.
+    pub fn backward(&self, f: Forwarded) -> Result<Tensor> {
+        let scale = self.scaler.as_ref().map_or(1.0, |s| s.scale);
+        f.tape.backward(&f.loss.scale(scale, 0.0)?, &[])?;
+        Ok(elementwise::add(&f.loss.value, &f.finite_check)?)
+    }
+
+    /// Clipping and the AdamW update at learning rate `lr`; a non-finite `loss` skips the step
+    /// as a non-finite gradient norm does. Returns (gradient norm, skipped).
+    pub fn update(&mut self, loss: &Tensor, lr: f32) -> Result<(f32, bool)> {
+        // 0 * loss joins the gradient norm the update kernels check.
+        self.opt
+            .set_guard(Some(elementwise::scale(loss, 0.0, 0.0)?));
+        let max_norm = self.options.max_grad_norm;
+        let outcome = match self.scaler.as_mut() {
+            Some(scaler) => scaler.step(&mut self.opt, lr, max_norm)?,
+            None => self.opt.clip_and_step(lr, max_norm)?,
+        };
+        self.opt.zero_grad();
+        Ok((outcome.grad_norm, outcome.skipped))
+    }
+
+    /// SpecAugment's time and feature masks for a micro-batch, drawn from its seed as the
+    /// model's config says (HF's `_compute_mask_indices`).
+    fn spec_augment(&self, mb: &MicroBatch) -> (Option<Vec<f32>>, Option<Vec<f32>>) {
+        let c = &self.model.config;
+        let b = mb.batch.len();
+        let mut rng = Rng::new(mb.seed);
+        let frames = self.model.frames(&mb.batch.audio_lengths);
+        let mask_time = (c.apply_spec_augment && c.mask_time_prob > 0.0)
+            .then(|| {
+                compute_mask_indices(
+                    &mut rng,
+                    c.frames(mb.batch.max_samples),
+                    &frames,
+                    c.mask_time_prob,
+                    c.mask_time_length,
+                    c.mask_time_min_masks,
+                )
+            })
+            .flatten();
+        let mask_features = (c.apply_spec_augment && c.mask_feature_prob > 0.0)
+            .then(|| {
+                compute_mask_indices(
+                    &mut rng,
+                    c.hidden_size,
+                    &vec![c.hidden_size; b],
+                    c.mask_feature_prob,
+                    c.mask_feature_length,
+                    c.mask_feature_min_masks,
+                )
+            })
+            .flatten();
+        (mask_time, mask_features)
+    }
+}
+
+/// A device error in a forward pass, with the batch that caused it and what to lower.
+fn explain_device_error(e: Error, b: &Batch) -> Error {
+    match e {
+        Error::Engine(crate::engine::Error::Gpu(msg)) => crate::engine::Error::Gpu(format!(
+            "{msg}\n(batch of {} clips, longest {:.1} s: lower --batch-size, set \
+             --max-batch-seconds, or prepare with a smaller --max-seconds)",
+            b.len(),
+            b.max_samples as f64 / crate::data::audio::SAMPLE_RATE as f64
+        ))
+        .into(),
+        e => e,
+    }
+}
