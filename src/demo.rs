@@ -7,7 +7,7 @@ use crate::data::prepare::{self, Source};
 use crate::data::Prepared;
 use crate::error::Result;
 use crate::model::{Config, Wav2Vec2ForCtc};
-use crate::train::{self, RunSummary, TrainArgs};
+use crate::train::{self, RunSummary, TrainOptions};
 use crate::Gpu;
 use std::path::{Path, PathBuf};
 
@@ -77,8 +77,8 @@ pub fn small_config(vocab: usize, pad: usize) -> Config {
 /// Training options for a small model learning from scratch and watched on its training clips:
 /// batch 4, peak lr 3e-3 after a 10% warm-up, no dropout, LayerDrop or masking, the feature
 /// encoder trained too, no checkpoints.
-pub fn from_scratch_args(init: &Path, prep: &Path, out: &Path, steps: u64) -> TrainArgs {
-    TrainArgs {
+pub fn from_scratch_args(init: &Path, prep: &Path, out: &Path, steps: u64) -> TrainOptions {
+    TrainOptions {
         batch_size: 4,
         grad_accum: 1,
         learning_rate: 3e-3,
@@ -93,7 +93,7 @@ pub fn from_scratch_args(init: &Path, prep: &Path, out: &Path, steps: u64) -> Tr
         layerdrop: 0.0,
         freeze_feature_encoder: false,
         eval_split: "train".into(),
-        ..TrainArgs::new(init, prep, out)
+        ..TrainOptions::new(init, prep, out)
     }
 }
 
@@ -111,7 +111,7 @@ pub fn run(gpu: &Gpu, opts: &Options) -> Result<RunSummary> {
     )?;
     train::state::save_model(&init, &model, &data.vocab)?;
     drop(model);
-    let targs = TrainArgs {
+    let targs = TrainOptions {
         eval_steps: opts.eval_steps,
         max_train_samples: Some(opts.clips),
         max_eval_samples: Some(opts.clips),

@@ -4,7 +4,7 @@
 mod common;
 use xlsr::data::Prepared;
 use xlsr::model::Wav2Vec2ForCtc;
-use xlsr::train::{self, TrainArgs};
+use xlsr::train::{self, TrainOptions};
 
 #[test]
 fn overfits_four_clips() {
@@ -22,7 +22,7 @@ fn overfits_four_clips() {
         .ok()
         .and_then(|s| s.parse().ok())
         .unwrap_or(200);
-    let args = TrainArgs {
+    let args = TrainOptions {
         eval_steps: 50,
         ..xlsr::demo::from_scratch_args(&init, &prep, &dir.join("run"), steps)
     };

@@ -10,10 +10,11 @@ mod common;
 use clap::Parser;
 use common::temp_dir;
 use std::path::{Path, PathBuf};
+use xlsr::cli::TrainArgs;
 use xlsr::data::prepare::{self, Options, Source};
 use xlsr::data::Prepared;
 use xlsr::model::Wav2Vec2ForCtc;
-use xlsr::train::{self, TrainArgs};
+use xlsr::train::{self, TrainOptions};
 
 /// A tiny random model for the prepared vocabulary.
 fn tiny_model(dir: &Path, prep: &Path) -> PathBuf {
@@ -37,14 +38,14 @@ struct Cli {
     args: TrainArgs,
 }
 
-fn args(model: &Path, prep: &Path, out: &Path, extra: &[&str]) -> TrainArgs {
+fn args(model: &Path, prep: &Path, out: &Path, extra: &[&str]) -> TrainOptions {
     let mut v: Vec<String> = vec!["train".into()];
     for (k, p) in [("--model", model), ("--data", prep), ("--out", out)] {
         v.push(k.into());
         v.push(p.display().to_string());
     }
     v.extend(extra.iter().map(|s| s.to_string()));
-    Cli::parse_from(v).args
+    Cli::parse_from(v).args.into()
 }
 
 fn losses(run: &Path) -> Vec<(u64, f64)> {
@@ -168,7 +169,7 @@ fn json_config_with_command_line_overrides() {
     )
     .unwrap();
     let mut v = vec!["train".to_string()];
-    v.extend(xlsr::train::args::config_args(&cfg).unwrap());
+    v.extend(xlsr::cli::config_args(&cfg).unwrap());
     v.extend(
         [
             "--model",
@@ -191,7 +192,7 @@ fn json_config_with_command_line_overrides() {
     assert_eq!(a.grad_accum, 2, "notebook default");
     assert_eq!(a.warmup_steps, 500);
     std::fs::write(&cfg, r#"{"batch-size": [1, 2]}"#).unwrap();
-    assert!(xlsr::train::args::config_args(&cfg).is_err());
+    assert!(xlsr::cli::config_args(&cfg).is_err());
 }
 
 #[test]

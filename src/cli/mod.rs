@@ -6,13 +6,14 @@ mod demo;
 mod devices;
 mod eval;
 mod prepare;
+mod train;
 
 pub use bench::BenchArgs;
 pub use demo::DemoArgs;
 pub use eval::{EvalArgs, TranscribeArgs};
 pub use prepare::PrepareArgs;
+pub use train::{config_args, TrainArgs};
 
-use crate::train::TrainArgs;
 use anyhow::Result;
 use clap::{Parser, Subcommand};
 
@@ -62,7 +63,7 @@ pub fn run() -> Result<()> {
             let argv: Vec<String> = std::env::args().collect();
             let at = argv.iter().position(|a| a == "train").unwrap_or(1);
             let mut full = argv[..=at].to_vec();
-            full.extend(crate::train::args::config_args(path)?);
+            full.extend(train::config_args(path)?);
             full.extend(argv[at + 1..].iter().cloned());
             cli = Cli::parse_from(full);
         }
@@ -78,7 +79,7 @@ pub fn run() -> Result<()> {
         }
         Cmd::Train(args) => {
             let gpu = crate::Gpu::new()?;
-            crate::train::run(&gpu, &args)?;
+            crate::train::run(&gpu, &(*args).into())?;
         }
         Cmd::Eval(args) => eval::eval(&args)?,
     }

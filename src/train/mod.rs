@@ -3,13 +3,13 @@
 //! dropout and LayerDrop (all derived from `--seed` and the step, so a resumed run repeats an
 //! uninterrupted one exactly), periodic evaluation, checkpoints and the final HF model folder.
 
-pub mod args;
 pub mod eval;
+pub mod options;
 pub mod state;
 pub mod step;
 
-pub use args::TrainArgs;
 pub use eval::{evaluate, EvalResult};
+pub use options::TrainOptions;
 pub use state::TrainerState;
 pub use step::{MicroBatch, StepOptions, StepOutcome, TrainStep};
 
@@ -64,7 +64,7 @@ fn derive(seed: u64, step: u64, micro: u64) -> u64 {
 }
 
 /// Runs `xlsr train`.
-pub fn run(gpu: &Gpu, args: &TrainArgs) -> Result<RunSummary> {
+pub fn run(gpu: &Gpu, args: &TrainOptions) -> Result<RunSummary> {
     args.validate()?;
     let fp16 = args.fp16 && gpu.has_f16();
     if args.fp16 && !fp16 {
@@ -462,7 +462,7 @@ pub fn run(gpu: &Gpu, args: &TrainArgs) -> Result<RunSummary> {
 /// The options a resumed run uses: the checkpoint's (saved in its trainer_state.json), with
 /// the differences on the command line listed, or with `--override` the command line's. The
 /// weights always come from the checkpoint, whatever `--model` says.
-fn resumed_args(args: &TrainArgs, checkpoint: &Path) -> TrainArgs {
+fn resumed_args(args: &TrainOptions, checkpoint: &Path) -> TrainOptions {
     use serde_json::Value;
     const OWN: [&str; 4] = ["out", "resume", "overwrite", "override"];
     let saved = std::fs::read_to_string(checkpoint.join("trainer_state.json"))
@@ -503,7 +503,7 @@ fn resumed_args(args: &TrainArgs, checkpoint: &Path) -> TrainArgs {
             merged.insert(k.into(), v.clone());
         }
     }
-    match serde_json::from_value::<TrainArgs>(Value::Object(merged)) {
+    match serde_json::from_value::<TrainOptions>(Value::Object(merged)) {
         Ok(a) => {
             eprintln!(
                 "note: resuming with the checkpoint's options; these differ on the command \

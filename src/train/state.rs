@@ -32,7 +32,7 @@ pub struct TrainerState {
     /// current run's checkpoints. Empty in checkpoints written before it existed.
     #[serde(default)]
     pub run_id: String,
-    /// The run's options (`TrainArgs` as JSON), so that `--resume` can say which differ.
+    /// The run's options (`TrainOptions` as JSON), so that `--resume` can say which differ.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub args: Option<serde_json::Value>,
     /// The fp16 loss scaler's state (absent in f32 runs).
