@@ -6,9 +6,10 @@
 // its output accumulator whenever the max grows, so one pass gives the exact softmax; it saves
 // only the row's logsumexp L. Backward recomputes each probability as exp(s - L) from q and k.
 //
-// Dropout uses dropout.wgsl's counter-based hash on the index the probability would have had
-// in the full [B, H, T, T] tensor, ((bh * T) + i) * T + j, so the fused result equals
-// softmax -> dropout -> matmul mask for mask, and backward regenerates the mask for free.
+// Dropout draws as dropout.wgsl does (`dropout_draw`, common.wgsl), on the index the
+// probability would have had in the full [B, H, T, T] tensor, ((bh * T) + i) * T + j, so the
+// fused result equals softmax -> dropout -> matmul mask for mask, and backward regenerates the
+// mask for free.
 //
 // Backward, with P = softmax, M the keep mask, P~ = P * M / (1 - p) and dO the upstream grad:
 //   dV_j = sum_i P~_ij dO_i
@@ -24,7 +25,7 @@
 // its row's vectors in private arrays of MAX_D / 4 vec4s (zero past D). Workgroups are
 // (row tile, bh). Each kernel body takes the vec4 count as an argument and the entry point
 // calls it with the constant MAX_D4 when D = 64: after inlining, the D loops have a constant
-// trip count, unroll, and the private rows live in registers (1.5x on lavapipe's backward). The key mask is
+// trip count, unroll, and the private rows live in registers. The key mask is
 // [B, T] additive (0 or f32::MIN), batch = bh / heads. Scores stay finite: the running max
 // starts at the lowest finite f32, and score + f32::MIN is finite (it rounds to f32::MIN), so a
 // row whose every key is masked comes out uniform, as softmax.wgsl makes it.
@@ -74,20 +75,11 @@ var<workgroup> tb: array<vec4<f32>, TILE * MAX_D4>;   // v (fwd, bwd_q) or dO (b
 var<workgroup> tc: array<f32, TILE>;                  // key mask, or L of the staged queries
 var<workgroup> td: array<f32, TILE>;                  // Drow of the staged queries
 
-// PCG-style hash, exactly dropout.wgsl's keep().
-fn pcg(x: u32) -> u32 {
-    let state = x * 747796405u + 2891336453u;
-    let word = ((state >> ((state >> 28u) + 4u)) ^ state) * 277803737u;
-    return (word >> 22u) ^ word;
-}
-
 // Mask / (1 - p) for probability (bh, i, j): 0 for a dropped element.
 fn keep_scale(bh: u32, i: u32, j: u32) -> f32 {
     if p.p <= 0.0 { return 1.0; }
     let idx = ((p.bh0 + bh) * p.t + i) * p.t + j;
-    let h = pcg(pcg(idx ^ p.seed_lo) + p.seed_hi);
-    let u = f32(h >> 8u) * (1.0 / 16777216.0);
-    return select(0.0, 1.0 / (1.0 - p.p), u >= p.p);
+    return select(0.0, 1.0 / (1.0 - p.p), dropout_draw(idx, p.seed_lo, p.seed_hi) >= p.p);
 }
 
 fn key_mask(bh: u32, j: u32) -> f32 {

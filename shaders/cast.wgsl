@@ -19,10 +19,6 @@ struct Params {
 @group(0) @binding(1) var<storage, read> src: array<u32>;
 @group(0) @binding(2) var<storage, read_write> dst: array<u32>;
 
-fn lin(gid: vec3<u32>, nwg: vec3<u32>) -> u32 {
-    return gid.x + gid.y * nwg.x * 256u;
-}
-
 // f32 bits -> f16 bits. pack2x16float is indeterminate out of range, so overflow, inf and NaN
 // are decided on the bits first.
 fn half_bits(bits: u32) -> u32 {

@@ -17,23 +17,8 @@ struct Params {
 @group(0) @binding(1) var<storage, read> x: array<f32>;
 @group(0) @binding(2) var<storage, read_write> out: array<f32>;
 
-fn lin(gid: vec3<u32>, nwg: vec3<u32>) -> u32 {
-    return gid.x + gid.y * nwg.x * 256u;
-}
-
-// PCG-style hash (Jarzynski & Olano, "Hash Functions for GPU Rendering", 2020), applied twice
-// to mix in both seed words.
-fn pcg(v: u32) -> u32 {
-    let state = v * 747796405u + 2891336453u;
-    let word = ((state >> ((state >> 28u) + 4u)) ^ state) * 277803737u;
-    return (word >> 22u) ^ word;
-}
-
 fn keep(i: u32) -> bool {
-    let h = pcg(pcg(i ^ p.seed_lo) + p.seed_hi);
-    // 24 high-quality bits -> uniform in [0, 1).
-    let u = f32(h >> 8u) * (1.0 / 16777216.0);
-    return u >= p.p;
+    return dropout_draw(i, p.seed_lo, p.seed_hi) >= p.p;
 }
 
 // Forward and backward are the same map: multiply by mask / (1 - p).

@@ -29,11 +29,6 @@ struct Params {
 
 var<workgroup> red: array<f32, 256>;
 
-fn lin(gid: vec3<u32>, nwg: vec3<u32>) -> u32 {
-    return gid.x + gid.y * nwg.x * 256u;
-}
-
-
 // One workgroup per partial: grid-stride loop, then a tree reduction in shared memory.
 @compute @workgroup_size(256)
 fn sum_all(@builtin(local_invocation_id) lid: vec3<u32>, @builtin(workgroup_id) wid: vec3<u32>,

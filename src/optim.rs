@@ -8,10 +8,11 @@
 //! skipped; it rides on the submission that runs the updates, so it costs no extra stall.
 
 use crate::autograd::Param;
+use crate::engine::params::kernel_params;
 use crate::engine::Tensor;
 use crate::engine::{grid, Kernel};
 use crate::error::{shape_err, Error, Result};
-use crate::ops::{dummy, f, reduce::global_norm_scaled, row_chunks};
+use crate::ops::{dummy, reduce::global_norm_scaled, row_chunks};
 use std::rc::Rc;
 
 const ADAMW: Kernel = Kernel {
@@ -20,6 +21,36 @@ const ADAMW: Kernel = Kernel {
     reads: 2,
     writes: 3,
 };
+
+kernel_params! {
+    /// `adamw.wgsl`'s uniforms.
+    pub struct AdamwParams in ["adamw"] {
+        /// Elements in this chunk.
+        n: u32,
+        /// 1: `norm` holds the global grad norm; do nothing if it is not finite.
+        has_norm: u32,
+        /// Above 0: scale gradients by min(1, max_norm / (norm + 1e-6)).
+        max_norm: f32,
+        /// 1 - lr * weight_decay.
+        decay: f32,
+        /// Lerp weight of m towards the gradient.
+        one_minus_b1: f32,
+        /// Decay rate of v.
+        b2: f32,
+        /// 1 - b2.
+        one_minus_b2: f32,
+        /// lr / (1 - beta1^t).
+        step_size: f32,
+        /// sqrt(1 - beta2^t).
+        bc2_sqrt: f32,
+        /// Added to the denominator.
+        eps: f32,
+        /// Undoes loss scaling (1 without it); `norm` is already unscaled.
+        inv_scale: f32,
+        /// Padding.
+        _p1: u32,
+    }
+}
 
 /// AdamW hyper-parameters (defaults: HF `TrainingArguments`' adam_beta1/2, adam_epsilon,
 /// weight_decay).
@@ -211,20 +242,20 @@ impl AdamW {
             let d = dummy(gpu)?;
             let norm = grad_norm.unwrap_or(&d);
             for (s, len) in row_chunks(gpu, "adamw", x.numel(), 1)? {
-                let params = [
-                    len as u32,
-                    grad_norm.is_some() as u32,
-                    f(if max_norm > 0.0 { max_norm } else { 0.0 }),
-                    f((1.0 - lr64 * wd) as f32),
-                    f((1.0 - b1) as f32),
-                    f(b2 as f32),
-                    f((1.0 - b2) as f32),
-                    f((lr64 / bc1) as f32),
-                    f(bc2.sqrt() as f32),
-                    f(self.eps as f32),
-                    f(inv_scale),
-                    0,
-                ];
+                let params = AdamwParams {
+                    n: len as u32,
+                    has_norm: grad_norm.is_some() as u32,
+                    max_norm: if max_norm > 0.0 { max_norm } else { 0.0 },
+                    decay: (1.0 - lr64 * wd) as f32,
+                    one_minus_b1: (1.0 - b1) as f32,
+                    b2: b2 as f32,
+                    one_minus_b2: (1.0 - b2) as f32,
+                    step_size: (lr64 / bc1) as f32,
+                    bc2_sqrt: bc2.sqrt() as f32,
+                    eps: self.eps as f32,
+                    inv_scale,
+                    ..Default::default()
+                };
                 gpu.dispatch(
                     &ADAMW,
                     &params,

@@ -2,6 +2,7 @@
 //! groups, submits and waits.
 
 use super::error::{Error, Result};
+use super::params::{base_file, KernelParams};
 use super::pipelines::{Kernel, Pipeline};
 use super::profile::PROFILE_PAIRS;
 use super::Gpu;
@@ -50,12 +51,12 @@ pub(super) struct Batch {
 }
 
 impl Gpu {
-    /// Records one kernel launch. `params` fill the kernel's uniform struct (u32 words; f32 via
-    /// `to_bits`). Nothing runs until the batch is submitted.
-    pub fn dispatch(
+    /// Records one kernel launch. `params` fill the kernel's uniform struct, of a type that
+    /// mirrors the kernel file's WGSL `Params`. Nothing runs until the batch is submitted.
+    pub fn dispatch<P: KernelParams>(
         &self,
         k: &Kernel,
-        params: &[u32],
+        params: &P,
         bufs: &[BufRef<'_>],
         groups: [u32; 3],
     ) -> Result<()> {
@@ -65,11 +66,11 @@ impl Gpu {
 
     /// [`Gpu::dispatch`] with the batch already locked, so that a caller can stage data for
     /// the kernel (an upload) and record it without another thread submitting in between.
-    pub(super) fn dispatch_locked(
+    pub(super) fn dispatch_locked<P: KernelParams>(
         &self,
         batch: &mut Batch,
         k: &Kernel,
-        params: &[u32],
+        params: &P,
         bufs: &[BufRef<'_>],
         groups: [u32; 3],
     ) -> Result<()> {
@@ -104,8 +105,16 @@ impl Gpu {
                 });
             }
         }
-        if params.len() * 4 > UNIFORM_SLOT as usize {
+        if size_of::<P>() > UNIFORM_SLOT as usize {
             return Err(Error::Gpu(format!("{}: too many params", k.entry)));
+        }
+        if !P::FILES.contains(&base_file(k.file)) {
+            return Err(Error::Gpu(format!(
+                "{}: params for {:?} given to a kernel of {}.wgsl",
+                k.entry,
+                P::FILES,
+                k.file
+            )));
         }
         let pipeline = self.pipeline(k)?;
         let accounting = self.is_accounting_only();
@@ -114,9 +123,7 @@ impl Gpu {
         }
         let slot = batch.slots;
         batch.slots += 1;
-        batch
-            .uniforms
-            .extend_from_slice(bytemuck::cast_slice(params));
+        batch.uniforms.extend_from_slice(bytemuck::bytes_of(params));
         batch
             .uniforms
             .resize(((slot + 1) * UNIFORM_SLOT) as usize, 0);

@@ -11,13 +11,14 @@
 //!
 //! Rooms: [`adapter`] (choice, features), [`pool`] (buffers by size class), [`pipelines`]
 //! (shader registry and variants, layouts, pipelines), [`dispatch`] (the batch, bind groups,
-//! submits), [`transfer`] (uploads, zero fills, read-back), [`profile`] (counters, timestamps),
-//! [`tensor`], [`dtype`], [`error`].
+//! submits), [`params`] (typed kernel uniforms), [`transfer`] (uploads, zero fills, read-back),
+//! [`profile`] (counters, timestamps), [`tensor`], [`dtype`], [`error`].
 
 pub mod adapter;
 pub mod dispatch;
 pub mod dtype;
 pub mod error;
+pub mod params;
 pub mod pipelines;
 pub mod pool;
 pub mod profile;
@@ -28,6 +29,7 @@ pub use adapter::{adapters, coop_usable, AdapterSummary};
 pub use dispatch::{grid, BufRef, ARENA_SLOTS};
 pub use dtype::DType;
 pub use error::{Error, Result};
+pub use params::KernelParams;
 pub use pipelines::{Kernel, COOP128_VARIANTS, COOP_VARIANTS, F16_SUFFIX};
 pub use profile::Counters;
 pub use tensor::Tensor;

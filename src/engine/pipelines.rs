@@ -6,7 +6,7 @@ use super::Gpu;
 use std::sync::Arc;
 
 /// WGSL sources, one file per kernel family, compiled once per device on first use.
-const SHADERS: &[(&str, &str)] = &[
+pub(super) const SHADERS: &[(&str, &str)] = &[
     ("matmul", include_str!("../../shaders/matmul.wgsl")),
     (
         "elementwise",
@@ -60,6 +60,24 @@ pub const COOP128_VARIANTS: [[&str; 2]; 2] = [
 pub const F16_SUFFIX: &str = "_f16";
 const IN_F32: &str = "alias In = f32;";
 
+/// Helpers shared by the kernel files, prepended to each (after its `enable` directives, which
+/// WGSL wants before any declaration).
+const PRELUDE: &str = include_str!("../../shaders/common.wgsl");
+
+/// `src` with [`PRELUDE`] inserted after its leading `enable` lines.
+fn with_prelude(src: &str) -> String {
+    let mut at = 0;
+    for line in src.split_inclusive('\n') {
+        let t = line.trim();
+        if !(t.is_empty() || t.starts_with("//") || t.starts_with("enable ")) {
+            break;
+        }
+        at += line.len();
+    }
+    let (head, body) = src.split_at(at);
+    format!("{head}{PRELUDE}\n{body}")
+}
+
 /// The WGSL source of a kernel file, f16 variants derived as [`F16_SUFFIX`] says and the
 /// cooperative-matrix GEMM's transpose variants as [`COOP_VARIANTS`] says.
 fn shader_source(file: &str) -> Result<String> {
@@ -82,8 +100,9 @@ fn shader_source(file: &str) -> Result<String> {
         .find(|(n, _)| *n == base)
         .map(|(_, s)| *s)
         .ok_or_else(|| Error::Gpu(format!("unknown shader file {file}")))?;
+    let src = with_prelude(src);
     if base == file {
-        return Ok(src.to_string());
+        return Ok(src);
     }
     if !src.contains(IN_F32) {
         return Err(Error::Gpu(format!(

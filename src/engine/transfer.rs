@@ -3,6 +3,7 @@
 
 use super::dispatch::{grid, BufRef, ARENA_SLOTS};
 use super::error::{Error, Result};
+use super::params::kernel_params;
 use super::pipelines::Kernel;
 use super::Gpu;
 
@@ -19,6 +20,20 @@ const COPY_WORDS: Kernel = Kernel {
     entry: "copy_words",
     ..FILL_WORDS
 };
+
+kernel_params! {
+    /// `words.wgsl`'s uniforms.
+    pub struct WordsParams in ["words"] {
+        /// Words to write.
+        n: u32,
+        /// Word offset in the source (`copy_words`).
+        src_off: u32,
+        /// Word offset in the destination.
+        dst_off: u32,
+        /// The word written (`fill_words`).
+        value: u32,
+    }
+}
 
 impl Gpu {
     pub(super) fn map_read<T: bytemuck::Pod>(
@@ -122,7 +137,10 @@ impl Gpu {
         self.dispatch_locked(
             &mut batch,
             &COPY_WORDS,
-            &[words, 0, 0, 0],
+            &WordsParams {
+                n: words,
+                ..Default::default()
+            },
             &[
                 BufRef {
                     buffer: &arena,
@@ -186,7 +204,10 @@ impl Gpu {
             };
             self.dispatch(
                 &FILL_WORDS,
-                &[words as u32, 0, 0, 0],
+                &WordsParams {
+                    n: words as u32,
+                    ..Default::default()
+                },
                 &[unused, d],
                 grid(words, 256),
             )?;

@@ -2,6 +2,7 @@
 
 use super::{check_f32, dummy, row_chunks};
 use crate::engine::error::{shape_err, Result};
+use crate::engine::params::kernel_params;
 use crate::engine::{grid, Kernel};
 use crate::engine::{DType, Tensor};
 
@@ -11,6 +12,20 @@ const fn k(entry: &'static str) -> Kernel {
         entry,
         reads: 2,
         writes: 1,
+    }
+}
+
+kernel_params! {
+    /// `activation.wgsl`'s uniforms.
+    pub struct ActivationParams in ["activation"] {
+        /// Elements in this chunk.
+        n: u32,
+        /// Padding.
+        _p0: u32,
+        /// Padding.
+        _p1: u32,
+        /// Padding.
+        _p2: u32,
     }
 }
 
@@ -58,7 +73,10 @@ fn run(kernel: Kernel, x: &Tensor, dy: Option<&Tensor>) -> Result<Tensor> {
         let dyr = dy.map_or(d.bind(), |t| t.bind_range(s, len));
         gpu.dispatch(
             &kernel,
-            &[len as u32, 0, 0, 0],
+            &ActivationParams {
+                n: len as u32,
+                ..Default::default()
+            },
             &[x.bind_range(s, len), dyr, out.bind_range(s, len)],
             grid(len as u64, 256),
         )?;

@@ -1,7 +1,8 @@
 //! Fused multi-head attention (flash-attention style): softmax(q kᵀ·scale + mask), dropout, @ v.
 
-use super::{check_dtype, check_f32, dummy, f, shifted_chunks};
+use super::{check_dtype, check_f32, dummy, shifted_chunks};
 use crate::engine::error::{shape_err, Error, Result};
+use crate::engine::params::kernel_params;
 use crate::engine::{grid, BufRef, Kernel};
 use crate::engine::{DType, Tensor};
 
@@ -10,6 +11,44 @@ pub const MAX_HEAD_DIM: usize = 64;
 
 /// Rows (threads) per workgroup in the row-tiled kernels, as `ROWS` in attention.wgsl.
 const ROWS: usize = 64;
+
+kernel_params! {
+    /// `attention.wgsl`'s uniforms.
+    pub struct AttentionParams in ["attention"] {
+        /// Batch * heads rows in this chunk.
+        bh: u32,
+        /// Sequence length (queries = keys).
+        t: u32,
+        /// Head dim, at most [`MAX_HEAD_DIM`].
+        d: u32,
+        /// Heads (a key mask row serves `heads` consecutive rows).
+        heads: u32,
+        /// 1: add the key mask.
+        has_mask: u32,
+        /// Softmax scale.
+        scale: f32,
+        /// Dropout probability.
+        p: f32,
+        /// Low word of the dropout seed.
+        seed_lo: u32,
+        /// High word of the dropout seed.
+        seed_hi: u32,
+        /// Global index of this chunk's first (batch, head) row (dropout, key mask).
+        bh0: u32,
+        /// Element shift of q, k and v within their (aligned-down) bindings.
+        off_in: u32,
+        /// The same for O, dO, dQ, dK and dV.
+        off_f: u32,
+        /// The same for L.
+        off_l: u32,
+        /// The same for the backward stats.
+        off_s: u32,
+        /// Padding.
+        _p0: u32,
+        /// Padding.
+        _p1: u32,
+    }
+}
 
 const FWD: Kernel = Kernel {
     file: "attention",
@@ -142,26 +181,25 @@ fn params(
     scale: f32,
     dropout: f32,
     seed: u64,
-    chunk: [u32; 5],
-) -> [u32; 16] {
-    [
-        g.bh as u32,
-        g.t as u32,
-        g.d as u32,
-        heads as u32,
-        has_mask as u32,
-        f(scale),
-        f(dropout),
-        seed as u32,
-        (seed >> 32) as u32,
-        chunk[0],
-        chunk[1],
-        chunk[2],
-        chunk[3],
-        chunk[4],
-        0,
-        0,
-    ]
+    [bh0, off_in, off_f, off_l, off_s]: [u32; 5],
+) -> AttentionParams {
+    AttentionParams {
+        bh: g.bh as u32,
+        t: g.t as u32,
+        d: g.d as u32,
+        heads: heads as u32,
+        has_mask: has_mask as u32,
+        scale,
+        p: dropout,
+        seed_lo: seed as u32,
+        seed_hi: (seed >> 32) as u32,
+        bh0,
+        off_in,
+        off_f,
+        off_l,
+        off_s,
+        ..Default::default()
+    }
 }
 
 /// Workgroups for a kernel with one thread per row of T, over (row tiles, bh).

@@ -1,6 +1,7 @@
 //! f32 <-> f16 conversion for mixed precision; each direction is the other's backward.
 
 use crate::engine::error::{Error, Result};
+use crate::engine::params::kernel_params;
 use crate::engine::{grid, Kernel};
 use crate::engine::{DType, Tensor};
 
@@ -16,6 +17,20 @@ const TO_F32: Kernel = Kernel {
     reads: 1,
     writes: 1,
 };
+
+kernel_params! {
+    /// `cast.wgsl`'s uniforms.
+    pub struct CastParams in ["cast"] {
+        /// Elements in this chunk.
+        n: u32,
+        /// Padding.
+        _p0: u32,
+        /// Padding.
+        _p1: u32,
+        /// Padding.
+        _p2: u32,
+    }
+}
 
 /// Elements per chunk granule: 128 f16 are 256 bytes, so chunk starts stay offset-aligned on
 /// both the f32 and the f16 side.
@@ -37,7 +52,10 @@ fn cast(x: &Tensor, from: DType, to: DType, k: &Kernel) -> Result<Tensor> {
         let len = (nr * GRANULE).min(n - s);
         gpu.dispatch(
             k,
-            &[len as u32, 0, 0, 0],
+            &CastParams {
+                n: len as u32,
+                ..Default::default()
+            },
             &[x.bind_range(s, len), out.bind_range(s, len)],
             grid(len.div_ceil(2) as u64, 256),
         )?;

@@ -2,6 +2,7 @@
 
 use super::{binding_room, check_f32, copy, dummy, elementwise, reduce, shifted_chunks};
 use crate::engine::error::{shape_err, Result};
+use crate::engine::params::kernel_params;
 use crate::engine::{grid, Kernel};
 use crate::engine::{DType, Tensor};
 
@@ -20,6 +21,44 @@ const BWD_BIAS: Kernel = k("conv1d_bwd_bias");
 const FORWARD: u32 = 0;
 const INPUT_GRAD: u32 = 1;
 const WEIGHT_GRAD: u32 = 2;
+
+kernel_params! {
+    /// `conv1d.wgsl`'s uniforms.
+    pub struct Conv1dParams in ["conv1d"] {
+        /// Clips in this chunk.
+        batch: u32,
+        /// Input channels.
+        cin: u32,
+        /// Input length.
+        lin: u32,
+        /// Output channels.
+        cout: u32,
+        /// Output length.
+        lout: u32,
+        /// Kernel taps.
+        k: u32,
+        /// Step between output frames.
+        stride: u32,
+        /// Zeros added at both ends.
+        pad: u32,
+        /// Channel groups.
+        groups: u32,
+        /// 1: add the bias (forward) or compute its gradient.
+        has_bias: u32,
+        /// 1: add into the output.
+        accum: u32,
+        /// Element shift of x within its (aligned-down) binding.
+        off_x: u32,
+        /// The same for the bias or dy binding.
+        off_aux: u32,
+        /// The same for the output.
+        off_out: u32,
+        /// `conv1d_gemm`: 0 forward, 1 input gradient, 2 weight gradient.
+        mode: u32,
+        /// Mode 2: workgroups the reduction over (b, t) is split across.
+        splits: u32,
+    }
+}
 
 /// Geometry of a Conv1d.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -90,32 +129,23 @@ fn geometry(c: &Conv1d, x: &Tensor, w: &Tensor) -> Result<Geo> {
     })
 }
 
-#[allow(clippy::too_many_arguments)] // one argument per uniform field
-fn params(
-    c: &Conv1d,
-    g: &Geo,
-    batch: usize,
-    has_bias: bool,
-    accum: bool,
-    offs: [u32; 3],
-    mode: u32,
-) -> Vec<u32> {
-    let mut v = vec![
-        batch as u32,
-        g.cin as u32,
-        g.lin as u32,
-        g.cout as u32,
-        g.lout as u32,
-        g.k as u32,
-        c.stride as u32,
-        c.padding as u32,
-        c.groups as u32,
-        has_bias as u32,
-        accum as u32,
-    ];
-    v.extend(offs);
-    v.extend([mode, 1]);
-    v
+/// The uniforms every dispatch over this geometry shares; flags, shifts and splits are set
+/// per dispatch.
+fn params(c: &Conv1d, g: &Geo, batch: usize, mode: u32) -> Conv1dParams {
+    Conv1dParams {
+        batch: batch as u32,
+        cin: g.cin as u32,
+        lin: g.lin as u32,
+        cout: g.cout as u32,
+        lout: g.lout as u32,
+        k: g.k as u32,
+        stride: c.stride as u32,
+        pad: c.padding as u32,
+        groups: c.groups as u32,
+        mode,
+        splits: 1,
+        ..Default::default()
+    }
 }
 
 /// y = conv1d(x, w) + bias; x [B, Cin, L], w [Cout, Cin/groups, K] -> y [B, Cout, Lout].
@@ -148,7 +178,12 @@ pub fn forward(c: &Conv1d, x: &Tensor, w: &Tensor, bias: Option<&Tensor>) -> Res
         let (yr, oy) = y.bind_shifted(b0 * yo, nb * yo);
         gpu.dispatch(
             &GEMM,
-            &params(c, &g, nb, bias.is_some(), false, [ox, 0, oy], FORWARD),
+            &Conv1dParams {
+                has_bias: bias.is_some() as u32,
+                off_x: ox,
+                off_out: oy,
+                ..params(c, &g, nb, FORWARD)
+            },
             &[xr, w.bind(), br, yr],
             [
                 g.lout.div_ceil(64) as u32,
@@ -209,7 +244,12 @@ pub fn backward(
         let (dyr, ody) = dy.bind_shifted(b0 * yo, nb * yo);
         if let Some(dx) = &dx {
             let (dxr, odx) = dx.bind_shifted(b0 * xi, nb * xi);
-            let pr = params(c, &g, nb, has_bias, false, [0, ody, odx], INPUT_GRAD);
+            let pr = Conv1dParams {
+                has_bias: has_bias as u32,
+                off_aux: ody,
+                off_out: odx,
+                ..params(c, &g, nb, INPUT_GRAD)
+            };
             gpu.dispatch(
                 &GEMM,
                 &pr,
@@ -227,16 +267,14 @@ pub fn backward(
         let splits = (256 / (tiles * c.groups).max(1))
             .min(nb * g.lout / 512)
             .clamp(1, 64);
-        let mut pr = params(
-            c,
-            &g,
-            nb,
-            has_bias,
-            i > 0 && splits == 1,
-            [ox, ody, 0],
-            WEIGHT_GRAD,
-        );
-        pr[15] = splits as u32;
+        let pr = Conv1dParams {
+            has_bias: has_bias as u32,
+            accum: (i > 0 && splits == 1) as u32,
+            off_x: ox,
+            off_aux: ody,
+            splits: splits as u32,
+            ..params(c, &g, nb, WEIGHT_GRAD)
+        };
         let target = if splits == 1 {
             dw.clone()
         } else {
@@ -371,7 +409,10 @@ fn forward_windows(
         let yw = Tensor::uninit(gpu, &[1, g.cout, n], DType::F32)?;
         gpu.dispatch(
             &GEMM,
-            &params(&fw.conv, &fw.geo, 1, bias.is_some(), false, [0; 3], FORWARD),
+            &Conv1dParams {
+                has_bias: bias.is_some() as u32,
+                ..params(&fw.conv, &fw.geo, 1, FORWARD)
+            },
             &[
                 xw.bind(),
                 w.bind(),
@@ -409,15 +450,11 @@ fn backward_windows(
     for (i, fw) in frame_windows(c, g, win)?.iter().enumerate() {
         let xw = copy::time_window(x, fw.b, fw.s0, fw.geo.lin)?;
         let dyw = copy::time_window(dy, fw.b, fw.t0, fw.geo.lout)?;
-        let pr = params(
-            &fw.conv,
-            &fw.geo,
-            1,
-            db.is_some(),
-            i > 0,
-            [0; 3],
-            WEIGHT_GRAD,
-        );
+        let pr = Conv1dParams {
+            has_bias: db.is_some() as u32,
+            accum: (i > 0) as u32,
+            ..params(&fw.conv, &fw.geo, 1, WEIGHT_GRAD)
+        };
         gpu.dispatch(
             &GEMM,
             &pr,
@@ -463,7 +500,7 @@ fn backward_windows(
                 );
                 gpu.dispatch(
                     &GEMM,
-                    &params(&cw, &gw, 1, false, false, [0; 3], INPUT_GRAD),
+                    &params(&cw, &gw, 1, INPUT_GRAD),
                     &[d.bind(), w.bind(), dyw.bind(), dxw.bind()],
                     [
                         ls.div_ceil(64) as u32,

@@ -2,6 +2,7 @@
 
 use super::{binding_room, check_f32, dims8, strides, MAX_DIMS};
 use crate::engine::error::{shape_err, Result};
+use crate::engine::params::kernel_params;
 use crate::engine::{grid, Kernel};
 use crate::engine::{DType, Tensor};
 
@@ -11,6 +12,26 @@ const COPY: Kernel = Kernel {
     reads: 1,
     writes: 1,
 };
+
+kernel_params! {
+    /// `copy.wgsl`'s uniforms.
+    pub struct CopyParams in ["copy"] {
+        /// Elements in the region.
+        n: u32,
+        /// Dims of the region.
+        ndim: u32,
+        /// Element shift of the source within its (aligned-down) binding.
+        src_off: u32,
+        /// The same for the destination.
+        dst_off: u32,
+        /// The region's extents.
+        shape: [[u32; 4]; 2],
+        /// Source strides.
+        src_stride: [[u32; 4]; 2],
+        /// Destination strides.
+        dst_stride: [[u32; 4]; 2],
+    }
+}
 
 /// Copies the region `shape` from `x` (at `src_off`, strides `src_st`) into `out`. Each side
 /// is bound only over the span the region touches; a region whose span exceeds one binding is
@@ -61,10 +82,15 @@ fn copy_region(
     }
     let (xr, so) = x.bind_shifted(src_off, ss);
     let (or, doff) = out.bind_shifted(dst_off, ds);
-    let mut params = vec![n as u32, shape.len() as u32, so, doff];
-    params.extend(dims8(shape));
-    params.extend(dims8(src_st));
-    params.extend(dims8(dst_st));
+    let params = CopyParams {
+        n: n as u32,
+        ndim: shape.len() as u32,
+        src_off: so,
+        dst_off: doff,
+        shape: dims8(shape),
+        src_stride: dims8(src_st),
+        dst_stride: dims8(dst_st),
+    };
     gpu.dispatch(&COPY, &params, &[xr, or], grid(n as u64, 256))
 }
 

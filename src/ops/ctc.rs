@@ -4,6 +4,7 @@
 
 use super::{check_f32, elementwise, reduce, softmax};
 use crate::engine::error::{shape_err, Error, Result};
+use crate::engine::params::kernel_params;
 use crate::engine::{grid, Kernel};
 use crate::engine::{DType, Tensor};
 
@@ -19,6 +20,28 @@ const ALPHA_BETA: Kernel = k("ctc_alpha_beta");
 const GRAD: Kernel = k("ctc_grad");
 /// Longest extended label sequence a workgroup holds (2 * 1023 + 1).
 const MAX_S: usize = 2047;
+
+kernel_params! {
+    /// `ctc.wgsl`'s uniforms.
+    pub struct CtcParams in ["ctc"] {
+        /// Utterances.
+        batch: u32,
+        /// Frames.
+        t_max: u32,
+        /// Vocabulary size.
+        vocab: u32,
+        /// Extended label sequence length: 2 * longest target + 1.
+        s_max: u32,
+        /// Padded target length.
+        l_max: u32,
+        /// The blank id.
+        blank: u32,
+        /// 1: infinite losses (and their gradients) become zero.
+        zero_inf: u32,
+        /// Padding.
+        _p0: u32,
+    }
+}
 
 /// How per-utterance losses are combined.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -45,7 +68,7 @@ pub struct Ctc {
     targets: Tensor,
     lens: Tensor,
     weights: Tensor,
-    params: Vec<u32>,
+    params: CtcParams,
     reduction: Reduction,
 }
 
@@ -168,16 +191,16 @@ pub fn ctc_loss(
     let alpha = Tensor::uninit(gpu, &[b, t, s_max], DType::F32)?;
     let beta = Tensor::uninit(gpu, &[b, t, s_max], DType::F32)?;
     let nll = Tensor::uninit(gpu, &[b], DType::F32)?;
-    let params = vec![
-        b as u32,
-        t as u32,
-        v as u32,
-        s_max as u32,
-        l_max as u32,
-        blank as u32,
-        zero_infinity as u32,
-        0,
-    ];
+    let params = CtcParams {
+        batch: b as u32,
+        t_max: t as u32,
+        vocab: v as u32,
+        s_max: s_max as u32,
+        l_max: l_max as u32,
+        blank: blank as u32,
+        zero_inf: zero_infinity as u32,
+        ..Default::default()
+    };
     let unused = Tensor::uninit(gpu, &[1], DType::F32)?;
     gpu.dispatch(
         &ALPHA_BETA,

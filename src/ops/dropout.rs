@@ -1,7 +1,8 @@
 //! Inverted dropout whose mask is a hash of (seed, index): backward recomputes it.
 
-use super::{check_f32, f, row_chunks};
+use super::{check_f32, row_chunks};
 use crate::engine::error::{shape_err, Result};
+use crate::engine::params::kernel_params;
 use crate::engine::{grid, Kernel};
 use crate::engine::{DType, Tensor};
 
@@ -11,6 +12,28 @@ const DROPOUT: Kernel = Kernel {
     reads: 1,
     writes: 1,
 };
+
+kernel_params! {
+    /// `dropout.wgsl`'s uniforms.
+    pub struct DropoutParams in ["dropout"] {
+        /// Elements in this chunk.
+        n: u32,
+        /// Global index of this chunk's first element (the mask is a function of it).
+        base: u32,
+        /// Low word of the seed.
+        seed_lo: u32,
+        /// High word of the seed.
+        seed_hi: u32,
+        /// Drop probability.
+        p: f32,
+        /// Padding.
+        _p0: u32,
+        /// Padding.
+        _p1: u32,
+        /// Padding.
+        _p2: u32,
+    }
+}
 
 /// Zeroes each element with probability `p` and scales the rest by 1/(1-p). Calling it again
 /// with the same seed on the upstream gradient is its backward.
@@ -25,16 +48,14 @@ pub fn dropout(x: &Tensor, p: f32, seed: u64) -> Result<Tensor> {
     let gpu = x.gpu();
     let out = Tensor::uninit(gpu, x.shape(), DType::F32)?;
     for (s, len) in row_chunks(gpu, "dropout", x.numel(), 1)? {
-        let params = [
-            len as u32,
-            s as u32,
-            seed as u32,
-            (seed >> 32) as u32,
-            f(p),
-            0,
-            0,
-            0,
-        ];
+        let params = DropoutParams {
+            n: len as u32,
+            base: s as u32,
+            seed_lo: seed as u32,
+            seed_hi: (seed >> 32) as u32,
+            p,
+            ..Default::default()
+        };
         gpu.dispatch(
             &DROPOUT,
             &params,
@@ -43,4 +64,29 @@ pub fn dropout(x: &Tensor, p: f32, seed: u64) -> Result<Tensor> {
         )?;
     }
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    /// common.wgsl's `pcg`.
+    fn pcg(v: u32) -> u32 {
+        let state = v.wrapping_mul(747796405).wrapping_add(2891336453);
+        let word = ((state >> ((state >> 28) + 4)) ^ state).wrapping_mul(277803737);
+        (word >> 22) ^ word
+    }
+
+    /// The mask is the hash the kernels have always drawn, so a seed keeps its mask across
+    /// shader refactors (checkpointed runs replay the same dropout).
+    #[test]
+    fn mask_is_the_documented_hash() {
+        let gpu = crate::engine::Gpu::new().expect("a GPU adapter (lavapipe in CI)");
+        let (n, p, seed) = (5000, 0.3f32, 0x0123_4567_89ab_cdefu64);
+        let x = crate::engine::Tensor::from_slice(&gpu, &vec![1.0; n], &[n]).unwrap();
+        let y = super::dropout(&x, p, seed).unwrap().to_vec().unwrap();
+        for (i, &v) in y.iter().enumerate() {
+            let h = pcg(pcg(i as u32 ^ seed as u32).wrapping_add((seed >> 32) as u32));
+            let keep = (h >> 8) as f32 * (1.0 / 16777216.0) >= p;
+            assert_eq!(v != 0.0, keep, "element {i}");
+        }
+    }
 }

@@ -1,7 +1,9 @@
 //! Broadcasting add/sub/mul/div/max, scale, fill, and the sum-over-broadcast-dims backward.
 
-use super::{check_f32, dims8, dummy, f, row_chunks, strides, MAX_DIMS};
+use super::reduce::ReduceParams;
+use super::{check_f32, dims8, dummy, row_chunks, strides, MAX_DIMS};
 use crate::engine::error::{shape_err, Result};
+use crate::engine::params::kernel_params;
 use crate::engine::{grid, Kernel};
 use crate::engine::{DType, Tensor};
 
@@ -23,6 +25,34 @@ const FILL: Kernel = Kernel {
     reads: 2,
     writes: 1,
 };
+
+kernel_params! {
+    /// `elementwise.wgsl`'s uniforms.
+    pub struct ElementwiseParams in ["elementwise"] {
+        /// Elements in this chunk.
+        n: u32,
+        /// A [`BinOp`].
+        op: u32,
+        /// Dims of the output.
+        ndim: u32,
+        /// Bit 0: a is laid out like out (chunked with it); bit 1: the same for b.
+        flags: u32,
+        /// Global index of this chunk's first element.
+        base: u32,
+        /// Scale (`scale`) or value (`fill`).
+        alpha: f32,
+        /// Offset (`scale`).
+        beta: f32,
+        /// Padding.
+        _pad: u32,
+        /// The output's extents.
+        shape: [[u32; 4]; 2],
+        /// a's strides in out's index space (0 on broadcast dims).
+        sa: [[u32; 4]; 2],
+        /// The same for b.
+        sb: [[u32; 4]; 2],
+    }
+}
 
 /// A binary elementwise operation.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -102,19 +132,17 @@ pub fn binary(op: BinOp, a: &Tensor, b: &Tensor) -> Result<Tensor> {
     let sa = dims8(&broadcast_strides(a.shape(), &shape));
     let sb = dims8(&broadcast_strides(b.shape(), &shape));
     for (start, len) in row_chunks(gpu, name, n, 1)? {
-        let mut params = vec![
-            len as u32,
-            op as u32,
-            shape.len() as u32,
+        let params = ElementwiseParams {
+            n: len as u32,
+            op: op as u32,
+            ndim: shape.len() as u32,
             flags,
-            start as u32,
-            0,
-            0,
-            0,
-        ];
-        params.extend(dims8(&shape));
-        params.extend(sa);
-        params.extend(sb);
+            base: start as u32,
+            shape: dims8(&shape),
+            sa,
+            sb,
+            ..Default::default()
+        };
         let ba = if a_full {
             a.bind_range(start, len)
         } else {
@@ -156,7 +184,12 @@ pub fn scale(x: &Tensor, alpha: f32, beta: f32) -> Result<Tensor> {
     let gpu = x.gpu();
     let out = Tensor::uninit(gpu, x.shape(), DType::F32)?;
     for (s, len) in row_chunks(gpu, "scale", x.numel(), 1)? {
-        let params = [len as u32, 0, 0, 0, 0, f(alpha), f(beta), 0];
+        let params = ElementwiseParams {
+            n: len as u32,
+            alpha,
+            beta,
+            ..Default::default()
+        };
         let xr = x.bind_range(s, len);
         gpu.dispatch(
             &SCALE,
@@ -173,7 +206,11 @@ pub fn fill(gpu: &crate::engine::Gpu, shape: &[usize], value: f32) -> Result<Ten
     let out = Tensor::uninit(gpu, shape, DType::F32)?;
     let d = dummy(gpu)?;
     for (s, len) in row_chunks(gpu, "fill", out.numel(), 1)? {
-        let params = [len as u32, 0, 0, 0, 0, f(value), 0, 0];
+        let params = ElementwiseParams {
+            n: len as u32,
+            alpha: value,
+            ..Default::default()
+        };
         gpu.dispatch(
             &FILL,
             &params,
@@ -215,20 +252,16 @@ pub fn reduce_to(grad: &Tensor, shape: &[usize]) -> Result<Tensor> {
     let gpu = grad.gpu();
     let out = Tensor::uninit(gpu, shape, DType::F32)?;
     let n = out.numel();
-    let mut params = vec![
-        n as u32,
-        0,
-        0,
-        0,
-        0,
-        0,
-        gs.len() as u32,
-        rshape.len() as u32,
-    ];
-    params.extend(dims8(&full));
-    params.extend(dims8(&kstride));
-    params.extend(dims8(&rshape));
-    params.extend(dims8(&rstride));
+    let params = ReduceParams {
+        n: n as u32,
+        ndim: gs.len() as u32,
+        rn: rshape.len() as u32,
+        kshape: dims8(&full),
+        kstride: dims8(&kstride),
+        rshape: dims8(&rshape),
+        rstride: dims8(&rstride),
+        ..Default::default()
+    };
     let d = dummy(gpu)?;
     gpu.dispatch(
         &super::reduce::REDUCE_TO,

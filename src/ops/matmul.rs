@@ -2,6 +2,7 @@
 
 use super::{check_dtype, check_f32, dummy, reduce, shifted_chunks};
 use crate::engine::error::{shape_err, Result};
+use crate::engine::params::kernel_params;
 use crate::engine::Kernel;
 use crate::engine::{DType, Tensor};
 
@@ -21,31 +22,39 @@ fn kernel(file: &'static str, entry: &'static str) -> Kernel {
     }
 }
 
-/// `matmul.wgsl`'s `Params`, field for field.
-#[repr(C)]
-#[derive(Clone, Copy, Debug, Default, bytemuck::Pod, bytemuck::Zeroable)]
-struct Params {
-    m: u32,
-    n: u32,
-    k: u32,
-    trans_a: u32,
-    trans_b: u32,
-    /// Bit 0: add the bias; bit 1: add into C.
-    flags: u32,
-    stride_a: u32,
-    stride_b: u32,
-    stride_c: u32,
-    off_a: u32,
-    off_b: u32,
-    off_c: u32,
-    splits: u32,
-    k_slice: u32,
-    slice_stride: u32,
-}
-
-impl Params {
-    fn words(&self) -> &[u32] {
-        bytemuck::cast_slice(std::slice::from_ref(self))
+kernel_params! {
+    /// The uniforms of `matmul.wgsl` and of the cooperative-matrix GEMMs, which share them.
+    pub struct MatmulParams in ["matmul", "matmul_coop", "matmul_coop128"] {
+        /// Rows of C.
+        m: u32,
+        /// Columns of C.
+        n: u32,
+        /// The contraction.
+        k: u32,
+        /// 1: A is stored transposed.
+        trans_a: u32,
+        /// 1: B is stored transposed.
+        trans_b: u32,
+        /// Bit 0: add the bias; bit 1: add into C.
+        has_bias: u32,
+        /// Batch stride of A in elements (0: shared across the batch).
+        stride_a: u32,
+        /// The same for B.
+        stride_b: u32,
+        /// The same for C.
+        stride_c: u32,
+        /// Element shift of A within its (aligned-down) binding.
+        off_a: u32,
+        /// The same for B.
+        off_b: u32,
+        /// The same for C.
+        off_c: u32,
+        /// Split-K slices (1: none); workgroup z is batch * splits + slice.
+        splits: u32,
+        /// K elements per slice (a multiple of the K step).
+        k_slice: u32,
+        /// Elements between the slices' partial products in the workspace.
+        slice_stride: u32,
     }
 }
 
@@ -240,13 +249,13 @@ pub fn matmul_split(
             batch as u32,
         ]
     };
-    let params = |m: usize, sa: usize, sb: usize, sc: usize, offs: [u32; 3]| Params {
+    let params = |m: usize, sa: usize, sb: usize, sc: usize, offs: [u32; 3]| MatmulParams {
         m: m as u32,
         n: d.n as u32,
         k: d.k as u32,
         trans_a: ta as u32,
         trans_b: tb as u32,
-        flags: bias.is_some() as u32,
+        has_bias: bias.is_some() as u32,
         stride_a: sa as u32,
         stride_b: sb as u32,
         stride_c: sc as u32,
@@ -273,12 +282,7 @@ pub fn matmul_split(
             if algo == Algo::Tiled && splits > 1 && nr == rows {
                 split_dispatch(gpu, &kernel, prm, splits, 1, [ar, b.bind(), biasr, cr])?;
             } else {
-                gpu.dispatch(
-                    &kernel,
-                    prm.words(),
-                    &[ar, b.bind(), biasr, cr],
-                    groups(nr, 1),
-                )?;
+                gpu.dispatch(&kernel, &prm, &[ar, b.bind(), biasr, cr], groups(nr, 1))?;
             }
         }
     } else if d.batch == 1 && ta && !tb && d.k * d.m.max(d.n) > binding_elems(gpu) {
@@ -300,13 +304,8 @@ pub fn matmul_split(
             prm.k = kc as u32;
             prm.k_slice = kc as u32;
             // Bias with the first slice only; the others add into C.
-            prm.flags = if k0 == 0 { bias.is_some() as u32 } else { 2 };
-            gpu.dispatch(
-                &kernel,
-                prm.words(),
-                &[ar, br, biasr, c.bind()],
-                groups(d.m, 1),
-            )?;
+            prm.has_bias = if k0 == 0 { bias.is_some() as u32 } else { 2 };
+            gpu.dispatch(&kernel, &prm, &[ar, br, biasr, c.bind()], groups(d.m, 1))?;
         }
     } else {
         let (sa, sb, sc) = (d.m * d.k, if d.b_shared { 0 } else { d.k * d.n }, d.m * d.n);
@@ -327,7 +326,7 @@ pub fn matmul_split(
             if algo == Algo::Tiled && splits > 1 && nb == d.batch {
                 split_dispatch(gpu, &kernel, prm, splits, nb, [ar, br, biasr, cr])?;
             } else {
-                gpu.dispatch(&kernel, prm.words(), &[ar, br, biasr, cr], groups(d.m, nb))?;
+                gpu.dispatch(&kernel, &prm, &[ar, br, biasr, cr], groups(d.m, nb))?;
             }
         }
     }
@@ -344,7 +343,7 @@ fn coop_staged() -> bool {
 /// whether it did.
 fn try_coop(
     gpu: &crate::Gpu,
-    prm: &Params,
+    prm: &MatmulParams,
     batch: usize,
     bufs: [crate::engine::BufRef<'_>; 4],
 ) -> Result<bool> {
@@ -357,7 +356,7 @@ fn try_coop(
             tb,
             [u(prm.off_a), u(prm.off_b), u(prm.off_c)],
             [u(prm.stride_a), u(prm.stride_b), u(prm.stride_c)],
-            prm.flags & 2 != 0,
+            prm.has_bias & 2 != 0,
         )
     {
         return Ok(false);
@@ -371,7 +370,7 @@ fn try_coop(
     };
     gpu.dispatch(
         &kernel(variants[ta as usize][tb as usize], "matmul_coop"),
-        prm.words(),
+        prm,
         &bufs,
         [prm.n.div_ceil(tile), prm.m.div_ceil(tile), batch as u32],
     )?;
@@ -383,7 +382,7 @@ fn try_coop(
 fn split_dispatch(
     gpu: &crate::Gpu,
     tiled: &Kernel,
-    prm: Params,
+    prm: MatmulParams,
     splits: usize,
     batch: usize,
     [ar, br, biasr, cr]: [crate::engine::BufRef<'_>; 4],
@@ -391,8 +390,8 @@ fn split_dispatch(
     let total = batch * (prm.m * prm.n) as usize;
     let ws = Tensor::uninit(gpu, &[splits * total], DType::F32)?;
     let k_slice = (prm.k as usize).div_ceil(splits).div_ceil(BK) * BK;
-    let gemm = Params {
-        flags: 0,
+    let gemm = MatmulParams {
+        has_bias: 0,
         off_c: 0,
         splits: splits as u32,
         k_slice: k_slice as u32,
@@ -401,7 +400,7 @@ fn split_dispatch(
     };
     gpu.dispatch(
         tiled,
-        gemm.words(),
+        &gemm,
         &[ar, br, biasr, ws.bind()],
         [
             (prm.n as usize).div_ceil(TILE) as u32,
@@ -409,7 +408,7 @@ fn split_dispatch(
             (batch * splits) as u32,
         ],
     )?;
-    let sum = Params {
+    let sum = MatmulParams {
         splits: splits as u32,
         slice_stride: total as u32,
         ..prm
@@ -418,7 +417,7 @@ fn split_dispatch(
     gpu.dispatch(
         // The f32 build: the partials are f32 whatever the inputs were.
         &kernel("matmul", "splitk_sum"),
-        sum.words(),
+        &sum,
         &[ws.bind(), dm.bind(), biasr, cr],
         crate::engine::grid(total as u64, 256),
     )

@@ -104,10 +104,10 @@ pub(crate) fn dummy(gpu: &Gpu) -> Result<Tensor> {
     Tensor::uninit(gpu, &[64], crate::engine::DType::F32)
 }
 
-/// Packs dims into the shaders' `array<vec4<u32>, 2>` layout.
-pub(crate) fn dims8(v: &[usize]) -> [u32; MAX_DIMS] {
-    let mut out = [0u32; MAX_DIMS];
-    for (o, &x) in out.iter_mut().zip(v) {
+/// Packs dims into the shaders' `array<vec4<u32>, 2>` layout (zeros past the last).
+pub(crate) fn dims8(v: &[usize]) -> [[u32; 4]; 2] {
+    let mut out = [[0u32; 4]; 2];
+    for (o, &x) in out.as_flattened_mut().iter_mut().zip(v) {
         *o = x as u32;
     }
     out
@@ -142,8 +142,4 @@ pub(crate) fn check_dtype(op: &'static str, ts: &[&Tensor], want: DType) -> Resu
         }
     }
     Ok(())
-}
-
-pub(crate) fn f(x: f32) -> u32 {
-    x.to_bits()
 }

@@ -1,8 +1,9 @@
 //! LayerNorm over the last dim or over the channels of [B, C, T], and wav2vec2-base's
 //! GroupNorm (one group per channel).
 
-use super::{binding_room, check_f32, copy, dummy, elementwise, f, reduce, shifted_chunks};
+use super::{binding_room, check_f32, copy, dummy, elementwise, reduce, shifted_chunks};
 use crate::engine::error::{shape_err, Result};
+use crate::engine::params::kernel_params;
 use crate::engine::{grid, Kernel};
 use crate::engine::{DType, Tensor};
 
@@ -22,6 +23,44 @@ const BWD_ROWS: Kernel = k("norm_bwd_rows");
 const SHORT_ROW: usize = 128;
 const PGRAD_COLS: Kernel = k("norm_param_grad_cols");
 const PGRAD_ROWS: Kernel = k("norm_param_grad_rows");
+
+kernel_params! {
+    /// `norm.wgsl`'s uniforms.
+    pub struct NormParams in ["norm"] {
+        /// Rows in this chunk.
+        rows: u32,
+        /// Elements per row.
+        cols: u32,
+        /// 0: gamma/beta by column (LayerNorm); 1: by channel of the row (GroupNorm).
+        mode: u32,
+        /// Channels (GroupNorm and the channel layout).
+        channels: u32,
+        /// Global index of this chunk's first row (for the channel of a row).
+        row_base: u32,
+        /// 1: apply gamma and beta.
+        affine: u32,
+        /// Unused.
+        _unused: u32,
+        /// Element stride within a row (1, or T for the channel layout).
+        inner: u32,
+        /// Added to the variance.
+        eps: f32,
+        /// Element shift of x, dy, y and dx within their (aligned-down) bindings.
+        off: u32,
+        /// The same for the (mean, rstd) pairs.
+        off_stats: u32,
+        /// The same for per-row outputs (`norm_param_grad_rows`).
+        off_rows: u32,
+        /// `norm_param_grad_cols`: the rows are split into this many parts.
+        parts: u32,
+        /// And this chunk's parts are rows part0.. of the [parts, cols] output.
+        part0: u32,
+        /// Padding.
+        _p0: u32,
+        /// Padding.
+        _p1: u32,
+    }
+}
 
 /// Which normalisation (decides how gamma/beta are indexed).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -179,32 +218,24 @@ impl Chunk {
     }
 }
 
-#[allow(clippy::too_many_arguments)] // one argument per uniform field
+/// The uniforms every dispatch of one norm shares; rows, shifts and parts are set per chunk.
 fn params(
     norm: Norm,
-    rows: usize,
     cols: usize,
     channels: usize,
-    row_base: usize,
+    inner: usize,
     affine: bool,
     eps: f32,
-    inner: usize,
-    offs: [u32; 3],
-) -> Vec<u32> {
-    vec![
-        rows as u32,
-        cols as u32,
-        (norm == Norm::Group) as u32,
-        channels as u32,
-        row_base as u32,
-        affine as u32,
-        0,
-        inner as u32,
-        f(eps),
-        offs[0],
-        offs[1],
-        offs[2],
-    ]
+) -> NormParams {
+    NormParams {
+        cols: cols as u32,
+        mode: (norm == Norm::Group) as u32,
+        channels: channels as u32,
+        affine: affine as u32,
+        inner: inner as u32,
+        eps,
+        ..Default::default()
+    }
 }
 
 /// y = (x - mean) / sqrt(var + eps) * gamma + beta, statistics over the last dim.
@@ -234,17 +265,13 @@ pub fn forward(
         let ((xr, off), (yr, _), (sr, off_stats)) = (c.data(x), c.data(&y), c.stats(&stats));
         gpu.dispatch(
             kernel,
-            &params(
-                norm,
-                c.rows,
-                cols,
-                channels,
-                c.row0,
-                gamma.is_some(),
-                eps,
-                inner,
-                [off, off_stats, 0],
-            ),
+            &NormParams {
+                rows: c.rows as u32,
+                row_base: c.row0 as u32,
+                off,
+                off_stats,
+                ..params(norm, cols, channels, inner, gamma.is_some(), eps)
+            },
             &[xr, g, b, d.bind(), yr, sr],
             groups,
         )?;
@@ -309,18 +336,13 @@ pub fn backward(
     let g = gamma.map_or(d.bind(), |t| t.bind());
     // Every dispatch's uniforms: the layout, this chunk, its shifts. Parameter gradients are
     // only asked for with gamma, so `affine` is gamma's presence throughout.
-    let prm = |c: &Chunk, offs: [u32; 3]| {
-        params(
-            norm,
-            c.rows,
-            cols,
-            channels,
-            c.row0,
-            gamma.is_some(),
-            0.0,
-            inner,
-            offs,
-        )
+    let prm = |c: &Chunk, [off, off_stats, off_rows]: [u32; 3]| NormParams {
+        rows: c.rows as u32,
+        row_base: c.row0 as u32,
+        off,
+        off_stats,
+        off_rows,
+        ..params(norm, cols, channels, inner, gamma.is_some(), 0.0)
     };
     let per_thread = per_thread(norm, cols);
     for c in &chunks {
@@ -353,8 +375,11 @@ pub fn backward(
             for (c, &n) in chunks.iter().zip(&parts) {
                 let ((xr, off), (dyr, _), (sr, off_stats)) =
                     (c.data(x), c.data(dy), c.stats(&stats.0));
-                let mut pr = prm(c, [off, off_stats, 0]);
-                pr.extend([n as u32, part0 as u32, 0, 0]);
+                let pr = NormParams {
+                    parts: n as u32,
+                    part0: part0 as u32,
+                    ..prm(c, [off, off_stats, 0])
+                };
                 gpu.dispatch(
                     &PGRAD_COLS,
                     &pr,

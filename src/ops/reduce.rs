@@ -1,7 +1,8 @@
 //! Sums, means, the global L2 norm, and their backward.
 
-use super::{binding_room, check_f32, dims8, dummy, f, row_chunks};
+use super::{binding_room, check_f32, dims8, dummy, row_chunks};
 use crate::engine::error::{shape_err, Result};
+use crate::engine::params::kernel_params;
 use crate::engine::{grid, BufRef, Gpu, Kernel};
 use crate::engine::{DType, Tensor};
 
@@ -29,22 +30,76 @@ const SUM_SQUARES: Kernel = Kernel {
     writes: 1,
 };
 
+kernel_params! {
+    /// `reduce.wgsl`'s uniforms.
+    pub struct ReduceParams in ["reduce"] {
+        /// Threads / output elements.
+        n: u32,
+        /// 1: sum squares.
+        square: u32,
+        /// `sum_all`: the partial's slot; `sum_axis`: rows per part (0: all).
+        out_index: u32,
+        /// `sum_all`: elements to reduce; `sum_axis`: the reduced axis length.
+        len: u32,
+        /// Product of the dims after the reduced axis.
+        inner: u32,
+        /// Factor applied to the result.
+        alpha: f32,
+        /// `reduce_to`: dims of the gradient.
+        ndim: u32,
+        /// `reduce_to`: number of reduced (broadcast) dims.
+        rn: u32,
+        /// Kept dims of the target shape (1 on reduced dims).
+        kshape: [[u32; 4]; 2],
+        /// Gradient strides.
+        kstride: [[u32; 4]; 2],
+        /// The reduced dims' extents.
+        rshape: [[u32; 4]; 2],
+        /// And their gradient strides.
+        rstride: [[u32; 4]; 2],
+    }
+}
+
+kernel_params! {
+    /// `sum_squares.wgsl`'s uniforms.
+    pub struct SumSquaresParams in ["sum_squares"] {
+        /// Tensors in this dispatch (at most seven).
+        count: u32,
+        /// Padding.
+        _p0: u32,
+        /// Padding.
+        _p1: u32,
+        /// Padding.
+        _p2: u32,
+        /// Elements of each tensor.
+        len: [[u32; 4]; 2],
+        /// Workgroups reducing each tensor.
+        groups: [[u32; 4]; 2],
+        /// Where each tensor's partials start in the output.
+        slot: [[u32; 4]; 2],
+    }
+}
+
 /// Partials per first pass: enough workgroups to fill a GPU, few enough for one second pass.
 const PARTIALS: usize = 256;
 
-fn p(n: usize, square: bool, out_index: usize, len: usize, inner: usize, alpha: f32) -> Vec<u32> {
-    let mut v = vec![
-        n as u32,
-        square as u32,
-        out_index as u32,
-        len as u32,
-        inner as u32,
-        f(alpha),
-        0,
-        0,
-    ];
-    v.resize(8 + 32, 0);
-    v
+fn p(
+    n: usize,
+    square: bool,
+    out_index: usize,
+    len: usize,
+    inner: usize,
+    alpha: f32,
+) -> ReduceParams {
+    ReduceParams {
+        n: n as u32,
+        square: square as u32,
+        out_index: out_index as u32,
+        len: len as u32,
+        inner: inner as u32,
+        alpha,
+        ..Default::default()
+    }
 }
 
 /// Workgroups for a first pass over `len` elements: about four per thread, at most
@@ -128,7 +183,6 @@ pub fn global_norm_scaled(gpu: &Gpu, xs: &[&Tensor], alpha: f32) -> Result<Tenso
     let d = dummy(gpu)?;
     let mut slot = 0;
     for batch in small.chunks(SUM_SQUARES_INPUTS) {
-        let mut params = vec![batch.len() as u32, 0, 0, 0];
         let (mut len, mut gr, mut at) = (vec![], vec![], vec![]);
         for x in batch {
             len.push(x.numel());
@@ -136,9 +190,13 @@ pub fn global_norm_scaled(gpu: &Gpu, xs: &[&Tensor], alpha: f32) -> Result<Tenso
             at.push(slot);
             slot += groups(x);
         }
-        params.extend(dims8(&len));
-        params.extend(dims8(&gr));
-        params.extend(dims8(&at));
+        let params = SumSquaresParams {
+            count: batch.len() as u32,
+            len: dims8(&len),
+            groups: dims8(&gr),
+            slot: dims8(&at),
+            ..Default::default()
+        };
         let mut bufs: Vec<BufRef<'_>> = batch.iter().map(|x| x.bind()).collect();
         bufs.resize(SUM_SQUARES_INPUTS, d.bind());
         bufs.push(partials.bind());

@@ -2,6 +2,7 @@
 
 use super::{check_f32, dummy, row_chunks};
 use crate::engine::error::{shape_err, Result};
+use crate::engine::params::kernel_params;
 use crate::engine::{grid, Kernel};
 use crate::engine::{DType, Tensor};
 
@@ -17,6 +18,28 @@ const BWD: Kernel = Kernel {
     reads: 2,
     writes: 1,
 };
+
+kernel_params! {
+    /// `softmax.wgsl`'s uniforms.
+    pub struct SoftmaxParams in ["softmax"] {
+        /// Rows in this chunk.
+        rows: u32,
+        /// Row length.
+        cols: u32,
+        /// 1: add the mask.
+        has_mask: u32,
+        /// Consecutive rows sharing one mask row.
+        mask_group: u32,
+        /// Global index of this chunk's first row (for its mask row).
+        row_base: u32,
+        /// 1: log-softmax.
+        log: u32,
+        /// Padding.
+        _p0: u32,
+        /// Padding.
+        _p1: u32,
+    }
+}
 
 /// softmax(x + mask) (or its log) over the last dim. `mask` is [R, cols] where the rows of
 /// `x` come in R consecutive groups of equal size sharing one mask row (e.g. attention scores
@@ -45,16 +68,15 @@ pub fn forward(x: &Tensor, mask: Option<&Tensor>, log: bool) -> Result<Tensor> {
     let y = Tensor::uninit(gpu, x.shape(), DType::F32)?;
     let d = dummy(gpu)?;
     for (r0, nr) in row_chunks(gpu, op, rows, cols)? {
-        let params = [
-            nr as u32,
-            cols as u32,
-            mask.is_some() as u32,
-            group as u32,
-            r0 as u32,
-            log as u32,
-            0,
-            0,
-        ];
+        let params = SoftmaxParams {
+            rows: nr as u32,
+            cols: cols as u32,
+            has_mask: mask.is_some() as u32,
+            mask_group: group as u32,
+            row_base: r0 as u32,
+            log: log as u32,
+            ..Default::default()
+        };
         let mr = mask.map_or(d.bind(), |m| m.bind());
         gpu.dispatch(
             &FWD,
@@ -86,7 +108,15 @@ pub fn backward(y: &Tensor, dy: &Tensor, log: bool) -> Result<Tensor> {
     let gpu = y.gpu();
     let dx = Tensor::uninit(gpu, y.shape(), DType::F32)?;
     for (r0, nr) in row_chunks(gpu, op, rows, cols)? {
-        let params = [nr as u32, cols as u32, 0, 1, r0 as u32, log as u32, 0, 0];
+        let params = SoftmaxParams {
+            rows: nr as u32,
+            cols: cols as u32,
+            has_mask: 0,
+            mask_group: 1,
+            row_base: r0 as u32,
+            log: log as u32,
+            ..Default::default()
+        };
         let (yr, dyr) = (
             y.bind_range(r0 * cols, nr * cols),
             dy.bind_range(r0 * cols, nr * cols),

@@ -3,6 +3,7 @@
 
 use super::{check_f32, dummy};
 use crate::engine::error::{shape_err, Error, Result};
+use crate::engine::params::kernel_params;
 use crate::engine::Kernel;
 use crate::engine::{DType, Tensor};
 
@@ -16,6 +17,20 @@ const fn k(entry: &'static str) -> Kernel {
 }
 const FWD: Kernel = k("weight_norm_fwd");
 const BWD: Kernel = k("weight_norm_bwd");
+
+kernel_params! {
+    /// `weight_norm.wgsl`'s uniforms.
+    pub struct WeightNormParams in ["weight_norm"] {
+        /// Elements per norm (all dims but the last).
+        rows: u32,
+        /// Norms (the last dim: kernel taps).
+        k: u32,
+        /// Padding.
+        _p0: u32,
+        /// Padding.
+        _p1: u32,
+    }
+}
 
 fn check(g: &Tensor, v: &Tensor) -> Result<(usize, usize)> {
     check_f32("weight_norm", &[g, v])?;
@@ -49,7 +64,11 @@ pub fn forward(g: &Tensor, v: &Tensor) -> Result<(Tensor, Tensor)> {
     let d = dummy(gpu)?;
     gpu.dispatch(
         &FWD,
-        &[rows as u32, kk as u32, 0, 0],
+        &WeightNormParams {
+            rows: rows as u32,
+            k: kk as u32,
+            ..Default::default()
+        },
         &[
             g.bind(),
             v.bind(),
@@ -77,7 +96,11 @@ pub fn backward(g: &Tensor, v: &Tensor, norms: &Tensor, dw: &Tensor) -> Result<(
     let dg = Tensor::uninit(gpu, g.shape(), DType::F32)?;
     gpu.dispatch(
         &BWD,
-        &[rows as u32, kk as u32, 0, 0],
+        &WeightNormParams {
+            rows: rows as u32,
+            k: kk as u32,
+            ..Default::default()
+        },
         &[
             g.bind(),
             v.bind(),

@@ -1,0 +1,24 @@
+// Prelude: the loader puts this in front of every kernel file (after its `enable` lines).
+// Helpers only; no bindings, so files that use none of it pay nothing.
+
+// The linear thread index of a 1-D launch of 256-thread workgroups that `grid` spread over x
+// and y to stay within the 65535-per-dimension limit.
+fn lin(gid: vec3<u32>, nwg: vec3<u32>) -> u32 {
+    return gid.x + gid.y * nwg.x * 256u;
+}
+
+// PCG-style hash (Jarzynski & Olano, "Hash Functions for GPU Rendering", 2020).
+fn pcg(v: u32) -> u32 {
+    let state = v * 747796405u + 2891336453u;
+    let word = ((state >> ((state >> 28u) + 4u)) ^ state) * 277803737u;
+    return (word >> 22u) ^ word;
+}
+
+// The dropout draw of element `i`, uniform in [0, 1): a pure function of (seed, index), so a
+// backward pass regenerates the mask, and dropout.wgsl and the fused attention draw the same
+// mask for the same index. The hash runs twice to mix in both seed words; its 24 high bits
+// make the float.
+fn dropout_draw(i: u32, seed_lo: u32, seed_hi: u32) -> f32 {
+    let h = pcg(pcg(i ^ seed_lo) + seed_hi);
+    return f32(h >> 8u) * (1.0 / 16777216.0);
+}
