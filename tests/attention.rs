@@ -14,7 +14,17 @@ mod common;
 use common::*;
 use std::sync::Mutex;
 use std::time::Instant;
+use xlsr::ops::attention::Attention;
 use xlsr::{Tape, Tensor, Var};
+
+fn att(heads: usize, scale: f32, dropout: f32, seed: u64) -> Attention {
+    Attention {
+        heads,
+        scale,
+        dropout,
+        seed,
+    }
+}
 
 const B: usize = 2;
 const H: usize = 3;
@@ -60,7 +70,8 @@ fn run(
     let (q, k, v) = (&vars[0], &vars[1], &vars[2]);
     let scale = (c.d as f32).powf(-0.5);
     let out = if fused {
-        q.attention(k, v, mask, H, scale, c.p, c.seed).unwrap()
+        q.attention(k, v, mask, &att(H, scale, c.p, c.seed))
+            .unwrap()
     } else {
         q.matmul(k, false, true, None)
             .unwrap()
@@ -204,8 +215,8 @@ fn dropout_changes_the_output_and_seed_matters() {
     let shape = [B, H, 50, 16];
     let out = |p: f32, seed: u64| {
         let [q, k, v] = qkv.each_ref().map(|x| upload(x, &shape));
-        let (o, _) = xlsr::ops::attention::forward(&q, &k, &v, None, H, 0.25, p, seed).unwrap();
-        o.to_vec().unwrap()
+        let f = xlsr::ops::attention::forward(&q, &k, &v, None, &att(H, 0.25, p, seed)).unwrap();
+        f.out.to_vec().unwrap()
     };
     let diff = |a: &[f32], b: &[f32]| {
         a.iter()
@@ -237,11 +248,11 @@ fn three_dim_input_is_batch_times_heads() {
     let mask = padding_mask(t);
     let go = |shape: &[usize]| {
         let [q, k, v] = qkv.each_ref().map(|x| upload(x, shape));
-        let (o, l) =
-            xlsr::ops::attention::forward(&q, &k, &v, Some(&mask), H, 0.3, 0.1, 9).unwrap();
-        assert_eq!(o.shape(), shape);
-        assert_eq!(l.shape(), &shape[..shape.len() - 1]);
-        o.to_vec().unwrap()
+        let f =
+            xlsr::ops::attention::forward(&q, &k, &v, Some(&mask), &att(H, 0.3, 0.1, 9)).unwrap();
+        assert_eq!(f.out.shape(), shape);
+        assert_eq!(f.lse.shape(), &shape[..shape.len() - 1]);
+        f.out.to_vec().unwrap()
     };
     assert_eq!(go(&[B, H, t, d]), go(&[B * H, t, d]));
 }
@@ -277,10 +288,12 @@ fn rows_past_the_binding_limit_run_in_chunks() {
         let mut m = vec![0f32; B * t];
         m[t + 3..].fill(f32::MIN);
         let mask = Tensor::from_slice(g, &m, &[B, t]).unwrap();
-        let (o, l) = attention::forward(&q, &k, &v, Some(&mask), H, 0.3, 0.1, 4).unwrap();
-        let (dq, dk, dv) =
-            attention::backward(&q, &k, &v, Some(&mask), H, 0.3, 0.1, 4, &o, &l, &put(&r)).unwrap();
-        [o, l, dq, dk, dv].map(|x| x.to_vec().unwrap()).to_vec()
+        let a = att(H, 0.3, 0.1, 4);
+        let f = attention::forward(&q, &k, &v, Some(&mask), &a).unwrap();
+        let d = attention::backward(&q, &k, &v, Some(&mask), &a, &f, &put(&r)).unwrap();
+        [f.out, f.lse, d.q, d.k, d.v]
+            .map(|x| x.to_vec().unwrap())
+            .to_vec()
     };
     let small = xlsr::Gpu::new().unwrap();
     small.set_max_binding(2048);
@@ -296,11 +309,11 @@ fn rows_past_the_binding_limit_run_in_chunks() {
 #[test]
 fn head_dim_over_64_is_an_error() {
     let x = Tensor::zeros(&gpu(), &[1, 2, 5, 65]).unwrap();
-    let e = xlsr::ops::attention::forward(&x, &x, &x, None, 2, 1.0, 0.0, 0).unwrap_err();
+    let e = xlsr::ops::attention::forward(&x, &x, &x, None, &att(2, 1.0, 0.0, 0)).unwrap_err();
     assert!(matches!(e, xlsr::engine::Error::Limit { .. }), "{e}");
     assert!(e.to_string().contains("head dim 65"), "{e}");
     let y = Tensor::zeros(&gpu(), &[1, 2, 5, 64]).unwrap();
-    assert!(xlsr::ops::attention::forward(&y, &y, &y, None, 2, 1.0, 0.0, 0).is_ok());
+    assert!(xlsr::ops::attention::forward(&y, &y, &y, None, &att(2, 1.0, 0.0, 0)).is_ok());
 }
 
 #[test]
@@ -309,7 +322,7 @@ fn bad_shapes_are_errors() {
     let x = Tensor::zeros(&g, &[2, 3, 5, 8]).unwrap();
     let y = Tensor::zeros(&g, &[2, 3, 6, 8]).unwrap();
     let f = |q: &Tensor, k: &Tensor, m: Option<&Tensor>, heads: usize, p: f32| {
-        xlsr::ops::attention::forward(q, k, k, m, heads, 1.0, p, 0).is_err()
+        xlsr::ops::attention::forward(q, k, k, m, &att(heads, 1.0, p, 0)).is_err()
     };
     assert!(f(&x, &y, None, 3, 0.0), "k of another length");
     assert!(f(&x, &x, None, 4, 0.0), "heads not dividing B*H");
@@ -341,7 +354,7 @@ fn time_fused_vs_plain() {
         let start = Instant::now();
         let (q, k, v) = (&vars[0], &vars[1], &vars[2]);
         let out = if fused {
-            q.attention(k, v, None, h, scale, 0.1, 7).unwrap()
+            q.attention(k, v, None, &att(h, scale, 0.1, 7)).unwrap()
         } else {
             q.matmul(k, false, true, None)
                 .unwrap()

@@ -5,7 +5,16 @@
 
 mod common;
 use common::*;
-use xlsr::ops::ctc::Reduction;
+use xlsr::data::Targets;
+use xlsr::ops::ctc::{ctc_loss, CtcOptions, Reduction};
+
+fn opts(blank: usize, reduction: Reduction, zero_infinity: bool) -> CtcOptions {
+    CtcOptions {
+        blank,
+        reduction,
+        zero_infinity,
+    }
+}
 
 /// -log p(target | logits[..t_len]) from the CPU reference.
 fn cpu_nll(logits: &[f64], t_len: usize, v: usize, target: &[usize], blank: usize) -> f64 {
@@ -23,15 +32,13 @@ struct Case {
 
 fn run(case: &Case, reduction: Reduction, zero_inf: bool, seed: u64) {
     let b = case.targets.len();
-    let l_max = case.targets.iter().map(|t| t.len()).max().unwrap_or(0);
-    let mut padded = vec![0i64; b * l_max];
-    for (i, tg) in case.targets.iter().enumerate() {
-        for (j, &c) in tg.iter().enumerate() {
-            padded[i * l_max + j] = c as i64;
-        }
-    }
-    let tl: Vec<i64> = case.targets.iter().map(|t| t.len() as i64).collect();
-    let il: Vec<i64> = case.input_lengths.iter().map(|&x| x as i64).collect();
+    let rows: Vec<Vec<u32>> = case
+        .targets
+        .iter()
+        .map(|r| r.iter().map(|&c| c as u32).collect())
+        .collect();
+    let padded = Targets::from_rows(&rows);
+    let il = case.input_lengths.clone();
     let (t, v, blank) = (case.t, case.v, case.blank);
     let targets = case.targets.clone();
     let lens = case.input_lengths.clone();
@@ -69,7 +76,7 @@ fn run(case: &Case, reduction: Reduction, zero_inf: bool, seed: u64) {
         let tape = xlsr::Tape::new();
         let x = tape.input(upload(&check.inputs[0].0, &check.inputs[0].1), true);
         let (loss, bad) = x
-            .ctc_loss(&padded, &tl, &il, blank, reduction, zero_inf)
+            .ctc_loss(&padded, &il, opts(blank, reduction, zero_inf))
             .unwrap();
         assert!(!bad.is_empty());
         let got = loss.value.to_vec().unwrap();
@@ -84,7 +91,7 @@ fn run(case: &Case, reduction: Reduction, zero_inf: bool, seed: u64) {
     }
     check.run(
         move |v| {
-            v[0].ctc_loss(&padded, &tl, &il, blank, reduction, zero_inf)
+            v[0].ctc_loss(&padded, &il, opts(blank, reduction, zero_inf))
                 .unwrap()
                 .0
         },
@@ -165,18 +172,14 @@ fn long_inputs_stay_finite() {
         .iter()
         .map(|x| (x * 1e4) as f32)
         .collect();
-    let targets: Vec<i64> = (0..b * l).map(|i| 1 + (i % 39) as i64).collect();
+    let ids: Vec<u32> = (0..b * l).map(|i| 1 + (i % 39) as u32).collect();
+    let targets = Targets {
+        ids: ids.clone(),
+        width: l,
+        lengths: vec![100, 60],
+    };
     let x = xlsr::Tensor::from_slice(&g, &logits, &[b, t, v]).unwrap();
-    let ctc = xlsr::ops::ctc::ctc_loss(
-        &x,
-        &targets,
-        &[100, 60],
-        &[1500, 1200],
-        0,
-        Reduction::Mean,
-        true,
-    )
-    .unwrap();
+    let ctc = ctc_loss(&x, &targets, &[1500, 1200], opts(0, Reduction::Mean, true)).unwrap();
     let one = xlsr::Tensor::scalar(&g, 1.0).unwrap();
     let grad = xlsr::ops::ctc::ctc_backward(&ctc, &one)
         .unwrap()
@@ -193,26 +196,15 @@ fn long_inputs_stay_finite() {
                 .iter()
                 .map(|&x| x as f64)
                 .collect();
-            let tg: Vec<usize> = targets[i * l..i * l + tl]
-                .iter()
-                .map(|&c| c as usize)
-                .collect();
+            let tg: Vec<usize> = ids[i * l..i * l + tl].iter().map(|&c| c as usize).collect();
             cpu_nll(&x, il, v, &tg, 0)
         })
         .collect();
-    let none = xlsr::ops::ctc::ctc_loss(
-        &x,
-        &targets,
-        &[100, 60],
-        &[1500, 1200],
-        0,
-        Reduction::None,
-        true,
-    )
-    .unwrap()
-    .loss
-    .to_vec()
-    .unwrap();
+    let none = ctc_loss(&x, &targets, &[1500, 1200], opts(0, Reduction::None, true))
+        .unwrap()
+        .loss
+        .to_vec()
+        .unwrap();
     for (i, (&got, &want)) in none.iter().zip(&want).enumerate() {
         assert!(want > 1e5 && want.is_finite(), "reference {want}");
         assert!(
@@ -240,14 +232,12 @@ fn long_inputs_stay_finite() {
     let soft: Vec<f64> = rng.vec(t * v).iter().map(|x| 0.5 * x).collect();
     let x = upload(&soft, &[1, t, v]);
     let tg: Vec<usize> = (0..l).map(|i| 1 + i % 39).collect();
-    let ctc = xlsr::ops::ctc::ctc_loss(
+    let row: Vec<u32> = tg.iter().map(|&c| c as u32).collect();
+    let ctc = ctc_loss(
         &x,
-        &tg.iter().map(|&c| c as i64).collect::<Vec<_>>(),
-        &[l as i64],
-        &[t as i64],
-        0,
-        Reduction::Sum,
-        false,
+        &Targets::from_rows(&[row]),
+        &[t],
+        opts(0, Reduction::Sum, false),
     )
     .unwrap();
     let want = cpu_nll(&soft, t, v, &tg, 0);
@@ -271,8 +261,13 @@ fn long_inputs_stay_finite() {
 fn bad_input_is_rejected_before_any_kernel() {
     let g = gpu();
     let x = xlsr::Tensor::zeros(&g, &[2, 10, 5]).unwrap();
-    let err = |t: &[i64], tl: &[i64], il: &[i64]| {
-        xlsr::ops::ctc::ctc_loss(&x, t, tl, il, 0, Reduction::Mean, true)
+    let err = |ids: &[u32], lengths: &[usize], il: &[usize]| {
+        let targets = Targets {
+            ids: ids.to_vec(),
+            width: 2,
+            lengths: lengths.to_vec(),
+        };
+        ctc_loss(&x, &targets, il, opts(0, Reduction::Mean, true))
             .err()
             .map(|e| e.to_string())
             .unwrap_or_default()
@@ -281,5 +276,6 @@ fn bad_input_is_rejected_before_any_kernel() {
     assert!(err(&[1, 0, 1, 2], &[2, 2], &[10, 10]).contains("blank"));
     assert!(err(&[1, 2, 1, 2], &[3, 2], &[10, 10]).contains("exceeds the padded length"));
     assert!(err(&[1, 2, 1, 2], &[2, 2], &[11, 10]).contains("exceeds the 10 frames"));
-    assert!(err(&[1, 2, 1, 2], &[-1, 2], &[10, 10]).contains("negative length"));
+    assert!(err(&[1, 2, 1], &[2, 1], &[10, 10]).contains("target rows"));
+    assert!(err(&[1, 2, 1, 2], &[2, 2], &[10]).contains("input lengths"));
 }

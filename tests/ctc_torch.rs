@@ -7,7 +7,8 @@
 mod common;
 use common::*;
 use safetensors::{Dtype, SafeTensors};
-use xlsr::ops::ctc::{ctc_backward, ctc_loss, Reduction};
+use xlsr::data::Targets;
+use xlsr::ops::ctc::{ctc_backward, ctc_loss, CtcOptions, Reduction};
 use xlsr::Tensor;
 
 fn f32s(st: &SafeTensors, name: &str) -> (Vec<f32>, Vec<usize>) {
@@ -46,9 +47,21 @@ fn ctc_matches_pytorch() {
     ] {
         let (logits, shape) = f32s(&st, &format!("{case}.logits"));
         let x = Tensor::from_slice(&g, &logits, &shape).unwrap();
-        let targets = i64s(&st, &format!("{case}.targets"));
-        let tl = i64s(&st, &format!("{case}.target_lengths"));
-        let il = i64s(&st, &format!("{case}.input_lengths"));
+        // torch's padded [B, L] ids with lengths: the same block as our targets.
+        let ids = i64s(&st, &format!("{case}.targets"));
+        let lengths: Vec<usize> = i64s(&st, &format!("{case}.target_lengths"))
+            .iter()
+            .map(|&l| l as usize)
+            .collect();
+        let targets = Targets {
+            width: ids.len().checked_div(lengths.len()).unwrap_or(0),
+            ids: ids.iter().map(|&id| id as u32).collect(),
+            lengths,
+        };
+        let il: Vec<usize> = i64s(&st, &format!("{case}.input_lengths"))
+            .iter()
+            .map(|&l| l as usize)
+            .collect();
         let blank = i64s(&st, &format!("{case}.blank"))[0] as usize;
         for (red_name, red) in [
             ("mean", Reduction::Mean),
@@ -61,7 +74,12 @@ fn ctc_matches_pytorch() {
                     continue;
                 }
                 let (want, _) = f32s(&st, &format!("{key}.loss"));
-                let ctc = ctc_loss(&x, &targets, &tl, &il, blank, red, zi).unwrap();
+                let opts = CtcOptions {
+                    blank,
+                    reduction: red,
+                    zero_infinity: zi,
+                };
+                let ctc = ctc_loss(&x, &targets, &il, opts).unwrap();
                 let got = ctc.loss.to_vec().unwrap();
                 for (gv, wv) in got.iter().zip(&want) {
                     if wv.is_infinite() {
@@ -76,7 +94,7 @@ fn ctc_matches_pytorch() {
                 if st.tensor(&format!("{key}.grad")).is_ok() {
                     let (wg, _) = f32s(&st, &format!("{key}.grad"));
                     let up = if red == Reduction::None {
-                        Tensor::from_slice(&g, &vec![1.0; tl.len()], &[tl.len()]).unwrap()
+                        Tensor::from_slice(&g, &vec![1.0; il.len()], &[il.len()]).unwrap()
                     } else {
                         Tensor::scalar(&g, 1.0).unwrap()
                     };

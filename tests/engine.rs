@@ -43,7 +43,7 @@ fn chunked_dispatch_matches_unchunked() {
         );
         let (ln, stats) =
             ops::norm::forward(Norm::Layer, &x, Some(&gam), Some(&gam), 1e-5).unwrap();
-        let (dx, dg, _) = ops::norm::backward(Norm::Layer, &x, Some(&gam), &stats, &y).unwrap();
+        let nd = ops::norm::backward(Norm::Layer, &x, Some(&gam), &stats, &y).unwrap();
         let sm = ops::softmax::forward(&x, None, true).unwrap();
         let conv_w = on(g, &cw, &[4, 3, 5]);
         let cx = x.reshape(&[100, 3, cols]).unwrap();
@@ -53,7 +53,7 @@ fn chunked_dispatch_matches_unchunked() {
             groups: 1,
         };
         let cy = ops::conv::forward(&geo, &cx, &conv_w, None).unwrap();
-        let (cdx, cdw, _) = ops::conv::backward(&geo, &cx, &conv_w, false, &cy, true).unwrap();
+        let cd = ops::conv::backward(&geo, &cx, &conv_w, false, &cy, true).unwrap();
         let yt = y.reshape(&[3, cols, rows / 3]).unwrap();
         vec![
             ops::elementwise::add(&x, &y).unwrap(),
@@ -63,12 +63,12 @@ fn chunked_dispatch_matches_unchunked() {
             ops::matmul::matmul(&x, &w, false, false, Some(&b)).unwrap(),
             ops::matmul::matmul(&x, &yt, false, false, None).unwrap(),
             ln,
-            dx,
-            dg.unwrap(),
+            nd.input.unwrap(),
+            nd.weight.unwrap(),
             sm,
             cy,
-            cdx.unwrap(),
-            cdw,
+            cd.input.unwrap(),
+            cd.weight.unwrap(),
             ops::reduce::sum_all(&x).unwrap(),
             ops::reduce::sum_axis(&x, 2, 1.0).unwrap(),
         ]
@@ -306,12 +306,12 @@ fn clips_past_the_binding_limit_go_by_time_windows() {
         let xt = on(g, &x, &[b, cin, len]);
         let wt = on(g, &w, &[cout, cin / 2, k]);
         let y = ops::conv::forward(&geo, &xt, &wt, Some(&on(g, &bias, &[cout]))).unwrap();
-        let (dx, dw, db) =
+        let cd =
             ops::conv::backward(&geo, &xt, &wt, true, &on(g, &dy, &[b, cout, lout]), true).unwrap();
         let gt = on(g, &gam, &[cin]);
         let (n, stats) =
             ops::norm::forward(Norm::Channel, &xt, Some(&gt), Some(&gt), 1e-5).unwrap();
-        let (ndx, ndg, ndb) = ops::norm::backward(
+        let nd = ops::norm::backward(
             Norm::Channel,
             &xt,
             Some(&gt),
@@ -322,13 +322,13 @@ fn clips_past_the_binding_limit_go_by_time_windows() {
         let t = ops::copy::transpose(&xt, 1, 2).unwrap();
         [
             y,
-            dx.unwrap(),
-            dw,
-            db.unwrap(),
+            cd.input.unwrap(),
+            cd.weight.unwrap(),
+            cd.bias.unwrap(),
             n,
-            ndx,
-            ndg.unwrap(),
-            ndb.unwrap(),
+            nd.input.unwrap(),
+            nd.weight.unwrap(),
+            nd.bias.unwrap(),
             t,
         ]
         .map(|t| t.to_vec().unwrap())

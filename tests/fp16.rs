@@ -460,7 +460,13 @@ fn f16_attention_equals_f32_attention_on_rounded_inputs() {
             .map(|x| tape.input(upload(x, &shape), true))
             .collect();
         let o = autocast(half, || {
-            vars[0].attention(&vars[1], &vars[2], Some(&mask), h, 0.125, 0.1, 9)
+            let a = xlsr::ops::attention::Attention {
+                heads: h,
+                scale: 0.125,
+                dropout: 0.1,
+                seed: 9,
+            };
+            vars[0].attention(&vars[1], &vars[2], Some(&mask), &a)
         })
         .unwrap();
         let loss = o

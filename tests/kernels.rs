@@ -850,7 +850,7 @@ fn matmul_weight_gradient_splits_k_past_the_binding_limit() {
             }
         };
         let dct = xlsr::Tensor::from_slice(g, &dc, &[rows, n]).unwrap();
-        let (da, dw, db) = xlsr::ops::matmul::matmul_backward(
+        let d = xlsr::ops::matmul::matmul_backward(
             &up(&a, &[rows, k]),
             &up(&w, &[n, k]),
             false,
@@ -859,7 +859,7 @@ fn matmul_weight_gradient_splits_k_past_the_binding_limit() {
             &dct,
         )
         .unwrap();
-        [da, dw, db.unwrap()].map(|t| t.to_vec().unwrap())
+        [d.input, d.weight, d.bias].map(|t| t.unwrap().to_vec().unwrap())
     };
     let small = xlsr::Gpu::new().unwrap();
     // 4 KiB bindings: 1024 floats, so 300 frames x 40 splits into 25-row slices.

@@ -2,8 +2,11 @@
 //! kernels that give its inputs' gradients.
 
 use super::{is_autocast, Var};
+use crate::data::Targets;
 use crate::engine::Tensor;
 use crate::error::{Error, Result};
+use crate::ops::attention::Attention;
+use crate::ops::LayerGrads;
 use crate::ops::{self, activation::Act, conv::Conv1d, elementwise::BinOp, norm::Norm};
 
 impl Var {
@@ -83,12 +86,8 @@ impl Var {
         inputs.extend(bias);
         Ok(Var::record(&inputs, y, move |g| {
             let b = if recast { ops::cast::to_f16(&b)? } else { b };
-            let (da, db, dbias) = ops::matmul::matmul_backward(&a, &b, ta, tb, has_bias, g)?;
-            let mut v = vec![Some(da), Some(db)];
-            if has_bias {
-                v.push(dbias);
-            }
-            Ok(v)
+            let d = ops::matmul::matmul_backward(&a, &b, ta, tb, has_bias, g)?;
+            Ok(in_input_order(d, true, has_bias))
         }))
     }
 
@@ -154,15 +153,8 @@ impl Var {
         inputs.extend(beta);
         let has_beta = beta.is_some();
         Ok(Var::record(&inputs, y, move |g| {
-            let (dx, dg, db) = ops::norm::backward(norm, &x, gv.as_ref(), &stats, g)?;
-            let mut v = vec![Some(dx)];
-            if gv.is_some() {
-                v.push(dg);
-            }
-            if has_beta {
-                v.push(db);
-            }
-            Ok(v)
+            let d = ops::norm::backward(norm, &x, gv.as_ref(), &stats, g)?;
+            Ok(in_input_order(d, gv.is_some(), has_beta))
         }))
     }
 
@@ -205,12 +197,8 @@ impl Var {
         let mut inputs = vec![self, w];
         inputs.extend(bias);
         Ok(Var::record(&inputs, y, move |g| {
-            let (dx, dw, db) = ops::conv::backward(&geo, &x, &wv, has_bias, g, need_input)?;
-            let mut v = vec![dx, Some(dw)];
-            if has_bias {
-                v.push(db);
-            }
-            Ok(v)
+            let d = ops::conv::backward(&geo, &x, &wv, has_bias, g, need_input)?;
+            Ok(in_input_order(d, true, has_bias))
         }))
     }
 
@@ -228,25 +216,15 @@ impl Var {
         let (w, norms) = ops::weight_norm::forward(&g.value, &self.value)?;
         let (gv, v) = (g.value.clone(), self.value.clone());
         Ok(Var::record(&[self, g], w, move |dw| {
-            let (dg, dv) = ops::weight_norm::backward(&gv, &v, &norms, dw)?;
-            Ok(vec![Some(dv), Some(dg)])
+            let d = ops::weight_norm::backward(&gv, &v, &norms, dw)?;
+            Ok(vec![Some(d.v), Some(d.g)])
         }))
     }
 
     /// Fused attention dropout(softmax(self kᵀ·scale + mask)) @ v; see [`ops::attention::forward`].
     /// Under [`autocast`] it reads f16 copies of q, k, v (what backward keeps); arithmetic,
     /// output and gradients stay f32.
-    #[allow(clippy::too_many_arguments)]
-    pub fn attention(
-        &self,
-        k: &Var,
-        v: &Var,
-        mask: Option<&Tensor>,
-        heads: usize,
-        scale: f32,
-        dropout: f32,
-        seed: u64,
-    ) -> Result<Var> {
+    pub fn attention(&self, k: &Var, v: &Var, mask: Option<&Tensor>, a: &Attention) -> Result<Var> {
         let half = is_autocast();
         let cast = |t: &Tensor| {
             if half {
@@ -256,24 +234,12 @@ impl Var {
             }
         };
         let (q, kv, vv) = (cast(&self.value)?, cast(&k.value)?, cast(&v.value)?);
-        let (o, lse) = ops::attention::forward(&q, &kv, &vv, mask, heads, scale, dropout, seed)?;
-        let oc = o.clone();
-        let mask = mask.cloned();
+        let fwd = ops::attention::forward(&q, &kv, &vv, mask, a)?;
+        let o = fwd.out.clone();
+        let (mask, a) = (mask.cloned(), *a);
         Ok(Var::record(&[self, k, v], o, move |g| {
-            let (dq, dk, dv) = ops::attention::backward(
-                &q,
-                &kv,
-                &vv,
-                mask.as_ref(),
-                heads,
-                scale,
-                dropout,
-                seed,
-                &oc,
-                &lse,
-                g,
-            )?;
-            Ok(vec![Some(dq), Some(dk), Some(dv)])
+            let d = ops::attention::backward(&q, &kv, &vv, mask.as_ref(), &a, &fwd, g)?;
+            Ok(vec![Some(d.q), Some(d.k), Some(d.v)])
         }))
     }
 
@@ -370,25 +336,13 @@ impl Var {
 
     /// CTC loss of logits [B, T, V] (see [`ops::ctc::ctc_loss`]); also returns the utterances
     /// that have no valid alignment.
-    #[allow(clippy::too_many_arguments)]
     pub fn ctc_loss(
         &self,
-        targets: &[i64],
-        target_lengths: &[i64],
-        input_lengths: &[i64],
-        blank: usize,
-        reduction: ops::ctc::Reduction,
-        zero_infinity: bool,
+        targets: &Targets,
+        input_lengths: &[usize],
+        opts: ops::ctc::CtcOptions,
     ) -> Result<(Var, Vec<usize>)> {
-        let ctc = ops::ctc::ctc_loss(
-            &self.value,
-            targets,
-            target_lengths,
-            input_lengths,
-            blank,
-            reduction,
-            zero_infinity,
-        )?;
+        let ctc = ops::ctc::ctc_loss(&self.value, targets, input_lengths, opts)?;
         let infeasible = ctc.infeasible.clone();
         let loss = ctc.loss.clone();
         Ok((
@@ -415,4 +369,17 @@ impl Var {
                 .collect()
         }))
     }
+}
+
+/// A layer's gradients in the order its inputs were recorded: input, then the weight and the
+/// bias where the layer took them.
+fn in_input_order(d: LayerGrads, weight: bool, bias: bool) -> Vec<Option<Tensor>> {
+    let mut v = vec![d.input];
+    if weight {
+        v.push(d.weight);
+    }
+    if bias {
+        v.push(d.bias);
+    }
+    v
 }

@@ -227,21 +227,27 @@ pub fn run(
     let v = rand(gpu, &[h, t, dh], 19)?;
     let kmask = Tensor::zeros(gpu, &[1, t])?;
     let qk = 2.0 * (h * t * t * dh) as f64;
+    let att = ops::attention::Attention {
+        heads: h,
+        scale: 0.125,
+        dropout: 0.1,
+        seed: 1,
+    };
     let name = format!("attention fused fwd {h}x{t} (d {dh}, dropout 0.1)");
     if keep(&name) {
         report(
             measure(gpu, &name, it, 2.0 * qk, true, || {
-                ops::attention::forward(&q, &kk, &v, Some(&kmask), h, 0.125, 0.1, 1).map(|_| ())
+                ops::attention::forward(&q, &kk, &v, Some(&kmask), &att).map(|_| ())
             })?,
             log,
         );
     }
     let name = format!("attention fused bwd {h}x{t} (d {dh}, dropout 0.1)");
     if keep(&name) {
-        let (o, lse) = ops::attention::forward(&q, &kk, &v, Some(&kmask), h, 0.125, 0.1, 1)?;
+        let fwd = ops::attention::forward(&q, &kk, &v, Some(&kmask), &att)?;
         report(
             measure(gpu, &name, it, 6.0 * qk, true, || {
-                ops::attention::backward(&q, &kk, &v, Some(&kmask), h, 0.125, 0.1, 1, &o, &lse, &o)
+                ops::attention::backward(&q, &kk, &v, Some(&kmask), &att, &fwd, &fwd.out)
                     .map(|_| ())
             })?,
             log,
@@ -260,9 +266,8 @@ pub fn run(
         let flops = 12.0 * (ab * h * at * at * dh) as f64;
         report(
             measure(gpu, &name, it, flops, true, || {
-                let (o, lse) = ops::attention::forward(&q, &k, &v, Some(&mask), h, 0.125, 0.1, 1)?;
-                ops::attention::backward(&q, &k, &v, Some(&mask), h, 0.125, 0.1, 1, &o, &lse, &o)
-                    .map(|_| ())
+                let fwd = ops::attention::forward(&q, &k, &v, Some(&mask), &att)?;
+                ops::attention::backward(&q, &k, &v, Some(&mask), &att, &fwd, &fwd.out).map(|_| ())
             })?,
             log,
         );
@@ -441,20 +446,24 @@ pub fn run(
     let name = format!("ctc loss+grad B{b} T{t} L{l} V{v}");
     if keep(&name) {
         let logits = rand(gpu, &[b, t, v], 18)?;
-        let targets: Vec<i64> = (0..b * l).map(|i| 1 + (i * 7 % (v - 1)) as i64).collect();
-        let (tl, il) = (vec![l as i64; b], vec![t as i64; b]);
+        let rows: Vec<Vec<u32>> = (0..b)
+            .map(|r| {
+                (0..l)
+                    .map(|i| 1 + ((r * l + i) * 7 % (v - 1)) as u32)
+                    .collect()
+            })
+            .collect();
+        let targets = crate::data::Targets::from_rows(&rows);
+        let frames = vec![t; b];
+        let opts = ops::ctc::CtcOptions {
+            blank: 0,
+            reduction: ops::ctc::Reduction::Mean,
+            zero_infinity: true,
+        };
         let one = Tensor::scalar(gpu, 1.0)?;
         let bytes = (2 * b * t * v * 4) as f64;
         let m = measure(gpu, &name, it, bytes, false, || {
-            let ctc = ops::ctc::ctc_loss(
-                &logits,
-                &targets,
-                &tl,
-                &il,
-                0,
-                ops::ctc::Reduction::Mean,
-                true,
-            )?;
+            let ctc = ops::ctc::ctc_loss(&logits, &targets, &frames, opts)?;
             ops::ctc::ctc_backward(&ctc, &one).map(|_| ())
         })?;
         report(m, log);

@@ -20,9 +20,9 @@ use crate::data::Targets;
 use crate::engine::Gpu;
 use crate::engine::Tensor;
 use crate::error::{shape_err, Error, Result};
-use crate::ops::attention::MAX_HEAD_DIM;
+use crate::ops::attention::{Attention, MAX_HEAD_DIM};
 use crate::ops::conv::Conv1d;
-use crate::ops::ctc::Reduction;
+use crate::ops::ctc::{CtcOptions, Reduction};
 use crate::rng::Rng;
 use std::rc::Rc;
 
@@ -348,17 +348,12 @@ impl Wav2Vec2ForCtc {
                 )))
             }
         };
-        let ids: Vec<i64> = targets.ids.iter().map(|&id| id as i64).collect();
-        let tl: Vec<i64> = targets.lengths.iter().map(|&l| l as i64).collect();
-        let il: Vec<i64> = frames.iter().map(|&f| f as i64).collect();
-        logits.ctc_loss(
-            &ids,
-            &tl,
-            &il,
-            self.config.blank(),
+        let opts = CtcOptions {
+            blank: self.config.blank(),
             reduction,
-            self.config.ctc_zero_infinity,
-        )
+            zero_infinity: self.config.ctc_zero_infinity,
+        };
+        logits.ctc_loss(targets, frames, opts)
     }
 
     /// The conv stack: audio [B, 1, S] -> features [B, C, T].
@@ -474,7 +469,13 @@ impl LayerStep {
             // Never materialises the [B, H, T, T] scores; the same dropout mask as below.
             let (p, seed) = drop.next(c.attention_dropout);
             let mask = self.mask.as_ref();
-            q.attention(&k, &v, mask, nh, scale, p, seed)?
+            let a = Attention {
+                heads: nh,
+                scale,
+                dropout: p,
+                seed,
+            };
+            q.attention(&k, &v, mask, &a)?
         } else {
             let scores = q.matmul(&k, false, true, None)?.scale(scale, 0.0)?;
             let p = scores.softmax(self.mask.as_ref())?;

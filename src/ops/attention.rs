@@ -100,16 +100,15 @@ struct Dims {
     d: usize,
 }
 
-#[allow(clippy::too_many_arguments)]
 fn check(
     op: &'static str,
     q: &Tensor,
     k: &Tensor,
     v: &Tensor,
     mask: Option<&Tensor>,
-    heads: usize,
-    dropout: f32,
+    a: &Attention,
 ) -> Result<Dims> {
+    let (heads, dropout) = (a.heads, a.dropout);
     if q.dtype() == DType::F16 {
         check_dtype(op, &[q, k, v], DType::F16)?;
     } else {
@@ -176,23 +175,20 @@ fn rows(t: &Tensor, b0: usize, n: usize, per: usize) -> (BufRef<'_>, u32) {
 /// Uniform fields; `chunk` is (first row, shifts of q/k/v, of O/dO/dQ/dK/dV, of L, of stats).
 fn params(
     g: &Dims,
-    heads: usize,
+    a: &Attention,
     has_mask: bool,
-    scale: f32,
-    dropout: f32,
-    seed: u64,
     [bh0, off_in, off_f, off_l, off_s]: [u32; 5],
 ) -> AttentionParams {
     AttentionParams {
         bh: g.bh as u32,
         t: g.t as u32,
         d: g.d as u32,
-        heads: heads as u32,
+        heads: a.heads as u32,
         has_mask: has_mask as u32,
-        scale,
-        p: dropout,
-        seed_lo: seed as u32,
-        seed_hi: (seed >> 32) as u32,
+        scale: a.scale,
+        p: a.dropout,
+        seed_lo: a.seed as u32,
+        seed_hi: (a.seed >> 32) as u32,
         bh0,
         off_in,
         off_f,
@@ -212,24 +208,51 @@ fn row_groups(g: &Dims) -> [u32; 3] {
     ]
 }
 
+/// What one attention call computes besides its tensors.
+#[derive(Clone, Copy, Debug)]
+pub struct Attention {
+    /// Heads H: q's leading dims flatten to B·H.
+    pub heads: usize,
+    /// Softmax scale (head dim ^ -0.5 in wav2vec2).
+    pub scale: f32,
+    /// Dropout probability on the attention probabilities.
+    pub dropout: f32,
+    /// Seed of the dropout mask (drawn as [`super::dropout::dropout`] draws it over
+    /// [B, H, T, T]).
+    pub seed: u64,
+}
+
+/// What [`forward`] returns and [`backward`] needs.
+#[derive(Debug)]
+pub struct Attended {
+    /// The output O (q's shape).
+    pub out: Tensor,
+    /// Per-row logsumexp L (q's shape without D).
+    pub lse: Tensor,
+}
+
+/// Gradients of q, k and v (q's shape, f32).
+#[derive(Debug)]
+pub struct AttentionGrads {
+    /// dL/dq.
+    pub q: Tensor,
+    /// dL/dk.
+    pub k: Tensor,
+    /// dL/dv.
+    pub v: Tensor,
+}
+
 /// Forward of attention over q, k, v (all f32, or all f16 for mixed precision) of shape
-/// [.., T, D] (e.g. [B, H, T, D]; leading dims flatten to B·H with H = `heads`) with an
-/// optional additive key mask [B, T], softmax scale
-/// `scale` and dropout `dropout` on the probabilities (mask from `seed`, as
-/// [`super::dropout::dropout`] draws it over [B, H, T, T]). Returns O (q's shape) and the
-/// per-row logsumexp L (q's shape without D) that [`backward`] needs.
-#[allow(clippy::too_many_arguments)]
+/// [.., T, D] (e.g. [B, H, T, D]) with an optional additive key mask [B, T]: dropout(softmax(q
+/// kᵀ·scale + mask)) v, never materialising the [B, H, T, T] scores.
 pub fn forward(
     q: &Tensor,
     k: &Tensor,
     v: &Tensor,
     mask: Option<&Tensor>,
-    heads: usize,
-    scale: f32,
-    dropout: f32,
-    seed: u64,
-) -> Result<(Tensor, Tensor)> {
-    let g = check("attention", q, k, v, mask, heads, dropout)?;
+    a: &Attention,
+) -> Result<Attended> {
+    let g = check("attention", q, k, v, mask, a)?;
     let gpu = q.gpu();
     let o = Tensor::uninit(gpu, q.shape(), DType::F32)?;
     let lse = Tensor::uninit(gpu, &q.shape()[..q.shape().len() - 1], DType::F32)?;
@@ -243,40 +266,28 @@ pub fn forward(
         let ((or, off_f), (lr, off_l)) = (rows(&o, b0, n, td), rows(&lse, b0, n, g.t));
         gpu.dispatch(
             &pick(FWD, q),
-            &params(
-                &gc,
-                heads,
-                mask.is_some(),
-                scale,
-                dropout,
-                seed,
-                [b0 as u32, off_in, off_f, off_l, 0],
-            ),
+            &params(&gc, a, mask.is_some(), [b0 as u32, off_in, off_f, off_l, 0]),
             &[qr, kr, vr, m.bind(), dm.bind(), dm.bind(), or, lr],
             row_groups(&gc),
         )?;
     }
-    Ok((o, lse))
+    Ok(Attended { out: o, lse })
 }
 
-/// Gradients (dq, dk, dv) of [`forward`] from its inputs, its outputs O and L, and the
-/// upstream gradient `d_o` (O's shape).
-#[allow(clippy::too_many_arguments)]
+/// Gradients of [`forward`] from its inputs, what it returned, and the upstream gradient
+/// `d_o` (O's shape).
 pub fn backward(
     q: &Tensor,
     k: &Tensor,
     v: &Tensor,
     mask: Option<&Tensor>,
-    heads: usize,
-    scale: f32,
-    dropout: f32,
-    seed: u64,
-    o: &Tensor,
-    lse: &Tensor,
+    a: &Attention,
+    fwd: &Attended,
     d_o: &Tensor,
-) -> Result<(Tensor, Tensor, Tensor)> {
+) -> Result<AttentionGrads> {
     let op = "attention_backward";
-    let g = check(op, q, k, v, mask, heads, dropout)?;
+    let (o, lse) = (&fwd.out, &fwd.lse);
+    let g = check(op, q, k, v, mask, a)?;
     check_f32(op, &[o, lse, d_o])?;
     if o.shape() != q.shape() || d_o.shape() != q.shape() || lse.numel() != g.bh * g.t {
         return shape_err(
@@ -310,11 +321,8 @@ pub fn backward(
         let (sr, off_s) = rows(&stats, b0, n, 2 * g.t);
         let prm = params(
             &gc,
-            heads,
+            a,
             mask.is_some(),
-            scale,
-            dropout,
-            seed,
             [b0 as u32, off_in, off_f, off_l, off_s],
         );
         gpu.dispatch(
@@ -363,5 +371,9 @@ pub fn backward(
             row_groups(&gc),
         )?;
     }
-    Ok((dq, dk, dv))
+    Ok(AttentionGrads {
+        q: dq,
+        k: dk,
+        v: dv,
+    })
 }

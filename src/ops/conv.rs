@@ -1,6 +1,8 @@
 //! 1-D convolution (stride, padding, groups, bias) and its backward.
 
-use super::{binding_room, check_f32, copy, dummy, elementwise, reduce, shifted_chunks};
+use super::{
+    binding_room, check_f32, copy, dummy, elementwise, reduce, shifted_chunks, LayerGrads,
+};
 use crate::engine::error::{shape_err, Result};
 use crate::engine::params::kernel_params;
 use crate::engine::{grid, Kernel};
@@ -195,7 +197,8 @@ pub fn forward(c: &Conv1d, x: &Tensor, w: &Tensor, bias: Option<&Tensor>) -> Res
     Ok(y)
 }
 
-/// Gradients (dx, dw, dbias) of [`forward`]; `need_input` false skips dx (frozen first layer).
+/// Gradients of [`forward`] (dx as `input`, dw as `weight`, dbias); `need_input` false skips
+/// dx (a frozen first layer).
 pub fn backward(
     c: &Conv1d,
     x: &Tensor,
@@ -203,7 +206,7 @@ pub fn backward(
     has_bias: bool,
     dy: &Tensor,
     need_input: bool,
-) -> Result<(Option<Tensor>, Tensor, Option<Tensor>)> {
+) -> Result<LayerGrads> {
     check_f32("conv1d_backward", &[x, w, dy])?;
     let g = geometry(c, x, w)?;
     if dy.shape() != [g.batch, g.cout, g.lout] {
@@ -237,7 +240,11 @@ pub fn backward(
     };
     if let Some(win) = win {
         backward_windows(c, &g, &win, x, w, dy, dx.as_ref(), &dw, db.as_ref())?;
-        return Ok((dx, dw, db));
+        return Ok(LayerGrads {
+            input: dx,
+            weight: Some(dw),
+            bias: db,
+        });
     }
     for (i, &(b0, nb)) in chunks.iter().enumerate() {
         let (xr, ox) = x.bind_shifted(b0 * xi, nb * xi);
@@ -307,7 +314,11 @@ pub fn backward(
             )?;
         }
     }
-    Ok((dx, dw, db))
+    Ok(LayerGrads {
+        input: dx,
+        weight: Some(dw),
+        bias: db,
+    })
 }
 
 /// Window sizes for clips too long for one binding (`None` when whole clips fit): output

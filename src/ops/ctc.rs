@@ -3,6 +3,7 @@
 //! `zero_infinity`), with inputs batch-first: logits [B, T, V].
 
 use super::{check_f32, elementwise, reduce, softmax};
+use crate::data::Targets;
 use crate::engine::error::{shape_err, Error, Result};
 use crate::engine::params::kernel_params;
 use crate::engine::{grid, Kernel};
@@ -72,20 +73,32 @@ pub struct Ctc {
     reduction: Reduction,
 }
 
-/// Computes the CTC loss of `logits` [B, T, V] (log-softmax applied inside) against padded
-/// `targets` [B, L] (row-major, `target_lengths[b]` valid ids per row). Bad ids or lengths are
-/// reported before any kernel runs.
-#[allow(clippy::too_many_arguments)]
+/// How the loss is taken: torch's `blank`, `reduction` and `zero_infinity`.
+#[derive(Clone, Copy, Debug)]
+pub struct CtcOptions {
+    /// The blank id.
+    pub blank: usize,
+    /// How per-utterance losses are combined.
+    pub reduction: Reduction,
+    /// Impossible alignments give a loss (and gradient) of 0 instead of inf.
+    pub zero_infinity: bool,
+}
+
+/// Computes the CTC loss of `logits` [B, T, V] (log-softmax applied inside) against `targets`
+/// (one row per utterance) over each utterance's first `input_lengths[b]` frames. Bad ids or
+/// lengths are reported before any kernel runs.
 pub fn ctc_loss(
     logits: &Tensor,
-    targets: &[i64],
-    target_lengths: &[i64],
-    input_lengths: &[i64],
-    blank: usize,
-    reduction: Reduction,
-    zero_infinity: bool,
+    targets: &Targets,
+    input_lengths: &[usize],
+    opts: CtcOptions,
 ) -> Result<Ctc> {
     const OP: &str = "ctc_loss";
+    let CtcOptions {
+        blank,
+        reduction,
+        zero_infinity,
+    } = opts;
     check_f32(OP, &[logits])?;
     let [b, t, v] = logits.shape() else {
         return shape_err(
@@ -97,23 +110,18 @@ pub fn ctc_loss(
         );
     };
     let (b, t, v) = (*b, *t, *v);
-    if target_lengths.len() != b || input_lengths.len() != b {
+    let l_max = targets.width;
+    if targets.len() != b || input_lengths.len() != b || targets.ids.len() != b * l_max {
         return shape_err(
             OP,
             format!(
-                "batch {b} but {} target lengths and {} input lengths",
-                target_lengths.len(),
+                "batch {b} but {} target rows ({} ids of width {l_max}) and {} input lengths",
+                targets.len(),
+                targets.ids.len(),
                 input_lengths.len()
             ),
         );
     }
-    if b > 0 && !targets.len().is_multiple_of(b) {
-        return shape_err(
-            OP,
-            format!("{} target ids do not form {b} padded rows", targets.len()),
-        );
-    }
-    let l_max = targets.len().checked_div(b).unwrap_or(0);
     if blank >= v {
         return shape_err(
             OP,
@@ -131,29 +139,22 @@ pub fn ctc_loss(
     }
     let mut lens = Vec::with_capacity(2 * b);
     let mut infeasible = Vec::new();
-    for i in 0..b {
-        let (il, tl) = (input_lengths[i], target_lengths[i]);
-        if il < 0 || tl < 0 {
-            return shape_err(
-                OP,
-                format!("utterance {i}: negative length (input {il}, target {tl})"),
-            );
-        }
-        if il as usize > t {
+    for (i, (&il, &tl)) in input_lengths.iter().zip(&targets.lengths).enumerate() {
+        if il > t {
             return shape_err(
                 OP,
                 format!("utterance {i}: input length {il} exceeds the {t} frames of logits"),
             );
         }
-        if tl as usize > l_max {
+        if tl > l_max {
             return shape_err(
                 OP,
                 format!("utterance {i}: target length {tl} exceeds the padded length {l_max}"),
             );
         }
-        let row = &targets[i * l_max..i * l_max + tl as usize];
+        let row = targets.row(i);
         for &id in row {
-            if id < 0 || id as usize >= v {
+            if id as usize >= v {
                 return shape_err(
                     OP,
                     format!("utterance {i}: target id {id} outside the vocabulary of {v}"),
@@ -167,18 +168,18 @@ pub fn ctc_loss(
             }
         }
         // A path needs one frame per label plus a blank between each repeated pair.
-        let repeats = row.windows(2).filter(|w| w[0] == w[1]).count();
-        if (il as usize) < tl as usize + repeats {
+        if il < crate::data::ctc_min_frames(row) {
             infeasible.push(i);
         }
         lens.extend([il as u32, tl as u32]);
     }
     let gpu = logits.gpu();
+    // The kernel reads ids past a row's length as 0 whatever the caller padded with.
     let ids: Vec<u32> = (0..b * l_max)
         .map(|j| {
             let (i, pos) = (j / l_max.max(1), j % l_max.max(1));
-            if (pos as i64) < target_lengths[i] {
-                targets[j] as u32
+            if pos < targets.lengths[i] {
+                targets.ids[j]
             } else {
                 0
             }
@@ -219,7 +220,7 @@ pub fn ctc_loss(
     )?;
     let w_loss: Vec<f32> = (0..b)
         .map(|i| match reduction {
-            Reduction::Mean => 1.0 / (target_lengths[i].max(1) as f32 * b as f32),
+            Reduction::Mean => 1.0 / (targets.lengths[i].max(1) as f32 * b as f32),
             _ => 1.0,
         })
         .collect();

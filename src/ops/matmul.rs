@@ -1,6 +1,6 @@
 //! Batched matmul with transpose flags and a fused bias, and its backward.
 
-use super::{check_dtype, check_f32, dummy, reduce, shifted_chunks};
+use super::{check_dtype, check_f32, dummy, reduce, shifted_chunks, LayerGrads};
 use crate::engine::error::{shape_err, Result};
 use crate::engine::params::kernel_params;
 use crate::engine::Kernel;
@@ -423,7 +423,7 @@ fn split_dispatch(
     )
 }
 
-/// Gradients of C = op(A) op(B) + bias given dC: (dA, dB, dbias). With f16 A and B, dC is
+/// Gradients of C = op(A) op(B) + bias given dC: dA as `input`, dB as `weight`, dbias. With f16 A and B, dC is
 /// cast to f16 for the two products (that is where loss scaling keeps small gradients
 /// representable) and dbias is summed from the f32 dC; dA and dB come out f32.
 pub fn matmul_backward(
@@ -433,7 +433,7 @@ pub fn matmul_backward(
     tb: bool,
     has_bias: bool,
     dc: &Tensor,
-) -> Result<(Tensor, Tensor, Option<Tensor>)> {
+) -> Result<LayerGrads> {
     let d = dims(a, b, ta, tb)?;
     let dc32 = dc;
     let dc16;
@@ -493,5 +493,9 @@ pub fn matmul_backward(
         let ones = super::elementwise::fill(dc32.gpu(), &[rows, 1], 1.0)?;
         Some(matmul(&ones, &dc32.reshape(&[rows, d.n])?, true, false, None)?.reshape(&[d.n])?)
     };
-    Ok((da.reshape(a.shape())?, db.reshape(b.shape())?, dbias))
+    Ok(LayerGrads {
+        input: Some(da.reshape(a.shape())?),
+        weight: Some(db.reshape(b.shape())?),
+        bias: dbias,
+    })
 }

@@ -19,6 +19,18 @@ pub mod softmax;
 pub mod weight_norm;
 
 use crate::engine::error::{Error, Result};
+
+/// Gradients of a layer's input, weight and bias, by name (each `None` where it was not asked
+/// for or the layer has none).
+#[derive(Debug)]
+pub struct LayerGrads {
+    /// dL/dinput (matmul's A, a norm's or conv's x).
+    pub input: Option<Tensor>,
+    /// dL/dweight (matmul's B, a norm's gamma, a conv's kernel).
+    pub weight: Option<Tensor>,
+    /// dL/dbias (a norm's beta).
+    pub bias: Option<Tensor>,
+}
 use crate::engine::Gpu;
 use crate::engine::{DType, Tensor};
 

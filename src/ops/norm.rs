@@ -1,7 +1,9 @@
 //! LayerNorm over the last dim or over the channels of [B, C, T], and wav2vec2-base's
 //! GroupNorm (one group per channel).
 
-use super::{binding_room, check_f32, copy, dummy, elementwise, reduce, shifted_chunks};
+use super::{
+    binding_room, check_f32, copy, dummy, elementwise, reduce, shifted_chunks, LayerGrads,
+};
 use crate::engine::error::{shape_err, Result};
 use crate::engine::params::kernel_params;
 use crate::engine::{grid, Kernel};
@@ -74,6 +76,26 @@ pub enum Norm {
     Channel,
 }
 
+impl Norm {
+    /// The op's name in errors.
+    fn op(self) -> &'static str {
+        match self {
+            Norm::Layer => "layer_norm",
+            Norm::Group => "group_norm",
+            Norm::Channel => "channel_norm",
+        }
+    }
+
+    /// Its backward's name in errors.
+    fn op_backward(self) -> &'static str {
+        match self {
+            Norm::Layer => "layer_norm_backward",
+            Norm::Group => "group_norm_backward",
+            Norm::Channel => "channel_norm_backward",
+        }
+    }
+}
+
 /// Where the rows of one dispatch live: elements [start, start + len), rows
 /// [row0, row0 + rows).
 struct Chunk {
@@ -89,7 +111,7 @@ pub struct NormStats(pub Tensor);
 
 /// (rows, cols, channels, inner): rows of `cols` elements `inner` apart.
 fn layout(norm: Norm, x: &Tensor, gamma: Option<&Tensor>) -> Result<(usize, usize, usize, usize)> {
-    let op = "layer_norm";
+    let op = norm.op();
     if x.shape().is_empty() {
         return shape_err(op, "input must have at least one dim");
     }
@@ -173,7 +195,7 @@ fn chunks(
     if norm == Norm::Channel {
         let (b, per) = (x.dim(0), x.dim(1) * x.dim(2));
         let t = x.dim(2);
-        let Ok(items) = shifted_chunks(gpu, "layer_norm", b, &[per, 2 * t]) else {
+        let Ok(items) = shifted_chunks(gpu, norm.op(), b, &[per, 2 * t]) else {
             return Ok(None);
         };
         return Ok(Some(
@@ -189,7 +211,7 @@ fn chunks(
         ));
     }
     Ok(Some(
-        shifted_chunks(gpu, "layer_norm", rows, &[cols, 2])?
+        shifted_chunks(gpu, norm.op(), rows, &[cols, 2])?
             .into_iter()
             .map(|(r0, nr)| Chunk {
                 start: r0 * cols,
@@ -246,7 +268,7 @@ pub fn forward(
     beta: Option<&Tensor>,
     eps: f32,
 ) -> Result<(Tensor, NormStats)> {
-    check_f32("layer_norm", &[x])?;
+    check_f32(norm.op(), &[x])?;
     let (rows, cols, channels, inner) = layout(norm, x, gamma)?;
     let gpu = x.gpu();
     let y = Tensor::uninit(gpu, x.shape(), DType::F32)?;
@@ -310,18 +332,18 @@ fn per_thread(norm: Norm, cols: usize) -> bool {
     norm == Norm::Channel || (norm == Norm::Layer && cols <= SHORT_ROW)
 }
 
-/// Gradients (dx, dgamma, dbeta) of [`forward`].
+/// Gradients of [`forward`]: dx as `input`, dgamma as `weight`, dbeta as `bias`.
 pub fn backward(
     norm: Norm,
     x: &Tensor,
     gamma: Option<&Tensor>,
     stats: &NormStats,
     dy: &Tensor,
-) -> Result<(Tensor, Option<Tensor>, Option<Tensor>)> {
-    check_f32("layer_norm_backward", &[x, dy])?;
+) -> Result<LayerGrads> {
+    check_f32(norm.op_backward(), &[x, dy])?;
     if dy.shape() != x.shape() {
         return shape_err(
-            "layer_norm_backward",
+            norm.op_backward(),
             format!("x {:?} but dy {:?}", x.shape(), dy.shape()),
         );
     }
@@ -357,7 +379,11 @@ pub fn backward(
         )?;
     }
     if gamma.is_none() {
-        return Ok((dx, None, None));
+        return Ok(LayerGrads {
+            input: Some(dx),
+            weight: None,
+            bias: None,
+        });
     }
     let (dg, db) = match norm {
         Norm::Layer | Norm::Channel => {
@@ -421,7 +447,11 @@ pub fn backward(
             (sum(&sg)?, sum(&sb)?)
         }
     };
-    Ok((dx, Some(dg), Some(db)))
+    Ok(LayerGrads {
+        input: Some(dx),
+        weight: Some(dg),
+        bias: Some(db),
+    })
 }
 
 /// [`backward`] of the channel layout by time windows (see [`forward_windows`]); the
@@ -432,7 +462,7 @@ fn backward_windows(
     stats: &NormStats,
     dy: &Tensor,
     dx: Tensor,
-) -> Result<(Tensor, Option<Tensor>, Option<Tensor>)> {
+) -> Result<LayerGrads> {
     let [batch, channels, t] = *x.shape() else {
         unreachable!("only the channel layout is windowed")
     };
@@ -444,9 +474,10 @@ fn backward_windows(
             let xw = copy::time_window(x, b, t0, len)?;
             let dyw = copy::time_window(dy, b, t0, len)?;
             let sw = copy::flat_range(&stats.0, 2 * (b * t + t0), 2 * len)?.reshape(&[len, 2])?;
-            let (dxw, dg, db) = backward(Norm::Channel, &xw, gamma, &NormStats(sw), &dyw)?;
+            let d = backward(Norm::Channel, &xw, gamma, &NormStats(sw), &dyw)?;
+            let dxw = d.input.expect("a norm's input gradient is always computed");
             copy::write_time_window(&dx, b, t0, &dxw)?;
-            if let (Some(dg), Some(db)) = (dg, db) {
+            if let (Some(dg), Some(db)) = (d.weight, d.bias) {
                 sums = Some(match sums {
                     None => (dg, db),
                     Some((g, s)) => (elementwise::add(&g, &dg)?, elementwise::add(&s, &db)?),
@@ -454,8 +485,10 @@ fn backward_windows(
             }
         }
     }
-    Ok(match sums {
-        Some((dg, db)) => (dx, Some(dg), Some(db)),
-        None => (dx, None, None),
+    let (weight, bias) = sums.unzip();
+    Ok(LayerGrads {
+        input: Some(dx),
+        weight,
+        bias,
     })
 }

@@ -82,8 +82,17 @@ pub fn forward(g: &Tensor, v: &Tensor) -> Result<(Tensor, Tensor)> {
     Ok((w, norms))
 }
 
-/// Gradients (dg shaped like g, dv shaped like v) from dw and the forward's norms.
-pub fn backward(g: &Tensor, v: &Tensor, norms: &Tensor, dw: &Tensor) -> Result<(Tensor, Tensor)> {
+/// Gradients of the magnitude `g` and the direction `v`.
+#[derive(Debug)]
+pub struct WeightNormGrads {
+    /// dL/dg (g's shape).
+    pub g: Tensor,
+    /// dL/dv (v's shape).
+    pub v: Tensor,
+}
+
+/// Gradients of g and v from dw and the forward's norms.
+pub fn backward(g: &Tensor, v: &Tensor, norms: &Tensor, dw: &Tensor) -> Result<WeightNormGrads> {
     let (rows, kk) = check(g, v)?;
     if dw.shape() != v.shape() {
         return shape_err(
@@ -111,5 +120,5 @@ pub fn backward(g: &Tensor, v: &Tensor, norms: &Tensor, dw: &Tensor) -> Result<(
         ],
         [kk as u32, 1, 1],
     )?;
-    Ok((dg, dv))
+    Ok(WeightNormGrads { g: dg, v: dv })
 }

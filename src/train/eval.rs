@@ -5,7 +5,7 @@ use crate::data::{collate, Prepared, Split, Targets, Vocab};
 use crate::error::{file_err, Result};
 use crate::metrics;
 use crate::model::{Forward, Wav2Vec2ForCtc};
-use crate::ops::ctc::{ctc_loss, Reduction};
+use crate::ops::ctc::{ctc_loss, CtcOptions, Reduction};
 use crate::{Tape, Tensor};
 use serde::Serialize;
 
@@ -81,18 +81,12 @@ pub fn evaluate(
             let rows: Vec<Vec<u32>> = idx.iter().map(|&i| vocab.encode(&utts[i].text)).collect();
             Targets::from_rows(&rows)
         };
-        let labels: Vec<i64> = targets.ids.iter().map(|&id| id as i64).collect();
-        let tl: Vec<i64> = targets.lengths.iter().map(|&l| l as i64).collect();
-        let il: Vec<i64> = out.frames.iter().map(|&f| f as i64).collect();
-        let ctc = ctc_loss(
-            &out.logits.value,
-            &labels,
-            &tl,
-            &il,
-            model.config.blank(),
-            Reduction::None,
-            true,
-        )?;
+        let opts = CtcOptions {
+            blank: model.config.blank(),
+            reduction: Reduction::None,
+            zero_infinity: true,
+        };
+        let ctc = ctc_loss(&out.logits.value, &targets, &out.frames, opts)?;
         let losses = ctc.loss.to_vec()?;
         let logits = out.logits.value.to_vec()?;
         let t = out.logits.shape()[1];
@@ -107,7 +101,7 @@ pub fn evaluate(
             } else {
                 f64::NAN
             };
-            loss_sum += loss / tl[b].max(1) as f64;
+            loss_sum += loss / targets.lengths[b].max(1) as f64;
         }
     }
     let refs: Vec<&str> = pairs.iter().map(|p| p.0.as_str()).collect();
