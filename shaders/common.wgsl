@@ -22,3 +22,13 @@ fn dropout_draw(i: u32, seed_lo: u32, seed_hi: u32) -> f32 {
     let h = pcg(pcg(i ^ seed_lo) + seed_hi);
     return f32(h >> 8u) * (1.0 / 16777216.0);
 }
+
+// The 64x64 SIMT GEMM core (conv1d_gemm, matmul_tiled64): one k of this thread's 4x4 outputs,
+// the outer product of 4 rows of A and 4 columns of B read from the staged tiles. Staging
+// and storing differ per kernel; this part is the same.
+fn outer4(av: vec4<f32>, bv: vec4<f32>, acc: ptr<function, array<vec4<f32>, 4>>) {
+    (*acc)[0] = fma(vec4<f32>(av.x), bv, (*acc)[0]);
+    (*acc)[1] = fma(vec4<f32>(av.y), bv, (*acc)[1]);
+    (*acc)[2] = fma(vec4<f32>(av.z), bv, (*acc)[2]);
+    (*acc)[3] = fma(vec4<f32>(av.w), bv, (*acc)[3]);
+}

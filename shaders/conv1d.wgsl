@@ -136,12 +136,7 @@ fn conv1d_gemm(@builtin(local_invocation_id) lid: vec3<u32>, @builtin(workgroup_
             load_b(q, kk, col0 + l4 + 2u), load_b(q, kk, col0 + l4 + 3u));
         workgroupBarrier();
         for (var k = 0u; k < 16u; k = k + 1u) {
-            let av = As[k * 16u + lid.y];
-            let bv = Bs[k * 16u + lid.x];
-            acc[0] = fma(vec4<f32>(av.x), bv, acc[0]);
-            acc[1] = fma(vec4<f32>(av.y), bv, acc[1]);
-            acc[2] = fma(vec4<f32>(av.z), bv, acc[2]);
-            acc[3] = fma(vec4<f32>(av.w), bv, acc[3]);
+            outer4(As[k * 16u + lid.y], Bs[k * 16u + lid.x], &acc);
         }
         workgroupBarrier();
     }

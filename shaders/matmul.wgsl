@@ -8,7 +8,7 @@
 // products `splitk_sum` adds (split-K). `matmul_naive`: one thread per output, the baseline
 // the benchmark compares against.
 //
-// Mixed precision: the `matmul_f16` build of this file (gpu.rs) reads A and B as f16 and
+// Mixed precision: the `matmul_f16` build of this file (engine::pipelines) reads A and B as f16 and
 // converts as it loads, so the tiles, the FMAs and C stay f32 (f16 inputs, f32 accumulation,
 // as tensor-core GEMMs do). Bias and C are f32 in both builds.
 
@@ -294,12 +294,7 @@ fn matmul_tiled64(@builtin(local_invocation_id) lid: vec3<u32>, @builtin(workgro
             load_b(batch, kk, col0 + l4 + 2u), load_b(batch, kk, col0 + l4 + 3u));
         workgroupBarrier();
         for (var k = 0u; k < BK64; k = k + 1u) {
-            let av = As64[k * 16u + lid.y];
-            let bv = Bs64[k * 16u + lid.x];
-            acc[0] = fma(vec4<f32>(av.x), bv, acc[0]);
-            acc[1] = fma(vec4<f32>(av.y), bv, acc[1]);
-            acc[2] = fma(vec4<f32>(av.z), bv, acc[2]);
-            acc[3] = fma(vec4<f32>(av.w), bv, acc[3]);
+            outer4(As64[k * 16u + lid.y], Bs64[k * 16u + lid.x], &acc);
         }
         workgroupBarrier();
     }

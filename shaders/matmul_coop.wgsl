@@ -7,7 +7,7 @@
 // accumulators, loading its A and B fragments straight from storage (L1 serves the reuse
 // between neighbouring workgroups). coopLoadT reads a row-major fragment, coopLoad a
 // column-major one, so a transposed operand is only a different load: the host builds one
-// variant per transpose combination by setting TA and TB below (gpu.rs, `matmul_coop_XY`).
+// variant per transpose combination by setting TA and TB below (engine::pipelines, `matmul_coop_XY`).
 //
 // The host sends only shapes this kernel serves (`ops::matmul::coop_fits`): M, N >= 64; every
 // fragment row 16-byte aligned (the leading dimension of each operand, its offsets and batch

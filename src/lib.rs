@@ -2,8 +2,10 @@
 //!
 //! Layers, bottom up: [`engine`] (device, pooled buffers, cached pipelines, batched dispatch,
 //! tensors), [`ops`] (kernel launchers, forward and backward), [`autograd`] (the tape),
-//! and [`bench`] (kernel benchmarks shared by `cargo bench` and `xlsr bench`). [`data`] turns a
-//! Common Voice release into padded training batches.
+//! [`model`] (wav2vec2 for CTC), [`train`] (one [`train::TrainStep`], the run, evaluation,
+//! checkpoints). Beside them: [`data`] (a Common Voice release into padded batches),
+//! [`mod@bench`] (kernel and training-step benchmarks) and [`cli`] (the command line, the only
+//! module that knows about flags).
 
 pub mod autograd;
 pub mod bench;

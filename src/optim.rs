@@ -15,12 +15,7 @@ use crate::error::{shape_err, Error, Result};
 use crate::ops::{dummy, reduce::global_norm_scaled, row_chunks};
 use std::rc::Rc;
 
-const ADAMW: Kernel = Kernel {
-    file: "adamw",
-    entry: "adamw",
-    reads: 2,
-    writes: 3,
-};
+const ADAMW: Kernel = Kernel::new("adamw", "adamw", 2, 3);
 
 kernel_params! {
     /// `adamw.wgsl`'s uniforms.

@@ -63,7 +63,7 @@ impl Var {
     }
 
     /// op(self) @ op(w) (+ bias); see [`ops::matmul::matmul`].
-    /// Under [`autocast`], A and B are cast to f16 and multiplied with f32 accumulation; the
+    /// Under [`autocast`](crate::autograd::autocast), A and B are cast to f16 and multiplied with f32 accumulation; the
     /// f16 copies are what backward keeps (half the bytes). The output and all gradients are
     /// f32.
     pub fn matmul(&self, w: &Var, ta: bool, tb: bool, bias: Option<&Var>) -> Result<Var> {
@@ -100,7 +100,7 @@ impl Var {
         }))
     }
 
-    /// Pointwise activation. Under [`autocast`] backward keeps an f16 copy of the input (half
+    /// Pointwise activation. Under [`autocast`](crate::autograd::autocast) backward keeps an f16 copy of the input (half
     /// the bytes; the derivative is taken at the f16-rounded input, as under PyTorch's autocast,
     /// where the input would be a matmul's f16 output).
     pub fn act(&self, act: Act) -> Result<Var> {
@@ -222,7 +222,7 @@ impl Var {
     }
 
     /// Fused attention dropout(softmax(self kᵀ·scale + mask)) @ v; see [`ops::attention::forward`].
-    /// Under [`autocast`] it reads f16 copies of q, k, v (what backward keeps); arithmetic,
+    /// Under [`autocast`](crate::autograd::autocast) it reads f16 copies of q, k, v (what backward keeps); arithmetic,
     /// output and gradients stay f32.
     pub fn attention(&self, k: &Var, v: &Var, mask: Option<&Tensor>, a: &Attention) -> Result<Var> {
         let half = is_autocast();

@@ -37,7 +37,7 @@ pub struct Prepared {
 }
 
 impl Prepared {
-    /// Opens a folder written by [`run`].
+    /// Opens a folder written by [`run`](super::prepare::run).
     pub fn open(dir: &Path) -> Result<Prepared, DataError> {
         let path = dir.join("index.json");
         let text = std::fs::read_to_string(&path).map_err(|e| DataError::io(&path, e))?;

@@ -1,5 +1,5 @@
 //! Typed kernel uniforms: one `#[repr(C)]` struct per WGSL `struct Params`, declared with
-//! [`kernel_params!`] next to the launcher that fills it, so that a launch names its fields
+//! `kernel_params!` next to the launcher that fills it, so that a launch names its fields
 //! instead of counting positions. The test below holds each struct to its WGSL original.
 
 /// A kernel's uniform block, byte for byte the `struct Params` of its WGSL file(s).

@@ -128,6 +128,19 @@ pub struct Kernel {
     pub writes: u32,
 }
 
+impl Kernel {
+    /// Entry `entry` of `shaders/FILE.wgsl` with `reads` read-only and `writes` read-write
+    /// storage bindings.
+    pub const fn new(file: &'static str, entry: &'static str, reads: u32, writes: u32) -> Kernel {
+        Kernel {
+            file,
+            entry,
+            reads,
+            writes,
+        }
+    }
+}
+
 /// A bind-group layout and the pipeline layout wrapping it, per binding signature.
 pub(super) type Layouts = (Arc<wgpu::BindGroupLayout>, Arc<wgpu::PipelineLayout>);
 

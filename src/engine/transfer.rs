@@ -10,12 +10,7 @@ use super::Gpu;
 /// Host uploads up to this many bytes go through the upload arena (inside the compute pass);
 /// larger ones through a staging buffer and a copy command.
 const UPLOAD_ARENA_MAX: u64 = 64 << 20;
-const FILL_WORDS: Kernel = Kernel {
-    file: "words",
-    entry: "fill_words",
-    reads: 1,
-    writes: 1,
-};
+const FILL_WORDS: Kernel = Kernel::new("words", "fill_words", 1, 1);
 const COPY_WORDS: Kernel = Kernel {
     entry: "copy_words",
     ..FILL_WORDS

@@ -7,12 +7,7 @@ use crate::engine::{grid, Kernel};
 use crate::engine::{DType, Tensor};
 
 const fn k(entry: &'static str) -> Kernel {
-    Kernel {
-        file: "activation",
-        entry,
-        reads: 2,
-        writes: 1,
-    }
+    Kernel::new("activation", entry, 2, 1)
 }
 
 kernel_params! {

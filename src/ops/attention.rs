@@ -50,32 +50,13 @@ kernel_params! {
     }
 }
 
-const FWD: Kernel = Kernel {
-    file: "attention",
-    entry: "attn_fwd",
-    reads: 6,
-    writes: 2,
-};
-const BWD_STATS: Kernel = Kernel {
-    file: "attention",
-    entry: "attn_bwd_stats",
-    reads: 6,
-    writes: 2,
-};
-const BWD_KV: Kernel = Kernel {
-    file: "attention",
-    entry: "attn_bwd_kv",
-    reads: 6,
-    writes: 2,
-};
-const BWD_Q: Kernel = Kernel {
-    file: "attention",
-    entry: "attn_bwd_q",
-    reads: 6,
-    writes: 2,
-};
+const FWD: Kernel = Kernel::new("attention", "attn_fwd", 6, 2);
+const BWD_STATS: Kernel = Kernel::new("attention", "attn_bwd_stats", 6, 2);
+const BWD_KV: Kernel = Kernel::new("attention", "attn_bwd_kv", 6, 2);
+const BWD_Q: Kernel = Kernel::new("attention", "attn_bwd_q", 6, 2);
 
-/// `kernel` reading f16 q, k, v (the `attention_f16` build of the file, see gpu.rs).
+/// `kernel` reading f16 q, k, v (the `attention_f16` build of the file, see
+/// `engine::pipelines`).
 const fn f16_variant(kernel: Kernel) -> Kernel {
     Kernel {
         file: "attention_f16",

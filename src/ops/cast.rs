@@ -5,18 +5,8 @@ use crate::engine::params::kernel_params;
 use crate::engine::{grid, Kernel};
 use crate::engine::{DType, Tensor};
 
-const TO_F16: Kernel = Kernel {
-    file: "cast",
-    entry: "to_f16",
-    reads: 1,
-    writes: 1,
-};
-const TO_F32: Kernel = Kernel {
-    file: "cast",
-    entry: "to_f32",
-    reads: 1,
-    writes: 1,
-};
+const TO_F16: Kernel = Kernel::new("cast", "to_f16", 1, 1);
+const TO_F32: Kernel = Kernel::new("cast", "to_f32", 1, 1);
 
 kernel_params! {
     /// `cast.wgsl`'s uniforms.

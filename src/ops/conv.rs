@@ -9,12 +9,7 @@ use crate::engine::{grid, Kernel};
 use crate::engine::{DType, Tensor};
 
 const fn k(entry: &'static str) -> Kernel {
-    Kernel {
-        file: "conv1d",
-        entry,
-        reads: 3,
-        writes: 1,
-    }
+    Kernel::new("conv1d", entry, 3, 1)
 }
 const GEMM: Kernel = k("conv1d_gemm");
 const BWD_BIAS: Kernel = k("conv1d_bwd_bias");

@@ -6,12 +6,7 @@ use crate::engine::params::kernel_params;
 use crate::engine::{grid, Kernel};
 use crate::engine::{DType, Tensor};
 
-const COPY: Kernel = Kernel {
-    file: "copy",
-    entry: "copy_strided",
-    reads: 1,
-    writes: 1,
-};
+const COPY: Kernel = Kernel::new("copy", "copy_strided", 1, 1);
 
 kernel_params! {
     /// `copy.wgsl`'s uniforms.

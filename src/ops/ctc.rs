@@ -10,12 +10,7 @@ use crate::engine::{grid, Kernel};
 use crate::engine::{DType, Tensor};
 
 const fn k(entry: &'static str) -> Kernel {
-    Kernel {
-        file: "ctc",
-        entry,
-        reads: 5,
-        writes: 3,
-    }
+    Kernel::new("ctc", entry, 5, 3)
 }
 const ALPHA_BETA: Kernel = k("ctc_alpha_beta");
 const GRAD: Kernel = k("ctc_grad");

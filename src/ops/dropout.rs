@@ -6,12 +6,7 @@ use crate::engine::params::kernel_params;
 use crate::engine::{grid, Kernel};
 use crate::engine::{DType, Tensor};
 
-const DROPOUT: Kernel = Kernel {
-    file: "dropout",
-    entry: "dropout",
-    reads: 1,
-    writes: 1,
-};
+const DROPOUT: Kernel = Kernel::new("dropout", "dropout", 1, 1);
 
 kernel_params! {
     /// `dropout.wgsl`'s uniforms.

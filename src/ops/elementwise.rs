@@ -7,24 +7,9 @@ use crate::engine::params::kernel_params;
 use crate::engine::{grid, Kernel};
 use crate::engine::{DType, Tensor};
 
-const BINARY: Kernel = Kernel {
-    file: "elementwise",
-    entry: "binary",
-    reads: 2,
-    writes: 1,
-};
-const SCALE: Kernel = Kernel {
-    file: "elementwise",
-    entry: "scale",
-    reads: 2,
-    writes: 1,
-};
-const FILL: Kernel = Kernel {
-    file: "elementwise",
-    entry: "fill",
-    reads: 2,
-    writes: 1,
-};
+const BINARY: Kernel = Kernel::new("elementwise", "binary", 2, 1);
+const SCALE: Kernel = Kernel::new("elementwise", "scale", 2, 1);
+const FILL: Kernel = Kernel::new("elementwise", "fill", 2, 1);
 
 kernel_params! {
     /// `elementwise.wgsl`'s uniforms.

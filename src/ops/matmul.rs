@@ -14,12 +14,7 @@ const TILE: usize = 128;
 const BK: usize = 8;
 
 fn kernel(file: &'static str, entry: &'static str) -> Kernel {
-    Kernel {
-        file,
-        entry,
-        reads: 3,
-        writes: 1,
-    }
+    Kernel::new(file, entry, 3, 1)
 }
 
 kernel_params! {

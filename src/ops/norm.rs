@@ -10,12 +10,7 @@ use crate::engine::{grid, Kernel};
 use crate::engine::{DType, Tensor};
 
 const fn k(entry: &'static str) -> Kernel {
-    Kernel {
-        file: "norm",
-        entry,
-        reads: 4,
-        writes: 2,
-    }
+    Kernel::new("norm", entry, 4, 2)
 }
 const FWD: Kernel = k("norm_fwd");
 const BWD: Kernel = k("norm_bwd");

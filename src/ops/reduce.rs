@@ -7,12 +7,7 @@ use crate::engine::{grid, BufRef, Gpu, Kernel};
 use crate::engine::{DType, Tensor};
 
 const fn k(entry: &'static str) -> Kernel {
-    Kernel {
-        file: "reduce",
-        entry,
-        reads: 3,
-        writes: 1,
-    }
+    Kernel::new("reduce", entry, 3, 1)
 }
 const SUM_ALL: Kernel = k("sum_all");
 const SQRT_AT: Kernel = k("sqrt_at");
@@ -23,12 +18,7 @@ pub(crate) const REDUCE_TO: Kernel = k("reduce_to");
 
 /// Tensors per `sum_squares` dispatch (with the output, eight storage bindings).
 const SUM_SQUARES_INPUTS: usize = 7;
-const SUM_SQUARES: Kernel = Kernel {
-    file: "sum_squares",
-    entry: "sum_squares",
-    reads: SUM_SQUARES_INPUTS as u32,
-    writes: 1,
-};
+const SUM_SQUARES: Kernel = Kernel::new("sum_squares", "sum_squares", SUM_SQUARES_INPUTS as u32, 1);
 
 kernel_params! {
     /// `reduce.wgsl`'s uniforms.

@@ -6,18 +6,8 @@ use crate::engine::params::kernel_params;
 use crate::engine::{grid, Kernel};
 use crate::engine::{DType, Tensor};
 
-const FWD: Kernel = Kernel {
-    file: "softmax",
-    entry: "softmax_fwd",
-    reads: 2,
-    writes: 1,
-};
-const BWD: Kernel = Kernel {
-    file: "softmax",
-    entry: "softmax_bwd",
-    reads: 2,
-    writes: 1,
-};
+const FWD: Kernel = Kernel::new("softmax", "softmax_fwd", 2, 1);
+const BWD: Kernel = Kernel::new("softmax", "softmax_bwd", 2, 1);
 
 kernel_params! {
     /// `softmax.wgsl`'s uniforms.

@@ -8,12 +8,7 @@ use crate::engine::Kernel;
 use crate::engine::{DType, Tensor};
 
 const fn k(entry: &'static str) -> Kernel {
-    Kernel {
-        file: "weight_norm",
-        entry,
-        reads: 4,
-        writes: 2,
-    }
+    Kernel::new("weight_norm", entry, 4, 2)
 }
 const FWD: Kernel = k("weight_norm_fwd");
 const BWD: Kernel = k("weight_norm_bwd");
