@@ -109,6 +109,20 @@ pub struct StepOutcome {
     pub skipped: bool,
 }
 
+/// An update recorded on the GPU whose gradient norm the host has not read yet.
+pub struct PendingStep {
+    norm: Option<Tensor>,
+    updated: Vec<(usize, State)>,
+    lr: f32,
+}
+
+impl PendingStep {
+    /// The global gradient norm on the device (`None` when no parameter had a gradient).
+    pub fn grad_norm(&self) -> Option<&Tensor> {
+        self.norm.as_ref()
+    }
+}
+
 /// The AdamW optimiser over a fixed list of parameters.
 pub struct AdamW {
     /// Learning rate of the last update.
@@ -308,27 +322,55 @@ impl AdamW {
         max_norm: f32,
         inv_scale: f32,
     ) -> Result<StepOutcome> {
+        let pending = self.record_step(lr, max_norm, inv_scale)?;
+        let norm = match pending.grad_norm() {
+            Some(n) => n.item()?,
+            None => 0.0,
+        };
+        Ok(self.finish_step(pending, norm))
+    }
+
+    /// The GPU half of [`AdamW::clip_and_step_scaled`]: the global norm and the update, recorded
+    /// (the kernels check the norm themselves, so nothing waits for it). The caller reads
+    /// [`PendingStep::grad_norm`], perhaps with other values in one wait, and passes it to
+    /// [`AdamW::finish_step`].
+    pub fn record_step(&mut self, lr: f32, max_norm: f32, inv_scale: f32) -> Result<PendingStep> {
         let Some(norm) = self.grad_norm_scaled(inv_scale)? else {
-            return Ok(StepOutcome {
-                grad_norm: 0.0,
-                skipped: false,
+            return Ok(PendingStep {
+                norm: None,
+                updated: Vec::new(),
+                lr,
             });
         };
-        // The kernels check the norm themselves, so they can be recorded before the read-back
-        // and run in the same submission.
         let updated = self.record(lr, Some(&norm), max_norm, inv_scale)?;
-        let value = norm.item()?;
-        if !value.is_finite() {
-            return Ok(StepOutcome {
-                grad_norm: value,
-                skipped: true,
-            });
-        }
-        self.commit(lr, updated);
-        Ok(StepOutcome {
-            grad_norm: value,
-            skipped: false,
+        Ok(PendingStep {
+            norm: Some(norm),
+            updated,
+            lr,
         })
+    }
+
+    /// The host half: counts the step and keeps its moments if `grad_norm` (the value of
+    /// [`PendingStep::grad_norm`]) is finite; otherwise the kernels changed nothing and the
+    /// step is skipped.
+    pub fn finish_step(&mut self, pending: PendingStep, grad_norm: f32) -> StepOutcome {
+        if pending.norm.is_none() {
+            return StepOutcome {
+                grad_norm: 0.0,
+                skipped: false,
+            };
+        }
+        if !grad_norm.is_finite() {
+            return StepOutcome {
+                grad_norm,
+                skipped: true,
+            };
+        }
+        self.commit(pending.lr, pending.updated);
+        StepOutcome {
+            grad_norm,
+            skipped: false,
+        }
     }
 
     /// Clears the gradients of all parameters (HF calls `model.zero_grad()` after each step).

@@ -112,6 +112,28 @@ impl Tensor {
         Ok(self.to_vec()?[0])
     }
 
+    /// The values of several one-element tensors (of one device), read back with one wait.
+    pub fn items(scalars: &[&Tensor]) -> Result<Vec<f32>> {
+        let Some(first) = scalars.first() else {
+            return Ok(Vec::new());
+        };
+        for t in scalars {
+            t.expect_f32("items")?;
+            if t.numel() != 1 {
+                return shape_err(
+                    "items",
+                    format!("tensor of shape {:?} is not a scalar", t.shape),
+                );
+            }
+        }
+        let srcs: Vec<(&wgpu::Buffer, u64)> = scalars.iter().map(|t| (t.buffer(), 4)).collect();
+        let bytes = first.gpu().read_many(&srcs)?;
+        Ok(bytes
+            .iter()
+            .map(|b| bytemuck::pod_read_unaligned(b))
+            .collect())
+    }
+
     /// The device this tensor lives on.
     pub fn gpu(&self) -> &Gpu {
         &self.storage.gpu

@@ -63,9 +63,16 @@ impl Gpu {
 
     /// Copies `bytes` from the start of `buf` to the host, submitting pending work first.
     pub fn read(&self, buf: &wgpu::Buffer, bytes: u64) -> Result<Vec<u8>> {
-        let padded = bytes.div_ceil(4) * 4;
-        if padded == 0 {
-            return Ok(Vec::new());
+        Ok(self.read_many(&[(buf, bytes)])?.pop().unwrap_or_default())
+    }
+
+    /// [`Gpu::read`] of several buffers with one wait: each `(buffer, bytes)` is copied into
+    /// one staging buffer, so a step that needs a few scalars back pays one round trip.
+    pub fn read_many(&self, srcs: &[(&wgpu::Buffer, u64)]) -> Result<Vec<Vec<u8>>> {
+        let padded: Vec<u64> = srcs.iter().map(|(_, b)| b.div_ceil(4) * 4).collect();
+        let total: u64 = padded.iter().sum();
+        if total == 0 {
+            return Ok(vec![Vec::new(); srcs.len()]);
         }
         self.count(|c| c.buffers_created += 1);
         if self.is_accounting_only() {
@@ -74,21 +81,37 @@ impl Gpu {
             self.flush()?;
             self.count(|c| {
                 c.blocking_waits += 1;
-                c.readback_bytes += padded;
+                c.readback_bytes += total;
             });
-            return Ok(vec![0; bytes as usize]);
+            return Ok(srcs.iter().map(|(_, b)| vec![0; *b as usize]).collect());
         }
         let staging = self.0.device.create_buffer(&wgpu::BufferDescriptor {
             label: Some("readback"),
-            size: padded,
+            size: total,
             usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
             mapped_at_creation: false,
         });
-        self.with_encoder(|e| e.copy_buffer_to_buffer(buf, 0, &staging, 0, padded));
+        self.with_encoder(|e| {
+            let mut at = 0;
+            for ((buf, _), &n) in srcs.iter().zip(&padded) {
+                if n > 0 {
+                    e.copy_buffer_to_buffer(buf, 0, &staging, at, n);
+                }
+                at += n;
+            }
+        });
         self.flush()?;
-        let mut out: Vec<u8> = self.map_read(&staging, padded)?;
-        out.truncate(bytes as usize);
-        Ok(out)
+        let all: Vec<u8> = self.map_read(&staging, total)?;
+        let mut at = 0;
+        Ok(srcs
+            .iter()
+            .zip(&padded)
+            .map(|((_, bytes), &n)| {
+                let out = all[at as usize..][..*bytes as usize].to_vec();
+                at += n;
+                out
+            })
+            .collect())
     }
 
     /// Writes host bytes into the start of `buf`, ordered after everything already recorded.

@@ -321,36 +321,15 @@ pub fn backward(
             ],
             grid((n * g.t) as u64, ROWS as u64),
         )?;
-        gpu.dispatch(
-            &pick(BWD_KV, q),
-            &prm,
-            &[
-                qr,
-                kr,
-                vr,
-                m.bind(),
-                dor,
-                sr,
-                rows(&dk, b0, n, td).0,
-                rows(&dv, b0, n, td).0,
-            ],
-            row_groups(&gc),
-        )?;
-        gpu.dispatch(
-            &pick(BWD_Q, q),
-            &prm,
-            &[
-                qr,
-                kr,
-                vr,
-                m.bind(),
-                dor,
-                sr,
-                rows(&dq, b0, n, td).0,
-                dw.bind(),
-            ],
-            row_groups(&gc),
-        )?;
+        // dK, dV and then dQ, from the same inputs and stats.
+        let ins = [qr, kr, vr, m.bind(), dor, sr];
+        for (kernel, outs) in [
+            (BWD_KV, [rows(&dk, b0, n, td).0, rows(&dv, b0, n, td).0]),
+            (BWD_Q, [rows(&dq, b0, n, td).0, dw.bind()]),
+        ] {
+            let bufs: Vec<_> = ins.iter().chain(&outs).copied().collect();
+            gpu.dispatch(&pick(kernel, q), &prm, &bufs, row_groups(&gc))?;
+        }
     }
     Ok(AttentionGrads {
         q: dq,

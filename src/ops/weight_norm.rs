@@ -50,6 +50,14 @@ fn check(g: &Tensor, v: &Tensor) -> Result<(usize, usize)> {
     Ok((v.numel() / kk, kk))
 }
 
+fn params(rows: usize, kk: usize) -> WeightNormParams {
+    WeightNormParams {
+        rows: rows as u32,
+        k: kk as u32,
+        ..Default::default()
+    }
+}
+
 /// w = g * v / ||v||, the norm per last-dim index. Returns (w, norms [K]).
 pub fn forward(g: &Tensor, v: &Tensor) -> Result<(Tensor, Tensor)> {
     let (rows, kk) = check(g, v)?;
@@ -59,11 +67,7 @@ pub fn forward(g: &Tensor, v: &Tensor) -> Result<(Tensor, Tensor)> {
     let d = dummy(gpu)?;
     gpu.dispatch(
         &FWD,
-        &WeightNormParams {
-            rows: rows as u32,
-            k: kk as u32,
-            ..Default::default()
-        },
+        &params(rows, kk),
         &[
             g.bind(),
             v.bind(),
@@ -100,11 +104,7 @@ pub fn backward(g: &Tensor, v: &Tensor, norms: &Tensor, dw: &Tensor) -> Result<W
     let dg = Tensor::uninit(gpu, g.shape(), DType::F32)?;
     gpu.dispatch(
         &BWD,
-        &WeightNormParams {
-            rows: rows as u32,
-            k: kk as u32,
-            ..Default::default()
-        },
+        &params(rows, kk),
         &[
             g.bind(),
             v.bind(),

@@ -356,7 +356,12 @@ pub fn run(gpu: &Gpu, args: &TrainOptions) -> Result<RunSummary> {
         } else {
             skipped_in_a_row = 0;
             // An update that overflows the weights cannot be undone: stop before it is saved.
-            if let Some(name) = first_non_finite(&model)? {
+            // (Huge but finite weights also overflow the check; the search finds none then.)
+            let broken = match outcome.weights_finite {
+                true => None,
+                false => step::first_non_finite(&model)?,
+            };
+            if let Some(name) = broken {
                 bar.abandon();
                 return Err(Error::Usage(format!(
                     "step {}: the update made {name} non-finite (NaN or inf); stopping before \
@@ -519,28 +524,6 @@ fn resumed_args(args: &TrainOptions, checkpoint: &Path) -> TrainOptions {
 /// Training stops after this many optimiser steps in a row were skipped for a non-finite loss
 /// or gradient norm (fp16's loss scale would have fallen by 2^25 by then).
 pub const MAX_SKIPPED_IN_A_ROW: u64 = 25;
-
-/// The first trainable parameter holding a non-finite value, if any: one reduction on the
-/// device (0 * the global norm, NaN when any value is not finite), and a search only then.
-fn first_non_finite(model: &Wav2Vec2ForCtc) -> Result<Option<String>> {
-    let trainable: Vec<_> = model.params.iter().filter(|p| !p.is_frozen()).collect();
-    let values: Vec<Tensor> = trainable.iter().map(|p| p.value()).collect();
-    let refs: Vec<&Tensor> = values.iter().collect();
-    if refs.is_empty()
-        || crate::ops::reduce::global_norm_scaled(&model.gpu, &refs, 0.0)?
-            .item()?
-            .is_finite()
-    {
-        return Ok(None);
-    }
-    // The sum of squares also overflows for huge but finite weights (|x| > 1e19): look.
-    for (p, v) in trainable.iter().zip(&values) {
-        if v.to_vec()?.iter().any(|x| !x.is_finite()) {
-            return Ok(Some(p.name.clone()));
-        }
-    }
-    Ok(None)
-}
 
 /// "; the last checkpoint, NAME, is intact" (or nothing when there is none).
 fn last_saved(run_dir: &Path) -> String {

@@ -55,6 +55,9 @@ pub struct StepOutcome {
     pub grad_norm: f32,
     /// True when the loss or the gradient norm was not finite: nothing was updated.
     pub skipped: bool,
+    /// False when an update left some trainable weight non-finite (it cannot be undone; see
+    /// [`first_non_finite`] for which).
+    pub weights_finite: bool,
     /// Seconds of audio in the step's micro-batches.
     pub audio_seconds: f64,
 }
@@ -125,11 +128,12 @@ impl<'m> TrainStep<'m> {
             Some(l) => l,
             None => Tensor::scalar(&self.model.gpu, 0.0)?,
         };
-        let (grad_norm, skipped) = self.update(&loss, lr)?;
+        let (grad_norm, skipped, weights_finite) = self.update(&loss, lr)?;
         Ok(StepOutcome {
             loss,
             grad_norm,
             skipped,
+            weights_finite,
             audio_seconds,
         })
     }
@@ -172,18 +176,28 @@ impl<'m> TrainStep<'m> {
     }
 
     /// Clipping and the AdamW update at learning rate `lr`; a non-finite `loss` skips the step
-    /// as a non-finite gradient norm does. Returns (gradient norm, skipped).
-    pub fn update(&mut self, loss: &Tensor, lr: f32) -> Result<(f32, bool)> {
+    /// as a non-finite gradient norm does. The host waits for the GPU once: the gradient norm
+    /// and a check of the updated weights come back together. Returns (gradient norm, skipped,
+    /// weights finite).
+    pub fn update(&mut self, loss: &Tensor, lr: f32) -> Result<(f32, bool, bool)> {
         // 0 * loss joins the gradient norm the update kernels check.
         self.opt
             .set_guard(Some(elementwise::scale(loss, 0.0, 0.0)?));
-        let max_norm = self.options.max_grad_norm;
-        let outcome = match self.scaler.as_mut() {
-            Some(scaler) => scaler.step(&mut self.opt, lr, max_norm)?,
-            None => self.opt.clip_and_step(lr, max_norm)?,
-        };
+        let inv_scale = self.scaler.as_ref().map_or(1.0, |s| 1.0 / s.scale);
+        let pending = self
+            .opt
+            .record_step(lr, self.options.max_grad_norm, inv_scale)?;
+        let gpu = &self.model.gpu;
+        let zero = Tensor::scalar(gpu, 0.0)?;
+        let norm = pending.grad_norm().unwrap_or(&zero);
+        let check = weights_check(self.model)?;
+        let values = Tensor::items(&[norm, check.as_ref().unwrap_or(&zero)])?;
+        let outcome = self.opt.finish_step(pending, values[0]);
+        if let Some(scaler) = self.scaler.as_mut() {
+            scaler.update(outcome.skipped);
+        }
         self.opt.zero_grad();
-        Ok((outcome.grad_norm, outcome.skipped))
+        Ok((outcome.grad_norm, outcome.skipped, values[1].is_finite()))
     }
 
     /// SpecAugment's time and feature masks for a micro-batch, drawn from its seed as the
@@ -233,4 +247,31 @@ fn explain_device_error(e: Error, b: &Batch) -> Error {
         .into(),
         e => e,
     }
+}
+
+/// 0 * the global norm of the trainable weights: 0, or NaN when one is not finite (`None`
+/// when nothing is trainable).
+fn weights_check(model: &Wav2Vec2ForCtc) -> Result<Option<Tensor>> {
+    let values: Vec<Tensor> = trainable(model).map(|p| p.value()).collect();
+    let refs: Vec<&Tensor> = values.iter().collect();
+    if refs.is_empty() {
+        return Ok(None);
+    }
+    Ok(Some(reduce::global_norm_scaled(&model.gpu, &refs, 0.0)?))
+}
+
+fn trainable(model: &Wav2Vec2ForCtc) -> impl Iterator<Item = &std::rc::Rc<crate::Param>> {
+    model.params.iter().filter(|p| !p.is_frozen())
+}
+
+/// The first trainable parameter holding a non-finite value, if any (reads every weight
+/// back: for the error message after [`StepOutcome::weights_finite`] said there may be one;
+/// the sum of squares also overflows for huge but finite weights, |x| > 1e19).
+pub fn first_non_finite(model: &Wav2Vec2ForCtc) -> Result<Option<String>> {
+    for p in trainable(model) {
+        if p.value().to_vec()?.iter().any(|x| !x.is_finite()) {
+            return Ok(Some(p.name.clone()));
+        }
+    }
+    Ok(None)
 }
