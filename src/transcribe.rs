@@ -12,10 +12,24 @@ pub struct Transcript {
     pub file: PathBuf,
     /// Greedy CTC decoding of the logits.
     pub text: String,
+    /// Its words with their start and end in seconds (transformers' `output_word_offsets`
+    /// times the feature encoder's stride over the sampling rate).
+    pub words: Vec<TimedWord>,
     /// The LM head's output, [frames, vocab] row-major.
     pub logits: Vec<f32>,
     /// Frames.
     pub frames: usize,
+}
+
+/// A word of a transcript and when it is spoken.
+#[derive(Clone, Debug, PartialEq, serde::Serialize)]
+pub struct TimedWord {
+    /// The word.
+    pub word: String,
+    /// Start, seconds from the start of the file.
+    pub start: f64,
+    /// End, seconds.
+    pub end: f64,
 }
 
 /// A loaded model and its tokenizer, ready to transcribe.
@@ -78,9 +92,23 @@ impl Transcriber {
         let logits = out.logits.value.to_vec()?;
         let v = self.model.config.vocab_size;
         let ids = crate::metrics::greedy_decode(&logits, frames, v)?;
+        // Seconds per output frame: the feature encoder's total stride over the rate.
+        let stride: usize = self.model.config.conv_stride.iter().product();
+        let seconds = |frame: usize| (frame * stride) as f64 / audio::SAMPLE_RATE as f64;
+        let words = self
+            .vocab
+            .word_offsets(&ids)
+            .into_iter()
+            .map(|w| TimedWord {
+                word: w.word,
+                start: seconds(w.start),
+                end: seconds(w.end),
+            })
+            .collect();
         Ok(Transcript {
             file: file.to_path_buf(),
             text: self.vocab.decode_ctc(&ids),
+            words,
             logits,
             frames,
         })

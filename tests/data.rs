@@ -134,6 +134,22 @@ fn tokenizer_matches_hf_fixtures() {
                 d[2].as_str().unwrap(),
                 "{name}: {ids:?}"
             );
+            // Word offsets (`output_word_offsets=True`): word, first frame, end frame.
+            let want: Vec<(String, usize, usize)> = d[3]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|w| {
+                    let n = |i: usize| w[i].as_u64().unwrap() as usize;
+                    (w[0].as_str().unwrap().to_string(), n(1), n(2))
+                })
+                .collect();
+            let got: Vec<(String, usize, usize)> = v
+                .word_offsets(&ids)
+                .into_iter()
+                .map(|w| (w.word, w.start, w.end))
+                .collect();
+            assert_eq!(got, want, "{name}: word offsets of {ids:?}");
         }
         std::fs::remove_dir_all(dir).unwrap();
     }

@@ -186,3 +186,58 @@ fn cli_messages_name_the_real_cause() {
     );
     let _ = std::fs::remove_dir_all(dir);
 }
+
+/// Word timestamps: the words of the greedy ids (`Vocab::word_offsets`, checked against
+/// transformers' `output_word_offsets` in `tests/data.rs`) at the fixture's 20 samples per
+/// frame (conv strides 5, 2, 2) over 16 kHz; `--timestamps` prints them under the file's line
+/// and `--json` as one object per file.
+#[test]
+fn word_timestamps() {
+    let t = Transcriber::load(&gpu(), &fixture("w2v2_large")).unwrap();
+    let clip = fixture("w2v2_large/clip.wav");
+    let r = t.transcribe(&clip).unwrap();
+    let ids = xlsr::metrics::greedy_decode(&r.logits, r.frames, 12).unwrap();
+    let offsets = t.vocab.word_offsets(&ids);
+    assert!(!offsets.is_empty());
+    assert_eq!(r.words.len(), offsets.len());
+    for (w, o) in r.words.iter().zip(&offsets) {
+        assert_eq!(w.word, o.word);
+        assert_eq!(w.start, o.start as f64 * 20.0 / 16000.0);
+        assert_eq!(w.end, o.end as f64 * 20.0 / 16000.0);
+        assert!(w.start < w.end && w.end <= r.frames as f64 * 20.0 / 16000.0);
+    }
+    let run = |flag: &str| {
+        let out = Command::new(env!("CARGO_BIN_EXE_xlsr"))
+            .env("XDG_RUNTIME_DIR", "/tmp")
+            .args(["transcribe", flag, "--model"])
+            .arg(fixture("w2v2_large"))
+            .arg(&clip)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap()
+    };
+    let text = run("--timestamps");
+    let mut lines = text.lines();
+    assert_eq!(
+        lines.next().unwrap(),
+        format!("{}\t{}", clip.display(), r.text)
+    );
+    for w in &r.words {
+        let want = format!("\t{}\t{:.2}\t{:.2}", w.word, w.start, w.end);
+        assert_eq!(lines.next().unwrap(), want);
+    }
+    assert!(lines.next().is_none());
+    let json: serde_json::Value = serde_json::from_str(run("--json").trim()).unwrap();
+    assert_eq!(json["text"], r.text.as_str());
+    assert_eq!(json["file"], clip.display().to_string().as_str());
+    let words = json["words"].as_array().unwrap();
+    assert_eq!(words.len(), r.words.len());
+    assert_eq!(words[0]["word"], r.words[0].word.as_str());
+    assert_eq!(words[0]["start"].as_f64().unwrap(), r.words[0].start);
+    assert_eq!(words[0]["end"].as_f64().unwrap(), r.words[0].end);
+}

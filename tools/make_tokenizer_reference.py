@@ -1,5 +1,6 @@
 """Write tests/fixtures/tokenizer.json: text normalisation, vocabulary building, encoding and
-CTC decoding as the seed notebook and Hugging Face's Wav2Vec2CTCTokenizer do them.
+CTC decoding (with word offsets, `output_word_offsets=True`) as the seed notebook and Hugging
+Face's Wav2Vec2CTCTokenizer do them.
 
     ../refenv/bin/python tools/make_tokenizer_reference.py
 
@@ -78,6 +79,13 @@ BASE960H_CONFIG = {
 }
 
 
+def decoded(tok, ids):
+    """ids, decode(ids), decode(ids, group_tokens=False), word offsets [word, start, end]."""
+    words = tok.decode(ids, output_word_offsets=True).word_offsets
+    words = [[w["word"], int(w["start_offset"]), int(w["end_offset"])] for w in words]
+    return [ids, tok.decode(ids), tok.decode(ids, group_tokens=False), words]
+
+
 def case(name, vocab, config, encode_texts, rng):
     with tempfile.TemporaryDirectory() as d:
         json.dump(vocab, open(os.path.join(d, "vocab.json"), "w", encoding="utf-8"))
@@ -95,7 +103,14 @@ def case(name, vocab, config, encode_texts, rng):
             r = rng.random()
             i = pad if r < 0.3 else rng.randrange(n + 2 if k % 10 == 9 else n)
             ids += [i] * rng.choice([1, 1, 2, 3])
-        decode.append([ids, tok.decode(ids), tok.decode(ids, group_tokens=False)])
+        decode.append(decoded(tok, ids))
+    # Word boundaries on purpose: delimiters at the ends and doubled, blanks inside repeats.
+    d = tok.convert_tokens_to_ids(tok.word_delimiter_token)
+    special = {pad, d, tok.unk_token_id, tok.bos_token_id, tok.eos_token_id}
+    a, b = [i for i in range(n) if i not in special][:2]
+    for ids in [[d, a, a, pad, a, d, d, b, pad, d], [a, d, pad, b, b, d, a], [pad, pad], [d],
+                [a, pad, pad, b], [a, a, d, d, pad, b, b, b]]:
+        decode.append(decoded(tok, ids))
     return {
         "name": name,
         "vocab": vocab,

@@ -12,6 +12,12 @@ pub struct TranscribeArgs {
     /// Also write each file's raw logits [frames, vocab] to this safetensors file
     #[arg(long)]
     pub logits: Option<std::path::PathBuf>,
+    /// After each file's line, one line per word: TAB WORD TAB START TAB END (seconds)
+    #[arg(long)]
+    pub timestamps: bool,
+    /// Print one JSON object per file: {"file", "text", "words": [{"word", "start", "end"}]}
+    #[arg(long)]
+    pub json: bool,
     /// Audio files (WAV, MP3, FLAC, OGG Vorbis; any rate, mono or stereo)
     #[arg(required = true)]
     pub files: Vec<std::path::PathBuf>,
@@ -40,7 +46,8 @@ pub struct EvalArgs {
     pub json: bool,
 }
 
-/// Transcribes each file, printing FILE<TAB>TEXT; a file that fails is reported and counted.
+/// Transcribes each file, printing FILE<TAB>TEXT (with `--timestamps` its words' times, with
+/// `--json` one object per file); a file that fails is reported and counted.
 pub fn transcribe(args: &TranscribeArgs) -> Result<()> {
     let (model, logits, files) = (&args.model, args.logits.as_deref(), &args.files);
     if let Some(path) = logits {
@@ -53,7 +60,20 @@ pub fn transcribe(args: &TranscribeArgs) -> Result<()> {
     for f in files {
         match t.transcribe(f) {
             Ok(r) => {
-                println!("{}\t{}", f.display(), r.text);
+                if args.json {
+                    let words = serde_json::to_value(&r.words)?;
+                    let line = serde_json::json!({
+                        "file": f.display().to_string(),
+                        "text": r.text,
+                        "words": words,
+                    });
+                    println!("{line}");
+                } else {
+                    println!("{}\t{}", f.display(), r.text);
+                    for w in r.words.iter().filter(|_| args.timestamps) {
+                        println!("\t{}\t{:.2}\t{:.2}", w.word, w.start, w.end);
+                    }
+                }
                 done.push(r);
             }
             Err(e) => {

@@ -37,7 +37,7 @@ pub mod vocab;
 pub use batch::{collate, Batch, Batcher, Targets};
 pub use prepare::Utterance;
 pub use prepared::{Prepared, Split};
-pub use vocab::Vocab;
+pub use vocab::{Vocab, WordOffset};
 
 use std::path::PathBuf;
 use thiserror::Error;

@@ -13,6 +13,17 @@ pub const PAD: &str = "[PAD]";
 /// Word delimiter: stands for the space between words.
 pub const WORD_DELIMITER: &str = "|";
 
+/// A word of a CTC transcript and the output frames it spans, `start..end`.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+pub struct WordOffset {
+    /// The word.
+    pub word: String,
+    /// Its first frame.
+    pub start: usize,
+    /// One past its last frame.
+    pub end: usize,
+}
+
 /// A character vocabulary: token strings, their ids, and the tokenizer's special tokens.
 #[derive(Clone, Debug)]
 pub struct Vocab {
@@ -257,7 +268,7 @@ impl Vocab {
         let mut prev: Option<&str> = None;
         for &id in ids {
             // Repeats are grouped on tokens, not ids: out-of-range ids and unk are one token.
-            let tok = self.token(id).unwrap_or(&self.unk_token);
+            let tok = self.token_or_unk(id);
             if group && prev == Some(tok) {
                 continue;
             }
@@ -281,6 +292,46 @@ impl Vocab {
         } else {
             text
         }
+    }
+
+    /// The words of the greedy transcript of `ids` (one id per frame) with the frames each
+    /// spans, as `Wav2Vec2CTCTokenizer.decode(ids, output_word_offsets=True)` gives them: runs
+    /// of one token are one character spanning the run, blanks are dropped, and a word runs
+    /// from its first character's start to its last character's end (exclusive). Words are
+    /// the raw tokens, not lowercased or cleaned up, as in transformers.
+    pub fn word_offsets(&self, ids: &[u32]) -> Vec<WordOffset> {
+        let mut words = Vec::new();
+        let mut current: Option<WordOffset> = None;
+        let mut start = 0;
+        for run in ids.chunk_by(|a, b| self.token_or_unk(*a) == self.token_or_unk(*b)) {
+            let tok = self.token_or_unk(run[0]);
+            let end = start + run.len();
+            if tok == self.word_delimiter {
+                words.extend(current.take());
+            } else if tok != self.pad_token {
+                match &mut current {
+                    Some(w) => {
+                        w.word.push_str(tok);
+                        w.end = end;
+                    }
+                    None => {
+                        current = Some(WordOffset {
+                            word: tok.to_string(),
+                            start,
+                            end,
+                        })
+                    }
+                }
+            }
+            start = end;
+        }
+        words.extend(current);
+        words
+    }
+
+    /// The token of `id`, or the unk token for ids past the vocabulary (as transformers).
+    fn token_or_unk(&self, id: u32) -> &str {
+        self.token(id).unwrap_or(&self.unk_token)
     }
 
     /// Writes `vocab.json`, `tokenizer_config.json` and `preprocessor_config.json`, which
