@@ -103,13 +103,7 @@ impl Tensor {
 
     /// The single value of a one-element tensor.
     pub fn item(&self) -> Result<f32> {
-        if self.numel() != 1 {
-            return shape_err(
-                "item",
-                format!("tensor of shape {:?} is not a scalar", self.shape),
-            );
-        }
-        Ok(self.to_vec()?[0])
+        Ok(Tensor::items(&[self])?[0])
     }
 
     /// The values of several one-element tensors (of one device), read back with one wait.

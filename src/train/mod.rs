@@ -197,7 +197,7 @@ pub fn run(gpu: &Gpu, args: &TrainOptions) -> Result<RunSummary> {
         gpu.info().name
     );
 
-    let opt = AdamW::new(
+    let mut opt = AdamW::new(
         &model.params,
         AdamWConfig {
             weight_decay: args.weight_decay,
@@ -217,20 +217,9 @@ pub fn run(gpu: &Gpu, args: &TrainOptions) -> Result<RunSummary> {
         .max_steps
         .unwrap_or((args.epochs * per_epoch as f64).ceil() as u64);
     let checkpoint = args.checkpointing(model.layers.len());
-    let mut step = TrainStep::new(
-        &model,
-        opt,
-        None,
-        StepOptions {
-            grad_accum: args.grad_accum,
-            max_grad_norm: args.max_grad_norm,
-            checkpoint,
-            fp16,
-        },
-    )?;
     let mut st = match &resume_from {
         Some(dir) => {
-            let s = state::load(dir, &mut step.opt).map_err(resume_hint)?;
+            let s = state::load(dir, &mut opt).map_err(resume_hint)?;
             println!("resumed from {} at step {}", dir.display(), s.global_step);
             s
         }
@@ -244,9 +233,18 @@ pub fn run(gpu: &Gpu, args: &TrainOptions) -> Result<RunSummary> {
     // A killed run may have logged past its last checkpoint: those rows are logged again.
     MetricsLog::truncate_after(&args.out, st.global_step)?;
     st.max_steps = total;
-    if fp16 {
-        step.scaler = Some(st.grad_scaler.take().unwrap_or_default());
-    }
+    // A resumed fp16 run continues with its saved loss scale.
+    let mut step = TrainStep::new(
+        &model,
+        opt,
+        st.grad_scaler.take(),
+        StepOptions {
+            grad_accum: args.grad_accum,
+            max_grad_norm: args.max_grad_norm,
+            checkpoint,
+            fp16,
+        },
+    )?;
     st.grad_scaler = step.scaler.clone();
     println!(
         "training: {} clips ({:.1} min), {} steps ({per_epoch} per epoch), batch {} x {} accumulated{}",

@@ -187,17 +187,21 @@ impl<'m> TrainStep<'m> {
         let pending = self
             .opt
             .record_step(lr, self.options.max_grad_norm, inv_scale)?;
-        let gpu = &self.model.gpu;
-        let zero = Tensor::scalar(gpu, 0.0)?;
-        let norm = pending.grad_norm().unwrap_or(&zero);
         let check = weights_check(self.model)?;
-        let values = Tensor::items(&[norm, check.as_ref().unwrap_or(&zero)])?;
-        let outcome = self.opt.finish_step(pending, values[0]);
+        // One read for whichever of the two exist (neither does when nothing is trainable).
+        let reads: Vec<&Tensor> = pending.grad_norm().into_iter().chain(&check).collect();
+        let mut values = Tensor::items(&reads)?.into_iter();
+        let norm = match pending.grad_norm() {
+            Some(_) => values.next().unwrap_or(f32::NAN),
+            None => 0.0,
+        };
+        let weights_finite = values.next().is_none_or(f32::is_finite);
+        let outcome = self.opt.finish_step(pending, norm);
         if let Some(scaler) = self.scaler.as_mut() {
             scaler.update(outcome.skipped);
         }
         self.opt.zero_grad();
-        Ok((outcome.grad_norm, outcome.skipped, values[1].is_finite()))
+        Ok((outcome.grad_norm, outcome.skipped, weights_finite))
     }
 
     /// SpecAugment's time and feature masks for a micro-batch, drawn from its seed as the
