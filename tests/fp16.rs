@@ -270,7 +270,7 @@ fn run_model(model: &Wav2Vec2ForCtc, fp16: bool, scale: f32) -> (Vec<f32>, f32, 
     let g = gpu();
     let (audio, lengths, labels) = batch(&g);
     for p in &model.params {
-        p.zero_grad();
+        p.zero_grad().unwrap();
     }
     let tape = Tape::new();
     let opts = Forward {
@@ -368,7 +368,7 @@ fn grad_scaler_skips_exactly_the_overflowing_step_and_halves_the_scale() {
     let g = gpu();
     let (model, _) = Wav2Vec2ForCtc::load(&g, &fixture("w2v2_large"), None, 0).unwrap();
     let (audio, lengths, labels) = batch(&g);
-    let mut opt = AdamW::new(&model.params, AdamWConfig::default());
+    let mut opt = AdamW::new(&model.params, AdamWConfig::default()).unwrap();
     let mut scaler = GradScaler {
         growth_interval: 3,
         ..GradScaler::default()
@@ -398,7 +398,7 @@ fn grad_scaler_skips_exactly_the_overflowing_step_and_halves_the_scale() {
         tape.backward(&loss.scale(scaler.scale * force, 0.0).unwrap(), &[])
             .unwrap();
         let outcome = scaler.step(&mut opt, 1e-3, 1.0).unwrap();
-        opt.zero_grad();
+        opt.zero_grad().unwrap();
         let after = snapshot(&model);
         if outcome.skipped {
             assert_eq!(

@@ -102,7 +102,7 @@ fn check_variant(name: &str) {
     for frozen in [false, true] {
         model.freeze_feature_encoder(frozen);
         for p in &model.params {
-            p.zero_grad();
+            p.zero_grad().unwrap();
         }
         let tape = Tape::new();
         let opts = Forward {
@@ -182,7 +182,7 @@ fn check_variant(name: &str) {
 
     // SpecAugment's substitution with a fixed mask: logits, loss and masked_spec_embed's grad.
     for p in &model.params {
-        p.zero_grad();
+        p.zero_grad().unwrap();
     }
     let tape = Tape::new();
     let opts = Forward {
@@ -440,7 +440,7 @@ fn accounting_only_counts_equal_the_real_ones() {
         g.set_accounting_only(accounting);
         let (model, _) = Wav2Vec2ForCtc::load(&g, &fixture("w2v2_large"), None, 0).unwrap();
         let batch = host_batch(&Ref::open("w2v2_large"));
-        let opt = xlsr::optim::AdamW::new(&model.params, Default::default());
+        let opt = xlsr::optim::AdamW::new(&model.params, Default::default()).unwrap();
         let options = StepOptions {
             checkpoint,
             fp16,

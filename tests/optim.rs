@@ -72,7 +72,7 @@ impl Fixture {
         let tape = Tape::new();
         let mut loss: Option<Var> = None;
         for p in params {
-            p.zero_grad();
+            p.zero_grad().unwrap();
             let Some((g, s)) = self.get(&format!("grad.{k}.{}", p.name)) else {
                 continue;
             };
@@ -161,7 +161,7 @@ fn adamw_with_clipping_and_schedule_matches_torch() {
     );
     frozen.set_frozen(true);
     params.push(frozen.clone());
-    let mut opt = AdamW::new(&params, config());
+    let mut opt = AdamW::new(&params, config()).unwrap();
     let worst = run_steps(&fx, &mut opt, &params[..NAMES.len()], 0..STEPS);
     assert_eq!(opt.step, STEPS as u64);
     assert_eq!(frozen.value().to_vec().unwrap(), vec![0.5, -0.25, 2.0]);
@@ -194,11 +194,86 @@ fn adamw_with_clipping_and_schedule_matches_torch() {
     println!("worst relative error: parameters and norms {worst:.2e}, moments {worst_state:.2e}");
 }
 
+/// Parameters from the fixture, with an optimiser that packs them into flat buffers or (when
+/// they are frozen as it is made) updates each on its own.
+fn packed_or_own(fx: &Fixture, packed: bool) -> (Vec<Rc<Param>>, AdamW) {
+    let params = fx.params();
+    for p in &params {
+        p.set_frozen(!packed);
+    }
+    let opt = AdamW::new(&params, config()).unwrap();
+    for p in &params {
+        p.set_frozen(false);
+    }
+    assert_eq!(params[0].has_grad_home(), packed);
+    assert_eq!(params[0].value().same_storage(&params[4].value()), packed);
+    (params, opt)
+}
+
+/// Every parameter and moment of two runs, side by side.
+fn values_and_moments(params: &[Rc<Param>], opt: &AdamW) -> Vec<(String, Vec<f32>)> {
+    let mut out: Vec<(String, Vec<f32>)> = params
+        .iter()
+        .map(|p| (p.name.clone(), p.value().to_vec().unwrap()))
+        .collect();
+    out.extend(
+        opt.state_tensors()
+            .unwrap()
+            .into_iter()
+            .map(|(n, _, v)| (n, v)),
+    );
+    out
+}
+
+/// The packed update (parameters, gradients and moments in flat buffers, one dispatch for
+/// all) equals the per-parameter one, over the fixture's five steps with its LayerDrop'd
+/// parameter: bit for bit without clipping. With clipping the global norm is summed in
+/// another order: the norms agree within two f32 ulps (2.5e-7), and through the clip factor
+/// (squared in the second moment) every tensor within 5e-7 of its largest magnitude.
+#[test]
+fn packed_update_equals_the_per_tensor_one() {
+    let fx = Fixture::load();
+    for max_norm in [0.0, MAX_NORM] {
+        let (packed, mut opt_packed) = packed_or_own(&fx, true);
+        let (own, mut opt_own) = packed_or_own(&fx, false);
+        for k in 0..STEPS {
+            let lr = linear_warmup(k as u64, 2, 6, 0.05);
+            fx.set_grads(&packed, k);
+            let a = opt_packed.clip_and_step(lr, max_norm).unwrap();
+            fx.set_grads(&own, k);
+            let b = opt_own.clip_and_step(lr, max_norm).unwrap();
+            assert!(
+                (a.grad_norm - b.grad_norm).abs() <= 2.5e-7 * b.grad_norm,
+                "{a:?} {b:?}"
+            );
+        }
+        let mut worst: f64 = 0.0;
+        let a = values_and_moments(&packed, &opt_packed);
+        let b = values_and_moments(&own, &opt_own);
+        for ((name, a), (nb, b)) in a.iter().zip(&b) {
+            assert_eq!(name, nb);
+            if max_norm == 0.0 {
+                assert_eq!(a, b, "{name}: the packed update differs without clipping");
+                continue;
+            }
+            let scale = b.iter().fold(0f64, |m, &y| m.max((y as f64).abs()));
+            let d = a
+                .iter()
+                .zip(b)
+                .fold(0f64, |m, (&x, &y)| m.max((x - y).abs() as f64));
+            let d = d / scale.max(1e-30);
+            assert!(d <= 5e-7, "{name}: differs by {d:.2e} of its scale");
+            worst = worst.max(d);
+        }
+        println!("max_norm {max_norm}: packed vs per-parameter, worst {worst:.2e} of the scale");
+    }
+}
+
 #[test]
 fn saved_state_resumes_exactly() {
     let fx = Fixture::load();
     let params = fx.params();
-    let mut opt = AdamW::new(&params, config());
+    let mut opt = AdamW::new(&params, config()).unwrap();
     run_steps(&fx, &mut opt, &params, 0..3);
     let saved = opt.state_tensors().unwrap();
 
@@ -213,7 +288,7 @@ fn saved_state_resumes_exactly() {
             )
         })
         .collect();
-    let mut opt2 = AdamW::new(&resumed, config());
+    let mut opt2 = AdamW::new(&resumed, config()).unwrap();
     opt2.load_state(&saved).unwrap();
     assert_eq!(opt2.step, 3);
     run_steps(&fx, &mut opt, &params, 3..STEPS);
@@ -232,7 +307,7 @@ fn saved_state_resumes_exactly() {
 fn bad_saved_state_is_rejected_and_leaves_the_optimiser_alone() {
     let fx = Fixture::load();
     let params = fx.params();
-    let mut opt = AdamW::new(&params, config());
+    let mut opt = AdamW::new(&params, config()).unwrap();
     run_steps(&fx, &mut opt, &params, 0..2);
     let good = opt.state_tensors().unwrap();
 
@@ -274,14 +349,14 @@ fn non_finite_gradients_skip_the_step() {
     let fx = Fixture::load();
     for bad in [f32::NAN, f32::INFINITY, f32::NEG_INFINITY] {
         let params = fx.params();
-        let mut opt = AdamW::new(&params, config());
+        let mut opt = AdamW::new(&params, config()).unwrap();
         let before: Vec<Vec<f32>> = params.iter().map(|p| p.value().to_vec().unwrap()).collect();
         // Step 2's gradients (lr > 0) with one poisoned element.
         fx.set_grads(&params, 2);
         let g = params[1].grad().unwrap();
         let mut v = g.to_vec().unwrap();
         v[3] = bad;
-        params[1].zero_grad();
+        params[1].zero_grad().unwrap();
         let tape = Tape::new();
         let c = Var::constant(Tensor::from_slice(&gpu(), &v, g.shape()).unwrap());
         let loss = tape.param(&params[1]).mul(&c).unwrap().sum().unwrap();
@@ -311,7 +386,7 @@ fn max_norm_zero_turns_clipping_off() {
     // Step 0's norm is 46.8, so clipping would change the update; lr 0.05 so there is one.
     let run = |f: &dyn Fn(&mut AdamW)| -> Vec<Vec<f32>> {
         let params = fx.params();
-        let mut opt = AdamW::new(&params, config());
+        let mut opt = AdamW::new(&params, config()).unwrap();
         fx.set_grads(&params, 0);
         f(&mut opt);
         assert_eq!(opt.step, 1);

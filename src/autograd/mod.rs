@@ -11,7 +11,10 @@ use crate::ops;
 use std::cell::{Cell, RefCell};
 use std::rc::Rc;
 
+mod grad_sink;
 mod var_ops;
+
+pub use grad_sink::GradSink;
 
 thread_local! {
     static AUTOCAST: Cell<bool> = const { Cell::new(false) };
@@ -52,6 +55,16 @@ pub struct Param {
     value: RefCell<Tensor>,
     grad: RefCell<Option<Tensor>>,
     frozen: Cell<bool>,
+    /// Where the gradient accumulates when the optimiser keeps it in a flat buffer.
+    home: RefCell<Option<GradHome>>,
+}
+
+/// A parameter's gradient slot in a flat buffer, the sink that adds into it, and whether
+/// anything was added since the slot was last zeroed.
+struct GradHome {
+    slot: Tensor,
+    sink: Rc<GradSink>,
+    touched: Cell<bool>,
 }
 
 impl Param {
@@ -62,7 +75,45 @@ impl Param {
             value: RefCell::new(value),
             grad: RefCell::new(None),
             frozen: Cell::new(false),
+            home: RefCell::new(None),
         })
+    }
+
+    /// From now on the gradient accumulates into `slot` (zeroed, of the value's size) through
+    /// `sink`; a gradient held so far is added into it.
+    pub fn set_grad_home(&self, slot: Tensor, sink: Rc<GradSink>) -> Result<()> {
+        let held = self.grad.borrow_mut().take();
+        *self.home.borrow_mut() = Some(GradHome {
+            slot,
+            sink,
+            touched: Cell::new(false),
+        });
+        match held {
+            Some(g) => self.accumulate(g),
+            None => Ok(()),
+        }
+    }
+
+    /// Whether the gradient lives in a flat buffer ([`Param::set_grad_home`]).
+    pub fn has_grad_home(&self) -> bool {
+        self.home.borrow().is_some()
+    }
+
+    /// Marks the gradient absent without touching its slot, for the owner of the flat buffer
+    /// that zeroes all slots at once.
+    pub(crate) fn forget_grad(&self) {
+        if let Some(h) = &*self.home.borrow() {
+            h.touched.set(false);
+        }
+        *self.grad.borrow_mut() = None;
+    }
+
+    /// Adds everything queued for this parameter's slot (backward does it at its end).
+    pub fn flush_grad(&self) -> Result<()> {
+        match &*self.home.borrow() {
+            Some(h) => h.sink.flush(),
+            None => Ok(()),
+        }
     }
 
     /// Current value.
@@ -77,12 +128,23 @@ impl Param {
 
     /// Accumulated gradient, if any backward pass reached this parameter.
     pub fn grad(&self) -> Option<Tensor> {
-        self.grad.borrow().clone()
+        match &*self.home.borrow() {
+            Some(h) => h.touched.get().then(|| h.slot.clone()),
+            None => self.grad.borrow().clone(),
+        }
     }
 
     /// Clears the accumulated gradient.
-    pub fn zero_grad(&self) {
+    pub fn zero_grad(&self) -> Result<()> {
+        if let Some(h) = &*self.home.borrow() {
+            if h.touched.replace(false) {
+                h.slot
+                    .gpu()
+                    .zero_at(h.slot.buffer(), h.slot.byte_offset(), h.slot.bytes())?;
+            }
+        }
         *self.grad.borrow_mut() = None;
+        Ok(())
     }
 
     /// Frozen parameters take part in the forward pass but get no gradient.
@@ -96,6 +158,10 @@ impl Param {
     }
 
     fn accumulate(&self, g: Tensor) -> Result<()> {
+        if let Some(h) = &*self.home.borrow() {
+            h.touched.set(true);
+            return h.sink.push(&h.slot, g);
+        }
         let mut slot = self.grad.borrow_mut();
         *slot = Some(match slot.take() {
             Some(prev) => ops::elementwise::add(&prev, &g)?,
@@ -254,6 +320,14 @@ impl Tape {
         };
         let mut grads: Vec<Option<Tensor>> = vec![None; self.next_id.get()];
         grads[root] = Some(seed);
+        // Gradients of parameters with a flat slot go there as soon as they are made.
+        let homed: std::collections::HashMap<usize, Rc<Param>> = self
+            .params
+            .borrow()
+            .iter()
+            .filter(|(_, p)| p.has_grad_home())
+            .map(|(id, p)| (*id, p.clone()))
+            .collect();
         let nodes = std::mem::take(&mut *self.nodes.borrow_mut());
         for node in nodes.into_iter().rev() {
             // Dropping the output's gradient here frees it as soon as it is consumed.
@@ -263,6 +337,10 @@ impl Tape {
             let results = (node.backward)(&g)?;
             for (inp, r) in node.inputs.iter().zip(results) {
                 if let (Some(i), Some(r)) = (inp, r) {
+                    if let Some(p) = homed.get(i) {
+                        p.accumulate(r)?;
+                        continue;
+                    }
                     grads[*i] = Some(match grads[*i].take() {
                         Some(prev) => ops::elementwise::add(&prev, &r)?,
                         None => r,
@@ -274,6 +352,9 @@ impl Tape {
             if let Some(g) = grads[id].take() {
                 p.accumulate(g)?;
             }
+        }
+        for p in homed.values() {
+            p.flush_grad()?;
         }
         Ok(wrt
             .iter()

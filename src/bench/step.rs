@@ -34,6 +34,8 @@ pub struct StepReport {
     pub weight_bytes: u64,
     /// Per-kernel GPU time of one extra profiled step: (entry, ms, launches), largest first.
     pub kernels: Vec<(String, f64, u64)>,
+    /// Launches per kernel entry in the last timed step, most first.
+    pub launches: Vec<(String, u64)>,
     /// What the engine did in the last timed step (dispatches, passes, bind groups, submits,
     /// waits, bytes moved, CPU recording time).
     #[serde(flatten)]
@@ -104,7 +106,7 @@ pub fn model_step(gpu: &Gpu, m: &ModelStep, log: &mut dyn std::io::Write) -> Res
     );
     gpu.sync()?;
     let weights = gpu.live_bytes();
-    let opt = crate::optim::AdamW::new(&model.params, Default::default());
+    let opt = crate::optim::AdamW::new(&model.params, Default::default())?;
     let mut train = TrainStep::new(
         &model,
         opt,
@@ -140,6 +142,7 @@ pub fn model_step(gpu: &Gpu, m: &ModelStep, log: &mut dyn std::io::Write) -> Res
         times.push(step()?);
     }
     let counters = gpu.counters();
+    let launches = gpu.launches();
     times.sort_by(|a, b| a.1.total_cmp(&b.1));
     let (fwd, total) = times[times.len() / 2];
     let timed = gpu.profile_start()?;
@@ -163,6 +166,12 @@ pub fn model_step(gpu: &Gpu, m: &ModelStep, log: &mut dyn std::io::Write) -> Res
         weights as f64 / 1e9
     );
     let _ = writeln!(log, "    per step: {counters}");
+    let top: Vec<String> = launches
+        .iter()
+        .take(12)
+        .map(|(k, n)| format!("{k} {n}"))
+        .collect();
+    let _ = writeln!(log, "    launches: {}", top.join(", "));
     if timed {
         let total: f64 = kernels.iter().map(|x| x.1).sum();
         let _ = writeln!(
@@ -195,6 +204,10 @@ pub fn model_step(gpu: &Gpu, m: &ModelStep, log: &mut dyn std::io::Write) -> Res
         kernels: kernels
             .into_iter()
             .map(|(k, ns, n)| (k.to_string(), ns / 1e6, n))
+            .collect(),
+        launches: launches
+            .into_iter()
+            .map(|(k, n)| (k.to_string(), n))
             .collect(),
         counters,
     })

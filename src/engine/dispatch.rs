@@ -141,6 +141,7 @@ impl Gpu {
             c.dispatches += 1;
             c.compute_passes += new_pass as u64;
         });
+        *self.0.launches.lock().unwrap().entry(k.entry).or_default() += 1;
         if let Some(bind_group) = bind_group {
             let timestamp_writes = profiler.as_mut().map(|p| {
                 let i = p.labels.len() as u32;

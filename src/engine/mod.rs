@@ -69,6 +69,8 @@ struct GpuInner {
     /// A 4-byte storage buffer for bindings a kernel entry does not read.
     unused: wgpu::Buffer,
     counters: Mutex<Counters>,
+    /// Launches per kernel entry since the last reset.
+    launches: Mutex<std::collections::BTreeMap<&'static str, u64>>,
     profiler: Mutex<Option<Profiler>>,
     max_binding: AtomicU64,
     /// Budget for pooled + live buffers (`XLSR_MEMORY_LIMIT_GB`, or set by tests).
@@ -134,6 +136,7 @@ impl Gpu {
             bind_groups: Mutex::default(),
             unused,
             counters: Mutex::default(),
+            launches: Mutex::default(),
             profiler: Mutex::new(None),
             max_binding: AtomicU64::new(max_binding),
             memory_limit: AtomicU64::new(

@@ -160,7 +160,7 @@ mod tests {
         check::<matmul::MatmulParams>(&mut covered);
         check::<norm::NormParams>(&mut covered);
         check::<reduce::ReduceParams>(&mut covered);
-        check::<reduce::SumSquaresParams>(&mut covered);
+        check::<reduce::MultiTensorParams>(&mut covered);
         check::<softmax::SoftmaxParams>(&mut covered);
         check::<weight_norm::WeightNormParams>(&mut covered);
         check::<crate::optim::AdamwParams>(&mut covered);
@@ -191,6 +191,6 @@ mod tests {
     fn base_files() {
         assert_eq!(super::base_file("matmul_coop_tn"), "matmul_coop");
         assert_eq!(super::base_file("attention_f16"), "attention");
-        assert_eq!(super::base_file("sum_squares"), "sum_squares");
+        assert_eq!(super::base_file("multi_tensor"), "multi_tensor");
     }
 }

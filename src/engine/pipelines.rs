@@ -28,8 +28,8 @@ pub(super) const SHADERS: &[(&str, &str)] = &[
     ("cast", include_str!("../../shaders/cast.wgsl")),
     ("words", include_str!("../../shaders/words.wgsl")),
     (
-        "sum_squares",
-        include_str!("../../shaders/sum_squares.wgsl"),
+        "multi_tensor",
+        include_str!("../../shaders/multi_tensor.wgsl"),
     ),
     ("attention", include_str!("../../shaders/attention.wgsl")),
     (

@@ -48,7 +48,17 @@ impl Gpu {
 
     /// Takes a buffer of at least `bytes` from the pool, or allocates one.
     pub(crate) fn alloc(&self, bytes: u64) -> Result<(wgpu::Buffer, Slot)> {
-        let class = size_class(bytes);
+        self.alloc_class(size_class(bytes), bytes)
+    }
+
+    /// [`Gpu::alloc`] without rounding up to a size class (beyond 256 bytes): for the few
+    /// large buffers that live as long as a run (the optimiser's), where a quarter wasted
+    /// would be gigabytes.
+    pub(crate) fn alloc_exact(&self, bytes: u64) -> Result<(wgpu::Buffer, Slot)> {
+        self.alloc_class(bytes.max(4).next_multiple_of(256), bytes)
+    }
+
+    fn alloc_class(&self, class: u64, bytes: u64) -> Result<(wgpu::Buffer, Slot)> {
         if class > self.0.limits.max_buffer_size {
             return Err(Error::Limit {
                 op: "alloc",

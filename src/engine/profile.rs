@@ -81,6 +81,22 @@ impl Gpu {
     /// Zeroes the [`Counters`].
     pub fn reset_counters(&self) {
         *self.0.counters.lock().unwrap() = Counters::default();
+        self.0.launches.lock().unwrap().clear();
+    }
+
+    /// Launches per kernel entry since the last [`Gpu::reset_counters`], most first (counted
+    /// in accounting-only runs too, so a step too big to run can be broken down).
+    pub fn launches(&self) -> Vec<(&'static str, u64)> {
+        let mut v: Vec<_> = self
+            .0
+            .launches
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|(k, n)| (*k, *n))
+            .collect();
+        v.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(b.0)));
+        v
     }
 
     pub(super) fn count(&self, f: impl FnOnce(&mut Counters)) {

@@ -1,7 +1,9 @@
 //! Tensors: a shape and a dtype over a pooled GPU buffer.
 //!
-//! A tensor is always contiguous and row-major from the start of its buffer. `reshape` is a
-//! view (shares the buffer); transpose, slice and concat make copies (see `ops::copy`).
+//! A tensor is always contiguous and row-major, from the start of its buffer or from an
+//! aligned offset into it ([`Tensor::view`]: the optimiser keeps parameters, gradients and
+//! moments in flat buffers). `reshape` is a view (shares the buffer); transpose, slice and
+//! concat make copies (see `ops::copy`).
 
 use super::dtype::DType;
 use super::error::{shape_err, Error, Result};
@@ -27,6 +29,8 @@ impl Drop for Storage {
 #[derive(Clone)]
 pub struct Tensor {
     storage: Arc<Storage>,
+    /// Byte offset of element 0 in the buffer (a multiple of the device's offset alignment).
+    offset: u64,
     shape: Vec<usize>,
     dtype: DType,
 }
@@ -41,13 +45,31 @@ impl Tensor {
     /// An uninitialised tensor (contents are whatever the pooled buffer held).
     pub fn uninit(gpu: &Gpu, shape: &[usize], dtype: DType) -> Result<Tensor> {
         let n: usize = shape.iter().product();
-        let (buffer, slot) = gpu.alloc((n * dtype.size()) as u64)?;
+        Tensor::with_buffer(gpu, shape, dtype, gpu.alloc((n * dtype.size()) as u64)?)
+    }
+
+    /// A tensor of f32 zeros in a buffer of exactly its size (not rounded up to a pool size
+    /// class): for large buffers that live as long as a run.
+    pub fn zeros_exact(gpu: &Gpu, shape: &[usize]) -> Result<Tensor> {
+        let n: usize = shape.iter().product();
+        let t = Tensor::with_buffer(gpu, shape, DType::F32, gpu.alloc_exact(n as u64 * 4)?)?;
+        gpu.zero(t.buffer(), t.bytes())?;
+        Ok(t)
+    }
+
+    fn with_buffer(
+        gpu: &Gpu,
+        shape: &[usize],
+        dtype: DType,
+        (buffer, slot): (wgpu::Buffer, super::pool::Slot),
+    ) -> Result<Tensor> {
         Ok(Tensor {
             storage: Arc::new(Storage {
                 buffer: Some(buffer),
                 slot,
                 gpu: gpu.clone(),
             }),
+            offset: 0,
             shape: shape.to_vec(),
             dtype,
         })
@@ -97,8 +119,10 @@ impl Tensor {
     /// Downloads the values (submits pending work and waits for it).
     pub fn to_vec(&self) -> Result<Vec<f32>> {
         self.expect_f32("to_vec")?;
-        let bytes = self.gpu().read(self.buffer(), self.bytes())?;
-        Ok(bytemuck::pod_collect_to_vec(&bytes))
+        let bytes = self
+            .gpu()
+            .read_many(&[(self.buffer(), self.offset, self.bytes())])?;
+        Ok(bytemuck::pod_collect_to_vec(&bytes[0]))
     }
 
     /// The single value of a one-element tensor.
@@ -120,7 +144,7 @@ impl Tensor {
                 );
             }
         }
-        let srcs: Vec<(&wgpu::Buffer, u64)> = scalars.iter().map(|t| (t.buffer(), 4)).collect();
+        let srcs: Vec<_> = scalars.iter().map(|t| (t.buffer(), t.offset, 4)).collect();
         let bytes = first.gpu().read_many(&srcs)?;
         Ok(bytes
             .iter()
@@ -153,6 +177,11 @@ impl Tensor {
         (self.numel() * self.dtype.size()) as u64
     }
 
+    /// Byte offset of its first element in [`Tensor::buffer`].
+    pub fn byte_offset(&self) -> u64 {
+        self.offset
+    }
+
     /// Size of dim `d` (negative counts from the end).
     pub fn dim(&self, d: isize) -> usize {
         let r = self.shape.len() as isize;
@@ -169,6 +198,71 @@ impl Tensor {
         Arc::ptr_eq(&self.storage, &other.storage)
     }
 
+    /// Whether two tensors are the same elements of the same buffer (in any shape).
+    pub fn same_data(&self, other: &Tensor) -> bool {
+        self.same_storage(other)
+            && self.offset == other.offset
+            && self.numel() == other.numel()
+            && self.dtype == other.dtype
+    }
+
+    /// `shape`'s worth of elements starting at element `start`, sharing this buffer. `start`
+    /// must be a multiple of the device's storage offset alignment (in elements).
+    pub fn view(&self, start: usize, shape: &[usize]) -> Result<Tensor> {
+        let es = self.dtype.size() as u64;
+        let n: usize = shape.iter().product();
+        let offset = self.offset + start as u64 * es;
+        if start + n > self.numel() || !offset.is_multiple_of(self.gpu().offset_align()) {
+            return shape_err(
+                "view",
+                format!(
+                    "elements {start}..{} of {:?} (byte offset {offset} must be a multiple of {})",
+                    start + n,
+                    self.shape,
+                    self.gpu().offset_align()
+                ),
+            );
+        }
+        Ok(Tensor {
+            storage: self.storage.clone(),
+            offset,
+            shape: shape.to_vec(),
+            dtype: self.dtype,
+        })
+    }
+
+    /// Copies `src`'s elements (same count and dtype) over this tensor's, on the GPU.
+    pub fn copy_from(&self, src: &Tensor) -> Result<()> {
+        if src.numel() != self.numel() || src.dtype != self.dtype {
+            return shape_err(
+                "copy_from",
+                format!(
+                    "{:?} {:?} into {:?} {:?}",
+                    src.shape, src.dtype, self.shape, self.dtype
+                ),
+            );
+        }
+        let bytes = self.bytes().next_multiple_of(4);
+        self.gpu().with_encoder(|e| {
+            e.copy_buffer_to_buffer(src.buffer(), src.offset, self.buffer(), self.offset, bytes)
+        });
+        Ok(())
+    }
+
+    /// Overwrites the elements with host data of the same length (ordered after everything
+    /// already recorded).
+    pub fn write(&self, data: &[f32]) -> Result<()> {
+        self.expect_f32("write")?;
+        if data.len() != self.numel() {
+            return shape_err(
+                "write",
+                format!("{} values for shape {:?}", data.len(), self.shape),
+            );
+        }
+        self.gpu()
+            .write_at(self.buffer(), self.offset, bytemuck::cast_slice(data))
+    }
+
     /// The whole tensor as a kernel binding.
     pub fn bind(&self) -> BufRef<'_> {
         self.bind_range(0, self.numel())
@@ -181,7 +275,7 @@ impl Tensor {
         // (pooled buffers are at least that long).
         BufRef {
             buffer: self.buffer(),
-            offset: start as u64 * es,
+            offset: self.offset + start as u64 * es,
             size: (len as u64 * es).next_multiple_of(4).max(4),
         }
     }
@@ -205,6 +299,7 @@ impl Tensor {
         }
         Ok(Tensor {
             storage: self.storage.clone(),
+            offset: self.offset,
             shape: shape.to_vec(),
             dtype: self.dtype,
         })

@@ -63,13 +63,17 @@ impl Gpu {
 
     /// Copies `bytes` from the start of `buf` to the host, submitting pending work first.
     pub fn read(&self, buf: &wgpu::Buffer, bytes: u64) -> Result<Vec<u8>> {
-        Ok(self.read_many(&[(buf, bytes)])?.pop().unwrap_or_default())
+        Ok(self
+            .read_many(&[(buf, 0, bytes)])?
+            .pop()
+            .unwrap_or_default())
     }
 
-    /// [`Gpu::read`] of several buffers with one wait: each `(buffer, bytes)` is copied into
-    /// one staging buffer, so a step that needs a few scalars back pays one round trip.
-    pub fn read_many(&self, srcs: &[(&wgpu::Buffer, u64)]) -> Result<Vec<Vec<u8>>> {
-        let padded: Vec<u64> = srcs.iter().map(|(_, b)| b.div_ceil(4) * 4).collect();
+    /// [`Gpu::read`] of several buffer ranges with one wait: each `(buffer, offset, bytes)` is
+    /// copied into one staging buffer, so a step that needs a few scalars back pays one round
+    /// trip. Offsets are multiples of 4.
+    pub fn read_many(&self, srcs: &[(&wgpu::Buffer, u64, u64)]) -> Result<Vec<Vec<u8>>> {
+        let padded: Vec<u64> = srcs.iter().map(|(_, _, b)| b.div_ceil(4) * 4).collect();
         let total: u64 = padded.iter().sum();
         if total == 0 {
             return Ok(vec![Vec::new(); srcs.len()]);
@@ -83,7 +87,7 @@ impl Gpu {
                 c.blocking_waits += 1;
                 c.readback_bytes += total;
             });
-            return Ok(srcs.iter().map(|(_, b)| vec![0; *b as usize]).collect());
+            return Ok(srcs.iter().map(|(_, _, b)| vec![0; *b as usize]).collect());
         }
         let staging = self.0.device.create_buffer(&wgpu::BufferDescriptor {
             label: Some("readback"),
@@ -93,9 +97,9 @@ impl Gpu {
         });
         self.with_encoder(|e| {
             let mut at = 0;
-            for ((buf, _), &n) in srcs.iter().zip(&padded) {
+            for ((buf, offset, _), &n) in srcs.iter().zip(&padded) {
                 if n > 0 {
-                    e.copy_buffer_to_buffer(buf, 0, &staging, at, n);
+                    e.copy_buffer_to_buffer(buf, *offset, &staging, at, n);
                 }
                 at += n;
             }
@@ -106,7 +110,7 @@ impl Gpu {
         Ok(srcs
             .iter()
             .zip(&padded)
-            .map(|((_, bytes), &n)| {
+            .map(|((_, _, bytes), &n)| {
                 let out = all[at as usize..][..*bytes as usize].to_vec();
                 at += n;
                 out
@@ -116,6 +120,11 @@ impl Gpu {
 
     /// Writes host bytes into the start of `buf`, ordered after everything already recorded.
     pub fn write(&self, buf: &wgpu::Buffer, data: &[u8]) -> Result<()> {
+        self.write_at(buf, 0, data)
+    }
+
+    /// [`Gpu::write`] at a byte `offset` that is a multiple of the offset alignment.
+    pub fn write_at(&self, buf: &wgpu::Buffer, offset: u64, data: &[u8]) -> Result<()> {
         let padded = data.len().div_ceil(4) * 4;
         if padded == 0 {
             return Ok(());
@@ -123,7 +132,7 @@ impl Gpu {
         self.count(|c| c.upload_bytes += padded as u64);
         let align = self.offset_align();
         if padded as u64 > UPLOAD_ARENA_MAX.min(self.max_binding() - align) {
-            return self.write_staged(buf, data);
+            return self.write_staged(buf, offset, data);
         }
         // Into the upload arena (written to the device at submit, before this batch's
         // commands run), then a copy_words dispatch in the pass: no pass ends, no new buffer.
@@ -167,7 +176,7 @@ impl Gpu {
                 },
                 BufRef {
                     buffer: buf,
-                    offset: 0,
+                    offset,
                     size: padded as u64,
                 },
             ],
@@ -177,7 +186,7 @@ impl Gpu {
 
     /// [`Gpu::write`] through a staging buffer and a copy command (for uploads too big for the
     /// arena).
-    fn write_staged(&self, buf: &wgpu::Buffer, data: &[u8]) -> Result<()> {
+    fn write_staged(&self, buf: &wgpu::Buffer, offset: u64, data: &[u8]) -> Result<()> {
         let padded = data.len().div_ceil(4) * 4;
         self.count(|c| c.buffers_created += 1);
         if self.is_accounting_only() {
@@ -197,18 +206,23 @@ impl Gpu {
             view.slice(..data.len()).copy_from_slice(data);
         }
         staging.unmap();
-        self.with_encoder(|e| e.copy_buffer_to_buffer(&staging, 0, buf, 0, padded as u64));
+        self.with_encoder(|e| e.copy_buffer_to_buffer(&staging, 0, buf, offset, padded as u64));
         Ok(())
     }
 
     /// Sets the first `bytes` of `buf` to zero with `fill_words` dispatches (inside the compute
     /// pass, unlike a clear command), in binding-sized pieces.
     pub fn zero(&self, buf: &wgpu::Buffer, bytes: u64) -> Result<()> {
-        let bytes = bytes.div_ceil(4) * 4;
+        self.zero_at(buf, 0, bytes)
+    }
+
+    /// [`Gpu::zero`] of `bytes` from a byte `offset` that is a multiple of the offset alignment.
+    pub fn zero_at(&self, buf: &wgpu::Buffer, offset: u64, bytes: u64) -> Result<()> {
+        let end = offset + bytes.div_ceil(4) * 4;
         let piece = (self.max_binding() / self.offset_align()) * self.offset_align();
-        let mut at = 0;
-        while at < bytes {
-            let size = piece.min(bytes - at);
+        let mut at = offset;
+        while at < end {
+            let size = piece.min(end - at);
             let words = size / 4;
             let d = BufRef {
                 buffer: buf,

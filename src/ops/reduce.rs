@@ -16,9 +16,11 @@ const SUM_AXIS: Kernel = k("sum_axis");
 const EXPAND: Kernel = k("expand");
 pub(crate) const REDUCE_TO: Kernel = k("reduce_to");
 
-/// Tensors per `sum_squares` dispatch (with the output, eight storage bindings).
-const SUM_SQUARES_INPUTS: usize = 7;
-const SUM_SQUARES: Kernel = Kernel::new("sum_squares", "sum_squares", SUM_SQUARES_INPUTS as u32, 1);
+/// Tensors per `multi_tensor.wgsl` dispatch (with the output, eight storage bindings).
+pub(crate) const MULTI_TENSOR_INPUTS: usize = 7;
+const SUM_SQUARES: Kernel =
+    Kernel::new("multi_tensor", "sum_squares", MULTI_TENSOR_INPUTS as u32, 1);
+const ACCUMULATE: Kernel = Kernel::new("multi_tensor", "accumulate", MULTI_TENSOR_INPUTS as u32, 1);
 
 kernel_params! {
     /// `reduce.wgsl`'s uniforms.
@@ -51,8 +53,8 @@ kernel_params! {
 }
 
 kernel_params! {
-    /// `sum_squares.wgsl`'s uniforms.
-    pub struct SumSquaresParams in ["sum_squares"] {
+    /// `multi_tensor.wgsl`'s uniforms.
+    pub struct MultiTensorParams in ["multi_tensor"] {
         /// Tensors in this dispatch (at most seven).
         count: u32,
         /// Padding.
@@ -63,9 +65,9 @@ kernel_params! {
         _p2: u32,
         /// Elements of each tensor.
         len: [[u32; 4]; 2],
-        /// Workgroups reducing each tensor.
+        /// Workgroups working on each tensor.
         groups: [[u32; 4]; 2],
-        /// Where each tensor's partials start in the output.
+        /// Where each tensor's partials (or elements) start in the output.
         slot: [[u32; 4]; 2],
     }
 }
@@ -156,7 +158,7 @@ pub fn global_norm(gpu: &Gpu, xs: &[&Tensor]) -> Result<Tensor> {
 }
 
 /// `alpha` times [`global_norm`] (the norm of loss-scaled gradients, unscaled). The sums of
-/// squares of seven tensors go in one dispatch (`sum_squares.wgsl`), each tensor's partials
+/// squares of seven tensors go in one dispatch (`multi_tensor.wgsl`), each tensor's partials
 /// in their own slots, then one sum over all partials; a tensor too big for one binding is
 /// summed on its own into its slot.
 pub fn global_norm_scaled(gpu: &Gpu, xs: &[&Tensor], alpha: f32) -> Result<Tensor> {
@@ -172,7 +174,7 @@ pub fn global_norm_scaled(gpu: &Gpu, xs: &[&Tensor], alpha: f32) -> Result<Tenso
     }
     let d = dummy(gpu)?;
     let mut slot = 0;
-    for batch in small.chunks(SUM_SQUARES_INPUTS) {
+    for batch in small.chunks(MULTI_TENSOR_INPUTS) {
         let (mut len, mut gr, mut at) = (vec![], vec![], vec![]);
         for x in batch {
             len.push(x.numel());
@@ -180,7 +182,7 @@ pub fn global_norm_scaled(gpu: &Gpu, xs: &[&Tensor], alpha: f32) -> Result<Tenso
             at.push(slot);
             slot += groups(x);
         }
-        let params = SumSquaresParams {
+        let params = MultiTensorParams {
             count: batch.len() as u32,
             len: dims8(&len),
             groups: dims8(&gr),
@@ -188,7 +190,7 @@ pub fn global_norm_scaled(gpu: &Gpu, xs: &[&Tensor], alpha: f32) -> Result<Tenso
             ..Default::default()
         };
         let mut bufs: Vec<BufRef<'_>> = batch.iter().map(|x| x.bind()).collect();
-        bufs.resize(SUM_SQUARES_INPUTS, d.bind());
+        bufs.resize(MULTI_TENSOR_INPUTS, d.bind());
         bufs.push(partials.bind());
         let widest = gr.iter().copied().max().unwrap_or(1);
         gpu.dispatch(
@@ -212,6 +214,79 @@ pub fn global_norm_scaled(gpu: &Gpu, xs: &[&Tensor], alpha: f32) -> Result<Tenso
         [1, 1, 1],
     )?;
     Ok(out)
+}
+
+/// `slot += x` for up to seven `(slot, x)` pairs in one dispatch: the slots are views of one
+/// buffer that do not overlap and lie within one binding (gradients into the optimiser's flat
+/// gradient buffer).
+pub fn accumulate_into(pairs: &[(&Tensor, &Tensor)]) -> Result<()> {
+    let Some((first, _)) = pairs.first() else {
+        return Ok(());
+    };
+    let gpu = first.gpu();
+    let xs: Vec<&Tensor> = pairs.iter().flat_map(|(s, x)| [*s, *x]).collect();
+    check_f32("accumulate", &xs)?;
+    let lo = pairs
+        .iter()
+        .map(|(s, _)| s.byte_offset())
+        .min()
+        .unwrap_or(0);
+    let hi = pairs
+        .iter()
+        .map(|(s, _)| s.byte_offset() + s.bytes())
+        .max()
+        .unwrap_or(0);
+    for (s, x) in pairs {
+        if s.numel() != x.numel() || !s.same_storage(first) {
+            return shape_err(
+                "accumulate",
+                format!(
+                    "{:?} into a slot {:?} of another buffer or size",
+                    x.shape(),
+                    s.shape()
+                ),
+            );
+        }
+    }
+    if pairs.len() > MULTI_TENSOR_INPUTS || hi - lo > gpu.max_binding() {
+        return shape_err(
+            "accumulate",
+            format!(
+                "{} tensors over {} bytes in one dispatch",
+                pairs.len(),
+                hi - lo
+            ),
+        );
+    }
+    // A grid stride of at most 1024 workgroups per tensor.
+    let groups = |x: &Tensor| x.numel().div_ceil(256).clamp(1, 1024);
+    let params = MultiTensorParams {
+        count: pairs.len() as u32,
+        len: dims8(&pairs.iter().map(|(_, x)| x.numel()).collect::<Vec<_>>()),
+        groups: dims8(&pairs.iter().map(|(_, x)| groups(x)).collect::<Vec<_>>()),
+        slot: dims8(
+            &pairs
+                .iter()
+                .map(|(s, _)| ((s.byte_offset() - lo) / 4) as usize)
+                .collect::<Vec<_>>(),
+        ),
+        ..Default::default()
+    };
+    let d = dummy(gpu)?;
+    let mut bufs: Vec<BufRef<'_>> = pairs.iter().map(|(_, x)| x.bind()).collect();
+    bufs.resize(MULTI_TENSOR_INPUTS, d.bind());
+    bufs.push(BufRef {
+        buffer: first.buffer(),
+        offset: lo,
+        size: hi - lo,
+    });
+    let widest = pairs.iter().map(|(_, x)| groups(x)).max().unwrap_or(1);
+    gpu.dispatch(
+        &ACCUMULATE,
+        &params,
+        &bufs,
+        [widest as u32, pairs.len() as u32, 1],
+    )
 }
 
 /// ||x||_2 of one tensor.

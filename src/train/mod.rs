@@ -203,7 +203,7 @@ pub fn run(gpu: &Gpu, args: &TrainOptions) -> Result<RunSummary> {
             weight_decay: args.weight_decay,
             ..AdamWConfig::default()
         },
-    );
+    )?;
     let mut lengths = data.lengths(Split::Train);
     lengths.truncate(args.max_train_samples.unwrap_or(usize::MAX).max(1));
     let batcher = Batcher::new(

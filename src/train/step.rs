@@ -187,7 +187,7 @@ impl<'m> TrainStep<'m> {
         let pending = self
             .opt
             .record_step(lr, self.options.max_grad_norm, inv_scale)?;
-        let check = weights_check(self.model)?;
+        let check = weights_check(&self.opt)?;
         // One read for whichever of the two exist (neither does when nothing is trainable).
         let reads: Vec<&Tensor> = pending.grad_norm().into_iter().chain(&check).collect();
         let mut values = Tensor::items(&reads)?.into_iter();
@@ -200,7 +200,7 @@ impl<'m> TrainStep<'m> {
         if let Some(scaler) = self.scaler.as_mut() {
             scaler.update(outcome.skipped);
         }
-        self.opt.zero_grad();
+        self.opt.zero_grad()?;
         Ok((outcome.grad_norm, outcome.skipped, weights_finite))
     }
 
@@ -255,13 +255,13 @@ fn explain_device_error(e: Error, b: &Batch) -> Error {
 
 /// 0 * the global norm of the trainable weights: 0, or NaN when one is not finite (`None`
 /// when nothing is trainable).
-fn weights_check(model: &Wav2Vec2ForCtc) -> Result<Option<Tensor>> {
-    let values: Vec<Tensor> = trainable(model).map(|p| p.value()).collect();
+fn weights_check(opt: &AdamW) -> Result<Option<Tensor>> {
+    let values = opt.weights();
     let refs: Vec<&Tensor> = values.iter().collect();
-    if refs.is_empty() {
+    let Some(first) = refs.first() else {
         return Ok(None);
-    }
-    Ok(Some(reduce::global_norm_scaled(&model.gpu, &refs, 0.0)?))
+    };
+    Ok(Some(reduce::global_norm_scaled(first.gpu(), &refs, 0.0)?))
 }
 
 fn trainable(model: &Wav2Vec2ForCtc) -> impl Iterator<Item = &std::rc::Rc<crate::Param>> {

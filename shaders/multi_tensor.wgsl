@@ -1,8 +1,12 @@
-// Sums of squares of up to seven tensors in one dispatch: the global gradient norm over a
-// model's hundreds of parameter tensors in tens of dispatches instead of hundreds.
-// Workgroup (g, t) reduces part g of tensor t (a grid stride of groups[t] workgroups) and
-// writes the partial to out[slot[t] + g]; reduce.wgsl's sum_all then adds the partials.
-// Seven inputs and the output keep to eight storage bindings, as every adapter allows.
+// Kernels over up to seven tensors in one dispatch, so that work on a model's hundreds of
+// parameter tensors takes tens of dispatches instead of hundreds. Seven inputs and the output
+// keep to eight storage bindings, as every adapter allows. Tensor t is worked on by groups[t]
+// workgroups (a grid stride), in row wid.y = t of the grid.
+//
+// sum_squares: workgroup (g, t) writes the sum of squares of its part of tensor t to
+//   out[slot[t] + g]; reduce.wgsl's sum_all then adds the partials (the global gradient norm).
+// accumulate: out[slot[t] + i] += x_t[i], gradients into their slots of the optimiser's flat
+//   gradient buffer (the slots of one dispatch never overlap).
 
 struct Params {
     count: u32,                    // tensors in this dispatch (<= 7)
@@ -10,8 +14,8 @@ struct Params {
     _p1: u32,
     _p2: u32,
     len: array<vec4<u32>, 2>,      // elements of each tensor
-    groups: array<vec4<u32>, 2>,   // workgroups reducing each tensor
-    slot: array<vec4<u32>, 2>,     // where each tensor's partials start in out
+    groups: array<vec4<u32>, 2>,   // workgroups working on each tensor
+    slot: array<vec4<u32>, 2>,     // where each tensor's partials (or elements) start in out
 }
 
 @group(0) @binding(0) var<uniform> p: Params;
@@ -58,4 +62,17 @@ fn sum_squares(@builtin(local_invocation_id) lid: vec3<u32>, @builtin(workgroup_
         workgroupBarrier();
     }
     if lid.x == 0u { out[p.slot[t / 4u][t % 4u] + wid.x] = red[0]; }
+}
+
+@compute @workgroup_size(256)
+fn accumulate(@builtin(local_invocation_id) lid: vec3<u32>, @builtin(workgroup_id) wid: vec3<u32>) {
+    let t = wid.y;
+    if t >= p.count { return; }
+    let ng = p.groups[t / 4u][t % 4u];
+    if wid.x >= ng { return; }
+    let n = p.len[t / 4u][t % 4u];
+    let at = p.slot[t / 4u][t % 4u];
+    for (var i = wid.x * 256u + lid.x; i < n; i = i + ng * 256u) {
+        out[at + i] = out[at + i] + load(t, i);
+    }
 }

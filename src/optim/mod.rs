@@ -2,49 +2,74 @@
 //! correction), weight decay only on the parameters `Trainer.get_decay_parameter_names` picks,
 //! and `clip_grad_norm_` folded into the update kernel.
 //!
-//! Everything stays on the GPU: the global gradient norm is reduced there and each parameter's
-//! kernel reads it to compute its own clip factor. The only read-back is the norm itself, once
+//! Everything stays on the GPU: the global gradient norm is reduced there and the update
+//! kernel reads it to compute the clip factor. The only read-back is the norm itself, once
 //! per optimiser step in [`AdamW::clip_and_step`], to log it and to tell whether the step was
 //! skipped; it rides on the submission that runs the updates, so it costs no extra stall.
+//!
+//! The trainable parameters live in flat buffers ([`flat`]): one update dispatch per bucket
+//! (per binding-sized window of it) covers hundreds of parameters, each with its own scalars
+//! from a segment table. A parameter that cannot be packed (frozen when the optimiser was
+//! made) is updated by its own dispatches of the same kernel.
+
+mod flat;
+mod scaler;
+
+pub use scaler::GradScaler;
 
 use crate::autograd::Param;
 use crate::engine::params::kernel_params;
-use crate::engine::Tensor;
-use crate::engine::{grid, Kernel};
+use crate::engine::{grid, BufRef, Kernel, Tensor};
 use crate::error::{shape_err, Error, Result};
 use crate::ops::{dummy, reduce::global_norm_scaled, row_chunks};
+use flat::{Flat, Placement};
 use std::rc::Rc;
 
-const ADAMW: Kernel = Kernel::new("adamw", "adamw", 2, 3);
+const ADAMW: Kernel = Kernel::new("adamw", "adamw", 3, 3);
 
 kernel_params! {
     /// `adamw.wgsl`'s uniforms.
     pub struct AdamwParams in ["adamw"] {
-        /// Elements in this chunk.
+        /// Elements in this window.
         n: u32,
+        /// Flat index of the window's first element.
+        base: u32,
+        /// First segment of this window in the table.
+        seg_lo: u32,
+        /// One past its last segment.
+        seg_hi: u32,
         /// 1: `norm` holds the global grad norm; do nothing if it is not finite.
         has_norm: u32,
         /// Above 0: scale gradients by min(1, max_norm / (norm + 1e-6)).
         max_norm: f32,
-        /// 1 - lr * weight_decay.
-        decay: f32,
         /// Lerp weight of m towards the gradient.
         one_minus_b1: f32,
         /// Decay rate of v.
         b2: f32,
         /// 1 - b2.
         one_minus_b2: f32,
-        /// lr / (1 - beta1^t).
-        step_size: f32,
-        /// sqrt(1 - beta2^t).
-        bc2_sqrt: f32,
         /// Added to the denominator.
         eps: f32,
         /// Undoes loss scaling (1 without it); `norm` is already unscaled.
         inv_scale: f32,
         /// Padding.
-        _p1: u32,
+        _p0: u32,
     }
+}
+
+/// One row of `adamw.wgsl`'s segment table: a parameter's range and its scalars this step.
+#[repr(C)]
+#[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
+struct Segment {
+    start: u32,
+    len: u32,
+    /// 1 - lr * weight_decay.
+    decay: f32,
+    /// lr / (1 - beta1^t).
+    step_size: f32,
+    /// sqrt(1 - beta2^t).
+    bc2_sqrt: f32,
+    _pad: [u32; 3],
 }
 
 /// AdamW hyper-parameters (defaults: HF `TrainingArguments`' adam_beta1/2, adam_epsilon,
@@ -95,6 +120,8 @@ struct Slot {
     param: Rc<Param>,
     decay: bool,
     state: Option<State>,
+    /// Where the parameter lives in the flat buffers (`None`: updated on its own).
+    at: Option<Placement>,
 }
 
 /// One saved tensor: name, shape, row-major values.
@@ -136,6 +163,8 @@ pub struct AdamW {
     /// Optimiser steps taken (skipped steps not counted).
     pub step: u64,
     slots: Vec<Slot>,
+    /// The flat buffers of the packed parameters.
+    flat: Option<Flat>,
     /// A one-element tensor that is 0 when the step may be taken and NaN otherwise (e.g.
     /// `0 * loss`): it joins the gradient norm, so a non-finite loss skips the step exactly as
     /// a non-finite gradient does, without a read-back. Cleared by [`AdamW::zero_grad`].
@@ -144,9 +173,14 @@ pub struct AdamW {
 
 impl AdamW {
     /// An optimiser over `params`; frozen ones and ones without a gradient are skipped at each
-    /// step, so the list can be the whole model.
-    pub fn new(params: &[Rc<Param>], cfg: AdamWConfig) -> AdamW {
-        AdamW {
+    /// step, so the list can be the whole model. The parameters trainable now move into the
+    /// optimiser's flat buffers (their values become views there, see [`flat`]).
+    pub fn new(params: &[Rc<Param>], cfg: AdamWConfig) -> Result<AdamW> {
+        let (flat, placements) = match Flat::adopt(params)? {
+            Some((flat, at)) => (Some(flat), at),
+            None => (None, vec![None; params.len()]),
+        };
+        Ok(AdamW {
             lr: 0.0,
             betas: cfg.betas,
             eps: cfg.eps,
@@ -154,14 +188,33 @@ impl AdamW {
             step: 0,
             slots: params
                 .iter()
-                .map(|p| Slot {
+                .zip(placements)
+                .map(|(p, at)| Slot {
                     param: p.clone(),
                     decay: decays(&p.name),
                     state: None,
+                    at,
                 })
                 .collect(),
+            flat,
             guard: Default::default(),
-        }
+        })
+    }
+
+    /// The trainable weights as few tensors (the flat buffers, whose padding is zero, and the
+    /// parameters updated on their own): for a cheap check that all are finite.
+    pub fn weights(&self) -> Vec<Tensor> {
+        let flat = self
+            .flat
+            .iter()
+            .flat_map(|f| &f.buckets)
+            .map(|b| b.values.clone());
+        let own = self
+            .slots
+            .iter()
+            .filter(|s| s.at.is_none() && !s.param.is_frozen())
+            .map(|s| s.param.value());
+        flat.chain(own).collect()
     }
 
     /// Sets the guard of the next step (see the field's doc).
@@ -191,8 +244,21 @@ impl AdamW {
         let Some((_, g0)) = grads.first() else {
             return Ok(None);
         };
+        // Packed gradients are summed bucket by bucket: the slots of parameters without a
+        // gradient, and the padding, hold zeros.
+        let mut buckets = vec![false; self.flat.as_ref().map_or(0, |f| f.buckets.len())];
+        let mut refs: Vec<&Tensor> = Vec::new();
+        for (i, g) in &grads {
+            match self.slots[*i].at {
+                Some(at) => buckets[at.bucket] = true,
+                None => refs.push(g),
+            }
+        }
+        if let Some(flat) = &self.flat {
+            let used = flat.buckets.iter().zip(&buckets).filter(|(_, u)| **u);
+            refs.extend(used.map(|(b, _)| &b.grads));
+        }
         let guard = self.guard.borrow();
-        let mut refs: Vec<&Tensor> = grads.iter().map(|(_, g)| g).collect();
         refs.extend(guard.as_ref());
         Ok(Some(global_norm_scaled(g0.gpu(), &refs, alpha)?))
     }
@@ -217,9 +283,18 @@ impl AdamW {
         }
         let (b1, b2) = self.betas;
         let mut out = Vec::new();
+        let mut segments: Vec<Segment> = Vec::new();
+        // Per bucket, the table rows of its parameters (sorted by start below).
+        let nb = self.flat.as_ref().map_or(0, |f| f.buckets.len());
+        let mut in_bucket: Vec<Vec<Segment>> = vec![Vec::new(); nb];
+        // Parameters updated on their own: (slot, gradient, state, table row).
+        let mut own = Vec::new();
         for (i, g) in self.grads() {
             let slot = &self.slots[i];
-            let x = slot.param.value();
+            let x = match (&self.flat, slot.at) {
+                (Some(flat), Some(at)) => flat.sync_value(&slot.param, at)?,
+                _ => slot.param.value(),
+            };
             x.expect_f32("adamw")?;
             g.expect_f32("adamw")?;
             if g.shape() != x.shape() {
@@ -234,9 +309,17 @@ impl AdamW {
                 );
             }
             let gpu = x.gpu();
-            let state = match &slot.state {
-                Some(s) => s.clone(),
-                None => State {
+            let state = match (&slot.state, &self.flat, slot.at) {
+                (Some(s), _, _) => s.clone(),
+                (None, Some(flat), Some(at)) => {
+                    let b = &flat.buckets[at.bucket];
+                    State {
+                        m: b.m.view(at.start, x.shape())?,
+                        v: b.v.view(at.start, x.shape())?,
+                        step: 0,
+                    }
+                }
+                (None, _, _) => State {
                     m: Tensor::zeros(gpu, x.shape())?,
                     v: Tensor::zeros(gpu, x.shape())?,
                     step: 0,
@@ -246,21 +329,48 @@ impl AdamW {
             // The scalars torch computes in Python floats (f64), rounded once to f32.
             let wd = if slot.decay { self.weight_decay } else { 0.0 };
             let lr64 = lr as f64;
-            let bc1 = 1.0 - b1.powi(t as i32);
-            let bc2 = 1.0 - b2.powi(t as i32);
-            let d = dummy(gpu)?;
-            let norm = grad_norm.unwrap_or(&d);
-            for (s, len) in row_chunks(gpu, "adamw", x.numel(), 1)? {
+            let row = Segment {
+                start: slot.at.map_or(0, |at| at.start as u32),
+                len: x.numel() as u32,
+                decay: (1.0 - lr64 * wd) as f32,
+                step_size: (lr64 / (1.0 - b1.powi(t as i32))) as f32,
+                bc2_sqrt: (1.0 - b2.powi(t as i32)).sqrt() as f32,
+                _pad: [0; 3],
+            };
+            match slot.at {
+                Some(at) => in_bucket[at.bucket].push(row),
+                None => own.push((x, g, state.clone(), row)),
+            }
+            out.push((i, State { step: t, ..state }));
+        }
+        // The table: each bucket's rows sorted by start, then one row per own parameter.
+        let mut bucket_rows = Vec::new();
+        for mut rows in in_bucket {
+            rows.sort_by_key(|r| r.start);
+            bucket_rows.push((segments.len(), segments.len() + rows.len()));
+            segments.extend(rows);
+        }
+        segments.extend(own.iter().map(|o| o.3));
+        let Some(first) = out.first().map(|(i, _)| self.slots[*i].param.value()) else {
+            return Ok(out);
+        };
+        let gpu = first.gpu();
+        let words: &[u32] = bytemuck::cast_slice(&segments);
+        let table = Tensor::from_u32(gpu, words, &[words.len()])?;
+        let d = dummy(gpu)?;
+        let norm = grad_norm.unwrap_or(&d);
+        let update =
+            |grad: BufRef, x: BufRef, m: BufRef, v: BufRef, base, n, rows: (usize, usize)| {
                 let params = AdamwParams {
-                    n: len as u32,
+                    n: n as u32,
+                    base: base as u32,
+                    seg_lo: rows.0 as u32,
+                    seg_hi: rows.1 as u32,
                     has_norm: grad_norm.is_some() as u32,
                     max_norm: if max_norm > 0.0 { max_norm } else { 0.0 },
-                    decay: (1.0 - lr64 * wd) as f32,
                     one_minus_b1: (1.0 - b1) as f32,
                     b2: b2 as f32,
                     one_minus_b2: (1.0 - b2) as f32,
-                    step_size: (lr64 / bc1) as f32,
-                    bc2_sqrt: bc2.sqrt() as f32,
                     eps: self.eps as f32,
                     inv_scale,
                     ..Default::default()
@@ -268,17 +378,27 @@ impl AdamW {
                 gpu.dispatch(
                     &ADAMW,
                     &params,
-                    &[
-                        g.bind_range(s, len),
-                        norm.bind(),
-                        x.bind_range(s, len),
-                        state.m.bind_range(s, len),
-                        state.v.bind_range(s, len),
-                    ],
-                    grid(len as u64, 256),
-                )?;
+                    &[grad, norm.bind(), table.bind(), x, m, v],
+                    grid(n as u64, 256),
+                )
+            };
+        if let Some(flat) = &self.flat {
+            for (b, rows) in flat.buckets.iter().zip(bucket_rows) {
+                if rows.0 == rows.1 {
+                    continue;
+                }
+                for (s, len) in row_chunks(gpu, "adamw", b.values.numel(), 1)? {
+                    let r = |t| Tensor::bind_range(t, s, len);
+                    update(r(&b.grads), r(&b.values), r(&b.m), r(&b.v), s, len, rows)?;
+                }
             }
-            out.push((i, State { step: t, ..state }));
+        }
+        for (k, (x, g, state, _)) in own.iter().enumerate() {
+            let row = segments.len() - own.len() + k;
+            for (s, len) in row_chunks(gpu, "adamw", x.numel(), 1)? {
+                let r = |t| Tensor::bind_range(t, s, len);
+                update(r(g), r(x), r(&state.m), r(&state.v), s, len, (row, row + 1))?;
+            }
         }
         Ok(out)
     }
@@ -374,11 +494,24 @@ impl AdamW {
     }
 
     /// Clears the gradients of all parameters (HF calls `model.zero_grad()` after each step).
-    pub fn zero_grad(&self) {
+    pub fn zero_grad(&self) -> Result<()> {
         self.set_guard(None);
-        for s in &self.slots {
-            s.param.zero_grad();
+        if let Some(flat) = &self.flat {
+            let touched = self
+                .slots
+                .iter()
+                .any(|s| s.at.is_some() && s.param.grad().is_some());
+            if touched {
+                flat.zero_grads(flat.buckets[0].grads.gpu())?;
+            }
         }
+        for s in &self.slots {
+            match s.at {
+                Some(_) => s.param.forget_grad(),
+                None => s.param.zero_grad()?,
+            }
+        }
+        Ok(())
     }
 
     /// The optimiser state for a checkpoint: for each parameter updated at least once,
@@ -462,76 +595,36 @@ impl AdamW {
         }
         let step = scalar("step")?.unwrap_or(0);
         for (slot, state) in self.slots.iter_mut().zip(states) {
-            slot.state = match state {
-                None => None,
-                Some((m, v, step)) => {
-                    let x = slot.param.value();
-                    Some(State {
-                        m: Tensor::from_slice(x.gpu(), &m, x.shape())?,
-                        v: Tensor::from_slice(x.gpu(), &v, x.shape())?,
-                        step,
-                    })
+            let x = slot.param.value();
+            slot.state = match (state, &self.flat, slot.at) {
+                (None, Some(flat), Some(at)) => {
+                    // Fresh moments are zeros in the flat buffers too.
+                    let b = &flat.buckets[at.bucket];
+                    b.m.view(at.start, x.shape())?
+                        .write(&vec![0.0; x.numel()])?;
+                    b.v.view(at.start, x.shape())?
+                        .write(&vec![0.0; x.numel()])?;
+                    None
                 }
+                (None, _, _) => None,
+                (Some((m, v, step)), Some(flat), Some(at)) => {
+                    let b = &flat.buckets[at.bucket];
+                    let (mt, vt) = (
+                        b.m.view(at.start, x.shape())?,
+                        b.v.view(at.start, x.shape())?,
+                    );
+                    mt.write(&m)?;
+                    vt.write(&v)?;
+                    Some(State { m: mt, v: vt, step })
+                }
+                (Some((m, v, step)), _, _) => Some(State {
+                    m: Tensor::from_slice(x.gpu(), &m, x.shape())?,
+                    v: Tensor::from_slice(x.gpu(), &v, x.shape())?,
+                    step,
+                }),
             };
         }
         self.step = step;
         Ok(())
-    }
-}
-
-/// Dynamic loss scaling for fp16 training, as `torch.amp.GradScaler` does it: the loss is
-/// multiplied by `scale` before backward so small gradients survive f16; a step whose
-/// gradients overflowed is skipped and the scale halved; after `growth_interval` good steps
-/// in a row the scale doubles.
-#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
-pub struct GradScaler {
-    /// The current loss scale.
-    pub scale: f32,
-    /// Factor applied after `growth_interval` finite steps.
-    pub growth_factor: f32,
-    /// Factor applied after a step with inf/NaN gradients.
-    pub backoff_factor: f32,
-    /// Finite steps in a row before the scale grows.
-    pub growth_interval: u64,
-    /// Finite steps since the last growth or backoff.
-    pub growth_tracker: u64,
-}
-
-impl Default for GradScaler {
-    fn default() -> Self {
-        GradScaler {
-            scale: 65536.0,
-            growth_factor: 2.0,
-            backoff_factor: 0.5,
-            growth_interval: 2000,
-            growth_tracker: 0,
-        }
-    }
-}
-
-impl GradScaler {
-    /// Runs one optimiser step on the scaled gradients (skipped if they are not finite) and
-    /// updates the scale.
-    pub fn step(&mut self, opt: &mut AdamW, lr: f32, max_norm: f32) -> Result<StepOutcome> {
-        let outcome = opt.clip_and_step_scaled(lr, max_norm, 1.0 / self.scale)?;
-        self.update(outcome.skipped);
-        Ok(outcome)
-    }
-
-    /// torch's `_amp_update_scale_`: back off on overflow, grow after a run of good steps.
-    pub fn update(&mut self, found_inf: bool) {
-        if found_inf {
-            self.scale *= self.backoff_factor;
-            self.growth_tracker = 0;
-            return;
-        }
-        self.growth_tracker += 1;
-        if self.growth_tracker == self.growth_interval {
-            let grown = self.scale * self.growth_factor;
-            if grown.is_finite() {
-                self.scale = grown;
-            }
-            self.growth_tracker = 0;
-        }
     }
 }
