@@ -21,7 +21,9 @@
 // `attn_bwd_kv` (thread per key row, walking query tiles: dK, dV) and `attn_bwd_q` (thread per
 // query row, walking key tiles: dQ). The score recomputation is done twice; that is the price.
 //
-// Layout: q, k, v, O, dO, dQ, dK, dV are [BH, T, D] contiguous, D <= MAX_D; one thread holds
+// Layout: q, k, v, O, dO, dQ, dK, dV are [BH, T, D] contiguous, or with `tokens_first`
+// [B, T, H, D], the layout the projections make and read, so no permute copies run on either
+// side; D <= MAX_D (row_at finds a row either way). L and the stats are [BH, T]. One thread holds
 // its row's vectors in private arrays of MAX_D / 4 vec4s (zero past D). Workgroups are
 // (row tile, bh). Each kernel body takes the vec4 count as an argument and the entry point
 // calls it with the constant MAX_D4 when D = 64: after inlining, the D loops have a constant
@@ -50,7 +52,7 @@ struct Params {
     off_f: u32,      // O, dO, dQ, dK, dV
     off_l: u32,      // L
     off_s: u32,      // backward stats
-    _p0: u32,
+    tokens_first: u32,  // 1: the D-vectors are [B, T, H, D], else [BH, T, D]
     _p1: u32,
 }
 
@@ -89,6 +91,15 @@ fn key_mask(bh: u32, j: u32) -> f32 {
 
 fn bh_of(wid: vec3<u32>, nwg: vec3<u32>) -> u32 {
     return wid.y + wid.z * nwg.y;
+}
+
+// Where row i of (batch, head) bh starts in q, k, v, O and their gradients (bh counts from this
+// chunk's first row; chunks hold whole batches).
+fn row_at(bh: u32, i: u32) -> u32 {
+    if p.tokens_first == 1u {
+        return (((bh / p.heads) * p.t + i) * p.heads + bh % p.heads) * p.d;
+    }
+    return (bh * p.t + i) * p.d;
 }
 
 fn d4() -> u32 {
@@ -151,7 +162,7 @@ fn stage_keys(bh: u32, j0: u32, lid: u32, n4: u32) -> u32 {
     for (var e = lid; e < n * n4; e = e + ROWS) {
         let jj = e / n4;
         let c = e % n4;
-        let g = (bh * p.t + j0 + jj) * p.d;
+        let g = row_at(bh, j0 + jj);
         ta[jj * MAX_D4 + c] = ld_k(g, c);
         tb[jj * MAX_D4 + c] = ld_v(g, c);
     }
@@ -163,10 +174,11 @@ fn attn_fwd_rows(lid: u32, wx: u32, bh: u32, n4: u32) {
     let i = wx * ROWS + lid;
     let live = i < p.t;
     let row = bh * p.t + min(i, p.t - 1u);
+    let at = row_at(bh, min(i, p.t - 1u));
     var qr: array<vec4<f32>, MAX_D4>;
     var acc: array<vec4<f32>, MAX_D4>;
     for (var c = 0u; c < n4; c = c + 1u) {
-        qr[c] = ld_q(row * p.d, c);
+        qr[c] = ld_q(at, c);
         acc[c] = vec4<f32>(0.0);
     }
     var m = LOWEST;
@@ -202,7 +214,7 @@ fn attn_fwd_rows(lid: u32, wx: u32, bh: u32, n4: u32) {
     }
     if live {
         let inv = 1.0 / l;
-        for (var c = 0u; c < n4; c = c + 1u) { st_out0(row * p.d, c, acc[c] * inv); }
+        for (var c = 0u; c < n4; c = c + 1u) { st_out0(at, c, acc[c] * inv); }
         out1[p.off_l + row] = m + log(l);
     }
 }
@@ -221,9 +233,10 @@ fn attn_fwd(@builtin(local_invocation_id) lid: vec3<u32>, @builtin(workgroup_id)
 fn attn_bwd_stats(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
     let r = gid.x + gid.y * nwg.x * 64u;
     if r >= p.bh * p.t { return; }
+    let at = row_at(r / p.t, r % p.t);
     var acc = 0.0;
     for (var dd = 0u; dd < p.d; dd = dd + 1u) {
-        acc = fma(fb[p.off_f + r * p.d + dd], fa[p.off_f + r * p.d + dd], acc);
+        acc = fma(fb[p.off_f + at + dd], fa[p.off_f + at + dd], acc);
     }
     out0[p.off_s + 2u * r] = mask[p.off_l + r];
     out0[p.off_s + 2u * r + 1u] = acc;
@@ -233,14 +246,14 @@ fn attn_bwd_stats(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_wo
 fn attn_bwd_kv_rows(lid: u32, wx: u32, bh: u32, n4: u32) {
     let j = wx * ROWS + lid;
     let live = j < p.t;
-    let row = bh * p.t + min(j, p.t - 1u);
+    let at = row_at(bh, min(j, p.t - 1u));
     var kr: array<vec4<f32>, MAX_D4>;
     var vr: array<vec4<f32>, MAX_D4>;
     var dk: array<vec4<f32>, MAX_D4>;
     var dv: array<vec4<f32>, MAX_D4>;
     for (var c = 0u; c < n4; c = c + 1u) {
-        kr[c] = ld_k(row * p.d, c);
-        vr[c] = ld_v(row * p.d, c);
+        kr[c] = ld_k(at, c);
+        vr[c] = ld_v(at, c);
         dk[c] = vec4<f32>(0.0);
         dv[c] = vec4<f32>(0.0);
     }
@@ -251,7 +264,7 @@ fn attn_bwd_kv_rows(lid: u32, wx: u32, bh: u32, n4: u32) {
         for (var e = lid; e < n * n4; e = e + ROWS) {
             let ii = e / n4;
             let c = e % n4;
-            let g = (bh * p.t + i0 + ii) * p.d;
+            let g = row_at(bh, i0 + ii);
             ta[ii * MAX_D4 + c] = ld_q(g, c);
             tb[ii * MAX_D4 + c] = ld_fa(g, c);
         }
@@ -282,8 +295,8 @@ fn attn_bwd_kv_rows(lid: u32, wx: u32, bh: u32, n4: u32) {
     }
     if live {
         for (var c = 0u; c < n4; c = c + 1u) {
-            st_out0(row * p.d, c, dk[c] * p.scale);
-            st_out1(row * p.d, c, dv[c]);
+            st_out0(at, c, dk[c] * p.scale);
+            st_out1(at, c, dv[c]);
         }
     }
 }
@@ -302,12 +315,13 @@ fn attn_bwd_q_rows(lid: u32, wx: u32, bh: u32, n4: u32) {
     let i = wx * ROWS + lid;
     let live = i < p.t;
     let row = bh * p.t + min(i, p.t - 1u);
+    let at = row_at(bh, min(i, p.t - 1u));
     var qr: array<vec4<f32>, MAX_D4>;
     var dor: array<vec4<f32>, MAX_D4>;
     var dq: array<vec4<f32>, MAX_D4>;
     for (var c = 0u; c < n4; c = c + 1u) {
-        qr[c] = ld_q(row * p.d, c);
-        dor[c] = ld_fa(row * p.d, c);
+        qr[c] = ld_q(at, c);
+        dor[c] = ld_fa(at, c);
         dq[c] = vec4<f32>(0.0);
     }
     let lse = fb[p.off_s + 2u * row];
@@ -331,7 +345,7 @@ fn attn_bwd_q_rows(lid: u32, wx: u32, bh: u32, n4: u32) {
         }
     }
     if live {
-        for (var c = 0u; c < n4; c = c + 1u) { st_out0(row * p.d, c, dq[c] * p.scale); }
+        for (var c = 0u; c < n4; c = c + 1u) { st_out0(at, c, dq[c] * p.scale); }
     }
 }
 

@@ -23,6 +23,7 @@ fn att(heads: usize, scale: f32, dropout: f32, seed: u64) -> Attention {
         scale,
         dropout,
         seed,
+        tokens_first: false,
     }
 }
 
@@ -251,7 +252,7 @@ fn three_dim_input_is_batch_times_heads() {
         let f =
             xlsr::ops::attention::forward(&q, &k, &v, Some(&mask), &att(H, 0.3, 0.1, 9)).unwrap();
         assert_eq!(f.out.shape(), shape);
-        assert_eq!(f.lse.shape(), &shape[..shape.len() - 1]);
+        assert_eq!(f.lse.shape(), &[B * H, t]);
         f.out.to_vec().unwrap()
     };
     assert_eq!(go(&[B, H, t, d]), go(&[B * H, t, d]));
@@ -303,6 +304,99 @@ fn rows_past_the_binding_limit_run_in_chunks() {
             continue;
         }
         assert_eq!(go(&small, half), go(&gpu(), half), "f16 {half}");
+    }
+}
+
+/// [B, H, T, D] <-> [B, T, H, D] on the host (the permutation is its own inverse's twin).
+fn swap_heads_tokens<T: Copy>(x: &[T], (b, h, t, d): (usize, usize, usize, usize)) -> Vec<T> {
+    let mut out = Vec::with_capacity(x.len());
+    for bi in 0..b {
+        for ti in 0..t {
+            for hi in 0..h {
+                let at = ((bi * h + hi) * t + ti) * d;
+                out.extend_from_slice(&x[at..at + d]);
+            }
+        }
+    }
+    out
+}
+
+/// `tokens_first` (q, k, v, O and gradients in the projections' [B, T, H, D] layout) gives
+/// bit for bit what [B, H, T, D] gives, with a mask and dropout, f32 and f16, and with whole
+/// batches per chunk when a small binding limit splits the rows.
+#[test]
+fn tokens_first_layout_equals_heads_first() {
+    let (t, d) = (50, 8);
+    let c = Case {
+        t,
+        d,
+        masked: true,
+        p: 0.1,
+        seed: 6,
+        q_gain: 1.0,
+    };
+    let (qkv, r) = inputs(&c);
+    let dims = (B, H, t, d);
+    let go = |g: &xlsr::Gpu, half: bool, tokens_first: bool| -> Vec<Vec<f32>> {
+        use xlsr::ops::{attention, cast};
+        let shape = if tokens_first {
+            [B, t, H, d]
+        } else {
+            [B, H, t, d]
+        };
+        let put = |x: &[f64]| {
+            let x = to_f32(x);
+            let x = if tokens_first {
+                swap_heads_tokens(&x, dims)
+            } else {
+                x
+            };
+            Tensor::from_slice(g, &x, &shape).unwrap()
+        };
+        let [q, k, v] = qkv.each_ref().map(|x| {
+            let x = put(x);
+            if half {
+                cast::to_f16(&x).unwrap()
+            } else {
+                x
+            }
+        });
+        let mut m = vec![0f32; B * t];
+        m[t + 3..].fill(f32::MIN);
+        let mask = Tensor::from_slice(g, &m, &[B, t]).unwrap();
+        let a = Attention {
+            tokens_first,
+            ..att(H, 0.3, 0.1, 6)
+        };
+        let f = attention::forward(&q, &k, &v, Some(&mask), &a).unwrap();
+        let dd = attention::backward(&q, &k, &v, Some(&mask), &a, &f, &put(&r)).unwrap();
+        let back = |x: Tensor| {
+            let x = x.to_vec().unwrap();
+            // [B, T, H, D] -> [B, H, T, D]: the same swap with T and H exchanged.
+            if tokens_first {
+                swap_heads_tokens(&x, (B, t, H, d))
+            } else {
+                x
+            }
+        };
+        vec![
+            back(f.out),
+            f.lse.to_vec().unwrap(),
+            back(dd.q),
+            back(dd.k),
+            back(dd.v),
+        ]
+    };
+    let small = xlsr::Gpu::new().unwrap();
+    small.set_max_binding(8192);
+    for half in [false, true] {
+        if half && !gpu().has_f16() {
+            eprintln!("adapter has no SHADER_F16: f16 case not run");
+            continue;
+        }
+        let want = go(&gpu(), half, false);
+        assert_eq!(go(&gpu(), half, true), want, "f16 {half}");
+        assert_eq!(go(&small, half, true), want, "f16 {half}, chunked");
     }
 }
 

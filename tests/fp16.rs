@@ -465,6 +465,7 @@ fn f16_attention_equals_f32_attention_on_rounded_inputs() {
                 scale: 0.125,
                 dropout: 0.1,
                 seed: 9,
+                tokens_first: false,
             };
             vars[0].attention(&vars[1], &vars[2], Some(&mask), &a)
         })

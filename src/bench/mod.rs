@@ -232,6 +232,7 @@ pub fn run(
         scale: 0.125,
         dropout: 0.1,
         seed: 1,
+        tokens_first: false,
     };
     let name = format!("attention fused fwd {h}x{t} (d {dh}, dropout 0.1)");
     if keep(&name) {

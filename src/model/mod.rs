@@ -458,15 +458,16 @@ impl LayerStep {
         let (b, t, h) = (x.shape()[0], x.shape()[1], c.hidden_size);
         let nh = c.num_attention_heads;
         let hd = h / nh;
-        let heads = |y: Var| -> Result<Var> { y.reshape(&[b, t, nh, hd])?.permute(&[0, 2, 1, 3]) };
+        let split = |y: Var| y.reshape(&[b, t, nh, hd]);
         // One f16 copy of the input serves the three projections (and is what they keep).
         let x = if self.half { x.to_f16()? } else { x.clone() };
-        let q = heads(l.q.forward(tape, &x)?)?;
-        let k = heads(l.k.forward(tape, &x)?)?;
-        let v = heads(l.v.forward(tape, &x)?)?;
+        let q = split(l.q.forward(tape, &x)?)?;
+        let k = split(l.k.forward(tape, &x)?)?;
+        let v = split(l.v.forward(tape, &x)?)?;
         let scale = (hd as f32).powf(-0.5);
         let o = if self.fused && hd <= MAX_HEAD_DIM {
-            // Never materialises the [B, H, T, T] scores; the same dropout mask as below.
+            // Reads and writes the projections' [B, T, H, D] layout (no permutes) and never
+            // materialises the [B, H, T, T] scores; the same dropout mask as below.
             let (p, seed) = drop.next(c.attention_dropout);
             let mask = self.mask.as_ref();
             let a = Attention {
@@ -474,16 +475,18 @@ impl LayerStep {
                 scale,
                 dropout: p,
                 seed,
+                tokens_first: true,
             };
             q.attention(&k, &v, mask, &a)?
         } else {
+            let heads = |y: Var| y.permute(&[0, 2, 1, 3]);
+            let (q, k, v) = (heads(q)?, heads(k)?, heads(v)?);
             let scores = q.matmul(&k, false, true, None)?.scale(scale, 0.0)?;
             let p = scores.softmax(self.mask.as_ref())?;
             let p = drop.apply(&p, c.attention_dropout)?;
-            p.matmul(&v, false, false, None)?
+            p.matmul(&v, false, false, None)?.permute(&[0, 2, 1, 3])?
         };
-        let o = o.permute(&[0, 2, 1, 3])?.reshape(&[b, t, h])?;
-        l.out.forward(tape, &o)
+        l.out.forward(tape, &o.reshape(&[b, t, h])?)
     }
 
     fn feed_forward(&self, tape: &Rc<Tape>, x: &Var, drop: &mut Dropout) -> Result<Var> {

@@ -43,8 +43,8 @@ kernel_params! {
         off_l: u32,
         /// The same for the backward stats.
         off_s: u32,
-        /// Padding.
-        _p0: u32,
+        /// 1: q, k, v, O and their gradients are [B, T, H, D].
+        tokens_first: u32,
         /// Padding.
         _p1: u32,
     }
@@ -96,19 +96,33 @@ fn check(
         check_f32(op, &[q, k, v])?;
     }
     let shape = q.shape();
-    if shape.len() < 2 || k.shape() != shape || v.shape() != shape {
+    let want = if a.tokens_first {
+        "[B, T, H, D]"
+    } else {
+        "[.., T, D]"
+    };
+    let rank_ok = if a.tokens_first {
+        shape.len() == 4 && shape[2] == heads
+    } else {
+        shape.len() >= 2
+    };
+    if !rank_ok || k.shape() != shape || v.shape() != shape {
         return shape_err(
             op,
             format!(
-                "q {:?}, k {:?}, v {:?} must be one shape [.., T, D]",
+                "q {:?}, k {:?}, v {:?} must be one shape {want} ({heads} heads)",
                 shape,
                 k.shape(),
                 v.shape()
             ),
         );
     }
-    let (t, d) = (q.dim(-2), q.dim(-1));
-    let bh: usize = shape[..shape.len() - 2].iter().product();
+    let (t, d, bh) = if a.tokens_first {
+        (shape[1], shape[3], shape[0] * shape[2])
+    } else {
+        let rows: usize = shape[..shape.len() - 2].iter().product();
+        (q.dim(-2), q.dim(-1), rows)
+    };
     if d > MAX_HEAD_DIM {
         return Err(Error::Limit {
             op,
@@ -142,9 +156,20 @@ fn check(
     Ok(Dims { bh, t, d })
 }
 
-/// Runs of (batch, head) rows, (first, count), whose tensors each fit one binding.
-fn chunks(q: &Tensor, g: &Dims) -> Result<Vec<(usize, usize)>> {
-    shifted_chunks(q.gpu(), "attention", g.bh, &[g.t * g.d, 2 * g.t])
+/// Runs of (batch, head) rows, (first, count), whose tensors each fit one binding. With
+/// `tokens_first` a run holds whole batches, whose [T, H, D] blocks are contiguous.
+fn chunks(q: &Tensor, g: &Dims, a: &Attention) -> Result<Vec<(usize, usize)>> {
+    let per = if a.tokens_first { a.heads } else { 1 };
+    let runs = shifted_chunks(
+        q.gpu(),
+        "attention",
+        g.bh / per,
+        &[per * g.t * g.d, per * 2 * g.t],
+    )?;
+    Ok(runs
+        .into_iter()
+        .map(|(b0, n)| (b0 * per, n * per))
+        .collect())
 }
 
 /// Bindings of one chunk of (batch, head) rows: `Tensor::bind_shifted` over the rows' [T, D]
@@ -175,6 +200,7 @@ fn params(
         off_f,
         off_l,
         off_s,
+        tokens_first: a.tokens_first as u32,
         ..Default::default()
     }
 }
@@ -201,6 +227,9 @@ pub struct Attention {
     /// Seed of the dropout mask (drawn as [`super::dropout::dropout`] draws it over
     /// [B, H, T, T]).
     pub seed: u64,
+    /// q, k, v, the output and their gradients are [B, T, H, D], the layout of the
+    /// projections (no permute copies), instead of [B, H, T, D] (or any [.., T, D]).
+    pub tokens_first: bool,
 }
 
 /// What [`forward`] returns and [`backward`] needs.
@@ -208,7 +237,7 @@ pub struct Attention {
 pub struct Attended {
     /// The output O (q's shape).
     pub out: Tensor,
-    /// Per-row logsumexp L (q's shape without D).
+    /// Per-row logsumexp L, [B·H, T].
     pub lse: Tensor,
 }
 
@@ -224,8 +253,9 @@ pub struct AttentionGrads {
 }
 
 /// Forward of attention over q, k, v (all f32, or all f16 for mixed precision) of shape
-/// [.., T, D] (e.g. [B, H, T, D]) with an optional additive key mask [B, T]: dropout(softmax(q
-/// kᵀ·scale + mask)) v, never materialising the [B, H, T, T] scores.
+/// [.., T, D] (e.g. [B, H, T, D]) or, with [`Attention::tokens_first`], [B, T, H, D], with an
+/// optional additive key mask [B, T]: dropout(softmax(q kᵀ·scale + mask)) v, never
+/// materialising the [B, H, T, T] scores. The output has q's shape.
 pub fn forward(
     q: &Tensor,
     k: &Tensor,
@@ -236,11 +266,11 @@ pub fn forward(
     let g = check("attention", q, k, v, mask, a)?;
     let gpu = q.gpu();
     let o = Tensor::uninit(gpu, q.shape(), DType::F32)?;
-    let lse = Tensor::uninit(gpu, &q.shape()[..q.shape().len() - 1], DType::F32)?;
+    let lse = Tensor::uninit(gpu, &[g.bh, g.t], DType::F32)?;
     let dm = dummy(gpu)?;
     let m = mask.unwrap_or(&dm);
     let td = g.t * g.d;
-    for (b0, n) in chunks(q, &g)? {
+    for (b0, n) in chunks(q, &g, a)? {
         let gc = Dims { bh: n, ..g };
         let ((qr, off_in), (kr, _), (vr, _)) =
             (rows(q, b0, n, td), rows(k, b0, n, td), rows(v, b0, n, td));
@@ -293,7 +323,7 @@ pub fn backward(
     let dk = Tensor::uninit(gpu, q.shape(), DType::F32)?;
     let dv = Tensor::uninit(gpu, q.shape(), DType::F32)?;
     let td = g.t * g.d;
-    for (b0, n) in chunks(q, &g)? {
+    for (b0, n) in chunks(q, &g, a)? {
         let gc = Dims { bh: n, ..g };
         let ((qr, off_in), (kr, _), (vr, _)) =
             (rows(q, b0, n, td), rows(k, b0, n, td), rows(v, b0, n, td));
