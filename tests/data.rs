@@ -108,14 +108,39 @@ fn tokenizer_matches_hf_fixtures() {
     for case in fx["cases"].as_array().unwrap() {
         let name = case["name"].as_str().unwrap();
         let dir = temp_dir(&format!("tok-{name}"));
-        std::fs::write(dir.join("vocab.json"), case["vocab"].to_string()).unwrap();
-        std::fs::write(
-            dir.join("tokenizer_config.json"),
-            case["tokenizer_config"].to_string(),
-        )
-        .unwrap();
+        match case["files"].as_object() {
+            // A folder as save_pretrained wrote it.
+            Some(files) => {
+                for (file, content) in files {
+                    std::fs::write(dir.join(file), content.to_string()).unwrap();
+                }
+            }
+            None => {
+                std::fs::write(dir.join("vocab.json"), case["vocab"].to_string()).unwrap();
+                std::fs::write(
+                    dir.join("tokenizer_config.json"),
+                    case["tokenizer_config"].to_string(),
+                )
+                .unwrap();
+            }
+        }
         let v = Vocab::load(&dir).unwrap();
         assert_eq!(v.len() as u64, case["len"].as_u64().unwrap(), "{name} len");
+        if let Some(head) = case["head"].as_u64() {
+            // The head a model fine-tuned with it has: added <s> and </s> lie past it.
+            assert_eq!(v.head_size() as u64, head, "{name} head");
+            v.check_head(&dir.join("vocab.json"), head as usize)
+                .unwrap();
+            // Saved and loaded again, it is the same tokenizer with the same head.
+            let again = temp_dir(&format!("tok-{name}-again"));
+            v.save(&again).unwrap();
+            let w = Vocab::load(&again).unwrap();
+            assert!(
+                w.same_tokens(&v) && w.head_size() == v.head_size(),
+                "{name} round trip"
+            );
+            std::fs::remove_dir_all(again).unwrap();
+        }
         assert_eq!(v.pad as u64, case["pad_id"].as_u64().unwrap(), "{name} pad");
         assert_eq!(v.unk as u64, case["unk_id"].as_u64().unwrap(), "{name} unk");
         for e in case["encode"].as_array().unwrap() {
@@ -153,6 +178,60 @@ fn tokenizer_matches_hf_fixtures() {
         }
         std::fs::remove_dir_all(dir).unwrap();
     }
+}
+
+/// Training labels follow the model's tokenizer: an uppercase vocabulary (wav2vec2-base-960h)
+/// gets the normalised (lowercase) corpus text uppercased; special tokens past the CTC head
+/// (`<s>`, `</s>` of a fine-tuned folder) and characters the vocabulary lacks become the
+/// unknown token and are reported.
+#[test]
+fn labels_follow_the_models_tokenizer() {
+    let fx = fixture();
+    let load = |name: &str| {
+        let case = fx["cases"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|c| c["name"] == name)
+            .unwrap();
+        let dir = temp_dir(&format!("labels-{name}"));
+        let files = match case["files"].as_object() {
+            Some(f) => f.clone(),
+            None => [
+                ("vocab.json".to_string(), case["vocab"].clone()),
+                (
+                    "tokenizer_config.json".to_string(),
+                    case["tokenizer_config"].clone(),
+                ),
+            ]
+            .into_iter()
+            .collect(),
+        };
+        for (file, content) in files {
+            std::fs::write(dir.join(file), content.to_string()).unwrap();
+        }
+        let v = Vocab::load(&dir).unwrap();
+        std::fs::remove_dir_all(dir).unwrap();
+        v
+    };
+    let upper = load("base960h");
+    let l = upper.labels("it's a test");
+    assert_eq!(l.ids, upper.encode("IT'S A TEST"));
+    assert!(l.unknown.is_empty(), "{:?}", l.unknown);
+    let l = upper.labels("ça va");
+    assert_eq!(l.unknown, vec!["Ç".to_string()]);
+    assert_eq!(l.ids[0], upper.unk);
+
+    let saved = load("saved");
+    assert!(saved.len() > saved.head_size());
+    let l = saved.labels("<s> hola </s>");
+    assert!(l.ids.iter().all(|&i| (i as usize) < saved.head_size()));
+    assert_eq!(l.unknown, vec!["<s>".to_string(), "</s>".to_string()]);
+    assert_eq!(l.ids.first(), Some(&saved.unk));
+    assert_eq!(saved.labels("hola").ids, saved.encode("hola"));
+    // A lowercase vocabulary leaves lowercase text alone.
+    let notebook = load("notebook");
+    assert_eq!(notebook.labels("hola que").ids, notebook.encode("hola que"));
 }
 
 #[test]

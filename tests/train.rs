@@ -272,6 +272,136 @@ fn bad_input_fails_cleanly() {
     let _ = std::fs::remove_dir_all(dir);
 }
 
+/// Rewrites a model folder's tokenizer files with `edit` applied to (vocab.json,
+/// tokenizer_config.json).
+fn edit_tokenizer(dir: &Path, edit: impl FnOnce(&mut serde_json::Value, &mut serde_json::Value)) {
+    let read = |f: &str| -> serde_json::Value {
+        serde_json::from_str(&std::fs::read_to_string(dir.join(f)).unwrap()).unwrap()
+    };
+    let (mut vocab, mut config) = (read("vocab.json"), read("tokenizer_config.json"));
+    edit(&mut vocab, &mut config);
+    std::fs::write(dir.join("vocab.json"), vocab.to_string()).unwrap();
+    std::fs::write(dir.join("tokenizer_config.json"), config.to_string()).unwrap();
+}
+
+/// Fine-tuning a model that is already fine-tuned, as transformers does: with its head and
+/// vocabulary (added `<s>`/`</s>` past the head, as a transformers 5 folder has them; an
+/// uppercase vocabulary gets uppercased labels; characters it lacks become its unknown token),
+/// or with `--new-head` a fresh head on the corpus's vocabulary; `prepare --vocab` encodes with
+/// a given vocabulary.
+#[test]
+fn continuing_from_fine_tuned_checkpoints() {
+    let dir = temp_dir("finetuned");
+    let prep = common::demo_subset(&dir, 2);
+    let model = tiny_model(&dir, &prep);
+    let g = common::gpu();
+    let corpus = Prepared::open(&prep).unwrap();
+    let head = corpus.vocab.len();
+    let one_step = ["--max-steps", "1", "--eval-steps", "0", "--batch-size", "2"];
+    let copy = |name: &str| {
+        let d = dir.join(name);
+        copy_dir(&model, &d);
+        d
+    };
+
+    // transformers 5's save_pretrained: <s> and </s> as added tokens past the head.
+    let added = copy("added");
+    edit_tokenizer(&added, |_, cfg| {
+        cfg["bos_token"] = "<s>".into();
+        cfg["eos_token"] = "</s>".into();
+        cfg["added_tokens_decoder"] = serde_json::json!({
+            head.to_string(): {"content": "<s>", "special": true},
+            (head + 1).to_string(): {"content": "</s>", "special": true},
+        });
+    });
+    let v = xlsr::data::Vocab::load(&added).unwrap();
+    assert_eq!((v.len(), v.head_size()), (head + 2, head));
+    let s = train::run(&g, &args(&added, &prep, &dir.join("r_added"), &one_step)).unwrap();
+    let out = xlsr::data::Vocab::load(&s.final_dir).unwrap();
+    assert!(out.same_tokens(&v) && out.head_size() == head);
+    let (m, _) = Wav2Vec2ForCtc::load(&g, &s.final_dir, None, 0).unwrap();
+    assert_eq!(m.config.vocab_size, head);
+
+    // An uppercase vocabulary (do_lower_case false), as wav2vec2-base-960h's: the corpus's
+    // lowercase text is uppercased, giving the very ids the lowercase vocabulary gave.
+    let upper = copy("upper");
+    edit_tokenizer(&upper, |vocab, _| {
+        let map = vocab.as_object().unwrap().clone();
+        *vocab = map
+            .into_iter()
+            .map(|(t, id)| {
+                let t = if t.chars().count() == 1 {
+                    t.to_uppercase()
+                } else {
+                    t
+                };
+                (t, id)
+            })
+            .collect::<serde_json::Map<_, _>>()
+            .into();
+    });
+    let uv = xlsr::data::Vocab::load(&upper).unwrap();
+    let mut relabelled = Prepared::open(&prep).unwrap();
+    let r = relabelled.relabel(&uv);
+    assert!(r.unknown.is_empty() && r.dropped.is_empty(), "{r:?}");
+    for (a, b) in relabelled.train.iter().zip(&corpus.train) {
+        assert_eq!(a.labels, b.labels, "{}", a.text);
+    }
+    train::run(&g, &args(&upper, &prep, &dir.join("r_upper"), &one_step)).unwrap();
+
+    // A vocabulary without 'a': every 'a' becomes its unknown token and is counted.
+    let lacking = copy("lacking");
+    edit_tokenizer(&lacking, |vocab, _| {
+        let id = vocab["a"].clone();
+        vocab.as_object_mut().unwrap().remove("a");
+        vocab["#"] = id;
+    });
+    let lv = xlsr::data::Vocab::load(&lacking).unwrap();
+    let mut relabelled = Prepared::open(&prep).unwrap();
+    let r = relabelled.relabel(&lv);
+    let want = corpus
+        .train
+        .iter()
+        .chain(&corpus.test)
+        .map(|u| u.text.matches('a').count())
+        .sum::<usize>();
+    assert!(want > 0);
+    assert_eq!(r.unknown.get("a"), Some(&want), "{r:?}");
+    let l = &relabelled.train[0];
+    assert_eq!(
+        l.labels.iter().filter(|&&i| i == lv.unk).count(),
+        l.text.matches('a').count()
+    );
+
+    // --new-head: a checkpoint whose head has another vocabulary gets a fresh head.
+    let other = dir.join("other");
+    let m = Wav2Vec2ForCtc::random(&g, xlsr::demo::small_config(50, 49), 0).unwrap();
+    m.save(&other).unwrap();
+    let e = train::run(&g, &args(&other, &prep, &dir.join("r_other"), &one_step))
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("--new-head") && e.contains("vocab.json"), "{e}");
+    let with_new = [&one_step[..], &["--new-head"]].concat();
+    let s = train::run(&g, &args(&other, &prep, &dir.join("r_new"), &with_new)).unwrap();
+    let (m, _) = Wav2Vec2ForCtc::load(&g, &s.final_dir, None, 0).unwrap();
+    assert_eq!(m.config.vocab_size, head);
+    assert!(xlsr::data::Vocab::load(&s.final_dir)
+        .unwrap()
+        .same_tokens(&corpus.vocab));
+
+    // prepare --vocab: the corpus encoded with a given vocabulary, unknowns counted.
+    let mut opts = Options::new(corpus.options.source.clone(), dir.join("prep_lacking"));
+    opts.progress = false;
+    opts.vocab = Some(lacking.join("vocab.json"));
+    let summary = prepare::run(&opts).unwrap();
+    assert_eq!(summary.unknown.get("a"), Some(&want));
+    assert!(summary.to_string().contains("became the unknown token"));
+    let p = Prepared::open(&dir.join("prep_lacking")).unwrap();
+    assert!(p.vocab.same_tokens(&lv));
+    assert_eq!(p.train[0].labels, relabelled.train[0].labels);
+    let _ = std::fs::remove_dir_all(dir);
+}
+
 #[test]
 fn eval_cli_prints_json() {
     let dir = temp_dir("evalcli");

@@ -12,6 +12,10 @@ Cases:
              uppercase letters), written out here since tests cannot download it
   lowercase  the notebook vocab with do_lower_case=True and HF's default bos/eos (<s> and </s>
              are appended as extra ids)
+  saved      the notebook vocab with HF's default bos/eos, written by save_pretrained as a
+             fine-tuned model's folder has it: vocab.json without <s> and </s>, which
+             tokenizer_config.json's added_tokens_decoder places past the CTC head; the case
+             carries every file save_pretrained wrote
 """
 
 import json
@@ -86,11 +90,18 @@ def decoded(tok, ids):
     return [ids, tok.decode(ids), tok.decode(ids, group_tokens=False), words]
 
 
-def case(name, vocab, config, encode_texts, rng):
+def case(name, vocab, config, encode_texts, rng, saved=False):
+    files = None
     with tempfile.TemporaryDirectory() as d:
         json.dump(vocab, open(os.path.join(d, "vocab.json"), "w", encoding="utf-8"))
         json.dump(config, open(os.path.join(d, "tokenizer_config.json"), "w", encoding="utf-8"))
         tok = Wav2Vec2CTCTokenizer.from_pretrained(d)
+        if saved:
+            out = os.path.join(d, "saved")
+            tok.save_pretrained(out)
+            files = {f: json.load(open(os.path.join(out, f), encoding="utf-8"))
+                     for f in sorted(os.listdir(out)) if f.endswith(".json")}
+            tok = Wav2Vec2CTCTokenizer.from_pretrained(out)
     n = len(tok)
     encode = [[t, tok(t).input_ids] for t in encode_texts]
     decode = []
@@ -111,7 +122,7 @@ def case(name, vocab, config, encode_texts, rng):
     for ids in [[d, a, a, pad, a, d, d, b, pad, d], [a, d, pad, b, b, d, a], [pad, pad], [d],
                 [a, pad, pad, b], [a, a, d, d, pad, b, b, b]]:
         decode.append(decoded(tok, ids))
-    return {
+    result = {
         "name": name,
         "vocab": vocab,
         "tokenizer_config": config,
@@ -121,6 +132,11 @@ def case(name, vocab, config, encode_texts, rng):
         "encode": encode,
         "decode": decode,
     }
+    if files is not None:
+        result["files"] = files
+        # What a model fine-tuned with this tokenizer has as config.vocab_size.
+        result["head"] = len(files["vocab.json"])
+    return result
 
 
 def main():
@@ -139,6 +155,8 @@ def main():
         case("lowercase", vocab, dict(NOTEBOOK_CONFIG, do_lower_case=True, bos_token="<s>",
                                        eos_token="</s>"),
              ["hola", "HOLA", "Hola <s> que"], rng),
+        case("saved", vocab, dict(NOTEBOOK_CONFIG, bos_token="<s>", eos_token="</s>"),
+             ["hola que", "<s> hola </s>", "xyz"], rng, saved=True),
     ]
     out = {
         "transformers": transformers.__version__,

@@ -34,6 +34,11 @@ pub struct PrepareArgs {
     /// Common Voice splits to evaluate on
     #[arg(long, value_delimiter = ',', default_value = "test")]
     pub test_splits: Vec<String>,
+    /// Encode the transcripts with this vocabulary (a model folder, a prep folder or a
+    /// vocab.json) instead of building one from the corpus; characters it lacks become its
+    /// unknown token and are counted
+    #[arg(long)]
+    pub vocab: Option<PathBuf>,
     /// Decode again even if PREP_DIR was made with the same settings
     #[arg(long)]
     pub force: bool,
@@ -57,6 +62,7 @@ pub fn run(args: &PrepareArgs) -> Result<()> {
     opts.turkish_lowercase = args.turkish_lowercase;
     opts.chars_to_remove = args.chars_to_remove.clone();
     opts.force = args.force;
+    opts.vocab = args.vocab.clone();
     let summary = prepare::run(&opts)?;
     println!("{summary}");
     println!("wrote {}", args.out.display());

@@ -80,6 +80,10 @@ pub struct TrainArgs {
     /// Keep the conv feature encoder frozen
     #[arg(long, num_args = 0..=1, default_missing_value = "true", default_value_t = TrainOptions::default().freeze_feature_encoder, action = clap::ArgAction::Set)]
     pub freeze_feature_encoder: bool,
+    /// With a fine-tuned --model: train a fresh CTC head on the corpus's vocabulary instead of
+    /// continuing with the model's head and vocabulary (the corpus is then encoded with it)
+    #[arg(long)]
+    pub new_head: bool,
     /// Recompute each encoder layer in the backward pass instead of keeping its activations
     /// (default: on for models of 12 or more layers, as the notebook does for XLSR-53)
     #[arg(long, num_args = 0..=1, default_missing_value = "true")]
@@ -138,6 +142,7 @@ impl From<TrainArgs> for TrainOptions {
             mask_time_prob: a.mask_time_prob,
             layerdrop: a.layerdrop,
             freeze_feature_encoder: a.freeze_feature_encoder,
+            new_head: a.new_head,
             gradient_checkpointing: a.gradient_checkpointing,
             max_batch_seconds: a.max_batch_seconds,
             max_train_samples: a.max_train_samples,

@@ -67,6 +67,10 @@ pub struct Options {
     pub chars_to_remove: String,
     /// Turkish-aware lowercasing.
     pub turkish_lowercase: bool,
+    /// Encode with this vocabulary (a model or prep folder, or a vocab.json) instead of
+    /// building one from the corpus.
+    #[serde(default)]
+    pub vocab: Option<PathBuf>,
     /// Show a progress bar (on a terminal).
     #[serde(skip)]
     pub progress: bool,
@@ -85,6 +89,7 @@ impl Options {
             max_seconds: 10.0,
             chars_to_remove: text.chars_to_remove,
             turkish_lowercase: text.turkish,
+            vocab: None,
             progress: true,
             force: false,
         }
@@ -96,6 +101,7 @@ impl Options {
             && self.max_seconds == other.max_seconds
             && self.chars_to_remove == other.chars_to_remove
             && self.turkish_lowercase == other.turkish_lowercase
+            && self.vocab == other.vocab
     }
 
     fn text_norm(&self) -> TextNorm {
@@ -193,6 +199,9 @@ pub struct Summary {
     pub decode_wall_seconds: f64,
     /// Vocabulary size.
     pub vocab_size: usize,
+    /// With a given vocabulary: pieces of text it lacks (now the unknown token), and how often.
+    #[serde(default)]
+    pub unknown: BTreeMap<String, usize>,
     /// True when an existing prep folder with the same settings was reused.
     #[serde(default)]
     pub reused: bool,
@@ -220,6 +229,14 @@ impl std::fmt::Display for Summary {
             writeln!(f, "  {reason}: {n}")?;
         }
         write!(f, "vocabulary: {} tokens", self.vocab_size)?;
+        if !self.unknown.is_empty() {
+            let n: usize = self.unknown.values().sum();
+            write!(
+                f,
+                "\n{n} characters not in the vocabulary became the unknown token: {}",
+                super::vocab::unknown_summary(&self.unknown)
+            )?;
+        }
         if self.reused {
             write!(f, "\nreused the existing cache: nothing decoded")?;
         } else if self.decode_wall_seconds > 0.0 {
@@ -292,10 +309,14 @@ pub fn run(opts: &Options) -> Result<Summary, DataError> {
         }
         sets.push((set, kept));
     }
-    let vocab = Vocab::build(
-        sets.iter()
-            .flat_map(|(_, rows)| rows.iter().map(|(_, t)| t.as_str())),
-    );
+    let vocab = match &opts.vocab {
+        Some(path) => Vocab::load_any(path)?,
+        None => Vocab::build(
+            sets.iter()
+                .flat_map(|(_, rows)| rows.iter().map(|(_, t)| t.as_str())),
+        ),
+    };
+    let mut unknown: BTreeMap<String, usize> = BTreeMap::new();
     std::fs::create_dir_all(&opts.out).map_err(|e| DataError::io(&opts.out, e))?;
     vocab.save(&opts.out)?;
 
@@ -372,7 +393,17 @@ pub fn run(opts: &Options) -> Result<Summary, DataError> {
                     }
                 };
                 decoded_samples += samples.len();
-                let labels = vocab.encode(text);
+                let labels = match opts.vocab {
+                    // A given vocabulary may lack characters, or differ in case.
+                    Some(_) => {
+                        let l = vocab.labels(text);
+                        for u in l.unknown {
+                            *unknown.entry(u).or_default() += 1;
+                        }
+                        l.ids
+                    }
+                    None => vocab.encode(text),
+                };
                 let secs = samples.len() as f64 / SAMPLE_RATE as f64;
                 let problem = if samples.is_empty() {
                     Some((Skip::EmptyClip, "no samples".to_string()))
@@ -426,6 +457,7 @@ pub fn run(opts: &Options) -> Result<Summary, DataError> {
         decoded_seconds: decoded_samples as f64 / SAMPLE_RATE as f64,
         decode_wall_seconds: wall,
         vocab_size: vocab.len(),
+        unknown,
         reused: false,
     };
     let index = Index {

@@ -2,7 +2,8 @@
 
 use super::audio::SAMPLE_RATE;
 use super::prepare::{Index, Options, Summary, Utterance, VERSION};
-use super::{DataError, Vocab};
+use super::{ctc_min_frames, wav2vec2_frames, DataError, Vocab};
+use std::collections::BTreeMap;
 use std::fs::File;
 use std::io::{Read, Seek, SeekFrom};
 use std::path::{Path, PathBuf};
@@ -15,6 +16,15 @@ pub enum Split {
     Train,
     /// The evaluation set (test).
     Test,
+}
+
+/// What [`Prepared::relabel`] changed.
+#[derive(Clone, Debug, Default)]
+pub struct Relabelled {
+    /// Pieces of text the new vocabulary lacks (now its unknown token), and how often.
+    pub unknown: BTreeMap<String, usize>,
+    /// Clips left out because their new labels need more CTC frames than their audio gives.
+    pub dropped: Vec<String>,
 }
 
 /// A prep folder opened for training: the vocabulary, the utterances of each set, and the
@@ -84,6 +94,29 @@ impl Prepared {
             audio: Mutex::new(file),
             audio_samples,
         })
+    }
+
+    /// Encodes every transcript again with `vocab` (a fine-tuned model's, to continue with its
+    /// head), which becomes this corpus's tokenizer for the run; the folder on disk is not
+    /// changed. Clips whose new labels are too long for their audio are left out.
+    pub fn relabel(&mut self, vocab: &Vocab) -> Relabelled {
+        let mut r = Relabelled::default();
+        for set in [&mut self.train, &mut self.test] {
+            set.retain_mut(|u| {
+                let l = vocab.labels(&u.text);
+                for piece in l.unknown {
+                    *r.unknown.entry(piece).or_default() += 1;
+                }
+                if ctc_min_frames(&l.ids) > wav2vec2_frames(u.samples) {
+                    r.dropped.push(u.id.clone());
+                    return false;
+                }
+                u.labels = l.ids;
+                true
+            });
+        }
+        self.vocab = vocab.clone();
+        r
     }
 
     /// The utterances of a set.

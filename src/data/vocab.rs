@@ -3,7 +3,7 @@
 
 use super::DataError;
 use serde_json::{json, Map, Value};
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::Path;
 
 /// Token names used by vocabularies built here (the notebook's).
@@ -12,6 +12,16 @@ pub const UNK: &str = "[UNK]";
 pub const PAD: &str = "[PAD]";
 /// Word delimiter: stands for the space between words.
 pub const WORD_DELIMITER: &str = "|";
+
+/// Labels for training, and what the vocabulary could not represent.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Labels {
+    /// Token ids, each below [`Vocab::head_size`].
+    pub ids: Vec<u32>,
+    /// Pieces of the text that became the unknown token (characters it lacks, or special
+    /// tokens beyond the CTC head).
+    pub unknown: Vec<String>,
+}
 
 /// A word of a CTC transcript and the output frames it spans, `start..end`.
 #[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
@@ -42,6 +52,9 @@ pub struct Vocab {
     added: Vec<(String, bool)>,
     do_lower_case: bool,
     clean_up_spaces: bool,
+    /// Beginning/end-of-sentence tokens (`None`: the tokenizer has none).
+    bos: Option<String>,
+    eos: Option<String>,
     /// Ids vocab.json itself defines: one past its largest id (special tokens it lacks come
     /// after).
     file_ids: usize,
@@ -101,6 +114,21 @@ impl Vocab {
             .filter(|t| t.chars().count() > 1)
             .map(|t| (t.clone(), true))
             .collect();
+        // Added tokens at the ids the tokenizer files give them (`<s>`, `</s>` past the head of
+        // a model transformers fine-tuned).
+        for (tok, id) in &cfg.added {
+            if ids.contains_key(tok) {
+                continue;
+            }
+            let id = *id as usize;
+            if tokens.len() <= id {
+                tokens.resize(id + 1, None);
+            }
+            if tokens[id].is_none() {
+                tokens[id] = Some(tok.clone());
+                ids.insert(tok.clone(), id as u32);
+            }
+        }
         // HF appends special tokens missing from vocab.json as new ids, in this order.
         let specials: Vec<&String> = [cfg.bos.as_ref(), cfg.eos.as_ref()]
             .into_iter()
@@ -115,7 +143,7 @@ impl Vocab {
         }
         let pad = ids[&cfg.pad];
         let unk = ids[&cfg.unk];
-        for s in specials {
+        for s in specials.into_iter().chain(cfg.added.iter().map(|(t, _)| t)) {
             if !added.iter().any(|(t, _)| t == s) {
                 added.push((s.clone(), false));
             }
@@ -133,6 +161,8 @@ impl Vocab {
             added,
             do_lower_case: cfg.do_lower_case,
             clean_up_spaces: cfg.clean_up_spaces,
+            bos: cfg.bos.clone(),
+            eos: cfg.eos.clone(),
             file_ids,
         }
     }
@@ -165,10 +195,71 @@ impl Vocab {
         Ok(())
     }
 
-    /// Number of ids, HF's `len(tokenizer)` and the CTC head's output size: one past the
-    /// largest id in vocab.json, plus any special token vocab.json lacks.
+    /// Number of ids, HF's `len(tokenizer)`: one past the largest id in vocab.json, plus any
+    /// special token vocab.json lacks.
     pub fn len(&self) -> usize {
         self.tokens.len()
+    }
+
+    /// Outputs of the CTC head this vocabulary labels for: the ids vocab.json defines. Added
+    /// special tokens past them (`<s>`, `</s>`) are never labels, as in transformers, where
+    /// the head has `config.vocab_size` outputs.
+    pub fn head_size(&self) -> usize {
+        self.file_ids
+    }
+
+    /// Training labels for normalised `text`: [`Vocab::encode`] after matching the letter
+    /// case of the vocabulary (a `do_lower_case: false` vocabulary of uppercase letters, as
+    /// facebook/wav2vec2-base-960h's, gets uppercased text); ids past the head become the
+    /// unknown token. Returns what became unknown, for the caller to report.
+    pub fn labels(&self, text: &str) -> Labels {
+        let text = self.match_case(text);
+        let mut unknown = Vec::new();
+        let mut ids = self.encode_inner(&text, &mut |piece| unknown.push(piece.to_string()));
+        for id in &mut ids {
+            if *id as usize >= self.file_ids {
+                unknown.push(self.token_or_unk(*id).to_string());
+                *id = self.unk;
+            }
+        }
+        Labels { ids, unknown }
+    }
+
+    /// `text` in the letter case of this vocabulary's tokens (uppercased for an uppercase
+    /// vocabulary): how labels are made, and what transcripts are compared with.
+    pub fn match_case(&self, text: &str) -> String {
+        match self.letter_case() {
+            Some(true) => text.to_uppercase(),
+            Some(false) => text.to_lowercase(),
+            None => text.to_string(),
+        }
+    }
+
+    /// `Some(true)` when the letters of the vocabulary are all uppercase, `Some(false)` when
+    /// all lowercase, `None` when mixed, absent, or the tokenizer changes case itself.
+    fn letter_case(&self) -> Option<bool> {
+        if self.do_lower_case {
+            return None;
+        }
+        let letters: Vec<char> = self
+            .tokens
+            .iter()
+            .flatten()
+            .filter_map(|t| {
+                let mut cs = t.chars();
+                match (cs.next(), cs.next()) {
+                    (Some(c), None) if c.is_alphabetic() => Some(c),
+                    _ => None,
+                }
+            })
+            .collect();
+        let upper = letters.iter().any(|c| c.is_uppercase());
+        let lower = letters.iter().any(|c| c.is_lowercase());
+        match (upper, lower) {
+            (true, false) => Some(true),
+            (false, true) => Some(false),
+            _ => None,
+        }
     }
 
     /// True for an empty vocabulary.
@@ -190,6 +281,11 @@ impl Vocab {
     /// are matched whole, the rest is split into characters with each space becoming the word
     /// delimiter; characters not in the vocabulary become `unk`.
     pub fn encode(&self, text: &str) -> Vec<u32> {
+        self.encode_inner(text, &mut |_| {})
+    }
+
+    /// [`Vocab::encode`], calling `unknown` with each piece that becomes the unknown token.
+    fn encode_inner(&self, text: &str, unknown: &mut dyn FnMut(&str)) -> Vec<u32> {
         // Split into (piece, is_added_token), as HF's trie does.
         let mut pieces: Vec<(&str, bool)> = Vec::new();
         let mut start = 0;
@@ -230,7 +326,10 @@ impl Vocab {
         let mut out = Vec::new();
         for (piece, is_added) in pieces {
             if is_added {
-                out.push(self.id(piece).unwrap_or(self.unk));
+                out.push(self.id(piece).unwrap_or_else(|| {
+                    unknown(piece);
+                    self.unk
+                }));
                 continue;
             }
             let piece = if self.do_lower_case {
@@ -245,7 +344,10 @@ impl Vocab {
                 } else {
                     c.encode_utf8(&mut buf)
                 };
-                out.push(self.id(t).unwrap_or(self.unk));
+                out.push(self.id(t).unwrap_or_else(|| {
+                    unknown(t);
+                    self.unk
+                }));
             }
         }
         out
@@ -338,26 +440,41 @@ impl Vocab {
     /// `Wav2Vec2Processor.from_pretrained(dir)` loads.
     pub fn save(&self, dir: &Path) -> Result<(), DataError> {
         std::fs::create_dir_all(dir).map_err(|e| DataError::io(dir, e))?;
+        // vocab.json holds the head's ids; tokens past them are added tokens at their ids.
         let mut vocab = Map::new();
+        let mut added = Map::new();
         for (id, tok) in self.tokens.iter().enumerate() {
-            if let Some(tok) = tok {
-                vocab.insert(tok.clone(), json!(id));
+            match tok {
+                Some(tok) if id < self.file_ids => {
+                    vocab.insert(tok.clone(), json!(id));
+                }
+                Some(tok) => {
+                    added.insert(
+                        id.to_string(),
+                        json!({"content": tok, "special": true, "lstrip": false,
+                               "rstrip": false, "normalized": false, "single_word": false}),
+                    );
+                }
+                None => {}
             }
         }
-        // bos/eos null: otherwise HF appends `<s>` and `</s>` as two extra ids the CTC head
-        // does not have.
-        let tokenizer = json!({
+        // bos/eos null where the tokenizer has none: otherwise HF appends `<s>` and `</s>` as
+        // two extra ids.
+        let mut tokenizer = json!({
             "tokenizer_class": "Wav2Vec2CTCTokenizer",
             "processor_class": "Wav2Vec2Processor",
             "unk_token": self.unk_token,
             "pad_token": self.pad_token,
             "word_delimiter_token": self.word_delimiter,
-            "bos_token": null,
-            "eos_token": null,
+            "bos_token": self.bos,
+            "eos_token": self.eos,
             "do_lower_case": self.do_lower_case,
             "replace_word_delimiter_char": " ",
             "clean_up_tokenization_spaces": self.clean_up_spaces,
         });
+        if !added.is_empty() {
+            tokenizer["added_tokens_decoder"] = Value::Object(added);
+        }
         let preprocessor = json!({
             "feature_extractor_type": "Wav2Vec2FeatureExtractor",
             "processor_class": "Wav2Vec2Processor",
@@ -385,7 +502,20 @@ impl Vocab {
     /// notebook's; a vocab.json holding `<pad>`/`<unk>` instead, as facebook/wav2vec2-base-960h,
     /// works without a config too).
     pub fn load(dir: &Path) -> Result<Vocab, DataError> {
-        let path = dir.join("vocab.json");
+        Self::load_files(&dir.join("vocab.json"), dir)
+    }
+
+    /// [`Vocab::load`] from a model or prep folder, or from a vocabulary file (the tokenizer
+    /// files beside it, if any, give its special tokens).
+    pub fn load_any(path: &Path) -> Result<Vocab, DataError> {
+        if path.is_dir() {
+            return Self::load(path);
+        }
+        Self::load_files(path, path.parent().unwrap_or(Path::new(".")))
+    }
+
+    fn load_files(path: &Path, dir: &Path) -> Result<Vocab, DataError> {
+        let path = path.to_path_buf();
         let value = read_json(&path)?;
         let obj = value
             .as_object()
@@ -436,6 +566,14 @@ impl Vocab {
             cfg.bos = token("bos_token").unwrap_or(Some("<s>".into()));
             cfg.eos = token("eos_token").unwrap_or(Some("</s>".into()));
             cfg.do_lower_case = v.get("do_lower_case").and_then(Value::as_bool) == Some(true);
+            if let Some(Value::Object(dec)) = v.get("added_tokens_decoder") {
+                for (id, t) in dec {
+                    let tok = t.get("content").and_then(Value::as_str);
+                    if let (Ok(id), Some(tok)) = (id.parse::<u32>(), tok) {
+                        cfg.added.push((tok.to_string(), id));
+                    }
+                }
+            }
             cfg.clean_up_spaces = v
                 .get("clean_up_tokenization_spaces")
                 .and_then(Value::as_bool)
@@ -444,8 +582,42 @@ impl Vocab {
             cfg.bos = Some("<s>".into());
             cfg.eos = Some("</s>".into());
         }
+        let added_path = dir.join("added_tokens.json");
+        if added_path.exists() {
+            let v = read_json(&added_path)?;
+            let obj = v.as_object().ok_or_else(|| {
+                DataError::format(&added_path, "expected a JSON object {token: id}")
+            })?;
+            for (tok, id) in obj {
+                let id = id
+                    .as_u64()
+                    .filter(|&id| id < u32::MAX as u64)
+                    .ok_or_else(|| {
+                        DataError::format(&added_path, format!("token {tok:?}: {id} is not an id"))
+                    })?;
+                cfg.added.push((tok.clone(), id as u32));
+            }
+        }
+        // Lowest id first, so that gaps fill in order.
+        cfg.added.sort_by_key(|(_, id)| *id);
         Ok(Self::from_map(map, &cfg))
     }
+}
+
+/// How many times each piece of text became the unknown token, most first, as
+/// `'x' x3, 'y' x1` (at most ten named).
+pub fn unknown_summary(counts: &BTreeMap<String, usize>) -> String {
+    let mut v: Vec<(&String, &usize)> = counts.iter().collect();
+    v.sort_by(|a, b| b.1.cmp(a.1).then(a.0.cmp(b.0)));
+    let mut parts: Vec<String> = v
+        .iter()
+        .take(10)
+        .map(|(t, n)| format!("{t:?} x{n}"))
+        .collect();
+    if v.len() > 10 {
+        parts.push(format!("and {} more", v.len() - 10));
+    }
+    parts.join(", ")
 }
 
 /// The tokenizer settings `tokenizer_config.json` carries.
@@ -457,6 +629,8 @@ struct TokenizerConfig {
     eos: Option<String>,
     do_lower_case: bool,
     clean_up_spaces: bool,
+    /// Added tokens and their ids (`added_tokens_decoder`, `added_tokens.json`).
+    added: Vec<(String, u32)>,
 }
 
 impl Default for TokenizerConfig {
@@ -469,6 +643,7 @@ impl Default for TokenizerConfig {
             eos: None,
             do_lower_case: false,
             clean_up_spaces: false,
+            added: Vec::new(),
         }
     }
 }

@@ -47,6 +47,59 @@ pub fn canonical_name(name: &str) -> String {
     n
 }
 
+/// Outputs of the checkpoint's CTC head (`lm_head.weight`'s rows), from the safetensors
+/// headers alone; `None` for a checkpoint without a head (pretraining) or without weights.
+pub fn head_rows(dir: &Path) -> Result<Option<usize>> {
+    let single = dir.join("model.safetensors");
+    let index = dir.join("model.safetensors.index.json");
+    let paths = if single.is_file() {
+        vec![single]
+    } else if index.is_file() {
+        shard_files(&index)?
+    } else {
+        return Ok(None);
+    };
+    for path in paths {
+        let header = read_header(&path)?;
+        if let Some(shape) = header
+            .get("lm_head.weight")
+            .and_then(|t| t.get("shape"))
+            .and_then(|s| s.as_array())
+        {
+            return Ok(shape.first().and_then(|n| n.as_u64()).map(|n| n as usize));
+        }
+    }
+    Ok(None)
+}
+
+/// The JSON header of a safetensors file, without reading its tensors.
+fn read_header(path: &Path) -> Result<serde_json::Value> {
+    use std::io::Read;
+    let bad = |msg: String| file_err(path, msg);
+    let mut f = match std::fs::File::open(path) {
+        Ok(f) => f,
+        Err(e) => return bad(format!("cannot read: {e}")),
+    };
+    let mut len = [0u8; 8];
+    if let Err(e) = f.read_exact(&mut len) {
+        return bad(format!("not a valid safetensors file: {e}"));
+    }
+    let len = u64::from_le_bytes(len);
+    if len > 100 << 20 {
+        return bad(format!(
+            "not a valid safetensors file: header of {len} bytes"
+        ));
+    }
+    let mut header = vec![0u8; len as usize];
+    if let Err(e) = f.read_exact(&mut header) {
+        return bad(format!("not a valid safetensors file: {e}"));
+    }
+    match serde_json::from_slice(&header) {
+        Ok(v) => Ok(v),
+        Err(e) => bad(format!("not a valid safetensors file: {e}")),
+    }
+}
+
 impl Checkpoint {
     /// Opens the weights of a model folder (single file or sharded).
     pub fn open(dir: &Path) -> Result<Checkpoint> {
@@ -170,6 +223,11 @@ impl Checkpoint {
             );
         }
         Ok(Some(values))
+    }
+
+    /// Drops `name` (a tensor the caller will not use); whether it was there.
+    pub fn remove(&mut self, name: &str) -> bool {
+        self.entries.remove(name).is_some()
     }
 
     /// Names not taken (ignored tensors, e.g. a pretraining checkpoint's quantizer).

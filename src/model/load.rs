@@ -96,15 +96,18 @@ impl Wav2Vec2ForCtc {
         vocab: Option<(usize, usize)>,
         seed: u64,
     ) -> Result<(Wav2Vec2ForCtc, LoadReport)> {
-        Self::load_with(gpu, dir, vocab, seed, |_| {})
+        Self::load_with(gpu, dir, vocab, false, seed, |_| {})
     }
 
     /// [`Wav2Vec2ForCtc::load`] with config overrides applied before the model is built (the
-    /// notebook's `from_pretrained(..., mask_time_prob=0.05, layerdrop=0.1, ...)`).
+    /// notebook's `from_pretrained(..., mask_time_prob=0.05, layerdrop=0.1, ...)`); with
+    /// `new_head` the checkpoint's CTC head is left out (reported as ignored) and a new one
+    /// made for `vocab`.
     pub fn load_with(
         gpu: &Gpu,
         dir: &Path,
         vocab: Option<(usize, usize)>,
+        new_head: bool,
         seed: u64,
         edit: impl FnOnce(&mut Config),
     ) -> Result<(Wav2Vec2ForCtc, LoadReport)> {
@@ -118,6 +121,14 @@ impl Wav2Vec2ForCtc {
         let mut config = Config::load(&cfg_path)?;
         edit(&mut config);
         let mut ck = Checkpoint::open(dir)?;
+        let mut dropped = Vec::new();
+        if new_head && vocab.is_some() {
+            for name in ["lm_head.weight", "lm_head.bias"] {
+                if ck.remove(name) {
+                    dropped.push(name.to_string());
+                }
+            }
+        }
         let has_head = ck.has("lm_head.weight");
         if let Some((size, pad)) = vocab {
             if has_head && ck.shape("lm_head.weight") != Some(&[size, config.hidden_size]) {
@@ -140,6 +151,7 @@ impl Wav2Vec2ForCtc {
         };
         let (model, mut report) = Self::build(gpu, config, Some(&mut ck), seed, &optional)?;
         report.ignored = ck.leftover();
+        report.ignored.extend(dropped);
         Ok((model, report))
     }
 

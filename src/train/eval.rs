@@ -78,7 +78,10 @@ pub fn evaluate(
         let targets = if same_vocab {
             batch.targets
         } else {
-            let rows: Vec<Vec<u32>> = idx.iter().map(|&i| vocab.encode(&utts[i].text)).collect();
+            let rows: Vec<Vec<u32>> = idx
+                .iter()
+                .map(|&i| vocab.labels(&utts[i].text).ids)
+                .collect();
             Targets::from_rows(&rows)
         };
         let opts = CtcOptions {
@@ -93,7 +96,9 @@ pub fn evaluate(
         for (b, &i) in idx.iter().enumerate() {
             let ids =
                 metrics::greedy_decode(&logits[b * t * v..(b + 1) * t * v], out.frames[b], v)?;
-            pairs.push((utts[i].text.clone(), vocab.decode_ctc(&ids)));
+            // The reference in the model's letter case (an uppercase vocabulary transcribes
+            // in capitals).
+            pairs.push((vocab.match_case(&utts[i].text), vocab.decode_ctc(&ids)));
             // CTC with zero_infinity reports 0 for non-finite logits: report NaN instead.
             let rows = &logits[b * t * v..][..out.frames[b] * v];
             let loss = if rows.iter().all(|x| x.is_finite()) {

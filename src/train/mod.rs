@@ -58,6 +58,47 @@ pub fn open_data(data: &Path, run_dir: &Path) -> Result<Prepared> {
     )
 }
 
+/// The vocabulary of a fine-tuned model folder whose CTC head has `rows` outputs.
+fn model_vocab(dir: &Path, rows: usize) -> Result<Vocab> {
+    let path = dir.join("vocab.json");
+    if !path.is_file() {
+        return file_err(
+            dir,
+            format!(
+                "the checkpoint has a CTC head ({rows} outputs) but no vocab.json to say what \
+                 they are: copy the tokenizer files of the model here, or pass --new-head to \
+                 train a new head on the corpus's vocabulary"
+            ),
+        );
+    }
+    let vocab = Vocab::load(dir)?;
+    vocab.check_head(&path, rows)?;
+    Ok(vocab)
+}
+
+/// Says how the corpus was encoded with a model's vocabulary.
+fn report_relabel(dir: &Path, vocab: &Vocab, r: &crate::data::prepared::Relabelled) {
+    println!(
+        "encoded the corpus with the model's vocabulary ({} tokens, {})",
+        vocab.head_size(),
+        dir.join("vocab.json").display()
+    );
+    if !r.unknown.is_empty() {
+        let n: usize = r.unknown.values().sum();
+        println!(
+            "  {n} characters it lacks became its unknown token: {} (pass --new-head to train \
+             a head on the corpus's own vocabulary instead)",
+            crate::data::vocab::unknown_summary(&r.unknown)
+        );
+    }
+    if !r.dropped.is_empty() {
+        println!(
+            "  {} clips left out: their transcripts, so encoded, are too long for the audio",
+            r.dropped.len()
+        );
+    }
+}
+
 /// A seed for one (step, micro-batch) derived from the run's seed.
 fn derive(seed: u64, step: u64, micro: u64) -> u64 {
     Rng::new(seed ^ step.wrapping_mul(0x9E37_79B9) ^ micro.wrapping_mul(0xC2B2_AE35)).next_u64()
@@ -85,7 +126,7 @@ pub fn run(gpu: &Gpu, args: &TrainOptions) -> Result<RunSummary> {
         None => args,
     };
     std::fs::create_dir_all(&args.out).or_else(|e| file_err(&args.out, e.to_string()))?;
-    let data = open_data(&args.data, &args.out)?;
+    let mut data = open_data(&args.data, &args.out)?;
     if data.train.is_empty() {
         return file_err(
             &args.data,
@@ -95,7 +136,6 @@ pub fn run(gpu: &Gpu, args: &TrainOptions) -> Result<RunSummary> {
             ),
         );
     }
-    let vocab = data.vocab.clone();
     let eval_split = match args.eval_split.as_str() {
         "test" => Split::Test,
         "train" => Split::Train,
@@ -143,10 +183,33 @@ pub fn run(gpu: &Gpu, args: &TrainOptions) -> Result<RunSummary> {
         }
     };
     let model_dir = resume_from.clone().unwrap_or(args.model.clone());
+    // A fine-tuned model goes on with its head and vocabulary (a resumed run with its own),
+    // unless --new-head asks for a fresh head on the corpus's vocabulary.
+    let new_head = args.new_head && resume_from.is_none();
+    let head = crate::model::checkpoint::head_rows(&model_dir).map_err(resume_hint)?;
+    let outputs = match head.filter(|_| !new_head) {
+        Some(rows) => {
+            let vocab = model_vocab(&model_dir, rows)?;
+            if !vocab.same_tokens(&data.vocab) || vocab.head_size() != data.vocab.head_size() {
+                let r = data.relabel(&vocab);
+                report_relabel(&model_dir, &vocab, &r);
+            }
+            rows
+        }
+        None => data.vocab.head_size(),
+    };
+    if data.train.is_empty() {
+        return file_err(
+            &args.data,
+            "no training clips left after encoding them with the model's vocabulary",
+        );
+    }
+    let vocab = data.vocab.clone();
     let (model, report) = Wav2Vec2ForCtc::load_with(
         gpu,
         &model_dir,
-        Some((vocab.len(), vocab.pad as usize)),
+        Some((outputs, vocab.pad as usize)),
+        new_head,
         args.seed,
         |c| {
             c.attention_dropout = args.attention_dropout;
@@ -159,21 +222,13 @@ pub fn run(gpu: &Gpu, args: &TrainOptions) -> Result<RunSummary> {
         },
     )
     .map_err(resume_hint)?;
-    let fresh_head = report.initialised.iter().any(|n| n.starts_with("lm_head"));
-    if !fresh_head && model_dir.join("vocab.json").is_file() {
-        let own = Vocab::load(&model_dir)?;
-        if !own.same_tokens(&vocab) {
-            return file_err(
-                model_dir.join("vocab.json"),
-                format!(
-                    "the checkpoint's CTC head was trained with this vocabulary ({} tokens), which \
-                     differs from the corpus's ({} tokens); start from a pretraining checkpoint \
-                     or prepare the corpus with the model's vocabulary",
-                    own.len(),
-                    vocab.len()
-                ),
-            );
-        }
+    if new_head && head.is_some() {
+        println!(
+            "--new-head: the checkpoint's CTC head ({} outputs) is replaced by a new one for the \
+             corpus's vocabulary ({} tokens)",
+            head.unwrap_or(0),
+            outputs
+        );
     }
     if !report.initialised.is_empty() {
         println!(
@@ -193,7 +248,7 @@ pub fn run(gpu: &Gpu, args: &TrainOptions) -> Result<RunSummary> {
         model.num_params() as f64 / 1e6,
         trainable as f64 / 1e6,
         model.layers.len(),
-        vocab.len(),
+        outputs,
         gpu.info().name
     );
 

@@ -58,6 +58,10 @@ pub struct TrainOptions {
     pub layerdrop: f32,
     /// Keep the conv feature encoder frozen.
     pub freeze_feature_encoder: bool,
+    /// With a fine-tuned model: a fresh CTC head for the corpus's vocabulary instead of
+    /// continuing with the model's head and vocabulary.
+    #[serde(default)]
+    pub new_head: bool,
     /// Recompute each encoder layer in the backward pass instead of keeping its activations
     /// (default: on for models of 12 or more layers, as the notebook does for XLSR-53).
     pub gradient_checkpointing: Option<bool>,
@@ -107,6 +111,7 @@ impl Default for TrainOptions {
             mask_time_prob: 0.05,
             layerdrop: 0.1,
             freeze_feature_encoder: true,
+            new_head: false,
             gradient_checkpointing: None,
             max_batch_seconds: None,
             max_train_samples: None,
