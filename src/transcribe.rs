@@ -40,10 +40,35 @@ pub struct Transcriber {
     pub vocab: Vocab,
 }
 
+/// `target_lang` of a folder's `tokenizer_config.json`, if any.
+fn tokenizer_target_lang(dir: &Path) -> Option<String> {
+    let text = std::fs::read_to_string(dir.join("tokenizer_config.json")).ok()?;
+    let v: serde_json::Value = serde_json::from_str(&text).ok()?;
+    v.get("target_lang")?.as_str().map(String::from)
+}
+
 impl Transcriber {
     /// Loads `dir`: a model folder with `config.json`, weights and `vocab.json`.
     pub fn load(gpu: &Gpu, dir: &Path) -> Result<Transcriber> {
-        let (model, report) = Wav2Vec2ForCtc::load(gpu, dir, None, 0)?;
+        Self::load_lang(gpu, dir, None)
+    }
+
+    /// [`Transcriber::load`] of an MMS model with the adapter, head and vocabulary of `lang`
+    /// (`None`: the tokenizer config's `target_lang`, as transformers' default).
+    pub fn load_lang(gpu: &Gpu, dir: &Path, lang: Option<&str>) -> Result<Transcriber> {
+        let vocab = Vocab::load_lang(dir, lang)?;
+        // The language asked for must have an adapter; the tokenizer's default one is used
+        // when the folder has its adapter file.
+        let target_lang = match lang {
+            Some(l) => Some(l.to_string()),
+            None => tokenizer_target_lang(dir)
+                .filter(|l| dir.join(format!("adapter.{l}.safetensors")).is_file()),
+        };
+        let opts = crate::model::LoadOptions {
+            target_lang,
+            ..Default::default()
+        };
+        let (model, report) = Wav2Vec2ForCtc::load_with(gpu, dir, &opts, |_| {})?;
         if report.initialised.iter().any(|n| n.starts_with("lm_head")) {
             // load() makes a random head for a pretraining checkpoint; decoding with it is
             // noise. Only `xlsr train` may create a head.
@@ -53,7 +78,6 @@ impl Transcriber {
                  model. Fine-tune it first with `xlsr train` (which creates the head)",
             );
         }
-        let vocab = Vocab::load(dir)?;
         vocab.check_head(&dir.join("vocab.json"), model.config.vocab_size)?;
         // The tokenizer may count special tokens (<s>, </s>) the head never predicts; the
         // blank must be one of the head's outputs.

@@ -55,6 +55,9 @@ pub struct ModelStep {
     pub checkpoint: bool,
     /// fp16 mixed precision (f16 matmul inputs, loss scaling).
     pub fp16: bool,
+    /// MMS recipe instead: an mms-1b-all-sized model training only its attention adapters
+    /// and head.
+    pub adapter_only: bool,
     /// Count without computing ([`Gpu::set_accounting_only`]): the peak memory and the
     /// engine's counters at shapes too big or too slow to run here.
     pub count_only: bool,
@@ -70,6 +73,7 @@ impl Default for ModelStep {
             layers: None,
             checkpoint: false,
             fp16: false,
+            adapter_only: false,
             count_only: false,
             steps: 3,
         }
@@ -82,7 +86,11 @@ impl Default for ModelStep {
 /// gradients, activations and pooled buffers) and, from one more profiled step, the kernels
 /// that took the most GPU time.
 pub fn model_step(gpu: &Gpu, m: &ModelStep, log: &mut dyn std::io::Write) -> Result<StepReport> {
-    let mut cfg = Config::xlsr53(40);
+    let mut cfg = if m.adapter_only {
+        Config::mms_1b(40)
+    } else {
+        Config::xlsr53(40)
+    };
     cfg.layerdrop = 0.0;
     if let Some(l) = m.layers {
         cfg.num_hidden_layers = l;
@@ -93,6 +101,9 @@ pub fn model_step(gpu: &Gpu, m: &ModelStep, log: &mut dyn std::io::Write) -> Res
     }
     let model = Wav2Vec2ForCtc::random(gpu, cfg, 0)?;
     model.freeze_feature_encoder(true);
+    if m.adapter_only {
+        model.train_adapters_only();
+    }
     let samples = (secs * SAMPLE_RATE as f64) as usize;
     let label: Vec<u32> = (0..(secs * 12.0) as u32).map(|i| 1 + i % 38).collect();
     let batch = crate::data::batch::pad(
@@ -157,7 +168,11 @@ pub fn model_step(gpu: &Gpu, m: &ModelStep, log: &mut dyn std::io::Write) -> Res
     let _ = writeln!(
         log,
         "{:<48} {times}, {} layers, batch {} x {secs} s, checkpointing {}, fp16 {}: peak {:.2} GB (weights {:.2} GB)",
-        "wav2vec2 XLSR-53 step (frozen encoder)",
+        if m.adapter_only {
+            "MMS-1B adapter-only step"
+        } else {
+            "wav2vec2 XLSR-53 step (frozen encoder)"
+        },
         model.layers.len(),
         m.batch,
         m.checkpoint,

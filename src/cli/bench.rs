@@ -26,6 +26,10 @@ pub struct BenchArgs {
     /// Training-step benchmark: fp16 mixed precision with loss scaling
     #[arg(long)]
     pub fp16: bool,
+    /// Training-step benchmark: an mms-1b-all-sized model (48 layers, 1280 wide) training only
+    /// its attention adapters and head, as the MMS adapter recipe does
+    #[arg(long)]
+    pub adapter_only: bool,
     /// Training-step benchmark: count device memory and the engine's work (dispatches,
     /// bind groups, submits, waits) without running kernels, for shapes too slow to run,
     /// e.g. batch 16 x 5 s on a CPU adapter
@@ -51,6 +55,7 @@ pub fn run(args: &BenchArgs) -> Result<()> {
                 layers: args.layers,
                 checkpoint: args.checkpointing,
                 fp16: args.fp16,
+                adapter_only: args.adapter_only,
                 count_only: args.count_only,
                 steps: args.steps,
             };

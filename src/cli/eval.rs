@@ -12,6 +12,10 @@ pub struct TranscribeArgs {
     /// Also write each file's raw logits [frames, vocab] to this safetensors file
     #[arg(long)]
     pub logits: Option<std::path::PathBuf>,
+    /// MMS model: the language whose adapter, head and vocabulary to use
+    /// (adapter.LANG.safetensors; default: the tokenizer's target_lang)
+    #[arg(long)]
+    pub target_lang: Option<String>,
     /// After each file's line, one line per word: TAB WORD TAB START TAB END (seconds)
     #[arg(long)]
     pub timestamps: bool,
@@ -35,6 +39,9 @@ pub struct EvalArgs {
     /// Which split: test (the evaluation set) or train
     #[arg(long, default_value = "test")]
     pub split: String,
+    /// MMS model: the language whose adapter, head and vocabulary to use
+    #[arg(long)]
+    pub target_lang: Option<String>,
     /// Utterances per batch
     #[arg(long, default_value_t = 16)]
     pub batch_size: usize,
@@ -54,7 +61,7 @@ pub fn transcribe(args: &TranscribeArgs) -> Result<()> {
         crate::transcribe::check_logits_path(path, files)?;
     }
     let gpu = crate::Gpu::new()?;
-    let t = crate::transcribe::Transcriber::load(&gpu, model)?;
+    let t = crate::transcribe::Transcriber::load_lang(&gpu, model, args.target_lang.as_deref())?;
     let mut done = Vec::new();
     let mut failed = 0;
     for f in files {
@@ -104,7 +111,7 @@ pub fn eval(args: &EvalArgs) -> Result<()> {
         anyhow::bail!("--batch-size 0: must be at least 1");
     }
     let gpu = crate::Gpu::new()?;
-    let t = crate::transcribe::Transcriber::load(&gpu, model)?;
+    let t = crate::transcribe::Transcriber::load_lang(&gpu, model, args.target_lang.as_deref())?;
     // A Common Voice folder is prepared (once) into a cache under the temp dir.
     let cache = std::env::temp_dir().join(format!(
         "xlsr-prepared-{:016x}",

@@ -84,6 +84,15 @@ pub struct TrainArgs {
     /// continuing with the model's head and vocabulary (the corpus is then encoded with it)
     #[arg(long)]
     pub new_head: bool,
+    /// MMS model (adapter_attn_dim): the language whose adapter, head and vocabulary to train
+    /// (from adapter.LANG.safetensors; a new adapter and head when the model has none for it)
+    #[arg(long)]
+    pub target_lang: Option<String>,
+    /// MMS: train only the adapter layers and the head (the HF recipe: try --learning-rate 1e-3
+    /// --warmup-steps 100 --attention-dropout 0 --hidden-dropout 0 --layerdrop 0
+    /// --mask-time-prob 0.05)
+    #[arg(long, requires = "target_lang")]
+    pub adapter_only: bool,
     /// Recompute each encoder layer in the backward pass instead of keeping its activations
     /// (default: on for models of 12 or more layers, as the notebook does for XLSR-53)
     #[arg(long, num_args = 0..=1, default_missing_value = "true")]
@@ -143,6 +152,8 @@ impl From<TrainArgs> for TrainOptions {
             layerdrop: a.layerdrop,
             freeze_feature_encoder: a.freeze_feature_encoder,
             new_head: a.new_head,
+            target_lang: a.target_lang,
+            adapter_only: a.adapter_only,
             gradient_checkpointing: a.gradient_checkpointing,
             max_batch_seconds: a.max_batch_seconds,
             max_train_samples: a.max_train_samples,

@@ -502,7 +502,14 @@ impl Vocab {
     /// notebook's; a vocab.json holding `<pad>`/`<unk>` instead, as facebook/wav2vec2-base-960h,
     /// works without a config too).
     pub fn load(dir: &Path) -> Result<Vocab, DataError> {
-        Self::load_files(&dir.join("vocab.json"), dir)
+        Self::load_files(&dir.join("vocab.json"), dir, None)
+    }
+
+    /// [`Vocab::load`] of one language of a multilingual (MMS) vocab.json, `{lang: {token:
+    /// id}}`, as `Wav2Vec2CTCTokenizer(target_lang=LANG)`; `None` takes the tokenizer config's
+    /// `target_lang`. A flat vocab.json has no languages to pick from.
+    pub fn load_lang(dir: &Path, lang: Option<&str>) -> Result<Vocab, DataError> {
+        Self::load_files(&dir.join("vocab.json"), dir, lang)
     }
 
     /// [`Vocab::load`] from a model or prep folder, or from a vocabulary file (the tokenizer
@@ -511,21 +518,55 @@ impl Vocab {
         if path.is_dir() {
             return Self::load(path);
         }
-        Self::load_files(path, path.parent().unwrap_or(Path::new(".")))
+        Self::load_files(path, path.parent().unwrap_or(Path::new(".")), None)
     }
 
-    fn load_files(path: &Path, dir: &Path) -> Result<Vocab, DataError> {
+    fn load_files(path: &Path, dir: &Path, lang: Option<&str>) -> Result<Vocab, DataError> {
         let path = path.to_path_buf();
         let value = read_json(&path)?;
         let obj = value
             .as_object()
             .ok_or_else(|| DataError::format(&path, "expected a JSON object {token: id}"))?;
+        let nested = !obj.is_empty() && obj.values().all(Value::is_object);
+        let obj = if nested {
+            let cfg_lang = read_json(&dir.join("tokenizer_config.json"))
+                .ok()
+                .and_then(|v| v.get("target_lang")?.as_str().map(String::from));
+            let langs = || obj.keys().cloned().collect::<Vec<_>>().join(", ");
+            let Some(lang) = lang.map(String::from).or(cfg_lang) else {
+                return Err(DataError::format(
+                    &path,
+                    format!(
+                        "has vocabularies for several languages ({}): pass --target-lang",
+                        langs()
+                    ),
+                ));
+            };
+            obj.get(&lang).and_then(Value::as_object).ok_or_else(|| {
+                DataError::format(
+                    &path,
+                    format!(
+                        "has no vocabulary for language {lang:?} (it has {})",
+                        langs()
+                    ),
+                )
+            })?
+        } else {
+            // One vocabulary (a folder `xlsr train --target-lang` wrote): it is the language's.
+            obj
+        };
         let mut map = Vec::with_capacity(obj.len());
         let mut seen: HashMap<u32, &String> = HashMap::new();
         for (tok, id) in obj {
-            let id = id.as_u64().filter(|&id| id < u32::MAX as u64).ok_or_else(|| {
-                DataError::format(&path, format!("token {tok:?}: id {id} is not an integer id (multilingual vocab.json files are not supported)"))
-            })?;
+            let id = id
+                .as_u64()
+                .filter(|&id| id < u32::MAX as u64)
+                .ok_or_else(|| {
+                    DataError::format(
+                        &path,
+                        format!("token {tok:?}: id {id} is not an integer id"),
+                    )
+                })?;
             if let Some(other) = seen.insert(id as u32, tok) {
                 return Err(DataError::format(
                     &path,

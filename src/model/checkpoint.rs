@@ -50,6 +50,18 @@ pub fn canonical_name(name: &str) -> String {
 /// Outputs of the checkpoint's CTC head (`lm_head.weight`'s rows), from the safetensors
 /// headers alone; `None` for a checkpoint without a head (pretraining) or without weights.
 pub fn head_rows(dir: &Path) -> Result<Option<usize>> {
+    head_rows_in(dir, None)
+}
+
+/// [`head_rows`] of an MMS language: its `adapter.LANG.safetensors` (`None` if there is none).
+pub fn head_rows_in(dir: &Path, lang: Option<&str>) -> Result<Option<usize>> {
+    if let Some(lang) = lang {
+        let path = dir.join(format!("adapter.{lang}.safetensors"));
+        if !path.is_file() {
+            return Ok(None);
+        }
+        return Ok(rows_of(&read_header(&path)?));
+    }
     let single = dir.join("model.safetensors");
     let index = dir.join("model.safetensors.index.json");
     let paths = if single.is_file() {
@@ -60,16 +72,17 @@ pub fn head_rows(dir: &Path) -> Result<Option<usize>> {
         return Ok(None);
     };
     for path in paths {
-        let header = read_header(&path)?;
-        if let Some(shape) = header
-            .get("lm_head.weight")
-            .and_then(|t| t.get("shape"))
-            .and_then(|s| s.as_array())
-        {
-            return Ok(shape.first().and_then(|n| n.as_u64()).map(|n| n as usize));
+        if let Some(rows) = rows_of(&read_header(&path)?) {
+            return Ok(Some(rows));
         }
     }
     Ok(None)
+}
+
+/// Rows of `lm_head.weight` in a safetensors header.
+fn rows_of(header: &serde_json::Value) -> Option<usize> {
+    let shape = header.get("lm_head.weight")?.get("shape")?.as_array()?;
+    shape.first()?.as_u64().map(|n| n as usize)
 }
 
 /// The JSON header of a safetensors file, without reading its tensors.
@@ -129,37 +142,53 @@ impl Checkpoint {
             entries: BTreeMap::new(),
         };
         for path in paths {
-            let bytes = match std::fs::read(&path) {
-                Ok(b) => b,
-                Err(e) => return file_err(&path, format!("cannot read: {e}")),
-            };
-            let (header, meta) = match SafeTensors::read_metadata(&bytes) {
-                Ok(m) => m,
-                Err(e) => return file_err(&path, format!("not a valid safetensors file: {e}")),
-            };
-            let base = 8 + header;
-            let file = ck.files.len();
-            for (name, info) in meta.tensors() {
-                let (a, b) = info.data_offsets;
-                if base + b > bytes.len() {
-                    return file_err(
-                        &path,
-                        format!("tensor {name} runs past the end of the file (truncated?)"),
-                    );
-                }
-                ck.entries.insert(
-                    canonical_name(&name),
-                    Entry {
-                        file,
-                        dtype: info.dtype,
-                        shape: info.shape.clone(),
-                        range: (base + a, base + b),
-                    },
-                );
-            }
-            ck.files.push((path, bytes));
+            ck.add_file(path)?;
         }
         Ok(ck)
+    }
+
+    /// Reads one safetensors file's tensors in; returns their canonical names. A name already
+    /// present is replaced.
+    fn add_file(&mut self, path: PathBuf) -> Result<Vec<String>> {
+        let bytes = match std::fs::read(&path) {
+            Ok(b) => b,
+            Err(e) => return file_err(&path, format!("cannot read: {e}")),
+        };
+        let (header, meta) = match SafeTensors::read_metadata(&bytes) {
+            Ok(m) => m,
+            Err(e) => return file_err(&path, format!("not a valid safetensors file: {e}")),
+        };
+        let base = 8 + header;
+        let file = self.files.len();
+        let mut names = Vec::new();
+        for (name, info) in meta.tensors() {
+            let (a, b) = info.data_offsets;
+            if base + b > bytes.len() {
+                return file_err(
+                    &path,
+                    format!("tensor {name} runs past the end of the file (truncated?)"),
+                );
+            }
+            let name = canonical_name(&name);
+            names.push(name.clone());
+            self.entries.insert(
+                name,
+                Entry {
+                    file,
+                    dtype: info.dtype,
+                    shape: info.shape.clone(),
+                    range: (base + a, base + b),
+                },
+            );
+        }
+        self.files.push((path, bytes));
+        Ok(names)
+    }
+
+    /// Puts the tensors of another file over these (an MMS language adapter over the base
+    /// model's); returns the names it brought.
+    pub fn overlay(&mut self, path: &Path) -> Result<Vec<String>> {
+        self.add_file(path.to_path_buf())
     }
 
     /// Whether the checkpoint has `name` (canonical).

@@ -146,8 +146,15 @@ impl Config {
                 self.model_type
             ));
         }
-        if self.add_adapter || self.adapter_attn_dim.is_some() {
-            return bad("adapter layers (add_adapter / adapter_attn_dim) are not supported".into());
+        if self.add_adapter {
+            return bad(
+                "add_adapter (a conv adapter after the encoder) is not supported; MMS attention \
+                 adapters (adapter_attn_dim) are"
+                    .into(),
+            );
+        }
+        if self.adapter_attn_dim == Some(0) {
+            return bad("adapter_attn_dim is 0".into());
         }
         let n = self.conv_dim.len();
         if n == 0 || self.conv_stride.len() != n || self.conv_kernel.len() != n {
@@ -333,6 +340,22 @@ impl Config {
         c
     }
 
+    /// facebook/mms-1b-all's shape (48 pre-LN layers, 1280 wide, attention adapters of 16)
+    /// with a CTC head of `vocab` tokens: for counting an adapter-only step.
+    pub fn mms_1b(vocab: usize) -> Config {
+        let mut c = Config::xlsr53(vocab);
+        c.hidden_size = 1280;
+        c.num_hidden_layers = 48;
+        c.intermediate_size = 5120;
+        c.adapter_attn_dim = Some(16);
+        c.mask_time_prob = 0.05;
+        c.raw = serde_json::to_value(c.to_json_fields())
+            .ok()
+            .and_then(|v| v.as_object().cloned())
+            .unwrap_or_default();
+        c
+    }
+
     /// The fields this struct knows, as JSON (merged over `raw` when saving).
     pub fn to_json_fields(&self) -> serde_json::Value {
         serde_json::json!({
@@ -373,6 +396,7 @@ impl Config {
             "ctc_loss_reduction": self.ctc_loss_reduction,
             "ctc_zero_infinity": self.ctc_zero_infinity,
             "add_adapter": false,
+            "adapter_attn_dim": self.adapter_attn_dim,
         })
     }
 

@@ -2,7 +2,9 @@
 //! layouts, a new CTC head on a pretraining checkpoint), from a seed, and saving it back.
 
 use super::checkpoint;
-use super::{Checkpoint, Config, ConvLayer, ConvNorm, EncoderLayer, Linear, Norm, Wav2Vec2ForCtc};
+use super::{
+    Adapter, Checkpoint, Config, ConvLayer, ConvNorm, EncoderLayer, Linear, Norm, Wav2Vec2ForCtc,
+};
 use crate::autograd::Param;
 use crate::engine::{Gpu, Tensor};
 use crate::error::{file_err, Error, Result};
@@ -86,6 +88,24 @@ impl Builder<'_> {
     }
 }
 
+/// How [`Wav2Vec2ForCtc::load_with`] sets a model up beyond what its folder says.
+#[derive(Clone, Debug, Default)]
+pub struct LoadOptions {
+    /// CTC head size and blank id: of the new head a pretraining checkpoint gets, or what the
+    /// saved head must have.
+    pub vocab: Option<(usize, usize)>,
+    /// Leave the checkpoint's head out (reported as ignored) and make a new one for `vocab`.
+    pub new_head: bool,
+    /// MMS: the language whose adapter layers and head (`adapter.LANG.safetensors` in the
+    /// folder) replace the folder's, as transformers' `from_pretrained(.., target_lang=LANG)`.
+    pub target_lang: Option<String>,
+    /// MMS: new adapter layers (initialised as transformers' `init_adapter_layers`) instead
+    /// of the folder's, for a language that has none yet.
+    pub fresh_adapters: bool,
+    /// Seed of new weights.
+    pub seed: u64,
+}
+
 impl Wav2Vec2ForCtc {
     /// Loads a Hugging Face model folder: `config.json` and `model.safetensors` (or shards).
     /// A pretraining checkpoint (no `lm_head`) gets a new head for `vocab_size` tokens (or the
@@ -96,21 +116,24 @@ impl Wav2Vec2ForCtc {
         vocab: Option<(usize, usize)>,
         seed: u64,
     ) -> Result<(Wav2Vec2ForCtc, LoadReport)> {
-        Self::load_with(gpu, dir, vocab, false, seed, |_| {})
+        let opts = LoadOptions {
+            vocab,
+            seed,
+            ..LoadOptions::default()
+        };
+        Self::load_with(gpu, dir, &opts, |_| {})
     }
 
     /// [`Wav2Vec2ForCtc::load`] with config overrides applied before the model is built (the
-    /// notebook's `from_pretrained(..., mask_time_prob=0.05, layerdrop=0.1, ...)`); with
-    /// `new_head` the checkpoint's CTC head is left out (reported as ignored) and a new one
-    /// made for `vocab`.
+    /// notebook's `from_pretrained(..., mask_time_prob=0.05, layerdrop=0.1, ...)`) and the
+    /// choices of [`LoadOptions`].
     pub fn load_with(
         gpu: &Gpu,
         dir: &Path,
-        vocab: Option<(usize, usize)>,
-        new_head: bool,
-        seed: u64,
+        opts: &LoadOptions,
         edit: impl FnOnce(&mut Config),
     ) -> Result<(Wav2Vec2ForCtc, LoadReport)> {
+        let (vocab, new_head, seed) = (opts.vocab, opts.new_head, opts.seed);
         let cfg_path = dir.join("config.json");
         if !cfg_path.is_file() {
             if !dir.is_dir() {
@@ -121,11 +144,21 @@ impl Wav2Vec2ForCtc {
         let mut config = Config::load(&cfg_path)?;
         edit(&mut config);
         let mut ck = Checkpoint::open(dir)?;
+        if let Some(lang) = &opts.target_lang {
+            overlay_adapter(&mut ck, &config, dir, lang)?;
+        }
         let mut dropped = Vec::new();
         if new_head && vocab.is_some() {
             for name in ["lm_head.weight", "lm_head.bias"] {
                 if ck.remove(name) {
                     dropped.push(name.to_string());
+                }
+            }
+        }
+        if opts.fresh_adapters {
+            for name in adapter_names(&config) {
+                if !name.starts_with("lm_head.") && ck.remove(&name) {
+                    dropped.push(name);
                 }
             }
         }
@@ -145,11 +178,18 @@ impl Wav2Vec2ForCtc {
             }
             config.vocab_size = size;
             config.pad_token_id = Some(pad);
+        } else if let Some(&[rows, _]) = ck.shape("lm_head.weight") {
+            // The head decides the outputs (an MMS language's head has its own size).
+            config.vocab_size = rows;
         }
+        let fresh = opts.fresh_adapters;
         let optional = move |n: &str| {
-            n.starts_with("lm_head.") && !has_head || n == "wav2vec2.masked_spec_embed"
+            n.starts_with("lm_head.") && !has_head
+                || n == "wav2vec2.masked_spec_embed"
+                || fresh && n.contains(".adapter_layer.")
         };
-        let (model, mut report) = Self::build(gpu, config, Some(&mut ck), seed, &optional)?;
+        let (mut model, mut report) = Self::build(gpu, config, Some(&mut ck), seed, &optional)?;
+        model.target_lang = opts.target_lang.clone();
         report.ignored = ck.leftover();
         report.ignored.extend(dropped);
         Ok((model, report))
@@ -273,6 +313,16 @@ impl Wav2Vec2ForCtc {
                     std,
                 )?,
                 ff_norm: b.norm(&format!("{p}.final_layer_norm"), h, c.layer_norm_eps)?,
+                adapter: match c.adapter_attn_dim {
+                    // transformers builds adapters in the pre-LN ("stable") layers only; their
+                    // LayerNorm has torch's default eps.
+                    Some(a) if c.do_stable_layer_norm => Some(Adapter {
+                        norm: b.norm(&format!("{p}.adapter_layer.norm"), h, 1e-5)?,
+                        linear_1: b.linear(&format!("{p}.adapter_layer.linear_1"), h, a, std)?,
+                        linear_2: b.linear(&format!("{p}.adapter_layer.linear_2"), a, h, std)?,
+                    }),
+                    _ => None,
+                },
             });
         }
         let lm_head = b.linear("lm_head", h, c.vocab_size, std)?;
@@ -290,6 +340,7 @@ impl Wav2Vec2ForCtc {
             layers,
             lm_head,
             params: b.params,
+            target_lang: None,
         };
         Ok((model, b.report))
     }
@@ -306,6 +357,18 @@ impl Wav2Vec2ForCtc {
         }
         checkpoint::save(&dir.join("model.safetensors"), &tensors)?;
         checkpoint::write_atomic(&dir.join("config.json"), self.config.to_json().as_bytes())
+    }
+
+    /// Writes `adapter.LANG.safetensors` into `dir`: the adapter layers and the head, what
+    /// transformers' `load_adapter(LANG)` reads.
+    pub fn save_adapter(&self, dir: &Path, lang: &str) -> Result<()> {
+        let names = adapter_names(&self.config);
+        let mut tensors = Vec::new();
+        for p in self.params.iter().filter(|p| names.contains(&p.name)) {
+            let v = p.value();
+            tensors.push((p.name.clone(), v.shape().to_vec(), v.to_vec()?));
+        }
+        checkpoint::save(&dir.join(format!("adapter.{lang}.safetensors")), &tensors)
     }
 }
 
@@ -361,4 +424,79 @@ fn pos_conv_params(b: &mut Builder, c: &Config) -> Result<(Rc<Param>, Rc<Param>)
     b.params.push(gp.clone());
     b.params.push(vp.clone());
     Ok((gp, vp))
+}
+
+/// The names `transformers`' `_get_adapters` gives an MMS model's adapter weights.
+pub fn adapter_names(config: &Config) -> Vec<String> {
+    let mut names = Vec::new();
+    if config.adapter_attn_dim.is_some() && config.do_stable_layer_norm {
+        for i in 0..config.num_hidden_layers {
+            for part in ["norm", "linear_1", "linear_2"] {
+                for t in ["weight", "bias"] {
+                    names.push(format!(
+                        "wav2vec2.encoder.layers.{i}.adapter_layer.{part}.{t}"
+                    ));
+                }
+            }
+        }
+    }
+    names.extend(["lm_head.weight".to_string(), "lm_head.bias".to_string()]);
+    names
+}
+
+/// The languages with an `adapter.LANG.safetensors` in `dir`, sorted.
+pub fn adapter_languages(dir: &Path) -> Vec<String> {
+    let mut langs: Vec<String> = std::fs::read_dir(dir)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|e| {
+            let name = e.file_name().to_string_lossy().to_string();
+            Some(
+                name.strip_prefix("adapter.")?
+                    .strip_suffix(".safetensors")?
+                    .to_string(),
+            )
+        })
+        .collect();
+    langs.sort();
+    langs
+}
+
+/// Puts `adapter.LANG.safetensors` over the folder's weights: it must hold exactly the
+/// adapter layers and the head, as transformers' `load_adapter` requires.
+fn overlay_adapter(ck: &mut Checkpoint, config: &Config, dir: &Path, lang: &str) -> Result<()> {
+    if config.adapter_attn_dim.is_none() {
+        return file_err(
+            dir.join("config.json"),
+            format!("--target-lang {lang}: this model has no adapter layers (adapter_attn_dim)"),
+        );
+    }
+    let path = dir.join(format!("adapter.{lang}.safetensors"));
+    if !path.is_file() {
+        let langs = adapter_languages(dir);
+        return file_err(
+            &path,
+            format!(
+                "no adapter for language {lang:?} in this folder ({})",
+                if langs.is_empty() {
+                    "it has no adapter.LANG.safetensors files".to_string()
+                } else {
+                    format!("it has adapters for {}", langs.join(", "))
+                }
+            ),
+        );
+    }
+    let names = ck.overlay(&path)?;
+    let want = adapter_names(config);
+    if let Some(n) = names.iter().find(|n| !want.contains(n)) {
+        return file_err(
+            &path,
+            format!("has {n}, which is no adapter or head weight"),
+        );
+    }
+    if let Some(n) = want.iter().find(|n| !names.contains(n)) {
+        return file_err(&path, format!("lacks {n}"));
+    }
+    Ok(())
 }

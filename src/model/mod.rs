@@ -13,7 +13,7 @@ pub mod spec_augment;
 
 pub use checkpoint::Checkpoint;
 pub use config::{Config, ConvNorm};
-pub use load::LoadReport;
+pub use load::{LoadOptions, LoadReport};
 
 use crate::autograd::{autocast, Param, Tape, Var};
 use crate::data::Targets;
@@ -84,6 +84,42 @@ pub struct EncoderLayer {
     pub ff_out: Linear,
     /// `final_layer_norm`: after the feed-forward (post-LN) or before it (stable).
     pub ff_norm: Norm,
+    /// MMS: the attention adapter added after the layer (`adapter_attn_dim`, stable layers).
+    pub adapter: Option<Adapter>,
+}
+
+/// `Wav2Vec2AttnAdapterLayer`: x + linear_2(relu(linear_1(norm(x)))), a small bottleneck that
+/// MMS swaps per language.
+#[derive(Clone)]
+pub struct Adapter {
+    pub norm: Norm,
+    pub linear_1: Linear,
+    pub linear_2: Linear,
+}
+
+impl Adapter {
+    /// The adapter's parameters.
+    pub fn params(&self) -> Vec<Rc<Param>> {
+        let mut v = Vec::new();
+        for (w, b) in [
+            (&self.norm.weight, &self.norm.bias),
+            (&self.linear_1.weight, &self.linear_1.bias),
+            (&self.linear_2.weight, &self.linear_2.bias),
+        ] {
+            v.push(w.clone());
+            v.push(b.clone());
+        }
+        v
+    }
+
+    /// Its output, which the layer adds to its own.
+    fn forward(&self, tape: &Rc<Tape>, x: &Var) -> Result<Var> {
+        let y = self
+            .linear_1
+            .forward(tape, &self.norm.layer(tape, x)?)?
+            .relu()?;
+        self.linear_2.forward(tape, &y)
+    }
 }
 
 /// The whole Wav2Vec2ForCTC model.
@@ -102,6 +138,9 @@ pub struct Wav2Vec2ForCtc {
     pub lm_head: Linear,
     /// Every parameter, in checkpoint-name order of creation.
     pub params: Vec<Rc<Param>>,
+    /// MMS: the language of the adapter layers and head, whose `adapter.LANG.safetensors` a
+    /// saved model folder gets.
+    pub target_lang: Option<String>,
 }
 
 /// Options of one forward pass. The default is inference: no dropout, LayerDrop or masking.
@@ -148,6 +187,14 @@ impl Wav2Vec2ForCtc {
             if p.name.starts_with("wav2vec2.feature_extractor.") {
                 p.set_frozen(frozen);
             }
+        }
+    }
+
+    /// MMS adapter-only fine-tuning: everything frozen but the adapter layers and the head.
+    pub fn train_adapters_only(&self) {
+        for p in &self.params {
+            let adapter = p.name.contains(".adapter_layer.") || p.name.starts_with("lm_head.");
+            p.set_frozen(!adapter);
         }
     }
 
@@ -442,7 +489,11 @@ impl LayerStep {
             let a = self.attention(tape, &l.attn_norm.layer(tape, x)?, &mut drop)?;
             let x = x.add(&drop.apply(&a, c.hidden_dropout)?)?;
             let f = self.feed_forward(tape, &l.ff_norm.layer(tape, &x)?, &mut drop)?;
-            x.add(&f)
+            let x = x.add(&f)?;
+            match &l.adapter {
+                Some(a) => x.add(&a.forward(tape, &x)?),
+                None => Ok(x),
+            }
         } else {
             let a = self.attention(tape, x, &mut drop)?;
             let x = l

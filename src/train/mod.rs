@@ -59,7 +59,7 @@ pub fn open_data(data: &Path, run_dir: &Path) -> Result<Prepared> {
 }
 
 /// The vocabulary of a fine-tuned model folder whose CTC head has `rows` outputs.
-fn model_vocab(dir: &Path, rows: usize) -> Result<Vocab> {
+fn model_vocab(dir: &Path, rows: usize, lang: Option<&str>) -> Result<Vocab> {
     let path = dir.join("vocab.json");
     if !path.is_file() {
         return file_err(
@@ -71,7 +71,7 @@ fn model_vocab(dir: &Path, rows: usize) -> Result<Vocab> {
             ),
         );
     }
-    let vocab = Vocab::load(dir)?;
+    let vocab = Vocab::load_lang(dir, lang)?;
     vocab.check_head(&path, rows)?;
     Ok(vocab)
 }
@@ -185,11 +185,20 @@ pub fn run(gpu: &Gpu, args: &TrainOptions) -> Result<RunSummary> {
     let model_dir = resume_from.clone().unwrap_or(args.model.clone());
     // A fine-tuned model goes on with its head and vocabulary (a resumed run with its own),
     // unless --new-head asks for a fresh head on the corpus's vocabulary.
-    let new_head = args.new_head && resume_from.is_none();
-    let head = crate::model::checkpoint::head_rows(&model_dir).map_err(resume_hint)?;
+    // MMS: a language's adapter and head replace the folder's; a language without an
+    // adapter gets new ones (a resumed run has its adapter in its weights already).
+    let lang = args
+        .target_lang
+        .as_deref()
+        .filter(|_| resume_from.is_none());
+    let new_adapter =
+        lang.is_some_and(|l| !model_dir.join(format!("adapter.{l}.safetensors")).is_file());
+    let new_head = (args.new_head || new_adapter) && resume_from.is_none();
+    let head = crate::model::checkpoint::head_rows_in(&model_dir, lang.filter(|_| !new_adapter))
+        .map_err(resume_hint)?;
     let outputs = match head.filter(|_| !new_head) {
         Some(rows) => {
-            let vocab = model_vocab(&model_dir, rows)?;
+            let vocab = model_vocab(&model_dir, rows, lang)?;
             if !vocab.same_tokens(&data.vocab) || vocab.head_size() != data.vocab.head_size() {
                 let r = data.relabel(&vocab);
                 report_relabel(&model_dir, &vocab, &r);
@@ -205,24 +214,37 @@ pub fn run(gpu: &Gpu, args: &TrainOptions) -> Result<RunSummary> {
         );
     }
     let vocab = data.vocab.clone();
-    let (model, report) = Wav2Vec2ForCtc::load_with(
-        gpu,
-        &model_dir,
-        Some((outputs, vocab.pad as usize)),
+    let load = crate::model::LoadOptions {
+        vocab: Some((outputs, vocab.pad as usize)),
         new_head,
-        args.seed,
-        |c| {
-            c.attention_dropout = args.attention_dropout;
-            c.hidden_dropout = args.hidden_dropout;
-            c.feat_proj_dropout = args.feat_proj_dropout;
-            c.mask_time_prob = args.mask_time_prob;
-            c.layerdrop = args.layerdrop;
-            c.ctc_loss_reduction = "mean".into();
-            c.ctc_zero_infinity = true;
-        },
-    )
+        target_lang: lang.filter(|_| !new_adapter).map(String::from),
+        fresh_adapters: new_adapter,
+        seed: args.seed,
+    };
+    let (mut model, report) = Wav2Vec2ForCtc::load_with(gpu, &model_dir, &load, |c| {
+        c.attention_dropout = args.attention_dropout;
+        c.hidden_dropout = args.hidden_dropout;
+        c.feat_proj_dropout = args.feat_proj_dropout;
+        c.mask_time_prob = args.mask_time_prob;
+        c.layerdrop = args.layerdrop;
+        c.ctc_loss_reduction = "mean".into();
+        c.ctc_zero_infinity = true;
+    })
     .map_err(resume_hint)?;
-    if new_head && head.is_some() {
+    model.target_lang = args.target_lang.clone();
+    if model.target_lang.is_some() && model.config.adapter_attn_dim.is_none() {
+        return Err(Error::Usage(format!(
+            "--target-lang: {} has no adapter layers (adapter_attn_dim in config.json)",
+            model_dir.display()
+        )));
+    }
+    if new_adapter {
+        println!(
+            "--target-lang {}: the model has no adapter for it; new adapter layers and a new \
+             head for the corpus's vocabulary ({outputs} tokens)",
+            lang.unwrap_or_default()
+        );
+    } else if new_head && head.is_some() {
         println!(
             "--new-head: the checkpoint's CTC head ({} outputs) is replaced by a new one for the \
              corpus's vocabulary ({} tokens)",
@@ -237,6 +259,9 @@ pub fn run(gpu: &Gpu, args: &TrainOptions) -> Result<RunSummary> {
         );
     }
     model.freeze_feature_encoder(args.freeze_feature_encoder);
+    if args.adapter_only {
+        model.train_adapters_only();
+    }
     let trainable: usize = model
         .params
         .iter()

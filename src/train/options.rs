@@ -62,6 +62,14 @@ pub struct TrainOptions {
     /// continuing with the model's head and vocabulary.
     #[serde(default)]
     pub new_head: bool,
+    /// MMS: the language whose adapter, head and vocabulary to train (a new adapter and head
+    /// for a language the model has none for); its `adapter.LANG.safetensors` is written
+    /// with every checkpoint.
+    #[serde(default)]
+    pub target_lang: Option<String>,
+    /// MMS: train only the adapter layers and the head, the rest frozen.
+    #[serde(default)]
+    pub adapter_only: bool,
     /// Recompute each encoder layer in the backward pass instead of keeping its activations
     /// (default: on for models of 12 or more layers, as the notebook does for XLSR-53).
     pub gradient_checkpointing: Option<bool>,
@@ -112,6 +120,8 @@ impl Default for TrainOptions {
             layerdrop: 0.1,
             freeze_feature_encoder: true,
             new_head: false,
+            target_lang: None,
+            adapter_only: false,
             gradient_checkpointing: None,
             max_batch_seconds: None,
             max_train_samples: None,

@@ -167,6 +167,9 @@ pub fn claim_run_dir(run_dir: &Path, resume: bool, overwrite: bool) -> Result<()
 /// Writes the model and tokenizer files (a folder `transformers` loads).
 pub fn save_model(dir: &Path, model: &Wav2Vec2ForCtc, vocab: &Vocab) -> Result<()> {
     model.save(dir)?;
+    if let Some(lang) = &model.target_lang {
+        model.save_adapter(dir, lang)?;
+    }
     vocab.save(dir)?;
     Ok(())
 }
