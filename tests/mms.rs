@@ -208,3 +208,37 @@ fn adapter_only_training_writes_the_language_adapter() {
     }
     let _ = std::fs::remove_dir_all(dir);
 }
+
+/// `--adapter-only` brings the MMS recipe's defaults (learning rate 1e-3, 100 warm-up steps,
+/// no dropout or LayerDrop); flags given on the command line still win.
+#[test]
+fn adapter_only_takes_the_recipes_defaults() {
+    use clap::Parser;
+    #[derive(Parser)]
+    struct Cli {
+        #[command(flatten)]
+        args: xlsr::cli::TrainArgs,
+    }
+    let parse = |extra: &[&str]| -> xlsr::train::TrainOptions {
+        let mut v = vec!["train", "--model", "m", "--data", "d", "--out", "o"];
+        v.extend(extra);
+        Cli::parse_from(v).args.into()
+    };
+    let plain = parse(&[]);
+    let mms = parse(&["--target-lang", "tur", "--adapter-only"]);
+    assert_eq!((plain.learning_rate, plain.warmup_steps), (3e-4, 500));
+    assert_eq!((mms.learning_rate, mms.warmup_steps), (1e-3, 100));
+    assert_eq!(
+        (mms.attention_dropout, mms.hidden_dropout, mms.layerdrop),
+        (0.0, 0.0, 0.0)
+    );
+    assert!(mms.adapter_only && mms.target_lang.as_deref() == Some("tur"));
+    let own = parse(&[
+        "--target-lang",
+        "tur",
+        "--adapter-only",
+        "--learning-rate",
+        "5e-4",
+    ]);
+    assert_eq!((own.learning_rate, own.warmup_steps), (5e-4, 100));
+}

@@ -25,11 +25,13 @@ pub struct TrainArgs {
     /// Batches whose gradients are summed per optimiser step
     #[arg(long, default_value_t = TrainOptions::default().grad_accum)]
     pub grad_accum: usize,
-    /// Peak learning rate
-    #[arg(long, default_value_t = TrainOptions::default().learning_rate)]
+    /// Peak learning rate (1e-3 with --adapter-only, as the MMS recipe)
+    #[arg(long, default_value_t = TrainOptions::default().learning_rate,
+          default_value_if("adapter_only", "true", "1e-3"))]
     pub learning_rate: f32,
-    /// Linear warm-up steps, then linear decay to 0
-    #[arg(long, default_value_t = TrainOptions::default().warmup_steps)]
+    /// Linear warm-up steps, then linear decay to 0 (100 with --adapter-only)
+    #[arg(long, default_value_t = TrainOptions::default().warmup_steps,
+          default_value_if("adapter_only", "true", "100"))]
     pub warmup_steps: u64,
     /// Passes over the training set
     #[arg(long, default_value_t = TrainOptions::default().epochs)]
@@ -62,11 +64,13 @@ pub struct TrainArgs {
     /// Clip the global gradient norm to this (0: no clipping)
     #[arg(long, default_value_t = TrainOptions::default().max_grad_norm)]
     pub max_grad_norm: f32,
-    /// Model override: attention-probability dropout
-    #[arg(long, default_value_t = TrainOptions::default().attention_dropout)]
+    /// Model override: attention-probability dropout (0 with --adapter-only)
+    #[arg(long, default_value_t = TrainOptions::default().attention_dropout,
+          default_value_if("adapter_only", "true", "0"))]
     pub attention_dropout: f32,
-    /// Model override: dropout on hidden states
-    #[arg(long, default_value_t = TrainOptions::default().hidden_dropout)]
+    /// Model override: dropout on hidden states (0 with --adapter-only)
+    #[arg(long, default_value_t = TrainOptions::default().hidden_dropout,
+          default_value_if("adapter_only", "true", "0"))]
     pub hidden_dropout: f32,
     /// Model override: dropout after the feature projection
     #[arg(long, default_value_t = TrainOptions::default().feat_proj_dropout)]
@@ -74,8 +78,9 @@ pub struct TrainArgs {
     /// Model override: SpecAugment time-mask probability
     #[arg(long, default_value_t = TrainOptions::default().mask_time_prob)]
     pub mask_time_prob: f32,
-    /// Model override: LayerDrop probability
-    #[arg(long, default_value_t = TrainOptions::default().layerdrop)]
+    /// Model override: LayerDrop probability (0 with --adapter-only)
+    #[arg(long, default_value_t = TrainOptions::default().layerdrop,
+          default_value_if("adapter_only", "true", "0"))]
     pub layerdrop: f32,
     /// Keep the conv feature encoder frozen
     #[arg(long, num_args = 0..=1, default_missing_value = "true", default_value_t = TrainOptions::default().freeze_feature_encoder, action = clap::ArgAction::Set)]
@@ -88,9 +93,8 @@ pub struct TrainArgs {
     /// (from adapter.LANG.safetensors; a new adapter and head when the model has none for it)
     #[arg(long)]
     pub target_lang: Option<String>,
-    /// MMS: train only the adapter layers and the head (the HF recipe: try --learning-rate 1e-3
-    /// --warmup-steps 100 --attention-dropout 0 --hidden-dropout 0 --layerdrop 0
-    /// --mask-time-prob 0.05)
+    /// MMS: train only the adapter layers and the head, with the HF recipe's defaults
+    /// (learning rate 1e-3, 100 warm-up steps, attention and hidden dropout and LayerDrop 0)
     #[arg(long, requires = "target_lang")]
     pub adapter_only: bool,
     /// Recompute each encoder layer in the backward pass instead of keeping its activations
