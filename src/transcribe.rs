@@ -1,7 +1,7 @@
 //! `xlsr transcribe`: audio files in, greedy CTC transcripts out (and optionally the raw logits).
 
 use crate::data::{audio, Vocab};
-use crate::error::{file_err, Result};
+use crate::error::{file_err, Error, Result};
 use crate::model::{Forward, Wav2Vec2ForCtc};
 use crate::{Gpu, Tape, Tensor};
 use std::path::{Path, PathBuf};
@@ -32,12 +32,91 @@ pub struct TimedWord {
     pub end: f64,
 }
 
+/// How long audio is cut into windows, as transformers' ASR pipeline does with
+/// `chunk_length_s` and `stride_length_s`: windows of `chunk_seconds` overlapping by
+/// `stride_seconds` of context on each side, whose logits over the context are dropped.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Chunking {
+    /// Window length in seconds.
+    pub chunk_seconds: f64,
+    /// Context on each side in seconds (`None`: a sixth of the window, as transformers).
+    pub stride_seconds: Option<f64>,
+}
+
+impl Default for Chunking {
+    fn default() -> Self {
+        Chunking {
+            chunk_seconds: 20.0,
+            stride_seconds: None,
+        }
+    }
+}
+
+/// One window of a long input: its samples and the frames to keep of its logits.
+struct Window {
+    start: usize,
+    len: usize,
+    /// Frames dropped at the start and at the end (the context of the neighbours).
+    drop: (usize, usize),
+    /// The frame count the stride is measured against (`total_n` in transformers).
+    total: usize,
+}
+
+impl Chunking {
+    /// The windows of `n` samples for a model of `align` samples per frame, exactly as the
+    /// pipeline's `chunk_iter` and `rescale_stride` cut them (Python's round, half to even).
+    fn windows(&self, n: usize, align: usize) -> Result<Vec<Window>> {
+        let round = |seconds: f64| {
+            ((seconds * audio::SAMPLE_RATE as f64 / align as f64).round_ties_even() as usize)
+                * align
+        };
+        let chunk = round(self.chunk_seconds);
+        let stride = round(self.stride_seconds.unwrap_or(self.chunk_seconds / 6.0));
+        let positive = self.chunk_seconds.is_finite() && self.chunk_seconds > 0.0;
+        let stride_ok = self
+            .stride_seconds
+            .is_none_or(|s| s.is_finite() && s >= 0.0);
+        if !positive || !stride_ok || chunk <= 2 * stride {
+            return Err(Error::Usage(format!(
+                "--chunk-seconds {} must be positive and longer than twice --stride-seconds {} \
+                 (in whole frames of {align} samples: {chunk} and {stride} samples)",
+                self.chunk_seconds,
+                self.stride_seconds.unwrap_or(self.chunk_seconds / 6.0)
+            )));
+        }
+        let mut out = Vec::new();
+        for start in (0..n).step_by(chunk - 2 * stride) {
+            let end = (start + chunk).min(n);
+            let len = end - start;
+            let left = if start == 0 { 0 } else { stride };
+            let last = start + chunk >= n;
+            let right = if last { 0 } else { stride };
+            let total = (len as f64 / align as f64).round_ties_even() as usize;
+            let frames = |s: usize| (s as f64 / len as f64 * total as f64).round_ties_even();
+            if len > left {
+                out.push(Window {
+                    start,
+                    len,
+                    drop: (frames(left) as usize, frames(right) as usize),
+                    total,
+                });
+            }
+            if last {
+                break;
+            }
+        }
+        Ok(out)
+    }
+}
+
 /// A loaded model and its tokenizer, ready to transcribe.
 pub struct Transcriber {
     /// The model.
     pub model: Wav2Vec2ForCtc,
     /// The tokenizer from the model folder's `vocab.json`.
     pub vocab: Vocab,
+    /// How audio longer than one window is cut.
+    pub chunking: Chunking,
 }
 
 /// `target_lang` of a folder's `tokenizer_config.json`, if any.
@@ -90,35 +169,29 @@ impl Transcriber {
                 ),
             );
         }
-        Ok(Transcriber { model, vocab })
+        Ok(Transcriber {
+            model,
+            vocab,
+            chunking: Chunking::default(),
+        })
     }
 
     /// Decodes, resamples and normalises `file` as `Wav2Vec2FeatureExtractor` does, runs the
-    /// model and decodes greedily.
+    /// model and decodes greedily. Audio longer than one window runs window by window (see
+    /// [`Chunking`]), so device memory stays bounded whatever the file's length.
     pub fn transcribe(&self, file: &Path) -> Result<Transcript> {
-        let mut x = audio::load(file)?;
-        let frames = self.model.config.frames(x.len());
-        if frames == 0 {
-            return file_err(
-                file,
-                format!(
-                    "{} samples at 16 kHz is too short for the model (needs at least {})",
-                    x.len(),
-                    self.model.config.min_samples()
-                ),
-            );
-        }
-        audio::normalize(&mut x);
-        let gpu = &self.model.gpu;
-        let input = Tensor::from_slice(gpu, &x, &[1, x.len()])?;
-        let tape = Tape::new();
-        let out = tape.no_grad(|| self.model.forward(&tape, &input, None, &Forward::default()))?;
-        let logits = out.logits.value.to_vec()?;
+        let x = audio::load(file)?;
+        let align: usize = self.model.config.conv_stride.iter().product();
+        let windows = self.chunking.windows(x.len(), align)?;
+        let (logits, frames) = if windows.len() > 1 {
+            self.logits_in_windows(&x, &windows)?
+        } else {
+            self.logits(file, x)?
+        };
         let v = self.model.config.vocab_size;
         let ids = crate::metrics::greedy_decode(&logits, frames, v)?;
         // Seconds per output frame: the feature encoder's total stride over the rate.
-        let stride: usize = self.model.config.conv_stride.iter().product();
-        let seconds = |frame: usize| (frame * stride) as f64 / audio::SAMPLE_RATE as f64;
+        let seconds = |frame: usize| (frame * align) as f64 / audio::SAMPLE_RATE as f64;
         let words = self
             .vocab
             .word_offsets(&ids)
@@ -136,6 +209,58 @@ impl Transcriber {
             logits,
             frames,
         })
+    }
+
+    /// The logits of each window with its context frames dropped, joined: [frames, vocab].
+    fn logits_in_windows(&self, x: &[f32], windows: &[Window]) -> Result<(Vec<f32>, usize)> {
+        let v = self.model.config.vocab_size;
+        let mut out = Vec::new();
+        for w in windows {
+            let piece = x[w.start..w.start + w.len].to_vec();
+            let frames = self.model.config.frames(piece.len());
+            if frames == 0 {
+                // A last sliver too short for the model: transformers' pipeline fails on it;
+                // it only holds context the previous window saw.
+                continue;
+            }
+            let (logits, frames) = self.run(piece)?;
+            // As the pipeline's `items[:, left:total_n - right]`, clipped to the frames there are.
+            let end = w.total.saturating_sub(w.drop.1).min(frames);
+            if w.drop.0 < end {
+                out.extend_from_slice(&logits[w.drop.0 * v..end * v]);
+            }
+        }
+        let frames = out.len() / v;
+        Ok((out, frames))
+    }
+
+    /// The logits of a whole input, [frames, vocab], or an error naming `file` when it is
+    /// too short for the model.
+    fn logits(&self, file: &Path, x: Vec<f32>) -> Result<(Vec<f32>, usize)> {
+        let frames = self.model.config.frames(x.len());
+        if frames == 0 {
+            return file_err(
+                file,
+                format!(
+                    "{} samples at 16 kHz is too short for the model (needs at least {})",
+                    x.len(),
+                    self.model.config.min_samples()
+                ),
+            );
+        }
+        self.run(x)
+    }
+
+    /// Normalises `x` (one window, as the feature extractor does each) and runs the model:
+    /// ([frames, vocab] logits, frames).
+    fn run(&self, mut x: Vec<f32>) -> Result<(Vec<f32>, usize)> {
+        audio::normalize(&mut x);
+        let frames = self.model.config.frames(x.len());
+        let gpu = &self.model.gpu;
+        let input = Tensor::from_slice(gpu, &x, &[1, x.len()])?;
+        let tape = Tape::new();
+        let out = tape.no_grad(|| self.model.forward(&tape, &input, None, &Forward::default()))?;
+        Ok((out.logits.value.to_vec()?, frames))
     }
 }
 

@@ -241,3 +241,83 @@ fn word_timestamps() {
     assert_eq!(words[0]["start"].as_f64().unwrap(), r.words[0].start);
     assert_eq!(words[0]["end"].as_f64().unwrap(), r.words[0].end);
 }
+
+/// Long audio in windows (`--chunk-seconds`, `--stride-seconds`) as transformers' ASR pipeline
+/// cuts it (`chunk_length_s`, `stride_length_s`, tools/make_chunk_reference.py): the same
+/// frame ids and text for the 0.5 s clip in 0.1 s windows with 0.02 s of context and in 0.2 s
+/// windows with the default context; a clip shorter than a window gives the unchunked text.
+#[test]
+fn long_audio_in_windows_equals_the_pipeline() {
+    let fx: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(fixture("chunked.json")).unwrap()).unwrap();
+    let mut t = Transcriber::load(&gpu(), &fixture("w2v2_large")).unwrap();
+    let clip = fixture(fx["clip"].as_str().unwrap());
+    let whole = t.transcribe(&clip).unwrap();
+    assert_eq!(whole.text, fx["whole"].as_str().unwrap());
+    let v = t.model.config.vocab_size;
+    for case in fx["cases"].as_array().unwrap() {
+        t.chunking = xlsr::transcribe::Chunking {
+            chunk_seconds: case["chunk_seconds"].as_f64().unwrap(),
+            stride_seconds: case["stride_seconds"].as_f64(),
+        };
+        let r = t.transcribe(&clip).unwrap();
+        let ids: Vec<u64> = r
+            .logits
+            .chunks(v)
+            .map(|row| {
+                (0..v)
+                    .max_by(|&a, &b| row[a].total_cmp(&row[b]).then(b.cmp(&a)))
+                    .unwrap() as u64
+            })
+            .collect();
+        let want: Vec<u64> = case["ids"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|x| x.as_u64().unwrap())
+            .collect();
+        assert_eq!(ids, want, "{case}");
+        assert_eq!(r.frames, want.len());
+        assert_eq!(r.text, case["text"].as_str().unwrap());
+    }
+    // Bad windows are refused, naming the flags.
+    t.chunking = xlsr::transcribe::Chunking {
+        chunk_seconds: 0.1,
+        stride_seconds: Some(0.05),
+    };
+    let e = t.transcribe(&clip).err().unwrap().to_string();
+    assert!(e.contains("--chunk-seconds"), "{e}");
+}
+
+/// A long file transcribed in windows needs no more device memory than a short one: 4 s and
+/// 1 s of audio in 0.25 s windows peak alike, while 4 s in one piece needs more.
+#[test]
+fn windows_bound_the_memory() {
+    let dir = temp_dir("long-audio");
+    let peak = |seconds: usize, chunk: f64| -> u64 {
+        let path = dir.join(format!("noise-{seconds}.wav"));
+        let spec = hound::WavSpec {
+            channels: 1,
+            sample_rate: 16000,
+            bits_per_sample: 16,
+            sample_format: hound::SampleFormat::Int,
+        };
+        let mut w = hound::WavWriter::create(&path, spec).unwrap();
+        let mut rng = xlsr::rng::Rng::new(3);
+        for _ in 0..seconds * 16000 {
+            w.write_sample((rng.normal() * 3000.0) as i16).unwrap();
+        }
+        w.finalize().unwrap();
+        let g = xlsr::Gpu::new().unwrap();
+        let mut t = Transcriber::load(&g, &fixture("w2v2_large")).unwrap();
+        t.chunking.chunk_seconds = chunk;
+        let r = t.transcribe(&path).unwrap();
+        assert_eq!(r.frames, seconds * 16000 / 20 - 1);
+        g.peak_bytes()
+    };
+    let (short, long, whole) = (peak(1, 0.25), peak(4, 0.25), peak(4, 20.0));
+    println!("peak device bytes: 1 s {short}, 4 s {long} in 0.25 s windows, 4 s whole {whole}");
+    assert!(long <= short + short / 10, "{long} vs {short}");
+    assert!(whole > 2 * long, "{whole} vs {long}");
+    let _ = std::fs::remove_dir_all(dir);
+}

@@ -16,6 +16,13 @@ pub struct TranscribeArgs {
     /// (adapter.LANG.safetensors; default: the tokenizer's target_lang)
     #[arg(long)]
     pub target_lang: Option<String>,
+    /// Audio longer than this runs in windows of this many seconds (transformers' pipeline
+    /// `chunk_length_s`), so a long file needs bounded memory
+    #[arg(long, default_value_t = 20.0)]
+    pub chunk_seconds: f64,
+    /// Context on each side of a window, whose logits are dropped (default: chunk / 6)
+    #[arg(long)]
+    pub stride_seconds: Option<f64>,
     /// After each file's line, one line per word: TAB WORD TAB START TAB END (seconds)
     #[arg(long)]
     pub timestamps: bool,
@@ -61,7 +68,12 @@ pub fn transcribe(args: &TranscribeArgs) -> Result<()> {
         crate::transcribe::check_logits_path(path, files)?;
     }
     let gpu = crate::Gpu::new()?;
-    let t = crate::transcribe::Transcriber::load_lang(&gpu, model, args.target_lang.as_deref())?;
+    let mut t =
+        crate::transcribe::Transcriber::load_lang(&gpu, model, args.target_lang.as_deref())?;
+    t.chunking = crate::transcribe::Chunking {
+        chunk_seconds: args.chunk_seconds,
+        stride_seconds: args.stride_seconds,
+    };
     let mut done = Vec::new();
     let mut failed = 0;
     for f in files {
