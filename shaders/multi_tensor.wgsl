@@ -43,15 +43,19 @@ fn load(t: u32, i: u32) -> f32 {
     }
 }
 
+// Tensor t's (workgroups, elements, slot); no workgroups past this dispatch's tensors.
+fn part(t: u32) -> vec3<u32> {
+    if t >= p.count { return vec3<u32>(0u); }
+    return vec3<u32>(p.groups[t / 4u][t % 4u], p.len[t / 4u][t % 4u], p.slot[t / 4u][t % 4u]);
+}
+
 @compute @workgroup_size(256)
 fn sum_squares(@builtin(local_invocation_id) lid: vec3<u32>, @builtin(workgroup_id) wid: vec3<u32>) {
     let t = wid.y;
-    if t >= p.count { return; }
-    let ng = p.groups[t / 4u][t % 4u];
-    if wid.x >= ng { return; }
-    let n = p.len[t / 4u][t % 4u];
+    let q = part(t);
+    if wid.x >= q.x { return; }
     var acc = 0.0;
-    for (var i = wid.x * 256u + lid.x; i < n; i = i + ng * 256u) {
+    for (var i = wid.x * 256u + lid.x; i < q.y; i = i + q.x * 256u) {
         let v = load(t, i);
         acc = acc + v * v;
     }
@@ -61,18 +65,15 @@ fn sum_squares(@builtin(local_invocation_id) lid: vec3<u32>, @builtin(workgroup_
         if lid.x < s { red[lid.x] = red[lid.x] + red[lid.x + s]; }
         workgroupBarrier();
     }
-    if lid.x == 0u { out[p.slot[t / 4u][t % 4u] + wid.x] = red[0]; }
+    if lid.x == 0u { out[q.z + wid.x] = red[0]; }
 }
 
 @compute @workgroup_size(256)
 fn accumulate(@builtin(local_invocation_id) lid: vec3<u32>, @builtin(workgroup_id) wid: vec3<u32>) {
     let t = wid.y;
-    if t >= p.count { return; }
-    let ng = p.groups[t / 4u][t % 4u];
-    if wid.x >= ng { return; }
-    let n = p.len[t / 4u][t % 4u];
-    let at = p.slot[t / 4u][t % 4u];
-    for (var i = wid.x * 256u + lid.x; i < n; i = i + ng * 256u) {
-        out[at + i] = out[at + i] + load(t, i);
+    let q = part(t);
+    if wid.x >= q.x { return; }
+    for (var i = wid.x * 256u + lid.x; i < q.y; i = i + q.x * 256u) {
+        out[q.z + i] = out[q.z + i] + load(t, i);
     }
 }

@@ -7,7 +7,7 @@
 //! which loads back to the same logits.
 
 mod common;
-use common::{fixture, gpu, temp_dir};
+use common::{fixture, gpu, max_abs_err, temp_dir};
 use safetensors::SafeTensors;
 use std::path::Path;
 use xlsr::data::Vocab;
@@ -48,14 +48,6 @@ fn logits(model: &Wav2Vec2ForCtc, r: &Ref) -> Vec<f32> {
         .no_grad(|| model.forward(&tape, &audio, Some(&lengths), &Forward::default()))
         .unwrap();
     out.logits.value.to_vec().unwrap()
-}
-
-fn max_abs_err(got: &[f32], want: &[f32]) -> f64 {
-    assert_eq!(got.len(), want.len());
-    got.iter()
-        .zip(want)
-        .map(|(a, b)| (*a as f64 - *b as f64).abs())
-        .fold(0.0, f64::max)
 }
 
 #[test]

@@ -44,14 +44,6 @@ impl Ref {
     }
 }
 
-fn max_abs_err(got: &[f32], want: &[f32]) -> f64 {
-    assert_eq!(got.len(), want.len());
-    got.iter()
-        .zip(want)
-        .map(|(a, b)| (*a as f64 - *b as f64).abs())
-        .fold(0.0, f64::max)
-}
-
 /// The fixture's padded batch: audio, lengths in samples, labels without padding.
 fn batch(r: &Ref) -> (Tensor, Vec<usize>, Vec<Vec<u32>>) {
     let (audio, shape) = r.f32s("audio");

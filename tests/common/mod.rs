@@ -21,6 +21,15 @@ pub fn temp_dir(tag: &str) -> std::path::PathBuf {
     d
 }
 
+/// Largest |got - want| of two equally long slices.
+pub fn max_abs_err(got: &[f32], want: &[f32]) -> f64 {
+    assert_eq!(got.len(), want.len());
+    got.iter()
+        .zip(want)
+        .map(|(a, b)| (*a as f64 - *b as f64).abs())
+        .fold(0.0, f64::max)
+}
+
 /// One device per test binary (tests run on threads).
 pub fn gpu() -> Gpu {
     static GPU: OnceLock<Gpu> = OnceLock::new();
