@@ -11,6 +11,7 @@ pub mod autograd;
 pub mod bench;
 pub mod cli;
 pub mod data;
+pub mod decode;
 pub mod demo;
 pub mod engine;
 pub mod error;

@@ -117,6 +117,8 @@ pub struct Transcriber {
     pub vocab: Vocab,
     /// How audio longer than one window is cut.
     pub chunking: Chunking,
+    /// Beam search with a language model instead of greedy decoding (`--lm`).
+    pub lm: Option<crate::decode::LmDecoder>,
 }
 
 /// `target_lang` of a folder's `tokenizer_config.json`, if any.
@@ -173,6 +175,7 @@ impl Transcriber {
             model,
             vocab,
             chunking: Chunking::default(),
+            lm: None,
         })
     }
 
@@ -204,7 +207,10 @@ impl Transcriber {
             .collect();
         Ok(Transcript {
             file: file.to_path_buf(),
-            text: self.vocab.decode_ctc(&ids),
+            text: match &self.lm {
+                Some(d) => d.decode(&logits[..frames * v]),
+                None => self.vocab.decode_ctc(&ids),
+            },
             words,
             logits,
             frames,

@@ -23,6 +23,19 @@ pub struct TranscribeArgs {
     /// Context on each side of a window, whose logits are dropped (default: chunk / 6)
     #[arg(long)]
     pub stride_seconds: Option<f64>,
+    /// Beam search with this ARPA n-gram model (word level) instead of greedy decoding, as
+    /// pyctcdecode with kenlm
+    #[arg(long)]
+    pub lm: Option<std::path::PathBuf>,
+    /// With --lm: weight of the language model
+    #[arg(long, default_value_t = 0.5, requires = "lm")]
+    pub alpha: f64,
+    /// With --lm: bonus per word
+    #[arg(long, default_value_t = 1.5, requires = "lm")]
+    pub beta: f64,
+    /// With --lm: beams kept per frame
+    #[arg(long, default_value_t = 100, requires = "lm")]
+    pub beam_width: usize,
     /// After each file's line, one line per word: TAB WORD TAB START TAB END (seconds)
     #[arg(long)]
     pub timestamps: bool,
@@ -74,6 +87,22 @@ pub fn transcribe(args: &TranscribeArgs) -> Result<()> {
         chunk_seconds: args.chunk_seconds,
         stride_seconds: args.stride_seconds,
     };
+    if let Some(path) = &args.lm {
+        if args.timestamps {
+            anyhow::bail!(
+                "--timestamps with --lm: word times come from greedy decoding only, for now"
+            );
+        }
+        let (mut d, warning) =
+            crate::decode::LmDecoder::load(path, &t.vocab, t.model.config.vocab_size)?;
+        if let Some(w) = warning {
+            eprintln!("warning: {w}");
+        }
+        d.options.alpha = args.alpha;
+        d.options.beta = args.beta;
+        d.options.beam_width = args.beam_width.max(1);
+        t.lm = Some(d);
+    }
     let mut done = Vec::new();
     let mut failed = 0;
     for f in files {

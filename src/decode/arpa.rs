@@ -1,0 +1,207 @@
+//! N-gram language models in the ARPA format, scored as KenLM scores them: log10
+//! probabilities with back-off, `<s>` to begin a sentence and `</s>` to end it, and words
+//! the model does not know scored (and kept in the context) as `<unk>`.
+
+use crate::error::{file_err, Result};
+use std::collections::HashMap;
+use std::io::BufRead;
+use std::path::Path;
+
+/// An ARPA n-gram model held in hash maps (word ids per order).
+pub struct ArpaLm {
+    /// Highest order.
+    pub order: usize,
+    words: HashMap<String, u32>,
+    /// Per order (index n - 1): n-gram of word ids -> (log10 prob, log10 back-off).
+    grams: Vec<HashMap<Vec<u32>, (f32, f32)>>,
+    unk: Option<u32>,
+    /// Unigram lines of three tab-separated fields (with a back-off): the known words as
+    /// pyctcdecode reads them from an ARPA file (`load_unigram_set_from_arpa`).
+    listed: Vec<String>,
+}
+
+/// The words a score is conditioned on: the last `order - 1` at most, oldest first.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Hash)]
+pub struct LmState(Vec<u32>);
+
+impl ArpaLm {
+    /// Reads an ARPA file; a malformed line is an error naming its line number.
+    pub fn load(path: &Path) -> Result<ArpaLm> {
+        let file = match std::fs::File::open(path) {
+            Ok(f) => f,
+            Err(e) => return file_err(path, format!("cannot read: {e}")),
+        };
+        let mut lm = ArpaLm {
+            order: 0,
+            words: HashMap::new(),
+            grams: Vec::new(),
+            unk: None,
+            listed: Vec::new(),
+        };
+        let mut counts: Vec<usize> = Vec::new();
+        let mut section: Option<usize> = None; // None: header, Some(0): \data\, Some(n): n-grams
+        for (i, line) in std::io::BufReader::new(file).lines().enumerate() {
+            let bad = |msg: String| file_err(path, format!("line {}: {msg}", i + 1));
+            let line = match line {
+                Ok(l) => l,
+                Err(e) => return bad(format!("cannot read: {e}")),
+            };
+            let line = line.trim();
+            if line.is_empty() {
+                continue;
+            }
+            if line == "\\data\\" {
+                section = Some(0);
+                continue;
+            }
+            if line == "\\end\\" {
+                break;
+            }
+            if let Some(n) = line
+                .strip_prefix('\\')
+                .and_then(|l| l.strip_suffix("-grams:"))
+            {
+                let Ok(n) = n.parse::<usize>() else {
+                    return bad(format!("unknown section {line:?}"));
+                };
+                if n == 0 || n > counts.len() {
+                    return bad(format!(
+                        "{n}-grams, but \\data\\ announces {} orders",
+                        counts.len()
+                    ));
+                }
+                section = Some(n);
+                continue;
+            }
+            match section {
+                None => continue,
+                Some(0) => {
+                    let Some((n, c)) = line
+                        .strip_prefix("ngram ")
+                        .and_then(|l| l.split_once('='))
+                        .and_then(|(n, c)| {
+                            Some((
+                                n.trim().parse::<usize>().ok()?,
+                                c.trim().parse::<usize>().ok()?,
+                            ))
+                        })
+                    else {
+                        return bad(format!("expected `ngram N=COUNT`, got {line:?}"));
+                    };
+                    if n != counts.len() + 1 {
+                        return bad(format!("ngram {n} out of order"));
+                    }
+                    counts.push(c);
+                    lm.grams.push(HashMap::with_capacity(c));
+                }
+                Some(n) => {
+                    let mut parts = line.split_whitespace();
+                    let prob = parts.next().and_then(|p| p.parse::<f32>().ok());
+                    let toks: Vec<&str> = parts.collect();
+                    let (Some(prob), true) = (prob, toks.len() >= n) else {
+                        return bad(format!(
+                            "expected `LOG10PROB w1 .. w{n} [BACKOFF]`, got {line:?}"
+                        ));
+                    };
+                    let backoff = match toks.len() - n {
+                        0 => 0.0,
+                        1 => match toks[n].parse::<f32>() {
+                            Ok(b) => b,
+                            Err(_) => return bad(format!("bad back-off {:?}", toks[n])),
+                        },
+                        _ => return bad(format!("too many fields for a {n}-gram: {line:?}")),
+                    };
+                    let ids: Vec<u32> = toks[..n]
+                        .iter()
+                        .map(|w| {
+                            let next = lm.words.len() as u32;
+                            *lm.words.entry(w.to_string()).or_insert(next)
+                        })
+                        .collect();
+                    lm.grams[n - 1].insert(ids, (prob, backoff));
+                    if n == 1 && line.split('\t').count() == 3 {
+                        lm.listed.push(toks[0].to_string());
+                    }
+                }
+            }
+        }
+        if counts.is_empty() || lm.grams[0].is_empty() {
+            return file_err(path, "no \\data\\ section or no unigrams: not an ARPA file");
+        }
+        lm.order = counts.len();
+        lm.unk = lm.words.get("<unk>").copied();
+        Ok(lm)
+    }
+
+    /// Whether the model has `word` as a unigram (`word in kenlm.Model`).
+    pub fn contains(&self, word: &str) -> bool {
+        self.words
+            .get(word)
+            .is_some_and(|id| self.grams[0].contains_key(&vec![*id]))
+    }
+
+    /// The unigrams (words) of the model, `<s>`, `</s>` and `<unk>` included.
+    pub fn unigrams(&self) -> impl Iterator<Item = &str> {
+        self.words
+            .iter()
+            .filter(|(_, id)| self.grams[0].contains_key(&vec![**id]))
+            .map(|(w, _)| w.as_str())
+    }
+
+    /// The words pyctcdecode takes as known from this file: unigram lines with a back-off.
+    pub fn listed_unigrams(&self) -> &[String] {
+        &self.listed
+    }
+
+    /// The context at the start of a sentence (`<s>`).
+    pub fn begin_sentence(&self) -> LmState {
+        LmState(
+            self.words
+                .get("<s>")
+                .map(|&id| vec![id])
+                .unwrap_or_default(),
+        )
+    }
+
+    /// An empty context.
+    pub fn null_context(&self) -> LmState {
+        LmState(Vec::new())
+    }
+
+    /// log10 p(`word` | `state`) with back-off (KenLM's `BaseScore`), and the state after it.
+    pub fn score(&self, state: &LmState, word: &str) -> (f32, LmState) {
+        let id = self
+            .words
+            .get(word)
+            .copied()
+            .filter(|id| self.grams[0].contains_key(&vec![*id]));
+        let Some(id) = id.or(self.unk) else {
+            return (f32::NEG_INFINITY, LmState::default());
+        };
+        let ctx = &state.0;
+        let mut backoff = 0.0;
+        let mut score = None;
+        // Longest context first: p(w | h) = backoff(h) + p(w | h minus its oldest word).
+        for start in 0..=ctx.len() {
+            let mut gram: Vec<u32> = ctx[start..].to_vec();
+            gram.push(id);
+            let n = gram.len();
+            if let Some((p, _)) = self.grams.get(n - 1).and_then(|g| g.get(&gram)) {
+                score = Some(backoff + p);
+                break;
+            }
+            if let Some((_, b)) = self.grams.get(n - 2).and_then(|g| g.get(&ctx[start..])) {
+                backoff += b;
+            }
+        }
+        let score = score.unwrap_or(f32::NEG_INFINITY);
+        // An unknown word is `<unk>` in the context too, as in KenLM (its back-off applies).
+        let mut next = ctx.clone();
+        next.push(id);
+        let keep = self.order.saturating_sub(1);
+        if next.len() > keep {
+            next.drain(..next.len() - keep);
+        }
+        (score, LmState(next))
+    }
+}

@@ -1,0 +1,67 @@
+//! Decoding CTC output beyond greedy: ARPA n-gram language models ([`arpa`]) and prefix beam
+//! search with shallow fusion ([`beam`]), as `pyctcdecode` with KenLM.
+
+pub mod arpa;
+pub mod beam;
+
+pub use arpa::ArpaLm;
+pub use beam::{alphabet, decode, decode_beams, BeamOptions, Hypothesis, WordLm};
+
+use crate::data::Vocab;
+use crate::error::Result;
+use std::path::Path;
+
+/// Beam search with a language model over a CTC vocabulary: what `--lm` sets up.
+pub struct LmDecoder {
+    lm: WordLm,
+    labels: Vec<String>,
+    /// Beam search settings (pyctcdecode's defaults unless changed).
+    pub options: BeamOptions,
+}
+
+impl LmDecoder {
+    /// Loads the ARPA model at `path` for `vocab`'s first `outputs` tokens (the CTC head's).
+    /// Returns a warning too when the model's words cannot be spelled with those tokens (a
+    /// model for another language or script decodes to garbage).
+    pub fn load(path: &Path, vocab: &Vocab, outputs: usize) -> Result<(LmDecoder, Option<String>)> {
+        let arpa = ArpaLm::load(path)?;
+        let tokens: Vec<String> = (0..outputs as u32)
+            .map(|i| vocab.token(i).unwrap_or("").to_string())
+            .collect();
+        let labels = alphabet(&tokens);
+        let chars: std::collections::HashSet<char> =
+            labels.iter().flat_map(|l| l.chars()).collect();
+        let words: Vec<&String> = arpa
+            .listed_unigrams()
+            .iter()
+            .filter(|w| !matches!(w.as_str(), "<s>" | "</s>" | "<unk>"))
+            .collect();
+        let spelled = words
+            .iter()
+            .filter(|w| w.chars().all(|c| chars.contains(&c)))
+            .count();
+        let warning = (words.is_empty() || spelled * 10 < words.len()).then(|| {
+            format!(
+                "{}: only {spelled} of its {} words can be spelled with the model's {} tokens; \
+                 is it for this model's language and letter case?",
+                path.display(),
+                words.len(),
+                outputs
+            )
+        });
+        let listed = arpa.listed_unigrams().to_vec();
+        Ok((
+            LmDecoder {
+                lm: WordLm::new(arpa, listed),
+                labels,
+                options: BeamOptions::default(),
+            },
+            warning,
+        ))
+    }
+
+    /// The best transcript of one utterance's logits, [frames, labels].
+    pub fn decode(&self, logits: &[f32]) -> String {
+        decode(logits, &self.labels, Some(&self.lm), &self.options)
+    }
+}

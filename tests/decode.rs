@@ -1,0 +1,151 @@
+//! CTC beam search with an n-gram language model (`xlsr::decode`) against pyctcdecode 0.5 with
+//! kenlm (tools/make_decoder_reference.py): the same transcripts of six noisy utterances with
+//! pyctcdecode's defaults, a stronger LM, a narrow beam and no LM; ARPA scores as KenLM's.
+
+mod common;
+use common::fixture;
+use safetensors::SafeTensors;
+use xlsr::decode::{alphabet, decode, ArpaLm, BeamOptions, WordLm};
+
+fn expected() -> serde_json::Value {
+    serde_json::from_str(&std::fs::read_to_string(fixture("decoder/expected.json")).unwrap())
+        .unwrap()
+}
+
+fn logits(name: &str) -> Vec<f32> {
+    let bytes = std::fs::read(fixture("decoder/logits.safetensors")).unwrap();
+    let st = SafeTensors::deserialize(&bytes).unwrap();
+    bytemuck::pod_collect_to_vec(st.tensor(name).unwrap().data())
+}
+
+#[test]
+fn transcripts_equal_pyctcdecode() {
+    let fx = expected();
+    let labels: Vec<String> = fx["labels"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|l| l.as_str().unwrap().to_string())
+        .collect();
+    let labels = alphabet(&labels);
+    let arpa = ArpaLm::load(&fixture("decoder/lm.arpa")).unwrap();
+    let listed = arpa.listed_unigrams().to_vec();
+    let lm = WordLm::new(arpa, listed);
+    for case in fx["cases"].as_array().unwrap() {
+        let d = BeamOptions::default();
+        let f = |k: &str, v: f64| case[k].as_f64().unwrap_or(v);
+        let o = BeamOptions {
+            alpha: f("alpha", d.alpha),
+            beta: f("beta", d.beta),
+            beam_width: f("beam_width", d.beam_width as f64) as usize,
+            beam_prune_logp: f("beam_prune_logp", d.beam_prune_logp),
+            ..d
+        };
+        let with_lm = case["lm"].as_bool().unwrap_or(true);
+        for (utt, want) in case["texts"].as_object().unwrap() {
+            let got = decode(&logits(utt), &labels, with_lm.then_some(&lm), &o);
+            assert_eq!(got, want.as_str().unwrap(), "{} {utt}", case["name"]);
+        }
+    }
+}
+
+/// Without a language model, beam search on peaked logits (each frame's best far ahead)
+/// gives the greedy transcript.
+#[test]
+fn without_a_model_peaked_logits_decode_greedily() {
+    let labels = alphabet(&["[PAD]", "|", "a", "b", "c"].map(String::from));
+    let mut rng = xlsr::rng::Rng::new(5);
+    for _ in 0..20 {
+        let frames = 5 + (rng.next_u64() % 30) as usize;
+        let best: Vec<usize> = (0..frames).map(|_| (rng.next_u64() % 5) as usize).collect();
+        let mut logits = Vec::new();
+        for &b in &best {
+            for i in 0..5 {
+                logits.push(rng.normal() as f32 + if i == b { 20.0 } else { 0.0 });
+            }
+        }
+        // Greedy: collapse repeats, drop blanks, spaces between words.
+        let mut greedy = String::new();
+        let mut prev = None;
+        for &b in &best {
+            if prev != Some(b) && b != 0 {
+                greedy.push_str(&labels[b]);
+            }
+            prev = Some(b);
+        }
+        let greedy = greedy.split_whitespace().collect::<Vec<_>>().join(" ");
+        assert_eq!(
+            decode(&logits, &labels, None, &BeamOptions::default()),
+            greedy
+        );
+    }
+}
+
+/// `transcribe --lm`: the transcript is the beam search of the model's logits; a model whose
+/// words the vocabulary cannot spell gets a warning.
+#[test]
+fn transcriber_decodes_with_a_language_model() {
+    use xlsr::decode::LmDecoder;
+    use xlsr::transcribe::Transcriber;
+    let dir = common::temp_dir("lm");
+    let arpa = dir.join("abc.arpa");
+    std::fs::write(
+        &arpa,
+        "\\data\\\nngram 1=6\n\n\\1-grams:\n-1.0\t</s>\n-99\t<s>\t-0.3\n-2.0\t<unk>\t-0.3\n\
+         -0.5\tabc\t-0.3\n-0.7\tbad\t-0.3\n-0.9\tface\t-0.3\n\n\\end\\\n",
+    )
+    .unwrap();
+    let mut t = Transcriber::load(&common::gpu(), &fixture("w2v2_large")).unwrap();
+    let v = t.model.config.vocab_size;
+    let (d, warning) = LmDecoder::load(&arpa, &t.vocab, v).unwrap();
+    assert!(warning.is_none(), "{warning:?}");
+    t.lm = Some(d);
+    let r = t.transcribe(&fixture("w2v2_large/clip.wav")).unwrap();
+    let direct = t.lm.as_ref().unwrap().decode(&r.logits);
+    assert_eq!(r.text, direct);
+    // Spanish words cannot be spelled with a..i.
+    let (_, warning) = LmDecoder::load(&fixture("decoder/lm.arpa"), &t.vocab, v).unwrap();
+    assert!(warning.unwrap().contains("can be spelled"));
+    // A malformed file names its line.
+    let bad = dir.join("bad.arpa");
+    std::fs::write(
+        &bad,
+        "\\data\\\nngram 1=1\n\n\\1-grams:\nnot-a-number\tabc\n\\end\\\n",
+    )
+    .unwrap();
+    let e = LmDecoder::load(&bad, &t.vocab, v)
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(e.contains("line 5"), "{e}");
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+/// Times the six fixture utterances with the default LM settings:
+/// `cargo test --release --test decode -- --ignored --nocapture` (compare with
+/// pyctcdecode's `decode` on the same logits).
+#[test]
+#[ignore]
+fn time_beam_search() {
+    let fx = expected();
+    let labels: Vec<String> = fx["labels"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|l| l.as_str().unwrap().to_string())
+        .collect();
+    let labels = alphabet(&labels);
+    let arpa = ArpaLm::load(&fixture("decoder/lm.arpa")).unwrap();
+    let listed = arpa.listed_unigrams().to_vec();
+    let lm = WordLm::new(arpa, listed);
+    let utts: Vec<Vec<f32>> = (0..6).map(|i| logits(&format!("utt{i}"))).collect();
+    let reps = 50;
+    let t0 = std::time::Instant::now();
+    for _ in 0..reps {
+        for x in &utts {
+            std::hint::black_box(decode(x, &labels, Some(&lm), &BeamOptions::default()));
+        }
+    }
+    let ms = t0.elapsed().as_secs_f64() * 1e3 / (reps * utts.len()) as f64;
+    println!("beam search with LM: {ms:.3} ms per utterance");
+}
