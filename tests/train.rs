@@ -425,8 +425,48 @@ fn eval_cli_prints_json() {
         assert!(v.get(k).is_some(), "missing {k} in {v}");
     }
     assert_eq!(v["utterances"], 3);
+    assert_eq!(v["decoding"], "greedy");
     // An untrained model gets nearly everything wrong.
     assert!(v["cer"].as_f64().unwrap() > 0.5);
+
+    // --lm decodes with beam search and says so; --tune searches alpha and beta.
+    let arpa = dir.join("words.arpa");
+    std::fs::write(
+        &arpa,
+        "\\data\\\nngram 1=5\n\n\\1-grams:\n-1.0\t</s>\n-99\t<s>\t-0.3\n-2.0\t<unk>\t-0.3\n\
+         -0.5\thola\t-0.3\n-0.7\tperro\t-0.3\n\n\\end\\\n",
+    )
+    .unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_xlsr"))
+        .env("XDG_RUNTIME_DIR", "/tmp")
+        .args(["eval", "--json", "--tune", "--beam-width", "8", "--model"])
+        .arg(&model)
+        .arg("--data")
+        .arg(&prep)
+        .arg("--lm")
+        .arg(&arpa)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(stdout.contains("best: --alpha "), "{stdout}");
+    let v: serde_json::Value = serde_json::from_str(stdout.lines().last().unwrap()).unwrap();
+    let decoding = v["decoding"].as_str().unwrap();
+    assert!(
+        decoding.contains("beam search with") && decoding.contains("beam width 8"),
+        "{v}"
+    );
+    let grid = v["tuned"].as_array().unwrap();
+    assert_eq!(grid.len(), 9 * 7);
+    let best = grid
+        .iter()
+        .map(|g| g["wer"].as_f64().unwrap())
+        .fold(f64::MAX, f64::min);
+    assert_eq!(v["wer"].as_f64().unwrap(), best);
     let _ = std::fs::remove_dir_all(dir);
 }
 

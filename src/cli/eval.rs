@@ -3,6 +3,42 @@
 use anyhow::Result;
 use std::path::PathBuf;
 
+/// Language-model decoding options of `xlsr transcribe` and `xlsr eval`.
+#[derive(clap::Args, Debug)]
+pub struct LmArgs {
+    /// Beam search with this ARPA n-gram model (word level) instead of greedy decoding, as
+    /// pyctcdecode with kenlm
+    #[arg(long)]
+    pub lm: Option<PathBuf>,
+    /// With --lm: weight of the language model
+    #[arg(long, default_value_t = 0.5, requires = "lm")]
+    pub alpha: f64,
+    /// With --lm: bonus per word
+    #[arg(long, default_value_t = 1.5, requires = "lm")]
+    pub beta: f64,
+    /// With --lm: beams kept per frame
+    #[arg(long, default_value_t = 100, requires = "lm")]
+    pub beam_width: usize,
+}
+
+impl LmArgs {
+    /// The decoder `--lm` asks for (warning on stderr about a model that does not fit).
+    fn load(&self, t: &crate::transcribe::Transcriber) -> Result<Option<crate::decode::LmDecoder>> {
+        let Some(path) = &self.lm else {
+            return Ok(None);
+        };
+        let (mut d, warning) =
+            crate::decode::LmDecoder::load(path, &t.vocab, t.model.config.vocab_size)?;
+        if let Some(w) = warning {
+            eprintln!("warning: {w}");
+        }
+        d.options.alpha = self.alpha;
+        d.options.beta = self.beta;
+        d.options.beam_width = self.beam_width.max(1);
+        Ok(Some(d))
+    }
+}
+
 /// Command-line arguments of `xlsr transcribe`.
 #[derive(clap::Args, Debug)]
 pub struct TranscribeArgs {
@@ -23,19 +59,8 @@ pub struct TranscribeArgs {
     /// Context on each side of a window, whose logits are dropped (default: chunk / 6)
     #[arg(long)]
     pub stride_seconds: Option<f64>,
-    /// Beam search with this ARPA n-gram model (word level) instead of greedy decoding, as
-    /// pyctcdecode with kenlm
-    #[arg(long)]
-    pub lm: Option<std::path::PathBuf>,
-    /// With --lm: weight of the language model
-    #[arg(long, default_value_t = 0.5, requires = "lm")]
-    pub alpha: f64,
-    /// With --lm: bonus per word
-    #[arg(long, default_value_t = 1.5, requires = "lm")]
-    pub beta: f64,
-    /// With --lm: beams kept per frame
-    #[arg(long, default_value_t = 100, requires = "lm")]
-    pub beam_width: usize,
+    #[command(flatten)]
+    pub lm: LmArgs,
     /// After each file's line, one line per word: TAB WORD TAB START TAB END (seconds)
     #[arg(long)]
     pub timestamps: bool,
@@ -59,6 +84,12 @@ pub struct EvalArgs {
     /// Which split: test (the evaluation set) or train
     #[arg(long, default_value = "test")]
     pub split: String,
+    #[command(flatten)]
+    pub lm: LmArgs,
+    /// With --lm: search alpha and beta on this split and report the best pair (what
+    /// pyctcdecode users do by hand)
+    #[arg(long, requires = "lm")]
+    pub tune: bool,
     /// MMS model: the language whose adapter, head and vocabulary to use
     #[arg(long)]
     pub target_lang: Option<String>,
@@ -87,22 +118,10 @@ pub fn transcribe(args: &TranscribeArgs) -> Result<()> {
         chunk_seconds: args.chunk_seconds,
         stride_seconds: args.stride_seconds,
     };
-    if let Some(path) = &args.lm {
-        if args.timestamps {
-            anyhow::bail!(
-                "--timestamps with --lm: word times come from greedy decoding only, for now"
-            );
-        }
-        let (mut d, warning) =
-            crate::decode::LmDecoder::load(path, &t.vocab, t.model.config.vocab_size)?;
-        if let Some(w) = warning {
-            eprintln!("warning: {w}");
-        }
-        d.options.alpha = args.alpha;
-        d.options.beta = args.beta;
-        d.options.beam_width = args.beam_width.max(1);
-        t.lm = Some(d);
+    if args.lm.lm.is_some() && args.timestamps {
+        anyhow::bail!("--timestamps with --lm: word times come from greedy decoding only, for now");
     }
+    t.lm = args.lm.load(&t)?;
     let mut done = Vec::new();
     let mut failed = 0;
     for f in files {
@@ -152,7 +171,9 @@ pub fn eval(args: &EvalArgs) -> Result<()> {
         anyhow::bail!("--batch-size 0: must be at least 1");
     }
     let gpu = crate::Gpu::new()?;
-    let t = crate::transcribe::Transcriber::load_lang(&gpu, model, args.target_lang.as_deref())?;
+    let mut t =
+        crate::transcribe::Transcriber::load_lang(&gpu, model, args.target_lang.as_deref())?;
+    t.lm = args.lm.load(&t)?;
     // A Common Voice folder is prepared (once) into a cache under the temp dir.
     let cache = std::env::temp_dir().join(format!(
         "xlsr-prepared-{:016x}",
@@ -163,9 +184,42 @@ pub fn eval(args: &EvalArgs) -> Result<()> {
                 .wrapping_mul(0x100000001b3))
     ));
     let prepared = crate::train::open_data(data, &cache)?;
-    let r = crate::train::evaluate(&t.model, &t.vocab, &prepared, split, batch_size, limit)?;
+    let mut r = crate::train::evaluate_with(
+        &t.model,
+        &t.vocab,
+        &prepared,
+        split,
+        batch_size,
+        limit,
+        t.lm.as_ref(),
+    )?;
+    let mut tuned = None;
+    if let (true, Some(d)) = (args.tune, t.lm.as_mut()) {
+        let (alpha, beta, grid) = tune(d, &r)?;
+        eprintln!("alpha  beta   WER");
+        for (a, b, w) in &grid {
+            eprintln!("{a:5.2} {b:5.2} {w:.4}");
+        }
+        println!("best: --alpha {alpha} --beta {beta}");
+        d.options.alpha = alpha;
+        d.options.beta = beta;
+        let refs: Vec<&str> = r.pairs.iter().map(|p| p.0.as_str()).collect();
+        let hyps: Vec<String> = r.logits.iter().map(|x| d.decode(x)).collect();
+        let hyps: Vec<&str> = hyps.iter().map(String::as_str).collect();
+        r.wer = crate::metrics::wer(&refs, &hyps)?;
+        r.cer = crate::metrics::cer(&refs, &hyps)?;
+        r.decoding = d.describe();
+        tuned = Some(grid);
+    }
     if args.json {
-        println!("{}", serde_json::to_string(&r)?);
+        let mut v = serde_json::to_value(&r)?;
+        if let Some(grid) = tuned {
+            v["tuned"] = serde_json::json!(grid
+                .iter()
+                .map(|(a, b, w)| serde_json::json!({"alpha": a, "beta": b, "wer": w}))
+                .collect::<Vec<_>>());
+        }
+        println!("{v}");
     } else {
         for (reference, prediction) in r.pairs.iter().take(5) {
             println!("ref:  {reference}\npred: {prediction}");
@@ -176,4 +230,31 @@ pub fn eval(args: &EvalArgs) -> Result<()> {
         );
     }
     Ok(())
+}
+
+/// pyctcdecode users' hand search, done here: WER over a grid of alpha (0 to 2 by 0.25) and
+/// beta (0 to 3 by 0.5) from the logits the evaluation kept; returns the best pair (the
+/// first of equals) and every point.
+fn tune(
+    d: &mut crate::decode::LmDecoder,
+    r: &crate::train::EvalResult,
+) -> Result<(f64, f64, Vec<(f64, f64, f64)>)> {
+    use rayon::prelude::*;
+    let refs: Vec<&str> = r.pairs.iter().map(|p| p.0.as_str()).collect();
+    let mut grid = Vec::new();
+    for ai in 0..=8 {
+        for bi in 0..=6 {
+            let (alpha, beta) = (ai as f64 * 0.25, bi as f64 * 0.5);
+            d.options.alpha = alpha;
+            d.options.beta = beta;
+            let dd = &*d;
+            let hyps: Vec<String> = r.logits.par_iter().map(|x| dd.decode(x)).collect();
+            let hyps: Vec<&str> = hyps.iter().map(String::as_str).collect();
+            grid.push((alpha, beta, crate::metrics::wer(&refs, &hyps)?));
+        }
+    }
+    let best = grid
+        .iter()
+        .fold(grid[0], |b, &g| if g.2 < b.2 { g } else { b });
+    Ok((best.0, best.1, grid))
 }

@@ -13,6 +13,7 @@ use std::path::Path;
 
 /// Beam search with a language model over a CTC vocabulary: what `--lm` sets up.
 pub struct LmDecoder {
+    path: std::path::PathBuf,
     lm: WordLm,
     labels: Vec<String>,
     /// Beam search settings (pyctcdecode's defaults unless changed).
@@ -52,12 +53,25 @@ impl LmDecoder {
         let listed = arpa.listed_unigrams().to_vec();
         Ok((
             LmDecoder {
+                path: path.to_path_buf(),
                 lm: WordLm::new(arpa, listed),
                 labels,
                 options: BeamOptions::default(),
             },
             warning,
         ))
+    }
+
+    /// The settings, as `eval --json` reports them.
+    pub fn describe(&self) -> String {
+        let o = &self.options;
+        format!(
+            "beam search with {} (alpha {}, beta {}, beam width {})",
+            self.path.display(),
+            o.alpha,
+            o.beta,
+            o.beam_width
+        )
     }
 
     /// The best transcript of one utterance's logits, [frames, labels].

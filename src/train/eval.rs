@@ -1,7 +1,9 @@
-//! Evaluation: greedy CTC transcripts of a prepared split, WER and CER (as jiwer computes
-//! them) and the mean CTC loss per utterance (each utterance's loss over its label length).
+//! Evaluation: greedy (or language-model beam search) CTC transcripts of a prepared split,
+//! WER and CER (as jiwer computes them) and the mean CTC loss per utterance (each utterance's
+//! loss over its label length).
 
 use crate::data::{collate, Prepared, Split, Targets, Vocab};
+use crate::decode::LmDecoder;
 use crate::error::{file_err, Result};
 use crate::metrics;
 use crate::model::{Forward, Wav2Vec2ForCtc};
@@ -22,9 +24,14 @@ pub struct EvalResult {
     pub utterances: usize,
     /// Clips of this split that `prepare` skipped.
     pub skipped: usize,
+    /// How the transcripts were decoded: `greedy`, or the beam search's settings.
+    pub decoding: String,
     /// (reference, prediction) for each utterance, in evaluation order.
     #[serde(skip)]
     pub pairs: Vec<(String, String)>,
+    /// With a language model: each utterance's logits [frames, vocab], to decode again.
+    #[serde(skip)]
+    pub logits: Vec<Vec<f32>>,
 }
 
 /// Evaluates `model` on `split` (the first `limit` utterances, if given), `batch_size` at a
@@ -39,6 +46,21 @@ pub fn evaluate(
     batch_size: usize,
     limit: Option<usize>,
 ) -> Result<EvalResult> {
+    evaluate_with(model, vocab, data, split, batch_size, limit, None)
+}
+
+/// [`evaluate`], decoding with `lm` (beam search, in parallel over the utterances) when given;
+/// the result then keeps the logits.
+pub fn evaluate_with(
+    model: &Wav2Vec2ForCtc,
+    vocab: &Vocab,
+    data: &Prepared,
+    split: Split,
+    batch_size: usize,
+    limit: Option<usize>,
+    lm: Option<&LmDecoder>,
+) -> Result<EvalResult> {
+    use rayon::prelude::*;
     let utts = data.split(split);
     let n = limit.unwrap_or(utts.len()).min(utts.len());
     if n == 0 {
@@ -61,6 +83,7 @@ pub fn evaluate(
     let v = model.config.vocab_size;
     let same_vocab = vocab.same_tokens(&data.vocab);
     let mut pairs = Vec::with_capacity(n);
+    let mut kept = Vec::new();
     let mut loss_sum = 0.0;
     for idx in order.chunks(batch_size.max(1)) {
         let batch = collate(data, split, idx)?;
@@ -93,12 +116,23 @@ pub fn evaluate(
         let losses = ctc.loss.to_vec()?;
         let logits = out.logits.value.to_vec()?;
         let t = out.logits.shape()[1];
-        for (b, &i) in idx.iter().enumerate() {
-            let ids =
-                metrics::greedy_decode(&logits[b * t * v..(b + 1) * t * v], out.frames[b], v)?;
+        let rows: Vec<&[f32]> = (0..idx.len())
+            .map(|b| &logits[b * t * v..][..out.frames[b] * v])
+            .collect();
+        let hyps: Vec<String> = match lm {
+            Some(d) => rows.par_iter().map(|r| d.decode(r)).collect(),
+            None => rows
+                .iter()
+                .map(|r| Ok(vocab.decode_ctc(&metrics::greedy_decode(r, r.len() / v, v)?)))
+                .collect::<Result<_>>()?,
+        };
+        if lm.is_some() {
+            kept.extend(rows.iter().map(|r| r.to_vec()));
+        }
+        for ((b, &i), hyp) in idx.iter().enumerate().zip(hyps) {
             // The reference in the model's letter case (an uppercase vocabulary transcribes
             // in capitals).
-            pairs.push((vocab.match_case(&utts[i].text), vocab.decode_ctc(&ids)));
+            pairs.push((vocab.match_case(&utts[i].text), hyp));
             // CTC with zero_infinity reports 0 for non-finite logits: report NaN instead.
             let rows = &logits[b * t * v..][..out.frames[b] * v];
             let loss = if rows.iter().all(|x| x.is_finite()) {
@@ -118,7 +152,9 @@ pub fn evaluate(
         ctc_loss: loss_sum / n as f64,
         utterances: n,
         skipped,
+        decoding: lm.map_or("greedy".to_string(), |d| d.describe()),
         pairs,
+        logits: kept,
     })
 }
 

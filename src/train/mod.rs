@@ -8,7 +8,7 @@ pub mod options;
 pub mod state;
 pub mod step;
 
-pub use eval::{evaluate, EvalResult};
+pub use eval::{evaluate, evaluate_with, EvalResult};
 pub use options::TrainOptions;
 pub use state::TrainerState;
 pub use step::{MicroBatch, StepOptions, StepOutcome, TrainStep};
