@@ -195,14 +195,17 @@ pub fn eval(args: &EvalArgs) -> Result<()> {
     )?;
     let mut tuned = None;
     if let (true, Some(d)) = (args.tune, t.lm.as_mut()) {
-        let (alpha, beta, grid) = tune(d, &r)?;
+        let grid = tune(d, &r)?;
         eprintln!("alpha  beta   WER");
-        for (a, b, w) in &grid {
-            eprintln!("{a:5.2} {b:5.2} {w:.4}");
+        for g in &grid {
+            eprintln!("{:5.2} {:5.2} {:.4}", g.alpha, g.beta, g.wer);
         }
-        println!("best: --alpha {alpha} --beta {beta}");
-        d.options.alpha = alpha;
-        d.options.beta = beta;
+        let best = grid
+            .iter()
+            .fold(grid[0], |b, &g| if g.wer < b.wer { g } else { b });
+        println!("best: --alpha {} --beta {}", best.alpha, best.beta);
+        d.options.alpha = best.alpha;
+        d.options.beta = best.beta;
         let refs: Vec<&str> = r.pairs.iter().map(|p| p.0.as_str()).collect();
         let hyps: Vec<String> = r.logits.iter().map(|x| d.decode(x)).collect();
         let hyps: Vec<&str> = hyps.iter().map(String::as_str).collect();
@@ -214,10 +217,7 @@ pub fn eval(args: &EvalArgs) -> Result<()> {
     if args.json {
         let mut v = serde_json::to_value(&r)?;
         if let Some(grid) = tuned {
-            v["tuned"] = serde_json::json!(grid
-                .iter()
-                .map(|(a, b, w)| serde_json::json!({"alpha": a, "beta": b, "wer": w}))
-                .collect::<Vec<_>>());
+            v["tuned"] = serde_json::to_value(grid)?;
         }
         println!("{v}");
     } else {
@@ -232,13 +232,17 @@ pub fn eval(args: &EvalArgs) -> Result<()> {
     Ok(())
 }
 
+/// One point of the `--tune` grid.
+#[derive(Clone, Copy, Debug, serde::Serialize)]
+struct Tuned {
+    alpha: f64,
+    beta: f64,
+    wer: f64,
+}
+
 /// pyctcdecode users' hand search, done here: WER over a grid of alpha (0 to 2 by 0.25) and
-/// beta (0 to 3 by 0.5) from the logits the evaluation kept; returns the best pair (the
-/// first of equals) and every point.
-fn tune(
-    d: &mut crate::decode::LmDecoder,
-    r: &crate::train::EvalResult,
-) -> Result<(f64, f64, Vec<(f64, f64, f64)>)> {
+/// beta (0 to 3 by 0.5) from the logits the evaluation kept.
+fn tune(d: &mut crate::decode::LmDecoder, r: &crate::train::EvalResult) -> Result<Vec<Tuned>> {
     use rayon::prelude::*;
     let refs: Vec<&str> = r.pairs.iter().map(|p| p.0.as_str()).collect();
     let mut grid = Vec::new();
@@ -250,11 +254,9 @@ fn tune(
             let dd = &*d;
             let hyps: Vec<String> = r.logits.par_iter().map(|x| dd.decode(x)).collect();
             let hyps: Vec<&str> = hyps.iter().map(String::as_str).collect();
-            grid.push((alpha, beta, crate::metrics::wer(&refs, &hyps)?));
+            let wer = crate::metrics::wer(&refs, &hyps)?;
+            grid.push(Tuned { alpha, beta, wer });
         }
     }
-    let best = grid
-        .iter()
-        .fold(grid[0], |b, &g| if g.2 < b.2 { g } else { b });
-    Ok((best.0, best.1, grid))
+    Ok(grid)
 }
