@@ -149,3 +149,79 @@ fn time_beam_search() {
     let ms = t0.elapsed().as_secs_f64() * 1e3 / (reps * utts.len()) as f64;
     println!("beam search with LM: {ms:.3} ms per utterance");
 }
+
+/// `xlsr lm build`: interpolated modified Kneser-Ney, written as ARPA; read back, every
+/// conditional distribution over the vocabulary (`</s>` and `<unk>` included) sums to one,
+/// for contexts of every order, seen and unseen (KenLM reads the same file to the same sums,
+/// checked by hand with its Python module).
+#[test]
+fn kneser_ney_distributions_sum_to_one() {
+    let dir = common::temp_dir("kn");
+    let text = dir.join("text.txt");
+    std::fs::write(
+        &text,
+        "El perro come pan.\nEl gato come pescado\nla casa es grande\nel perro es grande\n\
+         La niña come pan con queso\nel niño bebe agua\nel perro bebe agua\n\nel perro come\n",
+    )
+    .unwrap();
+    let arpa = dir.join("lm.arpa");
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_xlsr"))
+        .args(["lm", "build", "--order", "3", "--text"])
+        .arg(&text)
+        .arg("--out")
+        .arg(&arpa)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains("8 sentences"));
+    let lm = ArpaLm::load(&arpa).unwrap();
+    assert_eq!(lm.order, 3);
+    let vocab: Vec<String> = lm
+        .unigrams()
+        .filter(|w| *w != "<s>")
+        .map(String::from)
+        .collect();
+    assert!(vocab.iter().any(|w| w == "niña") && vocab.iter().any(|w| w == "<unk>"));
+    // Normalised as prepare does: lowercase, punctuation gone.
+    assert!(!vocab.iter().any(|w| w == "El" || w == "pan."));
+    let contexts: [&[&str]; 8] = [
+        &[],
+        &["<s>"],
+        &["el"],
+        &["zzz"],
+        &["<s>", "el"],
+        &["el", "perro"],
+        &["perro", "come"],
+        &["zzz", "perro"],
+    ];
+    for ctx in contexts {
+        let mut state = if ctx.first() == Some(&"<s>") {
+            lm.begin_sentence()
+        } else {
+            lm.null_context()
+        };
+        for w in ctx.iter().filter(|w| **w != "<s>") {
+            state = lm.score(&state, w).1;
+        }
+        let total: f64 = vocab
+            .iter()
+            .map(|w| 10f64.powf(lm.score(&state, w).0 as f64))
+            .sum();
+        assert!((total - 1.0).abs() < 1e-4, "{ctx:?}: {total}");
+    }
+    // pyctcdecode's known words: every unigram but </s> carries a back-off.
+    assert_eq!(lm.listed_unigrams().len(), vocab.len());
+    let bad = std::process::Command::new(env!("CARGO_BIN_EXE_xlsr"))
+        .args(["lm", "build", "--order", "0", "--text"])
+        .arg(&text)
+        .arg("--out")
+        .arg(&arpa)
+        .output()
+        .unwrap();
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("--order 0"));
+    let _ = std::fs::remove_dir_all(dir);
+}

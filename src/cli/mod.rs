@@ -5,12 +5,14 @@ mod bench;
 mod demo;
 mod devices;
 mod eval;
+mod lm;
 mod prepare;
 mod train;
 
 pub use bench::BenchArgs;
 pub use demo::DemoArgs;
 pub use eval::{EvalArgs, TranscribeArgs};
+pub use lm::LmArgs;
 pub use prepare::PrepareArgs;
 pub use train::{config_args, TrainArgs};
 
@@ -47,6 +49,8 @@ pub enum Cmd {
     Eval(EvalArgs),
     /// Train a small model from scratch on the built-in Spanish corpus; shows loss and CER falling
     Demo(DemoArgs),
+    /// n-gram language models for `--lm`: `xlsr lm build --text FILE --order N --out LM.arpa`
+    Lm(LmArgs),
 }
 
 /// Parses the command line and runs the subcommand.
@@ -82,6 +86,7 @@ pub fn run() -> Result<()> {
             crate::train::run(&gpu, &(*args).into())?;
         }
         Cmd::Eval(args) => eval::eval(&args)?,
+        Cmd::Lm(args) => lm::run(&args)?,
     }
     Ok(())
 }

@@ -1,11 +1,14 @@
-//! Decoding CTC output beyond greedy: ARPA n-gram language models ([`arpa`]) and prefix beam
-//! search with shallow fusion ([`beam`]), as `pyctcdecode` with KenLM.
+//! Decoding CTC output beyond greedy: ARPA n-gram language models ([`arpa`]), built with
+//! modified Kneser-Ney smoothing ([`kneser_ney`]), and prefix beam search with shallow fusion
+//! ([`beam`]), as `pyctcdecode` with KenLM.
 
 pub mod arpa;
 pub mod beam;
+pub mod kneser_ney;
 
 pub use arpa::ArpaLm;
 pub use beam::{alphabet, decode, decode_beams, BeamOptions, Hypothesis, WordLm};
+pub use kneser_ney::KneserNey;
 
 use crate::data::Vocab;
 use crate::error::Result;
