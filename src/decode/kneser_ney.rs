@@ -18,6 +18,9 @@ const BOS: u32 = 0;
 const EOS: u32 = 1;
 const UNK: u32 = 2;
 
+/// Per context: the sum of its n-grams' adjusted counts and how many have 1, 2, 3+.
+type Context = (f64, [f64; 3]);
+
 /// Counts n-grams of sentences, then estimates and writes the model.
 pub struct KneserNey {
     order: usize,
@@ -96,7 +99,7 @@ impl KneserNey {
         adjusted[0].entry(vec![EOS]).or_insert(0);
         let discounts: Vec<[f64; 3]> = adjusted.iter().map(discounts).collect();
         // Per context: (sum of adjusted counts, N1, N2, N3+).
-        let mut ctx: Vec<HashMap<Vec<u32>, (f64, [f64; 3])>> = vec![HashMap::new(); n_max];
+        let mut ctx: Vec<HashMap<Vec<u32>, Context>> = vec![HashMap::new(); n_max];
         for n in 0..n_max {
             for (gram, &a) in &adjusted[n] {
                 let e = ctx[n].entry(gram[..n].to_vec()).or_default();
