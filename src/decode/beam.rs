@@ -7,7 +7,9 @@
 //! `beam_prune_logp` below the best dropped, `beam_width` kept, and `</s>` scored at the end.
 
 use super::arpa::{ArpaLm, LmState};
-use std::collections::{BTreeSet, HashMap};
+use rustc_hash::{FxHashMap as HashMap, FxHashSet as HashSet};
+use std::collections::BTreeSet;
+use std::rc::Rc;
 
 /// pyctcdecode's defaults.
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -111,20 +113,21 @@ impl WordLm {
 
 /// One hypothesis: decoded words, the word just completed (not yet scored), the partial word,
 /// the last token, and the summed log probability of its paths.
+/// The strings are shared (`Rc`): most extensions (blanks, repeats) keep them as they are.
 #[derive(Clone, Debug)]
 struct Beam {
-    text: String,
-    next_word: String,
-    part: String,
+    text: Rc<str>,
+    next_word: Rc<str>,
+    part: Rc<str>,
     last: Option<usize>,
     logit: f64,
 }
 
-fn merge_words(a: &str, b: &str) -> String {
+fn merge_words(a: &Rc<str>, b: &Rc<str>) -> Rc<str> {
     match (a.is_empty(), b.is_empty()) {
-        (_, true) => a.to_string(),
-        (true, _) => b.to_string(),
-        _ => format!("{a} {b}"),
+        (_, true) => a.clone(),
+        (true, _) => b.clone(),
+        _ => format!("{a} {b}").into(),
     }
 }
 
@@ -217,24 +220,25 @@ pub fn decode_beams(
 ) -> Vec<Hypothesis> {
     let v = labels.len();
     // (text, eos) -> (fused LM score so far, state after it).
-    let mut cache: HashMap<(String, bool), (f64, LmState)> = HashMap::new();
+    let empty: Rc<str> = Rc::from("");
+    let mut cache: HashMap<(Rc<str>, bool), (f64, LmState)> = HashMap::default();
     if let Some(lm) = lm {
-        cache.insert((String::new(), false), (0.0, lm.start(o)));
+        cache.insert((empty.clone(), false), (0.0, lm.start(o)));
     }
-    let mut partial_cache: HashMap<String, f64> = HashMap::new();
+    let mut partial_cache: HashMap<Rc<str>, f64> = HashMap::default();
     let mut beams = vec![Beam {
-        text: String::new(),
-        next_word: String::new(),
-        part: String::new(),
+        text: empty.clone(),
+        next_word: empty.clone(),
+        part: empty.clone(),
         last: None,
         logit: 0.0,
     }];
     for row in logits.chunks(v) {
         let lp = log_probs(row);
         let best = (0..v).fold(0, |b, i| if lp[i] > lp[b] { i } else { b });
-        let tried: BTreeSet<usize> = (0..v)
-            .filter(|&i| lp[i] >= o.token_min_logp)
-            .chain([best])
+        // Ascending ids, the best one included (pyctcdecode's set of them).
+        let tried: Vec<usize> = (0..v)
+            .filter(|&i| lp[i] >= o.token_min_logp || i == best)
             .collect();
         let mut next = Vec::new();
         for &c in &tried {
@@ -247,9 +251,9 @@ pub fn decode_beams(
                 if ch.is_empty() || same {
                 } else if ch == " " {
                     n.next_word = b.part.clone();
-                    n.part = String::new();
+                    n.part = empty.clone();
                 } else {
-                    n.part = format!("{}{ch}", b.part);
+                    n.part = format!("{}{ch}", b.part).into();
                 }
                 next.push(n);
             }
@@ -267,7 +271,7 @@ pub fn decode_beams(
         .into_iter()
         .map(|b| Beam {
             next_word: b.part,
-            part: String::new(),
+            part: empty.clone(),
             last: None,
             ..b
         })
@@ -283,11 +287,14 @@ pub fn decode_beams(
         .collect()
 }
 
+/// What makes two beams one: the text they will read, the partial word, the last token.
+type MergeKey = (Rc<str>, Rc<str>, Option<usize>);
+
 /// `_merge_beams`: beams that will read the same are one, their probabilities added; the
 /// merged beam keeps its first place but the last one's fields, as pyctcdecode's dict does
 /// (which matters: a word completed by a space and one still open score differently).
 fn merge(beams: Vec<Beam>) -> Vec<Beam> {
-    let mut index: HashMap<(String, String, Option<usize>), usize> = HashMap::new();
+    let mut index: HashMap<MergeKey, usize> = HashMap::default();
     let mut out: Vec<Beam> = Vec::new();
     for b in beams {
         let key = (merge_words(&b.text, &b.next_word), b.part.clone(), b.last);
@@ -309,8 +316,8 @@ fn merge(beams: Vec<Beam>) -> Vec<Beam> {
 fn score_beams(
     beams: Vec<Beam>,
     lm: Option<&WordLm>,
-    cache: &mut HashMap<(String, bool), (f64, LmState)>,
-    partial: &mut HashMap<String, f64>,
+    cache: &mut HashMap<(Rc<str>, bool), (f64, LmState)>,
+    partial: &mut HashMap<Rc<str>, f64>,
     eos: bool,
     o: &BeamOptions,
 ) -> Vec<(Beam, f64)> {
@@ -323,19 +330,22 @@ fn score_beams(
                 return (
                     Beam {
                         text,
-                        next_word: String::new(),
+                        next_word: Rc::from(""),
                         ..b
                     },
                     logit,
                 );
             };
-            let key = (text.clone(), eos);
-            if !cache.contains_key(&key) {
-                let (prev, state) = cache[&(b.text.clone(), false)].clone();
-                let (s, next) = lm.score(&state, &b.next_word, eos, o);
-                cache.insert(key.clone(), (prev + s, next));
-            }
-            let mut score = cache[&key].0;
+            let mut score = match cache.get(&(text.clone(), eos)) {
+                Some(c) => c.0,
+                None => {
+                    let (prev, state) = &cache[&(b.text.clone(), false)];
+                    let (s, next) = lm.score(state, &b.next_word, eos, o);
+                    let total = prev + s;
+                    cache.insert((text.clone(), eos), (total, next));
+                    total
+                }
+            };
             if !b.part.is_empty() {
                 score += *partial
                     .entry(b.part.clone())
@@ -345,7 +355,7 @@ fn score_beams(
             (
                 Beam {
                     text,
-                    next_word: String::new(),
+                    next_word: Rc::from(""),
                     ..b
                 },
                 fused,
@@ -354,22 +364,37 @@ fn score_beams(
         .collect()
 }
 
-/// Drops beams `beam_prune_logp` below the best, keeps the `beam_width` best (earlier first
-/// among equals, as `heapq.nlargest`).
 /// `_prune_history`: of beams alike in their last `words` words, partial word and last token,
 /// the best (first) stays.
 fn prune_history(beams: Vec<Beam>, words: usize) -> Vec<Beam> {
-    let mut seen = std::collections::HashSet::new();
+    // Texts are words joined by single spaces: the history is the text after its last
+    // `words` spaces.
+    fn recent(t: &str, words: usize) -> &str {
+        let mut at = t.len();
+        for _ in 0..words {
+            match t[..at].rfind(' ') {
+                Some(i) => at = i,
+                None => return t,
+            }
+        }
+        &t[at + 1..]
+    }
+    let keep: Vec<bool> = {
+        let mut seen = HashSet::default();
+        beams
+            .iter()
+            .map(|b| seen.insert((recent(&b.text, words), &*b.part, b.last)))
+            .collect()
+    };
     beams
         .into_iter()
-        .filter(|b| {
-            let all: Vec<&str> = b.text.split_whitespace().collect();
-            let recent = all[all.len().saturating_sub(words)..].join(" ");
-            seen.insert((recent, b.part.clone(), b.last))
-        })
+        .zip(keep)
+        .filter_map(|(b, k)| k.then_some(b))
         .collect()
 }
 
+/// Drops beams `beam_prune_logp` below the best, keeps the `beam_width` best (earlier first
+/// among equals, as `heapq.nlargest`).
 fn prune(scored: Vec<(Beam, f64)>, o: &BeamOptions) -> Vec<Beam> {
     prune_scored(scored, o)
         .into_iter()
