@@ -18,19 +18,22 @@ fn logits(name: &str) -> Vec<f32> {
     bytemuck::pod_collect_to_vec(st.tensor(name).unwrap().data())
 }
 
-#[test]
-fn transcripts_equal_pyctcdecode() {
-    let fx = expected();
+/// The fixture's labels (as pyctcdecode's alphabet) and its trigram model.
+fn fixture_decoder(fx: &serde_json::Value) -> (Vec<String>, WordLm) {
     let labels: Vec<String> = fx["labels"]
         .as_array()
         .unwrap()
         .iter()
         .map(|l| l.as_str().unwrap().to_string())
         .collect();
-    let labels = alphabet(&labels);
     let arpa = ArpaLm::load(&fixture("decoder/lm.arpa")).unwrap();
-    let listed = arpa.listed_unigrams().to_vec();
-    let lm = WordLm::new(arpa, listed);
+    (alphabet(&labels), WordLm::from_arpa(arpa))
+}
+
+#[test]
+fn transcripts_equal_pyctcdecode() {
+    let fx = expected();
+    let (labels, lm) = fixture_decoder(&fx);
     for case in fx["cases"].as_array().unwrap() {
         let d = BeamOptions::default();
         let f = |k: &str, v: f64| case[k].as_f64().unwrap_or(v);
@@ -128,16 +131,7 @@ fn transcriber_decodes_with_a_language_model() {
 #[ignore]
 fn time_beam_search() {
     let fx = expected();
-    let labels: Vec<String> = fx["labels"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|l| l.as_str().unwrap().to_string())
-        .collect();
-    let labels = alphabet(&labels);
-    let arpa = ArpaLm::load(&fixture("decoder/lm.arpa")).unwrap();
-    let listed = arpa.listed_unigrams().to_vec();
-    let lm = WordLm::new(arpa, listed);
+    let (labels, lm) = fixture_decoder(&fx);
     let utts: Vec<Vec<f32>> = (0..6).map(|i| logits(&format!("utt{i}"))).collect();
     // Best of five rounds (this machine's timings vary by half).
     let reps = 10;
@@ -169,19 +163,10 @@ fn kneser_ney_distributions_sum_to_one() {
     )
     .unwrap();
     let arpa = dir.join("lm.arpa");
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_xlsr"))
-        .args(["lm", "build", "--order", "3", "--text"])
-        .arg(&text)
-        .arg("--out")
-        .arg(&arpa)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert!(String::from_utf8_lossy(&out.stdout).contains("8 sentences"));
+    let out = common::xlsr_ok(&[
+        &"lm", &"build", &"--order", &"3", &"--text", &text, &"--out", &arpa,
+    ]);
+    assert!(out.contains("8 sentences"));
     let lm = ArpaLm::load(&arpa).unwrap();
     assert_eq!(lm.order, 3);
     let vocab: Vec<String> = lm

@@ -407,20 +407,8 @@ fn eval_cli_prints_json() {
     let dir = temp_dir("evalcli");
     let prep = common::demo_subset(&dir, 3);
     let model = tiny_model(&dir, &prep);
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_xlsr"))
-        .env("XDG_RUNTIME_DIR", "/tmp")
-        .args(["eval", "--json", "--model"])
-        .arg(&model)
-        .arg("--data")
-        .arg(&prep)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let out = common::xlsr_ok(&[&"eval", &"--json", &"--model", &model, &"--data", &prep]);
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
     for k in ["wer", "cer", "ctc_loss", "utterances", "skipped"] {
         assert!(v.get(k).is_some(), "missing {k} in {v}");
     }
@@ -437,22 +425,19 @@ fn eval_cli_prints_json() {
          -0.5\thola\t-0.3\n-0.7\tperro\t-0.3\n\n\\end\\\n",
     )
     .unwrap();
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_xlsr"))
-        .env("XDG_RUNTIME_DIR", "/tmp")
-        .args(["eval", "--json", "--tune", "--beam-width", "8", "--model"])
-        .arg(&model)
-        .arg("--data")
-        .arg(&prep)
-        .arg("--lm")
-        .arg(&arpa)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stdout = common::xlsr_ok(&[
+        &"eval",
+        &"--json",
+        &"--tune",
+        &"--beam-width",
+        &"8",
+        &"--model",
+        &model,
+        &"--data",
+        &prep,
+        &"--lm",
+        &arpa,
+    ]);
     assert!(stdout.contains("best: --alpha "), "{stdout}");
     let v: serde_json::Value = serde_json::from_str(stdout.lines().last().unwrap()).unwrap();
     let decoding = v["decoding"].as_str().unwrap();

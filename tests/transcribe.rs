@@ -206,21 +206,8 @@ fn word_timestamps() {
         assert_eq!(w.end, o.end as f64 * 20.0 / 16000.0);
         assert!(w.start < w.end && w.end <= r.frames as f64 * 20.0 / 16000.0);
     }
-    let run = |flag: &str| {
-        let out = Command::new(env!("CARGO_BIN_EXE_xlsr"))
-            .env("XDG_RUNTIME_DIR", "/tmp")
-            .args(["transcribe", flag, "--model"])
-            .arg(fixture("w2v2_large"))
-            .arg(&clip)
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8(out.stdout).unwrap()
-    };
+    let model = fixture("w2v2_large");
+    let run = |flag: &str| xlsr_ok(&[&"transcribe", &flag, &"--model", &model, &clip]);
     let text = run("--timestamps");
     let mut lines = text.lines();
     assert_eq!(

@@ -67,6 +67,13 @@ impl WordLm {
         WordLm { lm, unigrams }
     }
 
+    /// Wraps `lm` with the known words pyctcdecode reads from an ARPA file
+    /// ([`ArpaLm::listed_unigrams`]).
+    pub fn from_arpa(lm: ArpaLm) -> WordLm {
+        let listed = lm.listed_unigrams().to_vec();
+        WordLm::new(lm, listed)
+    }
+
     /// Whether some known word starts with `prefix`.
     fn has_prefix(&self, prefix: &str) -> bool {
         self.unigrams

@@ -53,11 +53,10 @@ impl LmDecoder {
                 outputs
             )
         });
-        let listed = arpa.listed_unigrams().to_vec();
         Ok((
             LmDecoder {
                 path: path.to_path_buf(),
-                lm: WordLm::new(arpa, listed),
+                lm: WordLm::from_arpa(arpa),
                 labels,
                 options: BeamOptions::default(),
             },

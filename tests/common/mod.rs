@@ -30,6 +30,22 @@ pub fn max_abs_err(got: &[f32], want: &[f32]) -> f64 {
         .fold(0.0, f64::max)
 }
 
+/// Runs the `xlsr` binary with `args`, asserts it succeeded (showing its stderr if not) and
+/// returns its stdout.
+pub fn xlsr_ok(args: &[&dyn AsRef<std::ffi::OsStr>]) -> String {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_xlsr"))
+        .env("XDG_RUNTIME_DIR", "/tmp")
+        .args(args.iter().map(|a| a.as_ref()))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap()
+}
+
 /// One device per test binary (tests run on threads).
 pub fn gpu() -> Gpu {
     static GPU: OnceLock<Gpu> = OnceLock::new();
