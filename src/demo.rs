@@ -130,6 +130,7 @@ pub fn run(gpu: &Gpu, opts: &Options) -> Result<RunSummary> {
         crate::data::Split::Test,
         8,
         None,
+        None,
     )?;
     println!(
         "held-out test clips: CER {:.3}, WER {:.3} on {} utterances (expected high: {} training clips)",

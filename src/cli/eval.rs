@@ -184,7 +184,7 @@ pub fn eval(args: &EvalArgs) -> Result<()> {
                 .wrapping_mul(0x100000001b3))
     ));
     let prepared = crate::train::open_data(data, &cache)?;
-    let mut r = crate::train::evaluate_with(
+    let mut r = crate::train::evaluate(
         &t.model,
         &t.vocab,
         &prepared,

@@ -37,21 +37,9 @@ pub struct EvalResult {
 /// Evaluates `model` on `split` (the first `limit` utterances, if given), `batch_size` at a
 /// time, shortest first so padding stays small. `vocab` is the model's tokenizer: it decodes
 /// the predictions; the loss takes the batches' targets, re-encoded only when `vocab` is not
-/// the one the data was prepared with.
+/// the one the data was prepared with. With `lm` the transcripts come from its beam search (in parallel over the utterances) and
+/// the result keeps the logits.
 pub fn evaluate(
-    model: &Wav2Vec2ForCtc,
-    vocab: &Vocab,
-    data: &Prepared,
-    split: Split,
-    batch_size: usize,
-    limit: Option<usize>,
-) -> Result<EvalResult> {
-    evaluate_with(model, vocab, data, split, batch_size, limit, None)
-}
-
-/// [`evaluate`], decoding with `lm` (beam search, in parallel over the utterances) when given;
-/// the result then keeps the logits.
-pub fn evaluate_with(
     model: &Wav2Vec2ForCtc,
     vocab: &Vocab,
     data: &Prepared,

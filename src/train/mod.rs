@@ -8,7 +8,7 @@ pub mod options;
 pub mod state;
 pub mod step;
 
-pub use eval::{evaluate, evaluate_with, EvalResult};
+pub use eval::{evaluate, EvalResult};
 pub use options::TrainOptions;
 pub use state::TrainerState;
 pub use step::{MicroBatch, StepOptions, StepOutcome, TrainStep};
@@ -480,6 +480,7 @@ pub fn run(gpu: &Gpu, args: &TrainOptions) -> Result<RunSummary> {
                 eval_split,
                 args.batch_size,
                 args.max_eval_samples,
+                None,
             )?;
             log.eval(st.global_step, epoch, r.ctc_loss, r.wer, r.cer)?;
             say(
