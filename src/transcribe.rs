@@ -1,4 +1,5 @@
-//! `xlsr transcribe`: audio files in, greedy CTC transcripts out (and optionally the raw logits).
+//! `xlsr transcribe`: audio files in, CTC transcripts out (greedy, or beam search with a
+//! language model), with word times and optionally the raw logits.
 
 use crate::data::{audio, Vocab};
 use crate::error::{file_err, Error, Result};
@@ -10,7 +11,7 @@ use std::path::{Path, PathBuf};
 pub struct Transcript {
     /// The input file.
     pub file: PathBuf,
-    /// Greedy CTC decoding of the logits.
+    /// The decoded logits: greedy, or the best beam with `lm`.
     pub text: String,
     /// Its words with their start and end in seconds (transformers' `output_word_offsets`
     /// times the feature encoder's stride over the sampling rate).
@@ -192,25 +193,29 @@ impl Transcriber {
             self.logits(file, x)?
         };
         let v = self.model.config.vocab_size;
-        let ids = crate::metrics::greedy_decode(&logits, frames, v)?;
         // Seconds per output frame: the feature encoder's total stride over the rate.
         let seconds = |frame: usize| (frame * align) as f64 / audio::SAMPLE_RATE as f64;
-        let words = self
-            .vocab
-            .word_offsets(&ids)
-            .into_iter()
-            .map(|w| TimedWord {
-                word: w.word,
-                start: seconds(w.start),
-                end: seconds(w.end),
-            })
-            .collect();
+        let timed = |word: String, start: usize, end: usize| TimedWord {
+            word,
+            start: seconds(start),
+            end: seconds(end),
+        };
+        let (text, words) = match &self.lm {
+            Some(d) => {
+                let best = d.best(&logits[..frames * v]);
+                let words = best.words.into_iter();
+                (best.text, words.map(|(w, (s, e))| timed(w, s, e)).collect())
+            }
+            None => {
+                let ids = crate::metrics::greedy_decode(&logits, frames, v)?;
+                let words = self.vocab.word_offsets(&ids).into_iter();
+                let words = words.map(|w| timed(w.word, w.start, w.end)).collect();
+                (self.vocab.decode_ctc(&ids), words)
+            }
+        };
         Ok(Transcript {
             file: file.to_path_buf(),
-            text: match &self.lm {
-                Some(d) => d.decode(&logits[..frames * v]),
-                None => self.vocab.decode_ctc(&ids),
-            },
+            text,
             words,
             logits,
             frames,

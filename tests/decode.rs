@@ -1,11 +1,12 @@
 //! CTC beam search with an n-gram language model (`xlsr::decode`) against pyctcdecode 0.5 with
-//! kenlm (tools/make_decoder_reference.py): the same transcripts of six noisy utterances with
-//! pyctcdecode's defaults, a stronger LM, a narrow beam and no LM; ARPA scores as KenLM's.
+//! kenlm (tools/make_decoder_reference.py): the same transcripts and word frames of six noisy
+//! utterances with pyctcdecode's defaults, a stronger LM, a narrow beam and no LM; ARPA scores
+//! as KenLM's.
 
 mod common;
 use common::fixture;
 use safetensors::SafeTensors;
-use xlsr::decode::{alphabet, decode, ArpaLm, BeamOptions, WordLm};
+use xlsr::decode::{alphabet, best, decode, ArpaLm, BeamOptions, WordLm};
 
 fn expected() -> serde_json::Value {
     serde_json::from_str(&std::fs::read_to_string(fixture("decoder/expected.json")).unwrap())
@@ -46,8 +47,12 @@ fn transcripts_equal_pyctcdecode() {
         };
         let with_lm = case["lm"].as_bool().unwrap_or(true);
         for (utt, want) in case["texts"].as_object().unwrap() {
-            let got = decode(&logits(utt), &labels, with_lm.then_some(&lm), &o);
-            assert_eq!(got, want.as_str().unwrap(), "{} {utt}", case["name"]);
+            let got = best(&logits(utt), &labels, with_lm.then_some(&lm), &o);
+            assert_eq!(got.text, want.as_str().unwrap(), "{} {utt}", case["name"]);
+            // Each word's frames, as pyctcdecode's text_frames.
+            let words: Vec<(String, (usize, usize))> =
+                serde_json::from_value(case["words"][utt].clone()).unwrap();
+            assert_eq!(got.words, words, "{} {utt}", case["name"]);
         }
     }
 }
@@ -104,8 +109,37 @@ fn transcriber_decodes_with_a_language_model() {
     assert!(warning.is_none(), "{warning:?}");
     t.lm = Some(d);
     let r = t.transcribe(&fixture("w2v2_large/clip.wav")).unwrap();
-    let direct = t.lm.as_ref().unwrap().decode(&r.logits);
-    assert_eq!(r.text, direct);
+    let direct = t.lm.as_ref().unwrap().best(&r.logits);
+    assert_eq!(r.text, direct.text);
+    // Word times are the best beam's word frames times the feature encoder's stride over 16 kHz.
+    let stride: usize = t.model.config.conv_stride.iter().product();
+    let sec = |frame: usize| (frame * stride) as f64 / 16000.0;
+    let times: Vec<(String, f64, f64)> = direct
+        .words
+        .iter()
+        .map(|(w, (s, e))| (w.clone(), sec(*s), sec(*e)))
+        .collect();
+    let got: Vec<(String, f64, f64)> = r
+        .words
+        .iter()
+        .map(|w| (w.word.clone(), w.start, w.end))
+        .collect();
+    assert_eq!(got, times);
+    // The command prints the same text and words.
+    let model = fixture("w2v2_large");
+    let clip = fixture("w2v2_large/clip.wav");
+    let args: [&dyn AsRef<std::ffi::OsStr>; 7] = [
+        &"transcribe",
+        &"--lm",
+        &arpa,
+        &"--json",
+        &"--model",
+        &model,
+        &clip,
+    ];
+    let json: serde_json::Value = serde_json::from_str(common::xlsr_ok(&args).trim()).unwrap();
+    assert_eq!(json["text"], r.text.as_str());
+    assert_eq!(json["words"], serde_json::to_value(&r.words).unwrap());
     // Spanish words cannot be spelled with a..i.
     let (_, warning) = LmDecoder::load(&fixture("decoder/lm.arpa"), &t.vocab, v).unwrap();
     assert!(warning.unwrap().contains("can be spelled"));

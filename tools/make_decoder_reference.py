@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Writes tests/fixtures/decoder/: a small trigram ARPA model (lm.arpa), noisy CTC logits of
 sentences (logits.safetensors) and what pyctcdecode 0.5 with kenlm decodes from them
-(expected.json), to check `xlsr::decode` against it.
+(expected.json: transcripts and the frames of each word), to check `xlsr::decode` against it.
 
     ../refenv/bin/pip install pyctcdecode kenlm
     ../refenv/bin/python tools/make_decoder_reference.py
@@ -111,8 +111,13 @@ def main():
                                **kw)
         dkw = {k: p[k] for k in ("beam_width", "beam_prune_logp") if k in p}
         texts = {name: dec.decode(x, **dkw) for name, x in logits.items()}
+        # The best beam's words and the frames each spans (`text_frames`), as
+        # Wav2Vec2ProcessorWithLM's `output_word_offsets` reports them.
+        words = {name: [[w, list(f)] for w, f in
+                        dec.decode_beams(x, prune_history=True, **dkw)[0][2]]
+                 for name, x in logits.items()}
         greedy = {name: "".join(LABELS[i] for i in x.argmax(-1)) for name, x in logits.items()}
-        cases.append({**p, "texts": texts})
+        cases.append({**p, "texts": texts, "words": words})
         print(p["name"], texts)
     with open(f"{OUT}/expected.json", "w", encoding="utf-8") as f:
         json.dump({"labels": LABELS, "sentences": SENTENCES, "cases": cases,

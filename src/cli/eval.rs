@@ -118,9 +118,6 @@ pub fn transcribe(args: &TranscribeArgs) -> Result<()> {
         chunk_seconds: args.chunk_seconds,
         stride_seconds: args.stride_seconds,
     };
-    if args.lm.lm.is_some() && args.timestamps {
-        anyhow::bail!("--timestamps with --lm: word times come from greedy decoding only, for now");
-    }
     t.lm = args.lm.load(&t)?;
     let mut done = Vec::new();
     let mut failed = 0;

@@ -118,16 +118,36 @@ impl WordLm {
     }
 }
 
+/// Frames a word spans, [start, end); (-1, -1) before its first character.
+type Frames = (i32, i32);
+const NO_FRAMES: Frames = (-1, -1);
+
 /// One hypothesis: decoded words, the word just completed (not yet scored), the partial word,
-/// the last token, and the summed log probability of its paths.
-/// The strings are shared (`Rc`): most extensions (blanks, repeats) keep them as they are.
+/// the last token, the frames of each decoded word and of the partial word, and the summed
+/// log probability of its paths.
+/// Strings and frame lists are shared (`Rc`): most extensions (blanks, repeats) keep them.
 #[derive(Clone, Debug)]
 struct Beam {
     text: Rc<str>,
     next_word: Rc<str>,
     part: Rc<str>,
     last: Option<usize>,
+    word_frames: Rc<Vec<Frames>>,
+    part_frames: Frames,
     logit: f64,
+}
+
+impl Beam {
+    /// The word frames with the partial word's appended, if there is one.
+    fn frames_with_part(&self) -> Rc<Vec<Frames>> {
+        if self.part.is_empty() {
+            self.word_frames.clone()
+        } else {
+            let mut f = (*self.word_frames).clone();
+            f.push(self.part_frames);
+            Rc::new(f)
+        }
+    }
 }
 
 fn merge_words(a: &Rc<str>, b: &Rc<str>) -> Rc<str> {
@@ -196,6 +216,11 @@ fn log_probs(row: &[f32]) -> Vec<f64> {
 /// returns the best transcript (words joined by single spaces). As pyctcdecode's `decode`,
 /// with `prune_history` on.
 pub fn decode(logits: &[f32], labels: &[String], lm: Option<&WordLm>, o: &BeamOptions) -> String {
+    best(logits, labels, lm, o).text
+}
+
+/// [`decode`]'s best beam, with its scores and word frames.
+pub fn best(logits: &[f32], labels: &[String], lm: Option<&WordLm>, o: &BeamOptions) -> Hypothesis {
     let o = BeamOptions {
         prune_history: true,
         ..*o
@@ -203,8 +228,12 @@ pub fn decode(logits: &[f32], labels: &[String], lm: Option<&WordLm>, o: &BeamOp
     decode_beams(logits, labels, lm, &o)
         .into_iter()
         .next()
-        .map(|b| b.text)
-        .unwrap_or_default()
+        .unwrap_or(Hypothesis {
+            text: String::new(),
+            logit_score: 0.0,
+            score: 0.0,
+            words: Vec::new(),
+        })
 }
 
 /// One result of [`decode_beams`].
@@ -216,6 +245,9 @@ pub struct Hypothesis {
     pub logit_score: f64,
     /// That plus the language model's fused score: what the beams are ranked by.
     pub score: f64,
+    /// Each word with the frames it spans, [start, end), as pyctcdecode's `text_frames`: from
+    /// the frame of its first character to the last frame of its last character.
+    pub words: Vec<(String, (usize, usize))>,
 }
 
 /// [`decode`]'s final beams, best first (pyctcdecode's `decode_beams`).
@@ -238,9 +270,12 @@ pub fn decode_beams(
         next_word: empty.clone(),
         part: empty.clone(),
         last: None,
+        word_frames: Rc::new(Vec::new()),
+        part_frames: NO_FRAMES,
         logit: 0.0,
     }];
-    for row in logits.chunks(v) {
+    for (t, row) in logits.chunks(v).enumerate() {
+        let t = t as i32;
         let lp = log_probs(row);
         let best = (0..v).fold(0, |b, i| if lp[i] > lp[b] { i } else { b });
         // Ascending ids, the best one included (pyctcdecode's set of them).
@@ -255,12 +290,21 @@ pub fn decode_beams(
                 let mut n = b.clone();
                 n.last = Some(c);
                 n.logit = b.logit + lp[c];
-                if ch.is_empty() || same {
+                if ch.is_empty() {
+                } else if same {
+                    n.part_frames.1 = t + 1;
                 } else if ch == " " {
+                    n.word_frames = b.frames_with_part();
                     n.next_word = b.part.clone();
                     n.part = empty.clone();
+                    n.part_frames = NO_FRAMES;
                 } else {
                     n.part = format!("{}{ch}", b.part).into();
+                    n.part_frames = if b.part_frames.0 < 0 {
+                        (t, t + 1)
+                    } else {
+                        (b.part_frames.0, t + 1)
+                    };
                 }
                 next.push(n);
             }
@@ -277,6 +321,8 @@ pub fn decode_beams(
     let last: Vec<Beam> = beams
         .into_iter()
         .map(|b| Beam {
+            word_frames: b.frames_with_part(),
+            part_frames: NO_FRAMES,
             next_word: b.part,
             part: empty.clone(),
             last: None,
@@ -290,6 +336,12 @@ pub fn decode_beams(
             text: b.text.split_whitespace().collect::<Vec<_>>().join(" "),
             logit_score: b.logit,
             score,
+            words: b
+                .text
+                .split_whitespace()
+                .zip(b.word_frames.iter())
+                .map(|(w, &(s, e))| (w.to_string(), (s.max(0) as usize, e.max(0) as usize)))
+                .collect(),
         })
         .collect()
 }

@@ -7,7 +7,7 @@ pub mod beam;
 pub mod kneser_ney;
 
 pub use arpa::ArpaLm;
-pub use beam::{alphabet, decode, decode_beams, BeamOptions, Hypothesis, WordLm};
+pub use beam::{alphabet, best, decode, decode_beams, BeamOptions, Hypothesis, WordLm};
 pub use kneser_ney::KneserNey;
 
 use crate::data::Vocab;
@@ -79,5 +79,10 @@ impl LmDecoder {
     /// The best transcript of one utterance's logits, [frames, labels].
     pub fn decode(&self, logits: &[f32]) -> String {
         decode(logits, &self.labels, Some(&self.lm), &self.options)
+    }
+
+    /// The best beam of one utterance's logits, with the frames of its words.
+    pub fn best(&self, logits: &[f32]) -> Hypothesis {
+        best(logits, &self.labels, Some(&self.lm), &self.options)
     }
 }
