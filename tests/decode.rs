@@ -185,7 +185,7 @@ fn time_beam_search() {
 /// `xlsr lm build`: interpolated modified Kneser-Ney, written as ARPA; read back, every
 /// conditional distribution over the vocabulary (`</s>` and `<unk>` included) sums to one,
 /// for contexts of every order, seen and unseen (KenLM reads the same file to the same sums,
-/// checked by hand with its Python module).
+/// checked by hand with its Python module), with and without pruning; `.gz` is gzipped.
 #[test]
 fn kneser_ney_distributions_sum_to_one() {
     let dir = common::temp_dir("kn");
@@ -196,13 +196,48 @@ fn kneser_ney_distributions_sum_to_one() {
          La niña come pan con queso\nel niño bebe agua\nel perro bebe agua\n\nel perro come\n",
     )
     .unwrap();
+    // Plain, and gzipped with singletons of order 3 pruned (their mass in the back-offs).
+    let mut trigrams = Vec::new();
+    for (name, prune) in [("lm.arpa", false), ("lm.arpa.gz", true)] {
+        let arpa = dir.join(name);
+        let mut args: Vec<&dyn AsRef<std::ffi::OsStr>> = vec![
+            &"lm", &"build", &"--order", &"3", &"--text", &text, &"--out", &arpa,
+        ];
+        if prune {
+            args.push(&"--prune-singletons");
+        }
+        let out = common::xlsr_ok(&args);
+        assert!(out.contains("8 sentences"));
+        let gzipped = std::fs::read(&arpa).unwrap().starts_with(&[0x1f, 0x8b]);
+        assert_eq!(gzipped, prune);
+        let lm = ArpaLm::load(&arpa).unwrap();
+        assert_eq!(lm.order, 3);
+        let vocab = check_sums(&lm);
+        trigrams.push(out);
+        // pyctcdecode's known words: every unigram but </s> carries a back-off.
+        assert_eq!(lm.listed_unigrams().len(), vocab.len());
+    }
+    // "n-grams per order [a, b, c]": pruning leaves fewer trigrams.
+    let count = |out: &str| -> usize {
+        let list = out.split(['[', ']']).nth(1).unwrap();
+        list.split(", ").nth(2).unwrap().parse().unwrap()
+    };
+    assert!(count(&trigrams[1]) < count(&trigrams[0]), "{trigrams:?}");
     let arpa = dir.join("lm.arpa");
-    let out = common::xlsr_ok(&[
-        &"lm", &"build", &"--order", &"3", &"--text", &text, &"--out", &arpa,
-    ]);
-    assert!(out.contains("8 sentences"));
-    let lm = ArpaLm::load(&arpa).unwrap();
-    assert_eq!(lm.order, 3);
+    let bad = std::process::Command::new(env!("CARGO_BIN_EXE_xlsr"))
+        .args(["lm", "build", "--order", "0", "--text"])
+        .arg(&text)
+        .arg("--out")
+        .arg(&arpa)
+        .output()
+        .unwrap();
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("--order 0"));
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+/// The model's words but `<s>` after checking that its distributions sum to one after
+/// contexts of every order, seen and unseen.
+fn check_sums(lm: &ArpaLm) -> Vec<String> {
     let vocab: Vec<String> = lm
         .unigrams()
         .filter(|w| *w != "<s>")
@@ -236,15 +271,5 @@ fn kneser_ney_distributions_sum_to_one() {
             .sum();
         assert!((total - 1.0).abs() < 1e-4, "{ctx:?}: {total}");
     }
-    // pyctcdecode's known words: every unigram but </s> carries a back-off.
-    assert_eq!(lm.listed_unigrams().len(), vocab.len());
-    let bad = std::process::Command::new(env!("CARGO_BIN_EXE_xlsr"))
-        .args(["lm", "build", "--order", "0", "--text"])
-        .arg(&text)
-        .arg("--out")
-        .arg(&arpa)
-        .output()
-        .unwrap();
-    assert!(String::from_utf8_lossy(&bad.stderr).contains("--order 0"));
-    let _ = std::fs::remove_dir_all(dir);
+    vocab
 }

@@ -28,9 +28,13 @@ pub struct BuildArgs {
     /// Order of the model (5 in the Hugging Face n-gram recipe)
     #[arg(long, default_value_t = 5)]
     pub order: usize,
-    /// The ARPA file to write
+    /// The ARPA file to write (gzipped when it ends in .gz)
     #[arg(long)]
     pub out: PathBuf,
+    /// Drop n-grams of order 3 and above seen only once (lmplz's --prune 0 0 1): a smaller
+    /// model, usually as good
+    #[arg(long)]
+    pub prune_singletons: bool,
     /// Characters to delete from sentences (as `xlsr prepare`)
     #[arg(long, default_value = crate::data::text::DEFAULT_CHARS_TO_REMOVE)]
     pub chars_to_remove: String,
@@ -49,28 +53,44 @@ pub fn run(args: &LmArgs) -> Result<()> {
         chars_to_remove: b.chars_to_remove.clone(),
         turkish: b.turkish_lowercase,
     };
-    let mut kn = crate::decode::KneserNey::new(b.order);
-    let mut sentences = 0usize;
-    for path in &b.text {
-        let file = std::fs::File::open(path)
-            .with_context(|| format!("{}: cannot read", path.display()))?;
-        for line in std::io::BufReader::new(file).lines() {
-            let line = line.with_context(|| format!("{}: cannot read", path.display()))?;
-            let text = norm.apply(&line);
-            if !text.is_empty() {
-                kn.add_sentence(&text);
-                sentences += 1;
-            }
-        }
-    }
+    // Two passes over the text, which is never held in memory: the vocabulary, then the
+    // n-gram counts (packed by the vocabulary's size).
+    let mut words = std::collections::HashSet::new();
+    let sentences = each_sentence(&b.text, &norm, |s| {
+        words.extend(s.split_whitespace().map(String::from));
+    })?;
     if sentences == 0 {
         anyhow::bail!("no sentences in {:?} after normalisation", b.text);
     }
-    let built = kn.write_arpa(&b.out)?;
+    let mut kn = crate::decode::KneserNey::new(b.order, words)?;
+    each_sentence(&b.text, &norm, |s| kn.add_sentence(s))?;
+    let built = kn.write_arpa(&b.out, b.prune_singletons)?;
     println!(
         "{sentences} sentences; n-grams per order {:?}; wrote {}",
         built.ngrams,
         b.out.display()
     );
     Ok(())
+}
+
+/// Calls `f` on each non-empty normalised line of `files`; returns how many.
+fn each_sentence(
+    files: &[PathBuf],
+    norm: &crate::data::text::TextNorm,
+    mut f: impl FnMut(&str),
+) -> Result<usize> {
+    let mut sentences = 0;
+    for path in files {
+        let file = std::fs::File::open(path)
+            .with_context(|| format!("{}: cannot read", path.display()))?;
+        for line in std::io::BufReader::new(file).lines() {
+            let line = line.with_context(|| format!("{}: cannot read", path.display()))?;
+            let text = norm.apply(&line);
+            if !text.is_empty() {
+                f(&text);
+                sentences += 1;
+            }
+        }
+    }
+    Ok(sentences)
 }

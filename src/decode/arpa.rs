@@ -20,14 +20,26 @@ pub struct ArpaLm {
     listed: Vec<String>,
 }
 
+/// `path` for reading, through a gzip decoder when it starts with gzip's magic bytes.
+fn open(path: &Path) -> std::io::Result<Box<dyn BufRead>> {
+    let mut file = std::io::BufReader::new(std::fs::File::open(path)?);
+    if file.fill_buf()?.starts_with(&[0x1f, 0x8b]) {
+        let gz = flate2::bufread::MultiGzDecoder::new(file);
+        Ok(Box::new(std::io::BufReader::new(gz)))
+    } else {
+        Ok(Box::new(file))
+    }
+}
+
 /// The words a score is conditioned on: the last `order - 1` at most, oldest first.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Hash)]
 pub struct LmState(Vec<u32>);
 
 impl ArpaLm {
-    /// Reads an ARPA file; a malformed line is an error naming its line number.
+    /// Reads an ARPA file, plain or gzipped (told by its first bytes, not its name); a
+    /// malformed line is an error naming its line number.
     pub fn load(path: &Path) -> Result<ArpaLm> {
-        let file = match std::fs::File::open(path) {
+        let file = match open(path) {
             Ok(f) => f,
             Err(e) => return file_err(path, format!("cannot read: {e}")),
         };
@@ -40,7 +52,7 @@ impl ArpaLm {
         };
         let mut counts: Vec<usize> = Vec::new();
         let mut section: Option<usize> = None; // None: header, Some(0): \data\, Some(n): n-grams
-        for (i, line) in std::io::BufReader::new(file).lines().enumerate() {
+        for (i, line) in file.lines().enumerate() {
             let bad = |msg: String| file_err(path, format!("line {}: {msg}", i + 1));
             let line = match line {
                 Ok(l) => l,

@@ -7,27 +7,88 @@
 //! γ(h) p(w | h'), γ(h) = (D1 N1(h·) + D2 N2(h·) + D3+ N3+(h·)) / a(h·), down to the unigrams,
 //! interpolated with the uniform distribution over the vocabulary (`</s>` and `<unk>`
 //! included, `<s>` not). Every conditional distribution sums to one.
+//!
+//! Pruning (lmplz's `--prune 0 0 1`) drops n-grams of order 3 and above seen once, unless a
+//! kept longer n-gram needs them as its context or its back-off; their discounted mass moves
+//! to their context's back-off weight, so distributions still sum to one.
+//!
+//! Memory: the vocabulary is known before counting (a first pass over the text), so an
+//! n-gram packs into one 128-bit integer; each distinct n-gram costs one hash-map entry of
+//! 32 bytes (plus its context's), whatever the text's size. There is no spilling to disk:
+//! the distinct n-grams must fit in memory.
 
-use crate::error::{file_err, Result};
-use std::collections::HashMap;
+use crate::error::{file_err, Error, Result};
+use std::hash::{BuildHasherDefault, Hasher};
 use std::io::Write;
 use std::path::Path;
 
-/// Word ids: these three first.
+/// Word ids: these three first, then the words in sorted order.
 const BOS: u32 = 0;
 const EOS: u32 = 1;
 const UNK: u32 = 2;
 
-/// Per context: the sum of its n-grams' adjusted counts and how many have 1, 2, 3+.
-type Context = (f64, [f64; 3]);
+/// Word ids packed into one integer, the first word in the highest bits, so that integer
+/// order is the n-grams' lexicographic order. The length is known from the map it sits in.
+type Gram = u128;
 
-/// Counts n-grams of sentences, then estimates and writes the model.
+/// Hash maps keyed by packed n-grams. FxHash (rustc-hash 1) leaves the low bits of the hash,
+/// which pick the bucket, to the key's low bits: n-grams ending in the same word would
+/// collide. This mixes every bit (splitmix64's finaliser).
+type HashMap<K, V> = std::collections::HashMap<K, V, BuildHasherDefault<MixHasher>>;
+
+/// See [`HashMap`].
+#[derive(Default)]
+struct MixHasher(u64);
+
+impl Hasher for MixHasher {
+    fn write(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            self.write_u64(b as u64);
+        }
+    }
+
+    fn write_u64(&mut self, x: u64) {
+        let mut z = (self.0 ^ x).wrapping_add(0x9e37_79b9_7f4a_7c15);
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        self.0 = z ^ (z >> 31);
+    }
+
+    fn write_u128(&mut self, x: u128) {
+        self.write_u64(x as u64);
+        self.write_u64((x >> 64) as u64);
+    }
+
+    fn finish(&self) -> u64 {
+        self.0
+    }
+}
+
+/// One n-gram: its count (raw, then adjusted), whether it is written, its probability.
+#[derive(Clone, Copy, Default)]
+struct Entry {
+    count: u32,
+    keep: bool,
+    prob: f32,
+}
+
+/// Per context: the sum of its n-grams' adjusted counts, how many have 1, 2, 3+, and the
+/// discounted mass of its pruned n-grams.
+#[derive(Clone, Copy, Default)]
+struct Context {
+    sum: u32,
+    by_count: [u32; 3],
+    pruned: f64,
+}
+
+/// Counts n-grams of sentences over a fixed vocabulary, then estimates and writes the model.
 pub struct KneserNey {
     order: usize,
-    words: HashMap<String, u32>,
+    bits: u32,
+    ids: HashMap<String, u32>,
     names: Vec<String>,
-    /// Raw counts of every order (index n - 1).
-    counts: Vec<HashMap<Vec<u32>, u64>>,
+    /// Per order (index n - 1).
+    grams: Vec<HashMap<Gram, Entry>>,
 }
 
 /// What [`KneserNey::write_arpa`] wrote.
@@ -40,158 +101,254 @@ pub struct Built {
 }
 
 impl KneserNey {
-    /// An empty model of `order` (at least 1).
-    pub fn new(order: usize) -> KneserNey {
-        let names: Vec<String> = ["<s>", "</s>", "<unk>"].map(String::from).to_vec();
-        KneserNey {
-            order: order.max(1),
-            words: names.iter().cloned().zip(0..).collect(),
-            names,
-            counts: vec![HashMap::new(); order.max(1)],
+    /// An empty model of `order` (at least 1) over `words` (the text's words, read in a first
+    /// pass); fails when n-grams of that order over so many words do not fit 128 bits.
+    pub fn new(order: usize, words: impl IntoIterator<Item = String>) -> Result<KneserNey> {
+        let order = order.max(1);
+        let mut words: Vec<String> = words.into_iter().collect();
+        words.sort_unstable();
+        words.dedup();
+        let mut names: Vec<String> = ["<s>", "</s>", "<unk>"].map(String::from).to_vec();
+        let special = |w: &String| matches!(w.as_str(), "<s>" | "</s>" | "<unk>");
+        names.extend(words.into_iter().filter(|w| !special(w)));
+        let bits = u32::BITS - (names.len() as u32).leading_zeros();
+        if bits as usize * order > 128 {
+            return Err(Error::Usage(format!(
+                "--order {order} over {} words needs {} bits per n-gram, at most 128: choose \
+                 an order up to {}",
+                names.len(),
+                bits as usize * order,
+                128 / bits
+            )));
         }
+        Ok(KneserNey {
+            order,
+            bits,
+            ids: names.iter().cloned().zip(0..).collect(),
+            names,
+            grams: vec![HashMap::default(); order],
+        })
     }
 
-    /// Counts one sentence (already normalised; words split on whitespace).
+    /// Counts one sentence (already normalised; words split on whitespace; a word outside
+    /// the vocabulary counts as `<unk>`).
     pub fn add_sentence(&mut self, sentence: &str) {
         let mut ids = vec![BOS];
-        for w in sentence.split_whitespace() {
-            let next = self.names.len() as u32;
-            let id = *self.words.entry(w.to_string()).or_insert(next);
-            if id == next {
-                self.names.push(w.to_string());
-            }
-            ids.push(id);
-        }
+        ids.extend(
+            sentence
+                .split_whitespace()
+                .map(|w| self.ids.get(w).copied().unwrap_or(UNK)),
+        );
         if ids.len() == 1 {
             return;
         }
         ids.push(EOS);
         for n in 1..=self.order {
-            for gram in ids.windows(n) {
-                if n == 1 && gram[0] == BOS {
+            for window in ids.windows(n) {
+                if n == 1 && window[0] == BOS {
                     continue;
                 }
-                *self.counts[n - 1].entry(gram.to_vec()).or_default() += 1;
+                let g = window.iter().fold(0, |g, &w| self.push(g, w));
+                self.grams[n - 1].entry(g).or_default().count += 1;
             }
         }
     }
 
-    /// Estimates the model and writes it as ARPA (log10), n-grams sorted.
-    pub fn write_arpa(&self, path: &Path) -> Result<Built> {
-        let n_max = self.order;
-        // Adjusted counts: continuation counts below the highest order.
-        let mut adjusted: Vec<HashMap<Vec<u32>, u64>> = vec![HashMap::new(); n_max];
-        adjusted[n_max - 1] = self.counts[n_max - 1].clone();
-        for n in (1..n_max).rev() {
-            let mut a: HashMap<Vec<u32>, u64> = HashMap::new();
-            for gram in self.counts[n].keys() {
-                *a.entry(gram[1..].to_vec()).or_default() += 1;
+    fn push(&self, g: Gram, w: u32) -> Gram {
+        (g << self.bits) | w as Gram
+    }
+
+    fn last(&self, g: Gram) -> u32 {
+        (g & ((1 << self.bits) - 1)) as u32
+    }
+
+    /// The context: all but the last word.
+    fn prefix(&self, g: Gram) -> Gram {
+        g >> self.bits
+    }
+
+    /// The back-off: all but the first word of an n-gram of length `n`.
+    fn suffix(&self, g: Gram, n: usize) -> Gram {
+        g & ((1 << (self.bits as usize * (n - 1))) - 1)
+    }
+
+    fn name(&self, g: Gram, n: usize) -> String {
+        let mut words: Vec<&str> = (0..n)
+            .map(|i| {
+                self.names[((g >> (self.bits as usize * i)) & ((1 << self.bits) - 1)) as usize]
+                    .as_str()
+            })
+            .collect();
+        words.reverse();
+        words.join(" ")
+    }
+
+    /// Estimates the model and writes it as ARPA (log10), n-grams sorted, gzipped when `path`
+    /// ends in `.gz`; with `prune`, drops singletons of order 3 and above.
+    pub fn write_arpa(mut self, path: &Path, prune: bool) -> Result<Built> {
+        let top = self.order;
+        // Which n-grams are written: longest first, as a kept n-gram keeps its context and
+        // its back-off.
+        for n in (1..=top).rev() {
+            let singles = prune && n >= 3;
+            for e in self.grams[n - 1].values_mut() {
+                e.keep = !singles || e.count > 1;
             }
-            for (gram, &c) in &self.counts[n - 1] {
-                if gram[0] == BOS {
-                    a.insert(gram.clone(), c);
+            if n < top && singles {
+                let kept: Vec<Gram> = self.grams[n]
+                    .iter()
+                    .filter(|(_, e)| e.keep)
+                    .map(|(&g, _)| g)
+                    .collect();
+                for g in kept {
+                    for h in [self.prefix(g), self.suffix(g, n + 1)] {
+                        if let Some(e) = self.grams[n - 1].get_mut(&h) {
+                            e.keep = true;
+                        }
+                    }
                 }
             }
-            a.retain(|g, _| !(g.len() == 1 && g[0] == BOS));
-            adjusted[n - 1] = a;
         }
-        adjusted[0].entry(vec![UNK]).or_insert(0);
-        adjusted[0].entry(vec![EOS]).or_insert(0);
-        let discounts: Vec<[f64; 3]> = adjusted.iter().map(discounts).collect();
-        // Per context: (sum of adjusted counts, N1, N2, N3+).
-        let mut ctx: Vec<HashMap<Vec<u32>, Context>> = vec![HashMap::new(); n_max];
-        for n in 0..n_max {
-            for (gram, &a) in &adjusted[n] {
-                let e = ctx[n].entry(gram[..n].to_vec()).or_default();
-                e.0 += a as f64;
-                if a > 0 {
-                    e.1[(a.min(3) - 1) as usize] += 1.0;
+        // Continuation counts below the highest order: each (n+1)-gram adds one to its
+        // back-off n-gram (every text n-gram not at a sentence's start is one).
+        for n in (1..top).rev() {
+            let (lower, upper) = self.grams.split_at_mut(n);
+            let bits = self.bits as usize;
+            for (&g, e) in lower[n - 1].iter_mut() {
+                if (g >> (bits * (n - 1))) as u32 != BOS {
+                    e.count = 0;
+                }
+            }
+            let mask = (1 << (bits * n)) - 1;
+            for &g in upper[0].keys() {
+                if let Some(e) = lower[n - 1].get_mut(&(g & mask)) {
+                    e.count += 1;
                 }
             }
         }
-        let gamma = |n: usize, h: &[u32]| -> f64 {
-            ctx[n].get(h).map_or(0.0, |(sum, k)| {
-                let d = discounts[n];
-                (d[0] * k[0] + d[1] * k[1] + d[2] * k[2]) / sum
+        for w in [EOS, UNK] {
+            self.grams[0].entry(w as Gram).or_insert(Entry {
+                count: 0,
+                keep: true,
+                prob: 0.0,
+            });
+        }
+        let discounts: Vec<[f64; 3]> = self.grams.iter().map(discounts).collect();
+        let discount = |n: usize, a: u32| {
+            if a == 0 {
+                0.0
+            } else {
+                discounts[n - 1][(a.min(3) - 1) as usize]
+            }
+        };
+        let mut contexts: Vec<HashMap<Gram, Context>> = vec![HashMap::default(); top];
+        for n in 1..=top {
+            for (&g, e) in &self.grams[n - 1] {
+                let c = contexts[n - 1].entry(self.prefix(g)).or_default();
+                c.sum += e.count;
+                if e.count > 0 {
+                    c.by_count[(e.count.min(3) - 1) as usize] += 1;
+                }
+                if !e.keep {
+                    c.pruned += e.count as f64 - discount(n, e.count);
+                }
+            }
+        }
+        let gamma = |n: usize, h: Gram| -> Option<f64> {
+            contexts[n - 1].get(&h).map(|c| {
+                let d = discounts[n - 1];
+                let k = c.by_count.map(|k| k as f64);
+                (d[0] * k[0] + d[1] * k[1] + d[2] * k[2] + c.pruned) / c.sum as f64
             })
         };
-        let vocab = adjusted[0].len() as f64;
-        let mut prob: Vec<HashMap<Vec<u32>, f64>> = vec![HashMap::new(); n_max];
-        for n in 0..n_max {
-            let mut p = HashMap::with_capacity(adjusted[n].len());
-            for (gram, &a) in &adjusted[n] {
-                let h = &gram[..n];
-                let sum = ctx[n][h].0;
-                let d = if a == 0 {
-                    0.0
-                } else {
-                    discounts[n][(a.min(3) - 1) as usize]
-                };
-                let lower = if n == 0 {
+        let vocab = self.grams[0].len() as f64;
+        for n in 1..=top {
+            let (lower, this) = self.grams.split_at_mut(n - 1);
+            for (&g, e) in this[0].iter_mut() {
+                let h = g >> self.bits;
+                let sum = contexts[n - 1][&h].sum as f64;
+                let backoff = if n == 1 {
                     1.0 / vocab
                 } else {
-                    prob[n - 1][&gram[1..]]
+                    let s = g & ((1 << (self.bits as usize * (n - 1))) - 1);
+                    lower[n - 2][&s].prob as f64
                 };
-                let u = if sum > 0.0 { (a as f64 - d) / sum } else { 0.0 };
-                p.insert(gram.clone(), u + gamma(n, h) * lower);
-            }
-            prob[n] = p;
-        }
-        let mut f = match std::fs::File::create(path) {
-            Ok(f) => std::io::BufWriter::new(f),
-            Err(e) => return file_err(path, format!("cannot write: {e}")),
-        };
-        let name = |g: &[u32]| -> String {
-            g.iter()
-                .map(|&i| self.names[i as usize].as_str())
-                .collect::<Vec<_>>()
-                .join(" ")
-        };
-        let bos = vec![BOS];
-        let mut text = String::from("\n\\data\\\n");
-        // <s> is a unigram (a context) with no probability of its own.
-        let counts: Vec<usize> = (0..n_max)
-            .map(|n| prob[n].len() + (n == 0) as usize)
-            .collect();
-        for (n, c) in counts.iter().enumerate() {
-            text += &format!("ngram {}={c}\n", n + 1);
-        }
-        for n in 0..n_max {
-            text += &format!("\n\\{}-grams:\n", n + 1);
-            let mut grams: Vec<(&Vec<u32>, f64)> = prob[n].iter().map(|(g, &p)| (g, p)).collect();
-            if n == 0 {
-                grams.push((&bos, f64::NAN));
-            }
-            grams.sort_by_key(|(g, _)| name(g));
-            for (g, p) in grams {
-                let lp = if p.is_nan() { -99.0 } else { p.log10() };
-                let is_ctx = n + 1 < n_max && ctx[n + 1].contains_key(g.as_slice());
-                if is_ctx || (n + 1 < n_max && g[g.len() - 1] != EOS) {
-                    let b = if is_ctx { gamma(n + 1, g).log10() } else { 0.0 };
-                    text += &format!("{lp:.7}\t{}\t{b:.7}\n", name(g));
+                let own = if sum > 0.0 {
+                    (e.count as f64 - discount(n, e.count)) / sum
                 } else {
-                    text += &format!("{lp:.7}\t{}\n", name(g));
+                    0.0
+                };
+                e.prob = (own + gamma(n, h).unwrap_or(0.0) * backoff) as f32;
+            }
+        }
+        let ngrams: Vec<usize> = (1..=top)
+            .map(|n| self.grams[n - 1].values().filter(|e| e.keep).count() + (n == 1) as usize)
+            .collect();
+        let written = self.write(path, &ngrams, |n, g| {
+            // Back-off weights of n-grams that are contexts; lmplz also gives one (0) to
+            // every lower-order n-gram but those ending in </s>.
+            (n < top && self.last(g) != EOS).then(|| gamma(n + 1, g).map_or(0.0, f64::log10))
+        });
+        if let Err(e) = written {
+            return file_err(path, format!("cannot write: {e}"));
+        }
+        Ok(Built { ngrams, discounts })
+    }
+
+    /// Writes the kept n-grams, sorted, with `backoff(n, gram)` where it gives one.
+    fn write(
+        &self,
+        path: &Path,
+        ngrams: &[usize],
+        backoff: impl Fn(usize, Gram) -> Option<f64>,
+    ) -> std::io::Result<()> {
+        let file = std::io::BufWriter::new(std::fs::File::create(path)?);
+        let mut f: Box<dyn Write> = if path.extension().is_some_and(|e| e == "gz") {
+            let gz = flate2::write::GzEncoder::new(file, flate2::Compression::default());
+            Box::new(std::io::BufWriter::new(gz))
+        } else {
+            Box::new(file)
+        };
+        writeln!(f, "\n\\data\\")?;
+        for (n, c) in ngrams.iter().enumerate() {
+            writeln!(f, "ngram {}={c}", n + 1)?;
+        }
+        for n in 1..=self.order {
+            writeln!(f, "\n\\{n}-grams:")?;
+            let mut kept: Vec<Gram> = self.grams[n - 1]
+                .iter()
+                .filter(|(_, e)| e.keep)
+                .map(|(&g, _)| g)
+                .collect();
+            if n == 1 {
+                // <s> is a unigram (a context) with no probability of its own.
+                kept.push(BOS as Gram);
+            }
+            kept.sort_unstable();
+            for g in kept {
+                let lp = match self.grams[n - 1].get(&g) {
+                    Some(e) => (e.prob as f64).log10(),
+                    None => -99.0,
+                };
+                let name = self.name(g, n);
+                match backoff(n, g) {
+                    Some(b) => writeln!(f, "{lp:.7}\t{name}\t{b:.7}")?,
+                    None => writeln!(f, "{lp:.7}\t{name}")?,
                 }
             }
         }
-        text += "\n\\end\\\n";
-        if let Err(e) = f.write_all(text.as_bytes()).and_then(|_| f.flush()) {
-            return file_err(path, format!("cannot write: {e}"));
-        }
-        Ok(Built {
-            ngrams: counts,
-            discounts,
-        })
+        writeln!(f, "\n\\end\\")?;
+        f.flush()
     }
 }
 
 /// Modified Kneser-Ney discounts from one order's adjusted counts (lmplz's formulas; 0.5, 1,
 /// 1.5 when a count of counts is zero, as on tiny corpora).
-fn discounts(adjusted: &HashMap<Vec<u32>, u64>) -> [f64; 3] {
+fn discounts(grams: &HashMap<Gram, Entry>) -> [f64; 3] {
     let mut t = [0f64; 5];
-    for &a in adjusted.values() {
-        if (1..=4).contains(&a) {
-            t[a as usize] += 1.0;
+    for e in grams.values() {
+        if (1..=4).contains(&e.count) {
+            t[e.count as usize] += 1.0;
         }
     }
     let y = t[1] / (t[1] + 2.0 * t[2]);
