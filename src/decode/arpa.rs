@@ -3,9 +3,12 @@
 //! the model does not know scored (and kept in the context) as `<unk>`.
 
 use crate::error::{file_err, Result};
-use std::collections::HashMap;
+use rustc_hash::FxHashMap as HashMap;
 use std::io::BufRead;
 use std::path::Path;
+
+/// The longest n-grams read (scoring builds n-grams on the stack).
+const MAX_ORDER: usize = 16;
 
 /// An ARPA n-gram model held in hash maps (word ids per order).
 pub struct ArpaLm {
@@ -45,7 +48,7 @@ impl ArpaLm {
         };
         let mut lm = ArpaLm {
             order: 0,
-            words: HashMap::new(),
+            words: HashMap::default(),
             grams: Vec::new(),
             unk: None,
             listed: Vec::new(),
@@ -103,8 +106,12 @@ impl ArpaLm {
                     if n != counts.len() + 1 {
                         return bad(format!("ngram {n} out of order"));
                     }
+                    if n > MAX_ORDER {
+                        return bad(format!("order {n}: at most {MAX_ORDER} is supported"));
+                    }
                     counts.push(c);
-                    lm.grams.push(HashMap::with_capacity(c));
+                    lm.grams
+                        .push(HashMap::with_capacity_and_hasher(c, Default::default()));
                 }
                 Some(n) => {
                     let mut parts = line.split_whitespace();
@@ -149,14 +156,14 @@ impl ArpaLm {
     pub fn contains(&self, word: &str) -> bool {
         self.words
             .get(word)
-            .is_some_and(|id| self.grams[0].contains_key(&vec![*id]))
+            .is_some_and(|id| self.grams[0].contains_key(&[*id][..]))
     }
 
     /// The unigrams (words) of the model, `<s>`, `</s>` and `<unk>` included.
     pub fn unigrams(&self) -> impl Iterator<Item = &str> {
         self.words
             .iter()
-            .filter(|(_, id)| self.grams[0].contains_key(&vec![**id]))
+            .filter(|(_, id)| self.grams[0].contains_key(&[**id][..]))
             .map(|(w, _)| w.as_str())
     }
 
@@ -186,7 +193,7 @@ impl ArpaLm {
             .words
             .get(word)
             .copied()
-            .filter(|id| self.grams[0].contains_key(&vec![*id]));
+            .filter(|id| self.grams[0].contains_key(&[*id][..]));
         let Some(id) = id.or(self.unk) else {
             return (f32::NEG_INFINITY, LmState::default());
         };
@@ -194,11 +201,13 @@ impl ArpaLm {
         let mut backoff = 0.0;
         let mut score = None;
         // Longest context first: p(w | h) = backoff(h) + p(w | h minus its oldest word).
+        let mut buf = [0u32; MAX_ORDER];
         for start in 0..=ctx.len() {
-            let mut gram: Vec<u32> = ctx[start..].to_vec();
-            gram.push(id);
-            let n = gram.len();
-            if let Some((p, _)) = self.grams.get(n - 1).and_then(|g| g.get(&gram)) {
+            let n = ctx.len() - start + 1;
+            buf[..n - 1].copy_from_slice(&ctx[start..]);
+            buf[n - 1] = id;
+            let gram = &buf[..n];
+            if let Some((p, _)) = self.grams.get(n - 1).and_then(|g| g.get(gram)) {
                 score = Some(backoff + p);
                 break;
             }

@@ -76,8 +76,9 @@ impl WordLm {
 
     /// Whether some known word starts with `prefix`.
     fn has_prefix(&self, prefix: &str) -> bool {
+        use std::ops::Bound::{Included, Unbounded};
         self.unigrams
-            .range(prefix.to_string()..)
+            .range::<str, _>((Included(prefix), Unbounded))
             .next()
             .is_some_and(|w| w.starts_with(prefix))
     }
@@ -103,13 +104,9 @@ impl WordLm {
         (o.alpha * s * LOG_BASE_CHANGE + o.beta, next)
     }
 
-    /// `LanguageModel.score_partial_token`.
-    fn score_partial(&self, part: &str, o: &BeamOptions) -> f64 {
-        let mut s = if self.has_prefix(part) {
-            0.0
-        } else {
-            o.unk_score_offset
-        };
+    /// `LanguageModel.score_partial_token`, given whether a known word starts with `part`.
+    fn score_partial(&self, part: &str, known: bool, o: &BeamOptions) -> f64 {
+        let mut s = if known { 0.0 } else { o.unk_score_offset };
         let n = part.chars().count();
         if n > AVG_TOKEN_LEN {
             s = s * n as f64 / AVG_TOKEN_LEN as f64;
@@ -122,16 +119,16 @@ impl WordLm {
 type Frames = (i32, i32);
 const NO_FRAMES: Frames = (-1, -1);
 
-/// One hypothesis: decoded words, the word just completed (not yet scored), the partial word,
-/// the last token, the frames of each decoded word and of the partial word, and the summed
-/// log probability of its paths.
-/// Strings and frame lists are shared (`Rc`): most extensions (blanks, repeats) keep them.
+/// One hypothesis: its words (a node of [`Strings::texts`]), the word just completed and not
+/// yet scored and the partial word (nodes of [`Strings::parts`], 0 for none), the last token,
+/// the frames of each word and of the partial word, and the summed log probability of its
+/// paths. Strings are ids, so that extending, merging and caching hash small integers.
 #[derive(Clone, Debug)]
 struct Beam {
-    text: Rc<str>,
-    next_word: Rc<str>,
-    part: Rc<str>,
-    last: Option<usize>,
+    text: u32,
+    next_word: u32,
+    part: u32,
+    last: Option<u32>,
     word_frames: Rc<Vec<Frames>>,
     part_frames: Frames,
     logit: f64,
@@ -140,7 +137,7 @@ struct Beam {
 impl Beam {
     /// The word frames with the partial word's appended, if there is one.
     fn frames_with_part(&self) -> Rc<Vec<Frames>> {
-        if self.part.is_empty() {
+        if self.part == 0 {
             self.word_frames.clone()
         } else {
             let mut f = (*self.word_frames).clone();
@@ -150,11 +147,94 @@ impl Beam {
     }
 }
 
-fn merge_words(a: &Rc<str>, b: &Rc<str>) -> Rc<str> {
-    match (a.is_empty(), b.is_empty()) {
-        (_, true) => a.clone(),
-        (true, _) => b.clone(),
-        _ => format!("{a} {b}").into(),
+/// The strings of one search, interned: partial words (a word so far, by its string, so that
+/// two spellings of one string are one, as pyctcdecode's strings are) and texts (a sequence of
+/// words, as a parent text and a last word). Id 0 is the empty string / text.
+struct Strings<'a> {
+    labels: &'a [String],
+    /// For each token, the first token with the same label (pyctcdecode compares strings).
+    canon: Vec<u32>,
+    part_ids: HashMap<(u32, u32), u32>,
+    part_by_string: HashMap<Rc<str>, u32>,
+    parts: Vec<Rc<str>>,
+    /// A part one label shorter than each part (any, if several spell it).
+    part_parent: Vec<u32>,
+    text_ids: HashMap<(u32, u32), u32>,
+    /// (parent text, last word) per text.
+    texts: Vec<(u32, u32)>,
+}
+
+impl<'a> Strings<'a> {
+    fn new(labels: &'a [String]) -> Strings<'a> {
+        let canon = (0..labels.len())
+            .map(|i| labels.iter().position(|l| *l == labels[i]).unwrap() as u32)
+            .collect();
+        let empty: Rc<str> = Rc::from("");
+        Strings {
+            labels,
+            canon,
+            part_ids: HashMap::default(),
+            part_by_string: [(empty.clone(), 0)].into_iter().collect(),
+            parts: vec![empty],
+            part_parent: vec![0],
+            text_ids: HashMap::default(),
+            texts: vec![(0, 0)],
+        }
+    }
+
+    /// The partial word `part` followed by token `c`'s label.
+    fn extend_part(&mut self, part: u32, c: u32) -> u32 {
+        if let Some(&id) = self.part_ids.get(&(part, c)) {
+            return id;
+        }
+        let (head, tail) = (&self.parts[part as usize], &self.labels[c as usize]);
+        let mut s = String::with_capacity(head.len() + tail.len());
+        s.push_str(head);
+        s.push_str(tail);
+        let s: Rc<str> = s.into();
+        let next = self.parts.len() as u32;
+        let id = *self.part_by_string.entry(s.clone()).or_insert(next);
+        if id == next {
+            self.parts.push(s);
+            self.part_parent.push(part);
+        }
+        self.part_ids.insert((part, c), id);
+        id
+    }
+
+    /// `text` followed by the word `part` (`text` itself when `part` is empty).
+    fn extend_text(&mut self, text: u32, part: u32) -> u32 {
+        if part == 0 {
+            return text;
+        }
+        let next = self.texts.len() as u32;
+        let id = *self.text_ids.entry((text, part)).or_insert(next);
+        if id == next {
+            self.texts.push((text, part));
+        }
+        id
+    }
+
+    /// The words of `text`, the last `limit` at most, newest first.
+    fn words(&self, mut text: u32, limit: usize) -> impl Iterator<Item = u32> + '_ {
+        std::iter::from_fn(move || {
+            (text != 0).then(|| {
+                let (parent, word) = self.texts[text as usize];
+                text = parent;
+                word
+            })
+        })
+        .take(limit)
+    }
+
+    /// The words of `text` joined by single spaces.
+    fn text(&self, text: u32) -> Vec<&str> {
+        let mut words: Vec<&str> = self
+            .words(text, usize::MAX)
+            .map(|w| &*self.parts[w as usize])
+            .collect();
+        words.reverse();
+        words
     }
 }
 
@@ -250,6 +330,73 @@ pub struct Hypothesis {
     pub words: Vec<(String, (usize, usize))>,
 }
 
+/// The language model's running scores of one search: per text, the fused score of its
+/// words and the state after them (pyctcdecode's `cached_lm_scores`); per partial word, its
+/// penalty.
+struct LmCache<'a> {
+    lm: &'a WordLm,
+    texts: Vec<Option<(f64, LmState)>>,
+    at_end: HashMap<u32, f64>,
+    /// Per partial word: its penalty, and whether a known word starts with it.
+    parts: Vec<Option<(f64, bool)>>,
+}
+
+impl LmCache<'_> {
+    /// The fused score of `text` (its words after `parent`'s, `word` the last), ending the
+    /// sentence when `eos`.
+    fn text(
+        &mut self,
+        s: &Strings,
+        parent: u32,
+        word: u32,
+        text: u32,
+        eos: bool,
+        o: &BeamOptions,
+    ) -> f64 {
+        if !eos {
+            if let Some(Some((score, _))) = self.texts.get(text as usize) {
+                return *score;
+            }
+        } else if let Some(&score) = self.at_end.get(&text) {
+            return score;
+        }
+        let (prev, state) = self.texts[parent as usize].as_ref().unwrap();
+        let (score, next) = self.lm.score(state, &s.parts[word as usize], eos, o);
+        let total = prev + score;
+        if eos {
+            self.at_end.insert(text, total);
+        } else {
+            if self.texts.len() <= text as usize {
+                self.texts.resize(text as usize + 1, None);
+            }
+            self.texts[text as usize] = Some((total, next));
+        }
+        total
+    }
+
+    /// The penalty of the partial word `part`.
+    fn part(&mut self, s: &Strings, part: u32, o: &BeamOptions) -> f64 {
+        if let Some(Some((score, _))) = self.parts.get(part as usize) {
+            return *score;
+        }
+        // No known word starts with it if none starts with its parent: most noise stops
+        // there without a search of the words.
+        let parent = s.part_parent[part as usize];
+        let parent_known = match self.parts.get(parent as usize) {
+            _ if parent == 0 => true,
+            Some(Some((_, known))) => *known,
+            _ => self.lm.has_prefix(&s.parts[parent as usize]),
+        };
+        let known = parent_known && self.lm.has_prefix(&s.parts[part as usize]);
+        let score = self.lm.score_partial(&s.parts[part as usize], known, o);
+        if self.parts.len() <= part as usize {
+            self.parts.resize(part as usize + 1, None);
+        }
+        self.parts[part as usize] = Some((score, known));
+        score
+    }
+}
+
 /// [`decode`]'s final beams, best first (pyctcdecode's `decode_beams`).
 pub fn decode_beams(
     logits: &[f32],
@@ -258,48 +405,46 @@ pub fn decode_beams(
     o: &BeamOptions,
 ) -> Vec<Hypothesis> {
     let v = labels.len();
-    // (text, eos) -> (fused LM score so far, state after it).
-    let empty: Rc<str> = Rc::from("");
-    let mut cache: HashMap<(Rc<str>, bool), (f64, LmState)> = HashMap::default();
-    if let Some(lm) = lm {
-        cache.insert((empty.clone(), false), (0.0, lm.start(o)));
-    }
-    let mut partial_cache: HashMap<Rc<str>, f64> = HashMap::default();
+    let mut s = Strings::new(labels);
+    let mut cache = lm.map(|lm| LmCache {
+        lm,
+        texts: vec![Some((0.0, lm.start(o)))],
+        at_end: HashMap::default(),
+        parts: Vec::new(),
+    });
+    let history = lm.map_or(1, |l| l.lm.order).saturating_sub(1).max(1);
     let mut beams = vec![Beam {
-        text: empty.clone(),
-        next_word: empty.clone(),
-        part: empty.clone(),
+        text: 0,
+        next_word: 0,
+        part: 0,
         last: None,
         word_frames: Rc::new(Vec::new()),
         part_frames: NO_FRAMES,
         logit: 0.0,
     }];
+    let mut next = Vec::new();
     for (t, row) in logits.chunks(v).enumerate() {
         let t = t as i32;
         let lp = log_probs(row);
         let best = (0..v).fold(0, |b, i| if lp[i] > lp[b] { i } else { b });
         // Ascending ids, the best one included (pyctcdecode's set of them).
-        let tried: Vec<usize> = (0..v)
-            .filter(|&i| lp[i] >= o.token_min_logp || i == best)
-            .collect();
-        let mut next = Vec::new();
-        for &c in &tried {
+        for c in (0..v).filter(|&i| lp[i] >= o.token_min_logp || i == best) {
             let ch = labels[c].as_str();
+            let canon = s.canon[c];
             for b in &beams {
-                let same = b.last.is_some_and(|l| labels[l] == ch);
                 let mut n = b.clone();
-                n.last = Some(c);
+                n.last = Some(canon);
                 n.logit = b.logit + lp[c];
                 if ch.is_empty() {
-                } else if same {
+                } else if b.last == Some(canon) {
                     n.part_frames.1 = t + 1;
                 } else if ch == " " {
                     n.word_frames = b.frames_with_part();
-                    n.next_word = b.part.clone();
-                    n.part = empty.clone();
+                    n.next_word = b.part;
+                    n.part = 0;
                     n.part_frames = NO_FRAMES;
                 } else {
-                    n.part = format!("{}{ch}", b.part).into();
+                    n.part = s.extend_part(b.part, canon);
                     n.part_frames = if b.part_frames.0 < 0 {
                         (t, t + 1)
                     } else {
@@ -309,12 +454,11 @@ pub fn decode_beams(
                 next.push(n);
             }
         }
-        let merged = merge(next);
-        let scored = score_beams(merged, lm, &mut cache, &mut partial_cache, false, o);
+        let merged = merge(&mut s, std::mem::take(&mut next));
+        let scored = score_beams(&s, merged, cache.as_mut(), false, o);
         beams = prune(scored, o);
         if o.prune_history {
-            let order = lm.map_or(1, |l| l.lm.order);
-            beams = prune_history(beams, order.saturating_sub(1).max(1));
+            beams = prune_history(&s, beams, history);
         }
     }
     // The partial word becomes the last word; `</s>` is scored.
@@ -324,39 +468,41 @@ pub fn decode_beams(
             word_frames: b.frames_with_part(),
             part_frames: NO_FRAMES,
             next_word: b.part,
-            part: empty.clone(),
+            part: 0,
             last: None,
             ..b
         })
         .collect();
-    let scored = score_beams(merge(last), lm, &mut cache, &mut partial_cache, true, o);
+    let merged = merge(&mut s, last);
+    let scored = score_beams(&s, merged, cache.as_mut(), true, o);
     prune_scored(scored, o)
         .into_iter()
-        .map(|(b, score)| Hypothesis {
-            text: b.text.split_whitespace().collect::<Vec<_>>().join(" "),
-            logit_score: b.logit,
-            score,
-            words: b
-                .text
-                .split_whitespace()
-                .zip(b.word_frames.iter())
-                .map(|(w, &(s, e))| (w.to_string(), (s.max(0) as usize, e.max(0) as usize)))
-                .collect(),
+        .map(|(b, score)| {
+            let words = s.text(b.text);
+            Hypothesis {
+                text: words.join(" "),
+                logit_score: b.logit,
+                score,
+                words: words
+                    .iter()
+                    .zip(b.word_frames.iter())
+                    .map(|(w, &(s, e))| (w.to_string(), (s.max(0) as usize, e.max(0) as usize)))
+                    .collect(),
+            }
         })
         .collect()
 }
 
-/// What makes two beams one: the text they will read, the partial word, the last token.
-type MergeKey = (Rc<str>, Rc<str>, Option<usize>);
-
-/// `_merge_beams`: beams that will read the same are one, their probabilities added; the
-/// merged beam keeps its first place but the last one's fields, as pyctcdecode's dict does
-/// (which matters: a word completed by a space and one still open score differently).
-fn merge(beams: Vec<Beam>) -> Vec<Beam> {
-    let mut index: HashMap<MergeKey, usize> = HashMap::default();
-    let mut out: Vec<Beam> = Vec::new();
+/// `_merge_beams`: beams that will read the same (text with the completed word, partial word,
+/// last token) are one, their probabilities added; the merged beam keeps its first place but
+/// the last one's fields, as pyctcdecode's dict does (which matters: a word completed by a
+/// space and one still open score differently).
+fn merge(s: &mut Strings, beams: Vec<Beam>) -> Vec<Beam> {
+    let mut index: HashMap<(u32, u32, Option<u32>), usize> =
+        HashMap::with_capacity_and_hasher(beams.len(), Default::default());
+    let mut out: Vec<Beam> = Vec::with_capacity(beams.len());
     for b in beams {
-        let key = (merge_words(&b.text, &b.next_word), b.part.clone(), b.last);
+        let key = (s.extend_text(b.text, b.next_word), b.part, b.last);
         match index.get(&key) {
             Some(&i) => {
                 let logit = log_add(out[i].logit, b.logit);
@@ -373,82 +519,51 @@ fn merge(beams: Vec<Beam>) -> Vec<Beam> {
 
 /// `_get_lm_beams`: the completed word joins the text and every beam gets its fused score.
 fn score_beams(
+    s: &Strings,
     beams: Vec<Beam>,
-    lm: Option<&WordLm>,
-    cache: &mut HashMap<(Rc<str>, bool), (f64, LmState)>,
-    partial: &mut HashMap<Rc<str>, f64>,
+    mut cache: Option<&mut LmCache>,
     eos: bool,
     o: &BeamOptions,
 ) -> Vec<(Beam, f64)> {
     beams
         .into_iter()
         .map(|b| {
-            let text = merge_words(&b.text, &b.next_word);
-            let Some(lm) = lm else {
-                let logit = b.logit;
-                return (
-                    Beam {
-                        text,
-                        next_word: Rc::from(""),
-                        ..b
-                    },
-                    logit,
-                );
+            // Interned by `merge`.
+            let text = match b.next_word {
+                0 => b.text,
+                w => s.text_ids[&(b.text, w)],
             };
-            let mut score = match cache.get(&(text.clone(), eos)) {
-                Some(c) => c.0,
-                None => {
-                    let (prev, state) = &cache[&(b.text.clone(), false)];
-                    let (s, next) = lm.score(state, &b.next_word, eos, o);
-                    let total = prev + s;
-                    cache.insert((text.clone(), eos), (total, next));
-                    total
+            let mut score = b.logit;
+            if let Some(c) = cache.as_deref_mut() {
+                score += c.text(s, b.text, b.next_word, text, eos, o);
+                if b.part != 0 {
+                    score += c.part(s, b.part, o);
                 }
-            };
-            if !b.part.is_empty() {
-                score += *partial
-                    .entry(b.part.clone())
-                    .or_insert_with(|| lm.score_partial(&b.part, o));
             }
-            let fused = b.logit + score;
-            (
-                Beam {
-                    text,
-                    next_word: Rc::from(""),
-                    ..b
-                },
-                fused,
-            )
+            let b = Beam {
+                text,
+                next_word: 0,
+                ..b
+            };
+            (b, score)
         })
         .collect()
 }
 
 /// `_prune_history`: of beams alike in their last `words` words, partial word and last token,
 /// the best (first) stays.
-fn prune_history(beams: Vec<Beam>, words: usize) -> Vec<Beam> {
-    // Texts are words joined by single spaces: the history is the text after its last
-    // `words` spaces.
-    fn recent(t: &str, words: usize) -> &str {
-        let mut at = t.len();
-        for _ in 0..words {
-            match t[..at].rfind(' ') {
-                Some(i) => at = i,
-                None => return t,
-            }
-        }
-        &t[at + 1..]
-    }
-    let keep: Vec<bool> = {
-        let mut seen = HashSet::default();
-        beams
-            .iter()
-            .map(|b| seen.insert((recent(&b.text, words), &*b.part, b.last)))
-            .collect()
-    };
+fn prune_history(s: &Strings, beams: Vec<Beam>, words: usize) -> Vec<Beam> {
+    let mut seen = HashSet::with_capacity_and_hasher(beams.len(), Default::default());
     beams
         .into_iter()
-        .zip(keep)
-        .filter_map(|(b, k)| k.then_some(b))
+        .filter(|b| {
+            // An n-gram model's order is at most 16 (`ArpaLm`).
+            let mut recent = [u32::MAX; 16];
+            for (r, w) in recent.iter_mut().zip(s.words(b.text, words)) {
+                *r = w;
+            }
+            seen.insert((recent, b.part, b.last))
+        })
         .collect()
 }
 
