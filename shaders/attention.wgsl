@@ -53,7 +53,7 @@ struct Params {
     off_l: u32,      // L
     off_s: u32,      // backward stats
     tokens_first: u32,  // 1: the D-vectors are [B, T, H, D], else [BH, T, D]
-    _p1: u32,
+    drop_bh0: u32,   // dropout mask row of (batch, head) row 0: a larger batch's rows
 }
 
 @group(0) @binding(0) var<uniform> p: Params;
@@ -80,7 +80,7 @@ var<workgroup> td: array<f32, TILE>;                  // Drow of the staged quer
 // Mask / (1 - p) for probability (bh, i, j): 0 for a dropped element.
 fn keep_scale(bh: u32, i: u32, j: u32) -> f32 {
     if p.p <= 0.0 { return 1.0; }
-    let idx = ((p.bh0 + bh) * p.t + i) * p.t + j;
+    let idx = ((p.drop_bh0 + p.bh0 + bh) * p.t + i) * p.t + j;
     return select(0.0, 1.0 / (1.0 - p.p), dropout_draw(idx, p.seed_lo, p.seed_hi) >= p.p);
 }
 

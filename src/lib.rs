@@ -13,6 +13,7 @@ pub mod cli;
 pub mod data;
 pub mod decode;
 pub mod demo;
+pub mod dist;
 pub mod engine;
 pub mod error;
 pub mod metrics;

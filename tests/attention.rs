@@ -24,6 +24,7 @@ fn att(heads: usize, scale: f32, dropout: f32, seed: u64) -> Attention {
         dropout,
         seed,
         tokens_first: false,
+        drop_row: 0,
     }
 }
 

@@ -466,6 +466,7 @@ fn f16_attention_equals_f32_attention_on_rounded_inputs() {
                 dropout: 0.1,
                 seed: 9,
                 tokens_first: false,
+                drop_row: 0,
             };
             vars[0].attention(&vars[1], &vars[2], Some(&mask), &a)
         })

@@ -442,6 +442,7 @@ fn accounting_only_counts_equal_the_real_ones() {
         for seed in 0..2 {
             g.reset_counters();
             let mb = MicroBatch {
+                share: None,
                 batch: &batch,
                 seed,
             };

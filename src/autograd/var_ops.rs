@@ -129,12 +129,18 @@ impl Var {
 
     /// Inverted dropout with probability `p`, mask from `seed`.
     pub fn dropout(&self, p: f32, seed: u64) -> Result<Var> {
+        self.dropout_at(p, seed, 0)
+    }
+
+    /// Dropout with the mask of a larger tensor from its element `first` on
+    /// ([`ops::dropout::dropout_at`]).
+    pub fn dropout_at(&self, p: f32, seed: u64, first: usize) -> Result<Var> {
         if p == 0.0 {
             return Ok(self.clone());
         }
-        let y = ops::dropout::dropout(&self.value, p, seed)?;
+        let y = ops::dropout::dropout_at(&self.value, p, seed, first)?;
         Ok(Var::record(&[self], y, move |g| {
-            Ok(vec![Some(ops::dropout::dropout(g, p, seed)?)])
+            Ok(vec![Some(ops::dropout::dropout_at(g, p, seed, first)?)])
         }))
     }
 

@@ -233,6 +233,7 @@ pub fn run(
         dropout: 0.1,
         seed: 1,
         tokens_first: false,
+        drop_row: 0,
     };
     let name = format!("attention fused fwd {h}x{t} (d {dh}, dropout 0.1)");
     if keep(&name) {

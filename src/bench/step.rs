@@ -131,6 +131,7 @@ pub fn model_step(gpu: &Gpu, m: &ModelStep, log: &mut dyn std::io::Write) -> Res
     let mut step = || -> Result<(f64, f64)> {
         let t0 = Instant::now();
         let mb = MicroBatch {
+            share: None,
             batch: &batch,
             seed: 0,
         };

@@ -82,8 +82,18 @@ pub fn run() -> Result<()> {
             crate::demo::run(&gpu, &args.into())?;
         }
         Cmd::Train(args) => {
-            let gpu = crate::Gpu::new()?;
-            crate::train::run(&gpu, &(*args).into())?;
+            let dist = crate::dist::Dist::init()?;
+            let trained = crate::Gpu::nth(dist.local_rank())
+                .map_err(crate::error::Error::from)
+                .and_then(|gpu| crate::train::run_dist(&gpu, &(*args).into(), &dist));
+            if let Err(e) = trained {
+                if dist.size() > 1 {
+                    // The others would wait for this rank forever: stop them all.
+                    eprintln!("xlsr: rank {} of {}: {e:#}", dist.rank(), dist.size());
+                    dist.abort(1);
+                }
+                return Err(e.into());
+            }
         }
         Cmd::Eval(args) => eval::eval(&args)?,
         Cmd::Lm(args) => lm::run(&args)?,

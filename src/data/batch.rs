@@ -144,6 +144,21 @@ impl Batch {
         self.audio_lengths.is_empty()
     }
 
+    /// Zero-pads every row to `width` samples (no narrower than now): a share of a larger
+    /// batch padded as the whole batch is, so that it computes what its rows of the whole
+    /// batch would (group-norm models normalise over the padding too).
+    pub fn pad_to(&mut self, width: usize) {
+        if width <= self.max_samples {
+            return;
+        }
+        let mut audio = vec![0.0; self.len() * width];
+        for (row, src) in self.audio.chunks(self.max_samples.max(1)).enumerate() {
+            audio[row * width..row * width + src.len()].copy_from_slice(src);
+        }
+        self.audio = audio;
+        self.max_samples = width;
+    }
+
     /// `[batch, max_samples]` attention mask: 1 over each clip's samples, 0 over padding.
     pub fn attention_mask(&self) -> Vec<f32> {
         let mut mask = vec![0.0; self.audio.len()];

@@ -72,10 +72,22 @@ pub(super) struct Opened {
 /// Opens the best adapter (discrete > integrated > CPU) or the one whose name contains
 /// `XLSR_ADAPTER` (case-insensitive), with timestamps, f16 and cooperative matrices where
 /// offered (`XLSR_NO_F16=1` / `XLSR_NO_COOP=1` leave them off).
-pub(super) fn open() -> Result<Opened> {
+/// With several adapters of the best kind (a machine's GPUs), the `nth` of them modulo their
+/// number: each data-parallel process on a machine takes its own.
+pub(super) fn open(nth: usize) -> Result<Opened> {
     let wanted = std::env::var("XLSR_ADAPTER").ok().filter(|s| !s.is_empty());
     let mut all = pollster::block_on(instance().enumerate_adapters(wgpu::Backends::all()));
     all.sort_by_key(|a| rank(&a.get_info()));
+    if wanted.is_none() {
+        let best = all.first().map(|a| rank(&a.get_info()));
+        let peers = all
+            .iter()
+            .filter(|a| Some(rank(&a.get_info())) == best)
+            .count();
+        if peers > 1 {
+            all.rotate_left(nth % peers);
+        }
+    }
     let adapter = match &wanted {
         Some(w) => {
             let w = w.to_lowercase();

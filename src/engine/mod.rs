@@ -84,13 +84,19 @@ impl Gpu {
     /// Opens the best adapter (discrete > integrated > CPU) or the one whose name contains
     /// `XLSR_ADAPTER` (case-insensitive).
     pub fn new() -> Result<Gpu> {
+        Gpu::nth(0)
+    }
+
+    /// As [`Gpu::new`], but with several adapters of the best kind, the `nth` of them (modulo
+    /// their number): the process's local rank in data-parallel training.
+    pub fn nth(nth: usize) -> Result<Gpu> {
         let Opened {
             device,
             queue,
             info,
             limits,
             features,
-        } = open()?;
+        } = open(nth)?;
         let errors = Arc::new(Mutex::new(Vec::new()));
         let sink = errors.clone();
         device.on_uncaptured_error(Arc::new(move |e: wgpu::Error| {

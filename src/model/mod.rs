@@ -167,6 +167,10 @@ pub struct Forward {
     /// probabilities for backward, instead of the fused kernel that recomputes them (the
     /// fused one needs head dim <= 64; larger heads always take this path).
     pub unfused_attention: bool,
+    /// Where this batch's first row sits in a larger batch (a data-parallel rank's share):
+    /// dropout draws the masks of those rows of the larger batch, so the ranks together draw
+    /// what one process with the whole batch would.
+    pub batch_offset: usize,
 }
 
 /// Result of a forward pass.
@@ -244,7 +248,11 @@ impl Wav2Vec2ForCtc {
             Some(l) => self.frames(l),
             None => vec![t_all; batch],
         };
-        let mut dropout = Dropout::new(opts.seed ^ 0x5eed_d20f_0000_0000, opts.train);
+        let mut dropout = Dropout::new(
+            opts.seed ^ 0x5eed_d20f_0000_0000,
+            opts.train,
+            opts.batch_offset,
+        );
         let mut drop = |x: &Var, p: f32| dropout.apply(x, p);
         let mut hidden = Vec::new();
         let mut keep = |name: &str, v: &Var| {
@@ -354,6 +362,7 @@ impl Wav2Vec2ForCtc {
                 mask: attn_mask.clone(),
                 train: opts.train,
                 seed: layer_rng.next_u64(),
+                batch_offset: opts.batch_offset,
                 half: opts.fp16,
                 fused: !opts.unfused_attention,
             };
@@ -430,23 +439,27 @@ impl Wav2Vec2ForCtc {
 
 /// Dropout sites of one pass: each call takes the next seed, whether or not it drops, so the
 /// masks depend only on the pass's seed and the site's position.
+/// Every site's tensor has the batch first; `row` is the batch's first row in a larger one.
 struct Dropout {
     seeds: Rng,
     train: bool,
+    row: usize,
 }
 
 impl Dropout {
-    fn new(seed: u64, train: bool) -> Dropout {
+    fn new(seed: u64, train: bool, row: usize) -> Dropout {
         Dropout {
             seeds: Rng::new(seed),
             train,
+            row,
         }
     }
 
     fn apply(&mut self, x: &Var, p: f32) -> Result<Var> {
         let (p, s) = self.next(p);
         if p > 0.0 {
-            x.dropout(p, s)
+            let per_row = x.value.numel() / x.shape()[0].max(1);
+            x.dropout_at(p, s, self.row * per_row)
         } else {
             Ok(x.clone())
         }
@@ -473,6 +486,7 @@ struct LayerStep {
     mask: Option<Tensor>,
     train: bool,
     seed: u64,
+    batch_offset: usize,
     half: bool,
     fused: bool,
 }
@@ -484,7 +498,7 @@ impl LayerStep {
 
     fn forward_in_precision(&self, tape: &Rc<Tape>, x: &Var) -> Result<Var> {
         let (c, l) = (&*self.config, &self.layer);
-        let mut drop = Dropout::new(self.seed, self.train);
+        let mut drop = Dropout::new(self.seed, self.train, self.batch_offset);
         if c.do_stable_layer_norm {
             let a = self.attention(tape, &l.attn_norm.layer(tape, x)?, &mut drop)?;
             let x = x.add(&drop.apply(&a, c.hidden_dropout)?)?;
@@ -527,6 +541,7 @@ impl LayerStep {
                 dropout: p,
                 seed,
                 tokens_first: true,
+                drop_row: drop.row,
             };
             q.attention(&k, &v, mask, &a)?
         } else {

@@ -45,8 +45,8 @@ kernel_params! {
         off_s: u32,
         /// 1: q, k, v, O and their gradients are [B, T, H, D].
         tokens_first: u32,
-        /// Padding.
-        _p1: u32,
+        /// Dropout mask row of (batch, head) row 0: the mask of a larger batch's rows.
+        drop_bh0: u32,
     }
 }
 
@@ -201,7 +201,7 @@ fn params(
         off_l,
         off_s,
         tokens_first: a.tokens_first as u32,
-        ..Default::default()
+        drop_bh0: (a.drop_row * a.heads) as u32,
     }
 }
 
@@ -230,6 +230,9 @@ pub struct Attention {
     /// q, k, v, the output and their gradients are [B, T, H, D], the layout of the
     /// projections (no permute copies), instead of [B, H, T, D] (or any [.., T, D]).
     pub tokens_first: bool,
+    /// The batch's first row in a larger batch whose dropout mask it draws (a data-parallel
+    /// rank's share; 0 otherwise).
+    pub drop_row: usize,
 }
 
 /// What [`forward`] returns and [`backward`] needs.

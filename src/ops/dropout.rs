@@ -33,6 +33,13 @@ kernel_params! {
 /// Zeroes each element with probability `p` and scales the rest by 1/(1-p). Calling it again
 /// with the same seed on the upstream gradient is its backward.
 pub fn dropout(x: &Tensor, p: f32, seed: u64) -> Result<Tensor> {
+    dropout_at(x, p, seed, 0)
+}
+
+/// [`dropout`] of a tensor that is part of a larger one starting at element `first` of it:
+/// the mask is that of the larger tensor's elements (a data-parallel rank's share of a batch
+/// draws the mask the whole batch would).
+pub fn dropout_at(x: &Tensor, p: f32, seed: u64, first: usize) -> Result<Tensor> {
     check_f32("dropout", &[x])?;
     if !(0.0..1.0).contains(&p) {
         return shape_err("dropout", format!("probability {p} not in [0, 1)"));
@@ -45,7 +52,7 @@ pub fn dropout(x: &Tensor, p: f32, seed: u64) -> Result<Tensor> {
     for (s, len) in row_chunks(gpu, "dropout", x.numel(), 1)? {
         let params = DropoutParams {
             n: len as u32,
-            base: s as u32,
+            base: (first + s) as u32,
             seed_lo: seed as u32,
             seed_hi: (seed >> 32) as u32,
             p,

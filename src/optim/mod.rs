@@ -217,6 +217,23 @@ impl AdamW {
         flat.chain(own).collect()
     }
 
+    /// The gradients the next step reads, as few tensors (the flat buffers' whole gradient
+    /// buffers, then the gradients of parameters updated on their own): what data-parallel
+    /// ranks sum.
+    pub fn gradients(&self) -> Vec<Tensor> {
+        let flat = self
+            .flat
+            .iter()
+            .flat_map(|f| &f.buckets)
+            .map(|b| b.grads.clone());
+        let own = self
+            .slots
+            .iter()
+            .filter(|s| s.at.is_none() && !s.param.is_frozen())
+            .filter_map(|s| s.param.grad());
+        flat.chain(own).collect()
+    }
+
     /// Sets the guard of the next step (see the field's doc).
     pub fn set_guard(&self, guard: Option<Tensor>) {
         *self.guard.borrow_mut() = guard;

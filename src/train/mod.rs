@@ -11,11 +11,12 @@ pub mod step;
 pub use eval::{evaluate, EvalResult};
 pub use options::TrainOptions;
 pub use state::TrainerState;
-pub use step::{MicroBatch, StepOptions, StepOutcome, TrainStep};
+pub use step::{MicroBatch, Share, StepOptions, StepOutcome, TrainStep};
 
 use crate::data::audio::SAMPLE_RATE;
 use crate::data::prepare::{self, Options, Source};
-use crate::data::{collate, Batcher, Prepared, Split, Vocab};
+use crate::data::{collate, Batch, Batcher, Prepared, Split, Vocab};
+use crate::dist::Dist;
 use crate::error::{file_err, Error, Result};
 use crate::metrics::MetricsLog;
 use crate::model::Wav2Vec2ForCtc;
@@ -104,17 +105,32 @@ fn derive(seed: u64, step: u64, micro: u64) -> u64 {
     Rng::new(seed ^ step.wrapping_mul(0x9E37_79B9) ^ micro.wrapping_mul(0xC2B2_AE35)).next_u64()
 }
 
-/// Runs `xlsr train`.
+/// Runs `xlsr train` in this process alone.
 pub fn run(gpu: &Gpu, args: &TrainOptions) -> Result<RunSummary> {
+    run_dist(gpu, args, &Dist::single())
+}
+
+/// Runs `xlsr train` as one of `dist`'s data-parallel ranks: each takes its share of every
+/// batch of `--batch-size` times the ranks, the gradients and losses are summed, and rank 0
+/// alone prints, evaluates and writes (checkpoints, metrics, the final model).
+pub fn run_dist(gpu: &Gpu, args: &TrainOptions, dist: &Dist) -> Result<RunSummary> {
     args.validate()?;
+    let root = dist.is_root();
+    // Only rank 0 speaks (the others would repeat it).
+    macro_rules! note {
+        ($($t:tt)*) => { if root { println!($($t)*) } };
+    }
     let fp16 = args.fp16 && gpu.has_f16();
-    if args.fp16 && !fp16 {
+    if args.fp16 && !fp16 && root {
         eprintln!(
             "note: --fp16 needs f16 shader support (SHADER_F16), which {} lacks; training in f32",
             gpu.info().name
         );
     }
-    state::claim_run_dir(&args.out, args.resume, args.overwrite)?;
+    if root {
+        state::claim_run_dir(&args.out, args.resume, args.overwrite)?;
+    }
+    dist.barrier();
     // --resume continues the run as it was set up: the checkpoint's options, unless --override.
     let resumed;
     let args = match state::list(&args.out).pop().filter(|_| args.resume) {
@@ -126,7 +142,18 @@ pub fn run(gpu: &Gpu, args: &TrainOptions) -> Result<RunSummary> {
         None => args,
     };
     std::fs::create_dir_all(&args.out).or_else(|e| file_err(&args.out, e.to_string()))?;
-    let mut data = open_data(&args.data, &args.out)?;
+    // Rank 0 prepares a Common Voice folder; the others open what it wrote.
+    let mut data = if root {
+        let data = open_data(&args.data, &args.out);
+        dist.barrier();
+        data?
+    } else {
+        dist.barrier();
+        match args.data.join("index.json").is_file() {
+            true => Prepared::open(&args.data)?,
+            false => Prepared::open(&args.out.join("prepared"))?,
+        }
+    };
     if data.train.is_empty() {
         return file_err(
             &args.data,
@@ -148,7 +175,7 @@ pub fn run(gpu: &Gpu, args: &TrainOptions) -> Result<RunSummary> {
 
     let resume_from = if args.resume {
         let last = state::list(&args.out).pop();
-        if last.is_none() {
+        if last.is_none() && root {
             eprintln!(
                 "note: --resume but no checkpoint in {}; starting fresh",
                 args.out.display()
@@ -201,7 +228,9 @@ pub fn run(gpu: &Gpu, args: &TrainOptions) -> Result<RunSummary> {
             let vocab = model_vocab(&model_dir, rows, lang)?;
             if !vocab.same_tokens(&data.vocab) || vocab.head_size() != data.vocab.head_size() {
                 let r = data.relabel(&vocab);
-                report_relabel(&model_dir, &vocab, &r);
+                if root {
+                    report_relabel(&model_dir, &vocab, &r);
+                }
             }
             rows
         }
@@ -239,13 +268,13 @@ pub fn run(gpu: &Gpu, args: &TrainOptions) -> Result<RunSummary> {
         )));
     }
     if new_adapter {
-        println!(
+        note!(
             "--target-lang {}: the model has no adapter for it; new adapter layers and a new \
              head for the corpus's vocabulary ({outputs} tokens)",
             lang.unwrap_or_default()
         );
     } else if new_head && head.is_some() {
-        println!(
+        note!(
             "--new-head: the checkpoint's CTC head ({} outputs) is replaced by a new one for the \
              corpus's vocabulary ({} tokens)",
             head.unwrap_or(0),
@@ -253,7 +282,7 @@ pub fn run(gpu: &Gpu, args: &TrainOptions) -> Result<RunSummary> {
         );
     }
     if !report.initialised.is_empty() {
-        println!(
+        note!(
             "new parameters (not in the checkpoint): {}",
             report.initialised.join(", ")
         );
@@ -268,7 +297,7 @@ pub fn run(gpu: &Gpu, args: &TrainOptions) -> Result<RunSummary> {
         .filter(|p| !p.is_frozen())
         .map(|p| p.value().numel())
         .sum();
-    println!(
+    note!(
         "model: {:.1}M parameters ({:.1}M trainable), {} layers, vocabulary {}; device {}",
         model.num_params() as f64 / 1e6,
         trainable as f64 / 1e6,
@@ -286,11 +315,13 @@ pub fn run(gpu: &Gpu, args: &TrainOptions) -> Result<RunSummary> {
     )?;
     let mut lengths = data.lengths(Split::Train);
     lengths.truncate(args.max_train_samples.unwrap_or(usize::MAX).max(1));
+    // The ranks draw the batches one process with all their clips would, and share them.
+    let ranks = dist.size();
     let batcher = Batcher::new(
         lengths.clone(),
-        args.batch_size,
+        args.batch_size * ranks,
         args.seed,
-        args.max_batch_seconds,
+        args.max_batch_seconds.map(|s| s * ranks as f32),
     );
     let per_epoch = batcher.epoch(0).len().div_ceil(args.grad_accum).max(1) as u64;
     let total = args
@@ -300,7 +331,7 @@ pub fn run(gpu: &Gpu, args: &TrainOptions) -> Result<RunSummary> {
     let mut st = match &resume_from {
         Some(dir) => {
             let s = state::load(dir, &mut opt).map_err(resume_hint)?;
-            println!("resumed from {} at step {}", dir.display(), s.global_step);
+            note!("resumed from {} at step {}", dir.display(), s.global_step);
             s
         }
         None => TrainerState {
@@ -311,7 +342,9 @@ pub fn run(gpu: &Gpu, args: &TrainOptions) -> Result<RunSummary> {
     };
     st.args = serde_json::to_value(args).ok();
     // A killed run may have logged past its last checkpoint: those rows are logged again.
-    MetricsLog::truncate_after(&args.out, st.global_step)?;
+    if root {
+        MetricsLog::truncate_after(&args.out, st.global_step)?;
+    }
     st.max_steps = total;
     // A resumed fp16 run continues with its saved loss scale.
     let mut step = TrainStep::new(
@@ -326,13 +359,18 @@ pub fn run(gpu: &Gpu, args: &TrainOptions) -> Result<RunSummary> {
         },
     )?;
     st.grad_scaler = step.scaler.clone();
-    println!(
-        "training: {} clips ({:.1} min), {} steps ({per_epoch} per epoch), batch {} x {} accumulated{}",
+    step.dist = Some(dist);
+    note!(
+        "training: {} clips ({:.1} min), {} steps ({per_epoch} per epoch), batch {} x {} accumulated{}{}",
         lengths.len(),
         lengths.iter().sum::<usize>() as f64 / SAMPLE_RATE as f64 / 60.0,
         total,
         args.batch_size,
         args.grad_accum,
+        match ranks {
+            1 => String::new(),
+            n => format!(" x {n} ranks"),
+        },
         match (checkpoint, fp16) {
             (true, true) => ", gradient checkpointing, fp16",
             (true, false) => ", gradient checkpointing",
@@ -341,8 +379,20 @@ pub fn run(gpu: &Gpu, args: &TrainOptions) -> Result<RunSummary> {
         }
     );
 
-    let mut log = MetricsLog::open(&args.out)?;
-    let bar = progress_bar(total, st.global_step);
+    let mut log = match root {
+        true => Some(MetricsLog::open(&args.out)?),
+        false => None,
+    };
+    let bar = match root {
+        true => progress_bar(total, st.global_step),
+        false => indicatif::ProgressBar::hidden(),
+    };
+    // What the others would say, rank 0 says.
+    let say = |bar: &indicatif::ProgressBar, msg: String| {
+        if root {
+            say(bar, msg)
+        }
+    };
     let mut epoch_batches = batcher.epoch(st.epoch);
     let mut loss_sum: Option<Tensor> = None;
     let mut since_log = 0u64;
@@ -366,7 +416,7 @@ pub fn run(gpu: &Gpu, args: &TrainOptions) -> Result<RunSummary> {
         if let Some(n) = profile.filter(|&n| st.global_step == profile_from + n) {
             let counters = gpu.counters();
             print_profile(&gpu.profile_stop()?);
-            println!("engine work over those {n} steps (profiling puts each dispatch in a pass of its own): {counters}");
+            note!("engine work over those {n} steps (profiling puts each dispatch in a pass of its own): {counters}");
         }
         // This step's micro-batches; the epoch's last, partial accumulation still makes a step.
         let mut batches = Vec::with_capacity(args.grad_accum);
@@ -383,11 +433,18 @@ pub fn run(gpu: &Gpu, args: &TrainOptions) -> Result<RunSummary> {
             let idx = &epoch_batches[st.batch_in_epoch];
             st.batch_in_epoch += 1;
             let seed = derive(st.seed, st.global_step, batches.len() as u64);
-            batches.push((collate(&data, Split::Train, idx)?, seed));
+            batches.push(match ranks {
+                1 => (collate(&data, Split::Train, idx)?, seed, None),
+                _ => share_of(&data, idx, &lengths, dist, seed)?,
+            });
         }
         let micro: Vec<MicroBatch> = batches
             .iter()
-            .map(|(batch, seed)| MicroBatch { batch, seed: *seed })
+            .map(|(batch, seed, share)| MicroBatch {
+                batch,
+                seed: *seed,
+                share: share.clone(),
+            })
             .collect();
         let lr = crate::schedule::linear_warmup(
             st.global_step,
@@ -457,13 +514,15 @@ pub fn run(gpu: &Gpu, args: &TrainOptions) -> Result<RunSummary> {
                 last_loss = s.item()? as f64 / since_log as f64;
             }
             since_log = 0;
-            log.train(
-                st.global_step,
-                epoch,
-                last_loss,
-                lr as f64,
-                outcome.grad_norm as f64,
-            )?;
+            if let Some(log) = log.as_mut() {
+                log.train(
+                    st.global_step,
+                    epoch,
+                    last_loss,
+                    lr as f64,
+                    outcome.grad_norm as f64,
+                )?;
+            }
         }
         let rate = (st.audio_seconds - audio_at_start) / t0.elapsed().as_secs_f64().max(1e-9);
         bar.set_position(st.global_step);
@@ -472,7 +531,8 @@ pub fn run(gpu: &Gpu, args: &TrainOptions) -> Result<RunSummary> {
         ));
 
         let eval_now = (args.eval_steps > 0 && st.global_step % args.eval_steps == 0) || done;
-        if eval_now && !data.split(eval_split).is_empty() {
+        let log_now = log.as_mut().filter(|_| eval_now);
+        if let Some(log) = log_now.filter(|_| !data.split(eval_split).is_empty()) {
             let r = evaluate(
                 &model,
                 &vocab,
@@ -505,7 +565,7 @@ pub fn run(gpu: &Gpu, args: &TrainOptions) -> Result<RunSummary> {
             )?;
             eval_result = Some(r);
         }
-        if args.save_steps > 0 && st.global_step % args.save_steps == 0 && !done {
+        if root && args.save_steps > 0 && st.global_step % args.save_steps == 0 && !done {
             let dir = state::save(
                 &args.out,
                 &model,
@@ -520,6 +580,15 @@ pub fn run(gpu: &Gpu, args: &TrainOptions) -> Result<RunSummary> {
     bar.finish();
 
     let final_dir = args.out.join("final");
+    if !root {
+        return Ok(RunSummary {
+            final_dir,
+            steps: st.global_step,
+            skipped_steps: st.skipped_steps,
+            losses: Vec::new(),
+            eval: None,
+        });
+    }
     let tmp = args.out.join(".final.tmp");
     let _ = std::fs::remove_dir_all(&tmp);
     state::save_model(&tmp, &model, &vocab)?;
@@ -533,7 +602,10 @@ pub fn run(gpu: &Gpu, args: &TrainOptions) -> Result<RunSummary> {
         gpu.peak_bytes() as f64 / 1e9,
         final_dir.display()
     );
-    let rows = MetricsLog::read(log.path())?;
+    let rows = match &log {
+        Some(log) => MetricsLog::read(log.path())?,
+        None => Vec::new(),
+    };
     Ok(RunSummary {
         final_dir,
         steps: st.global_step,
@@ -541,6 +613,33 @@ pub fn run(gpu: &Gpu, args: &TrainOptions) -> Result<RunSummary> {
         losses: MetricsLog::series(&rows, "loss"),
         eval: eval_result,
     })
+}
+
+/// This rank's share of the batch `idx` (clips in order, split as evenly as the ranks allow),
+/// padded as the whole batch; a rank left without clips steps on a copy of the first with
+/// weight 0.
+fn share_of(
+    data: &Prepared,
+    idx: &[usize],
+    lengths: &[usize],
+    dist: &Dist,
+    seed: u64,
+) -> Result<(Batch, u64, Option<Share>)> {
+    let (n, ranks, r) = (idx.len(), dist.size(), dist.rank());
+    let (from, to) = (r * n / ranks, (r + 1) * n / ranks);
+    let (mine, first, weight) = match from < to {
+        true => (&idx[from..to], from, (to - from) as f32 / n as f32),
+        false => (&idx[..1], 0, 0.0),
+    };
+    let mut batch = collate(data, Split::Train, mine)?;
+    let whole: Vec<usize> = idx.iter().map(|&i| lengths[i]).collect();
+    batch.pad_to(whole.iter().copied().max().unwrap_or(0));
+    let share = Share {
+        first,
+        lengths: whole,
+        weight,
+    };
+    Ok((batch, seed, Some(share)))
 }
 
 /// The options a resumed run uses: the checkpoint's (saved in its trainer_state.json), with

@@ -43,6 +43,22 @@ pub struct MicroBatch<'a> {
     pub batch: &'a Batch,
     /// Seed of the SpecAugment masks, dropout and LayerDrop.
     pub seed: u64,
+    /// This rank's part of a batch shared among data-parallel ranks (`None`: all of it).
+    pub share: Option<Share>,
+}
+
+/// A data-parallel rank's part of a batch: rows `first..first + len` of the whole batch
+/// (padded to its width), whose random draws are those rows' draws of the whole batch.
+#[derive(Clone, Debug)]
+pub struct Share {
+    /// Row of the whole batch where this part starts.
+    pub first: usize,
+    /// Samples of every clip of the whole batch.
+    pub lengths: Vec<usize>,
+    /// The weight of this part's mean loss in the whole batch's: its clips over the batch's
+    /// (0 for a rank with no clips, which steps on a copy of one so that its gradients exist,
+    /// all zero).
+    pub weight: f32,
 }
 
 /// What a step did.
@@ -81,6 +97,9 @@ pub struct TrainStep<'m> {
     pub scaler: Option<GradScaler>,
     /// How steps run.
     pub options: StepOptions,
+    /// The data-parallel ranks whose gradients and losses are summed (`None`: this process
+    /// alone).
+    pub dist: Option<&'m crate::dist::Dist>,
 }
 
 impl<'m> TrainStep<'m> {
@@ -104,6 +123,7 @@ impl<'m> TrainStep<'m> {
             opt,
             scaler,
             options,
+            dist: None,
         })
     }
 
@@ -121,13 +141,25 @@ impl<'m> TrainStep<'m> {
                 Some(s) => elementwise::add(&s, &l)?,
                 None => l,
             });
-            audio_seconds += mb.batch.audio_lengths.iter().sum::<usize>() as f64
-                / crate::data::audio::SAMPLE_RATE as f64;
+            if mb.share.as_ref().is_none_or(|s| s.weight > 0.0) {
+                audio_seconds += mb.batch.audio_lengths.iter().sum::<usize>() as f64
+                    / crate::data::audio::SAMPLE_RATE as f64;
+            }
         }
-        let loss = match loss {
+        let mut loss = match loss {
             Some(l) => l,
             None => Tensor::scalar(&self.model.gpu, 0.0)?,
         };
+        if let Some(d) = self.dist.filter(|d| d.size() > 1) {
+            // Every rank steps on the sums: the same gradients, norm and skip decision.
+            d.sum_tensors(&self.opt.gradients())?;
+            let mut l = loss.to_vec()?;
+            d.sum(&mut l);
+            loss = Tensor::from_slice(&self.model.gpu, &l, &[])?;
+            let mut seconds = [audio_seconds as f32];
+            d.sum(&mut seconds);
+            audio_seconds = seconds[0] as f64;
+        }
         let (grad_norm, skipped, weights_finite) = self.update(&loss, lr)?;
         Ok(StepOutcome {
             loss,
@@ -152,11 +184,13 @@ impl<'m> TrainStep<'m> {
             mask_features,
             checkpoint: self.options.checkpoint,
             fp16: self.options.fp16,
+            batch_offset: mb.share.as_ref().map_or(0, |s| s.first),
             ..Forward::default()
         };
         let out = model.forward(&tape, &audio, Some(&b.audio_lengths), &opts)?;
         let (loss, _) = model.ctc_loss(&out.logits, &out.frames, &b.targets)?;
-        let loss = loss.scale(1.0 / self.options.grad_accum.max(1) as f32, 0.0)?;
+        let weight = mb.share.as_ref().map_or(1.0, |s| s.weight);
+        let loss = loss.scale(weight / self.options.grad_accum.max(1) as f32, 0.0)?;
         // CTC with zero_infinity turns non-finite logits into a loss of 0: 0 * |logits| (0, or
         // NaN when a logit is not finite) added to the loss makes it say NaN.
         let finite_check = reduce::global_norm_scaled(gpu, &[&out.logits.value], 0.0)?;
@@ -208,21 +242,28 @@ impl<'m> TrainStep<'m> {
     /// model's config says (HF's `_compute_mask_indices`).
     fn spec_augment(&self, mb: &MicroBatch) -> (Option<Vec<f32>>, Option<Vec<f32>>) {
         let c = &self.model.config;
-        let b = mb.batch.len();
         let mut rng = Rng::new(mb.seed);
-        let frames = self.model.frames(&mb.batch.audio_lengths);
+        // A rank's share draws the whole batch's masks and keeps its rows.
+        let (lengths, first) = match &mb.share {
+            Some(s) => (s.lengths.as_slice(), s.first),
+            None => (mb.batch.audio_lengths.as_slice(), 0),
+        };
+        let (b, rows) = (lengths.len(), first..first + mb.batch.len());
+        let frames = self.model.frames(lengths);
+        let width = c.frames(mb.batch.max_samples);
         let mask_time = (c.apply_spec_augment && c.mask_time_prob > 0.0)
             .then(|| {
                 compute_mask_indices(
                     &mut rng,
-                    c.frames(mb.batch.max_samples),
+                    width,
                     &frames,
                     c.mask_time_prob,
                     c.mask_time_length,
                     c.mask_time_min_masks,
                 )
             })
-            .flatten();
+            .flatten()
+            .map(|m| m[rows.start * width..rows.end * width].to_vec());
         let mask_features = (c.apply_spec_augment && c.mask_feature_prob > 0.0)
             .then(|| {
                 compute_mask_indices(
@@ -234,7 +275,8 @@ impl<'m> TrainStep<'m> {
                     c.mask_feature_min_masks,
                 )
             })
-            .flatten();
+            .flatten()
+            .map(|m| m[rows.start * c.hidden_size..rows.end * c.hidden_size].to_vec());
         (mask_time, mask_features)
     }
 }

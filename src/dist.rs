@@ -1,0 +1,137 @@
+//! Data-parallel training over MPI (the `mpi` cargo feature): `mpirun -np N xlsr train ...`
+//! starts N processes (ranks), each on its own adapter, each taking its share of every batch;
+//! their gradients are summed with `MPI_Allreduce` before the optimiser step, so N ranks with
+//! `--batch-size B` train as one process with batch N x B. Without the feature, or when not
+//! started by an MPI launcher, there is one rank and every call here is free.
+
+use crate::error::Result;
+use crate::Tensor;
+
+/// This process's place among the data-parallel ranks.
+pub struct Dist {
+    rank: usize,
+    size: usize,
+    local_rank: usize,
+    #[cfg(feature = "mpi")]
+    world: Option<mpi::topology::SimpleCommunicator>,
+    /// Finalises MPI when dropped.
+    #[cfg(feature = "mpi")]
+    _universe: Option<mpi::environment::Universe>,
+}
+
+impl Dist {
+    /// One process alone.
+    pub fn single() -> Dist {
+        Dist {
+            rank: 0,
+            size: 1,
+            local_rank: 0,
+            #[cfg(feature = "mpi")]
+            world: None,
+            #[cfg(feature = "mpi")]
+            _universe: None,
+        }
+    }
+
+    /// The ranks of an MPI launch (`mpirun`, `srun`), or one rank when not launched so (or
+    /// built without the `mpi` feature, which a launch with several ranks is told).
+    pub fn init() -> Result<Dist> {
+        let launched = launcher_size();
+        #[cfg(feature = "mpi")]
+        if launched.is_some() {
+            use mpi::traits::Communicator;
+            let universe = mpi::initialize().ok_or_else(|| {
+                crate::error::Error::Usage("MPI was initialised already".to_string())
+            })?;
+            let world = universe.world();
+            let local = world.split_shared(0).rank().try_into().unwrap_or_default();
+            return Ok(Dist {
+                rank: world.rank() as usize,
+                size: world.size() as usize,
+                local_rank: local,
+                world: Some(world),
+                _universe: Some(universe),
+            });
+        }
+        if launched.is_some_and(|n| n > 1) && !cfg!(feature = "mpi") {
+            return Err(crate::error::Error::Usage(
+                "started by an MPI launcher with several ranks, but this xlsr was built without \
+                 MPI: build it with `cargo build --release --features mpi`"
+                    .to_string(),
+            ));
+        }
+        Ok(Dist::single())
+    }
+
+    /// This rank, 0-based.
+    pub fn rank(&self) -> usize {
+        self.rank
+    }
+
+    /// Number of ranks.
+    pub fn size(&self) -> usize {
+        self.size
+    }
+
+    /// This rank's index among the ranks on its machine (which adapter it takes).
+    pub fn local_rank(&self) -> usize {
+        self.local_rank
+    }
+
+    /// Rank 0 writes checkpoints, metrics and the final model, and prints progress.
+    pub fn is_root(&self) -> bool {
+        self.rank == 0
+    }
+
+    /// Sums `data` over the ranks, in place (every rank gets the sum).
+    pub fn sum(&self, data: &mut [f32]) {
+        #[cfg(feature = "mpi")]
+        if let Some(world) = &self.world {
+            use mpi::collective::{CommunicatorCollectives, SystemOperation};
+            let send = data.to_vec();
+            world.all_reduce_into(&send[..], data, SystemOperation::sum());
+        }
+        let _ = data;
+    }
+
+    /// Sums f32 tensors over the ranks through host memory (read back, summed, written).
+    pub fn sum_tensors(&self, tensors: &[Tensor]) -> Result<()> {
+        if self.size == 1 {
+            return Ok(());
+        }
+        for t in tensors {
+            let mut v = t.to_vec()?;
+            self.sum(&mut v);
+            t.write(&v)?;
+        }
+        Ok(())
+    }
+
+    /// Waits until every rank is here.
+    pub fn barrier(&self) {
+        #[cfg(feature = "mpi")]
+        if let Some(world) = &self.world {
+            use mpi::collective::CommunicatorCollectives;
+            world.barrier();
+        }
+    }
+
+    /// Stops every rank (after this one failed), so that none waits for it forever.
+    pub fn abort(&self, code: i32) -> ! {
+        #[cfg(feature = "mpi")]
+        if let Some(world) = &self.world {
+            use mpi::traits::Communicator;
+            world.abort(code);
+        }
+        std::process::exit(code)
+    }
+}
+
+/// The number of ranks an MPI launcher (Open MPI, MPICH's Hydra, PMIx as `srun` uses) says it
+/// started,
+/// if one started this process.
+fn launcher_size() -> Option<usize> {
+    ["OMPI_COMM_WORLD_SIZE", "PMI_SIZE", "PMIX_SIZE"]
+        .iter()
+        .find_map(|k| std::env::var(k).ok()?.parse().ok())
+}

@@ -1,0 +1,158 @@
+//! Data-parallel training over MPI (`--features mpi`; Open MPI's `mpirun` on the PATH): two
+//! ranks with batch 2 train as one process with batch 4 (same losses, same weights, dropout,
+//! SpecAugment and LayerDrop on), and a rank that fails stops the other instead of leaving it
+//! waiting. Both ranks share lavapipe here.
+#![cfg(feature = "mpi")]
+
+mod common;
+use common::temp_dir;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::time::{Duration, Instant};
+use xlsr::data::Prepared;
+use xlsr::model::Wav2Vec2ForCtc;
+
+fn tiny_model(dir: &Path, prep: &Path) -> PathBuf {
+    let data = Prepared::open(prep).unwrap();
+    let mut cfg = xlsr::demo::small_config(data.vocab.len(), data.vocab.pad as usize);
+    cfg.hidden_size = 32;
+    cfg.intermediate_size = 48;
+    cfg.conv_dim = vec![16; 7];
+    cfg.num_hidden_layers = 2;
+    let m = Wav2Vec2ForCtc::random(&common::gpu(), cfg, 1).unwrap();
+    let out = dir.join("init");
+    xlsr::train::state::save_model(&out, &m, &data.vocab).unwrap();
+    out
+}
+
+/// `train` arguments: 5 steps of batch `batch` (x 2 accumulated), everything random on.
+fn train_args(model: &Path, prep: &Path, out: &Path, batch: usize) -> Vec<String> {
+    let mut v: Vec<String> = vec!["train".into()];
+    for (k, p) in [("--model", model), ("--data", prep), ("--out", out)] {
+        v.push(k.into());
+        v.push(p.display().to_string());
+    }
+    let rest = format!(
+        "--batch-size {batch} --grad-accum 2 --max-steps 5 --warmup-steps 2 --logging-steps 1 \
+         --eval-steps 0 --save-steps 3 --learning-rate 1e-3 --seed 7 --hidden-dropout 0.1 \
+         --attention-dropout 0.1 --feat-proj-dropout 0.1 --mask-time-prob 0.3 --layerdrop 0.3"
+    );
+    v.extend(rest.split_whitespace().map(String::from));
+    v
+}
+
+/// Runs `mpirun` with `args`, killing it after `limit` (a hang fails the test).
+fn mpirun(args: &[String], limit: Duration) -> Output {
+    let mut child = Command::new("mpirun")
+        .args(["--allow-run-as-root", "--oversubscribe"])
+        .args(args)
+        .env("XDG_RUNTIME_DIR", "/tmp")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("mpirun (Open MPI) on the PATH");
+    let t0 = Instant::now();
+    while child.try_wait().unwrap().is_none() {
+        if t0.elapsed() > limit {
+            let _ = child.kill();
+            panic!("mpirun still running after {limit:?}: a rank hangs");
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    child.wait_with_output().unwrap()
+}
+
+fn losses(run: &Path) -> Vec<(u64, f64)> {
+    let rows = xlsr::metrics::MetricsLog::read(&run.join("metrics.jsonl")).unwrap();
+    xlsr::metrics::MetricsLog::series(&rows, "loss")
+}
+
+fn weights(dir: &Path) -> Vec<(String, Vec<f32>)> {
+    let bytes = std::fs::read(dir.join("model.safetensors")).unwrap();
+    let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+    let mut out: Vec<(String, Vec<f32>)> = st
+        .tensors()
+        .into_iter()
+        .map(|(name, t)| {
+            let v = bytemuck::pod_collect_to_vec::<u8, f32>(t.data());
+            (name, v)
+        })
+        .collect();
+    out.sort_by(|a, b| a.0.cmp(&b.0));
+    out
+}
+
+#[test]
+fn two_ranks_train_as_one_process_with_twice_the_batch() {
+    let dir = temp_dir("mpi");
+    let prep = common::demo_subset(&dir, 7);
+    let model = tiny_model(&dir, &prep);
+    let bin = env!("CARGO_BIN_EXE_xlsr");
+
+    let one = dir.join("one");
+    let a: Vec<String> = train_args(&model, &prep, &one, 4);
+    let refs: Vec<&dyn AsRef<std::ffi::OsStr>> = a.iter().map(|s| s as _).collect();
+    common::xlsr_ok(&refs);
+
+    let two = dir.join("two");
+    let mut a = vec!["-np".to_string(), "2".into(), bin.into()];
+    a.extend(train_args(&model, &prep, &two, 2));
+    let out = mpirun(&a, Duration::from_secs(600));
+    let text =
+        String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{text}");
+    assert!(text.contains("x 2 ranks"), "{text}");
+
+    // 7 clips in batches of 4: the last batch of each epoch has 3, shared 1 + 2.
+    let (l1, l2) = (losses(&one), losses(&two));
+    assert_eq!(l1.len(), 5);
+    assert_eq!(l1.len(), l2.len());
+    for ((s1, a), (s2, b)) in l1.iter().zip(&l2) {
+        assert_eq!(s1, s2);
+        assert!((a - b).abs() <= 1e-5 * a.abs(), "step {s1}: {a} vs {b}");
+    }
+    let (w1, w2) = (weights(&one.join("final")), weights(&two.join("final")));
+    assert_eq!(w1.len(), w2.len());
+    let mut worst = 0f32;
+    for ((n1, a), (n2, b)) in w1.iter().zip(&w2) {
+        assert_eq!(n1, n2);
+        worst = a
+            .iter()
+            .zip(b)
+            .fold(worst, |m, (x, y)| m.max((x - y).abs()));
+    }
+    eprintln!("largest weight difference after 5 steps: {worst:e}");
+    assert!(worst <= 1e-6, "{worst}");
+    // Rank 0 alone wrote the checkpoint: the same files as the single run's.
+    assert!(two.join("checkpoint-3/model.safetensors").is_file());
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+/// Rank 1 cannot open its adapter: it stops both ranks with an error naming it, quickly,
+/// and nothing is written.
+#[test]
+fn a_failing_rank_stops_the_others() {
+    let dir = temp_dir("mpi-fail");
+    let prep = common::demo_subset(&dir, 4);
+    let model = tiny_model(&dir, &prep);
+    let bin = env!("CARGO_BIN_EXE_xlsr").to_string();
+    let run = dir.join("run");
+    let train = train_args(&model, &prep, &run, 2);
+    // Open MPI's MPMD form: one rank as usual, one with an adapter that does not exist.
+    let mut a = vec!["-np".to_string(), "1".into(), bin.clone()];
+    a.extend(train.iter().cloned());
+    a.extend([":", "-np", "1", "-x", "XLSR_ADAPTER=no-such-adapter"].map(String::from));
+    a.push(bin);
+    a.extend(train);
+    let t0 = Instant::now();
+    let out = mpirun(&a, Duration::from_secs(120));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        err.contains("rank 1 of 2") && err.contains("no-such-adapter"),
+        "{err}"
+    );
+    eprintln!("stopped after {:.1} s", t0.elapsed().as_secs_f64());
+    assert!(!run.join("final").exists() && !run.join("checkpoint-3").exists());
+    let _ = std::fs::remove_dir_all(dir);
+}
