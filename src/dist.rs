@@ -107,6 +107,35 @@ impl Dist {
         Ok(())
     }
 
+    /// Every rank's `data`, in rank order, on every rank.
+    pub fn all_gather_bytes(&self, data: &[u8]) -> Vec<Vec<u8>> {
+        #[cfg(feature = "mpi")]
+        if let Some(world) = &self.world {
+            use mpi::collective::CommunicatorCollectives;
+            use mpi::datatype::PartitionMut;
+            let mut counts = vec![0i32; self.size];
+            world.all_gather_into(&(data.len() as i32), &mut counts[..]);
+            let displs: Vec<i32> = counts
+                .iter()
+                .scan(0, |at, &c| {
+                    let d = *at;
+                    *at += c;
+                    Some(d)
+                })
+                .collect();
+            let total = counts.iter().sum::<i32>() as usize;
+            let mut all = vec![0u8; total];
+            let mut parts = PartitionMut::new(&mut all[..], &counts[..], &displs[..]);
+            world.all_gather_varcount_into(data, &mut parts);
+            return counts
+                .iter()
+                .zip(&displs)
+                .map(|(&c, &d)| all[d as usize..(d + c) as usize].to_vec())
+                .collect();
+        }
+        vec![data.to_vec()]
+    }
+
     /// Waits until every rank is here.
     pub fn barrier(&self) {
         #[cfg(feature = "mpi")]

@@ -1,7 +1,7 @@
 //! Data-parallel training over MPI (`--features mpi`; Open MPI's `mpirun` on the PATH): two
 //! ranks with batch 2 train as one process with batch 4 (same losses, same weights, dropout,
-//! SpecAugment and LayerDrop on), and a rank that fails stops the other instead of leaving it
-//! waiting. Both ranks share lavapipe here.
+//! SpecAugment and LayerDrop on) and share the evaluation, and a rank that fails stops the
+//! other instead of leaving it waiting. Both ranks share lavapipe here.
 #![cfg(feature = "mpi")]
 
 mod common;
@@ -123,6 +123,29 @@ fn two_ranks_train_as_one_process_with_twice_the_batch() {
     }
     eprintln!("largest weight difference after 5 steps: {worst:e}");
     assert!(worst <= 1e-6, "{worst}");
+    // The final evaluation, shared by the ranks (a batch of 2 each in turn), is what one
+    // process finds with batches of 2.
+    let rows = xlsr::metrics::MetricsLog::read(&two.join("metrics.jsonl")).unwrap();
+    let shared = |k: &str| xlsr::metrics::MetricsLog::series(&rows, k)[0].1;
+    let (m, p) = (two.join("final"), prep.clone());
+    let a: [&dyn AsRef<std::ffi::OsStr>; 9] = [
+        &"eval",
+        &"--model",
+        &m,
+        &"--data",
+        &p,
+        &"--batch-size",
+        &"2",
+        &"--split",
+        &"test",
+    ];
+    let mut a = a.to_vec();
+    a.push(&"--json");
+    let json: serde_json::Value = serde_json::from_str(common::xlsr_ok(&a).trim()).unwrap();
+    assert_eq!(shared("eval_wer"), json["wer"].as_f64().unwrap());
+    assert_eq!(shared("eval_cer"), json["cer"].as_f64().unwrap());
+    let (l1, l2) = (shared("eval_loss"), json["ctc_loss"].as_f64().unwrap());
+    assert!((l1 - l2).abs() <= 1e-6 * l2.abs(), "{l1} vs {l2}");
     // Rank 0 alone wrote the checkpoint: the same files as the single run's.
     assert!(two.join("checkpoint-3/model.safetensors").is_file());
     let _ = std::fs::remove_dir_all(dir);

@@ -4,6 +4,7 @@
 
 use crate::data::{collate, Prepared, Split, Targets, Vocab};
 use crate::decode::LmDecoder;
+use crate::dist::Dist;
 use crate::error::{file_err, Result};
 use crate::metrics;
 use crate::model::{Forward, Wav2Vec2ForCtc};
@@ -48,6 +49,32 @@ pub fn evaluate(
     limit: Option<usize>,
     lm: Option<&LmDecoder>,
 ) -> Result<EvalResult> {
+    evaluate_shared(
+        model,
+        vocab,
+        data,
+        split,
+        batch_size,
+        limit,
+        lm,
+        &Dist::single(),
+    )
+}
+
+/// [`evaluate`] shared among data-parallel ranks: each runs every `size`-th batch, and all
+/// gather the transcripts and losses, so each gets the result one process would (the same
+/// WER, CER and loss, summed in the same order). Only one process keeps logits for `lm`.
+#[allow(clippy::too_many_arguments)]
+pub fn evaluate_shared(
+    model: &Wav2Vec2ForCtc,
+    vocab: &Vocab,
+    data: &Prepared,
+    split: Split,
+    batch_size: usize,
+    limit: Option<usize>,
+    lm: Option<&LmDecoder>,
+    dist: &Dist,
+) -> Result<EvalResult> {
     use rayon::prelude::*;
     let utts = data.split(split);
     let n = limit.unwrap_or(utts.len()).min(utts.len());
@@ -70,10 +97,13 @@ pub fn evaluate(
     order.sort_by_key(|&i| utts[i].samples);
     let v = model.config.vocab_size;
     let same_vocab = vocab.same_tokens(&data.vocab);
-    let mut pairs = Vec::with_capacity(n);
+    // Per batch this rank ran: its (reference, prediction) pairs and per-utterance losses.
+    let mut done: Vec<(usize, Vec<(String, String)>, Vec<f64>)> = Vec::new();
     let mut kept = Vec::new();
-    let mut loss_sum = 0.0;
-    for idx in order.chunks(batch_size.max(1)) {
+    let (rank, ranks) = (dist.rank(), dist.size());
+    let batches = order.chunks(batch_size.max(1)).enumerate();
+    for (j, idx) in batches.filter(|(j, _)| j % ranks == rank) {
+        let (mut pairs, mut losses_of) = (Vec::new(), Vec::new());
         let batch = collate(data, split, idx)?;
         let gpu = &model.gpu;
         let audio = Tensor::from_slice(gpu, &batch.audio, &[batch.len(), batch.max_samples])?;
@@ -128,7 +158,28 @@ pub fn evaluate(
             } else {
                 f64::NAN
             };
-            loss_sum += loss / targets.lengths[b].max(1) as f64;
+            losses_of.push(loss / targets.lengths[b].max(1) as f64);
+        }
+        done.push((j, pairs, losses_of));
+    }
+    if ranks > 1 {
+        let mine =
+            serde_json::to_vec(&done).map_err(|e| crate::error::Error::State(e.to_string()))?;
+        done = Vec::new();
+        for part in dist.all_gather_bytes(&mine) {
+            let theirs: Vec<(usize, Vec<(String, String)>, Vec<f64>)> =
+                serde_json::from_slice(&part)
+                    .map_err(|e| crate::error::Error::State(e.to_string()))?;
+            done.extend(theirs);
+        }
+        done.sort_by_key(|d| d.0);
+    }
+    let mut pairs = Vec::with_capacity(n);
+    let mut loss_sum = 0.0;
+    for (_, p, l) in done {
+        pairs.extend(p);
+        for x in l {
+            loss_sum += x;
         }
     }
     let refs: Vec<&str> = pairs.iter().map(|p| p.0.as_str()).collect();

@@ -8,7 +8,7 @@ pub mod options;
 pub mod state;
 pub mod step;
 
-pub use eval::{evaluate, EvalResult};
+pub use eval::{evaluate, evaluate_shared, EvalResult};
 pub use options::TrainOptions;
 pub use state::TrainerState;
 pub use step::{MicroBatch, Share, StepOptions, StepOutcome, TrainStep};
@@ -531,9 +531,9 @@ pub fn run_dist(gpu: &Gpu, args: &TrainOptions, dist: &Dist) -> Result<RunSummar
         ));
 
         let eval_now = (args.eval_steps > 0 && st.global_step % args.eval_steps == 0) || done;
-        let log_now = log.as_mut().filter(|_| eval_now);
-        if let Some(log) = log_now.filter(|_| !data.split(eval_split).is_empty()) {
-            let r = evaluate(
+        if eval_now && !data.split(eval_split).is_empty() {
+            // Shared among the ranks; rank 0 logs and plots.
+            let r = evaluate_shared(
                 &model,
                 &vocab,
                 &data,
@@ -541,8 +541,18 @@ pub fn run_dist(gpu: &Gpu, args: &TrainOptions, dist: &Dist) -> Result<RunSummar
                 args.batch_size,
                 args.max_eval_samples,
                 None,
+                dist,
             )?;
-            log.eval(st.global_step, epoch, r.ctc_loss, r.wer, r.cer)?;
+            if let Some(log) = log.as_mut() {
+                log.eval(st.global_step, epoch, r.ctc_loss, r.wer, r.cer)?;
+                let rows = MetricsLog::read(log.path())?;
+                crate::plot::training_plot(
+                    &args.out.join("training.svg"),
+                    &MetricsLog::series(&rows, "loss"),
+                    &MetricsLog::series(&rows, "eval_wer"),
+                    &MetricsLog::series(&rows, "eval_cer"),
+                )?;
+            }
             say(
                 &bar,
                 format!(
@@ -556,13 +566,6 @@ pub fn run_dist(gpu: &Gpu, args: &TrainOptions, dist: &Dist) -> Result<RunSummar
                     format!("    ref:  {reference}\n    pred: {prediction}"),
                 );
             }
-            let rows = MetricsLog::read(log.path())?;
-            crate::plot::training_plot(
-                &args.out.join("training.svg"),
-                &MetricsLog::series(&rows, "loss"),
-                &MetricsLog::series(&rows, "eval_wer"),
-                &MetricsLog::series(&rows, "eval_cer"),
-            )?;
             eval_result = Some(r);
         }
         if root && args.save_steps > 0 && st.global_step % args.save_steps == 0 && !done {
