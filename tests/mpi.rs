@@ -1,7 +1,8 @@
 //! Data-parallel training over MPI (`--features mpi`; Open MPI's `mpirun` on the PATH): two
 //! ranks with batch 2 train as one process with batch 4 (same losses, same weights, dropout,
-//! SpecAugment and LayerDrop on) and share the evaluation, and a rank that fails stops the
-//! other instead of leaving it waiting. Both ranks share lavapipe here.
+//! SpecAugment and LayerDrop on) and share the evaluation, one process resumes their run, and
+//! a rank that fails stops the other instead of leaving it waiting. Both ranks share lavapipe
+//! here.
 #![cfg(feature = "mpi")]
 
 mod common;
@@ -144,10 +145,34 @@ fn two_ranks_train_as_one_process_with_twice_the_batch() {
     let json: serde_json::Value = serde_json::from_str(common::xlsr_ok(&a).trim()).unwrap();
     assert_eq!(shared("eval_wer"), json["wer"].as_f64().unwrap());
     assert_eq!(shared("eval_cer"), json["cer"].as_f64().unwrap());
-    let (l1, l2) = (shared("eval_loss"), json["ctc_loss"].as_f64().unwrap());
-    assert!((l1 - l2).abs() <= 1e-6 * l2.abs(), "{l1} vs {l2}");
-    // Rank 0 alone wrote the checkpoint: the same files as the single run's.
+    let (e1, e2) = (shared("eval_loss"), json["ctc_loss"].as_f64().unwrap());
+    assert!((e1 - e2).abs() <= 1e-6 * e2.abs(), "{e1} vs {e2}");
+    // Rank 0 alone wrote the checkpoint; one process with batch 4 resumes from it (a
+    // different number of ranks, the same batches) and ends where the two ranks did.
     assert!(two.join("checkpoint-3/model.safetensors").is_file());
+    let three = dir.join("three");
+    std::fs::create_dir_all(three.join("checkpoint-3")).unwrap();
+    for f in std::fs::read_dir(two.join("checkpoint-3")).unwrap() {
+        let f = f.unwrap().path();
+        std::fs::copy(&f, three.join("checkpoint-3").join(f.file_name().unwrap())).unwrap();
+    }
+    std::fs::copy(two.join("metrics.jsonl"), three.join("metrics.jsonl")).unwrap();
+    let mut a = train_args(&model, &prep, &three, 4);
+    a.extend(["--resume".to_string(), "--override".into()]);
+    let refs: Vec<&dyn AsRef<std::ffi::OsStr>> = a.iter().map(|s| s as _).collect();
+    common::xlsr_ok(&refs);
+    for ((s1, a), (s2, b)) in l2.iter().zip(&losses(&three)) {
+        assert_eq!(s1, s2);
+        assert!(
+            (a - b).abs() <= 1e-5 * a.abs(),
+            "resumed, step {s1}: {a} vs {b}"
+        );
+    }
+    let w3 = weights(&three.join("final"));
+    let worst = w2.iter().zip(&w3).fold(0f32, |m, ((_, a), (_, b))| {
+        a.iter().zip(b).fold(m, |m, (x, y)| m.max((x - y).abs()))
+    });
+    assert!(worst <= 1e-6, "resumed: {worst}");
     let _ = std::fs::remove_dir_all(dir);
 }
 

@@ -8,7 +8,9 @@ use crate::ops::{self, activation::Act, conv::Conv1d, matmul::Algo, norm::Norm};
 use crate::{Gpu, Tensor};
 use std::time::Instant;
 
+mod allreduce;
 mod step;
+pub use allreduce::{allreduce, AllreduceReport};
 pub use step::{model_step, ModelStep, StepReport};
 
 /// One measured case.

@@ -38,6 +38,11 @@ pub struct BenchArgs {
     /// Training-step benchmark: timed steps after the warm-up (the median is reported)
     #[arg(long, default_value_t = 3)]
     pub steps: usize,
+    /// Time summing this many MB of f32 gradients over the MPI ranks (1262 for XLSR-53's
+    /// 315M parameters) as data-parallel training does: under `mpirun -np N` with the `mpi`
+    /// feature; the read-back, MPI_Allreduce and write-back, median of --steps
+    #[arg(long)]
+    pub allreduce: Option<f64>,
     /// Print every result as one JSON object on stdout (the table goes to stderr)
     #[arg(long)]
     pub json: bool,
@@ -45,6 +50,28 @@ pub struct BenchArgs {
 
 /// Runs the benchmarks: with `--batch`, the training-step benchmark alone.
 pub fn run(args: &BenchArgs) -> Result<()> {
+    if let Some(mb) = args.allreduce {
+        let dist = crate::dist::Dist::init()?;
+        let gpu = crate::Gpu::nth(dist.local_rank())?;
+        let r = crate::bench::allreduce(&gpu, &dist, (mb * 1e6) as u64, args.steps.max(1))?;
+        if dist.is_root() {
+            eprintln!(
+                "gradient all-reduce, {:.0} MB over {} ranks on {}: read back {:.1} ms, \
+                 MPI_Allreduce {:.1} ms, write {:.1} ms, {:.1} ms per step",
+                r.bytes as f64 / 1e6,
+                r.ranks,
+                gpu.info().name,
+                r.read_ms,
+                r.reduce_ms,
+                r.write_ms,
+                r.total_ms
+            );
+            if args.json {
+                println!("{}", serde_json::to_string(&r)?);
+            }
+        }
+        return Ok(());
+    }
     let gpu = crate::Gpu::new()?;
     let mut log = bench_log(args.json);
     let report = match args.batch {
