@@ -35,6 +35,10 @@ pub struct EvalResult {
     pub logits: Vec<Vec<f32>>,
 }
 
+/// One evaluated batch: its place in the evaluation order, its (reference, prediction) pairs
+/// and each utterance's loss over its label length.
+type BatchResult = (usize, Vec<(String, String)>, Vec<f64>);
+
 /// Evaluates `model` on `split` (the first `limit` utterances, if given), `batch_size` at a
 /// time, shortest first so padding stays small. `vocab` is the model's tokenizer: it decodes
 /// the predictions; the loss takes the batches' targets, re-encoded only when `vocab` is not
@@ -97,8 +101,7 @@ pub fn evaluate_shared(
     order.sort_by_key(|&i| utts[i].samples);
     let v = model.config.vocab_size;
     let same_vocab = vocab.same_tokens(&data.vocab);
-    // Per batch this rank ran: its (reference, prediction) pairs and per-utterance losses.
-    let mut done: Vec<(usize, Vec<(String, String)>, Vec<f64>)> = Vec::new();
+    let mut done: Vec<BatchResult> = Vec::new();
     let mut kept = Vec::new();
     let (rank, ranks) = (dist.rank(), dist.size());
     let batches = order.chunks(batch_size.max(1)).enumerate();
@@ -167,9 +170,8 @@ pub fn evaluate_shared(
             serde_json::to_vec(&done).map_err(|e| crate::error::Error::State(e.to_string()))?;
         done = Vec::new();
         for part in dist.all_gather_bytes(&mine) {
-            let theirs: Vec<(usize, Vec<(String, String)>, Vec<f64>)> =
-                serde_json::from_slice(&part)
-                    .map_err(|e| crate::error::Error::State(e.to_string()))?;
+            let theirs: Vec<BatchResult> = serde_json::from_slice(&part)
+                .map_err(|e| crate::error::Error::State(e.to_string()))?;
             done.extend(theirs);
         }
         done.sort_by_key(|d| d.0);
