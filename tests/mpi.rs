@@ -1,30 +1,15 @@
 //! Data-parallel training over MPI (`--features mpi`; Open MPI's `mpirun` on the PATH): two
 //! ranks with batch 2 train as one process with batch 4 (same losses, same weights, dropout,
 //! SpecAugment and LayerDrop on) and share the evaluation, one process resumes their run, and
-//! a rank that fails stops the other instead of leaving it waiting. Both ranks share lavapipe
-//! here.
+//! a rank that fails or is killed stops the other instead of leaving it waiting. Both ranks
+//! share lavapipe here.
 #![cfg(feature = "mpi")]
 
 mod common;
 use common::temp_dir;
-use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::path::Path;
+use std::process::{Child, Command, Output};
 use std::time::{Duration, Instant};
-use xlsr::data::Prepared;
-use xlsr::model::Wav2Vec2ForCtc;
-
-fn tiny_model(dir: &Path, prep: &Path) -> PathBuf {
-    let data = Prepared::open(prep).unwrap();
-    let mut cfg = xlsr::demo::small_config(data.vocab.len(), data.vocab.pad as usize);
-    cfg.hidden_size = 32;
-    cfg.intermediate_size = 48;
-    cfg.conv_dim = vec![16; 7];
-    cfg.num_hidden_layers = 2;
-    let m = Wav2Vec2ForCtc::random(&common::gpu(), cfg, 1).unwrap();
-    let out = dir.join("init");
-    xlsr::train::state::save_model(&out, &m, &data.vocab).unwrap();
-    out
-}
 
 /// `train` arguments: 5 steps of batch `batch` (x 2 accumulated), everything random on.
 fn train_args(model: &Path, prep: &Path, out: &Path, batch: usize) -> Vec<String> {
@@ -42,16 +27,20 @@ fn train_args(model: &Path, prep: &Path, out: &Path, batch: usize) -> Vec<String
     v
 }
 
-/// Runs `mpirun` with `args`, killing it after `limit` (a hang fails the test).
-fn mpirun(args: &[String], limit: Duration) -> Output {
-    let mut child = Command::new("mpirun")
+/// Starts `mpirun` with `args` (as root in CI containers, hence `--allow-run-as-root`).
+fn spawn_mpirun(args: &[String]) -> Child {
+    Command::new("mpirun")
         .args(["--allow-run-as-root", "--oversubscribe"])
         .args(args)
         .env("XDG_RUNTIME_DIR", "/tmp")
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped())
         .spawn()
-        .expect("mpirun (Open MPI) on the PATH");
+        .expect("mpirun (Open MPI) on the PATH")
+}
+
+/// Waits for `child`, killing it after `limit` (a hang fails the test).
+fn wait(mut child: Child, limit: Duration) -> Output {
     let t0 = Instant::now();
     while child.try_wait().unwrap().is_none() {
         if t0.elapsed() > limit {
@@ -61,6 +50,11 @@ fn mpirun(args: &[String], limit: Duration) -> Output {
         std::thread::sleep(Duration::from_millis(200));
     }
     child.wait_with_output().unwrap()
+}
+
+/// Runs `mpirun` with `args`, killing it after `limit`.
+fn mpirun(args: &[String], limit: Duration) -> Output {
+    wait(spawn_mpirun(args), limit)
 }
 
 fn losses(run: &Path) -> Vec<(u64, f64)> {
@@ -87,7 +81,7 @@ fn weights(dir: &Path) -> Vec<(String, Vec<f32>)> {
 fn two_ranks_train_as_one_process_with_twice_the_batch() {
     let dir = temp_dir("mpi");
     let prep = common::demo_subset(&dir, 7);
-    let model = tiny_model(&dir, &prep);
+    let model = common::tiny_model(&dir, &prep);
     let bin = env!("CARGO_BIN_EXE_xlsr");
 
     let one = dir.join("one");
@@ -182,7 +176,7 @@ fn two_ranks_train_as_one_process_with_twice_the_batch() {
 fn a_failing_rank_stops_the_others() {
     let dir = temp_dir("mpi-fail");
     let prep = common::demo_subset(&dir, 4);
-    let model = tiny_model(&dir, &prep);
+    let model = common::tiny_model(&dir, &prep);
     let bin = env!("CARGO_BIN_EXE_xlsr").to_string();
     let run = dir.join("run");
     let train = train_args(&model, &prep, &run, 2);
@@ -203,4 +197,74 @@ fn a_failing_rank_stops_the_others() {
     eprintln!("stopped after {:.1} s", t0.elapsed().as_secs_f64());
     assert!(!run.join("final").exists() && !run.join("checkpoint-3").exists());
     let _ = std::fs::remove_dir_all(dir);
+}
+
+/// A rank killed mid-run (SIGKILL, as the out-of-memory killer does): the launcher stops the
+/// other, and the run folder holds no half-written checkpoint.
+#[test]
+fn a_killed_rank_stops_the_others() {
+    let dir = temp_dir("mpi-kill");
+    let prep = common::demo_subset(&dir, 7);
+    let model = common::tiny_model(&dir, &prep);
+    let run = dir.join("run");
+    let mut a = vec![
+        "-np".to_string(),
+        "2".into(),
+        env!("CARGO_BIN_EXE_xlsr").into(),
+    ];
+    let mut train = train_args(&model, &prep, &run, 2);
+    // Long enough to be killed while training.
+    let at = train.iter().position(|x| x == "--max-steps").unwrap();
+    train[at + 1] = "1000".into();
+    a.extend(train);
+    let child = spawn_mpirun(&a);
+    // Rank 1: the xlsr process whose environment says so, once it has taken a few steps.
+    let t0 = Instant::now();
+    let victim = loop {
+        assert!(t0.elapsed() < Duration::from_secs(120), "no step logged");
+        std::thread::sleep(Duration::from_millis(500));
+        let logged = std::fs::read_to_string(run.join("metrics.jsonl")).unwrap_or_default();
+        if logged.lines().count() < 2 {
+            continue;
+        }
+        if let Some(pid) = rank_pid(1) {
+            break pid;
+        }
+    };
+    let killed = Command::new("kill")
+        .args(["-9", &victim.to_string()])
+        .status()
+        .unwrap();
+    assert!(killed.success());
+    let t1 = Instant::now();
+    let out = wait(child, Duration::from_secs(60));
+    assert!(!out.status.success());
+    eprintln!("stopped {:.1} s after the kill", t1.elapsed().as_secs_f64());
+    // Checkpoints are written to a temporary name and renamed: none is half there.
+    for e in std::fs::read_dir(&run).unwrap() {
+        let p = e.unwrap().path();
+        let name = p.file_name().unwrap().to_string_lossy().to_string();
+        if name.starts_with("checkpoint-") {
+            assert!(p.join("model.safetensors").is_file(), "{name} incomplete");
+            assert!(p.join("trainer_state.json").is_file(), "{name} incomplete");
+        }
+    }
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+/// The pid of the `xlsr` process that is MPI rank `rank` (Linux: read from /proc).
+fn rank_pid(rank: usize) -> Option<u32> {
+    let want = format!("OMPI_COMM_WORLD_RANK={rank}");
+    for e in std::fs::read_dir("/proc").ok()? {
+        let p = e.ok()?.path();
+        let Some(pid) = p.file_name()?.to_str()?.parse::<u32>().ok() else {
+            continue;
+        };
+        let comm = std::fs::read_to_string(p.join("comm")).unwrap_or_default();
+        let env = std::fs::read(p.join("environ")).unwrap_or_default();
+        if comm.trim() == "xlsr" && env.split(|&b| b == 0).any(|v| v == want.as_bytes()) {
+            return Some(pid);
+        }
+    }
+    None
 }

@@ -17,19 +17,6 @@ use xlsr::model::Wav2Vec2ForCtc;
 use xlsr::train::{self, TrainOptions};
 
 /// A tiny random model for the prepared vocabulary.
-fn tiny_model(dir: &Path, prep: &Path) -> PathBuf {
-    let data = Prepared::open(prep).unwrap();
-    let mut cfg = xlsr::demo::small_config(data.vocab.len(), data.vocab.pad as usize);
-    cfg.hidden_size = 32;
-    cfg.intermediate_size = 48;
-    cfg.conv_dim = vec![16; 7];
-    cfg.num_hidden_layers = 2;
-    cfg.mask_time_prob = 0.05; // so the checkpoint has masked_spec_embed
-    let m = Wav2Vec2ForCtc::random(&common::gpu(), cfg, 1).unwrap();
-    let out = dir.join("init");
-    train::state::save_model(&out, &m, &data.vocab).unwrap();
-    out
-}
 
 #[derive(Parser)]
 #[command(args_override_self = true)]
@@ -78,7 +65,7 @@ fn resumed_fp16_run_equals_uninterrupted_run() {
 fn resume_case(name: &str, extra: &[&str]) -> PathBuf {
     let dir = temp_dir(name);
     let prep = common::demo_subset(&dir, 6);
-    let model = tiny_model(&dir, &prep);
+    let model = common::tiny_model(&dir, &prep);
     // Dropout, LayerDrop and SpecAugment on, so their seeding is part of what must repeat.
     let common = [
         "--batch-size",
@@ -199,7 +186,7 @@ fn json_config_with_command_line_overrides() {
 fn bad_input_fails_cleanly() {
     let dir = temp_dir("bad");
     let prep = common::demo_subset(&dir, 2);
-    let model = tiny_model(&dir, &prep);
+    let model = common::tiny_model(&dir, &prep);
     let g = common::gpu();
 
     // A checkpoint whose head has another vocabulary.
@@ -293,7 +280,7 @@ fn edit_tokenizer(dir: &Path, edit: impl FnOnce(&mut serde_json::Value, &mut ser
 fn continuing_from_fine_tuned_checkpoints() {
     let dir = temp_dir("finetuned");
     let prep = common::demo_subset(&dir, 2);
-    let model = tiny_model(&dir, &prep);
+    let model = common::tiny_model(&dir, &prep);
     let g = common::gpu();
     let corpus = Prepared::open(&prep).unwrap();
     let head = corpus.vocab.len();
@@ -406,7 +393,7 @@ fn continuing_from_fine_tuned_checkpoints() {
 fn eval_cli_prints_json() {
     let dir = temp_dir("evalcli");
     let prep = common::demo_subset(&dir, 3);
-    let model = tiny_model(&dir, &prep);
+    let model = common::tiny_model(&dir, &prep);
     let out = common::xlsr_ok(&[&"eval", &"--json", &"--model", &model, &"--data", &prep]);
     let v: serde_json::Value = serde_json::from_str(&out).unwrap();
     for k in ["wer", "cer", "ctc_loss", "utterances", "skipped"] {
@@ -460,7 +447,7 @@ fn eval_cli_prints_json() {
 fn fp16_without_shader_f16_trains_in_f32_with_a_note() {
     let dir = temp_dir("nof16");
     let prep = common::demo_subset(&dir, 2);
-    let model = tiny_model(&dir, &prep);
+    let model = common::tiny_model(&dir, &prep);
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_xlsr"))
         .env("XDG_RUNTIME_DIR", "/tmp")
         .env("XLSR_NO_F16", "1")
@@ -497,7 +484,7 @@ fn names_in(dir: &Path) -> Vec<String> {
 fn used_run_folder_is_refused_and_rotation_keeps_the_newest() {
     let dir = temp_dir("reuse");
     let prep = common::demo_subset(&dir, 2);
-    let model = tiny_model(&dir, &prep);
+    let model = common::tiny_model(&dir, &prep);
     let g = common::gpu();
     let run = dir.join("run");
     let opts = |steps: &str, limit: &str| -> Vec<String> {
@@ -650,7 +637,7 @@ fn bad_numbers_are_refused_naming_the_flag() {
 fn diverging_run_stops_with_a_clear_error() {
     let dir = temp_dir("diverge");
     let prep = common::demo_subset(&dir, 2);
-    let model = tiny_model(&dir, &prep);
+    let model = common::tiny_model(&dir, &prep);
     let g = common::gpu();
     let base = [
         "--max-steps",
@@ -723,7 +710,7 @@ fn diverging_run_stops_with_a_clear_error() {
 fn eval_of_an_empty_split_is_an_error() {
     let dir = temp_dir("evalempty");
     let prep = common::demo_subset(&dir, 2);
-    let model = tiny_model(&dir, &prep);
+    let model = common::tiny_model(&dir, &prep);
     // A prep folder whose test split is empty.
     let m = dir.join("train_manifest.tsv");
     let mut opts = Options::new(
@@ -772,7 +759,7 @@ fn eval_of_an_empty_split_is_an_error() {
 fn resume_problems_are_named() {
     let dir = temp_dir("resumebad");
     let prep = common::demo_subset(&dir, 2);
-    let model = tiny_model(&dir, &prep);
+    let model = common::tiny_model(&dir, &prep);
     let g = common::gpu();
     let run = dir.join("run");
     let opts = [

@@ -233,3 +233,19 @@ pub fn matmul_shapes(
     };
     (ashape, bshape)
 }
+
+/// A 2-layer, 32-wide wav2vec2 for `prep`'s vocabulary with random weights, saved as a model
+/// folder `dir/init` (with `masked_spec_embed`, for SpecAugment).
+pub fn tiny_model(dir: &std::path::Path, prep: &std::path::Path) -> std::path::PathBuf {
+    let data = xlsr::data::Prepared::open(prep).unwrap();
+    let mut cfg = xlsr::demo::small_config(data.vocab.len(), data.vocab.pad as usize);
+    cfg.hidden_size = 32;
+    cfg.intermediate_size = 48;
+    cfg.conv_dim = vec![16; 7];
+    cfg.num_hidden_layers = 2;
+    cfg.mask_time_prob = 0.05;
+    let m = xlsr::model::Wav2Vec2ForCtc::random(&gpu(), cfg, 1).unwrap();
+    let out = dir.join("init");
+    xlsr::train::state::save_model(&out, &m, &data.vocab).unwrap();
+    out
+}
