@@ -5,17 +5,19 @@
 
 pub mod eval;
 pub mod options;
+mod report;
+mod setup;
 pub mod state;
 pub mod step;
 
 pub use eval::{evaluate, evaluate_shared, EvalResult};
 pub use options::TrainOptions;
+pub use setup::open_data;
 pub use state::TrainerState;
 pub use step::{MicroBatch, Share, StepOptions, StepOutcome, TrainStep};
 
 use crate::data::audio::SAMPLE_RATE;
-use crate::data::prepare::{self, Options, Source};
-use crate::data::{collate, Batch, Batcher, Prepared, Split, Vocab};
+use crate::data::{collate, Batch, Batcher, Prepared, Split};
 use crate::dist::Dist;
 use crate::error::{file_err, Error, Result};
 use crate::metrics::MetricsLog;
@@ -23,7 +25,9 @@ use crate::model::Wav2Vec2ForCtc;
 use crate::optim::{AdamW, AdamWConfig};
 use crate::rng::Rng;
 use crate::{Gpu, Tensor};
-use std::path::{Path, PathBuf};
+use report::{last_saved, print_profile, progress_bar, say};
+use setup::{model_vocab, report_relabel, resumed_args};
+use std::path::PathBuf;
 use std::time::Instant;
 
 /// What a finished run reports.
@@ -39,65 +43,6 @@ pub struct RunSummary {
     pub losses: Vec<(u64, f64)>,
     /// The last evaluation, if the test split is not empty.
     pub eval: Option<EvalResult>,
-}
-
-/// Opens `--data`: a prep folder, or a Common Voice folder prepared into `RUN_DIR/prepared`.
-pub fn open_data(data: &Path, run_dir: &Path) -> Result<Prepared> {
-    if data.join("index.json").is_file() {
-        return Ok(Prepared::open(data)?);
-    }
-    if data.join("train.tsv").is_file() {
-        let out = run_dir.join("prepared");
-        let opts = Options::new(Source::common_voice(data), &out);
-        let summary = prepare::run(&opts)?;
-        println!("{summary}");
-        return Ok(Prepared::open(&out)?);
-    }
-    file_err(
-        data,
-        "neither a prep folder (index.json, from `xlsr prepare`) nor a Common Voice folder (train.tsv)",
-    )
-}
-
-/// The vocabulary of a fine-tuned model folder whose CTC head has `rows` outputs.
-fn model_vocab(dir: &Path, rows: usize, lang: Option<&str>) -> Result<Vocab> {
-    let path = dir.join("vocab.json");
-    if !path.is_file() {
-        return file_err(
-            dir,
-            format!(
-                "the checkpoint has a CTC head ({rows} outputs) but no vocab.json to say what \
-                 they are: copy the tokenizer files of the model here, or pass --new-head to \
-                 train a new head on the corpus's vocabulary"
-            ),
-        );
-    }
-    let vocab = Vocab::load_lang(dir, lang)?;
-    vocab.check_head(&path, rows)?;
-    Ok(vocab)
-}
-
-/// Says how the corpus was encoded with a model's vocabulary.
-fn report_relabel(dir: &Path, vocab: &Vocab, r: &crate::data::prepared::Relabelled) {
-    println!(
-        "encoded the corpus with the model's vocabulary ({} tokens, {})",
-        vocab.head_size(),
-        dir.join("vocab.json").display()
-    );
-    if !r.unknown.is_empty() {
-        let n: usize = r.unknown.values().sum();
-        println!(
-            "  {n} characters it lacks became its unknown token: {} (pass --new-head to train \
-             a head on the corpus's own vocabulary instead)",
-            crate::data::vocab::unknown_summary(&r.unknown)
-        );
-    }
-    if !r.dropped.is_empty() {
-        println!(
-            "  {} clips left out: their transcripts, so encoded, are too long for the audio",
-            r.dropped.len()
-        );
-    }
 }
 
 /// A seed for one (step, micro-batch) derived from the run's seed.
@@ -645,106 +590,6 @@ fn share_of(
     Ok((batch, seed, Some(share)))
 }
 
-/// The options a resumed run uses: the checkpoint's (saved in its trainer_state.json), with
-/// the differences on the command line listed, or with `--override` the command line's. The
-/// weights always come from the checkpoint, whatever `--model` says.
-fn resumed_args(args: &TrainOptions, checkpoint: &Path) -> TrainOptions {
-    use serde_json::Value;
-    const OWN: [&str; 4] = ["out", "resume", "overwrite", "override"];
-    let saved = std::fs::read_to_string(checkpoint.join("trainer_state.json"))
-        .ok()
-        .and_then(|t| serde_json::from_str::<Value>(&t).ok())
-        .and_then(|v| v.get("args")?.as_object().cloned());
-    let now = serde_json::to_value(args).ok();
-    let (Some(saved), Some(Value::Object(now))) = (saved, now) else {
-        return args.clone(); // a checkpoint from before options were saved
-    };
-    let differ: Vec<String> = now
-        .iter()
-        .filter(|(k, _)| !OWN.contains(&k.as_str()))
-        .filter_map(|(k, v)| {
-            let old = saved.get(k).unwrap_or(&Value::Null);
-            // f32 options print as f32 (3e-4, not 0.0003000000142492354).
-            let show = |v: &Value| match v.as_f64() {
-                Some(x) if v.is_f64() && (x as f32) as f64 == x => format!("{}", x as f32),
-                _ => v.to_string(),
-            };
-            (old != v).then(|| format!("--{k} {} (checkpoint: {})", show(v), show(old)))
-        })
-        .collect();
-    if differ.is_empty() {
-        return args.clone();
-    }
-    if args.r#override {
-        eprintln!(
-            "note: --override: resuming with the command line's options where they differ from \
-             the checkpoint's (the weights still come from the checkpoint): {}",
-            differ.join(", ")
-        );
-        return args.clone();
-    }
-    let mut merged = saved;
-    for k in OWN {
-        if let Some(v) = now.get(k) {
-            merged.insert(k.into(), v.clone());
-        }
-    }
-    match serde_json::from_value::<TrainOptions>(Value::Object(merged)) {
-        Ok(a) => {
-            eprintln!(
-                "note: resuming with the checkpoint's options; these differ on the command \
-                 line and are not used (pass --override to use them): {}",
-                differ.join(", ")
-            );
-            a
-        }
-        Err(_) => args.clone(),
-    }
-}
-
 /// Training stops after this many optimiser steps in a row were skipped for a non-finite loss
 /// or gradient norm (fp16's loss scale would have fallen by 2^25 by then).
 pub const MAX_SKIPPED_IN_A_ROW: u64 = 25;
-
-/// "; the last checkpoint, NAME, is intact" (or nothing when there is none).
-fn last_saved(run_dir: &Path) -> String {
-    match state::list(run_dir).pop() {
-        Some((_, p)) => format!("; the last checkpoint, {}, is intact", p.display()),
-        None => String::new(),
-    }
-}
-
-fn print_profile(kernels: &[(&'static str, f64, u64)]) {
-    let total: f64 = kernels.iter().map(|k| k.1).sum();
-    let mut k = kernels.to_vec();
-    k.sort_by(|a, b| b.1.total_cmp(&a.1));
-    println!("GPU time by kernel ({:.1} ms in all):", total / 1e6);
-    for (name, ns, n) in k.iter().take(12) {
-        println!(
-            "    {name:<28} {:>9.1} ms {:>5.1}% ({n} launches)",
-            ns / 1e6,
-            100.0 * ns / total.max(1.0)
-        );
-    }
-}
-
-/// Prints above the progress bar, or plainly when there is no terminal to draw it on.
-fn say(bar: &indicatif::ProgressBar, msg: String) {
-    if bar.is_hidden() {
-        println!("{msg}");
-    } else {
-        bar.println(msg);
-    }
-}
-
-fn progress_bar(total: u64, at: u64) -> indicatif::ProgressBar {
-    let bar = indicatif::ProgressBar::new(total);
-    bar.set_style(
-        indicatif::ProgressStyle::with_template(
-            "{bar:30} {pos}/{len} [{elapsed_precise}<{eta_precise}] {msg}",
-        )
-        .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
-    );
-    bar.set_position(at);
-    bar
-}

@@ -1,0 +1,124 @@
+//! What a run sets up before its first step: the corpus, a fine-tuned model's vocabulary,
+//! and a resumed run's options.
+
+use super::TrainOptions;
+use crate::data::prepare::{self, Options, Source};
+use crate::data::{Prepared, Vocab};
+use crate::error::{file_err, Result};
+use std::path::Path;
+
+/// Opens `--data`: a prep folder, or a Common Voice folder prepared into `RUN_DIR/prepared`.
+pub fn open_data(data: &Path, run_dir: &Path) -> Result<Prepared> {
+    if data.join("index.json").is_file() {
+        return Ok(Prepared::open(data)?);
+    }
+    if data.join("train.tsv").is_file() {
+        let out = run_dir.join("prepared");
+        let opts = Options::new(Source::common_voice(data), &out);
+        let summary = prepare::run(&opts)?;
+        println!("{summary}");
+        return Ok(Prepared::open(&out)?);
+    }
+    file_err(
+        data,
+        "neither a prep folder (index.json, from `xlsr prepare`) nor a Common Voice folder (train.tsv)",
+    )
+}
+
+/// The vocabulary of a fine-tuned model folder whose CTC head has `rows` outputs.
+pub(super) fn model_vocab(dir: &Path, rows: usize, lang: Option<&str>) -> Result<Vocab> {
+    let path = dir.join("vocab.json");
+    if !path.is_file() {
+        return file_err(
+            dir,
+            format!(
+                "the checkpoint has a CTC head ({rows} outputs) but no vocab.json to say what \
+                 they are: copy the tokenizer files of the model here, or pass --new-head to \
+                 train a new head on the corpus's vocabulary"
+            ),
+        );
+    }
+    let vocab = Vocab::load_lang(dir, lang)?;
+    vocab.check_head(&path, rows)?;
+    Ok(vocab)
+}
+
+/// Says how the corpus was encoded with a model's vocabulary.
+pub(super) fn report_relabel(dir: &Path, vocab: &Vocab, r: &crate::data::prepared::Relabelled) {
+    println!(
+        "encoded the corpus with the model's vocabulary ({} tokens, {})",
+        vocab.head_size(),
+        dir.join("vocab.json").display()
+    );
+    if !r.unknown.is_empty() {
+        let n: usize = r.unknown.values().sum();
+        println!(
+            "  {n} characters it lacks became its unknown token: {} (pass --new-head to train \
+             a head on the corpus's own vocabulary instead)",
+            crate::data::vocab::unknown_summary(&r.unknown)
+        );
+    }
+    if !r.dropped.is_empty() {
+        println!(
+            "  {} clips left out: their transcripts, so encoded, are too long for the audio",
+            r.dropped.len()
+        );
+    }
+}
+
+/// The options a resumed run uses: the checkpoint's (saved in its trainer_state.json), with
+/// the differences on the command line listed, or with `--override` the command line's. The
+/// weights always come from the checkpoint, whatever `--model` says.
+pub(super) fn resumed_args(args: &TrainOptions, checkpoint: &Path) -> TrainOptions {
+    use serde_json::Value;
+    const OWN: [&str; 4] = ["out", "resume", "overwrite", "override"];
+    let saved = std::fs::read_to_string(checkpoint.join("trainer_state.json"))
+        .ok()
+        .and_then(|t| serde_json::from_str::<Value>(&t).ok())
+        .and_then(|v| v.get("args")?.as_object().cloned());
+    let now = serde_json::to_value(args).ok();
+    let (Some(saved), Some(Value::Object(now))) = (saved, now) else {
+        return args.clone(); // a checkpoint from before options were saved
+    };
+    let differ: Vec<String> = now
+        .iter()
+        .filter(|(k, _)| !OWN.contains(&k.as_str()))
+        .filter_map(|(k, v)| {
+            let old = saved.get(k).unwrap_or(&Value::Null);
+            // f32 options print as f32 (3e-4, not 0.0003000000142492354).
+            let show = |v: &Value| match v.as_f64() {
+                Some(x) if v.is_f64() && (x as f32) as f64 == x => format!("{}", x as f32),
+                _ => v.to_string(),
+            };
+            (old != v).then(|| format!("--{k} {} (checkpoint: {})", show(v), show(old)))
+        })
+        .collect();
+    if differ.is_empty() {
+        return args.clone();
+    }
+    if args.r#override {
+        eprintln!(
+            "note: --override: resuming with the command line's options where they differ from \
+             the checkpoint's (the weights still come from the checkpoint): {}",
+            differ.join(", ")
+        );
+        return args.clone();
+    }
+    let mut merged = saved;
+    for k in OWN {
+        if let Some(v) = now.get(k) {
+            merged.insert(k.into(), v.clone());
+        }
+    }
+    match serde_json::from_value::<TrainOptions>(Value::Object(merged)) {
+        Ok(a) => {
+            eprintln!(
+                "note: resuming with the checkpoint's options; these differ on the command \
+                 line and are not used (pass --override to use them): {}",
+                differ.join(", ")
+            );
+            a
+        }
+        Err(_) => args.clone(),
+    }
+}
