@@ -13,9 +13,11 @@
 //! to their context's back-off weight, so distributions still sum to one.
 //!
 //! Memory: the vocabulary is known before counting (a first pass over the text), so an
-//! n-gram packs into one 128-bit integer; each distinct n-gram costs one hash-map entry of
-//! 32 bytes (plus its context's), whatever the text's size. There is no spilling to disk:
-//! the distinct n-grams must fit in memory.
+//! n-gram packs into one 128-bit integer. Counts gather in a bounded hash map per order that
+//! is sorted and merged into a sorted array when full; the estimate then works on the sorted
+//! arrays (contexts are runs, back-offs binary searches), at 29 bytes per distinct n-gram
+//! (key, count, probability, back-off, kept) whatever the text's size. There is no spilling
+//! to disk: the distinct n-grams must fit in memory.
 
 use crate::error::{file_err, Error, Result};
 use std::hash::{BuildHasherDefault, Hasher};
@@ -28,8 +30,12 @@ const EOS: u32 = 1;
 const UNK: u32 = 2;
 
 /// Word ids packed into one integer, the first word in the highest bits, so that integer
-/// order is the n-grams' lexicographic order. The length is known from the map it sits in.
+/// order is the n-grams' lexicographic order (an n-gram's continuations are one run). The
+/// length is known from the array it sits in.
 type Gram = u128;
+
+/// Distinct n-grams an order's hash map gathers before it is merged into the sorted array.
+const GATHER: usize = 1 << 20;
 
 /// Hash maps keyed by packed n-grams. FxHash (rustc-hash 1) leaves the low bits of the hash,
 /// which pick the bucket, to the key's low bits: n-grams ending in the same word would
@@ -64,21 +70,60 @@ impl Hasher for MixHasher {
     }
 }
 
-/// One n-gram: its count (raw, then adjusted), whether it is written, its probability.
-#[derive(Clone, Copy, Default)]
-struct Entry {
-    count: u32,
-    keep: bool,
-    prob: f32,
+/// One order's n-grams, sorted, with parallel columns.
+#[derive(Default)]
+struct Order {
+    keys: Vec<Gram>,
+    /// Raw counts, then adjusted ones.
+    counts: Vec<u32>,
+    /// Counts not yet merged into `keys`.
+    gathering: HashMap<Gram, u32>,
+    keep: Vec<bool>,
+    prob: Vec<f32>,
+    /// log10 back-off weight as a context (0 when not one).
+    backoff: Vec<f32>,
 }
 
-/// Per context: the sum of its n-grams' adjusted counts, how many have 1, 2, 3+, and the
-/// discounted mass of its pruned n-grams.
-#[derive(Clone, Copy, Default)]
-struct Context {
-    sum: u32,
-    by_count: [u32; 3],
-    pruned: f64,
+impl Order {
+    /// Merges the gathered counts into the sorted columns (in place, from the back).
+    fn merge(&mut self) {
+        let mut new: Vec<(Gram, u32)> = self.gathering.drain().collect();
+        new.sort_unstable_by_key(|e| e.0);
+        let (n, m) = (self.keys.len(), new.len());
+        // Exactly: a doubling growth would waste up to half of the largest arrays.
+        self.keys.reserve_exact(m);
+        self.counts.reserve_exact(m);
+        self.keys.resize(n + m, 0);
+        self.counts.resize(n + m, 0);
+        let (mut i, mut j, mut at) = (n, m, n + m);
+        while j > 0 {
+            at -= 1;
+            if i > 0 && self.keys[i - 1] >= new[j - 1].0 {
+                let same = self.keys[i - 1] == new[j - 1].0;
+                self.keys[at] = self.keys[i - 1];
+                self.counts[at] = self.counts[i - 1] + if same { new[j - 1].1 } else { 0 };
+                i -= 1;
+                j -= same as usize;
+            } else {
+                self.keys[at] = new[j - 1].0;
+                self.counts[at] = new[j - 1].1;
+                j -= 1;
+            }
+        }
+        // Keys counted before and again leave a gap between the untouched head [0, i) and the
+        // merged tail [at, n + m): close it.
+        if at > i {
+            let gap = at - i;
+            self.keys.copy_within(at.., i);
+            self.counts.copy_within(at.., i);
+            self.keys.truncate(n + m - gap);
+            self.counts.truncate(n + m - gap);
+        }
+    }
+
+    fn find(&self, g: Gram) -> Option<usize> {
+        self.keys.binary_search(&g).ok()
+    }
 }
 
 /// Counts n-grams of sentences over a fixed vocabulary, then estimates and writes the model.
@@ -88,7 +133,7 @@ pub struct KneserNey {
     ids: HashMap<String, u32>,
     names: Vec<String>,
     /// Per order (index n - 1).
-    grams: Vec<HashMap<Gram, Entry>>,
+    grams: Vec<Order>,
 }
 
 /// What [`KneserNey::write_arpa`] wrote.
@@ -126,7 +171,7 @@ impl KneserNey {
             bits,
             ids: names.iter().cloned().zip(0..).collect(),
             names,
-            grams: vec![HashMap::default(); order],
+            grams: (0..order).map(|_| Order::default()).collect(),
         })
     }
 
@@ -149,7 +194,11 @@ impl KneserNey {
                     continue;
                 }
                 let g = window.iter().fold(0, |g, &w| self.push(g, w));
-                self.grams[n - 1].entry(g).or_default().count += 1;
+                let order = &mut self.grams[n - 1];
+                *order.gathering.entry(g).or_default() += 1;
+                if order.gathering.len() >= GATHER {
+                    order.merge();
+                }
             }
         }
     }
@@ -160,16 +209,6 @@ impl KneserNey {
 
     fn last(&self, g: Gram) -> u32 {
         (g & ((1 << self.bits) - 1)) as u32
-    }
-
-    /// The context: all but the last word.
-    fn prefix(&self, g: Gram) -> Gram {
-        g >> self.bits
-    }
-
-    /// The back-off: all but the first word of an n-gram of length `n`.
-    fn suffix(&self, g: Gram, n: usize) -> Gram {
-        g & ((1 << (self.bits as usize * (n - 1))) - 1)
     }
 
     fn name(&self, g: Gram, n: usize) -> String {
@@ -187,23 +226,37 @@ impl KneserNey {
     /// ends in `.gz`; with `prune`, drops singletons of order 3 and above.
     pub fn write_arpa(mut self, path: &Path, prune: bool) -> Result<Built> {
         let top = self.order;
+        for o in &mut self.grams {
+            o.merge();
+            o.gathering = HashMap::default();
+        }
+        // <s> is a unigram (a context) with no probability of its own: in the table with
+        // count 0 so that it holds its back-off, left out of the vocabulary.
+        let uni = &mut self.grams[0];
+        for w in [BOS, EOS, UNK] {
+            uni.gathering.insert(w as Gram, 0);
+        }
+        uni.merge();
+        for o in &mut self.grams {
+            let n = o.keys.len();
+            o.keep = vec![true; n];
+            o.prob = vec![0.0; n];
+            o.backoff = vec![0.0; n];
+        }
         // Which n-grams are written: longest first, as a kept n-gram keeps its context and
         // its back-off.
-        for n in (1..=top).rev() {
-            let singles = prune && n >= 3;
-            for e in self.grams[n - 1].values_mut() {
-                e.keep = !singles || e.count > 1;
+        for n in (3..=top).rev().filter(|_| prune) {
+            let (lower, upper) = self.grams.split_at_mut(n);
+            let this = &mut lower[n - 1];
+            for (k, &c) in this.keep.iter_mut().zip(&this.counts) {
+                *k = c > 1;
             }
-            if n < top && singles {
-                let kept: Vec<Gram> = self.grams[n]
-                    .iter()
-                    .filter(|(_, e)| e.keep)
-                    .map(|(&g, _)| g)
-                    .collect();
-                for g in kept {
-                    for h in [self.prefix(g), self.suffix(g, n + 1)] {
-                        if let Some(e) = self.grams[n - 1].get_mut(&h) {
-                            e.keep = true;
+            if let Some(up) = upper.first() {
+                for (&g, _) in up.keys.iter().zip(&up.keep).filter(|(_, &k)| k) {
+                    let bits = self.bits as usize;
+                    for h in [g >> bits, g & ((1 << (bits * n)) - 1)] {
+                        if let Ok(i) = this.keys.binary_search(&h) {
+                            this.keep[i] = true;
                         }
                     }
                 }
@@ -213,95 +266,95 @@ impl KneserNey {
         // back-off n-gram (every text n-gram not at a sentence's start is one).
         for n in (1..top).rev() {
             let (lower, upper) = self.grams.split_at_mut(n);
+            let this = &mut lower[n - 1];
             let bits = self.bits as usize;
-            for (&g, e) in lower[n - 1].iter_mut() {
+            for (&g, c) in this.keys.iter().zip(this.counts.iter_mut()) {
                 if (g >> (bits * (n - 1))) as u32 != BOS {
-                    e.count = 0;
+                    *c = 0;
                 }
             }
             let mask = (1 << (bits * n)) - 1;
-            for &g in upper[0].keys() {
-                if let Some(e) = lower[n - 1].get_mut(&(g & mask)) {
-                    e.count += 1;
+            for &g in &upper[0].keys {
+                if let Ok(i) = this.keys.binary_search(&(g & mask)) {
+                    this.counts[i] += 1;
                 }
             }
         }
-        for w in [EOS, UNK] {
-            self.grams[0].entry(w as Gram).or_insert(Entry {
-                count: 0,
-                keep: true,
-                prob: 0.0,
-            });
-        }
-        let discounts: Vec<[f64; 3]> = self.grams.iter().map(discounts).collect();
-        let discount = |n: usize, a: u32| {
-            if a == 0 {
-                0.0
-            } else {
-                discounts[n - 1][(a.min(3) - 1) as usize]
-            }
+        let discounts: Vec<[f64; 3]> = self.grams.iter().map(|o| discounts(&o.counts)).collect();
+        let discount = |n: usize, a: u32| match a {
+            0 => 0.0,
+            a => discounts[n - 1][(a.min(3) - 1) as usize],
         };
-        let mut contexts: Vec<HashMap<Gram, Context>> = vec![HashMap::default(); top];
-        for n in 1..=top {
-            for (&g, e) in &self.grams[n - 1] {
-                let c = contexts[n - 1].entry(self.prefix(g)).or_default();
-                c.sum += e.count;
-                if e.count > 0 {
-                    c.by_count[(e.count.min(3) - 1) as usize] += 1;
-                }
-                if !e.keep {
-                    c.pruned += e.count as f64 - discount(n, e.count);
-                }
-            }
-        }
-        let gamma = |n: usize, h: Gram| -> Option<f64> {
-            contexts[n - 1].get(&h).map(|c| {
-                let d = discounts[n - 1];
-                let k = c.by_count.map(|k| k as f64);
-                (d[0] * k[0] + d[1] * k[1] + d[2] * k[2] + c.pruned) / c.sum as f64
-            })
-        };
-        let vocab = self.grams[0].len() as f64;
+        let vocab = (self.grams[0].keys.len() - 1) as f64;
         for n in 1..=top {
             let (lower, this) = self.grams.split_at_mut(n - 1);
-            for (&g, e) in this[0].iter_mut() {
-                let h = g >> self.bits;
-                let sum = contexts[n - 1][&h].sum as f64;
-                let backoff = if n == 1 {
-                    1.0 / vocab
-                } else {
-                    let s = g & ((1 << (self.bits as usize * (n - 1))) - 1);
-                    lower[n - 2][&s].prob as f64
-                };
-                let own = if sum > 0.0 {
-                    (e.count as f64 - discount(n, e.count)) / sum
-                } else {
-                    0.0
-                };
-                e.prob = (own + gamma(n, h).unwrap_or(0.0) * backoff) as f32;
+            let this = &mut this[0];
+            // A context's continuations are one run of the sorted keys.
+            let mut start = 0;
+            while start < this.keys.len() {
+                let h = this.keys[start] >> self.bits;
+                let end = start + this.keys[start..].partition_point(|&g| g >> self.bits == h);
+                let run = start..end;
+                let (mut sum, mut by_count, mut pruned) = (0.0, [0.0; 3], 0.0);
+                for i in run.clone() {
+                    let a = this.counts[i];
+                    sum += a as f64;
+                    if a > 0 {
+                        by_count[(a.min(3) - 1) as usize] += 1.0;
+                    }
+                    if !this.keep[i] {
+                        pruned += a as f64 - discount(n, a);
+                    }
+                }
+                let d = discounts[n - 1];
+                let gamma =
+                    (d[0] * by_count[0] + d[1] * by_count[1] + d[2] * by_count[2] + pruned) / sum;
+                for i in run {
+                    let g = this.keys[i];
+                    let lower_p = match n {
+                        1 => 1.0 / vocab,
+                        _ => {
+                            let o = &lower[n - 2];
+                            let s = g & ((1 << (self.bits as usize * (n - 1))) - 1);
+                            o.prob[o.find(s).expect("a back-off n-gram exists")] as f64
+                        }
+                    };
+                    let a = this.counts[i];
+                    let own = if sum > 0.0 {
+                        (a as f64 - discount(n, a)) / sum
+                    } else {
+                        0.0
+                    };
+                    this.prob[i] = (own + if sum > 0.0 { gamma } else { 0.0 } * lower_p) as f32;
+                }
+                // The context's back-off weight, on its own line one order down.
+                if n > 1 && sum > 0.0 {
+                    let o = &mut lower[n - 2];
+                    if let Some(i) = o.find(h) {
+                        o.backoff[i] = gamma.log10() as f32;
+                    }
+                }
+                start = end;
             }
         }
-        let ngrams: Vec<usize> = (1..=top)
-            .map(|n| self.grams[n - 1].values().filter(|e| e.keep).count() + (n == 1) as usize)
+        let bos = self.grams[0]
+            .find(BOS as Gram)
+            .expect("<s> is in the table");
+        let ngrams: Vec<usize> = self
+            .grams
+            .iter()
+            .map(|o| o.keep.iter().filter(|&&k| k).count())
             .collect();
-        let written = self.write(path, &ngrams, |n, g| {
-            // Back-off weights of n-grams that are contexts; lmplz also gives one (0) to
-            // every lower-order n-gram but those ending in </s>.
-            (n < top && self.last(g) != EOS).then(|| gamma(n + 1, g).map_or(0.0, f64::log10))
-        });
+        let written = self.write(path, &ngrams, bos);
         if let Err(e) = written {
             return file_err(path, format!("cannot write: {e}"));
         }
         Ok(Built { ngrams, discounts })
     }
 
-    /// Writes the kept n-grams, sorted, with `backoff(n, gram)` where it gives one.
-    fn write(
-        &self,
-        path: &Path,
-        ngrams: &[usize],
-        backoff: impl Fn(usize, Gram) -> Option<f64>,
-    ) -> std::io::Result<()> {
+    /// Writes the kept n-grams, sorted, with their back-offs: every lower-order n-gram but
+    /// those ending in `</s>` gets one (0 when it is no context), as lmplz writes them.
+    fn write(&self, path: &Path, ngrams: &[usize], bos: usize) -> std::io::Result<()> {
         let file = std::io::BufWriter::new(std::fs::File::create(path)?);
         let mut f: Box<dyn Write> = if path.extension().is_some_and(|e| e == "gz") {
             let gz = flate2::write::GzEncoder::new(file, flate2::Compression::default());
@@ -315,25 +368,18 @@ impl KneserNey {
         }
         for n in 1..=self.order {
             writeln!(f, "\n\\{n}-grams:")?;
-            let mut kept: Vec<Gram> = self.grams[n - 1]
-                .iter()
-                .filter(|(_, e)| e.keep)
-                .map(|(&g, _)| g)
-                .collect();
-            if n == 1 {
-                // <s> is a unigram (a context) with no probability of its own.
-                kept.push(BOS as Gram);
-            }
-            kept.sort_unstable();
-            for g in kept {
-                let lp = match self.grams[n - 1].get(&g) {
-                    Some(e) => (e.prob as f64).log10(),
-                    None => -99.0,
+            let o = &self.grams[n - 1];
+            for i in (0..o.keys.len()).filter(|&i| o.keep[i]) {
+                let g = o.keys[i];
+                let lp = match n == 1 && i == bos {
+                    true => -99.0,
+                    false => (o.prob[i] as f64).log10(),
                 };
                 let name = self.name(g, n);
-                match backoff(n, g) {
-                    Some(b) => writeln!(f, "{lp:.7}\t{name}\t{b:.7}")?,
-                    None => writeln!(f, "{lp:.7}\t{name}")?,
+                if n < self.order && self.last(g) != EOS {
+                    writeln!(f, "{lp:.7}\t{name}\t{:.7}", o.backoff[i] as f64)?;
+                } else {
+                    writeln!(f, "{lp:.7}\t{name}")?;
                 }
             }
         }
@@ -344,11 +390,11 @@ impl KneserNey {
 
 /// Modified Kneser-Ney discounts from one order's adjusted counts (lmplz's formulas; 0.5, 1,
 /// 1.5 when a count of counts is zero, as on tiny corpora).
-fn discounts(grams: &HashMap<Gram, Entry>) -> [f64; 3] {
+fn discounts(counts: &[u32]) -> [f64; 3] {
     let mut t = [0f64; 5];
-    for e in grams.values() {
-        if (1..=4).contains(&e.count) {
-            t[e.count as usize] += 1.0;
+    for &c in counts {
+        if (1..=4).contains(&c) {
+            t[c as usize] += 1.0;
         }
     }
     let y = t[1] / (t[1] + 2.0 * t[2]);
