@@ -33,6 +33,8 @@ fn spawn_mpirun(args: &[String]) -> Child {
         .args(["--allow-run-as-root", "--oversubscribe"])
         .args(args)
         .env("XDG_RUNTIME_DIR", "/tmp")
+        // Containers often forbid the cross-process memory copy Open MPI tries first.
+        .env("OMPI_MCA_btl_vader_single_copy_mechanism", "none")
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped())
         .spawn()
