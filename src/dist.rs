@@ -14,6 +14,11 @@ pub struct Dist {
     local_rank: usize,
     #[cfg(feature = "mpi")]
     world: Option<mpi::topology::SimpleCommunicator>,
+    /// When the collective under way began (ms since `epoch`; 0: none), for the watchdog.
+    #[cfg(feature = "mpi")]
+    waiting_since: std::sync::Arc<std::sync::atomic::AtomicU64>,
+    #[cfg(feature = "mpi")]
+    epoch: std::time::Instant,
     /// Finalises MPI when dropped.
     #[cfg(feature = "mpi")]
     _universe: Option<mpi::environment::Universe>,
@@ -28,6 +33,10 @@ impl Dist {
             local_rank: 0,
             #[cfg(feature = "mpi")]
             world: None,
+            #[cfg(feature = "mpi")]
+            waiting_since: Default::default(),
+            #[cfg(feature = "mpi")]
+            epoch: std::time::Instant::now(),
             #[cfg(feature = "mpi")]
             _universe: None,
         }
@@ -45,13 +54,17 @@ impl Dist {
             })?;
             let world = universe.world();
             let local = world.split_shared(0).rank().try_into().unwrap_or_default();
-            return Ok(Dist {
+            let dist = Dist {
                 rank: world.rank() as usize,
                 size: world.size() as usize,
                 local_rank: local,
                 world: Some(world),
+                waiting_since: Default::default(),
+                epoch: std::time::Instant::now(),
                 _universe: Some(universe),
-            });
+            };
+            dist.watch();
+            return Ok(dist);
         }
         if launched.is_some_and(|n| n > 1) && !cfg!(feature = "mpi") {
             return Err(crate::error::Error::Usage(
@@ -89,7 +102,7 @@ impl Dist {
         if let Some(world) = &self.world {
             use mpi::collective::{CommunicatorCollectives, SystemOperation};
             let send = data.to_vec();
-            world.all_reduce_into(&send[..], data, SystemOperation::sum());
+            self.waiting(|| world.all_reduce_into(&send[..], data, SystemOperation::sum()));
         }
         let _ = data;
     }
@@ -114,7 +127,7 @@ impl Dist {
             use mpi::collective::CommunicatorCollectives;
             use mpi::datatype::PartitionMut;
             let mut counts = vec![0i32; self.size];
-            world.all_gather_into(&(data.len() as i32), &mut counts[..]);
+            self.waiting(|| world.all_gather_into(&(data.len() as i32), &mut counts[..]));
             let displs: Vec<i32> = counts
                 .iter()
                 .scan(0, |at, &c| {
@@ -126,7 +139,7 @@ impl Dist {
             let total = counts.iter().sum::<i32>() as usize;
             let mut all = vec![0u8; total];
             let mut parts = PartitionMut::new(&mut all[..], &counts[..], &displs[..]);
-            world.all_gather_varcount_into(data, &mut parts);
+            self.waiting(|| world.all_gather_varcount_into(data, &mut parts));
             return counts
                 .iter()
                 .zip(&displs)
@@ -141,8 +154,49 @@ impl Dist {
         #[cfg(feature = "mpi")]
         if let Some(world) = &self.world {
             use mpi::collective::CommunicatorCollectives;
-            world.barrier();
+            self.waiting(|| world.barrier());
         }
+    }
+
+    /// Runs a collective, marking the wait for the watchdog.
+    #[cfg(feature = "mpi")]
+    fn waiting<R>(&self, f: impl FnOnce() -> R) -> R {
+        use std::sync::atomic::Ordering;
+        let now = self.epoch.elapsed().as_millis() as u64;
+        self.waiting_since.store(now.max(1), Ordering::Relaxed);
+        let r = f();
+        self.waiting_since.store(0, Ordering::Relaxed);
+        r
+    }
+
+    /// With `XLSR_MPI_TIMEOUT=SECONDS`, a thread ends this process when one collective has
+    /// waited that long (another rank hangs without dying: a stuck device, a stopped
+    /// process); the launcher then stops the others. Off by default: rank 0 may keep the
+    /// others waiting for minutes while it prepares a corpus or writes a checkpoint.
+    #[cfg(feature = "mpi")]
+    fn watch(&self) {
+        use std::sync::atomic::Ordering;
+        let Some(limit) = std::env::var("XLSR_MPI_TIMEOUT")
+            .ok()
+            .and_then(|v| v.parse::<f64>().ok())
+            .filter(|&s| s > 0.0)
+        else {
+            return;
+        };
+        let (since, epoch, rank, size) =
+            (self.waiting_since.clone(), self.epoch, self.rank, self.size);
+        std::thread::spawn(move || loop {
+            std::thread::sleep(std::time::Duration::from_millis(250));
+            let t = since.load(Ordering::Relaxed);
+            let now = epoch.elapsed().as_millis() as u64;
+            if t > 0 && (now.saturating_sub(t)) as f64 > limit * 1e3 {
+                eprintln!(
+                    "xlsr: rank {rank} of {size}: waited {limit} s (XLSR_MPI_TIMEOUT) for the \
+                     other ranks; one of them hangs. Stopping."
+                );
+                std::process::exit(3);
+            }
+        });
     }
 
     /// Stops every rank (after this one failed), so that none waits for it forever.

@@ -1,13 +1,13 @@
 //! Data-parallel training over MPI (`--features mpi`; Open MPI's `mpirun` on the PATH): two
 //! ranks with batch 2 train as one process with batch 4 (same losses, same weights, dropout,
 //! SpecAugment and LayerDrop on) and share the evaluation, one process resumes their run, and
-//! a rank that fails or is killed stops the other instead of leaving it waiting. Both ranks
-//! share lavapipe here.
+//! a rank that fails, is killed or hangs stops the other instead of leaving it waiting. Both
+//! ranks share lavapipe here.
 #![cfg(feature = "mpi")]
 
 mod common;
 use common::temp_dir;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output};
 use std::time::{Duration, Instant};
 
@@ -205,43 +205,8 @@ fn a_failing_rank_stops_the_others() {
 /// other, and the run folder holds no half-written checkpoint.
 #[test]
 fn a_killed_rank_stops_the_others() {
-    let dir = temp_dir("mpi-kill");
-    let prep = common::demo_subset(&dir, 7);
-    let model = common::tiny_model(&dir, &prep);
-    let run = dir.join("run");
-    let mut a = vec![
-        "-np".to_string(),
-        "2".into(),
-        env!("CARGO_BIN_EXE_xlsr").into(),
-    ];
-    let mut train = train_args(&model, &prep, &run, 2);
-    // Long enough to be killed while training.
-    let at = train.iter().position(|x| x == "--max-steps").unwrap();
-    train[at + 1] = "1000".into();
-    a.extend(train);
-    let child = spawn_mpirun(&a);
-    // Rank 1: the xlsr process whose environment says so, once it has taken a few steps.
-    let t0 = Instant::now();
-    let victim = loop {
-        assert!(t0.elapsed() < Duration::from_secs(120), "no step logged");
-        std::thread::sleep(Duration::from_millis(500));
-        let logged = std::fs::read_to_string(run.join("metrics.jsonl")).unwrap_or_default();
-        if logged.lines().count() < 2 {
-            continue;
-        }
-        if let Some(pid) = rank_pid(1) {
-            break pid;
-        }
-    };
-    let killed = Command::new("kill")
-        .args(["-9", &victim.to_string()])
-        .status()
-        .unwrap();
-    assert!(killed.success());
-    let t1 = Instant::now();
-    let out = wait(child, Duration::from_secs(60));
+    let (out, run) = signal_rank_1("mpi-kill", "-KILL", &[]);
     assert!(!out.status.success());
-    eprintln!("stopped {:.1} s after the kill", t1.elapsed().as_secs_f64());
     // Checkpoints are written to a temporary name and renamed: none is half there.
     for e in std::fs::read_dir(&run).unwrap() {
         let p = e.unwrap().path();
@@ -251,11 +216,79 @@ fn a_killed_rank_stops_the_others() {
             assert!(p.join("trainer_state.json").is_file(), "{name} incomplete");
         }
     }
-    let _ = std::fs::remove_dir_all(dir);
+    let _ = std::fs::remove_dir_all(run.parent().unwrap());
 }
 
-/// The pid of the `xlsr` process that is MPI rank `rank` (Linux: read from /proc).
-fn rank_pid(rank: usize) -> Option<u32> {
+/// A rank that hangs without dying (stopped with SIGSTOP): with `XLSR_MPI_TIMEOUT`, the
+/// others give up waiting for it, say so, and the launcher stops the job.
+#[test]
+fn a_hung_rank_times_the_others_out() {
+    let (out, run) = signal_rank_1("mpi-hang", "-STOP", &["-x", "XLSR_MPI_TIMEOUT=3"]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("rank 0 of 2") && err.contains("XLSR_MPI_TIMEOUT"),
+        "{err}"
+    );
+    let _ = std::fs::remove_dir_all(run.parent().unwrap());
+}
+
+/// Starts a long 2-rank run (with mpirun options `extra`), sends rank 1 `signal` once two
+/// steps are logged, and waits (60 s at most) for the launcher to end; returns its output
+/// and the run folder.
+fn signal_rank_1(tag: &str, signal: &str, extra: &[&str]) -> (Output, PathBuf) {
+    let dir = temp_dir(tag);
+    let prep = common::demo_subset(&dir, 7);
+    let model = common::tiny_model(&dir, &prep);
+    let run = dir.join("run");
+    let mut a: Vec<String> = extra.iter().map(|s| s.to_string()).collect();
+    a.extend([
+        "-np".to_string(),
+        "2".into(),
+        env!("CARGO_BIN_EXE_xlsr").into(),
+    ]);
+    let mut train = train_args(&model, &prep, &run, 2);
+    // Long enough to be interrupted while training.
+    let at = train.iter().position(|x| x == "--max-steps").unwrap();
+    train[at + 1] = "1000".into();
+    a.extend(train);
+    let child = spawn_mpirun(&a);
+    // Rank 1: the xlsr process whose environment says so, once a few steps are logged.
+    let t0 = Instant::now();
+    let victim = loop {
+        assert!(t0.elapsed() < Duration::from_secs(120), "no step logged");
+        std::thread::sleep(Duration::from_millis(500));
+        let logged = std::fs::read_to_string(run.join("metrics.jsonl")).unwrap_or_default();
+        if logged.lines().count() < 2 {
+            continue;
+        }
+        if let Some(pid) = rank_pid(1, &run) {
+            break pid;
+        }
+    };
+    let sent = Command::new("kill")
+        .args([signal, &victim.to_string()])
+        .status()
+        .unwrap();
+    assert!(sent.success());
+    let t1 = Instant::now();
+    let out = std::panic::catch_unwind(|| wait(child, Duration::from_secs(60)));
+    // Whatever happened, leave no stopped process behind.
+    let _ = Command::new("kill")
+        .args(["-KILL", &victim.to_string()])
+        .stderr(std::process::Stdio::null())
+        .status();
+    let out = out.unwrap_or_else(|e| std::panic::resume_unwind(e));
+    eprintln!(
+        "{tag}: stopped {:.1} s after kill {signal}",
+        t1.elapsed().as_secs_f64()
+    );
+    (out, run)
+}
+
+/// The pid of the `xlsr` process that is MPI rank `rank` of the run writing to `run` (Linux:
+/// read from /proc).
+fn rank_pid(rank: usize, run: &Path) -> Option<u32> {
     let want = format!("OMPI_COMM_WORLD_RANK={rank}");
     for e in std::fs::read_dir("/proc").ok()? {
         let p = e.ok()?.path();
@@ -264,7 +297,11 @@ fn rank_pid(rank: usize) -> Option<u32> {
         };
         let comm = std::fs::read_to_string(p.join("comm")).unwrap_or_default();
         let env = std::fs::read(p.join("environ")).unwrap_or_default();
-        if comm.trim() == "xlsr" && env.split(|&b| b == 0).any(|v| v == want.as_bytes()) {
+        let args = std::fs::read(p.join("cmdline")).unwrap_or_default();
+        let ours = args
+            .split(|&b| b == 0)
+            .any(|a| a == run.as_os_str().as_encoded_bytes());
+        if comm.trim() == "xlsr" && ours && env.split(|&b| b == 0).any(|v| v == want.as_bytes()) {
             return Some(pid);
         }
     }
