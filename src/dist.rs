@@ -211,8 +211,7 @@ impl Dist {
 }
 
 /// The number of ranks an MPI launcher (Open MPI, MPICH's Hydra, PMIx as `srun` uses) says it
-/// started,
-/// if one started this process.
+/// started, if one started this process.
 fn launcher_size() -> Option<usize> {
     ["OMPI_COMM_WORLD_SIZE", "PMI_SIZE", "PMIX_SIZE"]
         .iter()

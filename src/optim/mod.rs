@@ -204,33 +204,33 @@ impl AdamW {
     /// The trainable weights as few tensors (the flat buffers, whose padding is zero, and the
     /// parameters updated on their own): for a cheap check that all are finite.
     pub fn weights(&self) -> Vec<Tensor> {
-        let flat = self
-            .flat
-            .iter()
-            .flat_map(|f| &f.buckets)
-            .map(|b| b.values.clone());
-        let own = self
-            .slots
-            .iter()
-            .filter(|s| s.at.is_none() && !s.param.is_frozen())
-            .map(|s| s.param.value());
-        flat.chain(own).collect()
+        self.flat_then_own(|b| &b.values, |p| Some(p.value()))
     }
 
     /// The gradients the next step reads, as few tensors (the flat buffers' whole gradient
     /// buffers, then the gradients of parameters updated on their own): what data-parallel
     /// ranks sum.
     pub fn gradients(&self) -> Vec<Tensor> {
+        self.flat_then_own(|b| &b.grads, Param::grad)
+    }
+
+    /// One tensor per flat bucket (`bucket` picks which), then `own` of each trainable
+    /// parameter updated on its own.
+    fn flat_then_own(
+        &self,
+        bucket: impl Fn(&flat::Bucket) -> &Tensor,
+        own: impl Fn(&Param) -> Option<Tensor>,
+    ) -> Vec<Tensor> {
         let flat = self
             .flat
             .iter()
             .flat_map(|f| &f.buckets)
-            .map(|b| b.grads.clone());
+            .map(|b| bucket(b).clone());
         let own = self
             .slots
             .iter()
             .filter(|s| s.at.is_none() && !s.param.is_frozen())
-            .filter_map(|s| s.param.grad());
+            .filter_map(|s| own(&s.param));
         flat.chain(own).collect()
     }
 

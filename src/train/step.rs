@@ -141,24 +141,23 @@ impl<'m> TrainStep<'m> {
                 Some(s) => elementwise::add(&s, &l)?,
                 None => l,
             });
-            if mb.share.as_ref().is_none_or(|s| s.weight > 0.0) {
-                audio_seconds += mb.batch.audio_lengths.iter().sum::<usize>() as f64
-                    / crate::data::audio::SAMPLE_RATE as f64;
-            }
+            // A rank's share knows the whole batch: every rank counts all of its audio.
+            let lengths = mb
+                .share
+                .as_ref()
+                .map_or(&mb.batch.audio_lengths, |s| &s.lengths);
+            audio_seconds +=
+                lengths.iter().sum::<usize>() as f64 / crate::data::audio::SAMPLE_RATE as f64;
         }
-        let mut loss = match loss {
+        let loss = match loss {
             Some(l) => l,
             None => Tensor::scalar(&self.model.gpu, 0.0)?,
         };
         if let Some(d) = self.dist.filter(|d| d.size() > 1) {
-            // Every rank steps on the sums: the same gradients, norm and skip decision.
-            d.sum_tensors(&self.opt.gradients())?;
-            let mut l = loss.to_vec()?;
-            d.sum(&mut l);
-            loss = Tensor::from_slice(&self.model.gpu, &l, &[])?;
-            let mut seconds = [audio_seconds as f32];
-            d.sum(&mut seconds);
-            audio_seconds = seconds[0] as f64;
+            // Every rank steps on the sums: the same gradients, loss, norm and skip decision.
+            let mut summed = self.opt.gradients();
+            summed.push(loss.clone());
+            d.sum_tensors(&summed)?;
         }
         let (grad_norm, skipped, weights_finite) = self.update(&loss, lr)?;
         Ok(StepOutcome {
