@@ -32,3 +32,30 @@ fn outer4(av: vec4<f32>, bv: vec4<f32>, acc: ptr<function, array<vec4<f32>, 4>>)
     (*acc)[2] = fma(vec4<f32>(av.z), bv, (*acc)[2]);
     (*acc)[3] = fma(vec4<f32>(av.w), bv, (*acc)[3]);
 }
+
+// Shapes and strides of up to 8 dimensions, packed as the params structs carry them.
+alias Dims = array<vec4<u32>, 2>;
+
+// Entry `u` of packed dims.
+fn dim(v: Dims, u: u32) -> u32 {
+    return v[u / 4u][u % 4u];
+}
+
+// The offsets, through strides `sa` and `sb`, of the element at linear index `i` of a
+// row-major `shape` of `ndim` dimensions: its coordinates dotted with each stride.
+fn offsets(i: u32, ndim: u32, shape: Dims, sa: Dims, sb: Dims) -> vec2<u32> {
+    var rem = i;
+    var o = vec2<u32>(0u);
+    for (var d = i32(ndim) - 1; d >= 0; d = d - 1) {
+        let u = u32(d);
+        let c = rem % dim(shape, u);
+        rem = rem / dim(shape, u);
+        o = o + c * vec2<u32>(dim(sa, u), dim(sb, u));
+    }
+    return o;
+}
+
+// The row of a one-workgroup-per-row launch that `grid` spread over x and y.
+fn row_of(wid: vec3<u32>, nwg: vec3<u32>) -> u32 {
+    return wid.x + wid.y * nwg.x;
+}

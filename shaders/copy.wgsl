@@ -21,18 +21,8 @@ struct Params {
 
 @compute @workgroup_size(256)
 fn copy_strided(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
-    let i = gid.x + gid.y * nwg.x * 256u;
+    let i = lin(gid, nwg);
     if i >= p.n { return; }
-    var rem = i;
-    var s = p.src_off;
-    var d = p.dst_off;
-    for (var k = i32(p.ndim) - 1; k >= 0; k = k - 1) {
-        let u = u32(k);
-        let e = p.shape[u / 4u][u % 4u];
-        let c = rem % e;
-        rem = rem / e;
-        s = s + c * p.src_stride[u / 4u][u % 4u];
-        d = d + c * p.dst_stride[u / 4u][u % 4u];
-    }
-    out[d] = x[s];
+    let o = offsets(i, p.ndim, p.shape, p.src_stride, p.dst_stride);
+    out[p.dst_off + o.y] = x[p.src_off + o.x];
 }

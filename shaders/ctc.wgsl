@@ -125,7 +125,7 @@ fn ctc_alpha_beta(@builtin(local_invocation_id) lid3: vec3<u32>, @builtin(workgr
 
 @compute @workgroup_size(256)
 fn ctc_grad(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
-    let idx = gid.x + gid.y * nwg.x * 256u;
+    let idx = lin(gid, nwg);
     if idx >= p.batch * p.t_max * p.vocab { return; }
     let c = idx % p.vocab;
     let t = (idx / p.vocab) % p.t_max;

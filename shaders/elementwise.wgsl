@@ -41,19 +41,9 @@ fn binary(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups
     var ib = i;
     if (p.flags & 3u) != 3u {
         // Walk the output coordinates of the global index and map them through the strides.
-        var rem = p.base + i;
-        var oa = 0u;
-        var ob = 0u;
-        for (var d = i32(p.ndim) - 1; d >= 0; d = d - 1) {
-            let u = u32(d);
-            let s = p.shape[u / 4u][u % 4u];
-            let c = rem % s;
-            rem = rem / s;
-            oa = oa + c * p.sa[u / 4u][u % 4u];
-            ob = ob + c * p.sb[u / 4u][u % 4u];
-        }
-        if (p.flags & 1u) == 0u { ia = oa; }
-        if (p.flags & 2u) == 0u { ib = ob; }
+        let o = offsets(p.base + i, p.ndim, p.shape, p.sa, p.sb);
+        if (p.flags & 1u) == 0u { ia = o.x; }
+        if (p.flags & 2u) == 0u { ib = o.y; }
     }
     out[i] = apply(p.op, a[ia], b[ib]);
 }

@@ -254,7 +254,7 @@ fn matmul_tt(@builtin(local_invocation_id) lid: vec3<u32>, @builtin(workgroup_id
 // (+ C when accumulating). One thread per output element.
 @compute @workgroup_size(256)
 fn splitk_sum(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
-    let i = gid.x + gid.y * nwg.x * 256u;
+    let i = lin(gid, nwg);
     let total = p.slice_stride;
     if i >= total { return; }
     var v = 0.0;

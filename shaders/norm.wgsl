@@ -56,10 +56,6 @@ fn reduce2(lid: u32, a: f32, b: f32) -> vec2<f32> {
     return r;
 }
 
-fn row_of(wid: vec3<u32>, nwg: vec3<u32>) -> u32 {
-    return wid.x + wid.y * nwg.x;
-}
-
 // Rows of an [outer, cols, inner] view: row = o * inner + i, its element c at stride inner.
 fn at(row: u32, c: u32) -> u32 {
     return p.off + (row / p.inner) * p.cols * p.inner + row % p.inner + c * p.inner;

@@ -101,27 +101,12 @@ fn expand(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups
 fn reduce_to(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
     let i = lin(gid, nwg);
     if i >= p.n { return; }
-    var rem = i;
-    var start = 0u;
-    for (var d = i32(p.ndim) - 1; d >= 0; d = d - 1) {
-        let u = u32(d);
-        let s = p.kshape[u / 4u][u % 4u];
-        start = start + (rem % s) * p.kstride[u / 4u][u % 4u];
-        rem = rem / s;
-    }
+    let start = offsets(i, p.ndim, p.kshape, p.kstride, p.kstride).x;
     var total = 1u;
-    for (var d = 0u; d < p.rn; d = d + 1u) { total = total * p.rshape[d / 4u][d % 4u]; }
+    for (var d = 0u; d < p.rn; d = d + 1u) { total = total * dim(p.rshape, d); }
     var acc = 0.0;
     for (var r = 0u; r < total; r = r + 1u) {
-        var q = r;
-        var off = start;
-        for (var d = i32(p.rn) - 1; d >= 0; d = d - 1) {
-            let u = u32(d);
-            let s = p.rshape[u / 4u][u % 4u];
-            off = off + (q % s) * p.rstride[u / 4u][u % 4u];
-            q = q / s;
-        }
-        acc = acc + x[off];
+        acc = acc + x[start + offsets(r, p.rn, p.rshape, p.rstride, p.rstride).x];
     }
     out[i] = acc;
 }

@@ -46,7 +46,7 @@ fn logit(row: u32, c: u32) -> f32 {
 @compute @workgroup_size(256)
 fn softmax_fwd(@builtin(local_invocation_id) lid3: vec3<u32>, @builtin(workgroup_id) wid: vec3<u32>,
                @builtin(num_workgroups) nwg: vec3<u32>) {
-    let row = wid.x + wid.y * nwg.x;
+    let row = row_of(wid, nwg);
     if row >= p.rows { return; }
     let lid = lid3.x;
     var m = -3.4e38;
@@ -65,7 +65,7 @@ fn softmax_fwd(@builtin(local_invocation_id) lid3: vec3<u32>, @builtin(workgroup
 @compute @workgroup_size(256)
 fn softmax_bwd(@builtin(local_invocation_id) lid3: vec3<u32>, @builtin(workgroup_id) wid: vec3<u32>,
                @builtin(num_workgroups) nwg: vec3<u32>) {
-    let row = wid.x + wid.y * nwg.x;
+    let row = row_of(wid, nwg);
     if row >= p.rows { return; }
     let lid = lid3.x;
     let base = row * p.cols;

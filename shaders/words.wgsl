@@ -16,14 +16,14 @@ struct Params {
 
 @compute @workgroup_size(256)
 fn fill_words(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
-    let i = gid.x + gid.y * nwg.x * 256u;
+    let i = lin(gid, nwg);
     if i >= p.n { return; }
     dst[p.dst_off + i] = p.value;
 }
 
 @compute @workgroup_size(256)
 fn copy_words(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
-    let i = gid.x + gid.y * nwg.x * 256u;
+    let i = lin(gid, nwg);
     if i >= p.n { return; }
     dst[p.dst_off + i] = src[p.src_off + i];
 }

@@ -123,15 +123,13 @@ pub fn run(gpu: &Gpu, opts: &Options) -> Result<RunSummary> {
     let summary = train::run(gpu, &targs)?;
     // The held-out clips: a few minutes on a dozen clips memorises them, it does not generalise.
     let (model, _) = Wav2Vec2ForCtc::load(gpu, &summary.final_dir, None, 0)?;
-    let held_out = train::evaluate(
-        &model,
-        &data.vocab,
-        &data,
-        crate::data::Split::Test,
-        8,
-        None,
-        None,
-    )?;
+    let test = train::EvalOptions {
+        split: crate::data::Split::Test,
+        batch_size: 8,
+        limit: None,
+        lm: None,
+    };
+    let held_out = train::evaluate(&model, &data.vocab, &data, &test)?;
     println!(
         "held-out test clips: CER {:.3}, WER {:.3} on {} utterances (expected high: {} training clips)",
         held_out.cer, held_out.wer, held_out.utterances, opts.clips

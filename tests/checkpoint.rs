@@ -239,20 +239,14 @@ fn bare_model_names_and_folded_weight_norm_load() {
                 .unwrap();
             let v = f32_of(&vt);
             let k = g.len();
-            let norm: Vec<f64> = (0..k)
-                .map(|j| {
-                    v.iter()
-                        .skip(j)
-                        .step_by(k)
-                        .map(|x| (*x as f64).powi(2))
-                        .sum::<f64>()
-                        .sqrt()
-                })
-                .collect();
+            let mut sq = vec![0.0f64; k];
+            for (i, &x) in v.iter().enumerate() {
+                sq[i % k] += x as f64 * x as f64;
+            }
             let w: Vec<f32> = v
                 .iter()
                 .enumerate()
-                .map(|(i, &x)| (g[i % k] as f64 * x as f64 / norm[i % k]) as f32)
+                .map(|(i, &x)| (g[i % k] as f64 * x as f64 / sq[i % k].sqrt()) as f32)
                 .collect();
             t.insert(
                 "encoder.pos_conv_embed.conv.weight".into(),

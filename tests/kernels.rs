@@ -185,7 +185,7 @@ fn matmul_all_layouts() {
 /// path's workspace and `splitk_sum`), each against an f64 product.
 #[test]
 fn matmul_tile_edges_and_split_k() {
-    use xlsr::ops::matmul::{matmul_split, Algo};
+    use xlsr::ops::matmul::{matmul_with, Algo};
     let mut rng = Rng::new(50);
     let mut cases = 0;
     for &(batch, m, k, n, shared) in &[
@@ -206,7 +206,7 @@ fn matmul_tile_edges_and_split_k() {
             );
             let want = cpu_matmul(&av, &bv, batch, m, k, n, ta, tb, shared, Some(&biasv));
             for splits in [1, 3, 7] {
-                let got = matmul_split(Algo::Tiled, &a, &b, ta, tb, Some(&bias), Some(splits))
+                let got = matmul_with(Algo::Tiled, &a, &b, ta, tb, Some(&bias), Some(splits))
                     .unwrap()
                     .to_vec()
                     .unwrap();
@@ -231,11 +231,11 @@ fn naive_and_tiled_matmul_agree() {
     let a = upload(&rng.vec(m * k), &[m, k]);
     let b = upload(&rng.vec(k * n), &[k, n]);
     use xlsr::ops::matmul::{matmul_with, Algo};
-    let t = matmul_with(Algo::Tiled, &a, &b, false, false, None)
+    let t = matmul_with(Algo::Tiled, &a, &b, false, false, None, None)
         .unwrap()
         .to_vec()
         .unwrap();
-    let nv = matmul_with(Algo::Naive, &a, &b, false, false, None)
+    let nv = matmul_with(Algo::Naive, &a, &b, false, false, None, None)
         .unwrap()
         .to_vec()
         .unwrap();
@@ -765,51 +765,38 @@ fn global_norm_over_tensors() {
     }
 }
 
+/// The elements of a [2, 3, 4] tensor `x` in the index box `ranges`, its axes looped in
+/// `order`, outermost first: what permuting, transposing or slicing it gives.
+fn walk(x: &[f64], ranges: [std::ops::Range<usize>; 3], order: [usize; 3]) -> Vec<f64> {
+    let mut out = vec![];
+    let [a, b, c] = order;
+    for p in ranges[a].clone() {
+        for q in ranges[b].clone() {
+            for r in ranges[c].clone() {
+                let mut at = [0; 3];
+                (at[a], at[b], at[c]) = (p, q, r);
+                out.push(x[at[0] * 12 + at[1] * 4 + at[2]]);
+            }
+        }
+    }
+    out
+}
+
 #[test]
 fn copies() {
     let mut rng = Rng::new(100);
     let x = rng.vec(2 * 3 * 4);
     Check::new("permute", vec![(x.clone(), vec![2, 3, 4])]).run(
         |v| v[0].permute(&[2, 0, 1]).unwrap(),
-        |v| {
-            let mut o = vec![];
-            for k in 0..4 {
-                for i in 0..2 {
-                    for j in 0..3 {
-                        o.push(v[0][i * 12 + j * 4 + k]);
-                    }
-                }
-            }
-            o
-        },
+        |v| walk(&v[0], [0..2, 0..3, 0..4], [2, 0, 1]),
     );
     Check::new("transpose", vec![(x.clone(), vec![2, 3, 4])]).run(
         |v| v[0].transpose(1, 2).unwrap(),
-        |v| {
-            let mut o = vec![];
-            for i in 0..2 {
-                for k in 0..4 {
-                    for j in 0..3 {
-                        o.push(v[0][i * 12 + j * 4 + k]);
-                    }
-                }
-            }
-            o
-        },
+        |v| walk(&v[0], [0..2, 0..3, 0..4], [0, 2, 1]),
     );
     Check::new("slice", vec![(x.clone(), vec![2, 3, 4])]).run(
         |v| v[0].slice(2, 1, 2).unwrap(),
-        |v| {
-            let mut o = vec![];
-            for i in 0..2 {
-                for j in 0..3 {
-                    for k in 1..3 {
-                        o.push(v[0][i * 12 + j * 4 + k]);
-                    }
-                }
-            }
-            o
-        },
+        |v| walk(&v[0], [0..2, 0..3, 1..3], [0, 1, 2]),
     );
     let y = rng.vec(2 * 2 * 4);
     Check::new("concat", vec![(x, vec![2, 3, 4]), (y, vec![2, 2, 4])]).run(

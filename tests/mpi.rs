@@ -6,7 +6,6 @@
 #![cfg(feature = "mpi")]
 
 mod common;
-use common::temp_dir;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output};
 use std::time::{Duration, Instant};
@@ -81,9 +80,7 @@ fn weights(dir: &Path) -> Vec<(String, Vec<f32>)> {
 
 #[test]
 fn two_ranks_train_as_one_process_with_twice_the_batch() {
-    let dir = temp_dir("mpi");
-    let prep = common::demo_subset(&dir, 7);
-    let model = common::tiny_model(&dir, &prep);
+    let (dir, prep, model) = common::tiny_run("mpi", 7);
     let bin = env!("CARGO_BIN_EXE_xlsr");
 
     let one = dir.join("one");
@@ -176,9 +173,7 @@ fn two_ranks_train_as_one_process_with_twice_the_batch() {
 /// and nothing is written.
 #[test]
 fn a_failing_rank_stops_the_others() {
-    let dir = temp_dir("mpi-fail");
-    let prep = common::demo_subset(&dir, 4);
-    let model = common::tiny_model(&dir, &prep);
+    let (dir, prep, model) = common::tiny_run("mpi-fail", 4);
     let bin = env!("CARGO_BIN_EXE_xlsr").to_string();
     let run = dir.join("run");
     let train = train_args(&model, &prep, &run, 2);
@@ -237,9 +232,7 @@ fn a_hung_rank_times_the_others_out() {
 /// steps are logged, and waits (60 s at most) for the launcher to end; returns its output
 /// and the run folder.
 fn signal_rank_1(tag: &str, signal: &str, extra: &[&str]) -> (Output, PathBuf) {
-    let dir = temp_dir(tag);
-    let prep = common::demo_subset(&dir, 7);
-    let model = common::tiny_model(&dir, &prep);
+    let (dir, prep, model) = common::tiny_run(tag, 7);
     let run = dir.join("run");
     let mut a: Vec<String> = extra.iter().map(|s| s.to_string()).collect();
     a.extend([

@@ -63,9 +63,7 @@ fn resumed_fp16_run_equals_uninterrupted_run() {
 }
 
 fn resume_case(name: &str, extra: &[&str]) -> PathBuf {
-    let dir = temp_dir(name);
-    let prep = common::demo_subset(&dir, 6);
-    let model = common::tiny_model(&dir, &prep);
+    let (dir, prep, model) = common::tiny_run(name, 6);
     // Dropout, LayerDrop and SpecAugment on, so their seeding is part of what must repeat.
     let common = [
         "--batch-size",
@@ -184,9 +182,7 @@ fn json_config_with_command_line_overrides() {
 
 #[test]
 fn bad_input_fails_cleanly() {
-    let dir = temp_dir("bad");
-    let prep = common::demo_subset(&dir, 2);
-    let model = common::tiny_model(&dir, &prep);
+    let (dir, prep, model) = common::tiny_run("bad", 2);
     let g = common::gpu();
 
     // A checkpoint whose head has another vocabulary.
@@ -278,9 +274,7 @@ fn edit_tokenizer(dir: &Path, edit: impl FnOnce(&mut serde_json::Value, &mut ser
 /// a given vocabulary.
 #[test]
 fn continuing_from_fine_tuned_checkpoints() {
-    let dir = temp_dir("finetuned");
-    let prep = common::demo_subset(&dir, 2);
-    let model = common::tiny_model(&dir, &prep);
+    let (dir, prep, model) = common::tiny_run("finetuned", 2);
     let g = common::gpu();
     let corpus = Prepared::open(&prep).unwrap();
     let head = corpus.vocab.len();
@@ -391,9 +385,7 @@ fn continuing_from_fine_tuned_checkpoints() {
 
 #[test]
 fn eval_cli_prints_json() {
-    let dir = temp_dir("evalcli");
-    let prep = common::demo_subset(&dir, 3);
-    let model = common::tiny_model(&dir, &prep);
+    let (dir, prep, model) = common::tiny_run("evalcli", 3);
     let out = common::xlsr_ok(&[&"eval", &"--json", &"--model", &model, &"--data", &prep]);
     let v: serde_json::Value = serde_json::from_str(&out).unwrap();
     for k in ["wer", "cer", "ctc_loss", "utterances", "skipped"] {
@@ -445,9 +437,7 @@ fn eval_cli_prints_json() {
 /// `--fp16` on an adapter without f16 (simulated with XLSR_NO_F16=1): a note, then f32.
 #[test]
 fn fp16_without_shader_f16_trains_in_f32_with_a_note() {
-    let dir = temp_dir("nof16");
-    let prep = common::demo_subset(&dir, 2);
-    let model = common::tiny_model(&dir, &prep);
+    let (dir, prep, model) = common::tiny_run("nof16", 2);
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_xlsr"))
         .env("XDG_RUNTIME_DIR", "/tmp")
         .env("XLSR_NO_F16", "1")
@@ -482,9 +472,7 @@ fn names_in(dir: &Path) -> Vec<String> {
 /// checkpoints; `--overwrite` replaces the earlier run's files.
 #[test]
 fn used_run_folder_is_refused_and_rotation_keeps_the_newest() {
-    let dir = temp_dir("reuse");
-    let prep = common::demo_subset(&dir, 2);
-    let model = common::tiny_model(&dir, &prep);
+    let (dir, prep, model) = common::tiny_run("reuse", 2);
     let g = common::gpu();
     let run = dir.join("run");
     let opts = |steps: &str, limit: &str| -> Vec<String> {
@@ -515,15 +503,16 @@ fn used_run_folder_is_refused_and_rotation_keeps_the_newest() {
     // 6 steps, a save after each of steps 1..5 (the last step writes final/), keep 2.
     let first = run_with(&opts("6", "2")).unwrap();
     assert_eq!(first.steps, 6);
+    let kept = [
+        "checkpoint-4",
+        "checkpoint-5",
+        "final",
+        "metrics.jsonl",
+        "training.svg",
+    ];
     assert_eq!(
         names_in(&run),
-        [
-            "checkpoint-4",
-            "checkpoint-5",
-            "final",
-            "metrics.jsonl",
-            "training.svg"
-        ],
+        kept,
         "rotation keeps the two newest checkpoints"
     );
     let id = |ck: &str| train::state::run_id_of(&run.join(ck)).unwrap();
@@ -538,16 +527,7 @@ fn used_run_folder_is_refused_and_rotation_keeps_the_newest() {
         e.contains("not empty") && e.contains("--resume") && e.contains("--overwrite"),
         "{e}"
     );
-    assert_eq!(
-        names_in(&run),
-        [
-            "checkpoint-4",
-            "checkpoint-5",
-            "final",
-            "metrics.jsonl",
-            "training.svg"
-        ]
-    );
+    assert_eq!(names_in(&run), kept);
     assert!(std::fs::read(run.join("final/model.safetensors")).unwrap() == final_before);
     assert!(std::fs::read(run.join("metrics.jsonl")).unwrap() == log_before);
 
@@ -635,9 +615,7 @@ fn bad_numbers_are_refused_naming_the_flag() {
 /// that overflows the weights stops at once, naming a tensor. Neither saves a model.
 #[test]
 fn diverging_run_stops_with_a_clear_error() {
-    let dir = temp_dir("diverge");
-    let prep = common::demo_subset(&dir, 2);
-    let model = common::tiny_model(&dir, &prep);
+    let (dir, prep, model) = common::tiny_run("diverge", 2);
     let g = common::gpu();
     let base = [
         "--max-steps",
@@ -708,9 +686,7 @@ fn diverging_run_stops_with_a_clear_error() {
 /// of printing a perfect WER of 0.
 #[test]
 fn eval_of_an_empty_split_is_an_error() {
-    let dir = temp_dir("evalempty");
-    let prep = common::demo_subset(&dir, 2);
-    let model = common::tiny_model(&dir, &prep);
+    let (dir, prep, model) = common::tiny_run("evalempty", 2);
     // A prep folder whose test split is empty.
     let m = dir.join("train_manifest.tsv");
     let mut opts = Options::new(
@@ -757,9 +733,7 @@ fn eval_of_an_empty_split_is_an_error() {
 /// a trainer_state.json whose step disagrees with its folder name is refused.
 #[test]
 fn resume_problems_are_named() {
-    let dir = temp_dir("resumebad");
-    let prep = common::demo_subset(&dir, 2);
-    let model = common::tiny_model(&dir, &prep);
+    let (dir, prep, model) = common::tiny_run("resumebad", 2);
     let g = common::gpu();
     let run = dir.join("run");
     let opts = [

@@ -139,7 +139,7 @@ pub fn run(
                     flops,
                     true,
                     || {
-                        ops::matmul::matmul_with(algo, &a, &w, false, false, Some(&bias))
+                        ops::matmul::matmul_with(algo, &a, &w, false, false, Some(&bias), None)
                             .map(|_| ())
                     },
                 )?,
@@ -186,7 +186,8 @@ pub fn run(
     if keep(&name) {
         report(
             measure(gpu, &name, it, sq_flops, true, || {
-                ops::matmul::matmul_with(Algo::Tiled64, &sa, &sb, false, false, None).map(|_| ())
+                ops::matmul::matmul_with(Algo::Tiled64, &sa, &sb, false, false, None, None)
+                    .map(|_| ())
             })?,
             log,
         );

@@ -181,15 +181,13 @@ pub fn eval(args: &EvalArgs) -> Result<()> {
                 .wrapping_mul(0x100000001b3))
     ));
     let prepared = crate::train::open_data(data, &cache)?;
-    let mut r = crate::train::evaluate(
-        &t.model,
-        &t.vocab,
-        &prepared,
+    let opts = crate::train::EvalOptions {
         split,
         batch_size,
         limit,
-        t.lm.as_ref(),
-    )?;
+        lm: t.lm.as_ref(),
+    };
+    let mut r = crate::train::evaluate(&t.model, &t.vocab, &prepared, &opts)?;
     let mut tuned = None;
     if let (true, Some(d)) = (args.tune, t.lm.as_mut()) {
         let grid = tune(d, &r)?;

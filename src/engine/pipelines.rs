@@ -270,3 +270,37 @@ impl Gpu {
         self.0.pipelines.lock().unwrap().len()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every build of every kernel file, as the loader makes it (prelude, f16 and transpose
+    /// variants), parses, validates and translates to SPIR-V. This covers the builds no CPU
+    /// adapter runs: the cooperative-matrix GEMMs need a GPU with tensor cores.
+    #[test]
+    fn every_shader_build_validates() {
+        let mut files: Vec<String> = Vec::new();
+        for (name, src) in SHADERS {
+            files.push(name.to_string());
+            if src.contains(IN_F32) {
+                files.push(format!("{name}{F16_SUFFIX}"));
+            }
+        }
+        files.extend(COOP_VARIANTS.iter().flatten().map(|s| s.to_string()));
+        files.extend(COOP128_VARIANTS.iter().flatten().map(|s| s.to_string()));
+        for file in files {
+            let src = shader_source(&file).unwrap();
+            let module = naga::front::wgsl::parse_str(&src)
+                .unwrap_or_else(|e| panic!("{file}: {}", e.emit_to_string(&src)));
+            let info = naga::valid::Validator::new(
+                naga::valid::ValidationFlags::all(),
+                naga::valid::Capabilities::all(),
+            )
+            .validate(&module)
+            .unwrap_or_else(|e| panic!("{file}: {}", e.emit_to_string(&src)));
+            naga::back::spv::write_vec(&module, &info, &Default::default(), None)
+                .unwrap_or_else(|e| panic!("{file}: SPIR-V: {e}"));
+        }
+    }
+}

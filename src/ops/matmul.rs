@@ -178,24 +178,12 @@ fn dims(a: &Tensor, b: &Tensor, ta: bool, tb: bool) -> Result<Dims> {
 /// B is [K, N] shared by the batch or [..., K, N] batched like A (or transposed with `tb`).
 /// A and B are both f32 or both f16 (mixed precision: f32 accumulation); bias and C are f32.
 pub fn matmul(a: &Tensor, b: &Tensor, ta: bool, tb: bool, bias: Option<&Tensor>) -> Result<Tensor> {
-    matmul_with(Algo::default_for_run(), a, b, ta, tb, bias)
+    matmul_with(Algo::default_for_run(), a, b, ta, tb, bias, None)
 }
 
-/// [`matmul`] with a chosen kernel.
+/// [`matmul`] with a chosen kernel and, for tests covering both paths at small shapes, the
+/// number of split-K slices forced (`None`: chosen by [`split_k`]).
 pub fn matmul_with(
-    algo: Algo,
-    a: &Tensor,
-    b: &Tensor,
-    ta: bool,
-    tb: bool,
-    bias: Option<&Tensor>,
-) -> Result<Tensor> {
-    matmul_split(algo, a, b, ta, tb, bias, None)
-}
-
-/// [`matmul_with`] with the number of split-K slices forced (`None`: chosen by [`split_k`]);
-/// tests use it to cover both paths at small shapes.
-pub fn matmul_split(
     algo: Algo,
     a: &Tensor,
     b: &Tensor,

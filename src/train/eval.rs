@@ -39,46 +39,49 @@ pub struct EvalResult {
 /// and each utterance's loss over its label length.
 type BatchResult = (usize, Vec<(String, String)>, Vec<f64>);
 
-/// Evaluates `model` on `split` (the first `limit` utterances, if given), `batch_size` at a
-/// time, shortest first so padding stays small. `vocab` is the model's tokenizer: it decodes
-/// the predictions; the loss takes the batches' targets, re-encoded only when `vocab` is not
-/// the one the data was prepared with. With `lm` the transcripts come from its beam search (in parallel over the utterances) and
-/// the result keeps the logits.
+/// What [`evaluate`] runs: the first `limit` utterances of `split` (all when `None`),
+/// `batch_size` at a time; with `lm` the transcripts come from its beam search (in parallel
+/// over the utterances) and the result keeps the logits.
+#[derive(Clone, Copy)]
+pub struct EvalOptions<'a> {
+    /// The split evaluated.
+    pub split: Split,
+    /// Utterances per forward pass.
+    pub batch_size: usize,
+    /// Only the first this many utterances.
+    pub limit: Option<usize>,
+    /// Beam search with this language model instead of greedy decoding.
+    pub lm: Option<&'a LmDecoder>,
+}
+
+/// Evaluates `model` on `data` as `opts` says, shortest utterances first so padding stays
+/// small. `vocab` is the model's tokenizer: it decodes the predictions; the loss takes the
+/// batches' targets, re-encoded only when `vocab` is not the one the data was prepared with.
 pub fn evaluate(
     model: &Wav2Vec2ForCtc,
     vocab: &Vocab,
     data: &Prepared,
-    split: Split,
-    batch_size: usize,
-    limit: Option<usize>,
-    lm: Option<&LmDecoder>,
+    opts: &EvalOptions,
 ) -> Result<EvalResult> {
-    evaluate_shared(
-        model,
-        vocab,
-        data,
-        split,
-        batch_size,
-        limit,
-        lm,
-        &Dist::single(),
-    )
+    evaluate_shared(model, vocab, data, opts, &Dist::single())
 }
 
 /// [`evaluate`] shared among data-parallel ranks: each runs every `size`-th batch, and all
 /// gather the transcripts and losses, so each gets the result one process would (the same
 /// WER, CER and loss, summed in the same order). Only one process keeps logits for `lm`.
-#[allow(clippy::too_many_arguments)]
 pub fn evaluate_shared(
     model: &Wav2Vec2ForCtc,
     vocab: &Vocab,
     data: &Prepared,
-    split: Split,
-    batch_size: usize,
-    limit: Option<usize>,
-    lm: Option<&LmDecoder>,
+    opts: &EvalOptions,
     dist: &Dist,
 ) -> Result<EvalResult> {
+    let EvalOptions {
+        split,
+        batch_size,
+        limit,
+        lm,
+    } = *opts;
     use rayon::prelude::*;
     let utts = data.split(split);
     let n = limit.unwrap_or(utts.len()).min(utts.len());

@@ -10,7 +10,7 @@ mod setup;
 pub mod state;
 pub mod step;
 
-pub use eval::{evaluate, evaluate_shared, EvalResult};
+pub use eval::{evaluate, evaluate_shared, EvalOptions, EvalResult};
 pub use options::TrainOptions;
 pub use setup::open_data;
 pub use state::TrainerState;
@@ -478,16 +478,13 @@ pub fn run_dist(gpu: &Gpu, args: &TrainOptions, dist: &Dist) -> Result<RunSummar
         let eval_now = (args.eval_steps > 0 && st.global_step % args.eval_steps == 0) || done;
         if eval_now && !data.split(eval_split).is_empty() {
             // Shared among the ranks; rank 0 logs and plots.
-            let r = evaluate_shared(
-                &model,
-                &vocab,
-                &data,
-                eval_split,
-                args.batch_size,
-                args.max_eval_samples,
-                None,
-                dist,
-            )?;
+            let opts = EvalOptions {
+                split: eval_split,
+                batch_size: args.batch_size,
+                limit: args.max_eval_samples,
+                lm: None,
+            };
+            let r = evaluate_shared(&model, &vocab, &data, &opts, dist)?;
             if let Some(log) = log.as_mut() {
                 log.eval(st.global_step, epoch, r.ctc_loss, r.wer, r.cer)?;
                 let rows = MetricsLog::read(log.path())?;

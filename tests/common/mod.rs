@@ -3,6 +3,7 @@
 //! central finite differences of that reference.
 #![allow(dead_code)]
 
+use std::path::PathBuf;
 use std::sync::OnceLock;
 use xlsr::{Gpu, Tape, Tensor, Var};
 
@@ -232,6 +233,15 @@ pub fn matmul_shapes(
         [vec![batch], bdims].concat()
     };
     (ashape, bshape)
+}
+
+/// A fresh temp folder `tag` holding a prep folder of the built-in corpus's first `clips`
+/// clips ([`demo_subset`]) and a tiny model for it ([`tiny_model`]): (folder, prep, model).
+pub fn tiny_run(tag: &str, clips: usize) -> (PathBuf, PathBuf, PathBuf) {
+    let dir = temp_dir(tag);
+    let prep = demo_subset(&dir, clips);
+    let model = tiny_model(&dir, &prep);
+    (dir, prep, model)
 }
 
 /// A 2-layer, 32-wide wav2vec2 for `prep`'s vocabulary with random weights, saved as a model
