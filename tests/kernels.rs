@@ -441,27 +441,17 @@ fn channel_layer_norm() {
     let (b, ch, t) = (3, 7, 13);
     let x = rng.vec(b * ch * t);
     let (g, be) = (rng.vec(ch), rng.vec(ch));
-    let to_rows = move |x: &[f64]| -> Vec<f64> {
-        let mut r = vec![0.0; x.len()];
+    // [B, M, N] -> [B, N, M]: [B, C, T] to rows of C and back.
+    let swap = |x: &[f64], (b, m, n): (usize, usize, usize)| -> Vec<f64> {
+        let mut y = vec![0.0; x.len()];
         for bi in 0..b {
-            for c in 0..ch {
-                for ti in 0..t {
-                    r[(bi * t + ti) * ch + c] = x[(bi * ch + c) * t + ti];
+            for i in 0..m {
+                for j in 0..n {
+                    y[(bi * n + j) * m + i] = x[(bi * m + i) * n + j];
                 }
             }
         }
-        r
-    };
-    let from_rows = move |r: &[f64]| -> Vec<f64> {
-        let mut x = vec![0.0; r.len()];
-        for bi in 0..b {
-            for c in 0..ch {
-                for ti in 0..t {
-                    x[(bi * ch + c) * t + ti] = r[(bi * t + ti) * ch + c];
-                }
-            }
-        }
-        x
+        y
     };
     let mut c = Check::new(
         "channel_norm",
@@ -472,7 +462,7 @@ fn channel_layer_norm() {
         |v| v[0].channel_norm(Some(&v[1]), Some(&v[2]), 1e-5).unwrap(),
         move |v| {
             let y = cpu_norm(
-                &to_rows(&v[0]),
+                &swap(&v[0], (b, ch, t)),
                 b * t,
                 ch,
                 Some(&v[1]),
@@ -480,7 +470,7 @@ fn channel_layer_norm() {
                 |_, c| c,
                 1e-5,
             );
-            from_rows(&y)
+            swap(&y, (b, t, ch))
         },
     );
     // Split by batch element when over the binding limit: same result.
