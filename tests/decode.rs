@@ -235,6 +235,69 @@ fn kneser_ney_distributions_sum_to_one() {
     let _ = std::fs::remove_dir_all(dir);
 }
 
+/// Counting and estimating through temporary files (a memory budget far below the counts)
+/// writes the same ARPA file, byte for byte, as doing it all in memory, with and without
+/// pruning; the temporary files are gone afterwards.
+#[test]
+fn kneser_ney_through_disk_equals_in_memory() {
+    use xlsr::decode::KneserNey;
+    let dir = common::temp_dir("kn-disk");
+    // 3,000 sentences of 3 to 10 words over 300 words, most of them rare.
+    let mut rng = xlsr::rng::Rng::new(5);
+    let sentences: Vec<String> = (0..3000)
+        .map(|_| {
+            let n = 3 + rng.below(8);
+            (0..n)
+                .map(|_| {
+                    let top = 1 + rng.below(300);
+                    format!("w{}", rng.below(top))
+                })
+                .collect::<Vec<_>>()
+                .join(" ")
+        })
+        .collect();
+    let words = || {
+        sentences
+            .iter()
+            .flat_map(|s| s.split(' ').map(String::from))
+    };
+    for prune in [false, true] {
+        let mut files = Vec::new();
+        for memory in [1 << 30, 0] {
+            let mut kn = KneserNey::new(4, words(), memory, &dir).unwrap();
+            for s in &sentences {
+                kn.add_sentence(s).unwrap();
+            }
+            let out = dir.join(format!("{prune}-{memory}.arpa"));
+            let built = kn.write_arpa(&out, prune).unwrap();
+            assert_eq!(built.spilled > 0, memory == 0, "{built:?}");
+            files.push(std::fs::read(&out).unwrap());
+        }
+        assert!(files[0] == files[1], "prune {prune}: the files differ");
+        let lm = ArpaLm::load(&dir.join(format!("{prune}-0.arpa"))).unwrap();
+        let vocab: Vec<String> = lm
+            .unigrams()
+            .filter(|w| *w != "<s>")
+            .map(String::from)
+            .collect();
+        let contexts: [&[&str]; 5] = [
+            &["<s>"],
+            &["w1"],
+            &["<s>", "w0", "w1"],
+            &["w0", "w1", "w2"],
+            &["w2", "w0", "w0"],
+        ];
+        sums_to_one(&lm, &vocab, &contexts);
+    }
+    let left: Vec<_> = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .filter(|n| !n.to_string_lossy().ends_with(".arpa"))
+        .collect();
+    assert!(left.is_empty(), "temporary files left: {left:?}");
+    let _ = std::fs::remove_dir_all(dir);
+}
+
 /// The model's words but `<s>` after checking that its distributions sum to one after
 /// contexts of every order, seen and unseen.
 fn check_sums(lm: &ArpaLm) -> Vec<String> {
@@ -256,6 +319,12 @@ fn check_sums(lm: &ArpaLm) -> Vec<String> {
         &["perro", "come"],
         &["zzz", "perro"],
     ];
+    sums_to_one(lm, &vocab, &contexts);
+    vocab
+}
+
+/// Asserts that after each of `contexts` the probabilities of `vocab` sum to one.
+fn sums_to_one(lm: &ArpaLm, vocab: &[String], contexts: &[&[&str]]) {
     for ctx in contexts {
         let mut state = if ctx.first() == Some(&"<s>") {
             lm.begin_sentence()
@@ -271,5 +340,4 @@ fn check_sums(lm: &ArpaLm) -> Vec<String> {
             .sum();
         assert!((total - 1.0).abs() < 1e-4, "{ctx:?}: {total}");
     }
-    vocab
 }

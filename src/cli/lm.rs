@@ -41,6 +41,13 @@ pub struct BuildArgs {
     /// Lowercase I as ı and İ as i (as `xlsr prepare`)
     #[arg(long)]
     pub turkish_lowercase: bool,
+    /// Memory for counting and sorting, in MB (as lmplz's -S); what does not fit goes to
+    /// temporary files
+    #[arg(long, default_value_t = 1024)]
+    pub memory: usize,
+    /// Folder for the temporary files (default: the output's folder)
+    #[arg(long)]
+    pub temp_dir: Option<PathBuf>,
 }
 
 /// Runs `xlsr lm`.
@@ -58,15 +65,27 @@ pub fn run(args: &LmArgs) -> Result<()> {
     let mut words = std::collections::HashSet::new();
     let sentences = each_sentence(&b.text, &norm, |s| {
         words.extend(s.split_whitespace().map(String::from));
+        Ok(())
     })?;
     if sentences == 0 {
         anyhow::bail!("no sentences in {:?} after normalisation", b.text);
     }
-    let mut kn = crate::decode::KneserNey::new(b.order, words)?;
-    each_sentence(&b.text, &norm, |s| kn.add_sentence(s))?;
+    let temp = match &b.temp_dir {
+        Some(d) => d.clone(),
+        None => match b.out.parent() {
+            Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+            _ => PathBuf::from("."),
+        },
+    };
+    let mut kn = crate::decode::KneserNey::new(b.order, words, b.memory << 20, &temp)?;
+    each_sentence(&b.text, &norm, |s| Ok(kn.add_sentence(s)?))?;
     let built = kn.write_arpa(&b.out, b.prune_singletons)?;
+    let spilled = match built.spilled {
+        0 => String::new(),
+        n => format!(" (counts sorted through {n} temporary files)"),
+    };
     println!(
-        "{sentences} sentences; n-grams per order {:?}; wrote {}",
+        "{sentences} sentences; n-grams per order {:?}; wrote {}{spilled}",
         built.ngrams,
         b.out.display()
     );
@@ -77,7 +96,7 @@ pub fn run(args: &LmArgs) -> Result<()> {
 fn each_sentence(
     files: &[PathBuf],
     norm: &crate::data::text::TextNorm,
-    mut f: impl FnMut(&str),
+    mut f: impl FnMut(&str) -> Result<()>,
 ) -> Result<usize> {
     let mut sentences = 0;
     for path in files {
@@ -87,7 +106,7 @@ fn each_sentence(
             let line = line.with_context(|| format!("{}: cannot read", path.display()))?;
             let text = norm.apply(&line);
             if !text.is_empty() {
-                f(&text);
+                f(&text)?;
                 sentences += 1;
             }
         }
