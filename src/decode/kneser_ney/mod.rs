@@ -245,7 +245,13 @@ impl KneserNey {
             Ok(est) => est,
             Err(e) => return self.scratch_err(e),
         };
-        if let Err(e) = self.write(path, &est) {
+        // Under a temporary name first, so that a crash never leaves half a model.
+        let mut partial = path.as_os_str().to_owned();
+        partial.push(".partial");
+        let partial = std::path::PathBuf::from(partial);
+        let written = self.write(&partial, path, &est);
+        if let Err(e) = written.and_then(|_| std::fs::rename(&partial, path)) {
+            let _ = std::fs::remove_file(&partial);
             return file_err(path, format!("cannot write: {e}"));
         }
         Ok(est.built)
@@ -422,9 +428,10 @@ impl KneserNey {
     }
 
     /// Writes the kept n-grams, sorted, with their back-offs: every lower-order n-gram but
-    /// those ending in `</s>` gets one (0 when it is no context), as lmplz writes them.
-    fn write(&self, path: &Path, est: &Estimate) -> std::io::Result<()> {
-        let file = std::io::BufWriter::new(std::fs::File::create(path)?);
+    /// those ending in `</s>` gets one (0 when it is no context), as lmplz writes them. The
+    /// file goes to `to`, in the format `path`'s name asks for.
+    fn write(&self, to: &Path, path: &Path, est: &Estimate) -> std::io::Result<()> {
+        let file = std::io::BufWriter::new(std::fs::File::create(to)?);
         let mut f: Box<dyn Write> = if path.extension().is_some_and(|e| e == "gz") {
             let gz = flate2::write::GzEncoder::new(file, flate2::Compression::default());
             Box::new(std::io::BufWriter::new(gz))

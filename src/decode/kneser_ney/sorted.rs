@@ -64,7 +64,7 @@ impl Scratch {
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| d.subsec_nanos());
         let dir = parent.join(format!(".xlsr-lm-{}-{nanos}", std::process::id()));
-        std::fs::create_dir_all(&dir)?;
+        std::fs::create_dir(&dir)?;
         Ok(Rc::new(Scratch {
             dir,
             next: std::cell::Cell::new(0),
