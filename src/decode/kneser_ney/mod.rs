@@ -258,15 +258,31 @@ impl KneserNey {
     }
 
     fn estimate(&mut self, prune: bool) -> std::io::Result<Estimate> {
-        let (top, bits, cap) = (self.order, self.bits as usize, self.sort_cap);
+        let (counted, spilled) = self.sorted_counts()?;
+        let (adjusted, discounts, ngrams) = self.adjust(counted, prune)?;
+        let (probs, backoffs) = self.probabilities(adjusted, &discounts)?;
+        let built = Built {
+            ngrams,
+            discounts,
+            spilled,
+        };
+        Ok(Estimate {
+            probs,
+            backoffs,
+            built,
+        })
+    }
+
+    /// Each order's raw counts, sorted by n-gram, and how many run files they went through.
+    fn sorted_counts(&mut self) -> std::io::Result<(Vec<Table>, usize)> {
         // <s> is a unigram (a context) with no probability of its own: in the table with
         // count 0 so that it holds its back-off, left out of the vocabulary.
         for w in [BOS, EOS, UNK] {
             self.gathering[0].entry(w as Gram).or_insert(0);
         }
         let mut spilled = 0;
-        let mut counted = Vec::with_capacity(top);
-        for i in 0..top {
+        let mut counted = Vec::with_capacity(self.order);
+        for i in 0..self.order {
             self.hand_over(i)?;
             self.gathering[i] = HashMap::default();
         }
@@ -274,11 +290,21 @@ impl KneserNey {
             spilled += sort.spilled();
             counted.push(Table::write(&self.scratch, sort.finish()?)?);
         }
+        Ok((counted, spilled))
+    }
 
-        // Top-down: which n-grams are written (a kept n-gram keeps its context and its
-        // back-off), and the adjusted counts: below the highest order, the number of distinct
-        // words before an n-gram (each (n+1)-gram adds one to its last n words), except for
-        // n-grams starting with <s>, which keep their own.
+    /// Top-down: which n-grams are written (a kept n-gram keeps its context and its
+    /// back-off), and the adjusted counts: below the highest order, the number of distinct
+    /// words before an n-gram (each (n+1)-gram adds one to its last n words), except for
+    /// n-grams starting with <s>, which keep their own. Returns the tables, the discounts
+    /// and the n-grams kept per order.
+    #[allow(clippy::type_complexity)]
+    fn adjust(
+        &self,
+        counted: Vec<Table>,
+        prune: bool,
+    ) -> std::io::Result<(Vec<Table>, Vec<[f64; 3]>, Vec<usize>)> {
+        let (top, bits, cap) = (self.order, self.bits as usize, self.sort_cap);
         let mut adjusted: Vec<Option<Table>> = (0..top).map(|_| None).collect();
         let mut discounts = vec![[0.0; 3]; top];
         let mut ngrams = vec![0; top];
@@ -326,19 +352,30 @@ impl KneserNey {
             discounts[n - 1] = discounts_of(t);
             ngrams[n - 1] = kept;
         }
-        drop(counted);
+        let adjusted = adjusted
+            .into_iter()
+            .map(|t| t.expect("every order"))
+            .collect();
+        Ok((adjusted, discounts, ngrams))
+    }
 
-        // Bottom-up: p(w | h) = (a(hw) - D(a(hw))) / a(h.) + gamma(h) p(w | h'). A context's
-        // continuations are one run of the sorted n-grams; the lower-order p comes from
-        // sorting the run's shares by suffix and joining with the order below.
-        let vocab = (adjusted[0].as_ref().expect("unigrams").len - 1) as f64;
+    /// Bottom-up: p(w | h) = (a(hw) - D(a(hw))) / a(h.) + gamma(h) p(w | h'). A context's
+    /// continuations are one run of the sorted n-grams; the lower-order p comes from sorting
+    /// the run's shares by suffix and joining with the order below. Returns each order's
+    /// probabilities and (below the highest) its contexts' back-off weights.
+    fn probabilities(
+        &self,
+        adjusted: Vec<Table>,
+        discounts: &[[f64; 3]],
+    ) -> std::io::Result<(Vec<Table>, Vec<Table>)> {
+        let (bits, cap) = (self.bits as usize, self.sort_cap);
+        let vocab = (adjusted[0].len - 1) as f64;
         let discount = |n: usize, a: u32| match a {
             0 => 0.0,
             a => discounts[n - 1][(a.min(3) - 1) as usize],
         };
         let (mut probs, mut backoffs): (Vec<Table>, Vec<Table>) = (vec![], vec![]);
-        for n in 1..=top {
-            let table = adjusted[n - 1].take().expect("every order is counted");
+        for (table, n) in adjusted.into_iter().zip(1..) {
             // Unigrams' probabilities are final here; higher orders' (share, weight) wait
             // for their back-off n-gram's probability.
             let mut unigrams = sorted::TableWriter::new(&self.scratch)?;
@@ -387,7 +424,7 @@ impl KneserNey {
                     };
                     e.y = if sum > 0.0 { gamma } else { 0.0 };
                     if n == 1 {
-                        e.x = (e.x + e.y / vocab) as f32 as f64;
+                        e.x = (e.x + e.y * (1.0 / vocab)) as f32 as f64;
                         unigrams.push(&e)?;
                     } else {
                         shares.push(e)?;
@@ -415,16 +452,7 @@ impl KneserNey {
             probs.push(Table::write(&self.scratch, out.finish()?)?);
             backoffs.push(weights.finish()?);
         }
-        let built = Built {
-            ngrams,
-            discounts,
-            spilled,
-        };
-        Ok(Estimate {
-            probs,
-            backoffs,
-            built,
-        })
+        Ok((probs, backoffs))
     }
 
     /// Writes the kept n-grams, sorted, with their back-offs: every lower-order n-gram but
