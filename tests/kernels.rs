@@ -377,9 +377,54 @@ fn dropout_is_reproducible_and_unbiased() {
             .collect()
     };
     check_mask(&mask.iter().map(|&m| m as f32).collect::<Vec<_>>(), 0.3);
-    Check::new("dropout", vec![(xv, vec![5000])]).run(
+    Check::new("dropout", vec![(xv.clone(), vec![5000])]).run(
         |v| v[0].dropout(0.3, 77).unwrap(),
-        move |v| v[0].iter().zip(&mask).map(|(x, m)| x * m).collect(),
+        {
+            let mask = mask.clone();
+            move |v| v[0].iter().zip(&mask).map(|(x, m)| x * m).collect()
+        },
+    );
+    // The residual form, res + dropout(x), with the mask of a larger tensor from element 0:
+    // the same mask, and gradients for both inputs.
+    let res = rng.vec(5000);
+    Check::new("dropout_add", vec![(xv, vec![5000]), (res, vec![5000])]).run(
+        |v| v[0].dropout_add_at(&v[1], 0.3, 77, 0).unwrap(),
+        move |v| {
+            let (x, r) = (&v[0], &v[1]);
+            (0..x.len()).map(|i| r[i] + x[i] * mask[i]).collect()
+        },
+    );
+}
+
+/// The fused residual equals the two ops it replaces bit for bit, at an offset into a
+/// larger tensor (a data-parallel rank's share) and when chunked by the binding limit.
+#[test]
+fn dropout_add_equals_dropout_then_add() {
+    let mut rng = Rng::new(52);
+    let n = 3000;
+    let (x, r) = (to_f32(&rng.vec(n)), to_f32(&rng.vec(n)));
+    let small = xlsr::Gpu::new().unwrap();
+    small.set_max_binding(4096);
+    for g in [gpu(), small] {
+        let xt = Tensor::from_slice(&g, &x, &[n]).unwrap();
+        let rt = Tensor::from_slice(&g, &r, &[n]).unwrap();
+        let fused = xlsr::ops::dropout::dropout_add_at(&xt, &rt, 0.2, 9, 700).unwrap();
+        let dropped = xlsr::ops::dropout::dropout_at(&xt, 0.2, 9, 700).unwrap();
+        let two = xlsr::ops::elementwise::binary(xlsr::ops::elementwise::BinOp::Add, &rt, &dropped)
+            .unwrap();
+        assert_eq!(fused.to_vec().unwrap(), two.to_vec().unwrap());
+    }
+    let e = xlsr::ops::dropout::dropout_add_at(
+        &Tensor::from_slice(&gpu(), &x[..4], &[4]).unwrap(),
+        &Tensor::from_slice(&gpu(), &r[..6], &[6]).unwrap(),
+        0.2,
+        9,
+        0,
+    )
+    .unwrap_err();
+    assert!(
+        e.to_string().contains("[4]") && e.to_string().contains("[6]"),
+        "{e}"
     );
 }
 

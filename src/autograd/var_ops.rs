@@ -144,6 +144,21 @@ impl Var {
         }))
     }
 
+    /// `res + self.dropout_at(..)` in one pass (the residual connection after a dropped
+    /// branch); the same values and gradients as the two ops.
+    pub fn dropout_add_at(&self, res: &Var, p: f32, seed: u64, first: usize) -> Result<Var> {
+        if p == 0.0 {
+            return res.add(self);
+        }
+        let y = ops::dropout::dropout_add_at(&self.value, &res.value, p, seed, first)?;
+        Ok(Var::record(&[self, res], y, move |g| {
+            Ok(vec![
+                Some(ops::dropout::dropout_at(g, p, seed, first)?),
+                Some(g.clone()),
+            ])
+        }))
+    }
+
     fn norm(&self, norm: Norm, gamma: Option<&Var>, beta: Option<&Var>, eps: f32) -> Result<Var> {
         let (y, stats) = ops::norm::forward(
             norm,

@@ -458,11 +458,26 @@ impl Dropout {
     fn apply(&mut self, x: &Var, p: f32) -> Result<Var> {
         let (p, s) = self.next(p);
         if p > 0.0 {
-            let per_row = x.value.numel() / x.shape()[0].max(1);
-            x.dropout_at(p, s, self.row * per_row)
+            x.dropout_at(p, s, self.first(x))
         } else {
             Ok(x.clone())
         }
+    }
+
+    /// `res + self.apply(x, p)`, in one pass when it drops anything.
+    fn residual(&mut self, res: &Var, x: &Var, p: f32) -> Result<Var> {
+        let (p, s) = self.next(p);
+        if p > 0.0 {
+            x.dropout_add_at(res, p, s, self.first(x))
+        } else {
+            res.add(x)
+        }
+    }
+
+    /// The index of `x`'s first element in the whole batch's tensor (a rank's share draws
+    /// the whole batch's mask).
+    fn first(&self, x: &Var) -> usize {
+        self.row * (x.value.numel() / x.shape()[0].max(1))
     }
 
     /// The next site's probability (0 outside training) and seed, for a kernel that applies
@@ -501,9 +516,9 @@ impl LayerStep {
         let mut drop = Dropout::new(self.seed, self.train, self.batch_offset);
         if c.do_stable_layer_norm {
             let a = self.attention(tape, &l.attn_norm.layer(tape, x)?, &mut drop)?;
-            let x = x.add(&drop.apply(&a, c.hidden_dropout)?)?;
+            let x = drop.residual(x, &a, c.hidden_dropout)?;
             let f = self.feed_forward(tape, &l.ff_norm.layer(tape, &x)?, &mut drop)?;
-            let x = x.add(&f)?;
+            let x = drop.residual(&x, &f, c.hidden_dropout)?;
             match &l.adapter {
                 Some(a) => x.add(&a.forward(tape, &x)?),
                 None => Ok(x),
@@ -512,9 +527,10 @@ impl LayerStep {
             let a = self.attention(tape, x, &mut drop)?;
             let x = l
                 .attn_norm
-                .layer(tape, &x.add(&drop.apply(&a, c.hidden_dropout)?)?)?;
+                .layer(tape, &drop.residual(x, &a, c.hidden_dropout)?)?;
             let f = self.feed_forward(tape, &x, &mut drop)?;
-            l.ff_norm.layer(tape, &x.add(&f)?)
+            l.ff_norm
+                .layer(tape, &drop.residual(&x, &f, c.hidden_dropout)?)
         }
     }
 
@@ -559,7 +575,7 @@ impl LayerStep {
         let (c, l) = (&*self.config, &self.layer);
         let y = l.ff_in.forward(tape, x)?.act(c.hidden_act())?;
         let y = drop.apply(&y, c.activation_dropout)?;
-        let y = l.ff_out.forward(tape, &y)?;
-        drop.apply(&y, c.hidden_dropout)
+        // Its output dropout is the caller's, fused into the residual add.
+        l.ff_out.forward(tape, &y)
     }
 }

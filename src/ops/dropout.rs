@@ -1,12 +1,12 @@
 //! Inverted dropout whose mask is a hash of (seed, index): backward recomputes it.
 
-use super::{check_f32, row_chunks};
+use super::{check_f32, dummy, row_chunks};
 use crate::engine::error::{shape_err, Result};
 use crate::engine::params::kernel_params;
 use crate::engine::{grid, Kernel};
 use crate::engine::{DType, Tensor};
 
-const DROPOUT: Kernel = Kernel::new("dropout", "dropout", 1, 1);
+const DROPOUT: Kernel = Kernel::new("dropout", "dropout", 2, 1);
 
 kernel_params! {
     /// `dropout.wgsl`'s uniforms.
@@ -21,8 +21,8 @@ kernel_params! {
         seed_hi: u32,
         /// Drop probability.
         p: f32,
-        /// Padding.
-        _p0: u32,
+        /// 1: add the residual.
+        residual: u32,
         /// Padding.
         _p1: u32,
         /// Padding.
@@ -40,15 +40,36 @@ pub fn dropout(x: &Tensor, p: f32, seed: u64) -> Result<Tensor> {
 /// the mask is that of the larger tensor's elements (a data-parallel rank's share of a batch
 /// draws the mask the whole batch would).
 pub fn dropout_at(x: &Tensor, p: f32, seed: u64, first: usize) -> Result<Tensor> {
+    launch(x, None, p, seed, first)
+}
+
+/// `res + dropout_at(x, ..)` in one pass: the residual connection after a dropped branch.
+pub fn dropout_add_at(x: &Tensor, res: &Tensor, p: f32, seed: u64, first: usize) -> Result<Tensor> {
+    if x.shape() != res.shape() {
+        return shape_err(
+            "dropout_add",
+            format!(
+                "branch {:?} and residual {:?} differ",
+                x.shape(),
+                res.shape()
+            ),
+        );
+    }
+    launch(x, Some(res), p, seed, first)
+}
+
+fn launch(x: &Tensor, res: Option<&Tensor>, p: f32, seed: u64, first: usize) -> Result<Tensor> {
     check_f32("dropout", &[x])?;
+    check_f32("dropout", res.as_slice())?;
     if !(0.0..1.0).contains(&p) {
         return shape_err("dropout", format!("probability {p} not in [0, 1)"));
     }
-    if p == 0.0 {
+    if p == 0.0 && res.is_none() {
         return Ok(x.clone());
     }
     let gpu = x.gpu();
     let out = Tensor::uninit(gpu, x.shape(), DType::F32)?;
+    let none = dummy(gpu)?;
     for (s, len) in row_chunks(gpu, "dropout", x.numel(), 1)? {
         let params = DropoutParams {
             n: len as u32,
@@ -56,12 +77,17 @@ pub fn dropout_at(x: &Tensor, p: f32, seed: u64, first: usize) -> Result<Tensor>
             seed_lo: seed as u32,
             seed_hi: (seed >> 32) as u32,
             p,
+            residual: res.is_some() as u32,
             ..Default::default()
+        };
+        let r = match res {
+            Some(r) => r.bind_range(s, len),
+            None => none.bind(),
         };
         gpu.dispatch(
             &DROPOUT,
             &params,
-            &[x.bind_range(s, len), out.bind_range(s, len)],
+            &[x.bind_range(s, len), r, out.bind_range(s, len)],
             grid(len as u64, 256),
         )?;
     }
