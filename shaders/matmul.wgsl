@@ -20,7 +20,8 @@ struct Params {
     k: u32,
     trans_a: u32,
     trans_b: u32,
-    has_bias: u32,   // bit 0: add bias; bit 1: add into C (split-K slices after the first)
+    has_bias: u32,   // bit 0: add bias; bit 1: add into C (split-K slices after the first);
+                     // bit 2: also the row sums of op(A), at C + slice_stride - m (tiled)
     stride_a: u32,   // batch strides in elements (0 = shared across the batch)
     stride_b: u32,
     stride_c: u32,
@@ -147,6 +148,11 @@ fn gemm(lid: vec3<u32>, wid: vec3<u32>, ta: bool, tb: bool) {
     // [row i][column half j] at 2i + j. Indexed by constants only: a dynamic index would make
     // the driver place the whole array in (slow) local memory.
     var acc = array<vec4<f32>, 16>();
+    // A linear layer's bias gradient rides on its weight gradient (dW = dYᵀX, db = the row
+    // sums of dYᵀ): the first column of tiles adds up the A slabs it stages anyway, 4 rows
+    // per thread.
+    let row_sums = (p.has_bias & 4u) != 0u && wid.x == 0u && tid < 32u;
+    var rsum = vec4<f32>(0.0);
 
     stash_a(0u, fetch_a(abase, row0, kbeg, kend, tid, ta), tid, ta);
     stash_b(0u, fetch_b(bbase, col0, kbeg, kend, tid, tb), tid, tb);
@@ -161,6 +167,9 @@ fn gemm(lid: vec3<u32>, wid: vec3<u32>, ta: bool, tb: bool) {
             nb = fetch_b(bbase, col0, k0 + BK, kend, tid, tb);
         }
         let s = buf * SLAB;
+        if row_sums {
+            for (var k = 0u; k < BK; k = k + 1u) { rsum = rsum + As[s + k * 32u + tid]; }
+        }
         for (var k = 0u; k < BK; k = k + 1u) {
             let a0 = As[s + k * 32u + lid.y];
             let a1 = As[s + k * 32u + 16u + lid.y];
@@ -204,6 +213,12 @@ fn gemm(lid: vec3<u32>, wid: vec3<u32>, ta: bool, tb: bool) {
     put_row(cbase, r + 65u, col, acc[10], acc[11]);
     put_row(cbase, r + 66u, col, acc[12], acc[13]);
     put_row(cbase, r + 67u, col, acc[14], acc[15]);
+    if row_sums {
+        let at = cbase + p.slice_stride - p.m;
+        for (var j = 0u; j < 4u; j = j + 1u) {
+            if row0 + tid * 4u + j < p.m { c[at + row0 + tid * 4u + j] = rsum[j]; }
+        }
+    }
 }
 
 // Writes one thread's 8 outputs of one row: columns col..col+4 and col+64..col+68.

@@ -800,6 +800,33 @@ fn global_norm_over_tensors() {
     }
 }
 
+/// A linear layer's weight gradient with its bias gradient in the same pass: Aᵀ B as the
+/// plain GEMM computes it (bit for bit, split or not) and the row sums of Aᵀ, across tile
+/// edges, K tails and forced split-K.
+#[test]
+fn weight_gradient_carries_the_bias_gradient() {
+    use xlsr::ops::matmul::{matmul_tn_row_sums, matmul_with, Algo};
+    let mut rng = Rng::new(71);
+    let g = gpu();
+    for (k, m, n) in [(37, 5, 9), (300, 130, 70), (1000, 257, 129), (1, 1, 1)] {
+        let (av, bv) = (rng.vec(k * m), rng.vec(k * n));
+        let a = Tensor::from_slice(&g, &to_f32(&av), &[k, m]).unwrap();
+        let b = Tensor::from_slice(&g, &to_f32(&bv), &[k, n]).unwrap();
+        for splits in [None, Some(1), Some(3)] {
+            let (c, sums) = matmul_tn_row_sums(&a, &b, splits).unwrap().unwrap();
+            let plain = matmul_with(Algo::Tiled, &a, &b, true, false, None, splits).unwrap();
+            let what = format!("k {k} m {m} n {n} splits {splits:?}");
+            assert_eq!(c.shape(), &[m, n], "{what}");
+            assert_eq!(c.to_vec().unwrap(), plain.to_vec().unwrap(), "{what}");
+            let want: Vec<f64> = (0..m)
+                .map(|j| (0..k).map(|r| av[r * m + j]).sum())
+                .collect();
+            // f32 sums of up to 1,000 terms of about 0.5: rounding near 1e-5 where they cancel.
+            assert_close(&what, &sums.to_vec().unwrap(), &want, 1e-4, 1e-5);
+        }
+    }
+}
+
 /// The elements of a [2, 3, 4] tensor `x` in the index box `ranges`, its axes looped in
 /// `order`, outermost first: what permuting, transposing or slicing it gives.
 fn walk(x: &[f64], ranges: [std::ops::Range<usize>; 3], order: [usize; 3]) -> Vec<f64> {

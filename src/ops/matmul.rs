@@ -370,11 +370,15 @@ fn split_dispatch(
     batch: usize,
     [ar, br, biasr, cr]: [crate::engine::BufRef<'_>; 4],
 ) -> Result<()> {
-    let total = batch * (prm.m * prm.n) as usize;
+    // A slice's span: C, or what `prm` names (C, then its row sums).
+    let total = match prm.slice_stride {
+        0 => batch * (prm.m * prm.n) as usize,
+        span => span as usize,
+    };
     let ws = Tensor::uninit(gpu, &[splits * total], DType::F32)?;
     let k_slice = (prm.k as usize).div_ceil(splits).div_ceil(BK) * BK;
     let gemm = MatmulParams {
-        has_bias: 0,
+        has_bias: prm.has_bias & ROW_SUMS,
         off_c: 0,
         splits: splits as u32,
         k_slice: k_slice as u32,
@@ -406,9 +410,70 @@ fn split_dispatch(
     )
 }
 
+/// `has_bias` bit of the tiled kernels: also write the row sums of op(A).
+const ROW_SUMS: u32 = 4;
+
+/// Aᵀ B and the row sums of Aᵀ in one pass, for A [K, M] and B [K, N]: a linear layer's
+/// weight gradient dYᵀX with its bias gradient (the column sums of dY) riding on it. `None`
+/// where the tiled f32 kernel cannot take it in one binding (the caller sums separately);
+/// `splits` forces the split-K slices as in [`matmul_with`].
+pub fn matmul_tn_row_sums(
+    a: &Tensor,
+    b: &Tensor,
+    splits: Option<usize>,
+) -> Result<Option<(Tensor, Tensor)>> {
+    let gpu = a.gpu();
+    let two_d = a.shape().len() == 2 && b.shape().len() == 2;
+    if !two_d
+        || a.dtype() != DType::F32
+        || b.dtype() != DType::F32
+        || Algo::default_for_run() != Algo::Tiled
+    {
+        return Ok(None);
+    }
+    let (k, m, n) = (a.shape()[0], a.shape()[1], b.shape()[1]);
+    if b.shape()[0] != k {
+        return shape_err(
+            "matmul",
+            format!("{:?}ᵀ times {:?}: inner dims differ", a.shape(), b.shape()),
+        );
+    }
+    // The row sums sit after C at an aligned offset, so that both are views.
+    let sums_at = (m * n).next_multiple_of((gpu.offset_align() / 4) as usize);
+    let span = sums_at + m;
+    let limit = binding_elems(gpu);
+    if a.numel().max(b.numel()).max(span) > limit || span > u32::MAX as usize {
+        return Ok(None);
+    }
+    let c = Tensor::uninit(gpu, &[span], DType::F32)?;
+    let prm = MatmulParams {
+        m: m as u32,
+        n: n as u32,
+        k: k as u32,
+        trans_a: 1,
+        has_bias: ROW_SUMS,
+        k_slice: k as u32,
+        splits: 1,
+        slice_stride: span as u32,
+        ..Default::default()
+    };
+    let tiled = kernel("matmul", TILED[1][0]);
+    let dm = dummy(gpu)?;
+    let bufs = [a.bind(), b.bind(), dm.bind(), c.bind()];
+    let splits = splits.unwrap_or_else(|| split_k(n.div_ceil(TILE) * m.div_ceil(TILE), k));
+    if splits > 1 {
+        split_dispatch(gpu, &tiled, prm, splits, 1, bufs)?;
+    } else {
+        let groups = [n.div_ceil(TILE) as u32, m.div_ceil(TILE) as u32, 1];
+        gpu.dispatch(&tiled, &prm, &bufs, groups)?;
+    }
+    Ok(Some((c.view(0, &[m, n])?, c.view(sums_at, &[m])?)))
+}
+
 /// Gradients of C = op(A) op(B) + bias given dC: dA as `input`, dB as `weight`, dbias. With f16 A and B, dC is
 /// cast to f16 for the two products (that is where loss scaling keeps small gradients
-/// representable) and dbias is summed from the f32 dC; dA and dB come out f32.
+/// representable) and dbias is summed from the f32 dC; dA and dB come out f32. In f32 a
+/// linear layer's dbias comes out of the weight gradient's pass ([`matmul_tn_row_sums`]).
 pub fn matmul_backward(
     a: &Tensor,
     b: &Tensor,
@@ -435,6 +500,8 @@ pub fn matmul_backward(
     } else {
         matmul(b, dc, tb, true, None)?
     };
+    // The bias gradient, when the weight gradient's pass computed it.
+    let mut summed = None;
     let db = if d.b_shared {
         // Shared weights: sum over the batch by folding it into the contraction.
         let rows = d.batch * d.m;
@@ -456,7 +523,17 @@ pub fn matmul_backward(
         } else {
             let a2 = a.reshape(&[rows, d.k])?;
             if tb {
-                matmul(&dc2, &a2, true, false, None)?
+                let fused = match has_bias {
+                    true => matmul_tn_row_sums(&dc2, &a2, None)?,
+                    false => None,
+                };
+                match fused {
+                    Some((dw, sums)) => {
+                        summed = Some(sums);
+                        dw
+                    }
+                    None => matmul(&dc2, &a2, true, false, None)?,
+                }
             } else {
                 matmul(&a2, &dc2, true, false, None)?
             }
@@ -469,6 +546,8 @@ pub fn matmul_backward(
     let rows = d.batch * d.m;
     let dbias = if !has_bias {
         None
+    } else if summed.is_some() {
+        summed
     } else if rows * d.n <= binding_elems(dc32.gpu()) {
         Some(reduce::sum_axis(&dc32.reshape(&[1, rows, d.n])?, 1, 1.0)?.reshape(&[d.n])?)
     } else {
