@@ -21,7 +21,7 @@ struct Params {
     trans_a: u32,
     trans_b: u32,
     has_bias: u32,   // bit 0: add bias; bit 1: add into C (split-K slices after the first);
-                     // bit 2: also the row sums of op(A), at C + slice_stride - m (tiled)
+                     // bit 2: also the row sums of op(A) into `sums` (tiled kernels)
     stride_a: u32,   // batch strides in elements (0 = shared across the batch)
     stride_b: u32,
     stride_c: u32,
@@ -38,6 +38,7 @@ struct Params {
 @group(0) @binding(2) var<storage, read> b: array<In>;
 @group(0) @binding(3) var<storage, read> bias: array<f32>;
 @group(0) @binding(4) var<storage, read_write> c: array<f32>;
+@group(0) @binding(5) var<storage, read_write> sums: array<f32>;
 
 fn load_a(batch: u32, row: u32, col: u32) -> f32 {
     if row >= p.m || col >= p.k { return 0.0; }
@@ -214,9 +215,11 @@ fn gemm(lid: vec3<u32>, wid: vec3<u32>, ta: bool, tb: bool) {
     put_row(cbase, r + 66u, col, acc[12], acc[13]);
     put_row(cbase, r + 67u, col, acc[14], acc[15]);
     if row_sums {
-        let at = cbase + p.slice_stride - p.m;
+        // Split-K slices leave theirs after their partial C, for `splitk_sum`.
         for (var j = 0u; j < 4u; j = j + 1u) {
-            if row0 + tid * 4u + j < p.m { c[at + row0 + tid * 4u + j] = rsum[j]; }
+            let r = row0 + tid * 4u + j;
+            if r >= p.m { break; }
+            if p.splits > 1u { c[cbase + p.m * p.n + r] = rsum[j]; } else { sums[r] = rsum[j]; }
         }
     }
 }
@@ -274,6 +277,8 @@ fn splitk_sum(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgr
     if i >= total { return; }
     var v = 0.0;
     for (var s = 0u; s < p.splits; s = s + 1u) { v = v + f32(a[s * total + i]); }
+    let mn = p.m * p.n;
+    if (p.has_bias & 4u) != 0u && i >= mn { sums[i - mn] = v; return; }
     if (p.has_bias & 1u) != 0u { v = v + bias[i % p.n]; }
     let ci = p.off_c + i;
     if (p.has_bias & 2u) != 0u { v = v + c[ci]; }

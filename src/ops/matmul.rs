@@ -14,7 +14,12 @@ const TILE: usize = 128;
 const BK: usize = 8;
 
 fn kernel(file: &'static str, entry: &'static str) -> Kernel {
-    Kernel::new(file, entry, 3, 1)
+    Kernel::new(file, entry, 3, 2)
+}
+
+/// A cooperative-matrix build (a, b, bias read; c written).
+fn coop_kernel(file: &'static str) -> Kernel {
+    Kernel::new(file, "matmul_coop", 3, 1)
 }
 
 kernel_params! {
@@ -212,7 +217,7 @@ pub fn matmul_with(
     let mut shape = a.shape()[..a.shape().len() - 2].to_vec();
     shape.extend([d.m, d.n]);
     let c = Tensor::uninit(gpu, &shape, DType::F32)?;
-    let dm = dummy(gpu)?;
+    let (dm, ds) = (dummy(gpu)?, dummy(gpu)?);
     let biasr = bias.map_or(dm.bind(), |t| t.bind());
     let file = if half { "matmul_f16" } else { "matmul" };
     let kernel = match algo {
@@ -263,9 +268,18 @@ pub fn matmul_with(
                 continue;
             }
             if algo == Algo::Tiled && splits > 1 && nr == rows {
-                split_dispatch(gpu, &kernel, prm, splits, 1, [ar, b.bind(), biasr, cr])?;
+                split_dispatch(
+                    gpu,
+                    &kernel,
+                    prm,
+                    splits,
+                    1,
+                    [ar, b.bind(), biasr, cr],
+                    ds.bind(),
+                )?;
             } else {
-                gpu.dispatch(&kernel, &prm, &[ar, b.bind(), biasr, cr], groups(nr, 1))?;
+                let bufs = [ar, b.bind(), biasr, cr, ds.bind()];
+                gpu.dispatch(&kernel, &prm, &bufs, groups(nr, 1))?;
             }
         }
     } else if d.batch == 1 && ta && !tb && d.k * d.m.max(d.n) > binding_elems(gpu) {
@@ -288,7 +302,8 @@ pub fn matmul_with(
             prm.k_slice = kc as u32;
             // Bias with the first slice only; the others add into C.
             prm.has_bias = if k0 == 0 { bias.is_some() as u32 } else { 2 };
-            gpu.dispatch(&kernel, &prm, &[ar, br, biasr, c.bind()], groups(d.m, 1))?;
+            let bufs = [ar, br, biasr, c.bind(), ds.bind()];
+            gpu.dispatch(&kernel, &prm, &bufs, groups(d.m, 1))?;
         }
     } else {
         let (sa, sb, sc) = (d.m * d.k, if d.b_shared { 0 } else { d.k * d.n }, d.m * d.n);
@@ -307,9 +322,18 @@ pub fn matmul_with(
                 continue;
             }
             if algo == Algo::Tiled && splits > 1 && nb == d.batch {
-                split_dispatch(gpu, &kernel, prm, splits, nb, [ar, br, biasr, cr])?;
+                split_dispatch(
+                    gpu,
+                    &kernel,
+                    prm,
+                    splits,
+                    nb,
+                    [ar, br, biasr, cr],
+                    ds.bind(),
+                )?;
             } else {
-                gpu.dispatch(&kernel, &prm, &[ar, br, biasr, cr], groups(d.m, nb))?;
+                let bufs = [ar, br, biasr, cr, ds.bind()];
+                gpu.dispatch(&kernel, &prm, &bufs, groups(d.m, nb))?;
             }
         }
     }
@@ -352,7 +376,7 @@ fn try_coop(
         (crate::engine::COOP_VARIANTS, 64)
     };
     gpu.dispatch(
-        &kernel(variants[ta as usize][tb as usize], "matmul_coop"),
+        &coop_kernel(variants[ta as usize][tb as usize]),
         prm,
         &bufs,
         [prm.n.div_ceil(tile), prm.m.div_ceil(tile), batch as u32],
@@ -369,8 +393,9 @@ fn split_dispatch(
     splits: usize,
     batch: usize,
     [ar, br, biasr, cr]: [crate::engine::BufRef<'_>; 4],
+    sums: crate::engine::BufRef<'_>,
 ) -> Result<()> {
-    // A slice's span: C, or what `prm` names (C, then its row sums).
+    // A slice's span: C, or what `prm` names (C, then the row sums of op(A)).
     let total = match prm.slice_stride {
         0 => batch * (prm.m * prm.n) as usize,
         span => span as usize,
@@ -388,7 +413,7 @@ fn split_dispatch(
     gpu.dispatch(
         tiled,
         &gemm,
-        &[ar, br, biasr, ws.bind()],
+        &[ar, br, biasr, ws.bind(), sums],
         [
             (prm.n as usize).div_ceil(TILE) as u32,
             (prm.m as usize).div_ceil(TILE) as u32,
@@ -405,7 +430,7 @@ fn split_dispatch(
         // The f32 build: the partials are f32 whatever the inputs were.
         &kernel("matmul", "splitk_sum"),
         &sum,
-        &[ws.bind(), dm.bind(), biasr, cr],
+        &[ws.bind(), dm.bind(), biasr, cr, sums],
         crate::engine::grid(total as u64, 256),
     )
 }
@@ -438,14 +463,12 @@ pub fn matmul_tn_row_sums(
             format!("{:?}ᵀ times {:?}: inner dims differ", a.shape(), b.shape()),
         );
     }
-    // The row sums sit after C at an aligned offset, so that both are views.
-    let sums_at = (m * n).next_multiple_of((gpu.offset_align() / 4) as usize);
-    let span = sums_at + m;
     let limit = binding_elems(gpu);
-    if a.numel().max(b.numel()).max(span) > limit || span > u32::MAX as usize {
+    if a.numel().max(b.numel()).max(m * n + m) > limit {
         return Ok(None);
     }
-    let c = Tensor::uninit(gpu, &[span], DType::F32)?;
+    let c = Tensor::uninit(gpu, &[m, n], DType::F32)?;
+    let sums = Tensor::uninit(gpu, &[m], DType::F32)?;
     let prm = MatmulParams {
         m: m as u32,
         n: n as u32,
@@ -454,7 +477,6 @@ pub fn matmul_tn_row_sums(
         has_bias: ROW_SUMS,
         k_slice: k as u32,
         splits: 1,
-        slice_stride: span as u32,
         ..Default::default()
     };
     let tiled = kernel("matmul", TILED[1][0]);
@@ -462,12 +484,18 @@ pub fn matmul_tn_row_sums(
     let bufs = [a.bind(), b.bind(), dm.bind(), c.bind()];
     let splits = splits.unwrap_or_else(|| split_k(n.div_ceil(TILE) * m.div_ceil(TILE), k));
     if splits > 1 {
-        split_dispatch(gpu, &tiled, prm, splits, 1, bufs)?;
+        // Each slice's partial row sums follow its partial C in the workspace.
+        let prm = MatmulParams {
+            slice_stride: (m * n + m) as u32,
+            ..prm
+        };
+        split_dispatch(gpu, &tiled, prm, splits, 1, bufs, sums.bind())?;
     } else {
         let groups = [n.div_ceil(TILE) as u32, m.div_ceil(TILE) as u32, 1];
-        gpu.dispatch(&tiled, &prm, &bufs, groups)?;
+        let [ar, br, dr, cr] = bufs;
+        gpu.dispatch(&tiled, &prm, &[ar, br, dr, cr, sums.bind()], groups)?;
     }
-    Ok(Some((c.view(0, &[m, n])?, c.view(sums_at, &[m])?)))
+    Ok(Some((c, sums)))
 }
 
 /// Gradients of C = op(A) op(B) + bias given dC: dA as `input`, dB as `weight`, dbias. With f16 A and B, dC is
