@@ -268,15 +268,8 @@ pub fn matmul_with(
                 continue;
             }
             if algo == Algo::Tiled && splits > 1 && nr == rows {
-                split_dispatch(
-                    gpu,
-                    &kernel,
-                    prm,
-                    splits,
-                    1,
-                    [ar, b.bind(), biasr, cr],
-                    ds.bind(),
-                )?;
+                let bufs = [ar, b.bind(), biasr, cr, ds.bind()];
+                split_dispatch(gpu, &kernel, prm, splits, 1, bufs)?;
             } else {
                 let bufs = [ar, b.bind(), biasr, cr, ds.bind()];
                 gpu.dispatch(&kernel, &prm, &bufs, groups(nr, 1))?;
@@ -322,15 +315,8 @@ pub fn matmul_with(
                 continue;
             }
             if algo == Algo::Tiled && splits > 1 && nb == d.batch {
-                split_dispatch(
-                    gpu,
-                    &kernel,
-                    prm,
-                    splits,
-                    nb,
-                    [ar, br, biasr, cr],
-                    ds.bind(),
-                )?;
+                let bufs = [ar, br, biasr, cr, ds.bind()];
+                split_dispatch(gpu, &kernel, prm, splits, nb, bufs)?;
             } else {
                 let bufs = [ar, br, biasr, cr, ds.bind()];
                 gpu.dispatch(&kernel, &prm, &bufs, groups(d.m, nb))?;
@@ -392,8 +378,7 @@ fn split_dispatch(
     prm: MatmulParams,
     splits: usize,
     batch: usize,
-    [ar, br, biasr, cr]: [crate::engine::BufRef<'_>; 4],
-    sums: crate::engine::BufRef<'_>,
+    [ar, br, biasr, cr, sums]: [crate::engine::BufRef<'_>; 5],
 ) -> Result<()> {
     // A slice's span: C, or what `prm` names (C, then the row sums of op(A)).
     let total = match prm.slice_stride {
@@ -481,7 +466,7 @@ pub fn matmul_tn_row_sums(
     };
     let tiled = kernel("matmul", TILED[1][0]);
     let dm = dummy(gpu)?;
-    let bufs = [a.bind(), b.bind(), dm.bind(), c.bind()];
+    let bufs = [a.bind(), b.bind(), dm.bind(), c.bind(), sums.bind()];
     let splits = splits.unwrap_or_else(|| split_k(n.div_ceil(TILE) * m.div_ceil(TILE), k));
     if splits > 1 {
         // Each slice's partial row sums follow its partial C in the workspace.
@@ -489,11 +474,10 @@ pub fn matmul_tn_row_sums(
             slice_stride: (m * n + m) as u32,
             ..prm
         };
-        split_dispatch(gpu, &tiled, prm, splits, 1, bufs, sums.bind())?;
+        split_dispatch(gpu, &tiled, prm, splits, 1, bufs)?;
     } else {
         let groups = [n.div_ceil(TILE) as u32, m.div_ceil(TILE) as u32, 1];
-        let [ar, br, dr, cr] = bufs;
-        gpu.dispatch(&tiled, &prm, &[ar, br, dr, cr, sums.bind()], groups)?;
+        gpu.dispatch(&tiled, &prm, &bufs, groups)?;
     }
     Ok(Some((c, sums)))
 }
