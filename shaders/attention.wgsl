@@ -23,7 +23,10 @@
 //
 // Layout: q, k, v, O, dO, dQ, dK, dV are [BH, T, D] contiguous, or with `tokens_first`
 // [B, T, H, D], the layout the projections make and read, so no permute copies run on either
-// side; D <= MAX_D (row_at finds a row either way). L and the stats are [BH, T]. One thread holds
+// side; D <= MAX_D (row_at finds a row either way). With `qkv_rows` = 3, q, k and v are one
+// [B, T, 3, H, D] tensor, the output of one GEMM over the joined projection weights (k at
+// column `col_k`, v at `col_v`), and dQ, dK, dV are written the same way into one tensor
+// that feeds one GEMM back (qkv_at finds those rows). L and the stats are [BH, T]. One thread holds
 // its row's vectors in private arrays of MAX_D / 4 vec4s (zero past D). Workgroups are
 // (row tile, bh). Each kernel body takes the vec4 count as an argument and the entry point
 // calls it with the constant MAX_D4 when D = 64: after inlining, the D loops have a constant
@@ -54,6 +57,10 @@ struct Params {
     off_s: u32,      // backward stats
     tokens_first: u32,  // 1: the D-vectors are [B, T, H, D], else [BH, T, D]
     drop_bh0: u32,   // dropout mask row of (batch, head) row 0: a larger batch's rows
+    off_g: u32,      // element shift of dQ, dK, dV
+    qkv_rows: u32,   // 1, or 3: q, k, v (and dQ, dK, dV) share one [B, T, 3, H, D] tensor
+    col_k: u32,      // where k (dK) starts within a token's row of that tensor: 0 or H * D
+    col_v: u32,      // the same for v (dV): 0 or 2 * H * D
 }
 
 @group(0) @binding(0) var<uniform> p: Params;
@@ -102,6 +109,14 @@ fn row_at(bh: u32, i: u32) -> u32 {
     return (bh * p.t + i) * p.d;
 }
 
+// The same for q (add col_k for k, col_v for v) and their gradients.
+fn qkv_at(bh: u32, i: u32) -> u32 {
+    if p.tokens_first == 1u {
+        return (((bh / p.heads) * p.t + i) * p.qkv_rows * p.heads + bh % p.heads) * p.d;
+    }
+    return (bh * p.t + i) * p.d;
+}
+
 fn d4() -> u32 {
     return (p.d + 3u) / 4u;
 }
@@ -118,7 +133,8 @@ fn ld_q(base: u32, c: u32) -> vec4<f32> {
     return r;
 }
 
-fn ld_k(base: u32, c: u32) -> vec4<f32> {
+fn ld_k(at: u32, c: u32) -> vec4<f32> {
+    let base = at + p.col_k;
     let e = c * 4u;
     if e + 4u <= p.d {
         return vec4<f32>(f32(k[p.off_in + base + e]), f32(k[p.off_in + base + e + 1u]), f32(k[p.off_in + base + e + 2u]), f32(k[p.off_in + base + e + 3u]));
@@ -128,7 +144,8 @@ fn ld_k(base: u32, c: u32) -> vec4<f32> {
     return r;
 }
 
-fn ld_v(base: u32, c: u32) -> vec4<f32> {
+fn ld_v(at: u32, c: u32) -> vec4<f32> {
+    let base = at + p.col_v;
     let e = c * 4u;
     if e + 4u <= p.d {
         return vec4<f32>(f32(v[p.off_in + base + e]), f32(v[p.off_in + base + e + 1u]), f32(v[p.off_in + base + e + 2u]), f32(v[p.off_in + base + e + 3u]));
@@ -148,12 +165,13 @@ fn ld_fa(base: u32, c: u32) -> vec4<f32> {
     return r;
 }
 
+// Stores at `base`, the element index in the binding (shift included).
 fn st_out0(base: u32, c: u32, val: vec4<f32>) {
-    for (var x = 0u; x < 4u && c * 4u + x < p.d; x = x + 1u) { out0[p.off_f + base + c * 4u + x] = val[x]; }
+    for (var x = 0u; x < 4u && c * 4u + x < p.d; x = x + 1u) { out0[base + c * 4u + x] = val[x]; }
 }
 
 fn st_out1(base: u32, c: u32, val: vec4<f32>) {
-    for (var x = 0u; x < 4u && c * 4u + x < p.d; x = x + 1u) { out1[p.off_f + base + c * 4u + x] = val[x]; }
+    for (var x = 0u; x < 4u && c * 4u + x < p.d; x = x + 1u) { out1[base + c * 4u + x] = val[x]; }
 }
 
 // Stages keys j0..j0+TILE of (bh) into ta (k), tb (v) and tc (mask); returns how many exist.
@@ -162,7 +180,7 @@ fn stage_keys(bh: u32, j0: u32, lid: u32, n4: u32) -> u32 {
     for (var e = lid; e < n * n4; e = e + ROWS) {
         let jj = e / n4;
         let c = e % n4;
-        let g = row_at(bh, j0 + jj);
+        let g = qkv_at(bh, j0 + jj);
         ta[jj * MAX_D4 + c] = ld_k(g, c);
         tb[jj * MAX_D4 + c] = ld_v(g, c);
     }
@@ -175,10 +193,11 @@ fn attn_fwd_rows(lid: u32, wx: u32, bh: u32, n4: u32) {
     let live = i < p.t;
     let row = bh * p.t + min(i, p.t - 1u);
     let at = row_at(bh, min(i, p.t - 1u));
+    let qat = qkv_at(bh, min(i, p.t - 1u));
     var qr: array<vec4<f32>, MAX_D4>;
     var acc: array<vec4<f32>, MAX_D4>;
     for (var c = 0u; c < n4; c = c + 1u) {
-        qr[c] = ld_q(at, c);
+        qr[c] = ld_q(qat, c);
         acc[c] = vec4<f32>(0.0);
     }
     var m = LOWEST;
@@ -214,7 +233,7 @@ fn attn_fwd_rows(lid: u32, wx: u32, bh: u32, n4: u32) {
     }
     if live {
         let inv = 1.0 / l;
-        for (var c = 0u; c < n4; c = c + 1u) { st_out0(at, c, acc[c] * inv); }
+        for (var c = 0u; c < n4; c = c + 1u) { st_out0(p.off_f + at, c, acc[c] * inv); }
         out1[p.off_l + row] = m + log(l);
     }
 }
@@ -246,7 +265,7 @@ fn attn_bwd_stats(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_wo
 fn attn_bwd_kv_rows(lid: u32, wx: u32, bh: u32, n4: u32) {
     let j = wx * ROWS + lid;
     let live = j < p.t;
-    let at = row_at(bh, min(j, p.t - 1u));
+    let at = qkv_at(bh, min(j, p.t - 1u));
     var kr: array<vec4<f32>, MAX_D4>;
     var vr: array<vec4<f32>, MAX_D4>;
     var dk: array<vec4<f32>, MAX_D4>;
@@ -264,9 +283,8 @@ fn attn_bwd_kv_rows(lid: u32, wx: u32, bh: u32, n4: u32) {
         for (var e = lid; e < n * n4; e = e + ROWS) {
             let ii = e / n4;
             let c = e % n4;
-            let g = row_at(bh, i0 + ii);
-            ta[ii * MAX_D4 + c] = ld_q(g, c);
-            tb[ii * MAX_D4 + c] = ld_fa(g, c);
+            ta[ii * MAX_D4 + c] = ld_q(qkv_at(bh, i0 + ii), c);
+            tb[ii * MAX_D4 + c] = ld_fa(row_at(bh, i0 + ii), c);
         }
         if lid < n {
             let r = bh * p.t + i0 + lid;
@@ -295,8 +313,8 @@ fn attn_bwd_kv_rows(lid: u32, wx: u32, bh: u32, n4: u32) {
     }
     if live {
         for (var c = 0u; c < n4; c = c + 1u) {
-            st_out0(at, c, dk[c] * p.scale);
-            st_out1(at, c, dv[c]);
+            st_out0(p.off_g + p.col_k + at, c, dk[c] * p.scale);
+            st_out1(p.off_g + p.col_v + at, c, dv[c]);
         }
     }
 }
@@ -316,11 +334,12 @@ fn attn_bwd_q_rows(lid: u32, wx: u32, bh: u32, n4: u32) {
     let live = i < p.t;
     let row = bh * p.t + min(i, p.t - 1u);
     let at = row_at(bh, min(i, p.t - 1u));
+    let qat = qkv_at(bh, min(i, p.t - 1u));
     var qr: array<vec4<f32>, MAX_D4>;
     var dor: array<vec4<f32>, MAX_D4>;
     var dq: array<vec4<f32>, MAX_D4>;
     for (var c = 0u; c < n4; c = c + 1u) {
-        qr[c] = ld_q(at, c);
+        qr[c] = ld_q(qat, c);
         dor[c] = ld_fa(at, c);
         dq[c] = vec4<f32>(0.0);
     }
@@ -345,7 +364,7 @@ fn attn_bwd_q_rows(lid: u32, wx: u32, bh: u32, n4: u32) {
         }
     }
     if live {
-        for (var c = 0u; c < n4; c = c + 1u) { st_out0(at, c, dq[c] * p.scale); }
+        for (var c = 0u; c < n4; c = c + 1u) { st_out0(p.off_g + qat, c, dq[c] * p.scale); }
     }
 }
 

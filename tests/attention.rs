@@ -274,9 +274,17 @@ fn swap_heads_tokens<T: Copy>(x: &[T], (b, h, t, d): (usize, usize, usize, usize
     out
 }
 
+/// Where q, k and v sit: [B, H, T, D], [B, T, H, D], or packed in one [B, T, 3, H, D].
+#[derive(Clone, Copy, PartialEq)]
+enum Layout {
+    HeadsFirst,
+    TokensFirst,
+    Packed,
+}
+
 /// The fused kernels' forward and backward on `g` at T = 50, D = 8 with a key mask and
 /// dropout 0.1: [output, logsumexp, dq, dk, dv], in [B, H, T, D] order whatever the layout.
-fn fused_ops(g: &xlsr::Gpu, half: bool, tokens_first: bool) -> Vec<Vec<f32>> {
+fn fused_ops(g: &xlsr::Gpu, half: bool, layout: Layout) -> Vec<Vec<f32>> {
     use xlsr::ops::{attention, cast};
     let (t, d) = (50, 8);
     let c = Case {
@@ -288,6 +296,7 @@ fn fused_ops(g: &xlsr::Gpu, half: bool, tokens_first: bool) -> Vec<Vec<f32>> {
         q_gain: 1.0,
     };
     let (qkv, r) = inputs(&c);
+    let tokens_first = layout != Layout::HeadsFirst;
     let shape = if tokens_first {
         [B, t, H, d]
     } else {
@@ -302,14 +311,14 @@ fn fused_ops(g: &xlsr::Gpu, half: bool, tokens_first: bool) -> Vec<Vec<f32>> {
         };
         Tensor::from_slice(g, &x, &shape).unwrap()
     };
-    let [q, k, v] = qkv.each_ref().map(|x| {
-        let x = put(x);
+    let half_if = |x: Tensor| {
         if half {
             cast::to_f16(&x).unwrap()
         } else {
             x
         }
-    });
+    };
+    let [q, k, v] = qkv.each_ref().map(|x| half_if(put(x)));
     let mut m = vec![0f32; B * t];
     m[t + 3..].fill(f32::MIN);
     let mask = Tensor::from_slice(g, &m, &[B, t]).unwrap();
@@ -317,22 +326,53 @@ fn fused_ops(g: &xlsr::Gpu, half: bool, tokens_first: bool) -> Vec<Vec<f32>> {
         tokens_first,
         ..att(H, 0.3, 0.1, 4)
     };
-    let f = attention::forward(&q, &k, &v, Some(&mask), &a).unwrap();
-    let dd = attention::backward(&q, &k, &v, Some(&mask), &a, &f, &put(&r)).unwrap();
-    let back = |x: Tensor| {
-        let x = x.to_vec().unwrap();
+    let back = |x: Vec<f32>| {
         if tokens_first {
             swap_heads_tokens(&x, (B, t, H, d))
         } else {
             x
         }
     };
+    if layout == Layout::Packed {
+        // Each token's q, k, v rows side by side, as one GEMM over [Wq; Wk; Wv] makes them.
+        let parts = qkv
+            .each_ref()
+            .map(|x| swap_heads_tokens(&to_f32(x), (B, H, t, d)));
+        let row = H * d;
+        let packed: Vec<f32> = (0..B * t)
+            .flat_map(|i| {
+                parts
+                    .iter()
+                    .flat_map(move |p| p[i * row..(i + 1) * row].to_vec())
+            })
+            .collect();
+        let x = half_if(Tensor::from_slice(g, &packed, &[B, t, 3, H, d]).unwrap());
+        let f = attention::forward_qkv(attention::Qkv::Packed(&x), Some(&mask), &a).unwrap();
+        let dx = attention::backward_packed(&x, Some(&mask), &a, &f, &put(&r)).unwrap();
+        let dx = dx.to_vec().unwrap();
+        let part = |j: usize| {
+            back(
+                (0..B * t)
+                    .flat_map(|i| dx[(3 * i + j) * row..(3 * i + j + 1) * row].to_vec())
+                    .collect(),
+            )
+        };
+        return vec![
+            back(f.out.to_vec().unwrap()),
+            f.lse.to_vec().unwrap(),
+            part(0),
+            part(1),
+            part(2),
+        ];
+    }
+    let f = attention::forward(&q, &k, &v, Some(&mask), &a).unwrap();
+    let dd = attention::backward(&q, &k, &v, Some(&mask), &a, &f, &put(&r)).unwrap();
     vec![
-        back(f.out),
+        back(f.out.to_vec().unwrap()),
         f.lse.to_vec().unwrap(),
-        back(dd.q),
-        back(dd.k),
-        back(dd.v),
+        back(dd.q.to_vec().unwrap()),
+        back(dd.k.to_vec().unwrap()),
+        back(dd.v.to_vec().unwrap()),
     ]
 }
 
@@ -341,30 +381,32 @@ fn fused_ops(g: &xlsr::Gpu, half: bool, tokens_first: bool) -> Vec<Vec<f32>> {
 /// output, logsumexp and gradients equal the unchunked run exactly, with a key mask and
 /// dropout (whose indices must stay global), for f32 and f16 inputs. `tokens_first` (q, k,
 /// v, O and gradients in the projections' [B, T, H, D] layout) gives the same bit for bit,
-/// chunked too (whole batches per chunk, an 8 KiB limit).
+/// chunked too (whole batches per chunk, an 8 KiB limit), and so does q, k, v packed in one
+/// [B, T, 3, H, D] tensor with the gradients packed alike (a 16 KiB limit: one batch).
 #[test]
 fn rows_past_the_binding_limit_run_in_chunks() {
     let small = xlsr::Gpu::new().unwrap();
     small.set_max_binding(2048);
     let batches = xlsr::Gpu::new().unwrap();
     batches.set_max_binding(8192);
+    let packed_batches = xlsr::Gpu::new().unwrap();
+    packed_batches.set_max_binding(16384);
     for half in [false, true] {
         if half && !small.has_f16() {
             eprintln!("adapter has no SHADER_F16: f16 chunked attention case not run");
             continue;
         }
-        let want = fused_ops(&gpu(), half, false);
-        assert_eq!(fused_ops(&small, half, false), want, "f16 {half}");
-        assert_eq!(
-            fused_ops(&gpu(), half, true),
-            want,
-            "f16 {half}, tokens first"
-        );
-        assert_eq!(
-            fused_ops(&batches, half, true),
-            want,
-            "f16 {half}, tokens first, chunked"
-        );
+        use Layout::*;
+        let want = fused_ops(&gpu(), half, HeadsFirst);
+        for (g, layout, case) in [
+            (&small, HeadsFirst, "chunked"),
+            (&gpu(), TokensFirst, "tokens first"),
+            (&batches, TokensFirst, "tokens first, chunked"),
+            (&gpu(), Packed, "packed"),
+            (&packed_batches, Packed, "packed, chunked"),
+        ] {
+            assert_eq!(fused_ops(g, half, layout), want, "f16 {half}, {case}");
+        }
     }
 }
 

@@ -57,6 +57,9 @@ pub struct Param {
     frozen: Cell<bool>,
     /// Where the gradient accumulates when the optimiser keeps it in a flat buffer.
     home: RefCell<Option<GradHome>>,
+    /// The optimiser should pack the next parameter right after this one (q, k and v of a
+    /// layer, so their projections run as one GEMM over the joined weights).
+    pack_with_next: Cell<bool>,
 }
 
 /// A parameter's gradient slot in a flat buffer, the sink that adds into it, and whether
@@ -76,7 +79,19 @@ impl Param {
             grad: RefCell::new(None),
             frozen: Cell::new(false),
             home: RefCell::new(None),
+            pack_with_next: Cell::new(false),
         })
+    }
+
+    /// Asks the optimiser to pack the parameter after this one (in the list it is given)
+    /// directly behind it, in the same buffer.
+    pub fn pack_with_next(&self) {
+        self.pack_with_next.set(true);
+    }
+
+    /// Whether [`Param::pack_with_next`] was asked.
+    pub fn packs_with_next(&self) -> bool {
+        self.pack_with_next.get()
     }
 
     /// From now on the gradient accumulates into `slot` (zeroed, of the value's size) through

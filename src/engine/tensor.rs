@@ -231,6 +231,31 @@ impl Tensor {
         })
     }
 
+    /// `parts` as one tensor along dim 0 without a copy, when they lie back to back in one
+    /// buffer (the optimiser packs q, k and v's weights so); `None` otherwise.
+    pub fn join(parts: &[&Tensor]) -> Option<Tensor> {
+        let first = parts.first()?;
+        let rest = first.shape.get(1..)?;
+        let mut end = first.offset;
+        let mut rows = 0;
+        for t in parts {
+            let adjacent = t.same_storage(first) && t.offset == end && t.dtype == first.dtype;
+            if !adjacent || t.shape.get(1..) != Some(rest) {
+                return None;
+            }
+            end += t.bytes();
+            rows += t.shape[0];
+        }
+        let mut shape = vec![rows];
+        shape.extend_from_slice(rest);
+        Some(Tensor {
+            storage: first.storage.clone(),
+            offset: first.offset,
+            shape,
+            dtype: first.dtype,
+        })
+    }
+
     /// Copies `src`'s elements (same count and dtype) over this tensor's, on the GPU.
     pub fn copy_from(&self, src: &Tensor) -> Result<()> {
         if src.numel() != self.numel() || src.dtype != self.dtype {

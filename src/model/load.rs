@@ -326,6 +326,7 @@ impl Wav2Vec2ForCtc {
             });
         }
         let lm_head = b.linear("lm_head", h, c.vocab_size, std)?;
+        let params = pack_order(b.params, &layers);
         let model = Wav2Vec2ForCtc {
             config,
             gpu: gpu.clone(),
@@ -339,7 +340,7 @@ impl Wav2Vec2ForCtc {
             enc_norm,
             layers,
             lm_head,
-            params: b.params,
+            params,
             target_lang: None,
         };
         Ok((model, b.report))
@@ -370,6 +371,35 @@ impl Wav2Vec2ForCtc {
         }
         checkpoint::save(&dir.join(format!("adapter.{lang}.safetensors")), &tensors)
     }
+}
+
+/// `params` with each layer's q, k and v weights, then their biases, next to each other and
+/// marked to stay so ([`Param::pack_with_next`]): packed so by the optimiser, the three
+/// projections run as one GEMM over the joined weights. Parameters are created (and randomly
+/// initialised) in checkpoint order; only the list is reordered.
+fn pack_order(params: Vec<Rc<Param>>, layers: &[EncoderLayer]) -> Vec<Rc<Param>> {
+    let groups: Vec<[&Rc<Param>; 6]> = layers
+        .iter()
+        .map(|l| {
+            let (q, k, v) = (&l.q, &l.k, &l.v);
+            [&q.weight, &k.weight, &v.weight, &q.bias, &k.bias, &v.bias]
+        })
+        .collect();
+    let in_group = |p: &Rc<Param>| groups.iter().flatten().any(|g| Rc::ptr_eq(g, p));
+    let mut out = Vec::with_capacity(params.len());
+    for p in params {
+        if let Some(g) = groups.iter().find(|g| Rc::ptr_eq(g[0], &p)) {
+            for (i, member) in g.iter().enumerate() {
+                if i % 3 != 2 {
+                    member.pack_with_next();
+                }
+                out.push((*member).clone());
+            }
+        } else if !in_group(&p) {
+            out.push(p);
+        }
+    }
+    out
 }
 
 /// The positional conv's weight-norm pair (g [1, 1, K], v [H, H/groups, K]). A checkpoint

@@ -47,6 +47,14 @@ kernel_params! {
         tokens_first: u32,
         /// Dropout mask row of (batch, head) row 0: the mask of a larger batch's rows.
         drop_bh0: u32,
+        /// Element shift of dQ, dK and dV.
+        off_g: u32,
+        /// 1, or 3 when q, k, v (and their gradients) are one [B, T, 3, H, D] tensor.
+        qkv_rows: u32,
+        /// Where k starts in a token's row of that tensor (0 or H * D).
+        col_k: u32,
+        /// Where v starts (0 or 2 * H * D).
+        col_v: u32,
     }
 }
 
@@ -81,21 +89,71 @@ struct Dims {
     d: usize,
 }
 
-fn check(
-    op: &'static str,
-    q: &Tensor,
-    k: &Tensor,
-    v: &Tensor,
-    mask: Option<&Tensor>,
-    a: &Attention,
-) -> Result<Dims> {
+/// q, k and v: three tensors of one shape, or one [B, T, 3, H, D] tensor holding all three
+/// (the output of one GEMM over the joined projection weights; [`Attention::tokens_first`]).
+#[derive(Clone, Copy)]
+pub enum Qkv<'a> {
+    /// q, k, v.
+    Separate(&'a Tensor, &'a Tensor, &'a Tensor),
+    /// [B, T, 3, H, D]: q, k, v of each token side by side.
+    Packed(&'a Tensor),
+}
+
+impl<'a> Qkv<'a> {
+    /// The tensors bound as q, k and v (one tensor three times when packed).
+    fn parts(self) -> [&'a Tensor; 3] {
+        match self {
+            Qkv::Separate(q, k, v) => [q, k, v],
+            Qkv::Packed(x) => [x, x, x],
+        }
+    }
+
+    /// How many of q, k, v one tensor's token row holds.
+    fn rows(self) -> usize {
+        match self {
+            Qkv::Separate(..) => 1,
+            Qkv::Packed(_) => 3,
+        }
+    }
+
+    /// The shape of one of q, k, v (and of the output): [B, T, H, D] when packed.
+    fn one_shape(self) -> Vec<usize> {
+        match self {
+            Qkv::Separate(q, ..) => q.shape().to_vec(),
+            Qkv::Packed(x) => {
+                let mut s = x.shape().to_vec();
+                s.remove(2.min(s.len().saturating_sub(1)));
+                s
+            }
+        }
+    }
+}
+
+fn check(op: &'static str, qkv: Qkv<'_>, mask: Option<&Tensor>, a: &Attention) -> Result<Dims> {
     let (heads, dropout) = (a.heads, a.dropout);
+    let [q, k, v] = qkv.parts();
     if q.dtype() == DType::F16 {
         check_dtype(op, &[q, k, v], DType::F16)?;
     } else {
         check_f32(op, &[q, k, v])?;
     }
-    let shape = q.shape();
+    if let Qkv::Packed(x) = qkv {
+        if !a.tokens_first || x.shape().len() != 5 || x.shape()[2] != 3 {
+            return shape_err(
+                op,
+                format!(
+                    "packed q, k, v {:?} must be [B, T, 3, H, D] with tokens_first",
+                    x.shape()
+                ),
+            );
+        }
+    }
+    let one = qkv.one_shape();
+    let shape = one.as_slice();
+    let (k, v) = match qkv {
+        Qkv::Separate(_, k, v) => (k.shape(), v.shape()),
+        Qkv::Packed(_) => (shape, shape),
+    };
     let want = if a.tokens_first {
         "[B, T, H, D]"
     } else {
@@ -106,22 +164,17 @@ fn check(
     } else {
         shape.len() >= 2
     };
-    if !rank_ok || k.shape() != shape || v.shape() != shape {
+    if !rank_ok || k != shape || v != shape {
         return shape_err(
             op,
-            format!(
-                "q {:?}, k {:?}, v {:?} must be one shape {want} ({heads} heads)",
-                shape,
-                k.shape(),
-                v.shape()
-            ),
+            format!("q {shape:?}, k {k:?}, v {v:?} must be one shape {want} ({heads} heads)"),
         );
     }
     let (t, d, bh) = if a.tokens_first {
         (shape[1], shape[3], shape[0] * shape[2])
     } else {
         let rows: usize = shape[..shape.len() - 2].iter().product();
-        (q.dim(-2), q.dim(-1), rows)
+        (shape[shape.len() - 2], shape[shape.len() - 1], rows)
     };
     if d > MAX_HEAD_DIM {
         return Err(Error::Limit {
@@ -158,13 +211,13 @@ fn check(
 
 /// Runs of (batch, head) rows, (first, count), whose tensors each fit one binding. With
 /// `tokens_first` a run holds whole batches, whose [T, H, D] blocks are contiguous.
-fn chunks(q: &Tensor, g: &Dims, a: &Attention) -> Result<Vec<(usize, usize)>> {
+fn chunks(qkv: Qkv<'_>, g: &Dims, a: &Attention) -> Result<Vec<(usize, usize)>> {
     let per = if a.tokens_first { a.heads } else { 1 };
     let runs = shifted_chunks(
-        q.gpu(),
+        qkv.parts()[0].gpu(),
         "attention",
         g.bh / per,
-        &[per * g.t * g.d, per * 2 * g.t],
+        &[per * g.t * g.d * qkv.rows(), per * 2 * g.t],
     )?;
     Ok(runs
         .into_iter()
@@ -178,13 +231,17 @@ fn rows(t: &Tensor, b0: usize, n: usize, per: usize) -> (BufRef<'_>, u32) {
     t.bind_shifted(b0 * per, n * per)
 }
 
-/// Uniform fields; `chunk` is (first row, shifts of q/k/v, of O/dO/dQ/dK/dV, of L, of stats).
+/// Uniform fields; `chunk` is (first row, shifts of q/k/v, of O/dO, of L, of stats, of
+/// dQ/dK/dV).
 fn params(
     g: &Dims,
     a: &Attention,
     has_mask: bool,
-    [bh0, off_in, off_f, off_l, off_s]: [u32; 5],
+    qkv: Qkv<'_>,
+    [bh0, off_in, off_f, off_l, off_s, off_g]: [u32; 6],
 ) -> AttentionParams {
+    let hd = (a.heads * g.d) as u32;
+    let packed = matches!(qkv, Qkv::Packed(_));
     AttentionParams {
         bh: g.bh as u32,
         t: g.t as u32,
@@ -202,6 +259,10 @@ fn params(
         off_s,
         tokens_first: a.tokens_first as u32,
         drop_bh0: (a.drop_row * a.heads) as u32,
+        off_g,
+        qkv_rows: qkv.rows() as u32,
+        col_k: if packed { hd } else { 0 },
+        col_v: if packed { 2 * hd } else { 0 },
     }
 }
 
@@ -266,21 +327,28 @@ pub fn forward(
     mask: Option<&Tensor>,
     a: &Attention,
 ) -> Result<Attended> {
-    let g = check("attention", q, k, v, mask, a)?;
+    forward_qkv(Qkv::Separate(q, k, v), mask, a)
+}
+
+/// [`forward`] over q, k and v given either way ([`Qkv`]); the output is [B, T, H, D] when
+/// they are packed.
+pub fn forward_qkv(qkv: Qkv<'_>, mask: Option<&Tensor>, a: &Attention) -> Result<Attended> {
+    let g = check("attention", qkv, mask, a)?;
+    let [q, ..] = qkv.parts();
     let gpu = q.gpu();
-    let o = Tensor::uninit(gpu, q.shape(), DType::F32)?;
+    let o = Tensor::uninit(gpu, &qkv.one_shape(), DType::F32)?;
     let lse = Tensor::uninit(gpu, &[g.bh, g.t], DType::F32)?;
     let dm = dummy(gpu)?;
     let m = mask.unwrap_or(&dm);
     let td = g.t * g.d;
-    for (b0, n) in chunks(q, &g, a)? {
+    for (b0, n) in chunks(qkv, &g, a)? {
         let gc = Dims { bh: n, ..g };
-        let ((qr, off_in), (kr, _), (vr, _)) =
-            (rows(q, b0, n, td), rows(k, b0, n, td), rows(v, b0, n, td));
+        let [(qr, off_in), (kr, _), (vr, _)] = qkv.parts().map(|x| rows(x, b0, n, td * qkv.rows()));
         let ((or, off_f), (lr, off_l)) = (rows(&o, b0, n, td), rows(&lse, b0, n, g.t));
+        let chunk = [b0 as u32, off_in, off_f, off_l, 0, 0];
         gpu.dispatch(
             &pick(FWD, q),
-            &params(&gc, a, mask.is_some(), [b0 as u32, off_in, off_f, off_l, 0]),
+            &params(&gc, a, mask.is_some(), qkv, chunk),
             &[qr, kr, vr, m.bind(), dm.bind(), dm.bind(), or, lr],
             row_groups(&gc),
         )?;
@@ -299,22 +367,58 @@ pub fn backward(
     fwd: &Attended,
     d_o: &Tensor,
 ) -> Result<AttentionGrads> {
+    let gpu = q.gpu();
+    let [dq, dk, dv] = [(); 3].map(|_| Tensor::uninit(gpu, q.shape(), DType::F32));
+    let (dq, dk, dv) = (dq?, dk?, dv?);
+    backward_into(Qkv::Separate(q, k, v), mask, a, fwd, d_o, [&dq, &dk, &dv])?;
+    Ok(AttentionGrads {
+        q: dq,
+        k: dk,
+        v: dv,
+    })
+}
+
+/// Gradients of [`forward_qkv`] over packed q, k, v: one [B, T, 3, H, D] tensor holding dQ,
+/// dK and dV as the input held q, k and v (what one GEMM takes back through the joined
+/// projections).
+pub fn backward_packed(
+    qkv: &Tensor,
+    mask: Option<&Tensor>,
+    a: &Attention,
+    fwd: &Attended,
+    d_o: &Tensor,
+) -> Result<Tensor> {
+    let d = Tensor::uninit(qkv.gpu(), qkv.shape(), DType::F32)?;
+    backward_into(Qkv::Packed(qkv), mask, a, fwd, d_o, [&d, &d, &d])?;
+    Ok(d)
+}
+
+/// Writes dQ, dK and dV into `grads` (one tensor three times when packed).
+fn backward_into(
+    qkv: Qkv<'_>,
+    mask: Option<&Tensor>,
+    a: &Attention,
+    fwd: &Attended,
+    d_o: &Tensor,
+    grads: [&Tensor; 3],
+) -> Result<()> {
     let op = "attention_backward";
     let (o, lse) = (&fwd.out, &fwd.lse);
-    let g = check(op, q, k, v, mask, a)?;
+    let g = check(op, qkv, mask, a)?;
     check_f32(op, &[o, lse, d_o])?;
-    if o.shape() != q.shape() || d_o.shape() != q.shape() || lse.numel() != g.bh * g.t {
+    let one = qkv.one_shape();
+    if o.shape() != one || d_o.shape() != one || lse.numel() != g.bh * g.t {
         return shape_err(
             op,
             format!(
-                "o {:?}, d_o {:?}, lse {:?} do not fit q {:?}",
+                "o {:?}, d_o {:?}, lse {:?} do not fit q {one:?}",
                 o.shape(),
                 d_o.shape(),
                 lse.shape(),
-                q.shape()
             ),
         );
     }
+    let [q, ..] = qkv.parts();
     let gpu = q.gpu();
     // Separate placeholders for read and write slots: one buffer may not be both at once.
     let dm = dummy(gpu)?;
@@ -322,23 +426,17 @@ pub fn backward(
     let m = mask.unwrap_or(&dm);
     // (L, Drow) per query row.
     let stats = Tensor::uninit(gpu, &[g.bh * g.t, 2], DType::F32)?;
-    let dq = Tensor::uninit(gpu, q.shape(), DType::F32)?;
-    let dk = Tensor::uninit(gpu, q.shape(), DType::F32)?;
-    let dv = Tensor::uninit(gpu, q.shape(), DType::F32)?;
     let td = g.t * g.d;
-    for (b0, n) in chunks(q, &g, a)? {
+    let tdr = td * qkv.rows();
+    for (b0, n) in chunks(qkv, &g, a)? {
         let gc = Dims { bh: n, ..g };
-        let ((qr, off_in), (kr, _), (vr, _)) =
-            (rows(q, b0, n, td), rows(k, b0, n, td), rows(v, b0, n, td));
+        let [(qr, off_in), (kr, _), (vr, _)] = qkv.parts().map(|x| rows(x, b0, n, tdr));
+        let [(dqr, off_g), (dkr, _), (dvr, _)] = grads.map(|x| rows(x, b0, n, tdr));
         let (dor, off_f) = rows(d_o, b0, n, td);
         let (lr, off_l) = rows(lse, b0, n, g.t);
         let (sr, off_s) = rows(&stats, b0, n, 2 * g.t);
-        let prm = params(
-            &gc,
-            a,
-            mask.is_some(),
-            [b0 as u32, off_in, off_f, off_l, off_s],
-        );
+        let chunk = [b0 as u32, off_in, off_f, off_l, off_s, off_g];
+        let prm = params(&gc, a, mask.is_some(), qkv, chunk);
         gpu.dispatch(
             &BWD_STATS,
             &prm,
@@ -356,17 +454,10 @@ pub fn backward(
         )?;
         // dK, dV and then dQ, from the same inputs and stats.
         let ins = [qr, kr, vr, m.bind(), dor, sr];
-        for (kernel, outs) in [
-            (BWD_KV, [rows(&dk, b0, n, td).0, rows(&dv, b0, n, td).0]),
-            (BWD_Q, [rows(&dq, b0, n, td).0, dw.bind()]),
-        ] {
+        for (kernel, outs) in [(BWD_KV, [dkr, dvr]), (BWD_Q, [dqr, dw.bind()])] {
             let bufs: Vec<_> = ins.iter().chain(&outs).copied().collect();
             gpu.dispatch(&pick(kernel, q), &prm, &bufs, row_groups(&gc))?;
         }
     }
-    Ok(AttentionGrads {
-        q: dq,
-        k: dk,
-        v: dv,
-    })
+    Ok(())
 }

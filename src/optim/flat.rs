@@ -44,34 +44,42 @@ impl Flat {
         // binding and a buffer.
         let capacity =
             binding_room(&gpu).min((gpu.limits().max_buffer_size / 4) as usize) / align * align;
+        let packable = |p: &Param| {
+            let x = p.value();
+            !p.is_frozen() && x.dtype() == crate::engine::DType::F32 && x.numel() <= capacity
+        };
         let mut sizes: Vec<usize> = Vec::new();
-        let placements: Vec<Option<Placement>> = params
-            .iter()
-            .map(|p| {
-                let x = p.value();
-                let n = x.numel();
-                if p.is_frozen() || x.dtype() != crate::engine::DType::F32 || n > capacity {
-                    return None;
+        let mut placements = Vec::with_capacity(params.len());
+        for (i, p) in params.iter().enumerate() {
+            if !packable(p) {
+                placements.push(None);
+                continue;
+            }
+            // A chain of parameters packed back to back (`Param::pack_with_next`) starts in
+            // a bucket with room for all of it.
+            let chain_starts = i == 0 || !params[i - 1].packs_with_next();
+            let mut need = p.value().numel();
+            if chain_starts {
+                let mut j = i;
+                while params[j].packs_with_next() && j + 1 < params.len() {
+                    j += 1;
+                    need = need.next_multiple_of(align) + params[j].value().numel();
                 }
-                match sizes.last_mut() {
-                    Some(used) if used.next_multiple_of(align) + n <= capacity => {
-                        let start = used.next_multiple_of(align);
-                        *used = start + n;
-                        Some(Placement {
-                            bucket: sizes.len() - 1,
-                            start,
-                        })
-                    }
-                    _ => {
-                        sizes.push(n);
-                        Some(Placement {
-                            bucket: sizes.len() - 1,
-                            start: 0,
-                        })
-                    }
+            }
+            let fits = |used: usize| used.next_multiple_of(align) + need.min(capacity) <= capacity;
+            let start = match sizes.last() {
+                Some(&used) if fits(used) => used.next_multiple_of(align),
+                _ => {
+                    sizes.push(0);
+                    0
                 }
-            })
-            .collect();
+            };
+            *sizes.last_mut().expect("a bucket") = start + p.value().numel();
+            placements.push(Some(Placement {
+                bucket: sizes.len() - 1,
+                start,
+            }));
+        }
         if sizes.is_empty() {
             return Ok(None);
         }
