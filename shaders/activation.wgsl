@@ -1,8 +1,15 @@
 // Pointwise activations, forward and backward side by side.
 // GELU is the exact erf form (PyTorch's default `gelu`), not the tanh approximation.
+// With p > 0 the output is dropped as dropout.wgsl drops it (the same mask of element
+// base + i, the same y / (1 - p)), so the feed-forward block's act -> dropout is one pass each
+// way; backward drops the upstream gradient with that mask before the chain rule.
 
 struct Params {
     n: u32,
+    base: u32,       // global index of this chunk's first element (the dropout mask's)
+    seed_lo: u32,
+    seed_hi: u32,
+    p: f32,          // drop probability; 0: no dropout
     _p0: u32,
     _p1: u32,
     _p2: u32,
@@ -12,6 +19,12 @@ struct Params {
 @group(0) @binding(1) var<storage, read> x: array<f32>;
 @group(0) @binding(2) var<storage, read> dy: array<f32>;
 @group(0) @binding(3) var<storage, read_write> out: array<f32>;
+
+// y as dropout.wgsl leaves element i: 0 where dropped, else y / (1 - p).
+fn dropped(i: u32, y: f32) -> f32 {
+    if p.p <= 0.0 { return y; }
+    return select(0.0, y / (1.0 - p.p), dropout_draw(p.base + i, p.seed_lo, p.seed_hi) >= p.p);
+}
 
 // erf(z) with |error| < 1.2e-7 (Numerical Recipes' erfc Chebyshev fit); WGSL has no erf.
 fn erf(z: f32) -> f32 {
@@ -27,7 +40,7 @@ fn gelu_fwd(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgrou
     let i = lin(gid, nwg);
     if i >= p.n { return; }
     let v = x[i];
-    out[i] = 0.5 * v * (1.0 + erf(v * 0.70710678118654752));
+    out[i] = dropped(i, 0.5 * v * (1.0 + erf(v * 0.70710678118654752)));
 }
 
 @compute @workgroup_size(256)
@@ -37,21 +50,21 @@ fn gelu_bwd(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgrou
     let v = x[i];
     let cdf = 0.5 * (1.0 + erf(v * 0.70710678118654752));
     let pdf = 0.3989422804014327 * exp(-0.5 * v * v);
-    out[i] = dy[i] * (cdf + v * pdf);
+    out[i] = dropped(i, dy[i]) * (cdf + v * pdf);
 }
 
 @compute @workgroup_size(256)
 fn relu_fwd(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
     let i = lin(gid, nwg);
     if i >= p.n { return; }
-    out[i] = max(x[i], 0.0);
+    out[i] = dropped(i, max(x[i], 0.0));
 }
 
 @compute @workgroup_size(256)
 fn relu_bwd(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
     let i = lin(gid, nwg);
     if i >= p.n { return; }
-    out[i] = select(0.0, dy[i], x[i] > 0.0);
+    out[i] = select(0.0, dropped(i, dy[i]), x[i] > 0.0);
 }
 
 // GELU, tanh approximation (HF's `gelu_new`). tanh's argument is clamped: beyond 10 it is
@@ -65,7 +78,7 @@ fn gelu_tanh_fwd(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_wor
     let i = lin(gid, nwg);
     if i >= p.n { return; }
     let v = x[i];
-    out[i] = 0.5 * v * (1.0 + tanh(gelu_tanh_inner(v)));
+    out[i] = dropped(i, 0.5 * v * (1.0 + tanh(gelu_tanh_inner(v))));
 }
 
 @compute @workgroup_size(256)
@@ -75,7 +88,7 @@ fn gelu_tanh_bwd(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_wor
     let v = x[i];
     let t = tanh(gelu_tanh_inner(v));
     let du = 0.7978845608028654 * (1.0 + 3.0 * 0.044715 * v * v);
-    out[i] = dy[i] * (0.5 * (1.0 + t) + 0.5 * v * (1.0 - t * t) * du);
+    out[i] = dropped(i, dy[i]) * (0.5 * (1.0 + t) + 0.5 * v * (1.0 - t * t) * du);
 }
 
 // SiLU / swish: x * sigmoid(x).
@@ -88,7 +101,7 @@ fn silu_fwd(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgrou
     let i = lin(gid, nwg);
     if i >= p.n { return; }
     let v = x[i];
-    out[i] = v * sigmoid(v);
+    out[i] = dropped(i, v * sigmoid(v));
 }
 
 @compute @workgroup_size(256)
@@ -97,5 +110,5 @@ fn silu_bwd(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgrou
     if i >= p.n { return; }
     let v = x[i];
     let s = sigmoid(v);
-    out[i] = dy[i] * s * (1.0 + v * (1.0 - s));
+    out[i] = dropped(i, dy[i]) * s * (1.0 + v * (1.0 - s));
 }

@@ -24,8 +24,8 @@ struct Params {
     off_stats: u32,   // the same for the (mean, rstd) pairs
     off_rows: u32,    // the same for per-row outputs (norm_param_grad_rows)
     parts: u32,       // norm_param_grad_cols: the rows are split into this many parts
-    part0: u32,       // and this chunk's parts are rows part0.. of the [parts, cols] output
-    _p0: u32,
+    part0: u32,       // and this chunk's parts are rows part0.. of the [2, total_parts, cols] output
+    total_parts: u32, // parts over all chunks: dbeta's sums follow dgamma's
     _p1: u32,
 }
 
@@ -180,7 +180,7 @@ fn norm_param_grad_cols(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(
     }
     let o = (p.part0 + wid.y) * p.cols + c;
     out[o] = dg;
-    out2[o] = db;
+    out[p.total_parts * p.cols + o] = db;
 }
 
 // GroupNorm dgamma/dbeta, first stage: per-row sums of dy*xhat and dy (then summed over the

@@ -428,6 +428,49 @@ fn dropout_add_equals_dropout_then_add() {
     );
 }
 
+/// An activation with its dropout in one pass equals the activation then `dropout_at`, bit
+/// for bit, forward and backward (the backward of the two: dropout's, then the activation's),
+/// for every activation, at an offset into a larger tensor and chunked by the binding limit;
+/// with p = 0 it is the plain activation.
+#[test]
+fn activation_with_dropout_equals_the_two_ops() {
+    use xlsr::ops::activation::{self, Act, DropoutAt};
+    use xlsr::ops::dropout::dropout_at;
+    let mut rng = Rng::new(53);
+    let n = 3000;
+    let (x, dy) = (to_f32(&rng.vec(n)), to_f32(&rng.vec(n)));
+    let small = xlsr::Gpu::new().unwrap();
+    small.set_max_binding(4096);
+    for g in [gpu(), small] {
+        let xt = Tensor::from_slice(&g, &x, &[n]).unwrap();
+        let dyt = Tensor::from_slice(&g, &dy, &[n]).unwrap();
+        for act in [Act::Gelu, Act::GeluTanh, Act::Relu, Act::Silu] {
+            let drop = DropoutAt {
+                p: 0.3,
+                seed: 11,
+                first: 700,
+            };
+            let fused = activation::forward_dropout(act, &xt, drop).unwrap();
+            let plain = activation::forward(act, &xt).unwrap();
+            let two = dropout_at(&plain, 0.3, 11, 700).unwrap();
+            assert_eq!(fused.to_vec().unwrap(), two.to_vec().unwrap(), "{act:?}");
+            let back = activation::backward_dropout(act, &xt, &dyt, drop).unwrap();
+            let dropped = dropout_at(&dyt, 0.3, 11, 700).unwrap();
+            let two = activation::backward(act, &xt, &dropped).unwrap();
+            assert_eq!(back.to_vec().unwrap(), two.to_vec().unwrap(), "{act:?}");
+            let none = activation::forward_dropout(act, &xt, DropoutAt::default()).unwrap();
+            assert_eq!(none.to_vec().unwrap(), plain.to_vec().unwrap(), "{act:?}");
+            let kept = dropped
+                .to_vec()
+                .unwrap()
+                .iter()
+                .filter(|v| **v != 0.0)
+                .count();
+            assert!((1800..2400).contains(&kept), "{act:?}: {kept} of {n} kept");
+        }
+    }
+}
+
 fn cpu_norm(
     x: &[f64],
     rows: usize,

@@ -402,6 +402,92 @@ fn fused_attention_matches_unfused_in_the_model() {
     assert!(peak1 < peak0, "fused attention did not lower the peak");
 }
 
+/// Once the optimiser has packed q, k and v's weights back to back, the projections run as
+/// one GEMM into [B, T, 3, H, D] that the fused attention reads as it is (and backward as
+/// one GEMM from the packed gradient): logits equal the three-GEMM path of an unpacked
+/// model bit for bit, gradients within 1e-5 of each tensor's largest (dX sums the three
+/// products in one contraction instead of adding three), in training mode with dropout and
+/// with checkpointing.
+#[test]
+fn joined_qkv_projections_match_three() {
+    let run = |packed: bool| {
+        let g = gpu();
+        let (mut model, _) = Wav2Vec2ForCtc::load(&g, &fixture("w2v2_large"), None, 0).unwrap();
+        model.config.attention_dropout = 0.2;
+        model.config.hidden_dropout = 0.1;
+        let _opt = packed.then(|| xlsr::optim::AdamW::new(&model.params, Default::default()));
+        let l = &model.layers[0];
+        let w = [l.q.weight.value(), l.k.weight.value(), l.v.weight.value()];
+        assert_eq!(
+            Tensor::join(&w.iter().collect::<Vec<_>>()).is_some(),
+            packed
+        );
+        let r = Ref::open("w2v2_large");
+        let (audio, lengths, labels) = batch(&r);
+        let tape = Tape::new();
+        let opts = Forward {
+            train: true,
+            seed: 5,
+            checkpoint: true,
+            ..Forward::default()
+        };
+        let out = model.forward(&tape, &audio, Some(&lengths), &opts).unwrap();
+        let (loss, _) = model
+            .ctc_loss(&out.logits, &out.frames, &Targets::from_rows(&labels))
+            .unwrap();
+        tape.backward(&loss, &[]).unwrap();
+        let names: Vec<String> = model.params.iter().map(|p| p.name.clone()).collect();
+        (out.logits.value.to_vec().unwrap(), gradients(&model), names)
+    };
+    let (l0, g0, names) = run(false);
+    let (l1, g1, _) = run(true);
+    assert_eq!(l1, l0, "logits");
+    // Floored at 1e-6 of the largest gradient: k's bias gets almost none (softmax ignores a
+    // constant added to every score), and the two paths round differently around zero.
+    let gmax = g0.iter().flatten().fold(0f64, |m, v| m.max(v.abs() as f64));
+    for (i, (a, b)) in g1.iter().zip(&g0).enumerate() {
+        assert_eq!(a.len(), b.len(), "gradient {i} presence");
+        let own = b.iter().fold(0f64, |m, v| m.max(v.abs() as f64));
+        let e = max_abs_err(a, b);
+        assert!(
+            e <= 1e-5 * own.max(1e-6 * gmax),
+            "gradient {i} ({}) differs by {e:.2e} (its max {own:.2e}, overall {gmax:.2e})",
+            names[i]
+        );
+    }
+}
+
+/// The frozen feature encoder runs its first convs a group of clips at a time when their
+/// outputs would pass [`Forward::encoder_group_bytes`], then the rest on the whole batch:
+/// one clip at a time through every conv, one or two at a time through the first two and the
+/// batch after, and the whole batch at once give the same logits bit for bit, in training
+/// mode.
+#[test]
+fn frozen_feature_encoder_in_groups_equals_the_whole_batch() {
+    let g = gpu();
+    let (model, _) = Wav2Vec2ForCtc::load(&g, &fixture("w2v2_base"), None, 0).unwrap();
+    model.freeze_feature_encoder(true);
+    let r = Ref::open("w2v2_base");
+    let (audio, lengths, _) = batch(&r);
+    let run = |budget: usize| {
+        let tape = Tape::new();
+        let opts = Forward {
+            train: true,
+            seed: 8,
+            encoder_group_bytes: budget,
+            ..Forward::default()
+        };
+        let out = model.forward(&tape, &audio, Some(&lengths), &opts).unwrap();
+        out.logits.value.to_vec().unwrap()
+    };
+    // Per clip, the convs make 16 channels x 319, 159 and 79 frames: 20,416, 10,176 and
+    // 5,056 bytes; three clips of the second conv's output fit 35,000 bytes.
+    let whole = run(1 << 30);
+    assert_eq!(run(1), whole, "one clip at a time throughout");
+    assert_eq!(run(35_000), whole, "one clip at a time through two convs");
+    assert_eq!(run(45_000), whole, "two clips at a time through two convs");
+}
+
 /// The fixture's padded batch as the data pipeline hands it to a training step.
 fn host_batch(r: &Ref) -> xlsr::data::Batch {
     let (audio, shape) = r.f32s("audio");

@@ -104,7 +104,13 @@ impl Var {
     /// the bytes; the derivative is taken at the f16-rounded input, as under PyTorch's autocast,
     /// where the input would be a matmul's f16 output).
     pub fn act(&self, act: Act) -> Result<Var> {
-        let y = ops::activation::forward(act, &self.value)?;
+        self.act_dropout(act, ops::activation::DropoutAt::default())
+    }
+
+    /// dropout(act(self)) in one pass each way; the same values and gradients as
+    /// `self.act(act)?.dropout_at(drop.p, drop.seed, drop.first)`.
+    pub fn act_dropout(&self, act: Act, drop: ops::activation::DropoutAt) -> Result<Var> {
+        let y = ops::activation::forward_dropout(act, &self.value, drop)?;
         let half = is_autocast();
         let x = if half {
             ops::cast::to_f16(&self.value)?
@@ -113,7 +119,9 @@ impl Var {
         };
         Ok(Var::record(&[self], y, move |g| {
             let x = if half { ops::cast::to_f32(&x)? } else { x };
-            Ok(vec![Some(ops::activation::backward(act, &x, g)?)])
+            Ok(vec![Some(ops::activation::backward_dropout(
+                act, &x, g, drop,
+            )?)])
         }))
     }
 
@@ -264,6 +272,24 @@ impl Var {
         }))
     }
 
+    /// [`Var::attention`] over q, k and v packed in one [B, T, 3, H, D] var (the output of one
+    /// GEMM over the joined projection weights); the output is [B, T, H, D] and the gradient
+    /// comes back packed the same way.
+    pub fn attention_packed(&self, mask: Option<&Tensor>, a: &Attention) -> Result<Var> {
+        let qkv = if is_autocast() {
+            ops::cast::to_f16(&self.value)?
+        } else {
+            self.value.clone()
+        };
+        let fwd = ops::attention::forward_qkv(ops::attention::Qkv::Packed(&qkv), mask, a)?;
+        let o = fwd.out.clone();
+        let (mask, a) = (mask.cloned(), *a);
+        Ok(Var::record(&[self], o, move |g| {
+            let d = ops::attention::backward_packed(&qkv, mask.as_ref(), &a, &fwd, g)?;
+            Ok(vec![Some(d)])
+        }))
+    }
+
     /// softmax(self + mask) over the last dim.
     pub fn softmax(&self, mask: Option<&Tensor>) -> Result<Var> {
         self.softmax_impl(mask, false)
@@ -372,6 +398,34 @@ impl Var {
             }),
             infeasible,
         ))
+    }
+
+    /// Joins vars along dim 0: without a copy when their values lie back to back in one
+    /// buffer ([`Tensor::join`]; the gradient is handed back as views), else as
+    /// [`Var::concat`].
+    pub fn join(xs: &[&Var]) -> Result<Var> {
+        let vals: Vec<&Tensor> = xs.iter().map(|v| &v.value).collect();
+        let Some(y) = Tensor::join(&vals) else {
+            return Var::concat(xs, 0);
+        };
+        let shapes: Vec<Vec<usize>> = vals.iter().map(|t| t.shape().to_vec()).collect();
+        Ok(Var::record(xs, y, move |g| {
+            let mut at = 0;
+            shapes
+                .iter()
+                .map(|s| {
+                    let n: usize = s.iter().product();
+                    at += n;
+                    let start = at - n;
+                    // A view when the part starts on an aligned offset of `g`, else a copy.
+                    let row: usize = s[1..].iter().product();
+                    match g.view(start, s) {
+                        Ok(v) => Ok(Some(v)),
+                        Err(_) => Ok(Some(ops::copy::slice(g, 0, start / row.max(1), s[0])?)),
+                    }
+                })
+                .collect()
+        }))
     }
 
     /// Joins vars along `dim`.

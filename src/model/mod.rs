@@ -20,10 +20,12 @@ use crate::data::Targets;
 use crate::engine::Gpu;
 use crate::engine::Tensor;
 use crate::error::{shape_err, Error, Result};
+use crate::ops::activation::{Act, DropoutAt};
 use crate::ops::attention::{Attention, MAX_HEAD_DIM};
 use crate::ops::conv::Conv1d;
 use crate::ops::ctc::{CtcOptions, Reduction};
 use crate::rng::Rng;
+use std::ops::Range;
 use std::rc::Rc;
 
 /// A linear layer `y = x W^T + b` with W [out, in], as `nn.Linear` stores it.
@@ -86,6 +88,23 @@ pub struct EncoderLayer {
     pub ff_norm: Norm,
     /// MMS: the attention adapter added after the layer (`adapter_attn_dim`, stable layers).
     pub adapter: Option<Adapter>,
+}
+
+impl EncoderLayer {
+    /// q, k and v's weights [3H, H] and biases [3H] as one var each, when the weights lie
+    /// back to back in one buffer (the optimiser packs them so): the three projections are
+    /// then one GEMM. The biases are joined without a copy when they lie so too.
+    fn joined_qkv(&self, tape: &Rc<Tape>) -> Result<Option<(Var, Var)>> {
+        let (q, k, v) = (&self.q, &self.k, &self.v);
+        let weights = [q.weight.value(), k.weight.value(), v.weight.value()];
+        if Tensor::join(&weights.iter().collect::<Vec<_>>()).is_none() {
+            return Ok(None);
+        }
+        let join = |ps: [&Rc<Param>; 3]| Var::join(&ps.map(|p| tape.param(p)).each_ref());
+        let w = join([&q.weight, &k.weight, &v.weight])?;
+        let b = join([&q.bias, &k.bias, &v.bias])?;
+        Ok(Some((w, b)))
+    }
 }
 
 /// `Wav2Vec2AttnAdapterLayer`: x + linear_2(relu(linear_1(norm(x)))), a small bottleneck that
@@ -167,6 +186,9 @@ pub struct Forward {
     /// probabilities for backward, instead of the fused kernel that recomputes them (the
     /// fused one needs head dim <= 64; larger heads always take this path).
     pub unfused_attention: bool,
+    /// Bytes of a frozen conv output that one group of clips may make at once (0: the
+    /// default, [`ENCODER_GROUP_BYTES`]); the first, largest convs run group by group.
+    pub encoder_group_bytes: usize,
     /// Where this batch's first row sits in a larger batch (a data-parallel rank's share):
     /// dropout draws the masks of those rows of the larger batch, so the ranks together draw
     /// what one process with the whole batch would.
@@ -264,16 +286,29 @@ impl Wav2Vec2ForCtc {
         // Feature encoder: [B, 1, S] -> [B, C, T].
         let x = tape.input(audio.reshape(&[batch, 1, samples])?, false);
         let frozen = self.convs.iter().all(|c| c.weight.is_frozen()) || !tape.is_recording();
-        let x = if frozen && batch > 1 {
-            // Nothing is kept for backward, so one clip at a time: the first conv's output
-            // ([B, 512, S/5], the largest tensor of a step) never exists for the whole batch.
-            // Every op is per clip, so the result is the same.
-            let clips = (0..batch)
-                .map(|b| self.feature_encoder(tape, &x.slice(0, b, 1)?))
+        let convs = self.convs.len();
+        let budget = match opts.encoder_group_bytes {
+            0 => ENCODER_GROUP_BYTES,
+            n => n,
+        };
+        let groups = clip_groups(batch, self.conv_bytes(0, samples), budget);
+        let x = if frozen && groups.len() > 1 {
+            // Nothing is kept for backward, so the first convs run a few clips at a time:
+            // their outputs ([B, 512, S/5] first, the largest tensor of a step) never exist
+            // for the whole batch. From the first conv whose output for the whole batch fits
+            // the budget on, the batch runs together. Every op is per clip, so the result is
+            // the same.
+            let split = (0..convs)
+                .find(|&i| batch * self.conv_bytes(i, samples) <= budget)
+                .map_or(convs, |i| i + 1);
+            let parts = groups
+                .iter()
+                .map(|&(b0, n)| self.feature_encoder(tape, &x.slice(0, b0, n)?, 0..split))
                 .collect::<Result<Vec<Var>>>()?;
-            Var::concat(&clips.iter().collect::<Vec<_>>(), 0)?
+            let x = Var::concat(&parts.iter().collect::<Vec<_>>(), 0)?;
+            self.feature_encoder(tape, &x, split..convs)?
         } else {
-            self.feature_encoder(tape, &x)?
+            self.feature_encoder(tape, &x, 0..convs)?
         };
         keep("conv_features", &x);
         let t = x.shape()[2];
@@ -412,11 +447,21 @@ impl Wav2Vec2ForCtc {
         logits.ctc_loss(targets, frames, opts)
     }
 
-    /// The conv stack: audio [B, 1, S] -> features [B, C, T].
-    fn feature_encoder(&self, tape: &Rc<Tape>, audio: &Var) -> Result<Var> {
+    /// Bytes of conv `layer`'s output for one clip of `samples` samples.
+    fn conv_bytes(&self, layer: usize, samples: usize) -> usize {
+        let c = &self.config;
+        let mut frames = samples;
+        for (&k, &s) in c.conv_kernel.iter().zip(&c.conv_stride).take(layer + 1) {
+            frames = if frames >= k { (frames - k) / s + 1 } else { 0 };
+        }
+        c.conv_dim[layer] * frames * 4
+    }
+
+    /// Convs `layers` of the feature encoder: audio [B, 1, S] -> features [B, C, T] for all.
+    fn feature_encoder(&self, tape: &Rc<Tape>, audio: &Var, layers: Range<usize>) -> Result<Var> {
         let c = &self.config;
         let mut x = audio.clone();
-        for conv in &self.convs {
+        for conv in &self.convs[layers] {
             let geo = Conv1d {
                 stride: conv.stride,
                 padding: 0,
@@ -435,6 +480,23 @@ impl Wav2Vec2ForCtc {
         }
         Ok(x)
     }
+}
+
+/// How much of a frozen feature encoder conv's output one group of clips may make by
+/// default ([`Forward::encoder_group_bytes`]). The pool keeps what the encoder used for the
+/// rest of the run, so this is peak memory: at XLSR-53 batch 8 x 5 s, 32 MiB runs the first
+/// four convs one clip at a time and the last three on the batch (the step's peak 5.65 GB);
+/// 64 MiB saves 65 more dispatches for 0.16 GB more, all seven on the batch 229 for 0.93 GB.
+pub const ENCODER_GROUP_BYTES: usize = 32 << 20;
+
+/// Runs (first, count) of a batch's clips whose first conv outputs of `per_clip` bytes stay
+/// within `budget` together (at least one clip each).
+fn clip_groups(batch: usize, per_clip: usize, budget: usize) -> Vec<(usize, usize)> {
+    let n = (budget / per_clip.max(1)).clamp(1, batch.max(1));
+    (0..batch)
+        .step_by(n)
+        .map(|b| (b, n.min(batch - b)))
+        .collect()
 }
 
 /// Dropout sites of one pass: each call takes the next seed, whether or not it drops, so the
@@ -462,6 +524,13 @@ impl Dropout {
         } else {
             Ok(x.clone())
         }
+    }
+
+    /// `self.apply(&x.act(act)?, p)` in one pass.
+    fn act(&mut self, x: &Var, act: Act, p: f32) -> Result<Var> {
+        let (p, seed) = self.next(p);
+        let first = self.first(x);
+        x.act_dropout(act, DropoutAt { p, seed, first })
     }
 
     /// `res + self.apply(x, p)`, in one pass when it drops anything.
@@ -542,24 +611,27 @@ impl LayerStep {
         let split = |y: Var| y.reshape(&[b, t, nh, hd]);
         // One f16 copy of the input serves the three projections (and is what they keep).
         let x = if self.half { x.to_f16()? } else { x.clone() };
+        let scale = (hd as f32).powf(-0.5);
+        let fused = self.fused && hd <= MAX_HEAD_DIM;
+        let joined = if fused { l.joined_qkv(tape)? } else { None };
+        if let Some((w, bias)) = joined {
+            // One GEMM makes [B, T, 3, H, D], which the fused kernels read as it is and whose
+            // gradient they write the same way, for one GEMM back.
+            let qkv = x.matmul(&w, false, true, Some(&bias))?;
+            let a = self.fused_attention(drop, nh, scale);
+            let o = qkv
+                .reshape(&[b, t, 3, nh, hd])?
+                .attention_packed(self.mask.as_ref(), &a)?;
+            return l.out.forward(tape, &o.reshape(&[b, t, h])?);
+        }
         let q = split(l.q.forward(tape, &x)?)?;
         let k = split(l.k.forward(tape, &x)?)?;
         let v = split(l.v.forward(tape, &x)?)?;
-        let scale = (hd as f32).powf(-0.5);
-        let o = if self.fused && hd <= MAX_HEAD_DIM {
+        let o = if fused {
             // Reads and writes the projections' [B, T, H, D] layout (no permutes) and never
             // materialises the [B, H, T, T] scores; the same dropout mask as below.
-            let (p, seed) = drop.next(c.attention_dropout);
-            let mask = self.mask.as_ref();
-            let a = Attention {
-                heads: nh,
-                scale,
-                dropout: p,
-                seed,
-                tokens_first: true,
-                drop_row: drop.row,
-            };
-            q.attention(&k, &v, mask, &a)?
+            let a = self.fused_attention(drop, nh, scale);
+            q.attention(&k, &v, self.mask.as_ref(), &a)?
         } else {
             let heads = |y: Var| y.permute(&[0, 2, 1, 3]);
             let (q, k, v) = (heads(q)?, heads(k)?, heads(v)?);
@@ -571,11 +643,41 @@ impl LayerStep {
         l.out.forward(tape, &o.reshape(&[b, t, h])?)
     }
 
+    /// The fused kernels' settings, drawing the attention dropout's seed.
+    fn fused_attention(&self, drop: &mut Dropout, heads: usize, scale: f32) -> Attention {
+        let (p, seed) = drop.next(self.config.attention_dropout);
+        Attention {
+            heads,
+            scale,
+            dropout: p,
+            seed,
+            tokens_first: true,
+            drop_row: drop.row,
+        }
+    }
+
     fn feed_forward(&self, tape: &Rc<Tape>, x: &Var, drop: &mut Dropout) -> Result<Var> {
         let (c, l) = (&*self.config, &self.layer);
-        let y = l.ff_in.forward(tape, x)?.act(c.hidden_act())?;
-        let y = drop.apply(&y, c.activation_dropout)?;
+        let y = l.ff_in.forward(tape, x)?;
+        let y = drop.act(&y, c.hidden_act(), c.activation_dropout)?;
         // Its output dropout is the caller's, fused into the residual add.
         l.ff_out.forward(tape, &y)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::clip_groups;
+
+    #[test]
+    fn clip_groups_cover_the_batch_within_the_budget() {
+        assert_eq!(clip_groups(8, 32, 256), vec![(0, 8)]);
+        assert_eq!(
+            clip_groups(8, 100, 256),
+            vec![(0, 2), (2, 2), (4, 2), (6, 2)]
+        );
+        assert_eq!(clip_groups(5, 100, 256), vec![(0, 2), (2, 2), (4, 1)]);
+        assert_eq!(clip_groups(3, 1000, 256), vec![(0, 1), (1, 1), (2, 1)]);
+        assert_eq!(clip_groups(0, 1000, 256), vec![]);
     }
 }

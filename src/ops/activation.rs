@@ -1,4 +1,5 @@
-//! Pointwise activations (GELU exact and tanh, ReLU, SiLU), forward and backward.
+//! Pointwise activations (GELU exact and tanh, ReLU, SiLU), forward and backward, with the
+//! dropout that follows one in the same pass when asked.
 
 use super::{check_f32, dummy, row_chunks};
 use crate::engine::error::{shape_err, Result};
@@ -15,6 +16,14 @@ kernel_params! {
     pub struct ActivationParams in ["activation"] {
         /// Elements in this chunk.
         n: u32,
+        /// Global index of this chunk's first element (the dropout mask's).
+        base: u32,
+        /// Low word of the dropout seed.
+        seed_lo: u32,
+        /// High word of the dropout seed.
+        seed_hi: u32,
+        /// Drop probability (0: none).
+        p: f32,
         /// Padding.
         _p0: u32,
         /// Padding.
@@ -50,7 +59,18 @@ impl Act {
     }
 }
 
-fn run(kernel: Kernel, x: &Tensor, dy: Option<&Tensor>) -> Result<Tensor> {
+/// Dropout of an activation's output, drawn as [`super::dropout::dropout_at`] draws it.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct DropoutAt {
+    /// Drop probability (0: none).
+    pub p: f32,
+    /// Seed of the mask.
+    pub seed: u64,
+    /// Index of the tensor's first element in the whole batch's tensor.
+    pub first: usize,
+}
+
+fn run(kernel: Kernel, x: &Tensor, dy: Option<&Tensor>, drop: DropoutAt) -> Result<Tensor> {
     check_f32(kernel.entry, &[x])?;
     if let Some(dy) = dy {
         check_f32(kernel.entry, &[dy])?;
@@ -70,6 +90,10 @@ fn run(kernel: Kernel, x: &Tensor, dy: Option<&Tensor>) -> Result<Tensor> {
             &kernel,
             &ActivationParams {
                 n: len as u32,
+                base: (drop.first + s) as u32,
+                seed_lo: drop.seed as u32,
+                seed_hi: (drop.seed >> 32) as u32,
+                p: drop.p,
                 ..Default::default()
             },
             &[x.bind_range(s, len), dyr, out.bind_range(s, len)],
@@ -81,20 +105,32 @@ fn run(kernel: Kernel, x: &Tensor, dy: Option<&Tensor>) -> Result<Tensor> {
 
 /// y = act(x).
 pub fn forward(act: Act, x: &Tensor) -> Result<Tensor> {
-    match act {
-        Act::Gelu => run(k("gelu_fwd"), x, None),
-        Act::Relu => run(k("relu_fwd"), x, None),
-        Act::GeluTanh => run(k("gelu_tanh_fwd"), x, None),
-        Act::Silu => run(k("silu_fwd"), x, None),
-    }
+    forward_dropout(act, x, DropoutAt::default())
 }
 
 /// dx = dy * act'(x).
 pub fn backward(act: Act, x: &Tensor, dy: &Tensor) -> Result<Tensor> {
-    match act {
-        Act::Gelu => run(k("gelu_bwd"), x, Some(dy)),
-        Act::Relu => run(k("relu_bwd"), x, Some(dy)),
-        Act::GeluTanh => run(k("gelu_tanh_bwd"), x, Some(dy)),
-        Act::Silu => run(k("silu_bwd"), x, Some(dy)),
-    }
+    backward_dropout(act, x, dy, DropoutAt::default())
+}
+
+/// y = dropout(act(x)) in one pass.
+pub fn forward_dropout(act: Act, x: &Tensor, drop: DropoutAt) -> Result<Tensor> {
+    let entry = match act {
+        Act::Gelu => "gelu_fwd",
+        Act::Relu => "relu_fwd",
+        Act::GeluTanh => "gelu_tanh_fwd",
+        Act::Silu => "silu_fwd",
+    };
+    run(k(entry), x, None, drop)
+}
+
+/// The gradient of [`forward_dropout`]: dx = dropout(dy) * act'(x), the same mask.
+pub fn backward_dropout(act: Act, x: &Tensor, dy: &Tensor, drop: DropoutAt) -> Result<Tensor> {
+    let entry = match act {
+        Act::Gelu => "gelu_bwd",
+        Act::Relu => "relu_bwd",
+        Act::GeluTanh => "gelu_tanh_bwd",
+        Act::Silu => "silu_bwd",
+    };
+    run(k(entry), x, Some(dy), drop)
 }

@@ -50,10 +50,10 @@ kernel_params! {
         off_rows: u32,
         /// `norm_param_grad_cols`: the rows are split into this many parts.
         parts: u32,
-        /// And this chunk's parts are rows part0.. of the [parts, cols] output.
+        /// And this chunk's parts are rows part0.. of the [2, total_parts, cols] output.
         part0: u32,
-        /// Padding.
-        _p0: u32,
+        /// Parts over all chunks: dbeta's partial sums start at total_parts * cols.
+        total_parts: u32,
         /// Padding.
         _p1: u32,
     }
@@ -390,8 +390,8 @@ pub fn backward(
                 .map(|c| (256 / col_groups).clamp(1, (c.rows / 32).max(1)))
                 .collect();
             let total: usize = parts.iter().sum();
-            let pg = Tensor::uninit(gpu, &[total, cols], DType::F32)?;
-            let pb = Tensor::uninit(gpu, &[total, cols], DType::F32)?;
+            // dgamma's partial sums, then dbeta's: one sum for both.
+            let pgb = Tensor::uninit(gpu, &[2, total, cols], DType::F32)?;
             let mut part0 = 0;
             for (c, &n) in chunks.iter().zip(&parts) {
                 let ((xr, off), (dyr, _), (sr, off_stats)) =
@@ -399,24 +399,28 @@ pub fn backward(
                 let pr = NormParams {
                     parts: n as u32,
                     part0: part0 as u32,
+                    total_parts: total as u32,
                     ..prm(c, [off, off_stats, 0])
                 };
                 gpu.dispatch(
                     &PGRAD_COLS,
                     &pr,
-                    &[xr, d.bind(), dyr, sr, pg.bind(), pb.bind()],
+                    &[xr, d.bind(), dyr, sr, pgb.bind(), unused_out.bind()],
                     [col_groups as u32, n as u32, 1],
                 )?;
                 part0 += n;
             }
-            if total == 1 {
-                (pg.reshape(&[cols])?, pb.reshape(&[cols])?)
+            let sums = if total == 1 {
+                pgb.reshape(&[2, cols])?
             } else {
-                let sum = |t: &Tensor| {
-                    reduce::sum_axis(&t.reshape(&[1, total, cols])?, 1, 1.0)?.reshape(&[cols])
-                };
-                (sum(&pg)?, sum(&pb)?)
-            }
+                reduce::sum_axis(&pgb, 1, 1.0)?
+            };
+            // dbeta as a view where its offset is aligned, else a copy.
+            let half = |i: usize| match sums.view(i * cols, &[cols]) {
+                Ok(v) => Ok(v),
+                Err(_) => super::copy::slice(&sums, 0, i, 1)?.reshape(&[cols]),
+            };
+            (half(0)?, half(1)?)
         }
         Norm::Group => {
             let sg = Tensor::uninit(gpu, &[rows], DType::F32)?;
