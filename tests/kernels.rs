@@ -396,21 +396,32 @@ fn dropout_is_reproducible_and_unbiased() {
     );
 }
 
+/// Two random vectors of `n`, uploaded to the shared device and to one whose bindings hold
+/// 4 KiB (so every kernel over them runs in chunks): `(x, y)` on each, and the host copies.
+fn on_two_devices(seed: u64, n: usize) -> (Vec<(Tensor, Tensor)>, Vec<f32>, Vec<f32>) {
+    let mut rng = Rng::new(seed);
+    let (x, y) = (to_f32(&rng.vec(n)), to_f32(&rng.vec(n)));
+    let small = xlsr::Gpu::new().unwrap();
+    small.set_max_binding(4096);
+    let pairs = [gpu(), small]
+        .iter()
+        .map(|g| {
+            let up = |v: &[f32]| Tensor::from_slice(g, v, &[n]).unwrap();
+            (up(&x), up(&y))
+        })
+        .collect();
+    (pairs, x, y)
+}
+
 /// The fused residual equals the two ops it replaces bit for bit, at an offset into a
 /// larger tensor (a data-parallel rank's share) and when chunked by the binding limit.
 #[test]
 fn dropout_add_equals_dropout_then_add() {
-    let mut rng = Rng::new(52);
-    let n = 3000;
-    let (x, r) = (to_f32(&rng.vec(n)), to_f32(&rng.vec(n)));
-    let small = xlsr::Gpu::new().unwrap();
-    small.set_max_binding(4096);
-    for g in [gpu(), small] {
-        let xt = Tensor::from_slice(&g, &x, &[n]).unwrap();
-        let rt = Tensor::from_slice(&g, &r, &[n]).unwrap();
-        let fused = xlsr::ops::dropout::dropout_add_at(&xt, &rt, 0.2, 9, 700).unwrap();
-        let dropped = xlsr::ops::dropout::dropout_at(&xt, 0.2, 9, 700).unwrap();
-        let two = xlsr::ops::elementwise::binary(xlsr::ops::elementwise::BinOp::Add, &rt, &dropped)
+    let (pairs, x, r) = on_two_devices(52, 3000);
+    for (xt, rt) in &pairs {
+        let fused = xlsr::ops::dropout::dropout_add_at(xt, rt, 0.2, 9, 700).unwrap();
+        let dropped = xlsr::ops::dropout::dropout_at(xt, 0.2, 9, 700).unwrap();
+        let two = xlsr::ops::elementwise::binary(xlsr::ops::elementwise::BinOp::Add, rt, &dropped)
             .unwrap();
         assert_eq!(fused.to_vec().unwrap(), two.to_vec().unwrap());
     }
@@ -436,29 +447,24 @@ fn dropout_add_equals_dropout_then_add() {
 fn activation_with_dropout_equals_the_two_ops() {
     use xlsr::ops::activation::{self, Act, DropoutAt};
     use xlsr::ops::dropout::dropout_at;
-    let mut rng = Rng::new(53);
     let n = 3000;
-    let (x, dy) = (to_f32(&rng.vec(n)), to_f32(&rng.vec(n)));
-    let small = xlsr::Gpu::new().unwrap();
-    small.set_max_binding(4096);
-    for g in [gpu(), small] {
-        let xt = Tensor::from_slice(&g, &x, &[n]).unwrap();
-        let dyt = Tensor::from_slice(&g, &dy, &[n]).unwrap();
+    let (pairs, _, _) = on_two_devices(53, n);
+    for (xt, dyt) in &pairs {
         for act in [Act::Gelu, Act::GeluTanh, Act::Relu, Act::Silu] {
             let drop = DropoutAt {
                 p: 0.3,
                 seed: 11,
                 first: 700,
             };
-            let fused = activation::forward_dropout(act, &xt, drop).unwrap();
-            let plain = activation::forward(act, &xt).unwrap();
+            let fused = activation::forward_dropout(act, xt, drop).unwrap();
+            let plain = activation::forward(act, xt).unwrap();
             let two = dropout_at(&plain, 0.3, 11, 700).unwrap();
             assert_eq!(fused.to_vec().unwrap(), two.to_vec().unwrap(), "{act:?}");
-            let back = activation::backward_dropout(act, &xt, &dyt, drop).unwrap();
-            let dropped = dropout_at(&dyt, 0.3, 11, 700).unwrap();
-            let two = activation::backward(act, &xt, &dropped).unwrap();
+            let back = activation::backward_dropout(act, xt, dyt, drop).unwrap();
+            let dropped = dropout_at(dyt, 0.3, 11, 700).unwrap();
+            let two = activation::backward(act, xt, &dropped).unwrap();
             assert_eq!(back.to_vec().unwrap(), two.to_vec().unwrap(), "{act:?}");
-            let none = activation::forward_dropout(act, &xt, DropoutAt::default()).unwrap();
+            let none = activation::forward_dropout(act, xt, DropoutAt::default()).unwrap();
             assert_eq!(none.to_vec().unwrap(), plain.to_vec().unwrap(), "{act:?}");
             let kept = dropped
                 .to_vec()
