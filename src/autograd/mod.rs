@@ -190,6 +190,8 @@ impl Param {
 pub struct Tape {
     nodes: RefCell<Vec<Node>>,
     params: RefCell<Vec<(usize, Rc<Param>)>>,
+    /// Vars whose values are views of parameters' values (joined weights): held anyway.
+    views: RefCell<Vec<usize>>,
     next_id: Cell<usize>,
     enabled: Cell<bool>,
 }
@@ -209,6 +211,7 @@ impl Tape {
         Rc::new(Tape {
             nodes: RefCell::new(Vec::new()),
             params: RefCell::new(Vec::new()),
+            views: RefCell::new(Vec::new()),
             next_id: Cell::new(0),
             enabled: Cell::new(true),
         })
@@ -428,8 +431,18 @@ impl Var {
     fn held_elsewhere(&self) -> bool {
         match (self.id, &self.tape) {
             (None, _) => true,
-            (Some(id), Some(t)) => t.params.borrow().iter().any(|(p, _)| *p == id),
+            (Some(id), Some(t)) => {
+                t.params.borrow().iter().any(|(p, _)| *p == id) || t.views.borrow().contains(&id)
+            }
             (Some(_), None) => false,
+        }
+    }
+
+    /// Marks this var's value as a view of tensors held elsewhere (see
+    /// [`Var::held_elsewhere`]).
+    fn mark_held(&self) {
+        if let (Some(id), Some(t)) = (self.id, &self.tape) {
+            t.views.borrow_mut().push(id);
         }
     }
 }

@@ -409,7 +409,8 @@ impl Var {
             return Var::concat(xs, 0);
         };
         let shapes: Vec<Vec<usize>> = vals.iter().map(|t| t.shape().to_vec()).collect();
-        Ok(Var::record(xs, y, move |g| {
+        let held = xs.iter().all(|x| x.held_elsewhere());
+        let joined = Var::record(xs, y, move |g| {
             let mut at = 0;
             shapes
                 .iter()
@@ -425,7 +426,13 @@ impl Var {
                     }
                 })
                 .collect()
-        }))
+        });
+        // A view of parameters: what keeps them keeps it (an f16 matmul recasts it in
+        // backward instead of keeping an f16 copy).
+        if held {
+            joined.mark_held();
+        }
+        Ok(joined)
     }
 
     /// Joins vars along `dim`.
