@@ -486,7 +486,7 @@ impl Wav2Vec2ForCtc {
 /// default ([`Forward::encoder_group_bytes`]). The pool keeps what the encoder used for the
 /// rest of the run, so this is peak memory: at XLSR-53 batch 8 x 5 s, 32 MiB runs the first
 /// four convs one clip at a time and the last three on the batch (the step's peak 5.65 GB);
-/// 64 MiB saves 65 more dispatches for 0.16 GB more, all seven on the batch 229 for 0.93 GB.
+/// 64 MiB saves 65 more dispatches for 0.16 GB more, all seven on the batch 96 for 0.9 GB.
 pub const ENCODER_GROUP_BYTES: usize = 32 << 20;
 
 /// Runs (first, count) of a batch's clips whose first conv outputs of `per_clip` bytes stay
