@@ -408,22 +408,14 @@ impl Var {
         let Some(y) = Tensor::join(&vals) else {
             return Var::concat(xs, 0);
         };
-        let shapes: Vec<Vec<usize>> = vals.iter().map(|t| t.shape().to_vec()).collect();
+        let lens: Vec<usize> = vals.iter().map(|t| t.shape()[0]).collect();
         let held = xs.iter().all(|x| x.held_elsewhere());
         let joined = Var::record(xs, y, move |g| {
             let mut at = 0;
-            shapes
-                .iter()
-                .map(|s| {
-                    let n: usize = s.iter().product();
-                    at += n;
-                    let start = at - n;
-                    // A view when the part starts on an aligned offset of `g`, else a copy.
-                    let row: usize = s[1..].iter().product();
-                    match g.view(start, s) {
-                        Ok(v) => Ok(Some(v)),
-                        Err(_) => Ok(Some(ops::copy::slice(g, 0, start / row.max(1), s[0])?)),
-                    }
+            lens.iter()
+                .map(|&l| {
+                    at += l;
+                    Ok(Some(ops::copy::rows(g, at - l, l)?))
                 })
                 .collect()
         });

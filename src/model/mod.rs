@@ -450,11 +450,12 @@ impl Wav2Vec2ForCtc {
     /// Bytes of conv `layer`'s output for one clip of `samples` samples.
     fn conv_bytes(&self, layer: usize, samples: usize) -> usize {
         let c = &self.config;
-        let mut frames = samples;
-        for (&k, &s) in c.conv_kernel.iter().zip(&c.conv_stride).take(layer + 1) {
-            frames = if frames >= k { (frames - k) / s + 1 } else { 0 };
-        }
-        c.conv_dim[layer] * frames * 4
+        let geometry = c
+            .conv_kernel
+            .iter()
+            .copied()
+            .zip(c.conv_stride.iter().copied());
+        c.conv_dim[layer] * crate::data::conv_frames(samples, geometry.take(layer + 1)) * 4
     }
 
     /// Convs `layers` of the feature encoder: audio [B, 1, S] -> features [B, C, T] for all.

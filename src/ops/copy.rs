@@ -184,6 +184,18 @@ pub fn transpose(x: &Tensor, d0: usize, d1: usize) -> Result<Tensor> {
     permute(x, &perm)
 }
 
+/// Rows `start..start+len` of x along dim 0: a view where they start on an aligned offset,
+/// else a copy.
+pub fn rows(x: &Tensor, start: usize, len: usize) -> Result<Tensor> {
+    let row: usize = x.shape()[1..].iter().product();
+    let mut shape = x.shape().to_vec();
+    shape[0] = len;
+    match x.view(start * row, &shape) {
+        Ok(v) => Ok(v),
+        Err(_) => slice(x, 0, start, len),
+    }
+}
+
 /// x[..., start..start+len, ...] along `dim` (a copy).
 pub fn slice(x: &Tensor, dim: usize, start: usize, len: usize) -> Result<Tensor> {
     check_f32("slice", &[x])?;
