@@ -21,7 +21,8 @@ struct Params {
     trans_a: u32,
     trans_b: u32,
     has_bias: u32,   // bit 0: add bias; bit 1: add into C (split-K slices after the first);
-                     // bit 2: also the row sums of op(A) into `sums` (tiled kernels)
+                     // bit 2: also the row sums of op(A) into `sums` (tiled kernels);
+                     // bit 3: add those into `sums` (gradients into their slots)
     stride_a: u32,   // batch strides in elements (0 = shared across the batch)
     stride_b: u32,
     stride_c: u32,
@@ -219,9 +220,14 @@ fn gemm(lid: vec3<u32>, wid: vec3<u32>, ta: bool, tb: bool) {
         for (var j = 0u; j < 4u; j = j + 1u) {
             let r = row0 + tid * 4u + j;
             if r >= p.m { break; }
-            if p.splits > 1u { c[cbase + p.m * p.n + r] = rsum[j]; } else { sums[r] = rsum[j]; }
+            if p.splits > 1u { c[cbase + p.m * p.n + r] = rsum[j]; } else { put_sum(r, rsum[j]); }
         }
     }
+}
+
+// Writes (or, with bit 3, adds) one row sum of op(A).
+fn put_sum(row: u32, x: f32) {
+    if (p.has_bias & 8u) != 0u { sums[row] = sums[row] + x; } else { sums[row] = x; }
 }
 
 // Writes one thread's 8 outputs of one row: columns col..col+4 and col+64..col+68.
@@ -278,7 +284,7 @@ fn splitk_sum(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgr
     var v = 0.0;
     for (var s = 0u; s < p.splits; s = s + 1u) { v = v + f32(a[s * total + i]); }
     let mn = p.m * p.n;
-    if (p.has_bias & 4u) != 0u && i >= mn { sums[i - mn] = v; return; }
+    if (p.has_bias & 4u) != 0u && i >= mn { put_sum(i - mn, v); return; }
     if (p.has_bias & 1u) != 0u { v = v + bias[i % p.n]; }
     let ci = p.off_c + i;
     if (p.has_bias & 2u) != 0u { v = v + c[ci]; }

@@ -17,7 +17,7 @@ struct Params {
     channels: u32,
     row_base: u32,    // global index of this chunk's first row (for the channel of a row)
     affine: u32,
-    _unused: u32,
+    add_earlier: u32, // norm_bwd*: 1: dx = out2 (an earlier gradient of x) + the norm's dx
     inner: u32,       // element stride within a row (1, or T for the channel layout)
     eps: f32,
     off: u32,         // element shift of x, dy, y and dx within their (aligned-down) bindings
@@ -111,7 +111,8 @@ fn norm_bwd(@builtin(local_invocation_id) lid3: vec3<u32>, @builtin(workgroup_id
         var g = aux[base + c];
         if p.affine == 1u { g = g * gamma[weight(row, c)]; }
         let xh = (x[base + c] - mean) * rstd;
-        out[base + c] = rstd * (g - r.x - xh * r.y);
+        let dx = rstd * (g - r.x - xh * r.y);
+        if p.add_earlier == 1u { out[base + c] = out2[base + c] + dx; } else { out[base + c] = dx; }
     }
 }
 
@@ -156,7 +157,8 @@ fn norm_bwd_rows(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_wor
         let i = at(row, c);
         var g = aux[i];
         if p.affine == 1u { g = g * gamma[weight(row, c)]; }
-        out[i] = rstd * (g - mg - (x[i] - mean) * rstd * mgx);
+        let dx = rstd * (g - mg - (x[i] - mean) * rstd * mgx);
+        if p.add_earlier == 1u { out[i] = out2[i] + dx; } else { out[i] = dx; }
     }
 }
 

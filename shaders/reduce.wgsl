@@ -15,6 +15,10 @@ struct Params {
     alpha: f32,
     ndim: u32,       // reduce_to: number of dims of the gradient
     rn: u32,         // reduce_to: number of reduced (broadcast) dims
+    accumulate: u32, // sum_axis: 1: add into out
+    _p0: u32,
+    _p1: u32,
+    _p2: u32,
     kshape: array<vec4<u32>, 2>,   // kept dims of the target shape (1 on reduced dims)
     kstride: array<vec4<u32>, 2>,  // gradient strides
     rshape: array<vec4<u32>, 2>,   // the reduced dims' extents
@@ -85,7 +89,7 @@ fn sum_axis(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgrou
         acc = acc + x[k];
         k = k + p.inner;
     }
-    out[i] = acc * p.alpha;
+    if p.accumulate == 1u { out[i] = out[i] + acc * p.alpha; } else { out[i] = acc * p.alpha; }
 }
 
 @compute @workgroup_size(256)

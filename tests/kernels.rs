@@ -854,7 +854,7 @@ fn global_norm_over_tensors() {
 /// edges, K tails and forced split-K.
 #[test]
 fn weight_gradient_carries_the_bias_gradient() {
-    use xlsr::ops::matmul::{matmul_tn_row_sums, matmul_with, Algo};
+    use xlsr::ops::matmul::{matmul_tn_row_sums, matmul_tn_row_sums_into, matmul_with, Algo};
     let mut rng = Rng::new(71);
     let g = gpu();
     for (k, m, n) in [(37, 5, 9), (300, 130, 70), (1000, 257, 129), (1, 1, 1)] {
@@ -872,6 +872,25 @@ fn weight_gradient_carries_the_bias_gradient() {
                 .collect();
             // f32 sums of up to 1,000 terms of about 0.5: rounding near 1e-5 where they cancel.
             assert_close(&what, &sums.to_vec().unwrap(), &want, 1e-4, 1e-5);
+            // Added into what C and the sums hold (gradients into their slots): the same as
+            // adding the results afterwards, bit for bit.
+            let (c0, s0) = (to_f32(&rng.vec(m * n)), to_f32(&rng.vec(m)));
+            let c_into = Tensor::from_slice(&g, &c0, &[m, n]).unwrap();
+            let s_into = Tensor::from_slice(&g, &s0, &[m]).unwrap();
+            assert!(matmul_tn_row_sums_into(&a, &b, &c_into, &s_into, true, splits).unwrap());
+            let add = |x: &[f32], y: Vec<f32>| -> Vec<f32> {
+                x.iter().zip(y).map(|(x, y)| x + y).collect()
+            };
+            assert_eq!(
+                c_into.to_vec().unwrap(),
+                add(&c0, c.to_vec().unwrap()),
+                "{what}"
+            );
+            assert_eq!(
+                s_into.to_vec().unwrap(),
+                add(&s0, sums.to_vec().unwrap()),
+                "{what}"
+            );
         }
     }
 }

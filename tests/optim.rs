@@ -459,3 +459,98 @@ fn schedule_matches_get_linear_schedule_with_warmup() {
     }
     assert!(n > 50, "{n} values");
 }
+
+/// A pre-LN residual block (x + W2·gelu(W1·LN(x) + b1) + b2, then LayerNorm), its gradients
+/// accumulated over two micro-batches, once into plain gradients and once into the
+/// optimiser's flat slots, where the weight-gradient GEMM, the LayerNorm parameter sums and
+/// LayerNorm's dx (with the skip path's gradient) add in their own passes instead of
+/// separate additions: the same numbers bit for bit, with no `accumulate` pass and fewer
+/// additions.
+#[test]
+fn gradients_added_in_place_equal_separate_additions() {
+    // A device of its own: its launch counts are this test's alone.
+    let g = xlsr::Gpu::new().unwrap();
+    let upload = |v: &[f64], s: &[usize]| Tensor::from_slice(&g, &to_f32(v), s).unwrap();
+    let mut rng = Rng::new(5);
+    let (rows, h, f) = (70, 96, 160);
+    let weights: Vec<(&str, Vec<usize>)> = vec![
+        ("ln.weight", vec![h]),
+        ("ln.bias", vec![h]),
+        ("fc1.weight", vec![f, h]),
+        ("fc1.bias", vec![f]),
+        ("fc2.weight", vec![h, f]),
+        ("fc2.bias", vec![h]),
+        ("final_ln.weight", vec![h]),
+        ("final_ln.bias", vec![h]),
+    ];
+    let values: Vec<Vec<f64>> = weights
+        .iter()
+        .map(|(_, s)| rng.vec(s.iter().product()))
+        .collect();
+    let inputs: Vec<Vec<f64>> = (0..2).map(|_| rng.vec(2 * rows * h)).collect();
+    let make = || -> Vec<Rc<Param>> {
+        weights
+            .iter()
+            .zip(&values)
+            .map(|((n, s), v)| Param::new(*n, upload(v, s)))
+            .collect()
+    };
+    let launches = |name: &str| {
+        let n = g
+            .launches()
+            .iter()
+            .find(|(k, _)| *k == name)
+            .map_or(0, |l| l.1);
+        g.reset_counters();
+        n
+    };
+    let run = |params: &[Rc<Param>]| -> Vec<Vec<f32>> {
+        for x in &inputs {
+            let tape = Tape::new();
+            let p: Vec<Var> = params.iter().map(|p| tape.param(p)).collect();
+            let x = tape.input(upload(x, &[2, rows, h]), true);
+            let y = x
+                .layer_norm(Some(&p[0]), Some(&p[1]), 1e-5)
+                .unwrap()
+                .matmul(&p[2], false, true, Some(&p[3]))
+                .unwrap()
+                .gelu()
+                .unwrap()
+                .matmul(&p[4], false, true, Some(&p[5]))
+                .unwrap()
+                .add(&x)
+                .unwrap()
+                .layer_norm(Some(&p[6]), Some(&p[7]), 1e-5)
+                .unwrap();
+            let loss = y.mul(&y).unwrap().sum().unwrap();
+            tape.backward(&loss, &[&x]).unwrap();
+        }
+        params
+            .iter()
+            .map(|p| p.grad().expect("a gradient").to_vec().unwrap())
+            .collect()
+    };
+    g.reset_counters();
+    let plain = run(&make());
+    let plain_adds = launches("binary");
+    let homed = make();
+    let _opt = AdamW::new(&homed, config()).unwrap();
+    assert!(homed.iter().all(|p| p.has_grad_home()));
+    g.reset_counters();
+    let in_place = run(&homed);
+    assert_eq!(
+        launches("accumulate"),
+        0,
+        "every gradient went into its slot in place"
+    );
+    let in_place_adds = launches("binary");
+    g.reset_counters();
+    // The skip path's gradient of x joins LayerNorm's dx in its pass, once per micro-batch.
+    assert!(
+        in_place_adds + 2 <= plain_adds,
+        "{in_place_adds} vs {plain_adds} additions"
+    );
+    for ((name, _), (a, b)) in weights.iter().zip(plain.iter().zip(&in_place)) {
+        assert_eq!(a, b, "{name}");
+    }
+}

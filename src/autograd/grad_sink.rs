@@ -53,6 +53,15 @@ impl GradSink {
         Ok(())
     }
 
+    /// Adds the queue first if it holds something for `slot` (before a direct add into it).
+    pub fn flush_for(&self, slot: &Tensor) -> Result<()> {
+        let queued = self.pending.borrow().iter().any(|(s, _)| s.same_data(slot));
+        match queued {
+            true => self.flush(),
+            false => Ok(()),
+        }
+    }
+
     /// Adds everything queued into its slot.
     pub fn flush(&self) -> Result<()> {
         let pending = std::mem::take(&mut *self.pending.borrow_mut());

@@ -40,7 +40,19 @@ pub fn is_autocast() -> bool {
     AUTOCAST.with(|a| a.get())
 }
 
-type BackwardFn = Box<dyn FnOnce(&Tensor) -> Result<Vec<Option<Tensor>>>>;
+type BackwardFn = Box<dyn FnOnce(&Tensor, &mut [Option<GradInto>]) -> Result<Vec<Option<Tensor>>>>;
+
+/// Where a backward may put an input's gradient itself, so that no separate pass adds it to
+/// what is there. A backward that takes an offer (`Option::take`) honours it; one that leaves
+/// it returns the plain gradient and the tape adds it as usual.
+pub enum GradInto {
+    /// Add into this parameter's slot of the optimiser's flat gradient buffer, in place, and
+    /// return `None` for the input.
+    Slot(Tensor),
+    /// Return `earlier + gradient` for the input: `earlier` is what other consumers of the
+    /// same var have given it (a residual stream's skip path).
+    Sum(Tensor),
+}
 
 struct Node {
     out: usize,
@@ -106,6 +118,22 @@ impl Param {
         match held {
             Some(g) => self.accumulate(g),
             None => Ok(()),
+        }
+    }
+
+    /// The flat gradient slot, with anything queued for it added first (`None` without a
+    /// home): for a backward that adds into it directly, then [`Param::mark_touched`].
+    fn grad_slot(&self) -> Option<Tensor> {
+        let home = self.home.borrow();
+        let h = home.as_ref()?;
+        h.sink.flush_for(&h.slot).ok()?;
+        Some(h.slot.clone())
+    }
+
+    /// Records that something was added into the flat slot directly.
+    fn mark_touched(&self) {
+        if let Some(h) = &*self.home.borrow() {
+            h.touched.set(true);
         }
     }
 
@@ -192,6 +220,9 @@ pub struct Tape {
     params: RefCell<Vec<(usize, Rc<Param>)>>,
     /// Vars whose values are views of parameters' values (joined weights): held anyway.
     views: RefCell<Vec<usize>>,
+    /// Vars that join parameters' values without a copy (q, k, v), with the joined vars' ids:
+    /// their gradient can go straight into the joined slots.
+    joins: RefCell<Vec<(usize, Vec<usize>)>>,
     next_id: Cell<usize>,
     enabled: Cell<bool>,
 }
@@ -212,6 +243,7 @@ impl Tape {
             nodes: RefCell::new(Vec::new()),
             params: RefCell::new(Vec::new()),
             views: RefCell::new(Vec::new()),
+            joins: RefCell::new(Vec::new()),
             next_id: Cell::new(0),
             enabled: Cell::new(true),
         })
@@ -255,7 +287,7 @@ impl Tape {
         self.nodes.borrow_mut().push(Node {
             out: id,
             inputs: vec![x.id],
-            backward: Box::new(move |g| {
+            backward: Box::new(move |g, _| {
                 let sub = Tape::new();
                 let xi = sub.input(xv, track_x);
                 let yi = f(&sub, &xi)?;
@@ -346,24 +378,53 @@ impl Tape {
             .filter(|(_, p)| p.has_grad_home())
             .map(|(id, p)| (*id, p.clone()))
             .collect();
+        let owners = self.slot_owners(&homed);
         let nodes = std::mem::take(&mut *self.nodes.borrow_mut());
         for node in nodes.into_iter().rev() {
             // Dropping the output's gradient here frees it as soon as it is consumed.
             let Some(g) = grads[node.out].take() else {
                 continue;
             };
-            let results = (node.backward)(&g)?;
-            for (inp, r) in node.inputs.iter().zip(results) {
-                if let (Some(i), Some(r)) = (inp, r) {
-                    if let Some(p) = homed.get(i) {
-                        p.accumulate(r)?;
+            let mut into: Vec<Option<GradInto>> = node
+                .inputs
+                .iter()
+                .map(|inp| {
+                    let i = (*inp)?;
+                    match owners.get(&i).and_then(|o| joined_slot(o)) {
+                        Some(slot) => Some(GradInto::Slot(slot)),
+                        None => grads[i].take().map(GradInto::Sum),
+                    }
+                })
+                .collect();
+            let offered_slot: Vec<bool> = into
+                .iter()
+                .map(|o| matches!(o, Some(GradInto::Slot(_))))
+                .collect();
+            let results = (node.backward)(&g, &mut into)?;
+            let answers = node.inputs.iter().zip(results).zip(into).zip(offered_slot);
+            for (((inp, r), offer), slot) in answers {
+                let Some(i) = *inp else { continue };
+                match offer {
+                    // Taken: the backward added into the slot itself.
+                    None if slot => {
+                        for p in owners.get(&i).into_iter().flatten() {
+                            p.mark_touched();
+                        }
                         continue;
                     }
-                    grads[*i] = Some(match grads[*i].take() {
-                        Some(prev) => ops::elementwise::add(&prev, &r)?,
-                        None => r,
-                    });
+                    // Left: this input's earlier gradient goes back before adding.
+                    Some(GradInto::Sum(earlier)) => grads[i] = Some(earlier),
+                    _ => {}
                 }
+                let Some(r) = r else { continue };
+                if let Some(p) = homed.get(&i) {
+                    p.accumulate(r)?;
+                    continue;
+                }
+                grads[i] = Some(match grads[i].take() {
+                    Some(prev) => ops::elementwise::add(&prev, &r)?,
+                    None => r,
+                });
             }
         }
         for (id, p) in self.params.borrow_mut().drain(..) {
@@ -378,6 +439,36 @@ impl Tape {
             .iter()
             .map(|v| v.id.and_then(|i| grads[i].take()))
             .collect())
+    }
+}
+
+impl Tape {
+    /// The vars whose gradient may go straight into a flat gradient slot, with the parameters
+    /// that slot belongs to: homed parameters, and joins of homed parameters (q, k, v).
+    fn slot_owners(
+        &self,
+        homed: &std::collections::HashMap<usize, Rc<Param>>,
+    ) -> std::collections::HashMap<usize, Vec<Rc<Param>>> {
+        let mut out: std::collections::HashMap<usize, Vec<Rc<Param>>> =
+            homed.iter().map(|(id, p)| (*id, vec![p.clone()])).collect();
+        for (id, parts) in self.joins.borrow().iter() {
+            let owners: Option<Vec<Rc<Param>>> =
+                parts.iter().map(|i| homed.get(i).cloned()).collect();
+            out.extend(owners.map(|o| (*id, o)));
+        }
+        out
+    }
+}
+
+/// The one slot that `owners`' slots make when they lie back to back (a parameter's own, or a
+/// join's). Anything still queued for them is added first, so additions keep their order
+/// (and the result its bits).
+fn joined_slot(owners: &[Rc<Param>]) -> Option<Tensor> {
+    let slots: Option<Vec<Tensor>> = owners.iter().map(|p| p.grad_slot()).collect();
+    let slots = slots?;
+    match slots.len() {
+        1 => slots.into_iter().next(),
+        _ => Tensor::join(&slots.iter().collect::<Vec<_>>()),
     }
 }
 
@@ -407,6 +498,15 @@ impl Var {
         value: Tensor,
         backward: impl FnOnce(&Tensor) -> Result<Vec<Option<Tensor>>> + 'static,
     ) -> Var {
+        Var::record_into(inputs, value, move |g, _| backward(g))
+    }
+
+    /// [`Var::record`] of a backward that may take [`GradInto`] offers, one per input.
+    fn record_into(
+        inputs: &[&Var],
+        value: Tensor,
+        backward: impl FnOnce(&Tensor, &mut [Option<GradInto>]) -> Result<Vec<Option<Tensor>>> + 'static,
+    ) -> Var {
         let tape = inputs.iter().find_map(|v| v.id.and(v.tape.clone()));
         match tape {
             Some(tape) if tape.enabled.get() => {
@@ -435,6 +535,22 @@ impl Var {
                 t.params.borrow().iter().any(|(p, _)| *p == id) || t.views.borrow().contains(&id)
             }
             (Some(_), None) => false,
+        }
+    }
+
+    /// Notes that this var joins the values of parameters `parts` without a copy, so that its
+    /// gradient may go straight into their joined gradient slots.
+    fn mark_join_of(&self, parts: &[&Var]) {
+        let (Some(id), Some(t)) = (self.id, &self.tape) else {
+            return;
+        };
+        let params = t.params.borrow();
+        let ids: Option<Vec<usize>> = parts
+            .iter()
+            .map(|v| v.id.filter(|i| params.iter().any(|(p, _)| p == i)))
+            .collect();
+        if let Some(ids) = ids {
+            t.joins.borrow_mut().push((id, ids));
         }
     }
 

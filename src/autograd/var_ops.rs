@@ -1,7 +1,7 @@
 //! The differentiable ops on [`Var`]: each runs its forward kernel and records the backward
 //! kernels that give its inputs' gradients.
 
-use super::{is_autocast, Var};
+use super::{is_autocast, GradInto, Var};
 use crate::data::Targets;
 use crate::engine::Tensor;
 use crate::error::{Error, Result};
@@ -84,7 +84,17 @@ impl Var {
         let has_bias = bias.is_some();
         let mut inputs = vec![self, w];
         inputs.extend(bias);
-        Ok(Var::record(&inputs, y, move |g| {
+        Ok(Var::record_into(&inputs, y, move |g, into| {
+            // A linear layer whose weight and bias gradients have slots: added there by the
+            // weight gradient's pass.
+            if let [_, Some(GradInto::Slot(dw)), Some(GradInto::Slot(db))] = &*into {
+                if !ta && tb && !half {
+                    if let Some(da) = ops::matmul::linear_backward_into(&a, &b, g, dw, db)? {
+                        (into[1], into[2]) = (None, None);
+                        return Ok(vec![Some(da), None, None]);
+                    }
+                }
+            }
             let b = if recast { ops::cast::to_f16(&b)? } else { b };
             let d = ops::matmul::matmul_backward(&a, &b, ta, tb, has_bias, g)?;
             Ok(in_input_order(d, true, has_bias))
@@ -181,8 +191,34 @@ impl Var {
         inputs.extend(gamma);
         inputs.extend(beta);
         let has_beta = beta.is_some();
-        Ok(Var::record(&inputs, y, move |g| {
-            let d = ops::norm::backward(norm, &x, gv.as_ref(), &stats, g)?;
+        Ok(Var::record_into(&inputs, y, move |g, into| {
+            // The skip path's gradient of x, added by the same pass.
+            let earlier = match &into[0] {
+                Some(GradInto::Sum(e)) => Some(e),
+                _ => None,
+            };
+            // dgamma and dbeta into their slots when those lie back to back.
+            let slots = match (into.get(1), into.get(2)) {
+                (Some(Some(GradInto::Slot(sg))), Some(Some(GradInto::Slot(sb)))) => {
+                    Tensor::join(&[sg, sb])
+                }
+                _ => None,
+            };
+            let (d, added) = ops::norm::backward_adding(
+                norm,
+                &x,
+                gv.as_ref(),
+                &stats,
+                g,
+                earlier,
+                slots.as_ref(),
+            )?;
+            if added.earlier {
+                into[0] = None;
+            }
+            if added.slots {
+                (into[1], into[2]) = (None, None);
+            }
             Ok(in_input_order(d, gv.is_some(), has_beta))
         }))
     }
@@ -424,6 +460,7 @@ impl Var {
         if held {
             joined.mark_held();
         }
+        joined.mark_join_of(xs);
         Ok(joined)
     }
 

@@ -420,8 +420,12 @@ fn split_dispatch(
     )
 }
 
+/// `has_bias` bit: add into C instead of overwriting it.
+const ADD_INTO_C: u32 = 2;
 /// `has_bias` bit of the tiled kernels: also write the row sums of op(A).
 const ROW_SUMS: u32 = 4;
+/// `has_bias` bit: add the row sums into `sums` instead of overwriting it.
+const ADD_INTO_SUMS: u32 = 8;
 
 /// Aᵀ B and the row sums of Aᵀ in one pass, for A [K, M] and B [K, N]: a linear layer's
 /// weight gradient dYᵀX with its bias gradient (the column sums of dY) riding on it. `None`
@@ -433,13 +437,33 @@ pub fn matmul_tn_row_sums(
     splits: Option<usize>,
 ) -> Result<Option<(Tensor, Tensor)>> {
     let gpu = a.gpu();
+    let (m, n) = (a.dim(-1), b.dim(-1));
+    let c = Tensor::uninit(gpu, &[m, n], DType::F32)?;
+    let sums = Tensor::uninit(gpu, &[m], DType::F32)?;
+    let done = matmul_tn_row_sums_into(a, b, &c, &sums, false, splits)?;
+    Ok(done.then_some((c, sums)))
+}
+
+/// [`matmul_tn_row_sums`] into `c` [M, N] and `sums` [M], overwriting them or, with
+/// `accumulate`, adding into them (a weight and bias gradient straight into the optimiser's
+/// gradient slots). Returns false, touching nothing, where the tiled f32 kernel cannot take
+/// the operands in one binding.
+pub fn matmul_tn_row_sums_into(
+    a: &Tensor,
+    b: &Tensor,
+    c: &Tensor,
+    sums: &Tensor,
+    accumulate: bool,
+    splits: Option<usize>,
+) -> Result<bool> {
+    let gpu = a.gpu();
     let two_d = a.shape().len() == 2 && b.shape().len() == 2;
     if !two_d
         || a.dtype() != DType::F32
         || b.dtype() != DType::F32
         || Algo::default_for_run() != Algo::Tiled
     {
-        return Ok(None);
+        return Ok(false);
     }
     let (k, m, n) = (a.shape()[0], a.shape()[1], b.shape()[1]);
     if b.shape()[0] != k {
@@ -450,16 +474,31 @@ pub fn matmul_tn_row_sums(
     }
     let limit = binding_elems(gpu);
     if a.numel().max(b.numel()).max(m * n + m) > limit {
-        return Ok(None);
+        return Ok(false);
     }
-    let c = Tensor::uninit(gpu, &[m, n], DType::F32)?;
-    let sums = Tensor::uninit(gpu, &[m], DType::F32)?;
+    if c.shape() != [m, n] || sums.numel() != m {
+        return shape_err(
+            "matmul",
+            format!(
+                "{:?}ᵀ times {:?} into {:?} with row sums {:?}",
+                a.shape(),
+                b.shape(),
+                c.shape(),
+                sums.shape()
+            ),
+        );
+    }
     let prm = MatmulParams {
         m: m as u32,
         n: n as u32,
         k: k as u32,
         trans_a: 1,
-        has_bias: ROW_SUMS,
+        has_bias: ROW_SUMS
+            | if accumulate {
+                ADD_INTO_C | ADD_INTO_SUMS
+            } else {
+                0
+            },
         k_slice: k as u32,
         splits: 1,
         ..Default::default()
@@ -479,7 +518,31 @@ pub fn matmul_tn_row_sums(
         let groups = [n.div_ceil(TILE) as u32, m.div_ceil(TILE) as u32, 1];
         gpu.dispatch(&tiled, &prm, &bufs, groups)?;
     }
-    Ok(Some((c, sums)))
+    Ok(true)
+}
+
+/// The backward of a linear layer, C = A Bᵀ + bias with A [..., M, K] and a shared weight B
+/// [N, K], all f32, whose weight and bias gradients are added straight into `dw` and `db` (the
+/// optimiser's gradient slots) by the weight gradient's pass. Returns dA, or `None`, having
+/// done nothing, where the layer is not of that form or the tiled kernel cannot take it (the
+/// caller falls back to [`matmul_backward`]).
+pub fn linear_backward_into(
+    a: &Tensor,
+    b: &Tensor,
+    dc: &Tensor,
+    dw: &Tensor,
+    db: &Tensor,
+) -> Result<Option<Tensor>> {
+    let d = dims(a, b, false, true)?;
+    if !d.b_shared || dw.shape() != b.shape() || db.numel() != d.n {
+        return Ok(None);
+    }
+    let rows = d.batch * d.m;
+    let (dc2, a2) = (dc.reshape(&[rows, d.n])?, a.reshape(&[rows, d.k])?);
+    if !matmul_tn_row_sums_into(&dc2, &a2, dw, &db.reshape(&[d.n])?, true, None)? {
+        return Ok(None);
+    }
+    Ok(Some(matmul(dc, b, false, false, None)?.reshape(a.shape())?))
 }
 
 /// Gradients of C = op(A) op(B) + bias given dC: dA as `input`, dB as `weight`, dbias. With f16 A and B, dC is

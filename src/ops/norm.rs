@@ -36,8 +36,8 @@ kernel_params! {
         row_base: u32,
         /// 1: apply gamma and beta.
         affine: u32,
-        /// Unused.
-        _unused: u32,
+        /// `norm_bwd*`: 1: dx is added to an earlier gradient of x (bound as `out2`).
+        add_earlier: u32,
         /// Element stride within a row (1, or T for the channel layout).
         inner: u32,
         /// Added to the variance.
@@ -335,6 +335,31 @@ pub fn backward(
     stats: &NormStats,
     dy: &Tensor,
 ) -> Result<LayerGrads> {
+    Ok(backward_adding(norm, x, gamma, stats, dy, None, None)?.0)
+}
+
+/// What [`backward_adding`] added where it was asked to.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Added {
+    /// dx is `earlier + dx`.
+    pub earlier: bool,
+    /// dgamma and dbeta were added into the slots (and are not returned).
+    pub slots: bool,
+}
+
+/// [`backward`] whose dx is `earlier + dx` in the same pass when `earlier` (another gradient
+/// of x, the skip path of a residual stream) can be read beside it, and whose dgamma and
+/// dbeta (LayerNorm) are added straight into `slots`, dgamma's then dbeta's back to back (the
+/// optimiser's gradient slots), by the pass that sums them.
+pub fn backward_adding(
+    norm: Norm,
+    x: &Tensor,
+    gamma: Option<&Tensor>,
+    stats: &NormStats,
+    dy: &Tensor,
+    earlier: Option<&Tensor>,
+    slots: Option<&Tensor>,
+) -> Result<(LayerGrads, Added)> {
     check_f32(norm.op_backward(), &[x, dy])?;
     if dy.shape() != x.shape() {
         return shape_err(
@@ -348,8 +373,14 @@ pub fn backward(
     let unused_out = dummy(gpu)?;
     let dx = Tensor::uninit(gpu, x.shape(), DType::F32)?;
     let Some(chunks) = chunks(gpu, norm, x, rows, cols)? else {
-        return backward_windows(x, gamma, stats, dy, dx);
+        return Ok((backward_windows(x, gamma, stats, dy, dx)?, Added::default()));
     };
+    // The earlier gradient shares dx's shift in every chunk (the kernel has one).
+    let earlier = earlier.filter(|e| {
+        e.shape() == x.shape()
+            && e.dtype() == DType::F32
+            && chunks.iter().all(|c| c.data(e).1 == c.data(&dx).1)
+    });
     let g = gamma.map_or(d.bind(), |t| t.bind());
     // Every dispatch's uniforms: the layout, this chunk, its shifts. Parameter gradients are
     // only asked for with gamma, so `affine` is gamma's presence throughout.
@@ -366,19 +397,24 @@ pub fn backward(
         let (kernel, groups) = pick(per_thread, &BWD_ROWS, &BWD, c.rows);
         let ((xr, off), (dyr, _), (dxr, _), (sr, off_stats)) =
             (c.data(x), c.data(dy), c.data(&dx), c.stats(&stats.0));
-        gpu.dispatch(
-            kernel,
-            &prm(c, [off, off_stats, 0]),
-            &[xr, g, dyr, sr, dxr, unused_out.bind()],
-            groups,
-        )?;
+        let er = earlier.map_or(unused_out.bind(), |e| c.data(e).0);
+        let pr = NormParams {
+            add_earlier: earlier.is_some() as u32,
+            ..prm(c, [off, off_stats, 0])
+        };
+        gpu.dispatch(kernel, &pr, &[xr, g, dyr, sr, dxr, er], groups)?;
     }
+    let mut added = Added {
+        earlier: earlier.is_some(),
+        slots: false,
+    };
     if gamma.is_none() {
-        return Ok(LayerGrads {
+        let d = LayerGrads {
             input: Some(dx),
             weight: None,
             bias: None,
-        });
+        };
+        return Ok((d, added));
     }
     let (dg, db) = match norm {
         Norm::Layer | Norm::Channel => {
@@ -409,6 +445,16 @@ pub fn backward(
                     [col_groups as u32, n as u32, 1],
                 )?;
                 part0 += n;
+            }
+            if let Some(slots) = slots.filter(|s| s.numel() == 2 * cols) {
+                reduce::sum_axis_into(&pgb, 1, 1.0, slots, true)?;
+                added.slots = true;
+                let d = LayerGrads {
+                    input: Some(dx),
+                    weight: None,
+                    bias: None,
+                };
+                return Ok((d, added));
             }
             let sums = if total == 1 {
                 pgb.reshape(&[2, cols])?
@@ -442,11 +488,12 @@ pub fn backward(
             (sum(&sg)?, sum(&sb)?)
         }
     };
-    Ok(LayerGrads {
+    let d = LayerGrads {
         input: Some(dx),
         weight: Some(dg),
         bias: Some(db),
-    })
+    };
+    Ok((d, added))
 }
 
 /// [`backward`] of the channel layout by time windows (see [`forward_windows`]); the

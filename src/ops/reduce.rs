@@ -41,6 +41,14 @@ kernel_params! {
         ndim: u32,
         /// `reduce_to`: number of reduced (broadcast) dims.
         rn: u32,
+        /// `sum_axis`: 1: add into `out` instead of overwriting it.
+        accumulate: u32,
+        /// Padding.
+        _p0: u32,
+        /// Padding.
+        _p1: u32,
+        /// Padding.
+        _p2: u32,
         /// Kept dims of the target shape (1 on reduced dims).
         kshape: [[u32; 4]; 2],
         /// Gradient strides.
@@ -327,18 +335,45 @@ pub fn axis_parts(outputs: usize, len: usize) -> usize {
 
 /// alpha * sum over `axis` (the axis is removed). `alpha = 1/len` gives the mean.
 pub fn sum_axis(x: &Tensor, axis: usize, alpha: f32) -> Result<Tensor> {
-    check_f32("sum_axis", &[x])?;
+    let s = x.shape();
+    if axis >= s.len() {
+        return shape_err("sum_axis", format!("axis {axis} out of range for {s:?}"));
+    }
+    let mut shape = s.to_vec();
+    shape.remove(axis);
+    let out = Tensor::uninit(x.gpu(), &shape, DType::F32)?;
+    sum_axis_into(x, axis, alpha, &out, false)?;
+    Ok(out)
+}
+
+/// [`sum_axis`] written into `out` (as many elements as the result), or added into it with
+/// `accumulate` (a parameter's gradient straight into its slot).
+pub fn sum_axis_into(
+    x: &Tensor,
+    axis: usize,
+    alpha: f32,
+    out: &Tensor,
+    accumulate: bool,
+) -> Result<()> {
+    check_f32("sum_axis", &[x, out])?;
     let s = x.shape();
     if axis >= s.len() {
         return shape_err("sum_axis", format!("axis {axis} out of range for {s:?}"));
     }
     let outer: usize = s[..axis].iter().product();
     let inner: usize = s[axis + 1..].iter().product();
-    let mut shape = s.to_vec();
-    shape.remove(axis);
+    if out.numel() != outer * inner.max(1) {
+        return shape_err(
+            "sum_axis",
+            format!("sum of {s:?} over axis {axis} into {:?}", out.shape()),
+        );
+    }
     let gpu = x.gpu();
-    let out = Tensor::uninit(gpu, &shape, DType::F32)?;
     let d = dummy(gpu)?;
+    let p = |n, square, out_index, len, inner, alpha, last: bool| ReduceParams {
+        accumulate: (last && accumulate) as u32,
+        ..p(n, square, out_index, len, inner, alpha)
+    };
     let (len, inner) = (s[axis], inner.max(1));
     let chunks = row_chunks(gpu, "sum_axis", outer, len * inner)?;
     let parts = axis_parts(outer * inner, len);
@@ -347,25 +382,23 @@ pub fn sum_axis(x: &Tensor, axis: usize, alpha: f32) -> Result<Tensor> {
         let chunk = len.div_ceil(parts);
         let parts = len.div_ceil(chunk);
         let partial = Tensor::uninit(gpu, &[outer, parts, inner], DType::F32)?;
-        let mut params = p(outer * parts * inner, false, chunk, len, inner, 1.0);
+        let mut params = p(outer * parts * inner, false, chunk, len, inner, 1.0, false);
         gpu.dispatch(
             &SUM_AXIS,
             &params,
             &[x.bind(), d.bind(), d.bind(), partial.bind()],
             grid((outer * parts * inner) as u64, 256),
         )?;
-        params = p(outer * inner, false, 0, parts, inner, alpha);
-        return gpu
-            .dispatch(
-                &SUM_AXIS,
-                &params,
-                &[partial.bind(), d.bind(), d.bind(), out.bind()],
-                grid((outer * inner) as u64, 256),
-            )
-            .map(|()| out);
+        params = p(outer * inner, false, 0, parts, inner, alpha, true);
+        return gpu.dispatch(
+            &SUM_AXIS,
+            &params,
+            &[partial.bind(), d.bind(), d.bind(), out.bind()],
+            grid((outer * inner) as u64, 256),
+        );
     }
     for (o0, no) in chunks {
-        let params = p(no * inner, false, 0, len, inner, alpha);
+        let params = p(no * inner, false, 0, len, inner, alpha, true);
         gpu.dispatch(
             &SUM_AXIS,
             &params,
@@ -378,7 +411,7 @@ pub fn sum_axis(x: &Tensor, axis: usize, alpha: f32) -> Result<Tensor> {
             grid((no * inner) as u64, 256),
         )?;
     }
-    Ok(out)
+    Ok(())
 }
 
 /// Backward of [`sum_axis`]: broadcasts `dy` back over a new axis of length `len`, times alpha.
