@@ -34,10 +34,11 @@ pub struct StepReport {
     pub weight_bytes: u64,
     /// Per-kernel GPU time of one extra profiled step: (entry, ms, launches), largest first.
     pub kernels: Vec<(String, f64, u64)>,
-    /// Launches per kernel entry in the last timed step, most first.
+    /// Launches per kernel entry in the counted step, most first.
     pub launches: Vec<(String, u64)>,
-    /// What the engine did in the last timed step (dispatches, passes, bind groups, submits,
-    /// waits, bytes moved, CPU recording time).
+    /// What the engine did in a steady-state step run as `xlsr train` runs one that logs
+    /// nothing (dispatches, passes, bind groups, submits, waits, late reads, bytes moved, CPU
+    /// recording time).
     #[serde(flatten)]
     pub counters: crate::engine::Counters,
 }
@@ -128,14 +129,21 @@ pub fn model_step(gpu: &Gpu, m: &ModelStep, log: &mut dyn std::io::Write) -> Res
             ..StepOptions::default()
         },
     )?;
-    let mut step = || -> Result<(f64, f64)> {
+    let mb = MicroBatch {
+        share: None,
+        batch: &batch,
+        seed: 0,
+    };
+    // One step as `xlsr train` runs it between logging steps: recorded, the step before's
+    // update read while it is (no wait), its own left for the next. The counters cover that.
+    let counted = |train: &mut TrainStep| -> Result<crate::engine::Counters> {
+        gpu.reset_counters();
+        train.run_deferred(std::slice::from_ref(&mb), 1e-5)?;
+        Ok(gpu.counters())
+    };
+    // A whole step timed: the loss read splits the wall time into forward and the rest.
+    let timed = |train: &mut TrainStep| -> Result<(f64, f64)> {
         let t0 = Instant::now();
-        let mb = MicroBatch {
-            share: None,
-            batch: &batch,
-            seed: 0,
-        };
-        // The loss read splits the wall time into forward and the rest.
         let f = train.forward(&mb)?;
         f.loss.value.item()?;
         let fwd = t0.elapsed().as_secs_f64();
@@ -144,21 +152,26 @@ pub fn model_step(gpu: &Gpu, m: &ModelStep, log: &mut dyn std::io::Write) -> Res
         gpu.sync()?;
         Ok((fwd, t0.elapsed().as_secs_f64()))
     };
-    step()?; // warm-up: pipelines, pool, optimiser moments
+    timed(&mut train)?; // warm-up: pipelines, pool, optimiser moments
     let steps = m.steps.max(1);
-    // The counters are the last timed step's: by then the pool hands out the same buffers
-    // every step, as in a long run.
+    // By the last timed step the pool hands out the same buffers every step, as in a long run.
     let mut times = Vec::new();
     for _ in 0..steps {
-        gpu.reset_counters();
-        times.push(step()?);
+        times.push(timed(&mut train)?);
     }
-    let counters = gpu.counters();
-    let launches = gpu.launches();
+    let (counters, launches) = {
+        // Until the pool and the bind-group cache have seen this way of stepping.
+        for _ in 0..3 {
+            counted(&mut train)?;
+        }
+        let c = counted(&mut train)?;
+        (c, gpu.launches())
+    };
+    train.finish()?;
     times.sort_by(|a, b| a.1.total_cmp(&b.1));
     let (fwd, total) = times[times.len() / 2];
-    let timed = gpu.profile_start()?;
-    step()?;
+    let profiled = gpu.profile_start()?;
+    timed(&mut train)?;
     let mut kernels = gpu.profile_stop()?;
     kernels.sort_by(|a, b| b.1.total_cmp(&a.1));
     let times = if m.count_only {
@@ -188,7 +201,7 @@ pub fn model_step(gpu: &Gpu, m: &ModelStep, log: &mut dyn std::io::Write) -> Res
         .map(|(k, n)| format!("{k} {n}"))
         .collect();
     let _ = writeln!(log, "    launches: {}", top.join(", "));
-    if timed {
+    if profiled {
         let total: f64 = kernels.iter().map(|x| x.1).sum();
         let _ = writeln!(
             log,

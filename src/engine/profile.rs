@@ -27,6 +27,11 @@ pub struct Counters {
     pub submits: u64,
     /// Times the host waited for the GPU.
     pub blocking_waits: u64,
+    /// Values the host asked for to collect a step later ([`Gpu::read_later`]).
+    pub late_reads: u64,
+    /// Late reads whose values were not ready when collected, so the host waited after all
+    /// (depends on timing: not in [`Counters::counts`]).
+    pub late_read_stalls: u64,
     /// Bytes written from the host (tensor uploads and kernel params).
     pub upload_bytes: u64,
     /// Bytes read back to the host.
@@ -40,6 +45,7 @@ impl Counters {
     pub fn counts(&self) -> Counters {
         Counters {
             record_ms: 0.0,
+            late_read_stalls: 0,
             ..*self
         }
     }
@@ -49,7 +55,7 @@ impl std::fmt::Display for Counters {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(
             f,
-            "{} dispatches, {} compute passes, {} bind groups created, {} pipelines created, {} buffers created, {} submits, {} blocking waits, {:.1} MB up, {:.1} KB back, {:.1} ms recording",
+            "{} dispatches, {} compute passes, {} bind groups created, {} pipelines created, {} buffers created, {} submits, {} blocking waits, {} late reads ({} stalled), {:.1} MB up, {:.1} KB back, {:.1} ms recording",
             self.dispatches,
             self.compute_passes,
             self.bind_groups_created,
@@ -57,6 +63,8 @@ impl std::fmt::Display for Counters {
             self.buffers_created,
             self.submits,
             self.blocking_waits,
+            self.late_reads,
+            self.late_read_stalls,
             self.upload_bytes as f64 / 1e6,
             self.readback_bytes as f64 / 1e3,
             self.record_ms

@@ -14,7 +14,7 @@ pub use eval::{evaluate, evaluate_shared, EvalOptions, EvalResult};
 pub use options::TrainOptions;
 pub use setup::open_data;
 pub use state::TrainerState;
-pub use step::{MicroBatch, Share, StepOptions, StepOutcome, TrainStep};
+pub use step::{Deferred, MicroBatch, Share, StepOptions, StepOutcome, StepReport, TrainStep};
 
 use crate::data::audio::SAMPLE_RATE;
 use crate::data::{collate, Batch, Batcher, Prepared, Split};
@@ -25,7 +25,7 @@ use crate::model::Wav2Vec2ForCtc;
 use crate::optim::{AdamW, AdamWConfig};
 use crate::rng::Rng;
 use crate::{Gpu, Tensor};
-use report::{last_saved, print_profile, progress_bar, say};
+use report::{print_profile, progress_bar, say};
 use setup::{model_vocab, report_relabel, resumed_args};
 use std::path::PathBuf;
 use std::time::Instant;
@@ -352,7 +352,8 @@ pub fn run_dist(gpu: &Gpu, args: &TrainOptions, dist: &Dist) -> Result<RunSummar
         .ok()
         .and_then(|v| v.parse().ok());
     let profile_from = st.global_step + 1;
-    let mut skipped_in_a_row = 0u64;
+    let mut watch = report::Watch::new(&args.out, args.learning_rate);
+    let mut grad_norm = f32::NAN;
     while st.global_step < total {
         if profile.is_some() && st.global_step == profile_from {
             gpu.profile_start()?;
@@ -397,64 +398,38 @@ pub fn run_dist(gpu: &Gpu, args: &TrainOptions, dist: &Dist) -> Result<RunSummar
             total,
             args.learning_rate,
         );
-        let outcome = step.run(&micro, lr)?;
-        st.grad_scaler = step.scaler.clone();
-        st.audio_seconds += outcome.audio_seconds;
+        // This step's update is read while the next one is recorded (no wait), or below at
+        // the steps that log, evaluate, save or end.
+        let recorded = step.run_deferred(&micro, lr)?;
+        if let Some(r) = recorded.previous {
+            let msg = watch.check(&r, st.global_step, &mut st, step.scaler.as_ref(), &model);
+            msg.inspect_err(|_| bar.abandon())?
+                .into_iter()
+                .for_each(|m| say(&bar, m));
+        }
+        st.audio_seconds += recorded.audio_seconds;
         loss_sum = Some(match loss_sum.take() {
-            Some(s) => crate::ops::elementwise::add(&s, &outcome.loss)?,
-            None => outcome.loss,
+            Some(s) => crate::ops::elementwise::add(&s, &recorded.loss)?,
+            None => recorded.loss,
         });
         st.global_step += 1;
         since_log += 1;
-        if outcome.skipped {
-            st.skipped_steps += 1;
-            skipped_in_a_row += 1;
-            let why = match &st.grad_scaler {
-                // Expected now and then under fp16: GradScaler's way of finding the scale.
-                Some(g) => format!("overflowed in fp16; loss scale lowered to {}", g.scale),
-                None => "is not finite".to_string(),
-            };
-            say(
-                &bar,
-                format!(
-                    "step {}: loss or gradient norm ({}) {why}; step skipped ({} so far)",
-                    st.global_step, outcome.grad_norm, st.skipped_steps
-                ),
-            );
-            if skipped_in_a_row >= MAX_SKIPPED_IN_A_ROW {
-                bar.abandon();
-                return Err(Error::Usage(format!(
-                    "steps {}..{}: {MAX_SKIPPED_IN_A_ROW} optimiser steps in a row were skipped \
-                     (loss or gradient norm not finite); stopping. Lower --learning-rate (now \
-                     {:e}) or --max-grad-norm, or check the data and the model for NaN{}",
-                    st.global_step + 1 - skipped_in_a_row,
-                    st.global_step,
-                    args.learning_rate,
-                    last_saved(&args.out)
-                )));
-            }
-        } else {
-            skipped_in_a_row = 0;
-            // An update that overflows the weights cannot be undone: stop before it is saved.
-            // (Huge but finite weights also overflow the check; the search finds none then.)
-            let broken = match outcome.weights_finite {
-                true => None,
-                false => step::first_non_finite(&model)?,
-            };
-            if let Some(name) = broken {
-                bar.abandon();
-                return Err(Error::Usage(format!(
-                    "step {}: the update made {name} non-finite (NaN or inf); stopping before \
-                     it is saved. Lower --learning-rate (now {:e}){}",
-                    st.global_step,
-                    args.learning_rate,
-                    last_saved(&args.out)
-                )));
+        let done = st.global_step == total;
+        let log_now = st.global_step % args.logging_steps.max(1) == 0 || done;
+        let eval_now = (args.eval_steps > 0 && st.global_step % args.eval_steps == 0) || done;
+        let save_now = root && args.save_steps > 0 && st.global_step % args.save_steps == 0;
+        if log_now || eval_now || save_now {
+            if let Some(r) = step.finish()? {
+                grad_norm = r.grad_norm;
+                let msg = watch.check(&r, st.global_step, &mut st, step.scaler.as_ref(), &model);
+                msg.inspect_err(|_| bar.abandon())?
+                    .into_iter()
+                    .for_each(|m| say(&bar, m));
             }
         }
+        st.grad_scaler = step.scaler.clone();
         let epoch = st.epoch as f64 + st.batch_in_epoch as f64 / epoch_batches.len().max(1) as f64;
-        let done = st.global_step == total;
-        if st.global_step % args.logging_steps.max(1) == 0 || done {
+        if log_now {
             if let Some(s) = loss_sum.take() {
                 last_loss = s.item()? as f64 / since_log as f64;
             }
@@ -465,7 +440,7 @@ pub fn run_dist(gpu: &Gpu, args: &TrainOptions, dist: &Dist) -> Result<RunSummar
                     epoch,
                     last_loss,
                     lr as f64,
-                    outcome.grad_norm as f64,
+                    grad_norm as f64,
                 )?;
             }
         }
@@ -475,7 +450,6 @@ pub fn run_dist(gpu: &Gpu, args: &TrainOptions, dist: &Dist) -> Result<RunSummar
             "loss {last_loss:.3}  lr {lr:.2e}  {rate:.1} audio-s/s  epoch {epoch:.2}"
         ));
 
-        let eval_now = (args.eval_steps > 0 && st.global_step % args.eval_steps == 0) || done;
         if eval_now && !data.split(eval_split).is_empty() {
             // Shared among the ranks; rank 0 logs and plots.
             let opts = EvalOptions {
@@ -510,7 +484,7 @@ pub fn run_dist(gpu: &Gpu, args: &TrainOptions, dist: &Dist) -> Result<RunSummar
             }
             eval_result = Some(r);
         }
-        if root && args.save_steps > 0 && st.global_step % args.save_steps == 0 && !done {
+        if save_now && !done {
             let dir = state::save(
                 &args.out,
                 &model,

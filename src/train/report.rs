@@ -1,7 +1,81 @@
 //! What a run prints: the progress bar, messages above it, the profile.
 
-use super::state;
-use std::path::Path;
+use super::state::{self, TrainerState};
+use super::step::{first_non_finite, StepReport};
+use super::MAX_SKIPPED_IN_A_ROW;
+use crate::error::{Error, Result};
+use crate::model::Wav2Vec2ForCtc;
+use crate::optim::GradScaler;
+use std::path::{Path, PathBuf};
+
+/// Watches the steps' reports: counts skipped steps, and stops a run whose steps keep being
+/// skipped or whose update broke a weight.
+pub(super) struct Watch {
+    out: PathBuf,
+    learning_rate: f32,
+    skipped_in_a_row: u64,
+}
+
+impl Watch {
+    pub(super) fn new(out: &Path, learning_rate: f32) -> Watch {
+        Watch {
+            out: out.to_path_buf(),
+            learning_rate,
+            skipped_in_a_row: 0,
+        }
+    }
+
+    /// Takes the report of step `step` (1-based); returns what to say, or the error that
+    /// stops the run before anything broken is saved.
+    pub(super) fn check(
+        &mut self,
+        r: &StepReport,
+        step: u64,
+        st: &mut TrainerState,
+        scaler: Option<&GradScaler>,
+        model: &Wav2Vec2ForCtc,
+    ) -> Result<Option<String>> {
+        if !r.skipped {
+            self.skipped_in_a_row = 0;
+            // An update that overflows the weights cannot be undone: stop before it is saved.
+            // (Huge but finite weights also overflow the check; the search finds none then.)
+            let broken = match r.weights_finite {
+                true => None,
+                false => first_non_finite(model)?,
+            };
+            return match broken {
+                None => Ok(None),
+                Some(name) => Err(Error::Usage(format!(
+                    "step {step}: the update made {name} non-finite (NaN or inf); stopping \
+                     before it is saved. Lower --learning-rate (now {:e}){}",
+                    self.learning_rate,
+                    last_saved(&self.out)
+                ))),
+            };
+        }
+        st.skipped_steps += 1;
+        self.skipped_in_a_row += 1;
+        if self.skipped_in_a_row >= MAX_SKIPPED_IN_A_ROW {
+            return Err(Error::Usage(format!(
+                "steps {}..{step}: {MAX_SKIPPED_IN_A_ROW} optimiser steps in a row were skipped \
+                 (loss or gradient norm not finite); stopping. Lower --learning-rate (now {:e}) \
+                 or --max-grad-norm, or check the data and the model for NaN{}",
+                step + 1 - self.skipped_in_a_row,
+                self.learning_rate,
+                last_saved(&self.out)
+            )));
+        }
+        let why = match scaler {
+            // Expected now and then under fp16: GradScaler's way of finding the scale.
+            Some(g) => format!("overflowed in fp16; loss scale lowered to {}", g.scale),
+            None => "is not finite".to_string(),
+        };
+        Ok(Some(format!(
+            "step {step}: loss or gradient norm ({}) {why}; step skipped ({} so far)",
+            r.grad_norm, st.skipped_steps
+        )))
+    }
+}
 
 /// "; the last checkpoint, NAME, is intact" (or nothing when there is none).
 pub(super) fn last_saved(run_dir: &Path) -> String {

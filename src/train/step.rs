@@ -61,6 +61,18 @@ pub struct Share {
     pub weight: f32,
 }
 
+/// What a step's update found, known once its values have come back to the host.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct StepReport {
+    /// Global gradient norm before clipping.
+    pub grad_norm: f32,
+    /// True when the loss or the gradient norm was not finite: nothing was updated.
+    pub skipped: bool,
+    /// False when an update left some trainable weight non-finite (it cannot be undone; see
+    /// [`first_non_finite`] for which).
+    pub weights_finite: bool,
+}
+
 /// What a step did.
 #[derive(Debug)]
 pub struct StepOutcome {
@@ -76,6 +88,28 @@ pub struct StepOutcome {
     pub weights_finite: bool,
     /// Seconds of audio in the step's micro-batches.
     pub audio_seconds: f64,
+}
+
+/// A step recorded by [`TrainStep::run_deferred`], whose report comes later.
+#[derive(Debug)]
+pub struct Deferred {
+    /// The step's loss on the device (see [`StepOutcome::loss`]).
+    pub loss: Tensor,
+    /// Seconds of audio in the step's micro-batches.
+    pub audio_seconds: f64,
+    /// The report of the step before, collected while this one was recorded (`None` when
+    /// [`TrainStep::finish`] had collected it already).
+    pub previous: Option<StepReport>,
+}
+
+/// An update on the GPU whose gradient norm and weights check the host has not read yet.
+struct Pending {
+    step: crate::optim::PendingStep,
+    /// The norm (if any parameter had a gradient), then the weights check (if any weight is
+    /// trainable).
+    read: crate::engine::LateRead,
+    has_norm: bool,
+    has_check: bool,
 }
 
 /// A forward pass waiting for its backward: the tape and the (unscaled) loss.
@@ -100,6 +134,8 @@ pub struct TrainStep<'m> {
     /// The data-parallel ranks whose gradients and losses are summed (`None`: this process
     /// alone).
     pub dist: Option<&'m crate::dist::Dist>,
+    /// The last update, until its values are read.
+    pending: Option<Pending>,
 }
 
 impl<'m> TrainStep<'m> {
@@ -124,18 +160,43 @@ impl<'m> TrainStep<'m> {
             scaler,
             options,
             dist: None,
+            pending: None,
         })
     }
 
     /// Forward and backward over the micro-batches, then clipping and the AdamW update at
-    /// learning rate `lr`. Gradients are zeroed afterwards.
+    /// learning rate `lr`, and the host waits for what the update found. Gradients are zeroed
+    /// afterwards.
     pub fn run(&mut self, micro: &[MicroBatch], lr: f32) -> Result<StepOutcome> {
+        let d = self.run_deferred(micro, lr)?;
+        let r = self.finish()?.expect("the step just recorded is pending");
+        Ok(StepOutcome {
+            loss: d.loss,
+            grad_norm: r.grad_norm,
+            skipped: r.skipped,
+            weights_finite: r.weights_finite,
+            audio_seconds: d.audio_seconds,
+        })
+    }
+
+    /// [`TrainStep::run`] without waiting: the update's gradient norm and weights check are
+    /// read while the next step is recorded, when the GPU has long finished them (or by
+    /// [`TrainStep::finish`]). The step before is settled before this one needs it: under
+    /// fp16 before the first backward (the loss scale), else before the update (the moments'
+    /// step counts).
+    pub fn run_deferred(&mut self, micro: &[MicroBatch], lr: f32) -> Result<Deferred> {
         let mut loss: Option<Tensor> = None;
         let mut audio_seconds = 0.0;
+        let mut previous = None;
         for mb in micro {
-            let l = self
+            let f = self
                 .forward(mb)
-                .and_then(|f| self.backward(f))
+                .map_err(|e| explain_device_error(e, mb.batch))?;
+            if self.scaler.is_some() && previous.is_none() {
+                previous = self.finish()?;
+            }
+            let l = self
+                .backward(f)
                 .map_err(|e| explain_device_error(e, mb.batch))?;
             loss = Some(match loss.take() {
                 Some(s) => elementwise::add(&s, &l)?,
@@ -159,13 +220,14 @@ impl<'m> TrainStep<'m> {
             summed.push(loss.clone());
             d.sum_tensors(&summed)?;
         }
-        let (grad_norm, skipped, weights_finite) = self.update(&loss, lr)?;
-        Ok(StepOutcome {
+        if previous.is_none() {
+            previous = self.finish()?;
+        }
+        self.record_update(&loss, lr)?;
+        Ok(Deferred {
             loss,
-            grad_norm,
-            skipped,
-            weights_finite,
             audio_seconds,
+            previous,
         })
     }
 
@@ -208,33 +270,60 @@ impl<'m> TrainStep<'m> {
         Ok(elementwise::add(&f.loss.value, &f.finite_check)?)
     }
 
-    /// Clipping and the AdamW update at learning rate `lr`; a non-finite `loss` skips the step
-    /// as a non-finite gradient norm does. The host waits for the GPU once: the gradient norm
-    /// and a check of the updated weights come back together. Returns (gradient norm, skipped,
-    /// weights finite).
-    pub fn update(&mut self, loss: &Tensor, lr: f32) -> Result<(f32, bool, bool)> {
+    /// Clipping and the AdamW update at learning rate `lr`, and the host waits for what it
+    /// found; a non-finite `loss` skips the step as a non-finite gradient norm does.
+    pub fn update(&mut self, loss: &Tensor, lr: f32) -> Result<StepReport> {
+        self.finish()?;
+        self.record_update(loss, lr)?;
+        Ok(self.finish()?.expect("the update just recorded is pending"))
+    }
+
+    /// Records clipping and the AdamW update at learning rate `lr` (the kernels check the norm
+    /// themselves: nothing waits), and asks for the gradient norm and a check of the updated
+    /// weights, which [`TrainStep::finish`] collects.
+    fn record_update(&mut self, loss: &Tensor, lr: f32) -> Result<()> {
+        debug_assert!(self.pending.is_none(), "the step before is settled first");
         // 0 * loss joins the gradient norm the update kernels check.
         self.opt
             .set_guard(Some(elementwise::scale(loss, 0.0, 0.0)?));
         let inv_scale = self.scaler.as_ref().map_or(1.0, |s| 1.0 / s.scale);
-        let pending = self
+        let step = self
             .opt
             .record_step(lr, self.options.max_grad_norm, inv_scale)?;
         let check = weights_check(&self.opt)?;
-        // One read for whichever of the two exist (neither does when nothing is trainable).
-        let reads: Vec<&Tensor> = pending.grad_norm().into_iter().chain(&check).collect();
-        let mut values = Tensor::items(&reads)?.into_iter();
-        let norm = match pending.grad_norm() {
-            Some(_) => values.next().unwrap_or(f32::NAN),
-            None => 0.0,
+        let reads: Vec<&Tensor> = step.grad_norm().into_iter().chain(&check).collect();
+        let read = self.model.gpu.read_later(&reads)?;
+        self.pending = Some(Pending {
+            has_norm: step.grad_norm().is_some(),
+            has_check: check.is_some(),
+            step,
+            read,
+        });
+        self.opt.zero_grad()
+    }
+
+    /// Collects what the last recorded update found (waiting only if the GPU is not done with
+    /// it), counts the step or its skip, and moves the loss scale. `None` when no update is
+    /// pending.
+    pub fn finish(&mut self) -> Result<Option<StepReport>> {
+        let Some(p) = self.pending.take() else {
+            return Ok(None);
         };
-        let weights_finite = values.next().is_none_or(f32::is_finite);
-        let outcome = self.opt.finish_step(pending, norm);
+        let mut values = p.read.get()?.into_iter();
+        let norm = match p.has_norm {
+            true => values.next().unwrap_or(f32::NAN),
+            false => 0.0,
+        };
+        let weights_finite = !p.has_check || values.next().is_some_and(f32::is_finite);
+        let outcome = self.opt.finish_step(p.step, norm);
         if let Some(scaler) = self.scaler.as_mut() {
             scaler.update(outcome.skipped);
         }
-        self.opt.zero_grad()?;
-        Ok((outcome.grad_norm, outcome.skipped, weights_finite))
+        Ok(Some(StepReport {
+            grad_norm: outcome.grad_norm,
+            skipped: outcome.skipped,
+            weights_finite,
+        }))
     }
 
     /// SpecAugment's time and feature masks for a micro-batch, drawn from its seed as the

@@ -1,0 +1,114 @@
+//! Reads that the host takes a step late: the copy is recorded now, after the work that
+//! makes the values, and the host collects them once it has recorded more work, by which time
+//! the GPU has long finished them. Asking costs no wait and, on a GPU that keeps up,
+//! collecting costs none either, so the GPU never idles while the host reads.
+
+use super::error::{Error, Result};
+use super::tensor::Tensor;
+use super::Gpu;
+use std::sync::{Arc, Mutex};
+
+/// Scalars copied out for the host to collect later ([`Gpu::read_later`]).
+pub struct LateRead {
+    gpu: Gpu,
+    /// The staging buffer, the submission that fills it and the mapping's result once the
+    /// device has reported it (`None` in an accounting-only run, which reads zeros).
+    staging: Option<(wgpu::Buffer, wgpu::SubmissionIndex, Mapped)>,
+    n: usize,
+}
+
+type Mapped = Arc<Mutex<Option<std::result::Result<(), wgpu::BufferAsyncError>>>>;
+
+impl Gpu {
+    /// Records a copy of these one-element f32 tensors to the host, submits it and returns at
+    /// once; [`LateRead::get`] collects the values.
+    pub fn read_later(&self, scalars: &[&Tensor]) -> Result<LateRead> {
+        let bytes = 4 * scalars.len() as u64;
+        for t in scalars {
+            t.expect_f32("read_later")?;
+            if t.numel() != 1 {
+                return Err(Error::Shape {
+                    op: "read_later",
+                    msg: format!("tensor of shape {:?} is not a scalar", t.shape()),
+                });
+            }
+        }
+        self.count(|c| {
+            c.buffers_created += 1;
+            c.late_reads += 1;
+            c.readback_bytes += bytes;
+        });
+        let mut read = LateRead {
+            gpu: self.clone(),
+            staging: None,
+            n: scalars.len(),
+        };
+        if bytes == 0 || self.is_accounting_only() {
+            // What a real read does to the batch, without the device.
+            self.with_encoder(|_| {});
+            self.flush()?;
+            return Ok(read);
+        }
+        let staging = self.0.device.create_buffer(&wgpu::BufferDescriptor {
+            label: Some("late read"),
+            size: bytes,
+            usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
+            mapped_at_creation: false,
+        });
+        self.with_encoder(|e| {
+            for (i, t) in scalars.iter().enumerate() {
+                e.copy_buffer_to_buffer(t.buffer(), t.byte_offset(), &staging, 4 * i as u64, 4);
+            }
+        });
+        self.flush()?;
+        // An empty submission after the copy: waiting for it waits for the copy and what came
+        // before, not for what the host records next.
+        let index = self.0.queue.submit(std::iter::empty());
+        let mapped: Mapped = Arc::default();
+        let slot = mapped.clone();
+        staging.map_async(wgpu::MapMode::Read, .., move |r| {
+            *slot.lock().unwrap() = Some(r);
+        });
+        read.staging = Some((staging, index, mapped));
+        Ok(read)
+    }
+}
+
+impl LateRead {
+    /// The values, in the order asked. Waits only if the GPU has not finished them yet
+    /// (counted as a late read that stalled).
+    pub fn get(self) -> Result<Vec<f32>> {
+        let Some((staging, index, mapped)) = self.staging else {
+            return Ok(vec![0.0; self.n]);
+        };
+        let device = &self.gpu.0.device;
+        let poll = |p| {
+            device
+                .poll(p)
+                .map(|_| ())
+                .map_err(|e| Error::Gpu(e.to_string()))
+        };
+        poll(wgpu::PollType::Poll)?;
+        if mapped.lock().unwrap().is_none() {
+            self.gpu.count(|c| c.late_read_stalls += 1);
+            poll(wgpu::PollType::Wait {
+                submission_index: Some(index),
+                timeout: None,
+            })?;
+        }
+        let result = mapped.lock().unwrap().take();
+        match result {
+            Some(Ok(())) => {}
+            Some(Err(e)) => return Err(Error::Gpu(e.to_string())),
+            None => return Err(Error::Gpu("a late read was never mapped".into())),
+        }
+        let values = {
+            let view = staging
+                .get_mapped_range(..)
+                .map_err(|e| Error::Gpu(format!("{e:?}")))?;
+            bytemuck::cast_slice::<u8, f32>(&view).to_vec()
+        };
+        staging.unmap();
+        Ok(values)
+    }
+}
