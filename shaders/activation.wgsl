@@ -4,16 +4,8 @@
 // base + i, the same y / (1 - p)), so the feed-forward block's act -> dropout is one pass each
 // way; backward drops the upstream gradient with that mask before the chain rule.
 
-struct Params {
-    n: u32,
-    base: u32,       // global index of this chunk's first element (the dropout mask's)
-    seed_lo: u32,
-    seed_hi: u32,
-    p: f32,          // drop probability; 0: no dropout
-    _p0: u32,
-    _p1: u32,
-    _p2: u32,
-}
+// `struct Params` (binding 0) is written in by the loader from `ActivationParams` in src/ops/activation.rs,
+// whose fields say what each one means.
 
 @group(0) @binding(0) var<uniform> p: Params;
 @group(0) @binding(1) var<storage, read> x: array<f32>;

@@ -14,20 +14,8 @@
 // computes the per-parameter scalars in f64 (lr / bias_correction1, sqrt(bias_correction2),
 // 1 - lr * wd) as torch does in Python floats, so results match PyTorch's f32 to rounding.
 
-struct Params {
-    n: u32,             // elements in this window
-    base: u32,          // flat index of the window's first element
-    seg_lo: u32,        // this window's segments in the table
-    seg_hi: u32,
-    has_norm: u32,      // 1: `norm` holds the global grad norm; do nothing if it is not finite
-    max_norm: f32,      // > 0: scale gradients by min(1, max_norm / (norm + 1e-6))
-    one_minus_b1: f32,  // lerp weight of m towards the gradient
-    b2: f32,
-    one_minus_b2: f32,
-    eps: f32,
-    inv_scale: f32,     // undoes loss scaling (1 without it); `norm` is already unscaled
-    _p0: u32,
-}
+// `struct Params` (binding 0) is written in by the loader from `AdamwParams` in src/optim/mod.rs,
+// whose fields say what each one means.
 
 // One parameter's range of the flat buffer and its scalars for this step.
 struct Segment {

@@ -40,28 +40,8 @@
 
 alias In = f32;
 
-struct Params {
-    bh: u32,         // batch * heads
-    t: u32,          // sequence length (queries = keys)
-    d: u32,          // head dim, <= MAX_D
-    heads: u32,
-    has_mask: u32,
-    scale: f32,
-    p: f32,          // dropout probability
-    seed_lo: u32,
-    seed_hi: u32,
-    bh0: u32,        // global index of this chunk's first (batch, head) row (dropout, key mask)
-    off_in: u32,     // element shifts of this chunk within its (aligned-down) bindings: q, k, v
-    off_f: u32,      // O, dO, dQ, dK, dV
-    off_l: u32,      // L
-    off_s: u32,      // backward stats
-    tokens_first: u32,  // 1: the D-vectors are [B, T, H, D], else [BH, T, D]
-    drop_bh0: u32,   // dropout mask row of (batch, head) row 0: a larger batch's rows
-    off_g: u32,      // element shift of dQ, dK, dV
-    qkv_rows: u32,   // 1, or 3: q, k, v (and dQ, dK, dV) share one [B, T, 3, H, D] tensor
-    col_k: u32,      // where k (dK) starts within a token's row of that tensor: 0 or H * D
-    col_v: u32,      // the same for v (dV): 0 or 2 * H * D
-}
+// `struct Params` (binding 0) is written in by the loader from `AttentionParams` in src/ops/attention.rs,
+// whose fields say what each one means.
 
 @group(0) @binding(0) var<uniform> p: Params;
 @group(0) @binding(1) var<storage, read> q: array<In>;

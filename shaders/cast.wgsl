@@ -8,12 +8,8 @@
 // loss scaling an overflow must show up as a non-finite gradient norm so the step is skipped
 // and the scale halved (PyTorch GradScaler's rule).
 
-struct Params {
-    n: u32,          // elements in this chunk
-    _p0: u32,
-    _p1: u32,
-    _p2: u32,
-}
+// `struct Params` (binding 0) is written in by the loader from `CastParams` in src/ops/cast.rs,
+// whose fields say what each one means.
 
 @group(0) @binding(0) var<uniform> p: Params;
 @group(0) @binding(1) var<storage, read> src: array<u32>;

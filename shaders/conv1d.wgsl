@@ -4,24 +4,8 @@
 // backward passes (input and weight through one implicit-GEMM kernel, bias) side by side.
 // `accum` adds into the output so a batch processed in chunks sums its weight gradients.
 
-struct Params {
-    batch: u32,
-    cin: u32,
-    lin: u32,
-    cout: u32,
-    lout: u32,
-    k: u32,
-    stride: u32,
-    pad: u32,
-    groups: u32,
-    has_bias: u32,
-    accum: u32,
-    off_x: u32,      // element offsets of this batch chunk within its (aligned-down) binding
-    off_aux: u32,
-    off_out: u32,
-    mode: u32,       // conv1d_gemm: 0 forward, 1 input gradient, 2 weight gradient
-    splits: u32,     // mode 2: the reduction over (b, t) is split across this many workgroups
-}
+// `struct Params` (binding 0) is written in by the loader from `Conv1dParams` in src/ops/conv.rs,
+// whose fields say what each one means.
 
 @group(0) @binding(0) var<uniform> p: Params;
 @group(0) @binding(1) var<storage, read> x: array<f32>;

@@ -5,15 +5,8 @@
 // The uniform arrays are indexed in place: passing one to a helper by value copies it into
 // local memory for every element, which is slow on GPUs.
 
-struct Params {
-    n: u32,
-    ndim: u32,
-    src_off: u32,
-    dst_off: u32,
-    shape: array<vec4<u32>, 2>,
-    src_stride: array<vec4<u32>, 2>,
-    dst_stride: array<vec4<u32>, 2>,
-}
+// `struct Params` (binding 0) is written in by the loader from `CopyParams` in src/ops/copy.rs,
+// whose fields say what each one means.
 
 @group(0) @binding(0) var<uniform> p: Params;
 @group(0) @binding(1) var<storage, read> x: array<f32>;

@@ -10,16 +10,8 @@
 //     alpha_t(s) beta_t(s) + nll - lp), times dloss/dnll_b (reduction weight x upstream grad;
 //     zero for utterances without an alignment, whose loss is inf or, with zero_infinity, 0).
 
-struct Params {
-    batch: u32,
-    t_max: u32,
-    vocab: u32,
-    s_max: u32,      // 2 * longest target + 1
-    l_max: u32,      // padded target length
-    blank: u32,
-    zero_inf: u32,
-    _p0: u32,
-}
+// `struct Params` (binding 0) is written in by the loader from `CtcParams` in src/ops/ctc.rs,
+// whose fields say what each one means.
 
 @group(0) @binding(0) var<uniform> p: Params;
 @group(0) @binding(1) var<storage, read> lp: array<f32>;

@@ -3,16 +3,8 @@
 // reproducible from its seed whatever the chunking or dispatch order. With `residual` it
 // adds `res` as it goes (the transformer's x + dropout(branch), one pass instead of two).
 
-struct Params {
-    n: u32,
-    base: u32,       // global index of this chunk's first element
-    seed_lo: u32,
-    seed_hi: u32,
-    p: f32,          // drop probability
-    residual: u32,   // 1: add res
-    _p1: u32,
-    _p2: u32,
-}
+// `struct Params` (binding 0) is written in by the loader from `DropoutParams` in src/ops/dropout.rs,
+// whose fields say what each one means.
 
 @group(0) @binding(0) var<uniform> p: Params;
 @group(0) @binding(1) var<storage, read> x: array<f32>;

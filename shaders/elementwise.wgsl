@@ -4,19 +4,8 @@
 // Indices are linear: idx = gid.x + gid.y * num_workgroups.x * 256 (2-D grid beats the
 // 65535-workgroup limit). `base` is the chunk's first element when a tensor is split.
 
-struct Params {
-    n: u32,        // elements in this chunk
-    op: u32,       // 0 add, 1 sub, 2 mul, 3 div, 4 max
-    ndim: u32,
-    flags: u32,    // bit 0: a is laid out like out (chunked with it), bit 1: same for b
-    base: u32,
-    alpha: f32,
-    beta: f32,
-    _pad: u32,
-    shape: array<vec4<u32>, 2>,
-    sa: array<vec4<u32>, 2>,   // a's strides in out's index space (0 on broadcast dims)
-    sb: array<vec4<u32>, 2>,
-}
+// `struct Params` (binding 0) is written in by the loader from `ElementwiseParams` in src/ops/elementwise.rs,
+// whose fields say what each one means.
 
 @group(0) @binding(0) var<uniform> p: Params;
 @group(0) @binding(1) var<storage, read> a: array<f32>;

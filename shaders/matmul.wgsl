@@ -14,25 +14,8 @@
 
 alias In = f32;
 
-struct Params {
-    m: u32,
-    n: u32,
-    k: u32,
-    trans_a: u32,
-    trans_b: u32,
-    has_bias: u32,   // bit 0: add bias; bit 1: add into C (split-K slices after the first);
-                     // bit 2: also the row sums of op(A) into `sums` (tiled kernels);
-                     // bit 3: add those into `sums` (gradients into their slots)
-    stride_a: u32,   // batch strides in elements (0 = shared across the batch)
-    stride_b: u32,
-    stride_c: u32,
-    off_a: u32,      // element offsets of this chunk within its (aligned-down) binding
-    off_b: u32,
-    off_c: u32,
-    splits: u32,       // split-K: slices of K (1 = none); workgroup z is batch * splits + slice
-    k_slice: u32,      // K elements per slice (a multiple of BK)
-    slice_stride: u32, // elements between the slices' partial products in the workspace
-}
+// `struct Params` (binding 0) is written in by the loader from `MatmulParams` in src/ops/matmul.rs,
+// whose fields say what each one means.
 
 @group(0) @binding(0) var<uniform> p: Params;
 @group(0) @binding(1) var<storage, read> a: array<In>;

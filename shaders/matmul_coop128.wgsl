@@ -12,23 +12,8 @@ enable wgpu_cooperative_matrix;
 const TA: bool = false;
 const TB: bool = false;
 
-struct Params {
-    m: u32,
-    n: u32,
-    k: u32,
-    trans_a: u32,
-    trans_b: u32,
-    has_bias: u32,   // bit 0: add bias; bit 1: add into C
-    stride_a: u32,
-    stride_b: u32,
-    stride_c: u32,
-    off_a: u32,
-    off_b: u32,
-    off_c: u32,
-    splits: u32,
-    k_slice: u32,
-    slice_stride: u32,
-}
+// `struct Params` (binding 0) is written in by the loader from `MatmulParams` in src/ops/matmul.rs,
+// whose fields say what each one means.
 
 @group(0) @binding(0) var<uniform> p: Params;
 @group(0) @binding(1) var<storage, read> a: array<vec4<u32>>;

@@ -8,15 +8,8 @@
 // accumulate: out[slot[t] + i] += x_t[i], gradients into their slots of the optimiser's flat
 //   gradient buffer (the slots of one dispatch never overlap).
 
-struct Params {
-    count: u32,                    // tensors in this dispatch (<= 7)
-    _p0: u32,
-    _p1: u32,
-    _p2: u32,
-    len: array<vec4<u32>, 2>,      // elements of each tensor
-    groups: array<vec4<u32>, 2>,   // workgroups working on each tensor
-    slot: array<vec4<u32>, 2>,     // where each tensor's partials (or elements) start in out
-}
+// `struct Params` (binding 0) is written in by the loader from `MultiTensorParams` in src/ops/reduce.rs,
+// whose fields say what each one means.
 
 @group(0) @binding(0) var<uniform> p: Params;
 @group(0) @binding(1) var<storage, read> x0: array<f32>;

@@ -10,24 +10,8 @@
 // for short rows and the strided channel layout (where neighbouring threads read neighbouring
 // addresses).
 
-struct Params {
-    rows: u32,
-    cols: u32,
-    mode: u32,
-    channels: u32,
-    row_base: u32,    // global index of this chunk's first row (for the channel of a row)
-    affine: u32,
-    add_earlier: u32, // norm_bwd*: 1: dx = out2 (an earlier gradient of x) + the norm's dx
-    inner: u32,       // element stride within a row (1, or T for the channel layout)
-    eps: f32,
-    off: u32,         // element shift of x, dy, y and dx within their (aligned-down) bindings
-    off_stats: u32,   // the same for the (mean, rstd) pairs
-    off_rows: u32,    // the same for per-row outputs (norm_param_grad_rows)
-    parts: u32,       // norm_param_grad_cols: the rows are split into this many parts
-    part0: u32,       // and this chunk's parts are rows part0.. of the [2, total_parts, cols] output
-    total_parts: u32, // parts over all chunks: dbeta's sums follow dgamma's
-    _p1: u32,
-}
+// `struct Params` (binding 0) is written in by the loader from `NormParams` in src/ops/norm.rs,
+// whose fields say what each one means.
 
 @group(0) @binding(0) var<uniform> p: Params;
 @group(0) @binding(1) var<storage, read> x: array<f32>;

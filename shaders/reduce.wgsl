@@ -6,24 +6,8 @@
 //     backward is `expand`, which broadcasts dy back over that axis.
 //   reduce_to: sums a gradient over broadcast dims, the backward of every broadcasting op.
 
-struct Params {
-    n: u32,          // threads / output elements
-    square: u32,
-    out_index: u32,  // sum_all: the partial's slot; sum_axis: rows per part (0: all)
-    len: u32,        // sum_all: elements to reduce; sum_axis: the reduced axis length
-    inner: u32,
-    alpha: f32,
-    ndim: u32,       // reduce_to: number of dims of the gradient
-    rn: u32,         // reduce_to: number of reduced (broadcast) dims
-    accumulate: u32, // sum_axis: 1: add into out
-    _p0: u32,
-    _p1: u32,
-    _p2: u32,
-    kshape: array<vec4<u32>, 2>,   // kept dims of the target shape (1 on reduced dims)
-    kstride: array<vec4<u32>, 2>,  // gradient strides
-    rshape: array<vec4<u32>, 2>,   // the reduced dims' extents
-    rstride: array<vec4<u32>, 2>,  // and their gradient strides
-}
+// `struct Params` (binding 0) is written in by the loader from `ReduceParams` in src/ops/reduce.rs,
+// whose fields say what each one means.
 
 @group(0) @binding(0) var<uniform> p: Params;
 @group(0) @binding(1) var<storage, read> x: array<f32>;

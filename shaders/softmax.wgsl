@@ -5,16 +5,8 @@
 //   log_softmax: dx = dy - exp(y) * sum(dy)
 // One workgroup per row; max-subtracted for stability.
 
-struct Params {
-    rows: u32,
-    cols: u32,
-    has_mask: u32,
-    mask_group: u32,
-    row_base: u32,
-    log: u32,
-    _p0: u32,
-    _p1: u32,
-}
+// `struct Params` (binding 0) is written in by the loader from `SoftmaxParams` in src/ops/softmax.rs,
+// whose fields say what each one means.
 
 @group(0) @binding(0) var<uniform> p: Params;
 @group(0) @binding(1) var<storage, read> x: array<f32>;      // logits (fwd) or y (bwd)

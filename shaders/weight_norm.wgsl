@@ -2,12 +2,8 @@
 // conv: w = g * v / ||v||, the norm taken over all dims but the last, so v [O, I, K] has one
 // norm (and one g) per kernel tap k. Forward and backward side by side; one workgroup per k.
 
-struct Params {
-    rows: u32,   // O * I: elements per norm
-    k: u32,      // kernel taps (norms)
-    _p0: u32,
-    _p1: u32,
-}
+// `struct Params` (binding 0) is written in by the loader from `WeightNormParams` in src/ops/weight_norm.rs,
+// whose fields say what each one means.
 
 @group(0) @binding(0) var<uniform> p: Params;
 @group(0) @binding(1) var<storage, read> g: array<f32>;

@@ -3,12 +3,8 @@
 // step's compute pass, where a buffer clear or copy command would end it. u32 moves keep every
 // bit (f16 pairs, integer labels that as f32 would be denormals a float copy could flush).
 
-struct Params {
-    n: u32,          // words
-    src_off: u32,    // word offset in src (copy_words)
-    dst_off: u32,    // word offset in dst
-    value: u32,      // the word written (fill_words)
-}
+// `struct Params` (binding 0) is written in by the loader from `WordsParams` in src/engine/transfer.rs,
+// whose fields say what each one means.
 
 @group(0) @binding(0) var<uniform> p: Params;
 @group(0) @binding(1) var<storage, read> src: array<u32>;

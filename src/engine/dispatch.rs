@@ -116,7 +116,7 @@ impl Gpu {
                 k.file
             )));
         }
-        let pipeline = self.pipeline(k)?;
+        let pipeline = self.pipeline(k, P::FIELDS)?;
         let accounting = self.is_accounting_only();
         if batch.slots == ARENA_SLOTS {
             self.submit(batch)?;

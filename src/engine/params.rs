@@ -1,8 +1,11 @@
-//! Typed kernel uniforms: one `#[repr(C)]` struct per WGSL `struct Params`, declared with
+//! Typed kernel uniforms: one `#[repr(C)]` struct per kernel file, declared with
 //! `kernel_params!` next to the launcher that fills it, so that a launch names its fields
-//! instead of counting positions. The test below holds each struct to its WGSL original.
+//! instead of counting positions. The loader writes each file's WGSL `struct Params` from it
+//! (`pipelines::params_struct`), so the layout is stated once; the tests below check that
+//! every file has one and that WGSL lays it out as Rust does.
 
-/// A kernel's uniform block, byte for byte the `struct Params` of its WGSL file(s).
+/// A kernel's uniform block, byte for byte the `struct Params` the loader writes into its
+/// WGSL file(s).
 pub trait KernelParams: bytemuck::Pod {
     /// The shader files (without `.wgsl`, variants' suffixes stripped) whose `Params` this is.
     const FILES: &'static [&'static str];
@@ -61,47 +64,62 @@ pub fn base_file(file: &str) -> &str {
     file.strip_suffix(super::F16_SUFFIX).unwrap_or(file)
 }
 
+/// The fields of the params struct of a kernel file (`base_file` of it), for building shaders
+/// outside a dispatch (the shader validation test).
+#[cfg(test)]
+pub(crate) fn fields_of(file: &str) -> Option<&'static [(&'static str, &'static str)]> {
+    tests::all()
+        .into_iter()
+        .find(|p| p.files.contains(&file))
+        .map(|p| p.fields)
+}
+
 #[cfg(test)]
 mod tests {
     use super::KernelParams;
     use crate::engine::pipelines::SHADERS;
     use std::collections::BTreeSet;
 
-    /// The fields of the `struct Params` in `src`, as (name, type) with comments stripped.
-    fn wgsl_params(src: &str) -> Option<Vec<(String, String)>> {
-        let body = src.split("struct Params {").nth(1)?;
-        let body = &body[..body.find('}').expect("struct Params is closed")];
-        let text: String = body
-            .lines()
-            .map(|l| l.split("//").next().unwrap_or(""))
-            .collect::<Vec<_>>()
-            .join(" ");
-        // Split at top-level commas only: `array<vec4<u32>, 2>` has one inside.
-        let (mut fields, mut depth, mut cur) = (vec![], 0, String::new());
-        for ch in text.chars() {
-            match ch {
-                '<' => depth += 1,
-                '>' => depth -= 1,
-                ',' if depth == 0 => {
-                    fields.push(std::mem::take(&mut cur));
-                    continue;
-                }
-                _ => {}
-            }
-            cur.push(ch);
+    /// One params struct as the tests see it.
+    pub(super) struct Entry {
+        pub(super) name: &'static str,
+        pub(super) files: &'static [&'static str],
+        pub(super) fields: &'static [(&'static str, &'static str)],
+        size: usize,
+        align: usize,
+    }
+
+    fn entry<P: KernelParams>() -> Entry {
+        Entry {
+            name: std::any::type_name::<P>(),
+            files: P::FILES,
+            fields: P::FIELDS,
+            size: std::mem::size_of::<P>(),
+            align: std::mem::align_of::<P>(),
         }
-        fields.push(cur);
-        Some(
-            fields
-                .iter()
-                .filter(|f| !f.trim().is_empty())
-                .map(|f| {
-                    let (name, ty) = f.split_once(':').expect("field is `name: type`");
-                    let ty = ty.split_whitespace().collect::<Vec<_>>().join(" ");
-                    (name.trim().to_string(), ty.replace("< ", "<"))
-                })
-                .collect(),
-        )
+    }
+
+    /// Every params struct of the crate.
+    pub(super) fn all() -> Vec<Entry> {
+        use crate::ops::*;
+        vec![
+            entry::<activation::ActivationParams>(),
+            entry::<attention::AttentionParams>(),
+            entry::<cast::CastParams>(),
+            entry::<conv::Conv1dParams>(),
+            entry::<copy::CopyParams>(),
+            entry::<ctc::CtcParams>(),
+            entry::<dropout::DropoutParams>(),
+            entry::<elementwise::ElementwiseParams>(),
+            entry::<matmul::MatmulParams>(),
+            entry::<norm::NormParams>(),
+            entry::<reduce::ReduceParams>(),
+            entry::<reduce::MultiTensorParams>(),
+            entry::<softmax::SoftmaxParams>(),
+            entry::<weight_norm::WeightNormParams>(),
+            entry::<crate::optim::AdamwParams>(),
+            entry::<crate::engine::transfer::WordsParams>(),
+        ]
     }
 
     /// (size, alignment) of a WGSL uniform field type.
@@ -113,77 +131,52 @@ mod tests {
         }
     }
 
-    /// Holds `P` to each of its WGSL files: same names, types and order, and every WGSL field
-    /// at the offset the Rust struct (all 4-byte words, so packed) gives it, the same size.
-    fn check<P: KernelParams>(covered: &mut BTreeSet<&'static str>) {
-        let name = std::any::type_name::<P>();
-        assert_eq!(std::mem::align_of::<P>(), 4, "{name}");
-        for &file in P::FILES {
-            let src = SHADERS
-                .iter()
-                .find(|(n, _)| *n == file)
-                .unwrap_or_else(|| panic!("{name}: no shader file {file}"))
-                .1;
-            let wgsl = wgsl_params(src).unwrap_or_else(|| panic!("{file}.wgsl has no Params"));
-            let rust: Vec<(String, String)> = P::FIELDS
-                .iter()
-                .map(|&(n, t)| (n.to_string(), t.to_string()))
-                .collect();
-            assert_eq!(rust, wgsl, "{name} against {file}.wgsl");
+    /// WGSL's uniform layout of every struct puts each field where the Rust struct (all 4-byte
+    /// words, so packed) has it, and the sizes agree: the bytes a launch writes are the bytes
+    /// the kernel reads.
+    #[test]
+    fn params_lay_out_in_wgsl_as_in_rust() {
+        for p in all() {
+            assert_eq!(p.align, 4, "{}", p.name);
             let (mut wgsl_at, mut rust_at, mut max_align) = (0usize, 0usize, 4usize);
-            for (field, ty) in &wgsl {
+            for (field, ty) in p.fields {
                 let (size, align) = wgsl_layout(ty);
                 wgsl_at = wgsl_at.next_multiple_of(align);
-                assert_eq!(wgsl_at, rust_at, "{name}.{field}: WGSL offset differs");
+                assert_eq!(wgsl_at, rust_at, "{}.{field}: WGSL offset differs", p.name);
                 wgsl_at += size;
                 rust_at += size;
                 max_align = max_align.max(align);
             }
-            let wgsl_size = wgsl_at.next_multiple_of(max_align);
-            assert_eq!(std::mem::size_of::<P>(), wgsl_size, "{name}: size");
-            assert!(covered.insert(file), "{file}.wgsl mirrored twice");
+            assert_eq!(
+                p.size,
+                wgsl_at.next_multiple_of(max_align),
+                "{}: size",
+                p.name
+            );
         }
     }
 
+    /// Every shader file gets its `struct Params` from exactly one Rust struct, and none
+    /// declares one by hand (it would clash with the one the loader writes).
     #[test]
-    fn params_mirror_wgsl() {
-        use crate::ops::*;
+    fn every_shader_has_one_params_struct() {
         let mut covered = BTreeSet::new();
-        check::<activation::ActivationParams>(&mut covered);
-        check::<attention::AttentionParams>(&mut covered);
-        check::<cast::CastParams>(&mut covered);
-        check::<conv::Conv1dParams>(&mut covered);
-        check::<copy::CopyParams>(&mut covered);
-        check::<ctc::CtcParams>(&mut covered);
-        check::<dropout::DropoutParams>(&mut covered);
-        check::<elementwise::ElementwiseParams>(&mut covered);
-        check::<matmul::MatmulParams>(&mut covered);
-        check::<norm::NormParams>(&mut covered);
-        check::<reduce::ReduceParams>(&mut covered);
-        check::<reduce::MultiTensorParams>(&mut covered);
-        check::<softmax::SoftmaxParams>(&mut covered);
-        check::<weight_norm::WeightNormParams>(&mut covered);
-        check::<crate::optim::AdamwParams>(&mut covered);
-        check::<crate::engine::transfer::WordsParams>(&mut covered);
-        let with_params: BTreeSet<&str> = SHADERS
+        for p in all() {
+            for file in p.files {
+                assert!(covered.insert(*file), "{file}.wgsl has two params structs");
+            }
+        }
+        let files: BTreeSet<&str> = SHADERS
             .iter()
-            .filter(|(_, src)| src.contains("struct Params"))
             .map(|(n, _)| *n)
+            .filter(|n| *n != "common")
             .collect();
-        assert_eq!(
-            covered, with_params,
-            "every shader's Params has a Rust mirror"
-        );
-    }
-
-    #[test]
-    fn parser_sees_through_comments_and_arrays() {
-        let src = "struct Params {\n    n: u32,   // a, b: c\n    s: array<vec4<u32>, 2>,\n}";
-        let want = [("n", "u32"), ("s", "array<vec4<u32>, 2>")];
-        let got = wgsl_params(src).unwrap();
-        assert_eq!(got.len(), 2);
-        for ((gn, gt), (wn, wt)) in got.iter().zip(want) {
-            assert_eq!((gn.as_str(), gt.as_str()), (wn, wt));
+        assert_eq!(covered, files, "params structs against shader files");
+        for (name, src) in SHADERS {
+            assert!(
+                !src.contains("struct Params {"),
+                "{name}.wgsl declares Params"
+            );
         }
     }
 

@@ -64,8 +64,20 @@ const IN_F32: &str = "alias In = f32;";
 /// WGSL wants before any declaration).
 const PRELUDE: &str = include_str!("../../shaders/common.wgsl");
 
-/// `src` with [`PRELUDE`] inserted after its leading `enable` lines.
-fn with_prelude(src: &str) -> String {
+/// The WGSL `struct Params` of a kernel file, written from the fields of its Rust params
+/// struct ([`KernelParams::FIELDS`](super::KernelParams::FIELDS)): the Rust struct is the one
+/// statement of a kernel's uniforms, so the two cannot drift apart.
+pub fn params_struct(fields: &[(&str, &str)]) -> String {
+    let body: String = fields
+        .iter()
+        .map(|(name, ty)| format!("    {name}: {ty},\n"))
+        .collect();
+    format!("struct Params {{\n{body}}}\n")
+}
+
+/// `src` with [`PRELUDE`] and its `struct Params` (from `fields`) inserted after its leading
+/// `enable` lines.
+fn with_prelude(src: &str, fields: &[(&str, &str)]) -> String {
     let mut at = 0;
     for line in src.split_inclusive('\n') {
         let t = line.trim();
@@ -75,14 +87,16 @@ fn with_prelude(src: &str) -> String {
         at += line.len();
     }
     let (head, body) = src.split_at(at);
-    format!("{head}{PRELUDE}\n{body}")
+    let params = params_struct(fields);
+    format!("{head}{PRELUDE}\n{params}\n{body}")
 }
 
-/// The WGSL source of a kernel file, f16 variants derived as [`F16_SUFFIX`] says and the
-/// cooperative-matrix GEMM's transpose variants as [`COOP_VARIANTS`] says.
-fn shader_source(file: &str) -> Result<String> {
+/// The WGSL source of a kernel file whose params have `fields`, f16 variants derived as
+/// [`F16_SUFFIX`] says and the cooperative-matrix GEMM's transpose variants as
+/// [`COOP_VARIANTS`] says.
+pub(super) fn shader_source(file: &str, fields: &[(&str, &str)]) -> Result<String> {
     if let Some((base, tt @ ("nn" | "nt" | "tn" | "tt"))) = file.rsplit_once('_') {
-        let src = shader_source(base)?;
+        let src = shader_source(base, fields)?;
         let (ta, tb) = (tt.starts_with('t'), tt.ends_with('t'));
         return Ok(src
             .replace(
@@ -100,7 +114,7 @@ fn shader_source(file: &str) -> Result<String> {
         .find(|(n, _)| *n == base)
         .map(|(_, s)| *s)
         .ok_or_else(|| Error::Gpu(format!("unknown shader file {file}")))?;
-    let src = with_prelude(src);
+    let src = with_prelude(src, fields);
     if base == file {
         return Ok(src);
     }
@@ -150,12 +164,16 @@ pub(super) struct Pipeline {
 }
 
 impl Gpu {
-    fn module(&self, file: &'static str) -> Result<Arc<wgpu::ShaderModule>> {
+    fn module(
+        &self,
+        file: &'static str,
+        fields: &[(&str, &str)],
+    ) -> Result<Arc<wgpu::ShaderModule>> {
         let mut modules = self.0.modules.lock().unwrap();
         if let Some(m) = modules.get(file) {
             return Ok(m.clone());
         }
-        let src = shader_source(file)?;
+        let src = shader_source(file, fields)?;
         if file.ends_with(F16_SUFFIX) && !self.has_f16() {
             return Err(Error::Gpu(format!(
                 "{file} needs an adapter with SHADER_F16 (f16 in shaders)"
@@ -225,11 +243,13 @@ impl Gpu {
             .clone()
     }
 
-    pub(super) fn pipeline(&self, k: &Kernel) -> Result<Arc<Pipeline>> {
+    /// The pipeline of `k`, whose params struct has `fields` (the dispatch checked that they
+    /// are its file's).
+    pub(super) fn pipeline(&self, k: &Kernel, fields: &[(&str, &str)]) -> Result<Arc<Pipeline>> {
         if let Some(p) = self.0.pipelines.lock().unwrap().get(&(k.file, k.entry)) {
             return Ok(p.clone());
         }
-        let module = self.module(k.file)?;
+        let module = self.module(k.file, fields)?;
         let (bgl, pl) = self.layout(k.reads, k.writes);
         let scope = self
             .0
@@ -290,7 +310,9 @@ mod tests {
         files.extend(COOP_VARIANTS.iter().flatten().map(|s| s.to_string()));
         files.extend(COOP128_VARIANTS.iter().flatten().map(|s| s.to_string()));
         for file in files {
-            let src = shader_source(&file).unwrap();
+            let fields = crate::engine::params::fields_of(super::super::params::base_file(&file))
+                .unwrap_or_else(|| panic!("{file}: no params struct names it"));
+            let src = shader_source(&file, fields).unwrap();
             let module = naga::front::wgsl::parse_str(&src)
                 .unwrap_or_else(|e| panic!("{file}: {}", e.emit_to_string(&src)));
             let info = naga::valid::Validator::new(

@@ -35,7 +35,9 @@ kernel_params! {
         trans_a: u32,
         /// 1: B is stored transposed.
         trans_b: u32,
-        /// Bit 0: add the bias; bit 1: add into C.
+        /// Bit 0: add the bias; bit 1: add into C (split-K slices after the first, gradients
+        /// into their slots); bit 2: also the row sums of op(A) into `sums` (tiled kernels);
+        /// bit 3: add those into `sums`. The cooperative kernels take bits 0 and 1.
         has_bias: u32,
         /// Batch stride of A in elements (0: shared across the batch).
         stride_a: u32,
