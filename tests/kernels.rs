@@ -3,8 +3,6 @@
 //! 1-sized dims. Tolerances: forward |err| <= 1e-5 + 1e-4 |ref|; gradients
 //! |err| <= 2e-4 + 2e-3 |ref| unless a test states otherwise.
 
-#![allow(clippy::too_many_arguments)]
-
 mod common;
 use common::*;
 use xlsr::ops::activation::Act;
@@ -93,22 +91,48 @@ fn scale_and_fill() {
     assert!(t.to_vec().unwrap().iter().all(|&x| x == 1.5));
 }
 
-fn cpu_matmul(
-    a: &[f64],
-    b: &[f64],
+/// One matmul case: C [batch, m, n] = op(A) op(B), A [batch, m, k] (or transposed), B [k, n]
+/// shared or batched (or transposed).
+#[derive(Clone, Copy)]
+struct Gemm {
     batch: usize,
     m: usize,
     k: usize,
     n: usize,
     ta: bool,
     tb: bool,
-    b_shared: bool,
-    bias: Option<&[f64]>,
-) -> Vec<f64> {
+    shared: bool,
+}
+
+impl Gemm {
+    fn name(&self) -> String {
+        let Gemm {
+            batch,
+            m,
+            k,
+            n,
+            ta,
+            tb,
+            shared,
+        } = *self;
+        format!("b{batch} m{m} k{k} n{n} ta{ta} tb{tb} shared{shared}")
+    }
+}
+
+fn cpu_matmul(a: &[f64], b: &[f64], g: Gemm, bias: Option<&[f64]>) -> Vec<f64> {
+    let Gemm {
+        batch,
+        m,
+        k,
+        n,
+        ta,
+        tb,
+        shared,
+    } = g;
     let mut c = vec![0.0; batch * m * n];
     for bi in 0..batch {
         let ab = &a[bi * m * k..];
-        let bb = if b_shared { b } else { &b[bi * k * n..] };
+        let bb = if shared { b } else { &b[bi * k * n..] };
         for i in 0..m {
             for j in 0..n {
                 let mut s = bias.map_or(0.0, |bs| bs[j]);
@@ -124,60 +148,45 @@ fn cpu_matmul(
     c
 }
 
-fn check_matmul(
-    batch: usize,
-    m: usize,
-    k: usize,
-    n: usize,
-    ta: bool,
-    tb: bool,
-    shared: bool,
-    with_bias: bool,
-    seed: u64,
-) {
+fn check_matmul(g: Gemm, with_bias: bool, seed: u64) {
     let mut rng = Rng::new(seed);
-    let (ashape, bshape) = matmul_shapes((batch, m, n, k), (ta, tb, shared));
+    let (ashape, bshape) = matmul_shapes((g.batch, g.m, g.n, g.k), (g.ta, g.tb, g.shared));
     let mut inputs = vec![
-        (rng.vec(batch * m * k), ashape),
+        (rng.vec(g.batch * g.m * g.k), ashape),
         (rng.vec(bshape.iter().product()), bshape),
     ];
     if with_bias {
-        inputs.push((rng.vec(n), vec![n]));
+        inputs.push((rng.vec(g.n), vec![g.n]));
     }
-    let name =
-        format!("matmul b{batch} m{m} k{k} n{n} ta{ta} tb{tb} shared{shared} bias{with_bias}");
+    let name = format!("matmul {} bias{with_bias}", g.name());
     Check::new(&name, inputs).run(
-        |v| v[0].matmul(&v[1], ta, tb, v.get(2)).unwrap(),
-        |v| {
-            cpu_matmul(
-                &v[0],
-                &v[1],
-                batch,
-                m,
-                k,
-                n,
-                ta,
-                tb,
-                shared,
-                v.get(2).map(|b| b.as_slice()),
-            )
-        },
+        |v| v[0].matmul(&v[1], g.ta, g.tb, v.get(2)).unwrap(),
+        |v| cpu_matmul(&v[0], &v[1], g, v.get(2).map(|b| b.as_slice())),
     );
 }
 
 #[test]
 fn matmul_all_layouts() {
+    let gemm = |batch, m, k, n, ta, tb, shared| Gemm {
+        batch,
+        m,
+        k,
+        n,
+        ta,
+        tb,
+        shared,
+    };
     let mut seed = 10;
     for &(ta, tb) in &[(false, false), (false, true), (true, false), (true, true)] {
         for &shared in &[true, false] {
             seed += 1;
-            check_matmul(2, 37, 29, 23, ta, tb, shared, seed % 2 == 0, seed);
+            check_matmul(gemm(2, 37, 29, 23, ta, tb, shared), seed % 2 == 0, seed);
         }
     }
-    check_matmul(1, 65, 17, 67, false, false, true, true, 30);
-    check_matmul(3, 1, 1, 1, false, true, false, true, 31);
-    check_matmul(1, 5, 0, 4, false, false, true, true, 32);
-    check_matmul(1, 0, 3, 4, false, false, true, false, 33);
+    check_matmul(gemm(1, 65, 17, 67, false, false, true), true, 30);
+    check_matmul(gemm(3, 1, 1, 1, false, true, false), true, 31);
+    check_matmul(gemm(1, 5, 0, 4, false, false, true), true, 32);
+    check_matmul(gemm(1, 0, 3, 4, false, false, true), false, 33);
 }
 
 /// The tiled kernel across its tile edges (128), K slabs (8) and every transpose, batched and
@@ -204,7 +213,16 @@ fn matmul_tile_edges_and_split_k() {
                 upload(&bv, &bshape),
                 upload(&biasv, &[n]),
             );
-            let want = cpu_matmul(&av, &bv, batch, m, k, n, ta, tb, shared, Some(&biasv));
+            let g = Gemm {
+                batch,
+                m,
+                k,
+                n,
+                ta,
+                tb,
+                shared,
+            };
+            let want = cpu_matmul(&av, &bv, g, Some(&biasv));
             for splits in [1, 3, 7] {
                 let got = matmul_with(Algo::Tiled, &a, &b, ta, tb, Some(&bias), Some(splits))
                     .unwrap()
@@ -528,13 +546,21 @@ fn layer_norm() {
     }
 }
 
+/// A check of a norm over the channels of [B, C, T]: random x, gamma and beta from `seed`.
+fn channel_affine_check(name: &str, seed: u64, (b, ch, t): (usize, usize, usize)) -> Check<'_> {
+    let mut rng = Rng::new(seed);
+    let x = rng.vec(b * ch * t);
+    let (g, be) = (rng.vec(ch), rng.vec(ch));
+    Check::new(
+        name,
+        vec![(x, vec![b, ch, t]), (g, vec![ch]), (be, vec![ch])],
+    )
+}
+
 #[test]
 fn channel_layer_norm() {
     // LayerNorm over C of [B, C, T]: the reference transposes to [B*T, C] rows.
-    let mut rng = Rng::new(62);
     let (b, ch, t) = (3, 7, 13);
-    let x = rng.vec(b * ch * t);
-    let (g, be) = (rng.vec(ch), rng.vec(ch));
     // [B, M, N] -> [B, N, M]: [B, C, T] to rows of C and back.
     let swap = |x: &[f64], (b, m, n): (usize, usize, usize)| -> Vec<f64> {
         let mut y = vec![0.0; x.len()];
@@ -547,10 +573,7 @@ fn channel_layer_norm() {
         }
         y
     };
-    let mut c = Check::new(
-        "channel_norm",
-        vec![(x.clone(), vec![b, ch, t]), (g, vec![ch]), (be, vec![ch])],
-    );
+    let mut c = channel_affine_check("channel_norm", 62, (b, ch, t));
     c.h = 1e-5;
     c.run(
         |v| v[0].channel_norm(Some(&v[1]), Some(&v[2]), 1e-5).unwrap(),
@@ -584,15 +607,8 @@ fn channel_layer_norm() {
 
 #[test]
 fn group_norm_per_channel() {
-    let mut rng = Rng::new(61);
     let (b, ch, t) = (2, 5, 17);
-    let x = rng.vec(b * ch * t);
-    let (g, be) = (rng.vec(ch), rng.vec(ch));
-    Check::new(
-        "group_norm",
-        vec![(x, vec![b, ch, t]), (g, vec![ch]), (be, vec![ch])],
-    )
-    .run(
+    channel_affine_check("group_norm", 61, (b, ch, t)).run(
         |v| v[0].group_norm(Some(&v[1]), Some(&v[2]), 1e-5).unwrap(),
         move |v| {
             cpu_norm(
@@ -608,6 +624,7 @@ fn group_norm_per_channel() {
     );
 }
 
+#[allow(clippy::too_many_arguments)]
 fn cpu_conv(
     x: &[f64],
     w: &[f64],

@@ -219,16 +219,7 @@ fn bad_input_fails_cleanly() {
 
     // A checkpoint that cannot be written leaves the earlier one intact.
     let run = dir.join("r3");
-    let base = [
-        "--max-steps",
-        "2",
-        "--save-steps",
-        "1",
-        "--eval-steps",
-        "0",
-        "--batch-size",
-        "2",
-    ];
+    let base = saving_every_step("2");
     std::fs::create_dir_all(&run).unwrap();
     std::fs::write(
         run.join(".checkpoint-2.tmp"),
@@ -635,18 +626,14 @@ fn diverging_run_stops_with_a_clear_error() {
         "--freeze-feature-encoder",
         "false",
     ];
-    let run = dir.join("huge");
-    let e = train::run(
-        &g,
-        &args(
-            &model,
-            &prep,
-            &run,
-            &[&base[..], &["--learning-rate", "1e30"]].concat(),
-        ),
-    )
-    .unwrap_err()
-    .to_string();
+    // A run at learning rate `lr` in folder `name`, which must fail: its folder and error.
+    let failing = |name: &str, lr: &str| {
+        let run = dir.join(name);
+        let flags = [&base[..], &["--learning-rate", lr]].concat();
+        let e = train::run(&g, &args(&model, &prep, &run, &flags)).unwrap_err();
+        (run, e.to_string())
+    };
+    let (run, e) = failing("huge", "1e30");
     let n = train::MAX_SKIPPED_IN_A_ROW;
     assert!(e.contains(&format!("{n} optimiser steps in a row")), "{e}");
     assert!(e.contains("--learning-rate"), "{e}");
@@ -662,18 +649,7 @@ fn diverging_run_stops_with_a_clear_error() {
         assert!(r["loss"].is_null(), "{r}");
     }
 
-    let run = dir.join("overflow");
-    let e = train::run(
-        &g,
-        &args(
-            &model,
-            &prep,
-            &run,
-            &[&base[..], &["--learning-rate", "1e38"]].concat(),
-        ),
-    )
-    .unwrap_err()
-    .to_string();
+    let (run, e) = failing("overflow", "1e38");
     assert!(
         e.contains("step 1:") && e.contains("non-finite") && e.contains(".weight"),
         "{e}"
@@ -736,16 +712,7 @@ fn resume_problems_are_named() {
     let (dir, prep, model) = common::tiny_run("resumebad", 2);
     let g = common::gpu();
     let run = dir.join("run");
-    let opts = [
-        "--max-steps",
-        "3",
-        "--save-steps",
-        "1",
-        "--eval-steps",
-        "0",
-        "--batch-size",
-        "2",
-    ];
+    let opts = saving_every_step("3");
     train::run(&g, &args(&model, &prep, &run, &opts)).unwrap();
     let mut resume = opts.to_vec();
     resume.push("--resume");
@@ -778,4 +745,18 @@ fn resume_problems_are_named() {
     let done = train::run(&g, &args(&model, &prep, &run, &resume)).unwrap();
     assert_eq!(done.steps, 3);
     let _ = std::fs::remove_dir_all(dir);
+}
+
+/// Flags for `steps` steps of batch 2 that save a checkpoint after each and never evaluate.
+fn saving_every_step(steps: &str) -> [&str; 8] {
+    [
+        "--max-steps",
+        steps,
+        "--save-steps",
+        "1",
+        "--eval-steps",
+        "0",
+        "--batch-size",
+        "2",
+    ]
 }
