@@ -12,7 +12,7 @@ enable wgpu_cooperative_matrix;
 const TA: bool = false;
 const TB: bool = false;
 
-// `struct Params` (binding 0) is written in by the loader from `MatmulParams` in src/ops/matmul.rs,
+// `struct Params` (binding 0) is written in by the loader from `MatmulParams` in src/ops/matmul/mod.rs,
 // whose fields say what each one means.
 
 @group(0) @binding(0) var<uniform> p: Params;
