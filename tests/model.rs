@@ -506,8 +506,8 @@ fn host_batch(r: &Ref) -> xlsr::data::Batch {
 /// passes, bind groups, pipelines, buffers, submits, waits and bytes moved in the second
 /// (steady-state) step: f32 and fp16, with and without checkpointing, `TrainStep` (forward,
 /// backward and AdamW) on its own device each time. Stepping as `xlsr train` does between
-/// logging steps, a step never waits for the GPU: its gradient norm and weights check are one
-/// late read, collected while the next step is recorded.
+/// logging steps, a step never waits for the GPU (its gradient norm and weights check are one
+/// late read, collected while the next step is recorded) and creates no buffer.
 #[test]
 fn accounting_only_counts_equal_the_real_ones() {
     let run = |accounting: bool, fp16: bool, checkpoint: bool| {
@@ -558,6 +558,8 @@ fn accounting_only_counts_equal_the_real_ones() {
         assert!(real_counts.dispatches > 100, "{real_counts:?}");
         assert_eq!(real_counts.blocking_waits, 0, "{real_counts:?}");
         assert_eq!(real_counts.late_reads, 1, "{real_counts:?}");
+        // The pool and the late reads' staging buffers are reused: nothing new in a step.
+        assert_eq!(real_counts.buffers_created, 0, "{real_counts:?}");
     }
 }
 

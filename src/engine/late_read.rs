@@ -11,9 +11,11 @@ use std::sync::{Arc, Mutex};
 /// Scalars copied out for the host to collect later ([`Gpu::read_later`]).
 pub struct LateRead {
     gpu: Gpu,
-    /// The staging buffer, the submission that fills it and the mapping's result once the
-    /// device has reported it (`None` in an accounting-only run, which reads zeros).
-    staging: Option<(wgpu::Buffer, wgpu::SubmissionIndex, Mapped)>,
+    /// The staging buffer (reused by the next late read once collected).
+    staging: Option<wgpu::Buffer>,
+    /// The submission that fills it and the mapping's result once the device has reported
+    /// it (`None` in an accounting-only run, which reads zeros).
+    pending: Option<(wgpu::SubmissionIndex, Mapped)>,
     n: usize,
 }
 
@@ -34,27 +36,44 @@ impl Gpu {
             }
         }
         self.count(|c| {
-            c.buffers_created += 1;
             c.late_reads += 1;
             c.readback_bytes += bytes;
         });
         let mut read = LateRead {
             gpu: self.clone(),
             staging: None,
+            pending: None,
             n: scalars.len(),
         };
-        if bytes == 0 || self.is_accounting_only() {
+        if bytes == 0 {
+            return Ok(read);
+        }
+        // A collected read's buffer if one is large enough (accounting-only runs keep them
+        // too, so that they count what a real run creates).
+        let reused = {
+            let mut free = self.0.late_staging.lock().unwrap();
+            let at = free.iter().position(|b| b.size() >= bytes);
+            at.map(|i| free.swap_remove(i))
+        };
+        let staging = match reused {
+            Some(b) => b,
+            None => {
+                self.count(|c| c.buffers_created += 1);
+                self.0.device.create_buffer(&wgpu::BufferDescriptor {
+                    label: Some("late read"),
+                    size: bytes.next_power_of_two().max(16),
+                    usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
+                    mapped_at_creation: false,
+                })
+            }
+        };
+        if self.is_accounting_only() {
             // What a real read does to the batch, without the device.
             self.with_encoder(|_| {});
             self.flush()?;
+            read.staging = Some(staging);
             return Ok(read);
         }
-        let staging = self.0.device.create_buffer(&wgpu::BufferDescriptor {
-            label: Some("late read"),
-            size: bytes,
-            usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
-            mapped_at_creation: false,
-        });
         self.with_encoder(|e| {
             for (i, t) in scalars.iter().enumerate() {
                 e.copy_buffer_to_buffer(t.buffer(), t.byte_offset(), &staging, 4 * i as u64, 4);
@@ -66,10 +85,11 @@ impl Gpu {
         let index = self.0.queue.submit(std::iter::empty());
         let mapped: Mapped = Arc::default();
         let slot = mapped.clone();
-        staging.map_async(wgpu::MapMode::Read, .., move |r| {
+        staging.map_async(wgpu::MapMode::Read, ..bytes, move |r| {
             *slot.lock().unwrap() = Some(r);
         });
-        read.staging = Some((staging, index, mapped));
+        read.staging = Some(staging);
+        read.pending = Some((index, mapped));
         Ok(read)
     }
 }
@@ -78,7 +98,11 @@ impl LateRead {
     /// The values, in the order asked. Waits only if the GPU has not finished them yet
     /// (counted as a late read that stalled).
     pub fn get(self) -> Result<Vec<f32>> {
-        let Some((staging, index, mapped)) = self.staging else {
+        let Some(staging) = self.staging else {
+            return Ok(Vec::new());
+        };
+        let Some((index, mapped)) = self.pending else {
+            self.gpu.0.late_staging.lock().unwrap().push(staging);
             return Ok(vec![0.0; self.n]);
         };
         let device = &self.gpu.0.device;
@@ -104,11 +128,12 @@ impl LateRead {
         }
         let values = {
             let view = staging
-                .get_mapped_range(..)
+                .get_mapped_range(..4 * self.n as u64)
                 .map_err(|e| Error::Gpu(format!("{e:?}")))?;
             bytemuck::cast_slice::<u8, f32>(&view).to_vec()
         };
         staging.unmap();
+        self.gpu.0.late_staging.lock().unwrap().push(staging);
         Ok(values)
     }
 }

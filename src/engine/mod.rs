@@ -80,6 +80,8 @@ struct GpuInner {
     /// Accounting only: see [`Gpu::set_accounting_only`].
     accounting_only: AtomicBool,
     errors: Arc<Mutex<Vec<String>>>,
+    /// Staging buffers of collected late reads, for the next ones (`late_read.rs`).
+    late_staging: Mutex<Vec<wgpu::Buffer>>,
 }
 
 impl Gpu {
@@ -129,6 +131,7 @@ impl Gpu {
             layouts: Mutex::default(),
             pipelines: Mutex::default(),
             pool: Mutex::default(),
+            late_staging: Mutex::default(),
             batch: Mutex::new(Batch {
                 pass: None,
                 encoder: None,
