@@ -95,12 +95,15 @@ impl Gpu {
 }
 
 impl LateRead {
-    /// The values, in the order asked. Waits only if the GPU has not finished them yet
-    /// (counted as a late read that stalled).
+    /// The values, in the order asked, after submitting what is recorded. Waits only if the
+    /// GPU has not finished them yet (counted as a late read that stalled).
     pub fn get(self) -> Result<Vec<f32>> {
         let Some(staging) = self.staging else {
             return Ok(Vec::new());
         };
+        // What the host has recorded since goes to the GPU first, so that if the values are
+        // not there yet the GPU has all of it to work on while the host waits.
+        self.gpu.flush()?;
         let Some((index, mapped)) = self.pending else {
             self.gpu.0.late_staging.lock().unwrap().push(staging);
             return Ok(vec![0.0; self.n]);
