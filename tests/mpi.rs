@@ -169,6 +169,52 @@ fn two_ranks_train_as_one_process_with_twice_the_batch() {
     let _ = std::fs::remove_dir_all(dir);
 }
 
+/// The exchange overlapped with the backward pass (ranges of 1 KiB, each sent as soon as a
+/// checkpointed layer's backward has made its gradients) trains exactly as the exchange of
+/// whole buckets after the backward: the same losses and the same final weights, bit for bit.
+#[test]
+fn the_overlapped_exchange_equals_the_exchange_at_the_end() {
+    let (dir, prep, model) = common::tiny_run("mpi-overlap", 7);
+    let bin = env!("CARGO_BIN_EXE_xlsr");
+    let run = |name: &str, kb: &str| {
+        let out_dir = dir.join(name);
+        let mut a = vec!["-np".to_string(), "2".into(), "-x".into()];
+        a.push(format!("XLSR_EXCHANGE_KB={kb}"));
+        a.push(bin.into());
+        a.extend(train_args(&model, &prep, &out_dir, 2));
+        a.extend(["--gradient-checkpointing".to_string(), "true".into()]);
+        let out = mpirun(&a, Duration::from_secs(600));
+        let text = String::from_utf8_lossy(&out.stdout).to_string()
+            + &String::from_utf8_lossy(&out.stderr);
+        assert!(out.status.success(), "{text}");
+        (out_dir, text)
+    };
+    let (small, said) = run("small", "1");
+    let (whole, said_whole) = run("whole", "1000000");
+    let during = |text: &str| -> (usize, usize) {
+        let line = text
+            .lines()
+            .find(|l| l.contains("gradient exchange:"))
+            .unwrap_or_else(|| panic!("no exchange line in {text}"));
+        let nums: Vec<usize> = line
+            .split(|c: char| !c.is_ascii_digit())
+            .filter_map(|w| w.parse().ok())
+            .collect();
+        (nums[0], nums[1])
+    };
+    let (ranges, early) = during(&said);
+    eprintln!("{ranges} ranges of 1 KiB, {early} of them sent during the backward pass");
+    assert!(
+        ranges > 4 && early > 0,
+        "{ranges} ranges, {early} early: {said}"
+    );
+    let (whole_ranges, _) = during(&said_whole);
+    assert!(whole_ranges < ranges, "{whole_ranges} vs {ranges}");
+    assert_eq!(losses(&small), losses(&whole));
+    assert_eq!(weights(&small.join("final")), weights(&whole.join("final")));
+    let _ = std::fs::remove_dir_all(dir);
+}
+
 /// Rank 1 cannot open its adapter: it stops both ranks with an error naming it, quickly,
 /// and nothing is written.
 #[test]

@@ -18,6 +18,28 @@ pub use grad_sink::GradSink;
 
 thread_local! {
     static AUTOCAST: Cell<bool> = const { Cell::new(false) };
+    static READY: RefCell<Option<ReadyListener>> = const { RefCell::new(None) };
+    /// Backward passes running on this thread (a checkpointed layer's inside the outer one).
+    static DEPTH: Cell<usize> = const { Cell::new(0) };
+}
+
+/// Told the parameters whose gradients a backward pass has just completed, and whether that
+/// pass is the outermost one (false: a checkpointed layer's, with more backward to come).
+pub type ReadyListener = Rc<dyn Fn(&[Rc<Param>], bool) -> Result<()>>;
+
+/// Runs `f` with `ready` called at the end of every backward pass inside it, a checkpointed
+/// layer's recomputation included, with the parameters that pass gave gradients (added into
+/// their slots by then): a data-parallel step sends a range of gradients to the other ranks
+/// as soon as its last parameter is final, while the GPU goes on with the layers below.
+pub fn with_ready_listener<R>(ready: ReadyListener, f: impl FnOnce() -> R) -> R {
+    struct Restore(Option<ReadyListener>);
+    impl Drop for Restore {
+        fn drop(&mut self) {
+            READY.with(|r| *r.borrow_mut() = self.0.take());
+        }
+    }
+    let _restore = Restore(READY.with(|r| r.borrow_mut().replace(ready)));
+    f()
 }
 
 /// Runs `f` with mixed precision on (or off), as PyTorch's `autocast`: inside, matmuls and
@@ -368,6 +390,14 @@ impl Tape {
                 )))
             }
         };
+        struct Depth;
+        impl Drop for Depth {
+            fn drop(&mut self) {
+                DEPTH.with(|d| d.set(d.get() - 1));
+            }
+        }
+        DEPTH.with(|d| d.set(d.get() + 1));
+        let _depth = Depth;
         let mut grads: Vec<Option<Tensor>> = vec![None; self.next_id.get()];
         grads[root] = Some(seed);
         // Gradients of parameters with a flat slot go there as soon as they are made.
@@ -427,13 +457,19 @@ impl Tape {
                 });
             }
         }
+        let mut given = Vec::new();
         for (id, p) in self.params.borrow_mut().drain(..) {
             if let Some(g) = grads[id].take() {
                 p.accumulate(g)?;
             }
+            given.push(p);
         }
         for p in homed.values() {
             p.flush_grad()?;
+        }
+        if let Some(ready) = READY.with(|r| r.borrow().clone()) {
+            given.retain(|p| p.grad().is_some());
+            ready(&given, DEPTH.with(|d| d.get()) == 1)?;
         }
         Ok(wrt
             .iter()

@@ -8,7 +8,7 @@ use super::tensor::Tensor;
 use super::Gpu;
 use std::sync::{Arc, Mutex};
 
-/// Scalars copied out for the host to collect later ([`Gpu::read_later`]).
+/// Values copied out for the host to collect later ([`Gpu::read_later`]).
 pub struct LateRead {
     gpu: Gpu,
     /// The staging buffer (reused by the next late read once collected).
@@ -22,19 +22,14 @@ pub struct LateRead {
 type Mapped = Arc<Mutex<Option<std::result::Result<(), wgpu::BufferAsyncError>>>>;
 
 impl Gpu {
-    /// Records a copy of these one-element f32 tensors to the host, submits it and returns at
-    /// once; [`LateRead::get`] collects the values.
-    pub fn read_later(&self, scalars: &[&Tensor]) -> Result<LateRead> {
-        let bytes = 4 * scalars.len() as u64;
-        for t in scalars {
+    /// Records a copy of these f32 tensors (a step's scalars, or a range of gradients) to the
+    /// host, submits it and returns at once; [`LateRead::get`] collects their values, one
+    /// tensor after the other.
+    pub fn read_later(&self, tensors: &[&Tensor]) -> Result<LateRead> {
+        for t in tensors {
             t.expect_f32("read_later")?;
-            if t.numel() != 1 {
-                return Err(Error::Shape {
-                    op: "read_later",
-                    msg: format!("tensor of shape {:?} is not a scalar", t.shape()),
-                });
-            }
         }
+        let bytes: u64 = tensors.iter().map(|t| t.bytes()).sum();
         self.count(|c| {
             c.late_reads += 1;
             c.readback_bytes += bytes;
@@ -43,17 +38,19 @@ impl Gpu {
             gpu: self.clone(),
             staging: None,
             pending: None,
-            n: scalars.len(),
+            n: (bytes / 4) as usize,
         };
         if bytes == 0 {
             return Ok(read);
         }
-        // A collected read's buffer if one is large enough (accounting-only runs keep them
-        // too, so that they count what a real run creates).
+        // The smallest collected read's buffer that is large enough (accounting-only runs
+        // keep them too, so that they count what a real run creates).
         let reused = {
             let mut free = self.0.late_staging.lock().unwrap();
-            let at = free.iter().position(|b| b.size() >= bytes);
-            at.map(|i| free.swap_remove(i))
+            let fit = (free.iter().enumerate())
+                .filter(|(_, b)| b.size() >= bytes)
+                .min_by_key(|(_, b)| b.size());
+            fit.map(|(i, _)| i).map(|i| free.swap_remove(i))
         };
         let staging = match reused {
             Some(b) => b,
@@ -61,7 +58,7 @@ impl Gpu {
                 self.count(|c| c.buffers_created += 1);
                 self.0.device.create_buffer(&wgpu::BufferDescriptor {
                     label: Some("late read"),
-                    size: bytes.next_power_of_two().max(16),
+                    size: bytes.next_multiple_of(16),
                     usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
                     mapped_at_creation: false,
                 })
@@ -75,8 +72,10 @@ impl Gpu {
             return Ok(read);
         }
         self.with_encoder(|e| {
-            for (i, t) in scalars.iter().enumerate() {
-                e.copy_buffer_to_buffer(t.buffer(), t.byte_offset(), &staging, 4 * i as u64, 4);
+            let mut at = 0;
+            for t in tensors {
+                e.copy_buffer_to_buffer(t.buffer(), t.byte_offset(), &staging, at, t.bytes());
+                at += t.bytes();
             }
         });
         self.flush()?;

@@ -125,6 +125,9 @@ struct Slot {
     at: Option<Placement>,
 }
 
+/// A range of a flat gradient buffer and the parameters whose gradients fill it.
+pub type GradientRange = (Tensor, Vec<Rc<Param>>);
+
 /// One saved tensor: name, shape, row-major values.
 pub type NamedTensor = (String, Vec<usize>, Vec<f32>);
 
@@ -213,6 +216,47 @@ impl AdamW {
     /// ranks sum.
     pub fn gradients(&self) -> Vec<Tensor> {
         self.flat_then_own(|b| &b.grads, Param::grad)
+    }
+
+    /// The flat gradient buffers cut into ranges of whole parameters of about `elems`
+    /// elements (a parameter larger than that is a range of its own), each with its
+    /// parameters, in buffer order; then the gradients of the trainable parameters updated on
+    /// their own: the pieces data-parallel ranks sum, a range as soon as it is final.
+    pub fn gradient_ranges(&self, elems: usize) -> Result<(Vec<GradientRange>, Vec<Tensor>)> {
+        let mut ranges = Vec::new();
+        if let Some(flat) = &self.flat {
+            for (bi, b) in flat.buckets.iter().enumerate() {
+                let mut placed: Vec<(usize, &Rc<Param>)> = self
+                    .slots
+                    .iter()
+                    .filter_map(|s| {
+                        s.at.filter(|at| at.bucket == bi)
+                            .map(|at| (at.start, &s.param))
+                    })
+                    .collect();
+                placed.sort_by_key(|(start, _)| *start);
+                let mut from = 0;
+                let mut params: Vec<Rc<Param>> = Vec::new();
+                for (k, (_, p)) in placed.iter().enumerate() {
+                    params.push((*p).clone());
+                    // A range ends where the next parameter starts (so alignment padding goes
+                    // with the range before it), or at the bucket's end.
+                    let end = placed.get(k + 1).map_or(b.grads.numel(), |n| n.0);
+                    if end - from >= elems || k + 1 == placed.len() {
+                        let view = b.grads.view(from, &[end - from])?;
+                        ranges.push((view, std::mem::take(&mut params)));
+                        from = end;
+                    }
+                }
+            }
+        }
+        let own = self
+            .slots
+            .iter()
+            .filter(|s| s.at.is_none() && !s.param.is_frozen())
+            .filter_map(|s| s.param.grad())
+            .collect();
+        Ok((ranges, own))
     }
 
     /// One tensor per flat bucket (`bucket` picks which), then `own` of each trainable

@@ -4,6 +4,7 @@
 //! uninterrupted one exactly), periodic evaluation, checkpoints and the final HF model folder.
 
 pub mod eval;
+mod exchange;
 pub mod options;
 mod report;
 mod setup;
@@ -353,6 +354,7 @@ pub fn run_dist(gpu: &Gpu, args: &TrainOptions, dist: &Dist) -> Result<RunSummar
         .and_then(|v| v.parse().ok());
     let profile_from = st.global_step + 1;
     let mut watch = report::Watch::new(&args.out, args.learning_rate);
+    let at_start = st.global_step;
     let mut grad_norm = f32::NAN;
     while st.global_step < total {
         if profile.is_some() && st.global_step == profile_from {
@@ -401,6 +403,15 @@ pub fn run_dist(gpu: &Gpu, args: &TrainOptions, dist: &Dist) -> Result<RunSummar
         // This step's update is read while the next one is recorded (no wait), or below at
         // the steps that log, evaluate, save or end.
         let recorded = step.run_deferred(&micro, lr)?;
+        if let (Some(x), 0) = (step.exchanged.take(), st.global_step - at_start) {
+            say(
+                &bar,
+                format!(
+                    "gradient exchange: {} ranges, {} of them sent during the backward pass",
+                    x.ranges, x.during_backward
+                ),
+            );
+        }
         if let Some(r) = recorded.previous {
             let msg = watch.check(&r, st.global_step, &mut st, step.scaler.as_ref(), &model);
             msg.inspect_err(|_| bar.abandon())?

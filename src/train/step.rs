@@ -3,6 +3,8 @@
 //! micro-batch's seed), loss scaling under fp16, then clipping and AdamW. `xlsr train`,
 //! `xlsr bench`, the demo and the tests all step through this one type.
 
+use super::exchange::Exchange;
+use crate::autograd::with_ready_listener;
 use crate::data::Batch;
 use crate::error::{Error, Result};
 use crate::model::spec_augment::compute_mask_indices;
@@ -136,6 +138,8 @@ pub struct TrainStep<'m> {
     pub dist: Option<&'m crate::dist::Dist>,
     /// The last update, until its values are read.
     pending: Option<Pending>,
+    /// How the last step's gradient exchange among ranks went.
+    pub exchanged: Option<super::exchange::ExchangeReport>,
 }
 
 impl<'m> TrainStep<'m> {
@@ -161,6 +165,7 @@ impl<'m> TrainStep<'m> {
             options,
             dist: None,
             pending: None,
+            exchanged: None,
         })
     }
 
@@ -188,16 +193,21 @@ impl<'m> TrainStep<'m> {
         let mut loss: Option<Tensor> = None;
         let mut audio_seconds = 0.0;
         let mut previous = None;
-        for mb in micro {
+        // Several ranks: the last micro-batch's backward sends gradients as they are final.
+        let ranks = self.dist.filter(|d| d.size() > 1);
+        let exchange = ranks.map(|_| Exchange::new(&self.opt)).transpose()?;
+        for (i, mb) in micro.iter().enumerate() {
             let f = self
                 .forward(mb)
                 .map_err(|e| explain_device_error(e, mb.batch))?;
             if self.scaler.is_some() && previous.is_none() {
                 previous = self.finish()?;
             }
-            let l = self
-                .backward(f)
-                .map_err(|e| explain_device_error(e, mb.batch))?;
+            let l = match exchange.as_ref().filter(|_| i + 1 == micro.len()) {
+                Some(x) => with_ready_listener(Exchange::listener(x), || self.backward(f)),
+                None => self.backward(f),
+            }
+            .map_err(|e| explain_device_error(e, mb.batch))?;
             loss = Some(match loss.take() {
                 Some(s) => elementwise::add(&s, &l)?,
                 None => l,
@@ -214,11 +224,10 @@ impl<'m> TrainStep<'m> {
             Some(l) => l,
             None => Tensor::scalar(&self.model.gpu, 0.0)?,
         };
-        if let Some(d) = self.dist.filter(|d| d.size() > 1) {
+        if let (Some(d), Some(x)) = (ranks, exchange) {
             // Every rank steps on the sums: the same gradients, loss, norm and skip decision.
-            let mut summed = self.opt.gradients();
-            summed.push(loss.clone());
-            d.sum_tensors(&summed)?;
+            let x = Rc::try_unwrap(x).map_err(|_| Error::Usage("exchange still shared".into()));
+            self.exchanged = Some(x?.into_inner().finish(d, std::slice::from_ref(&loss))?);
         }
         if previous.is_none() {
             previous = self.finish()?;
