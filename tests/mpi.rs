@@ -169,28 +169,30 @@ fn two_ranks_train_as_one_process_with_twice_the_batch() {
     let _ = std::fs::remove_dir_all(dir);
 }
 
-/// The exchange overlapped with the backward pass (ranges of 1 KiB, each sent as soon as a
-/// checkpointed layer's backward has made its gradients) trains exactly as the exchange of
-/// whole buckets after the backward: the same losses and the same final weights, bit for bit.
+/// The exchange overlapped with the backward pass (ranges of 1 KiB, each sent as soon as its
+/// parameters' gradients are final: at a checkpointed layer's end, or after the last node
+/// that uses them) trains exactly as the exchange of whole buckets after the backward: the
+/// same losses and the same final weights, bit for bit, with and without checkpointing.
 #[test]
 fn the_overlapped_exchange_equals_the_exchange_at_the_end() {
     let (dir, prep, model) = common::tiny_run("mpi-overlap", 7);
     let bin = env!("CARGO_BIN_EXE_xlsr");
-    let run = |name: &str, kb: &str| {
+    let run = |name: &str, kb: &str, checkpointing: &str| {
         let out_dir = dir.join(name);
         let mut a = vec!["-np".to_string(), "2".into(), "-x".into()];
         a.push(format!("XLSR_EXCHANGE_KB={kb}"));
         a.push(bin.into());
         a.extend(train_args(&model, &prep, &out_dir, 2));
-        a.extend(["--gradient-checkpointing".to_string(), "true".into()]);
+        a.extend(["--gradient-checkpointing".to_string(), checkpointing.into()]);
         let out = mpirun(&a, Duration::from_secs(600));
         let text = String::from_utf8_lossy(&out.stdout).to_string()
             + &String::from_utf8_lossy(&out.stderr);
         assert!(out.status.success(), "{text}");
         (out_dir, text)
     };
-    let (small, said) = run("small", "1");
-    let (whole, said_whole) = run("whole", "1000000");
+    let (small, said) = run("small", "1", "true");
+    let (whole, said_whole) = run("whole", "1000000", "true");
+    let (plain, said_plain) = run("plain", "1", "false");
     let during = |text: &str| -> (usize, usize) {
         let line = text
             .lines()
@@ -210,8 +212,13 @@ fn the_overlapped_exchange_equals_the_exchange_at_the_end() {
     );
     let (whole_ranges, _) = during(&said_whole);
     assert!(whole_ranges < ranges, "{whole_ranges} vs {ranges}");
+    let (_, early_plain) = during(&said_plain);
+    eprintln!("without checkpointing, {early_plain} sent during the backward pass");
+    assert!(early_plain > 0, "{said_plain}");
     assert_eq!(losses(&small), losses(&whole));
     assert_eq!(weights(&small.join("final")), weights(&whole.join("final")));
+    assert_eq!(losses(&plain), losses(&whole));
+    assert_eq!(weights(&plain.join("final")), weights(&whole.join("final")));
     let _ = std::fs::remove_dir_all(dir);
 }
 

@@ -23,14 +23,15 @@ thread_local! {
     static DEPTH: Cell<usize> = const { Cell::new(0) };
 }
 
-/// Told the parameters whose gradients a backward pass has just completed, and whether that
-/// pass is the outermost one (false: a checkpointed layer's, with more backward to come).
+/// Told parameters whose gradients are complete (added into their slots): by a backward pass
+/// as soon as no node left in it uses them, and at its end for the rest; the flag says whether
+/// more of the backward is still to come (false only at the end of the outermost pass).
 pub type ReadyListener = Rc<dyn Fn(&[Rc<Param>], bool) -> Result<()>>;
 
-/// Runs `f` with `ready` called at the end of every backward pass inside it, a checkpointed
-/// layer's recomputation included, with the parameters that pass gave gradients (added into
-/// their slots by then): a data-parallel step sends a range of gradients to the other ranks
-/// as soon as its last parameter is final, while the GPU goes on with the layers below.
+/// Runs `f` with `ready` told, in every backward pass inside it (a checkpointed layer's
+/// recomputation included), which parameters' gradients are complete, as soon as they are
+/// (see [`ReadyListener`]): a data-parallel step sends a range of gradients to the other
+/// ranks as soon as its last parameter is final, while the GPU goes on with the layers below.
 pub fn with_ready_listener<R>(ready: ReadyListener, f: impl FnOnce() -> R) -> R {
     struct Restore(Option<ReadyListener>);
     impl Drop for Restore {
@@ -410,51 +411,34 @@ impl Tape {
             .collect();
         let owners = self.slot_owners(&homed);
         let nodes = std::mem::take(&mut *self.nodes.borrow_mut());
+        // With a listener: how many nodes may still add to each homed parameter (by the
+        // parameter, whatever vars it was recorded as), so it can be told as soon as none can.
+        let listener = READY.with(|r| r.borrow().clone());
+        let mut uses: std::collections::HashMap<*const Param, usize> = Default::default();
+        if listener.is_some() {
+            for i in nodes.iter().flat_map(|n| n.inputs.iter().flatten()) {
+                if let Some(p) = homed.get(i) {
+                    *uses.entry(Rc::as_ptr(p)).or_default() += 1;
+                }
+            }
+        }
+        let mut told: std::collections::HashSet<*const Param> = Default::default();
         for node in nodes.into_iter().rev() {
-            // Dropping the output's gradient here frees it as soon as it is consumed.
-            let Some(g) = grads[node.out].take() else {
-                continue;
-            };
-            let mut into: Vec<Option<GradInto>> = node
-                .inputs
-                .iter()
-                .map(|inp| {
-                    let i = (*inp)?;
-                    match owners.get(&i).and_then(|o| joined_slot(o)) {
-                        Some(slot) => Some(GradInto::Slot(slot)),
-                        None => grads[i].take().map(GradInto::Sum),
-                    }
-                })
-                .collect();
-            let offered_slot: Vec<bool> = into
-                .iter()
-                .map(|o| matches!(o, Some(GradInto::Slot(_))))
-                .collect();
-            let results = (node.backward)(&g, &mut into)?;
-            let answers = node.inputs.iter().zip(results).zip(into).zip(offered_slot);
-            for (((inp, r), offer), slot) in answers {
-                let Some(i) = *inp else { continue };
-                match offer {
-                    // Taken: the backward added into the slot itself.
-                    None if slot => {
-                        for p in owners.get(&i).into_iter().flatten() {
-                            p.mark_touched();
-                        }
-                        continue;
-                    }
-                    // Left: this input's earlier gradient goes back before adding.
-                    Some(GradInto::Sum(earlier)) => grads[i] = Some(earlier),
-                    _ => {}
+            let inputs = node.inputs.clone();
+            self.backward_node(node, &mut grads, &homed, &owners)?;
+            let Some(ready) = &listener else { continue };
+            // A node that got no gradient adds none either: its inputs are done with it too.
+            let mut now = Vec::new();
+            for p in inputs.iter().flatten().filter_map(|i| homed.get(i)) {
+                let left = uses.get_mut(&Rc::as_ptr(p)).expect("counted above");
+                *left -= 1;
+                if *left == 0 && told.insert(Rc::as_ptr(p)) && p.grad().is_some() {
+                    now.push(p.clone());
                 }
-                let Some(r) = r else { continue };
-                if let Some(p) = homed.get(&i) {
-                    p.accumulate(r)?;
-                    continue;
-                }
-                grads[i] = Some(match grads[i].take() {
-                    Some(prev) => ops::elementwise::add(&prev, &r)?,
-                    None => r,
-                });
+            }
+            if !now.is_empty() {
+                now[0].flush_grad()?;
+                ready(&now, true)?;
             }
         }
         let mut given = Vec::new();
@@ -467,9 +451,9 @@ impl Tape {
         for p in homed.values() {
             p.flush_grad()?;
         }
-        if let Some(ready) = READY.with(|r| r.borrow().clone()) {
-            given.retain(|p| p.grad().is_some());
-            ready(&given, DEPTH.with(|d| d.get()) == 1)?;
+        if let Some(ready) = &listener {
+            given.retain(|p| p.grad().is_some() && !told.contains(&Rc::as_ptr(p)));
+            ready(&given, DEPTH.with(|d| d.get()) > 1)?;
         }
         Ok(wrt
             .iter()
@@ -479,6 +463,63 @@ impl Tape {
 }
 
 impl Tape {
+    /// Runs one node's backward: offers its inputs their destinations ([`GradInto`]) and adds
+    /// what it returns where each input's gradient goes.
+    fn backward_node(
+        &self,
+        node: Node,
+        grads: &mut [Option<Tensor>],
+        homed: &std::collections::HashMap<usize, Rc<Param>>,
+        owners: &std::collections::HashMap<usize, Vec<Rc<Param>>>,
+    ) -> Result<()> {
+        // Dropping the output's gradient here frees it as soon as it is consumed.
+        let Some(g) = grads[node.out].take() else {
+            return Ok(());
+        };
+        let mut into: Vec<Option<GradInto>> = node
+            .inputs
+            .iter()
+            .map(|inp| {
+                let i = (*inp)?;
+                match owners.get(&i).and_then(|o| joined_slot(o)) {
+                    Some(slot) => Some(GradInto::Slot(slot)),
+                    None => grads[i].take().map(GradInto::Sum),
+                }
+            })
+            .collect();
+        let offered_slot: Vec<bool> = into
+            .iter()
+            .map(|o| matches!(o, Some(GradInto::Slot(_))))
+            .collect();
+        let results = (node.backward)(&g, &mut into)?;
+        let answers = node.inputs.iter().zip(results).zip(into).zip(offered_slot);
+        for (((inp, r), offer), slot) in answers {
+            let Some(i) = *inp else { continue };
+            match offer {
+                // Taken: the backward added into the slot itself.
+                None if slot => {
+                    for p in owners.get(&i).into_iter().flatten() {
+                        p.mark_touched();
+                    }
+                    continue;
+                }
+                // Left: this input's earlier gradient goes back before adding.
+                Some(GradInto::Sum(earlier)) => grads[i] = Some(earlier),
+                _ => {}
+            }
+            let Some(r) = r else { continue };
+            if let Some(p) = homed.get(&i) {
+                p.accumulate(r)?;
+                continue;
+            }
+            grads[i] = Some(match grads[i].take() {
+                Some(prev) => ops::elementwise::add(&prev, &r)?,
+                None => r,
+            });
+        }
+        Ok(())
+    }
+
     /// The vars whose gradient may go straight into a flat gradient slot, with the parameters
     /// that slot belongs to: homed parameters, and joins of homed parameters (q, k, v).
     fn slot_owners(

@@ -1,8 +1,8 @@
 //! The gradient exchange of data-parallel ranks, overlapped with the backward pass as DDP
 //! does it: the optimiser's flat gradient buffers are cut into ranges of whole parameters;
 //! during the last micro-batch's backward, a range is copied out to the host as soon as every
-//! one of its parameters has its gradient (backward runs from the head down, so the top
-//! layers' ranges go first), and once the whole backward is recorded the host sums each range
+//! one of its parameters has its final gradient (backward runs from the head down, so the top
+//! layers' ranges go first; `autograd::with_ready_listener` says when), and once the whole backward is recorded the host sums each range
 //! over the ranks, in the order they were sent, while the GPU is still on the layers below,
 //! then writes it back before the update. Ranges whose parameters got no gradient in that pass
 //! (LayerDrop, frozen parts) are sent at the end. Sums are those of the exchange at the end,
@@ -37,7 +37,7 @@ pub struct Exchange {
     seen: std::collections::HashSet<*const Param>,
     /// The gradients of parameters outside the flat buffers, summed at the end.
     own: Vec<Tensor>,
-    /// Ranges sent while more backward was still to come (a checkpointed layer's end).
+    /// Ranges sent while more of the backward was still to come.
     early: usize,
 }
 
@@ -66,7 +66,7 @@ impl Exchange {
     /// now complete.
     pub fn listener(this: &Rc<RefCell<Exchange>>) -> ReadyListener {
         let this = this.clone();
-        Rc::new(move |params: &[Rc<Param>], outermost: bool| {
+        Rc::new(move |params: &[Rc<Param>], more_to_come: bool| {
             let mut x = this.borrow_mut();
             for p in params {
                 let ptr = Rc::as_ptr(p);
@@ -79,7 +79,7 @@ impl Exchange {
                 x.ranges[r].1 -= 1;
                 if x.ranges[r].1 == 0 {
                     x.send(r)?;
-                    x.early += !outermost as usize;
+                    x.early += more_to_come as usize;
                 }
             }
             Ok(())
