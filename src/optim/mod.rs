@@ -3,9 +3,11 @@
 //! and `clip_grad_norm_` folded into the update kernel.
 //!
 //! Everything stays on the GPU: the global gradient norm is reduced there and the update
-//! kernel reads it to compute the clip factor. The only read-back is the norm itself, once
-//! per optimiser step in [`AdamW::clip_and_step`], to log it and to tell whether the step was
-//! skipped; it rides on the submission that runs the updates, so it costs no extra stall.
+//! kernel reads it to compute the clip factor (and leaves everything as it was when it is not
+//! finite). The host needs the norm only to log it and to count the step: [`AdamW::record_step`]
+//! records the update without reading anything and [`AdamW::finish_step`] takes the norm
+//! whenever it comes back (a step later in training, `train::TrainStep::run_deferred`);
+//! [`AdamW::clip_and_step`] does both with one read.
 //!
 //! The trainable parameters live in flat buffers ([`flat`]): one update dispatch per bucket
 //! (per binding-sized window of it) covers hundreds of parameters, each with its own scalars
