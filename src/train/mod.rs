@@ -353,7 +353,7 @@ pub fn run_dist(gpu: &Gpu, args: &TrainOptions, dist: &Dist) -> Result<RunSummar
         .ok()
         .and_then(|v| v.parse().ok());
     let profile_from = st.global_step + 1;
-    let mut watch = report::Watch::new(&args.out, args.learning_rate);
+    let mut watch = report::Watch::new(&args.out, args.learning_rate, &bar, root);
     let at_start = st.global_step;
     let mut grad_norm = f32::NAN;
     while st.global_step < total {
@@ -413,10 +413,7 @@ pub fn run_dist(gpu: &Gpu, args: &TrainOptions, dist: &Dist) -> Result<RunSummar
             );
         }
         if let Some(r) = recorded.previous {
-            let msg = watch.check(&r, st.global_step, &mut st, step.scaler.as_ref(), &model);
-            msg.inspect_err(|_| bar.abandon())?
-                .into_iter()
-                .for_each(|m| say(&bar, m));
+            watch.check(&r, st.global_step, &mut st, step.scaler.as_ref(), &model)?;
         }
         st.audio_seconds += recorded.audio_seconds;
         loss_sum = Some(match loss_sum.take() {
@@ -432,10 +429,7 @@ pub fn run_dist(gpu: &Gpu, args: &TrainOptions, dist: &Dist) -> Result<RunSummar
         if log_now || eval_now || save_now {
             if let Some(r) = step.finish()? {
                 grad_norm = r.grad_norm;
-                let msg = watch.check(&r, st.global_step, &mut st, step.scaler.as_ref(), &model);
-                msg.inspect_err(|_| bar.abandon())?
-                    .into_iter()
-                    .for_each(|m| say(&bar, m));
+                watch.check(&r, st.global_step, &mut st, step.scaler.as_ref(), &model)?;
             }
         }
         st.grad_scaler = step.scaler.clone();

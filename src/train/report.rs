@@ -8,26 +8,54 @@ use crate::model::Wav2Vec2ForCtc;
 use crate::optim::GradScaler;
 use std::path::{Path, PathBuf};
 
-/// Watches the steps' reports: counts skipped steps, and stops a run whose steps keep being
-/// skipped or whose update broke a weight.
+/// Watches the steps' reports: counts skipped steps and says so above the progress bar (rank
+/// 0), and stops a run whose steps keep being skipped or whose update broke a weight.
 pub(super) struct Watch {
     out: PathBuf,
     learning_rate: f32,
+    bar: indicatif::ProgressBar,
+    root: bool,
     skipped_in_a_row: u64,
 }
 
 impl Watch {
-    pub(super) fn new(out: &Path, learning_rate: f32) -> Watch {
+    pub(super) fn new(
+        out: &Path,
+        learning_rate: f32,
+        bar: &indicatif::ProgressBar,
+        root: bool,
+    ) -> Watch {
         Watch {
             out: out.to_path_buf(),
             learning_rate,
+            bar: bar.clone(),
+            root,
             skipped_in_a_row: 0,
         }
     }
 
-    /// Takes the report of step `step` (1-based); returns what to say, or the error that
-    /// stops the run before anything broken is saved.
+    /// Takes the report of step `step` (1-based): says what there is to say, or returns the
+    /// error that stops the run before anything broken is saved (the bar left as it is).
     pub(super) fn check(
+        &mut self,
+        r: &StepReport,
+        step: u64,
+        st: &mut TrainerState,
+        scaler: Option<&GradScaler>,
+        model: &Wav2Vec2ForCtc,
+    ) -> Result<()> {
+        match self.judge(r, step, st, scaler, model) {
+            Ok(Some(msg)) if self.root => say(&self.bar, msg),
+            Ok(_) => {}
+            Err(e) => {
+                self.bar.abandon();
+                return Err(e);
+            }
+        }
+        Ok(())
+    }
+
+    fn judge(
         &mut self,
         r: &StepReport,
         step: u64,
