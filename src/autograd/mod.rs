@@ -273,7 +273,7 @@ impl Tape {
         let mut told: std::collections::HashSet<*const Param> = Default::default();
         for node in nodes.into_iter().rev() {
             let inputs = node.inputs.clone();
-            self.backward_node(node, &mut grads, &homed, &owners)?;
+            Tape::backward_node(node, &mut grads, &homed, &owners)?;
             let Some(ready) = &listener else { continue };
             // A node that got no gradient adds none either: its inputs are done with it too.
             let mut now = Vec::new();
@@ -314,7 +314,6 @@ impl Tape {
     /// Runs one node's backward: offers its inputs their destinations ([`GradInto`]) and adds
     /// what it returns where each input's gradient goes.
     fn backward_node(
-        &self,
         node: Node,
         grads: &mut [Option<Tensor>],
         homed: &std::collections::HashMap<usize, Rc<Param>>,
@@ -324,17 +323,22 @@ impl Tape {
         let Some(g) = grads[node.out].take() else {
             return Ok(());
         };
-        let mut into: Vec<Option<GradInto>> = node
-            .inputs
-            .iter()
-            .map(|inp| {
-                let i = (*inp)?;
-                match owners.get(&i).and_then(|o| joined_slot(o)) {
+        let mut into: Vec<Option<GradInto>> = Vec::with_capacity(node.inputs.len());
+        for inp in &node.inputs {
+            let offer = match *inp {
+                None => None,
+                Some(i) => match owners
+                    .get(&i)
+                    .map(|o| joined_slot(o))
+                    .transpose()?
+                    .flatten()
+                {
                     Some(slot) => Some(GradInto::Slot(slot)),
                     None => grads[i].take().map(GradInto::Sum),
-                }
-            })
-            .collect();
+                },
+            };
+            into.push(offer);
+        }
         let offered_slot: Vec<bool> = into
             .iter()
             .map(|o| matches!(o, Some(GradInto::Slot(_))))
@@ -388,13 +392,18 @@ impl Tape {
 /// The one slot that `owners`' slots make when they lie back to back (a parameter's own, or a
 /// join's). Anything still queued for them is added first, so additions keep their order
 /// (and the result its bits).
-fn joined_slot(owners: &[Rc<Param>]) -> Option<Tensor> {
-    let slots: Option<Vec<Tensor>> = owners.iter().map(|p| p.grad_slot()).collect();
-    let slots = slots?;
-    match slots.len() {
-        1 => slots.into_iter().next(),
-        _ => Tensor::join(&slots.iter().collect::<Vec<_>>()),
+fn joined_slot(owners: &[Rc<Param>]) -> Result<Option<Tensor>> {
+    let mut slots = Vec::with_capacity(owners.len());
+    for p in owners {
+        match p.grad_slot()? {
+            Some(s) => slots.push(s),
+            None => return Ok(None),
+        }
     }
+    Ok(match slots.len() {
+        1 => slots.pop(),
+        _ => Tensor::join(&slots.iter().collect::<Vec<_>>()),
+    })
 }
 
 impl Var {

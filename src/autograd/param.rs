@@ -71,11 +71,13 @@ impl Param {
 
     /// The flat gradient slot, with anything queued for it added first (`None` without a
     /// home): for a backward that adds into it directly, then [`Param::mark_touched`].
-    pub(super) fn grad_slot(&self) -> Option<Tensor> {
+    pub(super) fn grad_slot(&self) -> Result<Option<Tensor>> {
         let home = self.home.borrow();
-        let h = home.as_ref()?;
-        h.sink.flush_for(&h.slot).ok()?;
-        Some(h.slot.clone())
+        let Some(h) = home.as_ref() else {
+            return Ok(None);
+        };
+        h.sink.flush_for(&h.slot)?;
+        Ok(Some(h.slot.clone()))
     }
 
     /// Records that something was added into the flat slot directly.

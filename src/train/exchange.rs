@@ -96,8 +96,8 @@ impl Exchange {
     /// After the backward: sends what is left, then sums every range over the ranks in the
     /// order sent and writes it back, then the other gradients and `extra` (the loss).
     /// Returns how many ranges there were and how many went during the backward.
-    pub fn finish(self, dist: &Dist, extra: &[Tensor]) -> Result<ExchangeReport> {
-        let mut x = self;
+    pub fn finish(&mut self, dist: &Dist, extra: &[Tensor]) -> Result<ExchangeReport> {
+        let x = self;
         let report = ExchangeReport {
             ranges: x.ranges.len(),
             during_backward: x.early,

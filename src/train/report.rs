@@ -44,7 +44,48 @@ impl Watch {
         scaler: Option<&GradScaler>,
         model: &Wav2Vec2ForCtc,
     ) -> Result<()> {
-        match self.judge(r, step, st, scaler, model) {
+        let mut verdict = || -> Result<Option<String>> {
+            if !r.skipped {
+                self.skipped_in_a_row = 0;
+                // An update that overflows the weights cannot be undone: stop before it is saved.
+                // (Huge but finite weights also overflow the check; the search finds none then.)
+                let broken = match r.weights_finite {
+                    true => None,
+                    false => first_non_finite(model)?,
+                };
+                return match broken {
+                    None => Ok(None),
+                    Some(name) => Err(Error::Usage(format!(
+                        "step {step}: the update made {name} non-finite (NaN or inf); stopping \
+                         before it is saved. Lower --learning-rate (now {:e}){}",
+                        self.learning_rate,
+                        last_saved(&self.out)
+                    ))),
+                };
+            }
+            st.skipped_steps += 1;
+            self.skipped_in_a_row += 1;
+            if self.skipped_in_a_row >= MAX_SKIPPED_IN_A_ROW {
+                return Err(Error::Usage(format!(
+                    "steps {}..{step}: {MAX_SKIPPED_IN_A_ROW} optimiser steps in a row were skipped \
+                     (loss or gradient norm not finite); stopping. Lower --learning-rate (now {:e}) \
+                     or --max-grad-norm, or check the data and the model for NaN{}",
+                    step + 1 - self.skipped_in_a_row,
+                    self.learning_rate,
+                    last_saved(&self.out)
+                )));
+            }
+            let why = match scaler {
+                // Expected now and then under fp16: GradScaler's way of finding the scale.
+                Some(g) => format!("overflowed in fp16; loss scale lowered to {}", g.scale),
+                None => "is not finite".to_string(),
+            };
+            Ok(Some(format!(
+                "step {step}: loss or gradient norm ({}) {why}; step skipped ({} so far)",
+                r.grad_norm, st.skipped_steps
+            )))
+        };
+        match verdict() {
             Ok(Some(msg)) if self.root => say(&self.bar, msg),
             Ok(_) => {}
             Err(e) => {
@@ -53,55 +94,6 @@ impl Watch {
             }
         }
         Ok(())
-    }
-
-    fn judge(
-        &mut self,
-        r: &StepReport,
-        step: u64,
-        st: &mut TrainerState,
-        scaler: Option<&GradScaler>,
-        model: &Wav2Vec2ForCtc,
-    ) -> Result<Option<String>> {
-        if !r.skipped {
-            self.skipped_in_a_row = 0;
-            // An update that overflows the weights cannot be undone: stop before it is saved.
-            // (Huge but finite weights also overflow the check; the search finds none then.)
-            let broken = match r.weights_finite {
-                true => None,
-                false => first_non_finite(model)?,
-            };
-            return match broken {
-                None => Ok(None),
-                Some(name) => Err(Error::Usage(format!(
-                    "step {step}: the update made {name} non-finite (NaN or inf); stopping \
-                     before it is saved. Lower --learning-rate (now {:e}){}",
-                    self.learning_rate,
-                    last_saved(&self.out)
-                ))),
-            };
-        }
-        st.skipped_steps += 1;
-        self.skipped_in_a_row += 1;
-        if self.skipped_in_a_row >= MAX_SKIPPED_IN_A_ROW {
-            return Err(Error::Usage(format!(
-                "steps {}..{step}: {MAX_SKIPPED_IN_A_ROW} optimiser steps in a row were skipped \
-                 (loss or gradient norm not finite); stopping. Lower --learning-rate (now {:e}) \
-                 or --max-grad-norm, or check the data and the model for NaN{}",
-                step + 1 - self.skipped_in_a_row,
-                self.learning_rate,
-                last_saved(&self.out)
-            )));
-        }
-        let why = match scaler {
-            // Expected now and then under fp16: GradScaler's way of finding the scale.
-            Some(g) => format!("overflowed in fp16; loss scale lowered to {}", g.scale),
-            None => "is not finite".to_string(),
-        };
-        Ok(Some(format!(
-            "step {step}: loss or gradient norm ({}) {why}; step skipped ({} so far)",
-            r.grad_norm, st.skipped_steps
-        )))
     }
 }
 

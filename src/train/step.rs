@@ -226,8 +226,7 @@ impl<'m> TrainStep<'m> {
         };
         if let (Some(d), Some(x)) = (ranks, exchange) {
             // Every rank steps on the sums: the same gradients, loss, norm and skip decision.
-            let x = Rc::try_unwrap(x).map_err(|_| Error::Usage("exchange still shared".into()));
-            self.exchanged = Some(x?.into_inner().finish(d, std::slice::from_ref(&loss))?);
+            self.exchanged = Some(x.borrow_mut().finish(d, std::slice::from_ref(&loss))?);
         }
         if previous.is_none() {
             previous = self.finish()?;
