@@ -26,11 +26,21 @@
 // side; D <= MAX_D (row_at finds a row either way). With `qkv_rows` = 3, q, k and v are one
 // [B, T, 3, H, D] tensor, the output of one GEMM over the joined projection weights (k at
 // column `col_k`, v at `col_v`), and dQ, dK, dV are written the same way into one tensor
-// that feeds one GEMM back (qkv_at finds those rows). L and the stats are [BH, T]. One thread holds
-// its row's vectors in private arrays of MAX_D / 4 vec4s (zero past D). Workgroups are
-// (row tile, bh). Each kernel body takes the vec4 count as an argument and the entry point
-// calls it with the constant MAX_D4 when D = 64: after inlining, the D loops have a constant
-// trip count, unroll, and the private rows live in registers. The key mask is
+// that feeds one GEMM back (qkv_at finds those rows). L and the stats are [BH, T].
+//
+// Threads: LANES threads share a row, adjacent lanes of one subgroup, each holding every
+// LANES-th vec4 of the row's vectors (zero past D) in private arrays, and a dot product is
+// completed across them by `lane_sum`. This file is the LANES = 1 build, a thread per row; the
+// `attention_lanes` build (engine::pipelines, adapters with subgroups) has LANES = 4 and sums
+// with subgroup shuffles. At wav2vec2's T = 250 a thread per row gives a big GPU only B*H*T
+// threads, each with 64-float rows that crowd its registers; four lanes give 4x the threads
+// with a quarter of the state each. Workgroups are (row tile, bh). Each kernel body takes its
+// vec4 count as an argument and the entry point calls it with the constant N4 when D = 64:
+// after inlining, the D loops have a constant trip count, unroll, and the rows live in
+// registers. The forward keeps no per-tile score array (indexed by a loop counter, it would
+// sit in local memory): it rescales its running sums only when a score beats the running max.
+// The dropout scales of a tile are drawn once into workgroup memory (the lanes of a row would
+// each draw them). The key mask is
 // [B, T] additive (0 or f32::MIN), batch = bh / heads. Scores stay finite: the running max
 // starts at the lowest finite f32, and score + f32::MIN is finite (it rounds to f32::MIN), so a
 // row whose every key is masked comes out uniform, as softmax.wgsl makes it.
@@ -54,15 +64,30 @@ alias In = f32;
 @group(0) @binding(8) var<storage, read_write> out1: array<f32>;  // L or dV
 
 const MAX_D: u32 = 64u;
-const MAX_D4: u32 = 16u;   // MAX_D in vec4s: rows are held and staged as vec4, zero-padded
-const ROWS: u32 = 64u;     // rows (threads) per workgroup
+const MAX_D4: u32 = 16u;   // MAX_D in vec4s: rows are staged as vec4, zero-padded
+const ROWS: u32 = 64u;     // rows per workgroup
 const TILE: u32 = 32u;     // rows of the other operand staged per step
+const LANES: u32 = 1u;     // threads per row
+const WG: u32 = ROWS * LANES;
+const N4: u32 = MAX_D4 / LANES;   // vec4s of a row each thread holds
+const KS: u32 = TILE + 1u;        // row stride of the dropout tile (odd: no bank conflicts)
 const LOWEST: f32 = -3.40282347e38;
 
 var<workgroup> ta: array<vec4<f32>, TILE * MAX_D4>;   // k (fwd, bwd_q) or q (bwd_kv)
 var<workgroup> tb: array<vec4<f32>, TILE * MAX_D4>;   // v (fwd, bwd_q) or dO (bwd_kv)
 var<workgroup> tc: array<f32, TILE>;                  // key mask, or L of the staged queries
 var<workgroup> td: array<f32, TILE>;                  // Drow of the staged queries
+var<workgroup> tk: array<f32, ROWS * KS>;             // dropout scales of (own row, staged row)
+
+// The sum of x over the LANES threads of a row (each gets it; a butterfly, so bit-identical
+// in every lane).
+fn lane_sum(x: f32) -> f32 {
+    return x; // one lane
+}
+
+fn lane_sum2(x: vec2<f32>) -> vec2<f32> {
+    return x; // one lane
+}
 
 // Mask / (1 - p) for probability (bh, i, j): 0 for a dropped element.
 fn keep_scale(bh: u32, i: u32, j: u32) -> f32 {
@@ -99,6 +124,11 @@ fn qkv_at(bh: u32, i: u32) -> u32 {
 
 fn d4() -> u32 {
     return (p.d + 3u) / 4u;
+}
+
+// How many of a row's vec4s the thread at `lane` holds: those at lane, lane + LANES, ...
+fn own4(lane: u32) -> u32 {
+    return min(N4, (d4() + LANES - 1u - lane) / LANES);
 }
 
 // Elements c*4..c*4+4 of the row starting at `base`, zero past D (never read past the row).
@@ -154,10 +184,36 @@ fn st_out1(base: u32, c: u32, val: vec4<f32>) {
     for (var x = 0u; x < 4u && c * 4u + x < p.d; x = x + 1u) { out1[base + c * 4u + x] = val[x]; }
 }
 
-// Stages keys j0..j0+TILE of (bh) into ta (k), tb (v) and tc (mask); returns how many exist.
-fn stage_keys(bh: u32, j0: u32, lid: u32, n4: u32) -> u32 {
+fn hsum(x: vec4<f32>) -> f32 {
+    return x.x + x.y + x.z + x.w;
+}
+
+// Draws the dropout scales of this workgroup's ROWS rows against the n staged rows into tk:
+// rows are queries i0 + r against keys j0 + x, or with `rows_are_keys` keys j0 + r against
+// queries i0 + x.
+fn stage_keep(bh: u32, i0: u32, j0: u32, n: u32, lid: u32, rows_are_keys: bool) {
+    if p.p <= 0.0 { return; }
+    for (var e = lid; e < ROWS * TILE; e = e + WG) {
+        let r = e / TILE;
+        let x = min(e % TILE, n - 1u);
+        let i = min(select(i0 + r, i0 + x, rows_are_keys), p.t - 1u);
+        let j = min(select(j0 + x, j0 + r, rows_are_keys), p.t - 1u);
+        tk[r * KS + e % TILE] = keep_scale(bh, i, j);
+    }
+}
+
+// The dropout scale of own row r against staged row x (see stage_keep).
+fn keep_at(r: u32, x: u32) -> f32 {
+    if p.p <= 0.0 { return 1.0; }
+    return tk[r * KS + x];
+}
+
+// Stages keys j0..j0+TILE of (bh) into ta (k), tb (v) and tc (mask), and their dropout scales
+// against this workgroup's queries (from i0); returns how many keys exist.
+fn stage_keys(bh: u32, i0: u32, j0: u32, lid: u32) -> u32 {
     let n = min(TILE, p.t - j0);
-    for (var e = lid; e < n * n4; e = e + ROWS) {
+    let n4 = d4();
+    for (var e = lid; e < n * n4; e = e + WG) {
         let jj = e / n4;
         let c = e % n4;
         let g = qkv_at(bh, j0 + jj);
@@ -165,66 +221,62 @@ fn stage_keys(bh: u32, j0: u32, lid: u32, n4: u32) -> u32 {
         tb[jj * MAX_D4 + c] = ld_v(g, c);
     }
     if lid < n { tc[lid] = key_mask(bh, j0 + lid); }
+    stage_keep(bh, i0, j0, n, lid, false);
     return n;
 }
 
 fn attn_fwd_rows(lid: u32, wx: u32, bh: u32, n4: u32) {
-    let i = wx * ROWS + lid;
-    let live = i < p.t;
-    let row = bh * p.t + min(i, p.t - 1u);
-    let at = row_at(bh, min(i, p.t - 1u));
-    let qat = qkv_at(bh, min(i, p.t - 1u));
-    var qr: array<vec4<f32>, MAX_D4>;
-    var acc: array<vec4<f32>, MAX_D4>;
-    for (var c = 0u; c < n4; c = c + 1u) {
-        qr[c] = ld_q(qat, c);
-        acc[c] = vec4<f32>(0.0);
+    let r = lid / LANES;
+    let lane = lid % LANES;
+    let i0 = wx * ROWS;
+    let i = i0 + r;
+    // Rows past T compute on row T - 1 (the lanes stay in step) and store nothing.
+    let ic = min(i, p.t - 1u);
+    let qat = qkv_at(bh, ic);
+    var qr: array<vec4<f32>, N4>;
+    var acc: array<vec4<f32>, N4>;
+    for (var cc = 0u; cc < n4; cc = cc + 1u) {
+        qr[cc] = ld_q(qat, cc * LANES + lane);
+        acc[cc] = vec4<f32>(0.0);
     }
     var m = LOWEST;
     var l = 0.0;
-    var s: array<f32, TILE>;
     for (var j0 = 0u; j0 < p.t; j0 = j0 + TILE) {
         workgroupBarrier();
-        let n = stage_keys(bh, j0, lid, n4);
+        let n = stage_keys(bh, i0, j0, lid);
         workgroupBarrier();
-        if live {
-            var mt = LOWEST;
-            for (var jj = 0u; jj < n; jj = jj + 1u) {
-                var dp = vec4<f32>(0.0);
-                for (var c = 0u; c < n4; c = c + 1u) { dp = fma(qr[c], ta[jj * MAX_D4 + c], dp); }
-                s[jj] = (dp.x + dp.y + dp.z + dp.w) * p.scale + tc[jj];
-                mt = max(mt, s[jj]);
+        for (var jj = 0u; jj < n; jj = jj + 1u) {
+            var dp = vec4<f32>(0.0);
+            for (var cc = 0u; cc < n4; cc = cc + 1u) { dp = fma(qr[cc], ta[jj * MAX_D4 + cc * LANES + lane], dp); }
+            let s = lane_sum(hsum(dp)) * p.scale + tc[jj];
+            // A new max: rescale what was summed under the old one (rarely, after the first keys).
+            if s > m {
+                let alpha = exp(m - s);
+                l = l * alpha;
+                for (var cc = 0u; cc < n4; cc = cc + 1u) { acc[cc] = acc[cc] * alpha; }
+                m = s;
             }
-            // Rescale what was summed under the old max.
-            let mn = max(m, mt);
-            let alpha = exp(m - mn);
-            m = mn;
-            l = l * alpha;
-            for (var c = 0u; c < n4; c = c + 1u) { acc[c] = acc[c] * alpha; }
-            for (var jj = 0u; jj < n; jj = jj + 1u) {
-                let e = exp(s[jj] - m);
-                l = l + e;
-                let w = e * keep_scale(bh, i, j0 + jj);
-                if w != 0.0 {
-                    for (var c = 0u; c < n4; c = c + 1u) { acc[c] = fma(vec4<f32>(w), tb[jj * MAX_D4 + c], acc[c]); }
-                }
-            }
+            let e = exp(s - m);
+            l = l + e;
+            let w = vec4<f32>(e * keep_at(r, jj));
+            for (var cc = 0u; cc < n4; cc = cc + 1u) { acc[cc] = fma(w, tb[jj * MAX_D4 + cc * LANES + lane], acc[cc]); }
         }
     }
-    if live {
+    if i < p.t {
         let inv = 1.0 / l;
-        for (var c = 0u; c < n4; c = c + 1u) { st_out0(p.off_f + at, c, acc[c] * inv); }
-        out1[p.off_l + row] = m + log(l);
+        let at = row_at(bh, i);
+        for (var cc = 0u; cc < n4; cc = cc + 1u) { st_out0(p.off_f + at, cc * LANES + lane, acc[cc] * inv); }
+        if lane == 0u { out1[p.off_l + bh * p.t + i] = m + log(l); }
     }
 }
 
-@compute @workgroup_size(64)
-fn attn_fwd(@builtin(local_invocation_id) lid: vec3<u32>, @builtin(workgroup_id) wid: vec3<u32>,
+@compute @workgroup_size(WG)
+fn attn_fwd(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: vec3<u32>,
           @builtin(num_workgroups) nwg: vec3<u32>) {
     let bh = bh_of(wid, nwg);
     if bh >= p.bh { return; }
     // A constant trip count lets the compiler unroll the D loops and keep rows in registers.
-    if d4() == MAX_D4 { attn_fwd_rows(lid.x, wid.x, bh, MAX_D4); } else { attn_fwd_rows(lid.x, wid.x, bh, d4()); }
+    if d4() == MAX_D4 { attn_fwd_rows(lid, wid.x, bh, N4); } else { attn_fwd_rows(lid, wid.x, bh, own4(lid % LANES)); }
 }
 
 // stats[2 r] = L_r, stats[2 r + 1] = Drow_r = dO_r . O_r. Thread per row of [BH * T].
@@ -241,118 +293,123 @@ fn attn_bwd_stats(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_wo
     out0[p.off_s + 2u * r + 1u] = acc;
 }
 
-// dK, dV: thread per key row j, walking query tiles.
+// dK, dV: LANES threads per key row j, walking query tiles.
 fn attn_bwd_kv_rows(lid: u32, wx: u32, bh: u32, n4: u32) {
-    let j = wx * ROWS + lid;
-    let live = j < p.t;
+    let r = lid / LANES;
+    let lane = lid % LANES;
+    let j0 = wx * ROWS;
+    let j = j0 + r;
     let at = qkv_at(bh, min(j, p.t - 1u));
-    var kr: array<vec4<f32>, MAX_D4>;
-    var vr: array<vec4<f32>, MAX_D4>;
-    var dk: array<vec4<f32>, MAX_D4>;
-    var dv: array<vec4<f32>, MAX_D4>;
-    for (var c = 0u; c < n4; c = c + 1u) {
-        kr[c] = ld_k(at, c);
-        vr[c] = ld_v(at, c);
-        dk[c] = vec4<f32>(0.0);
-        dv[c] = vec4<f32>(0.0);
+    var kr: array<vec4<f32>, N4>;
+    var vr: array<vec4<f32>, N4>;
+    var dk: array<vec4<f32>, N4>;
+    var dv: array<vec4<f32>, N4>;
+    for (var cc = 0u; cc < n4; cc = cc + 1u) {
+        kr[cc] = ld_k(at, cc * LANES + lane);
+        vr[cc] = ld_v(at, cc * LANES + lane);
+        dk[cc] = vec4<f32>(0.0);
+        dv[cc] = vec4<f32>(0.0);
     }
     let mj = key_mask(bh, min(j, p.t - 1u));
+    let d4s = d4();
     for (var i0 = 0u; i0 < p.t; i0 = i0 + TILE) {
         workgroupBarrier();
         let n = min(TILE, p.t - i0);
-        for (var e = lid; e < n * n4; e = e + ROWS) {
-            let ii = e / n4;
-            let c = e % n4;
+        for (var e = lid; e < n * d4s; e = e + WG) {
+            let ii = e / d4s;
+            let c = e % d4s;
             ta[ii * MAX_D4 + c] = ld_q(qkv_at(bh, i0 + ii), c);
             tb[ii * MAX_D4 + c] = ld_fa(row_at(bh, i0 + ii), c);
         }
         if lid < n {
-            let r = bh * p.t + i0 + lid;
-            tc[lid] = fb[p.off_s + 2u * r];
-            td[lid] = fb[p.off_s + 2u * r + 1u];
+            let s = bh * p.t + i0 + lid;
+            tc[lid] = fb[p.off_s + 2u * s];
+            td[lid] = fb[p.off_s + 2u * s + 1u];
         }
+        stage_keep(bh, i0, j0, n, lid, true);
         workgroupBarrier();
-        if live {
-            for (var ii = 0u; ii < n; ii = ii + 1u) {
-                var qk = vec4<f32>(0.0);
-                var dpt = vec4<f32>(0.0);
-                for (var c = 0u; c < n4; c = c + 1u) {
-                    qk = fma(ta[ii * MAX_D4 + c], kr[c], qk);
-                    dpt = fma(tb[ii * MAX_D4 + c], vr[c], dpt);
-                }
-                let pr = exp((qk.x + qk.y + qk.z + qk.w) * p.scale + mj - tc[ii]);
-                let ks = keep_scale(bh, i0 + ii, j);
-                let pd = vec4<f32>(pr * ks);
-                let ds = vec4<f32>(pr * ((dpt.x + dpt.y + dpt.z + dpt.w) * ks - td[ii]));
-                for (var c = 0u; c < n4; c = c + 1u) {
-                    dv[c] = fma(pd, tb[ii * MAX_D4 + c], dv[c]);
-                    dk[c] = fma(ds, ta[ii * MAX_D4 + c], dk[c]);
-                }
+        for (var ii = 0u; ii < n; ii = ii + 1u) {
+            var qk = vec4<f32>(0.0);
+            var dpt = vec4<f32>(0.0);
+            for (var cc = 0u; cc < n4; cc = cc + 1u) {
+                qk = fma(ta[ii * MAX_D4 + cc * LANES + lane], kr[cc], qk);
+                dpt = fma(tb[ii * MAX_D4 + cc * LANES + lane], vr[cc], dpt);
+            }
+            let sums = lane_sum2(vec2<f32>(hsum(qk), hsum(dpt)));
+            let pr = exp(sums.x * p.scale + mj - tc[ii]);
+            let ks = keep_at(r, ii);
+            let pd = vec4<f32>(pr * ks);
+            let ds = vec4<f32>(pr * (sums.y * ks - td[ii]));
+            for (var cc = 0u; cc < n4; cc = cc + 1u) {
+                dv[cc] = fma(pd, tb[ii * MAX_D4 + cc * LANES + lane], dv[cc]);
+                dk[cc] = fma(ds, ta[ii * MAX_D4 + cc * LANES + lane], dk[cc]);
             }
         }
     }
-    if live {
-        for (var c = 0u; c < n4; c = c + 1u) {
-            st_out0(p.off_g + p.col_k + at, c, dk[c] * p.scale);
-            st_out1(p.off_g + p.col_v + at, c, dv[c]);
+    if j < p.t {
+        for (var cc = 0u; cc < n4; cc = cc + 1u) {
+            st_out0(p.off_g + p.col_k + at, cc * LANES + lane, dk[cc] * p.scale);
+            st_out1(p.off_g + p.col_v + at, cc * LANES + lane, dv[cc]);
         }
     }
 }
 
-@compute @workgroup_size(64)
-fn attn_bwd_kv(@builtin(local_invocation_id) lid: vec3<u32>, @builtin(workgroup_id) wid: vec3<u32>,
+@compute @workgroup_size(WG)
+fn attn_bwd_kv(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: vec3<u32>,
           @builtin(num_workgroups) nwg: vec3<u32>) {
     let bh = bh_of(wid, nwg);
     if bh >= p.bh { return; }
     // A constant trip count lets the compiler unroll the D loops and keep rows in registers.
-    if d4() == MAX_D4 { attn_bwd_kv_rows(lid.x, wid.x, bh, MAX_D4); } else { attn_bwd_kv_rows(lid.x, wid.x, bh, d4()); }
+    if d4() == MAX_D4 { attn_bwd_kv_rows(lid, wid.x, bh, N4); } else { attn_bwd_kv_rows(lid, wid.x, bh, own4(lid % LANES)); }
 }
 
-// dQ: thread per query row i, walking key tiles.
+// dQ: LANES threads per query row i, walking key tiles.
 fn attn_bwd_q_rows(lid: u32, wx: u32, bh: u32, n4: u32) {
-    let i = wx * ROWS + lid;
-    let live = i < p.t;
-    let row = bh * p.t + min(i, p.t - 1u);
-    let at = row_at(bh, min(i, p.t - 1u));
-    let qat = qkv_at(bh, min(i, p.t - 1u));
-    var qr: array<vec4<f32>, MAX_D4>;
-    var dor: array<vec4<f32>, MAX_D4>;
-    var dq: array<vec4<f32>, MAX_D4>;
-    for (var c = 0u; c < n4; c = c + 1u) {
-        qr[c] = ld_q(qat, c);
-        dor[c] = ld_fa(at, c);
-        dq[c] = vec4<f32>(0.0);
+    let r = lid / LANES;
+    let lane = lid % LANES;
+    let i0 = wx * ROWS;
+    let i = i0 + r;
+    let ic = min(i, p.t - 1u);
+    let row = bh * p.t + ic;
+    let at = row_at(bh, ic);
+    let qat = qkv_at(bh, ic);
+    var qr: array<vec4<f32>, N4>;
+    var dor: array<vec4<f32>, N4>;
+    var dq: array<vec4<f32>, N4>;
+    for (var cc = 0u; cc < n4; cc = cc + 1u) {
+        qr[cc] = ld_q(qat, cc * LANES + lane);
+        dor[cc] = ld_fa(at, cc * LANES + lane);
+        dq[cc] = vec4<f32>(0.0);
     }
     let lse = fb[p.off_s + 2u * row];
     let drow = fb[p.off_s + 2u * row + 1u];
     for (var j0 = 0u; j0 < p.t; j0 = j0 + TILE) {
         workgroupBarrier();
-        let n = stage_keys(bh, j0, lid, n4);
+        let n = stage_keys(bh, i0, j0, lid);
         workgroupBarrier();
-        if live {
-            for (var jj = 0u; jj < n; jj = jj + 1u) {
-                var qk = vec4<f32>(0.0);
-                var dpt = vec4<f32>(0.0);
-                for (var c = 0u; c < n4; c = c + 1u) {
-                    qk = fma(qr[c], ta[jj * MAX_D4 + c], qk);
-                    dpt = fma(dor[c], tb[jj * MAX_D4 + c], dpt);
-                }
-                let pr = exp((qk.x + qk.y + qk.z + qk.w) * p.scale + tc[jj] - lse);
-                let ds = pr * ((dpt.x + dpt.y + dpt.z + dpt.w) * keep_scale(bh, i, j0 + jj) - drow);
-                for (var c = 0u; c < n4; c = c + 1u) { dq[c] = fma(vec4<f32>(ds), ta[jj * MAX_D4 + c], dq[c]); }
+        for (var jj = 0u; jj < n; jj = jj + 1u) {
+            var qk = vec4<f32>(0.0);
+            var dpt = vec4<f32>(0.0);
+            for (var cc = 0u; cc < n4; cc = cc + 1u) {
+                qk = fma(qr[cc], ta[jj * MAX_D4 + cc * LANES + lane], qk);
+                dpt = fma(dor[cc], tb[jj * MAX_D4 + cc * LANES + lane], dpt);
             }
+            let sums = lane_sum2(vec2<f32>(hsum(qk), hsum(dpt)));
+            let pr = exp(sums.x * p.scale + tc[jj] - lse);
+            let ds = vec4<f32>(pr * (sums.y * keep_at(r, jj) - drow));
+            for (var cc = 0u; cc < n4; cc = cc + 1u) { dq[cc] = fma(ds, ta[jj * MAX_D4 + cc * LANES + lane], dq[cc]); }
         }
     }
-    if live {
-        for (var c = 0u; c < n4; c = c + 1u) { st_out0(p.off_g + qat, c, dq[c] * p.scale); }
+    if i < p.t {
+        for (var cc = 0u; cc < n4; cc = cc + 1u) { st_out0(p.off_g + qat, cc * LANES + lane, dq[cc] * p.scale); }
     }
 }
 
-@compute @workgroup_size(64)
-fn attn_bwd_q(@builtin(local_invocation_id) lid: vec3<u32>, @builtin(workgroup_id) wid: vec3<u32>,
+@compute @workgroup_size(WG)
+fn attn_bwd_q(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: vec3<u32>,
           @builtin(num_workgroups) nwg: vec3<u32>) {
     let bh = bh_of(wid, nwg);
     if bh >= p.bh { return; }
     // A constant trip count lets the compiler unroll the D loops and keep rows in registers.
-    if d4() == MAX_D4 { attn_bwd_q_rows(lid.x, wid.x, bh, MAX_D4); } else { attn_bwd_q_rows(lid.x, wid.x, bh, d4()); }
+    if d4() == MAX_D4 { attn_bwd_q_rows(lid, wid.x, bh, N4); } else { attn_bwd_q_rows(lid, wid.x, bh, own4(lid % LANES)); }
 }

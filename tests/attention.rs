@@ -1,6 +1,7 @@
 //! The fused attention kernels (`ops::attention`, `Var::attention`) against the plain autograd
 //! path q kᵀ → scale → softmax(mask) → dropout → @ v, forward and backward, on sequence lengths
-//! that are not multiples of the tiles (1, 7, 50, 133), head dims 8, 16 and 64, B = 2, H = 3,
+//! that are not multiples of the tiles (1, 7, 50, 133), head dims 8, 16 and 64 (and 10 and 36,
+//! in both builds of the kernels: four lanes per row and a thread per row), B = 2, H = 3,
 //! with and without a key padding mask (batch 1 keeps only a few keys) and dropout 0 and 0.1.
 //! Tolerances: output |err| <= 1e-5 + 1e-4 |ref|; each gradient |err| <= 1e-4 max|ref grad|
 //! (that max floored at 1e-2 of the largest of dq, dk, dv: dq and dk are zero in exact arithmetic at
@@ -200,6 +201,39 @@ fn fused_matches_plain_with_sharp_scores() {
             seed: 3,
             q_gain: 30.0,
         });
+    }
+}
+
+#[test]
+fn both_builds_match_plain_and_each_other() {
+    // Four lanes per row (adapters with subgroups) and a thread per row, at head dims that
+    // leave some lanes fewer vec4s (10: three vec4s, the last partial, so one lane holds
+    // none; 36: nine) and at 64, with mask, dropout and sharp scores.
+    if !gpu().has_subgroups() {
+        eprintln!("adapter has no subgroup operations: only the thread-per-row build exists");
+    }
+    for (t, d) in [(7, 10), (133, 36), (50, 64)] {
+        let c = Case {
+            t,
+            d,
+            masked: true,
+            p: 0.1,
+            seed: 11,
+            q_gain: 8.0,
+        };
+        let before = xlsr::ops::attention::set_rows_only(true);
+        let rows = compare(&c);
+        xlsr::ops::attention::set_rows_only(false);
+        let lanes = compare(&c);
+        xlsr::ops::attention::set_rows_only(before);
+        let want: Vec<f64> = rows.iter().map(|&x| x as f64).collect();
+        assert_close(
+            &format!("T={t} D={d}: lanes vs rows"),
+            &lanes,
+            &want,
+            1e-6,
+            1e-5,
+        );
     }
 }
 

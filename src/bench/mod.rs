@@ -258,10 +258,23 @@ pub fn run(
             log,
         );
     }
-    // A batch of clips through the fused kernels, forward and backward together.
+    // A batch of clips through the fused kernels, forward and backward together; then the
+    // same with a thread per row, the build adapters without subgroups run.
     let (ab, at) = if quick { (2, 50) } else { (8, 250) };
-    let name = format!("attention fused fwd+bwd B{ab} H{h} T{at} D{dh} dropout 0.1");
-    if keep(&name) {
+    let cases = [
+        (
+            format!("attention fused fwd+bwd B{ab} H{h} T{at} D{dh} dropout 0.1"),
+            false,
+        ),
+        (
+            format!("attention a thread per row fwd+bwd B{ab} H{h} T{at} D{dh} dropout 0.1"),
+            true,
+        ),
+    ];
+    for (name, rows_only) in cases {
+        if !keep(&name) || (rows_only && !gpu.has_subgroups()) {
+            continue;
+        }
         let (q, k, v) = (
             rand(gpu, &[ab * h, at, dh], 22)?,
             rand(gpu, &[ab * h, at, dh], 23)?,
@@ -269,13 +282,13 @@ pub fn run(
         );
         let mask = Tensor::zeros(gpu, &[ab, at])?;
         let flops = 12.0 * (ab * h * at * at * dh) as f64;
-        report(
-            measure(gpu, &name, it, flops, true, || {
-                let fwd = ops::attention::forward(&q, &k, &v, Some(&mask), &att)?;
-                ops::attention::backward(&q, &k, &v, Some(&mask), &att, &fwd, &fwd.out).map(|_| ())
-            })?,
-            log,
-        );
+        let before = ops::attention::set_rows_only(rows_only);
+        let m = measure(gpu, &name, it, flops, true, || {
+            let fwd = ops::attention::forward(&q, &k, &v, Some(&mask), &att)?;
+            ops::attention::backward(&q, &k, &v, Some(&mask), &att, &fwd, &fwd.out).map(|_| ())
+        });
+        ops::attention::set_rows_only(before);
+        report(m?, log);
     }
     let scores = rand(gpu, &[h, t, t], 7)?;
     let mask = Tensor::zeros(gpu, &[1, t])?;

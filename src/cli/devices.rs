@@ -34,9 +34,10 @@ pub fn run() -> Result<()> {
             })
             .collect();
         println!(
-            "   subgroup size {}..{}, cooperative matrices: {}{}",
+            "   subgroup size {}..{}, subgroup operations {}, cooperative matrices: {}{}",
             a.info.subgroup_min_size,
             a.info.subgroup_max_size,
+            a.features.contains(wgpu::Features::SUBGROUP),
             if coop.is_empty() {
                 "none".to_string()
             } else {

@@ -107,6 +107,9 @@ pub(super) fn open(nth: usize) -> Result<Opened> {
     if std::env::var("XLSR_NO_F16").is_ok_and(|v| v == "1") {
         optional.remove(wgpu::Features::SHADER_F16);
     }
+    if !std::env::var("XLSR_NO_SUBGROUPS").is_ok_and(|v| v == "1") {
+        optional |= wgpu::Features::SUBGROUP;
+    }
     if coop_usable(&info, &adapter.cooperative_matrix_properties())
         && !std::env::var("XLSR_NO_COOP").is_ok_and(|v| v == "1")
     {

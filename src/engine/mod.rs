@@ -32,7 +32,7 @@ pub use dtype::DType;
 pub use error::{Error, Result};
 pub use late_read::LateRead;
 pub use params::KernelParams;
-pub use pipelines::{Kernel, COOP128_VARIANTS, COOP_VARIANTS, F16_SUFFIX};
+pub use pipelines::{Kernel, COOP128_VARIANTS, COOP_VARIANTS, F16_SUFFIX, LANES_SUFFIX};
 pub use profile::Counters;
 pub use tensor::Tensor;
 
@@ -223,6 +223,12 @@ impl Gpu {
     /// Whether f16 kernels can run (the adapter has SHADER_F16 and it was enabled).
     pub fn has_f16(&self) -> bool {
         self.0.features.contains(wgpu::Features::SHADER_F16)
+    }
+
+    /// Whether shaders may use subgroup operations (the four-lane attention build);
+    /// `XLSR_NO_SUBGROUPS=1` turns them off.
+    pub fn has_subgroups(&self) -> bool {
+        self.0.features.contains(wgpu::Features::SUBGROUP)
     }
 
     /// Whether f16 GEMMs run on cooperative matrices (tensor cores): see [`coop_usable`];

@@ -61,7 +61,8 @@ pub fn base_file(file: &str) -> &str {
         Some((base, "nn" | "nt" | "tn" | "tt")) => base,
         _ => file,
     };
-    file.strip_suffix(super::F16_SUFFIX).unwrap_or(file)
+    let file = file.strip_suffix(super::F16_SUFFIX).unwrap_or(file);
+    file.strip_suffix(super::LANES_SUFFIX).unwrap_or(file)
 }
 
 /// The fields of the params struct of a kernel file (`base_file` of it), for building shaders
@@ -184,6 +185,7 @@ mod tests {
     fn base_files() {
         assert_eq!(super::base_file("matmul_coop_tn"), "matmul_coop");
         assert_eq!(super::base_file("attention_f16"), "attention");
+        assert_eq!(super::base_file("attention_lanes_f16"), "attention");
         assert_eq!(super::base_file("multi_tensor"), "multi_tensor");
     }
 }

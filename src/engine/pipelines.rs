@@ -60,6 +60,16 @@ pub const COOP128_VARIANTS: [[&str; 2]; 2] = [
 pub const F16_SUFFIX: &str = "_f16";
 const IN_F32: &str = "alias In = f32;";
 
+/// A kernel file named `NAME_lanes` (then optionally [`F16_SUFFIX`]) is `NAME.wgsl` with four
+/// threads per row: its `const LANES` line says 4, and its one-lane sums (`lane_sum`, whose
+/// bodies are [`ONE_LANE`]) become butterflies of subgroup shuffles over the row's lanes.
+/// Only adapters with subgroup operations build it (`Gpu::has_subgroups`).
+pub const LANES_SUFFIX: &str = "_lanes";
+const LANES_ONE: &str = "const LANES: u32 = 1u;";
+const ONE_LANE: &str = "return x; // one lane";
+const FOUR_LANES: &str =
+    "let y = x + subgroupShuffleXor(x, 1u);\n    return y + subgroupShuffleXor(y, 2u);";
+
 /// Helpers shared by the kernel files, prepended to each (after its `enable` directives, which
 /// WGSL wants before any declaration).
 const PRELUDE: &str = include_str!("../../shaders/common.wgsl");
@@ -109,13 +119,28 @@ pub(super) fn shader_source(file: &str, fields: &[(&str, &str)]) -> Result<Strin
             ));
     }
     let base = file.strip_suffix(F16_SUFFIX).unwrap_or(file);
+    let (base, lanes) = match base.strip_suffix(LANES_SUFFIX) {
+        Some(b) => (b, true),
+        None => (base, false),
+    };
     let src = SHADERS
         .iter()
         .find(|(n, _)| *n == base)
         .map(|(_, s)| *s)
         .ok_or_else(|| Error::Gpu(format!("unknown shader file {file}")))?;
-    let src = with_prelude(src, fields);
-    if base == file {
+    let mut src = with_prelude(src, fields);
+    if lanes {
+        if !(src.contains(LANES_ONE) && src.contains(ONE_LANE)) {
+            return Err(Error::Gpu(format!(
+                "{base}.wgsl has no `{LANES_ONE}` line or `{ONE_LANE}` sum, so it has no lanes build"
+            )));
+        }
+        // No `enable subgroups;`: naga 30 rejects it and takes the built-ins without it.
+        src = src
+            .replace(LANES_ONE, "const LANES: u32 = 4u;")
+            .replace(ONE_LANE, FOUR_LANES);
+    }
+    if !file.ends_with(F16_SUFFIX) {
         return Ok(src);
     }
     if !src.contains(IN_F32) {
@@ -177,6 +202,11 @@ impl Gpu {
         if file.ends_with(F16_SUFFIX) && !self.has_f16() {
             return Err(Error::Gpu(format!(
                 "{file} needs an adapter with SHADER_F16 (f16 in shaders)"
+            )));
+        }
+        if file.contains(LANES_SUFFIX) && !self.has_subgroups() {
+            return Err(Error::Gpu(format!(
+                "{file} needs an adapter with subgroup operations"
             )));
         }
         let desc = wgpu::ShaderModuleDescriptor {
@@ -305,6 +335,10 @@ mod tests {
             files.push(name.to_string());
             if src.contains(IN_F32) {
                 files.push(format!("{name}{F16_SUFFIX}"));
+            }
+            if src.contains(LANES_ONE) {
+                files.push(format!("{name}{LANES_SUFFIX}"));
+                files.push(format!("{name}{LANES_SUFFIX}{F16_SUFFIX}"));
             }
         }
         files.extend(COOP_VARIANTS.iter().flatten().map(|s| s.to_string()));

@@ -5,11 +5,14 @@ use crate::engine::error::{shape_err, Error, Result};
 use crate::engine::params::kernel_params;
 use crate::engine::{grid, BufRef, Kernel};
 use crate::engine::{DType, Tensor};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::OnceLock;
 
 /// Largest head dim the fused kernels take; callers fall back to the unfused path above it.
 pub const MAX_HEAD_DIM: usize = 64;
 
-/// Rows (threads) per workgroup in the row-tiled kernels, as `ROWS` in attention.wgsl.
+/// Rows per workgroup in the row-tiled kernels, as `ROWS` in attention.wgsl (each row one
+/// thread, or four lanes in the `attention_lanes` build).
 const ROWS: usize = 64;
 
 kernel_params! {
@@ -63,22 +66,31 @@ const BWD_STATS: Kernel = Kernel::new("attention", "attn_bwd_stats", 6, 2);
 const BWD_KV: Kernel = Kernel::new("attention", "attn_bwd_kv", 6, 2);
 const BWD_Q: Kernel = Kernel::new("attention", "attn_bwd_q", 6, 2);
 
-/// `kernel` reading f16 q, k, v (the `attention_f16` build of the file, see
-/// `engine::pipelines`).
-const fn f16_variant(kernel: Kernel) -> Kernel {
-    Kernel {
-        file: "attention_f16",
-        ..kernel
-    }
+/// Whether the fused kernels run a thread per row even where the adapter has subgroups:
+/// `XLSR_ATTN=rows` at start, or [`set_rows_only`].
+fn rows_only() -> &'static AtomicBool {
+    static ROWS_ONLY: OnceLock<AtomicBool> = OnceLock::new();
+    ROWS_ONLY.get_or_init(|| AtomicBool::new(std::env::var("XLSR_ATTN").is_ok_and(|v| v == "rows")))
 }
 
-/// The kernel for q, k, v of q's dtype.
+/// Runs the fused kernels with a thread per row (`on`) or four lanes per row where the
+/// adapter has subgroups (the default): the benchmark's baseline. Returns the setting before.
+pub fn set_rows_only(on: bool) -> bool {
+    rows_only().swap(on, Ordering::Relaxed)
+}
+
+/// The build of attention.wgsl for q's dtype and the adapter: four lanes per row where the
+/// adapter has subgroup operations (unless [`set_rows_only`]), f16 loads for f16 q, k, v
+/// (see `engine::pipelines`).
 fn pick(kernel: Kernel, q: &Tensor) -> Kernel {
-    if q.dtype() == DType::F16 {
-        f16_variant(kernel)
-    } else {
-        kernel
-    }
+    let lanes = q.gpu().has_subgroups() && !rows_only().load(Ordering::Relaxed);
+    let file = match (lanes, q.dtype() == DType::F16) {
+        (false, false) => "attention",
+        (false, true) => "attention_f16",
+        (true, false) => "attention_lanes",
+        (true, true) => "attention_lanes_f16",
+    };
+    Kernel { file, ..kernel }
 }
 
 /// Problem size: (batch * heads, sequence length, head dim).
