@@ -4,6 +4,8 @@
 # $OUT (or ./gpu-out). Build here first: `cargo build --release`, and carry target/release/xlsr.
 #   XLSR=path/to/xlsr  ROWS=gemm,ctc,attention,step  STEPS=3  VARIANTS=f32,f32-ckpt,fp16-ckpt
 #   TESTS=folder of test binaries to run first  EXTRA='shell commands' to run before the bench
+#   BASELINES=0 skips the training steps with the previous kernels (XLSR_ATTN=rows, ...)
+#   STEP='--batch 8 --seconds 5' the shape of those steps
 set -u
 cd "$(dirname "$0")/.."
 OUT=${OUT:-gpu-out}
@@ -36,6 +38,16 @@ done
 if [ -n "${EXTRA:-}" ]; then
   echo "== extra: $EXTRA"
   eval "$EXTRA"
+fi
+
+# The XLSR-53 step with each kernel's previous build, to compare with compare_torch's rows.
+if [ "${BASELINES:-1}" = 1 ]; then
+  for alt in XLSR_ATTN=rows XLSR_GEMM=tiled64 XLSR_COOP=staged; do
+    for flags in "" "--fp16 --checkpointing"; do
+      echo "== step $alt $flags"
+      env "$alt" timeout 240 "$X" bench ${STEP:---batch 8 --seconds 5} --steps "${STEPS:-3}" $flags 2>&1 | tail -n 12
+    done
+  done
 fi
 
 echo "== kernel benchmarks"
