@@ -33,6 +33,30 @@ fn outer4(av: vec4<f32>, bv: vec4<f32>, acc: ptr<function, array<vec4<f32>, 4>>)
     (*acc)[3] = fma(vec4<f32>(av.w), bv, (*acc)[3]);
 }
 
+// The 128x128 SIMT GEMM core (matmul_nn..tt, conv1d_gemm128): one k of this thread's 8x8
+// outputs, the outer product of rows a0 (4 rows) and a1 (the 4 rows 64 further) with columns
+// b0 and b1 (likewise), read from the staged tiles; acc[2i + j] is row i's column half j.
+// Only constants index acc: a dynamic index would make the driver place it in local memory.
+fn outer8x8(a0: vec4<f32>, a1: vec4<f32>, b0: vec4<f32>, b1: vec4<f32>,
+            acc: ptr<function, array<vec4<f32>, 16>>) {
+    (*acc)[0] = fma(vec4<f32>(a0.x), b0, (*acc)[0]);
+    (*acc)[1] = fma(vec4<f32>(a0.x), b1, (*acc)[1]);
+    (*acc)[2] = fma(vec4<f32>(a0.y), b0, (*acc)[2]);
+    (*acc)[3] = fma(vec4<f32>(a0.y), b1, (*acc)[3]);
+    (*acc)[4] = fma(vec4<f32>(a0.z), b0, (*acc)[4]);
+    (*acc)[5] = fma(vec4<f32>(a0.z), b1, (*acc)[5]);
+    (*acc)[6] = fma(vec4<f32>(a0.w), b0, (*acc)[6]);
+    (*acc)[7] = fma(vec4<f32>(a0.w), b1, (*acc)[7]);
+    (*acc)[8] = fma(vec4<f32>(a1.x), b0, (*acc)[8]);
+    (*acc)[9] = fma(vec4<f32>(a1.x), b1, (*acc)[9]);
+    (*acc)[10] = fma(vec4<f32>(a1.y), b0, (*acc)[10]);
+    (*acc)[11] = fma(vec4<f32>(a1.y), b1, (*acc)[11]);
+    (*acc)[12] = fma(vec4<f32>(a1.z), b0, (*acc)[12]);
+    (*acc)[13] = fma(vec4<f32>(a1.z), b1, (*acc)[13]);
+    (*acc)[14] = fma(vec4<f32>(a1.w), b0, (*acc)[14]);
+    (*acc)[15] = fma(vec4<f32>(a1.w), b1, (*acc)[15]);
+}
+
 // Shapes and strides of up to 8 dimensions, packed as the params structs carry them.
 alias Dims = array<vec4<u32>, 2>;
 

@@ -21,10 +21,15 @@
 //   1 input grad, per (b, g): dx[i, s] = sum_{r=(o,k)} w[o, i, k]  * dy[o, (s + pad - k) / stride]
 //                              (only where the division is exact and in range)
 //   2 weight grad, per g:     dw[o, (i,k)] = sum_{r=(b,t)} dy[b, o, t] * x[b, i, t*stride - pad + k]
-// Tiling as matmul.wgsl's `matmul_tiled`: a 64x64 tile of C per workgroup, 4x4 per thread,
-// r walked 16 at a time through workgroup memory.
+// Two builds of the tiling, chosen on the host by the output's size (ops::conv): `conv1d_gemm`,
+// a 64x64 tile of C per workgroup, 4x4 per thread, r walked 16 at a time through workgroup
+// memory (matmul_tiled64's core, `outer4`); and `conv1d_gemm128`, matmul.wgsl's tiled core: a
+// 128x128 tile, 8x8 per thread (`outer8x8`), r walked 8 at a time through two workgroup
+// buffers, the next slab fetched while the current one is multiplied.
 var<workgroup> As: array<vec4<f32>, 256>;
 var<workgroup> Bs: array<vec4<f32>, 256>;
+var<workgroup> As2: array<vec4<f32>, 512>;   // [buffer][r][m/4]
+var<workgroup> Bs2: array<vec4<f32>, 512>;   // [buffer][r][n/4]
 
 struct Gemm {
     m: u32,
@@ -88,21 +93,25 @@ fn store(q: Gemm, m: u32, n: u32, acc: f32) {
     }
 }
 
+// The GEMM that workgroup z computes in this mode.
+fn gemm_of(z: u32) -> Gemm {
+    if p.mode == 0u {
+        return Gemm(cog(), p.lout, cig() * p.k, z / p.groups, z % p.groups, 0u, 0u);
+    }
+    if p.mode == 1u {
+        return Gemm(cig(), p.lin, cog() * p.k, z / p.groups, z % p.groups, 0u, 0u);
+    }
+    // The reduction runs over every (b, t): split it so that small weights still get
+    // enough workgroups. Ranges are multiples of 16, the deeper of the two tiles' steps.
+    let total = p.batch * p.lout;
+    let s = z % p.splits;
+    let per = ((total + p.splits - 1u) / p.splits + 15u) / 16u * 16u;
+    return Gemm(cog(), cig() * p.k, min(total, (s + 1u) * per), 0u, z / p.splits, s * per, s);
+}
+
 @compute @workgroup_size(16, 16)
 fn conv1d_gemm(@builtin(local_invocation_id) lid: vec3<u32>, @builtin(workgroup_id) wid: vec3<u32>) {
-    var q: Gemm;
-    if p.mode == 0u {
-        q = Gemm(cog(), p.lout, cig() * p.k, wid.z / p.groups, wid.z % p.groups, 0u, 0u);
-    } else if p.mode == 1u {
-        q = Gemm(cig(), p.lin, cog() * p.k, wid.z / p.groups, wid.z % p.groups, 0u, 0u);
-    } else {
-        // The reduction runs over every (b, t): split it so that small weights still get
-        // enough workgroups. Ranges are multiples of 16, the tile depth.
-        let total = p.batch * p.lout;
-        let s = wid.z % p.splits;
-        let per = ((total + p.splits - 1u) / p.splits + 15u) / 16u * 16u;
-        q = Gemm(cog(), cig() * p.k, min(total, (s + 1u) * per), 0u, wid.z / p.splits, s * per, s);
-    }
+    let q = gemm_of(wid.z);
     let row0 = wid.y * 64u;
     let col0 = wid.x * 64u;
     let tid = lid.y * 16u + lid.x;
@@ -133,6 +142,80 @@ fn conv1d_gemm(@builtin(local_invocation_id) lid: vec3<u32>, @builtin(workgroup_
             store(q, m, n, acc[i][j]);
         }
     }
+}
+
+// This thread's share of one slab of the 128 build: 4 consecutive r of one row of A (the
+// direction the weights and dy are contiguous in), and 4 consecutive columns of one r of B.
+fn fetch_a128(q: Gemm, row0: u32, r0: u32, tid: u32) -> vec4<f32> {
+    let m = row0 + tid / 2u;
+    let r = r0 + (tid % 2u) * 4u;
+    return vec4<f32>(load_a(q, m, r), load_a(q, m, r + 1u), load_a(q, m, r + 2u), load_a(q, m, r + 3u));
+}
+
+fn fetch_b128(q: Gemm, col0: u32, r0: u32, tid: u32) -> vec4<f32> {
+    let r = r0 + tid / 32u;
+    let n = col0 + (tid % 32u) * 4u;
+    return vec4<f32>(load_b(q, r, n), load_b(q, r, n + 1u), load_b(q, r, n + 2u), load_b(q, r, n + 3u));
+}
+
+// Stores a slab share: A transposed into [r][m/4], B as it came.
+fn stash128(buf: u32, va: vec4<f32>, vb: vec4<f32>, tid: u32) {
+    let m = tid / 2u;
+    let r = (tid % 2u) * 4u;
+    let at = buf * 256u + m / 4u;
+    As2[at + r * 32u][m % 4u] = va.x;
+    As2[at + (r + 1u) * 32u][m % 4u] = va.y;
+    As2[at + (r + 2u) * 32u][m % 4u] = va.z;
+    As2[at + (r + 3u) * 32u][m % 4u] = va.w;
+    Bs2[buf * 256u + tid] = vb;
+}
+
+// One thread's 8 outputs of row m: columns n..n+4 and n+64..n+68.
+fn store8(q: Gemm, m: u32, n: u32, lo: vec4<f32>, hi: vec4<f32>) {
+    if m >= q.m { return; }
+    for (var j = 0u; j < 4u; j = j + 1u) {
+        if n + j < q.n { store(q, m, n + j, lo[j]); }
+        if n + 64u + j < q.n { store(q, m, n + 64u + j, hi[j]); }
+    }
+}
+
+@compute @workgroup_size(16, 16)
+fn conv1d_gemm128(@builtin(local_invocation_id) lid: vec3<u32>, @builtin(workgroup_id) wid: vec3<u32>) {
+    let q = gemm_of(wid.z);
+    let row0 = wid.y * 128u;
+    let col0 = wid.x * 128u;
+    let tid = lid.y * 16u + lid.x;
+    var acc = array<vec4<f32>, 16>();
+    stash128(0u, fetch_a128(q, row0, q.r0, tid), fetch_b128(q, col0, q.r0, tid), tid);
+    workgroupBarrier();
+    var buf = 0u;
+    for (var k0 = q.r0; k0 < q.r; k0 = k0 + 8u) {
+        let more = k0 + 8u < q.r;
+        var na = vec4<f32>(0.0);
+        var nb = vec4<f32>(0.0);
+        if more {
+            na = fetch_a128(q, row0, k0 + 8u, tid);
+            nb = fetch_b128(q, col0, k0 + 8u, tid);
+        }
+        let s = buf * 256u;
+        for (var k = 0u; k < 8u; k = k + 1u) {
+            outer8x8(As2[s + k * 32u + lid.y], As2[s + k * 32u + 16u + lid.y],
+                     Bs2[s + k * 32u + lid.x], Bs2[s + k * 32u + 16u + lid.x], &acc);
+        }
+        if more { stash128(1u - buf, na, nb, tid); }
+        workgroupBarrier();
+        buf = 1u - buf;
+    }
+    let m = row0 + lid.y * 4u;
+    let n = col0 + lid.x * 4u;
+    store8(q, m, n, acc[0], acc[1]);
+    store8(q, m + 1u, n, acc[2], acc[3]);
+    store8(q, m + 2u, n, acc[4], acc[5]);
+    store8(q, m + 3u, n, acc[6], acc[7]);
+    store8(q, m + 64u, n, acc[8], acc[9]);
+    store8(q, m + 65u, n, acc[10], acc[11]);
+    store8(q, m + 66u, n, acc[12], acc[13]);
+    store8(q, m + 67u, n, acc[14], acc[15]);
 }
 
 @compute @workgroup_size(256)

@@ -130,8 +130,7 @@ fn gemm(lid: vec3<u32>, wid: vec3<u32>, ta: bool, tb: bool) {
     let kend = min(p.k, kbeg + p.k_slice);
     let abase = p.off_a + batch * p.stride_a;
     let bbase = p.off_b + batch * p.stride_b;
-    // [row i][column half j] at 2i + j. Indexed by constants only: a dynamic index would make
-    // the driver place the whole array in (slow) local memory.
+    // [row i][column half j] at 2i + j (see outer8x8 in common.wgsl).
     var acc = array<vec4<f32>, 16>();
     // A linear layer's bias gradient rides on its weight gradient (dW = dYᵀX, db = the row
     // sums of dYᵀ): the first column of tiles adds up the A slabs it stages anyway, 4 rows
@@ -160,22 +159,7 @@ fn gemm(lid: vec3<u32>, wid: vec3<u32>, ta: bool, tb: bool) {
             let a1 = As[s + k * 32u + 16u + lid.y];
             let b0 = Bs[s + k * 32u + lid.x];
             let b1 = Bs[s + k * 32u + 16u + lid.x];
-            acc[0] = fma(vec4<f32>(a0.x), b0, acc[0]);
-            acc[1] = fma(vec4<f32>(a0.x), b1, acc[1]);
-            acc[2] = fma(vec4<f32>(a0.y), b0, acc[2]);
-            acc[3] = fma(vec4<f32>(a0.y), b1, acc[3]);
-            acc[4] = fma(vec4<f32>(a0.z), b0, acc[4]);
-            acc[5] = fma(vec4<f32>(a0.z), b1, acc[5]);
-            acc[6] = fma(vec4<f32>(a0.w), b0, acc[6]);
-            acc[7] = fma(vec4<f32>(a0.w), b1, acc[7]);
-            acc[8] = fma(vec4<f32>(a1.x), b0, acc[8]);
-            acc[9] = fma(vec4<f32>(a1.x), b1, acc[9]);
-            acc[10] = fma(vec4<f32>(a1.y), b0, acc[10]);
-            acc[11] = fma(vec4<f32>(a1.y), b1, acc[11]);
-            acc[12] = fma(vec4<f32>(a1.z), b0, acc[12]);
-            acc[13] = fma(vec4<f32>(a1.z), b1, acc[13]);
-            acc[14] = fma(vec4<f32>(a1.w), b0, acc[14]);
-            acc[15] = fma(vec4<f32>(a1.w), b1, acc[15]);
+            outer8x8(a0, a1, b0, b1, &acc);
         }
         if more {
             stash_a(1u - buf, na, tid, ta);

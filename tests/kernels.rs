@@ -663,6 +663,15 @@ fn cpu_conv(
 
 #[test]
 fn conv1d_configs() {
+    // Each of the implicit GEMM's two builds (64x64 and 128x128 tiles) forced in turn.
+    for tile in [64, 128] {
+        let before = xlsr::ops::conv::set_tile(Some(tile));
+        conv1d_cases(tile);
+        xlsr::ops::conv::set_tile(before);
+    }
+}
+
+fn conv1d_cases(tile: usize) {
     let mut rng = Rng::new(70);
     // (batch, cin, lin, cout, k, stride, pad, groups, bias): plain, grouped + padded, the
     // feature encoder's first layer, and the positional conv's shape (even kernel, groups).
@@ -690,7 +699,9 @@ fn conv1d_configs() {
             inputs.push((rng.vec(cout), vec![cout]));
         }
         Check::new(
-            &format!("conv1d {b}x{cin}x{lin} -> {cout} k{k} s{stride} p{pad} g{groups}"),
+            &format!(
+                "conv1d {b}x{cin}x{lin} -> {cout} k{k} s{stride} p{pad} g{groups}, tile {tile}"
+            ),
             inputs,
         )
         .run(
@@ -708,6 +719,58 @@ fn conv1d_configs() {
                     geo,
                 )
             },
+        );
+    }
+}
+
+/// The two builds on shapes that cross 128-tiles in every mode (forward M = 136, N = 300;
+/// input gradient M = 130, N = 600; weight gradient M = 136, N = 390, its reduction split in
+/// two), each slab loop several steps deep: outputs and all three gradients agree to f32
+/// rounding (the builds sum in different orders).
+#[test]
+fn conv1d_tiles_agree_past_one_tile() {
+    let (b, cin, lin, cout, k) = (4, 130, 600, 136, 3);
+    let geo = Conv1d {
+        stride: 2,
+        padding: 1,
+        groups: 1,
+    };
+    let mut rng = Rng::new(71);
+    let vals = [
+        (rng.vec(b * cin * lin), vec![b, cin, lin]),
+        (rng.vec(cout * cin * k), vec![cout, cin, k]),
+        (rng.vec(cout), vec![cout]),
+    ];
+    let r = rng.vec(b * cout * geo.out_len(lin, k));
+    let run = |tile: usize| -> Vec<Vec<f32>> {
+        let before = xlsr::ops::conv::set_tile(Some(tile));
+        let tape = xlsr::Tape::new();
+        let v: Vec<Var> = vals
+            .iter()
+            .map(|(x, s)| tape.input(upload(x, s), true))
+            .collect();
+        let y = v[0].conv1d(&v[1], Some(&v[2]), geo).unwrap();
+        let loss = y
+            .mul(&Var::constant(upload(&r, y.shape())))
+            .unwrap()
+            .sum()
+            .unwrap();
+        let grads = tape.backward(&loss, &[&v[0], &v[1], &v[2]]).unwrap();
+        xlsr::ops::conv::set_tile(before);
+        let mut out = vec![y.value.to_vec().unwrap()];
+        out.extend(grads.into_iter().map(|g| g.unwrap().to_vec().unwrap()));
+        out
+    };
+    let (small, large) = (run(64), run(128));
+    for (name, (a, b)) in ["y", "dx", "dw", "db"].iter().zip(small.iter().zip(&large)) {
+        let scale = a.iter().fold(0f32, |m, x| m.max(x.abs())) as f64;
+        let want: Vec<f64> = a.iter().map(|&x| x as f64).collect();
+        assert_close(
+            &format!("conv1d 128 vs 64 tiles: {name}"),
+            b,
+            &want,
+            1e-5 * scale,
+            0.0,
         );
     }
 }

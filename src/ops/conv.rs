@@ -7,11 +7,15 @@ use crate::engine::error::{shape_err, Result};
 use crate::engine::params::kernel_params;
 use crate::engine::{grid, Kernel};
 use crate::engine::{DType, Tensor};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::OnceLock;
 
 const fn k(entry: &'static str) -> Kernel {
     Kernel::new("conv1d", entry, 3, 1)
 }
+/// The implicit GEMM's two builds: 64x64 tiles, and matmul's 128x128 core (see conv1d.wgsl).
 const GEMM: Kernel = k("conv1d_gemm");
+const GEMM128: Kernel = k("conv1d_gemm128");
 const BWD_BIAS: Kernel = k("conv1d_bwd_bias");
 
 /// `conv1d_gemm` formulations.
@@ -55,6 +59,59 @@ kernel_params! {
         /// Mode 2: workgroups the reduction over (b, t) is split across.
         splits: u32,
     }
+}
+
+/// Workgroups that keep a large GPU busy, as `ops::matmul` counts them.
+const FILL: usize = 256;
+
+/// The tile [`set_tile`] (or `XLSR_CONV_TILE=64|128` at start) forces; 0: chosen by shape.
+fn forced_tile() -> &'static AtomicUsize {
+    static FORCED: OnceLock<AtomicUsize> = OnceLock::new();
+    FORCED.get_or_init(|| {
+        let env = std::env::var("XLSR_CONV_TILE").ok();
+        AtomicUsize::new(match env.as_deref() {
+            Some("64") => 64,
+            Some("128") => 128,
+            _ => 0,
+        })
+    })
+}
+
+/// Runs every implicit GEMM with 64x64 or 128x128 tiles (`Some(64 | 128)`) instead of the
+/// shape's choice (`None`), for tests and comparisons; returns the setting before.
+pub fn set_tile(tile: Option<usize>) -> Option<usize> {
+    let before = forced_tile().swap(tile.unwrap_or(0), Ordering::Relaxed);
+    (before != 0).then_some(before)
+}
+
+/// The tile for an m x n output: 128 where both sides take a whole one and, when `items`
+/// (batch x groups) is given, there are still enough of them to fill a large GPU (the weight
+/// gradient gets there by splitting its reduction instead); 64 otherwise.
+fn tile_for(m: usize, n: usize, items: Option<usize>) -> usize {
+    match forced_tile().load(Ordering::Relaxed) {
+        0 => {}
+        t => return t,
+    }
+    let fills = items.is_none_or(|i| m.div_ceil(128) * n.div_ceil(128) * i >= FILL);
+    if m >= 128 && n >= 128 && fills {
+        128
+    } else {
+        64
+    }
+}
+
+/// Dispatches the implicit GEMM of an m x n output (per item) over `items` workgroup layers
+/// with `tile`'s build.
+fn launch(
+    gpu: &crate::Gpu,
+    prm: &Conv1dParams,
+    bufs: &[crate::engine::BufRef<'_>],
+    [m, n, items]: [usize; 3],
+    tile: usize,
+) -> Result<()> {
+    let kernel = if tile == 128 { &GEMM128 } else { &GEMM };
+    let groups = [n.div_ceil(tile), m.div_ceil(tile), items].map(|x| x as u32);
+    gpu.dispatch(kernel, prm, bufs, groups)
 }
 
 /// Geometry of a Conv1d.
@@ -173,8 +230,9 @@ pub fn forward(c: &Conv1d, x: &Tensor, w: &Tensor, bias: Option<&Tensor>) -> Res
         let br = bias.map_or(d.bind(), |t| t.bind());
         let (xr, ox) = x.bind_shifted(b0 * xi, nb * xi);
         let (yr, oy) = y.bind_shifted(b0 * yo, nb * yo);
-        gpu.dispatch(
-            &GEMM,
+        let mnz = [g.cout / c.groups, g.lout, nb * c.groups];
+        launch(
+            gpu,
             &Conv1dParams {
                 has_bias: bias.is_some() as u32,
                 off_x: ox,
@@ -182,11 +240,8 @@ pub fn forward(c: &Conv1d, x: &Tensor, w: &Tensor, bias: Option<&Tensor>) -> Res
                 ..params(c, &g, nb, FORWARD)
             },
             &[xr, w.bind(), br, yr],
-            [
-                g.lout.div_ceil(64) as u32,
-                (g.cout / c.groups).div_ceil(64) as u32,
-                (nb * c.groups) as u32,
-            ],
+            mnz,
+            tile_for(mnz[0], mnz[1], Some(mnz[2])),
         )?;
     }
     Ok(y)
@@ -252,21 +307,16 @@ pub fn backward(
                 off_out: odx,
                 ..params(c, &g, nb, INPUT_GRAD)
             };
-            gpu.dispatch(
-                &GEMM,
-                &pr,
-                &[d.bind(), w.bind(), dyr, dxr],
-                [
-                    g.lin.div_ceil(64) as u32,
-                    (g.cin / c.groups).div_ceil(64) as u32,
-                    (nb * c.groups) as u32,
-                ],
-            )?;
+            let mnz = [g.cin / c.groups, g.lin, nb * c.groups];
+            let tile = tile_for(mnz[0], mnz[1], Some(mnz[2]));
+            launch(gpu, &pr, &[d.bind(), w.bind(), dyr, dxr], mnz, tile)?;
         }
         // Split the (b, t) reduction until there are about 256 workgroups, keeping at least
         // 512 reduction steps per split; the partial sums are added by `sum_axis`.
-        let tiles = ((g.cin / c.groups) * g.k).div_ceil(64) * (g.cout / c.groups).div_ceil(64);
-        let splits = (256 / (tiles * c.groups).max(1))
+        let (wm, wn) = (g.cout / c.groups, (g.cin / c.groups) * g.k);
+        let tile = tile_for(wm, wn, None);
+        let tiles = wn.div_ceil(tile) * wm.div_ceil(tile);
+        let splits = (FILL / (tiles * c.groups).max(1))
             .min(nb * g.lout / 512)
             .clamp(1, 64);
         let pr = Conv1dParams {
@@ -282,16 +332,8 @@ pub fn backward(
         } else {
             Tensor::uninit(gpu, &[splits, w.numel()], DType::F32)?
         };
-        gpu.dispatch(
-            &GEMM,
-            &pr,
-            &[xr, d.bind(), dyr, target.bind()],
-            [
-                ((g.cin / c.groups) * g.k).div_ceil(64) as u32,
-                (g.cout / c.groups).div_ceil(64) as u32,
-                (c.groups * splits) as u32,
-            ],
-        )?;
+        let bufs = [xr, d.bind(), dyr, target.bind()];
+        launch(gpu, &pr, &bufs, [wm, wn, c.groups * splits], tile)?;
         if splits > 1 {
             let sum = reduce::sum_axis(&target.reshape(&[1, splits, w.numel()])?, 1, 1.0)?;
             if i == 0 {
@@ -413,8 +455,9 @@ fn forward_windows(
         let n = fw.geo.lout;
         let xw = copy::time_window(x, fw.b, fw.s0, fw.geo.lin)?;
         let yw = Tensor::uninit(gpu, &[1, g.cout, n], DType::F32)?;
-        gpu.dispatch(
-            &GEMM,
+        let mnz = [g.cout / c.groups, n, c.groups];
+        launch(
+            gpu,
             &Conv1dParams {
                 has_bias: bias.is_some() as u32,
                 ..params(&fw.conv, &fw.geo, 1, FORWARD)
@@ -425,11 +468,8 @@ fn forward_windows(
                 bias.map_or(d.bind(), |t| t.bind()),
                 yw.bind(),
             ],
-            [
-                n.div_ceil(64) as u32,
-                (g.cout / c.groups).div_ceil(64) as u32,
-                c.groups as u32,
-            ],
+            mnz,
+            tile_for(mnz[0], mnz[1], Some(mnz[2])),
         )?;
         copy::write_time_window(y, fw.b, fw.t0, &yw)?;
     }
@@ -461,16 +501,9 @@ fn backward_windows(
             accum: (i > 0) as u32,
             ..params(&fw.conv, &fw.geo, 1, WEIGHT_GRAD)
         };
-        gpu.dispatch(
-            &GEMM,
-            &pr,
-            &[xw.bind(), d.bind(), dyw.bind(), dw.bind()],
-            [
-                ((g.cin / c.groups) * g.k).div_ceil(64) as u32,
-                (g.cout / c.groups).div_ceil(64) as u32,
-                c.groups as u32,
-            ],
-        )?;
+        let (wm, wn) = (g.cout / c.groups, (g.cin / c.groups) * g.k);
+        let bufs = [xw.bind(), d.bind(), dyw.bind(), dw.bind()];
+        launch(gpu, &pr, &bufs, [wm, wn, c.groups], tile_for(wm, wn, None))?;
         if let Some(db) = db {
             gpu.dispatch(
                 &BWD_BIAS,
@@ -504,15 +537,13 @@ fn backward_windows(
                         ..*g
                     },
                 );
-                gpu.dispatch(
-                    &GEMM,
+                let mnz = [g.cin / c.groups, ls, c.groups];
+                launch(
+                    gpu,
                     &params(&cw, &gw, 1, INPUT_GRAD),
                     &[d.bind(), w.bind(), dyw.bind(), dxw.bind()],
-                    [
-                        ls.div_ceil(64) as u32,
-                        (g.cin / c.groups).div_ceil(64) as u32,
-                        c.groups as u32,
-                    ],
+                    mnz,
+                    tile_for(mnz[0], mnz[1], Some(mnz[2])),
                 )?;
                 dxw
             };
