@@ -18,24 +18,46 @@ alias In = f32;
 // whose fields say what each one means.
 
 @group(0) @binding(0) var<uniform> p: Params;
-@group(0) @binding(1) var<storage, read> a: array<In>;
-@group(0) @binding(2) var<storage, read> b: array<In>;
+@group(0) @binding(1) var<storage, read> a: array<In>;   // scalar build
+@group(0) @binding(2) var<storage, read> b: array<In>;   // scalar build
+//v4 @group(0) @binding(1) var<storage, read> a: array<vec4<In>>;
+//v4 @group(0) @binding(2) var<storage, read> b: array<vec4<In>>;
 @group(0) @binding(3) var<storage, read> bias: array<f32>;
 @group(0) @binding(4) var<storage, read_write> c: array<f32>;
 @group(0) @binding(5) var<storage, read_write> sums: array<f32>;
 
+// The `matmul_v4` build (engine::pipelines: the `//v4` lines replace those marked "scalar
+// build") binds A and B as vec4 arrays, for shapes whose every operand row, offset and batch
+// stride is a multiple of 4 elements (ops::matmul::v4_fits): the tiled kernel's fetches of
+// 4 consecutive elements then are one 16-byte load (8 bytes in f16) with one bounds check.
+// Every read of A and B goes through these four functions.
+const V4: bool = false;   // scalar build
+//v4 const V4: bool = true;
+
+// Element i of A (of B).
+fn a_at(i: u32) -> f32 { return f32(a[i]); }   // scalar build
+fn b_at(i: u32) -> f32 { return f32(b[i]); }   // scalar build
+//v4 fn a_at(i: u32) -> f32 { return f32(a[i / 4u][i % 4u]); }
+//v4 fn b_at(i: u32) -> f32 { return f32(b[i / 4u][i % 4u]); }
+
+// Elements i..i+4 of A (of B); i is a multiple of 4 in the v4 build.
+fn a_at4(i: u32) -> vec4<f32> { return vec4<f32>(a_at(i), a_at(i + 1u), a_at(i + 2u), a_at(i + 3u)); }   // scalar build
+fn b_at4(i: u32) -> vec4<f32> { return vec4<f32>(b_at(i), b_at(i + 1u), b_at(i + 2u), b_at(i + 3u)); }   // scalar build
+//v4 fn a_at4(i: u32) -> vec4<f32> { return vec4<f32>(a[i / 4u]); }
+//v4 fn b_at4(i: u32) -> vec4<f32> { return vec4<f32>(b[i / 4u]); }
+
 fn load_a(batch: u32, row: u32, col: u32) -> f32 {
     if row >= p.m || col >= p.k { return 0.0; }
     let base = p.off_a + batch * p.stride_a;
-    if p.trans_a == 1u { return f32(a[base + col * p.m + row]); }
-    return f32(a[base + row * p.k + col]);
+    if p.trans_a == 1u { return a_at(base + col * p.m + row); }
+    return a_at(base + row * p.k + col);
 }
 
 fn load_b(batch: u32, row: u32, col: u32) -> f32 {
     if row >= p.k || col >= p.n { return 0.0; }
     let base = p.off_b + batch * p.stride_b;
-    if p.trans_b == 1u { return f32(b[base + col * p.k + row]); }
-    return f32(b[base + row * p.n + col]);
+    if p.trans_b == 1u { return b_at(base + col * p.k + row); }
+    return b_at(base + row * p.n + col);
 }
 
 // The tiled kernel: a 128x128 tile of C per workgroup of 256 threads, each thread 8x8 outputs
@@ -54,14 +76,14 @@ var<workgroup> Bs: array<vec4<f32>, 512>;
 // each entry point, so the branch folds away.
 fn ga(base: u32, row: u32, k: u32, kend: u32, ta: bool) -> f32 {
     if row >= p.m || k >= kend { return 0.0; }
-    if ta { return f32(a[base + k * p.m + row]); }
-    return f32(a[base + row * p.k + k]);
+    if ta { return a_at(base + k * p.m + row); }
+    return a_at(base + row * p.k + k);
 }
 
 fn gb(base: u32, k: u32, col: u32, kend: u32, tb: bool) -> f32 {
     if col >= p.n || k >= kend { return 0.0; }
-    if tb { return f32(b[base + col * p.k + k]); }
-    return f32(b[base + k * p.n + col]);
+    if tb { return b_at(base + col * p.k + k); }
+    return b_at(base + k * p.n + col);
 }
 
 // This thread's share of one slab: 4 values of A and 4 of B, read along memory's contiguous
@@ -70,11 +92,19 @@ fn fetch_a(base: u32, row0: u32, k0: u32, kend: u32, tid: u32, ta: bool) -> vec4
     if ta {
         let k = k0 + tid / 32u;
         let r = row0 + (tid % 32u) * 4u;
+        if V4 {
+            if r < p.m && k < kend { return a_at4(base + k * p.m + r); }
+            return vec4<f32>(0.0);
+        }
         return vec4<f32>(ga(base, r, k, kend, ta), ga(base, r + 1u, k, kend, ta),
                          ga(base, r + 2u, k, kend, ta), ga(base, r + 3u, k, kend, ta));
     }
     let r = row0 + tid / 2u;
     let k = k0 + (tid % 2u) * 4u;
+    if V4 {
+        if r < p.m && k < kend { return a_at4(base + r * p.k + k); }
+        return vec4<f32>(0.0);
+    }
     return vec4<f32>(ga(base, r, k, kend, ta), ga(base, r, k + 1u, kend, ta),
                      ga(base, r, k + 2u, kend, ta), ga(base, r, k + 3u, kend, ta));
 }
@@ -83,11 +113,19 @@ fn fetch_b(base: u32, col0: u32, k0: u32, kend: u32, tid: u32, tb: bool) -> vec4
     if tb {
         let c = col0 + tid / 2u;
         let k = k0 + (tid % 2u) * 4u;
+        if V4 {
+            if c < p.n && k < kend { return b_at4(base + c * p.k + k); }
+            return vec4<f32>(0.0);
+        }
         return vec4<f32>(gb(base, k, c, kend, tb), gb(base, k + 1u, c, kend, tb),
                          gb(base, k + 2u, c, kend, tb), gb(base, k + 3u, c, kend, tb));
     }
     let k = k0 + tid / 32u;
     let c = col0 + (tid % 32u) * 4u;
+    if V4 {
+        if c < p.n && k < kend { return b_at4(base + k * p.n + c); }
+        return vec4<f32>(0.0);
+    }
     return vec4<f32>(gb(base, k, c, kend, tb), gb(base, k, c + 1u, kend, tb),
                      gb(base, k, c + 2u, kend, tb), gb(base, k, c + 3u, kend, tb));
 }
@@ -249,7 +287,7 @@ fn splitk_sum(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgr
     let total = p.slice_stride;
     if i >= total { return; }
     var v = 0.0;
-    for (var s = 0u; s < p.splits; s = s + 1u) { v = v + f32(a[s * total + i]); }
+    for (var s = 0u; s < p.splits; s = s + 1u) { v = v + a_at(s * total + i); }
     let mn = p.m * p.n;
     if (p.has_bias & 4u) != 0u && i >= mn { put_sum(i - mn, v); return; }
     if (p.has_bias & 1u) != 0u { v = v + bias[i % p.n]; }

@@ -723,6 +723,82 @@ fn conv1d_cases(tile: usize) {
     }
 }
 
+/// The tiled GEMM's v4 build (vec4 loads, taken where every operand row, shift and batch
+/// stride is a multiple of 4) multiplies exactly as the scalar build does, bit for bit: every
+/// transpose combination, batched and shared B, edge tiles, split-K, f16 inputs, and the
+/// weight gradient with its row sums.
+#[test]
+fn matmul_vec4_loads_equal_scalar_loads() {
+    use xlsr::ops::matmul::{matmul_tn_row_sums, matmul_with, set_v4, Algo};
+    let g = gpu();
+    let mut rng = Rng::new(90);
+    let both = |f: &dyn Fn() -> Vec<Vec<f32>>| {
+        let before = set_v4(true);
+        let v4 = f();
+        set_v4(false);
+        let scalar = f();
+        set_v4(before);
+        (v4, scalar)
+    };
+    let halves: &[bool] = if g.has_f16() {
+        &[false, true]
+    } else {
+        &[false]
+    };
+    for (batch, m, n, k, shared) in [
+        (1, 132, 136, 260, true),
+        (3, 20, 44, 36, false),
+        (2, 4, 8, 1028, true),
+    ] {
+        for (ta, tb) in [(false, false), (false, true), (true, false), (true, true)] {
+            let a_shape = if ta { [batch, k, m] } else { [batch, m, k] };
+            let b_shape: Vec<usize> = match (shared, tb) {
+                (true, false) => vec![k, n],
+                (true, true) => vec![n, k],
+                (false, false) => vec![batch, k, n],
+                (false, true) => vec![batch, n, k],
+            };
+            let a = upload(&rng.vec(batch * m * k), &a_shape);
+            let b = upload(&rng.vec(k * n * if shared { 1 } else { batch }), &b_shape);
+            let bias = upload(&rng.vec(n), &[n]);
+            for &half in halves {
+                let (a, b) = if half {
+                    (
+                        xlsr::ops::cast::to_f16(&a).unwrap(),
+                        xlsr::ops::cast::to_f16(&b).unwrap(),
+                    )
+                } else {
+                    (a.clone(), b.clone())
+                };
+                for splits in [None, Some(3)] {
+                    let (v4, scalar) = both(&|| {
+                        let c = matmul_with(Algo::Tiled, &a, &b, ta, tb, Some(&bias), splits);
+                        vec![c.unwrap().to_vec().unwrap()]
+                    });
+                    let what =
+                        format!("{batch}x{m}x{n}x{k} ta {ta} tb {tb} f16 {half} splits {splits:?}");
+                    assert!(v4 == scalar, "{what}: v4 and scalar builds differ");
+                }
+            }
+        }
+    }
+    // The weight gradient's pass: C = Aᵀ B with A's row sums, split and not.
+    let (a, b) = (
+        upload(&rng.vec(300 * 132), &[300, 132]),
+        upload(&rng.vec(300 * 68), &[300, 68]),
+    );
+    for splits in [Some(1), Some(2)] {
+        let (v4, scalar) = both(&|| {
+            let (c, sums) = matmul_tn_row_sums(&a, &b, splits).unwrap().unwrap();
+            vec![c.to_vec().unwrap(), sums.to_vec().unwrap()]
+        });
+        assert!(
+            v4 == scalar,
+            "row sums, splits {splits:?}: v4 and scalar builds differ"
+        );
+    }
+}
+
 /// The two builds on shapes that cross 128-tiles in every mode (forward M = 136, N = 300;
 /// input gradient M = 130, N = 600; weight gradient M = 136, N = 390, its reduction split in
 /// two), each slab loop several steps deep: outputs and all three gradients agree to f32

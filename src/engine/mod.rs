@@ -32,7 +32,7 @@ pub use dtype::DType;
 pub use error::{Error, Result};
 pub use late_read::LateRead;
 pub use params::KernelParams;
-pub use pipelines::{Kernel, COOP128_VARIANTS, COOP_VARIANTS, F16_SUFFIX, LANES_SUFFIX};
+pub use pipelines::{Kernel, COOP128_VARIANTS, COOP_VARIANTS, F16_SUFFIX, LANES_SUFFIX, V4_SUFFIX};
 pub use profile::Counters;
 pub use tensor::Tensor;
 

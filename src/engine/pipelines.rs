@@ -66,6 +66,30 @@ const IN_F32: &str = "alias In = f32;";
 /// Only adapters with subgroup operations build it (`Gpu::has_subgroups`).
 pub const LANES_SUFFIX: &str = "_lanes";
 const LANES_ONE: &str = "const LANES: u32 = 1u;";
+
+/// A kernel file named `NAME_v4` (then optionally [`F16_SUFFIX`]) is `NAME.wgsl` with its
+/// lines that end in [`SCALAR_LINE`] dropped and its lines that start with [`V4_LINE`]
+/// uncommented: matmul.wgsl binds A and B as vec4 arrays that way (`ops::matmul::v4_fits`).
+pub const V4_SUFFIX: &str = "_v4";
+const SCALAR_LINE: &str = "// scalar build";
+const V4_LINE: &str = "//v4 ";
+
+/// The `_v4` build of `src` (see [`V4_SUFFIX`]).
+fn v4_build(base: &str, src: &str) -> Result<String> {
+    if !src.lines().any(|l| l.starts_with(V4_LINE)) {
+        return Err(Error::Gpu(format!(
+            "{base}.wgsl has no `{V4_LINE}` lines, so no v4 build"
+        )));
+    }
+    let mut out = String::with_capacity(src.len());
+    for line in src.split_inclusive('\n') {
+        if line.trim_end().ends_with(SCALAR_LINE) {
+            continue;
+        }
+        out.push_str(line.strip_prefix(V4_LINE).unwrap_or(line));
+    }
+    Ok(out)
+}
 const ONE_LANE: &str = "return x; // one lane";
 const FOUR_LANES: &str =
     "let y = x + subgroupShuffleXor(x, 1u);\n    return y + subgroupShuffleXor(y, 2u);";
@@ -123,12 +147,19 @@ pub(super) fn shader_source(file: &str, fields: &[(&str, &str)]) -> Result<Strin
         Some(b) => (b, true),
         None => (base, false),
     };
+    let (base, v4) = match base.strip_suffix(V4_SUFFIX) {
+        Some(b) => (b, true),
+        None => (base, false),
+    };
     let src = SHADERS
         .iter()
         .find(|(n, _)| *n == base)
         .map(|(_, s)| *s)
         .ok_or_else(|| Error::Gpu(format!("unknown shader file {file}")))?;
     let mut src = with_prelude(src, fields);
+    if v4 {
+        src = v4_build(base, &src)?;
+    }
     if lanes {
         if !(src.contains(LANES_ONE) && src.contains(ONE_LANE)) {
             return Err(Error::Gpu(format!(
@@ -335,6 +366,10 @@ mod tests {
             files.push(name.to_string());
             if src.contains(IN_F32) {
                 files.push(format!("{name}{F16_SUFFIX}"));
+            }
+            if src.lines().any(|l| l.starts_with(V4_LINE)) {
+                files.push(format!("{name}{V4_SUFFIX}"));
+                files.push(format!("{name}{V4_SUFFIX}{F16_SUFFIX}"));
             }
             if src.contains(LANES_ONE) {
                 files.push(format!("{name}{LANES_SUFFIX}"));

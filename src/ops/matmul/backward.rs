@@ -3,8 +3,8 @@
 //! where they have them.
 
 use super::{
-    binding_elems, dims, kernel, matmul, split_dispatch, split_k, Algo, MatmulParams, ADD_INTO_C,
-    ADD_INTO_SUMS, ROW_SUMS, TILE, TILED,
+    binding_elems, dims, matmul, split_dispatch, split_k, tiled, Algo, MatmulParams, ADD_INTO_C,
+    ADD_INTO_SUMS, ROW_SUMS, TILE,
 };
 use crate::engine::error::{shape_err, Result};
 use crate::engine::{DType, Tensor};
@@ -86,7 +86,7 @@ pub fn matmul_tn_row_sums_into(
         splits: 1,
         ..Default::default()
     };
-    let tiled = kernel("matmul", TILED[1][0]);
+    let tiled = tiled(false, &prm);
     let dm = dummy(gpu)?;
     let bufs = [a.bind(), b.bind(), dm.bind(), c.bind(), sums.bind()];
     let splits = splits.unwrap_or_else(|| split_k(n.div_ceil(TILE) * m.div_ceil(TILE), k));

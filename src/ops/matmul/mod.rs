@@ -11,6 +11,8 @@ use crate::engine::error::{shape_err, Result};
 use crate::engine::params::kernel_params;
 use crate::engine::Kernel;
 use crate::engine::{DType, Tensor};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::OnceLock;
 
 /// The tiled kernel's entry points by transpose combination (A, B), as `matmul.wgsl` names them.
 const TILED: [[&str; 2]; 2] = [["matmul_nn", "matmul_nt"], ["matmul_tn", "matmul_tt"]];
@@ -88,6 +90,44 @@ pub fn coop_fits(
         && !accumulate
         && f16_aligned.iter().all(|x| x.is_multiple_of(8))
         && f32_aligned.iter().all(|x| x.is_multiple_of(4))
+}
+
+/// Whether the tiled kernel's `matmul_v4` build serves a GEMM of these uniforms: the leading
+/// dimension of A and of B, their element shifts and batch strides all multiples of 4, so each
+/// thread's 4 consecutive elements of a slab are one aligned vec4 (`matmul.wgsl`); none empty.
+pub fn v4_fits(prm: &MatmulParams) -> bool {
+    let lda = if prm.trans_a == 1 { prm.m } else { prm.k };
+    let ldb = if prm.trans_b == 1 { prm.k } else { prm.n };
+    // An empty operand binds 4 bytes, less than one vec4.
+    let empty = prm.m == 0 || prm.n == 0 || prm.k == 0;
+    !empty
+        && [lda, ldb, prm.off_a, prm.off_b, prm.stride_a, prm.stride_b]
+            .iter()
+            .all(|x| x % 4 == 0)
+}
+
+/// Whether the tiled kernel may use its v4 build (`XLSR_GEMM_V4=0` at start, or [`set_v4`]).
+fn v4_allowed() -> &'static AtomicBool {
+    static ON: OnceLock<AtomicBool> = OnceLock::new();
+    ON.get_or_init(|| AtomicBool::new(!std::env::var("XLSR_GEMM_V4").is_ok_and(|v| v == "0")))
+}
+
+/// Lets the tiled kernel use vec4 loads where [`v4_fits`] (`true`, the default) or not, for
+/// tests and comparisons; returns the setting before.
+pub fn set_v4(on: bool) -> bool {
+    v4_allowed().swap(on, Ordering::Relaxed)
+}
+
+/// The tiled kernel's entry for these uniforms, in its v4 build where that fits.
+fn tiled(half: bool, prm: &MatmulParams) -> Kernel {
+    let v4 = v4_allowed().load(Ordering::Relaxed) && v4_fits(prm);
+    let file = match (v4, half) {
+        (false, false) => "matmul",
+        (false, true) => "matmul_f16",
+        (true, false) => "matmul_v4",
+        (true, true) => "matmul_v4_f16",
+    };
+    kernel(file, TILED[prm.trans_a as usize][prm.trans_b as usize])
 }
 
 /// Workgroups that keep a large GPU busy (two per multiprocessor on a 132-SM card). Outputs
@@ -228,8 +268,8 @@ pub fn matmul_with(
     let (dm, ds) = (dummy(gpu)?, dummy(gpu)?);
     let biasr = bias.map_or(dm.bind(), |t| t.bind());
     let file = if half { "matmul_f16" } else { "matmul" };
-    let kernel = match algo {
-        Algo::Tiled => kernel(file, TILED[ta as usize][tb as usize]),
+    let kernel = |prm: &MatmulParams| match algo {
+        Algo::Tiled => tiled(half, prm),
         Algo::Tiled64 => kernel(file, "matmul_tiled64"),
         Algo::Naive => kernel(file, "matmul_naive"),
     };
@@ -277,10 +317,10 @@ pub fn matmul_with(
             }
             if algo == Algo::Tiled && splits > 1 && nr == rows {
                 let bufs = [ar, b.bind(), biasr, cr, ds.bind()];
-                split_dispatch(gpu, &kernel, prm, splits, 1, bufs)?;
+                split_dispatch(gpu, &kernel(&prm), prm, splits, 1, bufs)?;
             } else {
                 let bufs = [ar, b.bind(), biasr, cr, ds.bind()];
-                gpu.dispatch(&kernel, &prm, &bufs, groups(nr, 1))?;
+                gpu.dispatch(&kernel(&prm), &prm, &bufs, groups(nr, 1))?;
             }
         }
     } else if d.batch == 1 && ta && !tb && d.k * d.m.max(d.n) > binding_elems(gpu) {
@@ -304,7 +344,7 @@ pub fn matmul_with(
             // Bias with the first slice only; the others add into C.
             prm.has_bias = if k0 == 0 { bias.is_some() as u32 } else { 2 };
             let bufs = [ar, br, biasr, c.bind(), ds.bind()];
-            gpu.dispatch(&kernel, &prm, &bufs, groups(d.m, 1))?;
+            gpu.dispatch(&kernel(&prm), &prm, &bufs, groups(d.m, 1))?;
         }
     } else {
         let (sa, sb, sc) = (d.m * d.k, if d.b_shared { 0 } else { d.k * d.n }, d.m * d.n);
@@ -324,10 +364,10 @@ pub fn matmul_with(
             }
             if algo == Algo::Tiled && splits > 1 && nb == d.batch {
                 let bufs = [ar, br, biasr, cr, ds.bind()];
-                split_dispatch(gpu, &kernel, prm, splits, nb, bufs)?;
+                split_dispatch(gpu, &kernel(&prm), prm, splits, nb, bufs)?;
             } else {
                 let bufs = [ar, br, biasr, cr, ds.bind()];
-                gpu.dispatch(&kernel, &prm, &bufs, groups(d.m, nb))?;
+                gpu.dispatch(&kernel(&prm), &prm, &bufs, groups(d.m, nb))?;
             }
         }
     }
