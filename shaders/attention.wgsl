@@ -28,7 +28,8 @@
 // column `col_k`, v at `col_v`), and dQ, dK, dV are written the same way into one tensor
 // that feeds one GEMM back (qkv_at finds those rows). L and the stats are [BH, T].
 //
-// Threads: LANES threads share a row, adjacent lanes of one subgroup, each holding every
+// Threads: LANES threads share a row, adjacent invocations and so (on every driver we know,
+// with subgroups of 4 or more lanes) adjacent lanes of one subgroup, each holding every
 // LANES-th vec4 of the row's vectors (zero past D) in private arrays, and a dot product is
 // completed across them by `lane_sum`. This file is the LANES = 1 build, a thread per row; the
 // `attention_lanes` build (engine::pipelines, adapters with subgroups) has LANES = 4 and sums

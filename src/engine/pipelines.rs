@@ -66,6 +66,9 @@ const IN_F32: &str = "alias In = f32;";
 /// Only adapters with subgroup operations build it (`Gpu::has_subgroups`).
 pub const LANES_SUFFIX: &str = "_lanes";
 const LANES_ONE: &str = "const LANES: u32 = 1u;";
+const ONE_LANE: &str = "return x; // one lane";
+const FOUR_LANES: &str =
+    "let y = x + subgroupShuffleXor(x, 1u);\n    return y + subgroupShuffleXor(y, 2u);";
 
 /// A kernel file named `NAME_v4` (then optionally [`F16_SUFFIX`]) is `NAME.wgsl` with its
 /// lines that end in [`SCALAR_LINE`] dropped and its lines that start with [`V4_LINE`]
@@ -90,9 +93,6 @@ fn v4_build(base: &str, src: &str) -> Result<String> {
     }
     Ok(out)
 }
-const ONE_LANE: &str = "return x; // one lane";
-const FOUR_LANES: &str =
-    "let y = x + subgroupShuffleXor(x, 1u);\n    return y + subgroupShuffleXor(y, 2u);";
 
 /// Helpers shared by the kernel files, prepended to each (after its `enable` directives, which
 /// WGSL wants before any declaration).

@@ -83,7 +83,12 @@ pub fn set_rows_only(on: bool) -> bool {
 /// adapter has subgroup operations (unless [`set_rows_only`]), f16 loads for f16 q, k, v
 /// (see `engine::pipelines`).
 fn pick(kernel: Kernel, q: &Tensor) -> Kernel {
-    let lanes = q.gpu().has_subgroups() && !rows_only().load(Ordering::Relaxed);
+    // A row's four lanes must share a subgroup: consecutive invocations form subgroups on
+    // every driver we know of, and any subgroup of 4 or more lanes holds whole rows.
+    let gpu = q.gpu();
+    let lanes = gpu.has_subgroups()
+        && gpu.info().subgroup_min_size >= 4
+        && !rows_only().load(Ordering::Relaxed);
     let file = match (lanes, q.dtype() == DType::F16) {
         (false, false) => "attention",
         (false, true) => "attention_f16",
