@@ -50,6 +50,9 @@ if [ "${BASELINES:-1}" = 1 ]; then
   done
 fi
 
+echo "== conv1d kernels with each tile"
+for t in 64 128; do XLSR_CONV_TILE=$t timeout 120 "$X" bench --filter conv1d 2>&1 | grep conv1d; done
+
 echo "== kernel benchmarks"
 timeout 300 "$X" bench --json >"$OUT/bench.json"
 echo "== compare_torch"

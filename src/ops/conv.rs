@@ -85,14 +85,15 @@ pub fn set_tile(tile: Option<usize>) -> Option<usize> {
 }
 
 /// The tile for an m x n output: 128 where both sides take a whole one and, when `items`
-/// (batch x groups) is given, there are still enough of them to fill a large GPU (the weight
-/// gradient gets there by splitting its reduction instead); 64 otherwise.
+/// (batch x groups) is given, there are more than FILL / 2 of them, the count at which the
+/// GEMM would still not split K (the weight gradient splits its reduction instead); 64
+/// otherwise, for 4x the workgroups.
 fn tile_for(m: usize, n: usize, items: Option<usize>) -> usize {
     match forced_tile().load(Ordering::Relaxed) {
         0 => {}
         t => return t,
     }
-    let fills = items.is_none_or(|i| m.div_ceil(128) * n.div_ceil(128) * i >= FILL);
+    let fills = items.is_none_or(|i| m.div_ceil(128) * n.div_ceil(128) * i * 2 > FILL);
     if m >= 128 && n >= 128 && fills {
         128
     } else {
