@@ -42,7 +42,7 @@ fi
 
 # The XLSR-53 step with each kernel's previous build, to compare with compare_torch's rows.
 if [ "${BASELINES:-1}" = 1 ]; then
-  for alt in XLSR_ATTN=rows XLSR_CONV_TILE=64 XLSR_GEMM_V4=0 XLSR_GEMM=tiled64 XLSR_COOP=staged; do
+  for alt in XLSR_ATTN=rows XLSR_CONV_TILE=64 XLSR_GEMM_V4=0 XLSR_SPLIT_K=0 XLSR_GEMM=tiled64 XLSR_COOP=staged; do
     for flags in "" "--fp16 --checkpointing"; do
       echo "== step $alt $flags"
       env "$alt" timeout 240 "$X" bench ${STEP:---batch 8 --seconds 5} --steps "${STEPS:-3}" $flags 2>&1 | tail -n 12

@@ -135,9 +135,12 @@ fn tiled(half: bool, prm: &MatmulParams) -> Kernel {
 const FILL: usize = 256;
 
 /// How many K slices an output of `tiles` tiles with contraction `k` gets: enough to reach
-/// [`FILL`] workgroups, each slice at least 256 long.
+/// [`FILL`] workgroups, each slice at least 256 long (always 1 with `XLSR_SPLIT_K=0`, to
+/// compare).
 pub fn split_k(tiles: usize, k: usize) -> usize {
-    if tiles * 2 > FILL {
+    static OFF: OnceLock<bool> = OnceLock::new();
+    let off = *OFF.get_or_init(|| std::env::var("XLSR_SPLIT_K").is_ok_and(|v| v == "0"));
+    if tiles * 2 > FILL || off {
         return 1;
     }
     (FILL / tiles.max(1)).min(k / 256).clamp(1, 16)
