@@ -33,6 +33,9 @@ pub enum Error {
     /// The GPU ran out of memory or rejected a command.
     #[error("GPU error: {0}")]
     Gpu(String),
+    /// A tuning file could not be read or written (see [`crate::engine::tuning`]).
+    #[error("tuning file {0}")]
+    Tuning(String),
 }
 
 /// Engine result type.

@@ -12,7 +12,8 @@
 //! Rooms: [`adapter`] (choice, features), [`pool`] (buffers by size class), [`pipelines`]
 //! (shader registry and variants, layouts, pipelines), [`dispatch`] (the batch, bind groups,
 //! submits), [`params`] (typed kernel uniforms), [`transfer`] (uploads, zero fills, read-back),
-//! [`profile`] (counters, timestamps), [`tensor`], [`dtype`], [`error`].
+//! [`profile`] (counters, timestamps), [`tuning`] (measured kernel choices per adapter),
+//! [`tensor`], [`dtype`], [`error`].
 
 pub mod adapter;
 pub mod dispatch;
@@ -25,6 +26,7 @@ pub mod pool;
 pub mod profile;
 pub mod tensor;
 pub mod transfer;
+pub mod tuning;
 
 pub use adapter::{adapters, coop_usable, AdapterSummary};
 pub use dispatch::{grid, BufRef, ARENA_SLOTS};
@@ -35,6 +37,7 @@ pub use params::KernelParams;
 pub use pipelines::{Kernel, COOP128_VARIANTS, COOP_VARIANTS, F16_SUFFIX, LANES_SUFFIX, V4_SUFFIX};
 pub use profile::Counters;
 pub use tensor::Tensor;
+pub use tuning::{Choice, Loaded, TuneMode};
 
 use adapter::{open, Opened};
 use dispatch::{Batch, BindKey, UNIFORM_SLOT};
@@ -74,6 +77,8 @@ struct GpuInner {
     /// Launches per kernel entry since the last reset.
     launches: Mutex<std::collections::BTreeMap<&'static str, u64>>,
     profiler: Mutex<Option<Profiler>>,
+    /// Measured kernel choices ([`tuning`]).
+    tuning: Mutex<tuning::Tuning>,
     max_binding: AtomicU64,
     /// Budget for pooled + live buffers (`XLSR_MEMORY_LIMIT_GB`, or set by tests).
     memory_limit: AtomicU64,
@@ -149,6 +154,7 @@ impl Gpu {
             counters: Mutex::default(),
             launches: Mutex::default(),
             profiler: Mutex::new(None),
+            tuning: Mutex::default(),
             max_binding: AtomicU64::new(max_binding),
             memory_limit: AtomicU64::new(
                 std::env::var("XLSR_MEMORY_LIMIT_GB")
@@ -194,7 +200,8 @@ impl Gpu {
         self.0.accounting_only.store(on, Ordering::Relaxed);
     }
 
-    fn is_accounting_only(&self) -> bool {
+    /// Whether this is an accounting-only run ([`Gpu::set_accounting_only`]).
+    pub fn is_accounting_only(&self) -> bool {
         self.0.accounting_only.load(Ordering::Relaxed)
     }
 

@@ -96,7 +96,7 @@ fn v4_build(base: &str, src: &str) -> Result<String> {
 
 /// Helpers shared by the kernel files, prepended to each (after its `enable` directives, which
 /// WGSL wants before any declaration).
-const PRELUDE: &str = include_str!("../../shaders/common.wgsl");
+pub(super) const PRELUDE: &str = include_str!("../../shaders/common.wgsl");
 
 /// The WGSL `struct Params` of a kernel file, written from the fields of its Rust params
 /// struct ([`KernelParams::FIELDS`](super::KernelParams::FIELDS)): the Rust struct is the one

@@ -140,6 +140,11 @@ impl Gpu {
         Ok(true)
     }
 
+    /// Whether [`Gpu::profile_start`] is collecting.
+    pub fn is_profiling(&self) -> bool {
+        self.0.profiler.lock().unwrap().is_some()
+    }
+
     /// Stops profiling; returns (kernel entry, total ns, launches), sorted by name.
     pub fn profile_stop(&self) -> Result<Vec<(&'static str, f64, u64)>> {
         self.sync()?;

@@ -16,6 +16,7 @@ pub mod matmul;
 pub mod norm;
 pub mod reduce;
 pub mod softmax;
+pub mod tune;
 pub mod weight_norm;
 
 use crate::engine::error::{Error, Result};

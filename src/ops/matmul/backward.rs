@@ -3,8 +3,7 @@
 //! where they have them.
 
 use super::{
-    binding_elems, dims, matmul, split_dispatch, split_k, tiled, Algo, MatmulParams, ADD_INTO_C,
-    ADD_INTO_SUMS, ROW_SUMS, TILE,
+    binding_elems, dims, gemm, matmul, Algo, MatmulParams, ADD_INTO_C, ADD_INTO_SUMS, ROW_SUMS,
 };
 use crate::engine::error::{shape_err, Result};
 use crate::engine::{DType, Tensor};
@@ -84,23 +83,13 @@ pub fn matmul_tn_row_sums_into(
             },
         k_slice: k as u32,
         splits: 1,
+        // Each split-K slice's partial row sums follow its partial C in the workspace.
+        slice_stride: (m * n + m) as u32,
         ..Default::default()
     };
-    let tiled = tiled(false, &prm);
     let dm = dummy(gpu)?;
     let bufs = [a.bind(), b.bind(), dm.bind(), c.bind(), sums.bind()];
-    let splits = splits.unwrap_or_else(|| split_k(n.div_ceil(TILE) * m.div_ceil(TILE), k));
-    if splits > 1 {
-        // Each slice's partial row sums follow its partial C in the workspace.
-        let prm = MatmulParams {
-            slice_stride: (m * n + m) as u32,
-            ..prm
-        };
-        split_dispatch(gpu, &tiled, prm, splits, 1, bufs)?;
-    } else {
-        let groups = [n.div_ceil(TILE) as u32, m.div_ceil(TILE) as u32, 1];
-        gpu.dispatch(&tiled, &prm, &bufs, groups)?;
-    }
+    gemm(gpu, false, prm, 1, bufs, splits, true)?;
     Ok(true)
 }
 

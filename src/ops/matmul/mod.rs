@@ -273,7 +273,7 @@ pub fn matmul_with(
     let file = if half { "matmul_f16" } else { "matmul" };
     let kernel = |prm: &MatmulParams| match algo {
         Algo::Tiled => tiled(half, prm),
-        Algo::Tiled64 => kernel(file, "matmul_tiled64"),
+        Algo::Tiled64 => tiled64(half),
         Algo::Naive => kernel(file, "matmul_naive"),
     };
     let groups = |m: usize, batch: usize| -> [u32; 3] {
@@ -312,17 +312,10 @@ pub fn matmul_with(
             let (ar, oa) = a.bind_shifted(r0 * d.k, nr * d.k);
             let (cr, oc) = c.bind_shifted(r0 * d.n, nr * d.n);
             let prm = params(nr, 0, 0, 0, [oa, 0, oc]);
-            let tiles = d.n.div_ceil(TILE) * nr.div_ceil(TILE);
-            let splits = splits.unwrap_or_else(|| split_k(tiles, d.k));
-            let bufs = [ar, b.bind(), biasr, cr];
-            if algo == Algo::Tiled && half && try_coop(gpu, &prm, 1, bufs)? {
-                continue;
-            }
-            if algo == Algo::Tiled && splits > 1 && nr == rows {
-                let bufs = [ar, b.bind(), biasr, cr, ds.bind()];
-                split_dispatch(gpu, &kernel(&prm), prm, splits, 1, bufs)?;
+            let bufs = [ar, b.bind(), biasr, cr, ds.bind()];
+            if algo == Algo::Tiled {
+                gemm(gpu, half, prm, 1, bufs, splits, nr == rows)?;
             } else {
-                let bufs = [ar, b.bind(), biasr, cr, ds.bind()];
                 gpu.dispatch(&kernel(&prm), &prm, &bufs, groups(nr, 1))?;
             }
         }
@@ -360,16 +353,10 @@ pub fn matmul_with(
             let (ar, oa) = a.bind_shifted(b0 * sa, nb * sa);
             let (cr, oc) = c.bind_shifted(b0 * sc, nb * sc);
             let prm = params(d.m, sa, sb, sc, [oa, ob, oc]);
-            let tiles = d.n.div_ceil(TILE) * d.m.div_ceil(TILE) * nb;
-            let splits = splits.unwrap_or_else(|| split_k(tiles, d.k));
-            if algo == Algo::Tiled && half && try_coop(gpu, &prm, nb, [ar, br, biasr, cr])? {
-                continue;
-            }
-            if algo == Algo::Tiled && splits > 1 && nb == d.batch {
-                let bufs = [ar, br, biasr, cr, ds.bind()];
-                split_dispatch(gpu, &kernel(&prm), prm, splits, nb, bufs)?;
+            let bufs = [ar, br, biasr, cr, ds.bind()];
+            if algo == Algo::Tiled {
+                gemm(gpu, half, prm, nb, bufs, splits, nb == d.batch)?;
             } else {
-                let bufs = [ar, br, biasr, cr, ds.bind()];
                 gpu.dispatch(&kernel(&prm), &prm, &bufs, groups(d.m, nb))?;
             }
         }
@@ -383,42 +370,165 @@ fn coop_staged() -> bool {
     *PICK.get_or_init(|| std::env::var("XLSR_COOP").is_ok_and(|v| v == "staged"))
 }
 
-/// Dispatches the cooperative-matrix kernel when the GPU has it and the shape fits; returns
-/// whether it did.
-fn try_coop(
-    gpu: &crate::Gpu,
-    prm: &MatmulParams,
-    batch: usize,
-    bufs: [crate::engine::BufRef<'_>; 4],
-) -> Result<bool> {
-    let (ta, tb) = (prm.trans_a == 1, prm.trans_b == 1);
+/// One way to run a launch of the tiled family: the candidates the tuner picks among.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Plan {
+    /// The tiled kernel with K in this many slices (1: unsplit).
+    Tiled(usize),
+    /// The 64x64 tiled kernel (no row sums).
+    Tiled64,
+    /// Cooperative matrices, fragments straight from storage (64x64 per subgroup).
+    Coop,
+    /// Cooperative matrices staged through workgroup memory (128x128 per 4 subgroups).
+    CoopStaged,
+}
+
+/// The 64x64 tiled kernel.
+fn tiled64(half: bool) -> Kernel {
+    kernel(if half { "matmul_f16" } else { "matmul" }, "matmul_tiled64")
+}
+
+/// Whether the cooperative-matrix kernels can take this launch on this GPU.
+fn coop_ok(gpu: &crate::Gpu, prm: &MatmulParams) -> bool {
     let u = |x: u32| x as usize;
-    if !gpu.has_coop()
-        || !coop_fits(
+    gpu.has_coop()
+        && coop_fits(
             [u(prm.m), u(prm.n), u(prm.k)],
-            ta,
-            tb,
+            prm.trans_a == 1,
+            prm.trans_b == 1,
             [u(prm.off_a), u(prm.off_b), u(prm.off_c)],
             [u(prm.stride_a), u(prm.stride_b), u(prm.stride_c)],
-            prm.has_bias & 2 != 0,
+            prm.has_bias & ADD_INTO_C != 0,
         )
-    {
-        return Ok(false);
-    }
-    // Two designs: fragments straight from storage (64x64 per workgroup of one subgroup), or
-    // staged through workgroup memory (128x128 per workgroup of four); `XLSR_COOP=staged`.
-    let (variants, tile) = if coop_staged() {
-        (crate::engine::COOP128_VARIANTS, 128)
-    } else {
-        (crate::engine::COOP_VARIANTS, 64)
+}
+
+/// Runs one GEMM launch of `nb` batch items (`bufs`: A, B, bias, C, row sums) the fastest way
+/// this adapter has measured for its shape class (`ops::tune`), or by default: cooperative
+/// matrices for f16 inputs where the GPU has them, else the tiled kernel, split-K where the
+/// output has few tiles and `can_split` (the whole output in this launch). `splits` forces the
+/// slices (tests), which also skips tuning.
+fn gemm(
+    gpu: &crate::Gpu,
+    half: bool,
+    prm: MatmulParams,
+    nb: usize,
+    bufs: [crate::engine::BufRef<'_>; 5],
+    splits: Option<usize>,
+    can_split: bool,
+) -> Result<()> {
+    let (m, n, k) = (prm.m as usize, prm.n as usize, prm.k as usize);
+    let tiles = n.div_ceil(TILE) * m.div_ceil(TILE) * nb;
+    let slices = match can_split {
+        true => splits.unwrap_or_else(|| split_k(tiles, k)),
+        false => 1,
     };
-    gpu.dispatch(
-        &coop_kernel(variants[ta as usize][tb as usize]),
-        prm,
-        &bufs,
-        [prm.n.div_ceil(tile), prm.m.div_ceil(tile), batch as u32],
-    )?;
-    Ok(true)
+    let mut names: Vec<&'static str> = Vec::with_capacity(5);
+    if half && coop_ok(gpu, &prm) {
+        names.extend(match coop_staged() {
+            true => ["coop-staged", "coop"],
+            false => ["coop", "coop-staged"],
+        });
+    }
+    names.push("tiled");
+    if slices > 1 {
+        names.push("tiled-unsplit");
+    }
+    if prm.has_bias & ROW_SUMS == 0 {
+        names.push("tiled64");
+    }
+    let plan = |name: &str| match name {
+        "coop" => Plan::Coop,
+        "coop-staged" => Plan::CoopStaged,
+        "tiled-unsplit" => Plan::Tiled(1),
+        "tiled64" => Plan::Tiled64,
+        _ => Plan::Tiled(slices),
+    };
+    let name = match splits {
+        Some(_) => names[0],
+        None => super::tune::pick(
+            gpu,
+            || gemm_key(half, &prm, nb),
+            &names,
+            |c| {
+                // Into scratch outputs, overwriting them: C and the row sums stay untouched.
+                let scratch = MatmulParams {
+                    off_c: 0,
+                    has_bias: prm.has_bias & !(ADD_INTO_C | ADD_INTO_SUMS),
+                    ..prm
+                };
+                let out = Tensor::uninit(gpu, &[nb * m * n], DType::F32)?;
+                let sums = Tensor::uninit(gpu, &[m.max(1)], DType::F32)?;
+                let [ar, br, biasr, ..] = bufs;
+                let to = [ar, br, biasr, out.bind(), sums.bind()];
+                launch(gpu, half, plan(c), scratch, nb, to)?;
+                Ok(match prm.has_bias & ROW_SUMS {
+                    0 => vec![out],
+                    _ => vec![out, sums],
+                })
+            },
+        )?,
+    };
+    launch(gpu, half, plan(name), prm, nb, bufs)
+}
+
+/// The tuner's shape class of a GEMM launch: precision, transposes, the batch and M, N, K
+/// rounded up to powers of two, and whether it adds row sums or into C (other candidates).
+fn gemm_key(half: bool, prm: &MatmulParams, nb: usize) -> String {
+    let b = super::tune::bucket;
+    let t = |x: u32| if x == 1 { 't' } else { 'n' };
+    format!(
+        "gemm {} {}{} b{} m{} n{} k{}{}{}",
+        if half { "f16" } else { "f32" },
+        t(prm.trans_a),
+        t(prm.trans_b),
+        b(nb),
+        b(prm.m as usize),
+        b(prm.n as usize),
+        b(prm.k as usize),
+        if prm.has_bias & ROW_SUMS != 0 {
+            " +sums"
+        } else {
+            ""
+        },
+        if prm.has_bias & ADD_INTO_C != 0 {
+            " +c"
+        } else {
+            ""
+        },
+    )
+}
+
+/// Dispatches one launch the way `plan` says.
+fn launch(
+    gpu: &crate::Gpu,
+    half: bool,
+    plan: Plan,
+    prm: MatmulParams,
+    nb: usize,
+    bufs: [crate::engine::BufRef<'_>; 5],
+) -> Result<()> {
+    let groups = |tile: usize| {
+        [
+            (prm.n as usize).div_ceil(tile) as u32,
+            (prm.m as usize).div_ceil(tile) as u32,
+            nb as u32,
+        ]
+    };
+    match plan {
+        Plan::Coop | Plan::CoopStaged => {
+            let (variants, tile) = match plan {
+                Plan::Coop => (crate::engine::COOP_VARIANTS, 64),
+                _ => (crate::engine::COOP128_VARIANTS, 128),
+            };
+            let entry = variants[prm.trans_a as usize][prm.trans_b as usize];
+            gpu.dispatch(&coop_kernel(entry), &prm, &bufs[..4], groups(tile))
+        }
+        Plan::Tiled(splits) if splits > 1 => {
+            split_dispatch(gpu, &tiled(half, &prm), prm, splits, nb, bufs)
+        }
+        Plan::Tiled(_) => gpu.dispatch(&tiled(half, &prm), &prm, &bufs, groups(TILE)),
+        Plan::Tiled64 => gpu.dispatch(&tiled64(half), &prm, &bufs, groups(64)),
+    }
 }
 
 /// Runs the tiled kernel with K in `splits` slices, each writing its partial product into a

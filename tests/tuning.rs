@@ -1,0 +1,232 @@
+//! The kernel tuner (`engine::tuning`, `ops::tune`): off unless asked, each shape class timed
+//! once, its scratch runs leave the real outputs alone, a kept choice is the one launched, and
+//! tuning files round-trip while stale or broken ones are told apart. Each test opens its own
+//! device, since the tuning table belongs to one.
+
+mod common;
+use common::*;
+use xlsr::engine::{Choice, Loaded, TuneMode};
+use xlsr::ops::matmul::{matmul, matmul_tn_row_sums_into};
+use xlsr::{Gpu, Tensor};
+
+fn own_gpu() -> Gpu {
+    Gpu::new().expect("a GPU adapter (lavapipe in CI)")
+}
+
+fn random(gpu: &Gpu, rng: &mut Rng, shape: &[usize]) -> Tensor {
+    let n = shape.iter().product();
+    Tensor::from_slice(gpu, &to_f32(&rng.vec(n)), shape).unwrap()
+}
+
+/// |got - want| <= 1e-5 (1 + max |want|) + 1e-4 |want|: the kernel tests' tolerance, its
+/// absolute part scaled by the output's size (other builds sum in other orders, and a
+/// gradient slot's sums cancel to far below their terms).
+fn assert_near(what: &str, got: &[f32], want: &[f32]) {
+    assert_eq!(got.len(), want.len(), "{what}");
+    let scale = 1.0 + want.iter().fold(0f32, |m, w| m.max(w.abs()));
+    for (i, (g, w)) in got.iter().zip(want).enumerate() {
+        assert!(
+            (g - w).abs() <= 1e-5 * scale + 1e-4 * w.abs(),
+            "{what}[{i}]: {g} vs {w}"
+        );
+    }
+}
+
+#[test]
+fn measuring_times_each_shape_class_once() {
+    let gpu = own_gpu();
+    assert_eq!(gpu.tuning(), TuneMode::Off, "a new device tunes nothing");
+    let mut rng = Rng::new(7);
+    let (a, b) = (
+        random(&gpu, &mut rng, &[300, 600]),
+        random(&gpu, &mut rng, &[600, 136]),
+    );
+    let bias = random(&gpu, &mut rng, &[136]);
+    let want = matmul(&a, &b, false, false, Some(&bias))
+        .unwrap()
+        .to_vec()
+        .unwrap();
+    assert_eq!(gpu.tuned_measured(), 0);
+
+    gpu.set_tuning(TuneMode::Measure);
+    let got = matmul(&a, &b, false, false, Some(&bias))
+        .unwrap()
+        .to_vec()
+        .unwrap();
+    assert_near("tuned matmul", &got, &want);
+    let choices = gpu.tuned_choices();
+    let key = "gemm f32 nn b1 m512 n256 k1024";
+    let c = choices
+        .get(key)
+        .unwrap_or_else(|| panic!("{key} in {choices:?}"));
+    // The output has 3 x 2 tiles and K is long enough, so the default splits K; all three
+    // builds were timed.
+    let timed: Vec<&str> = c.times_ms.keys().map(|s| s.as_str()).collect();
+    assert_eq!(timed, ["tiled", "tiled-unsplit", "tiled64"], "{c:?}");
+    assert!(c.times_ms.values().all(|ms| *ms > 0.0), "{c:?}");
+    assert!(c.rejected.is_empty(), "{c:?}");
+    assert!(c.times_ms.contains_key(&c.pick));
+    assert_eq!(gpu.tuned_measured(), 1);
+
+    // Again, and at another size of the same class: nothing more is measured.
+    let got = matmul(&a, &b, false, false, Some(&bias))
+        .unwrap()
+        .to_vec()
+        .unwrap();
+    assert_near("tuned matmul again", &got, &want);
+    let a2 = random(&gpu, &mut rng, &[400, 600]);
+    matmul(&a2, &b, false, false, None).unwrap();
+    assert_eq!(gpu.tuned_measured(), 1);
+    // A transposed B is another class.
+    let bt = random(&gpu, &mut rng, &[136, 600]);
+    matmul(&a, &bt, false, true, None).unwrap();
+    assert_eq!(gpu.tuned_measured(), 2);
+    assert!(gpu
+        .tuned_choices()
+        .contains_key("gemm f32 nt b1 m512 n256 k1024"));
+
+    // Accounting-only runs launch nothing, so they measure nothing.
+    gpu.set_accounting_only(true);
+    let (x, w) = (
+        Tensor::zeros(&gpu, &[64, 300]).unwrap(),
+        Tensor::zeros(&gpu, &[300, 64]).unwrap(),
+    );
+    matmul(&x, &w, false, false, None).unwrap();
+    gpu.set_accounting_only(false);
+    assert_eq!(gpu.tuned_measured(), 2);
+}
+
+/// A weight and bias gradient added into the optimiser's slots: the candidates run into
+/// scratch outputs, so the slots get the product once, whichever build is picked.
+#[test]
+fn measuring_leaves_accumulated_gradients_alone() {
+    let gpu = own_gpu();
+    let mut rng = Rng::new(11);
+    let (dy, x) = (
+        random(&gpu, &mut rng, &[700, 136]),
+        random(&gpu, &mut rng, &[700, 200]),
+    );
+    let (dw0, db0) = (rng.vec(136 * 200), rng.vec(136));
+    let run = |gpu: &Gpu| {
+        let dw = Tensor::from_slice(gpu, &to_f32(&dw0), &[136, 200]).unwrap();
+        let db = Tensor::from_slice(gpu, &to_f32(&db0), &[136]).unwrap();
+        assert!(matmul_tn_row_sums_into(&dy, &x, &dw, &db, true, None).unwrap());
+        (dw.to_vec().unwrap(), db.to_vec().unwrap())
+    };
+    let (want_w, want_b) = run(&gpu);
+    gpu.set_tuning(TuneMode::Measure);
+    let (got_w, got_b) = run(&gpu);
+    assert_eq!(gpu.tuned_measured(), 1, "{:?}", gpu.tuned_choices());
+    let (key, c) = gpu.tuned_choices().into_iter().next().unwrap();
+    assert_eq!(key, "gemm f32 tn b1 m256 n256 k1024 +sums +c");
+    // No 64x64 build: it has no row sums.
+    assert!(!c.times_ms.contains_key("tiled64"), "{c:?}");
+    assert_near("dW", &got_w, &want_w);
+    assert_near("db", &got_b, &want_b);
+}
+
+#[test]
+fn a_kept_choice_is_the_build_launched() {
+    let gpu = own_gpu();
+    let mut rng = Rng::new(3);
+    let (a, b) = (
+        random(&gpu, &mut rng, &[300, 600]),
+        random(&gpu, &mut rng, &[600, 136]),
+    );
+    let want = matmul(&a, &b, false, false, None)
+        .unwrap()
+        .to_vec()
+        .unwrap();
+    let key = "gemm f32 nn b1 m512 n256 k1024".to_string();
+    let launched = |gpu: &Gpu| {
+        gpu.reset_counters();
+        let got = matmul(&a, &b, false, false, None)
+            .unwrap()
+            .to_vec()
+            .unwrap();
+        assert_near("matmul", &got, &want);
+        let mut names: Vec<&str> = gpu.launches().into_iter().map(|(k, _)| k).collect();
+        names.sort();
+        names
+    };
+    let keep = |pick: &str| {
+        gpu.clear_tuned();
+        let choice = Choice {
+            pick: pick.into(),
+            ..Default::default()
+        };
+        gpu.keep_tuned(key.clone(), choice);
+    };
+    keep("tiled64");
+    assert_eq!(
+        launched(&gpu),
+        ["matmul_nn", "splitk_sum"],
+        "tuning off: the default"
+    );
+    gpu.set_tuning(TuneMode::Use);
+    assert_eq!(launched(&gpu), ["matmul_tiled64"]);
+    keep("tiled-unsplit");
+    assert_eq!(launched(&gpu), ["matmul_nn"]);
+    // A choice this shape cannot take (no cooperative matrices here, or another setting).
+    keep("coop");
+    assert_eq!(launched(&gpu), ["matmul_nn", "splitk_sum"]);
+    assert_eq!(
+        gpu.tuned_measured(),
+        1,
+        "the choice kept by hand, nothing measured"
+    );
+}
+
+#[test]
+fn tuning_files_round_trip_and_stale_or_broken_ones_are_told_apart() {
+    let gpu = own_gpu();
+    let dir = temp_dir("tuning");
+    let path = dir.join("sub/tuning.json");
+    assert_eq!(gpu.load_tuning(&path).unwrap(), Loaded::Missing);
+    let mut times = std::collections::BTreeMap::new();
+    times.insert("tiled".to_string(), 1.5);
+    times.insert("tiled64".to_string(), 1.0);
+    let choice = Choice {
+        pick: "tiled64".into(),
+        times_ms: times,
+        rejected: vec!["coop".into()],
+    };
+    gpu.keep_tuned("gemm f32 nn b1 m512 n256 k1024".into(), choice.clone());
+    gpu.save_tuning(&path).unwrap();
+    assert!(
+        !dir.join("sub/tuning.json.tmp").exists(),
+        "written through a rename"
+    );
+
+    gpu.clear_tuned();
+    assert!(gpu.tuned_choices().is_empty());
+    assert_eq!(gpu.load_tuning(&path).unwrap(), Loaded::Choices(1));
+    let back = gpu.tuned_choices();
+    assert_eq!(back.get("gemm f32 nn b1 m512 n256 k1024"), Some(&choice));
+
+    // Another build of the kernels (or adapter, or driver): ignored, and said why.
+    let text = std::fs::read_to_string(&path).unwrap();
+    let mut json: serde_json::Value = serde_json::from_str(&text).unwrap();
+    assert_eq!(json["adapter"], gpu.info().name.as_str());
+    json["build"] = "0123456789abcdef".into();
+    std::fs::write(&path, json.to_string()).unwrap();
+    gpu.clear_tuned();
+    match gpu.load_tuning(&path).unwrap() {
+        Loaded::Stale(why) => assert!(why.contains("kernel build"), "{why}"),
+        other => panic!("{other:?}"),
+    }
+    assert!(gpu.tuned_choices().is_empty());
+
+    // Not a tuning file: an error that names it.
+    std::fs::write(&path, "{\"adapter\": 3").unwrap();
+    let err = gpu.load_tuning(&path).unwrap_err().to_string();
+    assert!(err.contains("tuning.json"), "{err}");
+
+    // One file per adapter and driver, under XLSR_TUNING_DIR or the user's cache.
+    let own = gpu.tuning_path().unwrap();
+    let name = own.file_name().unwrap().to_string_lossy().to_string();
+    assert!(
+        name.starts_with("tuning-") && name.ends_with(".json"),
+        "{name}"
+    );
+}
