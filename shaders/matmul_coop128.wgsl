@@ -3,9 +3,11 @@
 // each subgroup 64x64 as 4x4 16x16 accumulators. K advances 32 at a time: the workgroup copies
 // the 128x32 slab of A and the 32x128 slab of B into workgroup memory with 16-byte loads (A
 // and B are bound as vec4<u32>, 8 f16 each; zeros past M, N and K), and every subgroup reads
-// its fragments from there, so each element leaves device memory once per workgroup. Results
-// go out through a per-subgroup 16x16 scratch, where bias, accumulation and the M/N edges are
-// handled element by element. Needs 16-byte aligned rows (`coop_fits`, M and N of any size).
+// its fragments from there, so each element leaves device memory once per workgroup. The next
+// slab's loads are issued before the current slab's products, so they are in flight while the
+// matrix units work. Results go out through a per-subgroup 16x16 scratch, where bias,
+// accumulation and the M/N edges are handled element by element. Needs 16-byte aligned rows
+// (`coop_fits`, M and N of any size).
 enable f16;
 enable wgpu_cooperative_matrix;
 
@@ -21,9 +23,15 @@ const TB: bool = false;
 @group(0) @binding(3) var<storage, read> bias: array<f32>;
 @group(0) @binding(4) var<storage, read_write> c: array<f32>;
 
-// A slab: [128 m][32 k] (row-major A) or [32 k][128 m] (transposed A); B likewise.
-var<workgroup> sa: array<f16, 4096>;
-var<workgroup> sb: array<f16, 4096>;
+// Slab row strides in f16: a row of 32 k or of 128 m (n), padded by 8 (16 bytes). A fragment
+// load reads 8 rows of 16 bytes at a time; unpadded rows 64 or 256 bytes apart would put them
+// in the same 4 of the 32 banks (4-way and 8-way conflicts), padded ones fall in 8 different
+// groups of 4. Both stay multiples of 16 bytes, as cooperative loads require.
+const SK: u32 = 40u;
+const SW: u32 = 136u;
+// A slab: [128 m][SK] (row-major A) or [32 k][SW] (transposed A); B: [32 k][SW] or [128 n][SK].
+var<workgroup> sa: array<f16, 5120>;
+var<workgroup> sb: array<f16, 5120>;
 var<workgroup> scratch: array<f32, 1024>;   // one 16x16 tile per subgroup
 
 // Eight f16 starting at element `e` (a multiple of 8), or zeros.
@@ -35,6 +43,41 @@ fn chunk_a(e: u32, inside: bool) -> vec4<u32> {
 fn chunk_b(e: u32, inside: bool) -> vec4<u32> {
     if inside { return b[e / 8u]; }
     return vec4<u32>(0u);
+}
+
+// Chunk q (of 512) of the A slab at k0: 8 f16 along memory's contiguous direction (m for a
+// transposed A, k otherwise). Rows are multiples of 8 long, so a chunk is inside or out whole.
+fn src_a(q: u32, abase: u32, row0: u32, k0: u32) -> vec4<u32> {
+    if TA {
+        let k = k0 + q / 16u;
+        let m = row0 + (q % 16u) * 8u;
+        return chunk_a(abase + k * p.m + m, k < p.k && m < p.m);
+    }
+    let m = row0 + q / 4u;
+    let k = k0 + (q % 4u) * 8u;
+    return chunk_a(abase + m * p.k + k, m < p.m && k < p.k);
+}
+
+fn src_b(q: u32, bbase: u32, col0: u32, k0: u32) -> vec4<u32> {
+    if TB {
+        let n = col0 + q / 4u;
+        let k = k0 + (q % 4u) * 8u;
+        return chunk_b(bbase + n * p.k + k, n < p.n && k < p.k);
+    }
+    let k = k0 + q / 16u;
+    let n = col0 + (q % 16u) * 8u;
+    return chunk_b(bbase + k * p.n + n, k < p.k && n < p.n);
+}
+
+// Where chunk q goes in its slab.
+fn dst_a(q: u32) -> u32 {
+    if TA { return (q / 16u) * SW + (q % 16u) * 8u; }
+    return (q / 4u) * SK + (q % 4u) * 8u;
+}
+
+fn dst_b(q: u32) -> u32 {
+    if TB { return (q / 4u) * SK + (q % 4u) * 8u; }
+    return (q / 16u) * SW + (q % 16u) * 8u;
 }
 
 fn put8(dst: u32, v: vec4<u32>, is_a: bool) {
@@ -51,39 +94,15 @@ fn put8(dst: u32, v: vec4<u32>, is_a: bool) {
     }
 }
 
-// The workgroup's 128 lanes copy the slabs at k0: 512 chunks of 8 f16 each for A and for B.
-fn stage(lane: u32, abase: u32, bbase: u32, row0: u32, col0: u32, k0: u32) {
-    for (var q = lane; q < 512u; q = q + 128u) {
-        if TA {
-            let k = k0 + q / 16u;
-            let m = row0 + (q % 16u) * 8u;
-            put8(q * 8u, chunk_a(abase + k * p.m + m, k < p.k && m < p.m), true);
-        } else {
-            let m = row0 + q / 4u;
-            let k = k0 + (q % 4u) * 8u;
-            put8(q * 8u, chunk_a(abase + m * p.k + k, m < p.m && k < p.k), true);
-        }
-        if TB {
-            let n = col0 + q / 4u;
-            let k = k0 + (q % 4u) * 8u;
-            put8(q * 8u, chunk_b(bbase + n * p.k + k, n < p.n && k < p.k), false);
-        } else {
-            let k = k0 + q / 16u;
-            let n = col0 + (q % 16u) * 8u;
-            put8(q * 8u, chunk_b(bbase + k * p.n + n, k < p.k && n < p.n), false);
-        }
-    }
-}
-
 // Fragment (i, kk) of A for the subgroup's rows r0: 16 rows x 16 k from the slab.
 fn frag_a(r: u32, kk: u32) -> coop_mat16x16<f16, A> {
-    if TA { return coopLoad<coop_mat16x16<f16, A>>(&sa[kk * 128u + r], 128u); }
-    return coopLoadT<coop_mat16x16<f16, A>>(&sa[r * 32u + kk], 32u);
+    if TA { return coopLoad<coop_mat16x16<f16, A>>(&sa[kk * SW + r], SW); }
+    return coopLoadT<coop_mat16x16<f16, A>>(&sa[r * SK + kk], SK);
 }
 
 fn frag_b(col: u32, kk: u32) -> coop_mat16x16<f16, B> {
-    if TB { return coopLoad<coop_mat16x16<f16, B>>(&sb[col * 32u + kk], 32u); }
-    return coopLoadT<coop_mat16x16<f16, B>>(&sb[kk * 128u + col], 128u);
+    if TB { return coopLoad<coop_mat16x16<f16, B>>(&sb[col * SK + kk], SK); }
+    return coopLoadT<coop_mat16x16<f16, B>>(&sb[kk * SW + col], SW);
 }
 
 // Writes one accumulator through the subgroup's scratch tile: bias, accumulate, edges.
@@ -130,9 +149,37 @@ fn matmul_coop(@builtin(local_invocation_index) lane: u32, @builtin(workgroup_id
     var c31 = coop_mat16x16<f32, C>();
     var c32 = coop_mat16x16<f32, C>();
     var c33 = coop_mat16x16<f32, C>();
+    // Each lane's 4 chunks of A and 4 of B, held in named registers (an array indexed by a
+    // loop counter would be moved to local memory).
+    var pa0 = src_a(lane, abase, row0, 0u);
+    var pa1 = src_a(lane + 128u, abase, row0, 0u);
+    var pa2 = src_a(lane + 256u, abase, row0, 0u);
+    var pa3 = src_a(lane + 384u, abase, row0, 0u);
+    var pb0 = src_b(lane, bbase, col0, 0u);
+    var pb1 = src_b(lane + 128u, bbase, col0, 0u);
+    var pb2 = src_b(lane + 256u, bbase, col0, 0u);
+    var pb3 = src_b(lane + 384u, bbase, col0, 0u);
     for (var k0 = 0u; k0 < p.k; k0 = k0 + 32u) {
-        stage(lane, abase, bbase, row0, col0, k0);
+        put8(dst_a(lane), pa0, true);
+        put8(dst_a(lane + 128u), pa1, true);
+        put8(dst_a(lane + 256u), pa2, true);
+        put8(dst_a(lane + 384u), pa3, true);
+        put8(dst_b(lane), pb0, false);
+        put8(dst_b(lane + 128u), pb1, false);
+        put8(dst_b(lane + 256u), pb2, false);
+        put8(dst_b(lane + 384u), pb3, false);
         workgroupBarrier();
+        let kn = k0 + 32u;
+        if kn < p.k {
+            pa0 = src_a(lane, abase, row0, kn);
+            pa1 = src_a(lane + 128u, abase, row0, kn);
+            pa2 = src_a(lane + 256u, abase, row0, kn);
+            pa3 = src_a(lane + 384u, abase, row0, kn);
+            pb0 = src_b(lane, bbase, col0, kn);
+            pb1 = src_b(lane + 128u, bbase, col0, kn);
+            pb2 = src_b(lane + 256u, bbase, col0, kn);
+            pb3 = src_b(lane + 384u, bbase, col0, kn);
+        }
         for (var kk = 0u; kk < 32u; kk = kk + 16u) {
             let a0 = frag_a(r0 + 0u, kk);
             let a1 = frag_a(r0 + 16u, kk);

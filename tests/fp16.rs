@@ -98,9 +98,10 @@ fn reference_matmul(
     c
 }
 
-/// The tensor-core GEMM (`matmul_coop.wgsl`) equals an f64 product of the f16-rounded
-/// operands: every transpose, tiles shifted inward at M and N edges, K tails below 16, batched
-/// and shared B, with bias; the profiler confirms that the cooperative kernel ran. Only where
+/// The tensor-core GEMMs (`matmul_coop.wgsl`, and `matmul_coop128.wgsl` staged through
+/// workgroup memory) equal an f64 product of the f16-rounded operands: every transpose, tiles
+/// shifted inward (direct) or cut (staged) at M and N edges, K tails below 16 (32), batched
+/// and shared B, with bias; the profiler confirms that a cooperative kernel ran. Only where
 /// the adapter offers 16x16x16 f16 cooperative matrices (lavapipe does not).
 #[test]
 fn coop_matmul_matches_rounded_f64() {
@@ -112,6 +113,16 @@ fn coop_matmul_matches_rounded_f64() {
         );
         return;
     }
+    use xlsr::ops::matmul::set_coop_staged;
+    let before = set_coop_staged(false);
+    for staged in [false, true] {
+        set_coop_staged(staged);
+        coop_cases(&g, staged);
+    }
+    set_coop_staged(before);
+}
+
+fn coop_cases(g: &xlsr::Gpu, staged: bool) {
     use xlsr::ops::matmul::{coop_fits, matmul};
     let cases = [
         // batch, m, n, k, ta, tb, B shared
@@ -148,7 +159,7 @@ fn coop_matmul_matches_rounded_f64() {
             );
         }
         let want = reference_matmul(&a, &b, Some(&bias), (batch, m, n, k), (ta, tb, shared));
-        let name = format!("coop b{batch} m{m} n{n} k{k} ta{ta} tb{tb}");
+        let name = format!("coop staged {staged} b{batch} m{m} n{n} k{k} ta{ta} tb{tb}");
         assert_close(&name, &got, &want, 1e-4, 1e-4);
     }
 }

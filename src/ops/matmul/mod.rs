@@ -364,10 +364,18 @@ pub fn matmul_with(
     Ok(c)
 }
 
-/// Whether `XLSR_COOP=staged` picks the workgroup-staged cooperative kernel.
-fn coop_staged() -> bool {
-    static PICK: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-    *PICK.get_or_init(|| std::env::var("XLSR_COOP").is_ok_and(|v| v == "staged"))
+/// Whether the workgroup-staged cooperative kernel is the default for f16 GEMMs
+/// (`XLSR_COOP=staged` at start, or [`set_coop_staged`]).
+fn coop_staged() -> &'static AtomicBool {
+    static ON: OnceLock<AtomicBool> = OnceLock::new();
+    ON.get_or_init(|| AtomicBool::new(std::env::var("XLSR_COOP").is_ok_and(|v| v == "staged")))
+}
+
+/// Makes the workgroup-staged cooperative kernel (`true`) or the direct one (`false`, the
+/// default) the one f16 GEMMs run where the adapter has cooperative matrices, for tests and
+/// comparisons; returns the setting before.
+pub fn set_coop_staged(on: bool) -> bool {
+    coop_staged().swap(on, Ordering::Relaxed)
 }
 
 /// One way to run a launch of the tiled family: the candidates the tuner picks among.
@@ -424,7 +432,7 @@ fn gemm(
     };
     let mut names: Vec<&'static str> = Vec::with_capacity(5);
     if half && coop_ok(gpu, &prm) {
-        names.extend(match coop_staged() {
+        names.extend(match coop_staged().load(Ordering::Relaxed) {
             true => ["coop-staged", "coop"],
             false => ["coop", "coop-staged"],
         });
