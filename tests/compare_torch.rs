@@ -21,6 +21,7 @@ fn compare_torch_quick_fills_every_row() {
     let root = env!("CARGO_MANIFEST_DIR");
     let out = std::env::temp_dir().join(format!("xlsr-compare-{}.md", std::process::id()));
     let run = Command::new(&python)
+        .env("XLSR_TUNE", "0")
         .arg(format!("{root}/tools/compare_torch.py"))
         .args(["--quick", "--xlsr", env!("CARGO_BIN_EXE_xlsr"), "--out"])
         .arg(&out)

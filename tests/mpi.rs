@@ -29,6 +29,7 @@ fn train_args(model: &Path, prep: &Path, out: &Path, batch: usize) -> Vec<String
 /// Starts `mpirun` with `args` (as root in CI containers, hence `--allow-run-as-root`).
 fn spawn_mpirun(args: &[String]) -> Child {
     Command::new("mpirun")
+        .env("XLSR_TUNE", "0")
         .args(["--allow-run-as-root", "--oversubscribe"])
         .args(args)
         .env("XDG_RUNTIME_DIR", "/tmp")

@@ -430,6 +430,7 @@ fn eval_cli_prints_json() {
 fn fp16_without_shader_f16_trains_in_f32_with_a_note() {
     let (dir, prep, model) = common::tiny_run("nof16", 2);
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_xlsr"))
+        .env("XLSR_TUNE", "0")
         .env("XDG_RUNTIME_DIR", "/tmp")
         .env("XLSR_NO_F16", "1")
         .args(["train", "--fp16", "--max-steps", "2", "--save-steps", "1"])
@@ -676,6 +677,7 @@ fn eval_of_an_empty_split_is_an_error() {
     prepare::run(&opts).unwrap();
     let eval = |data: &Path, extra: &[&str]| {
         let out = std::process::Command::new(env!("CARGO_BIN_EXE_xlsr"))
+            .env("XLSR_TUNE", "0")
             .env("XDG_RUNTIME_DIR", "/tmp")
             .args(["eval", "--json", "--model"])
             .arg(&model)

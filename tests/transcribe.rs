@@ -44,6 +44,7 @@ fn cli_prints_text_writes_logits_and_names_bad_files() {
         std::env::temp_dir().join(format!("xlsr-logits-{}.safetensors", std::process::id()));
     let clip = fixture("w2v2_large/clip.wav");
     let out = Command::new(env!("CARGO_BIN_EXE_xlsr"))
+        .env("XLSR_TUNE", "0")
         .env("XDG_RUNTIME_DIR", "/tmp")
         .args(["transcribe", "--model"])
         .arg(fixture("w2v2_large"))
@@ -74,6 +75,7 @@ fn cli_prints_text_writes_logits_and_names_bad_files() {
     assert!(err < 1e-4);
 
     let out = Command::new(env!("CARGO_BIN_EXE_xlsr"))
+        .env("XLSR_TUNE", "0")
         .env("XDG_RUNTIME_DIR", "/tmp")
         .args(["transcribe", "--model", "/nonexistent/model"])
         .arg(&clip)
@@ -101,6 +103,7 @@ fn logits_output_never_overwrites_audio() {
     std::fs::copy(fixture("w2v2_large/clip.wav"), &b).unwrap();
     let run = |logits: &Path, files: &[&Path]| {
         let out = Command::new(env!("CARGO_BIN_EXE_xlsr"))
+            .env("XLSR_TUNE", "0")
             .env("XDG_RUNTIME_DIR", "/tmp")
             .args(["transcribe", "--model"])
             .arg(fixture("w2v2_large"))
@@ -165,6 +168,7 @@ fn cli_messages_name_the_real_cause() {
 
     let cli = |limit: &str| {
         let out = Command::new(env!("CARGO_BIN_EXE_xlsr"))
+            .env("XLSR_TUNE", "0")
             .env("XDG_RUNTIME_DIR", "/tmp")
             .env("XLSR_MEMORY_LIMIT_GB", limit)
             .args(["transcribe", "--model"])

@@ -230,3 +230,135 @@ fn tuning_files_round_trip_and_stale_or_broken_ones_are_told_apart() {
         "{name}"
     );
 }
+
+/// The implicit GEMM's tiles and attention's lanes are picked the same way: each launch
+/// kind gets its class, both builds are timed, and the outputs equal the untuned ones.
+#[test]
+fn convolutions_and_attention_are_tuned_too() {
+    use xlsr::ops::attention::{backward, forward, Attention};
+    use xlsr::ops::conv::{self, Conv1d};
+    let gpu = own_gpu();
+    let mut rng = Rng::new(5);
+    let c = Conv1d {
+        stride: 2,
+        padding: 1,
+        groups: 1,
+    };
+    let x = random(&gpu, &mut rng, &[2, 24, 301]);
+    let w = random(&gpu, &mut rng, &[40, 24, 3]);
+    let lout = c.out_len(301, 3);
+    let dy = random(&gpu, &mut rng, &[2, 40, lout]);
+    let (b, h, t, d) = (2, 3, 37, 16);
+    let [q, k, v, d_o] = [0; 4].map(|_| random(&gpu, &mut rng, &[b, h, t, d]));
+    let a = Attention {
+        heads: h,
+        scale: 0.25,
+        dropout: 0.1,
+        seed: 9,
+        tokens_first: false,
+        drop_row: 0,
+    };
+    let outputs = || {
+        let y = conv::forward(&c, &x, &w, None).unwrap();
+        let g = conv::backward(&c, &x, &w, false, &dy, true).unwrap();
+        let fwd = forward(&q, &k, &v, None, &a).unwrap();
+        let ag = backward(&q, &k, &v, None, &a, &fwd, &d_o).unwrap();
+        [y, g.input.unwrap(), fwd.out, ag.q, ag.k, ag.v].map(|t| t.to_vec().unwrap())
+    };
+    let want = outputs();
+    gpu.set_tuning(TuneMode::Measure);
+    let got = outputs();
+    for (i, (g, w)) in got.iter().zip(&want).enumerate() {
+        assert_near(&format!("output {i}"), g, w);
+    }
+    let choices = gpu.tuned_choices();
+    let timed = |key: &str| {
+        let c = choices
+            .get(key)
+            .unwrap_or_else(|| panic!("{key} in {choices:#?}"));
+        c.times_ms.keys().cloned().collect::<Vec<_>>()
+    };
+    assert_eq!(
+        timed("conv fwd cin24 cout40 k3 s2 g1 b2 l256"),
+        ["tile128", "tile64"]
+    );
+    assert_eq!(
+        timed("conv dx cin24 cout40 k3 s2 g1 b2 l256"),
+        ["tile128", "tile64"]
+    );
+    if gpu.has_subgroups() && gpu.info().subgroup_min_size >= 4 {
+        for kernel in ["attn_fwd", "attn_bwd_kv", "attn_bwd_q"] {
+            let key = format!("{kernel} f32 d16 t64 bh8 dropout");
+            assert_eq!(timed(&key), ["lanes", "rows"]);
+        }
+    } else {
+        eprintln!("no subgroups of 4 or more lanes here: attention has one build, nothing to tune");
+    }
+}
+
+/// The command line's side: `xlsr bench --tune` measures the classes its cases launch and
+/// writes this adapter's file, a later command takes the choices from it (and says so),
+/// `XLSR_TUNE=0` runs the defaults, and `--retune` measures the same classes again.
+#[test]
+fn bench_tune_writes_the_file_that_later_commands_read() {
+    let dir = std::env::temp_dir().join(format!("xlsr-tuning-cli-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let bench = |extra: &[&str], tune_env: Option<&str>| {
+        let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_xlsr"));
+        cmd.env("XDG_RUNTIME_DIR", "/tmp")
+            .env("XLSR_TUNING_DIR", &dir)
+            .env_remove("XLSR_TUNE")
+            .args(["bench", "--quick", "--filter", "matmul tiled 1000"])
+            .args(extra);
+        if let Some(v) = tune_env {
+            cmd.env("XLSR_TUNE", v);
+        }
+        let out = cmd.output().unwrap();
+        let (stdout, stderr) = (
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        );
+        assert!(out.status.success(), "{stdout}\n{stderr}");
+        (stdout, stderr)
+    };
+    let tuned = |stdout: &str| -> usize {
+        let line = stdout
+            .lines()
+            .find(|l| l.starts_with("tuned "))
+            .unwrap_or_else(|| panic!("no `tuned N shape classes` line in:\n{stdout}"));
+        line.split_whitespace().nth(1).unwrap().parse().unwrap()
+    };
+
+    let (stdout, _) = bench(&["--tune"], None);
+    let n = tuned(&stdout);
+    assert!(n >= 1, "{stdout}");
+    assert!(
+        stdout.contains("| gemm f32 "),
+        "each class measured is listed:\n{stdout}"
+    );
+    let files: Vec<_> = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    assert_eq!(files.len(), 1, "one file for the one adapter: {files:?}");
+    let text = std::fs::read_to_string(&files[0]).unwrap();
+    assert!(text.contains("\"choices\""), "{text}");
+
+    let (_, stderr) = bench(&[], None);
+    assert!(
+        stderr.contains(&format!("kernel choices for {n} shape classes from")),
+        "{stderr}"
+    );
+    let (_, stderr) = bench(&[], Some("0"));
+    assert!(
+        !stderr.contains("kernel choices"),
+        "XLSR_TUNE=0 reads no file:\n{stderr}"
+    );
+
+    // Every class is known now: --tune alone measures none, --retune all of them again.
+    let (stdout, _) = bench(&["--tune"], None);
+    assert_eq!(tuned(&stdout), 0, "{stdout}");
+    let (stdout, _) = bench(&["--retune"], None);
+    assert_eq!(tuned(&stdout), n, "{stdout}");
+    let _ = std::fs::remove_dir_all(&dir);
+}

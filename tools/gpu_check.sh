@@ -6,12 +6,15 @@
 #   TESTS=folder of test binaries to run first  EXTRA='shell commands' to run before the bench
 #   BASELINES=0 skips the training steps with the previous kernels (XLSR_ATTN=rows, ...)
 #   STEP='--batch 8 --seconds 5' the shape of those steps
+#   TUNE=0 skips the tuned steps (`xlsr bench --tune`, the file kept in $OUT/tuning)
 set -u
 cd "$(dirname "$0")/.."
 OUT=${OUT:-gpu-out}
 mkdir -p "$OUT"
 X=${XLSR:-target/release/xlsr}
 exec > >(tee "$OUT/log.txt") 2>&1
+# Default kernels everywhere but the tuned steps below, whatever tuning file the machine has.
+export XLSR_TUNE=0
 
 if ! ldconfig -p | grep -q libvulkan.so.1; then
   for f in .gl/*.deb; do dpkg -x "$f" /; done
@@ -41,13 +44,27 @@ if [ -n "${EXTRA:-}" ]; then
 fi
 
 # The XLSR-53 step with a kernel's other build, to compare with compare_torch's rows (the
-# previous GEMMs, XLSR_GEMM=tiled64 and XLSR_COOP=staged, were measured on 2026-11-27).
+# previous GEMMs, XLSR_GEMM=tiled64 and XLSR_COOP=staged, were measured on 2026-11-27; the
+# staged tensor-core GEMM has changed since), and with attention as separate matmul, softmax
+# and dropout kernels instead of the fused ones (its f16 matmuls may take the tensor cores).
 if [ "${BASELINES:-1}" = 1 ]; then
   for alt in "XLSR_ATTN=rows" "XLSR_ATTN=rows --fp16 --checkpointing" "XLSR_CONV_TILE=64" \
-             "XLSR_GEMM_V4=0" "XLSR_SPLIT_K=0"; do
+             "XLSR_GEMM_V4=0" "XLSR_SPLIT_K=0" "XLSR_COOP=staged --fp16 --checkpointing" \
+             "XLSR_TUNE=0 --unfused-attention" "XLSR_TUNE=0 --unfused-attention --fp16 --checkpointing"; do
     set -- $alt
     echo "== step $alt"
     env "$1" timeout 240 "$X" bench ${STEP:---batch 8 --seconds 5} --steps "${STEPS:-3}" "${@:2}" 2>&1 | tail -n 12
+  done
+fi
+
+# The kernel tuner: the step's shape classes timed build against build on their first launch
+# (GEMM tiles, split-K, coop staged or not, conv tiles, attention lanes), the picks listed,
+# then steps with those picks. Its own folder, so every other run here keeps the defaults.
+if [ "${TUNE:-1}" = 1 ]; then
+  for v in "" "--fp16 --checkpointing"; do
+    echo "== tuned step $v"
+    XLSR_TUNE=1 XLSR_TUNING_DIR="$OUT/tuning" timeout 300 "$X" bench ${STEP:---batch 8 --seconds 5} \
+      --steps "${STEPS:-3}" --tune $v 2>&1 | tail -n 40
   done
 fi
 

@@ -22,6 +22,8 @@ pub struct StepReport {
     pub checkpointing: bool,
     /// fp16 mixed precision on.
     pub fp16: bool,
+    /// Attention as separate kernels instead of the fused ones.
+    pub unfused_attention: bool,
     /// Timed steps (after one warm-up step).
     pub steps: usize,
     /// Median wall-clock seconds of a whole step (forward, backward, AdamW, synchronised).
@@ -56,6 +58,8 @@ pub struct ModelStep {
     pub checkpoint: bool,
     /// fp16 mixed precision (f16 matmul inputs, loss scaling).
     pub fp16: bool,
+    /// Attention as matmul, softmax and dropout kernels instead of the fused ones.
+    pub unfused_attention: bool,
     /// MMS recipe instead: an mms-1b-all-sized model training only its attention adapters
     /// and head.
     pub adapter_only: bool,
@@ -74,6 +78,7 @@ impl Default for ModelStep {
             layers: None,
             checkpoint: false,
             fp16: false,
+            unfused_attention: false,
             adapter_only: false,
             count_only: false,
             steps: 3,
@@ -126,6 +131,7 @@ pub fn model_step(gpu: &Gpu, m: &ModelStep, log: &mut dyn std::io::Write) -> Res
         StepOptions {
             checkpoint: m.checkpoint,
             fp16: m.fp16,
+            unfused_attention: m.unfused_attention,
             ..StepOptions::default()
         },
     )?;
@@ -181,7 +187,7 @@ pub fn model_step(gpu: &Gpu, m: &ModelStep, log: &mut dyn std::io::Write) -> Res
     };
     let _ = writeln!(
         log,
-        "{:<48} {times}, {} layers, batch {} x {secs} s, checkpointing {}, fp16 {}: peak {:.2} GB (weights {:.2} GB)",
+        "{:<48} {times}, {} layers, batch {} x {secs} s, checkpointing {}, fp16 {}{}: peak {:.2} GB (weights {:.2} GB)",
         if m.adapter_only {
             "MMS-1B adapter-only step"
         } else {
@@ -191,6 +197,7 @@ pub fn model_step(gpu: &Gpu, m: &ModelStep, log: &mut dyn std::io::Write) -> Res
         m.batch,
         m.checkpoint,
         m.fp16,
+        if m.unfused_attention { ", unfused attention" } else { "" },
         gpu.peak_bytes() as f64 / 1e9,
         weights as f64 / 1e9
     );
@@ -225,6 +232,7 @@ pub fn model_step(gpu: &Gpu, m: &ModelStep, log: &mut dyn std::io::Write) -> Res
         seconds: secs,
         checkpointing: m.checkpoint,
         fp16: m.fp16,
+        unfused_attention: m.unfused_attention,
         steps,
         step_s: total,
         forward_s: fwd,

@@ -26,6 +26,11 @@ pub struct BenchArgs {
     /// Training-step benchmark: fp16 mixed precision with loss scaling
     #[arg(long)]
     pub fp16: bool,
+    /// Training-step benchmark: attention as separate matmul, softmax and dropout kernels
+    /// that keep the [B, H, T, T] probabilities, instead of the fused kernels (to compare;
+    /// under --fp16 its matmuls run on f16 inputs, on tensor cores where the GPU has them)
+    #[arg(long)]
+    pub unfused_attention: bool,
     /// Training-step benchmark: an mms-1b-all-sized model (48 layers, 1280 wide) training only
     /// its attention adapters and head, as the MMS adapter recipe does
     #[arg(long)]
@@ -46,6 +51,15 @@ pub struct BenchArgs {
     /// Print every result as one JSON object on stdout (the table goes to stderr)
     #[arg(long)]
     pub json: bool,
+    /// Time the builds of each kernel shape class the benchmark launches (GEMM tiles,
+    /// split-K, cooperative matrices staged or not, conv tiles, attention lanes), on first
+    /// launch, keep the fastest in this adapter's tuning file, which train, eval, transcribe
+    /// and bench then use (XLSR_TUNE=0: defaults); `--retune` forgets the old choices first
+    #[arg(long)]
+    pub tune: bool,
+    /// `--tune`, measuring every class again (the old choices forgotten)
+    #[arg(long)]
+    pub retune: bool,
 }
 
 /// Runs the benchmarks: with `--batch`, the training-step benchmark alone.
@@ -72,7 +86,15 @@ pub fn run(args: &BenchArgs) -> Result<()> {
         }
         return Ok(());
     }
-    let gpu = crate::Gpu::new()?;
+    let gpu = super::open_gpu(0)?;
+    let tune = args.tune || args.retune;
+    if args.retune {
+        gpu.clear_tuned();
+    }
+    let before = gpu.tuned_choices();
+    if tune {
+        gpu.set_tuning(crate::engine::TuneMode::Measure);
+    }
     let mut log = bench_log(args.json);
     let report = match args.batch {
         Some(batch) => {
@@ -82,6 +104,7 @@ pub fn run(args: &BenchArgs) -> Result<()> {
                 layers: args.layers,
                 checkpoint: args.checkpointing,
                 fp16: args.fp16,
+                unfused_attention: args.unfused_attention,
                 adapter_only: args.adapter_only,
                 count_only: args.count_only,
                 steps: args.steps,
@@ -102,8 +125,51 @@ pub fn run(args: &BenchArgs) -> Result<()> {
             crate::bench::run(&gpu, quick, args.filter.as_deref(), &mut log)?
         }
     };
+    if tune {
+        save_tuning(&gpu, &before, &mut log)?;
+    }
     if args.json {
         println!("{}", serde_json::to_string(&report)?);
+    }
+    Ok(())
+}
+
+/// Writes the tuning file and lists the shape classes measured in this run.
+fn save_tuning(
+    gpu: &crate::Gpu,
+    before: &std::collections::BTreeMap<String, crate::engine::Choice>,
+    log: &mut dyn std::io::Write,
+) -> Result<()> {
+    let path = gpu.tuning_path().ok_or_else(|| {
+        anyhow::anyhow!("no place for the tuning file: set XLSR_TUNING_DIR or HOME")
+    })?;
+    gpu.save_tuning(&path)?;
+    let all = gpu.tuned_choices();
+    let new: Vec<_> = all
+        .iter()
+        .filter(|(k, _)| !before.contains_key(*k))
+        .collect();
+    writeln!(
+        log,
+        "\ntuned {} shape classes ({} in {}):",
+        new.len(),
+        all.len(),
+        path.display()
+    )?;
+    writeln!(log, "| shape class | pick | ms per launch of each build |")?;
+    writeln!(log, "| --- | --- | --- |")?;
+    for (key, c) in new {
+        let times: Vec<String> = c
+            .times_ms
+            .iter()
+            .map(|(b, ms)| format!("{b} {ms:.3}"))
+            .chain(
+                c.rejected
+                    .iter()
+                    .map(|b| format!("{b} REJECTED (output differs)")),
+            )
+            .collect();
+        writeln!(log, "| {key} | {} | {} |", c.pick, times.join(", "))?;
     }
     Ok(())
 }

@@ -111,7 +111,7 @@ pub fn transcribe(args: &TranscribeArgs) -> Result<()> {
     if let Some(path) = logits {
         crate::transcribe::check_logits_path(path, files)?;
     }
-    let gpu = crate::Gpu::new()?;
+    let gpu = super::open_gpu(0)?;
     let mut t =
         crate::transcribe::Transcriber::load_lang(&gpu, model, args.target_lang.as_deref())?;
     t.chunking = crate::transcribe::Chunking {
@@ -167,7 +167,7 @@ pub fn eval(args: &EvalArgs) -> Result<()> {
     if batch_size == 0 {
         anyhow::bail!("--batch-size 0: must be at least 1");
     }
-    let gpu = crate::Gpu::new()?;
+    let gpu = super::open_gpu(0)?;
     let mut t =
         crate::transcribe::Transcriber::load_lang(&gpu, model, args.target_lang.as_deref())?;
     t.lm = args.lm.load(&t)?;

@@ -53,6 +53,35 @@ pub enum Cmd {
     Lm(LmArgs),
 }
 
+/// Opens the `nth` adapter of the best kind (see [`crate::Gpu::nth`]) with the kernel choices
+/// measured on it before (`xlsr bench --tune`), unless `XLSR_TUNE=0`: one note on stderr
+/// says which file they came from, or why a file there was ignored.
+pub(crate) fn open_gpu(nth: usize) -> crate::engine::Result<crate::Gpu> {
+    use crate::engine::{Loaded, TuneMode};
+    let gpu = crate::Gpu::nth(nth)?;
+    if std::env::var("XLSR_TUNE").is_ok_and(|v| v == "0") {
+        return Ok(gpu);
+    }
+    let Some(path) = gpu.tuning_path() else {
+        return Ok(gpu);
+    };
+    match gpu.load_tuning(&path) {
+        Ok(Loaded::Choices(n)) => {
+            gpu.set_tuning(TuneMode::Use);
+            if nth == 0 {
+                eprintln!("kernel choices for {n} shape classes from {} (XLSR_TUNE=0: defaults)", path.display());
+            }
+        }
+        Ok(Loaded::Stale(why)) => eprintln!(
+            "ignoring {}: {why}; default kernels (`xlsr bench --batch B --seconds S --tune` measures again)",
+            path.display()
+        ),
+        Ok(Loaded::Missing) => {}
+        Err(e) => eprintln!("ignoring {e}; default kernels"),
+    }
+    Ok(gpu)
+}
+
 /// Parses the command line and runs the subcommand.
 pub fn run() -> Result<()> {
     let mut cli = Cli::parse();
@@ -78,12 +107,12 @@ pub fn run() -> Result<()> {
         Cmd::Prepare(args) => prepare::run(&args)?,
         Cmd::Transcribe(args) => eval::transcribe(&args)?,
         Cmd::Demo(args) => {
-            let gpu = crate::Gpu::new()?;
+            let gpu = open_gpu(0)?;
             crate::demo::run(&gpu, &args.into())?;
         }
         Cmd::Train(args) => {
             let dist = crate::dist::Dist::init()?;
-            let trained = crate::Gpu::nth(dist.local_rank())
+            let trained = open_gpu(dist.local_rank())
                 .map_err(crate::error::Error::from)
                 .and_then(|gpu| crate::train::run_dist(&gpu, &(*args).into(), &dist));
             if let Err(e) = trained {

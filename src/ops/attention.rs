@@ -79,16 +79,17 @@ pub fn set_rows_only(on: bool) -> bool {
     rows_only().swap(on, Ordering::Relaxed)
 }
 
-/// The build of attention.wgsl for q's dtype and the adapter: four lanes per row where the
-/// adapter has subgroup operations (unless [`set_rows_only`]), f16 loads for f16 q, k, v
-/// (see `engine::pipelines`).
-fn pick(kernel: Kernel, q: &Tensor) -> Kernel {
+/// Whether the four-lane build can run here: subgroup operations with at least 4 lanes, and
+/// not turned off ([`set_rows_only`]).
+fn lanes_usable(gpu: &crate::Gpu) -> bool {
     // A row's four lanes must share a subgroup: consecutive invocations form subgroups on
     // every driver we know of, and any subgroup of 4 or more lanes holds whole rows.
-    let gpu = q.gpu();
-    let lanes = gpu.has_subgroups()
-        && gpu.info().subgroup_min_size >= 4
-        && !rows_only().load(Ordering::Relaxed);
+    gpu.has_subgroups() && gpu.info().subgroup_min_size >= 4 && !rows_only().load(Ordering::Relaxed)
+}
+
+/// The build of attention.wgsl for q's dtype: four lanes per row (`lanes`) or a thread per
+/// row, f16 loads for f16 q, k, v (see `engine::pipelines`).
+fn build(kernel: Kernel, q: &Tensor, lanes: bool) -> Kernel {
     let file = match (lanes, q.dtype() == DType::F16) {
         (false, false) => "attention",
         (false, true) => "attention_f16",
@@ -96,6 +97,42 @@ fn pick(kernel: Kernel, q: &Tensor) -> Kernel {
         (true, true) => "attention_lanes_f16",
     };
     Kernel { file, ..kernel }
+}
+
+/// Whether `kernel` runs its four-lane build for this launch: by default where it can, or as
+/// this adapter measured for the shape class (`ops::tune`). `run(lanes)` launches a build into
+/// scratch outputs and returns them (only while measuring).
+fn lanes_for(
+    kernel: &Kernel,
+    q: &Tensor,
+    g: &Dims,
+    a: &Attention,
+    has_mask: bool,
+    mut run: impl FnMut(bool) -> Result<Vec<Tensor>>,
+) -> Result<bool> {
+    let gpu = q.gpu();
+    if !lanes_usable(gpu) {
+        return Ok(false);
+    }
+    let key = || {
+        let b = super::tune::bucket;
+        format!(
+            "{} {} d{} t{} bh{}{}{}",
+            kernel.entry,
+            if q.dtype() == DType::F16 {
+                "f16"
+            } else {
+                "f32"
+            },
+            g.d,
+            b(g.t),
+            b(g.bh),
+            if has_mask { " mask" } else { "" },
+            if a.dropout > 0.0 { " dropout" } else { "" },
+        )
+    };
+    let pick = super::tune::pick(gpu, key, &["lanes", "rows"], |c| run(c == "lanes"))?;
+    Ok(pick == "lanes")
 }
 
 /// Problem size: (batch * heads, sequence length, head dim).
@@ -363,8 +400,28 @@ pub fn forward_qkv(qkv: Qkv<'_>, mask: Option<&Tensor>, a: &Attention) -> Result
         let [(qr, off_in), (kr, _), (vr, _)] = qkv.parts().map(|x| rows(x, b0, n, td * qkv.rows()));
         let ((or, off_f), (lr, off_l)) = (rows(&o, b0, n, td), rows(&lse, b0, n, g.t));
         let chunk = [b0 as u32, off_in, off_f, off_l, 0, 0];
+        let lanes = lanes_for(&FWD, q, &gc, a, mask.is_some(), |lanes| {
+            let so = Tensor::uninit(gpu, &[n * td], DType::F32)?;
+            let sl = Tensor::uninit(gpu, &[n * g.t], DType::F32)?;
+            gpu.dispatch(
+                &build(FWD, q, lanes),
+                &params(&gc, a, mask.is_some(), qkv, [b0 as u32, off_in, 0, 0, 0, 0]),
+                &[
+                    qr,
+                    kr,
+                    vr,
+                    m.bind(),
+                    dm.bind(),
+                    dm.bind(),
+                    so.bind(),
+                    sl.bind(),
+                ],
+                row_groups(&gc),
+            )?;
+            Ok(vec![so, sl])
+        })?;
         gpu.dispatch(
-            &pick(FWD, q),
+            &build(FWD, q, lanes),
             &params(&gc, a, mask.is_some(), qkv, chunk),
             &[qr, kr, vr, m.bind(), dm.bind(), dm.bind(), or, lr],
             row_groups(&gc),
@@ -472,8 +529,26 @@ fn backward_into(
         // dK, dV and then dQ, from the same inputs and stats.
         let ins = [qr, kr, vr, m.bind(), dor, sr];
         for (kernel, outs) in [(BWD_KV, [dkr, dvr]), (BWD_Q, [dqr, dw.bind()])] {
+            // Zeroed once (not in the timed launches): each kernel writes only its own
+            // columns of a packed gradient's rows.
+            let mut zeroed: Option<[Tensor; 2]> = None;
+            let lanes = lanes_for(&kernel, q, &gc, a, mask.is_some(), |lanes| {
+                if zeroed.is_none() {
+                    let z = || Tensor::zeros(gpu, &[n * tdr]);
+                    zeroed = Some([z()?, z()?]);
+                }
+                let [s1, s2] = zeroed.clone().expect("just made");
+                let scratch = AttentionParams { off_g: 0, ..prm };
+                let to = match kernel.entry {
+                    "attn_bwd_kv" => [s1.bind(), s2.bind()],
+                    _ => [s1.bind(), dw.bind()],
+                };
+                let bufs: Vec<_> = ins.iter().chain(&to).copied().collect();
+                gpu.dispatch(&build(kernel, q, lanes), &scratch, &bufs, row_groups(&gc))?;
+                Ok(vec![s1, s2])
+            })?;
             let bufs: Vec<_> = ins.iter().chain(&outs).copied().collect();
-            gpu.dispatch(&pick(kernel, q), &prm, &bufs, row_groups(&gc))?;
+            gpu.dispatch(&build(kernel, q, lanes), &prm, &bufs, row_groups(&gc))?;
         }
     }
     Ok(())

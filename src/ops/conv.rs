@@ -101,6 +101,62 @@ fn tile_for(m: usize, n: usize, items: Option<usize>) -> usize {
     }
 }
 
+/// Dispatches the forward or input gradient's implicit GEMM (`bufs[3]` the output, of
+/// `out_elems` from its shift) with the tile this adapter measured fastest for the shape
+/// class (`ops::tune`), or [`tile_for`]'s.
+fn launch_tuned(
+    gpu: &crate::Gpu,
+    prm: &Conv1dParams,
+    bufs: &[crate::engine::BufRef<'_>; 4],
+    mnz: [usize; 3],
+    out_elems: usize,
+) -> Result<()> {
+    let tile = tile_for(mnz[0], mnz[1], Some(mnz[2]));
+    let names = match tile {
+        128 => ["tile128", "tile64"],
+        _ => ["tile64", "tile128"],
+    };
+    let of = |name: &str| if name == "tile128" { 128 } else { 64 };
+    // A forced tile is a comparison: not tuned.
+    let name = match forced_tile().load(Ordering::Relaxed) {
+        0 => super::tune::pick(
+            gpu,
+            || conv_key(prm),
+            &names,
+            |c| {
+                let out = Tensor::uninit(gpu, &[out_elems], DType::F32)?;
+                let scratch = Conv1dParams {
+                    off_out: 0,
+                    accum: 0,
+                    ..*prm
+                };
+                let to = [bufs[0], bufs[1], bufs[2], out.bind()];
+                launch(gpu, &scratch, &to, mnz, of(c))?;
+                Ok(vec![out])
+            },
+        )?,
+        _ => names[0],
+    };
+    launch(gpu, prm, bufs, mnz, of(name))
+}
+
+/// The tuner's shape class of a convolution launch: pass, channels, taps, stride and groups
+/// as they are, clips and frames rounded up to powers of two.
+fn conv_key(p: &Conv1dParams) -> String {
+    let b = |x: u32| super::tune::bucket(x as usize);
+    format!(
+        "conv {} cin{} cout{} k{} s{} g{} b{} l{}",
+        if p.mode == FORWARD { "fwd" } else { "dx" },
+        p.cin,
+        p.cout,
+        p.k,
+        p.stride,
+        p.groups,
+        b(p.batch),
+        b(p.lout)
+    )
+}
+
 /// Dispatches the implicit GEMM of an m x n output (per item) over `items` workgroup layers
 /// with `tile`'s build.
 fn launch(
@@ -232,7 +288,7 @@ pub fn forward(c: &Conv1d, x: &Tensor, w: &Tensor, bias: Option<&Tensor>) -> Res
         let (xr, ox) = x.bind_shifted(b0 * xi, nb * xi);
         let (yr, oy) = y.bind_shifted(b0 * yo, nb * yo);
         let mnz = [g.cout / c.groups, g.lout, nb * c.groups];
-        launch(
+        launch_tuned(
             gpu,
             &Conv1dParams {
                 has_bias: bias.is_some() as u32,
@@ -242,7 +298,7 @@ pub fn forward(c: &Conv1d, x: &Tensor, w: &Tensor, bias: Option<&Tensor>) -> Res
             },
             &[xr, w.bind(), br, yr],
             mnz,
-            tile_for(mnz[0], mnz[1], Some(mnz[2])),
+            nb * yo,
         )?;
     }
     Ok(y)
@@ -309,8 +365,7 @@ pub fn backward(
                 ..params(c, &g, nb, INPUT_GRAD)
             };
             let mnz = [g.cin / c.groups, g.lin, nb * c.groups];
-            let tile = tile_for(mnz[0], mnz[1], Some(mnz[2]));
-            launch(gpu, &pr, &[d.bind(), w.bind(), dyr, dxr], mnz, tile)?;
+            launch_tuned(gpu, &pr, &[d.bind(), w.bind(), dyr, dxr], mnz, nb * xi)?;
         }
         // Split the (b, t) reduction until there are about 256 workgroups, keeping at least
         // 512 reduction steps per split; the partial sums are added by `sum_axis`.

@@ -302,6 +302,7 @@ pub fn run_dist(gpu: &Gpu, args: &TrainOptions, dist: &Dist) -> Result<RunSummar
             max_grad_norm: args.max_grad_norm,
             checkpoint,
             fp16,
+            ..StepOptions::default()
         },
     )?;
     st.grad_scaler = step.scaler.clone();

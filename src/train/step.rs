@@ -26,6 +26,9 @@ pub struct StepOptions {
     pub checkpoint: bool,
     /// Mixed precision: f16 matmul inputs, and loss scaling by a [`GradScaler`].
     pub fp16: bool,
+    /// Attention as matmul, softmax and dropout kernels instead of the fused ones (see
+    /// [`Forward::unfused_attention`]): the step benchmark compares the two.
+    pub unfused_attention: bool,
 }
 
 impl Default for StepOptions {
@@ -35,6 +38,7 @@ impl Default for StepOptions {
             max_grad_norm: 1.0,
             checkpoint: false,
             fp16: false,
+            unfused_attention: false,
         }
     }
 }
@@ -253,6 +257,7 @@ impl<'m> TrainStep<'m> {
             mask_features,
             checkpoint: self.options.checkpoint,
             fp16: self.options.fp16,
+            unfused_attention: self.options.unfused_attention,
             batch_offset: mb.share.as_ref().map_or(0, |s| s.first),
             ..Forward::default()
         };
