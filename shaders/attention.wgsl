@@ -280,6 +280,448 @@ fn attn_fwd(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wi
     if d4() == MAX_D4 { attn_fwd_rows(lid, wid.x, bh, N4); } else { attn_fwd_rows(lid, wid.x, bh, own4(lid % LANES)); }
 }
 
+// The forward as small GEMMs: `attn_fwd_tiled`. A workgroup of 128 threads takes TQ = 32
+// query rows and walks the keys TK = 64 at a time. Thread (ty, tx) = (lid / 16, lid % 16)
+// computes the scores of rows ty*4..+4 against keys tx, tx+16, tx+32, tx+48 (16 dot products
+// from 8 vec4 reads of workgroup memory per 4 dims, where the row kernels read one vec4 per 4
+// FMAs), then P V for the same rows and dims tx*4..+4. The row max of each key tile is shared
+// through workgroup memory, so every thread of a row rescales by the same running max and
+// keeps a partial row sum, added up once at the end. 128 threads and 32 KiB of workgroup
+// memory: Q [32][16 vec4], K then V [64][16 vec4], P [32][64]. Rows are stored with their
+// vec4s permuted (an xor of the column with a few bits of the row), so the reads of a warp
+// fall in different banks without padding (which would not fit in 32 KiB).
+const TQ: u32 = 32u;
+const TK: u32 = 64u;
+var<workgroup> tq: array<vec4<f32>, 512>;    // q rows, column dq at dq ^ ((row >> 2) & 7)
+var<workgroup> tkv: array<vec4<f32>, 1024>;  // k rows (column dq ^ (key & 7)), then v rows
+var<workgroup> tp: array<vec4<f32>, 512>;    // P (see p_at); also the row maxima and sums
+
+// Where score (row r, key c) of P sits: a vec4 of 4 keys, every other row group's quads
+// flipped by 4 (16 banks), so two row groups of a warp write different banks.
+fn p_at(r: u32, c: u32) -> u32 {
+    return r * 16u + ((c >> 2u) ^ (((r >> 2u) & 1u) << 2u));
+}
+
+// Row r's 16 partial values (one per tx) at tp[r * 4..+4], reduced by max or sum.
+fn row_max(r: u32) -> f32 {
+    let a = max(max(tp[r * 4u], tp[r * 4u + 1u]), max(tp[r * 4u + 2u], tp[r * 4u + 3u]));
+    return max(max(a.x, a.y), max(a.z, a.w));
+}
+
+fn row_sum(r: u32) -> f32 {
+    return hsum(tp[r * 4u] + tp[r * 4u + 1u] + tp[r * 4u + 2u] + tp[r * 4u + 3u]);
+}
+
+fn put_partial(r: u32, tx: u32, x: f32) {
+    let e = r * 16u + tx;
+    tp[e / 4u][e % 4u] = x;
+}
+
+// acc + w.x r0 + w.y r1 + w.z r2 + w.w r3: one row of weights (4 keys or queries) times
+// their 4 rows' vec4 of dims.
+fn mix4(w: vec4<f32>, r0: vec4<f32>, r1: vec4<f32>, r2: vec4<f32>, r3: vec4<f32>, acc: vec4<f32>) -> vec4<f32> {
+    return fma(vec4<f32>(w.x), r0, fma(vec4<f32>(w.y), r1, fma(vec4<f32>(w.z), r2, fma(vec4<f32>(w.w), r3, acc))));
+}
+
+@compute @workgroup_size(128)
+fn attn_fwd_tiled(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: vec3<u32>,
+                  @builtin(num_workgroups) nwg: vec3<u32>) {
+    let bh = bh_of(wid, nwg);
+    if bh >= p.bh { return; }
+    let tx = lid % 16u;
+    let ty = lid / 16u;
+    let i0 = wid.x * TQ;
+    // Rows past T load row T - 1 and store nothing; dims past D load as zeros.
+    for (var e = lid; e < TQ * MAX_D4; e = e + 128u) {
+        let r = e / MAX_D4;
+        let dq = e % MAX_D4;
+        tq[r * MAX_D4 + (dq ^ ((r >> 2u) & 7u))] = ld_q(qkv_at(bh, min(i0 + r, p.t - 1u)), dq);
+    }
+    let sq = ty & 7u;        // this thread's rows' permutation of q
+    let sk = tx & 7u;        // its keys' permutation of k (key & 7 = tx & 7)
+    let flip = (ty & 1u) << 2u;
+    var m = vec4<f32>(LOWEST);   // running max of rows ty*4 + i, in component i
+    var l = vec4<f32>(0.0);      // this thread's part of their running sums
+    var o0 = vec4<f32>(0.0);     // row ty*4 + i, dims tx*4..+4
+    var o1 = vec4<f32>(0.0);
+    var o2 = vec4<f32>(0.0);
+    var o3 = vec4<f32>(0.0);
+    for (var j0 = 0u; j0 < p.t; j0 = j0 + TK) {
+        let n = min(TK, p.t - j0);
+        workgroupBarrier();
+        for (var e = lid; e < TK * MAX_D4; e = e + 128u) {
+            let c = e / MAX_D4;
+            let dq = e % MAX_D4;
+            tkv[c * MAX_D4 + (dq ^ (c & 7u))] = ld_k(qkv_at(bh, min(j0 + c, p.t - 1u)), dq);
+        }
+        workgroupBarrier();
+        // s_i: row ty*4 + i against keys tx + 16 j in component j.
+        var s0 = vec4<f32>(0.0);
+        var s1 = vec4<f32>(0.0);
+        var s2 = vec4<f32>(0.0);
+        var s3 = vec4<f32>(0.0);
+        for (var dq = 0u; dq < MAX_D4; dq = dq + 1u) {
+            let q0 = tq[(ty * 4u) * MAX_D4 + (dq ^ sq)];
+            let q1 = tq[(ty * 4u + 1u) * MAX_D4 + (dq ^ sq)];
+            let q2 = tq[(ty * 4u + 2u) * MAX_D4 + (dq ^ sq)];
+            let q3 = tq[(ty * 4u + 3u) * MAX_D4 + (dq ^ sq)];
+            let k0 = tkv[tx * MAX_D4 + (dq ^ sk)];
+            let k1 = tkv[(tx + 16u) * MAX_D4 + (dq ^ sk)];
+            let k2 = tkv[(tx + 32u) * MAX_D4 + (dq ^ sk)];
+            let k3 = tkv[(tx + 48u) * MAX_D4 + (dq ^ sk)];
+            s0 = s0 + vec4<f32>(dot(q0, k0), dot(q0, k1), dot(q0, k2), dot(q0, k3));
+            s1 = s1 + vec4<f32>(dot(q1, k0), dot(q1, k1), dot(q1, k2), dot(q1, k3));
+            s2 = s2 + vec4<f32>(dot(q2, k0), dot(q2, k1), dot(q2, k2), dot(q2, k3));
+            s3 = s3 + vec4<f32>(dot(q3, k0), dot(q3, k1), dot(q3, k2), dot(q3, k3));
+        }
+        // Scale and key mask; keys past T are left out of the max and weigh 0.
+        var valid = vec4<bool>(false);
+        var bias = vec4<f32>(0.0);
+        for (var j = 0u; j < 4u; j = j + 1u) {
+            let c = tx + 16u * j;
+            valid[j] = c < n;
+            bias[j] = key_mask(bh, min(j0 + c, p.t - 1u));
+        }
+        s0 = s0 * p.scale + bias;
+        s1 = s1 * p.scale + bias;
+        s2 = s2 * p.scale + bias;
+        s3 = s3 * p.scale + bias;
+        let low = vec4<f32>(LOWEST);
+        let t0 = select(low, s0, valid);
+        let t1 = select(low, s1, valid);
+        let t2 = select(low, s2, valid);
+        let t3 = select(low, s3, valid);
+        put_partial(ty * 4u, tx, max(max(t0.x, t0.y), max(t0.z, t0.w)));
+        put_partial(ty * 4u + 1u, tx, max(max(t1.x, t1.y), max(t1.z, t1.w)));
+        put_partial(ty * 4u + 2u, tx, max(max(t2.x, t2.y), max(t2.z, t2.w)));
+        put_partial(ty * 4u + 3u, tx, max(max(t3.x, t3.y), max(t3.z, t3.w)));
+        workgroupBarrier();
+        let mt = vec4<f32>(row_max(ty * 4u), row_max(ty * 4u + 1u), row_max(ty * 4u + 2u), row_max(ty * 4u + 3u));
+        workgroupBarrier();
+        let mn = max(m, mt);
+        let alpha = exp(m - mn);
+        m = mn;
+        l = l * alpha;
+        o0 = o0 * alpha.x;
+        o1 = o1 * alpha.y;
+        o2 = o2 * alpha.z;
+        o3 = o3 * alpha.w;
+        let zero = vec4<f32>(0.0);
+        let e0 = select(zero, exp(s0 - m.x), valid);
+        let e1 = select(zero, exp(s1 - m.y), valid);
+        let e2 = select(zero, exp(s2 - m.z), valid);
+        let e3 = select(zero, exp(s3 - m.w), valid);
+        l = l + vec4<f32>(hsum(e0), hsum(e1), hsum(e2), hsum(e3));
+        for (var j = 0u; j < 4u; j = j + 1u) {
+            let c = tx + 16u * j;
+            let jg = min(j0 + c, p.t - 1u);
+            let r = ty * 4u;
+            tp[p_at(r, c)][c & 3u] = e0[j] * keep_scale(bh, min(i0 + r, p.t - 1u), jg);
+            tp[p_at(r + 1u, c)][c & 3u] = e1[j] * keep_scale(bh, min(i0 + r + 1u, p.t - 1u), jg);
+            tp[p_at(r + 2u, c)][c & 3u] = e2[j] * keep_scale(bh, min(i0 + r + 2u, p.t - 1u), jg);
+            tp[p_at(r + 3u, c)][c & 3u] = e3[j] * keep_scale(bh, min(i0 + r + 3u, p.t - 1u), jg);
+        }
+        // Every thread is past its reads of k (the barrier above): v replaces it.
+        for (var e = lid; e < TK * MAX_D4; e = e + 128u) {
+            let c = e / MAX_D4;
+            tkv[e] = ld_v(qkv_at(bh, min(j0 + c, p.t - 1u)), e % MAX_D4);
+        }
+        workgroupBarrier();
+        for (var kq = 0u; kq < (n + 3u) / 4u; kq = kq + 1u) {
+            let p0 = tp[(ty * 4u) * 16u + (kq ^ flip)];
+            let p1 = tp[(ty * 4u + 1u) * 16u + (kq ^ flip)];
+            let p2 = tp[(ty * 4u + 2u) * 16u + (kq ^ flip)];
+            let p3 = tp[(ty * 4u + 3u) * 16u + (kq ^ flip)];
+            let v0 = tkv[(kq * 4u) * MAX_D4 + tx];
+            let v1 = tkv[(kq * 4u + 1u) * MAX_D4 + tx];
+            let v2 = tkv[(kq * 4u + 2u) * MAX_D4 + tx];
+            let v3 = tkv[(kq * 4u + 3u) * MAX_D4 + tx];
+            o0 = mix4(p0, v0, v1, v2, v3, o0);
+            o1 = mix4(p1, v0, v1, v2, v3, o1);
+            o2 = mix4(p2, v0, v1, v2, v3, o2);
+            o3 = mix4(p3, v0, v1, v2, v3, o3);
+        }
+    }
+    workgroupBarrier();
+    put_partial(ty * 4u, tx, l.x);
+    put_partial(ty * 4u + 1u, tx, l.y);
+    put_partial(ty * 4u + 2u, tx, l.z);
+    put_partial(ty * 4u + 3u, tx, l.w);
+    workgroupBarrier();
+    let lt = vec4<f32>(row_sum(ty * 4u), row_sum(ty * 4u + 1u), row_sum(ty * 4u + 2u), row_sum(ty * 4u + 3u));
+    let inv = 1.0 / lt;
+    for (var i = 0u; i < 4u; i = i + 1u) {
+        let row = i0 + ty * 4u + i;
+        if row >= p.t { break; }
+        var o = o3;
+        if i == 0u { o = o0; } else if i == 1u { o = o1; } else if i == 2u { o = o2; }
+        st_out0(p.off_f + row_at(bh, row), tx, o * inv[i]);
+        if tx == 0u { out1[p.off_l + bh * p.t + row] = m[i] + log(lt[i]); }
+    }
+}
+
+// dQ as small GEMMs: `attn_bwd_q_tiled`, the counterpart of attn_bwd_q. A workgroup of 128
+// threads takes 32 query rows (their q and dO in workgroup memory) and walks the keys 32 at
+// a time. Thread (ty, tx) computes, for rows ty*4..+4 against keys tx and tx+16, the scores
+// and dO . v from one pass over the dims, then dS, which goes through workgroup memory (in
+// v's place) for dQ of rows ty*4..+4, dims tx*4..+4. Workgroup memory: q and dO [32][16 vec4],
+// k and v (then dS) [32][16 vec4], 32 KiB; the same xor permutations as attn_fwd_tiled.
+const TK2: u32 = 32u;
+
+// Rows ty*4..+4 of tq and of tp (32 rows, stored with the row permutation) against rows tx
+// and tx+16 of tkv's two halves (32 rows each, the column permutation), over all dims: the
+// tiled backward kernels' scores (tq . tkv) and dO . v products (tp . tkv[512..]); row i's
+// pair in s_i, d_i.
+struct Dots {
+    s0: vec2<f32>, s1: vec2<f32>, s2: vec2<f32>, s3: vec2<f32>,
+    d0: vec2<f32>, d1: vec2<f32>, d2: vec2<f32>, d3: vec2<f32>,
+}
+
+fn dots4x2(tx: u32, ty: u32) -> Dots {
+    let sr = ty & 7u;
+    let sc = tx & 7u;
+    var r: Dots;
+    for (var dq = 0u; dq < MAX_D4; dq = dq + 1u) {
+        let a0 = tkv[tx * MAX_D4 + (dq ^ sc)];
+        let a1 = tkv[(tx + 16u) * MAX_D4 + (dq ^ sc)];
+        let b0 = tkv[512u + tx * MAX_D4 + (dq ^ sc)];
+        let b1 = tkv[512u + (tx + 16u) * MAX_D4 + (dq ^ sc)];
+        let x0 = tq[(ty * 4u) * MAX_D4 + (dq ^ sr)];
+        let x1 = tq[(ty * 4u + 1u) * MAX_D4 + (dq ^ sr)];
+        let x2 = tq[(ty * 4u + 2u) * MAX_D4 + (dq ^ sr)];
+        let x3 = tq[(ty * 4u + 3u) * MAX_D4 + (dq ^ sr)];
+        r.s0 = r.s0 + vec2<f32>(dot(x0, a0), dot(x0, a1));
+        r.s1 = r.s1 + vec2<f32>(dot(x1, a0), dot(x1, a1));
+        r.s2 = r.s2 + vec2<f32>(dot(x2, a0), dot(x2, a1));
+        r.s3 = r.s3 + vec2<f32>(dot(x3, a0), dot(x3, a1));
+        let y0 = tp[(ty * 4u) * MAX_D4 + (dq ^ sr)];
+        let y1 = tp[(ty * 4u + 1u) * MAX_D4 + (dq ^ sr)];
+        let y2 = tp[(ty * 4u + 2u) * MAX_D4 + (dq ^ sr)];
+        let y3 = tp[(ty * 4u + 3u) * MAX_D4 + (dq ^ sr)];
+        r.d0 = r.d0 + vec2<f32>(dot(y0, b0), dot(y0, b1));
+        r.d1 = r.d1 + vec2<f32>(dot(y1, b0), dot(y1, b1));
+        r.d2 = r.d2 + vec2<f32>(dot(y2, b0), dot(y2, b1));
+        r.d3 = r.d3 + vec2<f32>(dot(y3, b0), dot(y3, b1));
+    }
+    return r;
+}
+
+// Row c of tkv's half at `half` (0 or 512), dims 4 tx..+4 (undoing the column permutation).
+fn tkv_row(half: u32, c: u32, tx: u32) -> vec4<f32> {
+    return tkv[half + c * MAX_D4 + (tx ^ (c & 7u))];
+}
+
+// Where dS (row r, key c) of a [32][32] block sits (see p_at: 8 quads a row).
+fn ds_at(r: u32, c: u32) -> u32 {
+    return r * 8u + ((c >> 2u) ^ (((r >> 2u) & 1u) << 2u));
+}
+
+@compute @workgroup_size(128)
+fn attn_bwd_q_tiled(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: vec3<u32>,
+                    @builtin(num_workgroups) nwg: vec3<u32>) {
+    let bh = bh_of(wid, nwg);
+    if bh >= p.bh { return; }
+    let tx = lid % 16u;
+    let ty = lid / 16u;
+    let i0 = wid.x * TQ;
+    for (var e = lid; e < TQ * MAX_D4; e = e + 128u) {
+        let r = e / MAX_D4;
+        let dq = e % MAX_D4;
+        let i = min(i0 + r, p.t - 1u);
+        let at = r * MAX_D4 + (dq ^ ((r >> 2u) & 7u));
+        tq[at] = ld_q(qkv_at(bh, i), dq);
+        tp[at] = ld_fa(row_at(bh, i), dq);
+    }
+    // L and Drow of rows ty*4 + i, in component i.
+    var lse = vec4<f32>(0.0);
+    var drow = vec4<f32>(0.0);
+    for (var i = 0u; i < 4u; i = i + 1u) {
+        let row = bh * p.t + min(i0 + ty * 4u + i, p.t - 1u);
+        lse[i] = fb[p.off_s + 2u * row];
+        drow[i] = fb[p.off_s + 2u * row + 1u];
+    }
+    var g0 = vec4<f32>(0.0);   // dQ of row ty*4 + i, dims tx*4..+4
+    var g1 = vec4<f32>(0.0);
+    var g2 = vec4<f32>(0.0);
+    var g3 = vec4<f32>(0.0);
+    for (var j0 = 0u; j0 < p.t; j0 = j0 + TK2) {
+        let n = min(TK2, p.t - j0);
+        workgroupBarrier();
+        for (var e = lid; e < TK2 * MAX_D4; e = e + 128u) {
+            let c = e / MAX_D4;
+            let dq = e % MAX_D4;
+            let g = qkv_at(bh, min(j0 + c, p.t - 1u));
+            tkv[c * MAX_D4 + (dq ^ (c & 7u))] = ld_k(g, dq);
+            tkv[512u + c * MAX_D4 + (dq ^ (c & 7u))] = ld_v(g, dq);
+        }
+        workgroupBarrier();
+        // Row ty*4 + i against keys tx (x) and tx + 16 (y): q . k and dO . v.
+        let t = dots4x2(tx, ty);
+        // Every thread is past its reads of v: dS takes its place.
+        workgroupBarrier();
+        for (var j = 0u; j < 2u; j = j + 1u) {
+            let c = tx + 16u * j;
+            let jg = min(j0 + c, p.t - 1u);
+            let mk = key_mask(bh, jg);
+            let live = c < n;
+            let r = ty * 4u;
+            var ds = vec4<f32>(0.0);
+            let s = vec4<f32>(t.s0[j], t.s1[j], t.s2[j], t.s3[j]) * p.scale + mk;
+            let dp = vec4<f32>(t.d0[j], t.d1[j], t.d2[j], t.d3[j]);
+            let pr = exp(s - lse);
+            for (var i = 0u; i < 4u; i = i + 1u) {
+                let ks = keep_scale(bh, min(i0 + r + i, p.t - 1u), jg);
+                ds[i] = pr[i] * (dp[i] * ks - drow[i]);
+            }
+            ds = select(vec4<f32>(0.0), ds, live);
+            tkv[512u + ds_at(r, c)][c & 3u] = ds.x;
+            tkv[512u + ds_at(r + 1u, c)][c & 3u] = ds.y;
+            tkv[512u + ds_at(r + 2u, c)][c & 3u] = ds.z;
+            tkv[512u + ds_at(r + 3u, c)][c & 3u] = ds.w;
+        }
+        workgroupBarrier();
+        let flip = (ty & 1u) << 2u;
+        for (var kq = 0u; kq < (n + 3u) / 4u; kq = kq + 1u) {
+            let a0 = tkv[512u + (ty * 4u) * 8u + (kq ^ flip)];
+            let a1 = tkv[512u + (ty * 4u + 1u) * 8u + (kq ^ flip)];
+            let a2 = tkv[512u + (ty * 4u + 2u) * 8u + (kq ^ flip)];
+            let a3 = tkv[512u + (ty * 4u + 3u) * 8u + (kq ^ flip)];
+            let c = kq * 4u;
+            let k0 = tkv_row(0u, c, tx);
+            let k1 = tkv_row(0u, c + 1u, tx);
+            let k2 = tkv_row(0u, c + 2u, tx);
+            let k3 = tkv_row(0u, c + 3u, tx);
+            g0 = mix4(a0, k0, k1, k2, k3, g0);
+            g1 = mix4(a1, k0, k1, k2, k3, g1);
+            g2 = mix4(a2, k0, k1, k2, k3, g2);
+            g3 = mix4(a3, k0, k1, k2, k3, g3);
+        }
+    }
+    for (var i = 0u; i < 4u; i = i + 1u) {
+        let row = i0 + ty * 4u + i;
+        if row >= p.t { break; }
+        var g = g3;
+        if i == 0u { g = g0; } else if i == 1u { g = g1; } else if i == 2u { g = g2; }
+        st_out0(p.off_g + qkv_at(bh, row), tx, g * p.scale);
+    }
+}
+
+// dK and dV as small GEMMs: `attn_bwd_kv_tiled`, the counterpart of attn_bwd_kv. A workgroup
+// of 128 threads takes 32 keys (their k in workgroup memory) and walks the queries 32 at a
+// time (q and dO in workgroup memory). Thread (ty, tx) computes, for keys ty*4..+4 against
+// queries tx and tx+16, k . q and v . dO in one pass over the dims, then P~ and dS, which go
+// through workgroup memory for dV and dK of keys ty*4..+4, dims tx*4..+4. The keys' v shares
+// its 8 KiB with the P~ and dS blocks, so it is read again for each query tile (from cache).
+@compute @workgroup_size(128)
+fn attn_bwd_kv_tiled(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: vec3<u32>,
+                     @builtin(num_workgroups) nwg: vec3<u32>) {
+    let bh = bh_of(wid, nwg);
+    if bh >= p.bh { return; }
+    let tx = lid % 16u;
+    let ty = lid / 16u;
+    let j0 = wid.x * TQ;
+    for (var e = lid; e < TQ * MAX_D4; e = e + 128u) {
+        let r = e / MAX_D4;
+        let dq = e % MAX_D4;
+        tq[r * MAX_D4 + (dq ^ ((r >> 2u) & 7u))] = ld_k(qkv_at(bh, min(j0 + r, p.t - 1u)), dq);
+    }
+    // The key mask of keys ty*4 + i, in component i.
+    var mk = vec4<f32>(0.0);
+    for (var i = 0u; i < 4u; i = i + 1u) {
+        mk[i] = key_mask(bh, min(j0 + ty * 4u + i, p.t - 1u));
+    }
+    let flip = (ty & 1u) << 2u;
+    var dk0 = vec4<f32>(0.0);   // key ty*4 + i, dims tx*4..+4
+    var dk1 = vec4<f32>(0.0);
+    var dk2 = vec4<f32>(0.0);
+    var dk3 = vec4<f32>(0.0);
+    var dv0 = vec4<f32>(0.0);
+    var dv1 = vec4<f32>(0.0);
+    var dv2 = vec4<f32>(0.0);
+    var dv3 = vec4<f32>(0.0);
+    for (var i0 = 0u; i0 < p.t; i0 = i0 + TK2) {
+        let n = min(TK2, p.t - i0);
+        workgroupBarrier();
+        for (var e = lid; e < TK2 * MAX_D4; e = e + 128u) {
+            let c = e / MAX_D4;
+            let dq = e % MAX_D4;
+            let i = min(i0 + c, p.t - 1u);
+            tkv[c * MAX_D4 + (dq ^ (c & 7u))] = ld_q(qkv_at(bh, i), dq);
+            tkv[512u + c * MAX_D4 + (dq ^ (c & 7u))] = ld_fa(row_at(bh, i), dq);
+            tp[c * MAX_D4 + (dq ^ ((c >> 2u) & 7u))] = ld_v(qkv_at(bh, min(j0 + c, p.t - 1u)), dq);
+        }
+        workgroupBarrier();
+        // Key ty*4 + i against queries tx (x) and tx + 16 (y): k . q and v . dO.
+        let t = dots4x2(tx, ty);
+        // Every thread is past its reads of v: P~ (tp[0..256]) and dS (tp[256..512]) replace it.
+        workgroupBarrier();
+        for (var j = 0u; j < 2u; j = j + 1u) {
+            let c = tx + 16u * j;
+            let ig = min(i0 + c, p.t - 1u);
+            let srow = bh * p.t + ig;
+            let lse = fb[p.off_s + 2u * srow];
+            let drow = fb[p.off_s + 2u * srow + 1u];
+            let live = c < n;
+            let r = ty * 4u;
+            let pr = exp(vec4<f32>(t.s0[j], t.s1[j], t.s2[j], t.s3[j]) * p.scale + mk - lse);
+            let dp = vec4<f32>(t.d0[j], t.d1[j], t.d2[j], t.d3[j]);
+            var ks = vec4<f32>(0.0);
+            for (var i = 0u; i < 4u; i = i + 1u) {
+                ks[i] = keep_scale(bh, ig, min(j0 + r + i, p.t - 1u));
+            }
+            let zero = vec4<f32>(0.0);
+            let pd = select(zero, pr * ks, live);
+            let ds = select(zero, pr * (dp * ks - drow), live);
+            tp[ds_at(r, c)][c & 3u] = pd.x;
+            tp[ds_at(r + 1u, c)][c & 3u] = pd.y;
+            tp[ds_at(r + 2u, c)][c & 3u] = pd.z;
+            tp[ds_at(r + 3u, c)][c & 3u] = pd.w;
+            tp[256u + ds_at(r, c)][c & 3u] = ds.x;
+            tp[256u + ds_at(r + 1u, c)][c & 3u] = ds.y;
+            tp[256u + ds_at(r + 2u, c)][c & 3u] = ds.z;
+            tp[256u + ds_at(r + 3u, c)][c & 3u] = ds.w;
+        }
+        workgroupBarrier();
+        for (var qq = 0u; qq < (n + 3u) / 4u; qq = qq + 1u) {
+            let c = qq * 4u;
+            let o0 = tkv_row(512u, c, tx);
+            let o1 = tkv_row(512u, c + 1u, tx);
+            let o2 = tkv_row(512u, c + 2u, tx);
+            let o3 = tkv_row(512u, c + 3u, tx);
+            let q0 = tkv_row(0u, c, tx);
+            let q1 = tkv_row(0u, c + 1u, tx);
+            let q2 = tkv_row(0u, c + 2u, tx);
+            let q3 = tkv_row(0u, c + 3u, tx);
+            let a0 = tp[(ty * 4u) * 8u + (qq ^ flip)];
+            let a1 = tp[(ty * 4u + 1u) * 8u + (qq ^ flip)];
+            let a2 = tp[(ty * 4u + 2u) * 8u + (qq ^ flip)];
+            let a3 = tp[(ty * 4u + 3u) * 8u + (qq ^ flip)];
+            dv0 = mix4(a0, o0, o1, o2, o3, dv0);
+            dv1 = mix4(a1, o0, o1, o2, o3, dv1);
+            dv2 = mix4(a2, o0, o1, o2, o3, dv2);
+            dv3 = mix4(a3, o0, o1, o2, o3, dv3);
+            let b0 = tp[256u + (ty * 4u) * 8u + (qq ^ flip)];
+            let b1 = tp[256u + (ty * 4u + 1u) * 8u + (qq ^ flip)];
+            let b2 = tp[256u + (ty * 4u + 2u) * 8u + (qq ^ flip)];
+            let b3 = tp[256u + (ty * 4u + 3u) * 8u + (qq ^ flip)];
+            dk0 = mix4(b0, q0, q1, q2, q3, dk0);
+            dk1 = mix4(b1, q0, q1, q2, q3, dk1);
+            dk2 = mix4(b2, q0, q1, q2, q3, dk2);
+            dk3 = mix4(b3, q0, q1, q2, q3, dk3);
+        }
+    }
+    for (var i = 0u; i < 4u; i = i + 1u) {
+        let key = j0 + ty * 4u + i;
+        if key >= p.t { break; }
+        var dk = dk3;
+        var dv = dv3;
+        if i == 0u { dk = dk0; dv = dv0; } else if i == 1u { dk = dk1; dv = dv1; } else if i == 2u { dk = dk2; dv = dv2; }
+        let at = qkv_at(bh, key);
+        st_out0(p.off_g + p.col_k + at, tx, dk * p.scale);
+        st_out1(p.off_g + p.col_v + at, tx, dv);
+    }
+}
+
 // stats[2 r] = L_r, stats[2 r + 1] = Drow_r = dO_r . O_r. Thread per row of [BH * T].
 @compute @workgroup_size(64)
 fn attn_bwd_stats(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {

@@ -1,7 +1,8 @@
 //! The fused attention kernels (`ops::attention`, `Var::attention`) against the plain autograd
 //! path q kᵀ → scale → softmax(mask) → dropout → @ v, forward and backward, on sequence lengths
-//! that are not multiples of the tiles (1, 7, 50, 133), head dims 8, 16 and 64 (and 10 and 36,
-//! in both builds of the kernels: four lanes per row and a thread per row), B = 2, H = 3,
+//! that are not multiples of the tiles (1, 7, 50, 133, 200), head dims 8, 16 and 64 (and 10
+//! and 36, in every build of the kernels: tiled (by default the forward) or the row kernels,
+//! four lanes per row or a thread per row), B = 2, H = 3,
 //! with and without a key padding mask (batch 1 keeps only a few keys) and dropout 0 and 0.1.
 //! Tolerances: output |err| <= 1e-5 + 1e-4 |ref|; each gradient |err| <= 1e-4 max|ref grad|
 //! (that max floored at 1e-2 of the largest of dq, dk, dv: dq and dk are zero in exact arithmetic at
@@ -15,7 +16,7 @@ mod common;
 use common::*;
 use std::sync::Mutex;
 use std::time::Instant;
-use xlsr::ops::attention::Attention;
+use xlsr::ops::attention::{Attention, Tiled};
 use xlsr::{Tape, Tensor, Var};
 
 fn att(heads: usize, scale: f32, dropout: f32, seed: u64) -> Attention {
@@ -33,6 +34,14 @@ const B: usize = 2;
 const H: usize = 3;
 const TS: [usize; 4] = [1, 7, 50, 133];
 const DS: [usize; 3] = [8, 16, 64];
+
+/// Held by tests that switch the kernels' build (`ops::attention::set_tiled` is global)
+/// and by those that compare runs bit for bit, so that a switch never lands between them.
+static FWD_BUILD: Mutex<()> = Mutex::new(());
+
+fn one_build() -> std::sync::MutexGuard<'static, ()> {
+    FWD_BUILD.lock().unwrap_or_else(|e| e.into_inner())
+}
 
 /// Worst (output error / tol scale, gradient error / max|grad|) seen over all cases.
 static WORST: Mutex<(f64, f64)> = Mutex::new((0.0, 0.0));
@@ -206,6 +215,7 @@ fn fused_matches_plain_with_sharp_scores() {
 
 #[test]
 fn both_builds_match_plain_and_each_other() {
+    let _one = one_build();
     // Four lanes per row (adapters with subgroups) and a thread per row, at head dims that
     // leave some lanes fewer vec4s (10: three vec4s, the last partial, so one lane holds
     // none; 36: nine) and at 64, with mask, dropout and sharp scores.
@@ -221,11 +231,14 @@ fn both_builds_match_plain_and_each_other() {
             seed: 11,
             q_gain: 8.0,
         };
+        // The row kernels (not the tiled ones, the default).
+        let tiled = xlsr::ops::attention::set_tiled(Tiled::None);
         let before = xlsr::ops::attention::set_rows_only(true);
         let rows = compare(&c);
         xlsr::ops::attention::set_rows_only(false);
         let lanes = compare(&c);
         xlsr::ops::attention::set_rows_only(before);
+        xlsr::ops::attention::set_tiled(tiled);
         let want: Vec<f64> = rows.iter().map(|&x| x as f64).collect();
         assert_close(
             &format!("T={t} D={d}: lanes vs rows"),
@@ -239,6 +252,7 @@ fn both_builds_match_plain_and_each_other() {
 
 #[test]
 fn dropout_changes_the_output_and_seed_matters() {
+    let _one = one_build();
     let c = |p: f32, seed: u64| Case {
         t: 50,
         d: 16,
@@ -270,6 +284,7 @@ fn dropout_changes_the_output_and_seed_matters() {
 
 #[test]
 fn three_dim_input_is_batch_times_heads() {
+    let _one = one_build();
     // [B*H, T, D] gives the same as [B, H, T, D], the mask still indexed by bh / H.
     let (t, d) = (7, 8);
     let c = Case {
@@ -291,6 +306,104 @@ fn three_dim_input_is_batch_times_heads() {
         f.out.to_vec().unwrap()
     };
     assert_eq!(go(&[B, H, t, d]), go(&[B * H, t, d]));
+}
+
+/// The tiled kernels (`attn_fwd_tiled`: 32 query rows against key tiles of 64;
+/// `attn_bwd_kv_tiled` and `attn_bwd_q_tiled`: 32 keys or queries against tiles of 32) against
+/// the plain path, forward and backward: tiles cut short (T = 1, 7, 133, 200), rows past T in
+/// the last tile, head dims with a partial vec4 (10) and at 64, mask, dropout, sharp scores;
+/// and within the kernel tolerance of the row kernels.
+#[test]
+fn tiled_kernels_match_plain_and_the_row_kernels() {
+    for (t, d, masked, p, q_gain) in [
+        (1, 8, true, 0.1, 2.0),
+        (7, 10, true, 0.1, 8.0),
+        (133, 36, true, 0.1, 8.0),
+        (50, 64, false, 0.0, 2.0),
+        (133, 64, true, 0.1, 30.0),
+        (200, 16, true, 0.0, 2.0),
+    ] {
+        let c = Case {
+            t,
+            d,
+            masked,
+            p,
+            seed: 21,
+            q_gain,
+        };
+        let g = gpu();
+        let _one = one_build();
+        let before = xlsr::ops::attention::set_tiled(Tiled::All);
+        let profiled = g.profile_start().unwrap();
+        let tiled = compare(&c);
+        let kernels = g.profile_stop().unwrap();
+        xlsr::ops::attention::set_tiled(Tiled::None);
+        let rows = compare(&c);
+        xlsr::ops::attention::set_tiled(before);
+        if profiled {
+            for name in ["attn_fwd_tiled", "attn_bwd_kv_tiled", "attn_bwd_q_tiled"] {
+                assert!(
+                    kernels.iter().any(|k| k.0 == name),
+                    "{name} did not run: {kernels:?}"
+                );
+            }
+        }
+        let want: Vec<f64> = rows.iter().map(|&x| x as f64).collect();
+        assert_close(
+            &format!("T={t} D={d}: tiled vs row kernels"),
+            &tiled,
+            &want,
+            1e-5,
+            1e-4,
+        );
+    }
+}
+
+/// The tiled kernels in every layout (heads first, tokens first, q, k, v packed and their
+/// gradients too), f32 and f16 inputs, and chunked over a 2 KiB binding limit: the same bit
+/// for bit across layouts and chunks, as the row kernels are, and within the kernel
+/// tolerance of the row kernels.
+#[test]
+fn tiled_kernels_in_every_layout_and_chunked() {
+    use xlsr::ops::attention::{set_tiled, Tiled};
+    let small = xlsr::Gpu::new().unwrap();
+    small.set_max_binding(2048);
+    let g = gpu();
+    let halves: &[bool] = if g.has_f16() {
+        &[false, true]
+    } else {
+        &[false]
+    };
+    for &half in halves {
+        let _one = one_build();
+        let before = set_tiled(Tiled::None);
+        let rows = fused_ops(&g, half, Layout::HeadsFirst);
+        set_tiled(Tiled::All);
+        let tiled = [Layout::HeadsFirst, Layout::TokensFirst, Layout::Packed]
+            .map(|l| fused_ops(&g, half, l));
+        let chunked = fused_ops(&small, half, Layout::HeadsFirst);
+        set_tiled(before);
+        let names = ["output", "logsumexp", "dq", "dk", "dv"];
+        for (what, other) in [
+            ("tokens first", &tiled[1]),
+            ("packed", &tiled[2]),
+            ("chunked", &chunked),
+        ] {
+            for (i, name) in names.iter().enumerate() {
+                assert_eq!(other[i], tiled[0][i], "half {half}, {what}: {name}");
+            }
+        }
+        for (i, name) in names.iter().enumerate() {
+            let want: Vec<f64> = rows[i].iter().map(|&x| x as f64).collect();
+            assert_close(
+                &format!("half {half}: tiled vs rows, {name}"),
+                &tiled[0][i],
+                &want,
+                1e-5,
+                1e-4,
+            );
+        }
+    }
 }
 
 /// [B, H, T, D] <-> [B, T, H, D] on the host: `dims` is the input's (B, X, Y, D), and the
@@ -419,6 +532,7 @@ fn fused_ops(g: &xlsr::Gpu, half: bool, layout: Layout) -> Vec<Vec<f32>> {
 /// [B, T, 3, H, D] tensor with the gradients packed alike (a 16 KiB limit: one batch).
 #[test]
 fn rows_past_the_binding_limit_run_in_chunks() {
+    let _one = one_build();
     let small = xlsr::Gpu::new().unwrap();
     small.set_max_binding(2048);
     let batches = xlsr::Gpu::new().unwrap();

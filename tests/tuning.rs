@@ -231,8 +231,9 @@ fn tuning_files_round_trip_and_stale_or_broken_ones_are_told_apart() {
     );
 }
 
-/// The implicit GEMM's tiles and attention's lanes are picked the same way: each launch
-/// kind gets its class, both builds are timed, and the outputs equal the untuned ones.
+/// The implicit GEMM's tiles and attention's builds (tiled, four lanes or a thread per row)
+/// are picked the same way: each launch kind gets its class, every build is
+/// timed, and the outputs equal the untuned ones.
 #[test]
 fn convolutions_and_attention_are_tuned_too() {
     use xlsr::ops::attention::{backward, forward, Attention};
@@ -286,13 +287,18 @@ fn convolutions_and_attention_are_tuned_too() {
         timed("conv dx cin24 cout40 k3 s2 g1 b2 l256"),
         ["tile128", "tile64"]
     );
-    if gpu.has_subgroups() && gpu.info().subgroup_min_size >= 4 {
-        for kernel in ["attn_fwd", "attn_bwd_kv", "attn_bwd_q"] {
-            let key = format!("{kernel} f32 d16 t64 bh8 dropout");
-            assert_eq!(timed(&key), ["lanes", "rows"]);
+    // Each kernel also has its tiled build where 32 KiB of workgroup memory are offered.
+    let tiled = gpu.limits().max_compute_workgroup_storage_size >= 32 * 1024;
+    let lanes = gpu.has_subgroups() && gpu.info().subgroup_min_size >= 4;
+    let want: Vec<&str> = [(lanes, "lanes"), (true, "rows"), (tiled, "tiled")]
+        .into_iter()
+        .filter_map(|(has, b)| has.then_some(b))
+        .collect();
+    for kernel in ["attn_fwd", "attn_bwd_kv", "attn_bwd_q"] {
+        let key = format!("{kernel} f32 d16 t64 bh8 dropout");
+        if want.len() > 1 {
+            assert_eq!(timed(&key), want, "{kernel}");
         }
-    } else {
-        eprintln!("no subgroups of 4 or more lanes here: attention has one build, nothing to tune");
     }
 }
 

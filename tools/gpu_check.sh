@@ -4,7 +4,7 @@
 # $OUT (or ./gpu-out). Build here first: `cargo build --release`, and carry target/release/xlsr.
 #   XLSR=path/to/xlsr  ROWS=gemm,ctc,attention,step  STEPS=3  VARIANTS=f32,f32-ckpt,fp16-ckpt
 #   TESTS=folder of test binaries to run first  EXTRA='shell commands' to run before the bench
-#   BASELINES=0 skips the training steps with the previous kernels (XLSR_ATTN=rows, ...)
+#   BASELINES=0 skips the training steps with the previous kernels (XLSR_ATTN=lanes, ...)
 #   STEP='--batch 8 --seconds 5' the shape of those steps
 #   TUNE=0 skips the tuned steps (`xlsr bench --tune`, the file kept in $OUT/tuning)
 set -u
@@ -48,7 +48,9 @@ fi
 # staged tensor-core GEMM has changed since), and with attention as separate matmul, softmax
 # and dropout kernels instead of the fused ones (its f16 matmuls may take the tensor cores).
 if [ "${BASELINES:-1}" = 1 ]; then
-  for alt in "XLSR_ATTN=rows" "XLSR_ATTN=rows --fp16 --checkpointing" "XLSR_CONV_TILE=64" \
+  for alt in "XLSR_ATTN=tiled" "XLSR_ATTN=tiled --fp16 --checkpointing" \
+             "XLSR_ATTN=lanes" "XLSR_ATTN=lanes --fp16 --checkpointing" \
+             "XLSR_ATTN=rows" "XLSR_ATTN=rows --fp16 --checkpointing" "XLSR_CONV_TILE=64" \
              "XLSR_GEMM_V4=0" "XLSR_SPLIT_K=0" "XLSR_COOP=staged --fp16 --checkpointing" \
              "XLSR_TUNE=0 --unfused-attention" "XLSR_TUNE=0 --unfused-attention --fp16 --checkpointing"; do
     set -- $alt

@@ -4,7 +4,7 @@
 //! every dispatch) where the adapter has them, else wall-clock around a synchronised batch.
 
 use crate::error::Result;
-use crate::ops::{self, activation::Act, conv::Conv1d, matmul::Algo, norm::Norm};
+use crate::ops::{self, activation::Act, attention::Tiled, conv::Conv1d, matmul::Algo, norm::Norm};
 use crate::{Gpu, Tensor};
 use std::time::Instant;
 
@@ -258,20 +258,33 @@ pub fn run(
             log,
         );
     }
-    // A batch of clips through the fused kernels, forward and backward together; then the
-    // same with a thread per row, the build adapters without subgroups run.
+    // A batch of clips through the fused kernels, forward and backward together (by default
+    // the tiled forward and the row kernels' backward); then all tiled, all on the row
+    // kernels (four lanes per row where the adapter has subgroups), and a thread per row.
     let (ab, at) = if quick { (2, 50) } else { (8, 250) };
     let cases = [
         (
             format!("attention fused fwd+bwd B{ab} H{h} T{at} D{dh} dropout 0.1"),
             false,
+            None,
+        ),
+        (
+            format!("attention tiled fwd and bwd B{ab} H{h} T{at} D{dh} dropout 0.1"),
+            false,
+            Some(Tiled::All),
+        ),
+        (
+            format!("attention row kernels fwd+bwd B{ab} H{h} T{at} D{dh} dropout 0.1"),
+            false,
+            Some(Tiled::None),
         ),
         (
             format!("attention a thread per row fwd+bwd B{ab} H{h} T{at} D{dh} dropout 0.1"),
             true,
+            Some(Tiled::None),
         ),
     ];
-    for (name, rows_only) in cases {
+    for (name, rows_only, tiled) in cases {
         if !keep(&name) || (rows_only && !gpu.has_subgroups()) {
             continue;
         }
@@ -282,12 +295,15 @@ pub fn run(
         );
         let mask = Tensor::zeros(gpu, &[ab, at])?;
         let flops = 12.0 * (ab * h * at * at * dh) as f64;
-        let before = ops::attention::set_rows_only(rows_only);
+        let rows_before = ops::attention::set_rows_only(rows_only);
+        let tiled_before = ops::attention::set_tiled(Tiled::None);
+        ops::attention::set_tiled(tiled.unwrap_or(tiled_before));
         let m = measure(gpu, &name, it, flops, true, || {
             let fwd = ops::attention::forward(&q, &k, &v, Some(&mask), &att)?;
             ops::attention::backward(&q, &k, &v, Some(&mask), &att, &fwd, &fwd.out).map(|_| ())
         });
-        ops::attention::set_rows_only(before);
+        ops::attention::set_rows_only(rows_before);
+        ops::attention::set_tiled(tiled_before);
         report(m?, log);
     }
     let scores = rand(gpu, &[h, t, t], 7)?;

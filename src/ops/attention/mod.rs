@@ -1,19 +1,17 @@
 //! Fused multi-head attention (flash-attention style): softmax(q kᵀ·scale + mask), dropout, @ v.
 
+mod builds;
+
 use super::{check_dtype, check_f32, dummy, shifted_chunks};
 use crate::engine::error::{shape_err, Error, Result};
 use crate::engine::params::kernel_params;
-use crate::engine::{grid, BufRef, Kernel};
+use crate::engine::{grid, BufRef};
 use crate::engine::{DType, Tensor};
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::OnceLock;
+use builds::{build_for, builds, launch, BWD_KV, BWD_Q, BWD_STATS, FWD, ROWS};
+pub use builds::{set_rows_only, set_tiled, Tiled};
 
 /// Largest head dim the fused kernels take; callers fall back to the unfused path above it.
 pub const MAX_HEAD_DIM: usize = 64;
-
-/// Rows per workgroup in the row-tiled kernels, as `ROWS` in attention.wgsl (each row one
-/// thread, or four lanes in the `attention_lanes` build).
-const ROWS: usize = 64;
 
 kernel_params! {
     /// `attention.wgsl`'s uniforms.
@@ -59,80 +57,6 @@ kernel_params! {
         /// Where v starts (0 or 2 * H * D).
         col_v: u32,
     }
-}
-
-const FWD: Kernel = Kernel::new("attention", "attn_fwd", 6, 2);
-const BWD_STATS: Kernel = Kernel::new("attention", "attn_bwd_stats", 6, 2);
-const BWD_KV: Kernel = Kernel::new("attention", "attn_bwd_kv", 6, 2);
-const BWD_Q: Kernel = Kernel::new("attention", "attn_bwd_q", 6, 2);
-
-/// Whether the fused kernels run a thread per row even where the adapter has subgroups:
-/// `XLSR_ATTN=rows` at start, or [`set_rows_only`].
-fn rows_only() -> &'static AtomicBool {
-    static ROWS_ONLY: OnceLock<AtomicBool> = OnceLock::new();
-    ROWS_ONLY.get_or_init(|| AtomicBool::new(std::env::var("XLSR_ATTN").is_ok_and(|v| v == "rows")))
-}
-
-/// Runs the fused kernels with a thread per row (`on`) or four lanes per row where the
-/// adapter has subgroups (the default): the benchmark's baseline. Returns the setting before.
-pub fn set_rows_only(on: bool) -> bool {
-    rows_only().swap(on, Ordering::Relaxed)
-}
-
-/// Whether the four-lane build can run here: subgroup operations with at least 4 lanes, and
-/// not turned off ([`set_rows_only`]).
-fn lanes_usable(gpu: &crate::Gpu) -> bool {
-    // A row's four lanes must share a subgroup: consecutive invocations form subgroups on
-    // every driver we know of, and any subgroup of 4 or more lanes holds whole rows.
-    gpu.has_subgroups() && gpu.info().subgroup_min_size >= 4 && !rows_only().load(Ordering::Relaxed)
-}
-
-/// The build of attention.wgsl for q's dtype: four lanes per row (`lanes`) or a thread per
-/// row, f16 loads for f16 q, k, v (see `engine::pipelines`).
-fn build(kernel: Kernel, q: &Tensor, lanes: bool) -> Kernel {
-    let file = match (lanes, q.dtype() == DType::F16) {
-        (false, false) => "attention",
-        (false, true) => "attention_f16",
-        (true, false) => "attention_lanes",
-        (true, true) => "attention_lanes_f16",
-    };
-    Kernel { file, ..kernel }
-}
-
-/// Whether `kernel` runs its four-lane build for this launch: by default where it can, or as
-/// this adapter measured for the shape class (`ops::tune`). `run(lanes)` launches a build into
-/// scratch outputs and returns them (only while measuring).
-fn lanes_for(
-    kernel: &Kernel,
-    q: &Tensor,
-    g: &Dims,
-    a: &Attention,
-    has_mask: bool,
-    mut run: impl FnMut(bool) -> Result<Vec<Tensor>>,
-) -> Result<bool> {
-    let gpu = q.gpu();
-    if !lanes_usable(gpu) {
-        return Ok(false);
-    }
-    let key = || {
-        let b = super::tune::bucket;
-        format!(
-            "{} {} d{} t{} bh{}{}{}",
-            kernel.entry,
-            if q.dtype() == DType::F16 {
-                "f16"
-            } else {
-                "f32"
-            },
-            g.d,
-            b(g.t),
-            b(g.bh),
-            if has_mask { " mask" } else { "" },
-            if a.dropout > 0.0 { " dropout" } else { "" },
-        )
-    };
-    let pick = super::tune::pick(gpu, key, &["lanes", "rows"], |c| run(c == "lanes"))?;
-    Ok(pick == "lanes")
 }
 
 /// Problem size: (batch * heads, sequence length, head dim).
@@ -320,16 +244,6 @@ fn params(
     }
 }
 
-/// Workgroups for a kernel with one thread per row of T, over (row tiles, bh).
-fn row_groups(g: &Dims) -> [u32; 3] {
-    let y = g.bh.min(65535);
-    [
-        g.t.div_ceil(ROWS) as u32,
-        y as u32,
-        g.bh.div_ceil(y.max(1)) as u32,
-    ]
-}
-
 /// What one attention call computes besides its tensors.
 #[derive(Clone, Copy, Debug)]
 pub struct Attention {
@@ -400,32 +314,27 @@ pub fn forward_qkv(qkv: Qkv<'_>, mask: Option<&Tensor>, a: &Attention) -> Result
         let [(qr, off_in), (kr, _), (vr, _)] = qkv.parts().map(|x| rows(x, b0, n, td * qkv.rows()));
         let ((or, off_f), (lr, off_l)) = (rows(&o, b0, n, td), rows(&lse, b0, n, g.t));
         let chunk = [b0 as u32, off_in, off_f, off_l, 0, 0];
-        let lanes = lanes_for(&FWD, q, &gc, a, mask.is_some(), |lanes| {
+        let builds = builds(gpu, &FWD);
+        let pick = build_for(&FWD, q, &gc, a, mask.is_some(), &builds, |c| {
             let so = Tensor::uninit(gpu, &[n * td], DType::F32)?;
             let sl = Tensor::uninit(gpu, &[n * g.t], DType::F32)?;
-            gpu.dispatch(
-                &build(FWD, q, lanes),
-                &params(&gc, a, mask.is_some(), qkv, [b0 as u32, off_in, 0, 0, 0, 0]),
-                &[
-                    qr,
-                    kr,
-                    vr,
-                    m.bind(),
-                    dm.bind(),
-                    dm.bind(),
-                    so.bind(),
-                    sl.bind(),
-                ],
-                row_groups(&gc),
-            )?;
+            let prm = params(&gc, a, mask.is_some(), qkv, [b0 as u32, off_in, 0, 0, 0, 0]);
+            let bufs = [
+                qr,
+                kr,
+                vr,
+                m.bind(),
+                dm.bind(),
+                dm.bind(),
+                so.bind(),
+                sl.bind(),
+            ];
+            launch(FWD, c, q, &gc, &prm, &bufs)?;
             Ok(vec![so, sl])
         })?;
-        gpu.dispatch(
-            &build(FWD, q, lanes),
-            &params(&gc, a, mask.is_some(), qkv, chunk),
-            &[qr, kr, vr, m.bind(), dm.bind(), dm.bind(), or, lr],
-            row_groups(&gc),
-        )?;
+        let prm = params(&gc, a, mask.is_some(), qkv, chunk);
+        let bufs = [qr, kr, vr, m.bind(), dm.bind(), dm.bind(), or, lr];
+        launch(FWD, pick, q, &gc, &prm, &bufs)?;
     }
     Ok(Attended { out: o, lse })
 }
@@ -532,7 +441,8 @@ fn backward_into(
             // Zeroed once (not in the timed launches): each kernel writes only its own
             // columns of a packed gradient's rows.
             let mut zeroed: Option<[Tensor; 2]> = None;
-            let lanes = lanes_for(&kernel, q, &gc, a, mask.is_some(), |lanes| {
+            let builds = builds(gpu, &kernel);
+            let pick = build_for(&kernel, q, &gc, a, mask.is_some(), &builds, |c| {
                 if zeroed.is_none() {
                     let z = || Tensor::zeros(gpu, &[n * tdr]);
                     zeroed = Some([z()?, z()?]);
@@ -544,11 +454,11 @@ fn backward_into(
                     _ => [s1.bind(), dw.bind()],
                 };
                 let bufs: Vec<_> = ins.iter().chain(&to).copied().collect();
-                gpu.dispatch(&build(kernel, q, lanes), &scratch, &bufs, row_groups(&gc))?;
+                launch(kernel, c, q, &gc, &scratch, &bufs)?;
                 Ok(vec![s1, s2])
             })?;
             let bufs: Vec<_> = ins.iter().chain(&outs).copied().collect();
-            gpu.dispatch(&build(kernel, q, lanes), &prm, &bufs, row_groups(&gc))?;
+            launch(kernel, pick, q, &gc, &prm, &bufs)?;
         }
     }
     Ok(())
