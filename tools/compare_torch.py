@@ -19,6 +19,7 @@ both; peak memory is xlsr's own accounting and torch.cuda.max_memory_allocated.
 import argparse
 import json
 import math
+import os
 import statistics
 import subprocess
 import sys
@@ -40,13 +41,16 @@ def run_xlsr(xlsr, args, env_extra=None, timeout=900):
     """Runs `xlsr bench ... --json`; returns the parsed report (stderr is passed through)."""
     cmd = [xlsr, "bench", "--json"] + args
     print("+", " ".join(cmd), file=sys.stderr, flush=True)
-    out = subprocess.run(cmd, stdout=subprocess.PIPE, timeout=timeout, check=True)
+    env = dict(os.environ, **(env_extra or {}))
+    out = subprocess.run(cmd, stdout=subprocess.PIPE, timeout=timeout, check=True, env=env)
     return json.loads(out.stdout)
 
 
 def xlsr_case(xlsr, quick, prefix):
     """Milliseconds of the one kernel case whose name starts with `prefix`."""
-    rep = run_xlsr(xlsr, (["--quick"] if quick else []) + ["--filter", prefix])
+    # Without --quick, the shapes torch runs: xlsr shrinks them on a CPU adapter unless told.
+    full = None if quick else {"XLSR_BENCH_FULL": "1"}
+    rep = run_xlsr(xlsr, (["--quick"] if quick else []) + ["--filter", prefix], full)
     hits = [r for r in rep["results"] if r["name"].startswith(prefix)]
     if not hits:
         raise RuntimeError(f"xlsr bench has no case {prefix!r} on {rep['adapter']}")
