@@ -54,6 +54,7 @@ pub enum Tiled {
     All = 2,
 }
 
+/// The setting behind [`set_tiled`], read from `XLSR_ATTN` at first use.
 fn tiled_setting() -> &'static AtomicU8 {
     static TILED: OnceLock<AtomicU8> = OnceLock::new();
     TILED.get_or_init(|| {
