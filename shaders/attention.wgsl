@@ -292,9 +292,21 @@ fn attn_fwd(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wi
 // fall in different banks without padding (which would not fit in 32 KiB).
 const TQ: u32 = 32u;
 const TK: u32 = 64u;
-var<workgroup> tq: array<vec4<f32>, 512>;    // q rows, column dq at dq ^ ((row >> 2) & 7)
-var<workgroup> tkv: array<vec4<f32>, 1024>;  // k rows (column dq ^ (key & 7)), then v rows
+var<workgroup> tq: array<vec4<f32>, 512>;    // q rows, at at_g
+var<workgroup> tkv: array<vec4<f32>, 1024>;  // k rows at at_r, then v rows in order
 var<workgroup> tp: array<vec4<f32>, 512>;    // P (see p_at); also the row maxima and sums
+
+// Where dims 4 dq..+4 of row r sit in a tiled kernel's block of rows. Rows that one thread
+// reads 4 at a time (ty*4..+4: q in the forward, a backward kernel's own rows) are permuted
+// by their group of 4 (`at_g`); rows that neighbouring threads read one each (tx, tx+16, ..)
+// by the row itself (`at_r`). Either way a warp's reads fall in different banks.
+fn at_g(r: u32, dq: u32) -> u32 {
+    return r * MAX_D4 + (dq ^ ((r >> 2u) & 7u));
+}
+
+fn at_r(c: u32, dq: u32) -> u32 {
+    return c * MAX_D4 + (dq ^ (c & 7u));
+}
 
 // Where score (row r, key c) of P sits: a vec4 of 4 keys, every other row group's quads
 // flipped by 4 (16 banks), so two row groups of a warp write different banks.
@@ -335,10 +347,8 @@ fn attn_fwd_tiled(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_
     for (var e = lid; e < TQ * MAX_D4; e = e + 128u) {
         let r = e / MAX_D4;
         let dq = e % MAX_D4;
-        tq[r * MAX_D4 + (dq ^ ((r >> 2u) & 7u))] = ld_q(qkv_at(bh, min(i0 + r, p.t - 1u)), dq);
+        tq[at_g(r, dq)] = ld_q(qkv_at(bh, min(i0 + r, p.t - 1u)), dq);
     }
-    let sq = ty & 7u;        // this thread's rows' permutation of q
-    let sk = tx & 7u;        // its keys' permutation of k (key & 7 = tx & 7)
     let flip = (ty & 1u) << 2u;
     var m = vec4<f32>(LOWEST);   // running max of rows ty*4 + i, in component i
     var l = vec4<f32>(0.0);      // this thread's part of their running sums
@@ -352,7 +362,7 @@ fn attn_fwd_tiled(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_
         for (var e = lid; e < TK * MAX_D4; e = e + 128u) {
             let c = e / MAX_D4;
             let dq = e % MAX_D4;
-            tkv[c * MAX_D4 + (dq ^ (c & 7u))] = ld_k(qkv_at(bh, min(j0 + c, p.t - 1u)), dq);
+            tkv[at_r(c, dq)] = ld_k(qkv_at(bh, min(j0 + c, p.t - 1u)), dq);
         }
         workgroupBarrier();
         // s_i: row ty*4 + i against keys tx + 16 j in component j.
@@ -361,14 +371,14 @@ fn attn_fwd_tiled(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_
         var s2 = vec4<f32>(0.0);
         var s3 = vec4<f32>(0.0);
         for (var dq = 0u; dq < MAX_D4; dq = dq + 1u) {
-            let q0 = tq[(ty * 4u) * MAX_D4 + (dq ^ sq)];
-            let q1 = tq[(ty * 4u + 1u) * MAX_D4 + (dq ^ sq)];
-            let q2 = tq[(ty * 4u + 2u) * MAX_D4 + (dq ^ sq)];
-            let q3 = tq[(ty * 4u + 3u) * MAX_D4 + (dq ^ sq)];
-            let k0 = tkv[tx * MAX_D4 + (dq ^ sk)];
-            let k1 = tkv[(tx + 16u) * MAX_D4 + (dq ^ sk)];
-            let k2 = tkv[(tx + 32u) * MAX_D4 + (dq ^ sk)];
-            let k3 = tkv[(tx + 48u) * MAX_D4 + (dq ^ sk)];
+            let q0 = tq[at_g(ty * 4u, dq)];
+            let q1 = tq[at_g(ty * 4u + 1u, dq)];
+            let q2 = tq[at_g(ty * 4u + 2u, dq)];
+            let q3 = tq[at_g(ty * 4u + 3u, dq)];
+            let k0 = tkv[at_r(tx, dq)];
+            let k1 = tkv[at_r(tx + 16u, dq)];
+            let k2 = tkv[at_r(tx + 32u, dq)];
+            let k3 = tkv[at_r(tx + 48u, dq)];
             s0 = s0 + vec4<f32>(dot(q0, k0), dot(q0, k1), dot(q0, k2), dot(q0, k3));
             s1 = s1 + vec4<f32>(dot(q1, k0), dot(q1, k1), dot(q1, k2), dot(q1, k3));
             s2 = s2 + vec4<f32>(dot(q2, k0), dot(q2, k1), dot(q2, k2), dot(q2, k3));
@@ -478,26 +488,24 @@ struct Dots {
 }
 
 fn dots4x2(tx: u32, ty: u32) -> Dots {
-    let sr = ty & 7u;
-    let sc = tx & 7u;
     var r: Dots;
     for (var dq = 0u; dq < MAX_D4; dq = dq + 1u) {
-        let a0 = tkv[tx * MAX_D4 + (dq ^ sc)];
-        let a1 = tkv[(tx + 16u) * MAX_D4 + (dq ^ sc)];
-        let b0 = tkv[512u + tx * MAX_D4 + (dq ^ sc)];
-        let b1 = tkv[512u + (tx + 16u) * MAX_D4 + (dq ^ sc)];
-        let x0 = tq[(ty * 4u) * MAX_D4 + (dq ^ sr)];
-        let x1 = tq[(ty * 4u + 1u) * MAX_D4 + (dq ^ sr)];
-        let x2 = tq[(ty * 4u + 2u) * MAX_D4 + (dq ^ sr)];
-        let x3 = tq[(ty * 4u + 3u) * MAX_D4 + (dq ^ sr)];
+        let a0 = tkv[at_r(tx, dq)];
+        let a1 = tkv[at_r(tx + 16u, dq)];
+        let b0 = tkv[512u + at_r(tx, dq)];
+        let b1 = tkv[512u + at_r(tx + 16u, dq)];
+        let x0 = tq[at_g(ty * 4u, dq)];
+        let x1 = tq[at_g(ty * 4u + 1u, dq)];
+        let x2 = tq[at_g(ty * 4u + 2u, dq)];
+        let x3 = tq[at_g(ty * 4u + 3u, dq)];
         r.s0 = r.s0 + vec2<f32>(dot(x0, a0), dot(x0, a1));
         r.s1 = r.s1 + vec2<f32>(dot(x1, a0), dot(x1, a1));
         r.s2 = r.s2 + vec2<f32>(dot(x2, a0), dot(x2, a1));
         r.s3 = r.s3 + vec2<f32>(dot(x3, a0), dot(x3, a1));
-        let y0 = tp[(ty * 4u) * MAX_D4 + (dq ^ sr)];
-        let y1 = tp[(ty * 4u + 1u) * MAX_D4 + (dq ^ sr)];
-        let y2 = tp[(ty * 4u + 2u) * MAX_D4 + (dq ^ sr)];
-        let y3 = tp[(ty * 4u + 3u) * MAX_D4 + (dq ^ sr)];
+        let y0 = tp[at_g(ty * 4u, dq)];
+        let y1 = tp[at_g(ty * 4u + 1u, dq)];
+        let y2 = tp[at_g(ty * 4u + 2u, dq)];
+        let y3 = tp[at_g(ty * 4u + 3u, dq)];
         r.d0 = r.d0 + vec2<f32>(dot(y0, b0), dot(y0, b1));
         r.d1 = r.d1 + vec2<f32>(dot(y1, b0), dot(y1, b1));
         r.d2 = r.d2 + vec2<f32>(dot(y2, b0), dot(y2, b1));
@@ -508,7 +516,7 @@ fn dots4x2(tx: u32, ty: u32) -> Dots {
 
 // Row c of tkv's half at `half` (0 or 512), dims 4 tx..+4 (undoing the column permutation).
 fn tkv_row(half: u32, c: u32, tx: u32) -> vec4<f32> {
-    return tkv[half + c * MAX_D4 + (tx ^ (c & 7u))];
+    return tkv[half + at_r(c, tx)];
 }
 
 // Where dS (row r, key c) of a [32][32] block sits (see p_at: 8 quads a row).
@@ -528,7 +536,7 @@ fn attn_bwd_q_tiled(@builtin(local_invocation_index) lid: u32, @builtin(workgrou
         let r = e / MAX_D4;
         let dq = e % MAX_D4;
         let i = min(i0 + r, p.t - 1u);
-        let at = r * MAX_D4 + (dq ^ ((r >> 2u) & 7u));
+        let at = at_g(r, dq);
         tq[at] = ld_q(qkv_at(bh, i), dq);
         tp[at] = ld_fa(row_at(bh, i), dq);
     }
@@ -551,8 +559,8 @@ fn attn_bwd_q_tiled(@builtin(local_invocation_index) lid: u32, @builtin(workgrou
             let c = e / MAX_D4;
             let dq = e % MAX_D4;
             let g = qkv_at(bh, min(j0 + c, p.t - 1u));
-            tkv[c * MAX_D4 + (dq ^ (c & 7u))] = ld_k(g, dq);
-            tkv[512u + c * MAX_D4 + (dq ^ (c & 7u))] = ld_v(g, dq);
+            tkv[at_r(c, dq)] = ld_k(g, dq);
+            tkv[512u + at_r(c, dq)] = ld_v(g, dq);
         }
         workgroupBarrier();
         // Row ty*4 + i against keys tx (x) and tx + 16 (y): q . k and dO . v.
@@ -623,7 +631,7 @@ fn attn_bwd_kv_tiled(@builtin(local_invocation_index) lid: u32, @builtin(workgro
     for (var e = lid; e < TQ * MAX_D4; e = e + 128u) {
         let r = e / MAX_D4;
         let dq = e % MAX_D4;
-        tq[r * MAX_D4 + (dq ^ ((r >> 2u) & 7u))] = ld_k(qkv_at(bh, min(j0 + r, p.t - 1u)), dq);
+        tq[at_g(r, dq)] = ld_k(qkv_at(bh, min(j0 + r, p.t - 1u)), dq);
     }
     // The key mask of keys ty*4 + i, in component i.
     var mk = vec4<f32>(0.0);
@@ -646,9 +654,9 @@ fn attn_bwd_kv_tiled(@builtin(local_invocation_index) lid: u32, @builtin(workgro
             let c = e / MAX_D4;
             let dq = e % MAX_D4;
             let i = min(i0 + c, p.t - 1u);
-            tkv[c * MAX_D4 + (dq ^ (c & 7u))] = ld_q(qkv_at(bh, i), dq);
-            tkv[512u + c * MAX_D4 + (dq ^ (c & 7u))] = ld_fa(row_at(bh, i), dq);
-            tp[c * MAX_D4 + (dq ^ ((c >> 2u) & 7u))] = ld_v(qkv_at(bh, min(j0 + c, p.t - 1u)), dq);
+            tkv[at_r(c, dq)] = ld_q(qkv_at(bh, i), dq);
+            tkv[512u + at_r(c, dq)] = ld_fa(row_at(bh, i), dq);
+            tp[at_g(c, dq)] = ld_v(qkv_at(bh, min(j0 + c, p.t - 1u)), dq);
         }
         workgroupBarrier();
         // Key ty*4 + i against queries tx (x) and tx + 16 (y): k . q and v . dO.

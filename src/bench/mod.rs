@@ -296,14 +296,15 @@ pub fn run(
         let mask = Tensor::zeros(gpu, &[ab, at])?;
         let flops = 12.0 * (ab * h * at * at * dh) as f64;
         let rows_before = ops::attention::set_rows_only(rows_only);
-        let tiled_before = ops::attention::set_tiled(Tiled::None);
-        ops::attention::set_tiled(tiled.unwrap_or(tiled_before));
+        let tiled_before = tiled.map(ops::attention::set_tiled);
         let m = measure(gpu, &name, it, flops, true, || {
             let fwd = ops::attention::forward(&q, &k, &v, Some(&mask), &att)?;
             ops::attention::backward(&q, &k, &v, Some(&mask), &att, &fwd, &fwd.out).map(|_| ())
         });
         ops::attention::set_rows_only(rows_before);
-        ops::attention::set_tiled(tiled_before);
+        if let Some(t) = tiled_before {
+            ops::attention::set_tiled(t);
+        }
         report(m?, log);
     }
     let scores = rand(gpu, &[h, t, t], 7)?;
