@@ -1,9 +1,11 @@
 // Tensor-core GEMM through cooperative matrices (WGSL's `wgpu_cooperative_matrix`, Vulkan's
-// VK_KHR_cooperative_matrix): C = op(A) op(B) (+ bias) with f16 A and B and f32 C, the products
-// accumulated in f32 by the GPU's matrix units. The `--fp16` path's GEMMs run here where the
-// adapter offers 16x16x16 f16 -> f32 matrices at a subgroup size of 32.
+// VK_KHR_cooperative_matrix, Metal's simdgroup matrices): C = op(A) op(B) (+ bias) with f16 A
+// and B and f32 C, the products accumulated in f32 by the GPU's matrix units. The `--fp16`
+// path's GEMMs run here where the adapter offers F x F x F f16 -> f32 matrices (F = 16 or 8)
+// at one fixed subgroup size S; the loader writes both into the `const F` and `const S` lines
+// below (and the matrix type's size), from what `engine::coop_shape` found.
 //
-// One workgroup is one subgroup of 32 lanes and computes a 64x64 tile of C as 4x4 16x16
+// One workgroup is one subgroup and computes a 4F x 4F tile of C (64x64 for F = 16) as 4x4
 // accumulators, loading its A and B fragments straight from storage (L1 serves the reuse
 // between neighbouring workgroups). coopLoadT reads a row-major fragment, coopLoad a
 // column-major one, so a transposed operand is only a different load: the host builds one
@@ -11,13 +13,18 @@
 //
 // The host sends only shapes this kernel serves (`ops::matmul::coop_fits`): M, N >= 64; every
 // fragment row 16-byte aligned (the leading dimension of each operand, its offsets and batch
-// strides multiples of 8); no accumulating into C. Edge tiles are shifted inward so that they end at M or N: they overlap
-// their neighbour and write the same values there. K's tail (below 16) is staged through workgroup memory, zero-padded.
+// strides multiples of 8); no accumulating into C. Edge tiles are shifted inward so that they
+// end at M or N: they overlap their neighbour and write the same values there. K's tail
+// (below F) is staged through workgroup memory, zero-padded.
 enable f16;
 enable wgpu_cooperative_matrix;
 
 const TA: bool = false;
 const TB: bool = false;
+const F: u32 = 16u;   // fragment size
+const S: u32 = 32u;   // subgroup size
+const T: u32 = 4u * F;   // the tile: 4 fragments a side
+const FF: u32 = F * F;
 
 // `struct Params` (binding 0) is written in by the loader from `MatmulParams` in src/ops/matmul/mod.rs,
 // whose fields say what each one means.
@@ -28,9 +35,9 @@ const TB: bool = false;
 @group(0) @binding(3) var<storage, read> bias: array<f32>;
 @group(0) @binding(4) var<storage, read_write> c: array<f32>;
 
-var<workgroup> tail_a: array<f16, 1024>;   // 64 rows x 16 k, row-major
-var<workgroup> tail_b: array<f16, 1024>;   // 16 k x 64 columns, row-major
-var<workgroup> bias_t: array<f32, 1024>;   // 4 column tiles of 16 x 16, each row the bias
+var<workgroup> tail_a: array<f16, 4u * FF>;   // T rows x F k, row-major
+var<workgroup> tail_b: array<f16, 4u * FF>;   // F k x T columns, row-major
+var<workgroup> bias_t: array<f32, 4u * FF>;   // 4 column tiles of F x F, each row the bias
 
 fn elem_a(base: u32, row: u32, k: u32) -> f16 {
     if TA { return a[base + k * p.m + row]; }
@@ -42,91 +49,60 @@ fn elem_b(base: u32, k: u32, col: u32) -> f16 {
     return b[base + k * p.n + col];
 }
 
-@compute @workgroup_size(32)
+// Fragment row i (0..4) of A at k: rows row0 + iF.., columns k..k+F.
+fn frag_a(abase: u32, row: u32, k: u32) -> coop_mat16x16<f16, A> {
+    if TA { return coopLoad<coop_mat16x16<f16, A>>(&a[abase + k * p.m + row], p.m); }
+    return coopLoadT<coop_mat16x16<f16, A>>(&a[abase + row * p.k + k], p.k);
+}
+
+fn frag_b(bbase: u32, k: u32, col: u32) -> coop_mat16x16<f16, B> {
+    if TB { return coopLoad<coop_mat16x16<f16, B>>(&b[bbase + col * p.k + k], p.k); }
+    return coopLoadT<coop_mat16x16<f16, B>>(&b[bbase + k * p.n + col], p.n);
+}
+
+@compute @workgroup_size(S)
 fn matmul_coop(@builtin(local_invocation_index) lane: u32, @builtin(workgroup_id) wid: vec3<u32>) {
     let batch = wid.z;
-    let row0 = min(wid.y * 64u, p.m - 64u);
-    let col0 = min(wid.x * 64u, p.n - 64u);
+    let row0 = min(wid.y * T, p.m - T);
+    let col0 = min(wid.x * T, p.n - T);
     let abase = p.off_a + batch * p.stride_a;
     let bbase = p.off_b + batch * p.stride_b;
-    let lda = select(p.k, p.m, TA);
-    let ldb = select(p.n, p.k, TB);
 
-    for (var i = lane; i < 1024u; i = i + 32u) {
+    for (var i = lane; i < 4u * FF; i = i + S) {
         if (p.has_bias & 1u) != 0u {
-            bias_t[i] = bias[col0 + (i / 256u) * 16u + i % 16u];
+            bias_t[i] = bias[col0 + (i / FF) * F + i % F];
         } else {
             bias_t[i] = 0.0;
         }
     }
     workgroupBarrier();
-    var c00 = coopLoadT<coop_mat16x16<f32, C>>(&bias_t[0u], 16u);
-    var c01 = coopLoadT<coop_mat16x16<f32, C>>(&bias_t[256u], 16u);
-    var c02 = coopLoadT<coop_mat16x16<f32, C>>(&bias_t[512u], 16u);
-    var c03 = coopLoadT<coop_mat16x16<f32, C>>(&bias_t[768u], 16u);
-    var c10 = coopLoadT<coop_mat16x16<f32, C>>(&bias_t[0u], 16u);
-    var c11 = coopLoadT<coop_mat16x16<f32, C>>(&bias_t[256u], 16u);
-    var c12 = coopLoadT<coop_mat16x16<f32, C>>(&bias_t[512u], 16u);
-    var c13 = coopLoadT<coop_mat16x16<f32, C>>(&bias_t[768u], 16u);
-    var c20 = coopLoadT<coop_mat16x16<f32, C>>(&bias_t[0u], 16u);
-    var c21 = coopLoadT<coop_mat16x16<f32, C>>(&bias_t[256u], 16u);
-    var c22 = coopLoadT<coop_mat16x16<f32, C>>(&bias_t[512u], 16u);
-    var c23 = coopLoadT<coop_mat16x16<f32, C>>(&bias_t[768u], 16u);
-    var c30 = coopLoadT<coop_mat16x16<f32, C>>(&bias_t[0u], 16u);
-    var c31 = coopLoadT<coop_mat16x16<f32, C>>(&bias_t[256u], 16u);
-    var c32 = coopLoadT<coop_mat16x16<f32, C>>(&bias_t[512u], 16u);
-    var c33 = coopLoadT<coop_mat16x16<f32, C>>(&bias_t[768u], 16u);
+    var c00 = coopLoadT<coop_mat16x16<f32, C>>(&bias_t[0u], F);
+    var c01 = coopLoadT<coop_mat16x16<f32, C>>(&bias_t[FF], F);
+    var c02 = coopLoadT<coop_mat16x16<f32, C>>(&bias_t[2u * FF], F);
+    var c03 = coopLoadT<coop_mat16x16<f32, C>>(&bias_t[3u * FF], F);
+    var c10 = c00;
+    var c11 = c01;
+    var c12 = c02;
+    var c13 = c03;
+    var c20 = c00;
+    var c21 = c01;
+    var c22 = c02;
+    var c23 = c03;
+    var c30 = c00;
+    var c31 = c01;
+    var c32 = c02;
+    var c33 = c03;
 
-    let kfull = p.k - p.k % 16u;
-    for (var k = 0u; k < kfull; k = k + 16u) {
-        var a0: coop_mat16x16<f16, A>;
-        if TA {
-            a0 = coopLoad<coop_mat16x16<f16, A>>(&a[abase + k * p.m + row0 + 0u], lda);
-        } else {
-            a0 = coopLoadT<coop_mat16x16<f16, A>>(&a[abase + (row0 + 0u) * p.k + k], lda);
-        }
-        var a1: coop_mat16x16<f16, A>;
-        if TA {
-            a1 = coopLoad<coop_mat16x16<f16, A>>(&a[abase + k * p.m + row0 + 16u], lda);
-        } else {
-            a1 = coopLoadT<coop_mat16x16<f16, A>>(&a[abase + (row0 + 16u) * p.k + k], lda);
-        }
-        var a2: coop_mat16x16<f16, A>;
-        if TA {
-            a2 = coopLoad<coop_mat16x16<f16, A>>(&a[abase + k * p.m + row0 + 32u], lda);
-        } else {
-            a2 = coopLoadT<coop_mat16x16<f16, A>>(&a[abase + (row0 + 32u) * p.k + k], lda);
-        }
-        var a3: coop_mat16x16<f16, A>;
-        if TA {
-            a3 = coopLoad<coop_mat16x16<f16, A>>(&a[abase + k * p.m + row0 + 48u], lda);
-        } else {
-            a3 = coopLoadT<coop_mat16x16<f16, A>>(&a[abase + (row0 + 48u) * p.k + k], lda);
-        }
-        var b0: coop_mat16x16<f16, B>;
-        if TB {
-            b0 = coopLoad<coop_mat16x16<f16, B>>(&b[bbase + (col0 + 0u) * p.k + k], ldb);
-        } else {
-            b0 = coopLoadT<coop_mat16x16<f16, B>>(&b[bbase + k * p.n + col0 + 0u], ldb);
-        }
-        var b1: coop_mat16x16<f16, B>;
-        if TB {
-            b1 = coopLoad<coop_mat16x16<f16, B>>(&b[bbase + (col0 + 16u) * p.k + k], ldb);
-        } else {
-            b1 = coopLoadT<coop_mat16x16<f16, B>>(&b[bbase + k * p.n + col0 + 16u], ldb);
-        }
-        var b2: coop_mat16x16<f16, B>;
-        if TB {
-            b2 = coopLoad<coop_mat16x16<f16, B>>(&b[bbase + (col0 + 32u) * p.k + k], ldb);
-        } else {
-            b2 = coopLoadT<coop_mat16x16<f16, B>>(&b[bbase + k * p.n + col0 + 32u], ldb);
-        }
-        var b3: coop_mat16x16<f16, B>;
-        if TB {
-            b3 = coopLoad<coop_mat16x16<f16, B>>(&b[bbase + (col0 + 48u) * p.k + k], ldb);
-        } else {
-            b3 = coopLoadT<coop_mat16x16<f16, B>>(&b[bbase + k * p.n + col0 + 48u], ldb);
-        }
+    let kfull = p.k - p.k % F;
+    for (var k = 0u; k < kfull; k = k + F) {
+        let a0 = frag_a(abase, row0, k);
+        let a1 = frag_a(abase, row0 + F, k);
+        let a2 = frag_a(abase, row0 + 2u * F, k);
+        let a3 = frag_a(abase, row0 + 3u * F, k);
+        let b0 = frag_b(bbase, k, col0);
+        let b1 = frag_b(bbase, k, col0 + F);
+        let b2 = frag_b(bbase, k, col0 + 2u * F);
+        let b3 = frag_b(bbase, k, col0 + 3u * F);
         c00 = coopMultiplyAdd(a0, b0, c00);
         c01 = coopMultiplyAdd(a0, b1, c01);
         c02 = coopMultiplyAdd(a0, b2, c02);
@@ -146,25 +122,25 @@ fn matmul_coop(@builtin(local_invocation_index) lane: u32, @builtin(workgroup_id
     }
 
     if kfull < p.k {
-        for (var i = lane; i < 1024u; i = i + 32u) {
-            let kk = i % 16u;
-            let r = i / 16u;
+        for (var i = lane; i < 4u * FF; i = i + S) {
+            let kk = i % F;
+            let r = i / F;
             let inside = kfull + kk < p.k;
             tail_a[i] = select(f16(0.0), elem_a(abase, row0 + r, min(kfull + kk, p.k - 1u)), inside);
-            let kb = i / 64u;
-            let cc = i % 64u;
+            let kb = i / T;
+            let cc = i % T;
             let inside_b = kfull + kb < p.k;
             tail_b[i] = select(f16(0.0), elem_b(bbase, min(kfull + kb, p.k - 1u), col0 + cc), inside_b);
         }
         workgroupBarrier();
-        let ta0 = coopLoadT<coop_mat16x16<f16, A>>(&tail_a[0u], 16u);
-        let ta1 = coopLoadT<coop_mat16x16<f16, A>>(&tail_a[256u], 16u);
-        let ta2 = coopLoadT<coop_mat16x16<f16, A>>(&tail_a[512u], 16u);
-        let ta3 = coopLoadT<coop_mat16x16<f16, A>>(&tail_a[768u], 16u);
-        let tb0 = coopLoadT<coop_mat16x16<f16, B>>(&tail_b[0u], 64u);
-        let tb1 = coopLoadT<coop_mat16x16<f16, B>>(&tail_b[16u], 64u);
-        let tb2 = coopLoadT<coop_mat16x16<f16, B>>(&tail_b[32u], 64u);
-        let tb3 = coopLoadT<coop_mat16x16<f16, B>>(&tail_b[48u], 64u);
+        let ta0 = coopLoadT<coop_mat16x16<f16, A>>(&tail_a[0u], F);
+        let ta1 = coopLoadT<coop_mat16x16<f16, A>>(&tail_a[FF], F);
+        let ta2 = coopLoadT<coop_mat16x16<f16, A>>(&tail_a[2u * FF], F);
+        let ta3 = coopLoadT<coop_mat16x16<f16, A>>(&tail_a[3u * FF], F);
+        let tb0 = coopLoadT<coop_mat16x16<f16, B>>(&tail_b[0u], T);
+        let tb1 = coopLoadT<coop_mat16x16<f16, B>>(&tail_b[F], T);
+        let tb2 = coopLoadT<coop_mat16x16<f16, B>>(&tail_b[2u * F], T);
+        let tb3 = coopLoadT<coop_mat16x16<f16, B>>(&tail_b[3u * F], T);
         c00 = coopMultiplyAdd(ta0, tb0, c00);
         c01 = coopMultiplyAdd(ta0, tb1, c01);
         c02 = coopMultiplyAdd(ta0, tb2, c02);
@@ -183,39 +159,29 @@ fn matmul_coop(@builtin(local_invocation_index) lane: u32, @builtin(workgroup_id
         c33 = coopMultiplyAdd(ta3, tb3, c33);
     }
 
-    // naga 30 needs the index and stride of coopStore as named values.
-    let ldc = p.n;
     let cbase = p.off_c + batch * p.stride_c + row0 * p.n + col0;
-    let i00 = cbase + 0u * p.n + 0u;
-    coopStoreT(c00, &c[i00], ldc);
-    let i01 = cbase + 0u * p.n + 16u;
-    coopStoreT(c01, &c[i01], ldc);
-    let i02 = cbase + 0u * p.n + 32u;
-    coopStoreT(c02, &c[i02], ldc);
-    let i03 = cbase + 0u * p.n + 48u;
-    coopStoreT(c03, &c[i03], ldc);
-    let i10 = cbase + 16u * p.n + 0u;
-    coopStoreT(c10, &c[i10], ldc);
-    let i11 = cbase + 16u * p.n + 16u;
-    coopStoreT(c11, &c[i11], ldc);
-    let i12 = cbase + 16u * p.n + 32u;
-    coopStoreT(c12, &c[i12], ldc);
-    let i13 = cbase + 16u * p.n + 48u;
-    coopStoreT(c13, &c[i13], ldc);
-    let i20 = cbase + 32u * p.n + 0u;
-    coopStoreT(c20, &c[i20], ldc);
-    let i21 = cbase + 32u * p.n + 16u;
-    coopStoreT(c21, &c[i21], ldc);
-    let i22 = cbase + 32u * p.n + 32u;
-    coopStoreT(c22, &c[i22], ldc);
-    let i23 = cbase + 32u * p.n + 48u;
-    coopStoreT(c23, &c[i23], ldc);
-    let i30 = cbase + 48u * p.n + 0u;
-    coopStoreT(c30, &c[i30], ldc);
-    let i31 = cbase + 48u * p.n + 16u;
-    coopStoreT(c31, &c[i31], ldc);
-    let i32 = cbase + 48u * p.n + 32u;
-    coopStoreT(c32, &c[i32], ldc);
-    let i33 = cbase + 48u * p.n + 48u;
-    coopStoreT(c33, &c[i33], ldc);
+    store(c00, cbase, 0u, 0u);
+    store(c01, cbase, 0u, 1u);
+    store(c02, cbase, 0u, 2u);
+    store(c03, cbase, 0u, 3u);
+    store(c10, cbase, 1u, 0u);
+    store(c11, cbase, 1u, 1u);
+    store(c12, cbase, 1u, 2u);
+    store(c13, cbase, 1u, 3u);
+    store(c20, cbase, 2u, 0u);
+    store(c21, cbase, 2u, 1u);
+    store(c22, cbase, 2u, 2u);
+    store(c23, cbase, 2u, 3u);
+    store(c30, cbase, 3u, 0u);
+    store(c31, cbase, 3u, 1u);
+    store(c32, cbase, 3u, 2u);
+    store(c33, cbase, 3u, 3u);
+}
+
+// Accumulator (i, j) of the tile at cbase.
+fn store(m: coop_mat16x16<f32, C>, cbase: u32, i: u32, j: u32) {
+    // naga 30 needs the index and stride of coopStore as named values.
+    let at = cbase + i * F * p.n + j * F;
+    let ld = p.n;
+    coopStoreT(m, &c[at], ld);
 }

@@ -99,30 +99,38 @@ fn reference_matmul(
 }
 
 /// The tensor-core GEMMs (`matmul_coop.wgsl`, and `matmul_coop128.wgsl` staged through
-/// workgroup memory) equal an f64 product of the f16-rounded operands: every transpose, tiles
+/// workgroup memory, with 4 subgroups or 8) equal an f64 product of the f16-rounded operands: every transpose, tiles
 /// shifted inward (direct) or cut (staged) at M and N edges, K tails below 16 (32), batched
 /// and shared B, with bias; the profiler confirms that a cooperative kernel ran. Only where
-/// the adapter offers 16x16x16 f16 cooperative matrices (lavapipe does not).
+/// the adapter offers 16x16x16 or 8x8x8 f16 -> f32 cooperative matrices at a fixed subgroup
+/// size: NVIDIA and AMD GPUs, Apple's, and lavapipe from Mesa 25.1 on (8x8x8 on 8 lanes, which
+/// `tools/coop_lavapipe.sh` runs this test on); Debian 12's lavapipe has none.
 #[test]
 fn coop_matmul_matches_rounded_f64() {
     let g = gpu();
     if !g.has_coop() {
         eprintln!(
-            "{} offers no 16x16x16 f16 -> f32 cooperative matrices at subgroup size 32: tensor-core GEMM test not run",
+            "{} offers no 16x16x16 or 8x8x8 f16 -> f32 cooperative matrices at a fixed subgroup size: tensor-core GEMM test not run",
             g.info().name
         );
         return;
     }
-    use xlsr::ops::matmul::set_coop_staged;
-    let before = set_coop_staged(false);
-    for staged in [false, true] {
-        set_coop_staged(staged);
-        coop_cases(&g, staged);
+    use xlsr::ops::matmul::{set_coop_kernel, CoopKernel};
+    let shape = g.coop_shape().unwrap();
+    eprintln!("cooperative GEMMs in {shape:?}");
+    let before = set_coop_kernel(CoopKernel::Direct);
+    for k in CoopKernel::ALL {
+        if !k.fits(shape) {
+            eprintln!("{} has no build for {shape:?}", k.name());
+            continue;
+        }
+        set_coop_kernel(k);
+        coop_cases(&g, k);
     }
-    set_coop_staged(before);
+    set_coop_kernel(before);
 }
 
-fn coop_cases(g: &xlsr::Gpu, staged: bool) {
+fn coop_cases(g: &xlsr::Gpu, kernel: xlsr::ops::matmul::CoopKernel) {
     use xlsr::ops::matmul::{coop_fits, matmul};
     let cases = [
         // batch, m, n, k, ta, tb, B shared
@@ -159,9 +167,52 @@ fn coop_cases(g: &xlsr::Gpu, staged: bool) {
             );
         }
         let want = reference_matmul(&a, &b, Some(&bias), (batch, m, n, k), (ta, tb, shared));
-        let name = format!("coop staged {staged} b{batch} m{m} n{n} k{k} ta{ta} tb{tb}");
+        let name = format!("{} b{batch} m{m} n{n} k{k} ta{ta} tb{tb}", kernel.name());
         assert_close(&name, &got, &want, 1e-4, 1e-4);
     }
+}
+
+/// Which adapters the cooperative kernels run on, in which shape, on any adapter.
+#[test]
+fn coop_shape_rules() {
+    use wgpu::CooperativeScalarType::{F16, F32};
+    use xlsr::engine::{coop_shape, CoopShape};
+    use xlsr::ops::matmul::CoopKernel;
+    let prop = |f: u32, ab, cr| wgpu::CooperativeMatrixProperties {
+        m_size: f,
+        n_size: f,
+        k_size: f,
+        ab_type: ab,
+        cr_type: cr,
+        saturating_accumulation: false,
+    };
+    let info = |min: u32, max: u32| wgpu::AdapterInfo {
+        subgroup_min_size: min,
+        subgroup_max_size: max,
+        ..gpu().info().clone()
+    };
+    let shape = |frag, lanes| Some(CoopShape { frag, lanes });
+    // NVIDIA: 16x16x16 (and others) on 32 lanes.
+    let nvidia = [prop(16, F16, F16), prop(16, F16, F32), prop(8, F16, F32)];
+    assert_eq!(coop_shape(&info(32, 32), &nvidia), shape(16, 32));
+    // Apple's simdgroup matrices and lavapipe: 8x8x8 on 32 or 8 lanes.
+    let eights = [prop(8, F16, F16), prop(8, F16, F32)];
+    assert_eq!(coop_shape(&info(32, 32), &eights), shape(8, 32));
+    assert_eq!(coop_shape(&info(8, 8), &eights), shape(8, 8));
+    // No f32 accumulation, no matrices, or a subgroup size that varies: none.
+    assert_eq!(coop_shape(&info(32, 32), &[prop(16, F16, F16)]), None);
+    assert_eq!(coop_shape(&info(32, 32), &[]), None);
+    assert_eq!(coop_shape(&info(8, 32), &nvidia), None);
+    assert_eq!(coop_shape(&info(32, 32), &[prop(16, F32, F32)]), None);
+    // The staged builds need 1, 2 or 4 chunks of a slab a thread; the direct one fits all.
+    let fits = |k: CoopKernel, frag, lanes| k.fits(CoopShape { frag, lanes });
+    let staged = |frag, lanes| fits(CoopKernel::Staged, frag, lanes);
+    assert!(staged(16, 32) && staged(8, 32) && staged(8, 8) && staged(16, 64));
+    assert!(!staged(16, 8) && !staged(8, 64) && !staged(16, 16));
+    let wide = |frag, lanes| fits(CoopKernel::Wide, frag, lanes);
+    assert!(wide(16, 32) && wide(8, 8) && wide(16, 16) && wide(16, 64));
+    assert!(!wide(8, 32) && !wide(8, 64));
+    assert!(fits(CoopKernel::Direct, 8, 64));
 }
 
 /// Which GEMMs the cooperative kernel takes, on any adapter.

@@ -202,6 +202,22 @@ pub fn run(
             log,
         );
     }
+    // Each tensor-core build at that shape, to compare (the tuner picks per shape class).
+    if let Some(shape) = gpu.coop_shape() {
+        let (a16, b16) = (ops::cast::to_f16(&sa)?, ops::cast::to_f16(&sb)?);
+        for kernel in ops::matmul::CoopKernel::ALL {
+            let name = format!("tensor-core gemm {} {s}x{s}x{s}", kernel.name());
+            if !kernel.fits(shape) || !keep(&name) {
+                continue;
+            }
+            let before = ops::matmul::set_coop_kernel(kernel);
+            let r = measure(gpu, &name, it, sq_flops, true, || {
+                ops::matmul::matmul(&a16, &b16, false, false, None).map(|_| ())
+            });
+            ops::matmul::set_coop_kernel(before);
+            report(r?, log);
+        }
+    }
     let name = format!("matmul backward {m}x{k}x{n} (dA, dW, dbias)");
     if keep(&name) {
         let dc = rand(gpu, &[m, n], 4)?;

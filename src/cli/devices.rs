@@ -43,10 +43,13 @@ pub fn run() -> Result<()> {
             } else {
                 coop.join(", ")
             },
-            if crate::engine::coop_usable(&a.info, &a.coop) {
-                " (f16 GEMMs use 16x16x16 F16->F32)"
-            } else {
-                ""
+            match crate::engine::coop_shape(&a.info, &a.coop) {
+                Some(s) => format!(
+                    " (f16 GEMMs use {f}x{f}x{f} F16->F32 on {} lanes)",
+                    s.lanes,
+                    f = s.frag
+                ),
+                None => String::new(),
             }
         );
     }

@@ -31,17 +31,38 @@ fn rank(info: &wgpu::AdapterInfo) -> u32 {
     }
 }
 
-/// Whether the cooperative-matrix GEMM can run on an adapter: it offers 16x16x16 f16 x f16 ->
-/// f32 matrices, and its subgroups are always 32 lanes (the kernel's workgroup is one subgroup).
-pub fn coop_usable(info: &wgpu::AdapterInfo, props: &[wgpu::CooperativeMatrixProperties]) -> bool {
+/// The cooperative-matrix shape the tensor-core GEMMs are built for (`matmul_coop*.wgsl`):
+/// F x F x F fragments of f16 x f16 -> f32 on subgroups of a fixed number of lanes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct CoopShape {
+    /// Fragment size F: 16 (NVIDIA, AMD) or 8 (Apple's simdgroup matrices, lavapipe).
+    pub frag: u32,
+    /// Lanes per subgroup (32 on NVIDIA and Apple, 8 on lavapipe with AVX2).
+    pub lanes: u32,
+}
+
+/// The shape the cooperative-matrix GEMMs run in on an adapter, if any: it offers F x F x F
+/// f16 x f16 -> f32 matrices (16 preferred to 8), and its subgroups have one size, which the
+/// kernels size their workgroups by (an adapter whose subgroup size varies gets none).
+pub fn coop_shape(
+    info: &wgpu::AdapterInfo,
+    props: &[wgpu::CooperativeMatrixProperties],
+) -> Option<CoopShape> {
     use wgpu::CooperativeScalarType as S;
-    info.subgroup_min_size == 32
-        && info.subgroup_max_size == 32
-        && props.iter().any(|p| {
-            (p.m_size, p.n_size, p.k_size) == (16, 16, 16)
-                && p.ab_type == S::F16
-                && p.cr_type == S::F32
+    let lanes = info.subgroup_min_size;
+    if lanes != info.subgroup_max_size || !lanes.is_power_of_two() || !(4..=64).contains(&lanes) {
+        return None;
+    }
+    [16, 8]
+        .into_iter()
+        .find(|&f| {
+            props.iter().any(|p| {
+                (p.m_size, p.n_size, p.k_size) == (f, f, f)
+                    && p.ab_type == S::F16
+                    && p.cr_type == S::F32
+            })
         })
+        .map(|frag| CoopShape { frag, lanes })
 }
 
 /// Lists every adapter wgpu can see, best first.
@@ -67,6 +88,7 @@ pub(super) struct Opened {
     pub info: wgpu::AdapterInfo,
     pub limits: wgpu::Limits,
     pub features: wgpu::Features,
+    pub coop: Option<CoopShape>,
 }
 
 /// Opens the best adapter (discrete > integrated > CPU) or the one whose name contains
@@ -110,9 +132,8 @@ pub(super) fn open(nth: usize) -> Result<Opened> {
     if !std::env::var("XLSR_NO_SUBGROUPS").is_ok_and(|v| v == "1") {
         optional |= wgpu::Features::SUBGROUP;
     }
-    if coop_usable(&info, &adapter.cooperative_matrix_properties())
-        && !std::env::var("XLSR_NO_COOP").is_ok_and(|v| v == "1")
-    {
+    let shape = coop_shape(&info, &adapter.cooperative_matrix_properties());
+    if shape.is_some() && !std::env::var("XLSR_NO_COOP").is_ok_and(|v| v == "1") {
         optional |= wgpu::Features::EXPERIMENTAL_COOPERATIVE_MATRIX;
     }
     let features = adapter.features() & optional;
@@ -122,7 +143,7 @@ pub(super) fn open(nth: usize) -> Result<Opened> {
         required_features: features,
         required_limits: limits.clone(),
         // SAFETY: cooperative matrices are wgpu's one experimental feature we use; only
-        // the 16x16x16 f16 -> f32 configuration that `coop_usable` found is ever run.
+        // the f16 -> f32 configuration that `coop_shape` found is ever run.
         experimental_features: if coop {
             unsafe { wgpu::ExperimentalFeatures::enabled() }
         } else {
@@ -140,5 +161,6 @@ pub(super) fn open(nth: usize) -> Result<Opened> {
         info,
         limits,
         features,
+        coop: shape.filter(|_| coop && features.contains(wgpu::Features::SHADER_F16)),
     })
 }

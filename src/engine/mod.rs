@@ -28,13 +28,16 @@ pub mod tensor;
 pub mod transfer;
 pub mod tuning;
 
-pub use adapter::{adapters, coop_usable, AdapterSummary};
+pub use adapter::{adapters, coop_shape, AdapterSummary, CoopShape};
 pub use dispatch::{grid, BufRef, ARENA_SLOTS};
 pub use dtype::DType;
 pub use error::{Error, Result};
 pub use late_read::LateRead;
 pub use params::KernelParams;
-pub use pipelines::{Kernel, COOP128_VARIANTS, COOP_VARIANTS, F16_SUFFIX, LANES_SUFFIX, V4_SUFFIX};
+pub use pipelines::{
+    Kernel, COOP128_VARIANTS, COOP128_WIDE_VARIANTS, COOP_VARIANTS, F16_SUFFIX, LANES_SUFFIX,
+    V4_SUFFIX, WIDE_SUFFIX,
+};
 pub use profile::Counters;
 pub use tensor::Tensor;
 pub use tuning::{Choice, Loaded, TuneMode};
@@ -64,6 +67,8 @@ struct GpuInner {
     limits: wgpu::Limits,
     /// Enabled optional features.
     features: wgpu::Features,
+    /// The cooperative-matrix GEMMs' shape, where they run.
+    coop: Option<CoopShape>,
     modules: Mutex<HashMap<&'static str, Arc<wgpu::ShaderModule>>>,
     layouts: Mutex<HashMap<(u32, u32), Layouts>>,
     pipelines: Mutex<HashMap<(&'static str, &'static str), Arc<Pipeline>>>,
@@ -105,6 +110,7 @@ impl Gpu {
             info,
             limits,
             features,
+            coop,
         } = open(nth)?;
         let errors = Arc::new(Mutex::new(Vec::new()));
         let sink = errors.clone();
@@ -132,6 +138,7 @@ impl Gpu {
             info,
             limits,
             features,
+            coop,
             modules: Mutex::default(),
             layouts: Mutex::default(),
             pipelines: Mutex::default(),
@@ -238,11 +245,14 @@ impl Gpu {
         self.0.features.contains(wgpu::Features::SUBGROUP)
     }
 
-    /// Whether f16 GEMMs run on cooperative matrices (tensor cores): see [`coop_usable`];
+    /// Whether f16 GEMMs run on cooperative matrices (tensor cores): see [`coop_shape`];
     /// `XLSR_NO_COOP=1` turns them off.
     pub fn has_coop(&self) -> bool {
-        self.0
-            .features
-            .contains(wgpu::Features::EXPERIMENTAL_COOPERATIVE_MATRIX | wgpu::Features::SHADER_F16)
+        self.0.coop.is_some()
+    }
+
+    /// The shape the cooperative-matrix GEMMs are built in, where they run.
+    pub fn coop_shape(&self) -> Option<CoopShape> {
+        self.0.coop
     }
 }

@@ -62,6 +62,7 @@ pub fn base_file(file: &str) -> &str {
         _ => file,
     };
     let file = file.strip_suffix(super::F16_SUFFIX).unwrap_or(file);
+    let file = file.strip_suffix(super::WIDE_SUFFIX).unwrap_or(file);
     let file = file.strip_suffix(super::LANES_SUFFIX).unwrap_or(file);
     file.strip_suffix(super::V4_SUFFIX).unwrap_or(file)
 }
@@ -185,6 +186,7 @@ mod tests {
     #[test]
     fn base_files() {
         assert_eq!(super::base_file("matmul_coop_tn"), "matmul_coop");
+        assert_eq!(super::base_file("matmul_coop128_wide_nt"), "matmul_coop128");
         assert_eq!(super::base_file("attention_f16"), "attention");
         assert_eq!(super::base_file("attention_lanes_f16"), "attention");
         assert_eq!(super::base_file("matmul_v4_f16"), "matmul");

@@ -1,6 +1,7 @@
 //! The shader registry (with its f16 and transpose variants), bind-group layouts and compute
 //! pipelines, each built once per device.
 
+use super::adapter::CoopShape;
 use super::error::{Error, Result};
 use super::Gpu;
 use std::sync::Arc;
@@ -53,6 +54,37 @@ pub const COOP128_VARIANTS: [[&str; 2]; 2] = [
     ["matmul_coop128_nn", "matmul_coop128_nt"],
     ["matmul_coop128_tn", "matmul_coop128_tt"],
 ];
+/// The same for its build with 8 subgroups a workgroup ([`WIDE_SUFFIX`]).
+pub const COOP128_WIDE_VARIANTS: [[&str; 2]; 2] = [
+    ["matmul_coop128_wide_nn", "matmul_coop128_wide_nt"],
+    ["matmul_coop128_wide_tn", "matmul_coop128_wide_tt"],
+];
+/// A kernel file named `NAME_wide` is `NAME.wgsl` with its `const SG_ROWS` line saying 4:
+/// the staged tensor-core GEMM with 8 subgroups instead of 4.
+pub const WIDE_SUFFIX: &str = "_wide";
+const SG_ROWS_2: &str = "const SG_ROWS: u32 = 2u;";
+
+/// The cooperative-matrix GEMMs (files starting so) are written for 16x16 fragments on
+/// subgroups of 32 lanes: the loader rewrites their `const F` and `const S` lines and their
+/// matrix types for the adapter's [`CoopShape`] (`coop_build`).
+pub const COOP_PREFIX: &str = "matmul_coop";
+const COOP_FRAG: &str = "const F: u32 = 16u;";
+const COOP_LANES: &str = "const S: u32 = 32u;";
+const COOP_TYPE: &str = "coop_mat16x16";
+
+/// `src`, a cooperative-matrix GEMM, built for `shape` (see [`COOP_PREFIX`]).
+pub fn coop_build(file: &str, src: &str, shape: CoopShape) -> Result<String> {
+    if !(src.contains(COOP_FRAG) && src.contains(COOP_LANES)) {
+        return Err(Error::Gpu(format!(
+            "{file} has no `{COOP_FRAG}` or `{COOP_LANES}` line to build it for {shape:?}"
+        )));
+    }
+    let f = shape.frag;
+    Ok(src
+        .replace(COOP_FRAG, &format!("const F: u32 = {f}u;"))
+        .replace(COOP_LANES, &format!("const S: u32 = {}u;", shape.lanes))
+        .replace(COOP_TYPE, &format!("coop_mat{f}x{f}")))
+}
 
 /// A kernel file named `NAME_f16` is `NAME.wgsl` with f16 inputs: its `alias In = f32;` line
 /// (the storage type of the tensors it reads) becomes f16. One source serves both precisions,
@@ -151,6 +183,15 @@ pub(super) fn shader_source(file: &str, fields: &[(&str, &str)]) -> Result<Strin
         Some(b) => (b, true),
         None => (base, false),
     };
+    if let Some(b) = base.strip_suffix(WIDE_SUFFIX) {
+        let src = shader_source(b, fields)?;
+        if !src.contains(SG_ROWS_2) {
+            return Err(Error::Gpu(format!(
+                "{b}.wgsl has no `{SG_ROWS_2}` line, so no wide build"
+            )));
+        }
+        return Ok(src.replace(SG_ROWS_2, "const SG_ROWS: u32 = 4u;"));
+    }
     let src = SHADERS
         .iter()
         .find(|(n, _)| *n == base)
@@ -229,7 +270,13 @@ impl Gpu {
         if let Some(m) = modules.get(file) {
             return Ok(m.clone());
         }
-        let src = shader_source(file, fields)?;
+        let mut src = shader_source(file, fields)?;
+        if file.starts_with(COOP_PREFIX) {
+            let shape = self.coop_shape().ok_or_else(|| {
+                Error::Gpu(format!("{file} needs an adapter with cooperative matrices"))
+            })?;
+            src = coop_build(file, &src, shape)?;
+        }
         if file.ends_with(F16_SUFFIX) && !self.has_f16() {
             return Err(Error::Gpu(format!(
                 "{file} needs an adapter with SHADER_F16 (f16 in shaders)"
@@ -376,12 +423,24 @@ mod tests {
                 files.push(format!("{name}{LANES_SUFFIX}{F16_SUFFIX}"));
             }
         }
-        files.extend(COOP_VARIANTS.iter().flatten().map(|s| s.to_string()));
-        files.extend(COOP128_VARIANTS.iter().flatten().map(|s| s.to_string()));
-        for file in files {
+        // The cooperative GEMMs in every shape the loader builds them in.
+        let coop = [COOP_VARIANTS, COOP128_VARIANTS, COOP128_WIDE_VARIANTS];
+        let coop = coop.iter().flatten().flatten();
+        let shapes = [(16, 32), (8, 32), (8, 8), (16, 64)]
+            .map(|(frag, lanes)| Some(CoopShape { frag, lanes }));
+        let mut builds: Vec<(String, Option<CoopShape>)> =
+            files.into_iter().map(|f| (f, None)).collect();
+        for shape in shapes {
+            builds.extend(coop.clone().map(|f| (f.to_string(), shape)));
+        }
+        for (file, shape) in builds {
             let fields = crate::engine::params::fields_of(super::super::params::base_file(&file))
                 .unwrap_or_else(|| panic!("{file}: no params struct names it"));
-            let src = shader_source(&file, fields).unwrap();
+            let mut src = shader_source(&file, fields).unwrap();
+            if let Some(shape) = shape {
+                src = coop_build(&file, &src, shape).unwrap();
+            }
+            let file = format!("{file} {shape:?}");
             let module = naga::front::wgsl::parse_str(&src)
                 .unwrap_or_else(|e| panic!("{file}: {}", e.emit_to_string(&src)));
             let info = naga::valid::Validator::new(

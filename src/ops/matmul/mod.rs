@@ -1,10 +1,12 @@
 //! Batched matmul with transpose flags and a fused bias, and its backward.
 
 mod backward;
+mod coop;
 
 pub use backward::{
     linear_backward_into, matmul_backward, matmul_tn_row_sums, matmul_tn_row_sums_into,
 };
+pub use coop::{coop_fits, set_coop_kernel, CoopKernel};
 
 use super::{check_dtype, check_f32, dummy, shifted_chunks};
 use crate::engine::error::{shape_err, Result};
@@ -23,11 +25,6 @@ const BK: usize = 8;
 
 fn kernel(file: &'static str, entry: &'static str) -> Kernel {
     Kernel::new(file, entry, 3, 2)
-}
-
-/// A cooperative-matrix build (a, b, bias read; c written).
-fn coop_kernel(file: &'static str) -> Kernel {
-    Kernel::new(file, "matmul_coop", 3, 1)
 }
 
 kernel_params! {
@@ -66,30 +63,6 @@ kernel_params! {
         /// Elements between the slices' partial products in the workspace.
         slice_stride: u32,
     }
-}
-
-/// Whether the cooperative-matrix kernel (`matmul_coop.wgsl`) serves C = op(A) op(B) of this
-/// shape: M and N at least one 64x64 tile, every fragment row 16-byte aligned (the leading
-/// dimension of each operand, its element offsets `offs` and batch strides `strides`, for A,
-/// B and C, multiples of 8 f16 or 4 f32 elements), and no accumulating into C.
-pub fn coop_fits(
-    [m, n, k]: [usize; 3],
-    ta: bool,
-    tb: bool,
-    offs: [usize; 3],
-    strides: [usize; 3],
-    accumulate: bool,
-) -> bool {
-    let lda = if ta { m } else { k };
-    let ldb = if tb { k } else { n };
-    // A and B in f16 (8 per 16 bytes), C in f32 (4 per 16 bytes).
-    let f16_aligned = [lda, ldb, offs[0], offs[1], strides[0], strides[1]];
-    let f32_aligned = [n, offs[2], strides[2]];
-    m >= 64
-        && n >= 64
-        && !accumulate
-        && f16_aligned.iter().all(|x| x.is_multiple_of(8))
-        && f32_aligned.iter().all(|x| x.is_multiple_of(4))
 }
 
 /// Whether the tiled kernel's `matmul_v4` build serves a GEMM of these uniforms: the leading
@@ -364,20 +337,6 @@ pub fn matmul_with(
     Ok(c)
 }
 
-/// Whether the workgroup-staged cooperative kernel is the default for f16 GEMMs
-/// (`XLSR_COOP=staged` at start, or [`set_coop_staged`]).
-fn coop_staged() -> &'static AtomicBool {
-    static ON: OnceLock<AtomicBool> = OnceLock::new();
-    ON.get_or_init(|| AtomicBool::new(std::env::var("XLSR_COOP").is_ok_and(|v| v == "staged")))
-}
-
-/// Makes the workgroup-staged cooperative kernel (`true`) or the direct one (`false`, the
-/// default) the one f16 GEMMs run where the adapter has cooperative matrices, for tests and
-/// comparisons; returns the setting before.
-pub fn set_coop_staged(on: bool) -> bool {
-    coop_staged().swap(on, Ordering::Relaxed)
-}
-
 /// One way to run a launch of the tiled family: the candidates the tuner picks among.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Plan {
@@ -385,29 +344,13 @@ enum Plan {
     Tiled(usize),
     /// The 64x64 tiled kernel (no row sums).
     Tiled64,
-    /// Cooperative matrices, fragments straight from storage (64x64 per subgroup).
-    Coop,
-    /// Cooperative matrices staged through workgroup memory (128x128 per 4 subgroups).
-    CoopStaged,
+    /// Cooperative matrices (tensor cores), in one of their builds.
+    Coop(CoopKernel),
 }
 
 /// The 64x64 tiled kernel.
 fn tiled64(half: bool) -> Kernel {
     kernel(if half { "matmul_f16" } else { "matmul" }, "matmul_tiled64")
-}
-
-/// Whether the cooperative-matrix kernels can take this launch on this GPU.
-fn coop_ok(gpu: &crate::Gpu, prm: &MatmulParams) -> bool {
-    let u = |x: u32| x as usize;
-    gpu.has_coop()
-        && coop_fits(
-            [u(prm.m), u(prm.n), u(prm.k)],
-            prm.trans_a == 1,
-            prm.trans_b == 1,
-            [u(prm.off_a), u(prm.off_b), u(prm.off_c)],
-            [u(prm.stride_a), u(prm.stride_b), u(prm.stride_c)],
-            prm.has_bias & ADD_INTO_C != 0,
-        )
 }
 
 /// Runs one GEMM launch of `nb` batch items (`bufs`: A, B, bias, C, row sums) the fastest way
@@ -431,11 +374,8 @@ fn gemm(
         false => 1,
     };
     let mut names: Vec<&'static str> = Vec::with_capacity(5);
-    if half && coop_ok(gpu, &prm) {
-        names.extend(match coop_staged().load(Ordering::Relaxed) {
-            true => ["coop-staged", "coop"],
-            false => ["coop", "coop-staged"],
-        });
+    if half {
+        names.extend(coop::coop_plans(gpu, &prm).iter().map(|k| k.name()));
     }
     names.push("tiled");
     if slices > 1 {
@@ -445,8 +385,9 @@ fn gemm(
         names.push("tiled64");
     }
     let plan = |name: &str| match name {
-        "coop" => Plan::Coop,
-        "coop-staged" => Plan::CoopStaged,
+        "coop" => Plan::Coop(CoopKernel::Direct),
+        "coop-staged" => Plan::Coop(CoopKernel::Staged),
+        "coop-wide" => Plan::Coop(CoopKernel::Wide),
         "tiled-unsplit" => Plan::Tiled(1),
         "tiled64" => Plan::Tiled64,
         _ => Plan::Tiled(slices),
@@ -523,14 +464,7 @@ fn launch(
         ]
     };
     match plan {
-        Plan::Coop | Plan::CoopStaged => {
-            let (variants, tile) = match plan {
-                Plan::Coop => (crate::engine::COOP_VARIANTS, 64),
-                _ => (crate::engine::COOP128_VARIANTS, 128),
-            };
-            let entry = variants[prm.trans_a as usize][prm.trans_b as usize];
-            gpu.dispatch(&coop_kernel(entry), &prm, &bufs[..4], groups(tile))
-        }
+        Plan::Coop(k) => coop::coop_launch(gpu, k, &prm, nb, &bufs[..4]),
         Plan::Tiled(splits) if splits > 1 => {
             split_dispatch(gpu, &tiled(half, &prm), prm, splits, nb, bufs)
         }
