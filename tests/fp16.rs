@@ -28,10 +28,6 @@ fn has_f16() -> bool {
     ok
 }
 
-fn round16(v: &[f64]) -> Vec<f64> {
-    v.iter().map(|&x| f16::from_f64(x).to_f64()).collect()
-}
-
 #[test]
 fn casts_round_like_ieee_and_overflow_to_inf() {
     if !has_f16() {
@@ -60,189 +56,6 @@ fn casts_round_like_ieee_and_overflow_to_inf() {
             y.to_bits(),
             want.to_bits(),
             "element {i}: {x} -> {y}, want {want}"
-        );
-    }
-}
-
-/// C = op(A) op(B) + bias in f64 for [batch, m, k] x [k, n] (or batched B).
-fn reference_matmul(
-    a: &[f64],
-    b: &[f64],
-    bias: Option<&[f64]>,
-    (batch, m, n, k): (usize, usize, usize, usize),
-    (ta, tb, b_shared): (bool, bool, bool),
-) -> Vec<f64> {
-    let mut c = vec![0.0; batch * m * n];
-    for z in 0..batch {
-        let (ao, bo) = (z * m * k, if b_shared { 0 } else { z * k * n });
-        for i in 0..m {
-            for j in 0..n {
-                let mut s = bias.map_or(0.0, |v| v[j]);
-                for p in 0..k {
-                    let av = if ta {
-                        a[ao + p * m + i]
-                    } else {
-                        a[ao + i * k + p]
-                    };
-                    let bv = if tb {
-                        b[bo + j * k + p]
-                    } else {
-                        b[bo + p * n + j]
-                    };
-                    s += av * bv;
-                }
-                c[z * m * n + i * n + j] = s;
-            }
-        }
-    }
-    c
-}
-
-/// The tensor-core GEMMs (`matmul_coop.wgsl`, and `matmul_coop128.wgsl` staged through
-/// workgroup memory, with 4 subgroups or 8) equal an f64 product of the f16-rounded operands: every transpose, tiles
-/// shifted inward (direct) or cut (staged) at M and N edges, K tails below 16 (32), batched
-/// and shared B, with bias; the profiler confirms that a cooperative kernel ran. Only where
-/// the adapter offers 16x16x16 or 8x8x8 f16 -> f32 cooperative matrices at a fixed subgroup
-/// size: NVIDIA and AMD GPUs, Apple's, and lavapipe from Mesa 25.1 on (8x8x8 on 8 lanes, which
-/// `tools/coop_lavapipe.sh` runs this test on); Debian 12's lavapipe has none.
-#[test]
-fn coop_matmul_matches_rounded_f64() {
-    let g = gpu();
-    if !g.has_coop() {
-        eprintln!(
-            "{} offers no 16x16x16 or 8x8x8 f16 -> f32 cooperative matrices at a fixed subgroup size: tensor-core GEMM test not run",
-            g.info().name
-        );
-        return;
-    }
-    use xlsr::ops::matmul::{set_coop_kernel, CoopKernel};
-    let shape = g.coop_shape().unwrap();
-    eprintln!("cooperative GEMMs in {shape:?}");
-    let before = set_coop_kernel(CoopKernel::Direct);
-    for k in CoopKernel::ALL {
-        if !k.fits(shape) {
-            eprintln!("{} has no build for {shape:?}", k.name());
-            continue;
-        }
-        set_coop_kernel(k);
-        coop_cases(&g, k);
-    }
-    set_coop_kernel(before);
-}
-
-fn coop_cases(g: &xlsr::Gpu, kernel: xlsr::ops::matmul::CoopKernel) {
-    use xlsr::ops::matmul::{coop_fits, matmul};
-    let cases = [
-        // batch, m, n, k, ta, tb, B shared
-        (1, 130, 72, 1000, false, false, true), // edge tiles overlap in M, K tail 8
-        (1, 64, 64, 16, false, true, true),
-        (2, 96, 136, 40, true, false, false),
-        (1, 200, 256, 1993, true, false, true), // a weight gradient: odd K, tail 9
-        (3, 72, 80, 48, true, true, false),
-        (2, 100, 64, 24, false, false, false),
-    ];
-    let mut rng = Rng::new(12);
-    for &(batch, m, n, k, ta, tb, shared) in &cases {
-        let sb = if shared { 0 } else { k * n };
-        assert!(
-            coop_fits([m, n, k], ta, tb, [0; 3], [m * k, sb, m * n], false),
-            "case {m}x{n}x{k} should fit the cooperative kernel"
-        );
-        let a = round16(&rng.vec(batch * m * k));
-        let b = round16(&rng.vec(if shared { k * n } else { batch * k * n }));
-        let bias = rng.vec(n);
-        let (ashape, bshape) = matmul_shapes((batch, m, n, k), (ta, tb, shared));
-        let (a16, b16) = (
-            to_f16(&upload(&a, &ashape)).unwrap(),
-            to_f16(&upload(&b, &bshape)).unwrap(),
-        );
-        let profiled = g.profile_start().unwrap();
-        let c = matmul(&a16, &b16, ta, tb, Some(&upload(&bias, &[n]))).unwrap();
-        let got = c.to_vec().unwrap();
-        let kernels = g.profile_stop().unwrap();
-        if profiled {
-            assert!(
-                kernels.iter().any(|k| k.0 == "matmul_coop"),
-                "the cooperative kernel did not run: {kernels:?}"
-            );
-        }
-        let want = reference_matmul(&a, &b, Some(&bias), (batch, m, n, k), (ta, tb, shared));
-        let name = format!("{} b{batch} m{m} n{n} k{k} ta{ta} tb{tb}", kernel.name());
-        assert_close(&name, &got, &want, 1e-4, 1e-4);
-    }
-}
-
-/// Which adapters the cooperative kernels run on, in which shape, on any adapter.
-#[test]
-fn coop_shape_rules() {
-    use wgpu::CooperativeScalarType::{F16, F32};
-    use xlsr::engine::{coop_shape, CoopShape};
-    use xlsr::ops::matmul::CoopKernel;
-    let prop = |f: u32, ab, cr| wgpu::CooperativeMatrixProperties {
-        m_size: f,
-        n_size: f,
-        k_size: f,
-        ab_type: ab,
-        cr_type: cr,
-        saturating_accumulation: false,
-    };
-    let info = |min: u32, max: u32| wgpu::AdapterInfo {
-        subgroup_min_size: min,
-        subgroup_max_size: max,
-        ..gpu().info().clone()
-    };
-    let shape = |frag, lanes| Some(CoopShape { frag, lanes });
-    // NVIDIA: 16x16x16 (and others) on 32 lanes.
-    let nvidia = [prop(16, F16, F16), prop(16, F16, F32), prop(8, F16, F32)];
-    assert_eq!(coop_shape(&info(32, 32), &nvidia), shape(16, 32));
-    // Apple's simdgroup matrices and lavapipe: 8x8x8 on 32 or 8 lanes.
-    let eights = [prop(8, F16, F16), prop(8, F16, F32)];
-    assert_eq!(coop_shape(&info(32, 32), &eights), shape(8, 32));
-    assert_eq!(coop_shape(&info(8, 8), &eights), shape(8, 8));
-    // No f32 accumulation, no matrices, or a subgroup size that varies: none.
-    assert_eq!(coop_shape(&info(32, 32), &[prop(16, F16, F16)]), None);
-    assert_eq!(coop_shape(&info(32, 32), &[]), None);
-    assert_eq!(coop_shape(&info(8, 32), &nvidia), None);
-    assert_eq!(coop_shape(&info(32, 32), &[prop(16, F32, F32)]), None);
-    // The staged builds need 1, 2 or 4 chunks of a slab a thread; the direct one fits all.
-    let fits = |k: CoopKernel, frag, lanes| k.fits(CoopShape { frag, lanes });
-    let staged = |frag, lanes| fits(CoopKernel::Staged, frag, lanes);
-    assert!(staged(16, 32) && staged(8, 32) && staged(8, 8) && staged(16, 64));
-    assert!(!staged(16, 8) && !staged(8, 64) && !staged(16, 16));
-    let wide = |frag, lanes| fits(CoopKernel::Wide, frag, lanes);
-    assert!(wide(16, 32) && wide(8, 8) && wide(16, 16) && wide(16, 64));
-    assert!(!wide(8, 32) && !wide(8, 64));
-    assert!(fits(CoopKernel::Direct, 8, 64));
-}
-
-/// Which GEMMs the cooperative kernel takes, on any adapter.
-#[test]
-fn coop_selection_rules() {
-    use xlsr::ops::matmul::coop_fits;
-    let z = [0usize; 3];
-    // (m, n, k), A transposed, B transposed, offsets, batch strides, accumulate: fits?
-    let cases = [
-        // The model's GEMMs: x W (rows arbitrary), dY Wᵀ, Xᵀ dY (K = rows arbitrary).
-        ([1993, 1024, 1024], false, false, z, z, false, true),
-        ([1993, 1024, 4096], false, true, z, z, false, true),
-        ([1024, 4096, 1993], true, false, z, z, false, true),
-        // Too small for one 64x64 tile, or accumulating into C (split over bindings).
-        ([63, 1024, 1024], false, false, z, z, false, false),
-        ([1024, 40, 1024], false, false, z, z, false, false),
-        ([1024, 1024, 1024], false, false, z, z, true, false),
-        // Unaligned fragment rows: leading dimension, offset or batch stride not a multiple of 8.
-        ([128, 128, 1020], false, false, z, z, false, false),
-        ([1020, 128, 128], true, false, z, z, false, false),
-        ([128, 128, 1020], false, true, z, z, false, false),
-        ([128, 132, 128], false, false, z, z, false, false),
-        ([128, 128, 128], false, false, [4, 0, 0], z, false, false),
-        ([128, 128, 128], false, false, z, [0, 12, 0], false, false),
-    ];
-    for (dims, ta, tb, offs, strides, acc, fits) in cases {
-        assert_eq!(
-            coop_fits(dims, ta, tb, offs, strides, acc),
-            fits,
-            "{dims:?} ta {ta} tb {tb} offsets {offs:?} strides {strides:?} accumulate {acc}"
         );
     }
 }
@@ -507,6 +320,8 @@ fn f16_attention_equals_f32_attention_on_rounded_inputs() {
         return;
     }
     let g = gpu();
+    // The f32-arithmetic builds (the tensor-core forward rounds P~ to f16: tests/coop.rs).
+    xlsr::ops::attention::set_coop_attention(false);
     let (b, h, t, d) = (2, 3, 37, 64);
     let mut rng = Rng::new(21);
     let n = b * h * t * d;

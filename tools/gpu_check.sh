@@ -56,7 +56,7 @@ if [ "${BASELINES:-1}" = 1 ]; then
              "XLSR_ATTN=lanes" "XLSR_ATTN=lanes --fp16 --checkpointing" \
              "XLSR_ATTN=rows" "XLSR_ATTN=rows --fp16 --checkpointing" "XLSR_CONV_TILE=64" \
              "XLSR_GEMM_V4=0" "XLSR_SPLIT_K=0" "XLSR_COOP=staged --fp16 --checkpointing" \
-             "XLSR_COOP=wide --fp16 --checkpointing" \
+             "XLSR_COOP=wide --fp16 --checkpointing" "XLSR_ATTN_COOP=0 --fp16 --checkpointing" \
              "XLSR_TUNE=0 --unfused-attention" "XLSR_TUNE=0 --unfused-attention --fp16 --checkpointing"; do
     set -- $alt
     echo "== step $alt"

@@ -263,6 +263,32 @@ pub fn run(
             log,
         );
     }
+    // The forward over f16 q, k, v (what --fp16 runs): on tensor cores where the adapter has
+    // them, and on the f32-arithmetic build beside it.
+    if gpu.has_f16() {
+        let (q16, k16, v16) = (
+            ops::cast::to_f16(&q)?,
+            ops::cast::to_f16(&kk)?,
+            ops::cast::to_f16(&v)?,
+        );
+        for coop in [true, false] {
+            let name = match coop {
+                true => format!("attention fused fwd f16 inputs {h}x{t} (d {dh}, dropout 0.1)"),
+                false => format!(
+                    "attention fused fwd f16 inputs, no tensor cores {h}x{t} (d {dh}, dropout 0.1)"
+                ),
+            };
+            if (!coop && !gpu.has_coop()) || !keep(&name) {
+                continue;
+            }
+            let before = ops::attention::set_coop_attention(coop);
+            let m = measure(gpu, &name, it, 2.0 * qk, true, || {
+                ops::attention::forward(&q16, &k16, &v16, Some(&kmask), &att).map(|_| ())
+            });
+            ops::attention::set_coop_attention(before);
+            report(m?, log);
+        }
+    }
     let name = format!("attention fused bwd {h}x{t} (d {dh}, dropout 0.1)");
     if keep(&name) {
         let fwd = ops::attention::forward(&q, &kk, &v, Some(&kmask), &att)?;

@@ -65,6 +65,22 @@ pub fn coop_shape(
         .map(|frag| CoopShape { frag, lanes })
 }
 
+/// `shape` with `XLSR_COOP_LANES` lanes where that is set to a multiple of its own: the
+/// kernels then treat that many lanes as one subgroup, whose real subgroups each repeat the
+/// same matrix work. For tests only: lavapipe (8 lanes) can so run the lane arithmetic of a
+/// 32-lane GPU's builds.
+fn wider_lanes(shape: CoopShape) -> CoopShape {
+    let lanes = std::env::var("XLSR_COOP_LANES")
+        .ok()
+        .and_then(|v| v.parse::<u32>().ok());
+    match lanes {
+        Some(n) if n > shape.lanes && n.is_multiple_of(shape.lanes) && n <= 64 => {
+            CoopShape { lanes: n, ..shape }
+        }
+        _ => shape,
+    }
+}
+
 /// Lists every adapter wgpu can see, best first.
 pub fn adapters() -> Vec<AdapterSummary> {
     let mut list: Vec<AdapterSummary> =
@@ -132,7 +148,7 @@ pub(super) fn open(nth: usize) -> Result<Opened> {
     if !std::env::var("XLSR_NO_SUBGROUPS").is_ok_and(|v| v == "1") {
         optional |= wgpu::Features::SUBGROUP;
     }
-    let shape = coop_shape(&info, &adapter.cooperative_matrix_properties());
+    let shape = coop_shape(&info, &adapter.cooperative_matrix_properties()).map(wider_lanes);
     if shape.is_some() && !std::env::var("XLSR_NO_COOP").is_ok_and(|v| v == "1") {
         optional |= wgpu::Features::EXPERIMENTAL_COOPERATIVE_MATRIX;
     }

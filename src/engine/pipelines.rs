@@ -34,6 +34,10 @@ pub(super) const SHADERS: &[(&str, &str)] = &[
     ),
     ("attention", include_str!("../../shaders/attention.wgsl")),
     (
+        "attention_coop",
+        include_str!("../../shaders/attention_coop.wgsl"),
+    ),
+    (
         "matmul_coop",
         include_str!("../../shaders/matmul_coop.wgsl"),
     ),
@@ -68,6 +72,14 @@ const SG_ROWS_2: &str = "const SG_ROWS: u32 = 2u;";
 /// subgroups of 32 lanes: the loader rewrites their `const F` and `const S` lines and their
 /// matrix types for the adapter's [`CoopShape`] (`coop_build`).
 pub const COOP_PREFIX: &str = "matmul_coop";
+/// The attention forward on tensor cores: `attention_coop.wgsl` appended to the
+/// `attention_f16` build, with cooperative matrices enabled, built as [`COOP_PREFIX`] says.
+pub const ATTENTION_COOP: &str = "attention_coop";
+
+/// Whether `file` is built for the adapter's cooperative-matrix shape ([`coop_build`]).
+pub fn is_coop_file(file: &str) -> bool {
+    file.starts_with(COOP_PREFIX) || file == ATTENTION_COOP
+}
 const COOP_FRAG: &str = "const F: u32 = 16u;";
 const COOP_LANES: &str = "const S: u32 = 32u;";
 const COOP_TYPE: &str = "coop_mat16x16";
@@ -161,6 +173,14 @@ fn with_prelude(src: &str, fields: &[(&str, &str)]) -> String {
 /// [`F16_SUFFIX`] says and the cooperative-matrix GEMM's transpose variants as
 /// [`COOP_VARIANTS`] says.
 pub(super) fn shader_source(file: &str, fields: &[(&str, &str)]) -> Result<String> {
+    if file == ATTENTION_COOP {
+        let kernel = SHADERS.iter().find(|(n, _)| *n == file).map(|(_, s)| *s);
+        let base = shader_source(&format!("attention{F16_SUFFIX}"), fields)?;
+        return Ok(format!(
+            "enable wgpu_cooperative_matrix;\n{base}\n{}",
+            kernel.unwrap_or_default()
+        ));
+    }
     if let Some((base, tt @ ("nn" | "nt" | "tn" | "tt"))) = file.rsplit_once('_') {
         let src = shader_source(base, fields)?;
         let (ta, tb) = (tt.starts_with('t'), tt.ends_with('t'));
@@ -271,7 +291,7 @@ impl Gpu {
             return Ok(m.clone());
         }
         let mut src = shader_source(file, fields)?;
-        if file.starts_with(COOP_PREFIX) {
+        if is_coop_file(file) {
             let shape = self.coop_shape().ok_or_else(|| {
                 Error::Gpu(format!("{file} needs an adapter with cooperative matrices"))
             })?;
@@ -425,7 +445,7 @@ mod tests {
         }
         // The cooperative GEMMs in every shape the loader builds them in.
         let coop = [COOP_VARIANTS, COOP128_VARIANTS, COOP128_WIDE_VARIANTS];
-        let coop = coop.iter().flatten().flatten();
+        let coop = coop.iter().flatten().flatten().chain([&ATTENTION_COOP]);
         let shapes = [(16, 32), (8, 32), (8, 8), (16, 64)]
             .map(|(frag, lanes)| Some(CoopShape { frag, lanes }));
         let mut builds: Vec<(String, Option<CoopShape>)> =

@@ -260,3 +260,42 @@ pub fn tiny_model(dir: &std::path::Path, prep: &std::path::Path) -> std::path::P
     xlsr::train::state::save_model(&out, &m, &data.vocab).unwrap();
     out
 }
+
+/// Each value rounded to the nearest f16.
+pub fn round16(v: &[f64]) -> Vec<f64> {
+    v.iter().map(|&x| half::f16::from_f64(x).to_f64()).collect()
+}
+
+/// C = op(A) op(B) + bias in f64 for [batch, m, k] x [k, n] (or batched B).
+pub fn reference_matmul(
+    a: &[f64],
+    b: &[f64],
+    bias: Option<&[f64]>,
+    (batch, m, n, k): (usize, usize, usize, usize),
+    (ta, tb, b_shared): (bool, bool, bool),
+) -> Vec<f64> {
+    let mut c = vec![0.0; batch * m * n];
+    for z in 0..batch {
+        let (ao, bo) = (z * m * k, if b_shared { 0 } else { z * k * n });
+        for i in 0..m {
+            for j in 0..n {
+                let mut s = bias.map_or(0.0, |v| v[j]);
+                for p in 0..k {
+                    let av = if ta {
+                        a[ao + p * m + i]
+                    } else {
+                        a[ao + i * k + p]
+                    };
+                    let bv = if tb {
+                        b[bo + j * k + p]
+                    } else {
+                        b[bo + p * n + j]
+                    };
+                    s += av * bv;
+                }
+                c[z * m * n + i * n + j] = s;
+            }
+        }
+    }
+    c
+}

@@ -1,5 +1,5 @@
-//! Which build of each fused attention kernel runs: tiled (small register-blocked GEMMs),
-//! four lanes per row, or a thread per row; the settings that choose by default, the
+//! Which build of each fused attention kernel runs: on tensor cores (f16 inputs), tiled
+//! (small register-blocked GEMMs), four lanes per row, or a thread per row; the settings that choose by default, the
 //! tuner's choice among them, and their launches.
 
 use super::{Attention, AttentionParams, Dims};
@@ -22,6 +22,10 @@ pub(super) const BWD_Q: Kernel = Kernel::new("attention", "attn_bwd_q", 6, 2);
 const FWD_TILED: Kernel = Kernel::new("attention", "attn_fwd_tiled", 6, 2);
 const BWD_KV_TILED: Kernel = Kernel::new("attention", "attn_bwd_kv_tiled", 6, 2);
 const BWD_Q_TILED: Kernel = Kernel::new("attention", "attn_bwd_q_tiled", 6, 2);
+/// The kernels on tensor cores (`attention_coop.wgsl`), for f16 q, k, v.
+const FWD_COOP: Kernel = Kernel::new("attention_coop", "attn_fwd_coop", 6, 2);
+const BWD_KV_COOP: Kernel = Kernel::new("attention_coop", "attn_bwd_kv_coop", 6, 2);
+const BWD_Q_COOP: Kernel = Kernel::new("attention_coop", "attn_bwd_q_coop", 6, 2);
 /// Rows (queries or keys) per workgroup of the tiled kernels (`TQ`), and the workgroup
 /// memory they need.
 const TILED_ROWS: usize = 32;
@@ -38,6 +42,20 @@ fn rows_only() -> &'static AtomicBool {
 /// adapter has subgroups (the default): the benchmark's baseline. Returns the setting before.
 pub fn set_rows_only(on: bool) -> bool {
     rows_only().swap(on, Ordering::Relaxed)
+}
+
+/// Whether the fused kernels run on tensor cores where they can (f16 q, k, v and cooperative
+/// matrices): `XLSR_ATTN_COOP=0` at start, or [`set_coop_attention`], turns them off.
+fn coop_attention() -> &'static AtomicBool {
+    static ON: OnceLock<AtomicBool> = OnceLock::new();
+    ON.get_or_init(|| AtomicBool::new(!std::env::var("XLSR_ATTN_COOP").is_ok_and(|v| v == "0")))
+}
+
+/// Runs the fused kernels (forward and backward) over f16 inputs on tensor cores (`true`, the
+/// default where the adapter has cooperative matrices) or on the other builds; returns the
+/// setting before.
+pub fn set_coop_attention(on: bool) -> bool {
+    coop_attention().swap(on, Ordering::Relaxed)
 }
 
 /// Which fused kernels run their tiled builds (`attn_*_tiled`) by default, where the adapter
@@ -134,10 +152,11 @@ pub(super) fn build_for(
     crate::ops::tune::pick(q.gpu(), key, candidates, run)
 }
 
-/// The builds of fused kernel `kernel` on this adapter, the default first: the tiled one where
-/// it fits (first or last as [`set_tiled`] says), and the row kernels' (four lanes where
-/// usable, a thread per row).
-pub(super) fn builds(gpu: &crate::Gpu, kernel: &Kernel) -> Vec<&'static str> {
+/// The builds of fused kernel `kernel` on this adapter for q's dtype, the default first: the
+/// tensor-core build for f16 inputs where the adapter has them (first unless
+/// [`set_coop_attention`] says otherwise), the tiled one where it fits (first or last as
+/// [`set_tiled`] says), and the row kernels' (four lanes where usable, a thread per row).
+pub(super) fn builds(gpu: &crate::Gpu, kernel: &Kernel, q: &Tensor) -> Vec<&'static str> {
     let mut builds = match lanes_usable(gpu) {
         true => vec!["lanes", "rows"],
         false => vec!["rows"],
@@ -153,10 +172,20 @@ pub(super) fn builds(gpu: &crate::Gpu, kernel: &Kernel) -> Vec<&'static str> {
             false => builds.push("tiled"),
         }
     }
+    // The kernel gives each query row S / F lanes of its one subgroup.
+    let coop = gpu
+        .coop_shape()
+        .is_some_and(|s| s.lanes >= s.frag && s.lanes.is_multiple_of(s.frag));
+    if q.dtype() == DType::F16 && coop {
+        match coop_attention().load(Ordering::Relaxed) {
+            true => builds.insert(0, "coop"),
+            false => builds.push("coop"),
+        }
+    }
     builds
 }
 
-/// Dispatches build `name` ("tiled", "lanes" or "rows") of a fused kernel (`FWD`, `BWD_KV` or
+/// Dispatches build `name` ("coop", "tiled", "lanes" or "rows") of a fused kernel (`FWD`, `BWD_KV` or
 /// `BWD_Q`).
 pub(super) fn launch(
     kernel: Kernel,
@@ -167,6 +196,17 @@ pub(super) fn launch(
     bufs: &[BufRef<'_>],
 ) -> Result<()> {
     let gpu = q.gpu();
+    if name == "coop" {
+        let rows = gpu.coop_shape().map_or(16, |s| s.frag as usize);
+        let [_, y, z] = row_groups(g);
+        let groups = [g.t.div_ceil(rows) as u32, y, z];
+        let coop = match kernel.entry {
+            "attn_fwd" => FWD_COOP,
+            "attn_bwd_kv" => BWD_KV_COOP,
+            _ => BWD_Q_COOP,
+        };
+        return gpu.dispatch(&coop, prm, bufs, groups);
+    }
     if name != "tiled" {
         return gpu.dispatch(&build(kernel, q, name == "lanes"), prm, bufs, row_groups(g));
     }

@@ -8,14 +8,14 @@ use crate::engine::params::kernel_params;
 use crate::engine::{grid, BufRef};
 use crate::engine::{DType, Tensor};
 use builds::{build_for, builds, launch, BWD_KV, BWD_Q, BWD_STATS, FWD, ROWS};
-pub use builds::{set_rows_only, set_tiled, Tiled};
+pub use builds::{set_coop_attention, set_rows_only, set_tiled, Tiled};
 
 /// Largest head dim the fused kernels take; callers fall back to the unfused path above it.
 pub const MAX_HEAD_DIM: usize = 64;
 
 kernel_params! {
     /// `attention.wgsl`'s uniforms.
-    pub struct AttentionParams in ["attention"] {
+    pub struct AttentionParams in ["attention", "attention_coop"] {
         /// Batch * heads rows in this chunk.
         bh: u32,
         /// Sequence length (queries = keys).
@@ -314,7 +314,7 @@ pub fn forward_qkv(qkv: Qkv<'_>, mask: Option<&Tensor>, a: &Attention) -> Result
         let [(qr, off_in), (kr, _), (vr, _)] = qkv.parts().map(|x| rows(x, b0, n, td * qkv.rows()));
         let ((or, off_f), (lr, off_l)) = (rows(&o, b0, n, td), rows(&lse, b0, n, g.t));
         let chunk = [b0 as u32, off_in, off_f, off_l, 0, 0];
-        let builds = builds(gpu, &FWD);
+        let builds = builds(gpu, &FWD, q);
         let pick = build_for(&FWD, q, &gc, a, mask.is_some(), &builds, |c| {
             let so = Tensor::uninit(gpu, &[n * td], DType::F32)?;
             let sl = Tensor::uninit(gpu, &[n * g.t], DType::F32)?;
@@ -441,7 +441,7 @@ fn backward_into(
             // Zeroed once (not in the timed launches): each kernel writes only its own
             // columns of a packed gradient's rows.
             let mut zeroed: Option<[Tensor; 2]> = None;
-            let builds = builds(gpu, &kernel);
+            let builds = builds(gpu, &kernel, q);
             let pick = build_for(&kernel, q, &gc, a, mask.is_some(), &builds, |c| {
                 if zeroed.is_none() {
                     let z = || Tensor::zeros(gpu, &[n * tdr]);
