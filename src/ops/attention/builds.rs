@@ -45,10 +45,15 @@ pub fn set_rows_only(on: bool) -> bool {
 }
 
 /// Whether the fused kernels run on tensor cores where they can (f16 q, k, v and cooperative
-/// matrices): `XLSR_ATTN_COOP=0` at start, or [`set_coop_attention`], turns them off.
+/// matrices): `XLSR_ATTN_COOP=0` at start, a build named by `XLSR_ATTN`, or
+/// [`set_coop_attention`], turns them off.
 fn coop_attention() -> &'static AtomicBool {
     static ON: OnceLock<AtomicBool> = OnceLock::new();
-    ON.get_or_init(|| AtomicBool::new(!std::env::var("XLSR_ATTN_COOP").is_ok_and(|v| v == "0")))
+    ON.get_or_init(|| {
+        let off = std::env::var("XLSR_ATTN_COOP").is_ok_and(|v| v == "0")
+            || std::env::var("XLSR_ATTN").is_ok_and(|v| matches!(&*v, "tiled" | "lanes" | "rows"));
+        AtomicBool::new(!off)
+    })
 }
 
 /// Runs the fused kernels (forward and backward) over f16 inputs on tensor cores (`true`, the
