@@ -302,6 +302,22 @@ fn by_ds(tb: u32, b: u32, acc: coop_mat16x16<f32, C>) -> coop_mat16x16<f32, C> {
     return o;
 }
 
+// The nd dim blocks of a backward kernel's gradient rows into cs ([F][MAX_D]).
+fn put_dims(nd: u32, m0: coop_mat16x16<f32, C>, m1: coop_mat16x16<f32, C>, m2: coop_mat16x16<f32, C>,
+            m3: coop_mat16x16<f32, C>, m4: coop_mat16x16<f32, C>, m5: coop_mat16x16<f32, C>,
+            m6: coop_mat16x16<f32, C>, m7: coop_mat16x16<f32, C>) {
+    put_o(m0, 0u);
+    if nd > 1u { put_o(m1, 1u); }
+    if nd > 2u { put_o(m2, 2u); }
+    if nd > 3u { put_o(m3, 3u); }
+    if ND > 4u && nd > 4u {
+        put_o(m4, 4u);
+        if nd > 5u { put_o(m5, 5u); }
+        if nd > 6u { put_o(m6, 6u); }
+        if nd > 7u { put_o(m7, 7u); }
+    }
+}
+
 // Writes the own rows' gradient, staged in cs as [F][MAX_D], times `mul`, into out0 (dst 0)
 // or out1 at column `col` of the gradient rows.
 fn emit_rows(dst: u32, col: u32, mul: f32, bh: u32, r0: u32, lane: u32, live: bool) {
@@ -383,29 +399,11 @@ fn attn_bwd_kv_coop(@builtin(local_invocation_index) lane: u32, @builtin(workgro
         }
     }
     workgroupBarrier();
-    put_o(dk0, 0u);
-    if nd > 1u { put_o(dk1, 1u); }
-    if nd > 2u { put_o(dk2, 2u); }
-    if nd > 3u { put_o(dk3, 3u); }
-    if ND > 4u && nd > 4u {
-        put_o(dk4, 4u);
-        if nd > 5u { put_o(dk5, 5u); }
-        if nd > 6u { put_o(dk6, 6u); }
-        if nd > 7u { put_o(dk7, 7u); }
-    }
+    put_dims(nd, dk0, dk1, dk2, dk3, dk4, dk5, dk6, dk7);
     workgroupBarrier();
     emit_rows(0u, p.col_k, p.scale, bh, j0, lane, live);
     workgroupBarrier();
-    put_o(dv0, 0u);
-    if nd > 1u { put_o(dv1, 1u); }
-    if nd > 2u { put_o(dv2, 2u); }
-    if nd > 3u { put_o(dv3, 3u); }
-    if ND > 4u && nd > 4u {
-        put_o(dv4, 4u);
-        if nd > 5u { put_o(dv5, 5u); }
-        if nd > 6u { put_o(dv6, 6u); }
-        if nd > 7u { put_o(dv7, 7u); }
-    }
+    put_dims(nd, dv0, dv1, dv2, dv3, dv4, dv5, dv6, dv7);
     workgroupBarrier();
     emit_rows(1u, p.col_v, 1.0, bh, j0, lane, live);
 }
@@ -467,16 +465,7 @@ fn attn_bwd_q_coop(@builtin(local_invocation_index) lane: u32, @builtin(workgrou
         }
     }
     workgroupBarrier();
-    put_o(dq0, 0u);
-    if nd > 1u { put_o(dq1, 1u); }
-    if nd > 2u { put_o(dq2, 2u); }
-    if nd > 3u { put_o(dq3, 3u); }
-    if ND > 4u && nd > 4u {
-        put_o(dq4, 4u);
-        if nd > 5u { put_o(dq5, 5u); }
-        if nd > 6u { put_o(dq6, 6u); }
-        if nd > 7u { put_o(dq7, 7u); }
-    }
+    put_dims(nd, dq0, dq1, dq2, dq3, dq4, dq5, dq6, dq7);
     workgroupBarrier();
     emit_rows(0u, 0u, p.scale, bh, i0, lane, live);
 }
