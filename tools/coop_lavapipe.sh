@@ -42,8 +42,19 @@ for d in proc sys dev; do
   if ! mountpoint -q "$ROOT/$d" && mount --bind "/$d" "$ROOT/$d" 2>/dev/null; then mounted+=("$ROOT/$d"); fi
 done
 if ! mountpoint -q "$ROOT$REPO"; then
-  mount --bind "$REPO" "$ROOT$REPO" 2>/dev/null || skip "cannot bind-mount $REPO into $ROOT"
-  mounted+=("$ROOT$REPO")
+  if mount --bind "$REPO" "$ROOT$REPO" 2>/dev/null; then
+    mounted+=("$ROOT$REPO")
+  else
+    # No mounts here (a container without the capability): copy what the tests read, the
+    # fixtures and the binaries, to the same path inside.
+    echo "coop_lavapipe: no bind mount here; copying the test binaries and fixtures in" >&2
+    mkdir -p "$ROOT$REPO/target/release"
+    cp -a tests "$ROOT$REPO/" && cp -a target/release/xlsr "$ROOT$REPO/target/release/" || skip "cannot copy into $ROOT"
+    for f in "$BIN" "$@"; do
+      case "$f" in /*) continue ;; esac
+      if [ -f "$f" ]; then mkdir -p "$ROOT$REPO/$(dirname "$f")" && cp -a "$f" "$ROOT$REPO/$f"; fi
+    done
+  fi
 fi
 chroot "$ROOT" true 2>/dev/null || skip "cannot chroot into $ROOT"
 
