@@ -31,7 +31,8 @@ fn rank(info: &wgpu::AdapterInfo) -> u32 {
     }
 }
 
-/// The cooperative-matrix shape the tensor-core GEMMs are built for (`matmul_coop*.wgsl`):
+/// The cooperative-matrix shape the tensor-core kernels are built for (`matmul_coop*.wgsl`,
+/// `attention_coop.wgsl`):
 /// F x F x F fragments of f16 x f16 -> f32 on subgroups of a fixed number of lanes.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct CoopShape {
@@ -41,7 +42,7 @@ pub struct CoopShape {
     pub lanes: u32,
 }
 
-/// The shape the cooperative-matrix GEMMs run in on an adapter, if any: it offers F x F x F
+/// The shape the tensor-core kernels run in on an adapter, if any: it offers F x F x F
 /// f16 x f16 -> f32 matrices (16 preferred to 8), and its subgroups have one size, which the
 /// kernels size their workgroups by (an adapter whose subgroup size varies gets none).
 pub fn coop_shape(

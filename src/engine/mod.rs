@@ -67,7 +67,7 @@ struct GpuInner {
     limits: wgpu::Limits,
     /// Enabled optional features.
     features: wgpu::Features,
-    /// The cooperative-matrix GEMMs' shape, where they run.
+    /// The tensor-core kernels' shape, where they run.
     coop: Option<CoopShape>,
     modules: Mutex<HashMap<&'static str, Arc<wgpu::ShaderModule>>>,
     layouts: Mutex<HashMap<(u32, u32), Layouts>>,
@@ -251,7 +251,7 @@ impl Gpu {
         self.0.coop.is_some()
     }
 
-    /// The shape the cooperative-matrix GEMMs are built in, where they run.
+    /// The shape the tensor-core kernels are built in, where they run.
     pub fn coop_shape(&self) -> Option<CoopShape> {
         self.0.coop
     }

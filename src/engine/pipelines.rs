@@ -68,11 +68,11 @@ pub const COOP128_WIDE_VARIANTS: [[&str; 2]; 2] = [
 pub const WIDE_SUFFIX: &str = "_wide";
 const SG_ROWS_2: &str = "const SG_ROWS: u32 = 2u;";
 
-/// The cooperative-matrix GEMMs (files starting so) are written for 16x16 fragments on
-/// subgroups of 32 lanes: the loader rewrites their `const F` and `const S` lines and their
+/// The tensor-core GEMMs (files starting so, and [`ATTENTION_COOP`]) are written for 16x16
+/// fragments on subgroups of 32 lanes: the loader rewrites their `const F` and `const S` lines and their
 /// matrix types for the adapter's [`CoopShape`] (`coop_build`).
 pub const COOP_PREFIX: &str = "matmul_coop";
-/// The attention forward on tensor cores: `attention_coop.wgsl` appended to the
+/// The attention kernels on tensor cores: `attention_coop.wgsl` appended to the
 /// `attention_f16` build, with cooperative matrices enabled, built as [`COOP_PREFIX`] says.
 pub const ATTENTION_COOP: &str = "attention_coop";
 
@@ -84,7 +84,7 @@ const COOP_FRAG: &str = "const F: u32 = 16u;";
 const COOP_LANES: &str = "const S: u32 = 32u;";
 const COOP_TYPE: &str = "coop_mat16x16";
 
-/// `src`, a cooperative-matrix GEMM, built for `shape` (see [`COOP_PREFIX`]).
+/// `src`, a tensor-core kernel file, built for `shape` (see [`COOP_PREFIX`]).
 pub fn coop_build(file: &str, src: &str, shape: CoopShape) -> Result<String> {
     if !(src.contains(COOP_FRAG) && src.contains(COOP_LANES)) {
         return Err(Error::Gpu(format!(

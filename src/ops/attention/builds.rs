@@ -1,6 +1,6 @@
 //! Which build of each fused attention kernel runs: on tensor cores (f16 inputs), tiled
-//! (small register-blocked GEMMs), four lanes per row, or a thread per row; the settings that choose by default, the
-//! tuner's choice among them, and their launches.
+//! (small register-blocked GEMMs), four lanes per row, or a thread per row; the settings that
+//! choose by default, the tuner's choice among them, and their launches.
 
 use super::{Attention, AttentionParams, Dims};
 use crate::engine::error::Result;
@@ -190,8 +190,8 @@ pub(super) fn builds(gpu: &crate::Gpu, kernel: &Kernel, q: &Tensor) -> Vec<&'sta
     builds
 }
 
-/// Dispatches build `name` ("coop", "tiled", "lanes" or "rows") of a fused kernel (`FWD`, `BWD_KV` or
-/// `BWD_Q`).
+/// Dispatches build `name` ("coop", "tiled", "lanes" or "rows") of a fused kernel (`FWD`,
+/// `BWD_KV` or `BWD_Q`).
 pub(super) fn launch(
     kernel: Kernel,
     name: &str,
