@@ -49,25 +49,22 @@ fn dO_hi(f: vec4<f32>) -> vec4<f32> {
 
 // Stages rows r0..r0+n of q (src 0), k (1), v (2), dO rounded to f16 (3) or what that
 // rounding left (4) of (bh) as f16 into cq (dst 0), ckv from row `at` (1), cw (2) or clo (3),
-// row stride CDP; rows past T repeat row T - 1, dims past D are zeros. q, k, v convert
-// exactly (they were f16); dO as the sum of its two parts keeps 22 bits.
+// row stride CDP; rows past T repeat row T - 1, dims past D are zeros. q, k, v are copied as
+// they are; dO as the sum of its two parts keeps 22 bits.
 fn stage(src: u32, dst: u32, at: u32, bh: u32, r0: u32, n: u32, lane: u32) {
     for (var e = lane; e < n * MAX_D4; e = e + S) {
         let r = e / MAX_D4;
         let c = e % MAX_D4;
         let row = min(r0 + r, p.t - 1u);
-        var x: vec4<f32>;
-        switch src {
-            case 0u: { x = ld_q(qkv_at(bh, row), c); }
-            case 1u: { x = ld_k(qkv_at(bh, row), c); }
-            case 2u: { x = ld_v(qkv_at(bh, row), c); }
-            case 3u: { x = dO_hi(ld_fa(row_at(bh, row), c)); }
-            default: {
-                let f = ld_fa(row_at(bh, row), c);
-                x = f - dO_hi(f);
-            }
+        var h: vec4<f16>;
+        if src < 3u {
+            let g = qkv_at(bh, row);
+            h = vec4<f16>(at16(src, g, c * 4u), at16(src, g, c * 4u + 1u), at16(src, g, c * 4u + 2u),
+                          at16(src, g, c * 4u + 3u));
+        } else {
+            let f = ld_fa(row_at(bh, row), c);
+            h = vec4<f16>(select(f - dO_hi(f), dO_hi(f), src == 3u));
         }
-        let h = vec4<f16>(x);
         let to = (at + r) * CDP + c * 4u;
         switch dst {
             case 0u: { cq[to] = h.x; cq[to + 1u] = h.y; cq[to + 2u] = h.z; cq[to + 3u] = h.w; }
@@ -75,6 +72,17 @@ fn stage(src: u32, dst: u32, at: u32, bh: u32, r0: u32, n: u32, lane: u32) {
             case 2u: { cw[to] = h.x; cw[to + 1u] = h.y; cw[to + 2u] = h.z; cw[to + 3u] = h.w; }
             default: { clo[to] = h.x; clo[to + 1u] = h.y; clo[to + 2u] = h.z; clo[to + 3u] = h.w; }
         }
+    }
+}
+
+// Element e of the row of q (src 0), k (1) or v (2) at `base`, as stored (f16 in this build:
+// no round trip through f32), 0 past D.
+fn at16(src: u32, base: u32, e: u32) -> f16 {
+    if e >= p.d { return f16(0.0); }
+    switch src {
+        case 0u: { return q[p.off_in + base + e]; }
+        case 1u: { return k[p.off_in + base + p.col_k + e]; }
+        default: { return v[p.off_in + base + p.col_v + e]; }
     }
 }
 
