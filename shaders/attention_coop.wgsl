@@ -348,6 +348,7 @@ fn attn_bwd_kv_coop(@builtin(local_invocation_index) lane: u32, @builtin(workgro
     let nd = (p.d + F - 1u) / F;
     stage(1u, 0u, 0u, bh, j0, F, lane);
     stage(2u, 2u, 0u, bh, j0, F, lane);
+    for (var c = lane; c < F; c = c + S) { cmask[c] = key_mask(bh, min(j0 + c, p.t - 1u)); }
     var dk0 = coop_mat16x16<f32, C>();
     var dk1 = dk0;
     var dk2 = dk0;
@@ -386,7 +387,7 @@ fn attn_bwd_kv_coop(@builtin(local_invocation_index) lane: u32, @builtin(workgro
             var pt = 0.0;
             var ds = 0.0;
             if c < n {
-                let pr = exp(cs[e] * p.scale + key_mask(bh, j) - cst[c]);
+                let pr = exp(cs[e] * p.scale + cmask[r] - cst[c]);
                 let ks = keep_scale(bh, i0 + c, j);
                 pt = pr * ks;
                 ds = pr * (cdp[e] * ks - cst[CT + c]);
