@@ -1,11 +1,14 @@
-// The fused attention forward on tensor cores: `attn_fwd_coop`, for f16 q, k, v where the
-// adapter has cooperative matrices. The loader appends this file to the attention_f16 build of
-// attention.wgsl (whose helpers it uses: qkv_at, row_at, key_mask, keep_scale, ld_q/k/v) and
+// The fused attention on tensor cores, for f16 q, k, v where the adapter has cooperative
+// matrices: the forward `attn_fwd_coop` here, the backward (`attn_bwd_kv_coop`,
+// `attn_bwd_q_coop`) further down. The loader appends this file to the attention_f16 build of
+// attention.wgsl (whose helpers it uses: qkv_at, row_at, key_mask, keep_scale, ld_fa) and
 // sets F and S to the adapter's fragment and subgroup sizes, as for the tensor-core GEMMs
-// (engine::pipelines). The result equals attn_fwd's but for the rounding of P~ to f16 before
-// P~ V, as PyTorch's fp16 SDPA rounds it; L and the row sums stay f32.
+// (engine::pipelines). The results equal the other builds' but for the rounding of P~ (and in
+// the backward dS) to f16 before their products, as PyTorch's fp16 SDPA rounds them; L, the
+// row sums and every accumulator stay f32.
 //
-// One workgroup is one subgroup and takes F query rows; it walks the keys 4F at a time:
+// Forward: one workgroup is one subgroup and takes F query rows; it walks the keys 4F at a
+// time:
 //   1. stage the key tile (f16, zero past D) into workgroup memory;
 //   2. S = q kᵀ on the matrix units, F x 4F in 4 accumulators over D/F steps;
 //   3. through workgroup memory, the lanes (S / F a row, each every (S / F)-th key) fold the
