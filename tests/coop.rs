@@ -1,6 +1,6 @@
 //! The tensor-core kernels (cooperative matrices): which adapters and launches they take, on
 //! any adapter, and their results where the adapter has them: NVIDIA and AMD GPUs (16x16x16
-//! f16 -> f32), Apple's (8x8x8), and lavapipe from Mesa 25.1 on (8x8x8 on 8 lanes), which
+//! f16 -> f32), Apple's (8x8x8), and lavapipe in Mesa 26 (8x8x8 on 8 lanes), which
 //! `tools/coop_lavapipe.sh` runs this file on and CI with it; Debian 12's lavapipe has none,
 //! and there the result tests say so and pass.
 //!
@@ -23,7 +23,7 @@ static PROFILER: std::sync::Mutex<()> = std::sync::Mutex::new(());
 /// shifted inward (direct) or cut (staged) at M and N edges, K tails below 16 (32), batched
 /// and shared B, with bias; the profiler confirms that a cooperative kernel ran. Only where
 /// the adapter offers 16x16x16 or 8x8x8 f16 -> f32 cooperative matrices at a fixed subgroup
-/// size: NVIDIA and AMD GPUs, Apple's, and lavapipe from Mesa 25.1 on (8x8x8 on 8 lanes, which
+/// size: NVIDIA and AMD GPUs, Apple's, and lavapipe in Mesa 26 (8x8x8 on 8 lanes, which
 /// `tools/coop_lavapipe.sh` runs this test on); Debian 12's lavapipe has none.
 #[test]
 fn coop_matmul_matches_rounded_f64() {

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Runs the tensor-core GEMM tests on a CPU. Debian 12's lavapipe (Mesa 22.3) has no cooperative
-# matrices; lavapipe from Mesa 25.1 on offers VK_KHR_cooperative_matrix (8x8x8 f16 -> f32 on
+# matrices; lavapipe in Mesa 26 offers VK_KHR_cooperative_matrix (8x8x8 f16 -> f32 on
 # subgroups of 8 lanes), which `matmul_coop.wgsl` and `matmul_coop128.wgsl` are built for too.
 # This script makes a Debian 13 root with trixie-backports' Mesa (debootstrap, once, cached in
 # $COOP_ROOT) and runs the given test binaries inside it (chroot), the repository mounted at
