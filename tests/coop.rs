@@ -330,3 +330,31 @@ fn coop_attention_in_the_packed_layout() {
         );
     }
 }
+
+/// A kernel the adapter cannot build (here an entry point its file lacks) is
+/// `compiles() == false`, remembered, and leaves the device usable. The tensor-core kernels
+/// ask this before they are picked, so a driver that rejects one of them falls back to the
+/// other builds instead of failing the run.
+#[test]
+fn a_kernel_that_does_not_compile_is_left_out_and_the_device_goes_on() {
+    use xlsr::engine::Kernel;
+    use xlsr::ops::matmul::{matmul, MatmulParams};
+    let g = gpu();
+    let bad = Kernel::new("matmul", "no_such_entry", 3, 2);
+    assert!(!g.compiles::<MatmulParams>(&bad));
+    let before = g.pipeline_count();
+    assert!(!g.compiles::<MatmulParams>(&bad), "a failure is remembered");
+    assert_eq!(g.pipeline_count(), before);
+    let good = Kernel::new("matmul", "matmul_naive", 3, 2);
+    assert!(g.compiles::<MatmulParams>(&good));
+    // The failed build left no error behind: kernels run and read back as before.
+    let a = upload(&[1.0, 2.0, 3.0, 4.0], &[2, 2]);
+    let b = upload(&[5.0, 6.0, 7.0, 8.0], &[2, 2]);
+    assert_eq!(
+        matmul(&a, &b, false, false, None)
+            .unwrap()
+            .to_vec()
+            .unwrap(),
+        vec![19.0, 22.0, 43.0, 50.0]
+    );
+}

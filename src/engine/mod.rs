@@ -72,6 +72,8 @@ struct GpuInner {
     modules: Mutex<HashMap<&'static str, Arc<wgpu::ShaderModule>>>,
     layouts: Mutex<HashMap<(u32, u32), Layouts>>,
     pipelines: Mutex<HashMap<(&'static str, &'static str), Arc<Pipeline>>>,
+    /// Kernels that failed to compile here ([`Gpu::compiles`]).
+    failed: Mutex<std::collections::HashSet<(&'static str, &'static str)>>,
     pool: Mutex<Pool>,
     batch: Mutex<Batch>,
     /// Bind groups by the ranges they bind; `None` in accounting-only runs.
@@ -142,6 +144,7 @@ impl Gpu {
             modules: Mutex::default(),
             layouts: Mutex::default(),
             pipelines: Mutex::default(),
+            failed: Mutex::default(),
             pool: Mutex::default(),
             late_staging: Mutex::default(),
             batch: Mutex::new(Batch {

@@ -377,24 +377,32 @@ impl Gpu {
         if let Some(p) = self.0.pipelines.lock().unwrap().get(&(k.file, k.entry)) {
             return Ok(p.clone());
         }
-        let module = self.module(k.file, fields)?;
-        let (bgl, pl) = self.layout(k.reads, k.writes);
+        // A driver's own compile failure comes back as an internal error, wgpu's checks
+        // (of the module too) as validation errors: both are this kernel's, not the run's.
+        let internal = self.0.device.push_error_scope(wgpu::ErrorFilter::Internal);
         let scope = self
             .0
             .device
             .push_error_scope(wgpu::ErrorFilter::Validation);
-        let pipeline = self
-            .0
-            .device
-            .create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
-                label: Some(k.entry),
-                layout: Some(&pl),
-                module: &module,
-                entry_point: Some(k.entry),
-                compilation_options: Default::default(),
-                cache: None,
-            });
-        if let Some(e) = pollster::block_on(scope.pop()) {
+        let (bgl, pl) = self.layout(k.reads, k.writes);
+        let built = self.module(k.file, fields).map(|module| {
+            self.0
+                .device
+                .create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
+                    label: Some(k.entry),
+                    layout: Some(&pl),
+                    module: &module,
+                    entry_point: Some(k.entry),
+                    compilation_options: Default::default(),
+                    cache: None,
+                })
+        });
+        let errors = [
+            pollster::block_on(scope.pop()),
+            pollster::block_on(internal.pop()),
+        ];
+        let pipeline = built?;
+        if let Some(e) = errors.into_iter().flatten().next() {
             return Err(Error::Gpu(format!(
                 "kernel {}::{} failed to compile: {e}",
                 k.file, k.entry
@@ -411,6 +419,23 @@ impl Gpu {
             .unwrap()
             .insert((k.file, k.entry), p.clone());
         Ok(p)
+    }
+
+    /// Whether kernel `k` (uniforms `P`) compiles on this adapter, building it if it has not
+    /// been. The tensor-core kernels ask before they are picked, so that a driver that rejects
+    /// one leaves the other builds to run (said once on stderr) instead of failing the run.
+    pub fn compiles<P: super::KernelParams>(&self, k: &Kernel) -> bool {
+        if self.0.failed.lock().unwrap().contains(&(k.file, k.entry)) {
+            return false;
+        }
+        match self.pipeline(k, P::FIELDS) {
+            Ok(_) => true,
+            Err(e) => {
+                eprintln!("note: {e}; the other builds run instead");
+                self.0.failed.lock().unwrap().insert((k.file, k.entry));
+                false
+            }
+        }
     }
 
     /// Number of compiled pipelines (tests check that repeated ops compile nothing new).

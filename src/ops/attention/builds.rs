@@ -181,13 +181,22 @@ pub(super) fn builds(gpu: &crate::Gpu, kernel: &Kernel, q: &Tensor) -> Vec<&'sta
     let coop = gpu
         .coop_shape()
         .is_some_and(|s| s.lanes >= s.frag && s.lanes.is_multiple_of(s.frag));
-    if q.dtype() == DType::F16 && coop {
+    if q.dtype() == DType::F16 && coop && gpu.compiles::<AttentionParams>(&coop_kernel(kernel)) {
         match coop_attention().load(Ordering::Relaxed) {
             true => builds.insert(0, "coop"),
             false => builds.push("coop"),
         }
     }
     builds
+}
+
+/// The tensor-core build of a fused kernel (`FWD`, `BWD_KV` or `BWD_Q`).
+fn coop_kernel(kernel: &Kernel) -> Kernel {
+    match kernel.entry {
+        "attn_fwd" => FWD_COOP,
+        "attn_bwd_kv" => BWD_KV_COOP,
+        _ => BWD_Q_COOP,
+    }
 }
 
 /// Dispatches build `name` ("coop", "tiled", "lanes" or "rows") of a fused kernel (`FWD`,
@@ -205,12 +214,7 @@ pub(super) fn launch(
         let rows = gpu.coop_shape().map_or(16, |s| s.frag as usize);
         let [_, y, z] = row_groups(g);
         let groups = [g.t.div_ceil(rows) as u32, y, z];
-        let coop = match kernel.entry {
-            "attn_fwd" => FWD_COOP,
-            "attn_bwd_kv" => BWD_KV_COOP,
-            _ => BWD_Q_COOP,
-        };
-        return gpu.dispatch(&coop, prm, bufs, groups);
+        return gpu.dispatch(&coop_kernel(&kernel), prm, bufs, groups);
     }
     if name != "tiled" {
         return gpu.dispatch(&build(kernel, q, name == "lanes"), prm, bufs, row_groups(g));

@@ -116,7 +116,8 @@ pub fn set_coop_kernel(k: CoopKernel) -> CoopKernel {
 }
 
 /// The tensor-core builds this launch can take on this GPU, the default first (none where
-/// the adapter has no cooperative matrices or the shape does not fit them).
+/// the adapter has no cooperative matrices or the shape does not fit them; a build that the
+/// driver fails to compile is left out, see [`crate::Gpu::compiles`]).
 pub(super) fn coop_plans(gpu: &crate::Gpu, prm: &MatmulParams) -> Vec<CoopKernel> {
     let u = |x: u32| x as usize;
     let Some(shape) = gpu.coop_shape() else {
@@ -134,9 +135,11 @@ pub(super) fn coop_plans(gpu: &crate::Gpu, prm: &MatmulParams) -> Vec<CoopKernel
         return Vec::new();
     }
     let first = coop_default();
+    let entry =
+        |k: CoopKernel| coop_kernel(k.variants()[prm.trans_a as usize][prm.trans_b as usize]);
     let mut ks: Vec<CoopKernel> = CoopKernel::ALL
         .into_iter()
-        .filter(|k| k.fits(shape))
+        .filter(|&k| k.fits(shape) && gpu.compiles::<MatmulParams>(&entry(k)))
         .collect();
     if let Some(at) = ks.iter().position(|&k| k == first) {
         ks[..=at].rotate_right(1);
