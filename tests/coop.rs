@@ -7,7 +7,7 @@
 //! Tolerances: the GEMMs are within 1e-4 + 1e-4 |ref| of an f64 product of the f16-rounded
 //! operands; the attention kernels are within 1.5e-3 of the f32-arithmetic builds' output and
 //! gradients, relative to their largest magnitude (P~ and dS are rounded to f16 before their
-//! products, and the backward's dO too: an error of up to 2^-11 an element), the forward's
+//! products, an error of up to 2^-11 an element; dO goes in as two f16 parts), the forward's
 //! logsumexp within 1e-5 + 1e-5 |ref|.
 
 mod common;
@@ -19,9 +19,9 @@ use xlsr::Tensor;
 static PROFILER: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
 /// The tensor-core GEMMs (`matmul_coop.wgsl`, and `matmul_coop128.wgsl` staged through
-/// workgroup memory, with 4 subgroups or 8) equal an f64 product of the f16-rounded operands: every transpose, tiles
-/// shifted inward (direct) or cut (staged) at M and N edges, K tails below 16 (32), batched
-/// and shared B, with bias; the profiler confirms that a cooperative kernel ran. Only where
+/// workgroup memory, with 4 subgroups or 8) equal an f64 product of the f16-rounded operands:
+/// every transpose, tiles shifted inward (direct) or cut (staged) at M and N edges, K tails
+/// below the K step (F, or 2F staged), batched and shared B, with bias; the profiler confirms that a cooperative kernel ran. Only where
 /// the adapter offers 16x16x16 or 8x8x8 f16 -> f32 cooperative matrices at a fixed subgroup
 /// size: NVIDIA and AMD GPUs, Apple's, and lavapipe in Mesa 26 (8x8x8 on 8 lanes, which
 /// `tools/coop_lavapipe.sh` runs this test on); Debian 12's lavapipe has none.
