@@ -22,8 +22,9 @@ skip() { echo "coop_lavapipe: $*; cooperative-matrix tests not run" >&2; exit 3;
 
 if [ ! -e "$ROOT/.ready" ]; then
   command -v debootstrap >/dev/null || {
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq debootstrap >/dev/null 2>&1 \
-      || skip "no debootstrap"
+    export DEBIAN_FRONTEND=noninteractive
+    { apt-get install -y -qq debootstrap || { apt-get update -qq && apt-get install -y -qq debootstrap; }; } \
+      >/dev/null 2>&1 || skip "no debootstrap"
   }
   rm -rf "$ROOT"
   debootstrap --variant=minbase trixie "$ROOT" http://deb.debian.org/debian >/tmp/coop_debootstrap.log 2>&1 \
