@@ -66,7 +66,8 @@ fn stage(src: u32, dst: u32, at: u32, bh: u32, r0: u32, n: u32, lane: u32) {
                           at16(src, g, c * 4u + 3u));
         } else {
             let f = ld_fa(row_at(bh, row), c);
-            h = vec4<f16>(select(f - dO_hi(f), dO_hi(f), src == 3u));
+            let hi = dO_hi(f);
+            h = vec4<f16>(select(f - hi, hi, src == 3u));
         }
         let to = (at + r) * CDP + c * 4u;
         switch dst {

@@ -175,11 +175,9 @@ fn with_prelude(src: &str, fields: &[(&str, &str)]) -> String {
 pub(super) fn shader_source(file: &str, fields: &[(&str, &str)]) -> Result<String> {
     if file == ATTENTION_COOP {
         let kernel = SHADERS.iter().find(|(n, _)| *n == file).map(|(_, s)| *s);
+        let kernel = kernel.ok_or_else(|| Error::Gpu(format!("unknown shader file {file}")))?;
         let base = shader_source(&format!("attention{F16_SUFFIX}"), fields)?;
-        return Ok(format!(
-            "enable wgpu_cooperative_matrix;\n{base}\n{}",
-            kernel.unwrap_or_default()
-        ));
+        return Ok(format!("enable wgpu_cooperative_matrix;\n{base}\n{kernel}"));
     }
     if let Some((base, tt @ ("nn" | "nt" | "tn" | "tt"))) = file.rsplit_once('_') {
         let src = shader_source(base, fields)?;

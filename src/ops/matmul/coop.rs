@@ -61,6 +61,11 @@ impl CoopKernel {
         }
     }
 
+    /// The build of that name.
+    pub fn named(name: &str) -> Option<CoopKernel> {
+        CoopKernel::ALL.into_iter().find(|k| k.name() == name)
+    }
+
     /// Whether it can be built for `shape`: the staged builds need each lane to stage 1, 2 or
     /// 4 chunks of 8 f16 of each slab (2F² chunks over 4 or 8 subgroups' lanes).
     pub fn fits(self, shape: CoopShape) -> bool {

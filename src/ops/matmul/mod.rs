@@ -384,13 +384,11 @@ fn gemm(
     if prm.has_bias & ROW_SUMS == 0 {
         names.push("tiled64");
     }
-    let plan = |name: &str| match name {
-        "coop" => Plan::Coop(CoopKernel::Direct),
-        "coop-staged" => Plan::Coop(CoopKernel::Staged),
-        "coop-wide" => Plan::Coop(CoopKernel::Wide),
-        "tiled-unsplit" => Plan::Tiled(1),
-        "tiled64" => Plan::Tiled64,
-        _ => Plan::Tiled(slices),
+    let plan = |name: &str| match (CoopKernel::named(name), name) {
+        (Some(k), _) => Plan::Coop(k),
+        (None, "tiled-unsplit") => Plan::Tiled(1),
+        (None, "tiled64") => Plan::Tiled64,
+        (None, _) => Plan::Tiled(slices),
     };
     let name = match splits {
         Some(_) => names[0],
