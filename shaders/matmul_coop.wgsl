@@ -30,34 +30,41 @@ const FF: u32 = F * F;
 // whose fields say what each one means.
 
 @group(0) @binding(0) var<uniform> p: Params;
-@group(0) @binding(1) var<storage, read> a: array<f16>;
-@group(0) @binding(2) var<storage, read> b: array<f16>;
+// A, B and C bound as vectors: fragment loads and stores go through 8- and 16-byte pointers,
+// so the driver sees wide accesses (NVIDIA's cooperative-matrix sample loads through 16-byte
+// words; naga types a cooperative load by its pointer's scalar, so ours stay f16 and f32).
+// `coop_fits` makes every fragment start on a vector: offsets, rows and batch strides of A
+// and B are multiples of 8 f16, those of C multiples of 4 f32.
+@group(0) @binding(1) var<storage, read> a: array<vec4<f16>>;
+@group(0) @binding(2) var<storage, read> b: array<vec4<f16>>;
 @group(0) @binding(3) var<storage, read> bias: array<f32>;
-@group(0) @binding(4) var<storage, read_write> c: array<f32>;
+@group(0) @binding(4) var<storage, read_write> c: array<vec4<f32>>;
 
 var<workgroup> tail_a: array<f16, 4u * FF>;   // T rows x F k, row-major
 var<workgroup> tail_b: array<f16, 4u * FF>;   // F k x T columns, row-major
 var<workgroup> bias_t: array<f32, 4u * FF>;   // 4 column tiles of F x F, each row the bias
 
 fn elem_a(base: u32, row: u32, k: u32) -> f16 {
-    if TA { return a[base + k * p.m + row]; }
-    return a[base + row * p.k + k];
+    var e = base + row * p.k + k;
+    if TA { e = base + k * p.m + row; }
+    return a[e / 4u][e % 4u];
 }
 
 fn elem_b(base: u32, k: u32, col: u32) -> f16 {
-    if TB { return b[base + col * p.k + k]; }
-    return b[base + k * p.n + col];
+    var e = base + k * p.n + col;
+    if TB { e = base + col * p.k + k; }
+    return b[e / 4u][e % 4u];
 }
 
 // Fragment row i (0..4) of A at k: rows row0 + iF.., columns k..k+F.
 fn frag_a(abase: u32, row: u32, k: u32) -> coop_mat16x16<f16, A> {
-    if TA { return coopLoad<coop_mat16x16<f16, A>>(&a[abase + k * p.m + row], p.m); }
-    return coopLoadT<coop_mat16x16<f16, A>>(&a[abase + row * p.k + k], p.k);
+    if TA { return coopLoad<coop_mat16x16<f16, A>>(&a[(abase + k * p.m + row) / 4u], p.m / 4u); }
+    return coopLoadT<coop_mat16x16<f16, A>>(&a[(abase + row * p.k + k) / 4u], p.k / 4u);
 }
 
 fn frag_b(bbase: u32, k: u32, col: u32) -> coop_mat16x16<f16, B> {
-    if TB { return coopLoad<coop_mat16x16<f16, B>>(&b[bbase + col * p.k + k], p.k); }
-    return coopLoadT<coop_mat16x16<f16, B>>(&b[bbase + k * p.n + col], p.n);
+    if TB { return coopLoad<coop_mat16x16<f16, B>>(&b[(bbase + col * p.k + k) / 4u], p.k / 4u); }
+    return coopLoadT<coop_mat16x16<f16, B>>(&b[(bbase + k * p.n + col) / 4u], p.n / 4u);
 }
 
 @compute @workgroup_size(S)
@@ -181,7 +188,7 @@ fn matmul_coop(@builtin(local_invocation_index) lane: u32, @builtin(workgroup_id
 // Accumulator (i, j) of the tile at cbase.
 fn store(m: coop_mat16x16<f32, C>, cbase: u32, i: u32, j: u32) {
     // naga 30 needs the index and stride of coopStore as named values.
-    let at = cbase + i * F * p.n + j * F;
-    let ld = p.n;
+    let at = (cbase + i * F * p.n + j * F) / 4u;
+    let ld = p.n / 4u;
     coopStoreT(m, &c[at], ld);
 }

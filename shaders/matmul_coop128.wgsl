@@ -7,8 +7,8 @@
 // vec4<u32>, 8 f16 each; zeros past M, N and K), and every subgroup reads its fragments from
 // there, so each element leaves device memory once per workgroup. The next slab's loads are
 // issued before the current slab's products, so they are in flight while the matrix units
-// work. Results go out through a per-subgroup F x F scratch, where bias, accumulation and the
-// M/N edges are handled element by element. Needs 16-byte aligned rows (`coop_fits`, M and N
+// work. The accumulators start at the bias. Tiles inside M and N are stored straight to C;
+// edge tiles go out through a per-subgroup F x F scratch, element by element. Needs 16-byte aligned rows (`coop_fits`, M and N
 // of any size) and 1, 2 or 4 chunks of a slab per thread (`coop_staged_fits`).
 enable f16;
 enable wgpu_cooperative_matrix;
@@ -44,8 +44,13 @@ const SK: u32 = BK + 8u;
 const SW: u32 = W + 8u;
 // A slab: [W m][SK] (row-major A) or [BK k][SW] (transposed A); B: [BK k][SW] or [W n][SK].
 // W * SK is the larger of the two.
-var<workgroup> sa: array<f16, W * SK>;
-var<workgroup> sb: array<f16, W * SK>;
+// Held as vec4<f16> (8 bytes): a chunk goes in with two stores instead of eight, and the
+// fragment loads read through vector pointers, so the driver sees wide accesses on both
+// sides (NVIDIA's cooperative-matrix sample keeps its slabs as 16-byte words; naga types a
+// cooperative load by its pointer's scalar, so ours must be f16). Offsets and strides are
+// then in vec4s: SK / 4, SW / 4.
+var<workgroup> sa: array<vec4<f16>, W * SK / 4u>;
+var<workgroup> sb: array<vec4<f16>, W * SK / 4u>;
 var<workgroup> scratch: array<f32, 2u * SG_ROWS * F * F>;   // one F x F tile per subgroup
 
 // Eight f16 starting at element `e` (a multiple of 8), or zeros.
@@ -94,35 +99,59 @@ fn dst_b(q: u32) -> u32 {
     return (q / WC) * SW + (q % WC) * 8u;
 }
 
-// The 8 f16 of a chunk into a slab (naga 30 has no bit cast from u32 to vec2<f16>).
-fn put8(dst: u32, v: vec4<u32>, is_a: bool) {
-    let h0 = vec2<f16>(unpack2x16float(v.x));
-    let h1 = vec2<f16>(unpack2x16float(v.y));
-    let h2 = vec2<f16>(unpack2x16float(v.z));
-    let h3 = vec2<f16>(unpack2x16float(v.w));
-    if is_a {
-        sa[dst] = h0.x; sa[dst + 1u] = h0.y; sa[dst + 2u] = h1.x; sa[dst + 3u] = h1.y;
-        sa[dst + 4u] = h2.x; sa[dst + 5u] = h2.y; sa[dst + 6u] = h3.x; sa[dst + 7u] = h3.y;
-    } else {
-        sb[dst] = h0.x; sb[dst + 1u] = h0.y; sb[dst + 2u] = h1.x; sb[dst + 3u] = h1.y;
-        sb[dst + 4u] = h2.x; sb[dst + 5u] = h2.y; sb[dst + 6u] = h3.x; sb[dst + 7u] = h3.y;
-    }
+// Two u32 as the 4 f16 they hold (naga 30 has no bit cast from u32 to f16 vectors; f16 ->
+// f32 -> f16 is exact).
+fn halves(x: u32, y: u32) -> vec4<f16> {
+    return vec4<f16>(vec2<f16>(unpack2x16float(x)), vec2<f16>(unpack2x16float(y)));
+}
+
+// A chunk of 8 f16 (as 4 u32) into a slab at f16 offset `dst`, a multiple of 8.
+fn put_a(dst: u32, v: vec4<u32>) {
+    sa[dst / 4u] = halves(v.x, v.y);
+    sa[dst / 4u + 1u] = halves(v.z, v.w);
+}
+
+fn put_b(dst: u32, v: vec4<u32>) {
+    sb[dst / 4u] = halves(v.x, v.y);
+    sb[dst / 4u + 1u] = halves(v.z, v.w);
 }
 
 // Fragment of A at slab row r (m), slab column kk: F rows x F k.
+// r, col and kk are multiples of F (>= 8), so every fragment starts on a vec4.
 fn frag_a(r: u32, kk: u32) -> coop_mat16x16<f16, A> {
-    if TA { return coopLoad<coop_mat16x16<f16, A>>(&sa[kk * SW + r], SW); }
-    return coopLoadT<coop_mat16x16<f16, A>>(&sa[r * SK + kk], SK);
+    if TA { return coopLoad<coop_mat16x16<f16, A>>(&sa[(kk * SW + r) / 4u], SW / 4u); }
+    return coopLoadT<coop_mat16x16<f16, A>>(&sa[(r * SK + kk) / 4u], SK / 4u);
 }
 
 fn frag_b(col: u32, kk: u32) -> coop_mat16x16<f16, B> {
-    if TB { return coopLoad<coop_mat16x16<f16, B>>(&sb[col * SK + kk], SK); }
-    return coopLoadT<coop_mat16x16<f16, B>>(&sb[kk * SW + col], SW);
+    if TB { return coopLoad<coop_mat16x16<f16, B>>(&sb[(col * SK + kk) / 4u], SK / 4u); }
+    return coopLoadT<coop_mat16x16<f16, B>>(&sb[(kk * SW + col) / 4u], SW / 4u);
 }
 
-// Writes one accumulator through the subgroup's scratch tile: bias, accumulate, edges.
-fn emit(m: coop_mat16x16<f32, C>, sg: u32, sl: u32, row: u32, col: u32, cbase: u32) {
+// The bias of columns col..col + F as an accumulator (each row the bias), built in the
+// subgroup's scratch tile. Columns past N repeat the last one; they are never written.
+fn bias_frag(sg: u32, sl: u32, col: u32) -> coop_mat16x16<f32, C> {
+    let at = sg * F * F;
+    for (var e = sl; e < F * F; e = e + S) {
+        scratch[at + e] = bias[min(col + e % F, p.n - 1u)];
+    }
+    workgroupBarrier();
+    let m = coopLoadT<coop_mat16x16<f32, C>>(&scratch[at], F);
+    workgroupBarrier();
+    return m;
+}
+
+// One accumulator straight to C (the tile lies inside M and N and overwrites C).
+fn put(m: coop_mat16x16<f32, C>, row: u32, col: u32, cbase: u32) {
     // naga 30 needs the index and stride of coopStore as named values.
+    let at = cbase + row * p.n + col;
+    let ld = p.n;
+    coopStoreT(m, &c[at], ld);
+}
+
+// One accumulator through the subgroup's scratch tile, element by element: the M/N edges,
+// and adding into C.
+fn emit(m: coop_mat16x16<f32, C>, sg: u32, sl: u32, row: u32, col: u32, cbase: u32) {
     let at = sg * F * F;
     let ld = F;
     coopStoreT(m, &scratch[at], ld);
@@ -132,7 +161,6 @@ fn emit(m: coop_mat16x16<f32, C>, sg: u32, sl: u32, row: u32, col: u32, cbase: u
         let cc = col + e % F;
         if r < p.m && cc < p.n {
             var v = scratch[at + e];
-            if (p.has_bias & 1u) != 0u { v = v + bias[cc]; }
             let ci = cbase + r * p.n + cc;
             if (p.has_bias & 2u) != 0u { v = v + c[ci]; }
             c[ci] = v;
@@ -155,22 +183,29 @@ fn matmul_coop(@builtin(local_invocation_index) lane: u32, @builtin(workgroup_id
     let abase = (p.off_a + batch * p.stride_a);
     let bbase = (p.off_b + batch * p.stride_b);
 
+    // The accumulators start at the bias (the same for every row of a column).
     var c00 = coop_mat16x16<f32, C>();
     var c01 = c00;
     var c02 = c00;
     var c03 = c00;
+    if (p.has_bias & 1u) != 0u {
+        c00 = bias_frag(sg, sl, col0 + c0);
+        c01 = bias_frag(sg, sl, col0 + c0 + F);
+        c02 = bias_frag(sg, sl, col0 + c0 + 2u * F);
+        c03 = bias_frag(sg, sl, col0 + c0 + 3u * F);
+    }
     var c10 = c00;
-    var c11 = c00;
-    var c12 = c00;
-    var c13 = c00;
+    var c11 = c01;
+    var c12 = c02;
+    var c13 = c03;
     var c20 = c00;
-    var c21 = c00;
-    var c22 = c00;
-    var c23 = c00;
+    var c21 = c01;
+    var c22 = c02;
+    var c23 = c03;
     var c30 = c00;
-    var c31 = c00;
-    var c32 = c00;
-    var c33 = c00;
+    var c31 = c01;
+    var c32 = c02;
+    var c33 = c03;
     // Each lane's CH chunks of A and of B, held in named registers (an array indexed by a
     // loop counter would be moved to local memory); CH is a constant, so the branches on it
     // fold away.
@@ -193,17 +228,17 @@ fn matmul_coop(@builtin(local_invocation_index) lane: u32, @builtin(workgroup_id
         pb3 = src_b(lane + 3u * THREADS, bbase, col0, 0u);
     }
     for (var k0 = 0u; k0 < p.k; k0 = k0 + BK) {
-        put8(dst_a(lane), pa0, true);
-        put8(dst_b(lane), pb0, false);
+        put_a(dst_a(lane), pa0);
+        put_b(dst_b(lane), pb0);
         if CH > 1u {
-            put8(dst_a(lane + THREADS), pa1, true);
-            put8(dst_b(lane + THREADS), pb1, false);
+            put_a(dst_a(lane + THREADS), pa1);
+            put_b(dst_b(lane + THREADS), pb1);
         }
         if CH > 2u {
-            put8(dst_a(lane + 2u * THREADS), pa2, true);
-            put8(dst_b(lane + 2u * THREADS), pb2, false);
-            put8(dst_a(lane + 3u * THREADS), pa3, true);
-            put8(dst_b(lane + 3u * THREADS), pb3, false);
+            put_a(dst_a(lane + 2u * THREADS), pa2);
+            put_b(dst_b(lane + 2u * THREADS), pb2);
+            put_a(dst_a(lane + 3u * THREADS), pa3);
+            put_b(dst_b(lane + 3u * THREADS), pb3);
         }
         workgroupBarrier();
         let kn = k0 + BK;
@@ -255,22 +290,44 @@ fn matmul_coop(@builtin(local_invocation_index) lane: u32, @builtin(workgroup_id
     let cbase = p.off_c + batch * p.stride_c;
     let r = row0 + r0;
     let col = col0 + c0;
-    emit(c00, sg, sl, r, col, cbase);
-    emit(c01, sg, sl, r, col + F, cbase);
-    emit(c02, sg, sl, r, col + 2u * F, cbase);
-    emit(c03, sg, sl, r, col + 3u * F, cbase);
-    emit(c10, sg, sl, r + F, col, cbase);
-    emit(c11, sg, sl, r + F, col + F, cbase);
-    emit(c12, sg, sl, r + F, col + 2u * F, cbase);
-    emit(c13, sg, sl, r + F, col + 3u * F, cbase);
-    if AR > 2u {
-        emit(c20, sg, sl, r + 2u * F, col, cbase);
-        emit(c21, sg, sl, r + 2u * F, col + F, cbase);
-        emit(c22, sg, sl, r + 2u * F, col + 2u * F, cbase);
-        emit(c23, sg, sl, r + 2u * F, col + 3u * F, cbase);
-        emit(c30, sg, sl, r + 3u * F, col, cbase);
-        emit(c31, sg, sl, r + 3u * F, col + F, cbase);
-        emit(c32, sg, sl, r + 3u * F, col + 2u * F, cbase);
-        emit(c33, sg, sl, r + 3u * F, col + 3u * F, cbase);
+    // Whole tiles that overwrite C store straight to it; the others go element by element.
+    if row0 + W <= p.m && col0 + W <= p.n && (p.has_bias & 2u) == 0u {
+        put(c00, r, col, cbase);
+        put(c01, r, col + F, cbase);
+        put(c02, r, col + 2u * F, cbase);
+        put(c03, r, col + 3u * F, cbase);
+        put(c10, r + F, col, cbase);
+        put(c11, r + F, col + F, cbase);
+        put(c12, r + F, col + 2u * F, cbase);
+        put(c13, r + F, col + 3u * F, cbase);
+        if AR > 2u {
+            put(c20, r + 2u * F, col, cbase);
+            put(c21, r + 2u * F, col + F, cbase);
+            put(c22, r + 2u * F, col + 2u * F, cbase);
+            put(c23, r + 2u * F, col + 3u * F, cbase);
+            put(c30, r + 3u * F, col, cbase);
+            put(c31, r + 3u * F, col + F, cbase);
+            put(c32, r + 3u * F, col + 2u * F, cbase);
+            put(c33, r + 3u * F, col + 3u * F, cbase);
+        }
+    } else {
+        emit(c00, sg, sl, r, col, cbase);
+        emit(c01, sg, sl, r, col + F, cbase);
+        emit(c02, sg, sl, r, col + 2u * F, cbase);
+        emit(c03, sg, sl, r, col + 3u * F, cbase);
+        emit(c10, sg, sl, r + F, col, cbase);
+        emit(c11, sg, sl, r + F, col + F, cbase);
+        emit(c12, sg, sl, r + F, col + 2u * F, cbase);
+        emit(c13, sg, sl, r + F, col + 3u * F, cbase);
+        if AR > 2u {
+            emit(c20, sg, sl, r + 2u * F, col, cbase);
+            emit(c21, sg, sl, r + 2u * F, col + F, cbase);
+            emit(c22, sg, sl, r + 2u * F, col + 2u * F, cbase);
+            emit(c23, sg, sl, r + 2u * F, col + 3u * F, cbase);
+            emit(c30, sg, sl, r + 3u * F, col, cbase);
+            emit(c31, sg, sl, r + 3u * F, col + F, cbase);
+            emit(c32, sg, sl, r + 3u * F, col + 2u * F, cbase);
+            emit(c33, sg, sl, r + 3u * F, col + 3u * F, cbase);
+        }
     }
 }

@@ -47,8 +47,20 @@ fn coop_matmul_matches_rounded_f64() {
         }
         set_coop_kernel(k);
         coop_cases(&g, k);
+        assert_coop_compiled(&g, k.name());
     }
     set_coop_kernel(before);
+}
+
+/// A tensor-core build the driver rejects is left out and the work runs on another build, so
+/// results alone would pass without it: fail if any of them did not compile.
+fn assert_coop_compiled(g: &xlsr::Gpu, what: &str) {
+    let failed: Vec<String> = g
+        .failed_kernels()
+        .into_iter()
+        .filter(|f| f.contains("coop"))
+        .collect();
+    assert!(failed.is_empty(), "{what}: did not compile: {failed:?}");
 }
 
 fn coop_cases(g: &xlsr::Gpu, kernel: xlsr::ops::matmul::CoopKernel) {
@@ -63,7 +75,8 @@ fn coop_cases(g: &xlsr::Gpu, kernel: xlsr::ops::matmul::CoopKernel) {
         (2, 100, 64, 24, false, false, false),
     ];
     let mut rng = Rng::new(12);
-    for &(batch, m, n, k, ta, tb, shared) in &cases {
+    for (i, &(batch, m, n, k, ta, tb, shared)) in cases.iter().enumerate() {
+        let with_bias = i % 2 == 0;
         let sb = if shared { 0 } else { k * n };
         assert!(
             coop_fits([m, n, k], ta, tb, [0; 3], [m * k, sb, m * n], false),
@@ -78,7 +91,8 @@ fn coop_cases(g: &xlsr::Gpu, kernel: xlsr::ops::matmul::CoopKernel) {
             to_f16(&upload(&b, &bshape)).unwrap(),
         );
         let profiled = g.profile_start().unwrap();
-        let c = matmul(&a16, &b16, ta, tb, Some(&upload(&bias, &[n]))).unwrap();
+        let bias_t = upload(&bias, &[n]);
+        let c = matmul(&a16, &b16, ta, tb, with_bias.then_some(&bias_t)).unwrap();
         let got = c.to_vec().unwrap();
         let kernels = g.profile_stop().unwrap();
         if profiled {
@@ -87,8 +101,12 @@ fn coop_cases(g: &xlsr::Gpu, kernel: xlsr::ops::matmul::CoopKernel) {
                 "the cooperative kernel did not run: {kernels:?}"
             );
         }
-        let want = reference_matmul(&a, &b, Some(&bias), (batch, m, n, k), (ta, tb, shared));
-        let name = format!("{} b{batch} m{m} n{n} k{k} ta{ta} tb{tb}", kernel.name());
+        let bias = with_bias.then_some(&bias[..]);
+        let want = reference_matmul(&a, &b, bias, (batch, m, n, k), (ta, tb, shared));
+        let name = format!(
+            "{} b{batch} m{m} n{n} k{k} ta{ta} tb{tb} bias {with_bias}",
+            kernel.name()
+        );
         assert_close(&name, &got, &want, 1e-4, 1e-4);
     }
 }
@@ -280,6 +298,7 @@ fn coop_attention_matches_the_other_builds() {
             );
         }
     }
+    assert_coop_compiled(&g, "tensor-core attention");
     eprintln!(
         "tensor-core attention vs f32 arithmetic, worst relative to max: out {:.1e}, dq {:.1e}, dk {:.1e}, dv {:.1e}",
         worst[0], worst[2], worst[3], worst[4]
@@ -320,6 +339,7 @@ fn coop_attention_in_the_packed_layout() {
         [f.out, f.lse, dqkv].map(|x| x.to_vec().unwrap())
     };
     let (got, want) = (run(true), run(false));
+    assert_coop_compiled(&g, "packed tensor-core attention");
     let lse: Vec<f64> = want[1].iter().map(|&x| x as f64).collect();
     assert_close("packed: logsumexp", &got[1], &lse, 1e-5, 1e-5);
     for (i, name) in [(0, "out"), (2, "dqkv")] {
@@ -342,6 +362,9 @@ fn a_kernel_that_does_not_compile_is_left_out_and_the_device_goes_on() {
     let g = gpu();
     let bad = Kernel::new("matmul", "no_such_entry", 3, 2);
     assert!(!g.compiles::<MatmulParams>(&bad));
+    assert!(g
+        .failed_kernels()
+        .contains(&"matmul::no_such_entry".to_string()));
     let before = g.pipeline_count();
     assert!(!g.compiles::<MatmulParams>(&bad), "a failure is remembered");
     assert_eq!(g.pipeline_count(), before);

@@ -436,6 +436,15 @@ impl Gpu {
         }
     }
 
+    /// The kernels that failed to compile here, as `file::entry` (tests check that the
+    /// builds they ask for were not silently left out).
+    pub fn failed_kernels(&self) -> Vec<String> {
+        let failed = self.0.failed.lock().unwrap();
+        let mut names: Vec<String> = failed.iter().map(|(f, e)| format!("{f}::{e}")).collect();
+        names.sort();
+        names
+    }
+
     /// Number of compiled pipelines (tests check that repeated ops compile nothing new).
     pub fn pipeline_count(&self) -> usize {
         self.0.pipelines.lock().unwrap().len()
