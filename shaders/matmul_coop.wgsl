@@ -69,7 +69,12 @@ fn frag_b(bbase: u32, k: u32, col: u32) -> coop_mat16x16<f16, B> {
 
 @compute @workgroup_size(S)
 fn matmul_coop(@builtin(local_invocation_index) lane: u32, @builtin(workgroup_id) wid: vec3<u32>) {
-    let batch = wid.z;
+    // Split K: workgroup z is batch * splits + slice, and each slice writes its partial
+    // product to its own part of a workspace (`splitk_sum` adds them up; no bias then).
+    let batch = wid.z / p.splits;
+    let slice = wid.z % p.splits;
+    let kbeg = slice * p.k_slice;
+    let kend = max(kbeg, min(p.k, kbeg + p.k_slice));   // a slice past K is empty
     let row0 = min(wid.y * T, p.m - T);
     let col0 = min(wid.x * T, p.n - T);
     let abase = p.off_a + batch * p.stride_a;
@@ -100,8 +105,8 @@ fn matmul_coop(@builtin(local_invocation_index) lane: u32, @builtin(workgroup_id
     var c32 = c02;
     var c33 = c03;
 
-    let kfull = p.k - p.k % F;
-    for (var k = 0u; k < kfull; k = k + F) {
+    let kfull = kend - (kend - kbeg) % F;
+    for (var k = kbeg; k < kfull; k = k + F) {
         let a0 = frag_a(abase, row0, k);
         let a1 = frag_a(abase, row0 + F, k);
         let a2 = frag_a(abase, row0 + 2u * F, k);
@@ -128,16 +133,16 @@ fn matmul_coop(@builtin(local_invocation_index) lane: u32, @builtin(workgroup_id
         c33 = coopMultiplyAdd(a3, b3, c33);
     }
 
-    if kfull < p.k {
+    if kfull < kend {
         for (var i = lane; i < 4u * FF; i = i + S) {
             let kk = i % F;
             let r = i / F;
-            let inside = kfull + kk < p.k;
-            tail_a[i] = select(f16(0.0), elem_a(abase, row0 + r, min(kfull + kk, p.k - 1u)), inside);
+            let inside = kfull + kk < kend;
+            tail_a[i] = select(f16(0.0), elem_a(abase, row0 + r, min(kfull + kk, kend - 1u)), inside);
             let kb = i / T;
             let cc = i % T;
-            let inside_b = kfull + kb < p.k;
-            tail_b[i] = select(f16(0.0), elem_b(bbase, min(kfull + kb, p.k - 1u), col0 + cc), inside_b);
+            let inside_b = kfull + kb < kend;
+            tail_b[i] = select(f16(0.0), elem_b(bbase, min(kfull + kb, kend - 1u), col0 + cc), inside_b);
         }
         workgroupBarrier();
         let ta0 = coopLoadT<coop_mat16x16<f16, A>>(&tail_a[0u], F);
@@ -166,7 +171,7 @@ fn matmul_coop(@builtin(local_invocation_index) lane: u32, @builtin(workgroup_id
         c33 = coopMultiplyAdd(ta3, tb3, c33);
     }
 
-    let cbase = p.off_c + batch * p.stride_c + row0 * p.n + col0;
+    let cbase = p.off_c + batch * p.stride_c + slice * p.slice_stride + row0 * p.n + col0;
     store(c00, cbase, 0u, 0u);
     store(c01, cbase, 0u, 1u);
     store(c02, cbase, 0u, 2u);

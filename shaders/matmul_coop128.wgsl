@@ -66,26 +66,26 @@ fn chunk_b(e: u32, inside: bool) -> vec4<u32> {
 
 // Chunk q of the A slab at k0: 8 f16 along memory's contiguous direction (m for a
 // transposed A, k otherwise). Rows are multiples of 8 long, so a chunk is inside or out whole.
-fn src_a(q: u32, abase: u32, row0: u32, k0: u32) -> vec4<u32> {
+fn src_a(q: u32, abase: u32, row0: u32, k0: u32, kend: u32) -> vec4<u32> {
     if TA {
         let k = k0 + q / WC;
         let m = row0 + (q % WC) * 8u;
-        return chunk_a(abase + k * p.m + m, k < p.k && m < p.m);
+        return chunk_a(abase + k * p.m + m, k < kend && m < p.m);
     }
     let m = row0 + q / KC;
     let k = k0 + (q % KC) * 8u;
-    return chunk_a(abase + m * p.k + k, m < p.m && k < p.k);
+    return chunk_a(abase + m * p.k + k, m < p.m && k < kend);
 }
 
-fn src_b(q: u32, bbase: u32, col0: u32, k0: u32) -> vec4<u32> {
+fn src_b(q: u32, bbase: u32, col0: u32, k0: u32, kend: u32) -> vec4<u32> {
     if TB {
         let n = col0 + q / KC;
         let k = k0 + (q % KC) * 8u;
-        return chunk_b(bbase + n * p.k + k, n < p.n && k < p.k);
+        return chunk_b(bbase + n * p.k + k, n < p.n && k < kend);
     }
     let k = k0 + q / WC;
     let n = col0 + (q % WC) * 8u;
-    return chunk_b(bbase + k * p.n + n, k < p.k && n < p.n);
+    return chunk_b(bbase + k * p.n + n, k < kend && n < p.n);
 }
 
 // Where chunk q goes in its slab.
@@ -171,7 +171,12 @@ fn emit(m: coop_mat16x16<f32, C>, sg: u32, sl: u32, row: u32, col: u32, cbase: u
 
 @compute @workgroup_size(THREADS)
 fn matmul_coop(@builtin(local_invocation_index) lane: u32, @builtin(workgroup_id) wid: vec3<u32>) {
-    let batch = wid.z;
+    // Split K as in matmul_coop.wgsl: z is batch * splits + slice, a slice covers K from
+    // kbeg to kend and writes its own part of the workspace.
+    let batch = wid.z / p.splits;
+    let slice = wid.z % p.splits;
+    let kbeg = slice * p.k_slice;
+    let kend = max(kbeg, min(p.k, kbeg + p.k_slice));   // a slice past K is empty
     let row0 = wid.y * W;
     let col0 = wid.x * W;
     // Subgroups are S consecutive invocations (the host builds this file for the adapter's
@@ -209,8 +214,8 @@ fn matmul_coop(@builtin(local_invocation_index) lane: u32, @builtin(workgroup_id
     // Each lane's CH chunks of A and of B, held in named registers (an array indexed by a
     // loop counter would be moved to local memory); CH is a constant, so the branches on it
     // fold away.
-    var pa0 = src_a(lane, abase, row0, 0u);
-    var pb0 = src_b(lane, bbase, col0, 0u);
+    var pa0 = src_a(lane, abase, row0, kbeg, kend);
+    var pb0 = src_b(lane, bbase, col0, kbeg, kend);
     var pa1 = vec4<u32>(0u);
     var pb1 = vec4<u32>(0u);
     var pa2 = vec4<u32>(0u);
@@ -218,16 +223,16 @@ fn matmul_coop(@builtin(local_invocation_index) lane: u32, @builtin(workgroup_id
     var pa3 = vec4<u32>(0u);
     var pb3 = vec4<u32>(0u);
     if CH > 1u {
-        pa1 = src_a(lane + THREADS, abase, row0, 0u);
-        pb1 = src_b(lane + THREADS, bbase, col0, 0u);
+        pa1 = src_a(lane + THREADS, abase, row0, kbeg, kend);
+        pb1 = src_b(lane + THREADS, bbase, col0, kbeg, kend);
     }
     if CH > 2u {
-        pa2 = src_a(lane + 2u * THREADS, abase, row0, 0u);
-        pb2 = src_b(lane + 2u * THREADS, bbase, col0, 0u);
-        pa3 = src_a(lane + 3u * THREADS, abase, row0, 0u);
-        pb3 = src_b(lane + 3u * THREADS, bbase, col0, 0u);
+        pa2 = src_a(lane + 2u * THREADS, abase, row0, kbeg, kend);
+        pb2 = src_b(lane + 2u * THREADS, bbase, col0, kbeg, kend);
+        pa3 = src_a(lane + 3u * THREADS, abase, row0, kbeg, kend);
+        pb3 = src_b(lane + 3u * THREADS, bbase, col0, kbeg, kend);
     }
-    for (var k0 = 0u; k0 < p.k; k0 = k0 + BK) {
+    for (var k0 = kbeg; k0 < kend; k0 = k0 + BK) {
         put_a(dst_a(lane), pa0);
         put_b(dst_b(lane), pb0);
         if CH > 1u {
@@ -242,18 +247,18 @@ fn matmul_coop(@builtin(local_invocation_index) lane: u32, @builtin(workgroup_id
         }
         workgroupBarrier();
         let kn = k0 + BK;
-        if kn < p.k {
-            pa0 = src_a(lane, abase, row0, kn);
-            pb0 = src_b(lane, bbase, col0, kn);
+        if kn < kend {
+            pa0 = src_a(lane, abase, row0, kn, kend);
+            pb0 = src_b(lane, bbase, col0, kn, kend);
             if CH > 1u {
-                pa1 = src_a(lane + THREADS, abase, row0, kn);
-                pb1 = src_b(lane + THREADS, bbase, col0, kn);
+                pa1 = src_a(lane + THREADS, abase, row0, kn, kend);
+                pb1 = src_b(lane + THREADS, bbase, col0, kn, kend);
             }
             if CH > 2u {
-                pa2 = src_a(lane + 2u * THREADS, abase, row0, kn);
-                pb2 = src_b(lane + 2u * THREADS, bbase, col0, kn);
-                pa3 = src_a(lane + 3u * THREADS, abase, row0, kn);
-                pb3 = src_b(lane + 3u * THREADS, bbase, col0, kn);
+                pa2 = src_a(lane + 2u * THREADS, abase, row0, kn, kend);
+                pb2 = src_b(lane + 2u * THREADS, bbase, col0, kn, kend);
+                pa3 = src_a(lane + 3u * THREADS, abase, row0, kn, kend);
+                pb3 = src_b(lane + 3u * THREADS, bbase, col0, kn, kend);
             }
         }
         for (var kk = 0u; kk < BK; kk = kk + F) {
@@ -287,7 +292,7 @@ fn matmul_coop(@builtin(local_invocation_index) lane: u32, @builtin(workgroup_id
         workgroupBarrier();
     }
 
-    let cbase = p.off_c + batch * p.stride_c;
+    let cbase = p.off_c + batch * p.stride_c + slice * p.slice_stride;
     let r = row0 + r0;
     let col = col0 + c0;
     // Whole tiles that overwrite C store straight to it; the others go element by element.

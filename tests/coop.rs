@@ -64,7 +64,7 @@ fn assert_coop_compiled(g: &xlsr::Gpu, what: &str) {
 }
 
 fn coop_cases(g: &xlsr::Gpu, kernel: xlsr::ops::matmul::CoopKernel) {
-    use xlsr::ops::matmul::{coop_fits, matmul};
+    use xlsr::ops::matmul::{coop_fits, matmul_with, Algo};
     let cases = [
         // batch, m, n, k, ta, tb, B shared
         (1, 130, 72, 1000, false, false, true), // edge tiles overlap in M, K tail 8
@@ -90,24 +90,31 @@ fn coop_cases(g: &xlsr::Gpu, kernel: xlsr::ops::matmul::CoopKernel) {
             to_f16(&upload(&a, &ashape)).unwrap(),
             to_f16(&upload(&b, &bshape)).unwrap(),
         );
-        let profiled = g.profile_start().unwrap();
         let bias_t = upload(&bias, &[n]);
-        let c = matmul(&a16, &b16, ta, tb, with_bias.then_some(&bias_t)).unwrap();
-        let got = c.to_vec().unwrap();
-        let kernels = g.profile_stop().unwrap();
-        if profiled {
-            assert!(
-                kernels.iter().any(|k| k.0 == "matmul_coop"),
-                "the cooperative kernel did not run: {kernels:?}"
-            );
-        }
         let bias = with_bias.then_some(&bias[..]);
         let want = reference_matmul(&a, &b, bias, (batch, m, n, k), (ta, tb, shared));
-        let name = format!(
-            "{} b{batch} m{m} n{n} k{k} ta{ta} tb{tb} bias {with_bias}",
-            kernel.name()
-        );
-        assert_close(&name, &got, &want, 1e-4, 1e-4);
+        // Whole, and with K in 3 slices (partial products in a workspace, then `splitk_sum`;
+        // at K = 16 two of the slices are empty).
+        for splits in [1, 3] {
+            let profiled = g.profile_start().unwrap();
+            let bias = with_bias.then_some(&bias_t);
+            let c = matmul_with(Algo::Tiled, &a16, &b16, ta, tb, bias, Some(splits)).unwrap();
+            let got = c.to_vec().unwrap();
+            let kernels = g.profile_stop().unwrap();
+            if profiled {
+                let ran = |name: &str| kernels.iter().any(|k| k.0 == name);
+                assert!(
+                    ran("matmul_coop"),
+                    "the cooperative kernel did not run: {kernels:?}"
+                );
+                assert_eq!(ran("splitk_sum"), splits > 1, "split K: {kernels:?}");
+            }
+            let name = format!(
+                "{} b{batch} m{m} n{n} k{k} ta{ta} tb{tb} bias {with_bias} splits {splits}",
+                kernel.name()
+            );
+            assert_close(&name, &got, &want, 1e-4, 1e-4);
+        }
     }
 }
 

@@ -37,6 +37,10 @@ pub fn coop_fits(
         && f32_aligned.iter().all(|x| x.is_multiple_of(4))
 }
 
+/// Split-K slices of the tensor-core kernels are multiples of this: the staged builds' slab
+/// of K (2F), which the direct build's step (F) divides.
+pub(super) const K_STEP: usize = 32;
+
 /// The tensor-core GEMM builds.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum CoopKernel {
@@ -61,9 +65,22 @@ impl CoopKernel {
         }
     }
 
-    /// The build of that name.
-    pub fn named(name: &str) -> Option<CoopKernel> {
-        CoopKernel::ALL.into_iter().find(|k| k.name() == name)
+    /// The tuner's name for it with K never split (a candidate where the default splits).
+    pub fn unsplit_name(self) -> &'static str {
+        match self {
+            CoopKernel::Direct => "coop-unsplit",
+            CoopKernel::Staged => "coop-staged-unsplit",
+            CoopKernel::Wide => "coop-wide-unsplit",
+        }
+    }
+
+    /// The build of that name, and whether the name says unsplit.
+    pub fn named(name: &str) -> Option<(CoopKernel, bool)> {
+        CoopKernel::ALL.into_iter().find_map(|k| {
+            (k.name() == name)
+                .then_some((k, false))
+                .or((k.unsplit_name() == name).then_some((k, true)))
+        })
     }
 
     /// Whether it can be built for `shape`: the staged builds need each lane to stage 1, 2 or

@@ -344,8 +344,9 @@ enum Plan {
     Tiled(usize),
     /// The 64x64 tiled kernel (no row sums).
     Tiled64,
-    /// Cooperative matrices (tensor cores), in one of their builds.
-    Coop(CoopKernel),
+    /// Cooperative matrices (tensor cores), in one of their builds, with K in this many
+    /// slices (1: unsplit).
+    Coop(CoopKernel, usize),
 }
 
 /// The 64x64 tiled kernel.
@@ -375,7 +376,11 @@ fn gemm(
     };
     let mut names: Vec<&'static str> = Vec::with_capacity(5);
     if half {
-        names.extend(coop::coop_plans(gpu, &prm).iter().map(|k| k.name()));
+        let coops = coop::coop_plans(gpu, &prm);
+        names.extend(coops.iter().map(|k| k.name()));
+        if slices > 1 {
+            names.extend(coops.iter().map(|k| k.unsplit_name()));
+        }
     }
     names.push("tiled");
     if slices > 1 {
@@ -385,7 +390,8 @@ fn gemm(
         names.push("tiled64");
     }
     let plan = |name: &str| match (CoopKernel::named(name), name) {
-        (Some(k), _) => Plan::Coop(k),
+        (Some((k, true)), _) => Plan::Coop(k, 1),
+        (Some((k, false)), _) => Plan::Coop(k, slices),
         (None, "tiled-unsplit") => Plan::Tiled(1),
         (None, "tiled64") => Plan::Tiled64,
         (None, _) => Plan::Tiled(slices),
@@ -462,20 +468,34 @@ fn launch(
         ]
     };
     match plan {
-        Plan::Coop(k) => coop::coop_launch(gpu, k, &prm, nb, &bufs[..4]),
+        Plan::Coop(k, splits) if splits > 1 => {
+            let pass = |g: &MatmulParams, b: [crate::engine::BufRef<'_>; 5]| {
+                coop::coop_launch(gpu, k, g, nb * splits, &b[..4])
+            };
+            split_dispatch(gpu, pass, coop::K_STEP, prm, splits, nb, bufs)
+        }
+        Plan::Coop(k, _) => coop::coop_launch(gpu, k, &prm, nb, &bufs[..4]),
         Plan::Tiled(splits) if splits > 1 => {
-            split_dispatch(gpu, &tiled(half, &prm), prm, splits, nb, bufs)
+            let kernel = tiled(half, &prm);
+            let pass = |g: &MatmulParams, b: [crate::engine::BufRef<'_>; 5]| {
+                let z = (nb * splits) as u32;
+                gpu.dispatch(&kernel, g, &b, [groups(TILE)[0], groups(TILE)[1], z])
+            };
+            split_dispatch(gpu, pass, BK, prm, splits, nb, bufs)
         }
         Plan::Tiled(_) => gpu.dispatch(&tiled(half, &prm), &prm, &bufs, groups(TILE)),
         Plan::Tiled64 => gpu.dispatch(&tiled64(half), &prm, &bufs, groups(64)),
     }
 }
 
-/// Runs the tiled kernel with K in `splits` slices, each writing its partial product into a
-/// workspace, then `splitk_sum` adds them with the bias (and C, when accumulating) into C.
+/// Runs a GEMM with K in `splits` slices of a multiple of `k_step` each: `pass` (the tiled or
+/// a tensor-core kernel, over batch * splits workgroups in z) writes each slice's partial
+/// product into a workspace, then `splitk_sum` adds them with the bias (and C, when
+/// accumulating) into C.
 fn split_dispatch(
     gpu: &crate::Gpu,
-    tiled: &Kernel,
+    pass: impl FnOnce(&MatmulParams, [crate::engine::BufRef<'_>; 5]) -> Result<()>,
+    k_step: usize,
     prm: MatmulParams,
     splits: usize,
     batch: usize,
@@ -487,7 +507,7 @@ fn split_dispatch(
         span => span as usize,
     };
     let ws = Tensor::uninit(gpu, &[splits * total], DType::F32)?;
-    let k_slice = (prm.k as usize).div_ceil(splits).div_ceil(BK) * BK;
+    let k_slice = (prm.k as usize).div_ceil(splits).div_ceil(k_step) * k_step;
     let gemm = MatmulParams {
         has_bias: prm.has_bias & ROW_SUMS,
         off_c: 0,
@@ -496,16 +516,7 @@ fn split_dispatch(
         slice_stride: total as u32,
         ..prm
     };
-    gpu.dispatch(
-        tiled,
-        &gemm,
-        &[ar, br, biasr, ws.bind(), sums],
-        [
-            (prm.n as usize).div_ceil(TILE) as u32,
-            (prm.m as usize).div_ceil(TILE) as u32,
-            (batch * splits) as u32,
-        ],
-    )?;
+    pass(&gemm, [ar, br, biasr, ws.bind(), sums])?;
     let sum = MatmulParams {
         splits: splits as u32,
         slice_stride: total as u32,
