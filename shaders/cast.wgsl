@@ -6,7 +6,7 @@
 // this file needs no `enable f16` and both entry points share untyped word bindings.
 // A magnitude beyond f16's range, or a NaN, becomes +-inf rather than being clamped: under
 // loss scaling an overflow must show up as a non-finite gradient norm so the step is skipped
-// and the scale halved (PyTorch GradScaler's rule).
+// and the scale halved (PyTorch GradScaler's rule); `half_bits` (common.wgsl) does it.
 
 // `struct Params` (binding 0) is written in by the loader from `CastParams` in src/ops/cast.rs,
 // whose fields say what each one means.
@@ -14,16 +14,6 @@
 @group(0) @binding(0) var<uniform> p: Params;
 @group(0) @binding(1) var<storage, read> src: array<u32>;
 @group(0) @binding(2) var<storage, read_write> dst: array<u32>;
-
-// f32 bits -> f16 bits. pack2x16float is indeterminate out of range, so overflow, inf and NaN
-// are decided on the bits first.
-fn half_bits(bits: u32) -> u32 {
-    let sign = (bits >> 16u) & 0x8000u;
-    let mag = bits & 0x7fffffffu;
-    // 65520 (0x477ff000) is where round-to-nearest reaches f16 infinity.
-    if mag >= 0x477ff000u { return sign | 0x7c00u; }
-    return pack2x16float(vec2<f32>(bitcast<f32>(bits), 0.0)) & 0xffffu;
-}
 
 // One thread per output word: two f32 in, one packed word out.
 @compute @workgroup_size(256)

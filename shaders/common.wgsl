@@ -7,6 +7,17 @@ fn lin(gid: vec3<u32>, nwg: vec3<u32>) -> u32 {
     return gid.x + gid.y * nwg.x * 256u;
 }
 
+// f32 bits -> f16 bits, round to nearest even; a magnitude past f16's range, inf or NaN
+// becomes +-inf (cast.wgsl says why). pack2x16float is indeterminate out of range, so those
+// are decided on the bits first.
+fn half_bits(bits: u32) -> u32 {
+    let sign = (bits >> 16u) & 0x8000u;
+    let mag = bits & 0x7fffffffu;
+    // 65520 (0x477ff000) is where round-to-nearest reaches f16 infinity.
+    if mag >= 0x477ff000u { return sign | 0x7c00u; }
+    return pack2x16float(vec2<f32>(bitcast<f32>(bits), 0.0)) & 0xffffu;
+}
+
 // PCG-style hash (Jarzynski & Olano, "Hash Functions for GPU Rendering", 2020).
 fn pcg(v: u32) -> u32 {
     let state = v * 747796405u + 2891336453u;

@@ -409,3 +409,138 @@ fn act_under_autocast_keeps_a_rounded_input_for_backward() {
         "gradient must be taken at the rounded input"
     );
 }
+
+/// conv1d in f64 on [b, cin, lin] x [cout, cin, k] (no groups).
+fn reference_conv(
+    x: &[f64],
+    w: &[f64],
+    bias: Option<&[f64]>,
+    [b, cin, lin, cout, k]: [usize; 5],
+    stride: usize,
+    pad: usize,
+) -> Vec<f64> {
+    let lout = (lin + 2 * pad - k) / stride + 1;
+    let mut y = vec![0.0; b * cout * lout];
+    for bi in 0..b {
+        for o in 0..cout {
+            for t in 0..lout {
+                let mut s = bias.map_or(0.0, |v| v[o]);
+                for c in 0..cin {
+                    for kk in 0..k {
+                        let pos = t * stride + kk;
+                        if pos >= pad && pos - pad < lin {
+                            s += w[(o * cin + c) * k + kk] * x[(bi * cin + c) * lin + pos - pad];
+                        }
+                    }
+                }
+                y[(bi * cout + o) * lout + t] = s;
+            }
+        }
+    }
+    y
+}
+
+/// A conv nobody needs gradients of, under autocast (the frozen feature encoder with
+/// `--fp16`): x unfolded to f16 columns and one f16 GEMM (tensor cores where the adapter has
+/// them; shapes with Cout >= 64 take them), equal to the f32 conv of the f16-rounded x and w
+/// within the f16 matmul's tolerance. Channel groups, or Cin K not a multiple of 8, keep the
+/// f32 conv.
+#[test]
+fn frozen_conv_under_autocast_is_one_f16_gemm() {
+    use xlsr::ops::conv::{forward_f16, Conv1d};
+    if !has_f16() {
+        return;
+    }
+    let mut rng = Rng::new(41);
+    // batch, cin, lin, cout, k, stride, pad, bias
+    let cases = [
+        (2, 16, 101, 72, 3, 2, 0, true), // the encoder's k3 s2, odd frame counts
+        (3, 8, 50, 24, 2, 2, 1, false),  // k2 s2, padding
+        (1, 32, 80, 64, 3, 1, 2, true),
+    ];
+    for (b, cin, lin, cout, k, stride, pad, with_bias) in cases {
+        let x = round16(&rng.vec(b * cin * lin));
+        let w = round16(&rng.vec(cout * cin * k));
+        let bias = rng.vec(cout);
+        let geo = Conv1d {
+            stride,
+            padding: pad,
+            groups: 1,
+        };
+        let bias_t = upload(&bias, &[cout]);
+        let y = forward_f16(
+            &geo,
+            &upload(&x, &[b, cin, lin]),
+            &upload(&w, &[cout, cin, k]),
+            with_bias.then_some(&bias_t),
+        )
+        .unwrap()
+        .expect("Cin K is a multiple of 8: the f16 GEMM applies");
+        let dims = [b, cin, lin, cout, k];
+        let want = reference_conv(&x, &w, with_bias.then_some(&bias), dims, stride, pad);
+        let lout = (lin + 2 * pad - k) / stride + 1;
+        assert_eq!(y.shape(), [b, cout, lout]);
+        let name = format!("conv b{b} cin{cin} lin{lin} cout{cout} k{k} s{stride} p{pad}");
+        assert_close(&name, &y.to_vec().unwrap(), &want, 1e-4, 1e-4);
+    }
+    // Groups, or a row of Cin K = 10 (the 1-channel first conv): not this path.
+    let x = upload(&rng.vec(2 * 16 * 40), &[2, 16, 40]);
+    let grouped = Conv1d {
+        stride: 1,
+        padding: 0,
+        groups: 2,
+    };
+    let w = upload(&rng.vec(16 * 8 * 3), &[16, 8, 3]);
+    assert!(forward_f16(&grouped, &x, &w, None).unwrap().is_none());
+    let one = Conv1d {
+        stride: 5,
+        padding: 0,
+        groups: 1,
+    };
+    let (x1, w1) = (
+        upload(&rng.vec(400), &[1, 1, 400]),
+        upload(&rng.vec(80), &[8, 1, 10]),
+    );
+    assert!(forward_f16(&one, &x1, &w1, None).unwrap().is_none());
+}
+
+/// With the feature encoder frozen, `--fp16` runs its convs (all but the 1-channel first) in
+/// f16: the conv features differ from f32 (f16 rounding) by at most 1e-2 of their largest
+/// value, and so do the logits; the loss within 1e-2.
+#[test]
+fn fp16_frozen_encoder_stays_within_1e_2_of_f32() {
+    if !has_f16() {
+        return;
+    }
+    let g = gpu();
+    let (model, _) = Wav2Vec2ForCtc::load(&g, &fixture("w2v2_large"), None, 0).unwrap();
+    model.freeze_feature_encoder(true);
+    let (audio, lengths, labels) = batch(&g);
+    let run = |fp16: bool| {
+        let tape = Tape::new();
+        let opts = Forward {
+            fp16,
+            keep_hidden: true,
+            ..Forward::default()
+        };
+        let out = model.forward(&tape, &audio, Some(&lengths), &opts).unwrap();
+        let (loss, _) = model
+            .ctc_loss(&out.logits, &out.frames, &Targets::from_rows(&labels))
+            .unwrap();
+        let conv = out.hidden.iter().find(|h| h.0 == "conv_features").unwrap();
+        (
+            conv.1.to_vec().unwrap(),
+            out.logits.value.to_vec().unwrap(),
+            loss.value.item().unwrap(),
+        )
+    };
+    let (c32, l32, loss32) = run(false);
+    let (c16, l16, loss16) = run(true);
+    let (conv_err, logits_err) = (rel_err(&c16, &c32, 0.0), rel_err(&l16, &l32, 0.0));
+    let loss_err = ((loss16 - loss32) / loss32).abs() as f64;
+    println!("frozen encoder, fp16 vs f32: conv features {conv_err:.2e}, logits {logits_err:.2e}, loss {loss_err:.2e}");
+    assert!(conv_err > 0.0, "the convs did not run in f16");
+    assert!(conv_err <= 1e-2, "conv features {conv_err:.2e}");
+    assert!(logits_err <= 1e-2, "logits {logits_err:.2e}");
+    assert!(loss_err <= 1e-2, "loss {loss_err:.2e}");
+}

@@ -254,8 +254,19 @@ impl Var {
     }
 
     /// Conv1d of self [B, Cin, L] with w [Cout, Cin/groups, K].
+    /// Under [`autocast`](crate::autograd::autocast), a conv whose input, weight and bias
+    /// need no gradient (the frozen feature encoder) is one f16 GEMM
+    /// ([`ops::conv::forward_f16`]) where that applies; otherwise f32.
     pub fn conv1d(&self, w: &Var, bias: Option<&Var>, geo: Conv1d) -> Result<Var> {
-        let y = ops::conv::forward(&geo, &self.value, &w.value, bias.map(|b| &b.value))?;
+        let bias_t = bias.map(|b| &b.value);
+        let frozen =
+            !self.requires_grad() && !w.requires_grad() && bias.is_none_or(|b| !b.requires_grad());
+        if is_autocast() && frozen {
+            if let Some(y) = ops::conv::forward_f16(&geo, &self.value, &w.value, bias_t)? {
+                return Ok(Var::constant(y));
+            }
+        }
+        let y = ops::conv::forward(&geo, &self.value, &w.value, bias_t)?;
         let (x, wv) = (self.value.clone(), w.value.clone());
         let has_bias = bias.is_some();
         let need_input = self.requires_grad();

@@ -110,6 +110,7 @@ mod tests {
             entry::<attention::AttentionParams>(),
             entry::<cast::CastParams>(),
             entry::<conv::Conv1dParams>(),
+            entry::<conv::Im2colParams>(),
             entry::<copy::CopyParams>(),
             entry::<ctc::CtcParams>(),
             entry::<dropout::DropoutParams>(),

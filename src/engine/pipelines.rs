@@ -27,6 +27,7 @@ pub(super) const SHADERS: &[(&str, &str)] = &[
     ),
     ("adamw", include_str!("../../shaders/adamw.wgsl")),
     ("cast", include_str!("../../shaders/cast.wgsl")),
+    ("im2col", include_str!("../../shaders/im2col.wgsl")),
     ("words", include_str!("../../shaders/words.wgsl")),
     (
         "multi_tensor",

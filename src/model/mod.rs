@@ -270,12 +270,14 @@ impl Wav2Vec2ForCtc {
                 .map_or(convs, |i| i + 1);
             let parts = groups
                 .iter()
-                .map(|&(b0, n)| self.feature_encoder(tape, &x.slice(0, b0, n)?, 0..split))
+                .map(|&(b0, n)| {
+                    self.feature_encoder(tape, &x.slice(0, b0, n)?, 0..split, opts.fp16)
+                })
                 .collect::<Result<Vec<Var>>>()?;
             let x = Var::concat(&parts.iter().collect::<Vec<_>>(), 0)?;
-            self.feature_encoder(tape, &x, split..convs)?
+            self.feature_encoder(tape, &x, split..convs, opts.fp16)?
         } else {
-            self.feature_encoder(tape, &x, 0..convs)?
+            self.feature_encoder(tape, &x, 0..convs, opts.fp16)?
         };
         keep("conv_features", &x);
         let t = x.shape()[2];
@@ -426,7 +428,15 @@ impl Wav2Vec2ForCtc {
     }
 
     /// Convs `layers` of the feature encoder: audio [B, 1, S] -> features [B, C, T] for all.
-    fn feature_encoder(&self, tape: &Rc<Tape>, audio: &Var, layers: Range<usize>) -> Result<Var> {
+    /// The convs of `layers` (with `fp16`, a frozen conv runs as an f16 GEMM, see
+    /// [`Var::conv1d`]; norms and activations stay f32).
+    fn feature_encoder(
+        &self,
+        tape: &Rc<Tape>,
+        audio: &Var,
+        layers: Range<usize>,
+        fp16: bool,
+    ) -> Result<Var> {
         let c = &self.config;
         let mut x = audio.clone();
         for conv in &self.convs[layers] {
@@ -436,7 +446,8 @@ impl Wav2Vec2ForCtc {
                 groups: 1,
             };
             let bias = conv.bias.as_ref().map(|b| tape.param(b));
-            x = x.conv1d(&tape.param(&conv.weight), bias.as_ref(), geo)?;
+            let w = tape.param(&conv.weight);
+            x = autocast(fp16, || x.conv1d(&w, bias.as_ref(), geo))?;
             if let Some(n) = &conv.norm {
                 let (w, b) = (tape.param(&n.weight), tape.param(&n.bias));
                 x = match c.conv_norm()? {

@@ -1,7 +1,9 @@
 //! 1-D convolution (stride, padding, groups, bias) and its backward.
 
+mod f16;
 mod windows;
 
+pub use f16::{forward_f16, Im2colParams};
 use windows::{backward_windows, forward_windows, windows};
 
 use super::{check_f32, dummy, elementwise, reduce, shifted_chunks, LayerGrads};
@@ -261,22 +263,26 @@ fn params(c: &Conv1d, g: &Geo, batch: usize, mode: u32) -> Conv1dParams {
     }
 }
 
+/// A bias must have one value per output channel.
+fn check_bias(bias: Option<&Tensor>, g: &Geo) -> Result<()> {
+    match bias {
+        Some(b) if b.numel() != g.cout => shape_err(
+            "conv1d",
+            format!(
+                "bias {:?} does not match {} output channels",
+                b.shape(),
+                g.cout
+            ),
+        ),
+        _ => Ok(()),
+    }
+}
+
 /// y = conv1d(x, w) + bias; x [B, Cin, L], w [Cout, Cin/groups, K] -> y [B, Cout, Lout].
 pub fn forward(c: &Conv1d, x: &Tensor, w: &Tensor, bias: Option<&Tensor>) -> Result<Tensor> {
     check_f32("conv1d", &[x, w])?;
     let g = geometry(c, x, w)?;
-    if let Some(b) = bias {
-        if b.numel() != g.cout {
-            return shape_err(
-                "conv1d",
-                format!(
-                    "bias {:?} does not match {} output channels",
-                    b.shape(),
-                    g.cout
-                ),
-            );
-        }
-    }
+    check_bias(bias, &g)?;
     let gpu = x.gpu();
     let y = Tensor::uninit(gpu, &[g.batch, g.cout, g.lout], DType::F32)?;
     if let Some(win) = windows(gpu, c, &g)? {
