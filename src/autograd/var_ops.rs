@@ -121,7 +121,8 @@ impl Var {
     /// `self.act(act)?.dropout_at(drop.p, drop.seed, drop.first)`.
     pub fn act_dropout(&self, act: Act, drop: ops::activation::DropoutAt) -> Result<Var> {
         let y = ops::activation::forward_dropout(act, &self.value, drop)?;
-        let half = is_autocast();
+        // The f16 copy is only for backward: none where no gradient flows (evaluation).
+        let half = is_autocast() && self.requires_grad();
         let x = if half {
             ops::cast::to_f16(&self.value)?
         } else {
