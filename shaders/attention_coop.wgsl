@@ -27,21 +27,24 @@ const CPS: u32 = CK + 8u;   // f16 row stride of P~
 const ND: u32 = MAX_D / F;   // dim blocks at most
 const LPR: u32 = S / F;   // lanes a row in the softmax (the host needs S >= F)
 
-var<workgroup> cq: array<f16, F * CDP>;   // the workgroup's q rows
-var<workgroup> ckv: array<f16, CK * CDP>;   // a key tile's k rows, then its v rows
+// The f16 tiles are held as vec4<f16>: a staged chunk of 4 is one store, and fragments load
+// through vector pointers (as the tensor-core GEMMs do; see matmul_coop128.wgsl). Row strides
+// and fragment offsets are multiples of 4 f16, so both are counted in vec4s there.
+var<workgroup> cq: array<vec4<f16>, (F * CDP) / 4u>;   // the workgroup's q rows
+var<workgroup> ckv: array<vec4<f16>, (CK * CDP) / 4u>;   // a key tile's k rows, then its v rows
 var<workgroup> cs: array<f32, F * MAX_D>;   // scores [F][CK], then P~ V [F][MAX_D]
-var<workgroup> cp: array<f16, F * CPS>;   // P~
+var<workgroup> cp: array<vec4<f16>, (F * CPS) / 4u>;   // P~
 var<workgroup> co: array<f32, F * MAX_D>;   // the running output
 var<workgroup> crow: array<f32, F>;   // per row: this tile's rescale
 var<workgroup> cred: array<f32, S>;   // per lane: its part of a row's max or sum
 var<workgroup> cmask: array<f32, CK>;   // the key tile's mask
 // The backward's besides: own rows' second operand, dP~ (or its transpose), dS in f16, and a
 // query tile's L and Drow.
-var<workgroup> cw: array<f16, F * CDP>;
+var<workgroup> cw: array<vec4<f16>, (F * CDP) / 4u>;
 var<workgroup> cdp: array<f32, F * CK>;
-var<workgroup> cds: array<f16, F * CPS>;
+var<workgroup> cds: array<vec4<f16>, (F * CPS) / 4u>;
 var<workgroup> cst: array<f32, 2u * CK>;
-var<workgroup> clo: array<f16, 2u * F * CDP>;   // dO's low parts (a tile's, or the own rows')
+var<workgroup> clo: array<vec4<f16>, (2u * F * CDP) / 4u>;   // dO's low parts (a tile's, or the own rows')
 
 // f rounded to f16, as f32, through a pack and unpack: a compiler may fold the plain
 // conversion pair f32(f16(f)) to f (lavapipe's does), which would leave dO no low part; and
@@ -71,10 +74,10 @@ fn stage(src: u32, dst: u32, at: u32, bh: u32, r0: u32, n: u32, lane: u32) {
         }
         let to = (at + r) * CDP + c * 4u;
         switch dst {
-            case 0u: { cq[to] = h.x; cq[to + 1u] = h.y; cq[to + 2u] = h.z; cq[to + 3u] = h.w; }
-            case 1u: { ckv[to] = h.x; ckv[to + 1u] = h.y; ckv[to + 2u] = h.z; ckv[to + 3u] = h.w; }
-            case 2u: { cw[to] = h.x; cw[to + 1u] = h.y; cw[to + 2u] = h.z; cw[to + 3u] = h.w; }
-            default: { clo[to] = h.x; clo[to + 1u] = h.y; clo[to + 2u] = h.z; clo[to + 3u] = h.w; }
+            case 0u: { cq[to / 4u] = h; }
+            case 1u: { ckv[to / 4u] = h; }
+            case 2u: { cw[to / 4u] = h; }
+            default: { clo[to / 4u] = h; }
         }
     }
 }
@@ -108,8 +111,8 @@ fn put_s(m: coop_mat16x16<f32, C>, b: u32) {
 fn pv(b: u32) -> coop_mat16x16<f32, C> {
     var o = coop_mat16x16<f32, C>();
     for (var kb = 0u; kb < 4u; kb = kb + 1u) {
-        let pa = coopLoadT<coop_mat16x16<f16, A>>(&cp[kb * F], CPS);
-        let vb = coopLoadT<coop_mat16x16<f16, B>>(&ckv[kb * F * CDP + b * F], CDP);
+        let pa = coopLoadT<coop_mat16x16<f16, A>>(&cp[(kb * F) / 4u], CPS / 4u);
+        let vb = coopLoadT<coop_mat16x16<f16, B>>(&ckv[(kb * F * CDP + b * F) / 4u], CDP / 4u);
         o = coopMultiplyAdd(pa, vb, o);
     }
     return o;
@@ -143,12 +146,12 @@ fn attn_fwd_coop(@builtin(local_invocation_index) lane: u32, @builtin(workgroup_
         var s2 = s0;
         var s3 = s0;
         for (var db = 0u; db < nd; db = db + 1u) {
-            let qa = coopLoadT<coop_mat16x16<f16, A>>(&cq[db * F], CDP);
+            let qa = coopLoadT<coop_mat16x16<f16, A>>(&cq[(db * F) / 4u], CDP / 4u);
             // kᵀ: column-major reads of the k rows.
-            s0 = coopMultiplyAdd(qa, coopLoad<coop_mat16x16<f16, B>>(&ckv[db * F], CDP), s0);
-            s1 = coopMultiplyAdd(qa, coopLoad<coop_mat16x16<f16, B>>(&ckv[F * CDP + db * F], CDP), s1);
-            s2 = coopMultiplyAdd(qa, coopLoad<coop_mat16x16<f16, B>>(&ckv[2u * F * CDP + db * F], CDP), s2);
-            s3 = coopMultiplyAdd(qa, coopLoad<coop_mat16x16<f16, B>>(&ckv[3u * F * CDP + db * F], CDP), s3);
+            s0 = coopMultiplyAdd(qa, coopLoad<coop_mat16x16<f16, B>>(&ckv[(db * F) / 4u], CDP / 4u), s0);
+            s1 = coopMultiplyAdd(qa, coopLoad<coop_mat16x16<f16, B>>(&ckv[(F * CDP + db * F) / 4u], CDP / 4u), s1);
+            s2 = coopMultiplyAdd(qa, coopLoad<coop_mat16x16<f16, B>>(&ckv[(2u * F * CDP + db * F) / 4u], CDP / 4u), s2);
+            s3 = coopMultiplyAdd(qa, coopLoad<coop_mat16x16<f16, B>>(&ckv[(3u * F * CDP + db * F) / 4u], CDP / 4u), s3);
         }
         put_s(s0, 0u);
         put_s(s1, 1u);
@@ -178,7 +181,7 @@ fn attn_fwd_coop(@builtin(local_invocation_index) lane: u32, @builtin(workgroup_
                 l = l + e;
                 pe = e * keep_scale(bh, i, j0 + c);
             }
-            cp[r * CPS + c] = f16(pe);
+            cp[(r * CPS + c) / 4u][c % 4u] = f16(pe);
         }
         if x0 == 0u { crow[r] = alpha; }
         workgroupBarrier();
@@ -251,14 +254,14 @@ fn scores_kv(nd: u32) {
     var y0 = x0;
     var y1 = x0;
     for (var db = 0u; db < nd; db = db + 1u) {
-        let k = coopLoadT<coop_mat16x16<f16, A>>(&cq[db * F], CDP);
-        let v = coopLoadT<coop_mat16x16<f16, A>>(&cw[db * F], CDP);
-        x0 = coopMultiplyAdd(k, coopLoad<coop_mat16x16<f16, B>>(&ckv[db * F], CDP), x0);
-        x1 = coopMultiplyAdd(k, coopLoad<coop_mat16x16<f16, B>>(&ckv[F * CDP + db * F], CDP), x1);
-        y0 = coopMultiplyAdd(v, coopLoad<coop_mat16x16<f16, B>>(&ckv[CT * CDP + db * F], CDP), y0);
-        y1 = coopMultiplyAdd(v, coopLoad<coop_mat16x16<f16, B>>(&ckv[(CT + F) * CDP + db * F], CDP), y1);
-        y0 = coopMultiplyAdd(v, coopLoad<coop_mat16x16<f16, B>>(&clo[db * F], CDP), y0);
-        y1 = coopMultiplyAdd(v, coopLoad<coop_mat16x16<f16, B>>(&clo[F * CDP + db * F], CDP), y1);
+        let k = coopLoadT<coop_mat16x16<f16, A>>(&cq[(db * F) / 4u], CDP / 4u);
+        let v = coopLoadT<coop_mat16x16<f16, A>>(&cw[(db * F) / 4u], CDP / 4u);
+        x0 = coopMultiplyAdd(k, coopLoad<coop_mat16x16<f16, B>>(&ckv[(db * F) / 4u], CDP / 4u), x0);
+        x1 = coopMultiplyAdd(k, coopLoad<coop_mat16x16<f16, B>>(&ckv[(F * CDP + db * F) / 4u], CDP / 4u), x1);
+        y0 = coopMultiplyAdd(v, coopLoad<coop_mat16x16<f16, B>>(&ckv[(CT * CDP + db * F) / 4u], CDP / 4u), y0);
+        y1 = coopMultiplyAdd(v, coopLoad<coop_mat16x16<f16, B>>(&ckv[((CT + F) * CDP + db * F) / 4u], CDP / 4u), y1);
+        y0 = coopMultiplyAdd(v, coopLoad<coop_mat16x16<f16, B>>(&clo[(db * F) / 4u], CDP / 4u), y0);
+        y1 = coopMultiplyAdd(v, coopLoad<coop_mat16x16<f16, B>>(&clo[(F * CDP + db * F) / 4u], CDP / 4u), y1);
     }
     put_cs(x0, 0u);
     put_cs(x1, 1u);
@@ -273,13 +276,13 @@ fn scores_q(nd: u32) {
     var y0 = x0;
     var y1 = x0;
     for (var db = 0u; db < nd; db = db + 1u) {
-        let q = coopLoadT<coop_mat16x16<f16, A>>(&cq[db * F], CDP);
-        let hi = coopLoadT<coop_mat16x16<f16, A>>(&cw[db * F], CDP);
-        let lo = coopLoadT<coop_mat16x16<f16, A>>(&clo[db * F], CDP);
-        x0 = coopMultiplyAdd(q, coopLoad<coop_mat16x16<f16, B>>(&ckv[db * F], CDP), x0);
-        x1 = coopMultiplyAdd(q, coopLoad<coop_mat16x16<f16, B>>(&ckv[F * CDP + db * F], CDP), x1);
-        let v0 = coopLoad<coop_mat16x16<f16, B>>(&ckv[CT * CDP + db * F], CDP);
-        let v1 = coopLoad<coop_mat16x16<f16, B>>(&ckv[(CT + F) * CDP + db * F], CDP);
+        let q = coopLoadT<coop_mat16x16<f16, A>>(&cq[(db * F) / 4u], CDP / 4u);
+        let hi = coopLoadT<coop_mat16x16<f16, A>>(&cw[(db * F) / 4u], CDP / 4u);
+        let lo = coopLoadT<coop_mat16x16<f16, A>>(&clo[(db * F) / 4u], CDP / 4u);
+        x0 = coopMultiplyAdd(q, coopLoad<coop_mat16x16<f16, B>>(&ckv[(db * F) / 4u], CDP / 4u), x0);
+        x1 = coopMultiplyAdd(q, coopLoad<coop_mat16x16<f16, B>>(&ckv[(F * CDP + db * F) / 4u], CDP / 4u), x1);
+        let v0 = coopLoad<coop_mat16x16<f16, B>>(&ckv[(CT * CDP + db * F) / 4u], CDP / 4u);
+        let v1 = coopLoad<coop_mat16x16<f16, B>>(&ckv[((CT + F) * CDP + db * F) / 4u], CDP / 4u);
         y0 = coopMultiplyAdd(lo, v0, coopMultiplyAdd(hi, v0, y0));
         y1 = coopMultiplyAdd(lo, v1, coopMultiplyAdd(hi, v1, y1));
     }
@@ -296,9 +299,9 @@ fn scores_q(nd: u32) {
 fn by_p(b: u32, acc: coop_mat16x16<f32, C>) -> coop_mat16x16<f32, C> {
     var o = acc;
     for (var kb = 0u; kb < CT / F; kb = kb + 1u) {
-        let pa = coopLoadT<coop_mat16x16<f16, A>>(&cp[kb * F], CPS);
-        let hi = coopLoadT<coop_mat16x16<f16, B>>(&ckv[(CT + kb * F) * CDP + b * F], CDP);
-        let lo = coopLoadT<coop_mat16x16<f16, B>>(&clo[kb * F * CDP + b * F], CDP);
+        let pa = coopLoadT<coop_mat16x16<f16, A>>(&cp[(kb * F) / 4u], CPS / 4u);
+        let hi = coopLoadT<coop_mat16x16<f16, B>>(&ckv[((CT + kb * F) * CDP + b * F) / 4u], CDP / 4u);
+        let lo = coopLoadT<coop_mat16x16<f16, B>>(&clo[(kb * F * CDP + b * F) / 4u], CDP / 4u);
         o = coopMultiplyAdd(pa, lo, coopMultiplyAdd(pa, hi, o));
     }
     return o;
@@ -307,8 +310,8 @@ fn by_p(b: u32, acc: coop_mat16x16<f32, C>) -> coop_mat16x16<f32, C> {
 fn by_ds(tb: u32, b: u32, acc: coop_mat16x16<f32, C>) -> coop_mat16x16<f32, C> {
     var o = acc;
     for (var kb = 0u; kb < CT / F; kb = kb + 1u) {
-        let da = coopLoadT<coop_mat16x16<f16, A>>(&cds[kb * F], CPS);
-        let rb = coopLoadT<coop_mat16x16<f16, B>>(&ckv[(tb * CT + kb * F) * CDP + b * F], CDP);
+        let da = coopLoadT<coop_mat16x16<f16, A>>(&cds[(kb * F) / 4u], CPS / 4u);
+        let rb = coopLoadT<coop_mat16x16<f16, B>>(&ckv[((tb * CT + kb * F) * CDP + b * F) / 4u], CDP / 4u);
         o = coopMultiplyAdd(da, rb, o);
     }
     return o;
@@ -396,8 +399,8 @@ fn attn_bwd_kv_coop(@builtin(local_invocation_index) lane: u32, @builtin(workgro
                 pt = pr * ks;
                 ds = pr * (cdp[e] * ks - cst[CT + c]);
             }
-            cp[r * CPS + c] = f16(pt);
-            cds[r * CPS + c] = f16(ds);
+            cp[(r * CPS + c) / 4u][c % 4u] = f16(pt);
+            cds[(r * CPS + c) / 4u][c % 4u] = f16(ds);
         }
         workgroupBarrier();
         dv0 = by_p(0u, dv0); dk0 = by_ds(0u, 0u, dk0);
@@ -463,7 +466,7 @@ fn attn_bwd_q_coop(@builtin(local_invocation_index) lane: u32, @builtin(workgrou
                 let ks = keep_scale(bh, min(i0 + r, p.t - 1u), j0 + c);
                 ds = pr * (cdp[e] * ks - cst[CK + r]);
             }
-            cds[r * CPS + c] = f16(ds);
+            cds[(r * CPS + c) / 4u][c % 4u] = f16(ds);
         }
         workgroupBarrier();
         dq0 = by_ds(0u, 0u, dq0);
