@@ -428,8 +428,8 @@ impl Wav2Vec2ForCtc {
     }
 
     /// Convs `layers` of the feature encoder: audio [B, 1, S] -> features [B, C, T] for all.
-    /// The convs of `layers` (with `fp16`, a frozen conv runs as an f16 GEMM, see
-    /// [`Var::conv1d`]; norms and activations stay f32).
+    /// With `fp16` a frozen conv runs as an f16 GEMM (see [`Var::conv1d`]); norms and
+    /// activations stay f32.
     fn feature_encoder(
         &self,
         tape: &Rc<Tape>,
