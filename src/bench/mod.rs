@@ -4,11 +4,12 @@
 //! every dispatch) where the adapter has them, else wall-clock around a synchronised batch.
 
 use crate::error::Result;
-use crate::ops::{self, activation::Act, attention::Tiled, conv::Conv1d, matmul::Algo, norm::Norm};
+use crate::ops::{self, activation::Act, attention::Tiled, matmul::Algo, norm::Norm};
 use crate::{Gpu, Tensor};
 use std::time::Instant;
 
 mod allreduce;
+mod conv;
 mod step;
 pub use allreduce::{allreduce, AllreduceReport};
 pub use step::{model_step, ModelStep, StepReport};
@@ -443,76 +444,7 @@ pub fn run(
         );
     }
 
-    // The feature encoder's convolutions on one clip (5 s, or 1 s when quick).
-    let samples = if quick { 16_000 } else { 80_000 };
-    let wav = rand(gpu, &[1, 1, samples], 11)?;
-    let w0 = rand(gpu, &[512, 1, 10], 12)?;
-    let c0 = Conv1d {
-        stride: 5,
-        padding: 0,
-        groups: 1,
-    };
-    let l0 = c0.out_len(samples, 10);
-    let name = format!("conv1d fwd 1->512 k10 s5 over {samples} samples");
-    if keep(&name) {
-        report(
-            measure(gpu, &name, it, 2.0 * (512 * 10 * l0) as f64, true, || {
-                ops::conv::forward(&c0, &wav, &w0, None).map(|_| ())
-            })?,
-            log,
-        );
-    }
-    let h0 = rand(gpu, &[1, 512, l0], 13)?;
-    let w1 = rand(gpu, &[512, 512, 3], 14)?;
-    let c1 = Conv1d {
-        stride: 2,
-        padding: 0,
-        groups: 1,
-    };
-    let l1 = c1.out_len(l0, 3);
-    let f1 = 2.0 * (512 * 512 * 3 * l1) as f64;
-    let name = format!("conv1d fwd 512->512 k3 s2 over {l0} frames");
-    if keep(&name) {
-        report(
-            measure(gpu, &name, 1, f1, true, || {
-                ops::conv::forward(&c1, &h0, &w1, None).map(|_| ())
-            })?,
-            log,
-        );
-    }
-    let name = format!("conv1d bwd 512->512 k3 s2 over {l0} frames");
-    if keep(&name) {
-        let dy = rand(gpu, &[1, 512, l1], 15)?;
-        report(
-            measure(gpu, &name, 1, 2.0 * f1, true, || {
-                ops::conv::backward(&c1, &h0, &w1, false, &dy, true).map(|_| ())
-            })?,
-            log,
-        );
-    }
-    let frames = if quick { 50 } else { 250 };
-    let hp = rand(gpu, &[1, 1024, frames], 16)?;
-    let wp = rand(gpu, &[1024, 64, 128], 17)?;
-    let cp = Conv1d {
-        stride: 1,
-        padding: 64,
-        groups: 16,
-    };
-    let lp = cp.out_len(frames, 128);
-    let name = format!("conv1d fwd positional 1024 k128 g16 over {frames} frames");
-    if keep(&name) {
-        report(
-            measure(
-                gpu,
-                &name,
-                1,
-                2.0 * (1024 * 64 * 128 * lp) as f64,
-                true,
-                || ops::conv::forward(&cp, &hp, &wp, None).map(|_| ()),
-            )?,
-            log,
-        );
-    }
+    conv::cases(gpu, quick, it, &keep, &mut report, log)?;
 
     // CTC loss + gradient: batch 16, 500 frames, 100-label targets, vocab 40.
     let (b, t, v, l) = if quick {
