@@ -328,12 +328,22 @@ fn checkpointing_case(fp16: bool) {
         tape.backward(&loss, &[]).unwrap();
         g.sync().unwrap();
         let grads = gradients(&model);
-        (l, grads, g.peak_bytes() - before)
+        let attn_fwd: u64 = (g.launches().iter())
+            .filter(|(k, _)| k.starts_with("attn_fwd"))
+            .map(|(_, n)| n)
+            .sum();
+        (l, grads, g.peak_bytes() - before, attn_fwd)
     };
-    let (l0, g0, peak0) = run(false);
-    let (l1, g1, peak1) = run(true);
+    let (l0, g0, peak0, fwd0) = run(false);
+    let (l1, g1, peak1, fwd1) = run(true);
     assert_eq!(l0, l1);
     assert_eq!(g0, g1, "checkpointed gradients differ (fp16 {fp16})");
+    // The recomputation takes the attention's output from the first run, not the kernel.
+    assert!(fwd0 > 0);
+    assert_eq!(
+        fwd1, fwd0,
+        "attention forwards, checkpointed vs plain (fp16 {fp16})"
+    );
     println!("fp16 {fp16}: peak activation memory: {peak0} bytes plain, {peak1} checkpointed");
     assert!(
         peak1 < peak0,

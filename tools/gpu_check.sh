@@ -9,9 +9,10 @@
 #   TUNE=0 skips the tuned steps (`xlsr bench --tune`, the file kept in $OUT/tuning)
 #   ALTS='VAR=VALUE [flags];...' only these of those steps
 # The questions open after 2026-12-06 (tensor-core attention; the tensor-core GEMMs through
-# vector pointers, staged or wide, split in K or not; the coop tests at 16x16), first:
+# vector pointers, staged or wide, split in K or not; the attention kept across the
+# recomputation or not; the coop tests at 16x16), first:
 #   TESTS=DIR TUNE=0 ROWS=gemm,attention,step VARIANTS=f32,fp16-ckpt \
-#   ALTS='XLSR_ATTN_COOP=0 --fp16 --checkpointing;XLSR_COOP=staged --fp16 --checkpointing;XLSR_COOP=wide --fp16 --checkpointing;XLSR_SPLIT_K=0 --fp16 --checkpointing' \
+#   ALTS='XLSR_ATTN_COOP=0 --fp16 --checkpointing;XLSR_COOP=staged --fp16 --checkpointing;XLSR_COOP=wide --fp16 --checkpointing;XLSR_SPLIT_K=0 --fp16 --checkpointing;XLSR_KEEP_ATTENTION=0 --checkpointing;XLSR_KEEP_ATTENTION=0 --fp16 --checkpointing' \
 #   bash tools/gpu_check.sh
 set -u
 cd "$(dirname "$0")/.."
@@ -62,7 +63,8 @@ if [ "${BASELINES:-1}" = 1 ]; then
         "XLSR_ATTN=lanes" "XLSR_ATTN=lanes --fp16 --checkpointing"
         "XLSR_ATTN=rows" "XLSR_ATTN=rows --fp16 --checkpointing" "XLSR_CONV_TILE=64"
         "XLSR_GEMM_V4=0" "XLSR_SPLIT_K=0" "XLSR_SPLIT_K=0 --fp16 --checkpointing"
-        "XLSR_COOP=staged --fp16 --checkpointing"
+        "XLSR_COOP=staged --fp16 --checkpointing" "XLSR_KEEP_ATTENTION=0 --checkpointing"
+        "XLSR_KEEP_ATTENTION=0 --fp16 --checkpointing"
         "XLSR_COOP=wide --fp16 --checkpointing" "XLSR_ATTN_COOP=0 --fp16 --checkpointing"
         "XLSR_TUNE=0 --unfused-attention" "XLSR_TUNE=0 --unfused-attention --fp16 --checkpointing")
   # ALTS='A;B;...' runs only those (each: one VAR=VALUE, then bench flags).

@@ -302,6 +302,19 @@ impl Var {
     /// Under [`autocast`](crate::autograd::autocast) it reads f16 copies of q, k, v (what backward keeps); arithmetic,
     /// output and gradients stay f32.
     pub fn attention(&self, k: &Var, v: &Var, mask: Option<&Tensor>, a: &Attention) -> Result<Var> {
+        Ok(self.attention_from(k, v, mask, a, None)?.0)
+    }
+
+    /// [`Var::attention`], given the forward's result where an earlier run of the same forward
+    /// kept it (see [`Var::attention_packed_from`]). Returns the forward's result too.
+    pub fn attention_from(
+        &self,
+        k: &Var,
+        v: &Var,
+        mask: Option<&Tensor>,
+        a: &Attention,
+        kept: Option<ops::attention::Attended>,
+    ) -> Result<(Var, ops::attention::Attended)> {
         let half = is_autocast();
         let cast = |t: &Tensor| {
             if half {
@@ -311,31 +324,51 @@ impl Var {
             }
         };
         let (q, kv, vv) = (cast(&self.value)?, cast(&k.value)?, cast(&v.value)?);
-        let fwd = ops::attention::forward(&q, &kv, &vv, mask, a)?;
-        let o = fwd.out.clone();
+        let fwd = match kept {
+            Some(f) => f,
+            None => ops::attention::forward(&q, &kv, &vv, mask, a)?,
+        };
+        let (o, kept) = (fwd.out.clone(), fwd.clone());
         let (mask, a) = (mask.cloned(), *a);
-        Ok(Var::record(&[self, k, v], o, move |g| {
+        let y = Var::record(&[self, k, v], o, move |g| {
             let d = ops::attention::backward(&q, &kv, &vv, mask.as_ref(), &a, &fwd, g)?;
             Ok(vec![Some(d.q), Some(d.k), Some(d.v)])
-        }))
+        });
+        Ok((y, kept))
     }
 
     /// [`Var::attention`] over q, k and v packed in one [B, T, 3, H, D] var (the output of one
     /// GEMM over the joined projection weights); the output is [B, T, H, D] and the gradient
     /// comes back packed the same way.
     pub fn attention_packed(&self, mask: Option<&Tensor>, a: &Attention) -> Result<Var> {
+        Ok(self.attention_packed_from(mask, a, None)?.0)
+    }
+
+    /// [`Var::attention_packed`], given the forward's result where an earlier run of the same
+    /// forward (the same qkv values, mask and dropout seed) kept it: then the kernel does not
+    /// run again (a checkpointed layer's recomputation). Returns the forward's result too.
+    pub fn attention_packed_from(
+        &self,
+        mask: Option<&Tensor>,
+        a: &Attention,
+        kept: Option<ops::attention::Attended>,
+    ) -> Result<(Var, ops::attention::Attended)> {
         let qkv = if is_autocast() {
             ops::cast::to_f16(&self.value)?
         } else {
             self.value.clone()
         };
-        let fwd = ops::attention::forward_qkv(ops::attention::Qkv::Packed(&qkv), mask, a)?;
-        let o = fwd.out.clone();
+        let fwd = match kept {
+            Some(f) => f,
+            None => ops::attention::forward_qkv(ops::attention::Qkv::Packed(&qkv), mask, a)?,
+        };
+        let (o, kept) = (fwd.out.clone(), fwd.clone());
         let (mask, a) = (mask.cloned(), *a);
-        Ok(Var::record(&[self], o, move |g| {
+        let y = Var::record(&[self], o, move |g| {
             let d = ops::attention::backward_packed(&qkv, mask.as_ref(), &a, &fwd, g)?;
             Ok(vec![Some(d)])
-        }))
+        });
+        Ok((y, kept))
     }
 
     /// softmax(self + mask) over the last dim.

@@ -26,6 +26,7 @@ use crate::error::{shape_err, Error, Result};
 use crate::ops::conv::Conv1d;
 use crate::ops::ctc::{CtcOptions, Reduction};
 use crate::rng::Rng;
+use std::cell::RefCell;
 use std::ops::Range;
 use std::rc::Rc;
 
@@ -360,6 +361,7 @@ impl Wav2Vec2ForCtc {
             }
             // Each layer draws its dropout masks from its own seed, so recomputing it inside
             // the backward pass (checkpointing) repeats them exactly.
+            let ckpt = opts.checkpoint && tape_records(tape, &x);
             let step = LayerStep {
                 config: shared.clone(),
                 layer: layer.clone(),
@@ -369,8 +371,10 @@ impl Wav2Vec2ForCtc {
                 batch_offset: opts.batch_offset,
                 half: opts.fp16,
                 fused: !opts.unfused_attention,
+                keep_attention: ckpt && encoder::keep_attention(),
+                kept: RefCell::new(None),
             };
-            x = if opts.checkpoint && tape_records(tape, &x) {
+            x = if ckpt {
                 tape.checkpoint(&x, move |t, x| step.forward(t, x))?
             } else {
                 step.forward(tape, &x)?

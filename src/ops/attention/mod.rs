@@ -265,7 +265,7 @@ pub struct Attention {
 }
 
 /// What [`forward`] returns and [`backward`] needs.
-#[derive(Debug)]
+#[derive(Clone, Debug)]
 pub struct Attended {
     /// The output O (q's shape).
     pub out: Tensor,
