@@ -96,6 +96,9 @@ pub struct Tape {
     joins: RefCell<Vec<(usize, Vec<usize>)>>,
     next_id: Cell<usize>,
     enabled: Cell<bool>,
+    /// A checkpointed layer's recomputation: its backward follows at once, so what its
+    /// backward closures keep is held for one layer's backward only.
+    recompute: Cell<bool>,
 }
 
 /// A tensor in a computation: constant, leaf, or the output of a recorded op.
@@ -117,6 +120,7 @@ impl Tape {
             joins: RefCell::new(Vec::new()),
             next_id: Cell::new(0),
             enabled: Cell::new(true),
+            recompute: Cell::new(false),
         })
     }
 
@@ -160,6 +164,7 @@ impl Tape {
             inputs: vec![x.id],
             backward: Box::new(move |g, _| {
                 let sub = Tape::new();
+                sub.recompute.set(true);
                 let xi = sub.input(xv, track_x);
                 let yi = f(&sub, &xi)?;
                 if !yi.requires_grad() {
@@ -470,6 +475,12 @@ impl Var {
             }
             (Some(_), None) => false,
         }
+    }
+
+    /// Whether this var is recorded on a checkpointed layer's recomputation tape, whose
+    /// backward runs right after it (see [`Tape::checkpoint`]).
+    fn in_recompute(&self) -> bool {
+        self.tape.as_ref().is_some_and(|t| t.recompute.get())
     }
 
     /// Notes that this var joins the values of parameters `parts` without a copy, so that its

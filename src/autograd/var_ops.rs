@@ -78,8 +78,9 @@ impl Var {
         };
         let y = ops::matmul::matmul(&a, &b, ta, tb, bias.map(|b| &b.value))?;
         // An f16 copy of a weight would sit beside the f32 weight until backward: keep the
-        // f32 one (alive anyway) and cast it again there.
-        let recast = half && w.held_elsewhere();
+        // f32 one (alive anyway) and cast it again there. Not in a checkpointed layer's
+        // recomputation, whose backward comes next: there the copy lives for one layer.
+        let recast = half && w.held_elsewhere() && !w.in_recompute();
         let b = if recast { w.value.clone() } else { b };
         let has_bias = bias.is_some();
         let mut inputs = vec![self, w];
