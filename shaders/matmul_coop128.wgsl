@@ -116,6 +116,44 @@ fn put_b(dst: u32, v: vec4<u32>) {
     sb[dst / 4u + 1u] = halves(v.z, v.w);
 }
 
+// A lane's CH chunks of a slab of A (or of B), in registers: only constants index it (an
+// index from a loop counter would move it to local memory), and CH is a constant, so the
+// branches on it fold away.
+alias Chunks = array<vec4<u32>, 4>;
+
+// This lane's chunks of the slabs at k0, which the next slab's products overlap.
+fn fetch(lane: u32, abase: u32, bbase: u32, row0: u32, col0: u32, k0: u32, kend: u32,
+         pa: ptr<function, Chunks>, pb: ptr<function, Chunks>) {
+    (*pa)[0] = src_a(lane, abase, row0, k0, kend);
+    (*pb)[0] = src_b(lane, bbase, col0, k0, kend);
+    if CH > 1u {
+        (*pa)[1] = src_a(lane + THREADS, abase, row0, k0, kend);
+        (*pb)[1] = src_b(lane + THREADS, bbase, col0, k0, kend);
+    }
+    if CH > 2u {
+        (*pa)[2] = src_a(lane + 2u * THREADS, abase, row0, k0, kend);
+        (*pb)[2] = src_b(lane + 2u * THREADS, bbase, col0, k0, kend);
+        (*pa)[3] = src_a(lane + 3u * THREADS, abase, row0, k0, kend);
+        (*pb)[3] = src_b(lane + 3u * THREADS, bbase, col0, k0, kend);
+    }
+}
+
+// This lane's chunks into the slabs.
+fn put_chunks(lane: u32, pa: ptr<function, Chunks>, pb: ptr<function, Chunks>) {
+    put_a(dst_a(lane), (*pa)[0]);
+    put_b(dst_b(lane), (*pb)[0]);
+    if CH > 1u {
+        put_a(dst_a(lane + THREADS), (*pa)[1]);
+        put_b(dst_b(lane + THREADS), (*pb)[1]);
+    }
+    if CH > 2u {
+        put_a(dst_a(lane + 2u * THREADS), (*pa)[2]);
+        put_b(dst_b(lane + 2u * THREADS), (*pb)[2]);
+        put_a(dst_a(lane + 3u * THREADS), (*pa)[3]);
+        put_b(dst_b(lane + 3u * THREADS), (*pb)[3]);
+    }
+}
+
 // Fragment of A at slab row r (m), slab column kk: F rows x F k.
 // r, col and kk are multiples of F (>= 8), so every fragment starts on a vec4.
 fn frag_a(r: u32, kk: u32) -> coop_mat16x16<f16, A> {
@@ -211,55 +249,14 @@ fn matmul_coop(@builtin(local_invocation_index) lane: u32, @builtin(workgroup_id
     var c31 = c01;
     var c32 = c02;
     var c33 = c03;
-    // Each lane's CH chunks of A and of B, held in named registers (an array indexed by a
-    // loop counter would be moved to local memory); CH is a constant, so the branches on it
-    // fold away.
-    var pa0 = src_a(lane, abase, row0, kbeg, kend);
-    var pb0 = src_b(lane, bbase, col0, kbeg, kend);
-    var pa1 = vec4<u32>(0u);
-    var pb1 = vec4<u32>(0u);
-    var pa2 = vec4<u32>(0u);
-    var pb2 = vec4<u32>(0u);
-    var pa3 = vec4<u32>(0u);
-    var pb3 = vec4<u32>(0u);
-    if CH > 1u {
-        pa1 = src_a(lane + THREADS, abase, row0, kbeg, kend);
-        pb1 = src_b(lane + THREADS, bbase, col0, kbeg, kend);
-    }
-    if CH > 2u {
-        pa2 = src_a(lane + 2u * THREADS, abase, row0, kbeg, kend);
-        pb2 = src_b(lane + 2u * THREADS, bbase, col0, kbeg, kend);
-        pa3 = src_a(lane + 3u * THREADS, abase, row0, kbeg, kend);
-        pb3 = src_b(lane + 3u * THREADS, bbase, col0, kbeg, kend);
-    }
+    var pa: Chunks;
+    var pb: Chunks;
+    fetch(lane, abase, bbase, row0, col0, kbeg, kend, &pa, &pb);
     for (var k0 = kbeg; k0 < kend; k0 = k0 + BK) {
-        put_a(dst_a(lane), pa0);
-        put_b(dst_b(lane), pb0);
-        if CH > 1u {
-            put_a(dst_a(lane + THREADS), pa1);
-            put_b(dst_b(lane + THREADS), pb1);
-        }
-        if CH > 2u {
-            put_a(dst_a(lane + 2u * THREADS), pa2);
-            put_b(dst_b(lane + 2u * THREADS), pb2);
-            put_a(dst_a(lane + 3u * THREADS), pa3);
-            put_b(dst_b(lane + 3u * THREADS), pb3);
-        }
+        put_chunks(lane, &pa, &pb);
         workgroupBarrier();
-        let kn = k0 + BK;
-        if kn < kend {
-            pa0 = src_a(lane, abase, row0, kn, kend);
-            pb0 = src_b(lane, bbase, col0, kn, kend);
-            if CH > 1u {
-                pa1 = src_a(lane + THREADS, abase, row0, kn, kend);
-                pb1 = src_b(lane + THREADS, bbase, col0, kn, kend);
-            }
-            if CH > 2u {
-                pa2 = src_a(lane + 2u * THREADS, abase, row0, kn, kend);
-                pb2 = src_b(lane + 2u * THREADS, bbase, col0, kn, kend);
-                pa3 = src_a(lane + 3u * THREADS, abase, row0, kn, kend);
-                pb3 = src_b(lane + 3u * THREADS, bbase, col0, kn, kend);
-            }
+        if k0 + BK < kend {
+            fetch(lane, abase, bbase, row0, col0, k0 + BK, kend, &pa, &pb);
         }
         for (var kk = 0u; kk < BK; kk = kk + F) {
             let a0 = frag_a(r0, kk);

@@ -410,36 +410,6 @@ fn act_under_autocast_keeps_a_rounded_input_for_backward() {
     );
 }
 
-/// conv1d in f64 on [b, cin, lin] x [cout, cin, k] (no groups).
-fn reference_conv(
-    x: &[f64],
-    w: &[f64],
-    bias: Option<&[f64]>,
-    [b, cin, lin, cout, k]: [usize; 5],
-    stride: usize,
-    pad: usize,
-) -> Vec<f64> {
-    let lout = (lin + 2 * pad - k) / stride + 1;
-    let mut y = vec![0.0; b * cout * lout];
-    for bi in 0..b {
-        for o in 0..cout {
-            for t in 0..lout {
-                let mut s = bias.map_or(0.0, |v| v[o]);
-                for c in 0..cin {
-                    for kk in 0..k {
-                        let pos = t * stride + kk;
-                        if pos >= pad && pos - pad < lin {
-                            s += w[(o * cin + c) * k + kk] * x[(bi * cin + c) * lin + pos - pad];
-                        }
-                    }
-                }
-                y[(bi * cout + o) * lout + t] = s;
-            }
-        }
-    }
-    y
-}
-
 /// A conv nobody needs gradients of, under autocast (the frozen feature encoder with
 /// `--fp16`): x unfolded to f16 columns and one f16 GEMM (tensor cores where the adapter has
 /// them; shapes with Cout >= 64 take them), equal to the f32 conv of the f16-rounded x and w
@@ -476,8 +446,8 @@ fn frozen_conv_under_autocast_is_one_f16_gemm() {
         )
         .unwrap()
         .expect("Cin K is a multiple of 8: the f16 GEMM applies");
-        let dims = [b, cin, lin, cout, k];
-        let want = reference_conv(&x, &w, with_bias.then_some(&bias), dims, stride, pad);
+        let bias_ref = with_bias.then_some(&bias[..]);
+        let want = cpu_conv(&x, &w, bias_ref, b, cin, lin, cout, k, geo);
         let lout = (lin + 2 * pad - k) / stride + 1;
         assert_eq!(y.shape(), [b, cout, lout]);
         let name = format!("conv b{b} cin{cin} lin{lin} cout{cout} k{k} s{stride} p{pad}");

@@ -624,43 +624,6 @@ fn group_norm_per_channel() {
     );
 }
 
-#[allow(clippy::too_many_arguments)]
-fn cpu_conv(
-    x: &[f64],
-    w: &[f64],
-    bias: Option<&[f64]>,
-    b: usize,
-    cin: usize,
-    lin: usize,
-    cout: usize,
-    k: usize,
-    c: Conv1d,
-) -> Vec<f64> {
-    let lout = c.out_len(lin, k);
-    let cig = cin / c.groups;
-    let cog = cout / c.groups;
-    let mut y = vec![0.0; b * cout * lout];
-    for bi in 0..b {
-        for o in 0..cout {
-            let g = o / cog;
-            for t in 0..lout {
-                let mut s = bias.map_or(0.0, |bs| bs[o]);
-                for i in 0..cig {
-                    for kk in 0..k {
-                        let pos = (t * c.stride + kk) as isize - c.padding as isize;
-                        if pos >= 0 && (pos as usize) < lin {
-                            s += w[(o * cig + i) * k + kk]
-                                * x[(bi * cin + g * cig + i) * lin + pos as usize];
-                        }
-                    }
-                }
-                y[(bi * cout + o) * lout + t] = s;
-            }
-        }
-    }
-    y
-}
-
 #[test]
 fn conv1d_configs() {
     // Each of the implicit GEMM's two builds (64x64 and 128x128 tiles) forced in turn.

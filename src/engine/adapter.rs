@@ -36,9 +36,10 @@ fn rank(info: &wgpu::AdapterInfo) -> u32 {
 /// F x F x F fragments of f16 x f16 -> f32 on subgroups of a fixed number of lanes.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct CoopShape {
-    /// Fragment size F: 16 (NVIDIA, AMD) or 8 (Apple's simdgroup matrices, lavapipe).
+    /// Fragment size F: 16 (NVIDIA) or 8 (lavapipe; Apple's simdgroup matrices, where wgpu
+    /// reports one subgroup size).
     pub frag: u32,
-    /// Lanes per subgroup (32 on NVIDIA and Apple, 8 on lavapipe with AVX2).
+    /// Lanes per subgroup (32 on NVIDIA, 8 on lavapipe with AVX2).
     pub lanes: u32,
 }
 
