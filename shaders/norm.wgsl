@@ -6,8 +6,8 @@
 //     mode 0 with `inner` = T, so row (b, t) has its C elements T apart.
 // Statistics are kept per row as (mean, rstd) so backward need not recompute them.
 // Two passes (mean, then centred variance) for accuracy. `norm_fwd`/`norm_bwd`: one workgroup
-// of 256 threads per row, for long rows. `norm_fwd_rows`/`norm_bwd_rows`: one thread per row,
-// for short rows and the strided channel layout (where neighbouring threads read neighbouring
+// of 256 threads per row, for long rows. `norm_fwd_rows`/`norm_bwd_rows`: RL lanes per row, for
+// short rows and the strided channel layout (where neighbouring rows are neighbouring
 // addresses).
 
 // `struct Params` (binding 0) is written in by the loader from `NormParams` in src/ops/norm.rs,
@@ -100,48 +100,94 @@ fn norm_bwd(@builtin(local_invocation_id) lid3: vec3<u32>, @builtin(workgroup_id
     }
 }
 
-@compute @workgroup_size(64)
-fn norm_fwd_rows(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
-    let row = gid.x + gid.y * nwg.x * 64u;
-    if row >= p.rows { return; }
+// The short-row kernels give each row RL lanes of one workgroup (RW rows a workgroup), each
+// lane every RL-th element of the row, and add the lanes' partial sums through workgroup
+// memory. A thread per row left a GPU latency-bound: one 5 s clip's first conv LayerNorm is
+// 16,000 rows, a few warps per multiprocessor, each walking 512 strided channels three times.
+// In the channel layout a warp is 32 consecutive frames of one channel (one 128-byte read);
+// with rows in memory order (inner = 1) it is 4 rows of 8 consecutive elements.
+const RL: u32 = 8u;
+const RW: u32 = 32u;
+var<workgroup> lanes: array<vec2<f32>, 256>;
+
+// (row within the workgroup, lane) of thread `lid`.
+fn row_lane(lid: u32) -> vec2<u32> {
+    if p.inner == 1u { return vec2<u32>(lid / RL, lid % RL); }
+    return vec2<u32>(lid % RW, lid / RW);
+}
+
+// The sum over a row's RL lanes of each lane's `v` (every thread of the workgroup calls it).
+fn lanes_sum(rl: vec2<u32>, v: vec2<f32>) -> vec2<f32> {
+    lanes[rl.y * RW + rl.x] = v;
+    workgroupBarrier();
+    var s = vec2<f32>(0.0);
+    for (var j = 0u; j < RL; j = j + 1u) { s = s + lanes[j * RW + rl.x]; }
+    workgroupBarrier();
+    return s;
+}
+
+// Where element 0 of row `row` sits (the row's elements are p.inner apart).
+fn row_start(row: u32) -> u32 {
+    return p.off + (row / p.inner) * p.cols * p.inner + row % p.inner;
+}
+
+@compute @workgroup_size(256)
+fn norm_fwd_rows(@builtin(local_invocation_id) lid3: vec3<u32>, @builtin(workgroup_id) wid: vec3<u32>,
+                 @builtin(num_workgroups) nwg: vec3<u32>) {
+    let rl = row_lane(lid3.x);
+    let row = row_of(wid, nwg) * RW + rl.x;
+    // Rows past the end still take part in the workgroup's barriers.
+    let live = row < p.rows;
+    let base = row_start(min(row, p.rows - 1u));
     var s = 0.0;
-    for (var c = 0u; c < p.cols; c = c + 1u) { s = s + x[at(row, c)]; }
-    let mean = s / f32(p.cols);
+    if live {
+        for (var c = rl.y; c < p.cols; c = c + RL) { s = s + x[base + c * p.inner]; }
+    }
+    let mean = lanes_sum(rl, vec2<f32>(s, 0.0)).x / f32(p.cols);
     var v = 0.0;
-    for (var c = 0u; c < p.cols; c = c + 1u) { let d = x[at(row, c)] - mean; v = v + d * d; }
-    let rstd = inverseSqrt(v / f32(p.cols) + p.eps);
-    for (var c = 0u; c < p.cols; c = c + 1u) {
-        let i = at(row, c);
+    if live {
+        for (var c = rl.y; c < p.cols; c = c + RL) { let d = x[base + c * p.inner] - mean; v = v + d * d; }
+    }
+    let rstd = inverseSqrt(lanes_sum(rl, vec2<f32>(v, 0.0)).x / f32(p.cols) + p.eps);
+    if !live { return; }
+    for (var c = rl.y; c < p.cols; c = c + RL) {
+        let i = base + c * p.inner;
         var y = (x[i] - mean) * rstd;
         if p.affine == 1u { let w = weight(row, c); y = y * gamma[w] + aux[w]; }
         out[i] = y;
     }
-    out2[p.off_stats + 2u * row] = mean;
-    out2[p.off_stats + 2u * row + 1u] = rstd;
+    if rl.y == 0u {
+        out2[p.off_stats + 2u * row] = mean;
+        out2[p.off_stats + 2u * row + 1u] = rstd;
+    }
 }
 
-@compute @workgroup_size(64)
-fn norm_bwd_rows(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
-    let row = gid.x + gid.y * nwg.x * 64u;
-    if row >= p.rows { return; }
-    let mean = stats_in[p.off_stats + 2u * row];
-    let rstd = stats_in[p.off_stats + 2u * row + 1u];
-    var sg = 0.0;
-    var sgx = 0.0;
-    for (var c = 0u; c < p.cols; c = c + 1u) {
-        let i = at(row, c);
-        var g = aux[i];
-        if p.affine == 1u { g = g * gamma[weight(row, c)]; }
-        sg = sg + g;
-        sgx = sgx + g * (x[i] - mean) * rstd;
+@compute @workgroup_size(256)
+fn norm_bwd_rows(@builtin(local_invocation_id) lid3: vec3<u32>, @builtin(workgroup_id) wid: vec3<u32>,
+                 @builtin(num_workgroups) nwg: vec3<u32>) {
+    let rl = row_lane(lid3.x);
+    let row = row_of(wid, nwg) * RW + rl.x;
+    let live = row < p.rows;
+    let r = min(row, p.rows - 1u);
+    let base = row_start(r);
+    let mean = stats_in[p.off_stats + 2u * r];
+    let rstd = stats_in[p.off_stats + 2u * r + 1u];
+    var sums = vec2<f32>(0.0);
+    if live {
+        for (var c = rl.y; c < p.cols; c = c + RL) {
+            let i = base + c * p.inner;
+            var g = aux[i];
+            if p.affine == 1u { g = g * gamma[weight(row, c)]; }
+            sums = sums + vec2<f32>(g, g * (x[i] - mean) * rstd);
+        }
     }
-    let mg = sg / f32(p.cols);
-    let mgx = sgx / f32(p.cols);
-    for (var c = 0u; c < p.cols; c = c + 1u) {
-        let i = at(row, c);
+    let m = lanes_sum(rl, sums) / f32(p.cols);
+    if !live { return; }
+    for (var c = rl.y; c < p.cols; c = c + RL) {
+        let i = base + c * p.inner;
         var g = aux[i];
         if p.affine == 1u { g = g * gamma[weight(row, c)]; }
-        let dx = rstd * (g - mg - (x[i] - mean) * rstd * mgx);
+        let dx = rstd * (g - m.x - (x[i] - mean) * rstd * m.y);
         if p.add_earlier == 1u { out[i] = out2[i] + dx; } else { out[i] = dx; }
     }
 }

@@ -1,10 +1,10 @@
 //! The feature encoder's convolutions, one clip: the first conv, a k3 s2 conv forward (f32,
 //! and as the frozen encoder runs it under `--fp16`: unfolded into one f16 GEMM) and
-//! backward, and the positional conv.
+//! backward, the LayerNorm over its channels, and the positional conv.
 
 use super::{measure, rand, Measurement};
 use crate::error::Result;
-use crate::ops::{self, conv::Conv1d};
+use crate::ops::{self, conv::Conv1d, norm::Norm};
 use crate::Gpu;
 
 /// Times the conv cases whose names `keep` accepts (5 s of audio, or 1 s when quick).
@@ -67,6 +67,28 @@ pub(super) fn cases(
         report(
             measure(gpu, &name, 1, 2.0 * f1, true, || {
                 ops::conv::backward(&c1, &h0, &w1, false, &dy, true).map(|_| ())
+            })?,
+            log,
+        );
+    }
+    // The conv LayerNorm over the 512 channels of each frame of the first conv's output.
+    let g = rand(gpu, &[512], 18)?;
+    let bytes = (512 * l0 * 4) as f64;
+    let name = format!("channel layer_norm fwd 512 ch over {l0} frames");
+    if keep(&name) {
+        report(
+            measure(gpu, &name, it, 2.0 * bytes, false, || {
+                ops::norm::forward(Norm::Channel, &h0, Some(&g), Some(&g), 1e-5).map(|_| ())
+            })?,
+            log,
+        );
+    }
+    let name = format!("channel layer_norm bwd 512 ch over {l0} frames");
+    if keep(&name) {
+        let (_, stats) = ops::norm::forward(Norm::Channel, &h0, Some(&g), Some(&g), 1e-5)?;
+        report(
+            measure(gpu, &name, it, 5.0 * bytes, false, || {
+                ops::norm::backward(Norm::Channel, &h0, Some(&g), &stats, &h0).map(|_| ())
             })?,
             log,
         );

@@ -16,7 +16,7 @@ const FWD: Kernel = k("norm_fwd");
 const BWD: Kernel = k("norm_bwd");
 const FWD_ROWS: Kernel = k("norm_fwd_rows");
 const BWD_ROWS: Kernel = k("norm_bwd_rows");
-/// Rows up to this long take the thread-per-row kernels.
+/// Rows up to this long take the short-row kernels.
 const SHORT_ROW: usize = 128;
 const PGRAD_COLS: Kernel = k("norm_param_grad_cols");
 const PGRAD_ROWS: Kernel = k("norm_param_grad_rows");
@@ -163,7 +163,8 @@ fn layout(norm: Norm, x: &Tensor, gamma: Option<&Tensor>) -> Result<(usize, usiz
     Ok((rows, cols, channels, 1))
 }
 
-/// The thread-per-row kernel (64 rows per workgroup) or the workgroup-per-row one, and its grid.
+/// The short-row kernel (32 rows per workgroup, 8 lanes each) or the workgroup-per-row one,
+/// and its grid.
 fn pick(
     per_thread: bool,
     rows_kernel: &'static Kernel,
@@ -171,7 +172,7 @@ fn pick(
     rows: usize,
 ) -> (&'static Kernel, [u32; 3]) {
     if per_thread {
-        (rows_kernel, grid(rows as u64, 64))
+        (rows_kernel, grid(rows as u64, 32))
     } else {
         (row_kernel, grid(rows as u64, 1))
     }
@@ -321,8 +322,8 @@ fn forward_windows(
     Ok((y, NormStats(stats)))
 }
 
-/// Whether rows go one per thread (short rows, channel layout) rather than one per workgroup;
-/// forward and backward must agree.
+/// Whether rows go to a few lanes each (short rows, channel layout) rather than one workgroup
+/// each; forward and backward must agree.
 fn per_thread(norm: Norm, cols: usize) -> bool {
     norm == Norm::Channel || (norm == Norm::Layer && cols <= SHORT_ROW)
 }
