@@ -514,3 +514,44 @@ fn fp16_frozen_encoder_stays_within_1e_2_of_f32() {
     assert!(logits_err <= 1e-2, "logits {logits_err:.2e}");
     assert!(loss_err <= 1e-2, "loss {loss_err:.2e}");
 }
+
+/// The frozen encoder run clip by clip (the first convs of a large batch) casts each conv
+/// weight to f16 once, not once per clip, and gives the same features as the whole batch.
+#[test]
+fn fp16_frozen_encoder_casts_each_weight_once_over_clip_groups() {
+    if !has_f16() {
+        return;
+    }
+    let run = |group_bytes: usize| {
+        // A device of its own: its launch counts are this run's alone.
+        let g = xlsr::Gpu::new().unwrap();
+        let (model, _) = Wav2Vec2ForCtc::load(&g, &fixture("w2v2_large"), None, 0).unwrap();
+        model.freeze_feature_encoder(true);
+        let (audio, lengths, _) = batch(&g);
+        let opts = Forward {
+            fp16: true,
+            keep_hidden: true,
+            encoder_group_bytes: group_bytes,
+            ..Forward::default()
+        };
+        let out = model
+            .forward(&Tape::new(), &audio, Some(&lengths), &opts)
+            .unwrap();
+        let conv = out.hidden.iter().find(|h| h.0 == "conv_features").unwrap();
+        let casts = g
+            .launches()
+            .iter()
+            .find(|k| k.0 == "to_f16")
+            .map_or(0, |k| k.1);
+        (conv.1.to_vec().unwrap(), casts)
+    };
+    // One byte a group: every conv runs clip by clip (3 groups); then the batch at once.
+    let (per_clip, casts_per_clip) = run(1);
+    let (whole, casts_whole) = run(1 << 30);
+    assert_eq!(per_clip, whole, "conv features, clip by clip vs the batch");
+    assert!(casts_whole > 0, "no conv ran as an f16 GEMM");
+    assert_eq!(
+        casts_per_clip, casts_whole,
+        "f16 casts, clip by clip vs the batch"
+    );
+}

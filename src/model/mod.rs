@@ -269,12 +269,15 @@ impl Wav2Vec2ForCtc {
             let split = (0..convs)
                 .find(|&i| batch * self.conv_bytes(i, samples) <= budget)
                 .map_or(convs, |i| i + 1);
-            let parts = groups
-                .iter()
-                .map(|&(b0, n)| {
-                    self.feature_encoder(tape, &x.slice(0, b0, n)?, 0..split, opts.fp16)
-                })
-                .collect::<Result<Vec<Var>>>()?;
+            // Under --fp16 each group would cast the same frozen weights to f16 again.
+            let parts = crate::ops::cast::reusing_casts(|| {
+                groups
+                    .iter()
+                    .map(|&(b0, n)| {
+                        self.feature_encoder(tape, &x.slice(0, b0, n)?, 0..split, opts.fp16)
+                    })
+                    .collect::<Result<Vec<Var>>>()
+            })?;
             let x = Var::concat(&parts.iter().collect::<Vec<_>>(), 0)?;
             self.feature_encoder(tape, &x, split..convs, opts.fp16)?
         } else {

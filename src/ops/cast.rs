@@ -58,7 +58,52 @@ pub fn to_f16(x: &Tensor) -> Result<Tensor> {
     if x.dtype() == DType::F16 {
         return Ok(x.clone());
     }
-    cast(x, DType::F32, DType::F16, &TO_F16)
+    let reused = REUSE.with_borrow(|r| {
+        r.as_ref()?
+            .iter()
+            .find(|(src, _)| src.same_data(x))
+            .map(|(_, y)| y.reshape(x.shape()))
+    });
+    if let Some(y) = reused {
+        return y;
+    }
+    let y = cast(x, DType::F32, DType::F16, &TO_F16)?;
+    REUSE.with_borrow_mut(|r| {
+        if let Some(r) = r {
+            r.push((x.clone(), y.clone()));
+        }
+    });
+    Ok(y)
+}
+
+thread_local! {
+    /// The casts made inside [`reusing_casts`]: (f32 source, f16 copy). Holding the source
+    /// keeps its buffer from being reused for another tensor while the entry lives.
+    static REUSE: std::cell::RefCell<Option<Vec<(Tensor, Tensor)>>> =
+        const { std::cell::RefCell::new(None) };
+}
+
+/// Runs `f` with each tensor cast to f16 at most once: a later [`to_f16`] of the same
+/// elements returns the first copy. For a loop over clip groups that casts the same frozen
+/// weights in every round; nothing inside may change a tensor it has cast.
+pub fn reusing_casts<R>(f: impl FnOnce() -> R) -> R {
+    struct Restore(bool);
+    impl Drop for Restore {
+        fn drop(&mut self) {
+            if self.0 {
+                REUSE.with_borrow_mut(|r| *r = None);
+            }
+        }
+    }
+    let outermost = REUSE.with_borrow_mut(|r| {
+        let outermost = r.is_none();
+        if outermost {
+            *r = Some(Vec::new());
+        }
+        outermost
+    });
+    let _restore = Restore(outermost);
+    f()
 }
 
 /// An f32 copy of an f16 tensor (exact).
