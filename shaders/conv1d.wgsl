@@ -218,15 +218,31 @@ fn conv1d_gemm128(@builtin(local_invocation_id) lid: vec3<u32>, @builtin(workgro
     store8(q, m + 67u, n, acc[14], acc[15]);
 }
 
+var<workgroup> red: array<f32, 256>;
+
+// dbias[o] = the sum of dy[b, o, t] over b and t: a workgroup per channel, its threads over
+// consecutive frames (a thread per channel would walk 8 x 249 elements alone: 4 workgroups
+// for the positional conv's 1024 channels).
 @compute @workgroup_size(256)
-fn conv1d_bwd_bias(@builtin(global_invocation_id) gid: vec3<u32>) {
-    let o = gid.x;
-    if o >= p.cout { return; }
+fn conv1d_bwd_bias(@builtin(local_invocation_id) lid3: vec3<u32>, @builtin(workgroup_id) wid: vec3<u32>,
+                   @builtin(num_workgroups) nwg: vec3<u32>) {
+    let o = wid.x + wid.y * nwg.x;
+    let lid = lid3.x;
     var acc = 0.0;
-    for (var b = 0u; b < p.batch; b = b + 1u) {
-        let row = p.off_aux + (b * p.cout + o) * p.lout;
-        for (var t = 0u; t < p.lout; t = t + 1u) { acc = acc + aux[row + t]; }
+    if o < p.cout {
+        for (var b = 0u; b < p.batch; b = b + 1u) {
+            let row = p.off_aux + (b * p.cout + o) * p.lout;
+            for (var t = lid; t < p.lout; t = t + 256u) { acc = acc + aux[row + t]; }
+        }
     }
-    if p.accum == 1u { acc = acc + out[o]; }
-    out[o] = acc;
+    red[lid] = acc;
+    workgroupBarrier();
+    for (var s = 128u; s > 0u; s = s >> 1u) {
+        if lid < s { red[lid] = red[lid] + red[lid + s]; }
+        workgroupBarrier();
+    }
+    if lid != 0u || o >= p.cout { return; }
+    var total = red[0];
+    if p.accum == 1u { total = total + out[o]; }
+    out[o] = total;
 }

@@ -637,13 +637,16 @@ fn conv1d_configs() {
 fn conv1d_cases(tile: usize) {
     let mut rng = Rng::new(70);
     // (batch, cin, lin, cout, k, stride, pad, groups, bias): plain, grouped + padded, the
-    // feature encoder's first layer, and the positional conv's shape (even kernel, groups).
+    // feature encoder's first layer, the positional conv's shape (even kernel, groups), one
+    // output channel, and a long one.
     let cases = [
         (2, 3, 19, 4, 5, 2, 1, 1, true),
         (2, 4, 11, 6, 3, 1, 2, 2, false),
         (2, 1, 53, 8, 10, 5, 0, 1, true),
         (1, 8, 13, 8, 6, 1, 3, 4, true),
         (3, 2, 3, 1, 3, 1, 0, 1, true),
+        // More frames than the bias gradient's workgroup has threads.
+        (2, 2, 300, 3, 3, 1, 1, 1, true),
     ];
     for (b, cin, lin, cout, k, stride, pad, groups, bias) in cases {
         let geo = Conv1d {

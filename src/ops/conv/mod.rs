@@ -411,7 +411,7 @@ pub fn backward(
                 &BWD_BIAS,
                 &pr,
                 &[d.bind(), d.bind(), dyr, db.bind()],
-                grid(g.cout as u64, 256),
+                grid(g.cout as u64, 1),
             )?;
         }
     }

@@ -158,7 +158,7 @@ pub(super) fn backward_windows(
                 &BWD_BIAS,
                 &pr,
                 &[d.bind(), d.bind(), dyw.bind(), db.bind()],
-                grid(g.cout as u64, 256),
+                grid(g.cout as u64, 1),
             )?;
         }
     }
