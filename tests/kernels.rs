@@ -77,6 +77,8 @@ fn binary_ops_broadcast() {
     check_binary(&[2, 3, 4], &[4], &[2, 3, 4], 3);
     check_binary(&[1], &[5, 1], &[5, 1], 4);
     check_binary(&[0, 3], &[3], &[0, 3], 5);
+    // Enough rows that the column sum of the [8] operand runs in two passes.
+    check_binary(&[3, 50, 8], &[8], &[3, 50, 8], 6);
 }
 
 #[test]

@@ -13,23 +13,43 @@ impl Var {
     fn binary(&self, other: &Var, op: BinOp) -> Result<Var> {
         let y = ops::elementwise::binary(op, &self.value, &other.value)?;
         let (a, b) = (self.value.clone(), other.value.clone());
+        // A constant operand (a mask, a padding multiplier) gets no gradient: computing it
+        // would be a product and a reduction over the whole activation for nothing.
+        let (need_a, need_b) = (self.requires_grad(), other.requires_grad());
         Ok(Var::record(&[self, other], y, move |g| {
             let (da, db) = match op {
-                BinOp::Add => (g.clone(), g.clone()),
-                BinOp::Sub => (g.clone(), ops::elementwise::scale(g, -1.0, 0.0)?),
-                BinOp::Mul => (ops::elementwise::mul(g, &b)?, ops::elementwise::mul(g, &a)?),
+                BinOp::Add => (Some(g.clone()), Some(g.clone())),
+                BinOp::Sub => (
+                    Some(g.clone()),
+                    need_b
+                        .then(|| ops::elementwise::scale(g, -1.0, 0.0))
+                        .transpose()?,
+                ),
+                BinOp::Mul => (
+                    need_a.then(|| ops::elementwise::mul(g, &b)).transpose()?,
+                    need_b.then(|| ops::elementwise::mul(g, &a)).transpose()?,
+                ),
                 BinOp::Div => {
                     let da = ops::elementwise::binary(BinOp::Div, g, &b)?;
                     // d(a/b)/db = -a/b^2 = -(g*a/b)/b
-                    let t =
-                        ops::elementwise::binary(BinOp::Div, &ops::elementwise::mul(&da, &a)?, &b)?;
-                    (da, ops::elementwise::scale(&t, -1.0, 0.0)?)
+                    let db = if need_b {
+                        let t = ops::elementwise::mul(&da, &a)?;
+                        let t = ops::elementwise::binary(BinOp::Div, &t, &b)?;
+                        Some(ops::elementwise::scale(&t, -1.0, 0.0)?)
+                    } else {
+                        None
+                    };
+                    (Some(da), db)
                 }
                 BinOp::Max => return Err(Error::Autograd("max has no gradient".into())),
             };
+            let reduce = |d: Option<Tensor>, need: bool, shape: &[usize]| match d {
+                Some(d) if need => ops::elementwise::reduce_to(&d, shape).map(Some),
+                _ => Ok(None),
+            };
             Ok(vec![
-                Some(ops::elementwise::reduce_to(&da, a.shape())?),
-                Some(ops::elementwise::reduce_to(&db, b.shape())?),
+                reduce(da, need_a, a.shape())?,
+                reduce(db, need_b, b.shape())?,
             ])
         }))
     }

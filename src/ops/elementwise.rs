@@ -223,6 +223,15 @@ pub fn reduce_to(grad: &Tensor, shape: &[usize]) -> Result<Tensor> {
     let full: Vec<usize> = (0..gs.len())
         .map(|d| if d < off { 1 } else { shape[d - off] })
         .collect();
+    // Summed over leading dims only (a bias-like [H] of a [B, T, H] product): a column sum,
+    // which sum_axis splits over many workgroups where the kernel below would give each
+    // output one thread walking all B T rows.
+    let lead = full.iter().take_while(|&&f| f == 1).count();
+    if lead > 0 && full[lead..] == gs[lead..] {
+        let rows: usize = gs[..lead].iter().product();
+        let cols: usize = gs[lead..].iter().product();
+        return super::reduce::sum_axis(&grad.reshape(&[rows, cols])?, 0, 1.0)?.reshape(shape);
+    }
     let gst = strides(&gs);
     let (mut rshape, mut rstride) = (vec![], vec![]);
     for d in 0..gs.len() {
