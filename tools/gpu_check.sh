@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # One run on a lent NVIDIA machine (no cargo, no network there): Vulkan loaders from .gl/,
 # `xlsr devices`, the kernel benchmarks, then tools/compare_torch.py. Logs and tables go to
-# $OUT (or ./gpu-out). Build here first: `cargo build --release`, and carry target/release/xlsr.
+# $OUT (or ./gpu-out). Build here first: `bash tools/gpu_pack.sh` makes gpu-pack.tgz (xlsr
+# and the GPU test binaries, stripped), which this script unpacks; carry it and .gl.
 #   XLSR=path/to/xlsr  ROWS=gemm,ctc,attention,step  STEPS=3  VARIANTS=f32,f32-ckpt,fp16-ckpt
 #   TESTS=folder of test binaries to run first  EXTRA='shell commands' to run before the bench
 #   BASELINES=0 skips the training steps with the previous kernels (XLSR_ATTN=lanes, ...)
@@ -11,13 +12,19 @@
 # The questions open after 2026-12-06 (tensor-core attention; the tensor-core GEMMs through
 # vector pointers, staged or wide, split in K or not; the attention kept across the
 # recomputation or not; the coop tests at 16x16), first:
-#   TESTS=DIR TUNE=0 ROWS=gemm,attention,step VARIANTS=f32,fp16-ckpt \
+#   TUNE=0 ROWS=gemm,attention,step VARIANTS=f32,fp16-ckpt \
 #   ALTS='XLSR_ATTN_COOP=0 --fp16 --checkpointing;XLSR_COOP=staged --fp16 --checkpointing;XLSR_COOP=wide --fp16 --checkpointing;XLSR_SPLIT_K=0 --fp16 --checkpointing;XLSR_KEEP_ATTENTION=0 --checkpointing;XLSR_KEEP_ATTENTION=0 --fp16 --checkpointing' \
 #   bash tools/gpu_check.sh
 set -u
 cd "$(dirname "$0")/.."
 OUT=${OUT:-gpu-out}
 mkdir -p "$OUT"
+# A pack from tools/gpu_pack.sh supplies the binaries XLSR and TESTS do not name.
+if [ -f gpu-pack.tgz ]; then
+  mkdir -p /tmp/gpu-pack && tar xzf gpu-pack.tgz -C /tmp/gpu-pack
+  XLSR=${XLSR:-/tmp/gpu-pack/xlsr}
+  TESTS=${TESTS:-/tmp/gpu-pack/tests}
+fi
 X=${XLSR:-target/release/xlsr}
 exec > >(tee "$OUT/log.txt") 2>&1
 # Default kernels everywhere but the tuned steps below, whatever tuning file the machine has.
