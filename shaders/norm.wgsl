@@ -126,67 +126,73 @@ fn lanes_sum(rl: vec2<u32>, v: vec2<f32>) -> vec2<f32> {
     return s;
 }
 
-// Where element 0 of row `row` sits (the row's elements are p.inner apart).
-fn row_start(row: u32) -> u32 {
-    return p.off + (row / p.inner) * p.cols * p.inner + row % p.inner;
+// A short-row thread's place: its (row within the workgroup, lane), its row, whether that
+// row exists (rows past the end still take part in the workgroup's barriers), the last row
+// in their stead, and where element 0 of that row sits (its elements are p.inner apart).
+struct ShortRow {
+    rl: vec2<u32>,
+    row: u32,
+    live: bool,
+    r: u32,
+    base: u32,
+}
+
+fn short_row(lid: u32, wid: vec3<u32>, nwg: vec3<u32>) -> ShortRow {
+    let rl = row_lane(lid);
+    let row = row_of(wid, nwg) * RW + rl.x;
+    let r = min(row, p.rows - 1u);
+    let base = p.off + (r / p.inner) * p.cols * p.inner + r % p.inner;
+    return ShortRow(rl, row, row < p.rows, r, base);
 }
 
 @compute @workgroup_size(256)
 fn norm_fwd_rows(@builtin(local_invocation_id) lid3: vec3<u32>, @builtin(workgroup_id) wid: vec3<u32>,
                  @builtin(num_workgroups) nwg: vec3<u32>) {
-    let rl = row_lane(lid3.x);
-    let row = row_of(wid, nwg) * RW + rl.x;
-    // Rows past the end still take part in the workgroup's barriers.
-    let live = row < p.rows;
-    let base = row_start(min(row, p.rows - 1u));
+    let t = short_row(lid3.x, wid, nwg);
     var s = 0.0;
-    if live {
-        for (var c = rl.y; c < p.cols; c = c + RL) { s = s + x[base + c * p.inner]; }
+    if t.live {
+        for (var c = t.rl.y; c < p.cols; c = c + RL) { s = s + x[t.base + c * p.inner]; }
     }
-    let mean = lanes_sum(rl, vec2<f32>(s, 0.0)).x / f32(p.cols);
+    let mean = lanes_sum(t.rl, vec2<f32>(s, 0.0)).x / f32(p.cols);
     var v = 0.0;
-    if live {
-        for (var c = rl.y; c < p.cols; c = c + RL) { let d = x[base + c * p.inner] - mean; v = v + d * d; }
+    if t.live {
+        for (var c = t.rl.y; c < p.cols; c = c + RL) { let d = x[t.base + c * p.inner] - mean; v = v + d * d; }
     }
-    let rstd = inverseSqrt(lanes_sum(rl, vec2<f32>(v, 0.0)).x / f32(p.cols) + p.eps);
-    if !live { return; }
-    for (var c = rl.y; c < p.cols; c = c + RL) {
-        let i = base + c * p.inner;
+    let rstd = inverseSqrt(lanes_sum(t.rl, vec2<f32>(v, 0.0)).x / f32(p.cols) + p.eps);
+    if !t.live { return; }
+    for (var c = t.rl.y; c < p.cols; c = c + RL) {
+        let i = t.base + c * p.inner;
         var y = (x[i] - mean) * rstd;
-        if p.affine == 1u { let w = weight(row, c); y = y * gamma[w] + aux[w]; }
+        if p.affine == 1u { let w = weight(t.row, c); y = y * gamma[w] + aux[w]; }
         out[i] = y;
     }
-    if rl.y == 0u {
-        out2[p.off_stats + 2u * row] = mean;
-        out2[p.off_stats + 2u * row + 1u] = rstd;
+    if t.rl.y == 0u {
+        out2[p.off_stats + 2u * t.row] = mean;
+        out2[p.off_stats + 2u * t.row + 1u] = rstd;
     }
 }
 
 @compute @workgroup_size(256)
 fn norm_bwd_rows(@builtin(local_invocation_id) lid3: vec3<u32>, @builtin(workgroup_id) wid: vec3<u32>,
                  @builtin(num_workgroups) nwg: vec3<u32>) {
-    let rl = row_lane(lid3.x);
-    let row = row_of(wid, nwg) * RW + rl.x;
-    let live = row < p.rows;
-    let r = min(row, p.rows - 1u);
-    let base = row_start(r);
-    let mean = stats_in[p.off_stats + 2u * r];
-    let rstd = stats_in[p.off_stats + 2u * r + 1u];
+    let t = short_row(lid3.x, wid, nwg);
+    let mean = stats_in[p.off_stats + 2u * t.r];
+    let rstd = stats_in[p.off_stats + 2u * t.r + 1u];
     var sums = vec2<f32>(0.0);
-    if live {
-        for (var c = rl.y; c < p.cols; c = c + RL) {
-            let i = base + c * p.inner;
+    if t.live {
+        for (var c = t.rl.y; c < p.cols; c = c + RL) {
+            let i = t.base + c * p.inner;
             var g = aux[i];
-            if p.affine == 1u { g = g * gamma[weight(row, c)]; }
+            if p.affine == 1u { g = g * gamma[weight(t.row, c)]; }
             sums = sums + vec2<f32>(g, g * (x[i] - mean) * rstd);
         }
     }
-    let m = lanes_sum(rl, sums) / f32(p.cols);
-    if !live { return; }
-    for (var c = rl.y; c < p.cols; c = c + RL) {
-        let i = base + c * p.inner;
+    let m = lanes_sum(t.rl, sums) / f32(p.cols);
+    if !t.live { return; }
+    for (var c = t.rl.y; c < p.cols; c = c + RL) {
+        let i = t.base + c * p.inner;
         var g = aux[i];
-        if p.affine == 1u { g = g * gamma[weight(row, c)]; }
+        if p.affine == 1u { g = g * gamma[weight(t.row, c)]; }
         let dx = rstd * (g - m.x - (x[i] - mean) * rstd * m.y);
         if p.add_earlier == 1u { out[i] = out2[i] + dx; } else { out[i] = dx; }
     }

@@ -190,10 +190,10 @@ impl Dist {
             let t = since.load(Ordering::Relaxed);
             let now = epoch.elapsed().as_millis() as u64;
             if t > 0 && (now.saturating_sub(t)) as f64 > limit * 1e3 {
-                eprintln!(
+                say(&format!(
                     "xlsr: rank {rank} of {size}: waited {limit} s (XLSR_MPI_TIMEOUT) for the \
                      other ranks; one of them hangs. Stopping."
-                );
+                ));
                 std::process::exit(3);
             }
         });
@@ -216,4 +216,14 @@ fn launcher_size() -> Option<usize> {
     ["OMPI_COMM_WORLD_SIZE", "PMI_SIZE", "PMIX_SIZE"]
         .iter()
         .find_map(|k| std::env::var(k).ok()?.parse().ok())
+}
+
+/// Prints one line to stderr in a single write. `eprintln!` writes each formatted piece on
+/// its own, and mpirun, which forwards every rank's stderr, can print its abort notice between
+/// two pieces of the line that says why.
+pub fn say(line: &str) {
+    use std::io::Write;
+    let _ = std::io::stderr()
+        .lock()
+        .write_all(format!("{line}\n").as_bytes());
 }

@@ -118,7 +118,8 @@ pub fn run() -> Result<()> {
             if let Err(e) = trained {
                 if dist.size() > 1 {
                     // The others would wait for this rank forever: stop them all.
-                    eprintln!("xlsr: rank {} of {}: {e:#}", dist.rank(), dist.size());
+                    let line = format!("xlsr: rank {} of {}: {e:#}", dist.rank(), dist.size());
+                    crate::dist::say(&line);
                     dist.abort(1);
                 }
                 return Err(e.into());
