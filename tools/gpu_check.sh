@@ -9,6 +9,9 @@
 #   STEP='--batch 8 --seconds 5' the shape of those steps
 #   TUNE=0 skips the tuned steps (`xlsr bench --tune`, the file kept in $OUT/tuning)
 #   ALTS='VAR=VALUE [flags];...' only these of those steps
+#   DRY=1 tries the whole script here first (about 10 minutes on lavapipe): a 2-layer step of
+#   one 1 s clip, `--quick` benchmarks and compare_torch, test binaries listed, not run
+#   (PYTHON=../refenv/bin/python for a torch outside the system's python3)
 # The questions open after 2026-12-06 (tensor-core attention; the tensor-core GEMMs through
 # vector pointers, staged or wide, split in K or not; the attention kept across the
 # recomputation or not; the coop tests at 16x16), first:
@@ -26,6 +29,12 @@ if [ -f gpu-pack.tgz ]; then
   TESTS=${TESTS:-/tmp/gpu-pack/tests}
 fi
 X=${XLSR:-target/release/xlsr}
+if [ "${DRY:-0}" = 1 ]; then
+  QUICK=--quick
+  STEP=${STEP:---batch 1 --seconds 1 --layers 2}
+  STEPS=${STEPS:-1}
+fi
+QUICK=${QUICK:-}
 exec > >(tee "$OUT/log.txt") 2>&1
 # Default kernels everywhere but the tuned steps below, whatever tuning file the machine has.
 export XLSR_TUNE=0
@@ -52,6 +61,7 @@ if [ -n "${TESTS:-}" ]; then
   for t in "$TESTS"/*; do
     [ -f "$t" ] && [ -x "$t" ] || continue
     echo "== test $(basename "$t")"
+    if [ "${DRY:-0}" = 1 ]; then "$t" --list 2>&1 | tail -n 3; continue; fi
     timeout 300 "$t" --test-threads 1 2>&1 | tail -n 25
   done
 fi
@@ -95,12 +105,12 @@ if [ "${TUNE:-1}" = 1 ]; then
 fi
 
 echo "== conv1d kernels with each tile"
-for t in 64 128; do XLSR_CONV_TILE=$t timeout 120 "$X" bench --filter conv1d 2>&1 | grep conv1d; done
+for t in 64 128; do XLSR_CONV_TILE=$t timeout 120 "$X" bench $QUICK --filter conv1d 2>&1 | grep conv1d; done
 
 echo "== kernel benchmarks"
-timeout 300 "$X" bench --json >"$OUT/bench.json"
+timeout 300 "$X" bench $QUICK --json >"$OUT/bench.json"
 echo "== compare_torch"
-PYTHONUNBUFFERED=1 timeout "${COMPARE_TIMEOUT:-420}" python3 tools/compare_torch.py --xlsr "$X" \
+PYTHONUNBUFFERED=1 timeout "${COMPARE_TIMEOUT:-420}" ${PYTHON:-python3} tools/compare_torch.py $QUICK --xlsr "$X" \
   --out "$OUT/compare.md" --rows "${ROWS:-gemm,ctc,attention,step}" --steps "${STEPS:-3}" \
   --step-variants "${VARIANTS:-f32,f32-ckpt,fp16-ckpt}"
 echo "== done $(date -u)"
