@@ -410,17 +410,14 @@ fn act_under_autocast_keeps_a_rounded_input_for_backward() {
     );
 }
 
-/// A conv nobody needs gradients of, under autocast (the frozen feature encoder with
-/// `--fp16`): x unfolded to f16 columns and one f16 GEMM (tensor cores where the adapter has
-/// them; shapes with Cout >= 64 take them), equal to the f32 conv of the f16-rounded x and w
-/// within the f16 matmul's tolerance. Channel groups, or Cin K not a multiple of 8, keep the
-/// f32 conv.
+/// A conv nobody needs gradients of (the frozen feature encoder): x unfolded to columns and
+/// one GEMM, f16 under autocast (tensor cores where the adapter has them; shapes with
+/// Cout >= 64 take them), f32 with `XLSR_UNFOLD=1`; equal to an f64 conv of the (f16-rounded)
+/// x and w within the f16 matmul's tolerance, and f32 within 1e-5. Channel groups, or Cin K
+/// not a multiple of 8, keep the implicit-GEMM conv.
 #[test]
-fn frozen_conv_under_autocast_is_one_f16_gemm() {
-    use xlsr::ops::conv::{forward_f16, Conv1d};
-    if !has_f16() {
-        return;
-    }
+fn frozen_conv_is_one_gemm_over_the_unfolded_input() {
+    use xlsr::ops::conv::{forward_f16, forward_unfolded, Conv1d};
     let mut rng = Rng::new(41);
     // batch, cin, lin, cout, k, stride, pad, bias
     let cases = [
@@ -428,30 +425,39 @@ fn frozen_conv_under_autocast_is_one_f16_gemm() {
         (3, 8, 50, 24, 2, 2, 1, false),  // k2 s2, padding
         (1, 32, 80, 64, 3, 1, 2, true),
     ];
-    for (b, cin, lin, cout, k, stride, pad, with_bias) in cases {
-        let x = round16(&rng.vec(b * cin * lin));
-        let w = round16(&rng.vec(cout * cin * k));
-        let bias = rng.vec(cout);
-        let geo = Conv1d {
-            stride,
-            padding: pad,
-            groups: 1,
-        };
-        let bias_t = upload(&bias, &[cout]);
-        let y = forward_f16(
-            &geo,
-            &upload(&x, &[b, cin, lin]),
-            &upload(&w, &[cout, cin, k]),
-            with_bias.then_some(&bias_t),
-        )
-        .unwrap()
-        .expect("Cin K is a multiple of 8: the f16 GEMM applies");
-        let bias_ref = with_bias.then_some(&bias[..]);
-        let want = cpu_conv(&x, &w, bias_ref, b, cin, lin, cout, k, geo);
-        let lout = (lin + 2 * pad - k) / stride + 1;
-        assert_eq!(y.shape(), [b, cout, lout]);
-        let name = format!("conv b{b} cin{cin} lin{lin} cout{cout} k{k} s{stride} p{pad}");
-        assert_close(&name, &y.to_vec().unwrap(), &want, 1e-4, 1e-4);
+    let precisions: &[bool] = if has_f16() { &[true, false] } else { &[false] };
+    for &half in precisions {
+        for (b, cin, lin, cout, k, stride, pad, with_bias) in cases {
+            let x = round16(&rng.vec(b * cin * lin));
+            let w = round16(&rng.vec(cout * cin * k));
+            let bias = rng.vec(cout);
+            let geo = Conv1d {
+                stride,
+                padding: pad,
+                groups: 1,
+            };
+            let bias_t = upload(&bias, &[cout]);
+            let y = forward_unfolded(
+                &geo,
+                &upload(&x, &[b, cin, lin]),
+                &upload(&w, &[cout, cin, k]),
+                with_bias.then_some(&bias_t),
+                half,
+            )
+            .unwrap()
+            .expect("Cin K is a multiple of 8: the unfolded GEMM applies");
+            let bias_ref = with_bias.then_some(&bias[..]);
+            let want = cpu_conv(&x, &w, bias_ref, b, cin, lin, cout, k, geo);
+            let lout = (lin + 2 * pad - k) / stride + 1;
+            assert_eq!(y.shape(), [b, cout, lout]);
+            let name =
+                format!("conv b{b} cin{cin} lin{lin} cout{cout} k{k} s{stride} p{pad} f16 {half}");
+            let tol = if half { 1e-4 } else { 1e-5 };
+            assert_close(&name, &y.to_vec().unwrap(), &want, tol, tol);
+        }
+    }
+    if !has_f16() {
+        return;
     }
     // Groups, or a row of Cin K = 10 (the 1-channel first conv): not this path.
     let x = upload(&rng.vec(2 * 16 * 40), &[2, 16, 40]);

@@ -14,9 +14,10 @@
 #   (PYTHON=../refenv/bin/python for a torch outside the system's python3)
 # The questions open after 2026-12-06 (tensor-core attention; the tensor-core GEMMs through
 # vector pointers, staged or wide, split in K or not; the attention kept across the
-# recomputation or not; the coop tests at 16x16), first:
+# recomputation or not; the f32 frozen convs unfolded into GEMMs or not; the coop tests at
+# 16x16), first:
 #   TUNE=0 ROWS=gemm,attention,step VARIANTS=f32,fp16-ckpt \
-#   ALTS='XLSR_ATTN_COOP=0 --fp16 --checkpointing;XLSR_COOP=staged --fp16 --checkpointing;XLSR_COOP=wide --fp16 --checkpointing;XLSR_SPLIT_K=0 --fp16 --checkpointing;XLSR_KEEP_ATTENTION=0 --checkpointing;XLSR_KEEP_ATTENTION=0 --fp16 --checkpointing' \
+#   ALTS='XLSR_ATTN_COOP=0 --fp16 --checkpointing;XLSR_COOP=staged --fp16 --checkpointing;XLSR_COOP=wide --fp16 --checkpointing;XLSR_SPLIT_K=0 --fp16 --checkpointing;XLSR_KEEP_ATTENTION=0 --checkpointing;XLSR_KEEP_ATTENTION=0 --fp16 --checkpointing;XLSR_UNFOLD=1' \
 #   bash tools/gpu_check.sh
 set -u
 cd "$(dirname "$0")/.."
@@ -83,7 +84,8 @@ if [ "${BASELINES:-1}" = 1 ]; then
         "XLSR_COOP=staged --fp16 --checkpointing" "XLSR_KEEP_ATTENTION=0 --checkpointing"
         "XLSR_KEEP_ATTENTION=0 --fp16 --checkpointing"
         "XLSR_COOP=wide --fp16 --checkpointing" "XLSR_ATTN_COOP=0 --fp16 --checkpointing"
-        "XLSR_TUNE=0 --unfused-attention" "XLSR_TUNE=0 --unfused-attention --fp16 --checkpointing")
+        "XLSR_TUNE=0 --unfused-attention" "XLSR_TUNE=0 --unfused-attention --fp16 --checkpointing"
+        "XLSR_UNFOLD=1" "XLSR_UNFOLD=1 --checkpointing")
   # ALTS='A;B;...' runs only those (each: one VAR=VALUE, then bench flags).
   if [ -n "${ALTS:-}" ]; then IFS=';' read -r -a alts <<<"$ALTS"; fi
   for alt in "${alts[@]}"; do

@@ -277,14 +277,17 @@ impl Var {
 
     /// Conv1d of self [B, Cin, L] with w [Cout, Cin/groups, K].
     /// Under [`autocast`](crate::autograd::autocast), a conv whose input, weight and bias
-    /// need no gradient (the frozen feature encoder) is one f16 GEMM
-    /// ([`ops::conv::forward_f16`]) where that applies; otherwise f32.
+    /// need no gradient (the frozen feature encoder, evaluation) is one f16 GEMM over the
+    /// unfolded input ([`ops::conv::forward_unfolded`]) where that applies; in f32 too with
+    /// `XLSR_UNFOLD=1`.
     pub fn conv1d(&self, w: &Var, bias: Option<&Var>, geo: Conv1d) -> Result<Var> {
         let bias_t = bias.map(|b| &b.value);
         let frozen =
             !self.requires_grad() && !w.requires_grad() && bias.is_none_or(|b| !b.requires_grad());
-        if is_autocast() && frozen {
-            if let Some(y) = ops::conv::forward_f16(&geo, &self.value, &w.value, bias_t)? {
+        let half = is_autocast();
+        if frozen && unfold_frozen_convs(half) {
+            if let Some(y) = ops::conv::forward_unfolded(&geo, &self.value, &w.value, bias_t, half)?
+            {
                 return Ok(Var::constant(y));
             }
         }
@@ -559,4 +562,21 @@ fn in_input_order(d: LayerGrads, weight: bool, bias: bool) -> Vec<Option<Tensor>
         v.push(d.bias);
     }
     v
+}
+
+/// Whether a conv nobody differentiates runs as one GEMM over its unfolded input: in f16 by
+/// default (`XLSR_UNFOLD=0`: never, to compare). In f32 only with `XLSR_UNFOLD=1`: on
+/// lavapipe the unfolded k3 s2 conv takes half the implicit-GEMM kernel's time, but the
+/// unfold and the transpose back add 72 dispatches to the XLSR-53 step (1,356 -> 1,428 with
+/// checkpointing, past issue 14's 1,400) and 0.08 GB, so a GPU must show it pays first.
+fn unfold_frozen_convs(half: bool) -> bool {
+    static MODE: std::sync::OnceLock<Option<String>> = std::sync::OnceLock::new();
+    match MODE
+        .get_or_init(|| std::env::var("XLSR_UNFOLD").ok())
+        .as_deref()
+    {
+        Some("0") => false,
+        Some("1") => true,
+        _ => half,
+    }
 }

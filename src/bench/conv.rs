@@ -1,6 +1,6 @@
-//! The feature encoder's convolutions, one clip: the first conv, a k3 s2 conv forward (f32,
-//! and as the frozen encoder runs it under `--fp16`: unfolded into one f16 GEMM) and
-//! backward, the LayerNorm over its channels, and the positional conv.
+//! The feature encoder's convolutions, one clip: the first conv, a k3 s2 conv forward (the
+//! implicit-GEMM kernel, and as the frozen encoder runs it: unfolded into one GEMM, f32 or
+//! f16) and backward, the LayerNorm over its channels, and the positional conv.
 
 use super::{measure, rand, Measurement};
 use crate::error::Result;
@@ -52,11 +52,18 @@ pub(super) fn cases(
             log,
         );
     }
-    let name = format!("conv1d fwd f16 gemm 512->512 k3 s2 over {l0} frames");
-    if gpu.has_f16() && keep(&name) {
+    // As the frozen encoder runs it: unfolded into one GEMM, f32 or f16.
+    for half in [false, true] {
+        let name = format!(
+            "conv1d fwd {} gemm 512->512 k3 s2 over {l0} frames",
+            if half { "f16" } else { "f32" }
+        );
+        if (half && !gpu.has_f16()) || !keep(&name) {
+            continue;
+        }
         report(
             measure(gpu, &name, 1, f1, true, || {
-                ops::conv::forward_f16(&c1, &h0, &w1, None).map(|_| ())
+                ops::conv::forward_unfolded(&c1, &h0, &w1, None, half).map(|_| ())
             })?,
             log,
         );

@@ -1,9 +1,9 @@
 //! 1-D convolution (stride, padding, groups, bias) and its backward.
 
-mod f16;
+mod unfold;
 mod windows;
 
-pub use f16::{forward_f16, Im2colParams};
+pub use unfold::{forward_f16, forward_unfolded, Im2colParams};
 use windows::{backward_windows, forward_windows, windows};
 
 use super::{check_f32, dummy, elementwise, reduce, shifted_chunks, LayerGrads};
