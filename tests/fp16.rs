@@ -417,7 +417,7 @@ fn act_under_autocast_keeps_a_rounded_input_for_backward() {
 /// not a multiple of 8, keep the implicit-GEMM conv.
 #[test]
 fn frozen_conv_is_one_gemm_over_the_unfolded_input() {
-    use xlsr::ops::conv::{forward_f16, forward_unfolded, Conv1d};
+    use xlsr::ops::conv::{forward_unfolded, Conv1d};
     let mut rng = Rng::new(41);
     // batch, cin, lin, cout, k, stride, pad, bias
     let cases = [
@@ -467,7 +467,9 @@ fn frozen_conv_is_one_gemm_over_the_unfolded_input() {
         groups: 2,
     };
     let w = upload(&rng.vec(16 * 8 * 3), &[16, 8, 3]);
-    assert!(forward_f16(&grouped, &x, &w, None).unwrap().is_none());
+    assert!(forward_unfolded(&grouped, &x, &w, None, true)
+        .unwrap()
+        .is_none());
     let one = Conv1d {
         stride: 5,
         padding: 0,
@@ -477,7 +479,9 @@ fn frozen_conv_is_one_gemm_over_the_unfolded_input() {
         upload(&rng.vec(400), &[1, 1, 400]),
         upload(&rng.vec(80), &[8, 1, 10]),
     );
-    assert!(forward_f16(&one, &x1, &w1, None).unwrap().is_none());
+    assert!(forward_unfolded(&one, &x1, &w1, None, true)
+        .unwrap()
+        .is_none());
 }
 
 /// With the feature encoder frozen, `--fp16` runs its convs (all but the 1-channel first) in

@@ -3,7 +3,7 @@
 mod unfold;
 mod windows;
 
-pub use unfold::{forward_f16, forward_unfolded, Im2colParams};
+pub use unfold::{forward_unfolded, Im2colParams};
 use windows::{backward_windows, forward_windows, windows};
 
 use super::{check_f32, dummy, elementwise, reduce, shifted_chunks, LayerGrads};

@@ -15,7 +15,7 @@ const IM2COL_F32: Kernel = Kernel::new("im2col", "im2col_f32", 1, 1);
 kernel_params! {
     /// `im2col.wgsl`'s uniforms.
     pub struct Im2colParams in ["im2col"] {
-        /// Elements of the columns (B Lout Cin K, even).
+        /// Elements of the columns (B Lout Cin K; even, as Cin K is a multiple of 8).
         n: u32,
         /// Input channels.
         cin: u32,
@@ -79,14 +79,4 @@ pub fn forward_unfolded(
     let w = if half { cast::to_f16(&w)? } else { w };
     let yt = matmul::matmul(&cols, &w, false, true, bias)?;
     Ok(Some(copy::transpose(&yt, 1, 2)?))
-}
-
-/// [`forward_unfolded`] in f16: the frozen encoder's convs under `--fp16`.
-pub fn forward_f16(
-    c: &Conv1d,
-    x: &Tensor,
-    w: &Tensor,
-    bias: Option<&Tensor>,
-) -> Result<Option<Tensor>> {
-    forward_unfolded(c, x, w, bias, true)
 }
