@@ -576,7 +576,7 @@ fn attn_bwd_q_tiled(@builtin(local_invocation_index) lid: u32, @builtin(workgrou
             var ds = vec4<f32>(0.0);
             let s = vec4<f32>(t.s0[j], t.s1[j], t.s2[j], t.s3[j]) * p.scale + mk;
             let dp = vec4<f32>(t.d0[j], t.d1[j], t.d2[j], t.d3[j]);
-            let pr = exp(s - lse);
+            let pr = attn_prob4(s, lse, p.t);
             for (var i = 0u; i < 4u; i = i + 1u) {
                 let ks = keep_scale(bh, min(i0 + r + i, p.t - 1u), jg);
                 ds[i] = pr[i] * (dp[i] * ks - drow[i]);
@@ -671,7 +671,7 @@ fn attn_bwd_kv_tiled(@builtin(local_invocation_index) lid: u32, @builtin(workgro
             let drow = fb[p.off_s + 2u * srow + 1u];
             let live = c < n;
             let r = ty * 4u;
-            let pr = exp(vec4<f32>(t.s0[j], t.s1[j], t.s2[j], t.s3[j]) * p.scale + mk - lse);
+            let pr = attn_prob4(vec4<f32>(t.s0[j], t.s1[j], t.s2[j], t.s3[j]) * p.scale + mk, vec4<f32>(lse), p.t);
             let dp = vec4<f32>(t.d0[j], t.d1[j], t.d2[j], t.d3[j]);
             var ks = vec4<f32>(0.0);
             for (var i = 0u; i < 4u; i = i + 1u) {
@@ -787,7 +787,7 @@ fn attn_bwd_kv_rows(lid: u32, wx: u32, bh: u32, n4: u32) {
                 dpt = fma(tb[ii * MAX_D4 + cc * LANES + lane], vr[cc], dpt);
             }
             let sums = lane_sum2(vec2<f32>(hsum(qk), hsum(dpt)));
-            let pr = exp(sums.x * p.scale + mj - tc[ii]);
+            let pr = attn_prob(sums.x * p.scale + mj, tc[ii], p.t);
             let ks = keep_at(r, ii);
             let pd = vec4<f32>(pr * ks);
             let ds = vec4<f32>(pr * (sums.y * ks - td[ii]));
@@ -846,7 +846,7 @@ fn attn_bwd_q_rows(lid: u32, wx: u32, bh: u32, n4: u32) {
                 dpt = fma(dor[cc], tb[jj * MAX_D4 + cc * LANES + lane], dpt);
             }
             let sums = lane_sum2(vec2<f32>(hsum(qk), hsum(dpt)));
-            let pr = exp(sums.x * p.scale + tc[jj] - lse);
+            let pr = attn_prob(sums.x * p.scale + tc[jj], lse, p.t);
             let ds = vec4<f32>(pr * (sums.y * keep_at(r, jj) - drow));
             for (var cc = 0u; cc < n4; cc = cc + 1u) { dq[cc] = fma(ds, ta[jj * MAX_D4 + cc * LANES + lane], dq[cc]); }
         }

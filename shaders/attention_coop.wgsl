@@ -394,7 +394,7 @@ fn attn_bwd_kv_coop(@builtin(local_invocation_index) lane: u32, @builtin(workgro
             var pt = 0.0;
             var ds = 0.0;
             if c < n {
-                let pr = exp(cs[e] * p.scale + cmask[r] - cst[c]);
+                let pr = attn_prob(cs[e] * p.scale + cmask[r], cst[c], p.t);
                 let ks = keep_scale(bh, i0 + c, j);
                 pt = pr * ks;
                 ds = pr * (cdp[e] * ks - cst[CT + c]);
@@ -462,7 +462,7 @@ fn attn_bwd_q_coop(@builtin(local_invocation_index) lane: u32, @builtin(workgrou
             let c = e % CT;
             var ds = 0.0;
             if c < n {
-                let pr = exp(cs[e] * p.scale + cmask[c] - cst[r]);
+                let pr = attn_prob(cs[e] * p.scale + cmask[c], cst[r], p.t);
                 let ks = keep_scale(bh, min(i0 + r, p.t - 1u), j0 + c);
                 ds = pr * (cdp[e] * ks - cst[CK + r]);
             }

@@ -34,6 +34,19 @@ fn dropout_draw(i: u32, seed_lo: u32, seed_hi: u32) -> f32 {
     return f32(h >> 8u) * (1.0 / 16777216.0);
 }
 
+// exp(s - L): the attention weight of score s in a row of `t` keys whose logsumexp is L, as
+// the fused backward kernels recompute it. A row whose every key is masked has scores of
+// f32::MIN and L = f32::MIN + ln t, which rounds back to f32::MIN, so exp(s - L) would be 1;
+// the forward made that row uniform, so its weights are 1/t.
+fn attn_prob(s: f32, lse: f32, t: u32) -> f32 {
+    if lse <= -3.40282347e38 { return 1.0 / f32(t); }
+    return exp(s - lse);
+}
+
+fn attn_prob4(s: vec4<f32>, lse: vec4<f32>, t: u32) -> vec4<f32> {
+    return select(exp(s - lse), vec4<f32>(1.0 / f32(t)), lse <= vec4<f32>(-3.40282347e38));
+}
+
 // The 64x64 SIMT GEMM core (conv1d_gemm, matmul_tiled64): one k of this thread's 4x4 outputs,
 // the outer product of 4 rows of A and 4 columns of B read from the staged tiles. Staging
 // and storing differ per kernel; this part is the same.

@@ -41,16 +41,20 @@ fn softmax_fwd(@builtin(local_invocation_id) lid3: vec3<u32>, @builtin(workgroup
     let row = row_of(wid, nwg);
     if row >= p.rows { return; }
     let lid = lid3.x;
-    var m = -3.4e38;
+    // The lowest finite f32: a row whose every logit is masked (x + f32::MIN rounds to
+    // f32::MIN) then has m = f32::MIN and comes out uniform, as torch makes it.
+    var m = -3.40282347e38;
     for (var c = lid; c < p.cols; c = c + 256u) { m = max(m, logit(row, c)); }
     m = reduce(lid, m, true);
     var s = 0.0;
     for (var c = lid; c < p.cols; c = c + 256u) { s = s + exp(logit(row, c) - m); }
     s = reduce(lid, s, false);
-    let lse = m + log(s);
+    // Relative to m, not through m + log(s): near f32::MIN that sum rounds back to m.
+    let inv = 1.0 / s;
+    let ls = log(s);
     for (var c = lid; c < p.cols; c = c + 256u) {
-        let l = logit(row, c) - lse;
-        out[row * p.cols + c] = select(exp(l), l, p.log == 1u);
+        let d = logit(row, c) - m;
+        out[row * p.cols + c] = select(exp(d) * inv, d - ls, p.log == 1u);
     }
 }
 

@@ -58,8 +58,13 @@ struct Case {
 
 /// [B, T] additive mask: batch 0 sees every key, batch 1 only its first min(3, T).
 fn padding_mask(t: usize) -> Tensor {
+    keys_mask(t, 3)
+}
+
+/// [B, T] additive mask: batch 0 sees every key, batch 1 only its first min(kept, T).
+fn keys_mask(t: usize, kept: usize) -> Tensor {
     let mut m = vec![0f32; B * t];
-    for x in &mut m[t + t.min(3)..] {
+    for x in &mut m[t + t.min(kept)..] {
         *x = f32::MIN;
     }
     Tensor::from_slice(&gpu(), &m, &[B, t]).unwrap()
@@ -121,8 +126,12 @@ fn inputs(c: &Case) -> ([Vec<f64>; 3], Vec<f64>) {
 
 /// Compares fused with plain; returns the fused output.
 fn compare(c: &Case) -> Vec<f32> {
+    compare_masked(c, c.masked.then(|| padding_mask(c.t)))
+}
+
+/// `compare` under a given key mask.
+fn compare_masked(c: &Case, mask: Option<Tensor>) -> Vec<f32> {
     let (qkv, r) = inputs(c);
-    let mask = c.masked.then(|| padding_mask(c.t));
     let (o, g) = run(c, &qkv, &r, mask.as_ref(), true);
     let (o_ref, g_ref) = run(c, &qkv, &r, mask.as_ref(), false);
     let what = format!(
@@ -247,6 +256,36 @@ fn both_builds_match_plain_and_each_other() {
             1e-6,
             1e-5,
         );
+    }
+}
+
+/// A batch item whose every key is masked (all padding): its rows come out uniform in the
+/// forward (softmax.wgsl's answer), and the backward must use those uniform weights too. Its
+/// logsumexp is f32::MIN + ln T, which rounds to f32::MIN, so exp(s - L) alone would give
+/// every key a weight of 1 instead of 1/T. Every build: tiled, four lanes, a thread per row.
+#[test]
+fn a_batch_item_with_every_key_masked_matches_plain() {
+    let _one = one_build();
+    let c = Case {
+        t: 50,
+        d: 16,
+        masked: true,
+        p: 0.1,
+        seed: 31,
+        q_gain: 2.0,
+    };
+    let builds = [
+        (Tiled::All, false),
+        (Tiled::None, false),
+        (Tiled::None, true),
+    ];
+    for (tiled, rows_only) in builds {
+        let tiled_before = xlsr::ops::attention::set_tiled(tiled);
+        let rows_before = xlsr::ops::attention::set_rows_only(rows_only);
+        eprintln!("build: tiled {tiled:?}, rows only {rows_only}");
+        compare_masked(&c, Some(keys_mask(c.t, 0)));
+        xlsr::ops::attention::set_rows_only(rows_before);
+        xlsr::ops::attention::set_tiled(tiled_before);
     }
 }
 

@@ -261,11 +261,7 @@ fn bare_model_names_and_folded_weight_norm_load() {
         "{report:?}"
     );
     let (a, b) = (logits(&m), logits(&reference()));
-    let err = a
-        .iter()
-        .zip(&b)
-        .map(|(x, y)| (x - y).abs())
-        .fold(0f32, f32::max);
+    let err = max_abs_err(&a, &b);
     assert!(err < 1e-5, "folded weight norm changes logits by {err}");
 }
 
@@ -377,11 +373,7 @@ fn padded_batch_equals_single_utterances() {
         assert_eq!(one.logits.shape()[1], f);
         let single = one.logits.value.to_vec().unwrap();
         let batch = &all[i * t * v..i * t * v + f * v];
-        let err = single
-            .iter()
-            .zip(batch)
-            .map(|(a, b)| (a - b).abs())
-            .fold(0f32, f32::max);
+        let err = max_abs_err(&single, batch);
         assert!(err < 1e-5, "utterance {i}: padded vs alone differ by {err}");
     }
 }

@@ -5,7 +5,7 @@
 //! tools/make_batch_reference.py). No GPU, Python or network needed.
 
 mod common;
-use common::temp_dir;
+use common::{max_abs_err, temp_dir};
 use serde_json::Value;
 use std::collections::{BTreeMap, HashSet};
 use std::path::{Path, PathBuf};
@@ -305,11 +305,7 @@ fn decode_committed_mp3() {
     .map(|s| s.unwrap() as f32 / 32768.0)
     .collect();
     assert_eq!(native.len(), lame.len());
-    let err = lame
-        .iter()
-        .zip(&native)
-        .map(|(a, b)| (a - b).abs())
-        .fold(0f32, f32::max);
+    let err = max_abs_err(&lame, &native);
     assert!(err < 1e-4, "symphonia vs lame: max |err| {err}");
     assert!(native.iter().fold(0f32, |m, v| m.max(v.abs())) > 0.1);
 
@@ -862,12 +858,7 @@ fn grouping_and_padding_match_hf_fixtures() {
         .flat_map(f32s)
         .collect();
     assert_eq!(b.audio.len(), want.len());
-    let err = b
-        .audio
-        .iter()
-        .zip(&want)
-        .map(|(a, w)| (a - w).abs())
-        .fold(0f32, f32::max);
+    let err = max_abs_err(&b.audio, &want);
     assert!(err < 1e-5, "max error {err}");
     assert_eq!(b.attention_mask(), mask);
 }

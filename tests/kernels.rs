@@ -7,7 +7,7 @@ mod common;
 use common::*;
 use xlsr::ops::activation::Act;
 use xlsr::ops::conv::Conv1d;
-use xlsr::{Tensor, Var};
+use xlsr::{Tape, Tensor, Var};
 
 fn bcast_index(shape: &[usize], out: &[usize], mut i: usize) -> usize {
     let off = out.len() - shape.len();
@@ -885,6 +885,50 @@ fn softmax_with_mask() {
                 }
             },
             move |v| cpu_softmax(&v[0], None, 3, 300, 1, log),
+        );
+    }
+}
+
+/// The model's mask adds f32::MIN: where it covers a whole row (an utterance of padding only)
+/// every logit rounds to f32::MIN and the row comes out uniform, as in torch, not NaN (the
+/// max once started above f32::MIN) nor all ones (exp(x - (m + ln T)), with m + ln T rounding
+/// back to m); its gradient is finite.
+#[test]
+fn softmax_of_a_fully_masked_row_is_uniform() {
+    let g = gpu();
+    let (b, tq, tk) = (2, 3, 7);
+    let x: Vec<f64> = Rng::new(81).vec(b * tq * tk);
+    let mut mask = vec![0f32; b * tk];
+    mask[tk..].fill(f32::MIN);
+    let mask = Tensor::from_slice(&g, &mask, &[b, tk]).unwrap();
+    for log in [false, true] {
+        let tape = Tape::new();
+        let v = tape.input(upload(&x, &[b, 1, tq, tk]), true);
+        let y = if log {
+            v.log_softmax(Some(&mask)).unwrap()
+        } else {
+            v.softmax(Some(&mask)).unwrap()
+        };
+        let got = y.value.to_vec().unwrap();
+        let uniform = if log {
+            -(tk as f64).ln()
+        } else {
+            1.0 / tk as f64
+        };
+        assert_close(
+            &format!("log {log}: masked rows"),
+            &got[tq * tk..],
+            &vec![uniform; tq * tk],
+            1e-6,
+            1e-6,
+        );
+        let dy = Var::constant(upload(&Rng::new(82).vec(b * tq * tk), &[b, 1, tq, tk]));
+        let loss = y.mul(&dy).unwrap().sum().unwrap();
+        let dx = tape.backward(&loss, &[&v]).unwrap()[0].take().unwrap();
+        let dx = dx.to_vec().unwrap();
+        assert!(
+            dx.iter().all(|v| v.is_finite()),
+            "log {log}: gradient {dx:?}"
         );
     }
 }

@@ -23,12 +23,7 @@ fn logits_and_text_match_transformers() {
     let r = t.transcribe(&fixture("w2v2_large/clip.wav")).unwrap();
     let want = reference_logits();
     assert_eq!(r.logits.len(), want.len());
-    let err = r
-        .logits
-        .iter()
-        .zip(&want)
-        .map(|(a, b)| (a - b).abs())
-        .fold(0f32, f32::max);
+    let err = max_abs_err(&r.logits, &want);
     assert!(err < 1e-4, "logits differ by {err}");
     let ids = xlsr::metrics::greedy_decode(&want, r.frames, 12).unwrap();
     assert_eq!(r.text, t.vocab.decode_ctc(&ids));
@@ -67,11 +62,7 @@ fn cli_prints_text_writes_logits_and_names_bad_files() {
     let t = st.tensor("clip.wav").unwrap();
     assert_eq!(t.shape(), &[399, 12]);
     let got: Vec<f32> = bytemuck::pod_collect_to_vec(t.data());
-    let err = got
-        .iter()
-        .zip(reference_logits())
-        .map(|(a, b)| (a - b).abs())
-        .fold(0f32, f32::max);
+    let err = max_abs_err(&got, &reference_logits());
     assert!(err < 1e-4);
 
     let out = Command::new(env!("CARGO_BIN_EXE_xlsr"))

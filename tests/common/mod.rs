@@ -22,13 +22,25 @@ pub fn temp_dir(tag: &str) -> std::path::PathBuf {
     d
 }
 
-/// Largest |got - want| of two equally long slices.
+/// Largest |got - want| of two equally long slices; infinite where either holds a NaN or an
+/// infinity the other does not (`f64::max` would skip a NaN and call the slices equal).
 pub fn max_abs_err(got: &[f32], want: &[f32]) -> f64 {
     assert_eq!(got.len(), want.len());
     got.iter()
         .zip(want)
-        .map(|(a, b)| (*a as f64 - *b as f64).abs())
+        .map(|(&a, &b)| abs_err(a as f64, b as f64))
         .fold(0.0, f64::max)
+}
+
+/// |a - b|, infinite unless both are finite or both the same infinity.
+pub fn abs_err(a: f64, b: f64) -> f64 {
+    if a.is_finite() && b.is_finite() {
+        (a - b).abs()
+    } else if a == b {
+        0.0
+    } else {
+        f64::INFINITY
+    }
 }
 
 /// Runs the `xlsr` binary with `args`, asserts it succeeded (showing its stderr if not) and
@@ -89,7 +101,8 @@ pub fn assert_close(what: &str, got: &[f32], want: &[f64], atol: f64, rtol: f64)
     for (i, (&g, &w)) in got.iter().zip(want).enumerate() {
         let err = (g as f64 - w).abs();
         let excess = err - (atol + rtol * w.abs());
-        if excess > worst.0 || !g.is_finite() {
+        // NaN compares false: a non-finite value on either side must fail by itself.
+        if excess > worst.0 || !g.is_finite() || !w.is_finite() {
             worst = (excess.max(f64::MIN_POSITIVE), i);
         }
     }
