@@ -196,6 +196,8 @@ fn coop_selection_rules() {
 /// Largest |got - want| over the largest |want|, floored at 1e-3 (at T = 1 dQ is 0: P is 1
 /// whatever the score; what is left there is the two sides' summation orders).
 fn rel(got: &[f32], want: &[f32]) -> f64 {
+    // An infinity in the reference would make the scale infinite and every error nothing.
+    assert!(want.iter().all(|x| x.is_finite()), "reference not finite");
     let scale = want
         .iter()
         .fold(0f64, |m, &x| m.max(x.abs() as f64))
@@ -342,10 +344,22 @@ fn coop_attention_in_the_packed_layout() {
     };
     let run = |coop: bool| {
         let before = set_coop_attention(coop);
+        let profiled = g.profile_start().unwrap();
         let f = forward_qkv(Qkv::Packed(&qkv), Some(&mask), &a).unwrap();
         let dqkv = backward_packed(&qkv, Some(&mask), &a, &f, &r).unwrap();
+        let out = [f.out, f.lse, dqkv].map(|x| x.to_vec().unwrap());
+        let kernels = g.profile_stop().unwrap();
         set_coop_attention(before);
-        [f.out, f.lse, dqkv].map(|x| x.to_vec().unwrap())
+        if profiled {
+            for name in ["attn_fwd_coop", "attn_bwd_kv_coop", "attn_bwd_q_coop"] {
+                assert_eq!(
+                    kernels.iter().any(|k| k.0 == name),
+                    coop,
+                    "packed: {name} ran: {kernels:?}"
+                );
+            }
+        }
+        out
     };
     let (got, want) = (run(true), run(false));
     assert_coop_compiled(&g, "packed tensor-core attention");

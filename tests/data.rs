@@ -361,6 +361,7 @@ fn resampler_keeps_frequency_and_timing() {
                 .collect();
             let y = audio::resample(&x, rate, SAMPLE_RATE).unwrap();
             assert_eq!(y.len(), 16000, "{rate} Hz");
+            assert!(y.iter().all(|v| v.is_finite()), "{rate} Hz: not finite");
             // Away from the edges (where the tone starts abruptly) the output is the same
             // sine sampled at 16 kHz: same frequency, amplitude and phase, no delay.
             let mut max_err = 0f64;

@@ -102,6 +102,7 @@ fn check_variant(name: &str) {
             ..Forward::default()
         };
         let out = model.forward(&tape, &audio, Some(&lengths), &opts).unwrap();
+        assert_eq!(out.hidden.len(), 5, "{name}: hidden states kept");
         for (key, t) in &out.hidden {
             let (want, shape) = r.f32s(key);
             assert_eq!(t.shape(), &shape[..], "{name} {key} shape");

@@ -250,18 +250,16 @@ fn packed_update_equals_the_per_tensor_one() {
         let mut worst: f64 = 0.0;
         let a = values_and_moments(&packed, &opt_packed);
         let b = values_and_moments(&own, &opt_own);
+        assert_eq!(a.len(), b.len(), "tensors");
         for ((name, a), (nb, b)) in a.iter().zip(&b) {
             assert_eq!(name, nb);
+            assert_eq!(a.len(), b.len(), "{name}");
             if max_norm == 0.0 {
                 assert_eq!(a, b, "{name}: the packed update differs without clipping");
                 continue;
             }
             let scale = b.iter().fold(0f64, |m, &y| m.max((y as f64).abs()));
-            let d = a
-                .iter()
-                .zip(b)
-                .fold(0f64, |m, (&x, &y)| m.max((x - y).abs() as f64));
-            let d = d / scale.max(1e-30);
+            let d = max_abs_err(a, b) / scale.max(1e-30);
             assert!(d <= 5e-7, "{name}: differs by {d:.2e} of its scale");
             worst = worst.max(d);
         }

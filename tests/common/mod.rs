@@ -159,6 +159,12 @@ impl<'a> Check<'a> {
             self.fwd_tol.0,
             self.fwd_tol.1,
         );
+        // An op that dropped off the tape would skip the gradient check without a word.
+        assert!(
+            out.requires_grad() || !self.diff.contains(&true),
+            "{}: the output is not on the tape",
+            self.name
+        );
         if !out.requires_grad() {
             return;
         }
