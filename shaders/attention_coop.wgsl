@@ -54,32 +54,41 @@ fn dO_hi(f: vec4<f32>) -> vec4<f32> {
 }
 
 // Stages rows r0..r0+n of q (src 0), k (1), v (2), dO rounded to f16 (3) or what that
-// rounding left (4) of (bh) as f16 into cq (dst 0), ckv from row `at` (1), cw (2) or clo (3),
-// row stride CDP; rows past T repeat row T - 1, dims past D are zeros. q, k, v are copied as
-// they are; dO as the sum of its two parts keeps 22 bits.
+// rounding left (4) of (bh) as f16 into cq (dst 0) or ckv (1) from row `at`, row stride CDP;
+// rows past T repeat row T - 1, dims past D are zeros. `stage_bwd` does the same into cw
+// (dst 2) or clo (3): apart, so that the forward, which never calls it, keeps those two out of
+// its workgroup memory (7 KiB of one subgroup's 29 KiB: more subgroups fit a multiprocessor).
 fn stage(src: u32, dst: u32, at: u32, bh: u32, r0: u32, n: u32, lane: u32) {
     for (var e = lane; e < n * MAX_D4; e = e + S) {
         let r = e / MAX_D4;
         let c = e % MAX_D4;
-        let row = min(r0 + r, p.t - 1u);
-        var h: vec4<f16>;
-        if src < 3u {
-            let g = qkv_at(bh, row);
-            h = vec4<f16>(at16(src, g, c * 4u), at16(src, g, c * 4u + 1u), at16(src, g, c * 4u + 2u),
-                          at16(src, g, c * 4u + 3u));
-        } else {
-            let f = ld_fa(row_at(bh, row), c);
-            let hi = dO_hi(f);
-            h = vec4<f16>(select(f - hi, hi, src == 3u));
-        }
+        let h = staged(src, bh, min(r0 + r, p.t - 1u), c);
         let to = (at + r) * CDP + c * 4u;
-        switch dst {
-            case 0u: { cq[to / 4u] = h; }
-            case 1u: { ckv[to / 4u] = h; }
-            case 2u: { cw[to / 4u] = h; }
-            default: { clo[to / 4u] = h; }
-        }
+        if dst == 0u { cq[to / 4u] = h; } else { ckv[to / 4u] = h; }
     }
+}
+
+fn stage_bwd(src: u32, dst: u32, at: u32, bh: u32, r0: u32, n: u32, lane: u32) {
+    for (var e = lane; e < n * MAX_D4; e = e + S) {
+        let r = e / MAX_D4;
+        let c = e % MAX_D4;
+        let h = staged(src, bh, min(r0 + r, p.t - 1u), c);
+        let to = (at + r) * CDP + c * 4u;
+        if dst == 2u { cw[to / 4u] = h; } else { clo[to / 4u] = h; }
+    }
+}
+
+// Dims 4c..4c+4 of `row` of (bh) of the source `stage` names, as f16. q, k, v are copied as
+// they are; dO as the sum of its two parts keeps 22 bits.
+fn staged(src: u32, bh: u32, row: u32, c: u32) -> vec4<f16> {
+    if src < 3u {
+        let g = qkv_at(bh, row);
+        return vec4<f16>(at16(src, g, c * 4u), at16(src, g, c * 4u + 1u), at16(src, g, c * 4u + 2u),
+                         at16(src, g, c * 4u + 3u));
+    }
+    let f = ld_fa(row_at(bh, row), c);
+    let hi = dO_hi(f);
+    return vec4<f16>(select(f - hi, hi, src == 3u));
 }
 
 // Element e of the row of q (src 0), k (1) or v (2) at `base`, as stored (f16 in this build:
@@ -354,7 +363,7 @@ fn attn_bwd_kv_coop(@builtin(local_invocation_index) lane: u32, @builtin(workgro
     let j0 = wid.x * F;
     let nd = (p.d + F - 1u) / F;
     stage(1u, 0u, 0u, bh, j0, F, lane);
-    stage(2u, 2u, 0u, bh, j0, F, lane);
+    stage_bwd(2u, 2u, 0u, bh, j0, F, lane);
     for (var c = lane; c < F; c = c + S) { cmask[c] = key_mask(bh, min(j0 + c, p.t - 1u)); }
     var dk0 = coop_mat16x16<f32, C>();
     var dk1 = dk0;
@@ -377,7 +386,7 @@ fn attn_bwd_kv_coop(@builtin(local_invocation_index) lane: u32, @builtin(workgro
         workgroupBarrier();
         stage(0u, 1u, 0u, bh, i0, CT, lane);
         stage(3u, 1u, CT, bh, i0, CT, lane);
-        stage(4u, 3u, 0u, bh, i0, CT, lane);
+        stage_bwd(4u, 3u, 0u, bh, i0, CT, lane);
         for (var c = lane; c < CT; c = c + S) {
             let st = bh * p.t + min(i0 + c, p.t - 1u);
             cst[c] = fb[p.off_s + 2u * st];
@@ -432,8 +441,8 @@ fn attn_bwd_q_coop(@builtin(local_invocation_index) lane: u32, @builtin(workgrou
     let i0 = wid.x * F;
     let nd = (p.d + F - 1u) / F;
     stage(0u, 0u, 0u, bh, i0, F, lane);
-    stage(3u, 2u, 0u, bh, i0, F, lane);
-    stage(4u, 3u, 0u, bh, i0, F, lane);
+    stage_bwd(3u, 2u, 0u, bh, i0, F, lane);
+    stage_bwd(4u, 3u, 0u, bh, i0, F, lane);
     for (var c = lane; c < F; c = c + S) {
         let st = bh * p.t + min(i0 + c, p.t - 1u);
         cst[c] = fb[p.off_s + 2u * st];

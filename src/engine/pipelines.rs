@@ -504,6 +504,43 @@ mod tests {
             .unwrap_or_else(|e| panic!("{file}: {}", e.emit_to_string(&src)));
             naga::back::spv::write_vec(&module, &info, &Default::default(), None)
                 .unwrap_or_else(|e| panic!("{file}: SPIR-V: {e}"));
+            for (entry, bytes) in workgroup_bytes(&module, &info) {
+                // Vulkan's maxComputeSharedMemorySize on NVIDIA and AMD.
+                assert!(
+                    bytes <= 48 << 10,
+                    "{file} {entry}: {bytes} bytes of workgroup memory"
+                );
+                // One subgroup per workgroup: what it holds decides how many fit a
+                // multiprocessor (the backward's tiles stay out of the forward).
+                if entry == "attn_fwd_coop" && shape.is_some_and(|s| s.frag == 16) {
+                    assert!(bytes <= 23 << 10, "{file} {entry}: {bytes} bytes");
+                }
+            }
         }
+    }
+
+    /// The workgroup memory each entry point of `module` uses: the variables it reaches.
+    fn workgroup_bytes(
+        module: &naga::Module,
+        info: &naga::valid::ModuleInfo,
+    ) -> Vec<(String, u32)> {
+        let ctx = module.to_ctx();
+        module
+            .entry_points
+            .iter()
+            .enumerate()
+            .map(|(i, ep)| {
+                let used = info.get_entry_point(i);
+                let bytes = module
+                    .global_variables
+                    .iter()
+                    .filter(|(h, g)| {
+                        g.space == naga::AddressSpace::WorkGroup && !used[*h].is_empty()
+                    })
+                    .map(|(_, g)| module.types[g.ty].inner.size(ctx))
+                    .sum();
+                (ep.name.clone(), bytes)
+            })
+            .collect()
     }
 }
