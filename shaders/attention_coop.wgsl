@@ -60,27 +60,28 @@ fn dO_hi(f: vec4<f32>) -> vec4<f32> {
 // its workgroup memory (7 KiB of one subgroup's 29 KiB: more subgroups fit a multiprocessor).
 fn stage(src: u32, dst: u32, at: u32, bh: u32, r0: u32, n: u32, lane: u32) {
     for (var e = lane; e < n * MAX_D4; e = e + S) {
-        let r = e / MAX_D4;
-        let c = e % MAX_D4;
-        let h = staged(src, bh, min(r0 + r, p.t - 1u), c);
-        let to = (at + r) * CDP + c * 4u;
-        if dst == 0u { cq[to / 4u] = h; } else { ckv[to / 4u] = h; }
+        let h = staged(src, bh, r0, e);
+        if dst == 0u { cq[slot(at, e)] = h; } else { ckv[slot(at, e)] = h; }
     }
 }
 
 fn stage_bwd(src: u32, dst: u32, at: u32, bh: u32, r0: u32, n: u32, lane: u32) {
     for (var e = lane; e < n * MAX_D4; e = e + S) {
-        let r = e / MAX_D4;
-        let c = e % MAX_D4;
-        let h = staged(src, bh, min(r0 + r, p.t - 1u), c);
-        let to = (at + r) * CDP + c * 4u;
-        if dst == 2u { cw[to / 4u] = h; } else { clo[to / 4u] = h; }
+        let h = staged(src, bh, r0, e);
+        if dst == 2u { cw[slot(at, e)] = h; } else { clo[slot(at, e)] = h; }
     }
 }
 
-// Dims 4c..4c+4 of `row` of (bh) of the source `stage` names, as f16. q, k, v are copied as
-// they are; dO as the sum of its two parts keeps 22 bits.
-fn staged(src: u32, bh: u32, row: u32, c: u32) -> vec4<f16> {
+// Where vec4 e of the rows staged from tile row `at` goes: row at + e / MAX_D4, stride CDP.
+fn slot(at: u32, e: u32) -> u32 {
+    return ((at + e / MAX_D4) * CDP + (e % MAX_D4) * 4u) / 4u;
+}
+
+// Vec4 e of rows r0.. of (bh) of the source `stage` names, as f16. q, k, v are copied as they
+// are; dO as the sum of its two parts keeps 22 bits.
+fn staged(src: u32, bh: u32, r0: u32, e: u32) -> vec4<f16> {
+    let row = min(r0 + e / MAX_D4, p.t - 1u);
+    let c = e % MAX_D4;
     if src < 3u {
         let g = qkv_at(bh, row);
         return vec4<f16>(at16(src, g, c * 4u), at16(src, g, c * 4u + 1u), at16(src, g, c * 4u + 2u),
