@@ -65,12 +65,15 @@ fn load_b(batch: u32, row: u32, col: u32) -> f32 {
 // four vec4 per k and conflict-free), K walked 8 at a time through two workgroup buffers:
 // the next slab is fetched from global memory into registers while the current one is
 // multiplied, then stored into the other buffer, so there is one barrier per slab.
+// The `matmul_k16` build (engine::pipelines) walks K 16 at a time: half the barriers and slab
+// turns per FMA, two fetches of each operand in flight a thread, twice the workgroup memory.
 const TILE: u32 = 128u;
 const BK: u32 = 8u;
-const SLAB: u32 = 256u;   // vec4 per buffer: BK rows of TILE/4
+const SLAB: u32 = BK * 32u;   // vec4 per buffer: BK rows of TILE/4
+const KV: u32 = BK / 4u;   // vec4 along K in a row of the slab
 // [buffer][k][m/4] and [buffer][k][n/4].
-var<workgroup> As: array<vec4<f32>, 512>;
-var<workgroup> Bs: array<vec4<f32>, 512>;
+var<workgroup> As: array<vec4<f32>, 2u * SLAB>;
+var<workgroup> Bs: array<vec4<f32>, 2u * SLAB>;
 
 // The A element (row, k) of this batch item, zero outside [m, kend). `ta` is a constant in
 // each entry point, so the branch folds away.
@@ -86,12 +89,13 @@ fn gb(base: u32, k: u32, col: u32, kend: u32, tb: bool) -> f32 {
     return b_at(base + k * p.n + col);
 }
 
-// This thread's share of one slab: 4 values of A and 4 of B, read along memory's contiguous
-// direction (k for a row-major A, m for a transposed one; likewise for B).
-fn fetch_a(base: u32, row0: u32, k0: u32, kend: u32, tid: u32, ta: bool) -> vec4<f32> {
+// Vec4 q of one slab (a thread takes q = tid, and tid + 256 when BK = 16): 4 values of A or
+// of B, read along memory's contiguous direction (k for a row-major A, m for a transposed
+// one; likewise for B).
+fn fetch_a(base: u32, row0: u32, k0: u32, kend: u32, q: u32, ta: bool) -> vec4<f32> {
     if ta {
-        let k = k0 + tid / 32u;
-        let r = row0 + (tid % 32u) * 4u;
+        let k = k0 + q / 32u;
+        let r = row0 + (q % 32u) * 4u;
         if V4 {
             if r < p.m && k < kend { return a_at4(base + k * p.m + r); }
             return vec4<f32>(0.0);
@@ -99,8 +103,8 @@ fn fetch_a(base: u32, row0: u32, k0: u32, kend: u32, tid: u32, ta: bool) -> vec4
         return vec4<f32>(ga(base, r, k, kend, ta), ga(base, r + 1u, k, kend, ta),
                          ga(base, r + 2u, k, kend, ta), ga(base, r + 3u, k, kend, ta));
     }
-    let r = row0 + tid / 2u;
-    let k = k0 + (tid % 2u) * 4u;
+    let r = row0 + q / KV;
+    let k = k0 + (q % KV) * 4u;
     if V4 {
         if r < p.m && k < kend { return a_at4(base + r * p.k + k); }
         return vec4<f32>(0.0);
@@ -109,10 +113,10 @@ fn fetch_a(base: u32, row0: u32, k0: u32, kend: u32, tid: u32, ta: bool) -> vec4
                      ga(base, r, k + 2u, kend, ta), ga(base, r, k + 3u, kend, ta));
 }
 
-fn fetch_b(base: u32, col0: u32, k0: u32, kend: u32, tid: u32, tb: bool) -> vec4<f32> {
+fn fetch_b(base: u32, col0: u32, k0: u32, kend: u32, q: u32, tb: bool) -> vec4<f32> {
     if tb {
-        let c = col0 + tid / 2u;
-        let k = k0 + (tid % 2u) * 4u;
+        let c = col0 + q / KV;
+        let k = k0 + (q % KV) * 4u;
         if V4 {
             if c < p.n && k < kend { return b_at4(base + c * p.k + k); }
             return vec4<f32>(0.0);
@@ -120,8 +124,8 @@ fn fetch_b(base: u32, col0: u32, k0: u32, kend: u32, tid: u32, tb: bool) -> vec4
         return vec4<f32>(gb(base, k, c, kend, tb), gb(base, k + 1u, c, kend, tb),
                          gb(base, k + 2u, c, kend, tb), gb(base, k + 3u, c, kend, tb));
     }
-    let k = k0 + tid / 32u;
-    let c = col0 + (tid % 32u) * 4u;
+    let k = k0 + q / 32u;
+    let c = col0 + (q % 32u) * 4u;
     if V4 {
         if c < p.n && k < kend { return b_at4(base + k * p.n + c); }
         return vec4<f32>(0.0);
@@ -130,13 +134,13 @@ fn fetch_b(base: u32, col0: u32, k0: u32, kend: u32, tid: u32, tb: bool) -> vec4
                      gb(base, k, c + 2u, kend, tb), gb(base, k, c + 3u, kend, tb));
 }
 
-fn stash_a(buf: u32, v: vec4<f32>, tid: u32, ta: bool) {
+fn stash_a(buf: u32, v: vec4<f32>, q: u32, ta: bool) {
     if ta {
-        As[buf * SLAB + (tid / 32u) * 32u + tid % 32u] = v;
+        As[buf * SLAB + q] = v;
         return;
     }
-    let r = tid / 2u;
-    let k = (tid % 2u) * 4u;
+    let r = q / KV;
+    let k = (q % KV) * 4u;
     let at = buf * SLAB + r / 4u;
     As[at + k * 32u][r % 4u] = v.x;
     As[at + (k + 1u) * 32u][r % 4u] = v.y;
@@ -144,13 +148,13 @@ fn stash_a(buf: u32, v: vec4<f32>, tid: u32, ta: bool) {
     As[at + (k + 3u) * 32u][r % 4u] = v.w;
 }
 
-fn stash_b(buf: u32, v: vec4<f32>, tid: u32, tb: bool) {
+fn stash_b(buf: u32, v: vec4<f32>, q: u32, tb: bool) {
     if !tb {
-        Bs[buf * SLAB + (tid / 32u) * 32u + tid % 32u] = v;
+        Bs[buf * SLAB + q] = v;
         return;
     }
-    let c = tid / 2u;
-    let k = (tid % 2u) * 4u;
+    let c = q / KV;
+    let k = (q % KV) * 4u;
     let at = buf * SLAB + c / 4u;
     Bs[at + k * 32u][c % 4u] = v.x;
     Bs[at + (k + 1u) * 32u][c % 4u] = v.y;
@@ -176,17 +180,30 @@ fn gemm(lid: vec3<u32>, wid: vec3<u32>, ta: bool, tb: bool) {
     let row_sums = (p.has_bias & 4u) != 0u && wid.x == 0u && tid < 32u;
     var rsum = vec4<f32>(0.0);
 
+    // The second vec4 of each operand a thread fetches when BK = 16 (a constant: the
+    // branches on it fold away).
+    let q2 = tid + 256u;
     stash_a(0u, fetch_a(abase, row0, kbeg, kend, tid, ta), tid, ta);
     stash_b(0u, fetch_b(bbase, col0, kbeg, kend, tid, tb), tid, tb);
+    if BK > 8u {
+        stash_a(0u, fetch_a(abase, row0, kbeg, kend, q2, ta), q2, ta);
+        stash_b(0u, fetch_b(bbase, col0, kbeg, kend, q2, tb), q2, tb);
+    }
     workgroupBarrier();
     var buf = 0u;
     for (var k0 = kbeg; k0 < kend; k0 = k0 + BK) {
         let more = k0 + BK < kend;
         var na = vec4<f32>(0.0);
         var nb = vec4<f32>(0.0);
+        var na2 = vec4<f32>(0.0);
+        var nb2 = vec4<f32>(0.0);
         if more {
             na = fetch_a(abase, row0, k0 + BK, kend, tid, ta);
             nb = fetch_b(bbase, col0, k0 + BK, kend, tid, tb);
+            if BK > 8u {
+                na2 = fetch_a(abase, row0, k0 + BK, kend, q2, ta);
+                nb2 = fetch_b(bbase, col0, k0 + BK, kend, q2, tb);
+            }
         }
         let s = buf * SLAB;
         if row_sums {
@@ -202,6 +219,10 @@ fn gemm(lid: vec3<u32>, wid: vec3<u32>, ta: bool, tb: bool) {
         if more {
             stash_a(1u - buf, na, tid, ta);
             stash_b(1u - buf, nb, tid, tb);
+            if BK > 8u {
+                stash_a(1u - buf, na2, q2, ta);
+                stash_b(1u - buf, nb2, q2, tb);
+            }
         }
         workgroupBarrier();
         buf = 1u - buf;

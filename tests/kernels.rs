@@ -691,22 +691,45 @@ fn conv1d_cases(tile: usize) {
     }
 }
 
+/// Held by the tests that switch the tiled GEMM's builds (global settings).
+static GEMM_BUILD: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
 /// The tiled GEMM's v4 build (vec4 loads, taken where every operand row, shift and batch
 /// stride is a multiple of 4) multiplies exactly as the scalar build does, bit for bit: every
 /// transpose combination, batched and shared B, edge tiles, split-K, f16 inputs, and the
 /// weight gradient with its row sums.
 #[test]
 fn matmul_vec4_loads_equal_scalar_loads() {
-    use xlsr::ops::matmul::{matmul_tn_row_sums, matmul_with, set_v4, Algo};
+    let _one = GEMM_BUILD.lock().unwrap_or_else(|e| e.into_inner());
+    tiled_builds_agree("v4 and scalar", xlsr::ops::matmul::set_v4);
+}
+
+/// The same for its k16 build (K walked 16 at a time, two fetches of each operand a thread)
+/// against the default 8, with vec4 loads and without: K tails of 4 and 12 past a slab.
+#[test]
+fn matmul_k16_equals_k8() {
+    use xlsr::ops::matmul::{set_k16, set_v4};
+    let _one = GEMM_BUILD.lock().unwrap_or_else(|e| e.into_inner());
+    for v4 in [true, false] {
+        let before = set_v4(v4);
+        tiled_builds_agree(&format!("k16 and k8 (v4 {v4})"), set_k16);
+        set_v4(before);
+    }
+}
+
+/// Runs the tiled GEMM's cases with `set(true)` and `set(false)` and asserts they agree bit
+/// for bit.
+fn tiled_builds_agree(builds: &str, set: fn(bool) -> bool) {
+    use xlsr::ops::matmul::{matmul_tn_row_sums, matmul_with, Algo};
     let g = gpu();
     let mut rng = Rng::new(90);
     let both = |f: &dyn Fn() -> Vec<Vec<f32>>| {
-        let before = set_v4(true);
-        let v4 = f();
-        set_v4(false);
-        let scalar = f();
-        set_v4(before);
-        (v4, scalar)
+        let before = set(true);
+        let on = f();
+        set(false);
+        let off = f();
+        set(before);
+        (on, off)
     };
     let halves: &[bool] = if g.has_f16() {
         &[false, true]
@@ -739,13 +762,13 @@ fn matmul_vec4_loads_equal_scalar_loads() {
                     (a.clone(), b.clone())
                 };
                 for splits in [None, Some(3)] {
-                    let (v4, scalar) = both(&|| {
+                    let (on, off) = both(&|| {
                         let c = matmul_with(Algo::Tiled, &a, &b, ta, tb, Some(&bias), splits);
                         vec![c.unwrap().to_vec().unwrap()]
                     });
                     let what =
                         format!("{batch}x{m}x{n}x{k} ta {ta} tb {tb} f16 {half} splits {splits:?}");
-                    assert!(v4 == scalar, "{what}: v4 and scalar builds differ");
+                    assert!(on == off, "{what}: {builds} builds differ");
                 }
             }
         }
@@ -756,13 +779,13 @@ fn matmul_vec4_loads_equal_scalar_loads() {
         upload(&rng.vec(300 * 68), &[300, 68]),
     );
     for splits in [Some(1), Some(2)] {
-        let (v4, scalar) = both(&|| {
+        let (on, off) = both(&|| {
             let (c, sums) = matmul_tn_row_sums(&a, &b, splits).unwrap().unwrap();
             vec![c.to_vec().unwrap(), sums.to_vec().unwrap()]
         });
         assert!(
-            v4 == scalar,
-            "row sums, splits {splits:?}: v4 and scalar builds differ"
+            on == off,
+            "row sums, splits {splits:?}: {builds} builds differ"
         );
     }
 }

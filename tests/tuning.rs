@@ -59,10 +59,14 @@ fn measuring_times_each_shape_class_once() {
     let c = choices
         .get(key)
         .unwrap_or_else(|| panic!("{key} in {choices:?}"));
-    // The output has 3 x 2 tiles and K is long enough, so the default splits K; all three
-    // builds were timed.
+    // The output has 3 x 2 tiles and K is long enough, so the default splits K; all four
+    // builds were timed (the tiled kernel walking K 8 or 16 at a time, split; unsplit; 64).
     let timed: Vec<&str> = c.times_ms.keys().map(|s| s.as_str()).collect();
-    assert_eq!(timed, ["tiled", "tiled-unsplit", "tiled64"], "{c:?}");
+    assert_eq!(
+        timed,
+        ["tiled", "tiled-k16", "tiled-unsplit", "tiled64"],
+        "{c:?}"
+    );
     assert!(c.times_ms.values().all(|ms| *ms > 0.0), "{c:?}");
     assert!(c.rejected.is_empty(), "{c:?}");
     assert!(c.times_ms.contains_key(&c.pick));
@@ -167,6 +171,8 @@ fn a_kept_choice_is_the_build_launched() {
     assert_eq!(launched(&gpu), ["matmul_tiled64"]);
     keep("tiled-unsplit");
     assert_eq!(launched(&gpu), ["matmul_nn"]);
+    keep("tiled-k16");
+    assert_eq!(launched(&gpu), ["matmul_nn", "splitk_sum"]);
     // A choice this shape cannot take (no cooperative matrices here, or another setting).
     keep("coop");
     assert_eq!(launched(&gpu), ["matmul_nn", "splitk_sum"]);

@@ -14,10 +14,10 @@
 #   (PYTHON=../refenv/bin/python for a torch outside the system's python3)
 # The questions open after 2026-12-06 (tensor-core attention; the tensor-core GEMMs through
 # vector pointers, staged or wide, split in K or not; the attention kept across the
-# recomputation or not; the f32 frozen convs unfolded into GEMMs or not; the coop tests at
-# 16x16), first:
+# recomputation or not; the f32 frozen convs unfolded into GEMMs or not; the tiled GEMM
+# walking K 16 at a time or 8; the coop tests at 16x16), first:
 #   TUNE=0 ROWS=gemm,attention,step VARIANTS=f32,fp16-ckpt \
-#   ALTS='XLSR_ATTN_COOP=0 --fp16 --checkpointing;XLSR_COOP=staged --fp16 --checkpointing;XLSR_COOP=wide --fp16 --checkpointing;XLSR_SPLIT_K=0 --fp16 --checkpointing;XLSR_KEEP_ATTENTION=0 --checkpointing;XLSR_KEEP_ATTENTION=0 --fp16 --checkpointing;XLSR_UNFOLD=1' \
+#   ALTS='XLSR_ATTN_COOP=0 --fp16 --checkpointing;XLSR_COOP=staged --fp16 --checkpointing;XLSR_COOP=wide --fp16 --checkpointing;XLSR_SPLIT_K=0 --fp16 --checkpointing;XLSR_KEEP_ATTENTION=0 --checkpointing;XLSR_KEEP_ATTENTION=0 --fp16 --checkpointing;XLSR_UNFOLD=1;XLSR_GEMM_BK=16' \
 #   bash tools/gpu_check.sh
 set -u
 cd "$(dirname "$0")/.."
@@ -85,7 +85,8 @@ if [ "${BASELINES:-1}" = 1 ]; then
         "XLSR_KEEP_ATTENTION=0 --fp16 --checkpointing"
         "XLSR_COOP=wide --fp16 --checkpointing" "XLSR_ATTN_COOP=0 --fp16 --checkpointing"
         "XLSR_TUNE=0 --unfused-attention" "XLSR_TUNE=0 --unfused-attention --fp16 --checkpointing"
-        "XLSR_UNFOLD=1" "XLSR_UNFOLD=1 --checkpointing")
+        "XLSR_UNFOLD=1" "XLSR_UNFOLD=1 --checkpointing"
+        "XLSR_GEMM_BK=16" "XLSR_GEMM_BK=16 --checkpointing")
   # ALTS='A;B;...' runs only those (each: one VAR=VALUE, then bench flags).
   if [ -n "${ALTS:-}" ]; then IFS=';' read -r -a alts <<<"$ALTS"; fi
   for alt in "${alts[@]}"; do
@@ -105,6 +106,12 @@ if [ "${TUNE:-1}" = 1 ]; then
       --steps "${STEPS:-3}" --tune $v 2>&1 | tail -n 40
   done
 fi
+
+echo "== the tiled GEMM walking K 8 (the default) or 16 at a time"
+for bk in 8 16; do
+  XLSR_GEMM_BK=$bk timeout 120 "$X" bench $QUICK --filter "gemm f32" 2>&1 | grep "gemm f32" | sed "s/^/BK $bk: /"
+  XLSR_GEMM_BK=$bk timeout 120 "$X" bench $QUICK --filter "matmul tiled" 2>&1 | grep "matmul tiled" | sed "s/^/BK $bk: /"
+done
 
 echo "== conv1d kernels with each tile"
 for t in 64 128; do XLSR_CONV_TILE=$t timeout 120 "$X" bench $QUICK --filter conv1d 2>&1 | grep conv1d; done

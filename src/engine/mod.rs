@@ -35,8 +35,8 @@ pub use error::{Error, Result};
 pub use late_read::LateRead;
 pub use params::KernelParams;
 pub use pipelines::{
-    Kernel, COOP128_VARIANTS, COOP128_WIDE_VARIANTS, COOP_VARIANTS, F16_SUFFIX, LANES_SUFFIX,
-    V4_SUFFIX, WIDE_SUFFIX,
+    Kernel, COOP128_VARIANTS, COOP128_WIDE_VARIANTS, COOP_VARIANTS, F16_SUFFIX, K16_SUFFIX,
+    LANES_SUFFIX, V4_SUFFIX, WIDE_SUFFIX,
 };
 pub use profile::Counters;
 pub use tensor::Tensor;

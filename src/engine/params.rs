@@ -64,7 +64,8 @@ pub fn base_file(file: &str) -> &str {
     let file = file.strip_suffix(super::F16_SUFFIX).unwrap_or(file);
     let file = file.strip_suffix(super::WIDE_SUFFIX).unwrap_or(file);
     let file = file.strip_suffix(super::LANES_SUFFIX).unwrap_or(file);
-    file.strip_suffix(super::V4_SUFFIX).unwrap_or(file)
+    let file = file.strip_suffix(super::V4_SUFFIX).unwrap_or(file);
+    file.strip_suffix(super::K16_SUFFIX).unwrap_or(file)
 }
 
 /// The fields of the params struct of a kernel file (`base_file` of it), for building shaders
@@ -191,6 +192,7 @@ mod tests {
         assert_eq!(super::base_file("attention_f16"), "attention");
         assert_eq!(super::base_file("attention_lanes_f16"), "attention");
         assert_eq!(super::base_file("matmul_v4_f16"), "matmul");
+        assert_eq!(super::base_file("matmul_k16_v4_f16"), "matmul");
         assert_eq!(super::base_file("multi_tensor"), "multi_tensor");
     }
 }

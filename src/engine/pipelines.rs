@@ -119,6 +119,10 @@ const FOUR_LANES: &str =
 /// lines that end in [`SCALAR_LINE`] dropped and its lines that start with [`V4_LINE`]
 /// uncommented: matmul.wgsl binds A and B as vec4 arrays that way (`ops::matmul::v4_fits`).
 pub const V4_SUFFIX: &str = "_v4";
+/// A kernel file named `NAME_k16` (then optionally [`V4_SUFFIX`], [`F16_SUFFIX`]) is
+/// `NAME.wgsl` with its `const BK` line saying 16: the tiled GEMM walking K 16 at a time.
+pub const K16_SUFFIX: &str = "_k16";
+const BK_8: &str = "const BK: u32 = 8u;";
 const SCALAR_LINE: &str = "// scalar build";
 const V4_LINE: &str = "//v4 ";
 
@@ -202,6 +206,10 @@ pub(super) fn shader_source(file: &str, fields: &[(&str, &str)]) -> Result<Strin
         Some(b) => (b, true),
         None => (base, false),
     };
+    let (base, k16) = match base.strip_suffix(K16_SUFFIX) {
+        Some(b) => (b, true),
+        None => (base, false),
+    };
     if let Some(b) = base.strip_suffix(WIDE_SUFFIX) {
         let src = shader_source(b, fields)?;
         if !src.contains(SG_ROWS_2) {
@@ -219,6 +227,14 @@ pub(super) fn shader_source(file: &str, fields: &[(&str, &str)]) -> Result<Strin
     let mut src = with_prelude(src, fields);
     if v4 {
         src = v4_build(base, &src)?;
+    }
+    if k16 {
+        if !src.contains(BK_8) {
+            return Err(Error::Gpu(format!(
+                "{base}.wgsl has no `{BK_8}` line, so no k16 build"
+            )));
+        }
+        src = src.replace(BK_8, "const BK: u32 = 16u;");
     }
     if lanes {
         if !(src.contains(LANES_ONE) && src.contains(ONE_LANE)) {
@@ -470,6 +486,12 @@ mod tests {
             if src.lines().any(|l| l.starts_with(V4_LINE)) {
                 files.push(format!("{name}{V4_SUFFIX}"));
                 files.push(format!("{name}{V4_SUFFIX}{F16_SUFFIX}"));
+            }
+            if src.contains(BK_8) {
+                for v in ["", V4_SUFFIX] {
+                    files.push(format!("{name}{K16_SUFFIX}{v}"));
+                    files.push(format!("{name}{K16_SUFFIX}{v}{F16_SUFFIX}"));
+                }
             }
             if src.contains(LANES_ONE) {
                 files.push(format!("{name}{LANES_SUFFIX}"));

@@ -91,14 +91,36 @@ pub fn set_v4(on: bool) -> bool {
     v4_allowed().swap(on, Ordering::Relaxed)
 }
 
-/// The tiled kernel's entry for these uniforms, in its v4 build where that fits.
-fn tiled(half: bool, prm: &MatmulParams) -> Kernel {
+fn k16_allowed() -> &'static AtomicBool {
+    static ON: OnceLock<AtomicBool> = OnceLock::new();
+    ON.get_or_init(|| AtomicBool::new(std::env::var("XLSR_GEMM_BK").is_ok_and(|v| v == "16")))
+}
+
+/// Lets the tiled kernel walk K 16 at a time (its `k16` build; `XLSR_GEMM_BK=16`) instead of
+/// 8 (`false`, the default), for tests and comparisons; returns the setting before. Both
+/// builds add the same products in the same order, so they agree bit for bit.
+pub fn set_k16(on: bool) -> bool {
+    k16_allowed().swap(on, Ordering::Relaxed)
+}
+
+/// Whether the tiled kernel walks K 16 at a time unless the tuner says otherwise.
+fn k16_default() -> bool {
+    k16_allowed().load(Ordering::Relaxed)
+}
+
+/// The tiled kernel's entry for these uniforms, in its v4 build where that fits, walking K
+/// 16 at a time or 8.
+fn tiled(half: bool, prm: &MatmulParams, k16: bool) -> Kernel {
     let v4 = v4_allowed().load(Ordering::Relaxed) && v4_fits(prm);
-    let file = match (v4, half) {
-        (false, false) => "matmul",
-        (false, true) => "matmul_f16",
-        (true, false) => "matmul_v4",
-        (true, true) => "matmul_v4_f16",
+    let file = match (k16, v4, half) {
+        (false, false, false) => "matmul",
+        (false, false, true) => "matmul_f16",
+        (false, true, false) => "matmul_v4",
+        (false, true, true) => "matmul_v4_f16",
+        (true, false, false) => "matmul_k16",
+        (true, false, true) => "matmul_k16_f16",
+        (true, true, false) => "matmul_k16_v4",
+        (true, true, true) => "matmul_k16_v4_f16",
     };
     kernel(file, TILED[prm.trans_a as usize][prm.trans_b as usize])
 }
@@ -245,7 +267,7 @@ pub fn matmul_with(
     let biasr = bias.map_or(dm.bind(), |t| t.bind());
     let file = if half { "matmul_f16" } else { "matmul" };
     let kernel = |prm: &MatmulParams| match algo {
-        Algo::Tiled => tiled(half, prm),
+        Algo::Tiled => tiled(half, prm, k16_default()),
         Algo::Tiled64 => tiled64(half),
         Algo::Naive => kernel(file, "matmul_naive"),
     };
@@ -340,8 +362,8 @@ pub fn matmul_with(
 /// One way to run a launch of the tiled family: the candidates the tuner picks among.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Plan {
-    /// The tiled kernel with K in this many slices (1: unsplit).
-    Tiled(usize),
+    /// The tiled kernel with K in this many slices (1: unsplit), in its k16 build or not.
+    Tiled(usize, bool),
     /// The 64x64 tiled kernel (no row sums).
     Tiled64,
     /// Cooperative matrices (tensor cores), in one of their builds, with K in this many
@@ -383,6 +405,7 @@ fn gemm(
         }
     }
     names.push("tiled");
+    names.push("tiled-k16");
     if slices > 1 {
         names.push("tiled-unsplit");
     }
@@ -392,9 +415,10 @@ fn gemm(
     let plan = |name: &str| match (CoopKernel::named(name), name) {
         (Some((k, true)), _) => Plan::Coop(k, 1),
         (Some((k, false)), _) => Plan::Coop(k, slices),
-        (None, "tiled-unsplit") => Plan::Tiled(1),
+        (None, "tiled-unsplit") => Plan::Tiled(1, k16_default()),
+        (None, "tiled-k16") => Plan::Tiled(slices, true),
         (None, "tiled64") => Plan::Tiled64,
-        (None, _) => Plan::Tiled(slices),
+        (None, _) => Plan::Tiled(slices, k16_default()),
     };
     let name = match splits {
         Some(_) => names[0],
@@ -475,15 +499,15 @@ fn launch(
             split_dispatch(gpu, pass, coop::K_STEP, prm, splits, nb, bufs)
         }
         Plan::Coop(k, _) => coop::coop_launch(gpu, k, &prm, nb, &bufs[..4]),
-        Plan::Tiled(splits) if splits > 1 => {
-            let kernel = tiled(half, &prm);
+        Plan::Tiled(splits, k16) if splits > 1 => {
+            let kernel = tiled(half, &prm, k16);
             let pass = |g: &MatmulParams, b: [crate::engine::BufRef<'_>; 5]| {
                 let z = (nb * splits) as u32;
                 gpu.dispatch(&kernel, g, &b, [groups(TILE)[0], groups(TILE)[1], z])
             };
             split_dispatch(gpu, pass, BK, prm, splits, nb, bufs)
         }
-        Plan::Tiled(_) => gpu.dispatch(&tiled(half, &prm), &prm, &bufs, groups(TILE)),
+        Plan::Tiled(_, k16) => gpu.dispatch(&tiled(half, &prm, k16), &prm, &bufs, groups(TILE)),
         Plan::Tiled64 => gpu.dispatch(&tiled64(half), &prm, &bufs, groups(64)),
     }
 }
