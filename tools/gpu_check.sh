@@ -113,6 +113,13 @@ for bk in 8 16; do
   XLSR_GEMM_BK=$bk timeout 120 "$X" bench $QUICK --filter "matmul tiled" 2>&1 | grep "matmul tiled" | sed "s/^/BK $bk: /"
 done
 
+# The f16 GEMM (10% of torch fp16 on 2026-11-27) on each tensor-core build: direct from
+# global memory (the default), staged through workgroup memory by 4 subgroups, or by 8.
+echo "== f16 GEMMs on each tensor-core build"
+for c in coop coop-staged coop-wide; do
+  XLSR_COOP=$c timeout 120 "$X" bench $QUICK --filter "gemm f16" 2>&1 | grep "gemm f16" | sed "s/^/$c: /"
+done
+
 echo "== conv1d kernels with each tile"
 for t in 64 128; do XLSR_CONV_TILE=$t timeout 120 "$X" bench $QUICK --filter conv1d 2>&1 | grep conv1d; done
 
