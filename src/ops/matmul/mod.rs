@@ -108,10 +108,17 @@ fn k16_default() -> bool {
     k16_allowed().load(Ordering::Relaxed)
 }
 
+/// Whether the adapter has the k16 build's 32 KiB of workgroup memory (the default build
+/// needs 16, which every adapter offers).
+fn k16_fits(gpu: &crate::Gpu) -> bool {
+    gpu.limits().max_compute_workgroup_storage_size >= 32 << 10
+}
+
 /// The tiled kernel's entry for these uniforms, in its v4 build where that fits, walking K
-/// 16 at a time or 8.
-fn tiled(half: bool, prm: &MatmulParams, k16: bool) -> Kernel {
+/// 16 at a time (where the adapter has room) or 8.
+fn tiled(gpu: &crate::Gpu, half: bool, prm: &MatmulParams, k16: bool) -> Kernel {
     let v4 = v4_allowed().load(Ordering::Relaxed) && v4_fits(prm);
+    let k16 = k16 && k16_fits(gpu);
     let file = match (k16, v4, half) {
         (false, false, false) => "matmul",
         (false, false, true) => "matmul_f16",
@@ -267,7 +274,7 @@ pub fn matmul_with(
     let biasr = bias.map_or(dm.bind(), |t| t.bind());
     let file = if half { "matmul_f16" } else { "matmul" };
     let kernel = |prm: &MatmulParams| match algo {
-        Algo::Tiled => tiled(half, prm, k16_default()),
+        Algo::Tiled => tiled(gpu, half, prm, k16_default()),
         Algo::Tiled64 => tiled64(half),
         Algo::Naive => kernel(file, "matmul_naive"),
     };
@@ -405,7 +412,9 @@ fn gemm(
         }
     }
     names.push("tiled");
-    names.push("tiled-k16");
+    if k16_fits(gpu) {
+        names.push("tiled-k16");
+    }
     if slices > 1 {
         names.push("tiled-unsplit");
     }
@@ -500,14 +509,16 @@ fn launch(
         }
         Plan::Coop(k, _) => coop::coop_launch(gpu, k, &prm, nb, &bufs[..4]),
         Plan::Tiled(splits, k16) if splits > 1 => {
-            let kernel = tiled(half, &prm, k16);
+            let kernel = tiled(gpu, half, &prm, k16);
             let pass = |g: &MatmulParams, b: [crate::engine::BufRef<'_>; 5]| {
                 let z = (nb * splits) as u32;
                 gpu.dispatch(&kernel, g, &b, [groups(TILE)[0], groups(TILE)[1], z])
             };
             split_dispatch(gpu, pass, BK, prm, splits, nb, bufs)
         }
-        Plan::Tiled(_, k16) => gpu.dispatch(&tiled(half, &prm, k16), &prm, &bufs, groups(TILE)),
+        Plan::Tiled(_, k16) => {
+            gpu.dispatch(&tiled(gpu, half, &prm, k16), &prm, &bufs, groups(TILE))
+        }
         Plan::Tiled64 => gpu.dispatch(&tiled64(half), &prm, &bufs, groups(64)),
     }
 }
