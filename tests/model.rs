@@ -229,6 +229,55 @@ fn normalise(x: &[f32]) -> Vec<f32> {
         .collect()
 }
 
+/// On an adapter with WebGPU's minimum of workgroup memory (16 KiB, what
+/// `XLSR_WORKGROUP_BYTES=16384` makes lavapipe look like) the fused attention kernels (25 KiB
+/// and more) do not fit: the fused op says so, and the model takes the unfused path and still
+/// equals transformers in both layouts, logits and gradients. Runs this test binary again
+/// under that setting (the device is opened once a process).
+#[test]
+fn small_adapter_matches_transformers() {
+    let out = std::process::Command::new(std::env::current_exe().unwrap())
+        .env("XLSR_WORKGROUP_BYTES", "16384")
+        .args([
+            "--ignored",
+            "--exact",
+            "small_adapter_inner",
+            "--test-threads",
+            "1",
+        ])
+        .output()
+        .unwrap();
+    let text =
+        String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{text}");
+    assert!(text.contains("1 passed"), "{text}");
+}
+
+#[test]
+#[ignore = "run by small_adapter_matches_transformers, under XLSR_WORKGROUP_BYTES=16384"]
+fn small_adapter_inner() {
+    if std::env::var("XLSR_WORKGROUP_BYTES").is_err() {
+        eprintln!("XLSR_WORKGROUP_BYTES unset: small_adapter_matches_transformers runs this");
+        return;
+    }
+    let g = gpu();
+    assert!(g.limits().max_compute_workgroup_storage_size <= 16384);
+    assert!(!xlsr::ops::attention::fused_fits(&g));
+    let x = Tensor::from_slice(&g, &[0.5f32; 2 * 3 * 4], &[2, 3, 4]).unwrap();
+    let a = xlsr::ops::attention::Attention {
+        heads: 1,
+        scale: 0.5,
+        dropout: 0.0,
+        seed: 1,
+        tokens_first: false,
+        drop_row: 0,
+    };
+    let e = xlsr::ops::attention::forward(&x, &x, &x, None, &a).unwrap_err();
+    assert!(e.to_string().contains("workgroup memory"), "{e}");
+    check_variant("w2v2_base");
+    check_variant("w2v2_large");
+}
+
 #[test]
 fn base_layout_matches_transformers() {
     check_variant("w2v2_base");

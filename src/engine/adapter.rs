@@ -141,7 +141,16 @@ pub(super) fn open(nth: usize) -> Result<Opened> {
             .ok_or_else(|| Error::NoAdapter(String::new()))?,
     };
     let info = adapter.get_info();
-    let limits = adapter.limits();
+    let mut limits = adapter.limits();
+    // XLSR_WORKGROUP_BYTES=N runs as if the adapter offered at most N bytes of workgroup
+    // memory (16384 is WebGPU's minimum), so the fallbacks for small adapters can be tested.
+    if let Some(n) = std::env::var("XLSR_WORKGROUP_BYTES")
+        .ok()
+        .and_then(|v| v.parse::<u32>().ok())
+    {
+        limits.max_compute_workgroup_storage_size =
+            limits.max_compute_workgroup_storage_size.min(n);
+    }
     let mut optional = wgpu::Features::TIMESTAMP_QUERY | wgpu::Features::SHADER_F16;
     // XLSR_NO_F16=1 runs as if the adapter had no f16 (to test or rule out the f16 path).
     if std::env::var("XLSR_NO_F16").is_ok_and(|v| v == "1") {

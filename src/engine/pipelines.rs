@@ -537,6 +537,11 @@ mod tests {
                 if entry == "attn_fwd_coop" && shape.is_some_and(|s| s.frag == 16) {
                     assert!(bytes <= 23 << 10, "{file} {entry}: {bytes} bytes");
                 }
+                // What `ops::attention::fused_fits` asks of an adapter for the row kernels.
+                if ["attn_fwd", "attn_bwd_kv", "attn_bwd_q"].contains(&entry.as_str()) {
+                    let most = crate::ops::attention::ROW_BYTES;
+                    assert!(bytes <= most, "{file} {entry}: {bytes} bytes, over {most}");
+                }
             }
         }
     }

@@ -7,7 +7,7 @@ use crate::autograd::{autocast, Param, Tape, Var};
 use crate::engine::Tensor;
 use crate::error::Result;
 use crate::ops::activation::{Act, DropoutAt};
-use crate::ops::attention::{Attended, Attention, MAX_HEAD_DIM};
+use crate::ops::attention::{fused_fits, Attended, Attention, MAX_HEAD_DIM};
 use crate::rng::Rng;
 use std::cell::RefCell;
 use std::rc::Rc;
@@ -171,7 +171,7 @@ impl LayerStep {
         // One f16 copy of the input serves the three projections (and is what they keep).
         let x = if self.half { x.to_f16()? } else { x.clone() };
         let scale = (hd as f32).powf(-0.5);
-        let fused = self.fused && hd <= MAX_HEAD_DIM;
+        let fused = self.fused && hd <= MAX_HEAD_DIM && fused_fits(x.value.gpu());
         let joined = if fused { l.joined_qkv(tape)? } else { None };
         if let Some((w, bias)) = joined {
             // One GEMM makes [B, T, 3, H, D], which the fused kernels read as it is and whose

@@ -30,6 +30,16 @@ const BWD_Q_COOP: Kernel = Kernel::new("attention_coop", "attn_bwd_q_coop", 6, 2
 /// memory they need.
 const TILED_ROWS: usize = 32;
 const TILED_BYTES: u32 = 32 * 1024;
+/// The workgroup memory the row kernels need (24,960 to 25,088 bytes; the shader test holds
+/// them to this), the least any fused build does.
+pub const ROW_BYTES: u32 = 25 * 1024;
+
+/// Whether this adapter can run the fused kernels at all: the row kernels, which every
+/// other build falls back to, fit its workgroup memory. Where not (WebGPU's minimum is 16 KiB),
+/// the model takes the unfused path.
+pub fn fused_fits(gpu: &crate::Gpu) -> bool {
+    gpu.limits().max_compute_workgroup_storage_size >= ROW_BYTES
+}
 
 /// Whether the fused kernels run a thread per row even where the adapter has subgroups:
 /// `XLSR_ATTN=rows` at start, or [`set_rows_only`].

@@ -8,7 +8,7 @@ use crate::engine::params::kernel_params;
 use crate::engine::{grid, BufRef};
 use crate::engine::{DType, Tensor};
 use builds::{build_for, builds, launch, BWD_KV, BWD_Q, BWD_STATS, FWD, ROWS};
-pub use builds::{set_coop_attention, set_rows_only, set_tiled, Tiled};
+pub use builds::{fused_fits, set_coop_attention, set_rows_only, set_tiled, Tiled, ROW_BYTES};
 
 /// Largest head dim the fused kernels take; callers fall back to the unfused path above it.
 pub const MAX_HEAD_DIM: usize = 64;
@@ -167,6 +167,17 @@ fn check(op: &'static str, qkv: Qkv<'_>, mask: Option<&Tensor>, a: &Attention) -
             op,
             format!("{bh} (batch x heads) rows of {shape:?} not divisible by {heads} heads"),
         );
+    }
+    let gpu = qkv.parts()[0].gpu();
+    if !fused_fits(gpu) {
+        return Err(Error::Limit {
+            op,
+            msg: format!(
+                "the fused kernels need {ROW_BYTES} bytes of workgroup memory, {} offers {}; use the unfused path",
+                gpu.info().name,
+                gpu.limits().max_compute_workgroup_storage_size
+            ),
+        });
     }
     if let Some(m) = mask {
         check_f32(op, &[m])?;
