@@ -236,21 +236,49 @@ fn normalise(x: &[f32]) -> Vec<f32> {
 /// under that setting (the device is opened once a process).
 #[test]
 fn small_adapter_matches_transformers() {
+    rerun_with("XLSR_WORKGROUP_BYTES", "16384", "small_adapter_inner");
+}
+
+/// Runs this test binary's ignored test `name` again with `var=value` (the device is opened
+/// once a process, with what the environment says) and asserts that it passed.
+fn rerun_with(var: &str, value: &str, name: &str) {
     let out = std::process::Command::new(std::env::current_exe().unwrap())
-        .env("XLSR_WORKGROUP_BYTES", "16384")
-        .args([
-            "--ignored",
-            "--exact",
-            "small_adapter_inner",
-            "--test-threads",
-            "1",
-        ])
+        .env(var, value)
+        .args(["--ignored", "--exact", name, "--test-threads", "1"])
         .output()
         .unwrap();
     let text =
         String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "{text}");
     assert!(text.contains("1 passed"), "{text}");
+}
+
+/// A Vulkan device opened without robust buffer access (`XLSR_ROBUSTNESS=0`, for speed: the
+/// kernels guard their own indices) equals transformers in both layouts, logits and gradients.
+#[test]
+fn device_without_robust_buffers_matches_transformers() {
+    rerun_with("XLSR_ROBUSTNESS", "0", "without_robust_buffers_inner");
+}
+
+#[test]
+#[ignore = "run by device_without_robust_buffers_matches_transformers, under XLSR_ROBUSTNESS=0"]
+fn without_robust_buffers_inner() {
+    if std::env::var("XLSR_ROBUSTNESS").is_err() {
+        eprintln!(
+            "XLSR_ROBUSTNESS unset: device_without_robust_buffers_matches_transformers runs this"
+        );
+        return;
+    }
+    let g = gpu();
+    // Only Vulkan has the device feature; elsewhere the device keeps the driver's default.
+    assert_eq!(
+        g.robust_buffers(),
+        g.info().backend != wgpu::Backend::Vulkan,
+        "{:?}",
+        g.info().backend
+    );
+    check_variant("w2v2_base");
+    check_variant("w2v2_large");
 }
 
 #[test]

@@ -15,9 +15,10 @@
 # The questions open after 2026-12-06 (tensor-core attention; the tensor-core GEMMs through
 # vector pointers, staged or wide, split in K or not; the attention kept across the
 # recomputation or not; the f32 frozen convs unfolded into GEMMs or not; the tiled GEMM
-# walking K 16 at a time or 8; the coop tests at 16x16), first:
+# walking K 16 at a time or 8; the driver's bounds checks on or off, XLSR_ROBUSTNESS=0; the coop
+# tests at 16x16), first:
 #   TUNE=0 ROWS=gemm,attention,step VARIANTS=f32,fp16-ckpt \
-#   ALTS='XLSR_ATTN_COOP=0 --fp16 --checkpointing;XLSR_COOP=staged --fp16 --checkpointing;XLSR_COOP=wide --fp16 --checkpointing;XLSR_SPLIT_K=0 --fp16 --checkpointing;XLSR_KEEP_ATTENTION=0 --checkpointing;XLSR_KEEP_ATTENTION=0 --fp16 --checkpointing;XLSR_UNFOLD=1;XLSR_GEMM_BK=16' \
+#   ALTS='XLSR_ATTN_COOP=0 --fp16 --checkpointing;XLSR_COOP=staged --fp16 --checkpointing;XLSR_COOP=wide --fp16 --checkpointing;XLSR_SPLIT_K=0 --fp16 --checkpointing;XLSR_KEEP_ATTENTION=0 --checkpointing;XLSR_KEEP_ATTENTION=0 --fp16 --checkpointing;XLSR_UNFOLD=1;XLSR_GEMM_BK=16;XLSR_ROBUSTNESS=0;XLSR_ROBUSTNESS=0 --fp16 --checkpointing' \
 #   bash tools/gpu_check.sh
 set -u
 cd "$(dirname "$0")/.."
@@ -86,7 +87,8 @@ if [ "${BASELINES:-1}" = 1 ]; then
         "XLSR_COOP=wide --fp16 --checkpointing" "XLSR_ATTN_COOP=0 --fp16 --checkpointing"
         "XLSR_TUNE=0 --unfused-attention" "XLSR_TUNE=0 --unfused-attention --fp16 --checkpointing"
         "XLSR_UNFOLD=1" "XLSR_UNFOLD=1 --checkpointing"
-        "XLSR_GEMM_BK=16" "XLSR_GEMM_BK=16 --checkpointing")
+        "XLSR_GEMM_BK=16" "XLSR_GEMM_BK=16 --checkpointing"
+        "XLSR_ROBUSTNESS=0" "XLSR_ROBUSTNESS=0 --fp16 --checkpointing")
   # ALTS='A;B;...' runs only those (each: one VAR=VALUE, then bench flags).
   if [ -n "${ALTS:-}" ]; then IFS=';' read -r -a alts <<<"$ALTS"; fi
   for alt in "${alts[@]}"; do
@@ -118,6 +120,15 @@ done
 echo "== f16 GEMMs on each tensor-core build"
 for c in coop coop-staged coop-wide; do
   XLSR_COOP=$c timeout 120 "$X" bench $QUICK --filter "gemm f16" 2>&1 | grep "gemm f16" | sed "s/^/$c: /"
+done
+
+# The driver's bounds checks on every buffer access (robustBufferAccess, wgpu's default) or
+# off (XLSR_ROBUSTNESS=0): the GEMMs, every tensor-core build among them, and the attention.
+echo "== the driver's bounds checks on (1, the default) or off (0)"
+for r in 1 0; do
+  XLSR_ROBUSTNESS=$r timeout 180 "$X" bench $QUICK --filter gemm 2>&1 | grep gemm | sed "s/^/robust $r: /"
+  XLSR_ROBUSTNESS=$r timeout 120 "$X" bench $QUICK --filter "attention fused fwd+bwd" 2>&1 |
+    grep attention | sed "s/^/robust $r: /"
 done
 
 echo "== conv1d kernels with each tile"

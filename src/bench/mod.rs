@@ -89,17 +89,7 @@ pub fn run(
     macro_rules! say {
         ($($t:tt)*) => { let _ = writeln!(log, $($t)*); };
     }
-    say!(
-        "adapter: {} ({:?}, {:?}), timing: {}",
-        gpu.info().name,
-        gpu.info().backend,
-        gpu.info().device_type,
-        if gpu.has_timestamps() {
-            "GPU timestamps"
-        } else {
-            "wall clock"
-        }
-    );
+    say!("{}", adapter_line(gpu));
     let keep = |n: &str| filter.is_none_or(|f| n.contains(f));
     let mut out = Vec::new();
     let mut report = |m: Measurement, log: &mut dyn std::io::Write| {
@@ -502,13 +492,28 @@ pub fn run(
             n.rate()
         );
     }
-    Ok(Report {
-        adapter: gpu.info().name.clone(),
-        backend: format!("{:?}", gpu.info().backend),
-        driver: format!("{} {}", gpu.info().driver, gpu.info().driver_info),
-        results: out,
-        model_step: step,
-    })
+    Ok(Report::new(gpu, out, step))
+}
+
+/// The adapter a benchmark runs on, how it is timed, and whether the driver's bounds checks
+/// are off: the first line of every benchmark's log.
+pub fn adapter_line(gpu: &Gpu) -> String {
+    format!(
+        "adapter: {} ({:?}, {:?}), timing: {}{}",
+        gpu.info().name,
+        gpu.info().backend,
+        gpu.info().device_type,
+        if gpu.has_timestamps() {
+            "GPU timestamps"
+        } else {
+            "wall clock"
+        },
+        if gpu.robust_buffers() {
+            ""
+        } else {
+            ", robust buffer access off"
+        }
+    )
 }
 
 /// Everything one `xlsr bench` run measured (`--json` prints it).
@@ -520,8 +525,24 @@ pub struct Report {
     pub backend: String,
     /// Driver name and version.
     pub driver: String,
+    /// Whether the driver bounds-checked buffer accesses (`XLSR_ROBUSTNESS=0` turns it off).
+    pub robust_buffers: bool,
     /// Kernel cases.
     pub results: Vec<Measurement>,
     /// The training-step case, when it ran.
     pub model_step: Option<StepReport>,
+}
+
+impl Report {
+    /// The report of a run on `gpu`.
+    pub fn new(gpu: &Gpu, results: Vec<Measurement>, model_step: Option<StepReport>) -> Report {
+        Report {
+            adapter: gpu.info().name.clone(),
+            backend: format!("{:?}", gpu.info().backend),
+            driver: format!("{} {}", gpu.info().driver, gpu.info().driver_info),
+            robust_buffers: gpu.robust_buffers(),
+            results,
+            model_step,
+        }
+    }
 }

@@ -109,14 +109,9 @@ pub fn run(args: &BenchArgs) -> Result<()> {
                 count_only: args.count_only,
                 steps: args.steps,
             };
+            let _ = writeln!(log, "{}", crate::bench::adapter_line(&gpu));
             let step = crate::bench::model_step(&gpu, &m, &mut log)?;
-            crate::bench::Report {
-                adapter: gpu.info().name.clone(),
-                backend: format!("{:?}", gpu.info().backend),
-                driver: format!("{} {}", gpu.info().driver, gpu.info().driver_info),
-                results: Vec::new(),
-                model_step: Some(step),
-            }
+            crate::bench::Report::new(&gpu, Vec::new(), Some(step))
         }
         None => {
             let quick = args.quick

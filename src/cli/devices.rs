@@ -55,10 +55,15 @@ pub fn run() -> Result<()> {
     }
     let gpu = crate::Gpu::new()?;
     println!(
-        "selected: {} ({:?}), tensor-core GEMM {}",
+        "selected: {} ({:?}), tensor-core GEMM {}, robust buffer access {}",
         gpu.info().name,
         gpu.info().backend,
-        if gpu.has_coop() { "on" } else { "off" }
+        if gpu.has_coop() { "on" } else { "off" },
+        if gpu.robust_buffers() {
+            "on"
+        } else {
+            "off (XLSR_ROBUSTNESS=0)"
+        }
     );
     Ok(())
 }

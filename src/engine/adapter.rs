@@ -106,12 +106,15 @@ pub(super) struct Opened {
     pub info: wgpu::AdapterInfo,
     pub limits: wgpu::Limits,
     pub features: wgpu::Features,
+    /// Whether the driver bounds-checks buffer accesses (off only with `XLSR_ROBUSTNESS=0`).
+    pub robust: bool,
     pub coop: Option<CoopShape>,
 }
 
 /// Opens the best adapter (discrete > integrated > CPU) or the one whose name contains
 /// `XLSR_ADAPTER` (case-insensitive), with timestamps, f16 and cooperative matrices where
-/// offered (`XLSR_NO_F16=1` / `XLSR_NO_COOP=1` leave them off).
+/// offered (`XLSR_NO_F16=1` / `XLSR_NO_COOP=1` leave them off; `XLSR_ROBUSTNESS=0` opens a
+/// Vulkan device without robust buffer access: [`super::robustness`]).
 /// With several adapters of the best kind (a machine's GPUs), the `nth` of them modulo their
 /// number: each data-parallel process on a machine takes its own.
 pub(super) fn open(nth: usize) -> Result<Opened> {
@@ -165,7 +168,7 @@ pub(super) fn open(nth: usize) -> Result<Opened> {
     }
     let features = adapter.features() & optional;
     let coop = features.contains(wgpu::Features::EXPERIMENTAL_COOPERATIVE_MATRIX);
-    let (device, queue) = pollster::block_on(adapter.request_device(&wgpu::DeviceDescriptor {
+    let desc = wgpu::DeviceDescriptor {
         label: Some("xlsr"),
         required_features: features,
         required_limits: limits.clone(),
@@ -177,17 +180,25 @@ pub(super) fn open(nth: usize) -> Result<Opened> {
             wgpu::ExperimentalFeatures::disabled()
         },
         ..Default::default()
-    }))
-    .map_err(|e| Error::Device {
-        adapter: info.name.clone(),
-        reason: e.to_string(),
-    })?;
+    };
+    let unguarded = super::robustness::unguarded_requested()
+        .then(|| super::robustness::open_unguarded(&adapter, &desc))
+        .flatten();
+    let robust = unguarded.is_none();
+    let (device, queue) = match unguarded {
+        Some(opened) => opened?,
+        None => pollster::block_on(adapter.request_device(&desc)).map_err(|e| Error::Device {
+            adapter: info.name.clone(),
+            reason: e.to_string(),
+        })?,
+    };
     Ok(Opened {
         device,
         queue,
         info,
         limits,
         features,
+        robust,
         coop: shape.filter(|_| coop && features.contains(wgpu::Features::SHADER_F16)),
     })
 }

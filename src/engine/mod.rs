@@ -12,7 +12,8 @@
 //! Rooms: [`adapter`] (choice, features), [`pool`] (buffers by size class), [`pipelines`]
 //! (shader registry and variants, layouts, pipelines), [`dispatch`] (the batch, bind groups,
 //! submits), [`params`] (typed kernel uniforms), [`transfer`] (uploads, zero fills, read-back),
-//! [`profile`] (counters, timestamps), [`tuning`] (measured kernel choices per adapter),
+//! [`profile`] (counters, timestamps), [`robustness`] (a device without the driver's
+//! bounds checks), [`tuning`] (measured kernel choices per adapter),
 //! [`tensor`], [`dtype`], [`error`].
 
 pub mod adapter;
@@ -24,6 +25,7 @@ pub mod params;
 pub mod pipelines;
 pub mod pool;
 pub mod profile;
+mod robustness;
 pub mod tensor;
 pub mod transfer;
 pub mod tuning;
@@ -67,6 +69,8 @@ struct GpuInner {
     limits: wgpu::Limits,
     /// Enabled optional features.
     features: wgpu::Features,
+    /// Whether the driver bounds-checks buffer accesses ([`robustness`]).
+    robust: bool,
     /// The tensor-core kernels' shape, where they run.
     coop: Option<CoopShape>,
     modules: Mutex<HashMap<&'static str, Arc<wgpu::ShaderModule>>>,
@@ -112,6 +116,7 @@ impl Gpu {
             info,
             limits,
             features,
+            robust,
             coop,
         } = open(nth)?;
         let errors = Arc::new(Mutex::new(Vec::new()));
@@ -140,6 +145,7 @@ impl Gpu {
             info,
             limits,
             features,
+            robust,
             coop,
             modules: Mutex::default(),
             layouts: Mutex::default(),
@@ -252,6 +258,12 @@ impl Gpu {
     /// `XLSR_NO_COOP=1` turns them off.
     pub fn has_coop(&self) -> bool {
         self.0.coop.is_some()
+    }
+
+    /// Whether the driver bounds-checks every buffer access (robust buffer access): true but
+    /// on a Vulkan device opened with `XLSR_ROBUSTNESS=0` ([`robustness`]).
+    pub fn robust_buffers(&self) -> bool {
+        self.0.robust
     }
 
     /// The shape the tensor-core kernels are built in, where they run.
