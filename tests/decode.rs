@@ -158,6 +158,92 @@ fn transcriber_decodes_with_a_language_model() {
     let _ = std::fs::remove_dir_all(dir);
 }
 
+/// A corrupt ARPA file is refused by line or count, never trusted: a header count of 10^14
+/// once asked for 4.6 PB up front (an abort), NaN or positive log probabilities and counts
+/// that disagree with the file decoded silently.
+#[test]
+fn arpa_files_are_checked_not_trusted() {
+    let dir = common::temp_dir("arpa-checks");
+    let good = std::fs::read_to_string(fixture("decoder/lm.arpa")).unwrap();
+    let write = |name: &str, text: String| {
+        let p = dir.join(name);
+        std::fs::write(&p, text).unwrap();
+        p
+    };
+    let cases = [
+        (
+            "count",
+            good.replace("ngram 1=24", "ngram 1=100000000000000"),
+            "announces 100000000000000 1-grams, the file lists 24",
+        ),
+        (
+            "fewer",
+            good.replace("ngram 2=36", "ngram 2=35"),
+            "announces 35 2-grams",
+        ),
+        (
+            "nan",
+            good.replace("-1.469003\tagua", "NaN\tagua"),
+            "log10 probability NaN",
+        ),
+        (
+            "positive",
+            good.replace("-1.469003\tagua", "0.5\tagua"),
+            "log10 probability 0.5",
+        ),
+        (
+            "backoff",
+            good.replace("agua\t-0.397940", "agua\tinf"),
+            "bad back-off",
+        ),
+        (
+            "twice",
+            good.replace(
+                "-1.469003\tagua\t-0.397940",
+                "-1.469003\tagua\t-0.397940\n-1.4\tagua\t-0.3",
+            ),
+            "1-gram listed twice",
+        ),
+    ];
+    for (name, text, want) in cases {
+        assert_ne!(text, good, "{name}: the edit did not apply");
+        let e = ArpaLm::load(&write(&format!("{name}.arpa"), text))
+            .err()
+            .map(|e| e.to_string());
+        assert!(
+            e.as_deref().is_some_and(|e| e.contains(want)),
+            "{name}: {e:?}"
+        );
+    }
+    // -inf (never) is a probability some toolkits write; it loads.
+    let never = good.replace("-1.469003\tagua", "-inf\tagua");
+    assert!(ArpaLm::load(&write("never.arpa", never)).is_ok());
+    // Decoding options that cannot be meant are refused by name before anything loads.
+    let model = fixture("w2v2_large");
+    let clip = fixture("w2v2_large/clip.wav");
+    let lm = fixture("decoder/lm.arpa");
+    for (flag, value, want) in [
+        ("--alpha", "NaN", "--alpha NaN"),
+        ("--beta", "-inf", "--beta -inf"),
+        ("--beam-width", "0", "--beam-width 0"),
+        ("--beam-width", "100000", "--beam-width 100000"),
+    ] {
+        let flag_value = format!("{flag}={value}");
+        let args: [&dyn AsRef<std::ffi::OsStr>; 7] = [
+            &"transcribe",
+            &"--lm",
+            &lm,
+            &flag_value,
+            &"--model",
+            &model,
+            &clip,
+        ];
+        let e = common::xlsr_err(&args);
+        assert!(e.contains(want), "{flag} {value}: {e}");
+    }
+    let _ = std::fs::remove_dir_all(dir);
+}
+
 /// Times the six fixture utterances with the default LM settings:
 /// `cargo test --release --test decode -- --ignored --nocapture` (compare with
 /// pyctcdecode's `decode` on the same logits).

@@ -21,7 +21,28 @@ pub struct LmArgs {
     pub beam_width: usize,
 }
 
+/// Most beams `--beam-width` keeps: memory and time grow with it (100,000 on a 1 s clip took
+/// gigabytes and minutes); pyctcdecode's default is 100.
+const MAX_BEAMS: usize = 10_000;
+
 impl LmArgs {
+    /// Refuses weights that are not finite and a beam width outside 1..=[`MAX_BEAMS`] (a NaN
+    /// alpha once decoded every clip to an empty transcript).
+    fn check(&self) -> Result<()> {
+        if self.lm.is_none() {
+            return Ok(());
+        }
+        for (flag, v) in [("--alpha", self.alpha), ("--beta", self.beta)] {
+            if !v.is_finite() {
+                anyhow::bail!("{flag} {v}: must be a finite number");
+            }
+        }
+        if !(1..=MAX_BEAMS).contains(&self.beam_width) {
+            anyhow::bail!("--beam-width {}: must be 1 to {MAX_BEAMS}", self.beam_width);
+        }
+        Ok(())
+    }
+
     /// The decoder `--lm` asks for (warning on stderr about a model that does not fit).
     fn load(&self, t: &crate::transcribe::Transcriber) -> Result<Option<crate::decode::LmDecoder>> {
         let Some(path) = &self.lm else {
@@ -34,7 +55,7 @@ impl LmArgs {
         }
         d.options.alpha = self.alpha;
         d.options.beta = self.beta;
-        d.options.beam_width = self.beam_width.max(1);
+        d.options.beam_width = self.beam_width;
         Ok(Some(d))
     }
 }
@@ -108,6 +129,7 @@ pub struct EvalArgs {
 /// `--json` one object per file); a file that fails is reported and counted.
 pub fn transcribe(args: &TranscribeArgs) -> Result<()> {
     let (model, logits, files) = (&args.model, args.logits.as_deref(), &args.files);
+    args.lm.check()?;
     if let Some(path) = logits {
         crate::transcribe::check_logits_path(path, files)?;
     }
@@ -167,6 +189,7 @@ pub fn eval(args: &EvalArgs) -> Result<()> {
     if batch_size == 0 {
         anyhow::bail!("--batch-size 0: must be at least 1");
     }
+    args.lm.check()?;
     let gpu = super::open_gpu(0)?;
     let mut t =
         crate::transcribe::Transcriber::load_lang(&gpu, model, args.target_lang.as_deref())?;

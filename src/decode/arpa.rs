@@ -110,8 +110,12 @@ impl ArpaLm {
                         return bad(format!("order {n}: at most {MAX_ORDER} is supported"));
                     }
                     counts.push(c);
-                    lm.grams
-                        .push(HashMap::with_capacity_and_hasher(c, Default::default()));
+                    // The count is only the header's word: capped, so that a corrupt one
+                    // cannot ask for terabytes before a single n-gram is read.
+                    lm.grams.push(HashMap::with_capacity_and_hasher(
+                        c.min(1 << 20),
+                        Default::default(),
+                    ));
                 }
                 Some(n) => {
                     let mut parts = line.split_whitespace();
@@ -122,11 +126,18 @@ impl ArpaLm {
                             "expected `LOG10PROB w1 .. w{n} [BACKOFF]`, got {line:?}"
                         ));
                     };
+                    // As KenLM: a log10 probability is at most 0 (-inf, or -99 for `<s>`,
+                    // means never), a back-off is finite.
+                    if prob.is_nan() || prob > 0.0 {
+                        return bad(format!(
+                            "log10 probability {prob} (must be <= 0) in {line:?}"
+                        ));
+                    }
                     let backoff = match toks.len() - n {
                         0 => 0.0,
                         1 => match toks[n].parse::<f32>() {
-                            Ok(b) => b,
-                            Err(_) => return bad(format!("bad back-off {:?}", toks[n])),
+                            Ok(b) if b.is_finite() => b,
+                            _ => return bad(format!("bad back-off {:?}", toks[n])),
                         },
                         _ => return bad(format!("too many fields for a {n}-gram: {line:?}")),
                     };
@@ -137,7 +148,9 @@ impl ArpaLm {
                             *lm.words.entry(w.to_string()).or_insert(next)
                         })
                         .collect();
-                    lm.grams[n - 1].insert(ids, (prob, backoff));
+                    if lm.grams[n - 1].insert(ids, (prob, backoff)).is_some() {
+                        return bad(format!("{n}-gram listed twice: {line:?}"));
+                    }
                     if n == 1 && line.split('\t').count() == 3 {
                         lm.listed.push(toks[0].to_string());
                     }
@@ -146,6 +159,18 @@ impl ArpaLm {
         }
         if counts.is_empty() || lm.grams[0].is_empty() {
             return file_err(path, "no \\data\\ section or no unigrams: not an ARPA file");
+        }
+        for (n, (&said, grams)) in counts.iter().zip(&lm.grams).enumerate() {
+            if said != grams.len() {
+                return file_err(
+                    path,
+                    format!(
+                        "\\data\\ announces {said} {}-grams, the file lists {} (truncated or edited?)",
+                        n + 1,
+                        grams.len()
+                    ),
+                );
+            }
         }
         lm.order = counts.len();
         lm.unk = lm.words.get("<unk>").copied();
