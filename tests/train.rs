@@ -523,10 +523,25 @@ fn used_run_folder_is_refused_and_rotation_keeps_the_newest() {
     assert!(std::fs::read(run.join("final/model.safetensors")).unwrap() == final_before);
     assert!(std::fs::read(run.join("metrics.jsonl")).unwrap() == log_before);
 
-    // --overwrite: the earlier run's files go, the new run's checkpoints stay (rotation once
-    // deleted the new checkpoints because the old run's had higher steps).
+    // --overwrite with an input that fails: refused before the earlier run is touched (the
+    // folder was once emptied before the model was even opened).
     let mut o = opts("3", "3");
     o.push("--overwrite".into());
+    let e = train::run(
+        &g,
+        &args(&dir.join("no-model"), &prep, &run, &{
+            let refs: Vec<&str> = o.iter().map(String::as_str).collect();
+            refs
+        }),
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(e.contains("no-model"), "{e}");
+    assert_eq!(names_in(&run), kept);
+    assert!(std::fs::read(run.join("metrics.jsonl")).unwrap() == log_before);
+
+    // --overwrite: the earlier run's files go, the new run's checkpoints stay (rotation once
+    // deleted the new checkpoints because the old run's had higher steps).
     let second = run_with(&o).unwrap();
     assert_eq!(second.steps, 3);
     assert_eq!(
@@ -555,7 +570,9 @@ fn used_run_folder_is_refused_and_rotation_keeps_the_newest() {
 /// Every numeric option is checked before anything runs; the error names the flag.
 #[test]
 fn bad_numbers_are_refused_naming_the_flag() {
-    let cases: [(&str, &str); 22] = [
+    let cases: [(&str, &str); 24] = [
+        ("target-lang", "x/y"),
+        ("target-lang", ".."),
         ("learning-rate", "nan"),
         ("learning-rate", "inf"),
         ("learning-rate", "-1e-4"),
@@ -744,9 +761,93 @@ fn resume_problems_are_named() {
         "{e}"
     );
     std::fs::write(&state, text).unwrap();
+    let metrics = std::fs::read(run.join("metrics.jsonl")).unwrap();
+    // Damaged optimiser moments are refused by file and tensor (they once loaded, and the
+    // NaN update that followed was blamed on the learning rate), and so is another dtype.
+    let opt_path = run.join("checkpoint-1/optimizer.safetensors");
+    let opt_bytes = std::fs::read(&opt_path).unwrap();
+    for (change, want) in [
+        ("nan", "value NaN"),
+        ("negative", "value -1"),
+        ("i32", "saved as I32"),
+    ] {
+        std::fs::write(&opt_path, edit_exp_avg_sq(&opt_bytes, change)).unwrap();
+        let e = train::run(&g, &args(&model, &prep, &run, &resume))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("optimizer.safetensors") && e.contains("exp_avg_sq") && e.contains(want),
+            "{change}: {e}"
+        );
+    }
+    std::fs::write(&opt_path, &opt_bytes).unwrap();
+    // A newest checkpoint without its trainer_state.json is damaged: named, with the previous
+    // one, instead of a silent fall-back (or, with no other, a fresh run over the metrics).
+    std::fs::create_dir(run.join("checkpoint-9")).unwrap();
+    std::fs::copy(
+        run.join("checkpoint-1/model.safetensors"),
+        run.join("checkpoint-9/model.safetensors"),
+    )
+    .unwrap();
+    let e = train::run(&g, &args(&model, &prep, &run, &resume))
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("checkpoint-9/trainer_state.json")
+            && e.contains("checkpoint-1")
+            && e.contains("may be intact"),
+        "{e}"
+    );
+    std::fs::remove_dir_all(run.join("checkpoint-9")).unwrap();
+    assert!(std::fs::read(run.join("metrics.jsonl")).unwrap() == metrics);
     let done = train::run(&g, &args(&model, &prep, &run, &resume)).unwrap();
     assert_eq!(done.steps, 3);
+    // With every checkpoint gone but the run's other files there, --resume has nothing to
+    // continue and refuses, rather than train afresh over final/ and metrics.jsonl.
+    for ck in names_in(&run)
+        .iter()
+        .filter(|n| n.starts_with("checkpoint-"))
+    {
+        std::fs::remove_dir_all(run.join(ck)).unwrap();
+    }
+    let metrics = std::fs::read(run.join("metrics.jsonl")).unwrap();
+    let e = train::run(&g, &args(&model, &prep, &run, &resume))
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("no checkpoint") && e.contains("--overwrite"),
+        "{e}"
+    );
+    assert!(std::fs::read(run.join("metrics.jsonl")).unwrap() == metrics);
     let _ = std::fs::remove_dir_all(dir);
+}
+
+/// `bytes` (an optimizer.safetensors) with its first `exp_avg_sq` tensor made NaN, negative,
+/// or stored as I32.
+fn edit_exp_avg_sq(bytes: &[u8], change: &str) -> Vec<u8> {
+    use safetensors::{tensor::TensorView, Dtype, SafeTensors};
+    let st = SafeTensors::deserialize(bytes).unwrap();
+    let mut owned: Vec<(String, Dtype, Vec<usize>, Vec<u8>)> = st
+        .tensors()
+        .into_iter()
+        .map(|(n, t)| (n, t.dtype(), t.shape().to_vec(), t.data().to_vec()))
+        .collect();
+    owned.sort_by(|a, b| a.0.cmp(&b.0));
+    let t = owned
+        .iter_mut()
+        .find(|t| t.0.ends_with(".exp_avg_sq"))
+        .unwrap();
+    let n = t.3.len() / 4;
+    match change {
+        "nan" => t.3 = bytemuck::cast_slice(&vec![f32::NAN; n]).to_vec(),
+        "negative" => t.3 = bytemuck::cast_slice(&vec![-1f32; n]).to_vec(),
+        _ => t.1 = Dtype::I32,
+    }
+    let views: Vec<(String, TensorView)> = owned
+        .iter()
+        .map(|(n, d, s, b)| (n.clone(), TensorView::new(*d, s.clone(), b).unwrap()))
+        .collect();
+    safetensors::serialize(views, None).unwrap()
 }
 
 /// Flags for `steps` steps of batch 2 that save a checkpoint after each and never evaluate.

@@ -69,6 +69,21 @@ impl AdamW {
                             )));
                         }
                     }
+                    // Moments that are not finite, or a negative second moment, would make
+                    // the first update NaN and then be blamed on the learning rate.
+                    let bad_m = m.2.iter().position(|x| !x.is_finite());
+                    let bad_v = v.2.iter().position(|x| !(x.is_finite() && *x >= 0.0));
+                    for (key, at, data, what) in [
+                        (&m.0, bad_m, &m.2, "finite"),
+                        (&v.0, bad_v, &v.2, "finite and >= 0"),
+                    ] {
+                        if let Some(i) = at {
+                            return Err(Error::State(format!(
+                                "{key}: value {} at {i}; a moment must be {what} (a damaged file?)",
+                                data[i]
+                            )));
+                        }
+                    }
                     Some((m.2.clone(), v.2.clone(), step))
                 }
                 _ => {

@@ -73,15 +73,24 @@ pub fn run_dist(gpu: &Gpu, args: &TrainOptions, dist: &Dist) -> Result<RunSummar
             gpu.info().name
         );
     }
-    if root {
-        state::claim_run_dir(&args.out, args.resume, args.overwrite)?;
-    }
-    dist.barrier();
+    state::check_run_dir(&args.out, args.resume, args.overwrite)?;
+    let resume_from = if args.resume {
+        let last = state::resume_point(&args.out)?;
+        if last.is_none() && root {
+            eprintln!(
+                "note: --resume but no checkpoint in {}; starting fresh",
+                args.out.display()
+            );
+        }
+        last
+    } else {
+        None
+    };
     // --resume continues the run as it was set up: the checkpoint's options, unless --override.
     let resumed;
-    let args = match state::list(&args.out).pop().filter(|_| args.resume) {
-        Some((_, dir)) => {
-            resumed = resumed_args(args, &dir);
+    let args = match &resume_from {
+        Some(dir) => {
+            resumed = resumed_args(args, dir);
             resumed.validate()?;
             &resumed
         }
@@ -118,19 +127,14 @@ pub fn run_dist(gpu: &Gpu, args: &TrainOptions, dist: &Dist) -> Result<RunSummar
             )))
         }
     };
+    if data.split(eval_split).is_empty() && root {
+        eprintln!(
+            "warning: the {} split of {} has no usable clips: no evaluation will run (WER/CER)",
+            args.eval_split,
+            args.data.display()
+        );
+    }
 
-    let resume_from = if args.resume {
-        let last = state::list(&args.out).pop();
-        if last.is_none() && root {
-            eprintln!(
-                "note: --resume but no checkpoint in {}; starting fresh",
-                args.out.display()
-            );
-        }
-        last.map(|(_, p)| p)
-    } else {
-        None
-    };
     // A checkpoint that cannot be read (a corrupt newest one) names the previous one.
     let resume_hint = |e: Error| -> Error {
         let Some(dir) = &resume_from else { return e };
@@ -227,6 +231,9 @@ pub fn run_dist(gpu: &Gpu, args: &TrainOptions, dist: &Dist) -> Result<RunSummar
             outputs
         );
     }
+    if let Some(w) = report.unused_warning(&model_dir).filter(|_| root) {
+        eprintln!("{w}");
+    }
     if !report.initialised.is_empty() {
         note!(
             "new parameters (not in the checkpoint): {}",
@@ -287,6 +294,11 @@ pub fn run_dist(gpu: &Gpu, args: &TrainOptions, dist: &Dist) -> Result<RunSummar
         },
     };
     st.args = serde_json::to_value(args).ok();
+    // --overwrite deletes the earlier run only now that this one's model and data loaded.
+    if root && args.overwrite && resume_from.is_none() {
+        state::clear_run_dir(&args.out)?;
+    }
+    dist.barrier();
     // A killed run may have logged past its last checkpoint: those rows are logged again.
     if root {
         MetricsLog::truncate_after(&args.out, st.global_step)?;

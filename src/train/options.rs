@@ -167,6 +167,21 @@ impl TrainOptions {
         };
         count("batch-size", self.batch_size as u64)?;
         count("grad-accum", self.grad_accum as u64)?;
+        // The language names a file (adapter.LANG.safetensors) written after training: a
+        // path-like one would fail only then, with the run's result lost.
+        if let Some(lang) = &self.target_lang {
+            let ok = !lang.is_empty()
+                && lang
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-');
+            if !ok {
+                return bad(
+                    "target-lang",
+                    format!("{lang:?}"),
+                    "a language code is letters, digits, - and _ (as MMS's eng, cmn-script_simplified)",
+                );
+            }
+        }
         count("logging-steps", self.logging_steps)?;
         if let Some(n) = self.max_steps {
             if n == 0 {

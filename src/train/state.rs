@@ -61,7 +61,7 @@ pub fn save(
         let json = serde_json::to_string_pretty(state).unwrap_or_default();
         checkpoint::write_atomic(&tmp.join("trainer_state.json"), json.as_bytes())?;
         if dir.exists() {
-            std::fs::remove_dir_all(&dir).or_else(|e| file_err(&dir, e.to_string()))?;
+            remove_checkpoint(&dir);
         }
         std::fs::rename(&tmp, &dir).or_else(|e| file_err(&dir, format!("cannot rename: {e}")))
     })();
@@ -80,10 +80,20 @@ pub fn save(
         .map(|(_, p)| p)
         .collect();
     while ours.len() + 1 > keep.max(1) {
-        let old = ours.remove(0);
-        let _ = std::fs::remove_dir_all(old);
+        remove_checkpoint(&ours.remove(0));
     }
     Ok(dir)
+}
+
+/// Deletes a checkpoint folder, first renaming it to a temporary name: a crash midway leaves a
+/// `.checkpoint-N.tmp` that nothing reads, never a `checkpoint-N` that looks whole but lacks
+/// files.
+fn remove_checkpoint(dir: &Path) {
+    let name = dir.file_name().unwrap_or_default().to_string_lossy();
+    let doomed = dir.with_file_name(format!(".{name}.deleting.tmp"));
+    if std::fs::rename(dir, &doomed).is_ok() {
+        let _ = std::fs::remove_dir_all(doomed);
+    }
 }
 
 /// The `run_id` of a checkpoint (empty for one written before run ids existed), or `None` when
@@ -123,10 +133,8 @@ fn is_run_file(name: &str) -> bool {
         )
 }
 
-/// Checks that `run_dir` may be written by a new run: it must not exist, or hold nothing but
-/// `prepared/`, unless `resume` (continue it) or `overwrite` (delete the earlier run's files
-/// first: checkpoints, final model, metrics.jsonl, training.svg).
-pub fn claim_run_dir(run_dir: &Path, resume: bool, overwrite: bool) -> Result<()> {
+/// What of an earlier run `run_dir` holds (`prepared/`, the corpus cache, is not that).
+fn used_entries(run_dir: &Path) -> Vec<String> {
     let mut used: Vec<String> = std::fs::read_dir(run_dir)
         .into_iter()
         .flatten()
@@ -135,24 +143,35 @@ pub fn claim_run_dir(run_dir: &Path, resume: bool, overwrite: bool) -> Result<()
         .filter(|n| n != "prepared")
         .collect();
     used.sort();
-    if used.is_empty() || resume {
+    used
+}
+
+/// Checks that `run_dir` may be written by a new run: it must not exist, or hold nothing but
+/// `prepared/`, unless `resume` (continue it) or `overwrite` (its earlier run is deleted by
+/// [`clear_run_dir`] once the new one's model and data have loaded).
+pub fn check_run_dir(run_dir: &Path, resume: bool, overwrite: bool) -> Result<()> {
+    let used = used_entries(run_dir);
+    if used.is_empty() || resume || overwrite {
         return Ok(());
     }
-    if !overwrite {
-        let shown = if used.len() > 4 {
-            format!("{}, ... ({} entries)", used[..4].join(", "), used.len())
-        } else {
-            used.join(", ")
-        };
-        return file_err(
-            run_dir,
-            format!(
-                "the run folder is not empty ({shown}); pass --resume to continue the run in it, \
-                 --overwrite to replace it, or choose another --out"
-            ),
-        );
-    }
-    for name in used.iter().filter(|n| is_run_file(n)) {
+    let shown = if used.len() > 4 {
+        format!("{}, ... ({} entries)", used[..4].join(", "), used.len())
+    } else {
+        used.join(", ")
+    };
+    file_err(
+        run_dir,
+        format!(
+            "the run folder is not empty ({shown}); pass --resume to continue the run in it, \
+             --overwrite to replace it, or choose another --out"
+        ),
+    )
+}
+
+/// `--overwrite`: deletes the earlier run's files in `run_dir` (checkpoints, final model,
+/// metrics.jsonl, training.svg), and nothing else.
+pub fn clear_run_dir(run_dir: &Path) -> Result<()> {
+    for name in used_entries(run_dir).iter().filter(|n| is_run_file(n)) {
         let path = run_dir.join(name);
         let res = if path.is_dir() {
             std::fs::remove_dir_all(&path)
@@ -193,6 +212,62 @@ pub fn list(run_dir: &Path) -> Vec<(u64, PathBuf)> {
     v
 }
 
+/// The checkpoint `--resume` continues from: the newest `checkpoint-N` of `run_dir`, `None`
+/// where the folder holds no run yet. A newest one without `trainer_state.json` (damaged: a
+/// finished checkpoint always has it, since it is renamed into place whole) or a folder with
+/// an earlier run's files (final model, metrics) but no checkpoint is an error, rather than a
+/// silent fall-back to an older checkpoint or a fresh run over that run's files.
+pub fn resume_point(run_dir: &Path) -> Result<Option<PathBuf>> {
+    let mut all: Vec<(u64, PathBuf)> = std::fs::read_dir(run_dir)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|e| {
+            let name = e.file_name().to_string_lossy().into_owned();
+            Some((name.strip_prefix("checkpoint-")?.parse().ok()?, e.path()))
+        })
+        .filter(|(_, p)| p.is_dir())
+        .collect();
+    all.sort();
+    let Some((_, newest)) = all.last() else {
+        let earlier: Vec<String> = used_entries(run_dir)
+            .into_iter()
+            .filter(|n| is_run_file(n) && !n.ends_with(".tmp"))
+            .collect();
+        if !earlier.is_empty() {
+            return file_err(
+                run_dir,
+                format!(
+                    "--resume: no checkpoint to continue from, but an earlier run's files ({}); \
+                     pass --overwrite instead to replace them, or choose another --out",
+                    earlier.join(", ")
+                ),
+            );
+        }
+        return Ok(None);
+    };
+    if newest.join("trainer_state.json").is_file() {
+        return Ok(Some(newest.clone()));
+    }
+    let previous = list(run_dir).pop().map(|(_, p)| p);
+    file_err(
+        newest.join("trainer_state.json"),
+        format!(
+            "missing: this checkpoint is incomplete or damaged, so --resume cannot continue \
+             from it{}",
+            match previous {
+                Some(p) => format!(
+                    "; the previous one, {}, may be intact: move {} out of the run folder and \
+                     --resume again",
+                    p.display(),
+                    newest.display()
+                ),
+                None => String::new(),
+            }
+        ),
+    )
+}
+
 /// Reads a checkpoint's trainer state and optimiser moments.
 pub fn load(dir: &Path, opt: &mut AdamW) -> Result<TrainerState> {
     let path = dir.join("trainer_state.json");
@@ -216,17 +291,21 @@ pub fn load(dir: &Path, opt: &mut AdamW) -> Result<TrainerState> {
     let bytes = std::fs::read(&path).or_else(|e| file_err(&path, e.to_string()))?;
     let st = safetensors::SafeTensors::deserialize(&bytes)
         .or_else(|e| file_err(&path, format!("not a safetensors file: {e}")))?;
-    let tensors: Vec<(String, Vec<usize>, Vec<f32>)> = st
-        .tensors()
-        .into_iter()
-        .map(|(n, t)| {
-            (
-                n,
-                t.shape().to_vec(),
-                bytemuck::pod_collect_to_vec(t.data()),
-            )
-        })
-        .collect();
-    opt.load_state(&tensors)?;
+    let mut tensors: Vec<(String, Vec<usize>, Vec<f32>)> = Vec::new();
+    for (n, t) in st.tensors() {
+        if t.dtype() != safetensors::Dtype::F32 {
+            return file_err(
+                &path,
+                format!("{n}: saved as {:?}, expected F32", t.dtype()),
+            );
+        }
+        tensors.push((
+            n,
+            t.shape().to_vec(),
+            bytemuck::pod_collect_to_vec(t.data()),
+        ));
+    }
+    opt.load_state(&tensors)
+        .or_else(|e| file_err(&path, e.to_string()))?;
     Ok(state)
 }
