@@ -151,6 +151,9 @@ impl Transcriber {
             ..Default::default()
         };
         let (model, report) = Wav2Vec2ForCtc::load_with(gpu, dir, &opts, |_| {})?;
+        if let Some(w) = report.unused_warning(dir) {
+            eprintln!("{w}");
+        }
         if report.initialised.iter().any(|n| n.starts_with("lm_head")) {
             // load() makes a random head for a pretraining checkpoint; decoding with it is
             // noise. Only `xlsr train` may create a head.
@@ -169,6 +172,22 @@ impl Transcriber {
                 format!(
                     "pad token id {} is outside the model's {} CTC outputs: not this model's vocabulary",
                     vocab.pad, model.config.vocab_size
+                ),
+            );
+        }
+        // The head's blank is config.json's pad_token_id; greedy decoding drops vocab.json's
+        // pad token. Two different ids would decode the blank as a letter.
+        if model.config.blank() != vocab.pad as usize {
+            return file_err(
+                dir.join("config.json"),
+                format!(
+                    "pad_token_id is {}, but vocab.json's pad token has id {}: the CTC blank \
+                     must be the tokenizer's pad token",
+                    model
+                        .config
+                        .pad_token_id
+                        .map_or("null".to_string(), |p| p.to_string()),
+                    vocab.pad
                 ),
             );
         }
@@ -277,7 +296,8 @@ impl Transcriber {
 
 /// Checks the `--logits` output path before anything runs: it must not be one of the inputs
 /// (`transcribe --logits a.wav b.wav`, a forgotten output argument, once overwrote `a.wav`),
-/// nor any existing audio file, nor a folder.
+/// nor any existing audio file, nor a folder, nor any existing file but an earlier run's logits
+/// (a model's own weights, a text file).
 pub fn check_logits_path(out: &Path, inputs: &[PathBuf]) -> Result<()> {
     let same = |a: &Path, b: &Path| match (std::fs::canonicalize(a), std::fs::canonicalize(b)) {
         (Ok(a), Ok(b)) => a == b,
@@ -299,7 +319,34 @@ pub fn check_logits_path(out: &Path, inputs: &[PathBuf]) -> Result<()> {
             "--logits would overwrite an existing audio file; name a .safetensors file",
         );
     }
+    if out.is_file() && !is_logits_file(out) {
+        return file_err(
+            out,
+            "--logits would overwrite an existing file that is not an earlier run's logits \
+             (a safetensors file of [frames, vocab] f32 tensors); delete it first or name \
+             another file",
+        );
+    }
     Ok(())
+}
+
+/// Whether `path` is what `--logits` writes: a safetensors file whose tensors are all 2-D f32
+/// (a model's weights have 1-D biases and 3-D convs, so they never pass for one).
+fn is_logits_file(path: &Path) -> bool {
+    let Ok(header) = crate::model::checkpoint::read_header(path) else {
+        return false;
+    };
+    let Some(map) = header.as_object() else {
+        return false;
+    };
+    let tensors: Vec<_> = map.iter().filter(|(k, _)| *k != "__metadata__").collect();
+    !tensors.is_empty()
+        && tensors.iter().all(|(_, t)| {
+            t.get("dtype").and_then(|d| d.as_str()) == Some("F32")
+                && t.get("shape")
+                    .and_then(|s| s.as_array())
+                    .is_some_and(|s| s.len() == 2)
+        })
 }
 
 /// Whether `path` looks like audio: its extension, or its first bytes (RIFF/WAVE, ID3 or an

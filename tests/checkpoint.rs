@@ -383,7 +383,22 @@ fn padded_batch_equals_single_utterances() {
 #[test]
 fn bad_config_values_name_the_field() {
     type Edit = fn(&mut serde_json::Value);
-    let cases: [(&str, &str, Edit); 12] = [
+    let cases: [(&str, &str, Edit); 16] = [
+        // A value of the wrong type names its field (serde's message alone did not).
+        ("hs_string", "hidden_size: invalid type: string", |c| {
+            c["hidden_size"] = "32".into()
+        }),
+        ("pad_neg", "pad_token_id: invalid value", |c| {
+            c["pad_token_id"] = (-1).into()
+        }),
+        // Strides whose product wraps to 0 (or is absurd) are the config's fault, not
+        // --chunk-seconds'.
+        ("stride_ovf", "conv_stride", |c| {
+            c["conv_stride"] = serde_json::json!([4294967296u64, 4294967296u64, 1, 1, 1, 1, 1])
+        }),
+        ("kernel_huge", "conv_kernel", |c| {
+            c["conv_kernel"][0] = 100_000_000.into()
+        }),
         ("stride0", "conv_stride", |c| c["conv_stride"][1] = 0.into()),
         ("kernel0", "conv_kernel", |c| c["conv_kernel"][0] = 0.into()),
         ("dim0", "conv_dim", |c| c["conv_dim"][2] = 0.into()),
@@ -503,6 +518,109 @@ fn transcriber_needs_a_ctc_head_and_its_vocabulary() {
         let e = load_err(&dir);
         assert!(e.contains("vocab.json") && e.contains(want), "{what}: {e}");
     }
+    let _ = std::fs::remove_dir_all(dir);
+    // The head's blank (config.json's pad_token_id) must be the tokenizer's pad token, or
+    // greedy decoding would keep the blank as a letter and eval's CTC refuse every target.
+    let dir = variant("padmismatch", |_| {}, |c| c["pad_token_id"] = 0.into());
+    with_vocab(&dir, &vocab);
+    let e = load_err(&dir);
+    assert!(
+        e.contains("pad_token_id is 0") && e.contains("id 11"),
+        "{e}"
+    );
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+/// Shards must agree with their index: a tensor in two shards (the last file read once won
+/// silently) or in another shard than the index says is an error naming both.
+#[test]
+fn shards_must_agree_with_their_index() {
+    let dir = variant("shards", |_| {}, |_| {});
+    let t = read_tensors(&dir.join("model.safetensors"));
+    std::fs::remove_file(dir.join("model.safetensors")).unwrap();
+    let names: Vec<String> = t.keys().cloned().collect();
+    let (first, second): (Vec<_>, Vec<_>) = names.iter().enumerate().partition(|(i, _)| i % 2 == 0);
+    let shard = |part: &[(usize, &String)], extra: Option<&str>| -> Tensors {
+        part.iter()
+            .map(|(_, n)| *n)
+            .chain(extra.map(|e| names.iter().find(|n| *n == e).unwrap()))
+            .map(|n| (n.clone(), t[n].clone()))
+            .collect()
+    };
+    let index = |moved: Option<&str>| {
+        let map: serde_json::Map<String, serde_json::Value> = names
+            .iter()
+            .enumerate()
+            .map(|(i, n)| {
+                let file = if (i % 2 == 0) != (moved == Some(n.as_str())) {
+                    "a.safetensors"
+                } else {
+                    "b.safetensors"
+                };
+                (n.clone(), file.into())
+            })
+            .collect();
+        let json = serde_json::json!({"metadata": {}, "weight_map": map});
+        std::fs::write(dir.join("model.safetensors.index.json"), json.to_string()).unwrap();
+    };
+    write_tensors(&dir.join("a.safetensors"), &shard(&first, None));
+    write_tensors(&dir.join("b.safetensors"), &shard(&second, None));
+    index(None);
+    assert!(Wav2Vec2ForCtc::load(&gpu(), &dir, None, 0).is_ok());
+    let name = second[0].1.as_str();
+    index(Some(name));
+    let e = err_of(&dir, None);
+    assert!(
+        e.contains("weight_map puts") && e.contains(name) && e.contains("b.safetensors"),
+        "{e}"
+    );
+    index(None);
+    write_tensors(&dir.join("a.safetensors"), &shard(&first, Some(name)));
+    let e = err_of(&dir, None);
+    assert!(e.contains(name) && e.contains("is also in"), "{e}");
+    // A tensor neither shard nor the index has is named with the files it was looked for
+    // in, not a bare model.safetensors.
+    let gone = first[0].1.as_str();
+    write_tensors(&dir.join("a.safetensors"), &shard(&first[1..], None));
+    let path = dir.join("model.safetensors.index.json");
+    let mut json: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+    json["weight_map"].as_object_mut().unwrap().remove(gone);
+    std::fs::write(&path, json.to_string()).unwrap();
+    let e = err_of(&dir, None);
+    assert!(
+        e.contains(gone) && e.contains(&dir.join("a.safetensors").display().to_string()),
+        "{e}"
+    );
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+/// Checkpoint tensors the config leaves unused are named in a warning (a config that
+/// disagrees with its weights, such as conv_bias false over saved conv biases, once ran other
+/// arithmetic silently); a pretraining checkpoint's quantizer is expected and not named.
+#[test]
+fn unused_tensors_are_named() {
+    let dir = variant(
+        "unused",
+        |t| {
+            let b = t["wav2vec2.encoder.layer_norm.bias"].clone();
+            t.insert(
+                "wav2vec2.encoder.layers.7.final_layer_norm.bias".into(),
+                b.clone(),
+            );
+            t.insert("quantizer.weight_proj.bias".into(), b);
+        },
+        |_| {},
+    );
+    let (_, report) = Wav2Vec2ForCtc::load(&gpu(), &dir, None, 0).unwrap();
+    let w = report.unused_warning(&dir).unwrap();
+    assert!(
+        w.contains("layers.7.final_layer_norm.bias") && w.contains("1 checkpoint tensor is"),
+        "{w}"
+    );
+    assert!(!w.contains("quantizer"), "{w}");
+    let (_, report) = Wav2Vec2ForCtc::load(&gpu(), &fixture_dir(), None, 0).unwrap();
+    assert_eq!(report.unused_warning(&fixture_dir()), None);
     let _ = std::fs::remove_dir_all(dir);
 }
 

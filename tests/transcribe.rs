@@ -125,6 +125,20 @@ fn logits_output_never_overwrites_audio() {
     assert!(ok, "{err}");
     assert!(SafeTensors::deserialize(&std::fs::read(&out).unwrap()).is_ok());
     assert!(!dir.join("l.safetensors.tmp").exists());
+    // An earlier run's logits may be replaced; a model's weights or a text file may not
+    // (`--logits model/model.safetensors` once destroyed the model it was reading).
+    let (ok, err) = run(&out, &[&a]);
+    assert!(ok, "{err}");
+    let weights = dir.join("model.safetensors");
+    std::fs::copy(fixture("w2v2_large/model.safetensors"), &weights).unwrap();
+    let notes = dir.join("notes.txt");
+    std::fs::write(&notes, "keep me").unwrap();
+    for victim in [&weights, &notes] {
+        let before = std::fs::read(victim).unwrap();
+        let (ok, err) = run(victim, &[&a]);
+        assert!(!ok && err.contains("not an earlier run's logits"), "{err}");
+        assert!(std::fs::read(victim).unwrap() == before);
+    }
     let _ = std::fs::remove_dir_all(dir);
 }
 

@@ -86,7 +86,7 @@ fn rows_of(header: &serde_json::Value) -> Option<usize> {
 }
 
 /// The JSON header of a safetensors file, without reading its tensors.
-fn read_header(path: &Path) -> Result<serde_json::Value> {
+pub(crate) fn read_header(path: &Path) -> Result<serde_json::Value> {
     use std::io::Read;
     let bad = |msg: String| file_err(path, msg);
     let mut f = match std::fs::File::open(path) {
@@ -130,7 +130,14 @@ impl Checkpoint {
                  model.safetensors), or download the hub's safetensors revision",
             );
         } else if !dir.is_dir() {
-            return file_err(dir, "model folder does not exist");
+            return file_err(
+                dir,
+                if dir.exists() {
+                    "is a file; --model takes the model's folder"
+                } else {
+                    "model folder does not exist"
+                },
+            );
         } else {
             return file_err(
                 dir,
@@ -141,8 +148,39 @@ impl Checkpoint {
             files: Vec::new(),
             entries: BTreeMap::new(),
         };
+        // Shards must agree with their index: a tensor in two shards, or elsewhere than the
+        // index says, would otherwise be taken from whichever file came last.
+        let mut found: HashMap<String, PathBuf> = HashMap::new();
         for path in paths {
-            ck.add_file(path)?;
+            for name in ck.add_file(path.clone())? {
+                if let Some(first) = found.insert(name.clone(), path.clone()) {
+                    return file_err(
+                        &path,
+                        format!(
+                            "tensor {name} is also in {}: which one is meant?",
+                            first.display()
+                        ),
+                    );
+                }
+            }
+        }
+        if index.is_file() && !dir.join("model.safetensors").is_file() {
+            for (name, shard) in weight_map(&index)? {
+                let at = found.get(&name);
+                if at != Some(&shard) {
+                    return file_err(
+                        &index,
+                        format!(
+                            "weight_map puts {name} in {}, but {}",
+                            shard.display(),
+                            match at {
+                                Some(p) => format!("it is in {}", p.display()),
+                                None => "no shard has it".to_string(),
+                            }
+                        ),
+                    );
+                }
+            }
         }
         Ok(ck)
     }
@@ -189,6 +227,15 @@ impl Checkpoint {
     /// model's); returns the names it brought.
     pub fn overlay(&mut self, path: &Path) -> Result<Vec<String>> {
         self.add_file(path.to_path_buf())
+    }
+
+    /// The file(s) the tensors came from, for messages: one path, or the folder's shards.
+    pub fn source(&self) -> String {
+        match self.files.as_slice() {
+            [(p, _)] => p.display().to_string(),
+            [(p, _), ..] => format!("{} (and {} more shards)", p.display(), self.files.len() - 1),
+            [] => "model.safetensors".into(),
+        }
     }
 
     /// Whether the checkpoint has `name` (canonical).
@@ -265,7 +312,21 @@ impl Checkpoint {
     }
 }
 
+/// The shard files a `model.safetensors.index.json` names, sorted, each once.
 fn shard_files(index: &Path) -> Result<Vec<PathBuf>> {
+    let mut files: Vec<PathBuf> = weight_map(index)?.into_values().collect();
+    files.sort();
+    files.dedup();
+    for f in &files {
+        if !f.is_file() {
+            return file_err(f, "shard listed in model.safetensors.index.json is missing");
+        }
+    }
+    Ok(files)
+}
+
+/// An index's `weight_map`: canonical tensor name -> the shard file that holds it.
+fn weight_map(index: &Path) -> Result<BTreeMap<String, PathBuf>> {
     let text = match std::fs::read_to_string(index) {
         Ok(t) => t,
         Err(e) => return file_err(index, format!("cannot read: {e}")),
@@ -278,8 +339,8 @@ fn shard_files(index: &Path) -> Result<Vec<PathBuf>> {
         return file_err(index, "has no weight_map");
     };
     let dir = index.parent().unwrap_or(Path::new("."));
-    let mut files = Vec::new();
-    for f in map.values() {
+    let mut out = BTreeMap::new();
+    for (name, f) in map {
         let Some(f) = f.as_str() else {
             return file_err(index, format!("weight_map value {f} is not a file name"));
         };
@@ -290,16 +351,9 @@ fn shard_files(index: &Path) -> Result<Vec<PathBuf>> {
                 format!("shard {f:?} is outside the model folder (absolute, or with ..)"),
             );
         }
-        files.push(dir.join(f));
+        out.insert(canonical_name(name), dir.join(f));
     }
-    files.sort();
-    files.dedup();
-    for f in &files {
-        if !f.is_file() {
-            return file_err(f, "shard listed in model.safetensors.index.json is missing");
-        }
-    }
-    Ok(files)
+    Ok(out)
 }
 
 /// Writes named f32 tensors as one safetensors file, through a temporary name and a rename so

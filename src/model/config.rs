@@ -107,6 +107,29 @@ pub enum ConvNorm {
     Layer,
 }
 
+/// The key whose value holds 1-based `line`, `column` of JSON `text`: the last `"key":`
+/// before that point (a config is flat, so that is the field a type error is about).
+fn field_at(text: &str, line: usize, column: usize) -> Option<String> {
+    let start: usize = text
+        .split_inclusive('\n')
+        .take(line.saturating_sub(1))
+        .map(str::len)
+        .sum();
+    let end = (start + column).min(text.len());
+    let before = text.get(..end)?;
+    let mut rest = before;
+    while let Some(colon) = rest.rfind(':') {
+        let key = rest[..colon].trim_end();
+        if let Some(k) = key.strip_suffix('"') {
+            if let Some(open) = k.rfind('"') {
+                return Some(k[open + 1..].to_string());
+            }
+        }
+        rest = &rest[..colon];
+    }
+    None
+}
+
 impl Config {
     /// Reads and validates `config.json`.
     pub fn load(path: &Path) -> Result<Config> {
@@ -129,9 +152,15 @@ impl Config {
         let Some(raw) = value.as_object().cloned() else {
             return file_err("config.json", "not a JSON object");
         };
-        let mut c: Config = match serde_json::from_value(value) {
+        // Parsed from the text, not the value, so that an error knows where it is, and so
+        // which field it is in.
+        let mut c: Config = match serde_json::from_str(text) {
             Ok(c) => c,
-            Err(e) => return file_err("config.json", format!("not a wav2vec2 config: {e}")),
+            Err(e) => {
+                let field = field_at(text, e.line(), e.column())
+                    .map_or(String::new(), |f| format!("{f}: "));
+                return file_err("config.json", format!("not a wav2vec2 config: {field}{e}"));
+            }
         };
         c.raw = raw;
         c.validate()?;
@@ -173,6 +202,26 @@ impl Config {
             if let Some(i) = list.iter().position(|&x| x == 0) {
                 return bad(format!("{field}[{i}] is 0; every entry must be at least 1"));
             }
+        }
+        // A frame is `product(conv_stride)` samples (320 in wav2vec2) and needs
+        // `min_samples()` (400); past 2^24 (17 minutes of audio) the config is corrupt, and
+        // the products would overflow further on.
+        const MAX_SPAN: usize = 1 << 24;
+        let stride = self
+            .conv_stride
+            .iter()
+            .try_fold(1usize, |a, &s| a.checked_mul(s));
+        if stride.is_none_or(|s| s > MAX_SPAN) {
+            return bad(format!(
+                "conv_stride {:?}: a frame would span more than {MAX_SPAN} samples (wav2vec2: 320)",
+                self.conv_stride
+            ));
+        }
+        if self.min_samples() > MAX_SPAN {
+            return bad(format!(
+                "conv_kernel {:?}: a frame would need more than {MAX_SPAN} samples (wav2vec2: 400)",
+                self.conv_kernel
+            ));
         }
         for (field, v) in [
             ("vocab_size", self.vocab_size),

@@ -17,9 +17,48 @@ use std::rc::Rc;
 pub struct LoadReport {
     /// Checkpoint tensors the model does not use (quantizer, projection heads...).
     pub ignored: Vec<String>,
+    /// Of those, the ones the caller asked to replace (a new head, new adapters).
+    pub replaced: Vec<String>,
     /// Model tensors the checkpoint lacked and that were initialised as HF does (a new CTC
     /// head on a pretraining checkpoint).
     pub initialised: Vec<String>,
+}
+
+impl LoadReport {
+    /// A warning naming the checkpoint tensors the model left unused, but for those only a
+    /// pretraining checkpoint has (quantizer, contrastive projections) and those the caller
+    /// replaced (a new head or adapters); `None` when there are none. Such leftovers mean
+    /// config.json describes another model than the weights (`conv_bias`,
+    /// `num_hidden_layers`, `feat_extract_norm`...), as transformers' "Some weights of the
+    /// model checkpoint were not used" says.
+    pub fn unused_warning(&self, dir: &Path) -> Option<String> {
+        let pretraining = ["quantizer.", "project_q.", "project_hid."];
+        let unused: Vec<&str> = self
+            .ignored
+            .iter()
+            .filter(|n| !pretraining.iter().any(|p| n.starts_with(p)))
+            .filter(|n| !self.replaced.contains(n))
+            .map(String::as_str)
+            .collect();
+        if unused.is_empty() {
+            return None;
+        }
+        let shown = unused
+            .iter()
+            .take(6)
+            .copied()
+            .collect::<Vec<_>>()
+            .join(", ");
+        Some(format!(
+            "warning: {}: {} checkpoint tensor{} not used by the model its config.json \
+             describes ({shown}{}); check conv_bias, num_hidden_layers, feat_extract_norm and \
+             do_stable_layer_norm against the weights",
+            dir.display(),
+            unused.len(),
+            if unused.len() == 1 { " is" } else { "s are" },
+            if unused.len() > 6 { ", ..." } else { "" }
+        ))
+    }
 }
 
 /// How a parameter missing from the checkpoint (or every one, for a fresh model) starts.
@@ -56,7 +95,7 @@ impl Builder<'_> {
             }
             if !(self.optional)(name) {
                 return Err(Error::File {
-                    path: "model.safetensors".into(),
+                    path: ck.source(),
                     msg: format!("checkpoint has no tensor {name} (expected shape {shape:?})"),
                 });
             }
@@ -137,7 +176,14 @@ impl Wav2Vec2ForCtc {
         let cfg_path = dir.join("config.json");
         if !cfg_path.is_file() {
             if !dir.is_dir() {
-                return file_err(dir, "model folder does not exist");
+                return file_err(
+                    dir,
+                    if dir.exists() {
+                        "is a file; --model takes the model's folder"
+                    } else {
+                        "model folder does not exist"
+                    },
+                );
             }
             return file_err(dir, "no config.json: not a Hugging Face model folder");
         }
@@ -191,7 +237,8 @@ impl Wav2Vec2ForCtc {
         let (mut model, mut report) = Self::build(gpu, config, Some(&mut ck), seed, &optional)?;
         model.target_lang = opts.target_lang.clone();
         report.ignored = ck.leftover();
-        report.ignored.extend(dropped);
+        report.ignored.extend(dropped.iter().cloned());
+        report.replaced = dropped;
         Ok((model, report))
     }
 
