@@ -97,8 +97,39 @@ pub fn from_scratch_args(init: &Path, prep: &Path, out: &Path, steps: u64) -> Tr
     }
 }
 
+/// The demo replaces its own earlier run in `out` (it keeps `prepared/` and `init/`), and
+/// nothing else: a folder holding other files is refused before anything is written.
+fn check_out(out: &Path) -> Result<()> {
+    let Ok(entries) = std::fs::read_dir(out) else {
+        return Ok(());
+    };
+    let names: Vec<String> = entries
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect();
+    let demo = out.join("init/config.json").is_file() || names.iter().all(|n| n == "prepared");
+    if demo {
+        return Ok(());
+    }
+    crate::error::file_err(
+        out,
+        format!(
+            "--out holds files that are not an earlier demo's ({}); the demo replaces its own \
+             last run there, so choose a new folder",
+            names.iter().take(4).cloned().collect::<Vec<_>>().join(", ")
+        ),
+    )
+}
+
 /// Runs the demo; returns the training run's summary.
 pub fn run(gpu: &Gpu, opts: &Options) -> Result<RunSummary> {
+    if opts.steps == 0 || opts.clips == 0 {
+        return Err(crate::Error::Usage(format!(
+            "--steps {} --clips {}: both must be at least 1",
+            opts.steps, opts.clips
+        )));
+    }
+    check_out(&opts.out)?;
     let corpus = opts.data.clone().unwrap_or_else(corpus_dir);
     let prep = opts.out.join("prepared");
     prepare::run(&prepare::Options::new(Source::common_voice(&corpus), &prep))?;
@@ -132,7 +163,10 @@ pub fn run(gpu: &Gpu, opts: &Options) -> Result<RunSummary> {
     let held_out = train::evaluate(&model, &data.vocab, &data, &test)?;
     println!(
         "held-out test clips: CER {:.3}, WER {:.3} on {} utterances (expected high: {} training clips)",
-        held_out.cer, held_out.wer, held_out.utterances, opts.clips
+        held_out.cer,
+        held_out.wer,
+        held_out.utterances,
+        opts.clips.min(data.train.len())
     );
     println!(
         "training loss {:.3} -> {:.3}; see {} (metrics.jsonl, training.svg, final/)",

@@ -573,6 +573,24 @@ fn common_voice_tsv_parsing() {
         err.contains("test.tsv") && err.contains("sentence"),
         "{err}"
     );
+    // Bytes that are not UTF-8 are found by line; an empty path is called empty.
+    std::fs::write(
+        dir.join("dev.tsv"),
+        b"client_id\tpath\tsentence\nc1\ta.mp3\thola\nc2\tb.mp3\tca\xf1a\nc3\t\tvac\xc3\xado\n",
+    )
+    .unwrap();
+    let err = corpus::read_common_voice(&dir, "dev")
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("dev.tsv") && err.contains("line 3"), "{err}");
+    std::fs::write(
+        dir.join("dev.tsv"),
+        "client_id\tpath\tsentence\nc3\t\tvacío\n",
+    )
+    .unwrap();
+    let t = corpus::read_common_voice(&dir, "dev").unwrap();
+    assert_eq!(t.malformed.len(), 1);
+    assert_eq!(t.malformed[0].reason, "empty path");
     std::fs::remove_dir_all(dir).unwrap();
 }
 
@@ -739,6 +757,24 @@ fn prepare_errors() {
         assert!(err.contains("--max-seconds"), "{bad}: {err}");
     }
     assert!(!out.join("prep").exists());
+    // --out over a folder that is no prepared corpus (a model's: its vocab.json would be
+    // replaced) is refused before anything is written.
+    let model = out.join("model");
+    std::fs::create_dir_all(&model).unwrap();
+    std::fs::write(model.join("vocab.json"), "{\"a\": 0}").unwrap();
+    std::fs::write(model.join("config.json"), "{}").unwrap();
+    let mut opts = Options::new(Source::common_voice(CORPUS), &model);
+    opts.progress = false;
+    let err = prepare::run(&opts).unwrap_err().to_string();
+    assert!(
+        err.contains("no prepared corpus") && err.contains("vocab.json"),
+        "{err}"
+    );
+    assert_eq!(
+        std::fs::read_to_string(model.join("vocab.json")).unwrap(),
+        "{\"a\": 0}"
+    );
+    assert_eq!(std::fs::read_dir(&model).unwrap().count(), 2);
     std::fs::remove_dir_all(out).unwrap();
 }
 

@@ -60,6 +60,9 @@ pub fn read_common_voice(dir: &Path, split: &str) -> Result<Table, DataError> {
     let clips = dir.join("clips");
     Ok(parse_rows(&file, &text, header.len(), 1, |fields| {
         let name = &fields[path_col];
+        if name.trim().is_empty() {
+            return Err("empty path".to_string());
+        }
         if !inside(Path::new(name)) {
             return Err(format!(
                 "path {name:?} leaves clips/ (absolute, or with ..)"
@@ -106,8 +109,11 @@ pub fn read_manifest(file: &Path) -> Result<Table, DataError> {
 
 fn read_text(file: &Path) -> Result<String, DataError> {
     let bytes = std::fs::read(file).map_err(|e| DataError::io(file, e))?;
-    let text = String::from_utf8(bytes)
-        .map_err(|e| DataError::format(file, format!("not UTF-8 text: {e}")))?;
+    let text = String::from_utf8(bytes).map_err(|e| {
+        let at = e.utf8_error().valid_up_to();
+        let line = 1 + e.as_bytes()[..at].iter().filter(|&&b| b == b'\n').count();
+        DataError::format(file, format!("line {line}: not UTF-8 text ({e})"))
+    })?;
     // A UTF-8 byte order mark would otherwise stick to the first column name.
     Ok(text.strip_prefix('\u{feff}').unwrap_or(&text).to_string())
 }

@@ -222,7 +222,8 @@ impl std::fmt::Display for Summary {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         for (set, n) in &self.kept {
             let secs = self.kept_seconds.get(set).copied().unwrap_or(0.0);
-            writeln!(f, "kept {set}: {n} clips, {:.1} min", secs / 60.0)?;
+            // `+ 0.0` turns the -0.0 of an empty sum into 0.0.
+            writeln!(f, "kept {set}: {n} clips, {:.1} min", secs / 60.0 + 0.0)?;
         }
         writeln!(f, "skipped: {}", self.skipped.len())?;
         for (reason, n) in self.skipped_by_reason() {
@@ -263,6 +264,33 @@ pub(super) struct Index {
     pub(super) test: Vec<Utterance>,
 }
 
+/// Refuses an `--out` folder that holds something other than a prepared corpus (a model
+/// folder's vocab.json and tokenizer files would be replaced): it must be new, empty, or hold
+/// an earlier `prepare`'s `audio.f32` (finished or interrupted).
+fn check_out(out: &Path) -> Result<(), DataError> {
+    let Ok(entries) = std::fs::read_dir(out) else {
+        return Ok(());
+    };
+    let names: Vec<String> = entries
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect();
+    if names.is_empty() || names.iter().any(|n| n == "audio.f32") {
+        return Ok(());
+    }
+    let mut shown: Vec<&str> = names.iter().map(String::as_str).take(4).collect();
+    shown.sort();
+    Err(DataError::format(
+        out,
+        format!(
+            "--out holds files that are no prepared corpus ({}{}); prepare writes vocab.json, \
+             tokenizer files, audio.f32 and index.json there, so choose a new or empty folder",
+            shown.join(", "),
+            if names.len() > 4 { ", ..." } else { "" }
+        ),
+    ))
+}
+
 /// Runs `xlsr prepare`: writes the vocabulary files, `audio.f32` and `index.json` into
 /// `opts.out`. Bad rows and clips are skipped with a warning on stderr and counted; only an
 /// unreadable corpus or an unwritable prep folder is an error. A prep folder already made with
@@ -278,6 +306,7 @@ pub fn run(opts: &Options) -> Result<Summary, DataError> {
             ),
         ));
     }
+    check_out(&opts.out)?;
     if let (false, Ok(p)) = (opts.force, Prepared::open(&opts.out)) {
         if p.options.same_settings(opts) {
             let mut summary = p.summary;
