@@ -150,7 +150,7 @@ impl Transcriber {
             target_lang,
             ..Default::default()
         };
-        let (model, report) = Wav2Vec2ForCtc::load_with(gpu, dir, &opts, |_| {})?;
+        let (mut model, report) = Wav2Vec2ForCtc::load_with(gpu, dir, &opts, |_| {})?;
         if let Some(w) = report.unused_warning(dir) {
             eprintln!("{w}");
         }
@@ -176,8 +176,12 @@ impl Transcriber {
             );
         }
         // The head's blank is config.json's pad_token_id; greedy decoding drops vocab.json's
-        // pad token. Two different ids would decode the blank as a letter.
-        if model.config.blank() != vocab.pad as usize {
+        // pad token. Two different ids would decode the blank as a letter. An MMS language
+        // brings its own head and vocabulary under the one config.json all languages share:
+        // its tokenizer's pad is its blank (transformers decodes with it too).
+        if opts.target_lang.is_some() {
+            model.config.pad_token_id = Some(vocab.pad as usize);
+        } else if model.config.blank() != vocab.pad as usize {
             return file_err(
                 dir.join("config.json"),
                 format!(
@@ -290,7 +294,17 @@ impl Transcriber {
         let input = Tensor::from_slice(gpu, &x, &[1, x.len()])?;
         let tape = Tape::new();
         let out = tape.no_grad(|| self.model.forward(&tape, &input, None, &Forward::default()))?;
-        Ok((out.logits.value.to_vec()?, frames))
+        let logits = out.logits.value.to_vec()?;
+        // Finite weights can still make NaN (a weight-norm direction of zeros): decoding that
+        // would print a confident letter.
+        if logits.iter().any(|l| !l.is_finite()) {
+            return Err(crate::Error::Config(
+                "the model's logits are not finite (NaN or inf) though its weights are: a \
+                 degenerate weight, such as a weight-norm direction (weight_v) of zeros"
+                    .into(),
+            ));
+        }
+        Ok((logits, frames))
     }
 }
 

@@ -529,6 +529,24 @@ fn transcriber_needs_a_ctc_head_and_its_vocabulary() {
         "{e}"
     );
     let _ = std::fs::remove_dir_all(dir);
+    // Finite weights that still make NaN logits (a zero weight-norm direction) are an error,
+    // not a transcript of one confident letter.
+    let dir = variant(
+        "nanlogits",
+        |t| {
+            let name = "wav2vec2.encoder.pos_conv_embed.conv.parametrizations.weight.original1";
+            t.get_mut(name).unwrap().2.iter_mut().for_each(|b| *b = 0);
+        },
+        |_| {},
+    );
+    with_vocab(&dir, &vocab);
+    let t = Transcriber::load(&gpu(), &dir).unwrap();
+    let e = match t.transcribe(&fixture_dir().join("clip.wav")) {
+        Ok(r) => panic!("transcribed NaN logits as {:?}", r.text),
+        Err(e) => e.to_string(),
+    };
+    assert!(e.contains("not finite") && e.contains("weight_v"), "{e}");
+    let _ = std::fs::remove_dir_all(dir);
 }
 
 /// Shards must agree with their index: a tensor in two shards (the last file read once won

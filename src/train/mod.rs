@@ -526,11 +526,7 @@ pub fn run_dist(gpu: &Gpu, args: &TrainOptions, dist: &Dist) -> Result<RunSummar
             eval: None,
         });
     }
-    let tmp = args.out.join(".final.tmp");
-    let _ = std::fs::remove_dir_all(&tmp);
-    state::save_model(&tmp, &model, &vocab)?;
-    let _ = std::fs::remove_dir_all(&final_dir);
-    std::fs::rename(&tmp, &final_dir).or_else(|e| file_err(&final_dir, e.to_string()))?;
+    state::save_final(&args.out, &model, &vocab)?;
     println!(
         "done: {} steps ({} skipped) in {:.1} min, peak device memory {:.2} GB; model in {}",
         st.global_step,
@@ -539,6 +535,13 @@ pub fn run_dist(gpu: &Gpu, args: &TrainOptions, dist: &Dist) -> Result<RunSummar
         gpu.peak_bytes() as f64 / 1e9,
         final_dir.display()
     );
+    if st.skipped_steps * 2 > st.global_step {
+        eprintln!(
+            "warning: {} of {} steps were skipped for a non-finite loss or gradient: the model \
+             barely trained; lower --learning-rate (now {:e}) or check the data",
+            st.skipped_steps, st.global_step, args.learning_rate
+        );
+    }
     let rows = match &log {
         Some(log) => MetricsLog::read(log.path())?,
         None => Vec::new(),

@@ -126,6 +126,7 @@ fn is_run_file(name: &str) -> bool {
             name,
             "final"
                 | ".final.tmp"
+                | ".final.old.tmp"
                 | "metrics.jsonl"
                 | "metrics.jsonl.tmp"
                 | "training.svg"
@@ -191,6 +192,24 @@ pub fn save_model(dir: &Path, model: &Wav2Vec2ForCtc, vocab: &Vocab) -> Result<(
     }
     vocab.save(dir)?;
     Ok(())
+}
+
+/// Writes the run's model as `run_dir/final` (through `.final.tmp`). An earlier final/ (a
+/// resumed run's) steps aside before the new one takes its name and is deleted only after: a
+/// crash in between leaves it as `.final.old.tmp`, never nothing.
+pub fn save_final(run_dir: &Path, model: &Wav2Vec2ForCtc, vocab: &Vocab) -> Result<PathBuf> {
+    let final_dir = run_dir.join("final");
+    let tmp = run_dir.join(".final.tmp");
+    let _ = std::fs::remove_dir_all(&tmp);
+    save_model(&tmp, model, vocab)?;
+    let old = run_dir.join(".final.old.tmp");
+    let _ = std::fs::remove_dir_all(&old);
+    if final_dir.exists() {
+        std::fs::rename(&final_dir, &old).or_else(|e| file_err(&final_dir, e.to_string()))?;
+    }
+    std::fs::rename(&tmp, &final_dir).or_else(|e| file_err(&final_dir, e.to_string()))?;
+    let _ = std::fs::remove_dir_all(&old);
+    Ok(final_dir)
 }
 
 /// Completed checkpoints in `run_dir`, oldest first.
