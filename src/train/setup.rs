@@ -78,7 +78,13 @@ pub(super) fn resumed_args(args: &TrainOptions, checkpoint: &Path) -> TrainOptio
         .and_then(|v| v.get("args")?.as_object().cloned());
     let now = serde_json::to_value(args).ok();
     let (Some(saved), Some(Value::Object(now))) = (saved, now) else {
-        return args.clone(); // a checkpoint from before options were saved
+        // A checkpoint from before options were saved, or an edited one.
+        eprintln!(
+            "warning: {} holds no training options (`args`); resuming with the command \
+             line's, which may not be the run's",
+            checkpoint.join("trainer_state.json").display()
+        );
+        return args.clone();
     };
     let differ: Vec<String> = now
         .iter()
