@@ -87,6 +87,19 @@ pub fn inside(path: &Path) -> bool {
             .all(|c| matches!(c, Component::Normal(_) | Component::CurDir))
 }
 
+/// The names in folder `dir`, sorted; none where it does not exist or cannot be read. The
+/// commands that write into a folder look at it first (`prepare`, `demo`, `train --out`).
+pub fn entry_names(dir: &Path) -> Vec<String> {
+    let mut names: Vec<String> = std::fs::read_dir(dir)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect();
+    names.sort();
+    names
+}
+
 /// Reads a manifest: one `path<TAB>sentence` per line, an optional `path<TAB>sentence` header,
 /// paths relative to the manifest's folder (or absolute).
 pub fn read_manifest(file: &Path) -> Result<Table, DataError> {

@@ -268,18 +268,11 @@ pub(super) struct Index {
 /// folder's vocab.json and tokenizer files would be replaced): it must be new, empty, or hold
 /// an earlier `prepare`'s `audio.f32` (finished or interrupted).
 fn check_out(out: &Path) -> Result<(), DataError> {
-    let Ok(entries) = std::fs::read_dir(out) else {
-        return Ok(());
-    };
-    let names: Vec<String> = entries
-        .flatten()
-        .map(|e| e.file_name().to_string_lossy().into_owned())
-        .collect();
+    let names = super::corpus::entry_names(out);
     if names.is_empty() || names.iter().any(|n| n == "audio.f32") {
         return Ok(());
     }
-    let mut shown: Vec<&str> = names.iter().map(String::as_str).take(4).collect();
-    shown.sort();
+    let shown: Vec<&str> = names.iter().map(String::as_str).take(4).collect();
     Err(DataError::format(
         out,
         format!(

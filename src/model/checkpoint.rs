@@ -47,6 +47,18 @@ pub fn canonical_name(name: &str) -> String {
     n
 }
 
+/// The error for a `--model` that is no folder: missing, or a file.
+pub(crate) fn not_a_folder<T>(dir: &Path) -> Result<T> {
+    file_err(
+        dir,
+        if dir.exists() {
+            "is a file; --model takes the model's folder"
+        } else {
+            "model folder does not exist"
+        },
+    )
+}
+
 /// Outputs of the checkpoint's CTC head (`lm_head.weight`'s rows), from the safetensors
 /// headers alone; `None` for a checkpoint without a head (pretraining) or without weights.
 pub fn head_rows(dir: &Path) -> Result<Option<usize>> {
@@ -130,14 +142,7 @@ impl Checkpoint {
                  model.safetensors), or download the hub's safetensors revision",
             );
         } else if !dir.is_dir() {
-            return file_err(
-                dir,
-                if dir.exists() {
-                    "is a file; --model takes the model's folder"
-                } else {
-                    "model folder does not exist"
-                },
-            );
+            return not_a_folder(dir);
         } else {
             return file_err(
                 dir,

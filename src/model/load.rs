@@ -176,14 +176,7 @@ impl Wav2Vec2ForCtc {
         let cfg_path = dir.join("config.json");
         if !cfg_path.is_file() {
             if !dir.is_dir() {
-                return file_err(
-                    dir,
-                    if dir.exists() {
-                        "is a file; --model takes the model's folder"
-                    } else {
-                        "model folder does not exist"
-                    },
-                );
+                return checkpoint::not_a_folder(dir);
             }
             return file_err(dir, "no config.json: not a Hugging Face model folder");
         }

@@ -136,14 +136,8 @@ fn is_run_file(name: &str) -> bool {
 
 /// What of an earlier run `run_dir` holds (`prepared/`, the corpus cache, is not that).
 fn used_entries(run_dir: &Path) -> Vec<String> {
-    let mut used: Vec<String> = std::fs::read_dir(run_dir)
-        .into_iter()
-        .flatten()
-        .flatten()
-        .map(|e| e.file_name().to_string_lossy().into_owned())
-        .filter(|n| n != "prepared")
-        .collect();
-    used.sort();
+    let mut used = crate::data::corpus::entry_names(run_dir);
+    used.retain(|n| n != "prepared");
     used
 }
 

@@ -45,27 +45,27 @@ pub fn abs_err(a: f64, b: f64) -> f64 {
 
 /// Runs the `xlsr` binary expecting it to fail (cleanly: no panic); its stderr.
 pub fn xlsr_err(args: &[&dyn AsRef<std::ffi::OsStr>]) -> String {
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_xlsr"))
-        .env("XLSR_TUNE", "0")
-        .env("XDG_RUNTIME_DIR", "/tmp")
-        .args(args.iter().map(|a| a.as_ref()))
-        .output()
-        .unwrap();
+    let out = xlsr_run(args);
     let err = String::from_utf8_lossy(&out.stderr).into_owned();
     assert!(!out.status.success(), "succeeded: {err}");
     assert!(!err.contains("panicked"), "{err}");
     err
 }
 
-/// Runs the `xlsr` binary with `args`, asserts it succeeded (showing its stderr if not) and
-/// returns its stdout.
-pub fn xlsr_ok(args: &[&dyn AsRef<std::ffi::OsStr>]) -> String {
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_xlsr"))
+/// Runs the `xlsr` binary with the default kernels.
+fn xlsr_run(args: &[&dyn AsRef<std::ffi::OsStr>]) -> std::process::Output {
+    std::process::Command::new(env!("CARGO_BIN_EXE_xlsr"))
         .env("XLSR_TUNE", "0")
         .env("XDG_RUNTIME_DIR", "/tmp")
         .args(args.iter().map(|a| a.as_ref()))
         .output()
-        .unwrap();
+        .unwrap()
+}
+
+/// Runs the `xlsr` binary with `args`, asserts it succeeded (showing its stderr if not) and
+/// returns its stdout.
+pub fn xlsr_ok(args: &[&dyn AsRef<std::ffi::OsStr>]) -> String {
+    let out = xlsr_run(args);
     assert!(
         out.status.success(),
         "{}",
