@@ -40,10 +40,13 @@ var<workgroup> cred: array<f32, S>;   // per lane: its part of a row's max or su
 var<workgroup> cmask: array<f32, CK>;   // the key tile's mask
 // The backward's besides: own rows' second operand, dP~ (or its transpose), dS in f16, and a
 // query tile's L and Drow.
+// Each backward workgroup is one subgroup, so every KiB here decides how many fit on a
+// multiprocessor: the tiles are sized to the backward's CT keys (or queries), not CK.
 var<workgroup> cw: array<vec4<f16>, (F * CDP) / 4u>;
-var<workgroup> cdp: array<f32, F * CK>;
-var<workgroup> cds: array<vec4<f16>, (F * CPS) / 4u>;
-var<workgroup> cst: array<f32, 2u * CK>;
+var<workgroup> cdp: array<f32, F * CT>;
+var<workgroup> cpb: array<vec4<f16>, (F * CTS) / 4u>;   // P~ᵀ (attn_bwd_kv_coop)
+var<workgroup> cds: array<vec4<f16>, (F * CTS) / 4u>;
+var<workgroup> cst: array<f32, 2u * CT>;
 var<workgroup> clo: array<vec4<f16>, (2u * F * CDP) / 4u>;   // dO's low parts (a tile's, or the own rows')
 
 // f rounded to f16, as f32, through a pack and unpack: a compiler may fold the plain
@@ -244,6 +247,7 @@ fn attn_fwd_coop(@builtin(local_invocation_index) lane: u32, @builtin(workgroup_
 // in cq (k, or q) and cw (v, or dO's hi), the tile's in ckv: rows 0.. (q, or k) and CT..
 // (dO's hi, or v); dO's lo parts in clo.
 const CT: u32 = 2u * F;
+const CTS: u32 = CT + 8u;   // f16 row stride of P~ᵀ and dS (16 bytes of padding)
 
 fn put_cs(m: coop_mat16x16<f32, C>, b: u32) {
     let at = b * F;
@@ -302,14 +306,14 @@ fn scores_q(nd: u32) {
     put_cdp(y1, 1u);
 }
 
-// acc + (F x CT of P~ᵀ in cp) times the tile's dO (both parts), dims b*F..+F; `by_ds`: acc +
+// acc + (F x CT of P~ᵀ in cpb) times the tile's dO (both parts), dims b*F..+F; `by_ds`: acc +
 // dS (cds) times the tile's rows from block `tb` (0: rows 0.., 1: rows CT..). Separate
 // functions: a branch on an argument would not be uniform control flow to naga, which
 // cooperative loads need.
 fn by_p(b: u32, acc: coop_mat16x16<f32, C>) -> coop_mat16x16<f32, C> {
     var o = acc;
     for (var kb = 0u; kb < CT / F; kb = kb + 1u) {
-        let pa = coopLoadT<coop_mat16x16<f16, A>>(&cp[(kb * F) / 4u], CPS / 4u);
+        let pa = coopLoadT<coop_mat16x16<f16, A>>(&cpb[(kb * F) / 4u], CTS / 4u);
         let hi = coopLoadT<coop_mat16x16<f16, B>>(&ckv[((CT + kb * F) * CDP + b * F) / 4u], CDP / 4u);
         let lo = coopLoadT<coop_mat16x16<f16, B>>(&clo[(kb * F * CDP + b * F) / 4u], CDP / 4u);
         o = coopMultiplyAdd(pa, lo, coopMultiplyAdd(pa, hi, o));
@@ -320,7 +324,7 @@ fn by_p(b: u32, acc: coop_mat16x16<f32, C>) -> coop_mat16x16<f32, C> {
 fn by_ds(tb: u32, b: u32, acc: coop_mat16x16<f32, C>) -> coop_mat16x16<f32, C> {
     var o = acc;
     for (var kb = 0u; kb < CT / F; kb = kb + 1u) {
-        let da = coopLoadT<coop_mat16x16<f16, A>>(&cds[(kb * F) / 4u], CPS / 4u);
+        let da = coopLoadT<coop_mat16x16<f16, A>>(&cds[(kb * F) / 4u], CTS / 4u);
         let rb = coopLoadT<coop_mat16x16<f16, B>>(&ckv[((tb * CT + kb * F) * CDP + b * F) / 4u], CDP / 4u);
         o = coopMultiplyAdd(da, rb, o);
     }
@@ -409,8 +413,8 @@ fn attn_bwd_kv_coop(@builtin(local_invocation_index) lane: u32, @builtin(workgro
                 pt = pr * ks;
                 ds = pr * (cdp[e] * ks - cst[CT + c]);
             }
-            cp[(r * CPS + c) / 4u][c % 4u] = f16(pt);
-            cds[(r * CPS + c) / 4u][c % 4u] = f16(ds);
+            cpb[(r * CTS + c) / 4u][c % 4u] = f16(pt);
+            cds[(r * CTS + c) / 4u][c % 4u] = f16(ds);
         }
         workgroupBarrier();
         dv0 = by_p(0u, dv0); dk0 = by_ds(0u, 0u, dk0);
@@ -447,7 +451,7 @@ fn attn_bwd_q_coop(@builtin(local_invocation_index) lane: u32, @builtin(workgrou
     for (var c = lane; c < F; c = c + S) {
         let st = bh * p.t + min(i0 + c, p.t - 1u);
         cst[c] = fb[p.off_s + 2u * st];
-        cst[CK + c] = fb[p.off_s + 2u * st + 1u];
+        cst[CT + c] = fb[p.off_s + 2u * st + 1u];
     }
     var dq0 = coop_mat16x16<f32, C>();
     var dq1 = dq0;
@@ -474,9 +478,9 @@ fn attn_bwd_q_coop(@builtin(local_invocation_index) lane: u32, @builtin(workgrou
             if c < n {
                 let pr = attn_prob(cs[e] * p.scale + cmask[c], cst[r], p.t);
                 let ks = keep_scale(bh, min(i0 + r, p.t - 1u), j0 + c);
-                ds = pr * (cdp[e] * ks - cst[CK + r]);
+                ds = pr * (cdp[e] * ks - cst[CT + r]);
             }
-            cds[(r * CPS + c) / 4u][c % 4u] = f16(ds);
+            cds[(r * CTS + c) / 4u][c % 4u] = f16(ds);
         }
         workgroupBarrier();
         dq0 = by_ds(0u, 0u, dq0);
