@@ -170,8 +170,11 @@ impl Transcriber {
             return file_err(
                 dir.join("vocab.json"),
                 format!(
-                    "pad token id {} is outside the model's {} CTC outputs: not this model's vocabulary",
-                    vocab.pad, model.config.vocab_size
+                    "pad token {:?} has id {}, outside the model's {} CTC outputs: vocab.json \
+                     lacks it (transformers then appends it) or is not this model's vocabulary",
+                    vocab.pad_token(),
+                    vocab.pad,
+                    model.config.vocab_size
                 ),
             );
         }

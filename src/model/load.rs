@@ -178,6 +178,9 @@ impl Wav2Vec2ForCtc {
             if !dir.is_dir() {
                 return checkpoint::not_a_folder(dir);
             }
+            if cfg_path.exists() {
+                return file_err(cfg_path, "is not a file");
+            }
             return file_err(dir, "no config.json: not a Hugging Face model folder");
         }
         let mut config = Config::load(&cfg_path)?;

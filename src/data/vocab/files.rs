@@ -137,7 +137,7 @@ impl Vocab {
                 .ok_or_else(|| {
                     DataError::format(
                         &path,
-                        format!("token {tok:?}: id {id} is not an integer id"),
+                        format!("token {tok:?}: id {id} is not an integer id below 2^32 - 1"),
                     )
                 })?;
             if let Some(other) = seen.insert(id as u32, tok) {

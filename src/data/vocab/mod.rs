@@ -197,6 +197,11 @@ impl Vocab {
         Ok(())
     }
 
+    /// The padding token (the CTC blank), `[PAD]` unless the tokenizer names another.
+    pub fn pad_token(&self) -> &str {
+        &self.pad_token
+    }
+
     /// Number of ids, HF's `len(tokenizer)`: one past the largest id in vocab.json, plus any
     /// special token vocab.json lacks.
     pub fn len(&self) -> usize {
