@@ -539,10 +539,9 @@ mod tests {
                 }
                 // The backward's tiles are sized to its CT keys: 8 workgroups fit in an H100's
                 // 228 KiB with a KiB reserved each (at 31 KiB, before, 7).
-                if entry.starts_with("attn_bwd") && entry.ends_with("_coop") {
-                    if shape.is_some_and(|s| s.frag == 16) {
-                        assert!(bytes <= 27 << 10, "{file} {entry}: {bytes} bytes");
-                    }
+                let coop_bwd = entry.starts_with("attn_bwd") && entry.ends_with("_coop");
+                if coop_bwd && shape.is_some_and(|s| s.frag == 16) {
+                    assert!(bytes <= 27 << 10, "{file} {entry}: {bytes} bytes");
                 }
                 // What `ops::attention::fused_fits` asks of an adapter for the row kernels.
                 if ["attn_fwd", "attn_bwd_kv", "attn_bwd_q"].contains(&entry.as_str()) {
