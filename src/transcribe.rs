@@ -298,15 +298,7 @@ impl Transcriber {
         let tape = Tape::new();
         let out = tape.no_grad(|| self.model.forward(&tape, &input, None, &Forward::default()))?;
         let logits = out.logits.value.to_vec()?;
-        // Finite weights can still make NaN (a weight-norm direction of zeros): decoding that
-        // would print a confident letter.
-        if logits.iter().any(|l| !l.is_finite()) {
-            return Err(crate::Error::Config(
-                "the model's logits are not finite (NaN or inf) though its weights are: a \
-                 degenerate weight, such as a weight-norm direction (weight_v) of zeros"
-                    .into(),
-            ));
-        }
+        crate::model::check_logits(&logits)?;
         Ok((logits, frames))
     }
 }
@@ -340,30 +332,24 @@ pub fn check_logits_path(out: &Path, inputs: &[PathBuf]) -> Result<()> {
         return file_err(
             out,
             "--logits would overwrite an existing file that is not an earlier run's logits \
-             (a safetensors file of [frames, vocab] f32 tensors); delete it first or name \
-             another file",
+             (which xlsr tags in their metadata); delete it first or name another file",
         );
     }
     Ok(())
 }
 
-/// Whether `path` is what `--logits` writes: a safetensors file whose tensors are all 2-D f32
-/// (a model's weights have 1-D biases and 3-D convs, so they never pass for one).
+/// The `__metadata__` entry that marks a file `--logits` wrote.
+const LOGITS_TAG: (&str, &str) = ("content", "xlsr transcribe --logits");
+
+/// Whether `path` is what `--logits` writes: a safetensors file tagged [`LOGITS_TAG`] (a
+/// model's weights, or any other file, never is).
 fn is_logits_file(path: &Path) -> bool {
-    let Ok(header) = crate::model::checkpoint::read_header(path) else {
-        return false;
-    };
-    let Some(map) = header.as_object() else {
-        return false;
-    };
-    let tensors: Vec<_> = map.iter().filter(|(k, _)| *k != "__metadata__").collect();
-    !tensors.is_empty()
-        && tensors.iter().all(|(_, t)| {
-            t.get("dtype").and_then(|d| d.as_str()) == Some("F32")
-                && t.get("shape")
-                    .and_then(|s| s.as_array())
-                    .is_some_and(|s| s.len() == 2)
-        })
+    crate::model::checkpoint::read_header(path).is_ok_and(|h| {
+        h.get("__metadata__")
+            .and_then(|m| m.get(LOGITS_TAG.0))
+            .and_then(|v| v.as_str())
+            == Some(LOGITS_TAG.1)
+    })
 }
 
 /// Whether `path` looks like audio: its extension, or its first bytes (RIFF/WAVE, ID3 or an
@@ -419,5 +405,5 @@ pub fn save_logits(path: &Path, transcripts: &[Transcript], vocab: usize) -> Res
             )
         })
         .collect();
-    crate::model::checkpoint::save(path, &tensors)
+    crate::model::checkpoint::save_with(path, &tensors, &[LOGITS_TAG])
 }

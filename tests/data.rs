@@ -591,6 +591,13 @@ fn common_voice_tsv_parsing() {
     let t = corpus::read_common_voice(&dir, "dev").unwrap();
     assert_eq!(t.malformed.len(), 1);
     assert_eq!(t.malformed[0].reason, "empty path");
+    std::fs::write(dir.join("m.tsv"), "a.wav\tuno\n \tdos\n").unwrap();
+    let t = corpus::read_manifest(&dir.join("m.tsv")).unwrap();
+    assert_eq!(t.rows.len(), 1);
+    assert_eq!(
+        (t.malformed[0].line, t.malformed[0].reason.as_str()),
+        (2, "empty path")
+    );
     std::fs::remove_dir_all(dir).unwrap();
 }
 
@@ -775,6 +782,26 @@ fn prepare_errors() {
         "{\"a\": 0}"
     );
     assert_eq!(std::fs::read_dir(&model).unwrap().count(), 2);
+    // A corpus with no usable clip replaces nothing: the earlier cache in --out stays whole.
+    let prep = out.join("prep");
+    let clip = std::fs::canonicalize(Path::new(CORPUS).join("clips/common_voice_es_100001.mp3"));
+    let good = out.join("good.tsv");
+    std::fs::write(&good, format!("{}\tuno\n", clip.unwrap().display())).unwrap();
+    let bad = out.join("bad.tsv");
+    std::fs::write(&bad, "missing.mp3\thola\n").unwrap();
+    let manifest = |train: &Path| Source::Manifests {
+        train: vec![train.to_path_buf()],
+        test: vec![],
+    };
+    let mut opts = Options::new(manifest(&good), &prep);
+    opts.progress = false;
+    prepare::run(&opts).unwrap();
+    let before = std::fs::read(prep.join("audio.f32")).unwrap();
+    opts.source = manifest(&bad);
+    let err = prepare::run(&opts).unwrap_err().to_string();
+    assert!(err.contains("no usable clips"), "{err}");
+    assert_eq!(Prepared::open(&prep).unwrap().train.len(), 1);
+    assert!(std::fs::read(prep.join("audio.f32")).unwrap() == before);
     std::fs::remove_dir_all(out).unwrap();
 }
 

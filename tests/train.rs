@@ -197,7 +197,9 @@ fn bad_input_fails_cleanly() {
     .to_string();
     assert!(e.contains("vocabulary"), "{e}");
 
-    // A corpus with no usable clips.
+    // A corpus with no usable clips is not prepared at all (nothing written; an earlier
+    // cache in that folder would stay as it was), and one without training clips is no
+    // training corpus.
     let empty = dir.join("empty_manifest.tsv");
     std::fs::write(&empty, "missing.mp3\thola\n").unwrap();
     let mut opts = Options::new(
@@ -208,6 +210,16 @@ fn bad_input_fails_cleanly() {
         dir.join("emptyprep"),
     );
     opts.progress = false;
+    let e = prepare::run(&opts).unwrap_err().to_string();
+    assert!(e.contains("no usable clips"), "{e}");
+    assert!(!dir.join("emptyprep/index.json").exists());
+    assert!(!dir.join("emptyprep/audio.f32").exists());
+    let test_only = dir.join("test_manifest.tsv");
+    let clip = xlsr::demo::corpus_dir().join("clips/common_voice_es_100001.mp3");
+    std::fs::write(&test_only, format!("{}\thola\n", clip.display())).unwrap();
+    if let Source::Manifests { test, .. } = &mut opts.source {
+        test.push(test_only);
+    }
     prepare::run(&opts).unwrap();
     let e = train::run(
         &g,
@@ -343,6 +355,22 @@ fn continuing_from_fine_tuned_checkpoints() {
     assert_eq!(
         l.labels.iter().filter(|&&i| i == lv.unk).count(),
         l.text.matches('a').count()
+    );
+
+    // A checkpoint whose config.json blank is not its vocab.json's pad token is ambiguous:
+    // refused, naming both (training on once retrained the blank silently).
+    let pad = copy("padmismatch");
+    let cfg_path = pad.join("config.json");
+    let mut cfg: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&cfg_path).unwrap()).unwrap();
+    cfg["pad_token_id"] = 0.into();
+    std::fs::write(&cfg_path, cfg.to_string()).unwrap();
+    let e = train::run(&g, &args(&pad, &prep, &dir.join("r_pad"), &one_step))
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("pad_token_id is 0") && e.contains("--new-head"),
+        "{e}"
     );
 
     // --new-head: a checkpoint whose head has another vocabulary gets a fresh head.
@@ -721,6 +749,55 @@ fn eval_of_an_empty_split_is_an_error() {
     let (ok, stdout, stderr) = eval(&prep, &["--batch-size", "0"]);
     assert!(!ok, "{stdout}");
     assert!(stderr.contains("--batch-size 0"), "{stderr}");
+    // A model whose logits are NaN (finite weights: a zero weight-norm direction) gets no
+    // score: it once printed WER 1.0 and a null loss.
+    let broken = dir.join("broken");
+    std::fs::create_dir_all(&broken).unwrap();
+    for f in std::fs::read_dir(&model).unwrap().flatten() {
+        std::fs::copy(f.path(), broken.join(f.file_name())).unwrap();
+    }
+    let bytes = std::fs::read(model.join("model.safetensors")).unwrap();
+    let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+    let zeros: Vec<Vec<u8>> = st
+        .tensors()
+        .iter()
+        .map(|(_, t)| vec![0u8; t.data().len()])
+        .collect();
+    let views: Vec<(String, safetensors::tensor::TensorView)> = st
+        .tensors()
+        .into_iter()
+        .zip(&zeros)
+        .map(|((n, t), z)| {
+            let data = if n.ends_with("pos_conv_embed.conv.weight_v") {
+                &z[..]
+            } else {
+                t.data()
+            };
+            (
+                n,
+                safetensors::tensor::TensorView::new(t.dtype(), t.shape().to_vec(), data).unwrap(),
+            )
+        })
+        .collect();
+    std::fs::write(
+        broken.join("model.safetensors"),
+        safetensors::serialize(views, None).unwrap(),
+    )
+    .unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_xlsr"))
+        .env("XLSR_TUNE", "0")
+        .env("XDG_RUNTIME_DIR", "/tmp")
+        .args(["eval", "--model"])
+        .arg(&broken)
+        .arg("--data")
+        .arg(&prep)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && stderr.contains("not finite"),
+        "{stderr}"
+    );
     let _ = std::fs::remove_dir_all(dir);
 }
 
@@ -800,8 +877,19 @@ fn resume_problems_are_named() {
     );
     std::fs::remove_dir_all(run.join("checkpoint-9")).unwrap();
     assert!(std::fs::read(run.join("metrics.jsonl")).unwrap() == metrics);
+    // What a kill during rotation leaves (a checkpoint renamed for deletion) is swept away,
+    // and does not block deleting a checkpoint of the same name again.
+    let leftover = run.join(".checkpoint-1.deleting.tmp");
+    std::fs::create_dir_all(&leftover).unwrap();
+    std::fs::write(leftover.join("model.safetensors"), "half").unwrap();
     let done = train::run(&g, &args(&model, &prep, &run, &resume)).unwrap();
     assert_eq!(done.steps, 3);
+    assert!(!leftover.exists());
+    assert!(
+        !names_in(&run).iter().any(|n| n.ends_with(".tmp")),
+        "{:?}",
+        names_in(&run)
+    );
     // With every checkpoint gone but the run's other files there, --resume has nothing to
     // continue and refuses, rather than train afresh over final/ and metrics.jsonl.
     for ck in names_in(&run)

@@ -133,12 +133,31 @@ fn logits_output_never_overwrites_audio() {
     std::fs::copy(fixture("w2v2_large/model.safetensors"), &weights).unwrap();
     let notes = dir.join("notes.txt");
     std::fs::write(&notes, "keep me").unwrap();
-    for victim in [&weights, &notes] {
+    // 2-D f32 tensors alone do not make a file logits: only xlsr's tag does.
+    let head = dir.join("head.safetensors");
+    let w = [0.5f32; 12];
+    let view = safetensors::tensor::TensorView::new(
+        safetensors::Dtype::F32,
+        vec![3, 4],
+        bytemuck::cast_slice(&w),
+    )
+    .unwrap();
+    std::fs::write(
+        &head,
+        safetensors::serialize([("lm_head.weight", view)], None).unwrap(),
+    )
+    .unwrap();
+    for victim in [&weights, &notes, &head] {
         let before = std::fs::read(victim).unwrap();
         let (ok, err) = run(victim, &[&a]);
         assert!(!ok && err.contains("not an earlier run's logits"), "{err}");
         assert!(std::fs::read(victim).unwrap() == before);
     }
+    // When every input fails, the earlier logits are not replaced by an empty file.
+    let before = std::fs::read(&out).unwrap();
+    let (ok, err) = run(&out, &[&dir.join("missing.wav")]);
+    assert!(!ok, "{err}");
+    assert!(std::fs::read(&out).unwrap() == before);
     let _ = std::fs::remove_dir_all(dir);
 }
 

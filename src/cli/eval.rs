@@ -168,7 +168,8 @@ pub fn transcribe(args: &TranscribeArgs) -> Result<()> {
             }
         }
     }
-    if let Some(path) = logits {
+    // Nothing transcribed, nothing written: an earlier logits file is not replaced by none.
+    if let Some(path) = logits.filter(|_| !done.is_empty()) {
         crate::transcribe::save_logits(path, &done, t.model.config.vocab_size)?;
     }
     if failed > 0 {

@@ -111,6 +111,9 @@ pub fn read_manifest(file: &Path) -> Result<Table, DataError> {
         .file_stem()
         .map_or_else(|| "manifest".into(), |s| s.to_string_lossy().into_owned());
     Ok(parse_rows(file, &text, 2, skip, |fields| {
+        if fields[0].trim().is_empty() {
+            return Err("empty path".to_string());
+        }
         Ok(Row {
             id: fields[0].clone(),
             path: base.join(&fields[0]),

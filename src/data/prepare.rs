@@ -269,7 +269,11 @@ pub(super) struct Index {
 /// an earlier `prepare`'s `audio.f32` (finished or interrupted).
 fn check_out(out: &Path) -> Result<(), DataError> {
     let names = super::corpus::entry_names(out);
-    if names.is_empty() || names.iter().any(|n| n == "audio.f32") {
+    if names.is_empty()
+        || names
+            .iter()
+            .any(|n| n == "audio.f32" || n == "audio.f32.tmp")
+    {
         return Ok(());
     }
     let shown: Vec<&str> = names.iter().map(String::as_str).take(4).collect();
@@ -340,14 +344,10 @@ pub fn run(opts: &Options) -> Result<Summary, DataError> {
     };
     let mut unknown: BTreeMap<String, usize> = BTreeMap::new();
     std::fs::create_dir_all(&opts.out).map_err(|e| DataError::io(&opts.out, e))?;
-    vocab.save(&opts.out)?;
 
-    // The index is written last (through a rename), so an interrupted run never looks finished.
-    let index_path = opts.out.join("index.json");
-    if index_path.exists() {
-        std::fs::remove_file(&index_path).map_err(|e| DataError::io(&index_path, e))?;
-    }
-    let audio_path = opts.out.join("audio.f32");
+    // The audio goes to a temporary file and replaces an earlier cache only at the end, once
+    // clips were kept: a corpus that turns out unusable leaves the earlier one as it was.
+    let audio_path = opts.out.join("audio.f32.tmp");
     let file = File::create(&audio_path).map_err(|e| DataError::io(&audio_path, e))?;
     let mut writer = BufWriter::new(file);
     // A failed write (a full disk) leaves no partial cache behind.
@@ -471,6 +471,16 @@ pub fn run(opts: &Options) -> Result<Summary, DataError> {
 
     let train = out_sets.remove("train").unwrap_or_default();
     let test = out_sets.remove("test").unwrap_or_default();
+    if train.is_empty() && test.is_empty() {
+        let _ = std::fs::remove_file(&audio_path);
+        return Err(DataError::format(
+            &opts.out,
+            format!(
+                "no usable clips ({} skipped; see the warnings above): nothing written",
+                skipped.len()
+            ),
+        ));
+    }
     let secs = |u: &[Utterance]| u.iter().map(|u| u.seconds() as f64).sum::<f64>();
     let summary = Summary {
         kept: [("train".into(), train.len()), ("test".into(), test.len())].into(),
@@ -490,6 +500,14 @@ pub fn run(opts: &Options) -> Result<Summary, DataError> {
         train,
         test,
     };
+    // The index is written last (through a rename), so an interrupted run never looks finished.
+    let index_path = opts.out.join("index.json");
+    if index_path.exists() {
+        std::fs::remove_file(&index_path).map_err(|e| DataError::io(&index_path, e))?;
+    }
+    vocab.save(&opts.out)?;
+    let cache = opts.out.join("audio.f32");
+    std::fs::rename(&audio_path, &cache).map_err(|e| DataError::io(&cache, e))?;
     let tmp = opts.out.join("index.json.tmp");
     let text = serde_json::to_string(&index).expect("index serialises");
     std::fs::write(&tmp, text).map_err(|e| DataError::io(&tmp, e))?;

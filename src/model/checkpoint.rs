@@ -180,7 +180,7 @@ impl Checkpoint {
                             shard.display(),
                             match at {
                                 Some(p) => format!("it is in {}", p.display()),
-                                None => "no shard has it".to_string(),
+                                None => format!("{} does not hold it", shard.display()),
                             }
                         ),
                     );
@@ -364,6 +364,15 @@ fn weight_map(index: &Path) -> Result<BTreeMap<String, PathBuf>> {
 /// Writes named f32 tensors as one safetensors file, through a temporary name and a rename so
 /// that a crash or a full disk never leaves a half-written file under `path`.
 pub fn save(path: &Path, tensors: &[(String, Vec<usize>, Vec<f32>)]) -> Result<()> {
+    save_with(path, tensors, &[])
+}
+
+/// [`save`] with more `__metadata__` entries besides `format: pt`.
+pub fn save_with(
+    path: &Path,
+    tensors: &[(String, Vec<usize>, Vec<f32>)],
+    meta: &[(&str, &str)],
+) -> Result<()> {
     let views: Vec<(String, TensorView<'_>)> = tensors
         .iter()
         .map(|(n, s, v)| {
@@ -375,7 +384,11 @@ pub fn save(path: &Path, tensors: &[(String, Vec<usize>, Vec<f32>)]) -> Result<(
                 })
         })
         .collect::<Result<_>>()?;
-    let meta = HashMap::from([("format".to_string(), "pt".to_string())]);
+    let meta: HashMap<String, String> = [("format", "pt")]
+        .iter()
+        .chain(meta)
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
     let bytes = match safetensors::serialize(views, Some(meta)) {
         Ok(b) => b,
         Err(e) => return file_err(path, format!("cannot serialise: {e}")),

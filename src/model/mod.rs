@@ -30,6 +30,19 @@ use std::cell::RefCell;
 use std::ops::Range;
 use std::rc::Rc;
 
+/// Refuses logits that are not finite: finite weights can still make NaN (a weight-norm
+/// direction of zeros), and decoding it would print a confident letter and a WER.
+pub fn check_logits(logits: &[f32]) -> Result<()> {
+    if logits.iter().all(|l| l.is_finite()) {
+        return Ok(());
+    }
+    Err(Error::Config(
+        "the model's logits are not finite (NaN or inf) though its weights are: a degenerate \
+         weight, such as a weight-norm direction (weight_v) of zeros"
+            .into(),
+    ))
+}
+
 /// A linear layer `y = x W^T + b` with W [out, in], as `nn.Linear` stores it.
 #[derive(Clone)]
 pub struct Linear {

@@ -139,6 +139,9 @@ pub fn evaluate_shared(
         let ctc = ctc_loss(&out.logits.value, &targets, &out.frames, opts)?;
         let losses = ctc.loss.to_vec()?;
         let logits = out.logits.value.to_vec()?;
+        // CTC with zero_infinity would report 0 for non-finite logits, and the transcripts be
+        // noise: a model that makes them is an error, not a score.
+        crate::model::check_logits(&logits)?;
         let t = out.logits.shape()[1];
         let rows: Vec<&[f32]> = (0..idx.len())
             .map(|b| &logits[b * t * v..][..out.frames[b] * v])
@@ -157,14 +160,9 @@ pub fn evaluate_shared(
             // The reference in the model's letter case (an uppercase vocabulary transcribes
             // in capitals).
             pairs.push((vocab.match_case(&utts[i].text), hyp));
-            // CTC with zero_infinity reports 0 for non-finite logits: report NaN instead.
-            let rows = &logits[b * t * v..][..out.frames[b] * v];
-            let loss = if rows.iter().all(|x| x.is_finite()) {
-                losses[b] as f64
-            } else {
-                f64::NAN
-            };
-            losses_of.push(loss / targets.lengths[b].max(1) as f64);
+            // The logits are finite (`check_logits`), so zero_infinity's 0 only ever stands
+            // for an impossible alignment, as in torch.
+            losses_of.push(losses[b] as f64 / targets.lengths[b].max(1) as f64);
         }
         done.push((j, pairs, losses_of));
     }

@@ -40,6 +40,21 @@ pub(super) fn model_vocab(dir: &Path, rows: usize, lang: Option<&str>) -> Result
     }
     let vocab = Vocab::load_lang(dir, lang)?;
     vocab.check_head(&path, rows)?;
+    // The head was trained with config.json's pad_token_id as its blank; training on takes
+    // vocab.json's pad token. Two ids would quietly retrain the blank as another token. (An
+    // MMS language's own vocabulary decides its blank, whatever the shared config says.)
+    let blank = crate::model::Config::load(&dir.join("config.json"))?.pad_token_id;
+    if lang.is_none() && blank.is_some_and(|b| b != vocab.pad as usize) {
+        return file_err(
+            dir.join("config.json"),
+            format!(
+                "pad_token_id is {}, but vocab.json's pad token has id {}: the head's CTC blank \
+                 is ambiguous; make them agree, or pass --new-head",
+                blank.unwrap_or_default(),
+                vocab.pad
+            ),
+        );
+    }
     Ok(vocab)
 }
 

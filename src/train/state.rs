@@ -72,6 +72,7 @@ pub fn save(
             msg: format!("checkpoint not saved (earlier checkpoints are intact): {e}"),
         });
     }
+    sweep_deleted(run_dir);
     // Rotation: the current run's checkpoints only, oldest (lowest step) first, never the one
     // just written.
     let mut ours: Vec<PathBuf> = list(run_dir)
@@ -91,8 +92,19 @@ pub fn save(
 fn remove_checkpoint(dir: &Path) {
     let name = dir.file_name().unwrap_or_default().to_string_lossy();
     let doomed = dir.with_file_name(format!(".{name}.deleting.tmp"));
+    // A leftover of an earlier kill would make the rename fail.
+    let _ = std::fs::remove_dir_all(&doomed);
     if std::fs::rename(dir, &doomed).is_ok() {
         let _ = std::fs::remove_dir_all(doomed);
+    }
+}
+
+/// Deletes what killed deletions left in `run_dir` (`.checkpoint-N.deleting.tmp`).
+fn sweep_deleted(run_dir: &Path) {
+    for name in crate::data::corpus::entry_names(run_dir) {
+        if name.starts_with(".checkpoint-") && name.ends_with(".deleting.tmp") {
+            let _ = std::fs::remove_dir_all(run_dir.join(name));
+        }
     }
 }
 
