@@ -629,9 +629,16 @@ fn common_voice_paths_stay_in_clips() {
         t.malformed
     );
 
+    // The one row inside clips/ is a real clip, so the corpus is usable.
+    std::fs::copy(
+        Path::new(CORPUS).join("clips/common_voice_es_100001.mp3"),
+        dir.join("clips/sub/ok.mp3"),
+    )
+    .unwrap();
     let mut opts = Options::new(Source::common_voice(&dir), dir.join("prep"));
     opts.progress = false;
     let s = prepare::run(&opts).unwrap();
+    assert_eq!(s.kept["train"], 1);
     assert_eq!(s.skipped_by_reason()[&Skip::MalformedRow], 4);
     let first = s
         .skipped
