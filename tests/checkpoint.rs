@@ -529,6 +529,31 @@ fn transcriber_needs_a_ctc_head_and_its_vocabulary() {
         "{e}"
     );
     let _ = std::fs::remove_dir_all(dir);
+    // A FIFO named vocab.json (or config.json) is refused, not read: the read blocked forever.
+    let dir = variant("fifo", |_| {}, |_| {});
+    let made = std::process::Command::new("mkfifo")
+        .arg(dir.join("vocab.json"))
+        .status()
+        .is_ok_and(|s| s.success());
+    if made {
+        let (send, recv) = std::sync::mpsc::channel();
+        let d = dir.clone();
+        std::thread::spawn(move || {
+            let _ = send.send(Transcriber::load(&gpu(), &d).err().map(|e| e.to_string()));
+        });
+        let e = recv
+            .recv_timeout(std::time::Duration::from_secs(60))
+            .expect("loading a folder with a FIFO for vocab.json hung");
+        assert!(
+            e.as_deref()
+                .is_some_and(|e| e.contains("not a regular file")),
+            "{e:?}"
+        );
+        let _ = std::fs::remove_file(dir.join("vocab.json"));
+    } else {
+        eprintln!("no mkfifo here: the FIFO case is not run");
+    }
+    let _ = std::fs::remove_dir_all(dir);
     // Finite weights that still make NaN logits (a zero weight-norm direction) are an error,
     // not a transcript of one confident letter.
     let dir = variant(

@@ -133,6 +133,10 @@ fn field_at(text: &str, line: usize, column: usize) -> Option<String> {
 impl Config {
     /// Reads and validates `config.json`.
     pub fn load(path: &Path) -> Result<Config> {
+        // A FIFO or device under the name would block the read forever.
+        if path.exists() && !path.is_file() {
+            return file_err(path, "is not a regular file");
+        }
         let text = match std::fs::read_to_string(path) {
             Ok(t) => t,
             Err(e) => return file_err(path, format!("cannot read model config: {e}")),

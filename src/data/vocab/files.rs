@@ -247,6 +247,10 @@ impl Default for TokenizerConfig {
 }
 
 fn read_json(path: &Path) -> Result<Value, DataError> {
+    // A FIFO or device under the name would block the read forever.
+    if path.exists() && !path.is_file() {
+        return Err(DataError::format(path, "is not a regular file"));
+    }
     let text = std::fs::read_to_string(path).map_err(|e| DataError::io(path, e))?;
     serde_json::from_str(&text).map_err(|e| DataError::format(path, format!("invalid JSON: {e}")))
 }
