@@ -138,24 +138,11 @@ pub fn run_dist(gpu: &Gpu, args: &TrainOptions, dist: &Dist) -> Result<RunSummar
     // A checkpoint that cannot be read (a corrupt newest one) names the previous one.
     let resume_hint = |e: Error| -> Error {
         let Some(dir) = &resume_from else { return e };
-        let prev = state::list(&args.out)
-            .into_iter()
-            .map(|(_, p)| p)
-            .take_while(|p| p != dir)
-            .last();
         Error::File {
             path: dir.display().to_string(),
             msg: format!(
                 "cannot resume from this checkpoint: {e}{}",
-                match prev {
-                    Some(p) => format!(
-                        "; the previous one, {}, may be intact: move {} out of the run folder \
-                         and --resume again",
-                        p.display(),
-                        dir.display()
-                    ),
-                    None => String::new(),
-                }
+                state::previous_hint(&args.out, dir)
             ),
         }
     };

@@ -87,7 +87,7 @@ pub fn save(
 }
 
 /// Deletes a checkpoint folder, first renaming it to a temporary name: a crash midway leaves a
-/// `.checkpoint-N.tmp` that nothing reads, never a `checkpoint-N` that looks whole but lacks
+/// `.checkpoint-N.deleting.tmp` that nothing reads (and the next save sweeps), never a `checkpoint-N` that looks whole but lacks
 /// files.
 fn remove_checkpoint(dir: &Path) {
     let name = dir.file_name().unwrap_or_default().to_string_lossy();
@@ -220,21 +220,44 @@ pub fn save_final(run_dir: &Path, model: &Wav2Vec2ForCtc, vocab: &Vocab) -> Resu
 
 /// Completed checkpoints in `run_dir`, oldest first.
 pub fn list(run_dir: &Path) -> Vec<(u64, PathBuf)> {
-    let mut v: Vec<(u64, PathBuf)> = std::fs::read_dir(run_dir)
+    let mut v = numbered(run_dir);
+    v.retain(|(_, p)| p.join("trainer_state.json").is_file());
+    v
+}
+
+/// Every `checkpoint-N` folder of `run_dir`, complete or not, oldest first.
+fn numbered(run_dir: &Path) -> Vec<(u64, PathBuf)> {
+    let mut v: Vec<(u64, PathBuf)> = crate::data::corpus::entry_names(run_dir)
         .into_iter()
-        .flatten()
-        .flatten()
-        .filter_map(|e| {
-            let name = e.file_name().to_string_lossy().into_owned();
-            let step = name.strip_prefix("checkpoint-")?.parse().ok()?;
-            e.path()
-                .join("trainer_state.json")
-                .is_file()
-                .then(|| (step, e.path()))
+        .filter_map(|name| {
+            Some((
+                name.strip_prefix("checkpoint-")?.parse().ok()?,
+                run_dir.join(&name),
+            ))
         })
+        .filter(|(_, p)| p.is_dir())
         .collect();
     v.sort();
     v
+}
+
+/// How to get past checkpoint `dir` of `run_dir` when it cannot be resumed: the complete
+/// one before it, if any, may be intact.
+pub fn previous_hint(run_dir: &Path, dir: &Path) -> String {
+    let prev = list(run_dir)
+        .into_iter()
+        .map(|(_, p)| p)
+        .take_while(|p| p != dir)
+        .last();
+    match prev {
+        Some(p) => format!(
+            "; the previous one, {}, may be intact: move {} out of the run folder and \
+             --resume again",
+            p.display(),
+            dir.display()
+        ),
+        None => String::new(),
+    }
 }
 
 /// The checkpoint `--resume` continues from: the newest `checkpoint-N` of `run_dir`, `None`
@@ -243,18 +266,7 @@ pub fn list(run_dir: &Path) -> Vec<(u64, PathBuf)> {
 /// an earlier run's files (final model, metrics) but no checkpoint is an error, rather than a
 /// silent fall-back to an older checkpoint or a fresh run over that run's files.
 pub fn resume_point(run_dir: &Path) -> Result<Option<PathBuf>> {
-    let mut all: Vec<(u64, PathBuf)> = std::fs::read_dir(run_dir)
-        .into_iter()
-        .flatten()
-        .flatten()
-        .filter_map(|e| {
-            let name = e.file_name().to_string_lossy().into_owned();
-            Some((name.strip_prefix("checkpoint-")?.parse().ok()?, e.path()))
-        })
-        .filter(|(_, p)| p.is_dir())
-        .collect();
-    all.sort();
-    let Some((_, newest)) = all.last() else {
+    let Some((_, newest)) = numbered(run_dir).pop() else {
         let earlier: Vec<String> = used_entries(run_dir)
             .into_iter()
             .filter(|n| is_run_file(n) && !n.ends_with(".tmp"))
@@ -272,23 +284,14 @@ pub fn resume_point(run_dir: &Path) -> Result<Option<PathBuf>> {
         return Ok(None);
     };
     if newest.join("trainer_state.json").is_file() {
-        return Ok(Some(newest.clone()));
+        return Ok(Some(newest));
     }
-    let previous = list(run_dir).pop().map(|(_, p)| p);
     file_err(
         newest.join("trainer_state.json"),
         format!(
             "missing: this checkpoint is incomplete or damaged, so --resume cannot continue \
              from it{}",
-            match previous {
-                Some(p) => format!(
-                    "; the previous one, {}, may be intact: move {} out of the run folder and \
-                     --resume again",
-                    p.display(),
-                    newest.display()
-                ),
-                None => String::new(),
-            }
+            previous_hint(run_dir, &newest)
         ),
     )
 }
