@@ -160,7 +160,7 @@ fn transcriber_decodes_with_a_language_model() {
 
 /// A corrupt ARPA file is refused by line or count, never trusted: a header count of 10^14
 /// once asked for 4.6 PB up front (an abort), NaN or positive log probabilities and counts
-/// that disagree with the file decoded silently.
+/// that disagree with the file decoded silently, as did an n-gram of a word no unigram lists.
 #[test]
 fn arpa_files_are_checked_not_trusted() {
     let dir = common::temp_dir("arpa-checks");
@@ -203,6 +203,11 @@ fn arpa_files_are_checked_not_trusted() {
                 "-1.469003\tagua\t-0.397940\n-1.4\tagua\t-0.3",
             ),
             "1-gram listed twice",
+        ),
+        (
+            "stranger",
+            good.replace("bebe leche", "bebe cerveza"),
+            "\"cerveza\" in this 2-gram is not a unigram",
         ),
     ];
     for (name, text, want) in cases {

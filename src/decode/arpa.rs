@@ -141,13 +141,21 @@ impl ArpaLm {
                         },
                         _ => return bad(format!("too many fields for a {n}-gram: {line:?}")),
                     };
-                    let ids: Vec<u32> = toks[..n]
-                        .iter()
-                        .map(|w| {
-                            let next = lm.words.len() as u32;
-                            *lm.words.entry(w.to_string()).or_insert(next)
-                        })
-                        .collect();
+                    let mut ids = Vec::with_capacity(n);
+                    for w in &toks[..n] {
+                        let next = lm.words.len() as u32;
+                        let id = *lm.words.entry(w.to_string()).or_insert(next);
+                        // The unigrams list the whole vocabulary; a longer n-gram's word
+                        // outside it would never be reached by scoring (which looks words
+                        // up among the unigrams), so the file is damaged or hand-edited.
+                        if n > 1 && !lm.grams[0].contains_key(&[id][..]) {
+                            return bad(format!(
+                                "{w:?} in this {n}-gram is not a unigram (the 1-grams \
+                                 list every word first): {line:?}"
+                            ));
+                        }
+                        ids.push(id);
+                    }
                     if lm.grams[n - 1].insert(ids, (prob, backoff)).is_some() {
                         return bad(format!("{n}-gram listed twice: {line:?}"));
                     }
