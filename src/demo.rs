@@ -100,7 +100,7 @@ pub fn from_scratch_args(init: &Path, prep: &Path, out: &Path, steps: u64) -> Tr
 /// The demo replaces its own earlier run in `out` (it keeps `prepared/` and `init/`), and
 /// nothing else: a folder holding other files is refused before anything is written.
 fn check_out(out: &Path) -> Result<()> {
-    let names = crate::data::corpus::entry_names(out);
+    let names = crate::data::corpus::out_entries(out)?;
     let demo = out.join("init/config.json").is_file() || names.iter().all(|n| n == "prepared");
     if demo {
         return Ok(());

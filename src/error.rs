@@ -28,6 +28,13 @@ pub enum Error {
     /// Autograd misuse (backward from a non-scalar, a value without a tape...).
     #[error("autograd: {0}")]
     Autograd(String),
+    /// The model's outputs are NaN or infinite though its weights are finite; the command
+    /// that loaded the model names its folder ([`Error::in_model`]).
+    #[error(
+        "the model's logits are not finite (NaN or inf) though its weights are: a degenerate \
+         weight, such as a weight-norm direction (weight_v) of zeros"
+    )]
+    NonFiniteLogits,
 }
 
 /// What to do about an engine error, where the library knows better than the engine.
@@ -46,6 +53,17 @@ fn engine_hint(e: &engine::Error) -> String {
 }
 
 impl Error {
+    /// The error with the model folder `dir` named, where the fault is the model's.
+    pub fn in_model(self, dir: &std::path::Path) -> Error {
+        match self {
+            Error::NonFiniteLogits => Error::File {
+                path: dir.display().to_string(),
+                msg: self.to_string(),
+            },
+            e => e,
+        }
+    }
+
     /// Whether the device ran out of memory (the caller may retry with less).
     pub fn is_out_of_memory(&self) -> bool {
         matches!(self, Error::Engine(engine::Error::OutOfMemory { .. }))

@@ -1,5 +1,19 @@
 //! A small seeded random generator (SplitMix64): weight initialisation, SpecAugment masks,
-//! LayerDrop and shuffling must be reproducible from one `--seed`, on every platform.
+//! LayerDrop and shuffling must be reproducible from one `--seed`, on every platform. And
+//! [`fnv1a`], a hash that is the same everywhere, for the keys of files kept between runs.
+
+/// FNV-1a, 64 bits, over `parts` (each followed by a 0xff byte, so that the split between parts
+/// counts): unlike std's hasher, the same across Rust releases and platforms.
+pub fn fnv1a<'a>(parts: impl IntoIterator<Item = &'a [u8]>) -> u64 {
+    let mut h = 0xcbf2_9ce4_8422_2325u64;
+    for part in parts {
+        for &b in part.iter().chain([&0xff]) {
+            h ^= b as u64;
+            h = h.wrapping_mul(0x0100_0000_01b3);
+        }
+    }
+    h
+}
 
 /// SplitMix64: tiny, fast, and good enough for initialisation and sampling.
 #[derive(Clone, Debug)]

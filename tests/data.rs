@@ -789,6 +789,10 @@ fn prepare_errors() {
         "{\"a\": 0}"
     );
     assert_eq!(std::fs::read_dir(&model).unwrap().count(), 2);
+    let mut opts = Options::new(Source::common_voice(CORPUS), model.join("config.json"));
+    opts.progress = false;
+    let err = prepare::run(&opts).unwrap_err().to_string();
+    assert!(err.contains("config.json: --out names a file"), "{err}");
     // A corpus with no usable clip replaces nothing: the earlier cache in --out stays whole.
     let prep = out.join("prep");
     let clip = std::fs::canonicalize(Path::new(CORPUS).join("clips/common_voice_es_100001.mp3"));
@@ -809,6 +813,21 @@ fn prepare_errors() {
     assert!(err.contains("no usable clips"), "{err}");
     assert_eq!(Prepared::open(&prep).unwrap().train.len(), 1);
     assert!(std::fs::read(prep.join("audio.f32")).unwrap() == before);
+    // Same settings, same manifest: reused. The manifest edited (a second clip): prepared again
+    // (the cache was once reused, and the new clip never trained on).
+    opts.source = manifest(&good);
+    assert!(prepare::run(&opts).unwrap().reused);
+    let two = std::fs::canonicalize(Path::new(CORPUS).join("clips/common_voice_es_100002.mp3"));
+    let mut text = std::fs::read_to_string(&good).unwrap();
+    text += &format!(
+        "{}	dos
+",
+        two.unwrap().display()
+    );
+    std::fs::write(&good, text).unwrap();
+    let summary = prepare::run(&opts).unwrap();
+    assert!(!summary.reused);
+    assert_eq!(Prepared::open(&prep).unwrap().train.len(), 2);
     std::fs::remove_dir_all(out).unwrap();
 }
 

@@ -84,5 +84,11 @@ fn demo_never_replaces_what_is_not_its_own() {
             "{e}"
         );
     }
+    // A file, not a folder: said so (before, the OS spoke of `FILE/prepared`).
+    let file = out.join("metrics.jsonl");
+    let e = xlsr::demo::run(&common::gpu(), &xlsr::demo::Options { out: file, ..args })
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("metrics.jsonl: --out names a file"), "{e}");
     let _ = std::fs::remove_dir_all(out);
 }

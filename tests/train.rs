@@ -196,6 +196,14 @@ fn bad_input_fails_cleanly() {
     .unwrap_err()
     .to_string();
     assert!(e.contains("vocabulary"), "{e}");
+    // --out a file.
+    let file = dir.join("file");
+    std::fs::write(&file, "mine").unwrap();
+    let e = train::run(&g, &args(&model, &prep, &file, &["--max-steps", "1"]))
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("file: --out names a file"), "{e}");
+    assert_eq!(std::fs::read_to_string(&file).unwrap(), "mine");
 
     // A corpus with no usable clips is not prepared at all (nothing written; an earlier
     // cache in that folder would stay as it was), and one without training clips is no
@@ -795,7 +803,11 @@ fn eval_of_an_empty_split_is_an_error() {
         .unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(
-        !out.status.success() && stderr.contains("not finite"),
+        !out.status.success()
+            && stderr.contains(&format!(
+                "{}: the model's logits are not finite",
+                broken.display()
+            )),
         "{stderr}"
     );
     let _ = std::fs::remove_dir_all(dir);
@@ -838,6 +850,20 @@ fn resume_problems_are_named() {
         "{e}"
     );
     std::fs::write(&state, text).unwrap();
+    // A data position past its epoch's end (the corpus changed, or an edit) is not silently
+    // taken as the next epoch.
+    let st: train::state::TrainerState =
+        serde_json::from_str(&std::fs::read_to_string(&state).unwrap()).unwrap();
+    assert!(st.position_warning(st.batch_in_epoch).is_none());
+    let far = train::state::TrainerState {
+        batch_in_epoch: 1_000_000_000,
+        ..st
+    };
+    let w = far.position_warning(2).unwrap();
+    assert!(
+        w.contains("1000000000 of epoch") && w.contains("has 2 batches"),
+        "{w}"
+    );
     let metrics = std::fs::read(run.join("metrics.jsonl")).unwrap();
     // Damaged optimiser moments are refused by file and tensor (they once loaded, and the
     // NaN update that followed was blamed on the learning rate), and so is another dtype.

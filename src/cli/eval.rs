@@ -144,7 +144,7 @@ pub fn transcribe(args: &TranscribeArgs) -> Result<()> {
     let mut done = Vec::new();
     let mut failed = 0;
     for f in files {
-        match t.transcribe(f) {
+        match t.transcribe(f).map_err(|e| e.in_model(model)) {
             Ok(r) => {
                 if args.json {
                     let words = serde_json::to_value(&r.words)?;
@@ -196,14 +196,8 @@ pub fn eval(args: &EvalArgs) -> Result<()> {
         crate::transcribe::Transcriber::load_lang(&gpu, model, args.target_lang.as_deref())?;
     t.lm = args.lm.load(&t)?;
     // A Common Voice folder is prepared (once) into a cache under the temp dir.
-    let cache = std::env::temp_dir().join(format!(
-        "xlsr-prepared-{:016x}",
-        data.display()
-            .to_string()
-            .bytes()
-            .fold(0xcbf29ce484222325u64, |h, b| (h ^ b as u64)
-                .wrapping_mul(0x100000001b3))
-    ));
+    let key = crate::rng::fnv1a([data.as_os_str().as_encoded_bytes()]);
+    let cache = std::env::temp_dir().join(format!("xlsr-prepared-{key:016x}"));
     let prepared = crate::train::open_data(data, &cache)?;
     let opts = crate::train::EvalOptions {
         split,
@@ -211,7 +205,8 @@ pub fn eval(args: &EvalArgs) -> Result<()> {
         limit,
         lm: t.lm.as_ref(),
     };
-    let mut r = crate::train::evaluate(&t.model, &t.vocab, &prepared, &opts)?;
+    let mut r = crate::train::evaluate(&t.model, &t.vocab, &prepared, &opts)
+        .map_err(|e| e.in_model(model))?;
     let mut tuned = None;
     if let (true, Some(d)) = (args.tune, t.lm.as_mut()) {
         let grid = tune(d, &r)?;

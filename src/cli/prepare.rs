@@ -39,7 +39,7 @@ pub struct PrepareArgs {
     /// unknown token and are counted
     #[arg(long)]
     pub vocab: Option<PathBuf>,
-    /// Decode again even if PREP_DIR was made with the same settings
+    /// Decode again even if PREP_DIR was made with the same settings from the same TSV files
     #[arg(long)]
     pub force: bool,
 }

@@ -100,6 +100,19 @@ pub fn entry_names(dir: &Path) -> Vec<String> {
     names
 }
 
+/// The names in `dir`, a folder `--out` names, sorted (none where it does not exist yet); an
+/// error where it is a file, which the command would otherwise fail on with the OS's words
+/// about some path inside it.
+pub fn out_entries(dir: &Path) -> Result<Vec<String>, DataError> {
+    if dir.exists() && !dir.is_dir() {
+        return Err(DataError::format(
+            dir,
+            "--out names a file; it takes a folder",
+        ));
+    }
+    Ok(entry_names(dir))
+}
+
 /// Reads a manifest: one `path<TAB>sentence` per line, an optional `path<TAB>sentence` header,
 /// paths relative to the manifest's folder (or absolute).
 pub fn read_manifest(file: &Path) -> Result<Table, DataError> {

@@ -104,6 +104,29 @@ impl Options {
             && self.vocab == other.vocab
     }
 
+    /// A fingerprint of the files that list the corpus (a release's `<split>.tsv`, the
+    /// manifests): their paths and bytes. A cache made from other listings is not reused.
+    fn listing_key(&self) -> u64 {
+        let files: Vec<PathBuf> = match &self.source {
+            Source::CommonVoice {
+                dir,
+                train_splits,
+                test_splits,
+            } => train_splits
+                .iter()
+                .chain(test_splits)
+                .map(|s| dir.join(format!("{s}.tsv")))
+                .collect(),
+            Source::Manifests { train, test } => train.iter().chain(test).cloned().collect(),
+        };
+        let contents: Vec<Vec<u8>> = files
+            .iter()
+            .map(|f| std::fs::read(f).unwrap_or_default())
+            .collect();
+        let paths = files.iter().map(|f| f.as_os_str().as_encoded_bytes());
+        crate::rng::fnv1a(paths.chain(contents.iter().map(Vec::as_slice)))
+    }
+
     fn text_norm(&self) -> TextNorm {
         TextNorm {
             chars_to_remove: self.chars_to_remove.clone(),
@@ -259,6 +282,9 @@ pub(super) struct Index {
     pub(super) version: u32,
     pub(super) sample_rate: u32,
     pub(super) options: Options,
+    /// [`Options::listing_key`] when the folder was prepared (absent in older folders).
+    #[serde(default)]
+    pub(super) listing_key: Option<u64>,
     pub(super) summary: Summary,
     pub(super) train: Vec<Utterance>,
     pub(super) test: Vec<Utterance>,
@@ -268,7 +294,7 @@ pub(super) struct Index {
 /// folder's vocab.json and tokenizer files would be replaced): it must be new, empty, or hold
 /// an earlier `prepare`'s `audio.f32` (finished or interrupted).
 fn check_out(out: &Path) -> Result<(), DataError> {
-    let names = super::corpus::entry_names(out);
+    let names = super::corpus::out_entries(out)?;
     if names.is_empty()
         || names
             .iter()
@@ -291,8 +317,8 @@ fn check_out(out: &Path) -> Result<(), DataError> {
 /// Runs `xlsr prepare`: writes the vocabulary files, `audio.f32` and `index.json` into
 /// `opts.out`. Bad rows and clips are skipped with a warning on stderr and counted; only an
 /// unreadable corpus or an unwritable prep folder is an error. A prep folder already made with
-/// the same settings is reused without decoding anything (unless `opts.force`; the corpus files
-/// themselves are not compared).
+/// the same settings from the same TSV files or manifests is reused without decoding anything
+/// (unless `opts.force`; the clips themselves are not compared).
 pub fn run(opts: &Options) -> Result<Summary, DataError> {
     if !(opts.max_seconds.is_finite() && opts.max_seconds > 0.0) {
         return Err(DataError::format(
@@ -304,11 +330,20 @@ pub fn run(opts: &Options) -> Result<Summary, DataError> {
         ));
     }
     check_out(&opts.out)?;
+    let listing_key = opts.listing_key();
     if let (false, Ok(p)) = (opts.force, Prepared::open(&opts.out)) {
-        if p.options.same_settings(opts) {
+        let same_listing = p.listing_key == Some(listing_key);
+        if p.options.same_settings(opts) && same_listing {
             let mut summary = p.summary;
             summary.reused = true;
             return Ok(summary);
+        }
+        if p.options.same_settings(opts) && p.listing_key.is_some() {
+            eprintln!(
+                "note: the corpus's TSV files (or manifests) changed since {} was prepared: \
+                 preparing it again",
+                opts.out.display()
+            );
         }
     }
     let norm = opts.text_norm();
@@ -496,6 +531,7 @@ pub fn run(opts: &Options) -> Result<Summary, DataError> {
         version: VERSION,
         sample_rate: SAMPLE_RATE,
         options: opts.clone(),
+        listing_key: Some(listing_key),
         summary: summary.clone(),
         train,
         test,

@@ -42,6 +42,8 @@ pub struct Prepared {
     pub options: Options,
     /// What `prepare` kept and skipped.
     pub summary: Summary,
+    /// The fingerprint of the corpus listings it was prepared from (see `prepare::run`).
+    pub(super) listing_key: Option<u64>,
     audio: Mutex<File>,
     audio_samples: u64,
 }
@@ -91,6 +93,7 @@ impl Prepared {
             test: index.test,
             options: index.options,
             summary: index.summary,
+            listing_key: index.listing_key,
             audio: Mutex::new(file),
             audio_samples,
         })

@@ -7,6 +7,7 @@
 
 use super::error::{Error, Result};
 use super::Gpu;
+use crate::rng::fnv1a;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
@@ -67,23 +68,11 @@ pub enum Loaded {
     Stale(String),
 }
 
-/// FNV-1a, 64 bits: a hash that stays the same across Rust releases (std's does not promise to).
-fn fnv(parts: &[&str]) -> u64 {
-    let mut h = 0xcbf2_9ce4_8422_2325u64;
-    for part in parts {
-        for b in part.bytes().chain([0xff]) {
-            h ^= b as u64;
-            h = h.wrapping_mul(0x0100_0000_01b3);
-        }
-    }
-    h
-}
-
 /// The kernels' identity: this version and every shader source.
 fn build_id() -> String {
     let mut parts = vec![env!("CARGO_PKG_VERSION"), super::pipelines::PRELUDE];
     parts.extend(super::pipelines::SHADERS.iter().map(|(_, src)| *src));
-    format!("{:016x}", fnv(&parts))
+    format!("{:016x}", fnv1a(parts.iter().map(|p| p.as_bytes())))
 }
 
 impl Gpu {
@@ -152,12 +141,8 @@ impl Gpu {
                 }
             })
             .collect();
-        let id = fnv(&[
-            &i.name,
-            &format!("{:?}", i.backend),
-            &i.driver,
-            &i.driver_info,
-        ]);
+        let backend = format!("{:?}", i.backend);
+        let id = fnv1a([&i.name, &backend, &i.driver, &i.driver_info].map(|s| s.as_bytes()));
         Some(dir.join(format!("tuning-{}-{id:016x}.json", name.trim_matches('-'))))
     }
 

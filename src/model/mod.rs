@@ -36,11 +36,7 @@ pub fn check_logits(logits: &[f32]) -> Result<()> {
     if logits.iter().all(|l| l.is_finite()) {
         return Ok(());
     }
-    Err(Error::Config(
-        "the model's logits are not finite (NaN or inf) though its weights are: a degenerate \
-         weight, such as a weight-norm direction (weight_v) of zeros"
-            .into(),
-    ))
+    Err(Error::NonFiniteLogits)
 }
 
 /// A linear layer `y = x W^T + b` with W [out, in], as `nn.Linear` stores it.

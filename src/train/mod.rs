@@ -272,6 +272,10 @@ pub fn run_dist(gpu: &Gpu, args: &TrainOptions, dist: &Dist) -> Result<RunSummar
         Some(dir) => {
             let s = state::load(dir, &mut opt).map_err(resume_hint)?;
             note!("resumed from {} at step {}", dir.display(), s.global_step);
+            let batches = batcher.epoch(s.epoch).len();
+            if let Some(w) = s.position_warning(batches).filter(|_| root) {
+                eprintln!("warning: {}: {w}", dir.display());
+            }
             s
         }
         None => TrainerState {

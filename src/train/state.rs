@@ -40,6 +40,23 @@ pub struct TrainerState {
     pub grad_scaler: Option<crate::optim::GradScaler>,
 }
 
+impl TrainerState {
+    /// A warning when the saved data position lies past the end of its epoch, whose batch
+    /// list has `batches` entries: the corpus or the batching changed since the checkpoint
+    /// (or the file was edited), so the run goes on with the next epoch, not where it was.
+    pub fn position_warning(&self, batches: usize) -> Option<String> {
+        (self.batch_in_epoch > batches).then(|| {
+            format!(
+                "trainer_state.json puts the next batch at {} of epoch {}, which has {batches} \
+                 batches (the corpus or the batch settings changed?): continuing with epoch {}",
+                self.batch_in_epoch,
+                self.epoch,
+                self.epoch + 1
+            )
+        })
+    }
+}
+
 /// Writes `RUN_DIR/checkpoint-STEP` and keeps the newest `keep` checkpoints.
 pub fn save(
     run_dir: &Path,
@@ -157,6 +174,7 @@ fn used_entries(run_dir: &Path) -> Vec<String> {
 /// `prepared/`, unless `resume` (continue it) or `overwrite` (its earlier run is deleted by
 /// [`clear_run_dir`] once the new one's model and data have loaded).
 pub fn check_run_dir(run_dir: &Path, resume: bool, overwrite: bool) -> Result<()> {
+    crate::data::corpus::out_entries(run_dir)?;
     let used = used_entries(run_dir);
     if used.is_empty() || resume || overwrite {
         return Ok(());
