@@ -35,13 +35,13 @@ pub struct Cli {
 /// The subcommands.
 #[derive(Subcommand)]
 pub enum Cmd {
-    /// List GPU adapters (pick one with XLSR_ADAPTER=<name substring>)
+    /// List GPU adapters (pick one with XLSR_ADAPTER=NAME, a part of its name)
     Devices,
     /// Benchmark the kernels at wav2vec2-large shapes
     Bench(BenchArgs),
     /// Decode a Common Voice folder into a 16 kHz audio cache and build the vocabulary
     Prepare(PrepareArgs),
-    /// Transcribe audio files with a model folder (greedy CTC decoding): prints FILE<TAB>TEXT
+    /// Transcribe audio files with a model folder (greedy CTC decoding): prints FILE, a tab, TEXT
     Transcribe(TranscribeArgs),
     /// Fine-tune a model with CTC on a corpus (the seed notebook's defaults)
     Train(Box<TrainArgs>),

@@ -12,7 +12,7 @@
 //! Rooms: [`adapter`] (choice, features), [`pool`] (buffers by size class), [`pipelines`]
 //! (shader registry and variants, layouts, pipelines), [`dispatch`] (the batch, bind groups,
 //! submits), [`params`] (typed kernel uniforms), [`transfer`] (uploads, zero fills, read-back),
-//! [`profile`] (counters, timestamps), [`robustness`] (a device without the driver's
+//! [`profile`] (counters, timestamps), `robustness` (a device without the driver's
 //! bounds checks), [`tuning`] (measured kernel choices per adapter),
 //! [`tensor`], [`dtype`], [`error`].
 
@@ -69,7 +69,7 @@ struct GpuInner {
     limits: wgpu::Limits,
     /// Enabled optional features.
     features: wgpu::Features,
-    /// Whether the driver bounds-checks buffer accesses ([`robustness`]).
+    /// Whether the driver bounds-checks buffer accesses (`robustness`).
     robust: bool,
     /// The tensor-core kernels' shape, where they run.
     coop: Option<CoopShape>,
@@ -261,7 +261,7 @@ impl Gpu {
     }
 
     /// Whether the driver bounds-checks every buffer access (robust buffer access): true but
-    /// on a Vulkan device opened with `XLSR_ROBUSTNESS=0` ([`robustness`]).
+    /// on a Vulkan device opened with `XLSR_ROBUSTNESS=0` (`robustness`).
     pub fn robust_buffers(&self) -> bool {
         self.0.robust
     }

@@ -107,7 +107,7 @@ const IN_F32: &str = "alias In = f32;";
 
 /// A kernel file named `NAME_lanes` (then optionally [`F16_SUFFIX`]) is `NAME.wgsl` with four
 /// threads per row: its `const LANES` line says 4, and its one-lane sums (`lane_sum`, whose
-/// bodies are [`ONE_LANE`]) become butterflies of subgroup shuffles over the row's lanes.
+/// bodies are `ONE_LANE`) become butterflies of subgroup shuffles over the row's lanes.
 /// Only adapters with subgroup operations build it (`Gpu::has_subgroups`).
 pub const LANES_SUFFIX: &str = "_lanes";
 const LANES_ONE: &str = "const LANES: u32 = 1u;";
@@ -116,7 +116,7 @@ const FOUR_LANES: &str =
     "let y = x + subgroupShuffleXor(x, 1u);\n    return y + subgroupShuffleXor(y, 2u);";
 
 /// A kernel file named `NAME_v4` (then optionally [`F16_SUFFIX`]) is `NAME.wgsl` with its
-/// lines that end in [`SCALAR_LINE`] dropped and its lines that start with [`V4_LINE`]
+/// lines that end in `SCALAR_LINE` dropped and its lines that start with `V4_LINE`
 /// uncommented: matmul.wgsl binds A and B as vec4 arrays that way (`ops::matmul::v4_fits`).
 pub const V4_SUFFIX: &str = "_v4";
 /// A kernel file named `NAME_k16` (then optionally [`V4_SUFFIX`], [`F16_SUFFIX`]) is

@@ -145,7 +145,7 @@ pub fn write_flat(out: &Tensor, start: usize, src: &Tensor) -> Result<()> {
     copy_region(src, out, &[src.numel()], 0, &[1], start, &[1])
 }
 
-/// Reorders dims: out.shape[i] = x.shape[perm[i]].
+/// Reorders dims: `out.shape[i] = x.shape[perm[i]]`.
 pub fn permute(x: &Tensor, perm: &[usize]) -> Result<Tensor> {
     check_f32("permute", &[x])?;
     let s = x.shape();
@@ -217,7 +217,7 @@ pub fn slice(x: &Tensor, dim: usize, start: usize, len: usize) -> Result<Tensor>
     Ok(out)
 }
 
-/// Backward of [`slice`]: `dy` placed at `start` along `dim` in zeros of `full` shape.
+/// Backward of [`slice()`]: `dy` placed at `start` along `dim` in zeros of `full` shape.
 pub fn pad_into(dy: &Tensor, full: &[usize], dim: usize, start: usize) -> Result<Tensor> {
     check_f32("slice_backward", &[dy])?;
     let out = Tensor::zeros(dy.gpu(), full)?;

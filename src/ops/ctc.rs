@@ -46,15 +46,15 @@ pub enum Reduction {
     Sum,
     /// Each loss divided by its target length (at least 1), then averaged over the batch.
     Mean,
-    /// Per-utterance losses, shape [B].
+    /// Per-utterance losses, shape `[B]`.
     None,
 }
 
 /// Forward result, holding what the backward pass needs.
 pub struct Ctc {
-    /// The reduced loss (scalar, or [B] for `Reduction::None`).
+    /// The reduced loss (scalar, or `[B]` for `Reduction::None`).
     pub loss: Tensor,
-    /// Per-utterance negative log-likelihoods [B] (inf, or 0 with zero_infinity, if impossible).
+    /// Per-utterance negative log-likelihoods `[B]` (inf, or 0 with zero_infinity, if impossible).
     pub nll: Tensor,
     /// Utterances whose target cannot be aligned to their frames.
     pub infeasible: Vec<usize>,

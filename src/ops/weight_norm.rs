@@ -58,7 +58,7 @@ fn params(rows: usize, kk: usize) -> WeightNormParams {
     }
 }
 
-/// w = g * v / ||v||, the norm per last-dim index. Returns (w, norms [K]).
+/// w = g * v / ||v||, the norm per last-dim index. Returns (w, norms `[K]`).
 pub fn forward(g: &Tensor, v: &Tensor) -> Result<(Tensor, Tensor)> {
     let (rows, kk) = check(g, v)?;
     let gpu = v.gpu();

@@ -9,7 +9,7 @@
 //! whenever it comes back (a step later in training, `train::TrainStep::run_deferred`);
 //! [`AdamW::clip_and_step`] does both with one read.
 //!
-//! The trainable parameters live in flat buffers ([`flat`]): one update dispatch per bucket
+//! The trainable parameters live in flat buffers (`flat`): one update dispatch per bucket
 //! (per binding-sized window of it) covers hundreds of parameters, each with its own scalars
 //! from a segment table. A parameter that cannot be packed (frozen when the optimiser was
 //! made) is updated by its own dispatches of the same kernel.
@@ -180,7 +180,7 @@ pub struct AdamW {
 impl AdamW {
     /// An optimiser over `params`; frozen ones and ones without a gradient are skipped at each
     /// step, so the list can be the whole model. The parameters trainable now move into the
-    /// optimiser's flat buffers (their values become views there, see [`flat`]).
+    /// optimiser's flat buffers (their values become views there, see `flat`).
     pub fn new(params: &[Rc<Param>], cfg: AdamWConfig) -> Result<AdamW> {
         let (flat, placements) = match Flat::adopt(params)? {
             Some((flat, at)) => (Some(flat), at),

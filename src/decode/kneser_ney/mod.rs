@@ -16,7 +16,7 @@
 //! (a first pass over the text), so an n-gram packs into one 128-bit integer; counts gather
 //! in a bounded hash map per order, which is sorted into a run file when full. Every later
 //! stage is a pass over tables sorted by n-gram, or a sort by the n-grams' suffixes and a
-//! merge join ([`sorted`]): continuation counts and pruning top-down, probabilities
+//! merge join (`sorted`): continuation counts and pruning top-down, probabilities
 //! bottom-up (each n-gram meets its back-off n-gram's probability in suffix order), then the
 //! ARPA file, each order joined with its contexts' back-off weights.
 

@@ -12,7 +12,7 @@ use crate::ops::{dummy, reduce, LayerGrads};
 /// Aᵀ B and the row sums of Aᵀ in one pass, for A [K, M] and B [K, N]: a linear layer's
 /// weight gradient dYᵀX with its bias gradient (the column sums of dY) riding on it. `None`
 /// where the tiled f32 kernel cannot take it in one binding (the caller sums separately);
-/// `splits` forces the split-K slices as in [`matmul_with`].
+/// `splits` forces the split-K slices as in [`matmul_with`](super::matmul_with).
 pub fn matmul_tn_row_sums(
     a: &Tensor,
     b: &Tensor,
@@ -26,7 +26,7 @@ pub fn matmul_tn_row_sums(
     Ok(done.then_some((c, sums)))
 }
 
-/// [`matmul_tn_row_sums`] into `c` [M, N] and `sums` [M], overwriting them or, with
+/// [`matmul_tn_row_sums`] into `c` `[M, N]` and `sums` `[M]`, overwriting them or, with
 /// `accumulate`, adding into them (a weight and bias gradient straight into the optimiser's
 /// gradient slots). Returns false, touching nothing, where the tiled f32 kernel cannot take
 /// the operands in one binding.

@@ -137,7 +137,7 @@ fn tiled(gpu: &crate::Gpu, half: bool, prm: &MatmulParams, k16: bool) -> Kernel 
 const FILL: usize = 256;
 
 /// How many K slices an output of `tiles` tiles with contraction `k` gets: enough to reach
-/// [`FILL`] workgroups, each slice at least 256 long (always 1 with `XLSR_SPLIT_K=0`, to
+/// `FILL` workgroups, each slice at least 256 long (always 1 with `XLSR_SPLIT_K=0`, to
 /// compare).
 pub fn split_k(tiles: usize, k: usize) -> usize {
     static OFF: OnceLock<bool> = OnceLock::new();
