@@ -189,6 +189,33 @@ fn cli_messages_name_the_real_cause() {
     assert!(e.contains(&format!("needs at least {min}")), "{e}");
     let e = t.transcribe(&dir).err().unwrap().to_string();
     assert!(e.contains("is a folder"), "{e}");
+    // A float WAV holding NaN or infinity is the file's fault, not the model's (its NaN logits
+    // were once blamed on a degenerate weight).
+    for (bad, name) in [(f32::NAN, "nan"), (f32::INFINITY, "inf")] {
+        let path = dir.join(format!("{name}.wav"));
+        let spec = hound::WavSpec {
+            channels: 1,
+            sample_rate: 16000,
+            bits_per_sample: 32,
+            sample_format: hound::SampleFormat::Float,
+        };
+        let mut w = hound::WavWriter::create(&path, spec).unwrap();
+        for i in 0..16000 {
+            w.write_sample(if i == 8000 {
+                bad
+            } else {
+                0.01 * (i % 7) as f32
+            })
+            .unwrap();
+        }
+        w.finalize().unwrap();
+        let e = t.transcribe(&path).err().unwrap().to_string();
+        assert!(
+            e.contains(&format!("{name}.wav"))
+                && e.contains(&format!("sample 8000 (0.500 s) is {bad}")),
+            "{e}"
+        );
+    }
 
     let cli = |limit: &str| {
         let out = Command::new(env!("CARGO_BIN_EXE_xlsr"))

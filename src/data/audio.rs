@@ -28,6 +28,15 @@ pub fn load(path: &Path) -> Result<Vec<f32>, DataError> {
             format!("sample rate {rate} Hz is outside 1 kHz to 768 kHz (a corrupt header?)"),
         ));
     }
+    // A float WAV can hold NaN or infinity; the model would turn it into NaN logits, blamed
+    // on the weights.
+    if let Some(i) = mono.iter().position(|s| !s.is_finite()) {
+        let secs = i as f64 / rate as f64;
+        return Err(DataError::audio(
+            path,
+            format!("sample {i} ({secs:.3} s) is {}: not audio", mono[i]),
+        ));
+    }
     resample(&mono, rate, SAMPLE_RATE).map_err(|msg| DataError::audio(path, msg))
 }
 
