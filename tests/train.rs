@@ -977,3 +977,40 @@ fn saving_every_step(steps: &str) -> [&str; 8] {
         "2",
     ]
 }
+
+/// An evaluation that fails (here a damaged cache: NaN samples in a test clip) names the
+/// cause, and the steps trained before it are saved as a checkpoint instead of lost (the final
+/// evaluation comes before `final/` is written).
+#[test]
+fn failed_evaluation_keeps_the_trained_steps() {
+    let (dir, prep, model) = common::tiny_run("evalfail", 2);
+    let data = xlsr::data::Prepared::open(&prep).unwrap();
+    let u = &data.test[0];
+    let cache = prep.join("audio.f32");
+    let mut bytes = std::fs::read(&cache).unwrap();
+    let at = (u.offset as usize + u.samples / 2) * 4;
+    bytes[at..at + 4].copy_from_slice(&f32::NAN.to_le_bytes());
+    std::fs::write(&cache, bytes).unwrap();
+    let run = dir.join("run");
+    let opts = [
+        "--max-steps",
+        "2",
+        "--save-steps",
+        "0",
+        "--eval-steps",
+        "0",
+        "--eval-split",
+        "test",
+    ];
+    let e = train::run(&common::gpu(), &args(&model, &prep, &run, &opts))
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("audio.f32") && e.contains(&u.id) && e.contains("cache is damaged"),
+        "{e}"
+    );
+    assert!(run.join("checkpoint-2/model.safetensors").is_file());
+    assert!(run.join("checkpoint-2/trainer_state.json").is_file());
+    assert!(!run.join("final").exists());
+    let _ = std::fs::remove_dir_all(dir);
+}

@@ -151,9 +151,20 @@ impl Prepared {
                 .and_then(|_| f.read_exact(&mut bytes))
                 .map_err(|e| DataError::io(&path, e))?;
         }
-        Ok(bytes
+        let x: Vec<f32> = bytes
             .chunks_exact(4)
             .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
-            .collect())
+            .collect();
+        // `prepare` writes finite samples only; anything else is a damaged cache.
+        if let Some(i) = x.iter().position(|v| !v.is_finite()) {
+            return Err(DataError::format(
+                &path,
+                format!(
+                    "sample {i} of {} is {}: the cache is damaged; run `xlsr prepare --force`",
+                    utt.id, x[i]
+                ),
+            ));
+        }
+        Ok(x)
     }
 }

@@ -467,7 +467,18 @@ pub fn run_dist(gpu: &Gpu, args: &TrainOptions, dist: &Dist) -> Result<RunSummar
                 limit: args.max_eval_samples,
                 lm: None,
             };
-            let r = evaluate_shared(&model, &vocab, &data, &opts, dist)?;
+            let r = evaluate_shared(&model, &vocab, &data, &opts, dist).inspect_err(|_| {
+                // The steps since the last checkpoint are not lost with the evaluation.
+                let limit = args.save_total_limit;
+                let saved =
+                    root.then(|| state::save(&args.out, &model, &vocab, &step.opt, &st, limit));
+                if let Some(Ok(dir)) = saved {
+                    eprintln!(
+                        "xlsr: evaluation failed; the model so far is in {}",
+                        dir.display()
+                    );
+                }
+            })?;
             if let Some(log) = log.as_mut() {
                 log.eval(st.global_step, epoch, r.ctc_loss, r.wer, r.cer)?;
                 let rows = MetricsLog::read(log.path())?;
