@@ -324,6 +324,35 @@ fn kneser_ney_distributions_sum_to_one() {
         .output()
         .unwrap();
     assert!(String::from_utf8_lossy(&bad.stderr).contains("--order 0"));
+    // Building again over an earlier model replaces it; nothing else is replaced: the text
+    // itself (it once became the model), any other file; nor read from a pipe (read twice,
+    // it was empty the second time and gave an empty model), a NUL byte, --order 1.
+    let again: [&dyn AsRef<std::ffi::OsStr>; 8] = [
+        &"lm", &"build", &"--order", &"2", &"--text", &text, &"--out", &arpa,
+    ];
+    common::xlsr_ok(&again);
+    let notes = dir.join("notes.txt");
+    std::fs::write(&notes, "mine").unwrap();
+    let nul = dir.join("nul.txt");
+    std::fs::write(&nul, "el perro\nla \0casa\n").unwrap();
+    let dev_null = std::path::Path::new("/dev/null");
+    for (order, input, out, want) in [
+        ("2", &text, &text, "--out is one of the --text files"),
+        ("2", &text, &notes, "--out exists and is not an ARPA model"),
+        ("2", &dev_null.to_path_buf(), &arpa, "not a regular file"),
+        ("2", &nul, &arpa, "nul.txt: line 2: a NUL byte"),
+        ("1", &text, &arpa, "--order 1"),
+    ] {
+        let e = common::xlsr_err(&[
+            &"lm", &"build", &"--order", &order, &"--text", input, &"--out", out,
+        ]);
+        assert!(e.contains(want), "{want}: {e}");
+    }
+    assert!(std::fs::read_to_string(&text)
+        .unwrap()
+        .starts_with("El perro come pan."));
+    assert_eq!(std::fs::read_to_string(&notes).unwrap(), "mine");
+    assert_eq!(ArpaLm::load(&arpa).unwrap().order, 2);
     let _ = std::fs::remove_dir_all(dir);
 }
 

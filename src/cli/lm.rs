@@ -25,7 +25,7 @@ pub struct BuildArgs {
     /// Text files, one sentence per line (repeatable)
     #[arg(long, required = true, num_args = 1..)]
     pub text: Vec<PathBuf>,
-    /// Order of the model (5 in the Hugging Face n-gram recipe)
+    /// Order of the model, 2 to 9 (5 in the Hugging Face n-gram recipe)
     #[arg(long, default_value_t = 5)]
     pub order: usize,
     /// The ARPA file to write (gzipped when it ends in .gz)
@@ -53,9 +53,21 @@ pub struct BuildArgs {
 /// Runs `xlsr lm`.
 pub fn run(args: &LmArgs) -> Result<()> {
     let LmCmd::Build(b) = &args.cmd;
-    if !(1..=9).contains(&b.order) {
-        anyhow::bail!("--order {}: expected 1 to 9", b.order);
+    if b.order == 1 {
+        // lmplz writes no back-offs at order 1, and pyctcdecode (so `--lm`) counts only 1-gram
+        // lines with one as known words: every word would be unknown to the decoder.
+        anyhow::bail!(
+            "--order 1: a unigram model's words carry no back-off, and `--lm` (as pyctcdecode) \
+             only knows words that do; use 2 to 9"
+        );
     }
+    if !(2..=9).contains(&b.order) {
+        anyhow::bail!("--order {}: expected 2 to 9", b.order);
+    }
+    if b.memory == 0 {
+        anyhow::bail!("--memory 0: expected at least 1 (MB)");
+    }
+    check_paths(b)?;
     let norm = crate::data::text::TextNorm {
         chars_to_remove: b.chars_to_remove.clone(),
         turkish: b.turkish_lowercase,
@@ -92,6 +104,60 @@ pub fn run(args: &LmArgs) -> Result<()> {
     Ok(())
 }
 
+/// The text must be regular files (it is read twice: a pipe would be empty the second time,
+/// and a FIFO without a writer blocks), and `--out` neither one of them nor an existing file
+/// other than an ARPA model (it is replaced).
+fn check_paths(b: &BuildArgs) -> Result<()> {
+    for t in &b.text {
+        let meta = std::fs::metadata(t).with_context(|| format!("{}: cannot read", t.display()))?;
+        if !meta.is_file() {
+            anyhow::bail!(
+                "{}: not a regular file (the text is read twice, so a pipe or device cannot be \
+                 used; save it to a file)",
+                t.display()
+            );
+        }
+    }
+    let Ok(out) = std::fs::canonicalize(&b.out) else {
+        return Ok(()); // not there yet
+    };
+    if b.text
+        .iter()
+        .any(|t| std::fs::canonicalize(t).is_ok_and(|t| t == out))
+    {
+        anyhow::bail!("{}: --out is one of the --text files", b.out.display());
+    }
+    if !out.is_file() || !is_arpa(&out) {
+        anyhow::bail!(
+            "{}: --out exists and is not an ARPA model; it would be replaced, so remove it or \
+             choose another name",
+            b.out.display()
+        );
+    }
+    Ok(())
+}
+
+/// Whether `path` (plain or gzipped) has an ARPA `\data\` line near its start.
+fn is_arpa(path: &std::path::Path) -> bool {
+    use std::io::Read;
+    let Ok(file) = std::fs::File::open(path) else {
+        return false;
+    };
+    let mut file = std::io::BufReader::new(file);
+    let gz = file.fill_buf().is_ok_and(|b| b.starts_with(&[0x1f, 0x8b]));
+    let mut head = Vec::new();
+    let read = match gz {
+        true => flate2::bufread::MultiGzDecoder::new(file)
+            .take(1 << 16)
+            .read_to_end(&mut head),
+        false => file.take(1 << 16).read_to_end(&mut head),
+    };
+    read.is_ok()
+        && head
+            .split(|&c| c == b'\n')
+            .any(|l| l.trim_ascii() == b"\\data\\")
+}
+
 /// Calls `f` on each non-empty normalised line of `files`; returns how many.
 fn each_sentence(
     files: &[PathBuf],
@@ -102,8 +168,12 @@ fn each_sentence(
     for path in files {
         let file = std::fs::File::open(path)
             .with_context(|| format!("{}: cannot read", path.display()))?;
-        for line in std::io::BufReader::new(file).lines() {
-            let line = line.with_context(|| format!("{}: cannot read", path.display()))?;
+        for (i, line) in std::io::BufReader::new(file).lines().enumerate() {
+            let at = || format!("{}: line {}", path.display(), i + 1);
+            let line = line.with_context(|| format!("{}: cannot read (not UTF-8 text?)", at()))?;
+            if line.contains('\0') {
+                anyhow::bail!("{}: a NUL byte (not text?)", at());
+            }
             let text = norm.apply(&line);
             if !text.is_empty() {
                 f(&text)?;
