@@ -4,6 +4,7 @@
 mod bench;
 mod demo;
 mod devices;
+mod env;
 mod eval;
 mod lm;
 mod prepare;
@@ -85,6 +86,9 @@ pub(crate) fn open_gpu(nth: usize) -> crate::engine::Result<crate::Gpu> {
 /// Parses the command line and runs the subcommand.
 pub fn run() -> Result<()> {
     let mut cli = Cli::parse();
+    for w in env::check()? {
+        eprintln!("{w}");
+    }
     if let Ok(v) = std::env::var("XLSR_MEMORY_LIMIT_GB") {
         if !v.parse::<f64>().is_ok_and(|gb| gb.is_finite() && gb > 0.0) {
             anyhow::bail!("XLSR_MEMORY_LIMIT_GB={v}: expected a number of gigabytes > 0 (e.g. 12)");

@@ -122,7 +122,7 @@ impl Gpu {
     /// The tuning file of this adapter: `$XLSR_TUNING_DIR`, else `$XDG_CACHE_HOME/xlsr`, else
     /// `~/.cache/xlsr`, one file per adapter and driver.
     pub fn tuning_path(&self) -> Option<PathBuf> {
-        let dir = match std::env::var_os("XLSR_TUNING_DIR") {
+        let dir = match std::env::var_os("XLSR_TUNING_DIR").filter(|d| !d.is_empty()) {
             Some(d) => PathBuf::from(d),
             None => match std::env::var_os("XDG_CACHE_HOME") {
                 Some(d) => PathBuf::from(d).join("xlsr"),
