@@ -9,7 +9,7 @@ pub enum Error {
     /// A failure inside the engine (device, shapes, limits, memory); out-of-memory errors
     /// carry advice on which options lower the footprint.
     #[error("{0}{hint}", hint = engine_hint(.0))]
-    Engine(#[from] engine::Error),
+    Engine(engine::Error),
     /// A file (config, checkpoint, audio) is missing, unreadable or not what it should be.
     #[error("{path}: {msg}")]
     File { path: String, msg: String },
@@ -37,14 +37,22 @@ pub enum Error {
     NonFiniteLogits,
 }
 
+// Not `#[from]`: that would make the engine error this one's source too, and the command
+// line, which prints an error with its sources, would print it twice.
+impl From<engine::Error> for Error {
+    fn from(e: engine::Error) -> Error {
+        Error::Engine(e)
+    }
+}
+
 /// What to do about an engine error, where the library knows better than the engine.
 fn engine_hint(e: &engine::Error) -> String {
     if !matches!(e, engine::Error::OutOfMemory { .. }) {
         return String::new();
     }
     let mut hint = String::from(
-        "; lower the batch size or the longest clip (--batch-size, --max-batch-seconds, \
-         prepare --max-seconds), or turn on --gradient-checkpointing",
+        "; in training, lower the batch size or the longest clip (--batch-size, \
+         --max-batch-seconds, prepare --max-seconds), or turn on --gradient-checkpointing",
     );
     if let Ok(v) = std::env::var("XLSR_MEMORY_LIMIT_GB") {
         hint += &format!("; or raise XLSR_MEMORY_LIMIT_GB={v}, the limit this process was given");

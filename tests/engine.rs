@@ -373,3 +373,45 @@ fn out_of_memory_is_a_clear_error() {
     drop(b);
     Tensor::zeros(&g, &[1 << 20]).unwrap();
 }
+
+/// `xlsr bench` refuses what it would ignore or could not run, by flag, before building
+/// anything: a step flag without `--batch` (the whole suite ran instead), sizes that asked the
+/// host for 640 GB (an abort) or built 5,000 layers (hours), zero steps, a filter that matches
+/// no benchmark.
+#[test]
+fn bench_flags_are_checked() {
+    for (args, want) in [
+        (&["--steps", "0"][..], "--steps 0"),
+        (&["--allreduce", "NaN"], "--allreduce NaN"),
+        (&["--seconds", "1", "--layers", "1"], "give --batch N too"),
+        (
+            &["--count-only"],
+            "--count-only is a flag of the training-step",
+        ),
+        (&["--batch", "1", "--seconds", "inf"], "--seconds inf"),
+        (
+            &["--batch", "1", "--seconds", "1e7"],
+            "at most 3600 s of audio",
+        ),
+        (
+            &["--batch", "100000000", "--seconds", "1"],
+            "at most 3600 s",
+        ),
+        (&["--batch", "0"], "--batch 0"),
+        (&["--batch", "1", "--seconds", "0.02"], "--seconds 0.02"),
+        (
+            &["--batch", "1", "--layers", "5000"],
+            "--layers 5000: expected 1 to 96",
+        ),
+        (
+            &["--quick", "--filter", "nosuchname"],
+            "no benchmark's name contains it",
+        ),
+    ] {
+        let mut argv: Vec<&dyn AsRef<std::ffi::OsStr>> = vec![&"bench"];
+        argv.extend(args.iter().map(|a| a as &dyn AsRef<std::ffi::OsStr>));
+        let e = common::xlsr_err(&argv);
+        assert!(e.contains(want), "{args:?}: {e}");
+        assert_eq!(e.matches("xlsr:").count(), 1, "{e}");
+    }
+}

@@ -239,6 +239,8 @@ fn cli_messages_name_the_real_cause() {
         !ok && err.contains("out of GPU memory") && err.contains("XLSR_MEMORY_LIMIT_GB=0.000001"),
         "{err}"
     );
+    // Once: the engine error was also the library error's source, and printed again.
+    assert_eq!(err.matches("out of GPU memory").count(), 1, "{err}");
     let _ = std::fs::remove_dir_all(dir);
 }
 

@@ -159,7 +159,7 @@ pub fn model_step(gpu: &Gpu, m: &ModelStep, log: &mut dyn std::io::Write) -> Res
         Ok((fwd, t0.elapsed().as_secs_f64()))
     };
     timed(&mut train)?; // warm-up: pipelines, pool, optimiser moments
-    let steps = m.steps.max(1);
+    let steps = if m.count_only { 1 } else { m.steps.max(1) };
     // By the last timed step the pool hands out the same buffers every step, as in a long run.
     let mut times = Vec::new();
     for _ in 0..steps {

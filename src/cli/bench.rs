@@ -14,9 +14,9 @@ pub struct BenchArgs {
     /// Training-step benchmark only (XLSR-53 shape): clips per batch
     #[arg(long)]
     pub batch: Option<usize>,
-    /// Training-step benchmark: seconds per clip
-    #[arg(long, default_value_t = 4.0)]
-    pub seconds: f64,
+    /// Training-step benchmark: seconds per clip [default: 4]
+    #[arg(long)]
+    pub seconds: Option<f64>,
     /// Training-step benchmark: encoder layers (24 in XLSR-53)
     #[arg(long)]
     pub layers: Option<usize>,
@@ -62,8 +62,60 @@ pub struct BenchArgs {
     pub retune: bool,
 }
 
+/// Most encoder layers a step benchmark builds (mms-1b has 48).
+const MAX_LAYERS: usize = 96;
+/// Most audio a step benchmark holds (batch x seconds), which it makes on the host first.
+const MAX_AUDIO_SECONDS: f64 = 3600.0;
+
+/// Refuses flags the chosen benchmark would ignore, and sizes it could not run: checked
+/// before anything is built (a huge `--seconds` once asked the host for 640 GB and aborted).
+fn check(args: &BenchArgs) -> Result<()> {
+    use anyhow::bail;
+    if args.steps == 0 {
+        bail!("--steps 0: expected at least 1");
+    }
+    if let Some(mb) = args.allreduce {
+        if !(mb.is_finite() && mb > 0.0) {
+            bail!("--allreduce {mb}: expected a number of MB > 0");
+        }
+        return Ok(());
+    }
+    let step_flags = [
+        ("--seconds", args.seconds.is_some()),
+        ("--layers", args.layers.is_some()),
+        ("--checkpointing", args.checkpointing),
+        ("--fp16", args.fp16),
+        ("--unfused-attention", args.unfused_attention),
+        ("--adapter-only", args.adapter_only),
+        ("--count-only", args.count_only),
+    ];
+    let Some(batch) = args.batch else {
+        if let Some((flag, _)) = step_flags.iter().find(|(_, set)| *set) {
+            bail!("{flag} is a flag of the training-step benchmark: give --batch N too");
+        }
+        return Ok(());
+    };
+    let seconds = args.seconds.unwrap_or(4.0);
+    // XLSR-53's feature encoder (and mms-1b's) needs 400 samples for one frame.
+    let min = crate::model::Config::xlsr53(40).min_samples() as f64 / 16000.0;
+    if !(seconds.is_finite() && seconds >= min) {
+        bail!("--seconds {seconds}: expected a finite number >= {min} (one frame of the feature encoder)");
+    }
+    if batch == 0 || batch as f64 * seconds > MAX_AUDIO_SECONDS {
+        bail!(
+            "--batch {batch} --seconds {seconds}: expected a batch of 1 or more clips and at \
+             most {MAX_AUDIO_SECONDS} s of audio in all"
+        );
+    }
+    if let Some(l) = args.layers.filter(|l| !(1..=MAX_LAYERS).contains(l)) {
+        bail!("--layers {l}: expected 1 to {MAX_LAYERS}");
+    }
+    Ok(())
+}
+
 /// Runs the benchmarks: with `--batch`, the training-step benchmark alone.
 pub fn run(args: &BenchArgs) -> Result<()> {
+    check(args)?;
     if let Some(mb) = args.allreduce {
         let dist = crate::dist::Dist::init()?;
         let gpu = crate::Gpu::nth(dist.local_rank())?;
@@ -100,7 +152,7 @@ pub fn run(args: &BenchArgs) -> Result<()> {
         Some(batch) => {
             let m = crate::bench::ModelStep {
                 batch,
-                seconds: args.seconds,
+                seconds: args.seconds.unwrap_or(4.0),
                 layers: args.layers,
                 checkpoint: args.checkpointing,
                 fp16: args.fp16,
@@ -117,7 +169,13 @@ pub fn run(args: &BenchArgs) -> Result<()> {
             let quick = args.quick
                 || (gpu.info().device_type == wgpu::DeviceType::Cpu
                     && std::env::var("XLSR_BENCH_FULL").is_err());
-            crate::bench::run(&gpu, quick, args.filter.as_deref(), &mut log)?
+            let report = crate::bench::run(&gpu, quick, args.filter.as_deref(), &mut log)?;
+            if let (Some(f), true) = (&args.filter, report.results.is_empty()) {
+                if report.model_step.is_none() {
+                    anyhow::bail!("--filter {f:?}: no benchmark's name contains it");
+                }
+            }
+            report
         }
     };
     if tune {

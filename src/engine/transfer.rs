@@ -195,15 +195,26 @@ impl Gpu {
         }
         // A staging copy inside the encoder (not queue.write_buffer, which would run before
         // already-recorded commands that may still read a recycled buffer).
+        // Host-visible memory can run out where device memory did not: an error, not a panic.
+        let scope = self
+            .0
+            .device
+            .push_error_scope(wgpu::ErrorFilter::OutOfMemory);
         let staging = self.0.device.create_buffer(&wgpu::BufferDescriptor {
             label: Some("upload"),
             size: padded as u64,
             usage: wgpu::BufferUsages::COPY_SRC,
             mapped_at_creation: true,
         });
-        {
-            let mut view = staging.get_mapped_range_mut(..).expect("fresh mapping");
-            view.slice(..data.len()).copy_from_slice(data);
+        let failed = pollster::block_on(scope.pop()).is_some();
+        match staging.get_mapped_range_mut(..) {
+            Ok(mut view) if !failed => view.slice(..data.len()).copy_from_slice(data),
+            _ => {
+                return Err(Error::OutOfMemory {
+                    asked: padded as u64,
+                    in_use: self.live_bytes(),
+                })
+            }
         }
         staging.unmap();
         self.with_encoder(|e| e.copy_buffer_to_buffer(&staging, 0, buf, offset, padded as u64));
