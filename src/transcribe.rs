@@ -64,6 +64,12 @@ struct Window {
 }
 
 impl Chunking {
+    /// Checks the window and stride for a model of `align` samples per frame, once, before
+    /// any file (each file used to fail on them in turn).
+    pub fn check(&self, align: usize) -> Result<()> {
+        self.windows(0, align).map(|_| ())
+    }
+
     /// The windows of `n` samples for a model of `align` samples per frame, exactly as the
     /// pipeline's `chunk_iter` and `rescale_stride` cut them (Python's round, half to even).
     fn windows(&self, n: usize, align: usize) -> Result<Vec<Window>> {

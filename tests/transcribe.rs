@@ -189,6 +189,15 @@ fn cli_messages_name_the_real_cause() {
     assert!(e.contains(&format!("needs at least {min}")), "{e}");
     let e = t.transcribe(&dir).err().unwrap().to_string();
     assert!(e.contains("is a folder"), "{e}");
+    // Standard input and pipes are said to be unsupported (a pipe was called empty).
+    let e = t.transcribe(Path::new("-")).err().unwrap().to_string();
+    assert!(e.contains("standard input is not supported"), "{e}");
+    let e = t
+        .transcribe(Path::new("/dev/null"))
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(e.contains("not a regular file"), "{e}");
     // A float WAV holding NaN or infinity is the file's fault, not the model's (its NaN logits
     // were once blamed on a degenerate weight).
     for (bad, name) in [(f32::NAN, "nan"), (f32::INFINITY, "inf")] {
@@ -331,6 +340,22 @@ fn long_audio_in_windows_equals_the_pipeline() {
     };
     let e = t.transcribe(&clip).err().unwrap().to_string();
     assert!(e.contains("--chunk-seconds"), "{e}");
+    // The command line says so once, before any file (not once per file).
+    let e = common::xlsr_err(&[
+        &"transcribe",
+        &"--model",
+        &fixture("w2v2_large"),
+        &"--chunk-seconds",
+        &"0.1",
+        &"--stride-seconds",
+        &"0.05",
+        &clip,
+        &clip,
+    ]);
+    assert!(
+        e.matches("--chunk-seconds").count() == 1 && !e.contains("could not be transcribed"),
+        "{e}"
+    );
 }
 
 /// A long file transcribed in windows needs no more device memory than a short one: 4 s and

@@ -140,6 +140,8 @@ pub fn transcribe(args: &TranscribeArgs) -> Result<()> {
         chunk_seconds: args.chunk_seconds,
         stride_seconds: args.stride_seconds,
     };
+    t.chunking
+        .check(t.model.config.conv_stride.iter().product())?;
     t.lm = args.lm.load(&t)?;
     let mut done = Vec::new();
     let mut failed = 0;

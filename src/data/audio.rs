@@ -44,9 +44,22 @@ pub fn load(path: &Path) -> Result<Vec<f32>, DataError> {
 /// `symphonia` for WAV flavours hound refuses), everything else through `symphonia`.
 /// Channels are averaged.
 pub fn decode(path: &Path) -> Result<(Vec<f32>, u32), DataError> {
+    if path.as_os_str() == "-" {
+        return Err(DataError::audio(
+            path,
+            "audio from standard input is not supported: give a file",
+        ));
+    }
     let meta = std::fs::metadata(path).map_err(|e| DataError::io(path, e))?;
     if meta.is_dir() {
         return Err(DataError::audio(path, "is a folder, not an audio file"));
+    }
+    // A pipe reports 0 bytes (called empty), and a FIFO without a writer blocks forever.
+    if !meta.is_file() {
+        return Err(DataError::audio(
+            path,
+            "not a regular file (a pipe or device): give an audio file",
+        ));
     }
     if meta.len() == 0 {
         return Err(DataError::EmptyAudio {
