@@ -178,6 +178,40 @@ fn json_config_with_command_line_overrides() {
     assert_eq!(a.warmup_steps, 500);
     std::fs::write(&cfg, r#"{"batch-size": [1, 2]}"#).unwrap();
     assert!(xlsr::cli::config_args(&cfg).is_err());
+    // A flag is true or false (`"new_head": true` once failed as `--new-head=true`).
+    std::fs::write(&cfg, r#"{"new_head": true, "adapter_only": false}"#).unwrap();
+    let mut v = vec!["train".to_string()];
+    v.extend(xlsr::cli::config_args(&cfg).unwrap());
+    v.extend(["--model", "m", "--data", "d", "--out", "o"].map(String::from));
+    let a = Cli::parse_from(v).args;
+    assert!(a.new_head && !a.adapter_only);
+    // Mistakes in the file name the file: an unknown key, a value clap refuses.
+    std::fs::write(&cfg, r#"{"bogus_key": 1}"#).unwrap();
+    let e = xlsr::cli::config_args(&cfg).unwrap_err().to_string();
+    assert!(e.contains("train.json: bogus_key is not an option"), "{e}");
+    std::fs::write(&cfg, r#"{"batch_size": "two"}"#).unwrap();
+    let e = common::xlsr_err(&[
+        &"train",
+        &"--config",
+        &cfg,
+        &"--model",
+        &"m",
+        &"--data",
+        &"d",
+        &"--out",
+        &"o",
+    ]);
+    assert!(
+        e.contains("train.json: invalid value 'two' for '--batch-size"),
+        "{e}"
+    );
+    // --model, --data and --out may come from the file (the command line was refused before
+    // the file was read): this run gets as far as the missing corpus.
+    let data = dir.join("no-corpus");
+    let json = serde_json::json!({"model": dir.join("m"), "data": data, "out": dir.join("o")});
+    std::fs::write(&cfg, json.to_string()).unwrap();
+    let e = common::xlsr_err(&[&"train", &"--config", &cfg]);
+    assert!(e.contains(&format!("{}: neither", data.display())), "{e}");
 }
 
 #[test]

@@ -83,26 +83,54 @@ pub(crate) fn open_gpu(nth: usize) -> crate::engine::Result<crate::Gpu> {
     Ok(gpu)
 }
 
+/// The command line, with `xlsr train --config FILE`'s options put first (so the command
+/// line's own win; `--model`, `--data` and `--out` may come from the file too). An option of
+/// the file that clap refuses is named with the file.
+fn parse() -> Result<Cli> {
+    let argv: Vec<String> = std::env::args().collect();
+    let config =
+        match argv.get(1).map(String::as_str) {
+            Some("train") => argv.iter().enumerate().skip(2).find_map(|(i, a)| {
+                match a.strip_prefix("--config") {
+                    Some("") => argv.get(i + 1).cloned(),
+                    Some(rest) => rest.strip_prefix('=').map(String::from),
+                    None => None,
+                }
+            }),
+            _ => None,
+        };
+    let Some(path) = config else {
+        return Ok(Cli::parse_from(argv));
+    };
+    let from_file = train::config_args(std::path::Path::new(&path))?;
+    let mut full = argv[..2].to_vec();
+    full.extend(from_file.iter().cloned());
+    full.extend(argv[2..].iter().cloned());
+    Cli::try_parse_from(full).or_else(|e| {
+        // The option clap names, if the file gave it: the file is the place to look.
+        let bad = e
+            .get(clap::error::ContextKind::InvalidArg)
+            .map(|v| v.to_string());
+        let flag = bad.as_deref().and_then(|b| b.split([' ', '=']).next());
+        let from_the_file = |f: &str| from_file.iter().any(|a| a.split('=').next() == Some(f));
+        if flag.is_some_and(from_the_file) {
+            let msg = e.to_string();
+            let first = msg.lines().next().unwrap_or_default();
+            anyhow::bail!("{path}: {}", first.trim_start_matches("error: "));
+        }
+        e.exit()
+    })
+}
+
 /// Parses the command line and runs the subcommand.
 pub fn run() -> Result<()> {
-    let mut cli = Cli::parse();
+    let cli = parse()?;
     for w in env::check()? {
         eprintln!("{w}");
     }
     if let Ok(v) = std::env::var("XLSR_MEMORY_LIMIT_GB") {
         if !v.parse::<f64>().is_ok_and(|gb| gb.is_finite() && gb > 0.0) {
             anyhow::bail!("XLSR_MEMORY_LIMIT_GB={v}: expected a number of gigabytes > 0 (e.g. 12)");
-        }
-    }
-    // `--config train.json`: its options go first, so the command line's own win.
-    if let Cmd::Train(args) = &cli.cmd {
-        if let Some(path) = &args.config {
-            let argv: Vec<String> = std::env::args().collect();
-            let at = argv.iter().position(|a| a == "train").unwrap_or(1);
-            let mut full = argv[..=at].to_vec();
-            full.extend(train::config_args(path)?);
-            full.extend(argv[at + 1..].iter().cloned());
-            cli = Cli::parse_from(full);
         }
     }
     match cli.cmd {

@@ -180,23 +180,29 @@ pub fn config_args(path: &std::path::Path) -> anyhow::Result<Vec<String>> {
     let Some(obj) = v.as_object() else {
         anyhow::bail!("{}: expected a JSON object of options", path.display());
     };
+    // The options `xlsr train` has, to name an unknown key as the file's, and to tell flags
+    // (`"new_head": true` is `--new-head`) from options that take a value.
+    let cmd = <TrainArgs as clap::Args>::augment_args(clap::Command::new("train"));
     let mut out = Vec::new();
     for (k, v) in obj {
         let name = k.replace('_', "-");
         if name == "config" {
             continue;
         }
+        let Some(arg) = cmd.get_arguments().find(|a| a.get_long() == Some(&*name)) else {
+            anyhow::bail!(
+                "{}: {k} is not an option of xlsr train (see xlsr train --help; _ for -)",
+                path.display()
+            );
+        };
         match v {
             serde_json::Value::Null => {}
-            serde_json::Value::Bool(b) => {
-                if matches!(name.as_str(), "resume" | "overwrite" | "override") {
-                    if *b {
-                        out.push(format!("--{name}"));
-                    }
-                } else {
-                    out.push(format!("--{name}={b}"));
+            serde_json::Value::Bool(b) if !arg.get_action().takes_values() => {
+                if *b {
+                    out.push(format!("--{name}"));
                 }
             }
+            serde_json::Value::Bool(b) => out.push(format!("--{name}={b}")),
             serde_json::Value::String(s) => out.push(format!("--{name}={s}")),
             serde_json::Value::Number(n) => out.push(format!("--{name}={n}")),
             other => anyhow::bail!(
