@@ -6,7 +6,53 @@
 //! A Common Voice `path` must name a file inside `clips/` (no `..`, no absolute path).
 
 use super::DataError;
+use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
+
+/// Where the utterances come from.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub enum Source {
+    /// A Common Voice release folder: `<split>.tsv` files and `clips/`.
+    CommonVoice {
+        dir: PathBuf,
+        /// Splits concatenated into the training set (default `train`, `dev`).
+        train_splits: Vec<String>,
+        /// Splits concatenated into the evaluation set (default `test`).
+        test_splits: Vec<String>,
+    },
+    /// `path<TAB>sentence` manifests.
+    Manifests {
+        train: Vec<PathBuf>,
+        test: Vec<PathBuf>,
+    },
+}
+
+impl Source {
+    /// A Common Voice folder with the notebook's splits: train+dev to train on, test to evaluate.
+    pub fn common_voice(dir: impl Into<PathBuf>) -> Source {
+        Source::CommonVoice {
+            dir: dir.into(),
+            train_splits: vec!["train".into(), "dev".into()],
+            test_splits: vec!["test".into()],
+        }
+    }
+
+    /// The files that list the utterances: the release's `<split>.tsv`, or the manifests.
+    pub fn listing_files(&self) -> Vec<PathBuf> {
+        match self {
+            Source::CommonVoice {
+                dir,
+                train_splits,
+                test_splits,
+            } => train_splits
+                .iter()
+                .chain(test_splits)
+                .map(|s| dir.join(format!("{s}.tsv")))
+                .collect(),
+            Source::Manifests { train, test } => train.iter().chain(test).cloned().collect(),
+        }
+    }
+}
 
 /// One utterance as listed in a corpus file.
 #[derive(Clone, Debug, PartialEq, Eq)]

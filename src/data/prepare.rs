@@ -24,34 +24,7 @@ use std::time::Instant;
 /// Version of the prep folder layout; `Prepared::open` refuses others.
 pub(super) const VERSION: u32 = 1;
 
-/// Where the utterances come from.
-#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
-pub enum Source {
-    /// A Common Voice release folder: `<split>.tsv` files and `clips/`.
-    CommonVoice {
-        dir: PathBuf,
-        /// Splits concatenated into the training set (default `train`, `dev`).
-        train_splits: Vec<String>,
-        /// Splits concatenated into the evaluation set (default `test`).
-        test_splits: Vec<String>,
-    },
-    /// `path<TAB>sentence` manifests.
-    Manifests {
-        train: Vec<PathBuf>,
-        test: Vec<PathBuf>,
-    },
-}
-
-impl Source {
-    /// A Common Voice folder with the notebook's splits: train+dev to train on, test to evaluate.
-    pub fn common_voice(dir: impl Into<PathBuf>) -> Source {
-        Source::CommonVoice {
-            dir: dir.into(),
-            train_splits: vec!["train".into(), "dev".into()],
-            test_splits: vec!["test".into()],
-        }
-    }
-}
+pub use super::corpus::Source;
 
 /// Settings of `xlsr prepare`.
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -104,21 +77,10 @@ impl Options {
             && self.vocab == other.vocab
     }
 
-    /// A fingerprint of the files that list the corpus (a release's `<split>.tsv`, the
-    /// manifests): their paths and bytes. A cache made from other listings is not reused.
+    /// A fingerprint of the files that list the corpus ([`Source::listing_files`]): their
+    /// paths and bytes. A cache made from other listings is not reused.
     fn listing_key(&self) -> u64 {
-        let files: Vec<PathBuf> = match &self.source {
-            Source::CommonVoice {
-                dir,
-                train_splits,
-                test_splits,
-            } => train_splits
-                .iter()
-                .chain(test_splits)
-                .map(|s| dir.join(format!("{s}.tsv")))
-                .collect(),
-            Source::Manifests { train, test } => train.iter().chain(test).cloned().collect(),
-        };
+        let files = self.source.listing_files();
         let contents: Vec<Vec<u8>> = files
             .iter()
             .map(|f| std::fs::read(f).unwrap_or_default())
