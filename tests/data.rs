@@ -454,17 +454,8 @@ fn wav_stereo_and_formats() {
     assert_eq!(audio::load(&path).unwrap().len(), 1600);
     // 32-bit float mono at 16 kHz passes through untouched.
     let path = dir.join("float.wav");
-    let spec = hound::WavSpec {
-        channels: 1,
-        sample_rate: 16000,
-        bits_per_sample: 32,
-        sample_format: hound::SampleFormat::Float,
-    };
-    let mut w = hound::WavWriter::create(&path, spec).unwrap();
-    for i in 0..1000 {
-        w.write_sample(i as f32 / 1000.0).unwrap();
-    }
-    w.finalize().unwrap();
+    let ramp: Vec<f32> = (0..1000).map(|i| i as f32 / 1000.0).collect();
+    common::write_float_wav(&path, &ramp);
     let x = audio::load(&path).unwrap();
     assert_eq!(x.len(), 1000);
     assert_eq!(x[500], 0.5);

@@ -202,22 +202,9 @@ fn cli_messages_name_the_real_cause() {
     // were once blamed on a degenerate weight).
     for (bad, name) in [(f32::NAN, "nan"), (f32::INFINITY, "inf")] {
         let path = dir.join(format!("{name}.wav"));
-        let spec = hound::WavSpec {
-            channels: 1,
-            sample_rate: 16000,
-            bits_per_sample: 32,
-            sample_format: hound::SampleFormat::Float,
-        };
-        let mut w = hound::WavWriter::create(&path, spec).unwrap();
-        for i in 0..16000 {
-            w.write_sample(if i == 8000 {
-                bad
-            } else {
-                0.01 * (i % 7) as f32
-            })
-            .unwrap();
-        }
-        w.finalize().unwrap();
+        let mut x: Vec<f32> = (0..16000).map(|i| 0.01 * (i % 7) as f32).collect();
+        x[8000] = bad;
+        common::write_float_wav(&path, &x);
         let e = t.transcribe(&path).err().unwrap().to_string();
         assert!(
             e.contains(&format!("{name}.wav"))

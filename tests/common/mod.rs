@@ -370,3 +370,18 @@ pub fn cpu_conv(
     }
     y
 }
+
+/// Writes `samples` as a mono 32-bit float WAV at 16 kHz.
+pub fn write_float_wav(path: &std::path::Path, samples: &[f32]) {
+    let spec = hound::WavSpec {
+        channels: 1,
+        sample_rate: 16000,
+        bits_per_sample: 32,
+        sample_format: hound::SampleFormat::Float,
+    };
+    let mut w = hound::WavWriter::create(path, spec).unwrap();
+    for &x in samples {
+        w.write_sample(x).unwrap();
+    }
+    w.finalize().unwrap();
+}
