@@ -66,17 +66,26 @@ struct Window {
 impl Chunking {
     /// Checks the window and stride for a model of `align` samples per frame, once, before
     /// any file (each file used to fail on them in turn).
-    pub fn check(&self, align: usize) -> Result<()> {
-        self.windows(0, align).map(|_| ())
+    /// A window must also hold `min` samples, one frame of the feature encoder (shorter ones
+    /// gave empty transcripts).
+    pub fn check(&self, align: usize, min: usize) -> Result<()> {
+        self.windows(0, align)?;
+        let chunk = to_samples(self.chunk_seconds, align);
+        if chunk < min {
+            return Err(Error::Usage(format!(
+                "--chunk-seconds {}: a window must hold at least {min} samples ({} s), one \
+                 frame of the model's feature encoder",
+                self.chunk_seconds,
+                min as f64 / audio::SAMPLE_RATE as f64
+            )));
+        }
+        Ok(())
     }
 
     /// The windows of `n` samples for a model of `align` samples per frame, exactly as the
     /// pipeline's `chunk_iter` and `rescale_stride` cut them (Python's round, half to even).
     fn windows(&self, n: usize, align: usize) -> Result<Vec<Window>> {
-        let round = |seconds: f64| {
-            ((seconds * audio::SAMPLE_RATE as f64 / align as f64).round_ties_even() as usize)
-                * align
-        };
+        let round = |seconds: f64| to_samples(seconds, align);
         let chunk = round(self.chunk_seconds);
         let stride = round(self.stride_seconds.unwrap_or(self.chunk_seconds / 6.0));
         let positive = self.chunk_seconds.is_finite() && self.chunk_seconds > 0.0;
@@ -114,6 +123,11 @@ impl Chunking {
         }
         Ok(out)
     }
+}
+
+/// `seconds` in samples, rounded to whole frames of `align` samples (Python's round).
+fn to_samples(seconds: f64, align: usize) -> usize {
+    ((seconds * audio::SAMPLE_RATE as f64 / align as f64).round_ties_even() as usize) * align
 }
 
 /// A loaded model and its tokenizer, ready to transcribe.

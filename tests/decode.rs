@@ -143,6 +143,18 @@ fn transcriber_decodes_with_a_language_model() {
     // Spanish words cannot be spelled with a..i.
     let (_, warning) = LmDecoder::load(&fixture("decoder/lm.arpa"), &t.vocab, v).unwrap();
     assert!(warning.unwrap().contains("can be spelled"));
+    // An order-1 model (no back-offs) is named as such: its words are unknown to the decoder.
+    let unigrams = dir.join("order1.arpa");
+    let words = ["<s>", "</s>", "<unk>", "abc", "bad", "cab"];
+    let mut arpa = format!("\\data\\\nngram 1={}\n\n\\1-grams:\n", words.len());
+    for w in words {
+        arpa += &format!("-0.7\t{w}\n");
+    }
+    std::fs::write(&unigrams, arpa + "\n\\end\\\n").unwrap();
+    let (_, warning) = LmDecoder::load(&unigrams, &t.vocab, v).unwrap();
+    assert!(warning
+        .unwrap()
+        .contains("none of its 1-grams has a back-off (an order-1"));
     // A malformed file names its line.
     let bad = dir.join("bad.arpa");
     std::fs::write(
@@ -342,12 +354,17 @@ fn kneser_ney_distributions_sum_to_one() {
         ("2", &dev_null.to_path_buf(), &arpa, "not a regular file"),
         ("2", &nul, &arpa, "nul.txt: line 2: a NUL byte"),
         ("1", &text, &arpa, "--order 1"),
+        ("2", &text, &dir, "--out is a folder"),
     ] {
         let e = common::xlsr_err(&[
             &"lm", &"build", &"--order", &order, &"--text", input, &"--out", out,
         ]);
         assert!(e.contains(want), "{want}: {e}");
     }
+    let e = common::xlsr_err(&[
+        &"lm", &"build", &"--text", &text, &"--text", &text, &"--out", &arpa,
+    ]);
+    assert!(e.contains("given twice as --text"), "{e}");
     assert!(std::fs::read_to_string(&text)
         .unwrap()
         .starts_with("El perro come pan."));

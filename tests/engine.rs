@@ -383,6 +383,7 @@ fn bench_flags_are_checked() {
     for (args, want) in [
         (&["--steps", "0"][..], "--steps 0"),
         (&["--allreduce", "NaN"], "--allreduce NaN"),
+        (&["--allreduce", "1e12"], "at most 65536"),
         (&["--seconds", "1", "--layers", "1"], "give --batch N too"),
         (
             &["--count-only"],

@@ -212,6 +212,12 @@ fn json_config_with_command_line_overrides() {
     std::fs::write(&cfg, json.to_string()).unwrap();
     let e = common::xlsr_err(&[&"train", &"--config", &cfg]);
     assert!(e.contains(&format!("{}: neither", data.display())), "{e}");
+    // One file, which names no other (its `config` key was skipped without a word).
+    let e = common::xlsr_err(&[&"train", &"--config", &cfg, &"--config", &cfg]);
+    assert!(e.contains("--config given 2 times"), "{e}");
+    std::fs::write(&cfg, r#"{"config": "other.json"}"#).unwrap();
+    let e = xlsr::cli::config_args(&cfg).unwrap_err().to_string();
+    assert!(e.contains("cannot name another"), "{e}");
 }
 
 #[test]

@@ -343,6 +343,20 @@ fn long_audio_in_windows_equals_the_pipeline() {
         e.matches("--chunk-seconds").count() == 1 && !e.contains("could not be transcribed"),
         "{e}"
     );
+    // A window shorter than one frame of the encoder (it gave an empty transcript).
+    let min = t.model.config.min_samples();
+    let short = format!("{}", (min - 20) as f64 / 16000.0);
+    let e = common::xlsr_err(&[
+        &"transcribe",
+        &"--model",
+        &fixture("w2v2_large"),
+        &"--chunk-seconds",
+        &short,
+        &"--stride-seconds",
+        &"0",
+        &clip,
+    ]);
+    assert!(e.contains(&format!("at least {min} samples")), "{e}");
 }
 
 /// A long file transcribed in windows needs no more device memory than a short one: 4 s and

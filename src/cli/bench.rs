@@ -75,8 +75,9 @@ fn check(args: &BenchArgs) -> Result<()> {
         bail!("--steps 0: expected at least 1");
     }
     if let Some(mb) = args.allreduce {
-        if !(mb.is_finite() && mb > 0.0) {
-            bail!("--allreduce {mb}: expected a number of MB > 0");
+        // 65,536 MB: 16 G f32 gradients, 4x mms-1b-all's.
+        if !(mb.is_finite() && mb > 0.0 && mb <= 65536.0) {
+            bail!("--allreduce {mb}: expected a number of MB > 0 and at most 65536");
         }
         return Ok(());
     }
@@ -168,7 +169,7 @@ pub fn run(args: &BenchArgs) -> Result<()> {
         None => {
             let quick = args.quick
                 || (gpu.info().device_type == wgpu::DeviceType::Cpu
-                    && std::env::var("XLSR_BENCH_FULL").is_err());
+                    && !std::env::var("XLSR_BENCH_FULL").is_ok_and(|v| v == "1"));
             let report = crate::bench::run(&gpu, quick, args.filter.as_deref(), &mut log)?;
             if let (Some(f), true) = (&args.filter, report.results.is_empty()) {
                 if report.model_step.is_none() {

@@ -25,7 +25,7 @@ const VARS: &[(&str, Allowed)] = &[
     ("XLSR_ADAPTER", Any),
     ("XLSR_ATTN", OneOf(&["tiled", "lanes", "rows"])),
     ("XLSR_ATTN_COOP", ON_OFF),
-    ("XLSR_BENCH_FULL", OneOf(&["1"])),
+    ("XLSR_BENCH_FULL", ON_OFF),
     ("XLSR_CONV_TILE", OneOf(&["64", "128"])),
     (
         "XLSR_COOP",
@@ -110,6 +110,8 @@ mod tests {
             ("XLSR_MPI_TIMEOUT", "2.5"),
             ("XLSR_ADAPTER", "llvmpipe"),
             ("XLSR_GEMM", ""),
+            ("XLSR_MEMORY_LIMIT_GB", ""),
+            ("XLSR_BENCH_FULL", "0"),
             ("XLSR_TUNING_DIR", "/nonexistent/xlsr"),
         ] {
             assert_eq!(check(name, value), Ok(vec![]), "{name}={value}");

@@ -140,8 +140,9 @@ pub fn transcribe(args: &TranscribeArgs) -> Result<()> {
         chunk_seconds: args.chunk_seconds,
         stride_seconds: args.stride_seconds,
     };
+    let config = &t.model.config;
     t.chunking
-        .check(t.model.config.conv_stride.iter().product())?;
+        .check(config.conv_stride.iter().product(), config.min_samples())?;
     t.lm = args.lm.load(&t)?;
     let mut done = Vec::new();
     let mut failed = 0;

@@ -118,6 +118,23 @@ fn check_paths(b: &BuildArgs) -> Result<()> {
             );
         }
     }
+    let canonical: Vec<_> = b
+        .text
+        .iter()
+        .filter_map(|t| std::fs::canonicalize(t).ok())
+        .collect();
+    if let Some(i) = (1..canonical.len()).find(|&i| canonical[..i].contains(&canonical[i])) {
+        anyhow::bail!(
+            "{}: given twice as --text (its counts would be doubled)",
+            b.text[i].display()
+        );
+    }
+    if b.out.is_dir() {
+        anyhow::bail!(
+            "{}: --out is a folder; give the ARPA file's name",
+            b.out.display()
+        );
+    }
     let Ok(out) = std::fs::canonicalize(&b.out) else {
         return Ok(()); // not there yet
     };

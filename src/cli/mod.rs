@@ -88,19 +88,23 @@ pub(crate) fn open_gpu(nth: usize) -> crate::engine::Result<crate::Gpu> {
 /// the file that clap refuses is named with the file.
 fn parse() -> Result<Cli> {
     let argv: Vec<String> = std::env::args().collect();
-    let config =
-        match argv.get(1).map(String::as_str) {
-            Some("train") => argv.iter().enumerate().skip(2).find_map(|(i, a)| {
-                match a.strip_prefix("--config") {
-                    Some("") => argv.get(i + 1).cloned(),
-                    Some(rest) => rest.strip_prefix('=').map(String::from),
-                    None => None,
-                }
-            }),
-            _ => None,
-        };
-    let Some(path) = config else {
-        return Ok(Cli::parse_from(argv));
+    let configs: Vec<String> = match argv.get(1).map(String::as_str) {
+        Some("train") => argv
+            .iter()
+            .enumerate()
+            .skip(2)
+            .filter_map(|(i, a)| match a.strip_prefix("--config") {
+                Some("") => argv.get(i + 1).cloned(),
+                Some(rest) => rest.strip_prefix('=').map(String::from),
+                None => None,
+            })
+            .collect(),
+        _ => Vec::new(),
+    };
+    let path = match &configs[..] {
+        [] => return Ok(Cli::parse_from(argv)),
+        [one] => one.clone(),
+        _ => anyhow::bail!("--config given {} times: give one file", configs.len()),
     };
     let from_file = train::config_args(std::path::Path::new(&path))?;
     let mut full = argv[..2].to_vec();
@@ -128,7 +132,10 @@ pub fn run() -> Result<()> {
     for w in env::check()? {
         eprintln!("{w}");
     }
-    if let Ok(v) = std::env::var("XLSR_MEMORY_LIMIT_GB") {
+    if let Some(v) = std::env::var("XLSR_MEMORY_LIMIT_GB")
+        .ok()
+        .filter(|v| !v.is_empty())
+    {
         if !v.parse::<f64>().is_ok_and(|gb| gb.is_finite() && gb > 0.0) {
             anyhow::bail!("XLSR_MEMORY_LIMIT_GB={v}: expected a number of gigabytes > 0 (e.g. 12)");
         }

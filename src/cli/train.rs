@@ -187,7 +187,10 @@ pub fn config_args(path: &std::path::Path) -> anyhow::Result<Vec<String>> {
     for (k, v) in obj {
         let name = k.replace('_', "-");
         if name == "config" {
-            continue;
+            anyhow::bail!(
+                "{}: a config file cannot name another (config)",
+                path.display()
+            );
         }
         let Some(arg) = cmd.get_arguments().find(|a| a.get_long() == Some(&*name)) else {
             anyhow::bail!(

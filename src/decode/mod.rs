@@ -44,15 +44,26 @@ impl LmDecoder {
             .iter()
             .filter(|w| w.chars().all(|c| chars.contains(&c)))
             .count();
-        let warning = (words.is_empty() || spelled * 10 < words.len()).then(|| {
-            format!(
+        let no_backoffs = words.is_empty() && arpa.unigrams().count() > 3;
+        let warning = if no_backoffs {
+            Some(format!(
+                "{}: none of its 1-grams has a back-off (an order-{} model?), and the decoder \
+                 (as pyctcdecode) knows only words that do: every word is unknown to it; build \
+                 one of order 2 or more",
+                path.display(),
+                arpa.order
+            ))
+        } else {
+            (words.is_empty() || spelled * 10 < words.len()).then(|| {
+                format!(
                 "{}: only {spelled} of its {} words can be spelled with the model's {} tokens; \
                  is it for this model's language and letter case?",
                 path.display(),
                 words.len(),
                 outputs
             )
-        });
+            })
+        };
         Ok((
             LmDecoder {
                 path: path.to_path_buf(),

@@ -175,6 +175,7 @@ impl Gpu {
             memory_limit: AtomicU64::new(
                 std::env::var("XLSR_MEMORY_LIMIT_GB")
                     .ok()
+                    .filter(|v| !v.is_empty())
                     .and_then(|v| v.parse::<f64>().ok())
                     .map_or(u64::MAX, |gb| (gb * 1e9) as u64),
             ),
