@@ -134,8 +134,8 @@ pub(super) fn resumed_args(args: &TrainOptions, checkpoint: &Path) -> TrainOptio
     match serde_json::from_value::<TrainOptions>(Value::Object(merged)) {
         Ok(a) => {
             eprintln!(
-                "note: resuming with the checkpoint's options; these differ on the command \
-                 line and are not used (pass --override to use them): {}",
+                "note: resuming with the checkpoint's options; this command's (as given, or \
+                 their defaults) differ and are not used (pass --override to use them): {}",
                 differ.join(", ")
             );
             a
