@@ -171,10 +171,9 @@ pub fn run(args: &BenchArgs) -> Result<()> {
                 || (gpu.info().device_type == wgpu::DeviceType::Cpu
                     && !std::env::var("XLSR_BENCH_FULL").is_ok_and(|v| v == "1"));
             let report = crate::bench::run(&gpu, quick, args.filter.as_deref(), &mut log)?;
-            if let (Some(f), true) = (&args.filter, report.results.is_empty()) {
-                if report.model_step.is_none() {
-                    anyhow::bail!("--filter {f:?}: no benchmark's name contains it");
-                }
+            let nothing_ran = report.results.is_empty() && report.model_step.is_none();
+            if let Some(f) = args.filter.as_ref().filter(|_| nothing_ran) {
+                anyhow::bail!("--filter {f:?}: no benchmark's name contains it");
             }
             report
         }

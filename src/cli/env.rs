@@ -10,8 +10,8 @@ enum Allowed {
     OneOf(&'static [&'static str]),
     /// A whole number at least this large.
     AtLeast(u64),
-    /// A number of seconds > 0.
-    Seconds,
+    /// A number > 0 of this unit.
+    Positive(&'static str),
     /// A folder, or a path where one can be made.
     Folder,
 }
@@ -37,8 +37,8 @@ const VARS: &[(&str, Allowed)] = &[
     ("XLSR_GEMM_BK", OneOf(&["8", "16"])),
     ("XLSR_GEMM_V4", ON_OFF),
     ("XLSR_KEEP_ATTENTION", ON_OFF),
-    ("XLSR_MEMORY_LIMIT_GB", Any),
-    ("XLSR_MPI_TIMEOUT", Seconds),
+    ("XLSR_MEMORY_LIMIT_GB", Positive("gigabytes")),
+    ("XLSR_MPI_TIMEOUT", Positive("seconds")),
     ("XLSR_NO_COOP", ON_OFF),
     ("XLSR_NO_F16", ON_OFF),
     ("XLSR_NO_SUBGROUPS", ON_OFF),
@@ -81,8 +81,8 @@ fn check_vars(vars: impl Iterator<Item = (String, String)>) -> anyhow::Result<Ve
             OneOf(words) => format!("one of {}", words.join(", ")),
             AtLeast(min) if value.parse::<u64>().is_ok_and(|n| n >= *min) => continue,
             AtLeast(min) => format!("a whole number >= {min}"),
-            Seconds if value.parse::<f64>().is_ok_and(|s| s.is_finite() && s > 0.0) => continue,
-            Seconds => "a number of seconds > 0".into(),
+            Positive(_) if value.parse::<f64>().is_ok_and(|s| s.is_finite() && s > 0.0) => continue,
+            Positive(unit) => format!("a number of {unit} > 0"),
             Folder if !std::path::Path::new(&value).exists() => continue,
             Folder if std::path::Path::new(&value).is_dir() => continue,
             Folder => "a folder (this is a file)".into(),

@@ -138,10 +138,7 @@ fn check_paths(b: &BuildArgs) -> Result<()> {
     let Ok(out) = std::fs::canonicalize(&b.out) else {
         return Ok(()); // not there yet
     };
-    if b.text
-        .iter()
-        .any(|t| std::fs::canonicalize(t).is_ok_and(|t| t == out))
-    {
+    if canonical.contains(&out) {
         anyhow::bail!("{}: --out is one of the --text files", b.out.display());
     }
     if !out.is_file() || !is_arpa(&out) {

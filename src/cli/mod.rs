@@ -132,14 +132,6 @@ pub fn run() -> Result<()> {
     for w in env::check()? {
         eprintln!("{w}");
     }
-    if let Some(v) = std::env::var("XLSR_MEMORY_LIMIT_GB")
-        .ok()
-        .filter(|v| !v.is_empty())
-    {
-        if !v.parse::<f64>().is_ok_and(|gb| gb.is_finite() && gb > 0.0) {
-            anyhow::bail!("XLSR_MEMORY_LIMIT_GB={v}: expected a number of gigabytes > 0 (e.g. 12)");
-        }
-    }
     match cli.cmd {
         Cmd::Devices => devices::run()?,
         Cmd::Bench(args) => bench::run(&args)?,

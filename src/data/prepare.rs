@@ -293,14 +293,14 @@ pub fn run(opts: &Options) -> Result<Summary, DataError> {
     }
     check_out(&opts.out)?;
     let listing_key = opts.listing_key();
-    if let (false, Ok(p)) = (opts.force, Prepared::open(&opts.out)) {
-        let same_listing = p.listing_key == Some(listing_key);
-        if p.options.same_settings(opts) && same_listing {
+    let earlier = Prepared::open(&opts.out).ok().filter(|_| !opts.force);
+    if let Some(p) = earlier.filter(|p| p.options.same_settings(opts)) {
+        if p.listing_key == Some(listing_key) {
             let mut summary = p.summary;
             summary.reused = true;
             return Ok(summary);
         }
-        if p.options.same_settings(opts) && p.listing_key.is_some() {
+        if p.listing_key.is_some() {
             eprintln!(
                 "note: the corpus's TSV files (or manifests) changed since {} was prepared: \
                  preparing it again",

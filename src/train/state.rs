@@ -104,8 +104,8 @@ pub fn save(
 }
 
 /// Deletes a checkpoint folder, first renaming it to a temporary name: a crash midway leaves a
-/// `.checkpoint-N.deleting.tmp` that nothing reads (and the next save sweeps), never a `checkpoint-N` that looks whole but lacks
-/// files.
+/// `.checkpoint-N.deleting.tmp` that nothing reads (and the next save sweeps), never a
+/// `checkpoint-N` that looks whole but lacks files.
 fn remove_checkpoint(dir: &Path) {
     let name = dir.file_name().unwrap_or_default().to_string_lossy();
     let doomed = dir.with_file_name(format!(".{name}.deleting.tmp"));
