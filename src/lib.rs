@@ -16,6 +16,7 @@ pub mod demo;
 pub mod dist;
 pub mod engine;
 pub mod error;
+pub mod files;
 pub mod metrics;
 pub mod model;
 pub mod ops;

@@ -204,6 +204,10 @@ impl MetricsLog {
     /// Opens `run_dir/metrics.jsonl` for appending (a resumed run continues the same file).
     pub fn open(run_dir: &Path) -> Result<MetricsLog> {
         let path = run_dir.join("metrics.jsonl");
+        crate::files::check_regular(&path).map_err(|e| Error::File {
+            path: path.display().to_string(),
+            msg: e.to_string(),
+        })?;
         let file = OpenOptions::new()
             .create(true)
             .append(true)
@@ -219,24 +223,25 @@ impl MetricsLog {
     /// resumed run restarts from), so that no step appears twice. A missing log is fine.
     pub fn truncate_after(run_dir: &Path, step: u64) -> Result<()> {
         let path = run_dir.join("metrics.jsonl");
-        if !path.is_file() {
+        if !path.exists() {
             return Ok(());
         }
         let rows = Self::read(&path)?;
-        let kept: Vec<&LogRow> = rows
-            .iter()
-            .filter(|r| {
-                r.get("step")
-                    .and_then(|s| s.as_u64())
-                    .is_none_or(|s| s <= step)
-            })
-            .collect();
-        let mut text = String::new();
-        for r in kept {
-            text += &serde_json::to_string(r).unwrap_or_default();
-            text.push('\n');
+        let text = crate::files::read_to_string(&path).unwrap_or_default();
+        // The kept rows as they were written, byte for byte (parsing and printing a float
+        // again may change its last digit); a torn last line is not among `rows`.
+        let lines = text.lines().filter(|l| !l.trim().is_empty());
+        let mut kept = String::new();
+        for (line, r) in lines.zip(&rows) {
+            if r.get("step")
+                .and_then(|s| s.as_u64())
+                .is_none_or(|s| s <= step)
+            {
+                kept += line;
+                kept.push('\n');
+            }
         }
-        crate::model::checkpoint::write_atomic(&path, text.as_bytes())
+        crate::files::write_atomic(&path, kept.as_bytes())
     }
 
     /// Where the log is.
@@ -293,7 +298,7 @@ impl MetricsLog {
     /// Reads every row of a log (e.g. to redraw the plot after `--resume`); a torn last line
     /// from a killed run is ignored.
     pub fn read(path: &Path) -> Result<Vec<LogRow>> {
-        let text = std::fs::read_to_string(path).map_err(|e| Error::File {
+        let text = crate::files::read_to_string(path).map_err(|e| Error::File {
             path: path.display().to_string(),
             msg: e.to_string(),
         })?;

@@ -158,6 +158,29 @@ impl Transcriber {
     /// [`Transcriber::load`] of an MMS model with the adapter, head and vocabulary of `lang`
     /// (`None`: the tokenizer config's `target_lang`, as transformers' default).
     pub fn load_lang(gpu: &Gpu, dir: &Path, lang: Option<&str>) -> Result<Transcriber> {
+        if !dir.is_dir() {
+            return crate::model::checkpoint::not_a_folder(dir);
+        }
+        if !dir.join("config.json").exists() {
+            // A training run's folder holds models, not one.
+            let has = |n: &str| dir.join(n).exists();
+            if has("final") || has("metrics.jsonl") || has(".final.tmp") {
+                let interrupted = match has("final") {
+                    true => "",
+                    false => {
+                        " (it has no final/ yet: a run stopped while saving it finishes \
+                               with `xlsr train --resume`)"
+                    }
+                };
+                return file_err(
+                    dir,
+                    format!(
+                        "a training run's folder, not a model's: give its final/ or one of its \
+                         checkpoint-N folders{interrupted}"
+                    ),
+                );
+            }
+        }
         let vocab = Vocab::load_lang(dir, lang)?;
         // The language asked for must have an adapter; the tokenizer's default one is used
         // when the folder has its adapter file.

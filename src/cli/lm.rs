@@ -135,6 +135,10 @@ fn check_paths(b: &BuildArgs) -> Result<()> {
             b.out.display()
         );
     }
+    let folder = b.out.parent().filter(|p| !p.as_os_str().is_empty());
+    if let Some(dir) = folder.filter(|d| !d.is_dir()) {
+        anyhow::bail!("{}: --out's folder does not exist", dir.display());
+    }
     let Ok(out) = std::fs::canonicalize(&b.out) else {
         return Ok(()); // not there yet
     };

@@ -5,7 +5,6 @@ use rubato::audioadapter_buffers::direct::InterleavedSlice;
 use rubato::{Fft, FixedSync, Resampler};
 use std::cell::RefCell;
 use std::collections::HashMap;
-use std::fs::File;
 use std::path::Path;
 use symphonia::core::codecs::audio::well_known::{CODEC_ID_MP1, CODEC_ID_MP2, CODEC_ID_MP3};
 use symphonia::core::codecs::audio::AudioDecoderOptions;
@@ -67,20 +66,23 @@ pub fn decode(path: &Path) -> Result<(Vec<f32>, u32), DataError> {
             what: "0 bytes",
         });
     }
+    // Read whole first: a read error (EIO on a failing disk or network share) is then said as
+    // such, where the decoders would report it as an unknown format.
+    let bytes = std::fs::read(path).map_err(|e| DataError::io(path, e))?;
     let is_wav = path
         .extension()
         .is_some_and(|e| e.eq_ignore_ascii_case("wav"));
     if is_wav {
-        if let Ok(out) = decode_wav(path) {
+        if let Ok(out) = decode_wav(path, &bytes) {
             return Ok(out);
         }
     }
-    decode_symphonia(path)
+    decode_symphonia(path, bytes)
 }
 
-fn decode_wav(path: &Path) -> Result<(Vec<f32>, u32), DataError> {
+fn decode_wav(path: &Path, bytes: &[u8]) -> Result<(Vec<f32>, u32), DataError> {
     let err = |e: hound::Error| DataError::audio(path, e.to_string());
-    let mut reader = hound::WavReader::open(path).map_err(err)?;
+    let mut reader = hound::WavReader::new(std::io::Cursor::new(bytes)).map_err(err)?;
     let spec = reader.spec();
     let interleaved: Vec<f32> = match spec.sample_format {
         hound::SampleFormat::Float => reader.samples::<f32>().collect::<Result<_, _>>(),
@@ -99,10 +101,9 @@ fn decode_wav(path: &Path) -> Result<(Vec<f32>, u32), DataError> {
     ))
 }
 
-fn decode_symphonia(path: &Path) -> Result<(Vec<f32>, u32), DataError> {
+fn decode_symphonia(path: &Path, bytes: Vec<u8>) -> Result<(Vec<f32>, u32), DataError> {
     let err = |e: SymError| DataError::audio(path, e.to_string());
-    let file = File::open(path).map_err(|e| DataError::io(path, e))?;
-    let mss = MediaSourceStream::new(Box::new(file), Default::default());
+    let mss = MediaSourceStream::new(Box::new(std::io::Cursor::new(bytes)), Default::default());
     let mut hint = Hint::new();
     if let Some(ext) = path.extension().and_then(|e| e.to_str()) {
         hint.with_extension(ext);

@@ -223,3 +223,27 @@ fn parse_rows(
     }
     table
 }
+
+/// Refuses an `--out` folder that holds something other than a prepared corpus (a model
+/// folder's vocab.json and tokenizer files would be replaced): it must be new, empty, or hold
+/// an earlier `prepare`'s `audio.f32` or `index.json` (finished, interrupted or damaged).
+pub(super) fn check_prep_out(out: &Path) -> Result<(), DataError> {
+    let names = out_entries(out)?;
+    if names.is_empty()
+        || names
+            .iter()
+            .any(|n| matches!(n.as_str(), "audio.f32" | "audio.f32.tmp" | "index.json"))
+    {
+        return Ok(());
+    }
+    let shown: Vec<&str> = names.iter().map(String::as_str).take(4).collect();
+    Err(DataError::format(
+        out,
+        format!(
+            "--out holds files that are no prepared corpus ({}{}); prepare writes vocab.json, \
+             tokenizer files, audio.f32 and index.json there, so choose a new or empty folder",
+            shown.join(", "),
+            if names.len() > 4 { ", ..." } else { "" }
+        ),
+    ))
+}

@@ -252,30 +252,6 @@ pub(super) struct Index {
     pub(super) test: Vec<Utterance>,
 }
 
-/// Refuses an `--out` folder that holds something other than a prepared corpus (a model
-/// folder's vocab.json and tokenizer files would be replaced): it must be new, empty, or hold
-/// an earlier `prepare`'s `audio.f32` (finished or interrupted).
-fn check_out(out: &Path) -> Result<(), DataError> {
-    let names = super::corpus::out_entries(out)?;
-    if names.is_empty()
-        || names
-            .iter()
-            .any(|n| n == "audio.f32" || n == "audio.f32.tmp")
-    {
-        return Ok(());
-    }
-    let shown: Vec<&str> = names.iter().map(String::as_str).take(4).collect();
-    Err(DataError::format(
-        out,
-        format!(
-            "--out holds files that are no prepared corpus ({}{}); prepare writes vocab.json, \
-             tokenizer files, audio.f32 and index.json there, so choose a new or empty folder",
-            shown.join(", "),
-            if names.len() > 4 { ", ..." } else { "" }
-        ),
-    ))
-}
-
 /// Runs `xlsr prepare`: writes the vocabulary files, `audio.f32` and `index.json` into
 /// `opts.out`. Bad rows and clips are skipped with a warning on stderr and counted; only an
 /// unreadable corpus or an unwritable prep folder is an error. A prep folder already made with
@@ -291,13 +267,14 @@ pub fn run(opts: &Options) -> Result<Summary, DataError> {
             ),
         ));
     }
-    check_out(&opts.out)?;
+    corpus::check_prep_out(&opts.out)?;
     let listing_key = opts.listing_key();
     let earlier = Prepared::open(&opts.out).ok().filter(|_| !opts.force);
     if let Some(p) = earlier.filter(|p| p.options.same_settings(opts)) {
         if p.listing_key == Some(listing_key) {
             let mut summary = p.summary;
             summary.reused = true;
+            let _ = std::fs::remove_file(opts.out.join("audio.f32.tmp")); // a killed run's
             return Ok(summary);
         }
         if p.listing_key.is_some() {
@@ -345,6 +322,10 @@ pub fn run(opts: &Options) -> Result<Summary, DataError> {
     // The audio goes to a temporary file and replaces an earlier cache only at the end, once
     // clips were kept: a corpus that turns out unusable leaves the earlier one as it was.
     let audio_path = opts.out.join("audio.f32.tmp");
+    if !opts.out.join("index.json").exists() {
+        // A cache without its index is of no use, and its room may be needed.
+        let _ = std::fs::remove_file(opts.out.join("audio.f32"));
+    }
     let file = File::create(&audio_path).map_err(|e| DataError::io(&audio_path, e))?;
     let mut writer = BufWriter::new(file);
     // A failed write (a full disk) leaves no partial cache behind.
@@ -463,6 +444,7 @@ pub fn run(opts: &Options) -> Result<Summary, DataError> {
     }
     bar.finish_and_clear();
     writer.flush().map_err(write_failed)?;
+    writer.get_ref().sync_all().map_err(write_failed)?;
     drop(writer);
     let wall = start.elapsed().as_secs_f64();
 
@@ -500,16 +482,19 @@ pub fn run(opts: &Options) -> Result<Summary, DataError> {
     };
     // The index is written last (through a rename), so an interrupted run never looks finished.
     let index_path = opts.out.join("index.json");
-    if index_path.exists() {
-        std::fs::remove_file(&index_path).map_err(|e| DataError::io(&index_path, e))?;
-    }
-    vocab.save(&opts.out)?;
-    let cache = opts.out.join("audio.f32");
-    std::fs::rename(&audio_path, &cache).map_err(|e| DataError::io(&cache, e))?;
-    let tmp = opts.out.join("index.json.tmp");
-    let text = serde_json::to_string(&index).expect("index serialises");
-    std::fs::write(&tmp, text).map_err(|e| DataError::io(&tmp, e))?;
-    std::fs::rename(&tmp, &index_path).map_err(|e| DataError::io(&index_path, e))?;
+    let finish = || -> Result<(), DataError> {
+        if index_path.exists() {
+            std::fs::remove_file(&index_path).map_err(|e| DataError::io(&index_path, e))?;
+        }
+        vocab.save(&opts.out)?;
+        let cache = opts.out.join("audio.f32");
+        std::fs::rename(&audio_path, &cache).map_err(|e| DataError::io(&cache, e))?;
+        let text = serde_json::to_string(&index).expect("index serialises");
+        crate::files::write_atomic_io(&index_path, text.as_bytes())
+            .map_err(|e| DataError::io(&index_path, e))
+    };
+    // A full disk here leaves no cache-sized temporary file behind.
+    finish().inspect_err(|_| drop(std::fs::remove_file(&audio_path)))?;
     Ok(summary)
 }
 

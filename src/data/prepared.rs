@@ -52,7 +52,7 @@ impl Prepared {
     /// Opens a folder written by [`run`](super::prepare::run).
     pub fn open(dir: &Path) -> Result<Prepared, DataError> {
         let path = dir.join("index.json");
-        let text = std::fs::read_to_string(&path).map_err(|e| DataError::io(&path, e))?;
+        let text = crate::files::read_to_string(&path).map_err(|e| DataError::io(&path, e))?;
         let mut index: Index = serde_json::from_str(&text)
             .map_err(|e| DataError::format(&path, format!("invalid index: {e}")))?;
         if index.version != VERSION || index.sample_rate != SAMPLE_RATE {
@@ -67,6 +67,11 @@ impl Prepared {
         index.options.out = dir.to_path_buf();
         let vocab = Vocab::load(dir)?;
         let audio_path = dir.join("audio.f32");
+        crate::files::check_regular(&audio_path).map_err(|e| DataError::io(&audio_path, e))?;
+        if !audio_path.exists() {
+            let msg = "missing: the prep folder is incomplete; run `xlsr prepare --force`";
+            return Err(DataError::format(&audio_path, msg));
+        }
         let file = File::open(&audio_path).map_err(|e| DataError::io(&audio_path, e))?;
         let bytes = file
             .metadata()
@@ -80,10 +85,16 @@ impl Prepared {
             .map(|u| u.offset + u.samples as u64)
             .max()
             .unwrap_or(0);
-        if end > audio_samples {
+        // `prepare` writes exactly the indexed clips: any other size is another cache.
+        if bytes != end * 4 {
             return Err(DataError::format(
                 &audio_path,
-                format!("holds {audio_samples} samples but the index needs {end}; run `xlsr prepare` again"),
+                format!(
+                    "holds {} bytes but the index's clips take {} ({end} samples): the cache \
+                     is damaged or not this index's; run `xlsr prepare --force`",
+                    bytes,
+                    end * 4
+                ),
             ));
         }
         Ok(Prepared {

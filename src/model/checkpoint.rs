@@ -396,22 +396,4 @@ pub fn save_with(
     write_atomic(path, &bytes)
 }
 
-/// Writes `bytes` to `path` via `path` + `.tmp` + fsync + rename (the whole name gets the
-/// suffix, so `a.wav` never stands in for another file's temporary `a.tmp`).
-pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
-    use std::io::Write;
-    let mut tmp = path.as_os_str().to_owned();
-    tmp.push(".tmp");
-    let tmp = PathBuf::from(tmp);
-    let res = (|| -> std::io::Result<()> {
-        let mut f = std::fs::File::create(&tmp)?;
-        f.write_all(bytes)?;
-        f.sync_all()?;
-        std::fs::rename(&tmp, path)
-    })();
-    if let Err(e) = res {
-        let _ = std::fs::remove_file(&tmp);
-        return file_err(path, format!("cannot write: {e}"));
-    }
-    Ok(())
-}
+pub use crate::files::write_atomic;

@@ -65,7 +65,8 @@ impl Vocab {
         ] {
             let path = dir.join(name);
             let text = serde_json::to_string_pretty(&value).expect("JSON values serialise");
-            std::fs::write(&path, text + "\n").map_err(|e| DataError::io(&path, e))?;
+            crate::files::write_atomic_io(&path, (text + "\n").as_bytes())
+                .map_err(|e| DataError::io(&path, e))?;
         }
         Ok(())
     }

@@ -246,11 +246,13 @@ impl KneserNey {
             Err(e) => return self.scratch_err(e),
         };
         // Under a temporary name first, so that a crash never leaves half a model.
-        let mut partial = path.as_os_str().to_owned();
-        partial.push(".partial");
-        let partial = std::path::PathBuf::from(partial);
+        let partial = crate::files::with_suffix(path, ".partial");
         let written = self.write(&partial, path, &est);
-        if let Err(e) = written.and_then(|_| std::fs::rename(&partial, path)) {
+        let synced = || std::fs::File::open(&partial)?.sync_all();
+        if let Err(e) = written
+            .and_then(|_| synced())
+            .and_then(|_| std::fs::rename(&partial, path))
+        {
             let _ = std::fs::remove_file(&partial);
             return file_err(path, format!("cannot write: {e}"));
         }

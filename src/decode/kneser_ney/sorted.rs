@@ -58,12 +58,17 @@ pub struct Scratch {
 }
 
 impl Scratch {
-    /// A fresh folder inside `parent`.
+    /// A fresh folder inside `parent` (whose killed builds' folders it deletes first).
     pub fn new(parent: &Path) -> io::Result<Rc<Scratch>> {
+        sweep_dead(parent);
         let nanos = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| d.subsec_nanos());
-        let dir = parent.join(format!(".xlsr-lm-{}-{nanos}", std::process::id()));
+        let dir = parent.join(format!(
+            ".xlsr-lm-{}-{nanos}-{}",
+            std::process::id(),
+            host()
+        ));
         std::fs::create_dir(&dir)?;
         Ok(Rc::new(Scratch {
             dir,
@@ -80,6 +85,39 @@ impl Scratch {
         let i = self.next.get();
         self.next.set(i + 1);
         self.dir.join(format!("{i}.run"))
+    }
+}
+
+/// This machine's name, so that a scratch folder on a shared file system is only ever swept
+/// by the machine whose process made it (Linux; elsewhere nothing is swept).
+fn host() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map_or(String::new(), |h| h.trim().to_string())
+}
+
+/// Deletes the scratch folders in `parent` that killed builds of this machine left (their
+/// process is gone), saying so: an interrupted build cannot delete its own.
+fn sweep_dead(parent: &Path) {
+    let host = host();
+    if host.is_empty() {
+        return;
+    }
+    for entry in std::fs::read_dir(parent).into_iter().flatten().flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        let Some(rest) = name.strip_prefix(".xlsr-lm-") else {
+            continue;
+        };
+        let mut parts = rest.splitn(3, '-');
+        let (Some(pid), Some(_), Some(h)) = (parts.next(), parts.next(), parts.next()) else {
+            continue;
+        };
+        let dead = pid.parse::<u32>().is_ok() && !Path::new("/proc").join(pid).exists();
+        if h == host && dead && std::fs::remove_dir_all(entry.path()).is_ok() {
+            eprintln!(
+                "note: deleted {}, the temporary files of an interrupted lm build",
+                entry.path().display()
+            );
+        }
     }
 }
 
