@@ -101,7 +101,10 @@ pub fn from_scratch_args(init: &Path, prep: &Path, out: &Path, steps: u64) -> Tr
 /// nothing else: a folder holding other files is refused before anything is written.
 fn check_out(out: &Path) -> Result<()> {
     let names = crate::data::corpus::out_entries(out)?;
-    let demo = out.join("init/config.json").is_file() || names.iter().all(|n| n == "prepared");
+    // What a demo killed before its training leaves counts as a demo's too.
+    let before_training =
+        |n: &String| matches!(n.as_str(), "prepared" | "init" | ".init.tmp" | ".lock");
+    let demo = out.join("init/config.json").is_file() || names.iter().all(before_training);
     if demo {
         return Ok(());
     }
@@ -134,8 +137,15 @@ pub fn run(gpu: &Gpu, opts: &Options) -> Result<RunSummary> {
         small_config(data.vocab.len(), data.vocab.pad as usize),
         0,
     )?;
-    train::state::save_model(&init, &model, &data.vocab)?;
+    // Through a temporary folder: a kill midway never leaves an init/ that looks whole.
+    let tmp = opts.out.join(".init.tmp");
+    let _ = std::fs::remove_dir_all(&tmp);
+    train::state::save_model(&tmp, &model, &data.vocab)?;
     drop(model);
+    if init.exists() {
+        std::fs::remove_dir_all(&init).or_else(|e| crate::error::file_err(&init, e.to_string()))?;
+    }
+    std::fs::rename(&tmp, &init).or_else(|e| crate::error::file_err(&init, e.to_string()))?;
     let targs = TrainOptions {
         eval_steps: opts.eval_steps,
         max_train_samples: Some(opts.clips),

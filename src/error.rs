@@ -35,6 +35,13 @@ pub enum Error {
          weight, such as a weight-norm direction (weight_v) of zeros"
     )]
     NonFiniteLogits,
+    /// Training stopped on a signal (Ctrl-C, SIGTERM) after saving what it had.
+    #[error("interrupted by {} at step {step}: {saved}", crate::train::interrupt::name(*.signal))]
+    Interrupted {
+        signal: i32,
+        step: u64,
+        saved: String,
+    },
 }
 
 // Not `#[from]`: that would make the engine error this one's source too, and the command
@@ -69,6 +76,15 @@ impl Error {
                 msg: self.to_string(),
             },
             e => e,
+        }
+    }
+
+    /// The process exit status this error asks for: 128 + the signal for an interrupted
+    /// run (as a shell reports a process a signal ended), 1 otherwise.
+    pub fn exit_code(&self) -> i32 {
+        match self {
+            Error::Interrupted { signal, .. } => 128 + signal,
+            _ => 1,
         }
     }
 

@@ -4,6 +4,9 @@ fn main() {
     // One line per error, whatever RUST_BACKTRACE says.
     if let Err(e) = xlsr::cli::run() {
         eprintln!("xlsr: {e:#}");
-        std::process::exit(1);
+        let code = e
+            .downcast_ref::<xlsr::Error>()
+            .map_or(1, xlsr::Error::exit_code);
+        std::process::exit(code);
     }
 }

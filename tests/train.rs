@@ -81,7 +81,7 @@ fn resume_case(name: &str, extra: &[&str]) -> PathBuf {
         "--save-steps",
         "3",
         "--save-total-limit",
-        "1",
+        "2",
         "--learning-rate",
         "1e-3",
         "--layerdrop",
@@ -131,8 +131,8 @@ fn resume_case(name: &str, extra: &[&str]) -> PathBuf {
     train::run(&common::gpu(), &args(&model, &prep, &cut2, &changed)).unwrap();
     assert_eq!(losses(&cut2)[..3], la[..3]);
     assert_ne!(losses(&cut2)[4..], la[4..], "--override had no effect");
-    // save_total_limit 1: only the newest checkpoint is kept.
-    assert!(full.join("checkpoint-3").is_dir());
+    // save_total_limit 2: the two newest checkpoints are kept (the last step's is one).
+    assert!(full.join("checkpoint-3").is_dir() && full.join("checkpoint-6").is_dir());
     dir
 }
 
@@ -526,10 +526,12 @@ fn fp16_without_shader_f16_trains_in_f32_with_a_note() {
     let _ = std::fs::remove_dir_all(dir);
 }
 
+/// The entries of a run folder but its lock file.
 fn names_in(dir: &Path) -> Vec<String> {
     let mut v: Vec<String> = std::fs::read_dir(dir)
         .unwrap()
         .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n != ".lock")
         .collect();
     v.sort();
     v
@@ -568,12 +570,12 @@ fn used_run_folder_is_refused_and_rotation_keeps_the_newest() {
         train::run(&g, &args(&model, &prep, &run, &refs))
     };
 
-    // 6 steps, a save after each of steps 1..5 (the last step writes final/), keep 2.
+    // 6 steps, a save after each (the last one too, then final/), keep 2.
     let first = run_with(&opts("6", "2")).unwrap();
     assert_eq!(first.steps, 6);
     let kept = [
-        "checkpoint-4",
         "checkpoint-5",
+        "checkpoint-6",
         "final",
         "metrics.jsonl",
         "training.svg",
@@ -584,8 +586,8 @@ fn used_run_folder_is_refused_and_rotation_keeps_the_newest() {
         "rotation keeps the two newest checkpoints"
     );
     let id = |ck: &str| train::state::run_id_of(&run.join(ck)).unwrap();
-    assert!(!id("checkpoint-4").is_empty());
-    assert_eq!(id("checkpoint-4"), id("checkpoint-5"));
+    assert!(!id("checkpoint-5").is_empty());
+    assert_eq!(id("checkpoint-5"), id("checkpoint-6"));
     let final_before = std::fs::read(run.join("final/model.safetensors")).unwrap();
     let log_before = std::fs::read(run.join("metrics.jsonl")).unwrap();
 
@@ -625,6 +627,7 @@ fn used_run_folder_is_refused_and_rotation_keeps_the_newest() {
         [
             "checkpoint-1",
             "checkpoint-2",
+            "checkpoint-3",
             "final",
             "metrics.jsonl",
             "training.svg"
@@ -860,8 +863,11 @@ fn resume_problems_are_named() {
     let (dir, prep, model) = common::tiny_run("resumebad", 2);
     let g = common::gpu();
     let run = dir.join("run");
-    let opts = saving_every_step("3");
+    let opts = [&saving_every_step("3")[..], &["--save-total-limit", "3"]].concat();
     train::run(&g, &args(&model, &prep, &run, &opts)).unwrap();
+    // As if killed in its last step: checkpoint-2 is the newest.
+    std::fs::remove_dir_all(run.join("checkpoint-3")).unwrap();
+    std::fs::remove_dir_all(run.join("final")).unwrap();
     let mut resume = opts.to_vec();
     resume.push("--resume");
     // A truncated model in the newest checkpoint.

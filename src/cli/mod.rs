@@ -87,28 +87,34 @@ pub(crate) fn open_gpu(nth: usize) -> crate::engine::Result<crate::Gpu> {
 /// line's own win; `--model`, `--data` and `--out` may come from the file too). An option of
 /// the file that clap refuses is named with the file.
 fn parse() -> Result<Cli> {
-    let argv: Vec<String> = std::env::args().collect();
-    let configs: Vec<String> = match argv.get(1).map(String::as_str) {
+    use std::ffi::OsString;
+    // As the OS gives them: a file name need not be UTF-8 (Latin-1 archives).
+    let argv: Vec<OsString> = std::env::args_os().collect();
+    let configs: Vec<OsString> = match argv.get(1).and_then(|a| a.to_str()) {
         Some("train") => argv
             .iter()
             .enumerate()
             .skip(2)
-            .filter_map(|(i, a)| match a.strip_prefix("--config") {
-                Some("") => argv.get(i + 1).cloned(),
-                Some(rest) => rest.strip_prefix('=').map(String::from),
-                None => None,
-            })
+            .filter_map(
+                |(i, a)| match a.to_string_lossy().strip_prefix("--config") {
+                    Some("") => argv.get(i + 1).cloned(),
+                    // (A config file's name that is not UTF-8 is not found, and said so.)
+                    Some(rest) => rest.strip_prefix('=').map(OsString::from),
+                    None => None,
+                },
+            )
             .collect(),
         _ => Vec::new(),
     };
     let path = match &configs[..] {
         [] => return Ok(Cli::parse_from(argv)),
-        [one] => one.clone(),
+        [one] => std::path::PathBuf::from(one),
         _ => anyhow::bail!("--config given {} times: give one file", configs.len()),
     };
-    let from_file = train::config_args(std::path::Path::new(&path))?;
+    let from_file = train::config_args(&path)?;
+    let path = path.display();
     let mut full = argv[..2].to_vec();
-    full.extend(from_file.iter().cloned());
+    full.extend(from_file.iter().map(OsString::from));
     full.extend(argv[2..].iter().cloned());
     Cli::try_parse_from(full).or_else(|e| {
         // The option clap names, if the file gave it: the file is the place to look.
@@ -142,12 +148,16 @@ pub fn run() -> Result<()> {
             crate::demo::run(&gpu, &args.into())?;
         }
         Cmd::Train(args) => {
+            // Ctrl-C or SIGTERM in the training loop saves the step before stopping.
+            crate::train::interrupt::catch_signals()?;
             let dist = crate::dist::Dist::init()?;
             let trained = open_gpu(dist.local_rank())
                 .map_err(crate::error::Error::from)
                 .and_then(|gpu| crate::train::run_dist(&gpu, &(*args).into(), &dist));
             if let Err(e) = trained {
-                if dist.size() > 1 {
+                // An interruption stops every rank after the same step; other errors, one.
+                let alone = !matches!(e, crate::Error::Interrupted { .. });
+                if dist.size() > 1 && alone {
                     // The others would wait for this rank forever: stop them all.
                     let line = format!("xlsr: rank {} of {}: {e:#}", dist.rank(), dist.size());
                     crate::dist::say(&line);

@@ -219,3 +219,32 @@ pub fn skipped_in(data: &Prepared, split: Split) -> usize {
         .filter(|s| names.contains(&s.split))
         .count()
 }
+
+/// The evaluation a run makes every `--eval-steps` and at its end: shared among the ranks;
+/// rank 0 (which holds `log`) logs it and redraws `RUN_DIR/training.svg`.
+#[allow(clippy::too_many_arguments)]
+pub(super) fn during_training(
+    model: &Wav2Vec2ForCtc,
+    vocab: &Vocab,
+    data: &Prepared,
+    opts: &EvalOptions,
+    dist: &Dist,
+    log: Option<&mut crate::metrics::MetricsLog>,
+    step: u64,
+    epoch: f64,
+) -> Result<EvalResult> {
+    use crate::metrics::MetricsLog;
+    let r = evaluate_shared(model, vocab, data, opts, dist)?;
+    if let Some(log) = log {
+        log.eval(step, epoch, r.ctc_loss, r.wer, r.cer)?;
+        let rows = MetricsLog::read(log.path())?;
+        let svg = log.path().with_file_name("training.svg");
+        crate::plot::training_plot(
+            &svg,
+            &MetricsLog::series(&rows, "loss"),
+            &MetricsLog::series(&rows, "eval_wer"),
+            &MetricsLog::series(&rows, "eval_cer"),
+        )?;
+    }
+    Ok(r)
+}

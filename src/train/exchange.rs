@@ -1,14 +1,17 @@
-//! The gradient exchange of data-parallel ranks, overlapped with the backward pass as DDP
-//! does it: the optimiser's flat gradient buffers are cut into ranges of whole parameters;
-//! during the last micro-batch's backward, a range is copied out to the host as soon as every
-//! one of its parameters has its final gradient (backward runs from the head down, so the top
-//! layers' ranges go first; `autograd::with_ready_listener` says when), and once the whole backward is recorded the host sums each range
-//! over the ranks, in the order they were sent, while the GPU is still on the layers below,
-//! then writes it back before the update. Ranges whose parameters got no gradient in that pass
+//! Data-parallel ranks: each one's share of a batch, and the gradient exchange, overlapped
+//! with the backward pass as DDP does it: the optimiser's flat gradient buffers are cut into
+//! ranges of whole parameters; during the last micro-batch's backward, a range is copied out
+//! to the host as soon as every one of its parameters has its final gradient (backward runs
+//! from the head down, so the top layers' ranges go first; `autograd::with_ready_listener`
+//! says when), and once the whole backward is recorded the host sums each range over the
+//! ranks, in the order they were sent, while the GPU is still on the layers below, then
+//! writes it back before the update. Ranges whose parameters got no gradient in that pass
 //! (LayerDrop, frozen parts) are sent at the end. Sums are those of the exchange at the end,
 //! bit for bit: the same values summed by the same MPI call.
 
+use super::Share;
 use crate::autograd::{Param, ReadyListener};
+use crate::data::{collate, Batch, Prepared, Split};
 use crate::dist::Dist;
 use crate::engine::{LateRead, Tensor};
 use crate::error::Result;
@@ -125,4 +128,31 @@ pub struct ExchangeReport {
     pub ranges: usize,
     /// Of them, sent while the backward of layers below was still to be recorded.
     pub during_backward: usize,
+}
+
+/// This rank's share of the batch `idx` (clips in order, split as evenly as the ranks allow),
+/// padded as the whole batch; a rank left without clips steps on a copy of the first with
+/// weight 0.
+pub(super) fn share_of(
+    data: &Prepared,
+    idx: &[usize],
+    lengths: &[usize],
+    dist: &Dist,
+    seed: u64,
+) -> Result<(Batch, u64, Option<Share>)> {
+    let (n, ranks, r) = (idx.len(), dist.size(), dist.rank());
+    let (from, to) = (r * n / ranks, (r + 1) * n / ranks);
+    let (mine, first, weight) = match from < to {
+        true => (&idx[from..to], from, (to - from) as f32 / n as f32),
+        false => (&idx[..1], 0, 0.0),
+    };
+    let mut batch = collate(data, Split::Train, mine)?;
+    let whole: Vec<usize> = idx.iter().map(|&i| lengths[i]).collect();
+    batch.pad_to(whole.iter().copied().max().unwrap_or(0));
+    let share = Share {
+        first,
+        lengths: whole,
+        weight,
+    };
+    Ok((batch, seed, Some(share)))
 }

@@ -5,6 +5,7 @@
 
 pub mod eval;
 mod exchange;
+pub mod interrupt;
 pub mod options;
 mod report;
 mod setup;
@@ -18,7 +19,7 @@ pub use state::TrainerState;
 pub use step::{Deferred, MicroBatch, Share, StepOptions, StepOutcome, StepReport, TrainStep};
 
 use crate::data::audio::SAMPLE_RATE;
-use crate::data::{collate, Batch, Batcher, Prepared, Split};
+use crate::data::{collate, Batcher, Prepared, Split};
 use crate::dist::Dist;
 use crate::error::{file_err, Error, Result};
 use crate::metrics::MetricsLog;
@@ -73,6 +74,13 @@ pub fn run_dist(gpu: &Gpu, args: &TrainOptions, dist: &Dist) -> Result<RunSummar
             gpu.info().name
         );
     }
+    // The folder is locked before anything in it is read (another process may be writing it).
+    crate::data::corpus::out_entries(&args.out)?;
+    std::fs::create_dir_all(&args.out).or_else(|e| file_err(&args.out, e.to_string()))?;
+    let _lock = match root {
+        true => state::lock_run_dir(&args.out)?,
+        false => None,
+    };
     state::check_run_dir(&args.out, args.resume, args.overwrite)?;
     let resume_from = if args.resume {
         let last = state::resume_point(&args.out)?;
@@ -96,7 +104,6 @@ pub fn run_dist(gpu: &Gpu, args: &TrainOptions, dist: &Dist) -> Result<RunSummar
         }
         None => args,
     };
-    std::fs::create_dir_all(&args.out).or_else(|e| file_err(&args.out, e.to_string()))?;
     // Rank 0 prepares a Common Voice folder; the others open what it wrote.
     let mut data = if root {
         let data = open_data(&args.data, &args.out);
@@ -162,7 +169,8 @@ pub fn run_dist(gpu: &Gpu, args: &TrainOptions, dist: &Dist) -> Result<RunSummar
         .map_err(resume_hint)?;
     let outputs = match head.filter(|_| !new_head) {
         Some(rows) => {
-            let vocab = model_vocab(&model_dir, rows, lang)?;
+            let vocab =
+                model_vocab(&model_dir, rows, lang, resume_from.is_some()).map_err(resume_hint)?;
             if !vocab.same_tokens(&data.vocab) || vocab.head_size() != data.vocab.head_size() {
                 let r = data.relabel(&vocab);
                 if root {
@@ -284,7 +292,10 @@ pub fn run_dist(gpu: &Gpu, args: &TrainOptions, dist: &Dist) -> Result<RunSummar
             ..TrainerState::default()
         },
     };
-    st.args = serde_json::to_value(args).ok();
+    st.args = serde_json::to_value(args.absolute()).ok();
+    if st.global_step >= total {
+        return setup::finished(args, &model, &vocab, &st, total, root);
+    }
     // --overwrite deletes the earlier run only now that this one's model and data loaded.
     if root && args.overwrite && resume_from.is_none() {
         state::clear_run_dir(&args.out)?;
@@ -360,6 +371,8 @@ pub fn run_dist(gpu: &Gpu, args: &TrainOptions, dist: &Dist) -> Result<RunSummar
     let mut watch = report::Watch::new(&args.out, args.learning_rate, &bar, root);
     let at_start = st.global_step;
     let mut grad_norm = f32::NAN;
+    // A signal from here on lets the step finish and saves it (see `interrupt`).
+    let armed = interrupt::arm();
     while st.global_step < total {
         if profile.is_some() && st.global_step == profile_from {
             gpu.profile_start()?;
@@ -387,7 +400,7 @@ pub fn run_dist(gpu: &Gpu, args: &TrainOptions, dist: &Dist) -> Result<RunSummar
             let seed = derive(st.seed, st.global_step, batches.len() as u64);
             batches.push(match ranks {
                 1 => (collate(&data, Split::Train, idx)?, seed, None),
-                _ => share_of(&data, idx, &lengths, dist, seed)?,
+                _ => exchange::share_of(&data, idx, &lengths, dist, seed)?,
             });
         }
         let micro: Vec<MicroBatch> = batches
@@ -429,7 +442,9 @@ pub fn run_dist(gpu: &Gpu, args: &TrainOptions, dist: &Dist) -> Result<RunSummar
         let done = st.global_step == total;
         let log_now = st.global_step % args.logging_steps.max(1) == 0 || done;
         let eval_now = (args.eval_steps > 0 && st.global_step % args.eval_steps == 0) || done;
-        let save_now = root && args.save_steps > 0 && st.global_step % args.save_steps == 0;
+        // The last step too (as HF's Trainer): a resumed finished run then finds its end.
+        let save_now =
+            root && args.save_steps > 0 && (st.global_step % args.save_steps == 0 || done);
         if log_now || eval_now || save_now {
             if let Some(r) = step.finish()? {
                 grad_norm = r.grad_norm;
@@ -438,73 +453,66 @@ pub fn run_dist(gpu: &Gpu, args: &TrainOptions, dist: &Dist) -> Result<RunSummar
         }
         st.grad_scaler = step.scaler.clone();
         let epoch = st.epoch as f64 + st.batch_in_epoch as f64 / epoch_batches.len().max(1) as f64;
-        if log_now {
-            if let Some(s) = loss_sum.take() {
-                last_loss = s.item()? as f64 / since_log as f64;
-            }
-            since_log = 0;
-            if let Some(log) = log.as_mut() {
-                log.train(
-                    st.global_step,
-                    epoch,
-                    last_loss,
-                    lr as f64,
-                    grad_norm as f64,
-                )?;
-            }
-        }
-        let rate = (st.audio_seconds - audio_at_start) / t0.elapsed().as_secs_f64().max(1e-9);
-        bar.set_position(st.global_step);
-        bar.set_message(format!(
-            "loss {last_loss:.3}  lr {lr:.2e}  {rate:.1} audio-s/s  epoch {epoch:.2}"
-        ));
-
-        if eval_now && !data.split(eval_split).is_empty() {
-            // Shared among the ranks; rank 0 logs and plots.
-            let opts = EvalOptions {
-                split: eval_split,
-                batch_size: args.batch_size,
-                limit: args.max_eval_samples,
-                lm: None,
-            };
-            let r = evaluate_shared(&model, &vocab, &data, &opts, dist).inspect_err(|_| {
-                // The steps since the last checkpoint are not lost with the evaluation.
-                let limit = args.save_total_limit;
-                let saved =
-                    root.then(|| state::save(&args.out, &model, &vocab, &step.opt, &st, limit));
-                if let Some(Ok(dir)) = saved {
-                    eprintln!(
-                        "xlsr: evaluation failed; the model so far is in {}",
-                        dir.display()
-                    );
+        // If the log, the plot or the evaluation fails, the steps since the last checkpoint
+        // are saved before the error is returned.
+        let logged = (|| -> Result<()> {
+            if log_now {
+                if let Some(s) = loss_sum.take() {
+                    last_loss = s.item()? as f64 / since_log as f64;
                 }
-            })?;
-            if let Some(log) = log.as_mut() {
-                log.eval(st.global_step, epoch, r.ctc_loss, r.wer, r.cer)?;
-                let rows = MetricsLog::read(log.path())?;
-                crate::plot::training_plot(
-                    &args.out.join("training.svg"),
-                    &MetricsLog::series(&rows, "loss"),
-                    &MetricsLog::series(&rows, "eval_wer"),
-                    &MetricsLog::series(&rows, "eval_cer"),
-                )?;
+                since_log = 0;
+                if let Some(log) = log.as_mut() {
+                    log.train(
+                        st.global_step,
+                        epoch,
+                        last_loss,
+                        lr as f64,
+                        grad_norm as f64,
+                    )?;
+                }
             }
-            say(
-                &bar,
-                format!(
-                    "step {}: eval loss {:.3}, WER {:.3}, CER {:.3} on {} utterances",
-                    st.global_step, r.ctc_loss, r.wer, r.cer, r.utterances
-                ),
-            );
-            for (reference, prediction) in r.pairs.iter().take(3) {
+            let rate = (st.audio_seconds - audio_at_start) / t0.elapsed().as_secs_f64().max(1e-9);
+            bar.set_position(st.global_step);
+            bar.set_message(format!(
+                "loss {last_loss:.3}  lr {lr:.2e}  {rate:.1} audio-s/s  epoch {epoch:.2}"
+            ));
+            if eval_now && !data.split(eval_split).is_empty() {
+                let opts = EvalOptions {
+                    split: eval_split,
+                    batch_size: args.batch_size,
+                    limit: args.max_eval_samples,
+                    lm: None,
+                };
+                let (step, log) = (st.global_step, log.as_mut());
+                let r =
+                    eval::during_training(&model, &vocab, &data, &opts, dist, log, step, epoch)?;
                 say(
                     &bar,
-                    format!("    ref:  {reference}\n    pred: {prediction}"),
+                    format!(
+                        "step {step}: eval loss {:.3}, WER {:.3}, CER {:.3} on {} utterances",
+                        r.ctc_loss, r.wer, r.cer, r.utterances
+                    ),
                 );
+                for (reference, prediction) in r.pairs.iter().take(3) {
+                    say(
+                        &bar,
+                        format!("    ref:  {reference}\n    pred: {prediction}"),
+                    );
+                }
+                eval_result = Some(r);
             }
-            eval_result = Some(r);
+            Ok(())
+        })();
+        if let Err(e) = logged {
+            if root {
+                let limit = args.save_total_limit;
+                if let Ok(dir) = state::save(&args.out, &model, &vocab, &step.opt, &st, limit) {
+                    eprintln!("xlsr: the model so far is in {}", dir.display());
+                }
+            }
+            return Err(e);
         }
-        if save_now && !done {
+        if save_now {
             let dir = state::save(
                 &args.out,
                 &model,
@@ -515,7 +523,16 @@ pub fn run_dist(gpu: &Gpu, args: &TrainOptions, dist: &Dist) -> Result<RunSummar
             )?;
             say(&bar, format!("saved {}", dir.display()));
         }
+        if let Some(signal) = interrupt::requested(dist).filter(|_| !done) {
+            bar.abandon();
+            let (model, vocab) = (&model, &vocab);
+            let stop = interrupt::stop(
+                signal, save_now, &mut step, &mut st, &mut watch, model, vocab, args, root,
+            );
+            return Err(stop);
+        }
     }
+    drop(armed);
     bar.finish();
 
     let final_dir = args.out.join("final");
@@ -555,33 +572,6 @@ pub fn run_dist(gpu: &Gpu, args: &TrainOptions, dist: &Dist) -> Result<RunSummar
         losses: MetricsLog::series(&rows, "loss"),
         eval: eval_result,
     })
-}
-
-/// This rank's share of the batch `idx` (clips in order, split as evenly as the ranks allow),
-/// padded as the whole batch; a rank left without clips steps on a copy of the first with
-/// weight 0.
-fn share_of(
-    data: &Prepared,
-    idx: &[usize],
-    lengths: &[usize],
-    dist: &Dist,
-    seed: u64,
-) -> Result<(Batch, u64, Option<Share>)> {
-    let (n, ranks, r) = (idx.len(), dist.size(), dist.rank());
-    let (from, to) = (r * n / ranks, (r + 1) * n / ranks);
-    let (mine, first, weight) = match from < to {
-        true => (&idx[from..to], from, (to - from) as f32 / n as f32),
-        false => (&idx[..1], 0, 0.0),
-    };
-    let mut batch = collate(data, Split::Train, mine)?;
-    let whole: Vec<usize> = idx.iter().map(|&i| lengths[i]).collect();
-    batch.pad_to(whole.iter().copied().max().unwrap_or(0));
-    let share = Share {
-        first,
-        lengths: whole,
-        weight,
-    };
-    Ok((batch, seed, Some(share)))
 }
 
 /// Training stops after this many optimiser steps in a row were skipped for a non-finite loss

@@ -154,6 +154,21 @@ impl TrainOptions {
 
     /// Checks every numeric option (finite, in range) before anything runs; the error names
     /// the flag.
+    /// These options with `--model` and `--data` made absolute, as a checkpoint keeps them: a
+    /// run resumed from another folder must not find another corpus under a relative name.
+    pub fn absolute(&self) -> TrainOptions {
+        let abs = |p: &PathBuf| {
+            std::fs::canonicalize(p)
+                .or_else(|_| std::path::absolute(p))
+                .unwrap_or(p.clone())
+        };
+        TrainOptions {
+            model: abs(&self.model),
+            data: abs(&self.data),
+            ..self.clone()
+        }
+    }
+
     pub fn validate(&self) -> crate::error::Result<()> {
         let bad = |flag: &str, v: String, want: &str| -> crate::error::Result<()> {
             Err(crate::error::Error::Usage(format!("--{flag} {v}: {want}")))

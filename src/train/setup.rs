@@ -26,15 +26,24 @@ pub fn open_data(data: &Path, run_dir: &Path) -> Result<Prepared> {
 }
 
 /// The vocabulary of a fine-tuned model folder whose CTC head has `rows` outputs.
-pub(super) fn model_vocab(dir: &Path, rows: usize, lang: Option<&str>) -> Result<Vocab> {
+/// (`resumed`: the folder is the run's own checkpoint, whose head a new one must not replace.)
+pub(super) fn model_vocab(
+    dir: &Path,
+    rows: usize,
+    lang: Option<&str>,
+    resumed: bool,
+) -> Result<Vocab> {
     let path = dir.join("vocab.json");
     if !path.is_file() {
+        let or_new_head = match resumed {
+            true => "",
+            false => ", or pass --new-head to train a new head on the corpus's vocabulary",
+        };
         return file_err(
             dir,
             format!(
                 "the checkpoint has a CTC head ({rows} outputs) but no vocab.json to say what \
-                 they are: copy the tokenizer files of the model here, or pass --new-head to \
-                 train a new head on the corpus's vocabulary"
+                 they are: copy the tokenizer files of the model here{or_new_head}"
             ),
         );
     }
@@ -81,17 +90,65 @@ pub(super) fn report_relabel(dir: &Path, vocab: &Vocab, r: &crate::data::prepare
     }
 }
 
+/// A resumed run whose checkpoint `st` is at or past its last step (`total`): trains nothing.
+/// Writes `final/` from the checkpoint where a crash left none (the last step's checkpoint is
+/// the final model), and never replaces an existing one, which may be newer.
+pub(super) fn finished(
+    args: &TrainOptions,
+    model: &crate::model::Wav2Vec2ForCtc,
+    vocab: &Vocab,
+    st: &super::TrainerState,
+    total: u64,
+    root: bool,
+) -> Result<super::RunSummary> {
+    let final_dir = args.out.join("final");
+    let step = st.global_step;
+    if final_dir.exists() || step > total {
+        return file_err(
+            &args.out,
+            format!(
+                "--resume: the newest checkpoint is at step {step} and the run ends at step \
+                 {total}: nothing to train ({}); to train on, raise --max-steps or --epochs and \
+                 pass --override",
+                match final_dir.exists() {
+                    true => "final/ holds the run's model and is left as it is",
+                    false => "final/ is not written from an older step",
+                }
+            ),
+        );
+    }
+    if root {
+        super::state::save_final(&args.out, model, vocab)?;
+        println!(
+            "the run had finished at step {step}; its final model is now in {}",
+            final_dir.display()
+        );
+    }
+    Ok(super::RunSummary {
+        final_dir,
+        steps: step,
+        skipped_steps: st.skipped_steps,
+        losses: Vec::new(),
+        eval: None,
+    })
+}
+
 /// The options a resumed run uses: the checkpoint's (saved in its trainer_state.json), with
 /// the differences on the command line listed, or with `--override` the command line's. The
 /// weights always come from the checkpoint, whatever `--model` says.
 pub(super) fn resumed_args(args: &TrainOptions, checkpoint: &Path) -> TrainOptions {
     use serde_json::Value;
     const OWN: [&str; 4] = ["out", "resume", "overwrite", "override"];
-    let saved = std::fs::read_to_string(checkpoint.join("trainer_state.json"))
+    let Some(state) = std::fs::read_to_string(checkpoint.join("trainer_state.json"))
         .ok()
         .and_then(|t| serde_json::from_str::<Value>(&t).ok())
-        .and_then(|v| v.get("args")?.as_object().cloned());
-    let now = serde_json::to_value(args).ok();
+    else {
+        // Loading the state names what is wrong with it, and the checkpoint before.
+        return args.clone();
+    };
+    let saved = state.get("args").and_then(|a| a.as_object().cloned());
+    // Paths as the checkpoint keeps them (absolute), so the same folder never differs.
+    let now = serde_json::to_value(args.absolute()).ok();
     let (Some(saved), Some(Value::Object(now))) = (saved, now) else {
         // A checkpoint from before options were saved, or an edited one.
         eprintln!(

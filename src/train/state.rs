@@ -78,9 +78,11 @@ pub fn save(
         let json = serde_json::to_string_pretty(state).unwrap_or_default();
         checkpoint::write_atomic(&tmp.join("trainer_state.json"), json.as_bytes())?;
         if dir.exists() {
-            remove_checkpoint(&dir);
+            let _ = remove_safely(&dir);
         }
-        std::fs::rename(&tmp, &dir).or_else(|e| file_err(&dir, format!("cannot rename: {e}")))
+        std::fs::rename(&tmp, &dir).or_else(|e| file_err(&dir, format!("cannot rename: {e}")))?;
+        crate::files::sync_parent(&dir); // the rename, through a power cut
+        Ok(())
     })();
     if let Err(e) = res {
         let _ = std::fs::remove_dir_all(&tmp);
@@ -89,7 +91,7 @@ pub fn save(
             msg: format!("checkpoint not saved (earlier checkpoints are intact): {e}"),
         });
     }
-    sweep_deleted(run_dir);
+    sweep_leftovers(run_dir);
     // Rotation: the current run's checkpoints only, oldest (lowest step) first, never the one
     // just written.
     let mut ours: Vec<PathBuf> = list(run_dir)
@@ -98,29 +100,70 @@ pub fn save(
         .map(|(_, p)| p)
         .collect();
     while ours.len() + 1 > keep.max(1) {
-        remove_checkpoint(&ours.remove(0));
+        let old = ours.remove(0);
+        if let Err(e) = remove_safely(&old) {
+            eprintln!(
+                "warning: {}: cannot delete this old checkpoint (--save-total-limit {keep}), \
+                 so it stays: {e}",
+                old.display()
+            );
+        }
     }
     Ok(dir)
 }
 
-/// Deletes a checkpoint folder, first renaming it to a temporary name: a crash midway leaves a
-/// `.checkpoint-N.deleting.tmp` that nothing reads (and the next save sweeps), never a
-/// `checkpoint-N` that looks whole but lacks files.
-fn remove_checkpoint(dir: &Path) {
+/// Deletes a folder, first renaming it to `.NAME.deleting.tmp`: a crash midway leaves a
+/// folder that nothing reads (and the next save sweeps), never a `checkpoint-N` or `final`
+/// that looks whole but lacks files.
+fn remove_safely(dir: &Path) -> std::io::Result<()> {
     let name = dir.file_name().unwrap_or_default().to_string_lossy();
     let doomed = dir.with_file_name(format!(".{name}.deleting.tmp"));
     // A leftover of an earlier kill would make the rename fail.
     let _ = std::fs::remove_dir_all(&doomed);
-    if std::fs::rename(dir, &doomed).is_ok() {
-        let _ = std::fs::remove_dir_all(doomed);
+    std::fs::rename(dir, &doomed)?;
+    std::fs::remove_dir_all(doomed)
+}
+
+/// Deletes what killed saves and deletions left in `run_dir`: `.checkpoint-N.tmp` (a save
+/// that never finished; the run folder's lock says no other process is writing one) and
+/// `.NAME.deleting.tmp`.
+fn sweep_leftovers(run_dir: &Path) {
+    for name in crate::data::corpus::entry_names(run_dir) {
+        let unfinished = name.starts_with(".checkpoint-") && name.ends_with(".tmp");
+        if unfinished || (name.starts_with('.') && name.ends_with(".deleting.tmp")) {
+            let _ = std::fs::remove_dir_all(run_dir.join(name));
+        }
     }
 }
 
-/// Deletes what killed deletions left in `run_dir` (`.checkpoint-N.deleting.tmp`).
-fn sweep_deleted(run_dir: &Path) {
-    for name in crate::data::corpus::entry_names(run_dir) {
-        if name.starts_with(".checkpoint-") && name.ends_with(".deleting.tmp") {
-            let _ = std::fs::remove_dir_all(run_dir.join(name));
+/// The lock file that keeps two processes out of one run folder.
+const LOCK: &str = ".lock";
+
+/// Locks `run_dir` for this process (until the returned file is dropped): two runs writing one
+/// folder would mix their checkpoints and lose each other's log rows. A file system without
+/// locks gets a warning.
+pub fn lock_run_dir(run_dir: &Path) -> Result<Option<std::fs::File>> {
+    let path = run_dir.join(LOCK);
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .or_else(|e| file_err(&path, format!("cannot open the run folder's lock: {e}")))?;
+    match file.try_lock() {
+        Ok(()) => Ok(Some(file)),
+        Err(std::fs::TryLockError::WouldBlock) => file_err(
+            run_dir,
+            "another xlsr process is training in this run folder (it holds its .lock); wait \
+             for it to end, or choose another --out",
+        ),
+        Err(std::fs::TryLockError::Error(e)) => {
+            eprintln!(
+                "warning: {}: cannot lock the run folder ({e}): nothing stops a second run \
+                 from writing into it at the same time",
+                run_dir.display()
+            );
+            Ok(None)
         }
     }
 }
@@ -151,6 +194,7 @@ pub fn new_run_id(seed: u64) -> String {
 fn is_run_file(name: &str) -> bool {
     name.starts_with("checkpoint-")
         || (name.starts_with(".checkpoint-") && name.ends_with(".tmp"))
+        || (name.starts_with('.') && name.ends_with(".deleting.tmp"))
         || matches!(
             name,
             "final"
@@ -166,7 +210,7 @@ fn is_run_file(name: &str) -> bool {
 /// What of an earlier run `run_dir` holds (`prepared/`, the corpus cache, is not that).
 fn used_entries(run_dir: &Path) -> Vec<String> {
     let mut used = crate::data::corpus::entry_names(run_dir);
-    used.retain(|n| n != "prepared");
+    used.retain(|n| n != "prepared" && n != LOCK);
     used
 }
 
@@ -194,12 +238,13 @@ pub fn check_run_dir(run_dir: &Path, resume: bool, overwrite: bool) -> Result<()
 }
 
 /// `--overwrite`: deletes the earlier run's files in `run_dir` (checkpoints, final model,
-/// metrics.jsonl, training.svg), and nothing else.
+/// metrics.jsonl, training.svg), and nothing else. Folders go through `remove_safely`, so
+/// a kill midway never leaves a checkpoint that looks whole.
 pub fn clear_run_dir(run_dir: &Path) -> Result<()> {
     for name in used_entries(run_dir).iter().filter(|n| is_run_file(n)) {
         let path = run_dir.join(name);
         let res = if path.is_dir() {
-            std::fs::remove_dir_all(&path)
+            remove_safely(&path)
         } else {
             std::fs::remove_file(&path)
         };
@@ -225,7 +270,18 @@ pub fn save_final(run_dir: &Path, model: &Wav2Vec2ForCtc, vocab: &Vocab) -> Resu
     let final_dir = run_dir.join("final");
     let tmp = run_dir.join(".final.tmp");
     let _ = std::fs::remove_dir_all(&tmp);
-    save_model(&tmp, model, vocab)?;
+    if let Err(e) = save_model(&tmp, model, vocab) {
+        let _ = std::fs::remove_dir_all(&tmp);
+        let saved = match list(run_dir).pop() {
+            Some((step, p)) => format!(
+                "; the newest checkpoint, {} (step {step}), is intact: make room and run again \
+                 with --resume",
+                p.display()
+            ),
+            None => String::new(),
+        };
+        return file_err(&final_dir, format!("final model not saved: {e}{saved}"));
+    }
     let old = run_dir.join(".final.old.tmp");
     let _ = std::fs::remove_dir_all(&old);
     if final_dir.exists() {
@@ -301,13 +357,18 @@ pub fn resume_point(run_dir: &Path) -> Result<Option<PathBuf>> {
         }
         return Ok(None);
     };
-    if newest.join("trainer_state.json").is_file() {
+    let state = newest.join("trainer_state.json");
+    if state.is_file() {
         return Ok(Some(newest));
     }
+    let what = match state.exists() {
+        true => "not a regular file",
+        false => "missing",
+    };
     file_err(
-        newest.join("trainer_state.json"),
+        state,
         format!(
-            "missing: this checkpoint is incomplete or damaged, so --resume cannot continue \
+            "{what}: this checkpoint is incomplete or damaged, so --resume cannot continue \
              from it{}",
             previous_hint(run_dir, &newest)
         ),
@@ -317,7 +378,7 @@ pub fn resume_point(run_dir: &Path) -> Result<Option<PathBuf>> {
 /// Reads a checkpoint's trainer state and optimiser moments.
 pub fn load(dir: &Path, opt: &mut AdamW) -> Result<TrainerState> {
     let path = dir.join("trainer_state.json");
-    let text = std::fs::read_to_string(&path).or_else(|e| file_err(&path, e.to_string()))?;
+    let text = crate::files::read_to_string(&path).or_else(|e| file_err(&path, e.to_string()))?;
     let state: TrainerState = serde_json::from_str(&text)
         .or_else(|e| file_err(&path, format!("not a trainer state: {e}")))?;
     let named = dir
@@ -334,7 +395,7 @@ pub fn load(dir: &Path, opt: &mut AdamW) -> Result<TrainerState> {
         );
     }
     let path = dir.join("optimizer.safetensors");
-    let bytes = std::fs::read(&path).or_else(|e| file_err(&path, e.to_string()))?;
+    let bytes = crate::files::read(&path).or_else(|e| file_err(&path, e.to_string()))?;
     let st = safetensors::SafeTensors::deserialize(&bytes)
         .or_else(|e| file_err(&path, format!("not a safetensors file: {e}")))?;
     let mut tensors: Vec<(String, Vec<usize>, Vec<f32>)> = Vec::new();
