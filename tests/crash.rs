@@ -33,6 +33,22 @@ fn train_cmd(model: &Path, prep: &Path, run: &Path, extra: &[&str]) -> Command {
     c
 }
 
+/// Runs `c`, which must succeed; its stdout.
+fn succeeds(c: &mut Command) -> String {
+    let out = c.output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{err}");
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// Runs `c`, which must fail cleanly (no panic); its stderr.
+fn fails(c: &mut Command) -> String {
+    let out = c.output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(!out.status.success() && !err.contains("panicked"), "{err}");
+    err
+}
+
 fn logged_rows(run: &Path) -> usize {
     let text = std::fs::read_to_string(run.join("metrics.jsonl")).unwrap_or_default();
     text.lines().count()
@@ -76,20 +92,16 @@ fn sigterm_saves_the_step_and_resume_finishes() {
     assert!(step >= 2);
     // The log holds no row past the saved step.
     assert_eq!(logged_rows(&run) as u64, step);
-    let done = train_cmd(&model, &prep, &run, &["--resume", "--override"])
-        .args([
-            "--max-steps",
-            &(step + 1).to_string(),
-            "--save-steps",
-            "100000",
-        ])
-        .output()
-        .unwrap();
-    assert!(
-        done.status.success(),
-        "{}",
-        String::from_utf8_lossy(&done.stderr)
-    );
+    let next = (step + 1).to_string();
+    let flags = [
+        "--resume",
+        "--override",
+        "--max-steps",
+        &next,
+        "--save-steps",
+        "100000",
+    ];
+    succeeds(&mut train_cmd(&model, &prep, &run, &flags));
     assert!(run.join("final/model.safetensors").is_file());
     let _ = std::fs::remove_dir_all(dir);
 }
@@ -101,43 +113,21 @@ fn sigterm_saves_the_step_and_resume_finishes() {
 fn a_finished_run_is_not_trained_again() {
     let (dir, prep, model) = common::tiny_run("finished", 2);
     let run = dir.join("run");
-    let steps = ["--max-steps", "3", "--save-steps", "2"];
-    common::xlsr_ok(&[
-        &"train",
-        &"--model",
+    succeeds(&mut train_cmd(
         &model,
-        &"--data",
         &prep,
-        &"--out",
         &run,
-        &"--batch-size",
-        &"1",
-        &"--eval-steps",
-        &"0",
-        &steps[0],
-        &steps[1],
-        &steps[2],
-        &steps[3],
-    ]);
+        &["--max-steps", "3", "--save-steps", "2"],
+    ));
     assert!(run.join("checkpoint-2").is_dir() && run.join("checkpoint-3").is_dir());
     let final_model = std::fs::read(run.join("final/model.safetensors")).unwrap();
     let last = std::fs::read(run.join("checkpoint-3/model.safetensors")).unwrap();
     assert_eq!(final_model, last, "the last checkpoint is the final model");
     let rows = std::fs::read_to_string(run.join("metrics.jsonl")).unwrap();
     for max in ["2", "3"] {
-        let out = train_cmd(
-            &model,
-            &prep,
-            &run,
-            &["--resume", "--override", "--max-steps", max],
-        )
-        .output()
-        .unwrap();
-        let err = String::from_utf8_lossy(&out.stderr);
-        assert!(
-            !out.status.success() && err.contains("nothing to train"),
-            "{err}"
-        );
+        let flags = ["--resume", "--override", "--max-steps", max];
+        let err = fails(&mut train_cmd(&model, &prep, &run, &flags));
+        assert!(err.contains("nothing to train"), "{err}");
         assert!(err.contains("final/ holds the run's model"), "{err}");
     }
     assert_eq!(
@@ -149,15 +139,8 @@ fn a_finished_run_is_not_trained_again() {
         rows
     );
     std::fs::remove_dir_all(run.join("final")).unwrap();
-    let out = train_cmd(&model, &prep, &run, &["--resume"])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert!(String::from_utf8_lossy(&out.stdout).contains("had finished at step 3"));
+    let out = succeeds(&mut train_cmd(&model, &prep, &run, &["--resume"]));
+    assert!(out.contains("had finished at step 3"), "{out}");
     assert_eq!(
         std::fs::read(run.join("final/model.safetensors")).unwrap(),
         final_model
@@ -174,25 +157,12 @@ fn a_run_folder_in_use_is_refused() {
     std::fs::create_dir_all(&run).unwrap();
     let held = xlsr::train::state::lock_run_dir(&run).unwrap();
     assert!(held.is_some(), "this file system has locks");
-    let out = train_cmd(&model, &prep, &run, &["--max-steps", "1"])
-        .output()
-        .unwrap();
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        !out.status.success() && err.contains("another xlsr process is training"),
-        "{err}"
-    );
+    let err = fails(&mut train_cmd(&model, &prep, &run, &["--max-steps", "1"]));
+    assert!(err.contains("another xlsr process is training"), "{err}");
     assert!(!run.join("metrics.jsonl").exists());
     drop(held);
     // Free again, the lock file is no earlier run's.
-    let out = train_cmd(&model, &prep, &run, &["--max-steps", "1"])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    succeeds(&mut train_cmd(&model, &prep, &run, &["--max-steps", "1"]));
     let _ = std::fs::remove_dir_all(dir);
 }
 
@@ -214,13 +184,8 @@ fn a_failed_plot_keeps_the_trained_steps() {
         "--eval-split",
         "train",
     ];
-    let mut c = train_cmd(&model, &prep, &run, &flags);
-    let out = c.arg("--resume").output().unwrap();
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        !out.status.success() && err.contains("training.svg"),
-        "{err}"
-    );
+    let err = fails(train_cmd(&model, &prep, &run, &flags).arg("--resume"));
+    assert!(err.contains("training.svg"), "{err}");
     assert!(err.contains("the model so far is in"), "{err}");
     assert!(
         run.join("checkpoint-2/trainer_state.json").is_file(),
