@@ -40,6 +40,8 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
 pub fn write_atomic_io(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     let tmp = temporary(path);
     let res = (|| -> std::io::Result<()> {
+        // A leftover under the name, even a FIFO (whose open would block), goes first.
+        let _ = std::fs::remove_file(&tmp);
         let mut f = std::fs::File::create(&tmp)?;
         f.write_all(bytes)?;
         f.sync_all()?;

@@ -125,15 +125,9 @@ pub fn training_plot(
         };
         draw().map_err(|e| err(format!("cannot draw the plot: {e}")))?;
     }
-    let mut tmp = path.as_os_str().to_owned();
-    tmp.push(".tmp");
-    let tmp = std::path::PathBuf::from(tmp);
-    std::fs::write(&tmp, svg).map_err(|e| {
-        let _ = std::fs::remove_file(&tmp); // a full disk leaves no empty .tmp behind
+    // A full disk leaves no empty temporary file behind.
+    crate::files::write_atomic_io(path, svg.as_bytes()).map_err(|e| {
+        let tmp = crate::files::temporary(path);
         err(format!("cannot write {}: {e}", tmp.display()))
-    })?;
-    std::fs::rename(&tmp, path).map_err(|e| {
-        let _ = std::fs::remove_file(&tmp);
-        err(format!("cannot rename {} into place: {e}", tmp.display()))
     })
 }

@@ -83,6 +83,10 @@ fn sigterm_saves_the_step_and_resume_finishes() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(143), "{err}");
     assert!(err.contains("interrupted by SIGTERM at step"), "{err}");
+    assert!(
+        err.contains("SIGTERM: stopping after this step"),
+        "said at once: {err}"
+    );
     let saved = xlsr::train::state::list(&run);
     let (step, ckpt) = saved.last().expect("a checkpoint").clone();
     assert!(
@@ -102,6 +106,51 @@ fn sigterm_saves_the_step_and_resume_finishes() {
         "100000",
     ];
     succeeds(&mut train_cmd(&model, &prep, &run, &flags));
+    assert!(run.join("final/model.safetensors").is_file());
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+/// A signal the parent ignores (`nohup`, a script's `cmd &`) stays ignored: catching it
+/// stopped runs that were meant to survive a logout.
+#[test]
+fn an_ignored_signal_stays_ignored() {
+    let (dir, prep, model) = common::tiny_run("ignored", 2);
+    let run = dir.join("run");
+    let train = train_cmd(
+        &model,
+        &prep,
+        &run,
+        &["--max-steps", "12", "--save-steps", "100"],
+    );
+    let mut line = format!("trap '' INT HUP; exec '{}'", env!("CARGO_BIN_EXE_xlsr"));
+    for a in train.get_args() {
+        line += &format!(" '{}'", a.to_string_lossy());
+    }
+    let child = Command::new("sh")
+        .args(["-c", &line])
+        .env("XLSR_TUNE", "0")
+        .env("XDG_RUNTIME_DIR", "/tmp")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let start = Instant::now();
+    while logged_rows(&run) < 1 {
+        assert!(
+            start.elapsed() < Duration::from_secs(300),
+            "no steps logged"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    for sig in ["-INT", "-HUP"] {
+        Command::new("kill")
+            .args([sig, &child.id().to_string()])
+            .status()
+            .unwrap();
+    }
+    let out = child.wait_with_output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{err}");
     assert!(run.join("final/model.safetensors").is_file());
     let _ = std::fs::remove_dir_all(dir);
 }
@@ -138,6 +187,21 @@ fn a_finished_run_is_not_trained_again() {
         std::fs::read_to_string(run.join("metrics.jsonl")).unwrap(),
         rows
     );
+    // final/ says its step: an older checkpoint (checkpoint-3 lost, or a `--save-steps 0`
+    // run's interrupt checkpoint) never trains over it.
+    let aside = dir.join("checkpoint-3");
+    std::fs::rename(run.join("checkpoint-3"), &aside).unwrap();
+    let flags = ["--resume", "--override", "--max-steps", "3"];
+    let err = fails(&mut train_cmd(&model, &prep, &run, &flags));
+    assert!(
+        err.contains("final/ at step 3") && err.contains("nothing to train"),
+        "{err}"
+    );
+    assert_eq!(
+        std::fs::read(run.join("final/model.safetensors")).unwrap(),
+        final_model
+    );
+    std::fs::rename(&aside, run.join("checkpoint-3")).unwrap();
     std::fs::remove_dir_all(run.join("final")).unwrap();
     let out = succeeds(&mut train_cmd(&model, &prep, &run, &["--resume"]));
     assert!(out.contains("had finished at step 3"), "{out}");
@@ -347,5 +411,44 @@ fn lm_build_cleans_up_after_killed_builds() {
         &dir.join("no/lm.arpa"),
     ]);
     assert!(e.contains("folder does not exist"), "{e}");
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+/// A checkpoint between two logging steps keeps the losses not yet logged, so the resumed
+/// run logs the same mean at its next logging step (it logged the mean of fewer steps).
+#[test]
+fn a_run_resumed_between_logging_steps_logs_the_same_losses() {
+    let (dir, prep, model) = common::tiny_run("unlogged", 2);
+    let (full, cut) = (dir.join("full"), dir.join("cut"));
+    let flags = [
+        "--max-steps",
+        "8",
+        "--save-steps",
+        "4",
+        "--logging-steps",
+        "3",
+    ];
+    succeeds(&mut train_cmd(&model, &prep, &full, &flags));
+    // What a run stopped after step 4 leaves: checkpoint-4 and the rows up to step 3.
+    let ckpt = cut.join("checkpoint-4");
+    std::fs::create_dir_all(&ckpt).unwrap();
+    for f in std::fs::read_dir(full.join("checkpoint-4")).unwrap() {
+        let f = f.unwrap().path();
+        std::fs::copy(&f, ckpt.join(f.file_name().unwrap())).unwrap();
+    }
+    let log = std::fs::read_to_string(full.join("metrics.jsonl")).unwrap();
+    let first = log.lines().next().unwrap();
+    assert!(first.contains("\"step\":3"), "{first}");
+    std::fs::write(cut.join("metrics.jsonl"), format!("{first}\n")).unwrap();
+    succeeds(&mut train_cmd(
+        &model,
+        &prep,
+        &cut,
+        &[&flags[..], &["--resume"]].concat(),
+    ));
+    assert_eq!(
+        std::fs::read_to_string(cut.join("metrics.jsonl")).unwrap(),
+        log
+    );
     let _ = std::fs::remove_dir_all(dir);
 }

@@ -37,15 +37,47 @@ pub fn catch_signals() -> std::io::Result<()> {
         default_action: Arc::new(AtomicBool::new(true)),
         requested: Arc::new(AtomicUsize::new(0)),
     };
-    for sig in SIGNALS {
+    // A signal the parent set to be ignored (`nohup`, a script's `cmd &`) stays ignored.
+    for sig in SIGNALS.into_iter().filter(|&s| !ignored(s)) {
         // In this order: end the process if not armed (or already asked once); else note
         // the signal, and make the next one end the process.
         flag::register_conditional_default(sig, flags.default_action.clone())?;
         flag::register_usize(sig, flags.requested.clone(), sig as usize)?;
         flag::register(sig, flags.default_action.clone())?;
     }
+    // Said at once (the step, and an evaluation, may take a while): a user who sees nothing
+    // presses Ctrl-C again and loses the steps.
+    let requested = flags.requested.clone();
+    std::thread::spawn(move || loop {
+        std::thread::sleep(std::time::Duration::from_millis(100));
+        let sig = requested.load(Ordering::SeqCst);
+        if sig != 0 {
+            eprintln!(
+                "\nxlsr: {}: stopping after this step, which is saved as a checkpoint (again \
+                 to stop at once, losing the steps since the last checkpoint)",
+                name(sig as i32)
+            );
+            while requested.load(Ordering::SeqCst) != 0 {
+                std::thread::sleep(std::time::Duration::from_millis(100));
+            }
+        }
+    });
     let _ = FLAGS.set(flags);
     Ok(())
+}
+
+/// Whether `sig` is ignored in this process (inherited from its parent).
+#[cfg(unix)]
+fn ignored(sig: i32) -> bool {
+    let mut old: libc::sigaction = unsafe { std::mem::zeroed() };
+    // SAFETY: a null new action only reads the current one into `old`, which we own.
+    let ok = unsafe { libc::sigaction(sig, std::ptr::null(), &mut old) } == 0;
+    ok && old.sa_sigaction == libc::SIG_IGN
+}
+
+#[cfg(not(unix))]
+fn ignored(_sig: i32) -> bool {
+    false
 }
 
 /// While the returned guard lives, a caught signal asks the loop to stop instead of ending

@@ -293,7 +293,8 @@ pub fn run_dist(gpu: &Gpu, args: &TrainOptions, dist: &Dist) -> Result<RunSummar
         },
     };
     st.args = serde_json::to_value(args.absolute()).ok();
-    if st.global_step >= total {
+    // A run at its end, or whose final/ is at or past it, trains nothing.
+    if st.global_step >= total || state::final_step(&args.out).is_some_and(|f| total <= f) {
         return setup::finished(args, &model, &vocab, &st, total, root);
     }
     // --overwrite deletes the earlier run only now that this one's model and data loaded.
@@ -355,8 +356,10 @@ pub fn run_dist(gpu: &Gpu, args: &TrainOptions, dist: &Dist) -> Result<RunSummar
         }
     };
     let mut epoch_batches = batcher.epoch(st.epoch);
-    let mut loss_sum: Option<Tensor> = None;
-    let mut since_log = 0u64;
+    let (mut loss_sum, mut since_log) = match st.unlogged_loss {
+        Some((bits, n)) => (Some(Tensor::scalar(gpu, f32::from_bits(bits))?), n),
+        None => (None, 0u64),
+    };
     let mut last_loss = f64::NAN;
     let mut eval_result = None;
     let t0 = Instant::now();
@@ -441,7 +444,10 @@ pub fn run_dist(gpu: &Gpu, args: &TrainOptions, dist: &Dist) -> Result<RunSummar
         since_log += 1;
         let done = st.global_step == total;
         let log_now = st.global_step % args.logging_steps.max(1) == 0 || done;
-        let eval_now = (args.eval_steps > 0 && st.global_step % args.eval_steps == 0) || done;
+        // A stop asked for (agreed among the ranks) skips the step's evaluation.
+        let stop = interrupt::requested(dist).filter(|_| !done);
+        let eval_now = ((args.eval_steps > 0 && st.global_step % args.eval_steps == 0) || done)
+            && stop.is_none();
         // The last step too (as HF's Trainer): a resumed finished run then finds its end.
         let save_now =
             root && args.save_steps > 0 && (st.global_step % args.save_steps == 0 || done);
@@ -504,6 +510,8 @@ pub fn run_dist(gpu: &Gpu, args: &TrainOptions, dist: &Dist) -> Result<RunSummar
             Ok(())
         })();
         if let Err(e) = logged {
+            let unlogged = loss_sum.as_ref().and_then(|s| s.item().ok());
+            st.unlogged_loss = unlogged.map(|v| (v.to_bits(), since_log));
             if root {
                 let limit = args.save_total_limit;
                 if let Ok(dir) = state::save(&args.out, &model, &vocab, &step.opt, &st, limit) {
@@ -511,6 +519,12 @@ pub fn run_dist(gpu: &Gpu, args: &TrainOptions, dist: &Dist) -> Result<RunSummar
                 }
             }
             return Err(e);
+        }
+        if save_now || stop.is_some() {
+            st.unlogged_loss = match &loss_sum {
+                Some(s) => Some((s.item()?.to_bits(), since_log)),
+                None => None,
+            };
         }
         if save_now {
             let dir = state::save(
@@ -523,7 +537,7 @@ pub fn run_dist(gpu: &Gpu, args: &TrainOptions, dist: &Dist) -> Result<RunSummar
             )?;
             say(&bar, format!("saved {}", dir.display()));
         }
-        if let Some(signal) = interrupt::requested(dist).filter(|_| !done) {
+        if let Some(signal) = stop {
             bar.abandon();
             let (model, vocab) = (&model, &vocab);
             let stop = interrupt::stop(
@@ -545,7 +559,7 @@ pub fn run_dist(gpu: &Gpu, args: &TrainOptions, dist: &Dist) -> Result<RunSummar
             eval: None,
         });
     }
-    state::save_final(&args.out, &model, &vocab)?;
+    state::save_final(&args.out, &model, &vocab, &st)?;
     println!(
         "done: {} steps ({} skipped) in {:.1} min, peak device memory {:.2} GB; model in {}",
         st.global_step,

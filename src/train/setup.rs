@@ -104,10 +104,14 @@ pub(super) fn finished(
     let final_dir = args.out.join("final");
     let step = st.global_step;
     if final_dir.exists() || step > total {
+        let at = match super::state::final_step(&args.out) {
+            Some(f) => format!(", final/ at step {f},"),
+            None => String::new(),
+        };
         return file_err(
             &args.out,
             format!(
-                "--resume: the newest checkpoint is at step {step} and the run ends at step \
+                "--resume: the newest checkpoint is at step {step}{at} and the run ends at step \
                  {total}: nothing to train ({}); to train on, raise --max-steps or --epochs and \
                  pass --override",
                 match final_dir.exists() {
@@ -118,7 +122,7 @@ pub(super) fn finished(
         );
     }
     if root {
-        super::state::save_final(&args.out, model, vocab)?;
+        super::state::save_final(&args.out, model, vocab, st)?;
         println!(
             "the run had finished at step {step}; its final model is now in {}",
             final_dir.display()

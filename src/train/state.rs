@@ -35,6 +35,11 @@ pub struct TrainerState {
     /// The run's options (`TrainOptions` as JSON), so that `--resume` can say which differ.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub args: Option<serde_json::Value>,
+    /// The training losses summed since the last logged step (the f32's bits, exact and NaN
+    /// included) and how many steps they are, so that a run resumed between two logging
+    /// steps logs the same mean as an uninterrupted one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub unlogged_loss: Option<(u32, u64)>,
     /// The fp16 loss scaler's state (absent in f32 runs).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub grad_scaler: Option<crate::optim::GradScaler>,
@@ -103,9 +108,10 @@ pub fn save(
         let old = ours.remove(0);
         if let Err(e) = remove_safely(&old) {
             eprintln!(
-                "warning: {}: cannot delete this old checkpoint (--save-total-limit {keep}), \
-                 so it stays: {e}",
-                old.display()
+                "warning: {}: cannot delete this old checkpoint (--save-total-limit {keep}); \
+                 it may remain as .{}.deleting.tmp: {e}",
+                old.display(),
+                old.file_name().unwrap_or_default().to_string_lossy()
             );
         }
     }
@@ -144,6 +150,13 @@ const LOCK: &str = ".lock";
 /// locks gets a warning.
 pub fn lock_run_dir(run_dir: &Path) -> Result<Option<std::fs::File>> {
     let path = run_dir.join(LOCK);
+    // Not a FIFO (the open would block) nor a link to some other file.
+    if std::fs::symlink_metadata(&path).is_ok_and(|m| !m.is_file()) {
+        return file_err(
+            &path,
+            "not a regular file: remove it (it is the run folder's lock)",
+        );
+    }
     let file = std::fs::OpenOptions::new()
         .create(true)
         .truncate(false)
@@ -266,11 +279,21 @@ pub fn save_model(dir: &Path, model: &Wav2Vec2ForCtc, vocab: &Vocab) -> Result<(
 /// Writes the run's model as `run_dir/final` (through `.final.tmp`). An earlier final/ (a
 /// resumed run's) steps aside before the new one takes its name and is deleted only after: a
 /// crash in between leaves it as `.final.old.tmp`, never nothing.
-pub fn save_final(run_dir: &Path, model: &Wav2Vec2ForCtc, vocab: &Vocab) -> Result<PathBuf> {
+/// Its `trainer_state.json` (as HF's `Trainer.save_state` writes one) says which step it is,
+/// so that no resumed run replaces it with an older model.
+pub fn save_final(
+    run_dir: &Path,
+    model: &Wav2Vec2ForCtc,
+    vocab: &Vocab,
+    state: &TrainerState,
+) -> Result<PathBuf> {
     let final_dir = run_dir.join("final");
     let tmp = run_dir.join(".final.tmp");
     let _ = std::fs::remove_dir_all(&tmp);
-    if let Err(e) = save_model(&tmp, model, vocab) {
+    let json = serde_json::to_string_pretty(state).unwrap_or_default();
+    let saved = save_model(&tmp, model, vocab)
+        .and_then(|_| checkpoint::write_atomic(&tmp.join("trainer_state.json"), json.as_bytes()));
+    if let Err(e) = saved {
         let _ = std::fs::remove_dir_all(&tmp);
         let saved = match list(run_dir).pop() {
             Some((step, p)) => format!(
@@ -290,6 +313,13 @@ pub fn save_final(run_dir: &Path, model: &Wav2Vec2ForCtc, vocab: &Vocab) -> Resu
     std::fs::rename(&tmp, &final_dir).or_else(|e| file_err(&final_dir, e.to_string()))?;
     let _ = std::fs::remove_dir_all(&old);
     Ok(final_dir)
+}
+
+/// The step of `run_dir/final` (`None` without one, or for one written before it said).
+pub fn final_step(run_dir: &Path) -> Option<u64> {
+    let text = crate::files::read_to_string(&run_dir.join("final/trainer_state.json")).ok()?;
+    let v: serde_json::Value = serde_json::from_str(&text).ok()?;
+    v.get("global_step")?.as_u64()
 }
 
 /// Completed checkpoints in `run_dir`, oldest first.
