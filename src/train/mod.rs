@@ -293,8 +293,10 @@ pub fn run_dist(gpu: &Gpu, args: &TrainOptions, dist: &Dist) -> Result<RunSummar
         },
     };
     st.args = serde_json::to_value(args.absolute()).ok();
-    // A run at its end, or whose final/ is at or past it, trains nothing.
-    if st.global_step >= total || state::final_step(&args.out).is_some_and(|f| total <= f) {
+    // A resumed run at its end, or whose final/ is at or past it, trains nothing.
+    let at_end =
+        st.global_step >= total || state::final_step(&args.out).is_some_and(|f| total <= f);
+    if resume_from.is_some() && at_end {
         return setup::finished(args, &model, &vocab, &st, total, root);
     }
     // --overwrite deletes the earlier run only now that this one's model and data loaded.
