@@ -52,18 +52,25 @@ pub fn catch_signals() -> std::io::Result<()> {
         std::thread::sleep(std::time::Duration::from_millis(100));
         let sig = requested.load(Ordering::SeqCst);
         if sig != 0 {
-            eprintln!(
-                "\nxlsr: {}: stopping after this step, which is saved as a checkpoint (again \
-                 to stop at once, losing the steps since the last checkpoint)",
-                name(sig as i32)
-            );
-            while requested.load(Ordering::SeqCst) != 0 {
-                std::thread::sleep(std::time::Duration::from_millis(100));
-            }
+            announce(sig as i32);
         }
     });
     let _ = FLAGS.set(flags);
     Ok(())
+}
+
+/// Whether the stop was said (by the watcher, or by the loop if the step ended first).
+static ANNOUNCED: AtomicBool = AtomicBool::new(false);
+
+/// Says once that the run stops after this step.
+fn announce(signal: i32) {
+    if !ANNOUNCED.swap(true, Ordering::SeqCst) {
+        eprintln!(
+            "\nxlsr: {}: stopping after this step, which is saved as a checkpoint (again to \
+             stop at once, losing the steps since the last checkpoint)",
+            name(signal)
+        );
+    }
 }
 
 /// Whether `sig` is ignored in this process (inherited from its parent).
@@ -85,6 +92,7 @@ fn ignored(_sig: i32) -> bool {
 pub fn arm() -> Armed {
     if let Some(f) = FLAGS.get() {
         f.requested.store(0, Ordering::SeqCst);
+        ANNOUNCED.store(false, Ordering::SeqCst);
         f.default_action.store(false, Ordering::SeqCst);
     }
     Armed
@@ -107,6 +115,9 @@ pub fn requested(dist: &Dist) -> Option<i32> {
     let mine = FLAGS
         .get()
         .map_or(0, |f| f.requested.load(Ordering::SeqCst));
+    if mine != 0 {
+        announce(mine as i32);
+    }
     if dist.size() == 1 {
         return (mine != 0).then_some(mine as i32);
     }
