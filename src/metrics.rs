@@ -226,8 +226,8 @@ impl MetricsLog {
         if !path.exists() {
             return Ok(());
         }
-        let rows = Self::read(&path)?;
-        let text = crate::files::read_to_string(&path).unwrap_or_default();
+        let text = Self::text(&path)?;
+        let rows = Self::parse(&path, &text)?;
         // The kept rows as they were written, byte for byte (parsing and printing a float
         // again may change its last digit); a torn last line is not among `rows`.
         let lines = text.lines().filter(|l| !l.trim().is_empty());
@@ -298,10 +298,19 @@ impl MetricsLog {
     /// Reads every row of a log (e.g. to redraw the plot after `--resume`); a torn last line
     /// from a killed run is ignored.
     pub fn read(path: &Path) -> Result<Vec<LogRow>> {
-        let text = crate::files::read_to_string(path).map_err(|e| Error::File {
+        Self::parse(path, &Self::text(path)?)
+    }
+
+    /// The text of the log at `path` (not a FIFO, which would block).
+    fn text(path: &Path) -> Result<String> {
+        crate::files::read_to_string(path).map_err(|e| Error::File {
             path: path.display().to_string(),
             msg: e.to_string(),
-        })?;
+        })
+    }
+
+    /// The rows of a log's `text`, read from `path`.
+    fn parse(path: &Path, text: &str) -> Result<Vec<LogRow>> {
         let lines: Vec<&str> = text.lines().filter(|l| !l.trim().is_empty()).collect();
         let mut rows = Vec::with_capacity(lines.len());
         for (i, line) in lines.iter().enumerate() {

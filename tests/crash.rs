@@ -49,6 +49,18 @@ fn fails(c: &mut Command) -> String {
     err
 }
 
+/// Waits (at most 5 minutes) until a running train has logged `n` rows.
+fn wait_for_rows(run: &Path, n: usize) {
+    let start = Instant::now();
+    while logged_rows(run) < n {
+        assert!(
+            start.elapsed() < Duration::from_secs(300),
+            "no steps logged"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
 fn logged_rows(run: &Path) -> usize {
     let text = std::fs::read_to_string(run.join("metrics.jsonl")).unwrap_or_default();
     text.lines().count()
@@ -66,14 +78,7 @@ fn sigterm_saves_the_step_and_resume_finishes() {
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    let start = Instant::now();
-    while logged_rows(&run) < 2 {
-        assert!(
-            start.elapsed() < Duration::from_secs(300),
-            "no steps logged"
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    wait_for_rows(&run, 2);
     let killed = Command::new("kill")
         .args(["-TERM", &child.id().to_string()])
         .status()
@@ -134,14 +139,7 @@ fn an_ignored_signal_stays_ignored() {
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    let start = Instant::now();
-    while logged_rows(&run) < 1 {
-        assert!(
-            start.elapsed() < Duration::from_secs(300),
-            "no steps logged"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    wait_for_rows(&run, 1);
     for sig in ["-INT", "-HUP"] {
         Command::new("kill")
             .args([sig, &child.id().to_string()])

@@ -393,7 +393,5 @@ pub fn save_with(
         Ok(b) => b,
         Err(e) => return file_err(path, format!("cannot serialise: {e}")),
     };
-    write_atomic(path, &bytes)
+    crate::files::write_atomic(path, &bytes)
 }
-
-pub use crate::files::write_atomic;

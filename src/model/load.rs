@@ -400,7 +400,7 @@ impl Wav2Vec2ForCtc {
             tensors.push((p.name.clone(), v.shape().to_vec(), v.to_vec()?));
         }
         checkpoint::save(&dir.join("model.safetensors"), &tensors)?;
-        checkpoint::write_atomic(&dir.join("config.json"), self.config.to_json().as_bytes())
+        crate::files::write_atomic(&dir.join("config.json"), self.config.to_json().as_bytes())
     }
 
     /// Writes `adapter.LANG.safetensors` into `dir`: the adapter layers and the head, what

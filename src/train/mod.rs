@@ -512,8 +512,7 @@ pub fn run_dist(gpu: &Gpu, args: &TrainOptions, dist: &Dist) -> Result<RunSummar
             Ok(())
         })();
         if let Err(e) = logged {
-            let unlogged = loss_sum.as_ref().and_then(|s| s.item().ok());
-            st.unlogged_loss = unlogged.map(|v| (v.to_bits(), since_log));
+            st.unlogged_loss = unlogged(&loss_sum, since_log).unwrap_or(None);
             if root {
                 let limit = args.save_total_limit;
                 if let Ok(dir) = state::save(&args.out, &model, &vocab, &step.opt, &st, limit) {
@@ -523,10 +522,7 @@ pub fn run_dist(gpu: &Gpu, args: &TrainOptions, dist: &Dist) -> Result<RunSummar
             return Err(e);
         }
         if save_now || stop.is_some() {
-            st.unlogged_loss = match &loss_sum {
-                Some(s) => Some((s.item()?.to_bits(), since_log)),
-                None => None,
-            };
+            st.unlogged_loss = unlogged(&loss_sum, since_log)?;
         }
         if save_now {
             let dir = state::save(
@@ -588,6 +584,13 @@ pub fn run_dist(gpu: &Gpu, args: &TrainOptions, dist: &Dist) -> Result<RunSummar
         losses: MetricsLog::series(&rows, "loss"),
         eval: eval_result,
     })
+}
+
+/// The losses summed since the last logged step, as a checkpoint keeps them (a read-back,
+/// made only at the steps that save).
+fn unlogged(loss_sum: &Option<Tensor>, steps: u64) -> Result<Option<(u32, u64)>> {
+    let sum = loss_sum.as_ref().map(|s| s.item()).transpose()?;
+    Ok(sum.map(|v| (v.to_bits(), steps)))
 }
 
 /// Training stops after this many optimiser steps in a row were skipped for a non-finite loss

@@ -152,8 +152,6 @@ impl TrainOptions {
         self.gradient_checkpointing.unwrap_or(layers >= 12)
     }
 
-    /// Checks every numeric option (finite, in range) before anything runs; the error names
-    /// the flag.
     /// These options with `--model` and `--data` made absolute, as a checkpoint keeps them: a
     /// run resumed from another folder must not find another corpus under a relative name.
     pub fn absolute(&self) -> TrainOptions {
@@ -169,6 +167,8 @@ impl TrainOptions {
         }
     }
 
+    /// Checks every numeric option (finite, in range) before anything runs; the error names
+    /// the flag.
     pub fn validate(&self) -> crate::error::Result<()> {
         let bad = |flag: &str, v: String, want: &str| -> crate::error::Result<()> {
             Err(crate::error::Error::Usage(format!("--{flag} {v}: {want}")))

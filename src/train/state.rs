@@ -80,8 +80,7 @@ pub fn save(
         }
         save_model(&tmp, model, vocab)?;
         checkpoint::save(&tmp.join("optimizer.safetensors"), &opt.state_tensors()?)?;
-        let json = serde_json::to_string_pretty(state).unwrap_or_default();
-        checkpoint::write_atomic(&tmp.join("trainer_state.json"), json.as_bytes())?;
+        write_state(&tmp, state)?;
         if dir.exists() {
             let _ = remove_safely(&dir);
         }
@@ -184,14 +183,25 @@ pub fn lock_run_dir(run_dir: &Path) -> Result<Option<std::fs::File>> {
 /// The `run_id` of a checkpoint (empty for one written before run ids existed), or `None` when
 /// its `trainer_state.json` cannot be read.
 pub fn run_id_of(checkpoint: &Path) -> Option<String> {
-    let text = std::fs::read_to_string(checkpoint.join("trainer_state.json")).ok()?;
-    let v: serde_json::Value = serde_json::from_str(&text).ok()?;
+    let v = state_json(checkpoint)?;
     Some(
         v.get("run_id")
             .and_then(|r| r.as_str())
             .unwrap_or("")
             .to_string(),
     )
+}
+
+/// Writes `dir/trainer_state.json`.
+fn write_state(dir: &Path, state: &TrainerState) -> Result<()> {
+    let json = serde_json::to_string_pretty(state).unwrap_or_default();
+    crate::files::write_atomic(&dir.join("trainer_state.json"), json.as_bytes())
+}
+
+/// `dir/trainer_state.json` as JSON (`None` when it cannot be read).
+fn state_json(dir: &Path) -> Option<serde_json::Value> {
+    let text = crate::files::read_to_string(&dir.join("trainer_state.json")).ok()?;
+    serde_json::from_str(&text).ok()
 }
 
 /// A fresh run's id: time, process and seed, so two runs into one folder never share one.
@@ -290,9 +300,7 @@ pub fn save_final(
     let final_dir = run_dir.join("final");
     let tmp = run_dir.join(".final.tmp");
     let _ = std::fs::remove_dir_all(&tmp);
-    let json = serde_json::to_string_pretty(state).unwrap_or_default();
-    let saved = save_model(&tmp, model, vocab)
-        .and_then(|_| checkpoint::write_atomic(&tmp.join("trainer_state.json"), json.as_bytes()));
+    let saved = save_model(&tmp, model, vocab).and_then(|_| write_state(&tmp, state));
     if let Err(e) = saved {
         let _ = std::fs::remove_dir_all(&tmp);
         let saved = match list(run_dir).pop() {
@@ -317,9 +325,9 @@ pub fn save_final(
 
 /// The step of `run_dir/final` (`None` without one, or for one written before it said).
 pub fn final_step(run_dir: &Path) -> Option<u64> {
-    let text = crate::files::read_to_string(&run_dir.join("final/trainer_state.json")).ok()?;
-    let v: serde_json::Value = serde_json::from_str(&text).ok()?;
-    v.get("global_step")?.as_u64()
+    state_json(&run_dir.join("final"))?
+        .get("global_step")?
+        .as_u64()
 }
 
 /// Completed checkpoints in `run_dir`, oldest first.
